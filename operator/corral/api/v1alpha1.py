@@ -49,6 +49,7 @@ class ApiModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         use_enum_values=True,
+        validate_default=True,
     )
     # CEL rules for the object's schema; read by the CRD generator.
     cel_rules: ClassVar[list[dict[str, str]]] = []
@@ -110,10 +111,10 @@ class AgentSpec(ApiModel):
         description="Name the agent is addressed by (a DNS label, unique in the session).",
     )
     prompt: str | None = Field(
-        None, max_length=100_000, description="First message sent to this agent when it starts."
+        None, max_length=8192, description="First message sent to this agent when it starts."
     )
     system_prompt: str | None = Field(
-        None, max_length=100_000, description="System prompt of this agent."
+        None, max_length=8192, description="System prompt of this agent."
     )
     model: str | None = Field(
         None, max_length=128, description="Model of this agent; defaults to spec.model."
@@ -222,7 +223,7 @@ class AgentSessionSpec(ApiModel):
     )
     prompt: str | None = Field(
         None,
-        max_length=100_000,
+        max_length=32768,
         description="The task. Required for Ephemeral; for the others, the first message.",
     )
     agents: list[AgentSpec] | None = Field(
@@ -234,7 +235,7 @@ class AgentSessionSpec(ApiModel):
     model: str | None = Field(
         None, max_length=128, description="Claude model; the operator's default when unset."
     )
-    system_prompt: str | None = Field(None, max_length=100_000, description="System prompt.")
+    system_prompt: str | None = Field(None, max_length=32768, description="System prompt.")
     max_turns: int = Field(
         50, ge=1, le=10_000, description="Upper bound on turns per run. Always capped."
     )

@@ -1,0 +1,42 @@
+"""The contract between the operator's rendered pod and the runner inside it.
+
+Both sides import these names, so the image recipe, the pod template and the runner
+cannot drift apart: paths, port, user and environment variables live here only.
+"""
+
+from __future__ import annotations
+
+RUNNER_PORT = 8080
+RUNNER_PORT_NAME = "http"
+RUNNER_UID = 1000
+RUNNER_GID = 1000
+CONTAINER_NAME = "runner"
+
+# One volume holds everything a Hybrid session must keep: the agent's working directory
+# and the CLI's config dir (transcripts). Resume needs the same absolute cwd, so the
+# paths are fixed for every pattern.
+STATE_DIR = "/session"
+WORKSPACE_DIR = "/session/workspace"
+CLAUDE_CONFIG_DIR = "/session/claude"
+HOME_DIR = "/home/corral"
+TMP_DIR = "/tmp"
+# The spec reaches the pod through the downward API (a pod annotation projected as a file),
+# so the pod needs no Kubernetes credentials to read it.
+SPEC_DIR = "/etc/corral"
+SPEC_FILE = "/etc/corral/session.json"
+SPEC_ANNOTATION = "corral.dev/session-spec"
+TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_MESSAGE_MAX_BYTES = 4096
+
+ENV_API_KEY = "ANTHROPIC_API_KEY"
+ENV_BASE_URL = "ANTHROPIC_BASE_URL"
+ENV_SESSION_NAME = "CORRAL_SESSION_NAME"
+ENV_SESSION_NAMESPACE = "CORRAL_SESSION_NAMESPACE"
+ENV_SESSION_FILE = "CORRAL_SESSION_FILE"
+ENV_DISABLE_TRAFFIC = "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"
+
+DEFAULT_RUNNER_IMAGE = "corral.dev/runner:0.1.0"
+DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_IDLE_TIMEOUT = "15m"
+
+WAKE_ANNOTATION = "corral.dev/wake"
