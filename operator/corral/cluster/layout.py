@@ -1,0 +1,244 @@
+"""The files and ports of one local cluster, and the command line of each component."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from corral.cluster import pki
+from corral.cluster.build import binary_path
+
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# Fake nodes: KWOK manages Node objects carrying this annotation and gives their pods IPs
+# from a range nothing on this machine routes to (no packet is ever sent there).
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_POD_CIDR = "10.244.0.0/16"
+# Pods annotated with this are left alone by KWOK, so tests can drive their status.
+KWOK_CUSTOM_STATUS_ANNOTATION = "kwok.x-k8s.io/status"
+
+DEFAULT_PORTS = {
+    "etcd-client": 2379,
+    "etcd-peer": 2380,
+    "apiserver": 6443,
+    "controller-manager": 10257,
+    "scheduler": 10259,
+    "kwok": 10247,
+}
+ADMISSION_PLUGINS = (
+    "NamespaceLifecycle,LimitRanger,ServiceAccount,PodSecurity,DefaultStorageClass,"
+    "DefaultTolerationSeconds,NodeRestriction,Priority,RuntimeClass,StorageObjectInUseProtection,"
+    "PersistentVolumeClaimResize,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,"
+    "ValidatingAdmissionPolicy,ResourceQuota"
+)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _any_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def choose_ports() -> dict[str, int]:
+    """The default ports where free; another free port where something else listens."""
+    chosen: dict[str, int] = {}
+    for name, port in DEFAULT_PORTS.items():
+        while not _port_free(port) or port in chosen.values():
+            port = _any_free_port()
+        chosen[name] = port
+    return chosen
+
+
+@dataclass
+class Layout:
+    root: Path
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "cluster.json"
+
+    @property
+    def certs(self) -> pki.Pki:
+        return pki.Pki(self.root / "pki")
+
+    def log_file(self, component: str) -> Path:
+        return self.root / "logs" / f"{component}.log"
+
+    def pid_file(self, component: str) -> Path:
+        return self.root / "pids" / f"{component}.pid"
+
+    def kubeconfig(self, identity: pki.ClientIdentity) -> Path:
+        return self.root / f"{identity.filename}.kubeconfig"
+
+    @property
+    def apiserver_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    def save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = {"root": str(self.root), "ports": self.ports}
+        self.state_file.write_text(json.dumps(data, indent=1))
+
+    @classmethod
+    def load(cls, root: Path) -> Layout | None:
+        try:
+            data = json.loads((root / "cluster.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(root=root, ports={k: int(v) for k, v in data["ports"].items()})
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def write_kubeconfig(self, identity: pki.ClientIdentity) -> Path:
+        """A self-contained kubeconfig (certs inlined) for one client identity."""
+        certs = self.certs
+
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "corral",
+                    "cluster": {
+                        "server": self.apiserver_url,
+                        "certificate-authority-data": b64(certs.ca_cert),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": identity.user,
+                    "user": {
+                        "client-certificate-data": b64(certs.cert(identity.filename)),
+                        "client-key-data": b64(certs.key(identity.filename)),
+                    },
+                }
+            ],
+            "contexts": [
+                {"name": "corral", "context": {"cluster": "corral", "user": identity.user}}
+            ],
+            "current-context": "corral",
+        }
+        path = self.kubeconfig(identity)
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+
+def etcd_argv(layout: Layout) -> list[str]:
+    client = f"http://127.0.0.1:{layout.ports['etcd-client']}"
+    peer = f"http://127.0.0.1:{layout.ports['etcd-peer']}"
+    return [
+        str(binary_path("etcd")),
+        "--name=corral",
+        f"--data-dir={layout.root / 'etcd'}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=corral={peer}",
+        "--listen-metrics-urls=",
+        # A test cluster: durability across power loss is not worth the fsync latency.
+        "--unsafe-no-fsync",
+        "--quota-backend-bytes=8589934592",
+        "--log-level=warn",
+    ]
+
+
+def apiserver_argv(layout: Layout) -> list[str]:
+    certs = layout.certs
+    return [
+        str(binary_path("kube-apiserver")),
+        f"--etcd-servers=http://127.0.0.1:{layout.ports['etcd-client']}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={layout.ports['apiserver']}",
+        f"--tls-cert-file={certs.cert('apiserver')}",
+        f"--tls-private-key-file={certs.key('apiserver')}",
+        f"--client-ca-file={certs.ca_cert}",
+        "--authorization-mode=Node,RBAC",
+        f"--enable-admission-plugins={ADMISSION_PLUGINS}",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={certs.path('service-account.pub')}",
+        f"--service-account-signing-key-file={certs.key('service-account')}",
+        f"--api-audiences={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--kubelet-client-certificate={certs.cert(pki.APISERVER_KUBELET_CLIENT.filename)}",
+        f"--kubelet-client-key={certs.key(pki.APISERVER_KUBELET_CLIENT.filename)}",
+        "--allow-privileged=true",
+        "--profiling=false",
+        "--event-ttl=1h",
+        "--v=1",
+    ]
+
+
+def controller_manager_argv(layout: Layout) -> list[str]:
+    certs = layout.certs
+    kubeconfig = layout.kubeconfig(pki.CONTROLLER_MANAGER)
+    return [
+        str(binary_path("kube-controller-manager")),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={layout.ports['controller-manager']}",
+        f"--service-account-private-key-file={certs.key('service-account')}",
+        f"--root-ca-file={certs.ca_cert}",
+        f"--cluster-signing-cert-file={certs.ca_cert}",
+        f"--cluster-signing-key-file={certs.key('ca')}",
+        "--use-service-account-credentials=true",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--leader-elect=false",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def scheduler_argv(layout: Layout) -> list[str]:
+    kubeconfig = layout.kubeconfig(pki.SCHEDULER)
+    return [
+        str(binary_path("kube-scheduler")),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={layout.ports['scheduler']}",
+        "--leader-elect=false",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def kwok_argv(layout: Layout) -> list[str]:
+    return [
+        str(binary_path("kwok")),
+        f"--kubeconfig={layout.kubeconfig(pki.ADMIN)}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+        f"--disregard-status-with-annotation-selector={KWOK_CUSTOM_STATUS_ANNOTATION}=custom",
+        f"--cidr={KWOK_POD_CIDR}",
+        "--node-ip=10.244.255.254",
+        f"--server-address=127.0.0.1:{layout.ports['kwok']}",
+        "--node-lease-duration-seconds=40",
+    ]

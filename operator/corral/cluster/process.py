@@ -1,0 +1,103 @@
+"""Start, find and stop the cluster's background processes through pid files.
+
+A pid file alone could name a recycled pid; a process counts as ours only when its
+command line still starts with the binary we launched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def running_pid(pid_file: Path, binary: str) -> int | None:
+    """The pid in `pid_file` if that process is alive and runs `binary`."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    argv = _cmdline(pid)
+    if not argv or argv[0] != binary or _is_zombie(pid):
+        return None
+    return pid
+
+
+def start(
+    argv: list[str], pid_file: Path, log_file: Path, env: dict[str, str] | None = None
+) -> int:
+    """Launch detached (own session, survives the caller), logging to `log_file`."""
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+    pid_file.write_text(str(proc.pid))
+    # Between fork and exec the child still shows Python's command line; wait for the exec
+    # so that `running_pid` recognises it.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _cmdline(proc.pid)[:1] != argv[:1]:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    return proc.pid
+
+
+def stop(pid_file: Path, binary: str, grace_seconds: float = 10.0) -> bool:
+    """SIGTERM, then SIGKILL after the grace period. True if a process was stopped."""
+    pid = running_pid(pid_file, binary)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and running_pid(pid_file, binary) is not None:
+        time.sleep(0.1)
+    if running_pid(pid_file, binary) is not None:
+        os.kill(pid, signal.SIGKILL)
+        while running_pid(pid_file, binary) is not None:
+            time.sleep(0.05)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def log_tail(log_file: Path, lines: int = 20) -> str:
+    try:
+        text = log_file.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -1,0 +1,164 @@
+"""A small asyncio client for the few Kubernetes REST calls the operator makes.
+
+The official client is synchronous and builds a model object per response; the operator
+only creates, patches and deletes a handful of kinds, so it speaks JSON over one pooled
+aiohttp session instead. Credentials come from the official kubeconfig/in-cluster loader.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+JSON = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+
+# api group/version and plural of every kind the operator writes.
+RESOURCES: dict[str, tuple[str, str]] = {
+    "Pod": ("v1", "pods"),
+    "Service": ("v1", "services"),
+    "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
+    "Event": ("v1", "events"),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
+    "AgentSession": ("corral.dev/v1alpha1", "agentsessions"),
+    "Lease": ("coordination.k8s.io/v1", "leases"),
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def resource_path(
+    kind: str, namespace: str | None, name: str | None = None, sub: str | None = None
+) -> str:
+    api_version, plural = RESOURCES[kind]
+    prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = prefix + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}"
+    if name:
+        path += f"/{name}"
+    if sub:
+        path += f"/{sub}"
+    return path
+
+
+@dataclass(frozen=True)
+class Connection:
+    server: str
+    ssl_context: ssl.SSLContext | bool
+    token: str | None
+
+
+def load_connection(kubeconfig: str | None = None) -> Connection:
+    """In-cluster credentials when running in a pod, else the kubeconfig's current context."""
+    configuration = k8s_client.Configuration()
+    try:
+        if kubeconfig:
+            raise k8s_config.ConfigException("kubeconfig given")
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    context: ssl.SSLContext | bool
+    if configuration.verify_ssl:
+        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+        if configuration.cert_file:
+            context.load_cert_chain(configuration.cert_file, configuration.key_file)
+    else:
+        context = False
+    token = configuration.api_key.get("authorization")
+    if token and not token.lower().startswith("bearer"):
+        token = f"Bearer {token}"
+    return Connection(server=configuration.host, ssl_context=context, token=token)
+
+
+class KubeClient:
+    def __init__(self, connection: Connection, max_connections: int = 64) -> None:
+        self.connection = connection
+        headers = {"Accept": "application/json"}
+        if connection.token:
+            headers["Authorization"] = connection.token
+        connector = aiohttp.TCPConnector(ssl=connection.ssl_context, limit=max_connections)
+        self._session = aiohttp.ClientSession(
+            base_url=connection.server,
+            headers=headers,
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+        self.requests_made = 0
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: JSON | None = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> JSON:
+        self.requests_made += 1
+        headers = {"Content-Type": content_type} if body is not None else None
+        async with self._session.request(
+            method, path, json=body, headers=headers, params=params
+        ) as response:
+            payload: JSON = (
+                await response.json(content_type=None) if response.content_length != 0 else {}
+            )
+            if response.status >= 400:
+                raise ApiError(
+                    response.status,
+                    str(payload.get("reason", response.reason)),
+                    str(payload.get("message", "")),
+                )
+            return payload
+
+    async def create(self, manifest: JSON) -> JSON:
+        meta = manifest["metadata"]
+        return await self.request(
+            "POST", resource_path(manifest["kind"], meta.get("namespace")), manifest
+        )
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> JSON:
+        return await self.request("GET", resource_path(kind, namespace, name))
+
+    async def patch(
+        self, kind: str, namespace: str | None, name: str, patch: JSON, sub: str | None = None
+    ) -> JSON:
+        path = resource_path(kind, namespace, name, sub)
+        return await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
+
+    async def delete(
+        self,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        uid: str | None = None,
+        grace_seconds: int | None = None,
+    ) -> None:
+        """Delete, guarded by UID so a same-named successor is never hit; 404 is success."""
+        options: JSON = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": "Background",
+        }
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        if grace_seconds is not None:
+            options["gracePeriodSeconds"] = grace_seconds
+        try:
+            await self.request("DELETE", resource_path(kind, namespace, name), options)
+        except ApiError as error:
+            if error.status not in (404, 409):
+                raise
