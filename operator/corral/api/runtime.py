@@ -8,6 +8,9 @@ from __future__ import annotations
 
 RUNNER_PORT = 8080
 RUNNER_PORT_NAME = "http"
+# Probed by the kubelet: liveness (the process answers) and readiness (it takes messages).
+LIVENESS_PATH = "/healthz"
+READINESS_PATH = "/readyz"
 RUNNER_UID = 1000
 RUNNER_GID = 1000
 CONTAINER_NAME = "runner"
@@ -40,3 +43,7 @@ DEFAULT_MODEL = "claude-sonnet-4-5"
 DEFAULT_IDLE_TIMEOUT = "15m"
 
 WAKE_ANNOTATION = "corral.dev/wake"
+
+# Where the runner pushes activity reports (corral.api.activity); set by the operator.
+ENV_ACTIVITY_URL = "CORRAL_ACTIVITY_URL"
+ENV_POD_NAME = "CORRAL_POD_NAME"

@@ -3,15 +3,26 @@
 The CRD in `crds/` is generated from these models (`corral crd`), so every field's
 description, default, bound and CEL rule lives here and nowhere else.
 Field names are snake_case in Python and camelCase on the wire (Kubernetes convention).
+
+Each CEL rule carries the same rule in Python where one object suffices to decide it, so a
+spec the models accept is a spec the API server accepts (examples and tests rely on it).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+from corral.api.units import DURATION_PATTERN, QUANTITY_PATTERN, parse_duration, parse_quantity
 
 GROUP = "corral.dev"
 VERSION = "v1alpha1"
@@ -22,23 +33,66 @@ SINGULAR = "agentsession"
 SHORT_NAMES = ["ags"]
 CATEGORIES = ["corral"]
 
-# Kubernetes resource.Quantity, as the API server's own schema accepts it.
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-# A Go duration made of whole units, e.g. "90s", "15m", "1h30m".
-DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+URL_PATTERN = r"^https?://\S+$"
 
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
+DnsLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]
+ToolName = Annotated[str, Field(min_length=1, max_length=256)]
+
+# What `has(x)` means in CEL for a field the models keep as None when it is absent.
+Check = Callable[[Any], bool]
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    """One `x-kubernetes-validations` entry; messages name the field and the fix."""
-    entry = {"rule": rule, "message": message}
-    if field_path:
-        entry["fieldPath"] = field_path
-    return entry
+@dataclass(frozen=True)
+class Rule:
+    """One `x-kubernetes-validations` entry, and the same rule in Python when it has one."""
+
+    rule: str
+    message: str
+    field_path: str | None = None
+    # FieldValueRequired, FieldValueForbidden, FieldValueInvalid or FieldValueDuplicate.
+    reason: str | None = None
+    # None for transition rules (they compare with the stored object) and server-only rules.
+    check: Check | None = field(default=None, compare=False)
+
+    def to_openapi(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            entry["fieldPath"] = self.field_path
+        if self.reason:
+            entry["reason"] = self.reason
+        return entry
+
+
+def cel(
+    rule: str,
+    message: str,
+    field_path: str | None = None,
+    *,
+    reason: str | None = None,
+    check: Check | None = None,
+) -> Rule:
+    """One CEL rule; messages name the field and the fix."""
+    return Rule(rule, message, field_path, reason, check)
+
+
+def list_map(*keys: str) -> JsonDict:
+    """Schema marker: items are objects keyed by `keys` (the API server rejects duplicates)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+def list_set() -> JsonDict:
+    """Schema marker: items are unique scalars (the API server rejects duplicates)."""
+    return {"x-kubernetes-list-type": "set"}
+
+
+def _cel_schema_extra(schema: JsonDict, cls: type[Any]) -> None:
+    rules: tuple[Rule, ...] = getattr(cls, "cel_rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [rule.to_openapi() for rule in rules]
 
 
 class ApiModel(BaseModel):
@@ -50,9 +104,41 @@ class ApiModel(BaseModel):
         extra="forbid",
         use_enum_values=True,
         validate_default=True,
+        json_schema_extra=_cel_schema_extra,
     )
-    # CEL rules for the object's schema; read by the CRD generator.
-    cel_rules: ClassVar[list[dict[str, str]]] = []
+    # CEL rules for the object's schema; read by the CRD generator, checked by the validator.
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        _check_unique_items(self)
+        for rule in self.cel_rules:
+            if rule.check is not None and not rule.check(self):
+                raise ValueError(rule.message)
+        return self
+
+
+def _check_unique_items(model: BaseModel) -> None:
+    """What `x-kubernetes-list-type: set|map` makes the API server enforce."""
+    for name, info in type(model).model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        list_type = extra.get("x-kubernetes-list-type")
+        items = getattr(model, name)
+        if list_type not in ("set", "map") or not items:
+            continue
+        raw_keys = extra.get("x-kubernetes-list-map-keys")
+        keys = [str(key) for key in raw_keys] if isinstance(raw_keys, list) else []
+        seen: set[Any] = set()
+        for item in items:
+            identity = tuple(item.model_dump(by_alias=True)[k] for k in keys) if keys else item
+            if identity in seen:
+                shown = (
+                    ", ".join(f"{k}={v!r}" for k, v in zip(keys, identity, strict=True))
+                    if keys
+                    else repr(item)
+                )
+                raise ValueError(f"{info.alias or name} must not repeat {shown}")
+            seen.add(identity)
 
 
 class Pattern(StrEnum):
@@ -69,6 +155,10 @@ class PermissionMode(StrEnum):
     BYPASS_PERMISSIONS = "bypassPermissions"
 
 
+def _at_least(text: str, minimum: str) -> bool:
+    return parse_quantity(text) >= parse_quantity(minimum)
+
+
 class Resources(ApiModel):
     """Compute and disk for the session pod; requests equal limits (Guaranteed QoS)."""
 
@@ -80,41 +170,42 @@ class Resources(ApiModel):
     )
     disk: Quantity = Field(
         "5Gi",
-        description="Ephemeral-storage limit (workspace, home and /tmp of non-Hybrid sessions).",
+        description="Ephemeral-storage limit: workspace, home and /tmp of non-Hybrid sessions; "
+        "home, /tmp and logs of Hybrid ones (their workspace is on spec.storage).",
     )
-    cel_rules: ClassVar[list[dict[str, str]]] = [
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
         cel(
             "quantity(self.memory).compareTo(quantity('128Mi')) >= 0",
             "resources.memory must be at least 128Mi: the Claude CLI alone needs about 230Mi",
             ".memory",
+            check=lambda s: _at_least(s.memory, "128Mi"),
         ),
         cel(
             "quantity(self.cpu).isGreaterThan(quantity('0'))",
             "resources.cpu must be greater than 0, e.g. 500m",
             ".cpu",
+            check=lambda s: parse_quantity(s.cpu) > 0,
         ),
         cel(
             "quantity(self.disk).compareTo(quantity('64Mi')) >= 0",
             "resources.disk must be at least 64Mi",
             ".disk",
+            check=lambda s: _at_least(s.disk, "64Mi"),
         ),
-    ]
+    )
 
 
 class AgentSpec(ApiModel):
     """One SDK process of a Shared session."""
 
-    name: str = Field(
-        ...,
-        pattern=DNS_LABEL_PATTERN,
-        max_length=63,
-        description="Name the agent is addressed by (a DNS label, unique in the session).",
+    name: DnsLabel = Field(
+        ..., description="Name the agent is addressed by (a DNS label, unique in the session)."
     )
     prompt: str | None = Field(
         None, max_length=8192, description="First message sent to this agent when it starts."
     )
     system_prompt: str | None = Field(
-        None, max_length=8192, description="System prompt of this agent."
+        None, max_length=8192, description="System prompt of this agent; defaults to spec's."
     )
     model: str | None = Field(
         None, max_length=128, description="Model of this agent; defaults to spec.model."
@@ -124,25 +215,45 @@ class AgentSpec(ApiModel):
 class McpServer(ApiModel):
     """A remote MCP server the agent may call (stdio servers would need code in the image)."""
 
-    name: str = Field(..., pattern=DNS_LABEL_PATTERN, max_length=63, description="Server name.")
-    type: str = Field(
-        "http",
-        json_schema_extra={"enum": ["http", "sse"]},
-        description="Transport: `http` (streamable HTTP) or `sse`.",
+    name: DnsLabel = Field(..., description="Server name, unique in the session.")
+    type: Literal["http", "sse"] = Field(
+        "http", description="Transport: `http` (streamable HTTP) or `sse`."
     )
     url: str = Field(
         ...,
-        pattern=r"^https?://",
+        pattern=URL_PATTERN,
         max_length=2048,
-        description="Server URL. Its host must also be allowed by spec.network.egress.",
+        description="Server URL. Its address must also be allowed by spec.network.",
     )
 
 
 class PortSpec(ApiModel):
+    """A destination port."""
+
     port: int = Field(..., ge=1, le=65535, description="Destination port.")
-    protocol: str = Field(
-        "TCP", json_schema_extra={"enum": ["TCP", "UDP"]}, description="TCP or UDP."
-    )
+    protocol: Literal["TCP", "UDP"] = Field("TCP", description="TCP or UDP.")
+
+
+_CIDR_SYNTAX = re.compile(r"[0-9A-Fa-f:.]+/(0|[1-9][0-9]{0,2})")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_cidr(text: str) -> IPNetwork:
+    """A CIDR as the API server's `isCIDR` reads it: host bits allowed, no IPv4-mapped IPv6."""
+    if not _CIDR_SYNTAX.fullmatch(text):
+        raise ValueError(f"{text!r} is not a CIDR such as 10.0.0.0/8")
+    address = ipaddress.ip_address(text.split("/", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        raise ValueError(f"{text!r}: IPv4-mapped IPv6 addresses are not allowed")
+    return ipaddress.ip_network(text, strict=False)
+
+
+def _is_cidr(text: str) -> bool:
+    try:
+        parse_cidr(text)
+    except ValueError:
+        return False
+    return True
 
 
 class EgressRule(ApiModel):
@@ -151,24 +262,35 @@ class EgressRule(ApiModel):
     cidr: str = Field(
         ...,
         max_length=43,
-        description="Destination CIDR, e.g. `10.0.5.0/24` or `203.0.113.7/32`.",
+        description="Destination CIDR, e.g. `10.0.5.0/24` or `203.0.113.7/32`. Link-local "
+        "addresses (169.254.0.0/16, fe80::/10, the cloud metadata service) stay blocked.",
     )
     ports: list[PortSpec] = Field(
         default_factory=list,
         max_length=16,
         description="Allowed ports; empty allows every port of the CIDR.",
     )
-    cel_rules: ClassVar[list[dict[str, str]]] = [
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
         cel(
             "isCIDR(self.cidr)",
             "network.egress[].cidr must be a CIDR such as 10.0.0.0/8 or 203.0.113.7/32",
             ".cidr",
+            check=lambda s: _is_cidr(s.cidr),
         ),
-    ]
+        cel(
+            "!isCIDR(self.cidr) || !cidr(self.cidr).masked().ip().isLinkLocalUnicast()",
+            "network.egress[].cidr must not be link-local (169.254.0.0/16, fe80::/10): "
+            "the cloud metadata service lives there",
+            ".cidr",
+            check=lambda s: (
+                not _is_cidr(s.cidr) or not parse_cidr(s.cidr).network_address.is_link_local
+            ),
+        ),
+    )
 
 
 class NetworkSpec(ApiModel):
-    """What the session may reach and who may reach it."""
+    """What the session may reach and who may reach it. Applied live."""
 
     allow_public_https: bool = Field(
         True,
@@ -178,11 +300,11 @@ class NetworkSpec(ApiModel):
     egress: list[EgressRule] = Field(
         default_factory=list, max_length=32, description="Extra allowed destinations."
     )
-    ingress_from_namespaces: list[str] = Field(
+    ingress_from_namespaces: list[DnsLabel] = Field(
         default_factory=list,
         max_length=32,
         description="Namespaces (besides the operator's) whose pods may reach the runner port.",
-        json_schema_extra={"items": {"type": "string", "maxLength": 63}},
+        json_schema_extra=list_set(),
     )
 
 
@@ -191,7 +313,18 @@ class StorageSpec(ApiModel):
 
     size: Quantity = Field("5Gi", description="Requested size of the volume.")
     storage_class_name: str | None = Field(
-        None, max_length=253, description="StorageClass; the cluster default when unset."
+        None,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description="StorageClass; the operator's default, else the cluster default, when unset.",
+    )
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        cel(
+            "quantity(self.size).isGreaterThan(quantity('0'))",
+            "storage.size must be greater than 0, e.g. 5Gi",
+            ".size",
+            check=lambda s: parse_quantity(s.size) > 0,
+        ),
     )
 
 
@@ -199,17 +332,44 @@ class CredentialsSpec(ApiModel):
     """Where the Anthropic API key comes from. The key is never copied out of its Secret."""
 
     secret_name: str = Field(
-        ..., max_length=253, description="Secret in the session's namespace holding the key."
+        ...,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description="Secret in the session's namespace holding the key.",
     )
     key: str = Field(
-        "ANTHROPIC_API_KEY", max_length=253, description="Key inside the Secret."
+        "ANTHROPIC_API_KEY",
+        pattern=SECRET_KEY_PATTERN,
+        max_length=253,
+        description="Key inside the Secret.",
     )
     base_url: str | None = Field(
         None,
-        pattern=r"^https?://",
+        pattern=URL_PATTERN,
         max_length=2048,
-        description="Anthropic API base URL, e.g. a gateway or proxy. Defaults to the public API.",
+        description="Anthropic API base URL, e.g. a gateway or proxy; the operator's default "
+        "(the public API unless configured) when unset.",
     )
+
+
+def _only_for(pattern: Pattern, spec_field: str, wire: str) -> Rule:
+    """`spec.<wire>` may be set only for `pattern`."""
+    return cel(
+        f"self.pattern == '{pattern.value}' || !has(self.{wire})",
+        f"spec.{wire} is only allowed when spec.pattern is {pattern.value}",
+        f".{wire}",
+        reason="FieldValueForbidden",
+        check=lambda s: s.pattern == pattern or getattr(s, spec_field) is None,
+    )
+
+
+def _idle_timeout_ok(spec: Any) -> bool:
+    if spec.idle_timeout is None:
+        return True
+    try:
+        return parse_duration(spec.idle_timeout) >= timedelta(seconds=1)
+    except ValueError:  # beyond Go's longest duration: duration() fails on the server too
+        return False
 
 
 class AgentSessionSpec(ApiModel):
@@ -230,7 +390,9 @@ class AgentSessionSpec(ApiModel):
         None,
         min_length=2,
         max_length=16,
-        description="The agents of a Shared session (at least two, unique names).",
+        description="The agents of a Shared session (at least two, unique names). Adding or "
+        "removing an agent restarts the pod.",
+        json_schema_extra=list_map("name"),
     )
     model: str | None = Field(
         None, max_length=128, description="Claude model; the operator's default when unset."
@@ -250,36 +412,47 @@ class AgentSessionSpec(ApiModel):
         description="Claude Code permission mode. The pod is the sandbox; `bypassPermissions` "
         "lets every tool run, `default` allows only spec.allowedTools.",
     )
-    allowed_tools: list[str] = Field(
+    allowed_tools: list[ToolName] = Field(
         default_factory=list,
         max_length=64,
         description="Tools the agent may use without asking, e.g. `Bash`, `Read`, `Write`.",
-        json_schema_extra={"items": {"type": "string", "maxLength": 256}},
+        json_schema_extra=list_set(),
     )
-    disallowed_tools: list[str] = Field(
+    disallowed_tools: list[ToolName] = Field(
         default_factory=list,
         max_length=64,
         description="Tools the agent may never use.",
-        json_schema_extra={"items": {"type": "string", "maxLength": 256}},
+        json_schema_extra=list_set(),
     )
     mcp_servers: list[McpServer] = Field(
-        default_factory=list, max_length=16, description="Remote MCP servers."
+        default_factory=list,
+        max_length=16,
+        description="Remote MCP servers.",
+        json_schema_extra=list_map("name"),
     )
     image: str | None = Field(
-        None, max_length=512, description="Runner image; the operator's default when unset."
+        None,
+        pattern=r"^\S+$",
+        max_length=512,
+        description="Runner image; the operator's default when unset. Changing it restarts "
+        "the pod.",
     )
     resources: Resources = Field(
-        default_factory=Resources, description="CPU, memory and disk limits of the pod."
+        default_factory=Resources,
+        description="CPU, memory and disk limits of the pod. Changing them restarts the pod.",
+        json_schema_extra={"default": {}},
     )
     network: NetworkSpec = Field(
-        default_factory=NetworkSpec, description="Egress allowlist and allowed callers."
+        default_factory=NetworkSpec,
+        description="Egress allowlist and allowed callers.",
+        json_schema_extra={"default": {}},
     )
     idle_timeout: str | None = Field(
         None,
         pattern=DURATION_PATTERN,
         max_length=32,
         description="Hybrid only: inactivity after which the pod is stopped (the volume stays), "
-        "e.g. `15m`. Defaults to 15m.",
+        "e.g. `15m`. The operator's default (15m) when unset.",
     )
     ttl_seconds_after_finished: int | None = Field(
         None,
@@ -291,7 +464,8 @@ class AgentSessionSpec(ApiModel):
         None,
         ge=1,
         le=31_536_000,
-        description="Ephemeral only: fail the run if it takes longer than this.",
+        description="Ephemeral only: fail a run (one pod) that takes longer than this; the "
+        "operator's default when unset.",
     )
     retries: int = Field(
         0,
@@ -300,73 +474,65 @@ class AgentSessionSpec(ApiModel):
         description="Ephemeral only: new pods tried after a failed run (0: fail at once).",
     )
     storage: StorageSpec | None = Field(
-        None, description="Hybrid only: the volume that keeps workspace and transcript."
+        None,
+        description="Hybrid only: the volume that keeps workspace and transcript. Immutable.",
     )
     credentials: CredentialsSpec | None = Field(
-        None, description="Secret holding the Anthropic API key."
+        None,
+        description="Secret holding the Anthropic API key; the operator's default when unset. "
+        "Changing it restarts the pod.",
     )
     suspend: bool = Field(
         False,
         description="Stop the pod and keep the session (and a Hybrid session's volume).",
     )
 
-    cel_rules: ClassVar[list[dict[str, str]]] = [
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
         cel(
             "self.pattern != 'Ephemeral' || (has(self.prompt) && size(self.prompt) > 0)",
             "spec.prompt is required when spec.pattern is Ephemeral: it is the task to run",
             ".prompt",
+            reason="FieldValueRequired",
+            check=lambda s: s.pattern != Pattern.EPHEMERAL or bool(s.prompt),
         ),
-        cel(
-            "self.pattern == 'Shared' || !has(self.agents)",
-            "spec.agents is only allowed when spec.pattern is Shared; remove it or use Shared",
-            ".agents",
-        ),
+        _only_for(Pattern.SHARED, "agents", "agents"),
         cel(
             "self.pattern != 'Shared' || has(self.agents)",
             "spec.agents is required when spec.pattern is Shared (at least two agents)",
             ".agents",
+            reason="FieldValueRequired",
+            check=lambda s: s.pattern != Pattern.SHARED or s.agents is not None,
         ),
-        cel(
-            "!has(self.agents) || self.agents.all(a, self.agents.exists_one(b, b.name == a.name))",
-            "spec.agents[].name must be unique within the session",
-            ".agents",
-        ),
-        cel(
-            "self.pattern == 'Hybrid' || !has(self.idleTimeout)",
-            "spec.idleTimeout is only allowed when spec.pattern is Hybrid",
-            ".idleTimeout",
-        ),
-        cel(
-            "self.pattern == 'Hybrid' || !has(self.storage)",
-            "spec.storage is only allowed when spec.pattern is Hybrid (others keep no state)",
-            ".storage",
-        ),
-        cel(
-            "self.pattern == 'Ephemeral' || !has(self.ttlSecondsAfterFinished)",
-            "spec.ttlSecondsAfterFinished is only allowed when spec.pattern is Ephemeral",
-            ".ttlSecondsAfterFinished",
-        ),
-        cel(
-            "self.pattern == 'Ephemeral' || !has(self.activeDeadlineSeconds)",
-            "spec.activeDeadlineSeconds is only allowed when spec.pattern is Ephemeral",
-            ".activeDeadlineSeconds",
-        ),
+        _only_for(Pattern.HYBRID, "idle_timeout", "idleTimeout"),
+        _only_for(Pattern.HYBRID, "storage", "storage"),
+        _only_for(Pattern.EPHEMERAL, "ttl_seconds_after_finished", "ttlSecondsAfterFinished"),
+        _only_for(Pattern.EPHEMERAL, "active_deadline_seconds", "activeDeadlineSeconds"),
         cel(
             "self.pattern == 'Ephemeral' || self.retries == 0",
             "spec.retries is only allowed when spec.pattern is Ephemeral",
             ".retries",
+            reason="FieldValueForbidden",
+            check=lambda s: s.pattern == Pattern.EPHEMERAL or s.retries == 0,
         ),
         cel(
             "!has(self.idleTimeout) || duration(self.idleTimeout) >= duration('1s')",
             "spec.idleTimeout must be at least 1s, e.g. 15m",
             ".idleTimeout",
+            check=_idle_timeout_ok,
         ),
+        # Transition rules: the API server compares with the stored object.
         cel(
             "self.pattern == oldSelf.pattern",
             "spec.pattern is immutable: delete the session and create a new one",
             ".pattern",
         ),
-    ]
+        cel(
+            "has(self.storage) == has(oldSelf.storage)"
+            " && (!has(self.storage) || self.storage == oldSelf.storage)",
+            "spec.storage is immutable: the volume is created once",
+            ".storage",
+        ),
+    )
 
 
 class ConditionStatus(StrEnum):
@@ -384,7 +550,9 @@ class Condition(ApiModel):
         None, ge=0, description="spec generation the condition was computed from."
     )
     last_transition_time: str = Field(
-        ..., description="When status last changed (RFC 3339).", json_schema_extra={"format": "date-time"}
+        ...,
+        description="When status last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
     )
     reason: str = Field(..., max_length=1024, description="CamelCase reason.")
     message: str = Field("", max_length=32768, description="Human-readable details.")
@@ -400,6 +568,8 @@ class Phase(StrEnum):
 
 
 class Usage(ApiModel):
+    """Token usage as the SDK reports it."""
+
     input_tokens: int = Field(0, ge=0, description="Input tokens.")
     output_tokens: int = Field(0, ge=0, description="Output tokens.")
     cache_read_input_tokens: int = Field(0, ge=0, description="Tokens read from the cache.")
@@ -418,6 +588,8 @@ class RunResult(ApiModel):
 
 
 class AgentStatus(ApiModel):
+    """One agent of a Shared session, as the runner reports it."""
+
     name: str = Field(..., max_length=63, description="Agent name.")
     state: str = Field("Unknown", max_length=32, description="idle, busy or error.")
     session_id: str | None = Field(None, max_length=128, description="SDK session id.")
@@ -426,6 +598,8 @@ class AgentStatus(ApiModel):
 
 
 class CostStatus(ApiModel):
+    """What the session has cost so far."""
+
     tokens_usd: float = Field(0.0, ge=0, description="Token cost as the SDK reports it.")
     pod_seconds: int = Field(0, ge=0, description="Seconds the session's pods have run.")
     infrastructure_usd: float = Field(
@@ -434,46 +608,69 @@ class CostStatus(ApiModel):
 
 
 class RunnerInfo(ApiModel):
+    """Versions inside the pod."""
+
     sdk_version: str | None = Field(None, max_length=64, description="claude-agent-sdk version.")
     cli_version: str | None = Field(None, max_length=64, description="Claude Code CLI version.")
+
+
+_TIMESTAMP: JsonDict = {"format": "date-time"}
 
 
 class AgentSessionStatus(ApiModel):
     """Observed state, written only by the operator."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", use_enum_values=True
-    )
+    model_config = ConfigDict(extra="ignore")
 
     phase: Phase | None = Field(None, description="Summary of where the session is.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, PodReady, Credentials, Idle, Complete, Failed."
+        default_factory=list,
+        description="Ready, PodReady, Credentials, Idle, Complete, Failed.",
+        json_schema_extra=list_map("type"),
     )
-    observed_generation: int | None = Field(None, ge=0, description="Last spec generation acted on.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="Last spec generation acted on."
+    )
     pod_name: str | None = Field(None, max_length=253, description="Current pod, if any.")
     service_name: str | None = Field(None, max_length=253, description="Runner Service.")
     pvc_name: str | None = Field(None, max_length=253, description="Hybrid volume.")
-    endpoint: str | None = Field(None, max_length=1024, description="Runner URL inside the cluster.")
+    endpoint: str | None = Field(
+        None, max_length=1024, description="Runner URL inside the cluster."
+    )
     session_id: str | None = Field(None, max_length=128, description="SDK session id.")
     num_turns: int | None = Field(None, ge=0, description="Turns taken so far.")
-    total_cost_usd: float | None = Field(None, ge=0, description="Token cost so far (SDK estimate).")
+    total_cost_usd: float | None = Field(
+        None, ge=0, description="Token cost so far (SDK estimate)."
+    )
     result: RunResult | None = Field(None, description="Ephemeral outcome.")
-    start_time: str | None = Field(None, description="When the current pod started.")
-    completion_time: str | None = Field(None, description="When an Ephemeral run finished.")
-    last_activity_time: str | None = Field(None, description="Last turn or message seen.")
-    idle_since: str | None = Field(None, description="When a Hybrid session was scaled to zero.")
+    start_time: str | None = Field(
+        None, description="When the current pod started.", json_schema_extra=_TIMESTAMP
+    )
+    completion_time: str | None = Field(
+        None, description="When an Ephemeral run finished.", json_schema_extra=_TIMESTAMP
+    )
+    last_activity_time: str | None = Field(
+        None, description="Last turn or message seen.", json_schema_extra=_TIMESTAMP
+    )
+    idle_since: str | None = Field(
+        None, description="When a Hybrid session was scaled to zero.", json_schema_extra=_TIMESTAMP
+    )
     wake_count: int | None = Field(None, ge=0, description="Wakes of a Hybrid session.")
     observed_wake: str | None = Field(
         None, max_length=256, description="Last corral.dev/wake annotation value acted on."
     )
     restarts: int | None = Field(None, ge=0, description="Pods recreated after being lost.")
     attempts: int | None = Field(None, ge=0, description="Ephemeral runs tried.")
-    agents: list[AgentStatus] | None = Field(None, description="Shared: each agent's state.")
+    agents: list[AgentStatus] | None = Field(
+        None, description="Shared: each agent's state.", json_schema_extra=list_map("name")
+    )
     runner: RunnerInfo | None = Field(None, description="Versions inside the pod.")
     cost: CostStatus | None = Field(None, description="Token and infrastructure cost.")
 
 
 class ObjectMeta(BaseModel):
+    """The parts of metav1.ObjectMeta the operator reads; the rest passes through."""
+
     model_config = ConfigDict(extra="allow")
     name: str
     namespace: str = "default"

@@ -1,0 +1,115 @@
+"""`corral operator`: run the controller (kopf watches + Corral's workers) in one process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "operator", help="run the AgentSession operator"
+    )
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)"
+    )
+    parser.add_argument(
+        "--config", type=Path, help="operator config YAML (corral.config.OperatorConfig)"
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    parser.add_argument("--workers", type=int, default=16, help="concurrent reconciles")
+    parser.add_argument("--port", type=int, default=8081, help="health, metrics and activity port")
+    parser.add_argument("--host", default="0.0.0.0", help="address of that port")
+    parser.add_argument(
+        "--no-leader-election", action="store_true", help="act at once, without the Lease"
+    )
+    parser.add_argument("--lease-name", default="corral-operator")
+    parser.add_argument(
+        "--lease-namespace", help="namespace of the Lease (default: the config's namespace)"
+    )
+    parser.add_argument("--lease-seconds", type=float, default=10.0)
+    parser.add_argument("--renew-seconds", type=float, default=2.0)
+    parser.add_argument("--identity", help="this replica's name in the Lease (default: host+pid)")
+    parser.add_argument("--log-level", default="INFO")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from corral import logs
+
+    logs.configure(getattr(logging, args.log_level.upper(), logging.INFO))
+    if args.kubeconfig:
+        # kopf's login reads the same file through the official client's loader.
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    asyncio.run(_main(args))
+    return 0
+
+
+async def _main(args: argparse.Namespace) -> None:
+    import kopf
+    from aiohttp import web
+
+    import corral.controller.handlers  # noqa: F401  (registers the kopf handlers)
+    from corral.config import OperatorConfig
+    from corral.controller.controller import Controller, RunSettings
+    from corral.controller.http import make_app
+    from corral.kube.client import KubeClient, load_connection
+
+    config = OperatorConfig.load(args.config)
+    client = KubeClient(load_connection(args.kubeconfig))
+    identity = args.identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    settings = RunSettings(
+        workers=args.workers,
+        leader_election=not args.no_leader_election,
+        lease_namespace=args.lease_namespace or config.namespace,
+        lease_name=args.lease_name,
+        identity=identity,
+        lease_seconds=args.lease_seconds,
+        renew_seconds=args.renew_seconds,
+    )
+    controller = Controller(config, client, settings)
+    runner = web.AppRunner(make_app(controller), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port).start()
+    logging.getLogger("corral.operator").info(
+        "operator %s serving health, metrics and activity on %s:%d", identity, args.host, args.port
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    background = asyncio.create_task(controller.run(), name="controller")
+    kopf_task = asyncio.create_task(
+        kopf.operator(
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            memo=kopf.Memo(controller=controller),
+            standalone=True,
+            stop_flag=stop,
+        ),
+        name="kopf",
+    )
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({background, kopf_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    background.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await background
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(kopf_task, 10)
+    await runner.cleanup()
+    await client.close()

@@ -1,0 +1,207 @@
+"""The running operator: watch feed -> store -> work queue -> reconcile workers.
+
+kopf delivers watch events (it lists first, then watches, and reconnects); this class
+turns each into a store update and a queued session key. Workers run only while this
+replica leads, and each key is reconciled by one worker at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+from pydantic import ValidationError
+
+from corral.api import runtime
+from corral.api.activity import ActivityReport
+from corral.api.v1alpha1 import KIND
+from corral.config import OperatorConfig
+from corral.controller import metrics
+from corral.controller.leader import LeaderElector
+from corral.controller.lifecycle import Activity
+from corral.controller.pods import pod_view
+from corral.controller.queue import WorkQueue
+from corral.controller.reconciler import Reconciler
+from corral.controller.store import Key, Store
+from corral.kube.client import KubeClient
+
+log = logging.getLogger("corral.controller")
+MAX_BACKOFF_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    workers: int = 16
+    leader_election: bool = True
+    lease_namespace: str = "corral-system"
+    lease_name: str = "corral-operator"
+    identity: str = "corral"
+    lease_seconds: float = 10.0
+    renew_seconds: float = 2.0
+
+
+def _owner_session(body: dict[str, Any]) -> str | None:
+    for owner in body.get("metadata", {}).get("ownerReferences") or []:
+        if owner.get("kind") == KIND and owner.get("controller"):
+            return str(owner.get("name"))
+    return None
+
+
+class Controller:
+    def __init__(self, config: OperatorConfig, client: KubeClient, settings: RunSettings) -> None:
+        self.config = config
+        self.client = client
+        self.settings = settings
+        self.store = Store()
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self.reconciler = Reconciler(client, self.store, config)
+        self.leading = asyncio.Event()
+        # Set once kopf has finished the initial listing of every watched kind.
+        self.synced = asyncio.Event()
+        self._failures: dict[Key, int] = {}
+        self.ready = False
+        metrics.register_sessions(lambda: list(self.store.sessions.values()))
+
+    # --- watch feed (called from kopf handlers) ----------------------------------------------
+
+    def on_session(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if event_type == "DELETED":
+            self.store.drop_session(key)
+            self.reconciler.wake_seen.pop(key, None)
+            return
+        try:
+            session = self.store.put_session(body)
+        except ValidationError as error:
+            log.error("session %s/%s does not parse: %s", *key, error)
+            metrics.ERRORS.labels(reason="InvalidSession").inc()
+            return
+        if session is None:
+            return
+        wake = session.metadata.annotations.get(runtime.WAKE_ANNOTATION)
+        if wake is not None and wake != session.status.observed_wake:
+            self.reconciler.wake_seen.setdefault(key, time.monotonic())
+        self.queue.add(key)
+
+    def on_child(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
+        owner = _owner_session(body)
+        if owner is None:
+            return
+        meta = body["metadata"]
+        key = (str(meta.get("namespace")), owner)
+        deleted = event_type == "DELETED"
+        if kind == "Pod":
+            self.store.put_pod(key, pod_view(body), deleted)
+        else:
+            self.store.put_named_child(key, kind, str(meta.get("name")), deleted)
+        self.queue.add(key)
+
+    def on_activity(self, report: ActivityReport) -> bool:
+        """Keep a runner's report; False when it is not from the session's live pod."""
+        key = (report.namespace, report.name)
+        if key not in self.store.sessions:
+            return False
+        pod = self.store.children_of(key).pods.get(report.pod_name)
+        if pod is None or pod.deleting:
+            return False
+        metrics.ACTIVITY_REPORTS.inc()
+        previous = self.store.activity.get(key)
+        moment = report.last_activity_time
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        self.store.activity[key] = Activity(
+            last_activity=moment,
+            busy=report.busy,
+            session_id=report.session_id,
+            num_turns=report.num_turns,
+            total_cost_usd=report.total_cost_usd,
+            sdk_version=report.sdk_version,
+            cli_version=report.cli_version,
+            agents=tuple(report.agents),
+        )
+        if (
+            previous is None
+            or previous.busy != report.busy
+            or previous.num_turns != report.num_turns
+        ):
+            self.queue.add(key)
+        return True
+
+    # --- leadership ------------------------------------------------------------------------
+
+    def start_leading(self) -> None:
+        self.leading.set()
+        for key in list(self.store.sessions):
+            self.queue.add(key)
+
+    def stop_leading(self) -> None:
+        self.leading.clear()
+
+    # --- workers ---------------------------------------------------------------------------
+
+    async def worker(self) -> None:
+        await self.synced.wait()
+        while True:
+            await self.leading.wait()
+            key = await self.queue.get()
+            queued = self.queue.enqueued_at.get(key)
+            if queued is not None:
+                metrics.QUEUE_LAG_SECONDS.observe(time.monotonic() - queued)
+            try:
+                if not self.leading.is_set():
+                    self.queue.add_after(key, 1.0)
+                    continue
+                plan = await self.reconciler.reconcile(key)
+                self._failures.pop(key, None)
+                if plan is not None and plan.requeue_after is not None:
+                    self.queue.add_after(key, plan.requeue_after)
+            except Exception as error:
+                failures = self._failures.get(key, 0) + 1
+                self._failures[key] = failures
+                delay = min(0.5 * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
+                metrics.ERRORS.labels(reason=type(error).__name__).inc()
+                log.warning(
+                    "reconcile failed (attempt %d, retry in %.1fs): %s",
+                    failures,
+                    delay,
+                    error,
+                    extra={"session_namespace": key[0], "session_name": key[1]},
+                )
+                self.queue.add_after(key, delay)
+            finally:
+                self.queue.done(key)
+
+    async def run(self) -> None:
+        """Everything but the watches: delay heap, workers, leader election."""
+        tasks = [asyncio.create_task(self.queue.run_delays(), name="delays")]
+        tasks += [
+            asyncio.create_task(self.worker(), name=f"worker-{i}")
+            for i in range(self.settings.workers)
+        ]
+        if self.settings.leader_election:
+            elector = LeaderElector(
+                self.client,
+                self.settings.lease_namespace,
+                self.settings.lease_name,
+                self.settings.identity,
+                on_started=self.start_leading,
+                on_stopped=self.stop_leading,
+                lease_seconds=self.settings.lease_seconds,
+                renew_seconds=self.settings.renew_seconds,
+            )
+            tasks.append(asyncio.create_task(elector.run(), name="leader"))
+        else:
+            metrics.LEADER.set(1)
+            self.start_leading()
+        self.ready = True
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,600 @@
+"""The lifecycle of a session as one pure function: what exists -> what to do.
+
+`decide` reads a snapshot (the session, its pods and other children, the runner's last
+activity report, the clock) and returns a `Plan`: children to create, pods to delete,
+the full new status, Events, and when to look again. It does no I/O, so every
+transition of the four patterns is unit-tested without a cluster, and the reconciler
+that applies plans stays small. Level-based: running it twice on the same snapshot
+gives the same plan, and a plan already applied yields an empty one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from corral.api import runtime
+from corral.api.units import parse_duration
+from corral.api.v1alpha1 import (
+    AgentSession,
+    AgentSessionStatus,
+    AgentStatus,
+    CostStatus,
+    Pattern,
+    Phase,
+    RunnerInfo,
+)
+from corral.config import OperatorConfig
+from corral.controller import conditions as cond
+from corral.controller.outcome import outcome_of
+from corral.controller.pods import CONFIG_FAILURES, IMAGE_PULL_FAILURES, PodView
+from corral.render import (
+    Manifest,
+    endpoint_url,
+    pvc_name,
+    render_network_policy,
+    render_pod,
+    render_pvc,
+    render_service,
+    restart_hash,
+    service_name,
+    spec_json,
+)
+
+# How often to look again at a session waiting for something outside our watches
+# (a credentials Secret that does not exist yet).
+CREDENTIALS_RETRY_SECONDS = 5.0
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class Activity:
+    """The runner's latest report (it pushes them; see corral.controller.activity)."""
+
+    last_activity: datetime
+    busy: bool
+    session_id: str | None = None
+    num_turns: int | None = None
+    total_cost_usd: float | None = None
+    sdk_version: str | None = None
+    cli_version: str | None = None
+    agents: tuple[AgentStatus, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observed:
+    session: AgentSession
+    pods: list[PodView]
+    has_service: bool
+    has_network_policy: bool
+    has_pvc: bool
+    now: datetime
+    activity: Activity | None = None
+    # None: not looked up yet. The reconciler looks only when the plan asks for it.
+    credentials_found: bool | None = None
+
+
+@dataclass(frozen=True)
+class EventNote:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PodDeletion:
+    name: str
+    uid: str
+    reason: str
+
+
+@dataclass
+class Plan:
+    create: list[Manifest] = field(default_factory=list)
+    delete_pods: list[PodDeletion] = field(default_factory=list)
+    patch_pods: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    status_patch: dict[str, Any] | None = None
+    events: list[EventNote] = field(default_factory=list)
+    requeue_after: float | None = None
+    delete_session: bool = False
+    check_credentials: str | None = None  # Secret name to look up before deciding again
+    scaled_down: bool = False
+    woke: bool = False
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(seconds, 0.0)
+        self.requeue_after = (
+            seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.create
+            or self.delete_pods
+            or self.patch_pods
+            or self.status_patch
+            or self.events
+            or self.delete_session
+            or self.check_credentials
+        )
+
+
+def _status_patch(old: AgentSessionStatus, new: AgentSessionStatus) -> dict[str, Any] | None:
+    """A merge patch turning `old` into `new`: changed keys, and nulls for removed ones."""
+    before = old.model_dump(by_alias=True, exclude_none=True, mode="json")
+    after = new.model_dump(by_alias=True, exclude_none=True, mode="json")
+    if before == after:
+        return None
+    patch: dict[str, Any] = {k: v for k, v in after.items() if before.get(k) != v}
+    patch.update({k: None for k in before if k not in after})
+    return patch
+
+
+class _Decision:
+    """One run of `decide`: the snapshot, the status being built and the plan."""
+
+    def __init__(self, observed: Observed, config: OperatorConfig) -> None:
+        self.obs = observed
+        self.config = config
+        self.session = observed.session
+        self.spec = observed.session.spec
+        self.old = observed.session.status
+        self.status = observed.session.status.model_copy(deep=True)
+        self.plan = Plan()
+        self.now = observed.now
+        self.now_text = timestamp(observed.now)
+        self.generation = observed.session.metadata.generation
+        own_uid = observed.session.metadata.uid
+        # Only pods this very session owns (not an older session of the same name).
+        self.pods = [p for p in observed.pods if p.owner_uid in (None, own_uid)]
+        self.live = sorted((p for p in self.pods if not p.deleting), key=lambda p: p.attempt)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def condition(self, type_: str, status: bool | None, reason: str, message: str) -> None:
+        self.status.conditions = cond.set_condition(
+            self.status.conditions, type_, status, reason, message, self.generation, self.now_text
+        )
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.plan.events.append(EventNote("Warning" if warning else "Normal", reason, message))
+
+    def next_attempt(self) -> int:
+        seen = [p.attempt for p in self.pods] + [self.old.attempts or 0]
+        return max(seen) + 1
+
+    def delete_pod(self, pod: PodView, reason: str) -> None:
+        self.plan.delete_pods.append(PodDeletion(pod.name, pod.uid, reason))
+
+    def credentials_secret(self) -> str | None:
+        credentials = self.spec.credentials or self.config.default_credentials
+        return credentials.secret_name if credentials else None
+
+    def credentials_ready(self) -> bool:
+        """False (and a condition) while the API key's Secret is missing."""
+        secret = self.credentials_secret()
+        if secret is None:
+            self.status.conditions = cond.remove_condition(self.status.conditions, cond.CREDENTIALS)
+            return True
+        found = self.obs.credentials_found
+        if found is None:
+            self.plan.check_credentials = secret
+            return False
+        if not found:
+            credentials = self.spec.credentials or self.config.default_credentials
+            key = credentials.key if credentials else runtime.ENV_API_KEY
+            message = (
+                f"Secret {secret!r} (spec.credentials.secretName) was not found in namespace "
+                f"{self.session.metadata.namespace!r}: create it with the API key under "
+                f"key {key!r}"
+            )
+            previous = cond.get_condition(self.old.conditions, cond.CREDENTIALS)
+            if previous is None or previous.status != "False":
+                self.event("SecretNotFound", message, warning=True)
+            self.condition(cond.CREDENTIALS, False, "SecretNotFound", message)
+            self.condition(cond.READY, False, "SecretNotFound", message)
+            self.status.phase = Phase.PENDING
+            self.plan.requeue(CREDENTIALS_RETRY_SECONDS)
+            return False
+        self.condition(cond.CREDENTIALS, True, "SecretFound", f"Secret {secret!r} found")
+        return True
+
+    def create_pod(self, reason: str) -> bool:
+        """Create the next pod if credentials allow; False when it has to wait."""
+        if not self.credentials_ready():
+            return False
+        attempt = self.next_attempt()
+        manifest = render_pod(self.session, self.config, attempt)
+        self.plan.create.append(manifest)
+        self.status.attempts = attempt
+        self.status.pod_name = manifest["metadata"]["name"]
+        self.status.start_time = None
+        self.status.phase = Phase.PENDING
+        self.condition(cond.POD_READY, False, "PodCreated", f"pod {self.status.pod_name} created")
+        self.condition(cond.READY, False, "Starting", f"waiting for pod {self.status.pod_name}")
+        self.event(reason, f"created pod {self.status.pod_name}")
+        return True
+
+    def ensure_children(self) -> None:
+        if not self.obs.has_service:
+            self.plan.create.append(render_service(self.session))
+        if not self.obs.has_network_policy:
+            self.plan.create.append(render_network_policy(self.session, self.config))
+        if self.spec.pattern == Pattern.HYBRID:
+            if not self.obs.has_pvc:
+                self.plan.create.append(render_pvc(self.session, self.config))
+            self.status.pvc_name = pvc_name(self.session)
+        self.status.service_name = service_name(self.session)
+        self.status.endpoint = endpoint_url(self.session)
+
+    def drop_duplicates(self) -> PodView | None:
+        """Keep the newest live pod; a second one (never expected) is deleted."""
+        if not self.live:
+            return None
+        for extra in self.live[:-1]:
+            self.delete_pod(extra, "Duplicate")
+            self.event("DuplicatePodDeleted", f"deleted extra pod {extra.name}", warning=True)
+        return self.live[-1]
+
+    def observe_running_pod(self, pod: PodView) -> None:
+        """Phase and conditions from a pod that is not finished."""
+        self.status.pod_name = pod.name
+        self.status.start_time = self.status.start_time or pod.started_at
+        if pod.ready:
+            self.status.phase = Phase.RUNNING
+            self.condition(cond.POD_READY, True, "PodReady", f"pod {pod.name} is ready")
+            self.condition(cond.READY, True, "Running", "the runner accepts messages")
+            return
+        self.status.phase = Phase.PENDING
+        if pod.unschedulable:
+            reason, message, warn = "Unschedulable", pod.unschedulable, True
+        elif pod.waiting_reason in IMAGE_PULL_FAILURES:
+            reason = "ImagePullFailed"
+            message = (
+                f"{pod.waiting_reason}: {pod.waiting_message or 'cannot pull the runner image'}"
+            )
+            warn = True
+        elif pod.waiting_reason in CONFIG_FAILURES:
+            reason, message, warn = "ContainerConfigError", pod.waiting_message or "", True
+        elif pod.phase == "Running":
+            reason, message, warn = (
+                "RunnerStarting",
+                "waiting for the runner's readiness probe",
+                False,
+            )
+        else:
+            reason, message, warn = "PodPending", f"pod {pod.name} is {pod.phase}", False
+        previous = cond.get_condition(self.old.conditions, cond.POD_READY)
+        if warn and (previous is None or previous.reason != reason):
+            self.event(reason, message, warning=True)
+        self.condition(cond.POD_READY, False, reason, message)
+        self.condition(cond.READY, False, reason, message)
+
+    def apply_activity(self, coalesce: timedelta) -> None:
+        """Copy the runner's report into status, writing last activity only when it moved
+        by more than `coalesce` (every write costs an API call)."""
+        activity = self.obs.activity
+        if activity is None:
+            return
+        recorded = parse_time(self.old.last_activity_time)
+        if recorded is None or activity.last_activity - recorded >= coalesce:
+            self.status.last_activity_time = timestamp(activity.last_activity)
+        if activity.session_id:
+            self.status.session_id = activity.session_id
+        if activity.num_turns is not None:
+            self.status.num_turns = activity.num_turns
+        if activity.total_cost_usd is not None:
+            self.status.total_cost_usd = round(activity.total_cost_usd, 6)
+        if activity.sdk_version or activity.cli_version:
+            self.status.runner = RunnerInfo(
+                sdk_version=activity.sdk_version, cli_version=activity.cli_version
+            )
+        if activity.agents:
+            self.status.agents = list(activity.agents)
+
+    def account_cost(self) -> None:
+        tokens = self.status.total_cost_usd or (
+            self.status.result.total_cost_usd if self.status.result else 0.0
+        )
+        cost = self.status.cost or CostStatus()
+        price = self.config.price_per_container_hour_usd
+        self.status.cost = CostStatus(
+            tokens_usd=round(tokens or 0.0, 6),
+            pod_seconds=cost.pod_seconds,
+            infrastructure_usd=round(cost.pod_seconds * price / 3600, 6),
+        )
+
+    def add_pod_seconds(self, pod_started: str | None) -> None:
+        """When a pod ends, its runtime joins the session's pod-seconds."""
+        started = parse_time(pod_started)
+        if started is None:
+            return
+        cost = self.status.cost or CostStatus()
+        seconds = max(0, int((self.now - started).total_seconds()))
+        self.status.cost = cost.model_copy(update={"pod_seconds": cost.pod_seconds + seconds})
+
+    def suspend(self) -> None:
+        for pod in self.live:
+            self.add_pod_seconds(pod.started_at)
+            self.delete_pod(pod, "Suspended")
+        if self.old.phase != Phase.SUSPENDED:
+            self.event("Suspended", "spec.suspend is true: the pod is stopped")
+        self.status.phase = Phase.SUSPENDED
+        self.status.pod_name = None
+        self.status.start_time = None
+        self.condition(cond.POD_READY, False, "Suspended", "spec.suspend is true")
+        self.condition(cond.READY, False, "Suspended", "spec.suspend is true")
+
+    def sync_live_spec(self, pod: PodView) -> bool:
+        """Spec changes a running pod can take arrive through its annotation; others need a
+        new pod. Returns False when the pod is being replaced."""
+        if pod.restart_hash is not None and pod.restart_hash != restart_hash(self.spec):
+            self.add_pod_seconds(pod.started_at)
+            self.delete_pod(pod, "SpecChanged")
+            self.event("SpecChanged", f"pod {pod.name} replaced to apply the new spec")
+            self.create_pod("PodReplaced")
+            return False
+        wanted = spec_json(self.session, self.config)
+        if pod.spec_annotation is not None and pod.spec_annotation != wanted:
+            patch = {"metadata": {"annotations": {runtime.SPEC_ANNOTATION: wanted}}}
+            self.plan.patch_pods.append((pod.name, patch))
+        return True
+
+    # --- patterns ------------------------------------------------------------------------
+
+    def ephemeral(self) -> None:
+        if self.old.phase in (Phase.SUCCEEDED, Phase.FAILED):
+            for leftover in self.live:
+                self.delete_pod(leftover, "Finished")
+            ttl = self.spec.ttl_seconds_after_finished
+            finished = parse_time(self.old.completion_time)
+            if ttl is not None and finished is not None:
+                due = finished + timedelta(seconds=ttl)
+                if self.now >= due:
+                    self.plan.delete_session = True
+                else:
+                    self.plan.requeue((due - self.now).total_seconds())
+            return
+        pod = self.drop_duplicates()
+        if pod is not None and pod.finished:
+            self.finish_ephemeral(pod)
+            return
+        if pod is not None and pod.waiting_reason in IMAGE_PULL_FAILURES and pod.phase == "Pending":
+            # A one-shot task cannot wait forever for an image; a retry may pull it.
+            message = f"{pod.waiting_reason}: {pod.waiting_message or 'cannot pull the image'}"
+            self.fail_attempt(pod, "ImagePullFailed", message)
+            return
+        if pod is not None:
+            self.observe_running_pod(pod)
+            return
+        lost = self.old.pod_name is not None and self.old.phase in (Phase.PENDING, Phase.RUNNING)
+        if lost and (self.old.attempts or 0) > 0 and not self.pods:
+            self.fail_attempt(
+                None, "PodLost", f"pod {self.old.pod_name} disappeared before it finished"
+            )
+            return
+        if self.pods:
+            return  # the previous attempt is still terminating; wait for it
+        self.create_pod("PodCreated")
+
+    def finish_ephemeral(self, pod: PodView) -> None:
+        outcome = outcome_of(pod)
+        self.add_pod_seconds(pod.started_at)
+        if outcome.result is not None:
+            self.status.result = outcome.result
+            self.status.session_id = outcome.result.session_id
+            self.status.num_turns = outcome.result.num_turns
+            self.status.total_cost_usd = outcome.result.total_cost_usd
+        if outcome.succeeded:
+            self.delete_pod(pod, "Finished")
+            self.status.phase = Phase.SUCCEEDED
+            self.status.completion_time = self.now_text
+            self.status.pod_name = None
+            self.condition(cond.COMPLETE, True, "Succeeded", outcome.message)
+            self.condition(cond.READY, False, "Completed", "the run is over")
+            self.condition(cond.POD_READY, False, "Completed", f"pod {pod.name} finished")
+            turns = outcome.result.num_turns if outcome.result else 0
+            self.event("Succeeded", f"the run finished in {turns} turns")
+            self.schedule_ttl()
+            return
+        self.fail_attempt(pod, outcome.reason, outcome.message)
+
+    def fail_attempt(self, pod: PodView | None, reason: str, message: str) -> None:
+        if pod is not None:
+            self.delete_pod(pod, reason)
+        self.status.pod_name = None
+        attempts = self.old.attempts or 0
+        if attempts <= self.spec.retries:
+            self.event(
+                "Retrying",
+                f"attempt {attempts} failed ({reason}: {message}); retrying",
+                warning=True,
+            )
+            self.status.phase = Phase.PENDING
+            if pod is None:
+                self.create_pod("PodCreated")
+            # else: the next reconcile, once this pod is gone, creates the next attempt.
+            self.condition(cond.READY, False, reason, message)
+            return
+        self.status.phase = Phase.FAILED
+        self.status.completion_time = self.now_text
+        self.status.pod_name = None
+        self.condition(cond.FAILED, True, reason, message)
+        self.condition(cond.READY, False, reason, message)
+        self.condition(cond.POD_READY, False, reason, message)
+        self.event(reason, message, warning=True)
+        self.schedule_ttl()
+
+    def schedule_ttl(self) -> None:
+        ttl = self.spec.ttl_seconds_after_finished
+        if ttl is not None:
+            self.plan.requeue(float(ttl))
+
+    def long_running(self) -> None:
+        if self.spec.suspend:
+            self.suspend()
+            return
+        pod = self.drop_duplicates()
+        if pod is not None and pod.finished:
+            # A pod that ended (evicted, failed) is replaced; its restart is counted.
+            self.add_pod_seconds(pod.started_at)
+            self.delete_pod(pod, pod.reason or "PodFinished")
+            self.status.restarts = (self.old.restarts or 0) + 1
+            message = f"pod {pod.name} ended ({pod.reason or pod.phase}); replacing it"
+            self.event("PodLost", message, warning=True)
+            self.create_pod("PodRecreated")
+            return
+        if pod is not None:
+            if self.sync_live_spec(pod):
+                self.observe_running_pod(pod)
+            return
+        if self.pods:
+            return  # wait for the terminating predecessor before making its successor
+        resuming = self.old.phase == Phase.SUSPENDED
+        if self.old.pod_name is not None and not resuming:
+            self.status.restarts = (self.old.restarts or 0) + 1
+            self.event("PodLost", f"pod {self.old.pod_name} is gone; recreating it", warning=True)
+        self.create_pod("PodResumed" if resuming else "PodCreated")
+
+    def hybrid(self) -> None:
+        timeout = parse_duration(self.spec.idle_timeout or self.config.default_idle_timeout)
+        wake_value = self.session.metadata.annotations.get(runtime.WAKE_ANNOTATION)
+        wake_asked = wake_value is not None and wake_value != self.old.observed_wake
+        if self.spec.suspend:
+            self.suspend()
+            return
+        asleep = self.old.phase in (Phase.IDLE, Phase.SUSPENDED)
+        if asleep:
+            if not (wake_asked or self.old.phase == Phase.SUSPENDED):
+                for leftover in self.live:
+                    self.delete_pod(leftover, "Idle")
+                return
+            self.wake(wake_value)
+            return
+        if wake_asked:
+            self.status.observed_wake = wake_value
+        pod = self.drop_duplicates()
+        if pod is not None and pod.finished:
+            self.add_pod_seconds(pod.started_at)
+            self.delete_pod(pod, pod.reason or "PodFinished")
+            self.status.restarts = (self.old.restarts or 0) + 1
+            self.event("PodLost", f"pod {pod.name} ended; replacing it", warning=True)
+            self.create_pod("PodRecreated")
+            return
+        if pod is None:
+            if self.pods:
+                return
+            if self.old.pod_name is not None:
+                self.status.restarts = (self.old.restarts or 0) + 1
+                self.event(
+                    "PodLost", f"pod {self.old.pod_name} is gone; recreating it", warning=True
+                )
+            self.create_pod("PodCreated")
+            return
+        if not self.sync_live_spec(pod):
+            return
+        self.observe_running_pod(pod)
+        self.apply_activity(coalesce=max(timeout / 10, timedelta(seconds=1)))
+        self.idle_check(pod, timeout)
+
+    def last_activity(self, pod: PodView) -> datetime:
+        candidates = [
+            parse_time(self.old.last_activity_time),
+            self.obs.activity.last_activity if self.obs.activity else None,
+            parse_time(pod.started_at),
+        ]
+        known = [c for c in candidates if c is not None]
+        return max(known) if known else self.now
+
+    def idle_check(self, pod: PodView, timeout: timedelta) -> None:
+        busy = self.obs.activity is not None and self.obs.activity.busy
+        last = self.last_activity(pod)
+        deadline = last + timeout
+        if busy or self.now < deadline:
+            # A busy runner reports again while it works; look again at the deadline anyway.
+            self.plan.requeue(
+                (deadline - self.now).total_seconds() if not busy else timeout.total_seconds()
+            )
+            return
+        self.add_pod_seconds(pod.started_at)
+        self.delete_pod(pod, "IdleTimeout")
+        idle_for = int((self.now - last).total_seconds())
+        configured = self.spec.idle_timeout or self.config.default_idle_timeout
+        message = f"no activity for {idle_for}s (idleTimeout {configured}); the volume is kept"
+        self.status.phase = Phase.IDLE
+        self.status.idle_since = self.now_text
+        self.status.last_activity_time = timestamp(last)
+        self.status.pod_name = None
+        self.status.start_time = None
+        self.condition(cond.IDLE, True, "IdleTimeout", message)
+        self.condition(
+            cond.READY, False, "Idle", "scaled to zero; annotate corral.dev/wake to wake"
+        )
+        self.condition(cond.POD_READY, False, "Idle", "scaled to zero")
+        self.event("ScaledDown", message)
+        self.plan.scaled_down = True
+
+    def wake(self, wake_value: str | None) -> None:
+        adopted = self.drop_duplicates()
+        if wake_value is not None:
+            self.status.observed_wake = wake_value
+        self.status.wake_count = (self.old.wake_count or 0) + 1
+        self.status.idle_since = None
+        self.status.last_activity_time = self.now_text
+        self.condition(
+            cond.IDLE, False, "Woken", "woken by " + ("annotation" if wake_value else "resume")
+        )
+        if adopted is not None:
+            # A pod made by a wake whose status write was lost (operator restart): keep it.
+            self.observe_running_pod(adopted)
+            self.event("Woken", f"woken; pod {adopted.name} kept")
+            self.plan.woke = True
+            return
+        if self.pods:
+            # The scaled-down pod is still terminating: wake once it is gone.
+            self.status = self.old.model_copy(deep=True)
+            self.plan.requeue(1.0)
+            return
+        if self.create_pod("Woken"):
+            self.plan.woke = True
+        else:
+            self.status.wake_count = self.old.wake_count
+
+    def run(self) -> Plan:
+        if self.session.metadata.model_extra and self.session.metadata.model_extra.get(
+            "deletionTimestamp"
+        ):
+            return self.plan  # garbage collection removes the children
+        self.ensure_children()
+        pattern = self.spec.pattern
+        if pattern == Pattern.EPHEMERAL:
+            self.ephemeral()
+        elif pattern == Pattern.HYBRID:
+            self.hybrid()
+        else:
+            self.long_running()
+            if self.obs.activity is not None:
+                self.apply_activity(coalesce=timedelta(seconds=60))
+        if self.plan.check_credentials:
+            return Plan(check_credentials=self.plan.check_credentials)
+        self.status.observed_generation = self.generation
+        self.account_cost()
+        if self.status.phase != self.old.phase and self.status.phase and not self.plan.events:
+            self.event("Phase" + str(self.status.phase), f"phase is now {self.status.phase}")
+        self.plan.status_patch = _status_patch(self.old, self.status)
+        return self.plan
+
+
+def decide(observed: Observed, config: OperatorConfig) -> Plan:
+    return _Decision(observed, config).run()

@@ -1,0 +1,107 @@
+"""A compact, typed view of a session pod: what the lifecycle decisions read.
+
+The operator keeps these instead of whole pod bodies, which keeps memory flat at
+thousands of sessions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from corral.api import runtime
+from corral.render import ATTEMPT_ANNOTATION, RESTART_HASH_ANNOTATION
+
+IMAGE_PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
+CONFIG_FAILURES = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+
+
+@dataclass(frozen=True)
+class Terminated:
+    exit_code: int
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    uid: str
+    owner_uid: str | None
+    attempt: int
+    restart_hash: str | None
+    spec_annotation: str | None
+    phase: str
+    deleting: bool
+    ready: bool
+    reason: str | None
+    message: str | None
+    started_at: str | None
+    restart_count: int
+    waiting_reason: str | None
+    waiting_message: str | None
+    terminated: Terminated | None
+    unschedulable: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+def _runner_status(status: dict[str, Any]) -> dict[str, Any]:
+    for container in status.get("containerStatuses") or []:
+        if container.get("name") == runtime.CONTAINER_NAME:
+            return dict(container)
+    return {}
+
+
+def pod_view(body: dict[str, Any]) -> PodView:
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    owners = meta.get("ownerReferences") or []
+    owner_uid = next((o.get("uid") for o in owners if o.get("controller")), None)
+    container = _runner_status(status)
+    state = container.get("state") or {}
+    last_state = container.get("lastState") or {}
+    terminated_raw = state.get("terminated") or last_state.get("terminated")
+    terminated = (
+        Terminated(
+            exit_code=int(terminated_raw.get("exitCode", 0)),
+            reason=str(terminated_raw.get("reason") or ""),
+            message=str(terminated_raw.get("message") or ""),
+        )
+        if terminated_raw
+        else None
+    )
+    waiting = state.get("waiting") or {}
+    unschedulable = None
+    ready = False
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+            unschedulable = str(condition.get("message") or "no node fits the pod")
+        if condition.get("type") == "Ready":
+            ready = condition.get("status") == "True"
+    try:
+        attempt = int(annotations.get(ATTEMPT_ANNOTATION, "0"))
+    except ValueError:
+        attempt = 0
+    return PodView(
+        name=str(meta.get("name")),
+        uid=str(meta.get("uid")),
+        owner_uid=owner_uid,
+        attempt=attempt,
+        restart_hash=annotations.get(RESTART_HASH_ANNOTATION),
+        spec_annotation=annotations.get(runtime.SPEC_ANNOTATION),
+        phase=str(status.get("phase") or "Pending"),
+        deleting=bool(meta.get("deletionTimestamp")),
+        ready=ready,
+        reason=status.get("reason"),
+        message=status.get("message"),
+        started_at=status.get("startTime"),
+        restart_count=int(container.get("restartCount") or 0),
+        waiting_reason=waiting.get("reason"),
+        waiting_message=waiting.get("message"),
+        terminated=terminated,
+        unschedulable=unschedulable,
+    )

@@ -1,0 +1,106 @@
+"""The session's NetworkPolicy: default deny both ways, then only what the session needs.
+
+Ingress: the operator's namespace (and spec.network.ingressFromNamespaces) on the runner
+port. Egress: cluster DNS; TCP 443 to public addresses when allowPublicHttps (private,
+carrier-grade NAT, loopback and link-local ranges carved out, which covers the cloud
+metadata address); the operator's extra peers; the spec's own CIDRs, minus link-local.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from kubernetes import client as k8s
+
+from corral.api import runtime
+from corral.api.v1alpha1 import AgentSession, PortSpec, parse_cidr
+from corral.config import IPBlock, OperatorConfig, PeerRule
+from corral.render.meta import NETWORK, Manifest, object_meta, selector_labels, to_manifest
+from corral.render.names import dns_label
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API server
+HTTPS = PortSpec(port=443, protocol="TCP")
+
+
+def network_policy_name(session: AgentSession) -> str:
+    return dns_label(session.metadata.name)
+
+
+def carve(cidr: str, holes: Iterable[str]) -> k8s.V1IPBlock | None:
+    """`cidr` (masked) minus the `holes` inside it; None when a hole covers all of it."""
+    network = parse_cidr(cidr)
+    excepts: list[str] = []
+    for text in holes:
+        hole = ipaddress.ip_network(text, strict=False)
+        if hole.version != network.version:
+            continue
+        if network.subnet_of(hole):  # type: ignore[arg-type]  # same version, checked above
+            return None
+        if hole.subnet_of(network) and str(hole) not in excepts:  # type: ignore[arg-type]
+            excepts.append(str(hole))
+    # Built from the wire form: `except` is a Python keyword, spelt differently in the model.
+    return k8s.V1IPBlock.model_validate({"cidr": str(network), "except": excepts or None})
+
+
+def _ports(ports: Iterable[PortSpec]) -> list[k8s.V1NetworkPolicyPort] | None:
+    rendered = [k8s.V1NetworkPolicyPort(port=p.port, protocol=p.protocol) for p in ports]
+    return rendered or None  # none listed: every port
+
+
+def _namespace(name: str) -> k8s.V1LabelSelector:
+    return k8s.V1LabelSelector(match_labels={NAMESPACE_NAME_LABEL: name})
+
+
+def _peer_rule(rule: PeerRule) -> k8s.V1NetworkPolicyEgressRule:
+    pods = k8s.V1LabelSelector(match_labels=dict(rule.pod_labels)) if rule.pod_labels else None
+    peer = k8s.V1NetworkPolicyPeer(namespace_selector=_namespace(rule.namespace), pod_selector=pods)
+    return k8s.V1NetworkPolicyEgressRule(to=[peer], ports=_ports(rule.ports))
+
+
+def _public_https(
+    blocks: list[IPBlock], always_blocked: list[str]
+) -> k8s.V1NetworkPolicyEgressRule | None:
+    peers = []
+    for block in blocks:
+        ip_block = carve(block.cidr, [*block.except_, *always_blocked])
+        if ip_block is not None:
+            peers.append(k8s.V1NetworkPolicyPeer(ip_block=ip_block))
+    return k8s.V1NetworkPolicyEgressRule(to=peers, ports=_ports([HTTPS])) if peers else None
+
+
+def _ingress(session: AgentSession, config: OperatorConfig) -> k8s.V1NetworkPolicyIngressRule:
+    namespaces = dict.fromkeys([config.namespace, *session.spec.network.ingress_from_namespaces])
+    peers = [k8s.V1NetworkPolicyPeer(namespace_selector=_namespace(ns)) for ns in namespaces]
+    return k8s.V1NetworkPolicyIngressRule.model_validate(
+        {"from": peers, "ports": _ports([PortSpec(port=runtime.RUNNER_PORT, protocol="TCP")])}
+    )
+
+
+def _egress(session: AgentSession, config: OperatorConfig) -> list[k8s.V1NetworkPolicyEgressRule]:
+    network = session.spec.network
+    rules = [_peer_rule(config.dns), *(_peer_rule(peer) for peer in config.extra_egress)]
+    if network.allow_public_https:
+        public = _public_https(config.public_https, config.always_blocked)
+        if public is not None:
+            rules.append(public)
+    for egress in network.egress:
+        ip_block = carve(egress.cidr, config.always_blocked)
+        if ip_block is not None:
+            peer = k8s.V1NetworkPolicyPeer(ip_block=ip_block)
+            rules.append(k8s.V1NetworkPolicyEgressRule(to=[peer], ports=_ports(egress.ports)))
+    return rules
+
+
+def render_network_policy(session: AgentSession, config: OperatorConfig) -> Manifest:
+    policy = k8s.V1NetworkPolicy(
+        api_version="networking.k8s.io/v1",
+        kind="NetworkPolicy",
+        metadata=object_meta(session, network_policy_name(session), NETWORK),
+        spec=k8s.V1NetworkPolicySpec(
+            pod_selector=k8s.V1LabelSelector(match_labels=selector_labels(session)),
+            policy_types=["Ingress", "Egress"],
+            ingress=[_ingress(session, config)],
+            egress=_egress(session, config),
+        ),
+    )
+    return to_manifest(policy)

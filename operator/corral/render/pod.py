@@ -1,0 +1,289 @@
+"""The session pod: one hardened runner container, its volumes and its limits.
+
+Restart policy. Ephemeral pods never restart (`Never`): a failed run is a failed attempt,
+and the operator decides about a new pod (spec.retries) with a fresh workspace, counting
+attempts in status. Every other pattern restarts its container in place (`Always`): a crash
+or an OOM kill then keeps the pod and its emptyDirs, so the workspace and the transcript
+survive and the runner resumes the same SDK session. The operator replaces only a pod that
+is gone (evicted, node lost, deleted).
+
+Pod names are `<session>-<hash of session uid and attempt>`: a new pod never collides with
+a predecessor that is still terminating, nor with a pod of an earlier session of the same
+name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+from kubernetes import client as k8s
+
+from corral.api import runtime
+from corral.api.units import format_bytes, parse_quantity
+from corral.api.v1alpha1 import AgentSession, AgentSessionSpec, Pattern
+from corral.config import OperatorConfig
+from corral.render.meta import RUNNER, Manifest, RenderError, object_meta, to_manifest
+from corral.render.names import dns_label, short_hash
+from corral.render.pvc import pvc_name
+
+# Pod annotations the operator writes and reads back.
+ATTEMPT_ANNOTATION = "corral.dev/attempt"
+# Changes when a spec field that only a new pod can apply changes (see restart_hash).
+RESTART_HASH_ANNOTATION = "corral.dev/restart-hash"
+
+# Kubernetes caps the sum of a pod's annotations at 256 KiB; leave room for the others.
+MAX_SPEC_ANNOTATION_BYTES = 200 * 1024
+
+STATE_VOLUME = "state"
+HOME_VOLUME = "home"
+TMP_VOLUME = "tmp"
+SPEC_VOLUME = "session-spec"
+
+# The runner stops taking work on SIGTERM and drains for this much less than the grace period.
+DRAIN_MARGIN_SECONDS = 10
+
+
+def pod_name(session: AgentSession, attempt: int) -> str:
+    uid = session.metadata.uid or ""
+    return dns_label(session.metadata.name, "-" + short_hash(uid, str(attempt)))
+
+
+def spec_json(session: AgentSession, config: OperatorConfig) -> str:
+    """The spec the runner reads (SPEC_FILE), with the operator's defaults filled in."""
+    spec = session.spec
+    resolved = spec.model_copy(update={"model": spec.model or config.default_model})
+    return resolved.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def restart_hash(spec: AgentSessionSpec) -> str:
+    """Hash of the spec fields a running pod cannot pick up; a change means a new pod.
+
+    The rest (model, prompts, limits, tools, MCP servers) reaches the runner live: the
+    kubelet refreshes the projected spec file when the pod's annotation changes.
+    """
+    fields = {
+        "image": spec.image,
+        "resources": spec.resources.model_dump(),
+        "credentials": spec.credentials.model_dump() if spec.credentials else None,
+        "agents": sorted(agent.name for agent in spec.agents or []),
+    }
+    return short_hash(json.dumps(fields, sort_keys=True), length=16)
+
+
+def grace_period_seconds(spec: AgentSessionSpec, config: OperatorConfig) -> int:
+    if spec.pattern == Pattern.HYBRID:
+        return config.hybrid_termination_grace_period_seconds
+    return config.termination_grace_period_seconds
+
+
+def runner_command(drain_seconds: int) -> list[str]:
+    return [
+        "corral",
+        "runner",
+        "--session",
+        runtime.SPEC_FILE,
+        "--workspace",
+        runtime.WORKSPACE_DIR,
+        "--state-dir",
+        runtime.STATE_DIR,
+        "--port",
+        str(runtime.RUNNER_PORT),
+        "--drain-seconds",
+        str(drain_seconds),
+    ]
+
+
+def _env(session: AgentSession, config: OperatorConfig) -> list[k8s.V1EnvVar]:
+    spec = session.spec
+    credentials = spec.credentials or config.default_credentials
+    base_url = (credentials.base_url if credentials else None) or config.default_anthropic_base_url
+    plain = {
+        runtime.ENV_DISABLE_TRAFFIC: "1",
+        runtime.ENV_SESSION_NAME: session.metadata.name,
+        runtime.ENV_SESSION_NAMESPACE: session.metadata.namespace,
+        runtime.ENV_SESSION_FILE: runtime.SPEC_FILE,
+        # runAsUser has no passwd entry in most images; the CLI needs a writable home.
+        "HOME": runtime.HOME_DIR,
+        **config.runner_env,
+    }
+    if base_url:
+        plain[runtime.ENV_BASE_URL] = base_url
+    env = [k8s.V1EnvVar(name=name, value=value) for name, value in plain.items()]
+    if credentials:
+        # A reference, never a copy: the key stays in its Secret.
+        key_ref = k8s.V1SecretKeySelector(
+            name=credentials.secret_name, key=credentials.key, optional=False
+        )
+        source = k8s.V1EnvVarSource(secret_key_ref=key_ref)
+        env.insert(0, k8s.V1EnvVar(name=runtime.ENV_API_KEY, value_from=source))
+    return env
+
+
+def _resources(spec: AgentSessionSpec) -> k8s.V1ResourceRequirements:
+    # requests == limits: Guaranteed QoS, and the limit is the only memory cap the CLI has.
+    amounts = {
+        "cpu": spec.resources.cpu,
+        "memory": spec.resources.memory,
+        "ephemeral-storage": spec.resources.disk,
+    }
+    return k8s.V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts))
+
+
+def _empty_dir(name: str, size_limit: str) -> k8s.V1Volume:
+    return k8s.V1Volume(name=name, empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=size_limit))
+
+
+def _volumes(session: AgentSession) -> list[k8s.V1Volume]:
+    spec = session.spec
+    disk = spec.resources.disk
+    # Home and /tmp get a quarter each so that neither can starve the workspace; the pod's
+    # ephemeral-storage limit still caps the sum.
+    quarter = format_bytes(parse_quantity(disk) / 4)
+    if spec.pattern == Pattern.HYBRID:
+        claim = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=pvc_name(session))
+        state = k8s.V1Volume(name=STATE_VOLUME, persistent_volume_claim=claim)
+    else:
+        state = _empty_dir(STATE_VOLUME, disk)
+    field_path = f"metadata.annotations['{runtime.SPEC_ANNOTATION}']"
+    spec_file = k8s.V1DownwardAPIVolumeFile(
+        path=PurePosixPath(runtime.SPEC_FILE).name,
+        field_ref=k8s.V1ObjectFieldSelector(field_path=field_path),
+    )
+    return [
+        state,
+        _empty_dir(HOME_VOLUME, quarter),
+        _empty_dir(TMP_VOLUME, quarter),
+        k8s.V1Volume(
+            name=SPEC_VOLUME,
+            downward_api=k8s.V1DownwardAPIVolumeSource(items=[spec_file], default_mode=0o444),
+        ),
+    ]
+
+
+def _volume_mounts() -> list[k8s.V1VolumeMount]:
+    if PurePosixPath(runtime.SPEC_FILE).parent != PurePosixPath(runtime.SPEC_DIR):
+        raise RenderError("runtime.SPEC_FILE must live directly in runtime.SPEC_DIR")
+    return [
+        k8s.V1VolumeMount(name=STATE_VOLUME, mount_path=runtime.STATE_DIR),
+        k8s.V1VolumeMount(name=HOME_VOLUME, mount_path=runtime.HOME_DIR),
+        k8s.V1VolumeMount(name=TMP_VOLUME, mount_path=runtime.TMP_DIR),
+        k8s.V1VolumeMount(name=SPEC_VOLUME, mount_path=runtime.SPEC_DIR, read_only=True),
+    ]
+
+
+def _http_probe(path: str, period: int, failures: int, timeout: int = 3) -> k8s.V1Probe:
+    return k8s.V1Probe(
+        http_get=k8s.V1HTTPGetAction(path=path, port=runtime.RUNNER_PORT_NAME),
+        period_seconds=period,
+        failure_threshold=failures,
+        timeout_seconds=timeout,
+    )
+
+
+def _seccomp() -> k8s.V1SeccompProfile:
+    return k8s.V1SeccompProfile(type="RuntimeDefault")
+
+
+def _container_security() -> k8s.V1SecurityContext:
+    # What Pod Security `restricted` asks for, plus a read-only root filesystem.
+    return k8s.V1SecurityContext(
+        allow_privilege_escalation=False,
+        privileged=False,
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
+        run_as_user=runtime.RUNNER_UID,
+        run_as_group=runtime.RUNNER_GID,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        seccomp_profile=_seccomp(),
+    )
+
+
+def _pod_security() -> k8s.V1PodSecurityContext:
+    return k8s.V1PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=runtime.RUNNER_UID,
+        run_as_group=runtime.RUNNER_GID,
+        fs_group=runtime.RUNNER_GID,
+        # A big Hybrid volume is chowned once, not on every wake.
+        fs_group_change_policy="OnRootMismatch",
+        seccomp_profile=_seccomp(),
+    )
+
+
+def _container(session: AgentSession, config: OperatorConfig, grace: int) -> k8s.V1Container:
+    return k8s.V1Container(
+        name=runtime.CONTAINER_NAME,
+        image=session.spec.image or config.default_image,
+        image_pull_policy=config.image_pull_policy,
+        command=runner_command(max(grace - DRAIN_MARGIN_SECONDS, 0)) + config.runner_extra_args,
+        ports=[
+            k8s.V1ContainerPort(
+                name=runtime.RUNNER_PORT_NAME, container_port=runtime.RUNNER_PORT, protocol="TCP"
+            )
+        ],
+        env=_env(session, config),
+        resources=_resources(session.spec),
+        volume_mounts=_volume_mounts(),
+        # Startup allows a minute for the runner to come up before liveness counts.
+        startup_probe=_http_probe(runtime.LIVENESS_PATH, period=2, failures=30),
+        liveness_probe=_http_probe(runtime.LIVENESS_PATH, period=10, failures=3, timeout=5),
+        readiness_probe=_http_probe(runtime.READINESS_PATH, period=5, failures=2),
+        security_context=_container_security(),
+        termination_message_path=runtime.TERMINATION_LOG,
+        # A crash before the runner wrote its outcome still leaves the log tail in status.
+        termination_message_policy="FallbackToLogsOnError",
+    )
+
+
+def _annotations(session: AgentSession, config: OperatorConfig, attempt: int) -> dict[str, str]:
+    body = spec_json(session, config)
+    size = len(runtime.SPEC_ANNOTATION) + len(body.encode())
+    if size > MAX_SPEC_ANNOTATION_BYTES:
+        raise RenderError(
+            f"spec of {session.metadata.name} is {size} bytes as JSON; at most "
+            f"{MAX_SPEC_ANNOTATION_BYTES} fit in a pod annotation: shorten the prompts"
+        )
+    return {
+        runtime.SPEC_ANNOTATION: body,
+        ATTEMPT_ANNOTATION: str(attempt),
+        RESTART_HASH_ANNOTATION: restart_hash(session.spec),
+    }
+
+
+def render_pod(session: AgentSession, config: OperatorConfig, attempt: int) -> Manifest:
+    """The pod of the session's `attempt`-th run (Ephemeral) or incarnation (the others)."""
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, not {attempt}")
+    spec = session.spec
+    ephemeral = spec.pattern == Pattern.EPHEMERAL
+    grace = grace_period_seconds(spec, config)
+    pod_spec = k8s.V1PodSpec(
+        containers=[_container(session, config, grace)],
+        volumes=_volumes(session),
+        restart_policy="Never" if ephemeral else "Always",
+        active_deadline_seconds=(
+            (spec.active_deadline_seconds or config.default_active_deadline_seconds)
+            if ephemeral
+            else None
+        ),
+        termination_grace_period_seconds=grace,
+        security_context=_pod_security(),
+        # The runner needs no Kubernetes credentials: the spec arrives as a file.
+        automount_service_account_token=False,
+        enable_service_links=False,
+        tolerations=[k8s.V1Toleration(**t.model_dump()) for t in config.tolerations] or None,
+        node_selector=dict(config.node_selector) or None,
+        runtime_class_name=config.runtime_class_name,
+        priority_class_name=config.priority_class_name,
+        image_pull_secrets=[k8s.V1LocalObjectReference(name=n) for n in config.image_pull_secrets]
+        or None,
+    )
+    pod = k8s.V1Pod(
+        api_version="v1",
+        kind="Pod",
+        metadata=object_meta(
+            session, pod_name(session, attempt), RUNNER, _annotations(session, config, attempt)
+        ),
+        spec=pod_spec,
+    )
+    return to_manifest(pod)

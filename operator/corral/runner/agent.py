@@ -1,0 +1,414 @@
+"""One agent: a claude-agent-sdk client, its CLI process, and the message it is working on.
+
+A single task owns the client (connect, query, disconnect) because the SDK ties a client
+to the async context it was connected in; a second task reads the CLI's output for the
+whole life of the process, so a CLI that dies while idle is noticed at once.
+An agent works on one message at a time: `submit` refuses a second one (`AgentBusy`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from claude_agent_sdk import (
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    Message,
+    ResultMessage,
+    StreamEvent,
+    SystemMessage,
+)
+
+from corral.runner import events as ev
+from corral.runner.jsonlog import log_event
+from corral.runner.layout import AgentPaths
+from corral.runner.metrics import RunnerMetrics
+from corral.runner.saved_session import SavedSession, save
+
+log = logging.getLogger("corral.runner.agent")
+
+OptionsFactory = Callable[[str | None], ClaudeAgentOptions]
+# How long `interrupt` waits for the CLI to acknowledge.
+INTERRUPT_TIMEOUT = 10.0
+RESTART_BACKOFF_MAX = 30.0
+
+
+class AgentState(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    RESTARTING = "restarting"
+    ERROR = "error"
+    STOPPED = "stopped"
+
+
+class AgentBusy(Exception):
+    """The agent is already working on a message."""
+
+
+class AgentUnavailable(Exception):
+    """The agent cannot take a message now (starting, restarting, stopping, failed)."""
+
+
+class CliGone(Exception):
+    """The CLI process ended or could not be started."""
+
+
+@dataclass
+class Turn:
+    """One message and the events of its answer; the last event is always a `result`."""
+
+    agent: str
+    text: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started: float = field(default_factory=time.monotonic)
+    events: asyncio.Queue[ev.Event] = field(default_factory=asyncio.Queue)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    result: ev.Event | None = None
+
+    def publish(self, event: ev.Event) -> None:
+        self.events.put_nowait({**event, "agent": self.agent, "turn": self.id})
+
+    def finish(self, result: ev.Event) -> None:
+        self.publish(result)
+        self.result = {**result, "agent": self.agent, "turn": self.id}
+        self.done.set()
+
+    async def next_event(self, wait: float) -> ev.Event | None:
+        """The next event, or None when nothing came within `wait` seconds."""
+        try:
+            return await asyncio.wait_for(self.events.get(), wait)
+        except TimeoutError:
+            return None
+
+
+@dataclass(frozen=True)
+class AgentSnapshot:
+    name: str
+    state: AgentState
+    session_id: str | None
+    num_turns: int
+    messages: int
+    total_cost_usd: float
+    usage: dict[str, int]
+    last_activity: datetime | None
+    last_error: dict[str, Any] | None
+    restarts: int
+    cli_version: str | None
+
+
+class AgentWorker:
+    def __init__(
+        self,
+        paths: AgentPaths,
+        options: OptionsFactory,
+        metrics: RunnerMetrics,
+        *,
+        saved: SavedSession,
+        persist: bool,
+        restart: bool,
+        fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = paths.name
+        self.paths = paths
+        self._options = options
+        self._metrics = metrics
+        self._saved = saved
+        # Hybrid keeps the session id and totals on its volume; the others start afresh.
+        self._persist = persist
+        # LongRunning/Hybrid/Shared bring a crashed CLI back; Ephemeral fails instead.
+        self._restart = restart
+        self._log_fields = dict(fields or {})
+        self.state = AgentState.STARTING
+        self.restarts = 0
+        self.last_activity: datetime | None = None
+        self.last_error: dict[str, Any] | None = None
+        self.cli_version: str | None = None
+        self.ready = asyncio.Event()
+        self._client: ClaudeSDKClient | None = None
+        self._current: Turn | None = None
+        self._inbox: asyncio.Queue[Turn] = asyncio.Queue()
+        self._stop = asyncio.Event()
+        self._clean_exit = False
+        # A result's total_cost_usd is cumulative: for the CLI process, plus what a resumed
+        # CLI restored from its last clean exit. Costs are the differences.
+        self._cli_cost_base = 0.0
+
+    # --- what other tasks call -----------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    def submit(self, text: str) -> Turn:
+        if self._stop.is_set():
+            raise AgentUnavailable(f"agent {self.name!r} is shutting down")
+        if self._current is not None:
+            raise AgentBusy(
+                f"agent {self.name!r} is busy with message {self._current.id}; send again "
+                "after its result, or POST /v1/interrupt"
+            )
+        if self.state != AgentState.IDLE:
+            raise AgentUnavailable(f"agent {self.name!r} is {self.state}")
+        turn = Turn(self.name, text)
+        self._current = turn
+        self.state = AgentState.BUSY
+        self._metrics.busy.labels(self.name).set(1)
+        self._touch()
+        self._inbox.put_nowait(turn)
+        log_event(log, "message accepted", agent=self.name, turn=turn.id, chars=len(text))
+        return turn
+
+    async def interrupt(self) -> bool:
+        """Ask the CLI to stop the running message; False when there is none."""
+        client, turn = self._client, self._current
+        if client is None or turn is None:
+            return False
+        log_event(log, "interrupting", agent=self.name, turn=turn.id)
+        await asyncio.wait_for(client.interrupt(), INTERRUPT_TIMEOUT)
+        return True
+
+    async def stop(self, drain: float) -> None:
+        """Let a running message finish for up to `drain` seconds, then interrupt it."""
+        turn = self._current
+        if turn is not None and drain > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(turn.done.wait(), drain)
+        turn = self._current
+        if turn is not None:
+            with contextlib.suppress(Exception):
+                await self.interrupt()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(turn.done.wait(), INTERRUPT_TIMEOUT)
+        self._stop.set()
+
+    def snapshot(self) -> AgentSnapshot:
+        s = self._saved
+        return AgentSnapshot(
+            name=self.name,
+            state=self.state,
+            session_id=s.session_id,
+            num_turns=s.num_turns,
+            messages=s.messages,
+            total_cost_usd=s.total_cost_usd,
+            usage=dict(s.usage),
+            last_activity=self.last_activity,
+            last_error=self.last_error,
+            restarts=self.restarts,
+            cli_version=self.cli_version,
+        )
+
+    # --- the owning task -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep a CLI running until `stop`; returns early only when restart is off."""
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                await self._serve_one_cli()
+                backoff = 1.0
+            except CliGone as exc:
+                self._fail_current("error_cli_crashed", str(exc))
+                self.last_error = _error(None, "cli_crashed", str(exc))
+                log_event(log, "CLI ended", level=logging.ERROR, agent=self.name, error=str(exc))
+                if not self._restart:
+                    self.state = AgentState.ERROR
+                    self.ready.set()  # unblock anyone waiting: the agent will not start
+                    return
+                self.restarts += 1
+                self._metrics.cli_restarts.labels(self.name).inc()
+                self.state = AgentState.RESTARTING
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)
+                backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+        self.state = AgentState.STOPPED
+
+    async def _connect(self) -> ClaudeSDKClient:
+        resume = self._saved.session_id
+        client = ClaudeSDKClient(self._options(resume))
+        try:
+            await client.connect()
+            self._cli_cost_base = self._saved.cli_cost if resume else 0.0
+            return client
+        except Exception as exc:
+            if resume is None:
+                raise CliGone(f"CLI did not start: {exc}") from exc
+            # A session id whose transcript is gone must not wedge the agent for ever.
+            log_event(
+                log,
+                "resume failed, starting a new session",
+                level=logging.WARNING,
+                agent=self.name,
+                session_id=resume,
+                error=str(exc)[:500],
+            )
+        self._saved.session_id = None
+        self._saved.cli_cost = self._cli_cost_base = 0.0
+        client = ClaudeSDKClient(self._options(None))
+        try:
+            await client.connect()
+        except Exception as exc:
+            raise CliGone(f"CLI did not start: {exc}") from exc
+        return client
+
+    async def _serve_one_cli(self) -> None:
+        client = await self._connect()
+        self._client = client
+        reader = asyncio.create_task(self._read(client), name=f"read-{self.name}")
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            self.state = AgentState.BUSY if self._current else AgentState.IDLE
+            self.ready.set()
+            log_event(log, "agent ready", agent=self.name, session_id=self._saved.session_id)
+            while True:
+                getting = asyncio.create_task(self._inbox.get())
+                await asyncio.wait({getting, reader, stopping}, return_when="FIRST_COMPLETED")
+                if not getting.done():
+                    getting.cancel()
+                elif getting.exception() is None:
+                    await client.query(getting.result().text)
+                    continue
+                if stopping.done():
+                    self._clean_exit = True
+                    return
+                raise CliGone(reader.result() or "CLI output ended")
+        finally:
+            stopping.cancel()
+            self._client = None
+            # Closing stdin lets the CLI flush its transcript and cost, and exit.
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            if self._clean_exit:
+                self._saved.cli_cost = self._cli_cost_base
+                self._save()
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    async def _read(self, client: ClaudeSDKClient) -> str | None:
+        """Route CLI output until it ends; returns why it ended."""
+        try:
+            async for message in client.receive_messages():
+                self._on_message(message)
+        except Exception as exc:  # ProcessError, ResultError (after an error result), ...
+            return f"{type(exc).__name__}: {exc}"[:2000]
+        return None
+
+    # --- CLI output ----------------------------------------------------------------------
+
+    def _on_message(self, message: Message) -> None:
+        self._touch()
+        self._note_session(message)
+        for tool in ev.tool_names(message):
+            self._metrics.tool(self.name, tool)
+        if isinstance(message, SystemMessage) and message.subtype == "api_retry":
+            self._note_api_retry(message.data)
+        turn = self._current
+        for event in ev.to_events(message):
+            if turn is None:
+                continue  # output between messages (a background task); nobody asked
+            if isinstance(message, ResultMessage):
+                self._finish(turn, message, event)
+            else:
+                turn.publish(event)
+
+    def _note_session(self, message: Message) -> None:
+        session_id: str | None = None
+        if isinstance(message, SystemMessage) and message.subtype == "init":
+            session_id = message.data.get("session_id")
+            self.cli_version = message.data.get("claude_code_version") or self.cli_version
+        elif isinstance(message, ResultMessage | StreamEvent):
+            session_id = message.session_id
+        if session_id and session_id != self._saved.session_id:
+            self._saved.session_id = session_id
+            log_event(log, "session id", agent=self.name, session_id=session_id)
+            self._save()
+
+    def _note_api_retry(self, data: dict[str, Any]) -> None:
+        status = data.get("error_status")
+        self._metrics.api_retries.labels(self.name, str(status or "none")).inc()
+        self.last_error = _error(status, "api_retry", str(data.get("error") or "unknown"))
+        log_event(
+            log,
+            "model API error, CLI retries",
+            level=logging.WARNING,
+            agent=self.name,
+            status=status,
+            attempt=data.get("attempt"),
+            max_retries=data.get("max_retries"),
+        )
+
+    def _finish(self, turn: Turn, message: ResultMessage, event: ev.Event) -> None:
+        reported = message.total_cost_usd or 0.0
+        if reported < self._cli_cost_base:
+            self._cli_cost_base = 0.0  # the CLI restored less than expected: it counts anew
+        cost = reported - self._cli_cost_base
+        self._cli_cost_base = reported
+        s = self._saved
+        s.num_turns += message.num_turns
+        s.messages += 1
+        s.total_cost_usd += cost
+        for key, value in ev.usage_counts(message.usage).items():
+            s.usage[key] = s.usage.get(key, 0) + value
+            self._metrics.tokens.labels(self.name, ev.token_kind(key)).inc(value)
+        self._metrics.turns.labels(self.name).inc(message.num_turns)
+        self._metrics.cost.labels(self.name).inc(cost)
+        self._metrics.messages.labels(self.name, message.subtype).inc()
+        self._metrics.turn_duration.labels(self.name).observe(time.monotonic() - turn.started)
+        if message.is_error:
+            self.last_error = _error(
+                message.api_error_status, message.subtype, (message.result or "")[:500]
+            )
+        self._save()
+        self._end_turn(turn, {**event, "cost_usd": cost, "total_cost_usd": s.total_cost_usd})
+        log_event(
+            log,
+            "message finished",
+            agent=self.name,
+            turn=turn.id,
+            subtype=message.subtype,
+            is_error=message.is_error,
+            num_turns=message.num_turns,
+            cost_usd=round(cost, 6),
+        )
+
+    def _fail_current(self, subtype: str, reason: str) -> None:
+        turn = self._current
+        if turn is not None:
+            turn.publish({"type": "error", "message": reason})
+            self._end_turn(turn, ev.synthetic_result(subtype, reason, self._saved.session_id))
+
+    def _end_turn(self, turn: Turn, result: ev.Event) -> None:
+        self._current = None
+        if self.state == AgentState.BUSY:
+            self.state = AgentState.IDLE
+        self._metrics.busy.labels(self.name).set(0)
+        turn.finish(result)
+
+    def _save(self) -> None:
+        if self._persist:
+            try:
+                save(self.paths.saved_file, self._saved)
+            except OSError as exc:
+                log_event(log, "cannot save session", level=logging.ERROR, error=str(exc))
+
+    def _touch(self) -> None:
+        self.last_activity = datetime.now(UTC)
+
+
+def _error(status: int | None, kind: str, message: str) -> dict[str, Any]:
+    return {
+        "status": status,
+        "kind": kind,
+        "message": message,
+        "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }

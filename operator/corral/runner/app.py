@@ -1,0 +1,244 @@
+"""The runner process: agents for the session's pattern, the HTTP API, and shutdown.
+
+Ephemeral runs `spec.prompt` once, writes the outcome to the termination log and exits.
+LongRunning and Shared serve until SIGTERM. Hybrid does the same, resuming its saved SDK
+session on start and finishing (or interrupting) the running message on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from claude_agent_sdk import ClaudeAgentOptions
+
+from corral.api import runtime
+from corral.api.v1alpha1 import AgentSessionSpec, Pattern, RunResult
+from corral.runner import termination
+from corral.runner.agent import AgentBusy, AgentUnavailable, AgentWorker
+from corral.runner.http_api import DEFAULT_MAX_REQUEST_BYTES, RunnerApi
+from corral.runner.jsonlog import log_event
+from corral.runner.layout import AgentPaths, agent_paths, prepare
+from corral.runner.metrics import RunnerMetrics
+from corral.runner.options import build_options, find_agent
+from corral.runner.saved_session import SavedSession, load_saved
+from corral.runner.session import RunnerSession
+
+log = logging.getLogger("corral.runner")
+
+FAKE_ENV = "CORRAL_FAKE_ANTHROPIC"
+# Exit codes: the run failed (an error result, a crashed CLI) / the runner could not start.
+EXIT_RUN_FAILED = 1
+EXIT_CONFIG = 2
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    spec: AgentSessionSpec
+    workspace: Path
+    state_dir: Path
+    host: str = "0.0.0.0"
+    port: int = runtime.RUNNER_PORT
+    termination_log: Path = Path(runtime.TERMINATION_LOG)
+    drain_seconds: float = 20.0
+    fake_anthropic: bool = False
+    fake_anthropic_port: int = 0
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+
+def wants_fake(flag: bool) -> bool:
+    """The fake API is used only when asked for and no real key is configured."""
+    asked = flag or os.environ.get(FAKE_ENV, "") in ("1", "true", "yes")
+    return asked and not os.environ.get(runtime.ENV_API_KEY)
+
+
+def _stderr_logger(agent: str) -> Callable[[str], None]:
+    def write(line: str) -> None:
+        log_event(log, "cli stderr", level=logging.WARNING, agent=agent, line=line[:1000])
+
+    return write
+
+
+def _worker(
+    settings: RunnerSettings, paths: AgentPaths, metrics: RunnerMetrics, cli_env: dict[str, str]
+) -> AgentWorker:
+    pattern = settings.spec.pattern
+    hybrid = pattern == Pattern.HYBRID
+    prepare(paths)
+    saved = load_saved(paths.saved_file) if hybrid else SavedSession()
+    stderr = _stderr_logger(paths.name)
+
+    def options(resume: str | None) -> ClaudeAgentOptions:
+        return build_options(settings.spec, paths, resume=resume, env=cli_env, stderr=stderr)
+
+    return AgentWorker(
+        paths,
+        options,
+        metrics,
+        saved=saved,
+        persist=hybrid,
+        restart=pattern != Pattern.EPHEMERAL,
+    )
+
+
+def opening_messages(spec: AgentSessionSpec, worker: AgentWorker, resumed: bool) -> list[str]:
+    """What an agent is told when it starts: the session's prompt and the agent's own."""
+    if resumed:
+        return []  # a woken Hybrid session already had its prompt
+    agent = find_agent(spec, worker.name)
+    texts = [agent.prompt] if agent and agent.prompt else []
+    # A Shared session's prompt goes to its first agent, after that agent's own.
+    first = spec.agents[0].name if spec.agents else worker.name
+    if spec.prompt and worker.name == first:
+        texts.append(spec.prompt)
+    return texts
+
+
+class Runner:
+    def __init__(self, settings: RunnerSettings) -> None:
+        self.settings = settings
+        self.metrics = RunnerMetrics()
+        self.fake_url: str | None = None
+        self._stop = asyncio.Event()
+        self._http: web.AppRunner | None = None
+
+    async def run(self) -> int:
+        from corral.testing.fake_anthropic import FakeAnthropic
+
+        cli_env: dict[str, str] = {}
+        fake: FakeAnthropic | None = None
+        if wants_fake(self.settings.fake_anthropic):
+            fake = FakeAnthropic()
+            self.fake_url = await fake.start("127.0.0.1", self.settings.fake_anthropic_port)
+            cli_env = {runtime.ENV_BASE_URL: self.fake_url, runtime.ENV_API_KEY: "fake-key"}
+            log_event(log, "using the in-process fake Anthropic API", url=self.fake_url)
+        elif not os.environ.get(runtime.ENV_API_KEY):
+            log_event(log, "no API key configured; model calls will fail", level=logging.WARNING)
+        spec = self.settings.spec
+        workers = [
+            _worker(self.settings, paths, self.metrics, cli_env)
+            for paths in agent_paths(spec, self.settings.workspace, self.settings.state_dir)
+        ]
+        resumed = {w.name: w.snapshot().session_id is not None for w in workers}
+        session = RunnerSession(str(spec.pattern), workers, fake_api=fake is not None)
+        self._install_signals()
+        try:
+            await self._serve_http(session)
+            session.start()
+            log_event(
+                log,
+                "runner started",
+                pattern=str(spec.pattern),
+                port=self.settings.port,
+                agents=list(session.workers),
+                resumed=resumed,
+            )
+            if spec.pattern == Pattern.EPHEMERAL:
+                return await self._run_ephemeral(session)
+            openers = [
+                asyncio.create_task(self._open(w, opening_messages(spec, w, resumed[w.name])))
+                for w in workers
+            ]
+            await self._stop.wait()
+            for task in openers:
+                task.cancel()
+            log_event(log, "stopping", drain_seconds=self.settings.drain_seconds)
+            await session.shutdown(self.settings.drain_seconds)
+            return 0
+        finally:
+            if self._http is not None:
+                await self._http.cleanup()
+            if fake is not None:
+                await fake.stop()
+            log_event(log, "runner stopped")
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+
+    async def _serve_http(self, session: RunnerSession) -> None:
+        api = RunnerApi(session, self.metrics, self.settings.max_request_bytes)
+        self._http = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        await self._http.setup()
+        await web.TCPSite(self._http, self.settings.host, self.settings.port).start()
+
+    async def _open(self, worker: AgentWorker, texts: list[str]) -> None:
+        await worker.ready.wait()
+        for text in texts:
+            try:
+                turn = worker.submit(text)
+            except (AgentBusy, AgentUnavailable) as exc:
+                log_event(
+                    log,
+                    "opening message not sent",
+                    level=logging.WARNING,
+                    agent=worker.name,
+                    error=str(exc),
+                )
+                return
+            await turn.done.wait()
+
+    async def _run_ephemeral(self, session: RunnerSession) -> int:
+        worker = session.first
+        prompt = self.settings.spec.prompt or ""
+        stop = asyncio.create_task(self._stop.wait())
+        started = asyncio.create_task(worker.ready.wait())
+        await asyncio.wait({stop, started}, return_when="FIRST_COMPLETED")
+        result = None
+        failure: str | None = "terminated before the run started"
+        if started.done() and not stop.done():
+            try:
+                turn = worker.submit(prompt)
+            except (AgentBusy, AgentUnavailable) as exc:
+                failure = f"agent did not start: {worker.last_error or exc}"
+            else:
+                done = asyncio.create_task(turn.done.wait())
+                await asyncio.wait({stop, done}, return_when="FIRST_COMPLETED")
+                if not done.done():
+                    # SIGTERM mid-run (activeDeadlineSeconds, deletion): stop cleanly.
+                    await session.shutdown(0)
+                    failure = "terminated during the run"
+                result = turn.result
+                failure = None if result else failure
+        stop.cancel()
+        started.cancel()
+        outcome = termination.run_result(result, failure)
+        is_error = bool(result.get("is_error")) if result else True
+        self._write_outcome(outcome)
+        await session.shutdown(0)
+        ok = termination.succeeded(outcome, is_error)
+        log_event(
+            log,
+            "run finished",
+            subtype=outcome.subtype,
+            ok=ok,
+            num_turns=outcome.num_turns,
+            total_cost_usd=outcome.total_cost_usd,
+        )
+        return 0 if ok else EXIT_RUN_FAILED
+
+    def _write_outcome(self, outcome: RunResult) -> None:
+        try:
+            termination.write_termination_log(self.settings.termination_log, outcome)
+        except OSError as exc:
+            log_event(
+                log,
+                "cannot write termination log",
+                level=logging.ERROR,
+                path=str(self.settings.termination_log),
+                error=str(exc),
+            )
+
+
+def run(settings: RunnerSettings) -> int:
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(Runner(settings).run())
+    return EXIT_RUN_FAILED

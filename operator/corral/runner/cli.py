@@ -1,0 +1,103 @@
+"""`corral runner`: the process inside a session pod that drives claude-agent-sdk."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from corral.api import runtime
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "runner", help="run an AgentSession inside its pod", description=__doc__
+    )
+    parser.add_argument(
+        "--session",
+        type=Path,
+        default=Path(runtime.SPEC_FILE),
+        help="AgentSession manifest or bare spec, YAML or JSON (default %(default)s)",
+    )
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(runtime.WORKSPACE_DIR),
+        help="the agent's working directory (default %(default)s)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(runtime.STATE_DIR),
+        help="CLI config and runner state live here (default %(default)s)",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to serve on")
+    parser.add_argument("--port", type=int, default=runtime.RUNNER_PORT, help="HTTP port")
+    parser.add_argument(
+        "--termination-log",
+        type=Path,
+        default=Path(runtime.TERMINATION_LOG),
+        help="where an Ephemeral run writes its outcome (default %(default)s)",
+    )
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=20.0,
+        help="on SIGTERM, wait this long for a running message to finish "
+        "before interrupting it (keep below the pod's grace period)",
+    )
+    parser.add_argument(
+        "--fake-anthropic",
+        action="store_true",
+        help="serve a fake Anthropic API in-process when no API key is set "
+        "(also: CORRAL_FAKE_ANTHROPIC=1)",
+    )
+    parser.add_argument(
+        "--fake-anthropic-port",
+        type=int,
+        default=0,
+        help="port of the in-process fake (0 picks one; see the log)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=256 * 1024,
+        help="largest request body or WebSocket message accepted",
+    )
+    parser.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    # Imported here so `corral --help` does not load the SDK.
+    import logging
+
+    from prometheus_client import disable_created_metrics
+
+    from corral.runner import jsonlog
+    from corral.runner.app import EXIT_CONFIG, RunnerSettings, run
+    from corral.runner.jsonlog import log_event
+    from corral.runner.session_file import SessionFileError, load_session
+
+    try:
+        session = load_session(args.session)
+    except SessionFileError as exc:
+        jsonlog.configure(None, None)
+        log_event(logging.getLogger("corral.runner"), str(exc), level=logging.ERROR)
+        return EXIT_CONFIG
+    jsonlog.configure(session.name, session.namespace)
+    # `_created` series double every metric and mean nothing to a per-pod runner.
+    disable_created_metrics()
+    settings = RunnerSettings(
+        spec=session.spec,
+        # Resume needs the same absolute cwd in every pod: never a relative path.
+        workspace=args.workspace.resolve(),
+        state_dir=args.state_dir.resolve(),
+        host=args.host,
+        port=args.port,
+        termination_log=args.termination_log,
+        drain_seconds=args.drain_seconds,
+        fake_anthropic=args.fake_anthropic,
+        fake_anthropic_port=args.fake_anthropic_port,
+        max_request_bytes=args.max_request_bytes,
+    )
+    return run(settings)

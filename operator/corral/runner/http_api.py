@@ -1,0 +1,260 @@
+"""The runner's HTTP API on its one port: probes, status, messages (SSE and WebSocket),
+interrupt, transcript, Shared conversations and Prometheus metrics.
+
+A message sent to an agent that is already working gets 409 Conflict (no queue): the
+caller sees at once that its text was not taken, and can retry or interrupt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from corral.runner import sse
+from corral.runner.agent import AgentBusy, AgentUnavailable, AgentWorker, Turn
+from corral.runner.conversation import (
+    ConversationRequest,
+    check_idle,
+    converse,
+    speaking_order,
+)
+from corral.runner.metrics import CONTENT_TYPE, RunnerMetrics
+from corral.runner.session import RunnerSession, UnknownAgent
+from corral.runner.transcript import read_transcript, transcript_path
+
+DEFAULT_MAX_REQUEST_BYTES = 256 * 1024
+TRANSCRIPT_DEFAULT_LIMIT = 200
+TRANSCRIPT_MAX_LIMIT = 5000
+
+
+class MessageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., min_length=1)
+    agent: str | None = None
+    # false: wait and answer with the result event as plain JSON.
+    stream: bool = True
+
+
+class InterruptRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        return web.json_response({"error": str(self), **self.extra}, status=self.status)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
+    return "; ".join(parts)
+
+
+class RunnerApi:
+    def __init__(
+        self,
+        session: RunnerSession,
+        metrics: RunnerMetrics,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
+        self.session = session
+        self.metrics = metrics
+        self.max_request_bytes = max_request_bytes
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_request_bytes, middlewares=[self._errors])
+        r = app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/v1/status", self.status)
+        r.add_post("/v1/messages", self.messages)
+        r.add_get("/v1/stream", self.stream)
+        r.add_post("/v1/interrupt", self.interrupt)
+        r.add_get("/v1/transcript", self.transcript)
+        r.add_post("/v1/conversation", self.conversation)
+        r.add_get("/metrics", self.prometheus)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except ApiError as exc:
+            return exc.response()
+        except web.HTTPRequestEntityTooLarge:
+            return ApiError(413, f"request body over {self.max_request_bytes} bytes").response()
+
+    # --- helpers -------------------------------------------------------------------------
+
+    async def _body(self, request: web.Request, model: type[BaseModel]) -> Any:
+        if request.content_length is not None and request.content_length > self.max_request_bytes:
+            raise ApiError(413, f"request body over {self.max_request_bytes} bytes")
+        raw = await request.read()
+        try:
+            return model.model_validate_json(raw or b"{}")
+        except ValidationError as exc:
+            raise ApiError(400, f"malformed request: {_validation_message(exc)}") from None
+
+    def _agent(self, name: str | None) -> AgentWorker:
+        try:
+            return self.session.agent(name)
+        except UnknownAgent as exc:
+            raise ApiError(404, str(exc.args[0])) from None
+
+    def _submit(self, worker: AgentWorker, text: str) -> Turn:
+        if self.session.stopping:
+            raise ApiError(503, "runner is shutting down")
+        try:
+            return worker.submit(text)
+        except AgentBusy as exc:
+            raise ApiError(409, str(exc), agent=worker.name) from None
+        except AgentUnavailable as exc:
+            raise ApiError(503, str(exc), agent=worker.name) from None
+
+    # --- probes and status ---------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, reason = self.session.readiness()
+        return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.session.status())
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self.metrics.render())
+        response.headers["content-type"] = CONTENT_TYPE
+        return response
+
+    # --- messages ------------------------------------------------------------------------
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        body: MessageRequest = await self._body(request, MessageRequest)
+        turn = self._submit(self._agent(body.agent), body.text)
+        if not body.stream:
+            await turn.done.wait()
+            return web.json_response(turn.result)
+        response = await sse.open_stream(request)
+        # A client that goes away does not stop the message; it runs to its result.
+        with contextlib.suppress(ConnectionError):
+            await sse.send_turn(response, turn)
+            await response.write_eof()
+        return response
+
+    async def interrupt(self, request: web.Request) -> web.Response:
+        body: InterruptRequest = await self._body(request, InterruptRequest)
+        worker = self._agent(body.agent)
+        try:
+            interrupted = await worker.interrupt()
+        except Exception as exc:
+            raise ApiError(502, f"interrupt failed: {exc}", agent=worker.name) from None
+        return web.json_response({"agent": worker.name, "interrupted": interrupted})
+
+    async def transcript(self, request: web.Request) -> web.Response:
+        worker = self._agent(request.query.get("agent"))
+        try:
+            limit = int(request.query.get("limit", TRANSCRIPT_DEFAULT_LIMIT))
+        except ValueError:
+            raise ApiError(400, "limit must be an integer") from None
+        limit = max(0, min(limit, TRANSCRIPT_MAX_LIMIT))
+        session_id = worker.snapshot().session_id
+        entries: list[dict[str, Any]] = []
+        if session_id:
+            path = transcript_path(worker.paths.config_dir, worker.paths.cwd, session_id)
+            entries = await asyncio.to_thread(read_transcript, path, limit)
+        return web.json_response(
+            {"agent": worker.name, "session_id": session_id, "messages": entries}
+        )
+
+    async def conversation(self, request: web.Request) -> web.StreamResponse:
+        body: ConversationRequest = await self._body(request, ConversationRequest)
+        if self.session.stopping:
+            raise ApiError(503, "runner is shutting down")
+        if len(self.session.workers) < 2:
+            raise ApiError(400, "a conversation needs at least two agents (pattern Shared)")
+        try:
+            order = speaking_order(list(self.session.workers), body.opener, body.order)
+            check_idle(self.session, order)
+        except UnknownAgent as exc:
+            raise ApiError(404, str(exc.args[0])) from None
+        except AgentBusy as exc:
+            raise ApiError(409, str(exc)) from None
+        response = await sse.open_stream(request)
+        with contextlib.suppress(ConnectionError):
+            async for event in converse(self.session, body, order):
+                await response.write(b": keepalive\n\n" if event is None else sse.frame(event))
+            await response.write_eof()
+        return response
+
+    # --- WebSocket -----------------------------------------------------------------------
+
+    async def stream(self, request: web.Request) -> web.WebSocketResponse:
+        """Send `{"type":"message","text":...}` or `{"type":"interrupt"}`; receive events."""
+        ws = web.WebSocketResponse(max_msg_size=self.max_request_bytes, heartbeat=30)
+        await ws.prepare(request)
+        forwarders: set[asyncio.Task[None]] = set()
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._ws_command(ws, msg.data, forwarders)
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            for task in forwarders:
+                task.cancel()
+        return ws
+
+    async def _ws_command(
+        self, ws: web.WebSocketResponse, data: str, forwarders: set[asyncio.Task[None]]
+    ) -> None:
+        try:
+            command = json.loads(data)
+            if not isinstance(command, dict):
+                raise ValueError("a command is a JSON object")
+            kind = command.get("type", "message")
+            if kind == "interrupt":
+                worker = self._agent(command.get("agent"))
+                done = await worker.interrupt()
+                await ws.send_json(
+                    {"type": "interrupted", "agent": worker.name, "interrupted": done}
+                )
+                return
+            if kind != "message":
+                raise ValueError(f"unknown command type {kind!r}; use message or interrupt")
+            body = MessageRequest.model_validate({k: v for k, v in command.items() if k != "type"})
+            turn = self._submit(self._agent(body.agent), body.text)
+        except ApiError as exc:
+            await ws.send_json({"type": "error", "status": exc.status, "message": str(exc)})
+            return
+        except ValidationError as exc:
+            await ws.send_json(
+                {"type": "error", "status": 400, "message": _validation_message(exc)}
+            )
+            return
+        except ValueError as exc:
+            await ws.send_json({"type": "error", "status": 400, "message": str(exc)})
+            return
+        task = asyncio.create_task(self._ws_forward(ws, turn))
+        forwarders.add(task)
+        task.add_done_callback(forwarders.discard)
+
+    async def _ws_forward(self, ws: web.WebSocketResponse, turn: Turn) -> None:
+        with contextlib.suppress(ConnectionError):
+            async for event in sse.turn_events(turn):
+                if event is not None and not ws.closed:
+                    await ws.send_json(event)

@@ -1,0 +1,53 @@
+"""Where each agent works and keeps its CLI state, derived from the pod's runtime contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from corral.api import runtime
+from corral.api.v1alpha1 import AgentSessionSpec, Pattern
+
+# The agent of every pattern but Shared.
+MAIN_AGENT = "main"
+# Config dir relative to the state dir, as the pod lays it out ("claude").
+CONFIG_SUBDIR = PurePosixPath(runtime.CLAUDE_CONFIG_DIR).relative_to(runtime.STATE_DIR)
+# The runner's own files (saved session ids and totals) next to the CLI's in the state dir.
+RUNNER_SUBDIR = "runner"
+
+
+@dataclass(frozen=True)
+class AgentPaths:
+    name: str
+    cwd: Path
+    config_dir: Path
+    saved_file: Path
+
+
+def agent_paths(spec: AgentSessionSpec, workspace: Path, state_dir: Path) -> list[AgentPaths]:
+    """One entry per SDK client; Shared agents get their own subdirectories."""
+    config_root = state_dir / CONFIG_SUBDIR
+    runner_dir = state_dir / RUNNER_SUBDIR
+    if spec.pattern != Pattern.SHARED or not spec.agents:
+        return [
+            AgentPaths(
+                MAIN_AGENT,
+                workspace,
+                config_root,
+                runner_dir / f"{MAIN_AGENT}.json",
+            )
+        ]
+    return [
+        AgentPaths(
+            agent.name,
+            workspace / agent.name,
+            config_root / "agents" / agent.name,
+            runner_dir / f"{agent.name}.json",
+        )
+        for agent in spec.agents
+    ]
+
+
+def prepare(paths: AgentPaths) -> None:
+    for directory in (paths.cwd, paths.config_dir, paths.saved_file.parent):
+        directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,65 @@
+"""Prometheus metrics of one runner. Labels are agent names, outcomes, tool names and HTTP
+statuses only: never prompts, replies or credentials."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Tool names come from the model; cap them so a misbehaving one cannot bloat the labels.
+MAX_TOOL_LABEL = 64
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class RunnerMetrics:
+    def __init__(self) -> None:
+        # A registry per runner keeps tests (several runners in one process) independent.
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "corral_runner_messages",
+            "Messages answered, by result subtype.",
+            ["agent", "subtype"],
+            registry=r,
+        )
+        self.turns = Counter(
+            "corral_runner_turns", "Model turns taken (SDK num_turns).", ["agent"], registry=r
+        )
+        self.tokens = Counter(
+            "corral_runner_tokens", "Tokens used, by kind.", ["agent", "kind"], registry=r
+        )
+        self.cost = Counter(
+            "corral_runner_cost_usd", "Token cost as the SDK estimates it.", ["agent"], registry=r
+        )
+        self.tool_calls = Counter(
+            "corral_runner_tool_calls", "Tool calls the model made.", ["agent", "tool"], registry=r
+        )
+        self.api_retries = Counter(
+            "corral_runner_api_retries",
+            "Model API errors the CLI retried, by HTTP status.",
+            ["agent", "status"],
+            registry=r,
+        )
+        self.cli_restarts = Counter(
+            "corral_runner_cli_restarts",
+            "CLI processes restarted after a crash.",
+            ["agent"],
+            registry=r,
+        )
+        self.busy = Gauge(
+            "corral_runner_busy", "1 while the agent runs a message.", ["agent"], registry=r
+        )
+        # A runner "turn" is one message to its result, however many model calls it took.
+        self.turn_duration = Histogram(
+            "corral_runner_turn_duration_seconds",
+            "Wall time from accepting a message to its result.",
+            ["agent"],
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+
+    def tool(self, agent: str, name: str) -> None:
+        self.tool_calls.labels(agent, name[:MAX_TOOL_LABEL]).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,77 @@
+"""Pure translation of the AgentSession spec into claude-agent-sdk options for one agent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from claude_agent_sdk import ClaudeAgentOptions, McpServerConfig
+from claude_agent_sdk.types import PermissionMode as SdkPermissionMode
+from claude_agent_sdk.types import SystemPromptPreset
+
+from corral.api import runtime
+from corral.api.v1alpha1 import AgentSessionSpec, AgentSpec
+from corral.runner.layout import AgentPaths
+
+# Without a system prompt the SDK sends an empty one; Claude Code's own prompt is the
+# sensible default for an agent that works in a workspace with tools.
+CLAUDE_CODE_PROMPT: SystemPromptPreset = {"type": "preset", "preset": "claude_code"}
+
+
+# The API's modes are a subset of the SDK's; the map fails loudly if the API grows one.
+PERMISSION_MODES: dict[str, SdkPermissionMode] = {
+    "default": "default",
+    "acceptEdits": "acceptEdits",
+    "plan": "plan",
+    "bypassPermissions": "bypassPermissions",
+}
+
+
+def find_agent(spec: AgentSessionSpec, name: str) -> AgentSpec | None:
+    return next((a for a in spec.agents or [] if a.name == name), None)
+
+
+def mcp_servers(spec: AgentSessionSpec) -> dict[str, McpServerConfig]:
+    servers: dict[str, McpServerConfig] = {}
+    for server in spec.mcp_servers:
+        if server.type == "sse":
+            servers[server.name] = {"type": "sse", "url": server.url}
+        else:
+            servers[server.name] = {"type": "http", "url": server.url}
+    return servers
+
+
+def cli_env(paths: AgentPaths, extra: Mapping[str, str]) -> dict[str, str]:
+    """Variables for the CLI on top of the runner's own environment."""
+    return {
+        "CLAUDE_CONFIG_DIR": str(paths.config_dir),
+        runtime.ENV_DISABLE_TRAFFIC: "1",
+        **extra,
+    }
+
+
+def build_options(
+    spec: AgentSessionSpec,
+    paths: AgentPaths,
+    *,
+    resume: str | None,
+    env: Mapping[str, str],
+    stderr: Callable[[str], None] | None = None,
+) -> ClaudeAgentOptions:
+    agent = find_agent(spec, paths.name)
+    system_prompt = (agent.system_prompt if agent else None) or spec.system_prompt
+    return ClaudeAgentOptions(
+        model=(agent.model if agent else None) or spec.model or runtime.DEFAULT_MODEL,
+        system_prompt=system_prompt if system_prompt else CLAUDE_CODE_PROMPT,
+        max_turns=spec.max_turns,
+        max_budget_usd=spec.max_budget_usd,
+        allowed_tools=list(spec.allowed_tools),
+        disallowed_tools=list(spec.disallowed_tools),
+        permission_mode=PERMISSION_MODES[str(spec.permission_mode)],
+        mcp_servers=mcp_servers(spec),
+        cwd=str(paths.cwd),
+        resume=resume,
+        env=cli_env(paths, env),
+        # Text deltas let HTTP clients see a reply as it is written.
+        include_partial_messages=True,
+        stderr=stderr,
+    )

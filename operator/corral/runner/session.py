@@ -1,0 +1,78 @@
+"""The agents of one runner process, addressed by name, and their shared lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from corral.runner.agent import AgentState, AgentWorker
+from corral.runner.status import build_status
+
+
+class UnknownAgent(KeyError):
+    pass
+
+
+class RunnerSession:
+    def __init__(self, pattern: str, workers: Sequence[AgentWorker], *, fake_api: bool) -> None:
+        if not workers:
+            raise ValueError("a runner needs at least one agent")
+        self.pattern = pattern
+        self.workers = {w.name: w for w in workers}
+        self.fake_api = fake_api
+        self.started_at = datetime.now(UTC)
+        self.stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def first(self) -> AgentWorker:
+        return next(iter(self.workers.values()))
+
+    def agent(self, name: str | None) -> AgentWorker:
+        """The named agent; without a name, the only (or first) one."""
+        if name is None:
+            return self.first
+        try:
+            return self.workers[name]
+        except KeyError:
+            known = ", ".join(self.workers)
+            raise UnknownAgent(f"no agent {name!r}; this session has: {known}") from None
+
+    def start(self) -> None:
+        for worker in self.workers.values():
+            self._tasks.append(asyncio.create_task(worker.run(), name=f"agent-{worker.name}"))
+
+    async def wait_started(self) -> None:
+        await asyncio.gather(*(w.ready.wait() for w in self.workers.values()))
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready when a message can be accepted now: some agent is connected and idle."""
+        if self.stopping:
+            return False, "shutting down"
+        states = {w.name: w.state for w in self.workers.values()}
+        if any(s in (AgentState.STARTING, AgentState.RESTARTING) for s in states.values()):
+            return False, "agents starting: " + ", ".join(f"{n}={s}" for n, s in states.items())
+        if any(s == AgentState.IDLE for s in states.values()):
+            return True, "ready"
+        return False, "no idle agent: " + ", ".join(f"{n}={s}" for n, s in states.items())
+
+    def status(self) -> dict[str, Any]:
+        return build_status(
+            pattern=self.pattern,
+            agents=[w.snapshot() for w in self.workers.values()],
+            stopping=self.stopping,
+            ready=self.readiness()[0],
+            started_at=self.started_at,
+            fake_api=self.fake_api,
+        )
+
+    async def shutdown(self, drain: float) -> None:
+        """Finish (or interrupt) running messages, then stop every CLI cleanly."""
+        self.stopping = True
+        await asyncio.gather(*(w.stop(drain) for w in self.workers.values()))
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 15)

@@ -1,0 +1,46 @@
+"""Server-sent events: one JSON object per `data:` line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from corral.runner.agent import Turn
+from corral.runner.events import Event
+
+# A comment line this often keeps proxies from cutting a stream during long tool runs.
+KEEPALIVE_SECONDS = 15.0
+
+
+async def open_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "content-type": "text/event-stream",
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    return response
+
+
+def frame(event: Event) -> bytes:
+    return f"data: {json.dumps(event, default=str)}\n\n".encode()
+
+
+async def turn_events(
+    turn: Turn, keepalive: float = KEEPALIVE_SECONDS
+) -> AsyncIterator[Event | None]:
+    """The turn's events up to and including its result; None marks a quiet interval."""
+    while True:
+        event = await turn.next_event(keepalive)
+        yield event
+        if event is not None and event.get("type") == "result":
+            return
+
+
+async def send_turn(response: web.StreamResponse, turn: Turn) -> None:
+    async for event in turn_events(turn):
+        await response.write(b": keepalive\n\n" if event is None else frame(event))
