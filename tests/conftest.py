@@ -3,23 +3,36 @@
 Integration tests run against one real control plane per test run: the one already up
 (reused, left running) or one these fixtures start and stop again. Set
 CORRAL_TEST_KUBECONFIG to run against another cluster instead.
+
+Namespaces of one test run share a random prefix, and the run's operator watches only
+that prefix, so concurrent runs on one cluster stay out of each other's way.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from corral.testing.kube import wait_for
+from corral.testing.operator import OperatorProcess, kwok_operator_config
 
 RESTRICTED_LABELS = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
+RUN_ID = uuid.uuid4().hex[:5]
+NAMESPACE_PREFIX = f"t{RUN_ID}-"
+OPERATOR_NAMESPACE = f"{NAMESPACE_PREFIX}corral-system"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -49,13 +62,77 @@ def core(api_client: client.ApiClient) -> client.CoreV1Api:
     return client.CoreV1Api(api_client)
 
 
-@pytest.fixture
-def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace per test with Pod Security `restricted` enforced."""
-    stem = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
-    name = f"t-{stem}-{uuid.uuid4().hex[:6]}"
+@pytest.fixture(scope="session")
+def custom(api_client: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client)
+
+
+def _create_namespace(core: client.CoreV1Api, name: str) -> None:
     core.create_namespace(
         client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=RESTRICTED_LABELS))
     )
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test with Pod Security `restricted` enforced."""
+    stem = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:36].strip("-")
+    name = f"{NAMESPACE_PREFIX}{stem}-{uuid.uuid4().hex[:4]}"
+    _create_namespace(core, name)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def crd(kubeconfig: Path, api_client: client.ApiClient) -> None:
+    """The AgentSession CRD, generated fresh from the models and established."""
+    manifest = subprocess.run(
+        [sys.executable, "-m", "corral.cli", "crd"], capture_output=True, text=True, check=True
+    ).stdout
+    from corral.cluster.build import binary_path
+
+    subprocess.run(
+        [str(binary_path("kubectl")), f"--kubeconfig={kubeconfig}", "apply", "--server-side",
+         "--force-conflicts", "-f", "-"],
+        input=manifest, capture_output=True, text=True, check=True,
+    )
+    extensions = client.ApiextensionsV1Api(api_client)
+
+    def established() -> bool:
+        found = extensions.read_custom_resource_definition("agentsessions.corral.dev")
+        return any(
+            c.type == "Established" and c.status == "True" for c in found.status.conditions or []
+        )
+
+    wait_for(established, timeout=30, what="the AgentSession CRD to be established")
+
+
+@pytest.fixture(scope="session")
+def operator_namespace(core: client.CoreV1Api, kubeconfig: Path) -> Iterator[str]:
+    try:
+        _create_namespace(core, OPERATOR_NAMESPACE)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    yield OPERATOR_NAMESPACE
+    core.delete_namespace(OPERATOR_NAMESPACE, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def operator(
+    kubeconfig: Path, crd: None, operator_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One `corral operator` process for the run, watching this run's namespaces."""
+    process = OperatorProcess(
+        kubeconfig=kubeconfig,
+        config=kwok_operator_config(operator_namespace),
+        workdir=tmp_path_factory.mktemp("operator"),
+        namespaces=[f"{NAMESPACE_PREFIX}*"],
+        lease_name=f"corral-{RUN_ID}",
+        identity=f"main-{RUN_ID}",
+    ).start()
+    process.wait_leader()
+    yield process
+    process.stop()
+    if process.proc is not None and process.proc.returncode not in (0, -15):
+        print(process.log_tail(), file=sys.stderr)

@@ -89,9 +89,11 @@ def main() -> None:
         single = measure_single(fake, base)
         shared = measure_shared(fake, base, args.agents)
     fake.stop_thread()
-    print(f"start-to-ready (spawn to /readyz 200, {args.repeat} runs): "
-          f"median {statistics.median(ready):.2f} s, min {min(ready):.2f} s, "
-          f"max {max(ready):.2f} s")
+    print(
+        f"start-to-ready (spawn to /readyz 200, {args.repeat} runs): "
+        f"median {statistics.median(ready):.2f} s, min {min(ready):.2f} s, "
+        f"max {max(ready):.2f} s"
+    )
     for label, (runner_kib, clis) in single.items():
         print(f"single agent, {label}: runner {mib(runner_kib)}, CLI {[mib(c) for c in clis]}")
     for label, (runner_kib, clis) in shared.items():

@@ -83,6 +83,10 @@ def _structural(node: Schema, defs: dict[str, Schema], path: str) -> Schema:
         node.pop(key, None)
     if node.get("default", ...) is None:
         del node["default"]  # "absent" in Kubernetes, not a value
+    if node.get("default") == {} and "properties" in node:
+        # An empty object default is expanded with its fields' defaults, so that CEL rules
+        # checked against the default (at CRD creation) see every defaulted field.
+        node["default"] = _nested_defaults(_inline(node, defs, path), defs, path)
     if node.get("additionalProperties") is False:
         del node["additionalProperties"]  # pruning already drops unknown fields
     for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
@@ -112,6 +116,18 @@ def _structural(node: Schema, defs: dict[str, Schema], path: str) -> Schema:
     return {key: node[key] for key in _KEY_ORDER if key in node}
 
 
+def _nested_defaults(node: Schema, defs: dict[str, Schema], path: str) -> dict[str, Any]:
+    filled: dict[str, Any] = {}
+    for name, child in node.get("properties", {}).items():
+        child = _inline(child, defs, f"{path}.{name}")
+        default = child.get("default")
+        if default == {} and "properties" in child:
+            default = _nested_defaults(child, defs, f"{path}.{name}")
+        if default is not None:
+            filled[name] = default
+    return filled
+
+
 def _field(type_: str, description: str) -> Schema:
     return {"description": description, "type": type_}
 
@@ -126,7 +142,8 @@ def root_schema() -> Schema:
         "properties": {
             "apiVersion": _field("string", "Versioned schema of this representation of an object."),
             "kind": _field("string", "REST resource this object represents."),
-            "metadata": _field("object", "Standard object metadata."),
+            # The API server owns metadata's schema; a CRD may only say it is an object.
+            "metadata": {"type": "object"},
             "spec": openapi_schema(api.AgentSessionSpec),
             "status": openapi_schema(api.AgentSessionStatus),
         },

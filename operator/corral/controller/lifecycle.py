@@ -221,6 +221,9 @@ class _Decision:
         self.status.pod_name = manifest["metadata"]["name"]
         self.status.start_time = None
         self.status.phase = Phase.PENDING
+        if self.spec.pattern == Pattern.HYBRID:
+            # The idle countdown starts with the pod, even before the runner reports.
+            self.status.last_activity_time = self.now_text
         self.condition(cond.POD_READY, False, "PodCreated", f"pod {self.status.pod_name} created")
         self.condition(cond.READY, False, "Starting", f"waiting for pod {self.status.pod_name}")
         self.event(reason, f"created pod {self.status.pod_name}")

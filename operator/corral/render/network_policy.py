@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+
 from kubernetes import client as k8s
 
 from corral.api import runtime

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import PurePosixPath
+
 from kubernetes import client as k8s
 
 from corral.api import runtime

@@ -139,11 +139,20 @@ class AgentWorker:
         self._inbox: asyncio.Queue[Turn] = asyncio.Queue()
         self._stop = asyncio.Event()
         self._clean_exit = False
+        self._listeners: list[Callable[[], None]] = []
         # A result's total_cost_usd is cumulative: for the CLI process, plus what a resumed
         # CLI restored from its last clean exit. Costs are the differences.
         self._cli_cost_base = 0.0
 
     # --- what other tasks call -----------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Called (synchronously) whenever a message starts or ends."""
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     @property
     def busy(self) -> bool:
@@ -165,6 +174,7 @@ class AgentWorker:
         self._metrics.busy.labels(self.name).set(1)
         self._touch()
         self._inbox.put_nowait(turn)
+        self._notify()
         log_event(log, "message accepted", agent=self.name, turn=turn.id, chars=len(text))
         return turn
 
@@ -393,6 +403,7 @@ class AgentWorker:
             self.state = AgentState.IDLE
         self._metrics.busy.labels(self.name).set(0)
         turn.finish(result)
+        self._notify()
 
     def _save(self) -> None:
         if self._persist:

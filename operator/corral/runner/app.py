@@ -22,6 +22,7 @@ from claude_agent_sdk import ClaudeAgentOptions
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSessionSpec, Pattern, RunResult
 from corral.runner import termination
+from corral.runner.activity import ActivityReporter, identity_from_env
 from corral.runner.agent import AgentBusy, AgentUnavailable, AgentWorker
 from corral.runner.http_api import DEFAULT_MAX_REQUEST_BYTES, RunnerApi
 from corral.runner.jsonlog import log_event
@@ -51,6 +52,9 @@ class RunnerSettings:
     fake_anthropic: bool = False
     fake_anthropic_port: int = 0
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # From a manifest's metadata; the pod's environment overrides them.
+    session_name: str | None = None
+    session_namespace: str | None = None
 
 
 def wants_fake(flag: bool) -> bool:
@@ -101,6 +105,18 @@ def opening_messages(spec: AgentSessionSpec, worker: AgentWorker, resumed: bool)
     return texts
 
 
+@dataclass
+class _ReporterTask:
+    reporter: ActivityReporter
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.reporter.final()
+
+
 class Runner:
     def __init__(self, settings: RunnerSettings) -> None:
         self.settings = settings
@@ -129,9 +145,11 @@ class Runner:
         resumed = {w.name: w.snapshot().session_id is not None for w in workers}
         session = RunnerSession(str(spec.pattern), workers, fake_api=fake is not None)
         self._install_signals()
+        reporter: _ReporterTask | None = None
         try:
             await self._serve_http(session)
             session.start()
+            reporter = self._start_reporter(session)
             log_event(
                 log,
                 "runner started",
@@ -153,11 +171,28 @@ class Runner:
             await session.shutdown(self.settings.drain_seconds)
             return 0
         finally:
+            if reporter is not None:
+                await reporter.stop()
             if self._http is not None:
                 await self._http.cleanup()
             if fake is not None:
                 await fake.stop()
             log_event(log, "runner stopped")
+
+    def _start_reporter(self, session: RunnerSession) -> _ReporterTask | None:
+        url = os.environ.get(runtime.ENV_ACTIVITY_URL)
+        if not url:
+            return None
+        who = identity_from_env(self.settings.session_name, self.settings.session_namespace)
+        if who is None:
+            log_event(
+                log,
+                "activity URL set but session name/namespace unknown; not reporting",
+                level=logging.WARNING,
+            )
+            return None
+        reporter = ActivityReporter(session, url, who)
+        return _ReporterTask(reporter, asyncio.create_task(reporter.run(), name="activity"))
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

@@ -42,9 +42,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--drain-seconds",
         type=float,
-        default=20.0,
         help="on SIGTERM, wait this long for a running message to finish "
-        "before interrupting it (keep below the pod's grace period)",
+        "before interrupting it (default 20; keep below the pod's grace period)",
     )
     parser.add_argument(
         "--fake-anthropic",
@@ -61,8 +60,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-request-bytes",
         type=int,
-        default=256 * 1024,
-        help="largest request body or WebSocket message accepted",
+        help="largest request body or WebSocket message accepted (default 256 KiB)",
     )
     parser.set_defaults(handler=main)
 
@@ -70,8 +68,6 @@ def register(subparsers: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     # Imported here so `corral --help` does not load the SDK.
     import logging
-
-    from prometheus_client import disable_created_metrics
 
     from corral.runner import jsonlog
     from corral.runner.app import EXIT_CONFIG, RunnerSettings, run
@@ -85,9 +81,13 @@ def main(args: argparse.Namespace) -> int:
         log_event(logging.getLogger("corral.runner"), str(exc), level=logging.ERROR)
         return EXIT_CONFIG
     jsonlog.configure(session.name, session.namespace)
-    # `_created` series double every metric and mean nothing to a per-pod runner.
-    disable_created_metrics()
+    # Flags left out keep RunnerSettings' defaults (defined once, there).
+    optional = {
+        "drain_seconds": args.drain_seconds,
+        "max_request_bytes": args.max_request_bytes,
+    }
     settings = RunnerSettings(
+        **{key: value for key, value in optional.items() if value is not None},
         spec=session.spec,
         # Resume needs the same absolute cwd in every pod: never a relative path.
         workspace=args.workspace.resolve(),
@@ -95,9 +95,9 @@ def main(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         termination_log=args.termination_log,
-        drain_seconds=args.drain_seconds,
         fake_anthropic=args.fake_anthropic,
         fake_anthropic_port=args.fake_anthropic_port,
-        max_request_bytes=args.max_request_bytes,
+        session_name=session.name,
+        session_namespace=session.namespace,
     )
     return run(settings)

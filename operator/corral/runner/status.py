@@ -64,7 +64,6 @@ def build_status(
 ) -> dict[str, Any]:
     activity = [a.last_activity for a in agents if a.last_activity is not None]
     totals = {key: sum(a.usage.get(key, 0) for a in agents) for key in USAGE_KEYS}
-    cli_version = next((a.cli_version for a in agents if a.cli_version), BUNDLED_CLI_VERSION)
     errors = [a.last_error | {"agent": a.name} for a in agents if a.last_error]
     return {
         "state": overall_state(agents, stopping),
@@ -79,22 +78,29 @@ def build_status(
         "startTime": rfc3339(started_at),
         "lastError": max(errors, key=lambda e: e["time"]) if errors else None,
         "agents": [_agent(a) for a in agents],
-        "runner": RunnerInfo(sdk_version=SDK_VERSION, cli_version=cli_version).model_dump(
+        "runner": RunnerInfo(sdk_version=SDK_VERSION, cli_version=cli_version(agents)).model_dump(
             by_alias=True
         ),
         "fakeAnthropic": fake_api,
     }
 
 
-def _agent(a: AgentSnapshot) -> dict[str, Any]:
-    base = AgentStatus(
+def agent_status(a: AgentSnapshot) -> AgentStatus:
+    return AgentStatus(
         name=a.name,
         state=str(a.state),
         session_id=a.session_id,
         num_turns=a.num_turns,
         total_cost_usd=round(a.total_cost_usd, 6),
-    ).model_dump(by_alias=True)
-    return base | {
+    )
+
+
+def cli_version(agents: Sequence[AgentSnapshot]) -> str | None:
+    return next((a.cli_version for a in agents if a.cli_version), BUNDLED_CLI_VERSION)
+
+
+def _agent(a: AgentSnapshot) -> dict[str, Any]:
+    return agent_status(a).model_dump(by_alias=True) | {
         "messages": a.messages,
         "usage": _usage(a.usage),
         "lastActivityTime": rfc3339(a.last_activity),

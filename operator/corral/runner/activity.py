@@ -1,0 +1,139 @@
+"""Push activity reports to the operator (`corral.api.activity`): when the runner starts,
+when a message starts or ends, and as a heartbeat while busy.
+
+Pods hold no Kubernetes credentials, so the runner reports over HTTP to the operator,
+which keeps idle deadlines in status. Reports are best effort: a failed push is logged
+and the next change or heartbeat sends fresh state; turns never wait for the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+import aiohttp
+from claude_agent_sdk import __version__ as SDK_VERSION
+
+from corral.api import runtime
+from corral.api.activity import ACTIVITY_PATH, ActivityReport
+from corral.runner.agent import AgentSnapshot, AgentState
+from corral.runner.jsonlog import log_event
+from corral.runner.session import RunnerSession
+from corral.runner.status import agent_status, cli_version
+
+log = logging.getLogger("corral.runner.activity")
+
+HEARTBEAT_SECONDS = 30.0
+PUSH_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Identity:
+    namespace: str
+    name: str
+    pod_name: str
+
+
+def report_url(base: str) -> str:
+    """The operator's endpoint: the variable may hold its base URL or the full one."""
+    path = urlsplit(base).path
+    return base if path.rstrip("/") else base.rstrip("/") + ACTIVITY_PATH
+
+
+def identity_from_env(name: str | None, namespace: str | None) -> Identity | None:
+    """Who this runner is, from the pod's environment (hostname is the pod name)."""
+    name = os.environ.get(runtime.ENV_SESSION_NAME) or name
+    namespace = os.environ.get(runtime.ENV_SESSION_NAMESPACE) or namespace
+    pod = os.environ.get(runtime.ENV_POD_NAME) or socket.gethostname()
+    if not (name and namespace and pod):
+        return None
+    return Identity(namespace, name, pod)
+
+
+def build_report(
+    who: Identity, agents: Sequence[AgentSnapshot], started_at: datetime
+) -> ActivityReport:
+    moments = [a.last_activity for a in agents if a.last_activity is not None]
+    return ActivityReport(
+        namespace=who.namespace,
+        name=who.name,
+        pod_name=who.pod_name,
+        busy=any(a.state == AgentState.BUSY for a in agents),
+        last_activity_time=max(moments) if moments else started_at,
+        session_id=agents[0].session_id if len(agents) == 1 else None,
+        num_turns=sum(a.num_turns for a in agents),
+        total_cost_usd=round(sum(a.total_cost_usd for a in agents), 6),
+        sdk_version=SDK_VERSION,
+        cli_version=cli_version(agents),
+        agents=[agent_status(a) for a in agents],
+    )
+
+
+class ActivityReporter:
+    def __init__(
+        self,
+        session: RunnerSession,
+        url: str,
+        who: Identity,
+        heartbeat: float = HEARTBEAT_SECONDS,
+    ) -> None:
+        self._session = session
+        self._url = report_url(url)
+        self._who = who
+        self._heartbeat = heartbeat
+        # Pokes that arrive while a push is in flight collapse into one more push.
+        self._wake = asyncio.Event()
+        self._failing = False
+        for worker in session.workers.values():
+            worker.add_listener(self._wake.set)
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=PUSH_TIMEOUT_SECONDS)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            self._wake.set()  # the first report says the runner is up
+            while True:
+                busy = any(w.busy for w in self._session.workers.values())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._heartbeat if busy else None)
+                self._wake.clear()
+                await self.push(http)
+
+    async def final(self) -> None:
+        """One last report on the way out, so the operator does not think a message runs."""
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            await self.push(http)
+
+    async def push(self, http: aiohttp.ClientSession) -> None:
+        snapshots = [w.snapshot() for w in self._session.workers.values()]
+        report = build_report(self._who, snapshots, self._session.started_at)
+        body = report.model_dump_json(by_alias=True)
+        try:
+            async with http.post(
+                self._url, data=body, headers={"content-type": "application/json"}
+            ) as resp:
+                if resp.status >= 300:
+                    raise aiohttp.ClientResponseError(
+                        resp.request_info, (), status=resp.status, message=await resp.text()
+                    )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if not self._failing:  # say it once per outage, not on every heartbeat
+                log_event(
+                    log,
+                    "activity report failed",
+                    level=logging.WARNING,
+                    url=self._url,
+                    error=str(exc)[:300],
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log_event(log, "activity reports delivered again", url=self._url)
+        self._failing = False

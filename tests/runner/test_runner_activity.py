@@ -1,0 +1,82 @@
+"""Activity reports: the runner pushes `ActivityReport`s to the operator's endpoint."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runner_harness import result_of, start_runner
+
+from corral.api.activity import ACTIVITY_PATH, ActivityReport
+from corral.runner.activity import report_url
+from corral.testing.fake_anthropic import FakeAnthropic
+
+pytestmark = pytest.mark.sdk
+
+
+class Collector(ThreadingHTTPServer):
+    reports: list[tuple[str, dict[str, Any]]]
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Collector
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.server.reports.append((self.path, json.loads(body)))
+        self.send_response(202)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def operator_endpoint() -> Iterator[Collector]:
+    server = Collector(("127.0.0.1", 0), Handler)
+    server.reports = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+def test_report_url_accepts_a_base_or_a_full_url() -> None:
+    assert report_url("http://op:8081") == "http://op:8081" + ACTIVITY_PATH
+    assert report_url("http://op:8081/") == "http://op:8081" + ACTIVITY_PATH
+    assert report_url("http://op:8081/custom") == "http://op:8081/custom"
+
+
+def test_runner_reports_start_busy_and_idle(
+    fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
+) -> None:
+    host, port = operator_endpoint.server_address[:2]
+    runner = start_runner(
+        {"pattern": "Hybrid"},
+        tmp_path,
+        fake.url,
+        env={"CORRAL_ACTIVITY_URL": f"http://{host!s}:{port}", "CORRAL_POD_NAME": "pod-7"},
+    )
+    try:
+        result_of(runner.send("report me"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(operator_endpoint.reports) < 3:
+            time.sleep(0.05)
+    finally:
+        assert runner.terminate() == 0, runner.logs_text()
+    paths = {path for path, _ in operator_endpoint.reports}
+    assert paths == {ACTIVITY_PATH}
+    reports = [ActivityReport.model_validate(body) for _, body in operator_endpoint.reports]
+    assert all((r.namespace, r.name, r.pod_name) == ("tests", "runner", "pod-7") for r in reports)
+    busy = [r.busy for r in reports]
+    assert busy[0] is False and True in busy, busy
+    after = reports[busy.index(True) + 1]
+    assert after.busy is False and (after.num_turns or 0) >= 1 and after.session_id
+    assert reports[-1].busy is False  # the last word on the way out
+    assert after.agents[0].name == "main" and after.sdk_version and after.cli_version
