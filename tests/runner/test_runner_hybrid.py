@@ -102,3 +102,21 @@ def test_sigterm_interrupts_a_message_that_outlasts_the_drain(
     assert time.monotonic() - started < 15, "stopped within a pod's grace period"
     sender.join(30)
     assert result_of(events)["terminal_reason"] != "completed"
+
+
+def test_a_lost_transcript_starts_a_new_session_instead_of_wedging(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    saved = tmp_path / "state" / "runner" / "main.json"
+    saved.parent.mkdir(parents=True)
+    saved.write_text(json.dumps({"session_id": "8c1c0a4e-1111-4222-8333-123456789abc"}))
+    runner = start_runner(HYBRID, tmp_path, fake.url)
+    try:
+        status = runner.status()
+        assert status["lastError"]["kind"] == "resume_failed"
+        result = result_of(runner.send("hello again"))
+        assert result["subtype"] == "success"
+        assert result["session_id"] != "8c1c0a4e-1111-4222-8333-123456789abc"
+        assert json.loads(saved.read_text())["session_id"] == result["session_id"]
+    finally:
+        assert runner.terminate() == 0

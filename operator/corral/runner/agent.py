@@ -253,6 +253,7 @@ class AgentWorker:
             if resume is None:
                 raise CliGone(f"CLI did not start: {exc}") from exc
             # A session id whose transcript is gone must not wedge the agent for ever.
+            self.last_error = _error(None, "resume_failed", str(exc)[:500])
             log_event(
                 log,
                 "resume failed, starting a new session",
@@ -285,7 +286,10 @@ class AgentWorker:
                 if not getting.done():
                     getting.cancel()
                 elif getting.exception() is None:
-                    await client.query(getting.result().text)
+                    try:
+                        await client.query(getting.result().text)
+                    except Exception as exc:  # the CLI's stdin is gone: it died meanwhile
+                        raise CliGone(f"cannot send to the CLI: {exc}") from exc
                     continue
                 if stopping.done():
                     self._clean_exit = True
