@@ -89,11 +89,11 @@ def _demo_secret() -> dict[str, Any]:
 
 def _up(args: argparse.Namespace) -> int:
     from corral.api.crd import crd_yaml
-    from corral.cluster import control_plane
+    from corral.cluster import control_plane, pki
     from corral.testing.operator import kwok_operator_config
 
     layout = control_plane.up(timeout=args.timeout)
-    kubeconfig = layout.kubeconfig(control_plane.pki.ADMIN)
+    kubeconfig = layout.kubeconfig(pki.ADMIN)
 
     def apply(documents: list[dict[str, Any]] | str, namespace: str | None = None) -> None:
         text = documents if isinstance(documents, str) else yaml.safe_dump_all(documents)
