@@ -74,6 +74,7 @@ class Controller:
         if event_type == "DELETED":
             self.store.drop_session(key)
             self.reconciler.wake_seen.pop(key, None)
+            self.reconciler.deferred_since.pop(key, None)
             return
         try:
             session = self.store.put_session(body)

@@ -110,6 +110,9 @@ class Plan:
     check_credentials: str | None = None  # Secret name to look up before deciding again
     scaled_down: bool = False
     woke: bool = False
+    # The status change only says "starting": the reconciler may hold it back briefly so
+    # that a pod that is Running soon after costs one status write, not two.
+    status_deferrable: bool = False
 
     def requeue(self, seconds: float) -> None:
         seconds = max(seconds, 0.0)
@@ -226,7 +229,10 @@ class _Decision:
             self.status.last_activity_time = self.now_text
         self.condition(cond.POD_READY, False, "PodCreated", f"pod {self.status.pod_name} created")
         self.condition(cond.READY, False, "Starting", f"waiting for pod {self.status.pod_name}")
-        self.event(reason, f"created pod {self.status.pod_name}")
+        if attempt > 1 or reason != "PodCreated":
+            # The first pod of a session is its normal start, visible in status; an Event
+            # would be one more API write per session for nothing new.
+            self.event(reason, f"created pod {self.status.pod_name}")
         return True
 
     def ensure_children(self) -> None:
@@ -253,6 +259,7 @@ class _Decision:
     def observe_running_pod(self, pod: PodView) -> None:
         """Phase and conditions from a pod that is not finished."""
         self.status.pod_name = pod.name
+        self.status.attempts = max(self.status.attempts or 0, pod.attempt)
         self.status.start_time = self.status.start_time or pod.started_at
         if pod.ready:
             self.status.phase = Phase.RUNNING
@@ -596,6 +603,11 @@ class _Decision:
         if self.status.phase != self.old.phase and self.status.phase and not self.plan.events:
             self.event("Phase" + str(self.status.phase), f"phase is now {self.status.phase}")
         self.plan.status_patch = _status_patch(self.old, self.status)
+        self.plan.status_deferrable = (
+            self.old.phase is None
+            and self.status.phase == Phase.PENDING
+            and not any(e.type == "Warning" for e in self.plan.events)
+        )
         return self.plan
 
 

@@ -24,6 +24,8 @@ from corral.kube.client import ApiError, KubeClient
 from corral.render import network_policy_name, pvc_name, service_name
 
 log = logging.getLogger("corral.reconciler")
+# How long a new session's first "Pending" status may wait for its pod to start.
+STATUS_DEFER_SECONDS = 2.0
 
 
 class Reconciler:
@@ -33,6 +35,7 @@ class Reconciler:
         self.config = config
         # When a wake was first seen per session, for the wake-latency metric.
         self.wake_seen: dict[Key, float] = {}
+        self.deferred_since: dict[Key, float] = {}
 
     def observe(self, key: Key, now: datetime | None = None) -> Observed | None:
         session = self.store.sessions.get(key)
@@ -74,7 +77,7 @@ class Reconciler:
     async def apply(self, key: Key, session: AgentSession, plan: Plan) -> None:
         if plan.create:
             await asyncio.gather(*(self._create(key, session, m) for m in plan.create))
-        if plan.status_patch:
+        if plan.status_patch and not self._defer_status(key, plan):
             await self._patch_status(key, session, plan.status_patch)
         for name, patch in plan.patch_pods:
             await self._ignore_missing(self.client.patch("Pod", key[0], name, patch))
@@ -95,6 +98,20 @@ class Reconciler:
                 "AgentSession", key[0], key[1], uid=session.metadata.uid or None
             )
             log.info("deleted finished session after its TTL", extra=_ctx(key))
+
+    def _defer_status(self, key: Key, plan: Plan) -> bool:
+        """Hold back a "starting" status for up to STATUS_DEFER_SECONDS after the session's
+        first reconcile; the reconcile that follows (pod events, or the requeue) writes it."""
+        if not plan.status_deferrable:
+            self.deferred_since.pop(key, None)
+            return False
+        first = self.deferred_since.setdefault(key, time.monotonic())
+        remaining = STATUS_DEFER_SECONDS - (time.monotonic() - first)
+        if remaining <= 0:
+            self.deferred_since.pop(key, None)
+            return False
+        plan.requeue(remaining)
+        return True
 
     async def _create(self, key: Key, session: AgentSession, manifest: dict[str, Any]) -> None:
         kind = manifest["kind"]
