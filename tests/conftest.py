@@ -92,9 +92,19 @@ def crd(kubeconfig: Path, api_client: client.ApiClient) -> None:
     from corral.cluster.build import binary_path
 
     subprocess.run(
-        [str(binary_path("kubectl")), f"--kubeconfig={kubeconfig}", "apply", "--server-side",
-         "--force-conflicts", "-f", "-"],
-        input=manifest, capture_output=True, text=True, check=True,
+        [
+            str(binary_path("kubectl")),
+            f"--kubeconfig={kubeconfig}",
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        input=manifest,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     extensions = client.ApiextensionsV1Api(api_client)
 

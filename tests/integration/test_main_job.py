@@ -15,13 +15,23 @@ def test_corral_up_reconciles_every_example(kubeconfig: Path, crd: None) -> None
     from corral.testing.operator import free_port
 
     done = subprocess.run(
-        [sys.executable, "-m", "corral.cli", "up", "--check", f"--port={free_port()}", "--timeout=120"],
+        [
+            sys.executable,
+            "-m",
+            "corral.cli",
+            "up",
+            "--check",
+            f"--port={free_port()}",
+            "--timeout=120",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line and "/" in line)
+    rows = dict(
+        line.split("=", 1) for line in done.stdout.splitlines() if "=" in line and "/" in line
+    )
     assert set(rows) == {"docs-assistant", "fizzbuzz", "repo-janitor", "review-team"}
     for name, state in rows.items():
         phase, pod = state.split("/", 1)

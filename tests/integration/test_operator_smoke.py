@@ -12,7 +12,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_long_running_session_gets_pod_service_and_policy(
-    operator: OperatorProcess, core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str
+    operator: OperatorProcess,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
 ) -> None:
     session = {
         "apiVersion": "corral.dev/v1alpha1",
@@ -20,10 +23,14 @@ def test_long_running_session_gets_pod_service_and_policy(
         "metadata": {"name": "smoke"},
         "spec": {"pattern": "LongRunning"},
     }
-    custom.create_namespaced_custom_object("corral.dev", "v1alpha1", namespace, "agentsessions", session)
+    custom.create_namespaced_custom_object(
+        "corral.dev", "v1alpha1", namespace, "agentsessions", session
+    )
 
     def running() -> dict | None:
-        body = custom.get_namespaced_custom_object("corral.dev", "v1alpha1", namespace, "agentsessions", "smoke")
+        body = custom.get_namespaced_custom_object(
+            "corral.dev", "v1alpha1", namespace, "agentsessions", "smoke"
+        )
         return body if body.get("status", {}).get("phase") == "Running" else None
 
     body = wait_for(running, timeout=30, what="session Running")

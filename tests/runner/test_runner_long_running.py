@@ -141,6 +141,20 @@ async def test_websocket_interrupt_stops_a_running_message(
     long_running.wait_status(lambda s: s["state"] == "idle")
 
 
+def test_http_interrupt_ends_the_running_message(
+    long_running: Runner, fresh_fake: FakeAnthropic
+) -> None:
+    assert long_running.request("POST", "/v1/interrupt", {})[1]["interrupted"] is False
+    fresh_fake.add(slow_reply(40))
+    thread, out = send_in_background(long_running, "go slowly")
+    long_running.wait_status(lambda s: s["state"] == "busy")
+    time.sleep(0.5)  # let the reply start streaming
+    code, body = long_running.request("POST", "/v1/interrupt", {"agent": "main"})
+    assert code == 200 and body == {"agent": "main", "interrupted": True}
+    thread.join(15)
+    assert result_of(out)["terminal_reason"] != "completed"
+
+
 def test_a_second_message_while_busy_gets_409(
     long_running: Runner, fresh_fake: FakeAnthropic
 ) -> None:

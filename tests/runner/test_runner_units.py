@@ -239,3 +239,27 @@ def test_speaking_order() -> None:
     with pytest.raises(KeyError):
         speaking_order(names, "z", None)
     assert relay("a", "hi").endswith("hi") and "agent a" in relay("a", "hi")
+
+
+def test_json_logs_scrub_the_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from corral.runner.jsonlog import REDACTED, JsonFormatter, log_event
+
+    monkeypatch.setenv(runtime.ENV_API_KEY, "sk-ant-very-secret-1234")
+    records: list[str] = []
+    formatter = JsonFormatter("sess", "ns")
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(formatter.format(record))
+
+    logger = logging.getLogger("corral.test.scrub")
+    logger.addHandler(Capture())
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    log_event(logger, "key is sk-ant-very-secret-1234", header="x-api-key: sk-ant-very-secret-1234")
+    line = json.loads(records[0])
+    assert "sk-ant-very-secret-1234" not in records[0]
+    assert line["msg"] == f"key is {REDACTED}" and line["session"] == "sess"
+    assert line["namespace"] == "ns" and line["level"] == "info"

@@ -312,3 +312,16 @@ def test_a_session_without_uid_cannot_own_children(
 def test_attempt_must_not_be_negative(make_session: SessionFactory, config: OperatorConfig) -> None:
     with pytest.raises(ValueError, match="attempt"):
         render_pod(make_session(), config, -1)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_runner_command_parses_with_the_runner_cli(
+    make_session: SessionFactory, config: OperatorConfig, pattern: str
+) -> None:
+    from corral.cli import build_parser
+
+    command = container(render_pod(make_session(pattern), config, 0))["command"]
+    assert command[0] == "corral"
+    args = build_parser(["runner"]).parse_args(command[1:])
+    assert str(args.session) == runtime.SPEC_FILE
+    assert args.port == runtime.RUNNER_PORT

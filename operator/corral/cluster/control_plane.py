@@ -160,10 +160,11 @@ def kubectl(layout: Layout, *args: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
-def _fake_nodes_manifest() -> str:
+def fake_nodes_manifest(names: tuple[str, ...] = FAKE_NODES) -> str:
+    """Node objects KWOK manages (more can be added, e.g. by the benchmarks)."""
     docs = []
     capacity = "".join(f'      {k}: "{v}"\n' for k, v in FAKE_NODE_CAPACITY.items())
-    for index, name in enumerate(FAKE_NODES):
+    for index, name in enumerate(names):
         docs.append(
             f"""apiVersion: v1
 kind: Node
@@ -177,7 +178,7 @@ metadata:
     kubernetes.io/os: linux
     kubernetes.io/arch: amd64
     type: kwok
-    topology.kubernetes.io/zone: zone-{index}
+    topology.kubernetes.io/zone: zone-{index % 3}
 spec:
   taints:
   - key: {KWOK_NODE_ANNOTATION}
@@ -192,7 +193,7 @@ status:
 
 
 def _bootstrap(layout: Layout, deadline: float) -> None:
-    kubectl(layout, "apply", "-f", "-", stdin=_fake_nodes_manifest())
+    kubectl(layout, "apply", "-f", "-", stdin=fake_nodes_manifest())
     while time.monotonic() < deadline:
         out = kubectl(
             layout,

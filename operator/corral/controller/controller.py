@@ -27,7 +27,7 @@ from corral.controller.pods import pod_view
 from corral.controller.queue import WorkQueue
 from corral.controller.reconciler import Reconciler
 from corral.controller.store import Key, Store
-from corral.kube.client import KubeClient
+from corral.kube.client import ApiError, KubeClient
 
 log = logging.getLogger("corral.controller")
 MAX_BACKOFF_SECONDS = 60.0
@@ -124,6 +124,7 @@ class Controller:
             sdk_version=report.sdk_version,
             cli_version=report.cli_version,
             agents=tuple(report.agents),
+            pod_name=report.pod_name,
         )
         if (
             previous is None
@@ -161,21 +162,31 @@ class Controller:
                 self._failures.pop(key, None)
                 if plan is not None and plan.requeue_after is not None:
                     self.queue.add_after(key, plan.requeue_after)
+            except ApiError as error:
+                if error.namespace_gone:
+                    # Its namespace is being deleted: the session goes with it, no retry.
+                    self._failures.pop(key, None)
+                    continue
+                self._retry(key, error)
             except Exception as error:
-                failures = self._failures.get(key, 0) + 1
-                self._failures[key] = failures
-                delay = min(0.5 * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
-                metrics.ERRORS.labels(reason=type(error).__name__).inc()
-                log.warning(
-                    "reconcile failed (attempt %d, retry in %.1fs): %s",
-                    failures,
-                    delay,
-                    error,
-                    extra={"session_namespace": key[0], "session_name": key[1]},
-                )
-                self.queue.add_after(key, delay)
+                self._retry(key, error)
             finally:
                 self.queue.done(key)
+
+    def _retry(self, key: Key, error: Exception) -> None:
+        """Try the session again later, backing off exponentially up to a minute."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = min(0.5 * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
+        metrics.ERRORS.labels(reason=type(error).__name__).inc()
+        log.warning(
+            "reconcile failed (attempt %d, retry in %.1fs): %s",
+            failures,
+            delay,
+            error,
+            extra={"session_namespace": key[0], "session_name": key[1]},
+        )
+        self.queue.add_after(key, delay)
 
     async def run(self) -> None:
         """Everything but the watches: delay heap, workers, leader election."""

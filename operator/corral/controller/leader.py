@@ -52,15 +52,34 @@ class LeaderElector:
         self._observed_record: tuple[Any, ...] | None = None
         self._observed_at = 0.0
         self._last_renewed = 0.0
+        self._attempt_started = 0.0
+
+    def _renew_deadline(self) -> float:
+        """How long a leader may go without a renewal before it stops acting.
+
+        Fix: it used to be the full `lease_seconds`, counted from when the renewal's
+        response arrived, and checked only after a request returned (which may take the
+        client's 30 s timeout). A standby counts `lease_seconds` from when it first saw
+        that renewal, so the old leader could still act after a takeover. Now the clock
+        starts when the renewal was sent, each attempt is cut off at the deadline, and
+        the deadline keeps one renew period of margin (client-go's renewDeadline).
+        """
+        return max(self.lease_seconds - self.renew_seconds, self.lease_seconds / 2)
 
     async def run(self) -> None:
         try:
             while True:
+                self._attempt_started = time.monotonic()
+                budget = (
+                    self._last_renewed + self._renew_deadline() - self._attempt_started
+                    if self.leading
+                    else self.lease_seconds
+                )
                 try:
-                    await self._try_once()
+                    await asyncio.wait_for(self._try_once(), budget)
                 except (ApiError, OSError, TimeoutError) as error:
-                    log.warning("lease %s/%s: %s", self.namespace, self.name, error)
-                if self.leading and time.monotonic() - self._last_renewed > self.lease_seconds:
+                    log.warning("lease %s/%s: %r", self.namespace, self.name, error)
+                if self.leading and time.monotonic() - self._last_renewed >= self._renew_deadline():
                     self._step_down("could not renew the lease in time")
                 await asyncio.sleep(self.renew_seconds)
         finally:
@@ -111,7 +130,7 @@ class LeaderElector:
                 version,
                 self._lease_body(spec.get("leaseTransitions") or 0, spec.get("acquireTime")),
             )
-            self._last_renewed = time.monotonic()
+            self._last_renewed = self._attempt_started
             if not self.leading:
                 self._became_leader()
             return
@@ -144,7 +163,7 @@ class LeaderElector:
             await self.client.patch("Lease", self.namespace, self.name, patch)
 
     def _became_leader(self) -> None:
-        self._last_renewed = time.monotonic()
+        self._last_renewed = self._attempt_started
         if self.leading:
             return
         self.leading = True

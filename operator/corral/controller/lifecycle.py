@@ -69,6 +69,9 @@ class Activity:
     sdk_version: str | None = None
     cli_version: str | None = None
     agents: tuple[AgentStatus, ...] = ()
+    # The pod whose runner sent the report. Fix: "busy" describes that runner only; a
+    # report kept from a pod that is gone must not keep its successor awake forever.
+    pod_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -522,14 +525,19 @@ class _Decision:
         candidates = [
             parse_time(self.old.last_activity_time),
             self.obs.activity.last_activity if self.obs.activity else None,
-            parse_time(pod.started_at),
+            parse_time(pod.started_at or pod.created_at),
         ]
         known = [c for c in candidates if c is not None]
         return max(known) if known else self.now
 
     def idle_check(self, pod: PodView, timeout: timedelta) -> None:
-        busy = self.obs.activity is not None and self.obs.activity.busy
+        activity = self.obs.activity
+        # Fix: only the current pod's runner can be busy (see Activity.pod_name).
+        busy = activity is not None and activity.busy and activity.pod_name in (None, pod.name)
         last = self.last_activity(pod)
+        if self.status.last_activity_time is None:
+            # Persist the countdown's start, so a restarted operator keeps the deadline.
+            self.status.last_activity_time = timestamp(last)
         deadline = last + timeout
         if busy or self.now < deadline:
             # A busy runner reports again while it works; look again at the deadline anyway.
@@ -600,14 +608,17 @@ class _Decision:
             return Plan(check_credentials=self.plan.check_credentials)
         self.status.observed_generation = self.generation
         self.account_cost()
-        if self.status.phase != self.old.phase and self.status.phase and not self.plan.events:
-            self.event("Phase" + str(self.status.phase), f"phase is now {self.status.phase}")
         self.plan.status_patch = _status_patch(self.old, self.status)
         self.plan.status_deferrable = (
             self.old.phase is None
             and self.status.phase == Phase.PENDING
             and not any(e.type == "Warning" for e in self.plan.events)
         )
+        # A phase change gets an Event unless a more specific one says it already, or the
+        # status itself may still be held back (its Event would repeat on every reconcile).
+        changed = self.status.phase != self.old.phase and self.status.phase
+        if changed and not self.plan.events and not self.plan.status_deferrable:
+            self.event("Phase" + str(self.status.phase), f"phase is now {self.status.phase}")
         return self.plan
 
 

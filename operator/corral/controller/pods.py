@@ -37,6 +37,7 @@ class PodView:
     reason: str | None
     message: str | None
     started_at: str | None
+    created_at: str | None
     restart_count: int
     waiting_reason: str | None
     waiting_message: str | None
@@ -99,6 +100,7 @@ def pod_view(body: dict[str, Any]) -> PodView:
         reason=status.get("reason"),
         message=status.get("message"),
         started_at=status.get("startTime"),
+        created_at=meta.get("creationTimestamp"),
         restart_count=int(container.get("restartCount") or 0),
         waiting_reason=waiting.get("reason"),
         waiting_message=waiting.get("message"),

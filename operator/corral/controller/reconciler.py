@@ -120,6 +120,8 @@ class Reconciler:
         except ApiError as error:
             if error.status == 409 and error.reason == "AlreadyExists":
                 return  # made by an earlier reconcile whose watch event is still on its way
+            if error.namespace_gone:
+                raise
             metrics.ERRORS.labels(reason=f"Create{kind}{error.reason}").inc()
             await self._event(
                 session,

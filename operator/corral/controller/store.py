@@ -77,9 +77,14 @@ class Store:
             del self.children[key]
 
     def put_pod(self, key: Key, view: PodView, deleted: bool) -> None:
-        pods = self.children_of(key).pods
+        children = self.children_of(key)
+        pods = children.pods
         if deleted:
             pods.pop(view.name, None)
+            # Fix: a pod created and deleted again before any reconcile read the store was
+            # still "expected" (assumed to exist) for EXPECTATION_SECONDS: no replacement
+            # for a minute. Its DELETED event settles it.
+            children.expected_pods.pop(view.name, None)
         else:
             pods[view.name] = view
 

@@ -14,8 +14,13 @@ from typing import Any
 import aiohttp
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+from prometheus_client import Counter
 
 JSON = dict[str, Any]
+# Every request the operator makes, by verb and kind: the API cost of a session.
+REQUESTS = Counter(
+    "corral_kube_requests_total", "Kubernetes API requests made by the operator.", ["verb", "kind"]
+)
 MERGE_PATCH = "application/merge-patch+json"
 
 # api group/version and plural of every kind the operator writes.
@@ -36,6 +41,26 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
+
+    @property
+    def namespace_gone(self) -> bool:
+        """The namespace is deleted or being deleted: nothing more can be made in it."""
+        text = self.message.lower()
+        return (self.status == 403 and "being terminated" in text) or (
+            self.status == 404 and "namespaces" in text
+        )
+
+
+def _kind_of(path: str) -> str:
+    """The resource a request path names (`pods`, `agentsessions/status`), for metrics."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2:
+        parts = parts[parts.index("namespaces") + 2 :]
+    elif parts[:1] == ["api"]:
+        parts = parts[2:]
+    else:
+        parts = parts[3:]
+    return "/".join(parts[:1] + parts[2:3]) if parts else "unknown"
 
 
 def resource_path(
@@ -109,6 +134,7 @@ class KubeClient:
         params: dict[str, str] | None = None,
     ) -> JSON:
         self.requests_made += 1
+        REQUESTS.labels(verb=method, kind=_kind_of(path)).inc()
         headers = {"Content-Type": content_type} if body is not None else None
         async with self._session.request(
             method, path, json=body, headers=headers, params=params

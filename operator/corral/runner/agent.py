@@ -40,6 +40,9 @@ OptionsFactory = Callable[[str | None], ClaudeAgentOptions]
 # How long `interrupt` waits for the CLI to acknowledge.
 INTERRUPT_TIMEOUT = 10.0
 RESTART_BACKOFF_MAX = 30.0
+# What the CLI says when asked to resume a session it has no transcript for. Only this
+# gives up a session: any other failure is retried, so a hiccup never drops history.
+NO_CONVERSATION = "No conversation found"
 
 
 class AgentState(StrEnum):
@@ -250,7 +253,7 @@ class AgentWorker:
             self._cli_cost_base = self._saved.cli_cost if resume else 0.0
             return client
         except Exception as exc:
-            if resume is None:
+            if resume is None or NO_CONVERSATION not in str(exc):
                 raise CliGone(f"CLI did not start: {exc}") from exc
             # A session id whose transcript is gone must not wedge the agent for ever.
             self.last_error = _error(None, "resume_failed", str(exc)[:500])
@@ -286,8 +289,11 @@ class AgentWorker:
                 if not getting.done():
                     getting.cancel()
                 elif getting.exception() is None:
+                    turn = getting.result()
+                    if turn.done.is_set():
+                        continue  # failed while it waited (the CLI before this one died)
                     try:
-                        await client.query(getting.result().text)
+                        await client.query(turn.text)
                     except Exception as exc:  # the CLI's stdin is gone: it died meanwhile
                         raise CliGone(f"cannot send to the CLI: {exc}") from exc
                     continue

@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from claude_agent_sdk import ClaudeAgentOptions
@@ -31,6 +32,9 @@ from corral.runner.metrics import RunnerMetrics
 from corral.runner.options import build_options, find_agent
 from corral.runner.saved_session import SavedSession, load_saved
 from corral.runner.session import RunnerSession
+
+if TYPE_CHECKING:
+    from corral.testing.fake_anthropic import FakeAnthropic
 
 log = logging.getLogger("corral.runner")
 
@@ -126,11 +130,12 @@ class Runner:
         self._http: web.AppRunner | None = None
 
     async def run(self) -> int:
-        from corral.testing.fake_anthropic import FakeAnthropic
-
         cli_env: dict[str, str] = {}
         fake: FakeAnthropic | None = None
         if wants_fake(self.settings.fake_anthropic):
+            # Test code is imported only when asked for.
+            from corral.testing.fake_anthropic import FakeAnthropic
+
             fake = FakeAnthropic()
             self.fake_url = await fake.start("127.0.0.1", self.settings.fake_anthropic_port)
             cli_env = {runtime.ENV_BASE_URL: self.fake_url, runtime.ENV_API_KEY: "fake-key"}

@@ -69,7 +69,9 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / f"operator-{self.identity}.yaml"
-        config_path.write_text(yaml.safe_dump(self.config.model_dump(by_alias=True, exclude_none=True)))
+        config_path.write_text(
+            yaml.safe_dump(self.config.model_dump(by_alias=True, exclude_none=True))
+        )
         argv = [
             sys.executable,
             "-m",
@@ -89,7 +91,9 @@ class OperatorProcess:
         if not self.leader_election:
             argv.append("--no-leader-election")
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+        )
         log.close()
         wait_for(self._ready, timeout=30, what=f"operator {self.identity} readiness")
         return self
@@ -164,4 +168,3 @@ def report_activity(url: str, namespace: str, name: str, pod_name: str, busy: bo
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
-

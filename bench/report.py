@@ -1,0 +1,157 @@
+"""Turn benchmark results into docs/benchmarks.md and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+TARGETS = {
+    "throughput": "operator sessions/s >= 0.8 x floor",
+    "p99": "p99 create->Pod <= 250 ms in the 1,000 burst",
+    "idle": "idle lateness p99 <= 2 s at 5,000",
+    "rss": "operator RSS <= 300 MB with 5,000 sessions",
+    "writes": "no writes per creation beyond children + one status update",
+}
+
+
+def _bursts_table(bursts: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| sessions | mode | sessions/s | create→Pod p50 | p99 | all Running after | operator ÷ floor |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    floors = {b["count"]: b for b in bursts if b["mode"] == "floor"}
+    for b in bursts:
+        ratio = ""
+        if b["mode"] == "operator" and b["count"] in floors:
+            ratio = f"{b['sessions_per_second'] / floors[b['count']]['sessions_per_second']:.2f}×"
+        lines.append(
+            f"| {b['count']:,} | {b['mode']} | {b['sessions_per_second']:.1f} | {b['p50_ms']:.0f} ms | "
+            f"{b['p99_ms']:.0f} ms | {b['running_seconds']:.1f} s | {ratio} |"
+        )
+    return lines
+
+
+def _plot_latency(bursts: list[dict[str, Any]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for b in bursts:
+        values = sorted(b["latencies_ms"])
+        if not values:
+            continue
+        ys = [i / len(values) for i in range(1, len(values) + 1)]
+        ax.plot(values, ys, label=f"{b['mode']} {b['count']:,}")
+    ax.set_xscale("log")
+    ax.set_xlabel("create request → pod seen (ms, log)")
+    ax.set_ylabel("fraction of sessions")
+    ax.set_title("Create burst: time until the pod exists")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_hist(values: list[float], xlabel: str, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(values, bins=60)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("sessions")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], docs: Path) -> None:
+    plots = docs / "benchmarks"
+    plots.mkdir(parents=True, exist_ok=True)
+    m = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Measured by `python -m bench.run` (from `bash hack/setup.sh` then `.venv/bin/python -m bench.run`) "
+        "against the local control plane: real etcd, kube-apiserver, controller-manager and scheduler, "
+        "with KWOK nodes. Every run writes this file, the plots beside it and "
+        "[benchmarks/raw.json](benchmarks/raw.json).",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}, Python {m['python']}. "
+        "The API server, etcd, scheduler, KWOK, the operator and the benchmark client all share these cores.",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        "## 1. Create burst",
+        "",
+        "One client creates the sessions as fast as it can (64 requests in flight). *floor* is the same "
+        "client creating each session's Pod, Service and NetworkPolicy directly, with no operator. "
+        "Latency is from the create request to the pod appearing on a watch.",
+        "",
+        *_bursts_table(results["bursts"]),
+        "",
+        "![create latency](benchmarks/create-latency.png)",
+        "",
+    ]
+    _plot_latency(results["bursts"], plots / "create-latency.png")
+    if results.get("api_costs"):
+        lines += [
+            "## 2. API requests per session",
+            "",
+            "Hybrid sessions (idle timeout 5 s) created, scaled down when idle, woken and deleted. "
+            "*operator* counts the operator's own requests (`corral_kube_requests_total`); "
+            "*API server writes* counts every writer (scheduler bindings, KWOK status, "
+            "controller-manager endpoint slices and garbage collection, the benchmark client).",
+            "",
+            "| step | operator requests / session | API server writes / session |",
+            "|---|---:|---|",
+        ]
+        for step, numbers in results["api_costs"].items():
+            detail = ", ".join(
+                f"{k}: {v}" for k, v in numbers["apiserver_writes_per_session"].items()
+            )
+            lines.append(f"| {step} | {numbers['operator_requests_per_session']} | {detail} |")
+        lines.append("")
+    if results.get("at_rest"):
+        lines += ["## 3. Operator at rest", "", "| sessions | RSS | CPU |", "|---:|---:|---:|"]
+        for r in results["at_rest"]:
+            lines.append(f"| {r['sessions']:,} | {r['rss_mb']} MB | {r['cpu_percent']} % |")
+        lines.append("")
+    if results.get("idle"):
+        idle = results["idle"]
+        _plot_hist(
+            idle["lateness_s"],
+            "scale-down after deadline (s)",
+            "Hybrid idle lateness",
+            plots / "idle-lateness.png",
+        )
+        lines += [
+            "## 4. Hybrid idle precision",
+            "",
+            f"{idle['sessions']:,} Hybrid sessions with idle timeouts spread over a minute; lateness of "
+            "each scale-down (pod deletion seen on a watch) after its deadline "
+            "(`status.lastActivityTime` + `idleTimeout`).",
+            "",
+            "| sessions | measured | p50 | p99 | max |",
+            "|---:|---:|---:|---:|---:|",
+            f"| {idle['sessions']:,} | {idle['measured']:,} | {idle['p50_s']} s | {idle['p99_s']} s | {idle['max_s']} s |",
+            "",
+            "![idle lateness](benchmarks/idle-lateness.png)",
+            "",
+        ]
+    if results.get("wake"):
+        wake = results["wake"]
+        lines += [
+            "## 5. Wake latency (operator side)",
+            "",
+            "Idle sessions annotated `corral.dev/wake`; time from the annotation request to the new pod.",
+            "",
+            "| sessions | p50 | p99 |",
+            "|---:|---:|---:|",
+            f"| {wake['sessions']:,} | {wake['p50_ms']} ms | {wake['p99_ms']} ms |",
+            "",
+        ]
+    lines += ["## Targets", ""] + [f"- {t}" for t in TARGETS.values()] + [""]
+    (docs / "benchmarks.md").write_text("\n".join(lines))

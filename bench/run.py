@@ -1,0 +1,169 @@
+"""Run every benchmark against the local cluster and write docs/benchmarks.md.
+
+    python -m bench.run                      # full run: 100, 1,000 and 5,000 sessions
+    python -m bench.run --sizes 100 --idle 500 --quick
+
+The operator runs as a real subprocess (`corral operator`); the API server, KWOK nodes and
+scheduler are the local control plane (`corral cluster up`), with extra KWOK nodes added
+so that 5,000 pods fit. Results: docs/benchmarks.md (tables), docs/benchmarks/*.png
+(plots), docs/benchmarks/raw.json (every number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.kube import client_for
+from bench.scenarios import (
+    api_costs,
+    at_rest,
+    burst,
+    drop_namespace,
+    idle_precision,
+    make_namespace,
+    wake_latency,
+)
+from corral.api.crd import crd_yaml
+from corral.cluster import control_plane, pki
+from corral.testing.operator import OperatorProcess, kwok_operator_config
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_NODES = 24  # x 250 pods: room for a 5,000 burst plus stragglers
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        line.split()[1]
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    import os
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(int(mem) / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    layout = control_plane.up()
+    kubeconfig = layout.kubeconfig(pki.ADMIN)
+    names = tuple(f"kwok-bench-{i}" for i in range(BENCH_NODES))
+    control_plane.kubectl(
+        layout, "apply", "-f", "-", stdin=control_plane.fake_nodes_manifest(names)
+    )
+    crd = crd_yaml()
+    control_plane.kubectl(
+        layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd
+    )
+    client = client_for(kubeconfig, max_connections=64)
+    run_id = time.strftime("%H%M%S")
+    op_namespace = f"bench-{run_id}-system"
+    await make_namespace(client, op_namespace)
+    config = kwok_operator_config(op_namespace)
+    operator = OperatorProcess(
+        kubeconfig=kubeconfig,
+        config=config,
+        workdir=ROOT / ".bench",
+        namespaces=[f"bench-{run_id}-*"],
+        lease_name=f"bench-{run_id}",
+        identity=f"bench-{run_id}",
+        workers=args.workers,
+    ).start()
+    operator.wait_leader()
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "command": " ".join(sys.argv),
+        "bursts": [],
+        "at_rest": [],
+    }
+    try:
+        for size in args.sizes:
+            for mode in ("floor", "operator"):
+                namespace = f"bench-{run_id}-{mode}-{size}"
+                await make_namespace(client, namespace)
+                result = await burst(client, namespace, size, mode, config)
+                print(
+                    f"burst {mode} {size}: {result.sessions_per_second:.1f}/s, "
+                    f"p50 {result.p50_ms:.0f} ms, "
+                    f"p99 {result.p99_ms:.0f} ms, all Running in {result.running_seconds:.1f}s",
+                    flush=True,
+                )
+                results["bursts"].append(
+                    {**result.__dict__, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms}
+                )
+                if mode == "operator" and size >= 1000:
+                    rest = await at_rest(operator, size)
+                    print(f"at rest with {size}: {rest}", flush=True)
+                    results["at_rest"].append(rest)
+                await drop_namespace(client, namespace)
+        namespace = f"bench-{run_id}-costs"
+        await make_namespace(client, namespace)
+        results["api_costs"] = await api_costs(client, operator, namespace, args.cost_sessions)
+        print(f"api costs: {json.dumps(results['api_costs'], indent=1)}", flush=True)
+        await drop_namespace(client, namespace)
+        namespace = f"bench-{run_id}-idle"
+        await make_namespace(client, namespace)
+        results["idle"] = await idle_precision(
+            client, namespace, args.idle, base=args.idle_base, spread=args.idle_spread
+        )
+        print(f"idle: p50 {results['idle']['p50_s']}s p99 {results['idle']['p99_s']}s", flush=True)
+        results["wake"] = await wake_latency(client, operator, namespace, args.wakes)
+        print(
+            f"wake: p50 {results['wake']['p50_ms']} ms p99 {results['wake']['p99_ms']} ms",
+            flush=True,
+        )
+        await drop_namespace(client, namespace)
+    finally:
+        operator.stop()
+        await client.close()
+        control_plane.kubectl(layout, "delete", "node", *names, "--wait=false")
+    out = ROOT / "docs"
+    (out / "benchmarks").mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks" / "raw.json").write_text(json.dumps(results, indent=1))
+    report.write(results, out)
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 1000, 5000]
+    )
+    parser.add_argument(
+        "--idle", type=int, default=5000, help="Hybrid sessions in the idle benchmark"
+    )
+    parser.add_argument("--idle-base", type=int, default=60, help="shortest idle timeout (s)")
+    parser.add_argument(
+        "--idle-spread", type=int, default=60, help="timeouts spread over this many s"
+    )
+    parser.add_argument(
+        "--wakes", type=int, default=1000, help="sessions woken in the wake benchmark"
+    )
+    parser.add_argument("--cost-sessions", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=16)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))

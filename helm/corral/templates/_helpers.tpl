@@ -1,0 +1,149 @@
+{{/*
+The chart name, or nameOverride.
+*/}}
+{{- define "corral.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The release's object name: fullnameOverride, or <release>-<chart> (just <release> when it
+already contains the chart name). DNS label: at most 63 characters.
+*/}}
+{{- define "corral.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of cluster-scoped objects (ClusterRole, ClusterRoleBinding): the release namespace
+is part of it, so two releases of the same name in two namespaces do not collide.
+*/}}
+{{- define "corral.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "corral.fullname" .) }}
+{{- end }}
+
+{{- define "corral.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels of every object of the release.
+*/}}
+{{- define "corral.labels" -}}
+helm.sh/chart: {{ include "corral.chart" . }}
+{{ include "corral.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: corral
+{{- end }}
+
+{{/*
+Labels that select the operator's pods (Deployment, Service, PDB, NetworkPolicy). Never
+change them in an upgrade: a Deployment's selector is immutable.
+*/}}
+{{- define "corral.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "corral.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "corral.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "corral.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "corral.leaseName" -}}
+{{- default (include "corral.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{- define "corral.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where runners post activity reports: the operator's Service.
+*/}}
+{{- define "corral.activityURL" -}}
+{{- printf "http://%s.%s.svc:%v" (include "corral.fullname" .) .Release.Namespace .Values.service.port }}
+{{- end }}
+
+{{/*
+Labels of the session runner pods the operator creates (corral.render.meta): app name
+`agentsession`, component `runner`, managed by `corral`.
+*/}}
+{{- define "corral.runnerPodLabels" -}}
+app.kubernetes.io/name: agentsession
+app.kubernetes.io/component: runner
+app.kubernetes.io/managed-by: corral
+{{- end }}
+
+{{/*
+The OperatorConfig YAML: .Values.config, plus the release namespace and, with activity
+reporting, the runners' report URL and their egress to the operator's pods.
+*/}}
+{{- define "corral.operatorConfig" -}}
+{{- $config := deepCopy .Values.config }}
+{{- $_ := set $config "namespace" .Release.Namespace }}
+{{- if .Values.activityReporting.enabled }}
+{{- $env := deepCopy (default (dict) $config.runnerEnv) }}
+{{- $_ := set $env "CORRAL_ACTIVITY_URL" (include "corral.activityURL" .) }}
+{{- $_ := set $config "runnerEnv" $env }}
+{{- $toOperator := dict "namespace" .Release.Namespace "podLabels" (include "corral.selectorLabels" . | fromYaml) "ports" (list (dict "port" (int .Values.operator.port) "protocol" "TCP")) }}
+{{- $_ := set $config "extraEgress" (append (default (list) $config.extraEgress) $toOperator) }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
+Rules of the operator's access to sessions and their children, in the namespaces it
+manages (every namespace with a ClusterRole, or a Role per watched namespace). Each verb is
+one the operator really calls; see docs/install.md ("What the operator may do").
+*/}}
+{{- define "corral.sessionRules" -}}
+# AgentSessions: kopf lists and watches; the TTL of finished sessions deletes them.
+- apiGroups: ["corral.dev"]
+  resources: ["agentsessions"]
+  verbs: ["list", "watch", "delete"]
+# The operator writes only status, never spec.
+- apiGroups: ["corral.dev"]
+  resources: ["agentsessions/status"]
+  verbs: ["patch"]
+# Children carry ownerReferences with blockOwnerDeletion; clusters that enable the
+# OwnerReferencesPermissionEnforcement admission plugin (e.g. OpenShift) require this.
+- apiGroups: ["corral.dev"]
+  resources: ["agentsessions/finalizers"]
+  verbs: ["update"]
+# Runner pods: created, patched (labels/annotations), deleted (idle, suspend, done).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# Service and PVC: created once; garbage collection removes them with the session.
+- apiGroups: [""]
+  resources: ["services", "persistentvolumeclaims"]
+  verbs: ["list", "watch", "create"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "watch", "create"]
+# Only to tell whether the session's API-key Secret exists (CredentialsReady condition).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}

@@ -1,0 +1,411 @@
+"""The API server itself refuses bad AgentSessions: schema, CEL and transition rules.
+
+Every case is created through CustomObjectsApi against the real kube-apiserver with the
+CRD generated from the models; each must come back 422 Invalid with a cause that names
+the offending field, so a rule that silently stops firing (or fires on the wrong field)
+fails here. Valid counterparts are accepted, so a refusal is not an accident of the base.
+These tests need the CRD only, not the operator.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from conftest import NAMESPACE_PREFIX, RESTRICTED_LABELS
+from corral.api import v1alpha1 as api
+from strategies import INVALID_SPECS, INVALID_UPDATES, SESSION_EXAMPLES, Invalid, load_manifest
+
+pytestmark = pytest.mark.integration
+
+SHARED_AGENTS = [{"name": "author"}, {"name": "reviewer"}]
+VALID_SPECS: dict[str, dict[str, Any]] = {
+    "Ephemeral": {"pattern": "Ephemeral", "prompt": "Say hello."},
+    "LongRunning": {"pattern": "LongRunning"},
+    "Hybrid": {"pattern": "Hybrid", "idleTimeout": "15m", "storage": {"size": "1Gi"}},
+    "Shared": {"pattern": "Shared", "agents": SHARED_AGENTS},
+}
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A spec the server must refuse: `field` must be named, `says` must be in the message."""
+
+    why: str
+    spec: dict[str, Any]
+    field: str
+    says: str
+
+
+LONG = VALID_SPECS["LongRunning"]
+BAD_SPECS = [
+    Bad("unknown pattern", {"pattern": "Batch"}, "spec.pattern", 'Unsupported value: "Batch"'),
+    Bad("no pattern", {}, "spec.pattern", "Required value"),
+    Bad(
+        "Ephemeral without prompt",
+        {"pattern": "Ephemeral"},
+        "spec.prompt",
+        "spec.prompt is required when spec.pattern is Ephemeral",
+    ),
+    Bad(
+        "agents on a LongRunning session",
+        {**LONG, "agents": SHARED_AGENTS},
+        "spec.agents",
+        "spec.agents is only allowed when spec.pattern is Shared",
+    ),
+    Bad(
+        "duplicate agent names",
+        {"pattern": "Shared", "agents": [{"name": "author"}, {"name": "author"}]},
+        "spec.agents[1]",
+        'Duplicate value: {"name":"author"}',
+    ),
+    Bad(
+        "one agent for Shared",
+        {"pattern": "Shared", "agents": [{"name": "author"}]},
+        "spec.agents",
+        "should have at least 2 items",
+    ),
+    Bad(
+        "Shared without agents",
+        {"pattern": "Shared"},
+        "spec.agents",
+        "spec.agents is required when spec.pattern is Shared",
+    ),
+    Bad(
+        "maxTurns 0",
+        {**LONG, "maxTurns": 0},
+        "spec.maxTurns",
+        "should be greater than or equal to 1",
+    ),
+    Bad(
+        "maxTurns above the cap",
+        {**LONG, "maxTurns": 10_001},
+        "spec.maxTurns",
+        "should be less than or equal to 10000",
+    ),
+    Bad(
+        "memory 'lots'",
+        {**LONG, "resources": {"memory": "lots"}},
+        "spec.resources.memory",
+        'Invalid value: "lots"',
+    ),
+    Bad(
+        "memory below the minimum",
+        {**LONG, "resources": {"memory": "64Mi"}},
+        "spec.resources.memory",
+        "resources.memory must be at least 128Mi",
+    ),
+    Bad(
+        "cpu 0",
+        {**LONG, "resources": {"cpu": "0"}},
+        "spec.resources.cpu",
+        "resources.cpu must be greater than 0",
+    ),
+    Bad(
+        "disk below the minimum",
+        {**LONG, "resources": {"disk": "10Mi"}},
+        "spec.resources.disk",
+        "resources.disk must be at least 64Mi",
+    ),
+    Bad(
+        "idleTimeout on Ephemeral",
+        {"pattern": "Ephemeral", "prompt": "x", "idleTimeout": "5m"},
+        "spec.idleTimeout",
+        "spec.idleTimeout is only allowed when spec.pattern is Hybrid",
+    ),
+    Bad(
+        "malformed idleTimeout",
+        {"pattern": "Hybrid", "idleTimeout": "5 minutes"},
+        "spec.idleTimeout",
+        'Invalid value: "5 minutes"',
+    ),
+    Bad(
+        "idleTimeout below 1s",
+        {"pattern": "Hybrid", "idleTimeout": "500ms"},
+        "spec.idleTimeout",
+        "spec.idleTimeout must be at least 1s",
+    ),
+    Bad(
+        "storage on LongRunning",
+        {**LONG, "storage": {"size": "1Gi"}},
+        "spec.storage",
+        "spec.storage is only allowed when spec.pattern is Hybrid",
+    ),
+    Bad(
+        "zero storage size",
+        {"pattern": "Hybrid", "storage": {"size": "0"}},
+        "spec.storage.size",
+        "storage.size must be greater than 0",
+    ),
+    Bad(
+        "ttlSecondsAfterFinished on LongRunning",
+        {**LONG, "ttlSecondsAfterFinished": 60},
+        "spec.ttlSecondsAfterFinished",
+        "spec.ttlSecondsAfterFinished is only allowed when spec.pattern is Ephemeral",
+    ),
+    Bad(
+        "activeDeadlineSeconds on Hybrid",
+        {"pattern": "Hybrid", "activeDeadlineSeconds": 60},
+        "spec.activeDeadlineSeconds",
+        "spec.activeDeadlineSeconds is only allowed when spec.pattern is Ephemeral",
+    ),
+    Bad(
+        "retries on Shared",
+        {"pattern": "Shared", "agents": SHARED_AGENTS, "retries": 1},
+        "spec.retries",
+        "spec.retries is only allowed when spec.pattern is Ephemeral",
+    ),
+    Bad(
+        "egress CIDR without a prefix length",
+        {**LONG, "network": {"egress": [{"cidr": "10.0.0.0"}]}},
+        "spec.network.egress[0].cidr",
+        "network.egress[].cidr must be a CIDR",
+    ),
+    Bad(
+        "egress CIDR out of range",
+        {**LONG, "network": {"egress": [{"cidr": "300.1.2.3/8"}]}},
+        "spec.network.egress[0].cidr",
+        "network.egress[].cidr must be a CIDR",
+    ),
+    Bad(
+        "egress to the cloud metadata address",
+        {**LONG, "network": {"egress": [{"cidr": "169.254.169.254/32"}]}},
+        "spec.network.egress[0].cidr",
+        "must not be link-local",
+    ),
+    Bad(
+        "egress port 0",
+        {**LONG, "network": {"egress": [{"cidr": "10.0.0.0/8", "ports": [{"port": 0}]}]}},
+        "spec.network.egress[0].ports[0].port",
+        "should be greater than or equal to 1",
+    ),
+    Bad(
+        "ingress namespace that is no DNS label",
+        {**LONG, "network": {"ingressFromNamespaces": ["Team_A"]}},
+        "spec.network.ingressFromNamespaces[0]",
+        'Invalid value: "Team_A"',
+    ),
+    Bad(
+        "unknown permissionMode",
+        {**LONG, "permissionMode": "yolo"},
+        "spec.permissionMode",
+        'Unsupported value: "yolo"',
+    ),
+    Bad(
+        "negative maxBudgetUsd",
+        {**LONG, "maxBudgetUsd": -1},
+        "spec.maxBudgetUsd",
+        "should be greater than 0",
+    ),
+    Bad(
+        "zero maxBudgetUsd",
+        {**LONG, "maxBudgetUsd": 0},
+        "spec.maxBudgetUsd",
+        "should be greater than 0",
+    ),
+    Bad(
+        "duplicate allowed tools",
+        {**LONG, "allowedTools": ["Bash", "Bash"]},
+        "spec.allowedTools[1]",
+        'Duplicate value: "Bash"',
+    ),
+    Bad(
+        "MCP server over ftp",
+        {**LONG, "mcpServers": [{"name": "x", "url": "ftp://mcp.example.com"}]},
+        "spec.mcpServers[0].url",
+        'Invalid value: "ftp://mcp.example.com"',
+    ),
+    Bad(
+        "secret name that is no DNS name",
+        {**LONG, "credentials": {"secretName": "Not_A_Name"}},
+        "spec.credentials.secretName",
+        'Invalid value: "Not_A_Name"',
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def validation_namespace(core: client.CoreV1Api, crd: None) -> Iterator[str]:
+    """One namespace for the whole module: refused objects leave nothing behind."""
+    name = f"{NAMESPACE_PREFIX}validation-{uuid.uuid4().hex[:4]}"
+    meta = client.V1ObjectMeta(name=name, labels=RESTRICTED_LABELS)
+    core.create_namespace(client.V1Namespace(metadata=meta))
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+def _manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def _create(
+    custom: client.CustomObjectsApi, namespace: str, body: dict[str, Any], **kwargs: Any
+) -> dict[str, Any]:
+    created: dict[str, Any] = custom.create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, body, **kwargs
+    )
+    return created
+
+
+def _refusal(error: ApiException) -> tuple[str, list[dict[str, Any]]]:
+    assert error.status == 422, f"expected 422 Invalid, got {error.status}: {error.body}"
+    status = json.loads(error.body)
+    assert status["reason"] == "Invalid", status
+    return status["message"], status["details"].get("causes", [])
+
+
+def _refused(
+    custom: client.CustomObjectsApi, namespace: str, body: dict[str, Any]
+) -> tuple[str, list[dict[str, Any]]]:
+    with pytest.raises(ApiException) as caught:
+        _create(custom, namespace, body)
+    return _refusal(caught.value)
+
+
+@pytest.mark.parametrize("pattern", list(VALID_SPECS))
+def test_valid_base_specs_are_accepted(
+    custom: client.CustomObjectsApi, validation_namespace: str, pattern: str
+) -> None:
+    """The bases the bad cases are cut from pass: a refusal below is the mutation's doing."""
+    name = f"valid-{pattern.lower()}"
+    created = _create(custom, validation_namespace, _manifest(name, VALID_SPECS[pattern]))
+    assert created["metadata"]["name"] == name
+    # Server-side defaults come from the models' defaults.
+    assert created["spec"]["maxTurns"] == 50
+    assert created["spec"]["resources"] == {"cpu": "1", "memory": "1Gi", "disk": "5Gi"}
+    assert created["spec"]["network"]["allowPublicHttps"] is True
+
+
+@pytest.mark.parametrize("bad", BAD_SPECS, ids=lambda bad: bad.why)
+def test_bad_spec_is_refused_naming_the_field(
+    custom: client.CustomObjectsApi, validation_namespace: str, bad: Bad
+) -> None:
+    message, causes = _refused(custom, validation_namespace, _manifest("bad", bad.spec))
+    fields = [cause.get("field") for cause in causes]
+    assert bad.field in fields, f"no cause names {bad.field}: {causes}"
+    named = [c["message"] for c in causes if c.get("field") == bad.field]
+    assert any(bad.says in m for m in named), f"{bad.says!r} not in {named}"
+    assert f"{bad.field}: " in message  # the text kubectl prints names the field too
+    # Nothing was stored.
+    listed = custom.list_namespaced_custom_object(
+        api.GROUP, api.VERSION, validation_namespace, api.PLURAL
+    )
+    assert "bad" not in [item["metadata"]["name"] for item in listed["items"]]
+
+
+@pytest.mark.parametrize("case", INVALID_SPECS, ids=lambda case: case.why)
+def test_what_the_models_refuse_the_server_refuses(
+    custom: client.CustomObjectsApi, validation_namespace: str, case: Invalid
+) -> None:
+    """strategies.INVALID_SPECS (which the unit tests feed to the models) on the server:
+    refused too, and with the very message of the CEL rule the models repeat."""
+    message, causes = _refused(custom, validation_namespace, _manifest("invalid", case.spec))
+    assert causes, message
+    if case.cel:
+        assert case.message in message
+
+
+def test_unknown_field_is_refused_with_strict_field_validation(
+    custom: client.CustomObjectsApi, validation_namespace: str
+) -> None:
+    """kubectl validates strictly by default: a misspelt field is an error, not a no-op."""
+    body = _manifest("typo", {**LONG, "maxTurn": 3})
+    with pytest.raises(ApiException) as caught:
+        _create(custom, validation_namespace, body, field_validation="Strict")
+    assert caught.value.status == 400
+    assert 'unknown field "spec.maxTurn"' in json.loads(caught.value.body)["message"]
+
+
+@pytest.mark.parametrize(
+    ("why", "old", "new", "says"), INVALID_UPDATES, ids=[update[0] for update in INVALID_UPDATES]
+)
+def test_transition_rules_refuse_updates(
+    custom: client.CustomObjectsApi,
+    validation_namespace: str,
+    why: str,
+    old: dict[str, Any],
+    new: dict[str, Any],
+    says: str,
+) -> None:
+    name = "update-" + why.replace(" ", "-")
+    stored = _create(custom, validation_namespace, _manifest(name, old))
+    # A full replace (kubectl replace / apply's PUT) with the stored resourceVersion.
+    replacement = _manifest(name, new)
+    replacement["metadata"]["resourceVersion"] = stored["metadata"]["resourceVersion"]
+    with pytest.raises(ApiException) as caught:
+        custom.replace_namespaced_custom_object(
+            api.GROUP, api.VERSION, validation_namespace, api.PLURAL, name, replacement
+        )
+    message, causes = _refusal(caught.value)
+    field = says.split()[0]  # "spec.pattern is immutable" -> "spec.pattern"
+    assert field in [cause.get("field") for cause in causes], causes
+    assert says in message
+    # A merge patch (kubectl patch / edit) is refused the same way.
+    with pytest.raises(ApiException) as caught:
+        custom.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, validation_namespace, api.PLURAL, name, {"spec": new}
+        )
+    assert says in _refusal(caught.value)[0]
+    again = custom.get_namespaced_custom_object(
+        api.GROUP, api.VERSION, validation_namespace, api.PLURAL, name
+    )
+    assert again["spec"]["pattern"] == old["pattern"]
+    assert again.get("spec", {}).get("storage") == stored["spec"].get("storage")
+
+
+def test_changing_the_pattern_is_refused(
+    custom: client.CustomObjectsApi, validation_namespace: str
+) -> None:
+    """Ephemeral -> LongRunning with an otherwise valid spec: only the transition rule fires."""
+    stored = _create(
+        custom, validation_namespace, _manifest("repattern", VALID_SPECS["Ephemeral"])
+    )
+    changed = {**stored, "spec": {**stored["spec"], "pattern": "LongRunning"}}
+    for key in ("retries", "prompt"):
+        changed["spec"].pop(key, None)
+    with pytest.raises(ApiException) as caught:
+        custom.replace_namespaced_custom_object(
+            api.GROUP, api.VERSION, validation_namespace, api.PLURAL, "repattern", changed
+        )
+    message, causes = _refusal(caught.value)
+    assert [(c.get("field"), c.get("reason")) for c in causes] == [
+        ("spec.pattern", "FieldValueInvalid")
+    ], causes
+    assert "spec.pattern is immutable: delete the session and create a new one" in message
+
+
+def test_mutable_fields_can_change(
+    custom: client.CustomObjectsApi, validation_namespace: str
+) -> None:
+    """The transition rules refuse only what they should: limits and prompts may change."""
+    _create(custom, validation_namespace, _manifest("mutable", VALID_SPECS["Hybrid"]))
+    patch = {"spec": {"maxTurns": 7, "resources": {"memory": "2Gi"}, "idleTimeout": "1h"}}
+    patched = custom.patch_namespaced_custom_object(
+        api.GROUP, api.VERSION, validation_namespace, api.PLURAL, "mutable", patch
+    )
+    assert patched["spec"]["maxTurns"] == 7
+    assert patched["spec"]["resources"]["memory"] == "2Gi"
+    assert patched["spec"]["idleTimeout"] == "1h"
+    assert patched["metadata"]["generation"] == 2
+
+
+@pytest.mark.parametrize("path", SESSION_EXAMPLES, ids=lambda p: p.name)
+def test_examples_are_accepted_on_dry_run(
+    custom: client.CustomObjectsApi, validation_namespace: str, path: Any
+) -> None:
+    body = load_manifest(path)
+    created = _create(custom, validation_namespace, body, dry_run="All")
+    assert created["spec"]["pattern"] == body["spec"]["pattern"]
+    assert created["metadata"]["uid"]  # a dry run fills in what a real create would

@@ -1,0 +1,555 @@
+"""The Helm chart without a cluster: values.schema.json, and what `helm template` renders.
+
+Helm validates values against values.schema.json on lint, template, install and upgrade;
+these tests run the real `helm` binary (built from its Go module into the cache) and check
+that bad values fail with a message naming the key, and that the rendered objects agree
+with the operator's own code: its CLI flags, OperatorConfig, metrics and CRD.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from corral.api import runtime
+from corral.api.units import DURATION_PATTERN, QUANTITY_PATTERN
+from corral.api.v1alpha1 import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
+from corral.config import OperatorConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "corral"
+SCHEMA = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+RELEASE = "corral"
+NAMESPACE = "corral-system"
+KWOK_TOLERATION = {
+    "key": "kwok.x-k8s.io/node",
+    "operator": "Equal",
+    "value": "fake",
+    "effect": "NoSchedule",
+}
+
+Manifest = dict[str, Any]
+
+
+@cache
+def helm() -> str:
+    from corral.cluster.build import binary_path, ensure_built
+
+    ensure_built(["helm"])
+    return str(binary_path("helm"))
+
+
+def run_helm(
+    *args: str, values: dict[str, Any] | None = None, tmp: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [helm(), *args]
+    if values is not None:
+        assert tmp is not None
+        path = tmp / "values.yaml"
+        path.write_text(yaml.safe_dump(values), encoding="utf-8")
+        argv += ["-f", str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+def render(tmp_path: Path, values: dict[str, Any] | None = None, *sets: str) -> list[Manifest]:
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    for item in sets:
+        args += ["--set", item]
+    result = run_helm(*args, values=values, tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manifest:
+    found = [
+        m for m in manifests
+        if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"{kind} {name or ''}: {len(found)} rendered"
+    return found[0]
+
+
+# --- the CRD -----------------------------------------------------------------------------
+
+
+def test_chart_crd_is_the_generated_crd() -> None:
+    """helm/corral/crds/ holds a copy of crds/agentsessions.yaml (itself generated)."""
+    chart_crds = sorted(p.name for p in (CHART / "crds").iterdir())
+    assert chart_crds == ["agentsessions.yaml"]
+    generated = (ROOT / "crds" / "agentsessions.yaml").read_text(encoding="utf-8")
+    copied = (CHART / "crds" / "agentsessions.yaml").read_text(encoding="utf-8")
+    assert copied == generated, (
+        "helm/corral/crds/agentsessions.yaml differs from crds/agentsessions.yaml: "
+        "run `cp crds/agentsessions.yaml helm/corral/crds/`"
+    )
+
+
+# --- values.schema.json ------------------------------------------------------------------
+
+
+def test_default_values_lint_clean() -> None:
+    result = run_helm("lint", "--strict", str(CHART))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "replicas below one",
+        {"replicaCount": 0},
+        "at '/replicaCount': minimum: got 0, want 1",
+    ),
+    (
+        "replicas not an integer",
+        {"replicaCount": 1.5},
+        "at '/replicaCount': got number, want integer",
+    ),
+    (
+        "replicas a string",
+        {"replicaCount": "two"},
+        "at '/replicaCount': got string, want integer",
+    ),
+    (
+        "image pull policy outside its enum",
+        {"image": {"pullPolicy": "Sometimes"}},
+        "at '/image/pullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'",
+    ),
+    (
+        "runner pull policy outside its enum",
+        {"config": {"imagePullPolicy": "sometimes"}},
+        "at '/config/imagePullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'",
+    ),
+    (
+        "memory limit not a quantity",
+        {"resources": {"limits": {"memory": "lots"}}},
+        "at '/resources/limits/memory': 'lots' does not match pattern",
+    ),
+    (
+        "negative cpu request",
+        {"resources": {"requests": {"cpu": "-1"}}},
+        "at '/resources/requests/cpu': '-1' does not match pattern",
+    ),
+    (
+        "watched namespace not a DNS label",
+        {"watchNamespaces": ["team-a", "Team_B"]},
+        "at '/watchNamespaces/1': 'Team_B' does not match pattern",
+    ),
+    (
+        "watched namespace listed twice",
+        {"watchNamespaces": ["team-a", "team-a"]},
+        "at '/watchNamespaces': items at 0 and 1 are equal",
+    ),
+    (
+        "unknown top-level key (a typo)",
+        {"replicaCunt": 3},
+        "at '': additional properties 'replicaCunt' not allowed",
+    ),
+    (
+        "unknown nested key",
+        {"networkPolicy": {"enable": False}},
+        "at '/networkPolicy': additional properties 'enable' not allowed",
+    ),
+    (
+        "negative price per container-hour",
+        {"config": {"pricePerContainerHourUsd": -0.5}},
+        "at '/config/pricePerContainerHourUsd': minimum: got -0.5, want 0",
+    ),
+    (
+        "config namespace (the chart sets it)",
+        {"config": {"namespace": "elsewhere"}},
+        "at '/config': additional properties 'namespace' not allowed",
+    ),
+    (
+        "idle timeout not a duration",
+        {"config": {"defaultIdleTimeout": "15 minutes"}},
+        "at '/config/defaultIdleTimeout': '15 minutes' does not match pattern",
+    ),
+    (
+        "toleration with an unknown effect",
+        {"config": {"tolerations": [{"key": "a", "effect": "NoRun"}]}},
+        "at '/config/tolerations/0/effect': value must be one of",
+    ),
+    (
+        "operator port out of range",
+        {"operator": {"port": 70000}},
+        "at '/operator/port': maximum: got 70,000, want 65,535",
+    ),
+    (
+        "operator as root",
+        {"securityContext": {"runAsUser": 0}},
+        "at '/securityContext/runAsUser': minimum: got 0, want 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [pytest.param(values, message, id=what) for what, values, message in BAD_VALUES],
+)
+def test_schema_rejects_bad_values(values: dict[str, Any], message: str, tmp_path: Path) -> None:
+    result = run_helm("template", RELEASE, str(CHART), values=values, tmp=tmp_path)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def test_lint_reports_schema_errors_too() -> None:
+    result = run_helm("lint", str(CHART), "--set", "image.pullPolicy=Sometimes")
+    assert result.returncode != 0
+    assert "at '/image/pullPolicy': value must be one of" in result.stdout + result.stderr
+
+
+def test_set_on_the_command_line_is_validated_as_well() -> None:
+    result = run_helm("template", RELEASE, str(CHART), "--set", "replicaCount=0")
+    assert result.returncode != 0
+    assert "at '/replicaCount': minimum: got 0, want 1" in result.stderr
+
+
+def test_schema_patterns_are_the_operators_own() -> None:
+    """The schema checks what the operator's models check, with the same expressions."""
+    definitions = SCHEMA["definitions"]
+    config = SCHEMA["properties"]["config"]["properties"]
+    assert definitions["dnsLabel"]["pattern"] == DNS_LABEL_PATTERN
+    # Resource quantities as the API server reads them, without a sign (never negative).
+    assert definitions["quantity"]["pattern"] == QUANTITY_PATTERN.replace(r"^(\+|-)?", "^")
+    assert config["defaultIdleTimeout"]["pattern"] == DURATION_PATTERN
+    assert config["defaultCredentials"]["properties"]["secretName"]["pattern"] == (
+        DNS_SUBDOMAIN_PATTERN
+    )
+
+
+def _config_fields(model: type[Any]) -> set[str]:
+    return {field.alias or name for name, field in model.model_fields.items()}
+
+
+def test_config_schema_covers_operator_config() -> None:
+    """Every OperatorConfig key can be set from values, and nothing else (namespace: chart)."""
+    config = SCHEMA["properties"]["config"]
+    assert config["additionalProperties"] is False
+    assert set(config["properties"]) == _config_fields(OperatorConfig) - {"namespace"}
+    pull = OperatorConfig.model_fields["image_pull_policy"].annotation
+    assert set(config["properties"]["imagePullPolicy"]["enum"]) == set(pull.__args__)
+
+
+def test_values_file_keys_are_all_in_the_schema() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+
+    def walk(node: Any, schema: dict[str, Any], path: str) -> Iterator[str]:
+        if isinstance(node, dict) and "properties" in schema:
+            for key, child in node.items():
+                if key not in schema["properties"]:
+                    yield f"{path}.{key}"
+                else:
+                    yield from walk(child, schema["properties"][key], f"{path}.{key}")
+
+    assert list(walk(values, SCHEMA, "")) == []
+
+
+# --- what the chart renders --------------------------------------------------------------
+
+
+def test_rendered_config_is_an_operator_config(tmp_path: Path) -> None:
+    values = {
+        "config": {
+            "tolerations": [KWOK_TOLERATION],
+            "defaultModel": "claude-opus-4-1",
+            "pricePerContainerHourUsd": 0.12,
+            "runnerEnv": {"HTTPS_PROXY": "http://proxy:3128"},
+            "defaultCredentials": {"secretName": "anthropic"},
+        },
+    }
+    manifests = render(tmp_path, values)
+    body = yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
+    config = OperatorConfig.model_validate(body)
+    assert config.namespace == NAMESPACE
+    assert config.default_model == "claude-opus-4-1"
+    assert config.price_per_container_hour_usd == 0.12
+    assert config.tolerations[0].key == "kwok.x-k8s.io/node"
+    assert config.default_credentials is not None
+    # Runners report activity to the operator's Service, and may reach its pods.
+    service = one(manifests, "Service")
+    port = service["spec"]["ports"][0]["port"]
+    assert config.runner_env == {
+        "HTTPS_PROXY": "http://proxy:3128",
+        runtime.ENV_ACTIVITY_URL: f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{port}",
+    }
+    [rule] = config.extra_egress
+    assert rule.namespace == NAMESPACE
+    assert rule.pod_labels == service["spec"]["selector"]
+    assert [(p.port, p.protocol) for p in rule.ports] == [(8081, "TCP")]
+
+
+def test_activity_reporting_can_be_turned_off(tmp_path: Path) -> None:
+    manifests = render(tmp_path, None, "activityReporting.enabled=false")
+    body = yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
+    config = OperatorConfig.model_validate(body)
+    assert runtime.ENV_ACTIVITY_URL not in config.runner_env
+    assert config.extra_egress == []
+
+
+def test_default_config_equals_the_operators_defaults(tmp_path: Path) -> None:
+    """values.yaml repeats a few defaults for discoverability; they must not drift."""
+    manifests = render(tmp_path, None, "activityReporting.enabled=false")
+    rendered = OperatorConfig.model_validate(
+        yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
+    )
+    assert rendered == OperatorConfig(namespace=NAMESPACE)
+
+
+def _operator_container(manifests: list[Manifest]) -> Manifest:
+    deployment = one(manifests, "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def test_deployment_args_are_operator_flags(tmp_path: Path) -> None:
+    from corral.cli import build_parser
+
+    manifests = render(tmp_path, {"watchNamespaces": ["team-a", "team-b"]})
+    container = _operator_container(manifests)
+    assert container["command"] == ["corral", "operator"]
+    argv = [a.replace("$(POD_NAME)", "corral-abc") for a in container["args"]]
+    args = build_parser(["operator"]).parse_args(["operator", *argv])
+    assert args.namespace == ["team-a", "team-b"]
+    assert str(args.config) == "/etc/corral-operator/config.yaml"
+    assert args.port == 8081
+    assert args.identity == "corral-abc"
+    assert args.lease_namespace == NAMESPACE
+    assert args.lease_name == one(manifests, "Lease")["metadata"]["name"]
+    assert not args.no_leader_election
+    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mount["config"] == str(args.config.parent)
+
+
+def test_deployment_is_hardened(tmp_path: Path) -> None:
+    manifests = render(tmp_path)
+    deployment = one(manifests, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["serviceAccountName"] == one(manifests, "ServiceAccount")["metadata"]["name"]
+    container = _operator_container(manifests)
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    [port] = container["ports"]
+    assert (port["name"], port["containerPort"]) == ("http", 8081)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # Spread over nodes and zones, each constraint selecting this release's pods.
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    spread = pod["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {
+        "kubernetes.io/hostname", "topology.kubernetes.io/zone",
+    }
+    assert all(c["labelSelector"]["matchLabels"] == selector for c in spread)
+    pdb = one(manifests, "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+
+
+def test_config_change_rolls_the_pods(tmp_path: Path) -> None:
+    def checksum(*sets: str) -> str:
+        deployment = one(render(tmp_path, None, *sets), "Deployment")
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum() == checksum()
+    assert checksum() != checksum("config.defaultModel=claude-opus-4-1")
+
+
+def test_every_object_carries_the_release_labels(tmp_path: Path) -> None:
+    manifests = render(tmp_path, {
+        "watchNamespaces": ["team-a"],
+        "metrics": {
+            "serviceMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+            "grafanaDashboard": {"enabled": True},
+        },
+    })
+    for manifest in manifests:
+        labels = manifest["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE, manifest["kind"]
+        assert labels["app.kubernetes.io/name"] == "corral"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "corral-0.1.0"
+
+
+def _rules(role: Manifest) -> set[tuple[str, str, str, tuple[str, ...]]]:
+    return {
+        (group, resource, ",".join(rule.get("resourceNames", [])), tuple(sorted(rule["verbs"])))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+
+
+SESSION_RULES = {
+    ("corral.dev", "agentsessions", "", ("delete", "list", "watch")),
+    ("corral.dev", "agentsessions/status", "", ("patch",)),
+    ("corral.dev", "agentsessions/finalizers", "", ("update",)),
+    ("", "pods", "", ("create", "delete", "list", "patch", "watch")),
+    ("", "services", "", ("create", "list", "watch")),
+    ("", "persistentvolumeclaims", "", ("create", "list", "watch")),
+    ("networking.k8s.io", "networkpolicies", "", ("create", "list", "watch")),
+    ("", "secrets", "", ("get",)),
+    ("", "events", "", ("create",)),
+}
+CRD_READ = ("apiextensions.k8s.io", "customresourcedefinitions", "", ("list", "watch"))
+
+
+def test_cluster_wide_rbac(tmp_path: Path) -> None:
+    manifests = render(tmp_path)
+    assert _rules(one(manifests, "ClusterRole")) == SESSION_RULES | {CRD_READ}
+    [lease_role] = [m for m in manifests if m["kind"] == "Role"]
+    assert _rules(lease_role) == {
+        ("coordination.k8s.io", "leases", f"{RELEASE}", ("get", "patch")),
+    }
+    binding = one(manifests, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}
+    ]
+
+
+def test_namespaced_rbac(tmp_path: Path) -> None:
+    manifests = render(tmp_path, {"watchNamespaces": ["team-a", "team-b"]})
+    assert _rules(one(manifests, "ClusterRole")) == {
+        CRD_READ, ("", "namespaces", "", ("list", "watch")),
+    }
+    roles = {m["metadata"]["namespace"]: m for m in manifests if m["kind"] == "Role"}
+    assert set(roles) == {"team-a", "team-b", NAMESPACE}
+    assert _rules(roles["team-a"]) == _rules(roles["team-b"]) == SESSION_RULES
+    bindings = {m["metadata"]["namespace"] for m in manifests if m["kind"] == "RoleBinding"}
+    assert bindings == {"team-a", "team-b", NAMESPACE}
+    policy = one(manifests, "NetworkPolicy")
+    sources = policy["spec"]["ingress"][0]["from"]
+    assert [s["namespaceSelector"]["matchLabels"] for s in sources] == [
+        {"kubernetes.io/metadata.name": "team-a"}, {"kubernetes.io/metadata.name": "team-b"},
+    ]
+
+
+def test_operator_network_policy(tmp_path: Path) -> None:
+    manifests = render(tmp_path, {"networkPolicy": {"apiServer": {"cidrs": ["172.18.0.2/32"]}}})
+    policy = one(manifests, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"] == one(manifests, "Service")["spec"]["selector"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    [ingress] = policy["ingress"]
+    assert ingress["ports"] == [{"port": 8081, "protocol": "TCP"}]
+    [runners] = ingress["from"]
+    assert runners["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "agentsession",
+        "app.kubernetes.io/component": "runner",
+        "app.kubernetes.io/managed-by": "corral",
+    }
+    api, dns = policy["egress"]
+    assert api["to"] == [{"ipBlock": {"cidr": "172.18.0.2/32"}}]
+    assert {p["port"] for p in api["ports"]} == {443, 6443}
+    assert {p["port"] for p in dns["ports"]} == {53}
+
+
+def test_runner_pod_labels_match_the_renderer(make_session: Any) -> None:
+    """The operator NetworkPolicy admits pods by the labels corral.render gives runners."""
+    from corral.render.meta import RUNNER, labels
+
+    session = make_session()
+    rendered = labels(session, RUNNER)
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+    block = helpers.split('define "corral.runnerPodLabels"')[1].split("{{- end }}")[0]
+    expected = dict(re.findall(r"^([\w./-]+): (\S+)$", block, re.MULTILINE))
+    assert expected and expected.items() <= rendered.items()
+
+
+# --- monitoring --------------------------------------------------------------------------
+
+
+def _exported_metric_names() -> set[str]:
+    """Every sample name the operator exports (counters as _total, histograms' series)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from corral.controller import metrics
+
+    names = {"corral_sessions"}
+    for value in vars(metrics).values():
+        if isinstance(value, Counter):
+            names.add(f"{value._name}_total")
+        elif isinstance(value, Histogram):
+            names |= {f"{value._name}_{suffix}" for suffix in ("bucket", "count", "sum")}
+        elif isinstance(value, Gauge):
+            names.add(value._name)
+    return names
+
+
+def _metrics_in(expr: str) -> set[str]:
+    return set(re.findall(r"\bcorral_[a-z_]+\b", expr))
+
+
+def test_monitoring_objects(tmp_path: Path) -> None:
+    manifests = render(tmp_path, {
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            "prometheusRule": {"enabled": True},
+            "grafanaDashboard": {"enabled": True},
+        },
+        "networkPolicy": {"metricsFrom": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]},
+    })
+    service = one(manifests, "Service")
+    monitor = one(manifests, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+        service["metadata"]["labels"].items()
+    )
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    ingress = one(manifests, "NetworkPolicy")["spec"]["ingress"][0]["from"]
+    assert len(ingress) == 2  # runners, and Prometheus
+
+    exported = _exported_metric_names()
+    rule = one(manifests, "PrometheusRule")
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(alerts) >= {
+        "CorralSessionsFailing", "CorralReconcileErrorsRising", "CorralSessionsStuckPending",
+    }
+    for name, alert in alerts.items():
+        expr = alert["expr"]
+        assert _metrics_in(expr) and _metrics_in(expr) <= exported, name
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), name
+        assert f'namespace="{NAMESPACE}"' in expr, name
+        assert alert["labels"]["severity"] in {"warning", "critical"}
+
+    dashboard_map = one(manifests, "ConfigMap", f"{RELEASE}-dashboard")
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(dashboard_map["data"]["corral.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = set().union(*(_metrics_in(e) for e in exprs))
+    assert used <= exported
+    # Every metric the operator exports is on the dashboard.
+    families = {re.sub(r"_(bucket|count|sum)$", "", n) for n in exported}
+    assert {re.sub(r"_(bucket|count|sum)$", "", n) for n in used} == families
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_monitoring_is_off_by_default(tmp_path: Path) -> None:
+    kinds = {m["kind"] for m in render(tmp_path)}
+    assert kinds == {
+        "ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role",
+        "RoleBinding", "Service", "Deployment", "Lease", "NetworkPolicy",
+        "PodDisruptionBudget",
+    }

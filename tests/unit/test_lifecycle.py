@@ -1,0 +1,985 @@
+"""`decide()` of every pattern, transition by transition, without a cluster.
+
+Most tests build one snapshot and read the plan. The multi-step ones drive a tiny
+in-memory "cluster" (`World`) that applies plans the way the reconciler does (create,
+then the status merge patch, then pod deletions), so flows such as retries or twenty
+sleep/wake cycles run end to end in microseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from corral.api import runtime
+from corral.api.v1alpha1 import AgentSession, AgentStatus
+from corral.config import OperatorConfig
+from corral.controller.lifecycle import Activity, Observed, Plan, decide, timestamp
+from corral.controller.pods import PodView, pod_view
+from corral.render import pod_name, pvc_name, render_pod
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+UID = "0b7d3c1e-5f7a-4c1e-9a55-2b1f0f6d8e01"
+CONFIG = OperatorConfig()
+
+MINIMAL = {
+    "Ephemeral": {"pattern": "Ephemeral", "prompt": "Say hello."},
+    "LongRunning": {"pattern": "LongRunning"},
+    "Hybrid": {"pattern": "Hybrid", "idleTimeout": "5s"},
+    "Shared": {"pattern": "Shared", "agents": [{"name": "author"}, {"name": "reviewer"}]},
+}
+
+RESULT = {
+    "subtype": "success",
+    "text": "done",
+    "numTurns": 2,
+    "totalCostUsd": 0.01,
+    "usage": {"inputTokens": 10, "outputTokens": 5},
+    "sessionId": "sdk-123",
+}
+
+
+# --- builders ------------------------------------------------------------------------------
+
+
+def make_session(
+    pattern: str = "LongRunning",
+    status: dict[str, Any] | None = None,
+    annotations: dict[str, str] | None = None,
+    deleting: bool = False,
+    **spec: Any,
+) -> AgentSession:
+    metadata: dict[str, Any] = {
+        "name": "demo",
+        "namespace": "team-a",
+        "uid": UID,
+        "generation": 1,
+        "annotations": annotations or {},
+    }
+    if deleting:
+        metadata["deletionTimestamp"] = timestamp(T0)
+    body = {"metadata": metadata, "spec": {**MINIMAL[pattern], **spec}, "status": status or {}}
+    return AgentSession.model_validate(body)
+
+
+def make_pod(
+    session: AgentSession,
+    attempt: int = 1,
+    *,
+    phase: str = "Running",
+    ready: bool | None = None,
+    started: datetime = T0,
+    deleting: bool = False,
+    reason: str | None = None,
+    terminated: dict[str, Any] | None = None,
+    waiting: dict[str, Any] | None = None,
+    unschedulable: bool = False,
+    owner_uid: str | None = None,
+) -> PodView:
+    """A pod as the API server would show it, read through the operator's own `pod_view`."""
+    body = render_pod(session, CONFIG, attempt)
+    body["metadata"]["uid"] = f"pod-uid-{attempt}"
+    if owner_uid is not None:
+        body["metadata"]["ownerReferences"][0]["uid"] = owner_uid
+    if deleting:
+        body["metadata"]["deletionTimestamp"] = timestamp(started)
+    ready = phase == "Running" if ready is None else ready
+    state: dict[str, Any] = {}
+    if terminated is not None:
+        state["terminated"] = terminated
+    elif waiting is not None:
+        state["waiting"] = waiting
+    elif phase == "Running":
+        state["running"] = {"startedAt": timestamp(started)}
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if unschedulable:
+        conditions.append(
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/2 nodes are available: 2 Insufficient cpu.",
+            }
+        )
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": conditions,
+        "containerStatuses": [{"name": runtime.CONTAINER_NAME, "state": state, "ready": ready}],
+    }
+    if not unschedulable:
+        status["startTime"] = timestamp(started)
+    if reason:
+        status["reason"] = reason
+        status["message"] = f"pod {reason}"
+    body["status"] = status
+    return pod_view(body)
+
+
+def terminated(reason: str = "Completed", code: int = 0, **result: Any) -> dict[str, Any]:
+    message = json.dumps({**RESULT, **result}) if result or reason == "Completed" else ""
+    return {"exitCode": code, "reason": reason, "message": message}
+
+
+def observe(
+    session: AgentSession,
+    pods: list[PodView] | None = None,
+    now: datetime = T0,
+    activity: Activity | None = None,
+    children: bool = True,
+    credentials_found: bool | None = None,
+) -> Observed:
+    return Observed(
+        session=session,
+        pods=pods or [],
+        has_service=children,
+        has_network_policy=children,
+        has_pvc=children and session.spec.pattern == "Hybrid",
+        now=now,
+        activity=activity,
+        credentials_found=credentials_found,
+    )
+
+
+def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 JSON merge patch, as the API server applies one to /status."""
+    result = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def with_status(session: AgentSession, plan: Plan) -> AgentSession:
+    status = session.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    new = merge(status, plan.status_patch or {})
+    return session.model_copy(update={"status": type(session.status).model_validate(new)})
+
+
+def conditions(session: AgentSession) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in session.status.conditions}
+
+
+def reasons(plan: Plan) -> list[str]:
+    return [e.reason for e in plan.events]
+
+
+def created(plan: Plan, kind: str) -> list[dict[str, Any]]:
+    return [m for m in plan.create if m["kind"] == kind]
+
+
+@dataclass
+class World:
+    """Applies plans like the reconciler: create, then status, then delete pods."""
+
+    session: AgentSession
+    pods: dict[str, PodView] = field(default_factory=dict)
+    now: datetime = T0
+    activity: Activity | None = None
+    events: list[str] = field(default_factory=list)
+    pods_created: list[str] = field(default_factory=list)
+    deleted_session: bool = False
+    max_pods_seen: int = 0
+
+    def step(self) -> Plan:
+        plan = decide(
+            observe(self.session, list(self.pods.values()), self.now, self.activity), CONFIG
+        )
+        for manifest in created(plan, "Pod"):
+            name = manifest["metadata"]["name"]
+            assert name not in self.pods, f"pod {name} created twice"
+            attempt = int(manifest["metadata"]["annotations"]["corral.dev/attempt"])
+            self.pods[name] = make_pod(
+                self.session, attempt, phase="Pending", ready=False, started=self.now
+            )
+            self.pods_created.append(name)
+        self.session = with_status(self.session, plan)
+        for deletion in plan.delete_pods:
+            self.pods[deletion.name] = replace(self.pods[deletion.name], deleting=True)
+        self.events += reasons(plan)
+        self.deleted_session = self.deleted_session or plan.delete_session
+        self.max_pods_seen = max(self.max_pods_seen, len(self.pods))
+        return plan
+
+    def settle(self, steps: int = 5) -> None:
+        """Reconcile until the plan is empty (level-based: it must get there)."""
+        for _ in range(steps):
+            plan = self.step()
+            if plan.empty:
+                return
+        raise AssertionError(f"no fixed point after {steps} steps; last plan: {plan}")
+
+    def kubelet(self, name: str, **changes: Any) -> None:
+        """The pod's status changes, as the kubelet would report it."""
+        attempt = self.pods[name].attempt
+        started = self.pods[name].started_at
+        base = {"started": datetime.fromisoformat(started.replace("Z", "+00:00"))}
+        self.pods[name] = make_pod(self.session, attempt, **{**base, **changes})
+
+    def run_pod(self, name: str | None = None) -> str:
+        name = name or self.live_pod()
+        self.kubelet(name, phase="Running", ready=True)
+        return name
+
+    def finish_deletions(self) -> None:
+        for name in [n for n, p in self.pods.items() if p.deleting]:
+            del self.pods[name]
+
+    def live_pod(self) -> str:
+        live = [n for n, p in self.pods.items() if not p.deleting]
+        assert len(live) == 1, f"expected one live pod, got {live}"
+        return live[0]
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+# --- level-based properties ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", list(MINIMAL))
+def test_new_session_gets_its_children_and_one_pod(pattern: str) -> None:
+    session = make_session(pattern)
+    plan = decide(observe(session, children=False), CONFIG)
+    kinds = sorted(m["kind"] for m in plan.create)
+    expected = ["NetworkPolicy", "Pod", "Service"]
+    if pattern == "Hybrid":
+        expected.insert(1, "PersistentVolumeClaim")
+    assert kinds == expected
+    assert plan.delete_pods == []
+    assert plan.status_patch is not None
+    assert plan.status_patch["phase"] == "Pending"
+    assert plan.status_patch["podName"] == pod_name(session, 1)
+    assert plan.status_patch["attempts"] == 1
+    assert plan.status_patch["observedGeneration"] == 1
+    assert not [e for e in plan.events if e.type == "Warning"]
+
+
+@pytest.mark.parametrize("pattern", list(MINIMAL))
+def test_decide_is_deterministic_and_reaches_a_fixed_point(pattern: str) -> None:
+    session = make_session(pattern)
+    snapshot = observe(session)
+    assert decide(snapshot, CONFIG) == decide(snapshot, CONFIG)
+    world = World(session)
+    world.step()
+    world.run_pod()
+    world.settle()
+    assert world.session.status.phase == "Running"
+    # Applied: the same snapshot again asks for nothing.
+    plan = world.step()
+    assert plan.empty, plan
+
+
+@pytest.mark.parametrize("pattern", list(MINIMAL))
+def test_a_created_pod_not_yet_seen_is_not_created_again(pattern: str) -> None:
+    """The status says which pod was created; with the pod in the snapshot nothing repeats."""
+    world = World(make_session(pattern))
+    world.step()
+    second = world.step()
+    assert created(second, "Pod") == []
+    assert world.pods_created == [pod_name(world.session, 1)]
+
+
+def test_a_session_being_deleted_gets_an_empty_plan() -> None:
+    session = make_session("LongRunning", deleting=True)
+    assert decide(observe(session, children=False), CONFIG).empty
+
+
+def test_pods_of_an_older_session_of_the_same_name_are_ignored() -> None:
+    session = make_session("LongRunning", status={"phase": "Running"})
+    stranger = make_pod(session, 1, owner_uid="another-uid")
+    plan = decide(observe(session, [stranger]), CONFIG)
+    assert plan.delete_pods == []
+    assert [m["metadata"]["name"] for m in created(plan, "Pod")] == [pod_name(session, 1)]
+
+
+def test_missing_credentials_secret_keeps_the_session_pending() -> None:
+    session = make_session("LongRunning", credentials={"secretName": "anthropic"})
+    ask = decide(observe(session), CONFIG)
+    assert ask.check_credentials == "anthropic"
+    assert ask.create == [] and ask.status_patch is None
+    plan = decide(observe(session, credentials_found=False), CONFIG)
+    assert created(plan, "Pod") == []
+    assert plan.requeue_after is not None
+    after = with_status(session, plan)
+    assert after.status.phase == "Pending"
+    assert conditions(after)["CredentialsReady"] == ("False", "SecretNotFound")
+    assert reasons(plan) == ["SecretNotFound"]
+    # Found later: the pod is created.
+    found = decide(observe(after, credentials_found=True), CONFIG)
+    assert len(created(found, "Pod")) == 1
+    assert conditions(with_status(after, found))["CredentialsReady"] == ("True", "SecretFound")
+
+
+def test_duplicate_live_pods_keep_only_the_newest() -> None:
+    session = make_session("LongRunning", status={"phase": "Running", "attempts": 2})
+    old, new = make_pod(session, 1), make_pod(session, 2)
+    plan = decide(observe(session, [new, old]), CONFIG)
+    assert [d.name for d in plan.delete_pods] == [old.name]
+    assert created(plan, "Pod") == []
+    assert "DuplicatePodDeleted" in reasons(plan)
+
+
+# --- Ephemeral -----------------------------------------------------------------------------
+
+
+def test_ephemeral_pending_running_succeeded_with_result() -> None:
+    world = World(make_session("Ephemeral", ttlSecondsAfterFinished=60, retries=1))
+    world.step()
+    assert world.session.status.phase == "Pending"
+    name = world.live_pod()
+    world.step()
+    assert world.session.status.phase == "Pending"
+    assert conditions(world.session)["PodReady"] == ("False", "PodPending")
+
+    world.run_pod(name)
+    world.step()
+    assert world.session.status.phase == "Running"
+    assert conditions(world.session)["Ready"] == ("True", "Running")
+
+    world.advance(30)
+    world.kubelet(name, phase="Succeeded", ready=False, terminated=terminated())
+    plan = world.step()
+    status = world.session.status
+    assert status.phase == "Succeeded"
+    assert status.result is not None
+    assert status.result.subtype == "success"
+    assert status.result.num_turns == 2
+    assert status.result.total_cost_usd == 0.01
+    assert status.result.session_id == "sdk-123"
+    assert status.result.usage.input_tokens == 10
+    assert (status.session_id, status.num_turns, status.total_cost_usd) == ("sdk-123", 2, 0.01)
+    assert status.completion_time == timestamp(world.now)
+    assert status.pod_name is None
+    assert status.cost is not None and status.cost.pod_seconds == 30
+    assert conditions(world.session)["Complete"] == ("True", "Succeeded")
+    assert conditions(world.session)["Ready"] == ("False", "Completed")
+    # The pod is removed once the outcome is recorded (status before deletion, same plan).
+    assert [d.name for d in plan.delete_pods] == [name]
+    assert plan.status_patch is not None
+    assert "Succeeded" in reasons(plan)
+    assert plan.requeue_after == 60
+
+
+def test_ephemeral_ttl_deletes_the_session_when_due() -> None:
+    world = World(make_session("Ephemeral", ttlSecondsAfterFinished=60))
+    world.step()
+    name = world.run_pod()
+    world.kubelet(name, phase="Succeeded", ready=False, terminated=terminated())
+    world.step()
+    world.finish_deletions()
+    world.advance(20)
+    plan = world.step()
+    assert not plan.delete_session
+    assert plan.requeue_after == pytest.approx(40)
+    world.advance(40)
+    plan = world.step()
+    assert plan.delete_session
+    assert created(plan, "Pod") == []
+
+
+def test_ephemeral_without_ttl_is_kept() -> None:
+    world = World(make_session("Ephemeral"))
+    world.step()
+    name = world.run_pod()
+    world.kubelet(name, phase="Succeeded", ready=False, terminated=terminated())
+    world.step()
+    world.finish_deletions()
+    world.advance(10**6)
+    plan = world.step()
+    assert plan.empty
+    assert not world.deleted_session
+
+
+def test_ephemeral_finished_session_deletes_a_leftover_pod() -> None:
+    session = make_session("Ephemeral", status={"phase": "Succeeded", "attempts": 1})
+    leftover = make_pod(session, 1)
+    plan = decide(observe(session, [leftover]), CONFIG)
+    assert [d.name for d in plan.delete_pods] == [leftover.name]
+    assert created(plan, "Pod") == []
+
+
+def test_ephemeral_success_without_a_termination_message_still_succeeds() -> None:
+    world = World(make_session("Ephemeral"))
+    world.step()
+    name = world.run_pod()
+    world.kubelet(
+        name,
+        phase="Succeeded",
+        ready=False,
+        terminated={"exitCode": 0, "reason": "Completed", "message": ""},
+    )
+    world.step()
+    assert world.session.status.phase == "Succeeded"
+    assert world.session.status.result is None
+
+
+FAILURES = [
+    # (pod changes, condition reason)
+    (
+        {"phase": "Failed", "terminated": {"exitCode": 137, "reason": "OOMKilled", "message": ""}},
+        "OOMKilled",
+    ),
+    ({"phase": "Failed", "reason": "Evicted"}, "Evicted"),
+    ({"phase": "Failed", "reason": "DeadlineExceeded"}, "DeadlineExceeded"),
+    (
+        {"phase": "Failed", "terminated": terminated("Error", 1, subtype="error_max_turns")},
+        "MaxTurnsReached",
+    ),
+    (
+        {"phase": "Succeeded", "terminated": terminated("Completed", 0, subtype="error_max_turns")},
+        "MaxTurnsReached",
+    ),
+    (
+        {"phase": "Failed", "terminated": terminated("Error", 1, subtype="error_max_budget_usd")},
+        "MaxBudgetReached",
+    ),
+    (
+        {"phase": "Failed", "terminated": {"exitCode": 2, "reason": "Error", "message": "boom"}},
+        "RunnerFailed",
+    ),
+    ({"phase": "Pending", "waiting": {"reason": "ImagePullBackOff"}}, "ImagePullFailed"),
+    ({"phase": "Pending", "waiting": {"reason": "ErrImagePull"}}, "ImagePullFailed"),
+]
+
+
+@pytest.mark.parametrize(("changes", "reason"), FAILURES, ids=[r for _, r in FAILURES])
+def test_ephemeral_failure_reasons(changes: dict[str, Any], reason: str) -> None:
+    world = World(make_session("Ephemeral"))
+    world.step()
+    name = world.run_pod()
+    world.step()
+    world.kubelet(name, ready=False, **changes)
+    plan = world.step()
+    status = world.session.status
+    assert status.phase == "Failed"
+    assert conditions(world.session)["Failed"] == ("True", reason)
+    assert conditions(world.session)["Ready"] == ("False", reason)
+    assert status.completion_time is not None
+    assert [d.name for d in plan.delete_pods] == [name]
+    warnings = [e for e in plan.events if e.type == "Warning"]
+    assert [e.reason for e in warnings] == [reason]
+    assert created(plan, "Pod") == []
+    # Nothing more happens to a failed run.
+    world.finish_deletions()
+    world.settle()
+    assert world.pods == {}
+    assert world.pods_created == [name]
+
+
+def test_ephemeral_max_turns_result_is_kept_in_status() -> None:
+    world = World(make_session("Ephemeral", maxTurns=3))
+    world.step()
+    name = world.run_pod()
+    world.kubelet(
+        name,
+        phase="Failed",
+        terminated=terminated("Error", 1, subtype="error_max_turns", numTurns=3),
+    )
+    world.step()
+    assert world.session.status.result is not None
+    assert world.session.status.result.subtype == "error_max_turns"
+    assert world.session.status.num_turns == 3
+
+
+def test_ephemeral_unschedulable_stays_pending_with_the_reason_once() -> None:
+    world = World(make_session("Ephemeral"))
+    world.step()
+    name = world.live_pod()
+    world.kubelet(name, phase="Pending", ready=False, unschedulable=True)
+    plan = world.step()
+    assert world.session.status.phase == "Pending"
+    assert conditions(world.session)["PodReady"] == ("False", "Unschedulable")
+    assert conditions(world.session)["Ready"] == ("False", "Unschedulable")
+    assert reasons(plan) == ["Unschedulable"]
+    assert plan.delete_pods == []
+    again = world.step()
+    assert again.empty, "the Warning is posted once, not on every reconcile"
+
+
+def test_ephemeral_retries_make_a_second_pod_then_fail() -> None:
+    world = World(make_session("Ephemeral", retries=1))
+    world.step()
+    first = world.run_pod()
+    oom = {"exitCode": 137, "reason": "OOMKilled", "message": ""}
+    world.kubelet(first, phase="Failed", terminated=oom)
+    plan = world.step()
+    assert world.session.status.phase == "Pending"
+    assert [d.name for d in plan.delete_pods] == [first]
+    assert "Retrying" in reasons(plan)
+    assert "Failed" not in conditions(world.session)
+    # The predecessor is still there (terminating): no second pod yet.
+    assert created(world.step(), "Pod") == []
+    world.finish_deletions()
+    world.step()
+    second = world.live_pod()
+    assert second != first
+    assert second == pod_name(world.session, 2)
+    assert world.session.status.attempts == 2
+    assert world.session.status.pod_name == second
+
+    world.run_pod(second)
+    world.kubelet(second, phase="Failed", terminated=oom)
+    plan = world.step()
+    assert world.session.status.phase == "Failed"
+    assert conditions(world.session)["Failed"] == ("True", "OOMKilled")
+    world.finish_deletions()
+    world.settle()
+    assert world.pods_created == [first, second]
+
+
+def test_ephemeral_retry_then_success() -> None:
+    world = World(make_session("Ephemeral", retries=2))
+    world.step()
+    first = world.run_pod()
+    world.kubelet(first, phase="Failed", reason="Evicted")
+    world.step()
+    world.finish_deletions()
+    world.step()
+    second = world.run_pod()
+    world.kubelet(second, phase="Succeeded", terminated=terminated())
+    world.step()
+    assert world.session.status.phase == "Succeeded"
+    assert world.session.status.attempts == 2
+    assert conditions(world.session)["Complete"] == ("True", "Succeeded")
+
+
+@pytest.mark.parametrize(("retries", "phase"), [(0, "Failed"), (1, "Pending")])
+def test_ephemeral_pod_lost_while_running(retries: int, phase: str) -> None:
+    world = World(make_session("Ephemeral", retries=retries))
+    world.step()
+    name = world.run_pod()
+    world.step()
+    world.pods[name] = replace(world.pods[name], deleting=True)
+    assert world.step().empty or world.session.status.phase == "Running"
+    world.finish_deletions()
+    world.step()
+    assert world.session.status.phase == phase
+    if retries:
+        assert world.live_pod() == pod_name(world.session, 2)
+    else:
+        assert conditions(world.session)["Failed"] == ("True", "PodLost")
+        assert world.pods == {}
+
+
+# --- LongRunning (and Shared, which lives the same way) ------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["LongRunning", "Shared"])
+def test_long_running_deleted_pod_is_recreated_and_counted(pattern: str) -> None:
+    world = World(make_session(pattern))
+    world.step()
+    first = world.run_pod()
+    world.settle()
+    world.pods[first] = replace(world.pods[first], deleting=True)
+    plan = world.step()
+    assert created(plan, "Pod") == [], "wait for the terminating pod before making a new one"
+    assert world.session.status.restarts is None
+    world.finish_deletions()
+    plan = world.step()
+    second = world.live_pod()
+    assert second != first
+    assert world.session.status.restarts == 1
+    assert world.session.status.pod_name == second
+    assert "PodLost" in reasons(plan)
+    world.run_pod(second)
+    world.settle()
+    assert world.session.status.restarts == 1
+    assert world.session.status.phase == "Running"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"phase": "Failed", "reason": "Evicted"},
+        {"phase": "Failed", "terminated": {"exitCode": 1, "reason": "Error", "message": ""}},
+    ],
+    ids=["evicted", "failed"],
+)
+def test_long_running_finished_pod_is_replaced(changes: dict[str, Any]) -> None:
+    world = World(make_session("LongRunning"))
+    world.step()
+    first = world.run_pod()
+    world.settle()
+    world.kubelet(first, ready=False, **changes)
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [first]
+    assert len(created(plan, "Pod")) == 1
+    assert world.session.status.restarts == 1
+    assert "PodLost" in reasons(plan)
+    world.finish_deletions()
+    world.run_pod()
+    world.settle()
+    assert world.session.status.restarts == 1
+    assert len(world.pods_created) == 2
+
+
+def test_long_running_suspend_and_resume() -> None:
+    world = World(make_session("LongRunning"))
+    world.step()
+    first = world.run_pod()
+    world.settle()
+
+    world.session = world.session.model_copy(
+        update={"spec": world.session.spec.model_copy(update={"suspend": True})}
+    )
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [first]
+    assert world.session.status.phase == "Suspended"
+    assert world.session.status.pod_name is None
+    assert conditions(world.session)["Ready"] == ("False", "Suspended")
+    assert reasons(plan) == ["Suspended"]
+    world.finish_deletions()
+    world.settle()
+    assert world.pods == {}
+    assert world.events.count("Suspended") == 1
+
+    world.session = world.session.model_copy(
+        update={"spec": world.session.spec.model_copy(update={"suspend": False})}
+    )
+    plan = world.step()
+    assert reasons(plan) == ["PodResumed"]
+    world.run_pod()
+    world.settle()
+    assert world.session.status.phase == "Running"
+    assert world.session.status.restarts is None, "a resume is not a restart"
+
+
+def test_long_running_resume_waits_for_the_suspended_pod_to_go() -> None:
+    world = World(make_session("LongRunning"))
+    world.step()
+    world.run_pod()
+    world.settle()
+    world.session = world.session.model_copy(
+        update={"spec": world.session.spec.model_copy(update={"suspend": True})}
+    )
+    world.step()
+    world.session = world.session.model_copy(
+        update={"spec": world.session.spec.model_copy(update={"suspend": False})}
+    )
+    assert created(world.step(), "Pod") == []
+    world.finish_deletions()
+    assert len(created(world.step(), "Pod")) == 1
+
+
+def test_long_running_image_pull_failure_is_reported_not_fatal() -> None:
+    world = World(make_session("LongRunning"))
+    world.step()
+    name = world.live_pod()
+    world.kubelet(name, phase="Pending", ready=False, waiting={"reason": "ImagePullBackOff"})
+    plan = world.step()
+    assert world.session.status.phase == "Pending"
+    assert conditions(world.session)["PodReady"] == ("False", "ImagePullFailed")
+    assert reasons(plan) == ["ImagePullFailed"]
+    assert plan.delete_pods == []
+
+
+def test_long_running_spec_change_needing_a_new_pod_replaces_it() -> None:
+    world = World(make_session("LongRunning"))
+    world.step()
+    first = world.run_pod()
+    world.settle()
+    world.session = world.session.model_copy(
+        update={"spec": world.session.spec.model_copy(update={"image": "other:1"})}
+    )
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [first]
+    assert len(created(plan, "Pod")) == 1
+    assert "SpecChanged" in reasons(plan)
+
+
+def test_live_spec_change_patches_the_pod_annotation() -> None:
+    world = World(make_session("LongRunning"))
+    world.step()
+    name = world.run_pod()
+    world.settle()
+    world.session = world.session.model_copy(
+        update={"spec": world.session.spec.model_copy(update={"max_turns": 7})}
+    )
+    plan = world.step()
+    assert plan.delete_pods == [] and created(plan, "Pod") == []
+    assert [p[0] for p in plan.patch_pods] == [name]
+
+
+def test_shared_agents_come_from_the_runner_report() -> None:
+    world = World(make_session("Shared"))
+    world.step()
+    world.run_pod()
+    world.activity = Activity(
+        last_activity=T0,
+        busy=False,
+        num_turns=4,
+        agents=(AgentStatus(name="author", state="idle", num_turns=4),),
+    )
+    world.step()
+    assert world.session.status.num_turns == 4
+    assert world.session.status.agents is not None
+    assert [a.name for a in world.session.status.agents] == ["author"]
+
+
+# --- Hybrid --------------------------------------------------------------------------------
+
+
+def hybrid_world(**spec: Any) -> World:
+    world = World(make_session("Hybrid", **spec))
+    world.step()
+    world.run_pod()
+    world.settle()
+    return world
+
+
+def test_hybrid_new_session_gets_a_pvc_and_starts_its_idle_clock() -> None:
+    session = make_session("Hybrid")
+    plan = decide(observe(session, children=False), CONFIG)
+    (claim,) = created(plan, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == pvc_name(session)
+    assert plan.status_patch is not None
+    assert plan.status_patch["pvcName"] == pvc_name(session)
+    assert plan.status_patch["lastActivityTime"] == timestamp(T0)
+
+
+def test_hybrid_stays_awake_before_the_timeout_and_looks_again_at_the_deadline() -> None:
+    world = hybrid_world()
+    world.advance(3)
+    plan = world.step()
+    assert plan.delete_pods == []
+    assert world.session.status.phase == "Running"
+    assert plan.requeue_after == pytest.approx(2)
+
+
+def test_hybrid_idle_timeout_scales_to_zero_and_keeps_the_volume() -> None:
+    world = hybrid_world()
+    name = world.live_pod()
+    world.advance(6)
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [name]
+    assert plan.scaled_down
+    assert created(plan, "PersistentVolumeClaim") == []
+    status = world.session.status
+    assert status.phase == "Idle"
+    assert status.idle_since == timestamp(world.now)
+    assert status.last_activity_time == timestamp(T0)
+    assert status.pod_name is None
+    assert status.pvc_name == pvc_name(world.session)
+    assert conditions(world.session)["Idle"] == ("True", "IdleTimeout")
+    assert conditions(world.session)["Ready"] == ("False", "Idle")
+    assert reasons(plan) == ["ScaledDown"]
+    # Asleep: nothing more, even much later, and exactly one scale-down.
+    world.finish_deletions()
+    world.advance(3600)
+    world.settle()
+    assert world.pods == {}
+    assert world.events.count("ScaledDown") == 1
+
+
+def test_hybrid_idle_session_deletes_a_leftover_pod_without_waking() -> None:
+    """Crash between the Idle status write and the pod deletion: the pod is still there."""
+    world = hybrid_world()
+    name = world.live_pod()
+    world.advance(6)
+    world.step()
+    world.pods[name] = replace(world.pods[name], deleting=False)
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [name]
+    assert created(plan, "Pod") == []
+    assert world.session.status.wake_count is None
+    assert "ScaledDown" not in reasons(plan)
+
+
+def test_hybrid_busy_runner_stays_awake_past_the_timeout() -> None:
+    world = hybrid_world()
+    name = world.live_pod()
+    world.activity = Activity(last_activity=T0 + timedelta(seconds=1), busy=True)
+    world.advance(60)
+    plan = world.step()
+    assert plan.delete_pods == []
+    assert world.session.status.phase == "Running"
+    assert plan.requeue_after is not None
+    # No longer busy: the clock runs from the last activity.
+    world.activity = Activity(last_activity=world.now, busy=False)
+    world.advance(4)
+    assert world.step().delete_pods == []
+    world.advance(2)
+    assert [d.name for d in world.step().delete_pods] == [name]
+
+
+def test_hybrid_recent_activity_moves_the_deadline() -> None:
+    world = hybrid_world()
+    world.advance(4)
+    world.activity = Activity(last_activity=world.now, busy=False, num_turns=1)
+    plan = world.step()
+    assert world.session.status.last_activity_time == timestamp(world.now)
+    assert world.session.status.num_turns == 1
+    assert plan.requeue_after == pytest.approx(5)
+    world.advance(4)
+    assert world.step().delete_pods == []
+
+
+def test_hybrid_busy_report_from_a_replaced_pod_does_not_keep_the_new_one_awake() -> None:
+    """A busy report belongs to the runner that sent it: once that pod is gone, its
+    successor idles out on its own clock."""
+    world = hybrid_world()
+    first = world.live_pod()
+    world.activity = Activity(last_activity=T0, busy=True, pod_name=first)
+    world.pods[first] = replace(world.pods[first], deleting=True)
+    world.step()
+    world.finish_deletions()
+    world.step()
+    second = world.run_pod()
+    assert second != first
+    world.settle()
+    world.advance(6)
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [second]
+    assert world.session.status.phase == "Idle"
+
+
+def wake(world: World, value: str) -> None:
+    annotations = {**world.session.metadata.annotations, runtime.WAKE_ANNOTATION: value}
+    metadata = world.session.metadata.model_copy(update={"annotations": annotations})
+    world.session = world.session.model_copy(update={"metadata": metadata})
+
+
+def test_hybrid_wake_annotation_brings_a_new_pod_on_the_same_volume() -> None:
+    world = hybrid_world()
+    first = world.live_pod()
+    world.advance(6)
+    world.step()
+    world.finish_deletions()
+    world.advance(100)
+    wake(world, "1")
+    plan = world.step()
+    (pod,) = created(plan, "Pod")
+    assert pod["metadata"]["name"] != first
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == [pvc_name(world.session)]
+    assert created(plan, "PersistentVolumeClaim") == []
+    assert plan.woke
+    status = world.session.status
+    assert status.wake_count == 1
+    assert status.observed_wake == "1"
+    assert status.idle_since is None
+    assert status.last_activity_time == timestamp(world.now)
+    assert status.phase == "Pending"
+    assert conditions(world.session)["Idle"] == ("False", "Woken")
+    assert "Woken" in reasons(plan)
+    world.run_pod()
+    world.settle()
+    assert world.session.status.phase == "Running"
+    assert world.session.status.wake_count == 1
+    # The same annotation value does not wake again after the next scale-down.
+    world.advance(6)
+    world.step()
+    world.finish_deletions()
+    world.settle()
+    assert world.session.status.phase == "Idle"
+    assert world.session.status.wake_count == 1
+
+
+def test_hybrid_wake_waits_for_the_scaled_down_pod_to_be_gone() -> None:
+    world = hybrid_world()
+    world.advance(6)
+    world.step()
+    wake(world, "now")
+    plan = world.step()
+    assert created(plan, "Pod") == []
+    assert world.session.status.phase == "Idle"
+    assert world.session.status.wake_count is None
+    assert plan.requeue_after is not None
+    world.finish_deletions()
+    plan = world.step()
+    assert len(created(plan, "Pod")) == 1
+    assert world.session.status.wake_count == 1
+
+
+def test_hybrid_wake_adopts_a_pod_whose_status_write_was_lost() -> None:
+    world = hybrid_world()
+    world.advance(6)
+    world.step()
+    world.finish_deletions()
+    wake(world, "1")
+    asleep = world.session
+    plan = world.step()
+    (pod,) = created(plan, "Pod")
+    world.session = asleep  # the operator died before writing status
+    plan = world.step()
+    assert created(plan, "Pod") == []
+    assert plan.delete_pods == []
+    assert world.session.status.wake_count == 1
+    assert world.session.status.pod_name == pod["metadata"]["name"]
+
+
+def test_hybrid_wake_annotation_while_awake_is_only_recorded() -> None:
+    world = hybrid_world()
+    wake(world, "early")
+    plan = world.step()
+    assert created(plan, "Pod") == []
+    assert world.session.status.observed_wake == "early"
+    assert world.session.status.wake_count is None
+    world.advance(6)
+    world.step()
+    world.finish_deletions()
+    world.settle()
+    assert world.session.status.phase == "Idle"
+
+
+def test_hybrid_twenty_sleep_wake_cycles() -> None:
+    world = hybrid_world()
+    for cycle in range(1, 21):
+        world.advance(6)
+        world.step()
+        assert world.session.status.phase == "Idle", cycle
+        world.finish_deletions()
+        world.settle()
+        assert world.pods == {}
+        wake(world, f"cycle-{cycle}")
+        world.step()
+        world.run_pod()
+        world.settle()
+        assert world.session.status.phase == "Running"
+        assert world.session.status.wake_count == cycle
+    assert len(world.pods_created) == 21
+    assert len(set(world.pods_created)) == 21
+    assert world.max_pods_seen == 1
+    assert world.events.count("ScaledDown") == 20
+
+
+def test_hybrid_lost_pod_is_recreated() -> None:
+    world = hybrid_world()
+    first = world.live_pod()
+    world.pods[first] = replace(world.pods[first], deleting=True)
+    world.step()
+    world.finish_deletions()
+    plan = world.step()
+    assert len(created(plan, "Pod")) == 1
+    assert world.session.status.restarts == 1
+    assert world.session.status.phase == "Pending"
+
+
+def test_hybrid_suspend_keeps_the_volume_and_resume_wakes() -> None:
+    world = hybrid_world()
+    world.session = world.session.model_copy(
+        update={"spec": world.session.spec.model_copy(update={"suspend": True})}
+    )
+    plan = world.step()
+    assert len(plan.delete_pods) == 1
+    assert world.session.status.phase == "Suspended"
+    assert world.session.status.pvc_name == pvc_name(world.session)
+    world.finish_deletions()
+    world.settle()
+    world.session = world.session.model_copy(
+        update={"spec": world.session.spec.model_copy(update={"suspend": False})}
+    )
+    plan = world.step()
+    assert len(created(plan, "Pod")) == 1
