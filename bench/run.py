@@ -90,6 +90,11 @@ async def main(args: argparse.Namespace) -> None:
         workers=args.workers,
     ).start()
     operator.wait_leader()
+    assert operator.proc is not None
+    pids = {
+        "operator": operator.proc.pid,
+        **{spec.name: control_plane._pid(layout, spec) or 0 for spec in control_plane.COMPONENTS},
+    }
     results: dict[str, Any] = {
         "machine": machine(),
         "command": " ".join(sys.argv),
@@ -101,11 +106,12 @@ async def main(args: argparse.Namespace) -> None:
             for mode in ("floor", "operator"):
                 namespace = f"bench-{run_id}-{mode}-{size}"
                 await make_namespace(client, namespace)
-                result = await burst(client, namespace, size, mode, config)
+                result = await burst(client, namespace, size, mode, config, pids)
                 print(
                     f"burst {mode} {size}: {result.sessions_per_second:.1f}/s, "
                     f"p50 {result.p50_ms:.0f} ms, "
-                    f"p99 {result.p99_ms:.0f} ms, all Running in {result.running_seconds:.1f}s",
+                    f"p99 {result.p99_ms:.0f} ms, all Running in {result.running_seconds:.1f}s, "
+                    f"cpu {result.cpu_seconds}",
                     flush=True,
                 )
                 results["bursts"].append(
@@ -116,6 +122,8 @@ async def main(args: argparse.Namespace) -> None:
                     print(f"at rest with {size}: {rest}", flush=True)
                     results["at_rest"].append(rest)
                 await drop_namespace(client, namespace)
+        if args.bursts_only:
+            return
         namespace = f"bench-{run_id}-costs"
         await make_namespace(client, namespace)
         results["api_costs"] = await api_costs(client, operator, namespace, args.cost_sessions)
@@ -161,7 +169,8 @@ def parse() -> argparse.Namespace:
         "--wakes", type=int, default=1000, help="sessions woken in the wake benchmark"
     )
     parser.add_argument("--cost-sessions", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--bursts-only", action="store_true", help="skip costs, idle and wake")
     return parser.parse_args()
 
 

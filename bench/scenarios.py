@@ -73,6 +73,7 @@ class BurstResult:
     running_seconds: float  # first request -> last pod Running
     sessions_per_second: float
     latencies_ms: list[float] = field(repr=False, default_factory=list)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def p50_ms(self) -> float:
@@ -87,8 +88,17 @@ def _pod_session(body: JSON) -> str:
     return str(body["metadata"].get("labels", {}).get(SESSION_LABEL, body["metadata"]["name"]))
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    return {name: _proc_times(pid)[0] for name, pid in pids.items()}
+
+
 async def burst(
-    client: KubeClient, namespace: str, count: int, mode: str, config: OperatorConfig
+    client: KubeClient,
+    namespace: str,
+    count: int,
+    mode: str,
+    config: OperatorConfig,
+    pids: dict[str, int] | None = None,
 ) -> BurstResult:
     """Create `count` sessions (mode "operator") or their children directly ("floor")."""
     watch = Watch("Pod", namespace)
@@ -118,11 +128,13 @@ async def burst(
         )
 
     create = create_session if mode == "operator" else create_children
+    cpu_before = cpu_seconds(pids or {})
     started = time.time()
     await gather_limited([create(n) for n in names], CLIENT_CONCURRENCY)
     timeout = 120 + count * 0.2
     await wait_until(lambda: len(watch.added) >= count, timeout, f"{count} pods created")
     await wait_until(lambda: len(watch.running) >= count, timeout, f"{count} pods Running")
+    cpu_after = cpu_seconds(pids or {})
     await watch.stop()
     created_at = {
         _pod_session(watch.bodies[p]): t for p, t in watch.added.items() if p in watch.bodies
@@ -136,6 +148,7 @@ async def burst(
         running_seconds=max(watch.running.values()) - started,
         sessions_per_second=count / created_seconds,
         latencies_ms=latencies,
+        cpu_seconds={k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after},
     )
 
 

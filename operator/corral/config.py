@@ -115,6 +115,17 @@ class OperatorConfig(ConfigModel):
         description="Egress every session gets, e.g. an in-cluster Anthropic gateway.",
     )
 
+    # Activity: runners push reports to the operator (see corral.api.activity).
+    activity_url: str | None = Field(
+        None,
+        description="Where runners post activity, e.g. "
+        "http://corral-operator.corral-system.svc:8081/v1/activity. Unset: no reports; a Hybrid "
+        "session's idle time then counts from its pod's start.",
+    )
+    activity_peer: PeerRule | None = Field(
+        None, description="Egress every session gets to reach the operator's activity port."
+    )
+
     # Scheduling
     tolerations: list[Toleration] = Field(default_factory=list)
     node_selector: dict[str, str] = Field(default_factory=dict)

@@ -359,6 +359,7 @@ class Volumes:
 
     core: client.CoreV1Api
     label: str
+    storage_class: str = ""
     names: list[str] = field(default_factory=list)
 
     def bind(self, namespace: str, claims: list[str], size: str = "5Gi") -> None:
@@ -370,7 +371,7 @@ class Volumes:
                     capacity={"storage": size},
                     access_modes=["ReadWriteOnce"],
                     persistent_volume_reclaim_policy="Retain",
-                    storage_class_name="",
+                    storage_class_name=self.storage_class,
                     host_path=client.V1HostPathVolumeSource(path=f"/tmp/corral-test/{name}"),
                     claim_ref=client.V1ObjectReference(
                         kind="PersistentVolumeClaim", namespace=namespace, name=claim

@@ -292,6 +292,24 @@ def test_chart_lints_clean(tools: Tools, values: dict[str, Any]) -> None:
     assert "[WARNING]" not in done.stdout and "[ERROR]" not in done.stdout, done.stdout
 
 
+NOTES_CASES = {k: v for k, v in VALUE_SETS.items() if k != "monitoring"}
+
+
+@pytest.mark.parametrize(
+    "values", [*NOTES_CASES.values(), {"watchNamespaces": None}],
+    ids=[*NOTES_CASES, "null-namespaces"],
+)
+def test_install_notes_render(tools: Tools, values: dict[str, Any]) -> None:
+    """NOTES.txt is rendered by install/upgrade only (not by lint or template). A client
+    dry run still maps every kind, so the monitoring kinds (no CRDs here) stay out."""
+    path = tools.values_file("notes", values)
+    done = tools.helm("install", f"notes-{RUN}", str(CHART), "-n", "default",
+                      "--dry-run=client", "-f", str(path))
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert "is installed as release" in notes
+    assert "create secret generic anthropic-api-key" in notes
+
+
 @pytest.mark.parametrize("name", ["defaults", "watch-namespaces", "minimal"])
 def test_rendered_chart_passes_server_side_dry_run(
     tools: Tools, namespaces: tuple[str, str], name: str
@@ -363,11 +381,14 @@ def test_operator_runs_as_the_chart_service_account(
 
     body = wait_for(lambda: phase_is(tools, name, "Running"), timeout=90,
                     what=f"{name} Running as the chart's ServiceAccount")
-    conditions = {c["type"]: c["status"] for c in body["status"]["conditions"]}
-    assert conditions["CredentialsReady"] == "True"  # the Secret `get` works
+    # Running needs the credentials check first: the Secret `get` works.
     pod = tools.get_json("pod", body["status"]["podName"], "-n", SESSIONS_NAMESPACE)
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-    assert env[runtime.ENV_ACTIVITY_URL] == f"http://{RELEASE}.{RELEASE_NAMESPACE}.svc:8081"
+    [key] = [e for e in pod["spec"]["containers"][0]["env"] if e["name"] == runtime.ENV_API_KEY]
+    assert key["valueFrom"]["secretKeyRef"]["name"] == "anthropic-api-key"
+    assert env[runtime.ENV_ACTIVITY_URL] == (
+        f"http://{RELEASE}.{RELEASE_NAMESPACE}.svc:8081/v1/activity"
+    )
     assert pod["spec"]["tolerations"][0]["key"] == KWOK_TOLERATION["key"]
     policy = tools.get_json("networkpolicy", name, "-n", SESSIONS_NAMESPACE)
     to_operator = [
@@ -464,7 +485,7 @@ def test_service_account_can_do_exactly_what_the_operator_needs(
     sessions, home = f"-n={SESSIONS_NAMESPACE}", f"-n={RELEASE_NAMESPACE}"
     assert can_i(tools, "create", "pods", sessions)
     assert can_i(tools, "get", "secrets/anthropic-api-key", sessions)
-    assert can_i(tools, "patch", "leases", RELEASE, home)
+    assert can_i(tools, "patch", f"leases/{RELEASE}", home)
     # Not: secrets beyond a get in its namespaces, exec, spec writes, other leases, namespaces.
     assert not can_i(tools, "list", "secrets", sessions)
     assert not can_i(tools, "watch", "secrets", sessions)
@@ -476,7 +497,8 @@ def test_service_account_can_do_exactly_what_the_operator_needs(
     assert not can_i(tools, "update", "agentsessions.corral.dev", sessions)
     assert not can_i(tools, "patch", "agentsessions.corral.dev", sessions)
     assert not can_i(tools, "create", "leases", home)
-    assert not can_i(tools, "patch", "leases", "kube-controller-manager", "-n=kube-system")
+    assert not can_i(tools, "get", "leases/another", home)
+    assert not can_i(tools, "patch", "leases/kube-controller-manager", "-n=kube-system")
     assert not can_i(tools, "delete", "namespaces")
     assert not can_i(tools, "create", "clusterrolebindings")
     assert not can_i(tools, "update", "customresourcedefinitions")
@@ -533,6 +555,12 @@ def test_upgrade_with_changed_values_leaves_no_orphans(
     wait_for(lambda: release.live_objects() == before, timeout=60,
              what="the release's objects to be those of the first install")
     assert granted(tools, SESSIONS_NAMESPACE) == SESSION_ROWS | {CRD_ROW, NAMESPACES_ROW}
+    if chart_operator.process is not None:
+        # RBAC moved twice under the running operator, and it was never refused.
+        denied = [line for line in chart_operator.log().splitlines() if FORBIDDEN.search(line)]
+        assert denied == [], "\n".join(denied[:10])
+        sessions = tools.get_json("agentsessions", "-n", SESSIONS_NAMESPACE)["items"]
+        assert [s["status"]["phase"] for s in sessions] == ["Running"]
 
 
 def test_uninstall_leaves_nothing_of_the_chart(

@@ -489,3 +489,236 @@ def test_example_yields_exactly_its_children(
     credentials = condition(session, "CredentialsReady")
     assert credentials is not None and credentials["status"] == "True"
     assert pod["metadata"]["name"].startswith(f"{name}-")
+
+
+# --- 4. children come back, go with their session, and survive an operator restart ---------
+
+
+def _one(api_client: client.ApiClient, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    """The live child of `kind` belonging to session `name` (fails on zero or two)."""
+    items = [
+        item
+        for item in live(children(api_client, namespace)[kind])
+        if item["metadata"]["labels"].get("corral.dev/session") == name
+    ]
+    assert len(items) == 1, [item["metadata"]["name"] for item in items]
+    return items[0]
+
+
+def _replaced(
+    api_client: client.ApiClient, namespace: str, kind: str, name: str, old_uid: str
+) -> dict[str, Any]:
+    def back() -> dict[str, Any] | None:
+        items = [
+            item
+            for item in live(children(api_client, namespace)[kind])
+            if item["metadata"]["labels"].get("corral.dev/session") == name
+        ]
+        fresh = [item for item in items if item["metadata"]["uid"] != old_uid]
+        return fresh[0] if len(items) == 1 and fresh else None
+
+    return wait_for(back, timeout=60, what=f"a new {kind} of {name}")
+
+
+def test_deleted_children_come_back(
+    operator: OperatorProcess,
+    api_client: client.ApiClient,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+) -> None:
+    networking = client.NetworkingV1Api(api_client)
+    create_credentials(core, namespace)
+    spec = {"pattern": "LongRunning", "credentials": {"secretName": SECRET}}
+    session = create_session(custom, namespace, session_manifest("keeper", spec))
+    session = wait_phase(custom, namespace, "keeper")
+    owner = owner_reference(session)
+
+    service = _one(api_client, namespace, "Service", "keeper")
+    core.delete_namespaced_service("keeper", namespace)
+    again = _replaced(api_client, namespace, "Service", "keeper", service["metadata"]["uid"])
+    assert again["metadata"]["name"] == "keeper"
+    assert again["metadata"]["ownerReferences"] == [owner]
+    assert again["spec"]["selector"] == service["spec"]["selector"] == selector("keeper")
+    assert again["spec"]["ports"] == service["spec"]["ports"]
+
+    policy = _one(api_client, namespace, "NetworkPolicy", "keeper")
+    networking.delete_namespaced_network_policy("keeper", namespace)
+    again = _replaced(api_client, namespace, "NetworkPolicy", "keeper", policy["metadata"]["uid"])
+    assert again["metadata"]["ownerReferences"] == [owner]
+    assert again["spec"] == policy["spec"]
+
+    pod = _one(api_client, namespace, "Pod", "keeper")
+    core.delete_namespaced_pod(pod["metadata"]["name"], namespace)
+    again = _replaced(api_client, namespace, "Pod", "keeper", pod["metadata"]["uid"])
+    assert again["metadata"]["ownerReferences"] == [owner]
+    assert again["metadata"]["annotations"]["corral.dev/attempt"] == "2"
+    assert again["metadata"]["name"] != pod["metadata"]["name"]
+    assert again["spec"]["containers"][0]["resources"] == pod["spec"]["containers"][0]["resources"]
+
+    def running_again() -> dict[str, Any] | None:
+        body = get_session(custom, namespace, "keeper")
+        status = body.get("status", {})
+        fresh = status.get("podName") == again["metadata"]["name"]
+        return body if fresh and status.get("phase") == "Running" else None
+
+    body = wait_for(running_again, timeout=60, what="keeper Running on its new pod")
+    assert body["status"]["restarts"] == 1
+    assert body["status"]["attempts"] == 2
+    events = core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.uid={session['metadata']['uid']}"
+    ).items
+    lost = [e for e in events if e.reason == "PodLost"]
+    assert len(lost) == 1 and lost[0].type == "Warning"
+    assert pod["metadata"]["name"] in lost[0].message
+    # Still exactly one of each.
+    found = {kind: live(items) for kind, items in children(api_client, namespace).items()}
+    assert {kind: len(items) for kind, items in found.items()} == {
+        "Pod": 1,
+        "Service": 1,
+        "NetworkPolicy": 1,
+        "PersistentVolumeClaim": 0,
+    }
+
+
+def test_deleting_the_session_removes_every_child(
+    operator: OperatorProcess,
+    api_client: client.ApiClient,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    volumes: Callable[[str, str, str], str],
+) -> None:
+    create_credentials(core, namespace)
+    volumes(namespace, "repo-janitor-state", "10Gi")
+    for example in ("hybrid.yaml", "long-running.yaml"):
+        create_session(custom, namespace, load_manifest(EXAMPLES_DIR / example))
+
+    def all_there() -> bool:
+        counts = {kind: len(items) for kind, items in children(api_client, namespace).items()}
+        return counts == {"Pod": 2, "Service": 2, "NetworkPolicy": 2, "PersistentVolumeClaim": 1}
+
+    wait_for(all_there, timeout=60, what="the children of both sessions")
+    # An unrelated object in the namespace must survive: only owned children go.
+    bystander = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="bystander"))
+    core.create_namespaced_config_map(namespace, bystander)
+
+    for name in ("repo-janitor", "docs-assistant"):
+        custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+
+    def all_gone() -> bool:
+        return not any(children(api_client, namespace).values())
+
+    wait_for(all_gone, timeout=90, interval=0.5, what="garbage collection of every child")
+    listed = custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)
+    assert listed["items"] == []
+    assert core.read_namespaced_config_map("bystander", namespace).metadata.name == "bystander"
+
+
+def _restart(operator: OperatorProcess) -> OperatorProcess:
+    """Stop the run's operator and start it again with the very same settings."""
+    operator.stop()
+    assert operator.proc is not None and operator.proc.returncode is not None
+    operator.proc = None
+    operator.start()
+    operator.wait_leader(timeout=60)
+    return operator
+
+
+def test_operator_restart_changes_nothing(
+    operator: OperatorProcess,
+    api_client: client.ApiClient,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    volumes: Callable[[str, str, str], str],
+) -> None:
+    create_credentials(core, namespace)
+    volumes(namespace, "repo-janitor-state", "10Gi")
+    names = []
+    for example in sorted(EXPECTED):
+        names.append(create_session(custom, namespace, load_manifest(EXAMPLES_DIR / example)))
+    for body in names:
+        name = body["metadata"]["name"]
+        hybrid = body["spec"]["pattern"] == "Hybrid"
+        wait_phase(custom, namespace, name, ("Pending", "Running") if hybrid else ("Running",))
+    before = settled(api_client, custom, namespace)
+    assert len([k for k in before if k.startswith("Pod/")]) == 4, before
+
+    _restart(operator)
+
+    # The new process lists everything and reconciles every session it leads...
+    wait_for(
+        lambda: operator.metric("corral_reconcile_duration_seconds_count") >= len(names),
+        timeout=60,
+        what="the restarted operator to reconcile the sessions",
+    )
+    time.sleep(8)  # ...and has time to (wrongly) write something
+    after = resource_versions(api_client, custom, namespace)
+    changed = {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys()}
+    assert {k: v for k, v in changed.items() if v[0] != v[1]} == {}
+    assert operator.metric("corral_errors_total") == 0
+
+
+# --- 5. credentials --------------------------------------------------------------------------
+
+
+def test_missing_secret_is_reported_then_the_session_proceeds(
+    operator: OperatorProcess,
+    api_client: client.ApiClient,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+) -> None:
+    spec = {"pattern": "LongRunning", "credentials": {"secretName": "late-key"}}
+    created = create_session(custom, namespace, session_manifest("waiting", spec))
+    uid = created["metadata"]["uid"]
+
+    def reported() -> dict[str, Any] | None:
+        body = get_session(custom, namespace, "waiting")
+        found = condition(body, "CredentialsReady")
+        return body if found and found["status"] == "False" else None
+
+    body = wait_for(reported, timeout=60, what="the CredentialsReady condition")
+    credentials = condition(body, "CredentialsReady")
+    assert credentials is not None
+    assert credentials["reason"] == "SecretNotFound"
+    assert "'late-key'" in credentials["message"]
+    assert "'ANTHROPIC_API_KEY'" in credentials["message"]  # says which key to put in it
+    assert credentials["observedGeneration"] == 1
+    ready = condition(body, "Ready")
+    assert ready is not None and (ready["status"], ready["reason"]) == ("False", "SecretNotFound")
+    assert body["status"]["phase"] == "Pending"
+
+    def warnings() -> list[Any]:
+        events = core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.uid={uid}"
+        ).items
+        return [e for e in events if e.reason == "SecretNotFound"]
+
+    [event] = wait_for(warnings, timeout=30, what="the SecretNotFound Event")
+    assert event.type == "Warning"
+    assert "'late-key'" in event.message
+    assert event.involved_object.kind == "AgentSession"
+    assert event.involved_object.name == "waiting"
+    assert core.list_namespaced_pod(namespace).items == []  # no pod that cannot start
+
+    # The operator looks again every few seconds without writing anything new.
+    version = body["metadata"]["resourceVersion"]
+    time.sleep(7)
+    assert get_session(custom, namespace, "waiting")["metadata"]["resourceVersion"] == version
+    assert len(warnings()) == 1 and warnings()[0].count == 1
+
+    secret = client.V1Secret(
+        metadata=client.V1ObjectMeta(name="late-key"), string_data={"ANTHROPIC_API_KEY": "sk-x"}
+    )
+    core.create_namespaced_secret(namespace, secret)
+    body = wait_phase(custom, namespace, "waiting", timeout=60)
+    credentials = condition(body, "CredentialsReady")
+    assert credentials is not None
+    assert (credentials["status"], credentials["reason"]) == ("True", "SecretFound")
+    ready = condition(body, "Ready")
+    assert ready is not None and ready["status"] == "True"
+    pod = _one(api_client, namespace, "Pod", "waiting")
+    [key] = [v for v in pod["spec"]["containers"][0]["env"] if v["name"] == "ANTHROPIC_API_KEY"]
+    assert key["valueFrom"]["secretKeyRef"]["name"] == "late-key"

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import yaml
 
-from corral.api import runtime
 from corral.api.units import DURATION_PATTERN, QUANTITY_PATTERN
 from corral.api.v1alpha1 import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
 from corral.config import OperatorConfig
@@ -277,22 +276,32 @@ def test_rendered_config_is_an_operator_config(tmp_path: Path) -> None:
     # Runners report activity to the operator's Service, and may reach its pods.
     service = one(manifests, "Service")
     port = service["spec"]["ports"][0]["port"]
-    assert config.runner_env == {
-        "HTTPS_PROXY": "http://proxy:3128",
-        runtime.ENV_ACTIVITY_URL: f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{port}",
-    }
-    [rule] = config.extra_egress
-    assert rule.namespace == NAMESPACE
-    assert rule.pod_labels == service["spec"]["selector"]
-    assert [(p.port, p.protocol) for p in rule.ports] == [(8081, "TCP")]
+    assert config.activity_url == (
+        f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{port}/v1/activity"
+    )
+    assert config.runner_env == {"HTTPS_PROXY": "http://proxy:3128"}
+    assert config.extra_egress == []
+    peer = config.activity_peer
+    assert peer is not None
+    assert peer.namespace == NAMESPACE
+    assert peer.pod_labels == service["spec"]["selector"]
+    assert [(p.port, p.protocol) for p in peer.ports] == [(8081, "TCP")]
+
+
+def test_activity_settings_can_be_overridden(tmp_path: Path) -> None:
+    gateway = "http://activity-gateway.platform.svc:8080/v1/activity"
+    manifests = render(tmp_path, {"config": {"activityUrl": gateway}})
+    body = yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
+    config = OperatorConfig.model_validate(body)
+    assert config.activity_url == gateway
+    assert config.activity_peer is not None  # still the chart's
 
 
 def test_activity_reporting_can_be_turned_off(tmp_path: Path) -> None:
     manifests = render(tmp_path, None, "activityReporting.enabled=false")
     body = yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
     config = OperatorConfig.model_validate(body)
-    assert runtime.ENV_ACTIVITY_URL not in config.runner_env
-    assert config.extra_egress == []
+    assert config.activity_url is None and config.activity_peer is None
 
 
 def test_default_config_equals_the_operators_defaults(tmp_path: Path) -> None:
@@ -553,3 +562,101 @@ def test_monitoring_is_off_by_default(tmp_path: Path) -> None:
         "RoleBinding", "Service", "Deployment", "Lease", "NetworkPolicy",
         "PodDisruptionBudget",
     }
+
+
+# --- Argo CD health check ----------------------------------------------------------------
+
+HEALTH_LUA = ROOT / "helm" / "argocd" / "agentsession-health.lua"
+
+
+def test_install_doc_carries_the_health_check() -> None:
+    doc = (ROOT / "docs" / "install.md").read_text(encoding="utf-8")
+    script = HEALTH_LUA.read_text(encoding="utf-8")
+    indented = "".join(f"    {line}" if line.strip() else line for line in script.splitlines(True))
+    assert "resource.customizations.health.corral.dev_AgentSession: |" in doc
+    assert indented in doc, "docs/install.md must embed helm/argocd/agentsession-health.lua"
+
+
+def _health(body: dict[str, Any]) -> dict[str, str]:
+    lupa = pytest.importorskip("lupa", reason="lupa (Lua in Python) runs the Argo CD script")
+    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+
+    def to_lua(value: Any) -> Any:
+        if isinstance(value, dict):
+            return lua.table_from({k: to_lua(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return lua.table_from([to_lua(v) for v in value])
+        return value
+
+    script = HEALTH_LUA.read_text(encoding="utf-8")
+    run = lua.eval(f"function(obj)\n{script}\nend")
+    result = run(to_lua(body))
+    return dict(result.items())
+
+
+def _status_after(make_session: Any, **observed: Any) -> dict[str, Any]:
+    """The status the operator's own decide() writes for a new session."""
+    from datetime import UTC, datetime
+
+    from corral.controller.lifecycle import Observed, decide
+
+    session = make_session("LongRunning", credentials={"secretName": "anthropic-api-key"})
+    plan = decide(
+        Observed(session=session, pods=[], has_service=False, has_network_policy=False,
+                 has_pvc=False, now=datetime.now(UTC), **observed),
+        OperatorConfig(),
+    )
+    assert plan.status_patch is not None
+    return {"metadata": {"name": "demo", "generation": 1}, "status": plan.status_patch}
+
+
+def _ready(phase: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
+    condition = {"type": "Ready", "status": status, "reason": reason, "message": message}
+    return {
+        "metadata": {"name": "demo", "generation": 2},
+        "status": {"phase": phase, "observedGeneration": 2, "conditions": [condition]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "health"),
+    [
+        ({"metadata": {"name": "demo"}}, "Progressing"),
+        (_ready("Running", "True", "Running", "the runner accepts messages"), "Healthy"),
+        (_ready("Running", "False", "RunnerStarting"), "Progressing"),
+        (_ready("Pending", "False", "PodPending"), "Progressing"),
+        (_ready("Pending", "False", "ImagePullFailed", "ErrImagePull"), "Degraded"),
+        (_ready("Idle", "False", "Idle"), "Healthy"),
+        (_ready("Succeeded", "False", "Completed"), "Healthy"),
+        (_ready("Suspended", "False", "Suspended"), "Suspended"),
+        (_ready("Failed", "False", "ErrorMaxTurns", "max turns reached"), "Degraded"),
+        (
+            {**_ready("Running", "True", "Running"),
+             "metadata": {"name": "demo", "generation": 3}},
+            "Progressing",
+        ),
+    ],
+)
+def test_argocd_health(body: dict[str, Any], health: str) -> None:
+    assert _health(body)["status"] == health
+
+
+def test_argocd_health_of_real_statuses(make_session: Any) -> None:
+    missing = _health(_status_after(make_session, credentials_found=False))
+    assert missing["status"] == "Degraded"
+    assert "anthropic-api-key" in missing["message"]
+    starting = _health(_status_after(make_session, credentials_found=True))
+    assert starting["status"] == "Progressing"
+
+
+def test_kind_config_matches_the_install_doc() -> None:
+    """kind-config.yaml: no default CNI (Calico instead), and the NodePorts the doc uses."""
+    kind = yaml.safe_load((ROOT / "kind-config.yaml").read_text(encoding="utf-8"))
+    doc = (ROOT / "docs" / "install.md").read_text(encoding="utf-8")
+    assert kind["apiVersion"] == "kind.x-k8s.io/v1alpha4"
+    assert kind["networking"]["disableDefaultCNI"] is True
+    assert f"--name {kind['name']}" in doc
+    [control_plane] = [n for n in kind["nodes"] if n["role"] == "control-plane"]
+    for mapping in control_plane["extraPortMappings"]:
+        assert f"nodePort={mapping['containerPort']}" in doc
+        assert f"localhost:{mapping['hostPort']}" in doc

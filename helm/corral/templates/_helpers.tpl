@@ -79,7 +79,7 @@ app.kubernetes.io/component: operator
 Where runners post activity reports: the operator's Service.
 */}}
 {{- define "corral.activityURL" -}}
-{{- printf "http://%s.%s.svc:%v" (include "corral.fullname" .) .Release.Namespace .Values.service.port }}
+{{- printf "http://%s.%s.svc:%v/v1/activity" (include "corral.fullname" .) .Release.Namespace .Values.service.port }}
 {{- end }}
 
 {{/*
@@ -94,17 +94,24 @@ app.kubernetes.io/managed-by: corral
 
 {{/*
 The OperatorConfig YAML: .Values.config, plus the release namespace and, with activity
-reporting, the runners' report URL and their egress to the operator's pods.
+reporting, where runners post reports (activityUrl) and the egress rule that lets them
+reach the operator's pods (activityPeer), unless config sets those itself.
 */}}
 {{- define "corral.operatorConfig" -}}
 {{- $config := deepCopy .Values.config }}
 {{- $_ := set $config "namespace" .Release.Namespace }}
 {{- if .Values.activityReporting.enabled }}
-{{- $env := deepCopy (default (dict) $config.runnerEnv) }}
-{{- $_ := set $env "CORRAL_ACTIVITY_URL" (include "corral.activityURL" .) }}
-{{- $_ := set $config "runnerEnv" $env }}
-{{- $toOperator := dict "namespace" .Release.Namespace "podLabels" (include "corral.selectorLabels" . | fromYaml) "ports" (list (dict "port" (int .Values.operator.port) "protocol" "TCP")) }}
-{{- $_ := set $config "extraEgress" (append (default (list) $config.extraEgress) $toOperator) }}
+{{- if not $config.activityUrl }}
+{{- $_ := set $config "activityUrl" (include "corral.activityURL" .) }}
+{{- end }}
+{{- if not $config.activityPeer }}
+{{- $ports := list (dict "port" (int .Values.operator.port) "protocol" "TCP") }}
+{{- $peer := dict "namespace" .Release.Namespace "podLabels" (include "corral.selectorLabels" . | fromYaml) "ports" $ports }}
+{{- $_ := set $config "activityPeer" $peer }}
+{{- end }}
+{{- else }}
+{{- $_ := unset $config "activityUrl" }}
+{{- $_ := unset $config "activityPeer" }}
 {{- end }}
 {{- toYaml $config }}
 {{- end }}

@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
         default=[],
         help="watch only this namespace (repeatable); default: all namespaces",
     )
-    parser.add_argument("--workers", type=int, default=16, help="concurrent reconciles")
+    parser.add_argument("--workers", type=int, default=64, help="concurrent reconciles")
     parser.add_argument("--port", type=int, default=8081, help="health, metrics and activity port")
     parser.add_argument("--host", default="0.0.0.0", help="address of that port")
     parser.add_argument(
@@ -69,7 +69,7 @@ async def _main(args: argparse.Namespace) -> None:
     from corral.kube.client import KubeClient, load_connection
 
     config = OperatorConfig.load(args.config)
-    client = KubeClient(load_connection(args.kubeconfig))
+    client = KubeClient(load_connection(args.kubeconfig), max_connections=max(64, args.workers))
     identity = args.identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     settings = RunSettings(
         workers=args.workers,

@@ -35,7 +35,7 @@ MAX_BACKOFF_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class RunSettings:
-    workers: int = 16
+    workers: int = 64
     leader_election: bool = True
     lease_namespace: str = "corral-system"
     lease_name: str = "corral-operator"

@@ -264,6 +264,13 @@ class _Decision:
         self.status.pod_name = pod.name
         self.status.attempts = max(self.status.attempts or 0, pod.attempt)
         self.status.start_time = self.status.start_time or pod.started_at
+        secret = self.credentials_secret()
+        if secret and cond.get_condition(self.status.conditions, cond.CREDENTIALS) is None:
+            # Fix: CredentialsReady is set by the reconcile that creates the pod, and that
+            # status write may be held back (status_deferrable) or lost (crash after the
+            # create): the session then showed no CredentialsReady at all. A pod exists only
+            # once its Secret was found, so the pod itself says it (level-based, no lookup).
+            self.condition(cond.CREDENTIALS, True, "SecretFound", f"Secret {secret!r} found")
         if pod.ready:
             self.status.phase = Phase.RUNNING
             self.condition(cond.POD_READY, True, "PodReady", f"pod {pod.name} is ready")
@@ -617,7 +624,12 @@ class _Decision:
         # A phase change gets an Event unless a more specific one says it already, or the
         # status itself may still be held back (its Event would repeat on every reconcile).
         changed = self.status.phase != self.old.phase and self.status.phase
-        if changed and not self.plan.events and not self.plan.status_deferrable:
+        # Nor does a session's first start: status shows it, and an Event per new session
+        # is an API write per session at scale.
+        first_start = self.status.phase in (Phase.PENDING, Phase.RUNNING) and (
+            (self.status.attempts or 0) <= 1 and not self.status.wake_count
+        )
+        if changed and not self.plan.events and not self.plan.status_deferrable and not first_start:
             self.event("Phase" + str(self.status.phase), f"phase is now {self.status.phase}")
         return self.plan
 

@@ -101,7 +101,10 @@ def load_connection(kubeconfig: str | None = None) -> Connection:
             context.load_cert_chain(configuration.cert_file, configuration.key_file)
     else:
         context = False
-    token = configuration.api_key.get("authorization")
+    # The kubernetes client's loaders (v37: kubeconfig token and in-cluster ServiceAccount
+    # alike) keep the token under "BearerToken"; older ones used "authorization". Without
+    # it every request would go out anonymous (found by tests/integration/test_helm.py).
+    token = configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization")
     if token and not token.lower().startswith("bearer"):
         token = f"Bearer {token}"
     return Connection(server=configuration.host, ssl_context=context, token=token)

@@ -79,7 +79,10 @@ def _ingress(session: AgentSession, config: OperatorConfig) -> k8s.V1NetworkPoli
 
 def _egress(session: AgentSession, config: OperatorConfig) -> list[k8s.V1NetworkPolicyEgressRule]:
     network = session.spec.network
-    rules = [_peer_rule(config.dns), *(_peer_rule(peer) for peer in config.extra_egress)]
+    peers = [config.dns, *config.extra_egress]
+    if config.activity_peer is not None:
+        peers.append(config.activity_peer)
+    rules = [_peer_rule(peer) for peer in peers]
     if network.allow_public_https:
         public = _public_https(config.public_https, config.always_blocked)
         if public is not None:

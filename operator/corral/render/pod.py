@@ -109,7 +109,11 @@ def _env(session: AgentSession, config: OperatorConfig) -> list[k8s.V1EnvVar]:
     }
     if base_url:
         plain[runtime.ENV_BASE_URL] = base_url
+    if config.activity_url:
+        plain[runtime.ENV_ACTIVITY_URL] = config.activity_url
     env = [k8s.V1EnvVar(name=name, value=value) for name, value in plain.items()]
+    pod_name = k8s.V1EnvVarSource(field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.name"))
+    env.append(k8s.V1EnvVar(name=runtime.ENV_POD_NAME, value_from=pod_name))
     if credentials:
         # A reference, never a copy: the key stays in its Secret.
         key_ref = k8s.V1SecretKeySelector(

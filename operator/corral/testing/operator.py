@@ -53,7 +53,7 @@ class OperatorProcess:
     identity: str = "test-operator"
     lease_seconds: float = 4.0
     renew_seconds: float = 1.0
-    workers: int = 16
+    workers: int = 64
     leader_election: bool = True
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None

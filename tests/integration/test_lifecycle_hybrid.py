@@ -1,0 +1,305 @@
+"""Hybrid sessions: scale to zero after idleTimeout, keep the volume, wake on annotation."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from lifecycle_support import (
+    PodHistory,
+    Sessions,
+    Volumes,
+    condition,
+    condition_is,
+    event_reasons,
+    load_example,
+    session_pods,
+)
+
+from corral.testing.kube import wait_for
+from corral.testing.operator import OperatorProcess, report_activity
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = "repo-janitor"
+CLAIM = f"{NAME}-state"
+STORAGE_CLASS = "corral-test-manual"
+
+
+def ensure_storage_class(api_client: client.ApiClient) -> None:
+    """A class without a provisioner: claims bind only to the PVs the tests make."""
+    storage = client.StorageV1Api(api_client)
+    with contextlib.suppress(ApiException):
+        storage.create_storage_class(
+            client.V1StorageClass(
+                metadata=client.V1ObjectMeta(name=STORAGE_CLASS),
+                provisioner="kubernetes.io/no-provisioner",
+                volume_binding_mode="Immediate",
+            )
+        )
+
+
+@pytest.fixture
+def sessions(
+    operator: OperatorProcess,
+    api_client: client.ApiClient,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    namespace: str,
+) -> Iterator[Sessions]:
+    core.create_namespaced_secret(namespace, load_example(REPO, "credentials-secret.yaml"))
+    ensure_storage_class(api_client)
+    volumes = Volumes(core, label=namespace, storage_class=STORAGE_CLASS)
+    volumes.bind(namespace, [CLAIM], size="1Gi")
+    try:
+        yield Sessions(custom, namespace)
+    finally:
+        volumes.delete()
+
+
+def create_example(sessions: Sessions, idle_timeout: str = "5s") -> dict[str, Any]:
+    spec: dict[str, Any] = copy.deepcopy(load_example(REPO, "hybrid.yaml")["spec"])
+    spec["idleTimeout"] = idle_timeout
+    spec["storage"] = {"size": "1Gi", "storageClassName": STORAGE_CLASS}
+    return sessions.create(NAME, spec)
+
+
+def parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def running(sessions: Sessions, core: client.CoreV1Api, old: set[str]) -> str:
+    """Wait until the session runs on exactly one pod, none of `old`; its name."""
+
+    def settled() -> str | None:
+        pods = session_pods(core, sessions.namespace, NAME)
+        if len(pods) != 1 or pods[0].metadata.name in old:
+            return None
+        status = sessions.status(NAME)
+        name: str = pods[0].metadata.name
+        if status.get("phase") == "Running" and status.get("podName") == name:
+            return name
+        return None
+
+    found: str = wait_for(settled, timeout=60, what=f"{NAME} Running on a new pod")
+    return found
+
+
+def idle(sessions: Sessions, core: client.CoreV1Api, timeout: float = 60) -> dict[str, Any]:
+    def asleep() -> dict[str, Any] | None:
+        status = sessions.status(NAME)
+        if status.get("phase") != "Idle" or session_pods(core, sessions.namespace, NAME):
+            return None
+        return status
+
+    found: dict[str, Any] = wait_for(asleep, timeout=timeout, what=f"{NAME} Idle with no pod")
+    return found
+
+
+def claim_uid(core: client.CoreV1Api, namespace: str) -> str:
+    claims = core.list_namespaced_persistent_volume_claim(namespace).items
+    assert [c.metadata.name for c in claims] == [CLAIM]
+    uid: str = claims[0].metadata.uid
+    return uid
+
+
+def mounted_claims(core: client.CoreV1Api, namespace: str, pod: str) -> list[str]:
+    body = core.read_namespaced_pod(pod, namespace)
+    return [
+        v.persistent_volume_claim.claim_name for v in body.spec.volumes if v.persistent_volume_claim
+    ]
+
+
+def report(operator: OperatorProcess, namespace: str, pod: str, busy: bool) -> None:
+    """Post a runner activity report; the operator takes it once its watch saw the pod."""
+    wait_for(
+        lambda: report_activity(operator.url, namespace, NAME, pod, busy) == 202,
+        timeout=30,
+        what=f"the operator to accept an activity report from {pod}",
+    )
+
+
+def test_idle_timeout_scales_to_zero_and_keeps_the_volume(
+    sessions: Sessions, core: client.CoreV1Api
+) -> None:
+    namespace = sessions.namespace
+    created = create_example(sessions)
+    first = running(sessions, core, set())
+    awake_at = time.monotonic()
+    uid = claim_uid(core, namespace)
+    wait_for(
+        lambda: (
+            core.read_namespaced_persistent_volume_claim(CLAIM, namespace).status.phase == "Bound"
+        ),
+        timeout=60,
+        what="the claim to bind",
+    )
+    assert mounted_claims(core, namespace, first) == [CLAIM]
+    status = sessions.status(NAME)
+    assert status["pvcName"] == CLAIM
+    assert "lastActivityTime" in status
+
+    status = idle(sessions, core)
+    asleep_after = time.monotonic() - awake_at
+    print(f"Idle {asleep_after:.1f}s after Running (idleTimeout 5s)")
+    assert asleep_after >= 3.5  # 5 s from the pod's start, which came before Running
+    assert condition_is(status, "Idle", "True", "IdleTimeout")
+    assert condition_is(status, "Ready", "False", "Idle")
+    assert "idleSince" in status and "lastActivityTime" in status
+    assert parse(status["idleSince"]) >= parse(status["lastActivityTime"])
+    assert (parse(status["idleSince"]) - parse(status["lastActivityTime"])).total_seconds() >= 5
+    assert "podName" not in status
+    assert "wakeCount" not in status
+    assert event_reasons(core, namespace, NAME).count("ScaledDown") == 1
+
+    # The volume stays, the same object, still owned by the session.
+    claim = core.read_namespaced_persistent_volume_claim(CLAIM, namespace)
+    assert claim.metadata.uid == uid
+    assert claim.metadata.deletion_timestamp is None
+    assert claim.metadata.owner_references[0].uid == created["metadata"]["uid"]
+    # And it stays asleep.
+    time.sleep(6)
+    assert session_pods(core, namespace, NAME) == []
+    assert sessions.status(NAME)["phase"] == "Idle"
+
+
+def test_busy_runner_stays_awake_past_the_timeout(
+    sessions: Sessions, core: client.CoreV1Api, operator: OperatorProcess
+) -> None:
+    namespace = sessions.namespace
+    create_example(sessions)
+    pod = running(sessions, core, set())
+    report(operator, namespace, pod, busy=True)
+    time.sleep(12)  # more than twice the idle timeout
+    status = sessions.status(NAME)
+    assert status["phase"] == "Running"
+    assert [p.metadata.name for p in session_pods(core, namespace, NAME)] == [pod]
+    assert "ScaledDown" not in event_reasons(core, namespace, NAME)
+
+    done = time.monotonic()
+    report(operator, namespace, pod, busy=False)
+    status = idle(sessions, core)
+    slept_after = time.monotonic() - done
+    print(f"Idle {slept_after:.1f}s after the runner stopped being busy (idleTimeout 5s)")
+    assert slept_after >= 4
+    # The runner's report moved the idle clock.
+    assert (parse(status["idleSince"]) - parse(status["lastActivityTime"])).total_seconds() >= 5
+
+
+def test_busy_report_of_a_lost_pod_does_not_keep_its_successor_awake(
+    sessions: Sessions, core: client.CoreV1Api, operator: OperatorProcess
+) -> None:
+    namespace = sessions.namespace
+    create_example(sessions, idle_timeout="4s")
+    first = running(sessions, core, set())
+    report(operator, namespace, first, busy=True)
+    core.delete_namespaced_pod(first, namespace)  # the busy runner's pod is lost
+    running(sessions, core, {first})
+    # The new runner says nothing; it is not busy, so it sleeps after the timeout.
+    idle(sessions, core, timeout=30)
+
+
+def test_wake_brings_a_new_pod_on_the_same_volume(
+    sessions: Sessions, core: client.CoreV1Api
+) -> None:
+    namespace = sessions.namespace
+    create_example(sessions)
+    first = running(sessions, core, set())
+    uid = claim_uid(core, namespace)
+    asleep = idle(sessions, core)
+
+    sessions.wake(NAME, "first-wake")
+    second = running(sessions, core, {first})
+    status = sessions.status(NAME)
+    assert mounted_claims(core, namespace, second) == [CLAIM]
+    assert claim_uid(core, namespace) == uid
+    assert status["wakeCount"] == 1
+    assert status["observedWake"] == "first-wake"
+    assert "idleSince" not in status
+    assert parse(status["lastActivityTime"]) > parse(asleep["lastActivityTime"])
+    assert condition_is(status, "Idle", "False", "Woken")
+    assert condition_is(status, "Ready", "True", "Running")
+    assert "Woken" in event_reasons(core, namespace, NAME)
+
+    # It goes back to sleep; the same annotation value does not wake it again.
+    idle(sessions, core)
+    time.sleep(3)
+    assert session_pods(core, namespace, NAME) == []
+    assert sessions.status(NAME)["wakeCount"] == 1
+
+
+def test_twenty_sleep_wake_cycles_leave_no_strays(
+    sessions: Sessions, core: client.CoreV1Api
+) -> None:
+    namespace = sessions.namespace
+    checks = 0
+    cycle_seconds: list[float] = []
+    with PodHistory(core, namespace) as history:
+        create_example(sessions)
+        pod = running(sessions, core, set())
+        uid = claim_uid(core, namespace)
+        seen = {pod}
+
+        def check() -> None:
+            """At any moment: at most one pod, and the one volume."""
+            nonlocal checks
+            checks += 1
+            pods = session_pods(core, namespace, NAME)
+            assert len(pods) <= 1, [p.metadata.name for p in pods]
+            assert claim_uid(core, namespace) == uid
+
+        def asleep() -> bool:
+            check()
+            status = sessions.status(NAME)
+            return status.get("phase") == "Idle" and not session_pods(core, namespace, NAME)
+
+        def awake() -> str | None:
+            check()
+            return _new_running(sessions, core, seen)
+
+        for cycle in range(1, 21):
+            started = time.monotonic()
+            wait_for(asleep, timeout=60, what=f"sleep {cycle}")
+            sessions.wake(NAME, f"wake-{cycle}")
+            pod = wait_for(awake, timeout=60, what=f"wake {cycle}")
+            seen.add(pod)
+            assert mounted_claims(core, namespace, pod) == [CLAIM]
+            assert sessions.status(NAME)["wakeCount"] == cycle
+            cycle_seconds.append(time.monotonic() - started)
+
+        idle(sessions, core)
+    status = sessions.status(NAME)
+    assert status["wakeCount"] == 20
+    assert status["phase"] == "Idle"
+    assert session_pods(core, namespace, NAME) == []
+    assert claim_uid(core, namespace) == uid
+    assert len(seen) == 21
+    assert history.pods_ever(NAME) == 21
+    assert history.most_at_once[NAME] == 1
+    reasons = event_reasons(core, namespace, NAME)
+    assert reasons.count("ScaledDown") == 21
+    assert reasons.count("Woken") == 20
+    mean = sum(cycle_seconds) / len(cycle_seconds)
+    print(
+        f"20 cycles, {checks} checks: cycle mean {mean:.1f}s, "
+        f"min {min(cycle_seconds):.1f}s, max {max(cycle_seconds):.1f}s (idleTimeout 5s)"
+    )
+    assert condition(status, "Idle") is not None
+
+
+def _new_running(sessions: Sessions, core: client.CoreV1Api, seen: set[str]) -> str | None:
+    pods = session_pods(core, sessions.namespace, NAME)
+    if len(pods) != 1 or pods[0].metadata.name in seen:
+        return None
+    status = sessions.status(NAME)
+    name: str = pods[0].metadata.name
+    return name if status.get("phase") == "Running" and status.get("podName") == name else None

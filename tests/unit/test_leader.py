@@ -1,0 +1,166 @@
+"""Lease election with an in-memory API server: at most one replica acts at any moment."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from corral.controller.leader import LeaderElector
+from corral.kube.client import ApiError
+
+
+class LeaseServer:
+    """One Lease with resourceVersion checks, as the API server keeps it."""
+
+    def __init__(self) -> None:
+        self.lease: dict[str, Any] | None = None
+        self.version = 0
+
+
+class FakeClient:
+    def __init__(self, server: LeaseServer) -> None:
+        self.server = server
+        self.hang = False  # a replica cut off from the API server (or frozen)
+
+    async def _wait_if_cut_off(self) -> None:
+        if self.hang:
+            await asyncio.Event().wait()  # never answers
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        await self._wait_if_cut_off()
+        if self.server.lease is None:
+            raise ApiError(404, "NotFound", "no lease")
+        return {
+            "metadata": {"resourceVersion": str(self.server.version)},
+            "spec": dict(self.server.lease),
+        }
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        await self._wait_if_cut_off()
+        if self.server.lease is not None:
+            raise ApiError(409, "AlreadyExists", "exists")
+        self.server.lease = dict(body["spec"])
+        self.server.version += 1
+        return body
+
+    async def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> Any:
+        await self._wait_if_cut_off()
+        assert self.server.lease is not None
+        if patch["metadata"]["resourceVersion"] != str(self.server.version):
+            raise ApiError(409, "Conflict", "changed")
+        self.server.lease.update(patch["spec"])
+        self.server.version += 1
+        return {}
+
+
+class Replicas:
+    """Two electors on one Lease, and a log of who leads when."""
+
+    def __init__(self, lease_seconds: float = 1.0, renew_seconds: float = 0.1) -> None:
+        self.server = LeaseServer()
+        self.clients = {name: FakeClient(self.server) for name in ("a", "b")}
+        self.leading: set[str] = set()
+        self.most_at_once = 0
+        self.log: list[tuple[float, str, str]] = []
+        self.electors = {
+            name: LeaderElector(
+                client,  # type: ignore[arg-type]
+                "ns",
+                "lease",
+                name,
+                on_started=lambda name=name: self._started(name),
+                on_stopped=lambda name=name: self._stopped(name),
+                lease_seconds=lease_seconds,
+                renew_seconds=renew_seconds,
+            )
+            for name, client in self.clients.items()
+        }
+
+    def _started(self, name: str) -> None:
+        self.leading.add(name)
+        self.most_at_once = max(self.most_at_once, len(self.leading))
+        self.log.append((time.monotonic(), name, "started"))
+
+    def _stopped(self, name: str) -> None:
+        self.leading.discard(name)
+        self.log.append((time.monotonic(), name, "stopped"))
+
+    def when(self, name: str, what: str) -> float:
+        return next(t for t, n, w in self.log if n == name and w == what)
+
+
+async def wait_until(check: Any, seconds: float) -> None:
+    async with asyncio.timeout(seconds):
+        while not check():  # noqa: ASYNC110 (polls a plain predicate)
+            await asyncio.sleep(0.01)
+
+
+async def test_one_leader_and_a_standby() -> None:
+    replicas = Replicas()
+    first = asyncio.create_task(replicas.electors["a"].run())
+    await wait_until(lambda: replicas.leading == {"a"}, 2)
+    second = asyncio.create_task(replicas.electors["b"].run())
+    await asyncio.sleep(2.5)  # longer than the lease: renewals keep it
+    assert replicas.leading == {"a"}
+    assert replicas.most_at_once == 1
+    for task in (first, second):
+        task.cancel()
+    await asyncio.gather(first, second, return_exceptions=True)
+
+
+async def test_leader_cut_off_stops_acting_before_the_standby_takes_over() -> None:
+    """The leader's requests hang (a partition, a stalled API server connection): it must
+    stop acting on its own, before the standby's lease clock runs out."""
+    replicas = Replicas()
+    first = asyncio.create_task(replicas.electors["a"].run())
+    await wait_until(lambda: replicas.leading == {"a"}, 2)
+    second = asyncio.create_task(replicas.electors["b"].run())
+    await asyncio.sleep(0.5)
+    cut_off = time.monotonic()
+    replicas.clients["a"].hang = True
+    await wait_until(lambda: replicas.leading == {"b"}, 5)
+    stopped = replicas.when("a", "stopped")
+    took_over = replicas.when("b", "started")
+    assert stopped < took_over
+    assert stopped - cut_off < 1.0  # within the lease
+    assert replicas.most_at_once == 1
+    for task in (first, second):
+        task.cancel()
+    await asyncio.gather(first, second, return_exceptions=True)
+
+
+async def test_standby_takes_over_a_dead_leaders_lease_after_it_expires() -> None:
+    replicas = Replicas()
+    first = asyncio.create_task(replicas.electors["a"].run())
+    await wait_until(lambda: replicas.leading == {"a"}, 2)
+    second = asyncio.create_task(replicas.electors["b"].run())
+    await asyncio.sleep(0.3)
+    # SIGKILL: no release, no more renewals.
+    replicas.clients["a"].hang = True
+    killed = time.monotonic()
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await wait_until(lambda: "b" in replicas.leading, 5)
+    takeover = replicas.when("b", "started") - killed
+    assert 0.8 <= takeover <= 1.6, takeover  # one lease (1 s), give or take a renew period
+    assert replicas.server.lease is not None
+    assert replicas.server.lease["holderIdentity"] == "b"
+    assert replicas.server.lease["leaseTransitions"] == 1
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)
+
+
+async def test_a_released_lease_is_taken_at_once() -> None:
+    replicas = Replicas()
+    first = asyncio.create_task(replicas.electors["a"].run())
+    await wait_until(lambda: replicas.leading == {"a"}, 2)
+    second = asyncio.create_task(replicas.electors["b"].run())
+    await asyncio.sleep(0.3)
+    stopped = time.monotonic()
+    first.cancel()  # a clean shutdown releases the lease
+    await asyncio.gather(first, return_exceptions=True)
+    await wait_until(lambda: "b" in replicas.leading, 2)
+    assert replicas.when("b", "started") - stopped < 0.5
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)
