@@ -24,14 +24,9 @@ from kubernetes.client.rest import ApiException
 
 from corral.testing.kube import wait_for
 from corral.testing.operator import OperatorProcess, kwok_operator_config
+from testrun import NAMESPACE_PREFIX, OPERATOR_NAMESPACE, RESTRICTED_LABELS, RUN_ID
 
-RESTRICTED_LABELS = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-}
-RUN_ID = uuid.uuid4().hex[:5]
-NAMESPACE_PREFIX = f"t{RUN_ID}-"
-OPERATOR_NAMESPACE = f"{NAMESPACE_PREFIX}corral-system"
+__all__ = ["NAMESPACE_PREFIX", "OPERATOR_NAMESPACE", "RESTRICTED_LABELS", "RUN_ID"]
 REPO = Path(__file__).resolve().parent.parent
 
 

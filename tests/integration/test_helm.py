@@ -451,6 +451,8 @@ SESSION_ROWS: set[Row] = {
 CRD_ROW: Row = ("customresourcedefinitions.apiextensions.k8s.io", "[]", "[]", "[list watch]")
 NAMESPACES_ROW: Row = ("namespaces", "[]", "[]", "[list watch]")
 LEASE_ROW: Row = ("leases.coordination.k8s.io", "[]", f"[{RELEASE}]", "[get patch]")
+# The leader labels its own pod (the operator Service selects corral.dev/leader=true).
+OWN_PODS_ROW: Row = ("pods", "[]", "[]", "[get patch]")
 
 
 def granted(tools: Tools, namespace: str) -> set[Row]:
@@ -479,7 +481,7 @@ def test_service_account_can_do_exactly_what_the_operator_needs(
     print(f"kubectl auth can-i --list -n {SESSIONS_NAMESPACE}:\n{listing}")
     cluster_reads = {CRD_ROW, NAMESPACES_ROW}
     assert granted(tools, SESSIONS_NAMESPACE) == SESSION_ROWS | cluster_reads
-    assert granted(tools, RELEASE_NAMESPACE) == {LEASE_ROW} | cluster_reads
+    assert granted(tools, RELEASE_NAMESPACE) == {LEASE_ROW, OWN_PODS_ROW} | cluster_reads
     assert granted(tools, "default") == cluster_reads
 
     sessions, home = f"-n={SESSIONS_NAMESPACE}", f"-n={RELEASE_NAMESPACE}"

@@ -284,7 +284,10 @@ def test_rendered_config_is_an_operator_config(tmp_path: Path) -> None:
     peer = config.activity_peer
     assert peer is not None
     assert peer.namespace == NAMESPACE
-    assert peer.pod_labels == service["spec"]["selector"]
+    # Every replica's pods (the leader among them), i.e. the Deployment's selector.
+    deployment = one(manifests, "Deployment")
+    assert peer.pod_labels == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] == {**peer.pod_labels, "corral.dev/leader": "true"}
     assert [(p.port, p.protocol) for p in peer.ports] == [(8081, "TCP")]
 
 
@@ -426,6 +429,8 @@ def test_cluster_wide_rbac(tmp_path: Path) -> None:
     [lease_role] = [m for m in manifests if m["kind"] == "Role"]
     assert _rules(lease_role) == {
         ("coordination.k8s.io", "leases", f"{RELEASE}", ("get", "patch")),
+        # The leader labels its own pod for the Service's selector.
+        ("", "pods", "", ("get", "patch")),
     }
     binding = one(manifests, "ClusterRoleBinding")
     assert binding["subjects"] == [
@@ -453,7 +458,8 @@ def test_namespaced_rbac(tmp_path: Path) -> None:
 def test_operator_network_policy(tmp_path: Path) -> None:
     manifests = render(tmp_path, {"networkPolicy": {"apiServer": {"cidrs": ["172.18.0.2/32"]}}})
     policy = one(manifests, "NetworkPolicy")["spec"]
-    assert policy["podSelector"]["matchLabels"] == one(manifests, "Service")["spec"]["selector"]
+    deployment = one(manifests, "Deployment")
+    assert policy["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     [ingress] = policy["ingress"]
     assert ingress["ports"] == [{"port": 8081, "protocol": "TCP"}]

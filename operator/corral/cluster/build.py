@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from corral.cluster.paths import cache_dir
-from corral.cluster.versions import COMPONENTS, Component
+from corral.cluster.versions import COMPONENTS, CONTROL_PLANE_COMPONENTS, Component
 
 MARKER = ".complete.json"
 Log = Callable[[str], None]
@@ -61,8 +61,8 @@ def binary_path(name: str) -> Path:
 
 
 def ensure_built(names: Iterable[str] | None = None, log: Log = _stderr_log) -> None:
-    """Build every named component (default: all) that has no complete cache entry."""
-    for name in names or COMPONENTS:
+    """Build every named component (default: the control plane's) that has no cache entry."""
+    for name in names or CONTROL_PLANE_COMPONENTS:
         component = COMPONENTS[name]
         if not is_built(component):
             build(component, log)

@@ -22,6 +22,7 @@ from corral.cluster import pki, process
 from corral.cluster.build import binary_path, ensure_built
 from corral.cluster.layout import (
     KWOK_NODE_ANNOTATION,
+    REAL_NODE_IP,
     Layout,
     apiserver_argv,
     choose_ports,
@@ -74,8 +75,9 @@ def admin_kubeconfig() -> Path:
     return Layout(root=state_dir()).kubeconfig(pki.ADMIN)
 
 
-def current_layout() -> Layout | None:
-    return Layout.load(state_dir())
+def current_layout(root: Path | None = None) -> Layout | None:
+    """The cluster in `root` (default: `state_dir()`), if one was ever started there."""
+    return Layout.load(root or state_dir())
 
 
 def _pid(layout: Layout, spec: ComponentSpec) -> int | None:
@@ -131,13 +133,23 @@ def _wait_healthy(layout: Layout, spec: ComponentSpec, deadline: float) -> None:
     )
 
 
-def _prepare_layout() -> Layout:
-    root = state_dir()
+def _prepare_layout(root: Path, real_node: bool = False) -> Layout:
     layout = Layout.load(root)
     if layout is None:
-        layout = Layout(root=root, ports=choose_ports())
+        layout = Layout(root=root, ports=choose_ports(), real_node=real_node)
         layout.save()
-    layout.certs.ensure(apiserver_ips=("127.0.0.1", "10.96.0.1"))
+    elif real_node and not layout.real_node:
+        if any(_pid(layout, spec) is not None for spec in COMPONENTS):
+            raise ClusterError(
+                f"the cluster in {root} runs without --real-node: its API server cannot reach "
+                "a real node. Use another state directory (CORRAL_STATE_DIR=...) for a cluster "
+                "with a real node, or `corral cluster down` this one first."
+            )
+        layout.real_node = True
+        layout.save()
+    if layout.real_node:
+        layout.write_egress_selector_config()
+    layout.certs.ensure(apiserver_ips=("127.0.0.1", "10.96.0.1", REAL_NODE_IP))
     for identity in pki.CLIENTS:
         layout.write_kubeconfig(identity)
     return layout
@@ -210,10 +222,19 @@ def _bootstrap(layout: Layout, deadline: float) -> None:
     raise ClusterError("the KWOK nodes did not become Ready in time; see `corral cluster status`")
 
 
-def up(timeout: float = 120.0) -> Layout:
+def up(
+    timeout: float = 120.0,
+    real_node: bool = False,
+    node_timeout: float = 900.0,
+    root: Path | None = None,
+) -> Layout:
+    """Start what is not running, in `root` (default: `state_dir()`).
+
+    With `real_node` (or in a cluster first made with it) the real node comes up too (see
+    node.py); its first start builds images, which takes minutes."""
     started = time.monotonic()
     ensure_built(NEEDED_COMPONENTS)
-    layout = _prepare_layout()
+    layout = _prepare_layout(root or state_dir(), real_node)
     deadline = time.monotonic() + timeout
     for spec in COMPONENTS:
         if _pid(layout, spec) is not None:
@@ -222,6 +243,13 @@ def up(timeout: float = 120.0) -> Layout:
         process.start(spec.argv(layout), layout.pid_file(spec.name), layout.log_file(spec.name))
         _wait_healthy(layout, spec, deadline)
     _bootstrap(layout, deadline)
+    if layout.real_node:
+        from corral.cluster import images, netns, node
+
+        try:
+            node.up(layout, timeout=node_timeout)
+        except (node.NodeError, images.ImageError, netns.NetnsError) as error:
+            raise ClusterError(f"the real node did not come up: {error}") from error
     kubeconfig = layout.kubeconfig(pki.ADMIN)
     _say(f"corral cluster is up in {time.monotonic() - started:.1f}s: {layout.apiserver_url}")
     _say(f"  export KUBECONFIG={kubeconfig}")
@@ -229,11 +257,15 @@ def up(timeout: float = 120.0) -> Layout:
     return layout
 
 
-def down() -> None:
-    layout = current_layout()
+def down(root: Path | None = None) -> None:
+    layout = current_layout(root)
     if layout is None:
         _say("no local cluster state; nothing to stop")
         return
+    if layout.real_node:
+        from corral.cluster import node
+
+        node.down(layout)
     for spec in reversed(COMPONENTS):
         if process.stop(layout.pid_file(spec.name), str(binary_path(spec.binary))):
             _say(f"stopped {spec.name}")
@@ -241,13 +273,19 @@ def down() -> None:
     _say(f"removed {layout.root}")
 
 
-def is_up() -> bool:
-    layout = current_layout()
-    return (
+def is_up(root: Path | None = None) -> bool:
+    layout = current_layout(root)
+    if not (
         layout is not None
         and all(_pid(layout, s) is not None for s in COMPONENTS)
         and _healthy(layout, COMPONENTS[1])
-    )
+    ):
+        return False
+    if layout.real_node:
+        from corral.cluster import node
+
+        return node.is_up(layout)
+    return True
 
 
 def status() -> int:
@@ -272,5 +310,17 @@ def status() -> int:
                 "  last log lines:\n    "
                 + process.log_tail(layout.log_file(spec.name), 10).replace("\n", "\n    ")
             )
+    if layout.real_node:
+        from corral.cluster import node
+
+        for name, pid, state in node.status_lines(layout):
+            rss = f"{process.rss_bytes(pid) // 2**20}Mi" if pid else "-"
+            healthy = healthy and state == "healthy"
+            print(f"{name:<26}{pid or '-':>8}{'-':>7}  {state:<9}{rss:>9}")
+            if state != "healthy":
+                print(
+                    "  last log lines:\n    "
+                    + process.log_tail(layout.log_file(name), 10).replace("\n", "\n    ")
+                )
     print(f"kubeconfig: {layout.kubeconfig(pki.ADMIN)}")
     return 0 if healthy else 1

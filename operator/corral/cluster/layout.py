@@ -22,6 +22,13 @@ KWOK_POD_CIDR = "10.244.0.0/16"
 # Pods annotated with this are left alone by KWOK, so tests can drive their status.
 KWOK_CUSTOM_STATUS_ANNOTATION = "kwok.x-k8s.io/status"
 
+# The real node (`corral cluster up --real-node`, see node.py) lives in network namespaces
+# of its own: these addresses exist only there, never in the host's namespace.
+REAL_NODE_NAME = "corral-node"
+REAL_NODE_IP = "10.245.255.1"  # on the node namespace's loopback; the API server's address
+REAL_NODE_POD_CIDR = "10.245.0.0/24"
+CLUSTER_DNS_IP = "10.96.0.10"
+
 DEFAULT_PORTS = {
     "etcd-client": 2379,
     "etcd-peer": 2380,
@@ -69,6 +76,9 @@ def choose_ports() -> dict[str, int]:
 class Layout:
     root: Path
     ports: dict[str, int] = field(default_factory=dict)
+    # Started for a real node: the API server advertises the node-side address and reaches
+    # the kubelet and pods through the node's relay (an egress selector).
+    real_node: bool = False
 
     @property
     def state_file(self) -> Path:
@@ -91,9 +101,18 @@ class Layout:
     def apiserver_url(self) -> str:
         return f"https://127.0.0.1:{self.ports['apiserver']}"
 
+    @property
+    def egress_socket(self) -> Path:
+        """Where the node's relay takes the API server's connections to the cluster."""
+        return self.root / "egress.sock"
+
+    @property
+    def egress_selector_config(self) -> Path:
+        return self.root / "egress-selector.yaml"
+
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        data = {"root": str(self.root), "ports": self.ports}
+        data = {"root": str(self.root), "ports": self.ports, "realNode": self.real_node}
         self.state_file.write_text(json.dumps(data, indent=1))
 
     @classmethod
@@ -102,7 +121,28 @@ class Layout:
             data = json.loads((root / "cluster.json").read_text())
         except (OSError, ValueError):
             return None
-        return cls(root=root, ports={k: int(v) for k, v in data["ports"].items()})
+        return cls(
+            root=root,
+            ports={k: int(v) for k, v in data["ports"].items()},
+            real_node=bool(data.get("realNode", False)),
+        )
+
+    def write_egress_selector_config(self) -> Path:
+        config = {
+            "apiVersion": "apiserver.k8s.io/v1beta1",
+            "kind": "EgressSelectorConfiguration",
+            "egressSelections": [
+                {
+                    "name": "cluster",
+                    "connection": {
+                        "proxyProtocol": "HTTPConnect",
+                        "transport": {"uds": {"udsName": str(self.egress_socket)}},
+                    },
+                }
+            ],
+        }
+        self.egress_selector_config.write_text(yaml.safe_dump(config))
+        return self.egress_selector_config
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -168,11 +208,22 @@ def etcd_argv(layout: Layout) -> list[str]:
 
 def apiserver_argv(layout: Layout) -> list[str]:
     certs = layout.certs
+    if layout.real_node:
+        # Pods reach the API server (the `kubernetes` Service) at the node-side address,
+        # where the node's relay forwards to this loopback port; the API server's own
+        # connections to kubelets and pods go through the relay's CONNECT proxy.
+        node_flags = [
+            f"--advertise-address={REAL_NODE_IP}",
+            f"--egress-selector-config-file={layout.egress_selector_config}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+        ]
+    else:
+        node_flags = ["--advertise-address=127.0.0.1"]
     return [
         str(binary_path("kube-apiserver")),
         f"--etcd-servers=http://127.0.0.1:{layout.ports['etcd-client']}",
         "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        *node_flags,
         f"--secure-port={layout.ports['apiserver']}",
         f"--tls-cert-file={certs.cert('apiserver')}",
         f"--tls-private-key-file={certs.key('apiserver')}",

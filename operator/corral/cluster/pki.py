@@ -110,6 +110,16 @@ class Pki:
                 )
             )
 
+    def ensure_client(self, client: ClientIdentity) -> None:
+        """A client certificate for an identity outside CLIENTS (e.g. a node's kubelet)."""
+        if self.cert(client.filename).exists():
+            return
+        ca_key = serialization.load_pem_private_key(self.key("ca").read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        subject = _name(client.user, client.groups)
+        self._issue(client.filename, subject, [], server=False, ca=(ca_cert, ca_key))
+
     def _create_ca(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)

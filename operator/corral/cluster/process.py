@@ -6,11 +6,15 @@ command line still starts with the binary we launched.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -41,10 +45,31 @@ def running_pid(pid_file: Path, binary: str) -> int | None:
     return pid
 
 
+def _enter_netns(path: Path) -> Callable[[], None]:
+    """A pre-exec hook that moves the child into the network namespace at `path`."""
+
+    def enter() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {path}")
+        os.close(fd)
+
+    return enter
+
+
 def start(
-    argv: list[str], pid_file: Path, log_file: Path, env: dict[str, str] | None = None
+    argv: list[str],
+    pid_file: Path,
+    log_file: Path,
+    env: dict[str, str] | None = None,
+    netns: Path | None = None,
 ) -> int:
-    """Launch detached (own session, survives the caller), logging to `log_file`."""
+    """Launch detached (own session, survives the caller), logging to `log_file`.
+
+    With `netns` (a path such as /run/netns/NAME) the process runs in that network
+    namespace; it keeps every other namespace of the caller.
+    """
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
@@ -55,6 +80,7 @@ def start(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env=env,
+            preexec_fn=_enter_netns(netns) if netns is not None else None,
         )
     pid_file.write_text(str(proc.pid))
     # Between fork and exec the child still shows Python's command line; wait for the exec

@@ -48,6 +48,18 @@ KUBERNETES_STAGING_MODULES = (
 ETCD_VERSION = "v3.5.35"
 KWOK_VERSION = "v0.7.0"
 HELM_VERSION = "v3.20.2"
+# The real node's add-ons (built only for `corral cluster up --real-node`).
+COREDNS_VERSION = "v1.15.0"
+# The newest kube-router/v2 the Go module proxy serves here (later tags are refused).
+KUBE_ROUTER_VERSION = "v2.1.0"
+# v0.0.31+ are refused by the module proxy or its checksum database here.
+LOCAL_PATH_PROVISIONER_VERSION = "v0.0.30"
+# CoreDNS plugins compiled in: what a cluster DNS that answers only for the cluster needs.
+# No `forward`: names outside cluster.local get no answer (pods have no route out anyway).
+COREDNS_PLUGINS = ("cache", "errors", "health", "kubernetes", "loadbalance", "log", "ready")
+
+CONTROL_PLANE = "control-plane"
+NODE = "node"
 
 
 @dataclass(frozen=True)
@@ -64,30 +76,36 @@ class Component:
     build_packages: tuple[str, ...] = ()
     ldflags: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    # CONTROL_PLANE: built by `corral cluster build`; NODE: only for the real node.
+    group: str = CONTROL_PLANE
 
     @property
     def key(self) -> str:
         return f"{self.name}-{self.version}"
 
 
-def _kubernetes() -> Component:
-    v = KUBERNETES_VERSION
-    major, minor = v.lstrip("v").split(".")[:2]
+def _kubernetes_wrapper(name: str, commands: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """A module requiring k8s.io/kubernetes with its staging modules pinned, and a tools.go."""
     replaces = "\n".join(
         f"\tk8s.io/{m} => k8s.io/{m} {KUBERNETES_STAGING_VERSION}"
         for m in KUBERNETES_STAGING_MODULES
     )
     go_mod = (
-        "module corral.dev/build/kubernetes\n\ngo 1.24\n\n"
-        f"require k8s.io/kubernetes {v}\n\nreplace (\n{replaces}\n)\n"
+        f"module corral.dev/build/{name}\n\ngo 1.24\n\n"
+        f"require k8s.io/kubernetes {KUBERNETES_VERSION}\n\nreplace (\n{replaces}\n)\n"
     )
-    commands = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet")
     tools = (
         "//go:build tools\n\npackage tools\n\nimport (\n"
         + "".join(f'\t_ "k8s.io/kubernetes/cmd/{c}"\n' for c in commands)
         + ")\n"
     )
-    stamp = [
+    return go_mod, {"tools.go": tools}
+
+
+def _kubernetes_stamp() -> tuple[str, ...]:
+    v = KUBERNETES_VERSION
+    major, minor = v.lstrip("v").split(".")[:2]
+    return (
         f"-X k8s.io/component-base/version.gitVersion={v}",
         f"-X k8s.io/component-base/version.gitMajor={major}",
         f"-X k8s.io/component-base/version.gitMinor={minor}",
@@ -95,16 +113,38 @@ def _kubernetes() -> Component:
         f"-X k8s.io/client-go/pkg/version.gitVersion={v}",
         f"-X k8s.io/client-go/pkg/version.gitMajor={major}",
         f"-X k8s.io/client-go/pkg/version.gitMinor={minor}",
-    ]
+    )
+
+
+def _kubernetes() -> Component:
+    commands = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet")
+    go_mod, files = _kubernetes_wrapper("kubernetes", commands)
     return Component(
         name="kubernetes",
-        version=v,
+        version=KUBERNETES_VERSION,
         binaries=commands,
         wrapper_go_mod=go_mod,
-        wrapper_files={"tools.go": tools},
+        wrapper_files=files,
         build_packages=tuple(f"k8s.io/kubernetes/cmd/{c}" for c in commands),
-        ldflags=tuple(stamp),
+        ldflags=_kubernetes_stamp(),
         tags=("selinux", "notest"),
+    )
+
+
+def _kube_proxy() -> Component:
+    # Its own cache entry, so that the control plane's entry is not rebuilt for it; the Go
+    # build cache shares every package the two have in common.
+    go_mod, files = _kubernetes_wrapper("kube-proxy", ("kube-proxy",))
+    return Component(
+        name="kube-proxy",
+        version=KUBERNETES_VERSION,
+        binaries=("kube-proxy",),
+        wrapper_go_mod=go_mod,
+        wrapper_files=files,
+        build_packages=("k8s.io/kubernetes/cmd/kube-proxy",),
+        ldflags=_kubernetes_stamp(),
+        tags=("selinux", "notest"),
+        group=NODE,
     )
 
 
@@ -147,4 +187,67 @@ def _helm() -> Component:
     )
 
 
-COMPONENTS: dict[str, Component] = {c.name: c for c in (_etcd(), _kubernetes(), _kwok(), _helm())}
+def _coredns() -> Component:
+    # CoreDNS's own main imports all ~60 plugins (cloud DNS SDKs included); this one imports
+    # only COREDNS_PLUGINS, which cuts the cold build by minutes.
+    imports = "".join(f'\t_ "github.com/coredns/coredns/plugin/{p}"\n' for p in COREDNS_PLUGINS)
+    main = (
+        "package main\n\nimport (\n"
+        '\t"github.com/coredns/coredns/coremain"\n'
+        f"{imports})\n\nfunc main() {{ coremain.Run() }}\n"
+    )
+    go_mod = (
+        "module corral.dev/build/coredns\n\ngo 1.26.0\n\n"
+        f"require github.com/coredns/coredns {COREDNS_VERSION}\n"
+    )
+    return Component(
+        name="coredns",
+        version=COREDNS_VERSION,
+        binaries=("coredns",),
+        wrapper_go_mod=go_mod,
+        wrapper_files={"main.go": main},
+        build_packages=(".",),
+        group=NODE,
+    )
+
+
+def _kube_router() -> Component:
+    module = "github.com/cloudnativelabs/kube-router/v2"
+    return Component(
+        name="kube-router",
+        version=KUBE_ROUTER_VERSION,
+        binaries=("kube-router",),
+        install_package=f"{module}/cmd/kube-router@{KUBE_ROUTER_VERSION}",
+        ldflags=(f"-X {module}/pkg/version.Version={KUBE_ROUTER_VERSION}",),
+        group=NODE,
+    )
+
+
+def _local_path_provisioner() -> Component:
+    return Component(
+        name="local-path-provisioner",
+        version=LOCAL_PATH_PROVISIONER_VERSION,
+        binaries=("local-path-provisioner",),
+        install_package=(
+            f"github.com/rancher/local-path-provisioner@{LOCAL_PATH_PROVISIONER_VERSION}"
+        ),
+        ldflags=(f"-X main.VERSION={LOCAL_PATH_PROVISIONER_VERSION}",),
+        group=NODE,
+    )
+
+
+COMPONENTS: dict[str, Component] = {
+    c.name: c
+    for c in (
+        _etcd(),
+        _kubernetes(),
+        _kwok(),
+        _helm(),
+        _kube_proxy(),
+        _coredns(),
+        _kube_router(),
+        _local_path_provisioner(),
+    )
+}
+CONTROL_PLANE_COMPONENTS = tuple(n for n, c in COMPONENTS.items() if c.group == CONTROL_PLANE)
+NODE_COMPONENTS = tuple(n for n, c in COMPONENTS.items() if c.group == NODE)

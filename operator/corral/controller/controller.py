@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC
@@ -30,6 +31,8 @@ from corral.controller.store import Key, Store
 from corral.kube.client import ApiError, KubeClient
 
 log = logging.getLogger("corral.controller")
+# On the pod of the replica holding the Lease; the operator Service selects it.
+LEADER_LABEL = "corral.dev/leader"
 MAX_BACKOFF_SECONDS = 60.0
 
 
@@ -63,6 +66,7 @@ class Controller:
         # Set once kopf has finished the initial listing of every watched kind.
         self.synced = asyncio.Event()
         self._failures: dict[Key, int] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.ready = False
         metrics.register_sessions(lambda: list(self.store.sessions.values()))
 
@@ -138,11 +142,33 @@ class Controller:
 
     def start_leading(self) -> None:
         self.leading.set()
+        self._label_own_pod(True)
         for key in list(self.store.sessions):
             self.queue.add(key)
 
     def stop_leading(self) -> None:
         self.leading.clear()
+        self._label_own_pod(False)
+
+    def _label_own_pod(self, leading: bool) -> None:
+        """Mark this replica's pod as the leader, so the operator Service (which selects the
+        label) sends runners' activity reports to the replica that acts on them."""
+        name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+        if not (name and namespace):
+            return
+        patch = {"metadata": {"labels": {LEADER_LABEL: "true" if leading else None}}}
+
+        async def label() -> None:
+            try:
+                await self.client.patch("Pod", namespace, name, patch)
+            except (ApiError, OSError) as error:
+                log.warning(
+                    "could not label pod %s/%s as leader=%s: %s", namespace, name, leading, error
+                )
+
+        task = asyncio.get_running_loop().create_task(label())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -190,6 +216,8 @@ class Controller:
 
     async def run(self) -> None:
         """Everything but the watches: delay heap, workers, leader election."""
+        if self.settings.leader_election:
+            self._label_own_pod(False)  # a restarted replica starts as a standby
         tasks = [asyncio.create_task(self.queue.run_delays(), name="delays")]
         tasks += [
             asyncio.create_task(self.worker(), name=f"worker-{i}")

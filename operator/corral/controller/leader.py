@@ -76,7 +76,10 @@ class LeaderElector:
                     else self.lease_seconds
                 )
                 try:
-                    await asyncio.wait_for(self._try_once(), budget)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+                    # a cancellation that races the inner call's completion (shutdown hangs).
+                    async with asyncio.timeout(budget):
+                        await self._try_once()
                 except (ApiError, OSError, TimeoutError) as error:
                     log.warning("lease %s/%s: %r", self.namespace, self.name, error)
                 if self.leading and time.monotonic() - self._last_renewed >= self._renew_deadline():

@@ -263,6 +263,11 @@ class _Decision:
         """Phase and conditions from a pod that is not finished."""
         self.status.pod_name = pod.name
         self.status.attempts = max(self.status.attempts or 0, pod.attempt)
+        secret = self.credentials_secret()
+        if secret and cond.get_condition(self.status.conditions, cond.CREDENTIALS) is None:
+            # The pod was made after the Secret was found; that status write may have been
+            # held back (see Plan.status_deferrable), so say it again here.
+            self.condition(cond.CREDENTIALS, True, "SecretFound", f"Secret {secret!r} found")
         self.status.start_time = self.status.start_time or pod.started_at
         secret = self.credentials_secret()
         if secret and cond.get_condition(self.status.conditions, cond.CREDENTIALS) is None:

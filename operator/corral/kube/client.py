@@ -7,8 +7,11 @@ aiohttp session instead. Credentials come from the official kubeconfig/in-cluste
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -76,20 +79,28 @@ def resource_path(
     return path
 
 
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+# Projected ServiceAccount tokens rotate (hourly by default): read the file again this often.
+TOKEN_REFRESH_SECONDS = 60.0
+
+
 @dataclass(frozen=True)
 class Connection:
     server: str
     ssl_context: ssl.SSLContext | bool
     token: str | None
+    token_file: str | None = None
 
 
 def load_connection(kubeconfig: str | None = None) -> Connection:
     """In-cluster credentials when running in a pod, else the kubeconfig's current context."""
     configuration = k8s_client.Configuration()
+    token_file = None
     try:
         if kubeconfig:
             raise k8s_config.ConfigException("kubeconfig given")
         k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        token_file = SERVICE_ACCOUNT_TOKEN
     except k8s_config.ConfigException:
         k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig, client_configuration=configuration
@@ -107,7 +118,9 @@ def load_connection(kubeconfig: str | None = None) -> Connection:
     token = configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization")
     if token and not token.lower().startswith("bearer"):
         token = f"Bearer {token}"
-    return Connection(server=configuration.host, ssl_context=context, token=token)
+    return Connection(
+        server=configuration.host, ssl_context=context, token=token, token_file=token_file
+    )
 
 
 class KubeClient:
@@ -124,6 +137,19 @@ class KubeClient:
             timeout=aiohttp.ClientTimeout(total=30),
         )
         self.requests_made = 0
+        self._token = connection.token
+        self._token_read_at = time.monotonic()
+
+    def _authorization(self) -> dict[str, str] | None:
+        """A fresh Authorization header when the token lives in a rotating file."""
+        path = self.connection.token_file
+        if path is None:
+            return None
+        if time.monotonic() - self._token_read_at > TOKEN_REFRESH_SECONDS:
+            with contextlib.suppress(OSError):
+                self._token = "Bearer " + Path(path).read_text().strip()
+            self._token_read_at = time.monotonic()
+        return {"Authorization": self._token} if self._token else None
 
     async def close(self) -> None:
         await self._session.close()
@@ -138,7 +164,8 @@ class KubeClient:
     ) -> JSON:
         self.requests_made += 1
         REQUESTS.labels(verb=method, kind=_kind_of(path)).inc()
-        headers = {"Content-Type": content_type} if body is not None else None
+        headers = {"Content-Type": content_type} if body is not None else {}
+        headers.update(self._authorization() or {})
         async with self._session.request(
             method, path, json=body, headers=headers, params=params
         ) as response:
