@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -129,6 +129,7 @@ class Controller:
             cli_version=report.cli_version,
             agents=tuple(report.agents),
             pod_name=report.pod_name,
+            received_at=datetime.now(UTC),
         )
         if (
             previous is None

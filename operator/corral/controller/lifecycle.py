@@ -45,6 +45,7 @@ from corral.render import (
 # How often to look again at a session waiting for something outside our watches
 # (a credentials Secret that does not exist yet).
 CREDENTIALS_RETRY_SECONDS = 5.0
+BUSY_REPORT_STALE = timedelta(seconds=120)
 
 
 def timestamp(moment: datetime) -> str:
@@ -72,6 +73,9 @@ class Activity:
     # The pod whose runner sent the report. Fix: "busy" describes that runner only; a
     # report kept from a pod that is gone must not keep its successor awake forever.
     pod_name: str | None = None
+    # When the operator received it. A busy runner reports every 30 s; a "busy" older than
+    # BUSY_REPORT_STALE (a runner that died or lost its network mid-turn) no longer counts.
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -545,7 +549,14 @@ class _Decision:
     def idle_check(self, pod: PodView, timeout: timedelta) -> None:
         activity = self.obs.activity
         # Fix: only the current pod's runner can be busy (see Activity.pod_name).
-        busy = activity is not None and activity.busy and activity.pod_name in (None, pod.name)
+        busy = (
+            activity is not None
+            and activity.busy
+            and activity.pod_name in (None, pod.name)
+            and (
+                activity.received_at is None or self.now - activity.received_at < BUSY_REPORT_STALE
+            )
+        )
         last = self.last_activity(pod)
         if self.status.last_activity_time is None:
             # Persist the countdown's start, so a restarted operator keeps the deadline.

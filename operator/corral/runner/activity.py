@@ -32,6 +32,8 @@ log = logging.getLogger("corral.runner.activity")
 
 HEARTBEAT_SECONDS = 30.0
 PUSH_TIMEOUT_SECONDS = 5.0
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,17 @@ class ActivityReporter:
         timeout = aiohttp.ClientTimeout(total=PUSH_TIMEOUT_SECONDS)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             self._wake.set()  # the first report says the runner is up
+            retry = RETRY_FIRST_SECONDS
             while True:
                 busy = any(w.busy for w in self._session.workers.values())
+                # A failed push is tried again with backoff: the operator must learn when a
+                # turn ends, or it would keep an idle session awake.
+                wait = retry if self._failing else (self._heartbeat if busy else None)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._heartbeat if busy else None)
+                    await asyncio.wait_for(self._wake.wait(), wait)
                 self._wake.clear()
                 await self.push(http)
+                retry = min(retry * 2, RETRY_MAX_SECONDS) if self._failing else RETRY_FIRST_SECONDS
 
     async def final(self) -> None:
         """One last report on the way out, so the operator does not think a message runs."""
