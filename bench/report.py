@@ -114,6 +114,19 @@ def write(results: dict[str, Any], docs: Path) -> None:
             )
             lines.append(f"| {step} | {numbers['operator_requests_per_session']} | {detail} |")
         lines.append("")
+    if results.get("activity"):
+        a = results["activity"]
+        lines += [
+            "## Activity reports (runner → operator)",
+            "",
+            f"{a['sessions']:,} Running sessions, {a['reports']:,} reports posted as fast as one client can "
+            "(alternately busy and idle, like the start and end of turns).",
+            "",
+            "| reports/s handled | operator CPU per report | operator API requests per report |",
+            "|---:|---:|---:|",
+            f"| {a['reports_per_second']} | {a['operator_cpu_ms_per_report']} ms | {a['operator_requests_per_report']} |",
+            "",
+        ]
     if results.get("at_rest"):
         lines += ["## 3. Operator at rest", "", "| sessions | RSS | CPU |", "|---:|---:|---:|"]
         for r in results["at_rest"]:

@@ -23,6 +23,7 @@ from typing import Any
 from bench import report
 from bench.kube import client_for
 from bench.scenarios import (
+    activity_cost,
     api_costs,
     at_rest,
     burst,
@@ -129,6 +130,11 @@ async def main(args: argparse.Namespace) -> None:
         results["api_costs"] = await api_costs(client, operator, namespace, args.cost_sessions)
         print(f"api costs: {json.dumps(results['api_costs'], indent=1)}", flush=True)
         await drop_namespace(client, namespace)
+        namespace = f"bench-{run_id}-activity"
+        await make_namespace(client, namespace)
+        results["activity"] = await activity_cost(client, operator, namespace, args.activity)
+        print(f"activity: {results['activity']}", flush=True)
+        await drop_namespace(client, namespace)
         namespace = f"bench-{run_id}-idle"
         await make_namespace(client, namespace)
         results["idle"] = await idle_precision(
@@ -169,6 +175,7 @@ def parse() -> argparse.Namespace:
         "--wakes", type=int, default=1000, help="sessions woken in the wake benchmark"
     )
     parser.add_argument("--cost-sessions", type=int, default=50)
+    parser.add_argument("--activity", type=int, default=1000, help="sessions reporting activity")
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--bursts-only", action="store_true", help="skip costs, idle and wake")
     return parser.parse_args()

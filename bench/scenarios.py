@@ -367,3 +367,62 @@ async def wake_latency(
         "operator_wakes": operator.metric("corral_wake_latency_seconds_count"),
         "latencies_ms": latencies,
     }
+
+
+async def activity_cost(
+    client: KubeClient, operator: OperatorProcess, namespace: str, count: int, rounds: int = 3
+) -> JSON:
+    """CPU and API writes the operator spends on runners' activity reports.
+
+    `count` LongRunning sessions; each round posts one report per session (alternating busy
+    and idle, as at the start and end of a turn), from one client, as fast as it can."""
+    import aiohttp
+
+    pods = Watch("Pod", namespace)
+    await pods.start(client)
+    names = [f"a{i:05d}" for i in range(count)]
+    await gather_limited(
+        [
+            client.create({**session_manifest(n), "metadata": {"name": n, "namespace": namespace}})
+            for n in names
+        ],
+        CLIENT_CONCURRENCY,
+    )
+    await wait_until(lambda: len(pods.running) >= count, 120 + count * 0.2, "activity pods Running")
+    pod_of = {pods.sessions[p]: p for p in pods.bodies}
+    await asyncio.sleep(5)
+    assert operator.proc is not None
+    cpu_before = _proc_times(operator.proc.pid)[0]
+    writes_before = operator.metric("corral_kube_requests_total")
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as http:
+
+        async def post(name: str, busy: bool) -> int:
+            body = {
+                "namespace": namespace,
+                "name": name,
+                "podName": pod_of[name],
+                "busy": busy,
+                "lastActivityTime": datetime.now().astimezone().isoformat(),
+                "numTurns": 1,
+            }
+            async with http.post(f"{operator.url}/v1/activity", json=body) as response:
+                return response.status
+
+        statuses: list[int] = []
+        for round_ in range(rounds):
+            statuses += await gather_limited([post(n, round_ % 2 == 0) for n in names], 32)
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(5)  # reconciles the reports queued
+    cpu = _proc_times(operator.proc.pid)[0] - cpu_before
+    writes = operator.metric("corral_kube_requests_total") - writes_before
+    await pods.stop()
+    reports = count * rounds
+    return {
+        "sessions": count,
+        "reports": reports,
+        "accepted": sum(1 for s in statuses if s == 202),
+        "reports_per_second": round(reports / elapsed, 1),
+        "operator_cpu_ms_per_report": round(1000 * cpu / reports, 3),
+        "operator_requests_per_report": round(writes / reports, 3),
+    }

@@ -79,6 +79,7 @@ async def _main(args: argparse.Namespace) -> None:
         identity=identity,
         lease_seconds=args.lease_seconds,
         renew_seconds=args.renew_seconds,
+        namespaces=tuple(args.namespace),
     )
     controller = Controller(config, client, settings)
     runner = web.AppRunner(make_app(controller), access_log=None)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,8 +30,12 @@ from corral.controller.queue import WorkQueue
 from corral.controller.reconciler import Reconciler
 from corral.controller.store import Key, Store
 from corral.kube.client import ApiError, KubeClient
+from corral.kube.informer import Informer
+from corral.render.meta import MANAGED_BY_LABEL, MANAGER
 
 log = logging.getLogger("corral.controller")
+CHILD_KINDS = ("Pod", "Service", "NetworkPolicy", "PersistentVolumeClaim")
+CHILD_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGER}"
 # On the pod of the replica holding the Lease; the operator Service selects it.
 LEADER_LABEL = "corral.dev/leader"
 MAX_BACKOFF_SECONDS = 60.0
@@ -45,6 +50,7 @@ class RunSettings:
     identity: str = "corral"
     lease_seconds: float = 10.0
     renew_seconds: float = 2.0
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces; globs allowed
 
 
 def _owner_session(body: dict[str, Any]) -> str | None:
@@ -63,7 +69,7 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue()
         self.reconciler = Reconciler(client, self.store, config)
         self.leading = asyncio.Event()
-        # Set once kopf has finished the initial listing of every watched kind.
+        # Set once the informers have listed every child kind.
         self.synced = asyncio.Event()
         self._failures: dict[Key, int] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -105,6 +111,19 @@ class Controller:
         else:
             self.store.put_named_child(key, kind, str(meta.get("name")), deleted)
         self.queue.add(key)
+
+    def _child_handler(self, kind: str) -> Callable[[str, dict[str, Any]], None]:
+        def handle(event_type: str, body: dict[str, Any]) -> None:
+            self.on_child(kind, event_type, body)
+
+        return handle
+
+    async def _mark_synced(self, informers: list[Informer]) -> None:
+        """Reconcile nothing until every child kind has been listed once: a session whose
+        pods are not known yet would look like one whose pod was lost."""
+        await asyncio.gather(*(i.synced.wait() for i in informers))
+        self.synced.set()
+        log.info("children listed; reconciling %d sessions", len(self.store.sessions))
 
     def on_activity(self, report: ActivityReport) -> bool:
         """Keep a runner's report; False when it is not from the session's live pod."""
@@ -219,7 +238,19 @@ class Controller:
         """Everything but the watches: delay heap, workers, leader election."""
         if self.settings.leader_election:
             self._label_own_pod(False)  # a restarted replica starts as a standby
+        informers = [
+            Informer(
+                self.client,
+                kind,
+                CHILD_SELECTOR,
+                self._child_handler(kind),
+                self.settings.namespaces,
+            )
+            for kind in CHILD_KINDS
+        ]
         tasks = [asyncio.create_task(self.queue.run_delays(), name="delays")]
+        tasks += [asyncio.create_task(i.run(), name=f"informer-{i.kind}") for i in informers]
+        tasks.append(asyncio.create_task(self._mark_synced(informers), name="synced"))
         tasks += [
             asyncio.create_task(self.worker(), name=f"worker-{i}")
             for i in range(self.settings.workers)

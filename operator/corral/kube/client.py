@@ -8,8 +8,10 @@ aiohttp session instead. Credentials come from the official kubeconfig/in-cluste
 from __future__ import annotations
 
 import contextlib
+import json
 import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,8 @@ def resource_path(
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 # Projected ServiceAccount tokens rotate (hourly by default): read the file again this often.
 TOKEN_REFRESH_SECONDS = 60.0
+# A watch that sends nothing (not even a bookmark) for this long is considered broken.
+STREAM_IDLE_SECONDS = 330.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,22 @@ class KubeClient:
                     str(payload.get("message", "")),
                 )
             return payload
+
+    async def stream(self, path: str, params: dict[str, str]) -> AsyncIterator[JSON]:
+        """The events of a watch request, one JSON object per line, until the server ends it."""
+        REQUESTS.labels(verb="WATCH", kind=_kind_of(path)).inc()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=STREAM_IDLE_SECONDS)
+        async with self._session.get(
+            path, params=params, timeout=timeout, headers=self._authorization()
+        ) as response:
+            if response.status >= 400:
+                payload = await response.json(content_type=None)
+                raise ApiError(
+                    response.status, str(payload.get("reason")), str(payload.get("message"))
+                )
+            async for line in response.content:
+                if line.strip():
+                    yield json.loads(line)
 
     async def create(self, manifest: JSON) -> JSON:
         meta = manifest["metadata"]
