@@ -10,6 +10,7 @@ gives the same plan, and a plan already applied yields an empty one.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,11 +42,14 @@ from corral.render import (
     service_name,
     spec_json,
 )
+from corral.render.names import short_hash
 
 # How often to look again at a session waiting for something outside our watches
 # (a credentials Secret that does not exist yet).
 CREDENTIALS_RETRY_SECONDS = 5.0
 BUSY_REPORT_STALE = timedelta(seconds=120)
+# On a NetworkPolicy: hash of the spec it was rendered with, to notice spec.network changes.
+SPEC_HASH_ANNOTATION = "corral.dev/spec-hash"
 
 
 def timestamp(moment: datetime) -> str:
@@ -87,6 +91,8 @@ class Observed:
     has_pvc: bool
     now: datetime
     activity: Activity | None = None
+    # The spec hash annotation on the existing NetworkPolicy (None: none or no policy).
+    network_policy_hash: str | None = None
     # None: not looked up yet. The reconciler looks only when the plan asks for it.
     credentials_found: bool | None = None
 
@@ -110,6 +116,7 @@ class Plan:
     create: list[Manifest] = field(default_factory=list)
     delete_pods: list[PodDeletion] = field(default_factory=list)
     patch_pods: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    patch_children: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     status_patch: dict[str, Any] | None = None
     events: list[EventNote] = field(default_factory=list)
     requeue_after: float | None = None
@@ -133,6 +140,7 @@ class Plan:
             self.create
             or self.delete_pods
             or self.patch_pods
+            or self.patch_children
             or self.status_patch
             or self.events
             or self.delete_session
@@ -245,8 +253,19 @@ class _Decision:
     def ensure_children(self) -> None:
         if not self.obs.has_service:
             self.plan.create.append(render_service(self.session))
+        policy = render_network_policy(self.session, self.config)
+        wanted = short_hash(json.dumps(policy["spec"], sort_keys=True), length=16)
+        policy["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = wanted
         if not self.obs.has_network_policy:
-            self.plan.create.append(render_network_policy(self.session, self.config))
+            self.plan.create.append(policy)
+        elif self.obs.network_policy_hash not in (None, wanted):
+            # spec.network changed: apply it in place. (A policy without the annotation
+            # predates it and is left as it is.)
+            patch = {
+                "metadata": {"annotations": {SPEC_HASH_ANNOTATION: wanted}},
+                "spec": policy["spec"],
+            }
+            self.plan.patch_children.append(("NetworkPolicy", policy["metadata"]["name"], patch))
         if self.spec.pattern == Pattern.HYBRID:
             if not self.obs.has_pvc:
                 self.plan.create.append(render_pvc(self.session, self.config))
@@ -273,13 +292,6 @@ class _Decision:
             # held back (see Plan.status_deferrable), so say it again here.
             self.condition(cond.CREDENTIALS, True, "SecretFound", f"Secret {secret!r} found")
         self.status.start_time = self.status.start_time or pod.started_at
-        secret = self.credentials_secret()
-        if secret and cond.get_condition(self.status.conditions, cond.CREDENTIALS) is None:
-            # Fix: CredentialsReady is set by the reconcile that creates the pod, and that
-            # status write may be held back (status_deferrable) or lost (crash after the
-            # create): the session then showed no CredentialsReady at all. A pod exists only
-            # once its Secret was found, so the pod itself says it (level-based, no lookup).
-            self.condition(cond.CREDENTIALS, True, "SecretFound", f"Secret {secret!r} found")
         if pod.ready:
             self.status.phase = Phase.RUNNING
             self.condition(cond.POD_READY, True, "PodReady", f"pod {pod.name} is ready")

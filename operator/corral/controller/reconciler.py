@@ -17,7 +17,14 @@ from typing import Any
 from corral.api.v1alpha1 import AgentSession
 from corral.config import OperatorConfig
 from corral.controller import metrics
-from corral.controller.lifecycle import EventNote, Observed, Plan, decide, timestamp
+from corral.controller.lifecycle import (
+    SPEC_HASH_ANNOTATION,
+    EventNote,
+    Observed,
+    Plan,
+    decide,
+    timestamp,
+)
 from corral.controller.pods import pod_view
 from corral.controller.store import Key, Store
 from corral.kube.client import ApiError, KubeClient
@@ -47,6 +54,7 @@ class Reconciler:
             pods=children.pod_views(),
             has_service=service_name(session) in children.services,
             has_network_policy=network_policy_name(session) in children.network_policies,
+            network_policy_hash=children.policy_hashes.get(network_policy_name(session)),
             has_pvc=pvc_name(session) in children.pvcs,
             now=now or datetime.now(UTC),
             activity=self.store.activity.get(key),
@@ -81,6 +89,8 @@ class Reconciler:
             await self._patch_status(key, session, plan.status_patch)
         for name, patch in plan.patch_pods:
             await self._ignore_missing(self.client.patch("Pod", key[0], name, patch))
+        for kind, name, patch in plan.patch_children:
+            await self._ignore_missing(self.client.patch(kind, key[0], name, patch))
         for deletion in plan.delete_pods:
             grace = None
             await self.client.delete(
@@ -139,7 +149,8 @@ class Reconciler:
             if seen is not None:
                 metrics.WAKE_LATENCY.observe(time.monotonic() - seen)
         else:
-            self.store.put_named_child(key, kind, name, deleted=False)
+            spec_hash = (manifest["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+            self.store.put_named_child(key, kind, name, deleted=False, spec_hash=spec_hash)
 
     async def _patch_status(self, key: Key, session: AgentSession, patch: dict[str, Any]) -> None:
         try:

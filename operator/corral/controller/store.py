@@ -34,6 +34,8 @@ class SessionChildren:
     expected_pods: dict[str, tuple[PodView, float]] = field(default_factory=dict)
     services: set[str] = field(default_factory=set)
     network_policies: set[str] = field(default_factory=set)
+    # NetworkPolicy name -> the spec hash annotation it carries (see lifecycle).
+    policy_hashes: dict[str, str | None] = field(default_factory=dict)
     pvcs: set[str] = field(default_factory=set)
 
     def pod_views(self) -> list[PodView]:
@@ -100,8 +102,15 @@ class Store:
             children.pods[name] = replace(children.pods[name], deleting=True)
         children.expected_pods.pop(name, None)
 
-    def put_named_child(self, key: Key, kind: str, name: str, deleted: bool) -> None:
+    def put_named_child(
+        self, key: Key, kind: str, name: str, deleted: bool, spec_hash: str | None = None
+    ) -> None:
         children = self.children_of(key)
+        if kind == "NetworkPolicy":
+            if deleted:
+                children.policy_hashes.pop(name, None)
+            else:
+                children.policy_hashes[name] = spec_hash
         names = {
             "Service": children.services,
             "NetworkPolicy": children.network_policies,
