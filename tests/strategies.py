@@ -157,7 +157,8 @@ agents = st.lists(
 credentials = model(
     api.CredentialsSpec,
     secret_name=session_names,
-    key=st.from_regex(r"[-._a-zA-Z0-9]{1,40}", fullmatch=True),
+    # Any Secret key the API server takes in a secretKeyRef (not ".", nor "..<anything>").
+    key=st.from_regex(r"\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]{0,38}", fullmatch=True),
     base_url=optional(urls),
 )
 storage = model(
@@ -350,6 +351,16 @@ _INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
         "string_pattern_mismatch",
     ),
     ("image with a space", {"pattern": "LongRunning", "image": "a b"}, "string_pattern_mismatch"),
+    (
+        "secret key '.'",
+        {"pattern": "LongRunning", "credentials": {"secretName": "k", "key": "."}},
+        "string_pattern_mismatch",
+    ),
+    (
+        "secret key starting with '..'",
+        {"pattern": "LongRunning", "credentials": {"secretName": "k", "key": "..key"}},
+        "string_pattern_mismatch",
+    ),
 ]
 
 INVALID_SPECS = [Invalid(*case) for case in _INVALID_SPECS]

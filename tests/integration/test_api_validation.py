@@ -223,6 +223,18 @@ BAD_SPECS = [
         'Invalid value: "ftp://mcp.example.com"',
     ),
     Bad(
+        "secret key '.' (a pod's secretKeyRef refuses it)",
+        {**LONG, "credentials": {"secretName": "key", "key": "."}},
+        "spec.credentials.key",
+        'Invalid value: "."',
+    ),
+    Bad(
+        "secret key starting with '..'",
+        {**LONG, "credentials": {"secretName": "key", "key": "..data"}},
+        "spec.credentials.key",
+        'Invalid value: "..data"',
+    ),
+    Bad(
         "secret name that is no DNS name",
         {**LONG, "credentials": {"secretName": "Not_A_Name"}},
         "spec.credentials.secretName",
@@ -369,9 +381,7 @@ def test_changing_the_pattern_is_refused(
     custom: client.CustomObjectsApi, validation_namespace: str
 ) -> None:
     """Ephemeral -> LongRunning with an otherwise valid spec: only the transition rule fires."""
-    stored = _create(
-        custom, validation_namespace, _manifest("repattern", VALID_SPECS["Ephemeral"])
-    )
+    stored = _create(custom, validation_namespace, _manifest("repattern", VALID_SPECS["Ephemeral"]))
     changed = {**stored, "spec": {**stored["spec"], "pattern": "LongRunning"}}
     for key in ("retries", "prompt"):
         changed["spec"].pop(key, None)

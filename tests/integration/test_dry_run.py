@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 DRY_RUN = "All"
 EXAMPLES = settings(
-    max_examples=30,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

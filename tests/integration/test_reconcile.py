@@ -8,22 +8,25 @@
 - restarting the operator leaves everything that is already right untouched
   (same resourceVersions);
 - a missing credentials Secret is reported (condition + one Warning Event) and the session
-  proceeds by itself once the Secret appears.
-
-The API-request cost of a session is measured in test_api_requests.py... no: below, in
-`test_api_requests_per_session`, from the API server's own metrics.
+  proceeds by itself once the Secret appears;
+- what one session's start costs in API requests, counted by the API server itself
+  (`test_api_requests_per_session`, which writes docs/measurements/api-requests.md).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -343,7 +346,9 @@ def _check_pod(pod: dict[str, Any], want: dict[str, Any], session: dict[str, Any
     env = {var["name"]: var for var in container["env"]}
     assert env["ANTHROPIC_API_KEY"] == {
         "name": "ANTHROPIC_API_KEY",
-        "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "ANTHROPIC_API_KEY", "optional": False}},
+        "valueFrom": {
+            "secretKeyRef": {"name": SECRET, "key": "ANTHROPIC_API_KEY", "optional": False}
+        },
     }
     assert "sk-ant-placeholder" not in json.dumps(pod)  # a reference, never a copy of the key
     assert env["HOME"]["value"] == "/home/corral"
@@ -457,7 +462,13 @@ def test_example_yields_exactly_its_children(
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["selector"] == selector(name)
     assert service["spec"]["ports"] == [
-        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
+        {
+            "name": "http",
+            "port": 8080,
+            "targetPort": "http",
+            "protocol": "TCP",
+            "appProtocol": "http",
+        }
     ]
 
     _check_network_policy(policy, want, session, operator.config.namespace)
@@ -470,9 +481,12 @@ def test_example_yields_exactly_its_children(
         assert pvc["spec"]["resources"] == {"requests": {"storage": want["storage"]}}
         assert pvc["spec"]["volumeMode"] == "Filesystem"
         bound = wait_for(
-            lambda: core.read_namespaced_persistent_volume_claim(f"{name}-state", namespace)
-            .status.phase
-            == "Bound",
+            lambda: (
+                core.read_namespaced_persistent_volume_claim(
+                    f"{name}-state", namespace
+                ).status.phase
+                == "Bound"
+            ),
             timeout=30,
             what="the claim to bind to the pre-made volume",
         )
@@ -635,13 +649,15 @@ def test_operator_restart_changes_nothing(
 ) -> None:
     create_credentials(core, namespace)
     volumes(namespace, "repo-janitor-state", "10Gi")
-    names = []
-    for example in sorted(EXPECTED):
-        names.append(create_session(custom, namespace, load_manifest(EXAMPLES_DIR / example)))
-    for body in names:
-        name = body["metadata"]["name"]
-        hybrid = body["spec"]["pattern"] == "Hybrid"
-        wait_phase(custom, namespace, name, ("Pending", "Running") if hybrid else ("Running",))
+    names = [
+        create_session(custom, namespace, load_manifest(EXAMPLES_DIR / example))["metadata"]["name"]
+        for example in sorted(EXPECTED)
+    ]
+    # Every session at rest first, Hybrid included: its claim binds to the pre-made volume
+    # on the volume controller's schedule (up to its 15 s resync), and a change arriving
+    # after the restart would be the volume controller's doing, not the operator's.
+    for name in names:
+        wait_phase(custom, namespace, name, timeout=90)
     before = settled(api_client, custom, namespace)
     assert len([k for k in before if k.startswith("Pod/")]) == 4, before
 
@@ -722,3 +738,488 @@ def test_missing_secret_is_reported_then_the_session_proceeds(
     pod = _one(api_client, namespace, "Pod", "waiting")
     [key] = [v for v in pod["spec"]["containers"][0]["env"] if v["name"] == "ANTHROPIC_API_KEY"]
     assert key["valueFrom"]["secretKeyRef"]["name"] == "late-key"
+
+
+# --- 6. what one session costs in API requests ----------------------------------------------
+#
+# apiserver_request_total has no client label, and other test runs share the cluster, so
+# its deltas mix everybody's requests. The API server's priority and fairness (APF) metrics
+# do name who asked: a FlowSchema matches requests by subject, verb and resource, and
+# `apiserver_flowcontrol_dispatched_requests_total{flow_schema=...}` counts each request it
+# matched. So the measurement runs its own operator as a ServiceAccount (with the Helm
+# chart's RBAC rules) and gives each verb/resource of that ServiceAccount its own
+# FlowSchema: every count below is the API server's, and the operator's alone.
+
+MEASURED_SESSIONS = 20
+# Before every built-in FlowSchema that matches ServiceAccounts (service-accounts: 9000);
+# `exempt` (1) matches system:masters only, which this ServiceAccount is not.
+MEASURE_PRECEDENCE = 50
+MEASURE_DOC = Path(__file__).resolve().parents[2] / "docs" / "measurements" / "api-requests.md"
+WRITE_VERBS = ["create", "update", "patch", "delete", "deletecollection"]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One FlowSchema: requests of the measured operator with these verbs on these resources."""
+
+    label: str
+    verbs: list[str]
+    group: str
+    resources: list[str]
+    write: bool = True
+    precedence: int = MEASURE_PRECEDENCE
+    cluster_scope: bool = False
+    non_resource: bool = False
+
+
+BUCKETS = [
+    Bucket("POST pods", ["create"], "", ["pods"]),
+    Bucket("POST services", ["create"], "", ["services"]),
+    Bucket("POST networkpolicies", ["create"], "networking.k8s.io", ["networkpolicies"]),
+    Bucket("POST persistentvolumeclaims", ["create"], "", ["persistentvolumeclaims"]),
+    Bucket(
+        "PATCH/PUT agentsessions/status",
+        ["patch", "update"],
+        "corral.dev",
+        ["agentsessions/status"],
+    ),
+    Bucket(
+        "any write of agentsessions (spec, metadata)", WRITE_VERBS, "corral.dev", ["agentsessions"]
+    ),
+    Bucket("PATCH/PUT pods", ["patch", "update"], "", ["pods"]),
+    Bucket("DELETE pods", ["delete", "deletecollection"], "", ["pods"]),
+    Bucket("POST/PATCH events", ["create", "patch", "update"], "", ["events"]),
+    Bucket("leases (leader election)", ["*"], "coordination.k8s.io", ["leases"], write=False),
+    Bucket("GET secrets", ["get"], "", ["secrets"], write=False),
+    Bucket(
+        "any other write",
+        WRITE_VERBS,
+        "*",
+        ["*"],
+        precedence=MEASURE_PRECEDENCE + 1,
+        cluster_scope=True,
+    ),
+    Bucket(
+        "reads (list, watch, get, discovery)",
+        ["*"],
+        "*",
+        ["*"],
+        write=False,
+        precedence=MEASURE_PRECEDENCE + 2,
+        cluster_scope=True,
+        non_resource=True,
+    ),
+]
+# The Helm chart's rules (helm/corral/templates/_helpers.tpl corral.sessionRules), so the
+# measured operator runs with exactly the rights the chart gives it.
+SESSION_RULES = [
+    {
+        "apiGroups": ["corral.dev"],
+        "resources": ["agentsessions"],
+        "verbs": ["list", "watch", "delete"],
+    },
+    {"apiGroups": ["corral.dev"], "resources": ["agentsessions/status"], "verbs": ["patch"]},
+    {"apiGroups": ["corral.dev"], "resources": ["agentsessions/finalizers"], "verbs": ["update"]},
+    {
+        "apiGroups": [""],
+        "resources": ["pods"],
+        "verbs": ["list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["services", "persistentvolumeclaims"],
+        "verbs": ["list", "watch", "create"],
+    },
+    {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "verbs": ["list", "watch", "create"],
+    },
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "create", "patch", "update"],
+    },
+]
+CLUSTER_RULES = [
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["list", "watch"],
+    },
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+]
+
+
+def scrape(api_client: client.ApiClient) -> str:
+    """The API server's /metrics, as the admin client reads it."""
+    method, url, headers, _, _ = api_client.param_serialize(
+        "GET", "/metrics", auth_settings=["BearerToken"]
+    )
+    response = api_client.call_api(method, url, header_params=headers)
+    response.read()
+    return str(response.data.decode())
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        (dict(sample.labels), float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+class Measurement:
+    """The FlowSchemas, RBAC and ServiceAccount kubeconfig of one measured operator."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str, tag: str) -> None:
+        self.api_client = api_client
+        self.namespace = namespace
+        self.tag = tag
+        self.account = "corral-measured"
+        self.flow = client.FlowcontrolApiserverV1Api(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+
+    def schema_name(self, index: int) -> str:
+        return f"corral-measure-{self.tag}-{index:02d}"
+
+    def setup(self, workdir: Path) -> Path:
+        ns, account = self.namespace, self.account
+        self.core.create_namespaced_service_account(
+            ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
+        )
+        subject = [{"kind": "ServiceAccount", "name": account, "namespace": ns}]
+        self.rbac.create_namespaced_role(
+            ns, {"metadata": {"name": account}, "rules": SESSION_RULES}
+        )
+        self.rbac.create_namespaced_role_binding(
+            ns,
+            {
+                "metadata": {"name": account},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": account,
+                },
+                "subjects": subject,
+            },
+        )
+        cluster_name = f"corral-measure-{self.tag}"
+        self.rbac.create_cluster_role({"metadata": {"name": cluster_name}, "rules": CLUSTER_RULES})
+        self.rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": cluster_name},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": cluster_name,
+                },
+                "subjects": subject,
+            }
+        )
+        for index, bucket in enumerate(BUCKETS):
+            rule: dict[str, Any] = {
+                "subjects": [
+                    {"kind": "ServiceAccount", "serviceAccount": {"name": account, "namespace": ns}}
+                ],
+                "resourceRules": [
+                    {
+                        "verbs": bucket.verbs,
+                        "apiGroups": [bucket.group],
+                        "resources": bucket.resources,
+                        "namespaces": ["*"],
+                        "clusterScope": bucket.cluster_scope,
+                    }
+                ],
+            }
+            if bucket.non_resource:
+                rule["nonResourceRules"] = [{"verbs": ["*"], "nonResourceURLs": ["*"]}]
+            self.flow.create_flow_schema(
+                {
+                    "metadata": {"name": self.schema_name(index)},
+                    "spec": {
+                        "matchingPrecedence": bucket.precedence,
+                        "priorityLevelConfiguration": {"name": "exempt"},
+                        "rules": [rule],
+                    },
+                }
+            )
+        token = self.core.create_namespaced_service_account_token(
+            account, ns, {"spec": {"expirationSeconds": 3600}}
+        ).status.token
+        return self._kubeconfig(workdir, token)
+
+    def _kubeconfig(self, workdir: Path, token: str) -> Path:
+        configuration = self.api_client.configuration
+        ca = Path(configuration.ssl_ca_cert).read_bytes()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "corral",
+                    "cluster": {
+                        "server": configuration.host,
+                        "certificate-authority-data": base64.b64encode(ca).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": self.account, "user": {"token": token}}],
+            "contexts": [
+                {"name": "measured", "context": {"cluster": "corral", "user": self.account}}
+            ],
+            "current-context": "measured",
+        }
+        path = workdir / "measured.kubeconfig"
+        path.write_text(yaml.safe_dump(body))
+        return path
+
+    def counts(self) -> dict[str, float]:
+        """Requests of the measured operator so far, per bucket label."""
+        dispatched = samples(
+            scrape(self.api_client), "apiserver_flowcontrol_dispatched_requests_total"
+        )
+        names = {self.schema_name(i): bucket.label for i, bucket in enumerate(BUCKETS)}
+        found = dict.fromkeys(names.values(), 0.0)
+        for labels, value in dispatched:
+            if labels.get("flow_schema") in names:
+                found[names[labels["flow_schema"]]] += value
+        return found
+
+    def teardown(self) -> None:
+        for index in range(len(BUCKETS)):
+            with contextlib.suppress(ApiException):
+                self.flow.delete_flow_schema(self.schema_name(index))
+        with contextlib.suppress(ApiException):
+            self.rbac.delete_cluster_role_binding(f"corral-measure-{self.tag}")
+        with contextlib.suppress(ApiException):
+            self.rbac.delete_cluster_role(f"corral-measure-{self.tag}")
+
+
+def global_writes(text: str) -> dict[str, float]:
+    """apiserver_request_total of every client, writes only, by `VERB resource[/sub]`."""
+    totals: dict[str, float] = {}
+    for labels, value in samples(text, "apiserver_request_total"):
+        if labels.get("verb") not in ("POST", "PUT", "PATCH", "DELETE"):
+            continue
+        resource = labels.get("resource", "") + (
+            "/" + labels["subresource"] if labels.get("subresource") else ""
+        )
+        key = f"{labels['verb']} {resource}"
+        totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
+def operator_requests(process: OperatorProcess) -> dict[str, float]:
+    """The operator's own count of its requests (corral_kube_requests_total), by verb/kind."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{process.url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        f"{labels['verb']} {labels['kind']}": value
+        for labels, value in samples(text, "corral_kube_requests_total")
+    }
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0)}
+
+
+def _write_report(
+    n: int,
+    per_bucket: dict[str, float],
+    own: dict[str, float],
+    everyone: dict[str, float],
+    lease_rate: float,
+    renew_seconds: float,
+    seconds: float,
+    version: str,
+) -> str:
+    writes = {k: v for k, v in per_bucket.items() if k in _WRITE_LABELS}
+    total = sum(writes.values())
+    lines = [
+        "# API requests per AgentSession",
+        "",
+        "Measured by `tests/integration/test_reconcile.py::test_api_requests_per_session`, which",
+        "rewrites this file on every run. The counts are the API server's own: the measured",
+        "operator runs as a ServiceAccount with the Helm chart's RBAC, and one FlowSchema per",
+        "verb/resource of that ServiceAccount makes",
+        "`apiserver_flowcontrol_dispatched_requests_total{flow_schema=...}` count its requests",
+        "alone (`apiserver_request_total` has no client label, and other test runs share the",
+        "cluster). The operator's own `corral_kube_requests_total` must agree, and does.",
+        "",
+        f"Scenario: Kubernetes {version} (kube-apiserver, KWOK nodes); {n} LongRunning sessions",
+        "(with a credentials Secret) created at once in one",
+        "namespace, on KWOK nodes that make pods Ready within a second or two; counted from",
+        f"before the first create until nothing changed for a while ({seconds:.0f} s in all).",
+        "",
+        "| requests of the operator (API server's count) | total | per session |",
+        "|---|---:|---:|",
+    ]
+    for label, value in per_bucket.items():
+        lines.append(f"| {label} | {value:.0f} | {value / n:.2f} |")
+    lines += [
+        f"| **all writes, leases excluded** | **{total:.0f}** | **{total / n:.2f}** |",
+        "",
+        f"So a session's start costs {total / n:.2f} writes: one create per child (Pod, Service,",
+        f"NetworkPolicy) and {per_bucket['PATCH/PUT agentsessions/status'] / n:.2f} status writes"
+        " (the first",
+        "Pending status is held back briefly, so a pod that is Ready soon costs one write for",
+        f"both), {per_bucket['POST/PATCH events'] / n:.2f} Events; plus "
+        f"{per_bucket['GET secrets'] / n:.2f} read of the",
+        "credentials Secret. The test fails above children + 2 status writes per session.",
+        "Reads in the window exclude the watches, which were open before it started.",
+        "",
+        f"Leader election costs about {lease_rate:.2f} Lease requests a second (a GET and a",
+        f"PATCH per renewal; the test operator renews every {renew_seconds:g} s), whatever the",
+        "number of sessions; they are not counted per session above.",
+        "",
+        "The operator's own count (`corral_kube_requests_total`, same window):",
+        "",
+        "| verb kind | total |",
+        "|---|---:|",
+        *[f"| {k} | {v:.0f} |" for k, v in sorted(own.items())],
+        "",
+        "For reference, `apiserver_request_total` writes of *every* client in the same window",
+        "(scheduler bindings, KWOK's pod status updates, the EndpointSlice controller, the",
+        "test's own creates, and whatever other test runs did meanwhile):",
+        "",
+        "| verb resource | total |",
+        "|---|---:|",
+        *[f"| {k} | {v:.0f} |" for k, v in sorted(everyone.items())],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+_WRITE_LABELS = {bucket.label for bucket in BUCKETS if bucket.write}
+
+
+@pytest.fixture
+def measured_namespace(core: client.CoreV1Api, crd: None) -> Iterator[str]:
+    """A namespace the run's shared operator does not watch (its prefix is not the run's)."""
+    from conftest import NAMESPACE_PREFIX, RESTRICTED_LABELS
+
+    name = f"m{NAMESPACE_PREFIX[1:]}api-requests-{uuid.uuid4().hex[:4]}"
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=RESTRICTED_LABELS))
+    )
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+def test_api_requests_per_session(
+    api_client: client.ApiClient,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    measured_namespace: str,
+    tmp_path: Path,
+) -> None:
+    from corral.testing.operator import kwok_operator_config
+
+    ns = measured_namespace
+    measurement = Measurement(api_client, ns, measured_namespace.split("-", 1)[0])
+    try:
+        sa_kubeconfig = measurement.setup(tmp_path)
+        process = OperatorProcess(
+            kubeconfig=sa_kubeconfig,
+            config=kwok_operator_config(ns),
+            workdir=tmp_path,
+            namespaces=[ns],
+            lease_name="corral-measured",
+            identity=f"measured-{ns[:12]}",
+        )
+        process.start()
+        try:
+            process.wait_leader(timeout=60)
+            # The FlowSchemas are in force once the operator's lease renewals show up in them.
+            wait_for(
+                lambda: measurement.counts()["leases (leader election)"] > 0,
+                timeout=30,
+                what="the FlowSchemas to count the operator's requests",
+            )
+            create_credentials(core, ns)
+            time.sleep(3)  # the operator's initial lists and watches are behind us
+            start = time.monotonic()
+            before = measurement.counts()
+            before_all = global_writes(scrape(api_client))
+            before_own = operator_requests(process)
+
+            spec = {"pattern": "LongRunning", "credentials": {"secretName": SECRET}}
+            names = [f"s{index:03d}" for index in range(MEASURED_SESSIONS)]
+            for name in names:
+                create_session(custom, ns, session_manifest(name, spec))
+
+            def all_running() -> bool:
+                items = custom.list_namespaced_custom_object(
+                    api.GROUP, api.VERSION, ns, api.PLURAL
+                )["items"]
+                phases = [item.get("status", {}).get("phase") for item in items]
+                return phases.count("Running") == MEASURED_SESSIONS
+
+            wait_for(all_running, timeout=120, interval=0.5, what="every session Running")
+
+            def quiet_writes() -> dict[str, float] | None:
+                first = measurement.counts()
+                time.sleep(6)  # longer than the status deferral and any requeue of a start
+                second = measurement.counts()
+                same = all(first[k] == second[k] for k in _WRITE_LABELS)
+                return second if same else None
+
+            after = wait_for(quiet_writes, timeout=120, interval=0, what="the writes to stop")
+            seconds = time.monotonic() - start
+            after_all = global_writes(scrape(api_client))
+            after_own = operator_requests(process)
+        finally:
+            process.stop()
+    finally:
+        measurement.teardown()
+
+    delta = {label: after[label] - before[label] for label in after}
+    own = _delta(after_own, before_own)
+    everyone = _delta(after_all, before_all)
+    lease_rate = delta.pop("leases (leader election)") / seconds
+    version = client.VersionApi(api_client).get_code().git_version
+    report = _write_report(
+        MEASURED_SESSIONS, delta, own, everyone, lease_rate, process.renew_seconds, seconds, version
+    )
+    MEASURE_DOC.parent.mkdir(parents=True, exist_ok=True)
+    MEASURE_DOC.write_text(report, encoding="utf-8")
+    print("\n" + report)
+
+    n = MEASURED_SESSIONS
+    children_per_session = 3  # Pod, Service, NetworkPolicy
+    # Exactly one create per child: no duplicates, no retried creates.
+    assert delta["POST pods"] == n
+    assert delta["POST services"] == n
+    assert delta["POST networkpolicies"] == n
+    assert delta["POST persistentvolumeclaims"] == 0
+    # Status: at least one write per session, at most two (Pending, then Running).
+    assert n <= delta["PATCH/PUT agentsessions/status"] <= 2 * n
+    # GitOps-safe: the operator never writes a session's spec or metadata (no finalizers,
+    # no kopf annotations), and nothing it should not touch.
+    assert delta["any write of agentsessions (spec, metadata)"] == 0
+    assert delta["PATCH/PUT pods"] == 0
+    assert delta["DELETE pods"] == 0
+    assert delta["any other write"] == 0
+    # One Secret lookup per pod created, at most.
+    assert delta["GET secrets"] <= n
+    # The budget: every write of a session's start, Events included, fits in its children
+    # plus two status writes.
+    writes = sum(value for label, value in delta.items() if label in _WRITE_LABELS)
+    assert writes <= n * (children_per_session + 2), delta
+    # Two independent counts agree: the API server's and the operator's own.
+    assert own.get("POST pods", 0) == delta["POST pods"]
+    assert own.get("POST services", 0) == delta["POST services"]
+    assert own.get("POST networkpolicies", 0) == delta["POST networkpolicies"]
+    assert own.get("PATCH agentsessions/status", 0) == delta["PATCH/PUT agentsessions/status"]
+    assert own.get("POST events", 0) == delta["POST/PATCH events"]
+    # Every other client's writes include ours (a sanity check of the method).
+    assert everyone.get("POST pods", 0) >= delta["POST pods"]

@@ -35,7 +35,11 @@ CATEGORIES = ["corral"]
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+# A Secret data key as the API server checks a pod's secretKeyRef.key (IsConfigMapKey):
+# these characters, and not `.`, `..` or anything starting with `..`. Fix: the pattern was
+# `^[-._a-zA-Z0-9]+$`, so a session with key `.` was accepted and its pod then refused
+# (found by the server-side dry run of rendered pods). RE2 has no lookahead, hence the form.
+SECRET_KEY_PATTERN = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 URL_PATTERN = r"^https?://\S+$"
 
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
