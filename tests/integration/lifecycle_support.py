@@ -440,3 +440,48 @@ def load_example(repo: Any, name: str) -> dict[str, Any]:
 
     body: dict[str, Any] = yaml.safe_load((repo / "examples" / name).read_text())
     return body
+
+
+def own_prefix() -> str:
+    """A namespace prefix no other operator of the run watches (theirs start with "t")."""
+    import uuid
+
+    return f"c{uuid.uuid4().hex[:6]}-"
+
+
+def small_resources() -> dict[str, str]:
+    """Hundreds of these fit on the two fake nodes (32 CPUs each)."""
+    return {"cpu": "100m", "memory": "128Mi", "disk": "64Mi"}
+
+
+def ensure_storage_class(api_client: client.ApiClient, name: str) -> None:
+    """A class without a provisioner: claims bind only to the PVs the tests make."""
+    storage = client.StorageV1Api(api_client)
+    with contextlib.suppress(ApiException):
+        storage.create_storage_class(
+            client.V1StorageClass(
+                metadata=client.V1ObjectMeta(name=name),
+                provisioner="kubernetes.io/no-provisioner",
+                volume_binding_mode="Immediate",
+            )
+        )
+
+
+def pods_by_session(core: client.CoreV1Api, namespace: str) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = defaultdict(list)
+    for pod in session_pods(core, namespace):
+        found[(pod.metadata.labels or {}).get(SESSION_LABEL, "?")].append(pod)
+    return found
+
+
+def claim_uids(core: client.CoreV1Api, namespace: str) -> dict[str, str]:
+    claims = core.list_namespaced_persistent_volume_claim(namespace).items
+    return {c.metadata.name: c.metadata.uid for c in claims}
+
+
+def scaled_down_counts(core: client.CoreV1Api, namespace: str) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for event in events(core, namespace):
+        if event.reason == "ScaledDown":
+            counts[event.involved_object.name] += 1
+    return counts

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 from collections.abc import Iterator
@@ -12,13 +11,13 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 from lifecycle_support import (
     PodHistory,
     Sessions,
     Volumes,
     condition,
     condition_is,
+    ensure_storage_class,
     event_reasons,
     load_example,
     session_pods,
@@ -35,19 +34,6 @@ CLAIM = f"{NAME}-state"
 STORAGE_CLASS = "corral-test-manual"
 
 
-def ensure_storage_class(api_client: client.ApiClient) -> None:
-    """A class without a provisioner: claims bind only to the PVs the tests make."""
-    storage = client.StorageV1Api(api_client)
-    with contextlib.suppress(ApiException):
-        storage.create_storage_class(
-            client.V1StorageClass(
-                metadata=client.V1ObjectMeta(name=STORAGE_CLASS),
-                provisioner="kubernetes.io/no-provisioner",
-                volume_binding_mode="Immediate",
-            )
-        )
-
-
 @pytest.fixture
 def sessions(
     operator: OperatorProcess,
@@ -57,7 +43,7 @@ def sessions(
     namespace: str,
 ) -> Iterator[Sessions]:
     core.create_namespaced_secret(namespace, load_example(REPO, "credentials-secret.yaml"))
-    ensure_storage_class(api_client)
+    ensure_storage_class(api_client, STORAGE_CLASS)
     volumes = Volumes(core, label=namespace, storage_class=STORAGE_CLASS)
     volumes.bind(namespace, [CLAIM], size="1Gi")
     try:

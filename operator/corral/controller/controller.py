@@ -95,7 +95,7 @@ class Controller:
         if session is None:
             return
         wake = session.metadata.annotations.get(runtime.WAKE_ANNOTATION)
-        if wake is not None and wake != session.status.observed_wake:
+        if self.leading.is_set() and wake is not None and wake != session.status.observed_wake:
             self.reconciler.wake_seen.setdefault(key, time.monotonic())
         self.queue.add(key)
 

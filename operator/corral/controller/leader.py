@@ -22,6 +22,7 @@ from corral.controller import metrics
 from corral.kube.client import ApiError, KubeClient
 
 log = logging.getLogger("corral.leader")
+RELEASE_SECONDS = 3.0
 
 
 def _micro_time(moment: datetime) -> str:
@@ -88,8 +89,11 @@ class LeaderElector:
         finally:
             if self.leading:
                 self._step_down("shutting down")
+                # Best effort and brief: an API server that does not answer must not hold
+                # up the shutdown (the standby then waits out the lease instead).
                 with contextlib.suppress(Exception):
-                    await self._release()
+                    async with asyncio.timeout(RELEASE_SECONDS):
+                        await self._release()
 
     def _lease_body(self, transitions: int, acquired: str | None) -> dict[str, Any]:
         now = _micro_time(datetime.now(UTC))
