@@ -20,22 +20,25 @@ from corral.testing.fake_anthropic import FakeAnthropic
 
 def start_fake_anthropic(fake: FakeAnthropic, namespace: Path, host: str, port: int) -> str:
     """Serve `fake` on host:port inside `namespace`; returns its URL as pods see it."""
-    result: dict[str, str | BaseException] = {}
+    urls: list[str] = []
+    errors: list[BaseException] = []
 
     def launch() -> None:
         try:
             # The server thread that start_in_thread makes inherits this thread's namespace.
             with netns.inside(namespace):
-                result["url"] = fake.start_in_thread(host, port)
+                urls.append(fake.start_in_thread(host, port))
         except BaseException as error:  # handed to the caller
-            result["error"] = error
+            errors.append(error)
 
     starter = threading.Thread(target=launch, name="fake-anthropic-starter")
     starter.start()
     starter.join(30)
-    if "error" in result:
-        raise RuntimeError("the fake Anthropic API did not start") from result["error"]  # type: ignore[arg-type]
-    return str(result["url"])
+    if errors:
+        raise RuntimeError("the fake Anthropic API did not start") from errors[0]
+    if not urls:
+        raise RuntimeError("the fake Anthropic API did not start within 30 s")
+    return urls[0]
 
 
 @dataclass
