@@ -20,9 +20,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.corral-installed"
-if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] \
+   || [ "$ROOT/images/runner/constraints.txt" -nt "$stamp" ]; then
   echo "[setup] installing corral and its dev tools into $VENV" >&2
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
+  # The runner image's exact pins apply here too: tests run against what ships.
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" -c "$ROOT/images/runner/constraints.txt"
   touch "$stamp"
 fi

@@ -2,8 +2,8 @@
 
 Namespaces of one run share a random prefix, and the run's operator watches only that
 prefix. Kept in a module of its own because pytest registers each conftest.py as
-`conftest` in turn: test modules that `from conftest import NAMESPACE_PREFIX` get
-whichever conftest came last, so every conftest re-exports these names.
+`conftest` in turn: `from conftest import ...` would get whichever came last. Import
+these from `testrun`.
 """
 
 from __future__ import annotations

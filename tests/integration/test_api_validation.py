@@ -19,9 +19,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import NAMESPACE_PREFIX, RESTRICTED_LABELS
 from corral.api import v1alpha1 as api
 from strategies import INVALID_SPECS, INVALID_UPDATES, SESSION_EXAMPLES, Invalid, load_manifest
+from testrun import NAMESPACE_PREFIX, RESTRICTED_LABELS
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import NAMESPACE_PREFIX, RESTRICTED_LABELS
 from corral.api import v1alpha1 as api
 from corral.api.units import parse_quantity
 from corral.config import OperatorConfig
@@ -29,6 +28,7 @@ from corral.render import render_children
 from corral.render.meta import Manifest
 from corral.testing.operator import kwok_operator_config
 from strategies import session_manifest, sessions
+from testrun import NAMESPACE_PREFIX, RESTRICTED_LABELS
 
 pytestmark = pytest.mark.integration
 

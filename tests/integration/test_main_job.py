@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +30,8 @@ def test_corral_up_reconciles_every_example(kubeconfig: Path, crd: None) -> None
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = dict(
-        line.split("=", 1) for line in done.stdout.splitlines() if "=" in line and "/" in line
-    )
+    row = re.compile(r"^([a-z0-9-]+)=(\w*)/(\S*)$")
+    rows = {m[1]: f"{m[2]}/{m[3]}" for m in map(row.match, done.stdout.splitlines()) if m}
     assert set(rows) == {"docs-assistant", "fizzbuzz", "repo-janitor", "review-team"}
     for name, state in rows.items():
         phase, pod = state.split("/", 1)

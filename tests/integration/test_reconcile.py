@@ -1105,7 +1105,7 @@ _WRITE_LABELS = {bucket.label for bucket in BUCKETS if bucket.write}
 @pytest.fixture
 def measured_namespace(core: client.CoreV1Api, crd: None) -> Iterator[str]:
     """A namespace the run's shared operator does not watch (its prefix is not the run's)."""
-    from conftest import NAMESPACE_PREFIX, RESTRICTED_LABELS
+    from testrun import NAMESPACE_PREFIX, RESTRICTED_LABELS
 
     name = f"m{NAMESPACE_PREFIX[1:]}api-requests-{uuid.uuid4().hex[:4]}"
     core.create_namespace(
