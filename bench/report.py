@@ -21,16 +21,17 @@ TARGETS = {
 
 def _bursts_table(bursts: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| sessions | mode | sessions/s | create→Pod p50 | p99 | all Running after | operator ÷ floor |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| sessions | mode | client creates/s | sessions/s | create→Pod p50 | p99 | all Running after | operator ÷ floor |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     floors = {b["count"]: b for b in bursts if b["mode"] == "floor"}
     for b in bursts:
         ratio = ""
-        if b["mode"] == "operator" and b["count"] in floors:
+        mode = b["mode"] + (" (paced)" if b.get("paced") else "")
+        if b["mode"] == "operator" and b["count"] in floors and not b.get("paced"):
             ratio = f"{b['sessions_per_second'] / floors[b['count']]['sessions_per_second']:.2f}×"
         lines.append(
-            f"| {b['count']:,} | {b['mode']} | {b['sessions_per_second']:.1f} | {b['p50_ms']:.0f} ms | "
+            f"| {b['count']:,} | {mode} | {b.get('client_rate', 0):.0f} | {b['sessions_per_second']:.1f} | {b['p50_ms']:.0f} ms | "
             f"{b['p99_ms']:.0f} ms | {b['running_seconds']:.1f} s | {ratio} |"
         )
     return lines

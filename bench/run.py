@@ -123,6 +123,25 @@ async def main(args: argparse.Namespace) -> None:
                     print(f"at rest with {size}: {rest}", flush=True)
                     results["at_rest"].append(rest)
                 await drop_namespace(client, namespace)
+        if args.paced:
+            # The operator's reaction time when the system is not saturated: the same
+            # sessions, paced at a share of the floor's measured throughput.
+            floor = next(
+                b for b in results["bursts"] if b["mode"] == "floor" and b["count"] == args.paced
+            )
+            rate = round(floor["sessions_per_second"] * 0.6, 1)
+            namespace = f"bench-{run_id}-paced-{args.paced}"
+            await make_namespace(client, namespace)
+            paced = await burst(client, namespace, args.paced, "operator", config, pids, rate=rate)
+            print(
+                f"paced operator {args.paced} at {rate}/s: "
+                f"p50 {paced.p50_ms:.0f} ms, p99 {paced.p99_ms:.0f} ms",
+                flush=True,
+            )
+            results["bursts"].append(
+                {**paced.__dict__, "p50_ms": paced.p50_ms, "p99_ms": paced.p99_ms}
+            )
+            await drop_namespace(client, namespace)
         if args.bursts_only:
             return
         namespace = f"bench-{run_id}-costs"
@@ -178,6 +197,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--activity", type=int, default=1000, help="sessions reporting activity")
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--bursts-only", action="store_true", help="skip costs, idle and wake")
+    parser.add_argument("--paced", type=int, default=1000, help="size of the paced burst (0: none)")
     return parser.parse_args()
 
 

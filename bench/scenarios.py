@@ -74,6 +74,8 @@ class BurstResult:
     sessions_per_second: float
     latencies_ms: list[float] = field(repr=False, default_factory=list)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    client_rate: float = 0.0  # sessions/s the client issued creates at
+    paced: bool = False
 
     @property
     def p50_ms(self) -> float:
@@ -99,7 +101,9 @@ async def burst(
     mode: str,
     config: OperatorConfig,
     pids: dict[str, int] | None = None,
+    rate: float | None = None,
 ) -> BurstResult:
+    """`rate`: sessions per second the client paces itself to (None: as fast as it can)."""
     """Create `count` sessions (mode "operator") or their children directly ("floor")."""
     watch = Watch("Pod", namespace)
     await watch.start(client)
@@ -130,7 +134,17 @@ async def burst(
     create = create_session if mode == "operator" else create_children
     cpu_before = cpu_seconds(pids or {})
     started = time.time()
-    await gather_limited([create(n) for n in names], CLIENT_CONCURRENCY)
+    if rate is None:
+        await gather_limited([create(n) for n in names], CLIENT_CONCURRENCY)
+    else:
+        pending = []
+        for index, name in enumerate(names):
+            delay = started + index / rate - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(asyncio.create_task(create(name)))
+        await asyncio.gather(*pending)
+    client_rate = count / max(max(issued.values()) - started, 1e-3)
     timeout = 120 + count * 0.2
     await wait_until(lambda: len(watch.added) >= count, timeout, f"{count} pods created")
     await wait_until(lambda: len(watch.running) >= count, timeout, f"{count} pods Running")
@@ -149,6 +163,8 @@ async def burst(
         sessions_per_second=count / created_seconds,
         latencies_ms=latencies,
         cpu_seconds={k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after},
+        client_rate=round(client_rate, 1),
+        paced=rate is not None,
     )
 
 
