@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The test command: set up, build the cluster binaries (cached), run every suite.
 # The pytest fixtures start the local control plane and stop it afterwards.
+#
+# With no arguments: unit, runner and integration tests, then the e2e suite on a real
+# node (containerd + kubelet on this machine, see docs/real-node.md) in a second pytest
+# run; CORRAL_E2E=0 skips the e2e part. With arguments, one pytest run with them.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,16 +16,41 @@ corral cluster build
 echo "[test] lint and types" >&2
 ruff check operator tests bench
 mypy
-echo "[test] pytest" >&2
-set +e
-pytest -p no:cacheprovider "$@"
-code=$?
-set -e
-echo "[test] finished in $(( $(date +%s) - started ))s" >&2
-# Exit code 5 means pytest collected nothing (e.g. a filter matched no test): that is
-# not a failure of the code under test, but say so loudly.
-if [ "$code" -eq 5 ]; then
-  echo "[test] warning: no tests were collected" >&2
-  exit 0
+
+# pytest exit 5 means it collected nothing (e.g. a filter matched no test): not a failure
+# of the code under test, but say so loudly.
+run_pytest() {
+  set +e
+  pytest -p no:cacheprovider "$@"
+  local code=$?
+  set -e
+  if [ "$code" -eq 5 ]; then
+    echo "[test] warning: no tests were collected by: pytest $*" >&2
+    code=0
+  fi
+  return "$code"
+}
+
+code=0
+if [ "$#" -gt 0 ]; then
+  echo "[test] pytest $*" >&2
+  run_pytest "$@" || code=$?
+else
+  echo "[test] pytest (all but e2e)" >&2
+  run_pytest -m "not e2e" || code=$?
+  if [ "${CORRAL_E2E:-1}" != "0" ]; then
+    e2e_started=$(date +%s)
+    echo "[test] e2e: Debian packages and the real node's build (cached)" >&2
+    bash hack/node-deps.sh
+    corral cluster build --real-node
+    echo "[test] e2e: build ready in $(( $(date +%s) - e2e_started ))s; pytest tests/e2e" >&2
+    e2e_code=0
+    CORRAL_E2E=1 run_pytest -m e2e tests/e2e || e2e_code=$?
+    echo "[test] e2e finished in $(( $(date +%s) - e2e_started ))s" >&2
+    if [ "$code" -eq 0 ]; then
+      code=$e2e_code
+    fi
+  fi
 fi
+echo "[test] finished in $(( $(date +%s) - started ))s" >&2
 exit "$code"

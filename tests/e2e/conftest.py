@@ -58,6 +58,9 @@ def real_node_cluster() -> Iterator[Layout]:
     yield layout
     if started_here and not os.environ.get("CORRAL_KEEP_CLUSTER"):
         control_plane.down(E2E_ROOT)
+        # `down` leaves nothing behind: no process, namespace, cgroup or mount.
+        left = node.leftovers(layout)
+        assert not left, f"left behind by `corral cluster down`: {left}"
 
 
 @pytest.fixture(scope="session")

@@ -180,9 +180,12 @@ class ImageSpec:
         shutil.rmtree(self.directory, ignore_errors=True)
         staging.rename(self.directory)
         log(f"[image] {self.ref}: built in {seconds:.0f}s ({size // 2**20} MiB)")
-        # Older builds of the same image are of no further use.
+        # Older builds of the same image are of no further use once nobody imports them:
+        # keep those of the last hour (another checkout on this machine may be importing).
         for stale in self.directory.parent.glob(f"{self.name}-*"):
-            if stale != self.directory and not stale.name.endswith(".partial"):
+            if stale == self.directory or stale.name.endswith(".partial"):
+                continue
+            if time.time() - stale.stat().st_mtime > 3600:
                 shutil.rmtree(stale, ignore_errors=True)
         return self.archive
 

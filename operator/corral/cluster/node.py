@@ -49,7 +49,8 @@ from corral.cluster.layout import (
 )
 from corral.cluster.netrelay import HOST, Endpoint, Forward, RelayConfig
 from corral.cluster.runner_image import runner_image
-from corral.cluster.versions import COREDNS_VERSION, NODE_COMPONENTS
+from corral.cluster.versions import COMPONENTS as COMPONENTS_BY_NAME
+from corral.cluster.versions import NODE_COMPONENTS
 
 POD_GATEWAY = "10.245.0.1"
 # The link between the node's namespace and the "outside" one, where test hosts live.
@@ -324,8 +325,15 @@ def kube_proxy_config(node: NodeLayout) -> str:
 # --- command lines ---------------------------------------------------------------------------
 
 
+def _python() -> str:
+    """This environment's interpreter under one name, whichever script runs: the relay is
+    recognised by its argv[0] (pytest and the `corral` script may name it differently)."""
+    stable = Path(sys.prefix) / "bin" / "python3"
+    return str(stable) if stable.exists() else sys.executable
+
+
 def relay_argv(node: NodeLayout) -> list[str]:
-    return [sys.executable, "-m", "corral.cluster.netrelay", str(node.relay_config)]
+    return [_python(), "-m", "corral.cluster.netrelay", str(node.relay_config)]
 
 
 def containerd_argv(node: NodeLayout) -> list[str]:
@@ -400,6 +408,8 @@ class NodeComponent:
     name: str
     argv: Callable[[NodeLayout], list[str]]
     in_node_netns: bool
+    # The program (argv[0]) by which a running process is recognised as ours.
+    binary: Callable[[], str]
     # A readiness probe; None: the process being alive is enough.
     ready: Callable[[NodeLayout], bool] | None = None
 
@@ -424,14 +434,34 @@ def _relay_ready(node: NodeLayout) -> bool:
     return node.cluster.egress_socket.exists()
 
 
-RELAY = NodeComponent("node-netrelay", relay_argv, False, _relay_ready)
-CONTAINERD = NodeComponent("node-containerd", containerd_argv, True, _containerd_ready)
-KUBELET = NodeComponent("node-kubelet", kubelet_argv, True, _healthz(KUBELET_HEALTHZ_PORT))
+def _built(name: str) -> Callable[[], str]:
+    return lambda: str(binary_path(name))
+
+
+RELAY = NodeComponent("node-netrelay", relay_argv, False, _python, _relay_ready)
+CONTAINERD = NodeComponent(
+    "node-containerd",
+    containerd_argv,
+    True,
+    lambda: shutil.which("containerd") or "containerd",
+    _containerd_ready,
+)
+KUBELET = NodeComponent(
+    "node-kubelet", kubelet_argv, True, _built("kubelet"), _healthz(KUBELET_HEALTHZ_PORT)
+)
 KUBE_PROXY = NodeComponent(
-    "node-kube-proxy", kube_proxy_argv, True, _healthz(KUBE_PROXY_HEALTHZ_PORT)
+    "node-kube-proxy",
+    kube_proxy_argv,
+    True,
+    _built("kube-proxy"),
+    _healthz(KUBE_PROXY_HEALTHZ_PORT),
 )
 KUBE_ROUTER = NodeComponent(
-    "node-kube-router", kube_router_argv, True, _healthz(KUBE_ROUTER_HEALTH_PORT)
+    "node-kube-router",
+    kube_router_argv,
+    True,
+    _built("kube-router"),
+    _healthz(KUBE_ROUTER_HEALTH_PORT),
 )
 
 
@@ -439,16 +469,12 @@ def _local_path(node: NodeLayout) -> list[str]:
     return local_path_argv(node, images.busybox_image().ref)
 
 
-LOCAL_PATH = NodeComponent("node-local-path-provisioner", _local_path, False)
+LOCAL_PATH = NodeComponent("node-local-path", _local_path, False, _built("local-path-provisioner"))
 COMPONENTS = (RELAY, CONTAINERD, KUBELET, KUBE_PROXY, KUBE_ROUTER, LOCAL_PATH)
 
 
 def _pid(node: NodeLayout, component: NodeComponent) -> int | None:
-    try:
-        binary = component.argv(node)[0]
-    except NodeError:
-        return None
-    return process.running_pid(node.cluster.pid_file(component.name), binary)
+    return process.running_pid(node.cluster.pid_file(component.name), component.binary())
 
 
 def _start(node: NodeLayout, component: NodeComponent, deadline: float) -> None:
@@ -504,7 +530,9 @@ def node_images(with_runner: bool = True) -> list[images.ImageSpec]:
     specs = [
         images.pause_image(),
         images.busybox_image(),
-        images.coredns_image(binary_path("coredns"), COREDNS_VERSION),
+        images.coredns_image(
+            binary_path("coredns"), COMPONENTS_BY_NAME["coredns"].key.removeprefix("coredns-")
+        ),
     ]
     if with_runner:
         specs.append(runner_image())
@@ -561,12 +589,15 @@ def _write_configs(node: NodeLayout, sandbox_image: str, helper_image: str) -> N
     )
 
 
-def _cgroup_dirs(node: NodeLayout) -> list[Path]:
+def _cgroup_dirs(node: NodeLayout, unified: bool = False) -> list[Path]:
+    """The node's cgroup root in each v1 hierarchy (and the v2 one the kubelet also uses)."""
     base = Path("/sys/fs/cgroup")
     return [
         child / node.cgroup_root.lstrip("/")
         for child in sorted(base.iterdir())
-        if child.is_dir() and child.name != "unified" and (child / "cgroup.procs").exists()
+        if child.is_dir()
+        and (unified or child.name != "unified")
+        and (child / "cgroup.procs").exists()
     ]
 
 
@@ -633,13 +664,16 @@ def _set_pod_cidr(node: NodeLayout) -> None:
 
 
 def _manifest(name: str, **values: str) -> str:
+    """A manifest from manifests/, filled in; `$config_hash` is a hash of everything else,
+    so that a pod template that carries it rolls out when its configuration changes."""
     from string import Template
 
     text = (Path(__file__).parent / "manifests" / name).read_text()
-    return Template(text).substitute(values)
+    digest = hashlib.sha256((text + json.dumps(values, sort_keys=True)).encode()).hexdigest()
+    return Template(text).substitute(values, config_hash=digest[:16])
 
 
-def _apply_addons(node: NodeLayout, coredns_image: str, helper_image: str) -> None:
+def _apply_addons(node: NodeLayout, coredns_image: str) -> None:
     kubectl(
         node,
         "apply",
@@ -657,9 +691,7 @@ def _apply_addons(node: NodeLayout, coredns_image: str, helper_image: str) -> No
         "apply",
         "-f",
         "-",
-        stdin=_manifest(
-            "local-path.yaml", volumes_dir=str(node.volumes_dir), helper_image=helper_image
-        ),
+        stdin=_manifest("local-path.yaml"),
     )
 
 
@@ -706,7 +738,7 @@ def up(cluster: Layout, timeout: float = 600.0, with_runner: bool = True, log: L
     _set_pod_cidr(node)
     _start(node, KUBE_PROXY, deadline)
     _start(node, KUBE_ROUTER, deadline)
-    _apply_addons(node, by_name["coredns"].ref, helper)
+    _apply_addons(node, by_name["coredns"].ref)
     _start(node, LOCAL_PATH, deadline)
     _wait(
         "CoreDNS available",
@@ -722,7 +754,7 @@ def up(cluster: Layout, timeout: float = 600.0, with_runner: bool = True, log: L
 
 def _cgroup_pids(node: NodeLayout) -> set[int]:
     pids: set[int] = set()
-    for directory in _cgroup_dirs(node):
+    for directory in _cgroup_dirs(node, unified=True):
         if directory.is_dir():
             for procs in directory.rglob("cgroup.procs"):
                 try:
@@ -772,7 +804,7 @@ def down(cluster: Layout, log: Log = _say) -> None:
     """Stop every process of the node and remove its namespaces, cgroups and mounts."""
     node = NodeLayout(cluster)
     for component in (LOCAL_PATH, KUBE_ROUTER, KUBE_PROXY, KUBELET):
-        if process.stop(cluster.pid_file(component.name), component.argv(node)[0]):
+        if process.stop(cluster.pid_file(component.name), component.binary()):
             log(f"stopped {component.name}")
     # The pods' processes, by our cgroup subtree; then the shims of our containerd.
     for _ in range(20):
@@ -782,21 +814,50 @@ def down(cluster: Layout, log: Log = _say) -> None:
         _kill_all(pids)
         time.sleep(0.25)
     _kill_all(_our_shims(node))
-    if process.stop(cluster.pid_file(CONTAINERD.name), shutil.which("containerd") or "containerd"):
-        log(f"stopped {CONTAINERD.name}")
-    if process.stop(cluster.pid_file(RELAY.name), sys.executable):
-        log(f"stopped {RELAY.name}")
+    for component in (CONTAINERD, RELAY):
+        if process.stop(cluster.pid_file(component.name), component.binary()):
+            log(f"stopped {component.name}")
     cluster.egress_socket.unlink(missing_ok=True)
     _unmount_under(node.dir)
     for name in (node.wiring.outside_netns, node.wiring.node_netns):
         if netns.delete(name):
             log(f"removed network namespace {name}")
-    for directory in _cgroup_dirs(node):
+    for directory in _cgroup_dirs(node, unified=True):
+        if not directory.is_dir():
+            continue
         children = [p for p in directory.rglob("*") if p.is_dir()]
-        for child in sorted(children, key=lambda p: len(p.parts), reverse=True):
-            child.rmdir()
-        if directory.is_dir():
-            directory.rmdir()
+        for child in [*sorted(children, key=lambda p: len(p.parts), reverse=True), directory]:
+            try:
+                child.rmdir()
+            except OSError as error:
+                log(f"warning: could not remove cgroup {child}: {error}")
+
+
+def leftovers(cluster: Layout) -> list[str]:
+    """What of the node is still there (after `down` nothing should be)."""
+    node = NodeLayout(cluster)
+    found = [
+        f"network namespace {n}"
+        for n in (node.wiring.node_netns, node.wiring.outside_netns)
+        if netns.exists(n)
+    ]
+    found += [f"cgroup {d}" for d in _cgroup_dirs(node, unified=True) if d.exists()]
+    root = str(cluster.root.resolve())
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if root in argv:
+                found.append(f"process {entry.name}: {argv.replace(chr(0), ' ')[:120]}")
+    mounts = Path("/proc/self/mountinfo").read_text()
+    found += [
+        f"mount {line.split()[4]}"
+        for line in mounts.splitlines()
+        if line.split()[4].startswith(root + "/")
+    ]
+    return found
 
 
 def is_up(cluster: Layout) -> bool:

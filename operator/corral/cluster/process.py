@@ -45,15 +45,16 @@ def running_pid(pid_file: Path, binary: str) -> int | None:
     return pid
 
 
-def _enter_netns(path: Path) -> Callable[[], None]:
-    """A pre-exec hook that moves the child into the network namespace at `path`."""
+def _enter_netns(fd: int) -> Callable[[], None]:
+    """A pre-exec hook moving the child into the network namespace open as `fd`.
+
+    Everything it needs is prepared before the fork: the child only makes one call.
+    """
+    setns = ctypes.CDLL(None, use_errno=True).setns
 
     def enter() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(path, os.O_RDONLY)
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {path}")
-        os.close(fd)
+        if setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns into the node's network namespace")
 
     return enter
 
@@ -72,16 +73,21 @@ def start(
     """
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as log:
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-            preexec_fn=_enter_netns(netns) if netns is not None else None,
-        )
+    netns_fd = os.open(netns, os.O_RDONLY) if netns is not None else None
+    try:
+        with log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                preexec_fn=_enter_netns(netns_fd) if netns_fd is not None else None,
+            )
+    finally:
+        if netns_fd is not None:
+            os.close(netns_fd)
     pid_file.write_text(str(proc.pid))
     # Between fork and exec the child still shows Python's command line; wait for the exec
     # so that `running_pid` recognises it.

@@ -6,6 +6,7 @@ prebuilt is downloaded. Bump a version here and the cache key changes with it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 KUBERNETES_VERSION = "v1.34.4"
@@ -56,7 +57,16 @@ KUBE_ROUTER_VERSION = "v2.1.0"
 LOCAL_PATH_PROVISIONER_VERSION = "v0.0.30"
 # CoreDNS plugins compiled in: what a cluster DNS that answers only for the cluster needs.
 # No `forward`: names outside cluster.local get no answer (pods have no route out anyway).
-COREDNS_PLUGINS = ("cache", "errors", "health", "kubernetes", "loadbalance", "log", "ready")
+COREDNS_PLUGINS = (
+    "cache",
+    "errors",
+    "health",
+    "kubernetes",
+    "loadbalance",
+    "log",
+    "ready",
+    "template",
+)
 
 CONTROL_PLANE = "control-plane"
 NODE = "node"
@@ -78,10 +88,13 @@ class Component:
     tags: tuple[str, ...] = ()
     # CONTROL_PLANE: built by `corral cluster build`; NODE: only for the real node.
     group: str = CONTROL_PLANE
+    # Set when one version is built in more than one way (e.g. CoreDNS's plugin set).
+    variant: str = ""
 
     @property
     def key(self) -> str:
-        return f"{self.name}-{self.version}"
+        suffix = f"-{self.variant}" if self.variant else ""
+        return f"{self.name}-{self.version}{suffix}"
 
 
 def _kubernetes_wrapper(name: str, commands: tuple[str, ...]) -> tuple[str, dict[str, str]]:
@@ -208,6 +221,7 @@ def _coredns() -> Component:
         wrapper_files={"main.go": main},
         build_packages=(".",),
         group=NODE,
+        variant=hashlib.sha256(",".join(COREDNS_PLUGINS).encode()).hexdigest()[:8],
     )
 
 

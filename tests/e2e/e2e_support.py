@@ -1,0 +1,243 @@
+"""Helpers of the e2e tests: sessions, pods on the real node, kubectl, the runner's API."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from corral.api import runtime
+from corral.cluster import netns, node, pki
+from corral.cluster.build import binary_path
+from corral.cluster.layout import Layout
+from corral.testing.kube import wait_for
+
+GROUP, VERSION, PLURAL = "corral.dev", "v1alpha1", "agentsessions"
+SESSION_LABEL = "corral.dev/session"
+FAKE_API_PORT = 8089
+# What every session here may reach besides DNS: the fake Anthropic API, and nothing else.
+FAKE_API_EGRESS = {
+    "cidr": f"{node.OUTSIDE_IP}/32",
+    "ports": [{"port": FAKE_API_PORT, "protocol": "TCP"}],
+}
+SMALL = {"cpu": "250m", "memory": "768Mi", "disk": "1Gi"}
+
+
+def spec(pattern: str, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "pattern": pattern,
+        "allowedTools": ["Bash"],
+        "permissionMode": "bypassPermissions",
+        "resources": dict(SMALL),
+        "network": {"egress": [FAKE_API_EGRESS]},
+    }
+    body.update(fields)
+    return body
+
+
+@dataclass
+class Sessions:
+    custom: client.CustomObjectsApi
+    namespace: str
+
+    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "AgentSession",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, body
+        )
+        return created
+
+    def get(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name
+        )
+        return found
+
+    def status(self, name: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.get(name).get("status") or {}
+        return status
+
+    def wake(self, name: str, value: str) -> None:
+        body = {"metadata": {"annotations": {runtime.WAKE_ANNOTATION: value}}}
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, body
+        )
+
+    def wait_phase(
+        self, name: str, phases: str | tuple[str, ...], timeout: float = 180
+    ) -> dict[str, Any]:
+        wanted = (phases,) if isinstance(phases, str) else phases
+
+        def reached() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if status.get("phase") in wanted else None
+
+        try:
+            return wait_for(reached, timeout=timeout, interval=1, what=f"{name} in {wanted}")
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}; status: {json.dumps(self.status(name))}") from None
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
+
+
+def session_pods(core: client.CoreV1Api, namespace: str, session: str) -> list[Any]:
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{SESSION_LABEL}={session}")
+    return [p for p in pods.items if not p.metadata.deletion_timestamp]
+
+
+def ready_pod(core: client.CoreV1Api, namespace: str, session: str, timeout: float = 180) -> Any:
+    """The session's one pod once it is Running and Ready."""
+
+    def ready() -> Any:
+        for pod in session_pods(core, namespace, session):
+            conditions = {c.type: c.status for c in pod.status.conditions or []}
+            if pod.status.phase == "Running" and conditions.get("Ready") == "True":
+                return pod
+        return None
+
+    return wait_for(ready, timeout=timeout, interval=1, what=f"a ready pod of {session}")
+
+
+def node_iptables(node_layout: node.NodeLayout) -> str:
+    """iptables-save of the node's network namespace (where kube-router writes its rules)."""
+    with netns.inside(node_layout.node_netns):
+        # The child inherits this thread's network namespace.
+        done = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def wait_policy_enforced(node_layout: node.NodeLayout, pod_ip: str, timeout: float = 30) -> None:
+    """Until kube-router has a firewall chain for the pod (it syncs after pod events)."""
+    wait_for(
+        lambda: any(
+            "KUBE-POD-FW" in line and pod_ip in line
+            for line in node_iptables(node_layout).split("\n")
+        ),
+        timeout=timeout,
+        interval=0.5,
+        what=f"kube-router's firewall rules for pod {pod_ip}",
+    )
+
+
+def kubectl(kubeconfig: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    argv = [str(binary_path("kubectl")), f"--kubeconfig={kubeconfig}", *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+
+
+# Run in a pod with python3 (the runner image): connect, read what the server says first.
+PROBE = """
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+try:
+    with socket.create_connection((host, port), timeout=3) as s:
+        s.settimeout(3)
+        try:
+            data = s.recv(64)
+        except TimeoutError:
+            data = b""
+        print("open", data.decode(errors="replace").strip())
+except OSError as error:
+    print("closed", type(error).__name__, error)
+"""
+
+
+def probe_from(kubeconfig: Path, namespace: str, pod: str, host: str, port: int) -> str:
+    """`open <banner>` or `closed <error>`: a TCP connection made from inside `pod`."""
+    done = kubectl(
+        kubeconfig, "-n", namespace, "exec", pod, "--", "python3", "-c", PROBE, host, str(port)
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def busybox_pod(
+    core: client.CoreV1Api, namespace: str, name: str, command: list[str], labels: dict[str, str]
+) -> Any:
+    """A pod that passes Pod Security `restricted`, from the node's busybox image."""
+    image = next(s.ref for s in node.node_images(with_runner=False) if s.name == "busybox")
+    security = client.V1SecurityContext(
+        run_as_non_root=True,
+        run_as_user=65534,
+        allow_privilege_escalation=False,
+        capabilities=client.V1Capabilities(drop=["ALL"]),
+        seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
+    )
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        spec=client.V1PodSpec(
+            containers=[
+                client.V1Container(
+                    name="main",
+                    image=image,
+                    image_pull_policy="Never",
+                    command=command,
+                    security_context=security,
+                )
+            ],
+            node_selector={node.NODE_LABEL: "true"},
+            termination_grace_period_seconds=1,
+        ),
+    )
+    core.create_namespaced_pod(namespace, pod)
+
+    def running() -> Any:
+        found = core.read_namespaced_pod(name, namespace)
+        return found if found.status.phase == "Running" and found.status.pod_ip else None
+
+    return wait_for(running, timeout=60, interval=0.5, what=f"pod {name} running")
+
+
+def delete_quietly(core: client.CoreV1Api, namespace: str, name: str) -> None:
+    try:
+        core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+class PodProxy:
+    """The runner's HTTP API through the API server's pod proxy (and the node's relay)."""
+
+    def __init__(self, layout: Layout, namespace: str, pod: str) -> None:
+        certs = layout.certs
+        self.context = ssl.create_default_context(cafile=str(certs.ca_cert))
+        self.context.load_cert_chain(str(certs.cert("admin")), str(certs.key(pki.ADMIN.filename)))
+        self.base = (
+            f"{layout.apiserver_url}/api/v1/namespaces/{namespace}/pods/"
+            f"{pod}:{runtime.RUNNER_PORT}/proxy"
+        )
+
+    def get(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(self.base + path, context=self.context, timeout=30) as r:
+            body: dict[str, Any] = json.loads(r.read())
+            return body
+
+    def send(self, text: str, timeout: float = 180) -> list[dict[str, Any]]:
+        """POST /v1/messages and read its SSE stream to the end; returns every event."""
+        request = urllib.request.Request(
+            self.base + "/v1/messages",
+            data=json.dumps({"text": text}).encode(),
+            method="POST",
+            headers={"content-type": "application/json"},
+        )
+        events: list[dict[str, Any]] = []
+        with urllib.request.urlopen(request, context=self.context, timeout=timeout) as r:
+            for raw in r:
+                line = raw.decode().strip()
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+        return events
