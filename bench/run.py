@@ -104,7 +104,7 @@ async def main(args: argparse.Namespace) -> None:
     }
     try:
         for size in args.sizes:
-            for mode in ("floor", "operator"):
+            for mode in args.modes:
                 namespace = f"bench-{run_id}-{mode}-{size}"
                 await make_namespace(client, namespace)
                 result = await burst(client, namespace, size, mode, config, pids)
@@ -143,6 +143,9 @@ async def main(args: argparse.Namespace) -> None:
             )
             await drop_namespace(client, namespace)
         if args.bursts_only:
+            path = ROOT / ".bench" / f"bursts-{run_id}.json"
+            path.write_text(json.dumps(results, indent=1))
+            print(f"bursts only: results in {path}", flush=True)
             return
         namespace = f"bench-{run_id}-costs"
         await make_namespace(client, namespace)
@@ -197,7 +200,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--activity", type=int, default=1000, help="sessions reporting activity")
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--bursts-only", action="store_true", help="skip costs, idle and wake")
+    parser.add_argument("--modes", type=lambda s: s.split(","), default=["floor", "operator"])
     parser.add_argument("--paced", type=int, default=1000, help="size of the paced burst (0: none)")
+    parser.add_argument("--paced-rate", type=float, default=30.0, help="rate without a floor run")
     return parser.parse_args()
 
 

@@ -185,7 +185,16 @@ def _proc_times(pid: int) -> tuple[float, int]:
 async def at_rest(operator: OperatorProcess, sessions: int, seconds: float = 30) -> JSON:
     assert operator.proc is not None
     pid = operator.proc.pid
-    await asyncio.sleep(5)  # let the last status writes settle
+    # At rest means the backlog is done: wait until no reconcile ran for 6 s (at most 10 min).
+    settled_since, last = time.monotonic(), -1.0
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        count = operator.metric("corral_reconcile_duration_seconds_count")
+        if count != last:
+            settled_since, last = time.monotonic(), count
+        elif time.monotonic() - settled_since >= 6:
+            break
+        await asyncio.sleep(2)
     cpu0, _ = _proc_times(pid)
     samples = []
     started = time.monotonic()
