@@ -83,7 +83,8 @@ def write(results: dict[str, Any], docs: Path) -> None:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}, Python {m['python']}. "
         "The API server, etcd, scheduler, KWOK, the operator and the benchmark client all share these cores.",
         "",
-        f"Command: `{results['command']}`",
+        f"Command: `{results['command']}`"
+        + "".join(f"; follow-up: `{c}`" for c in results.get("follow_ups", [])),
         "",
         "## 1. Create burst",
         "",

@@ -103,7 +103,7 @@ async def main(args: argparse.Namespace) -> None:
         "at_rest": [],
     }
     try:
-        for size in args.sizes:
+        for size in args.sizes if "bursts" in args.only else []:
             for mode in args.modes:
                 namespace = f"bench-{run_id}-{mode}-{size}"
                 await make_namespace(client, namespace)
@@ -123,7 +123,7 @@ async def main(args: argparse.Namespace) -> None:
                     print(f"at rest with {size}: {rest}", flush=True)
                     results["at_rest"].append(rest)
                 await drop_namespace(client, namespace)
-        if args.paced:
+        if args.paced and "bursts" in args.only:
             # The operator's reaction time when the system is not saturated: the same
             # sessions, paced at a share of the floor's measured throughput.
             floor = next(
@@ -147,36 +147,59 @@ async def main(args: argparse.Namespace) -> None:
             path.write_text(json.dumps(results, indent=1))
             print(f"bursts only: results in {path}", flush=True)
             return
-        namespace = f"bench-{run_id}-costs"
-        await make_namespace(client, namespace)
-        results["api_costs"] = await api_costs(client, operator, namespace, args.cost_sessions)
-        print(f"api costs: {json.dumps(results['api_costs'], indent=1)}", flush=True)
-        await drop_namespace(client, namespace)
-        namespace = f"bench-{run_id}-activity"
-        await make_namespace(client, namespace)
-        results["activity"] = await activity_cost(client, operator, namespace, args.activity)
-        print(f"activity: {results['activity']}", flush=True)
-        await drop_namespace(client, namespace)
-        namespace = f"bench-{run_id}-idle"
-        await make_namespace(client, namespace)
-        results["idle"] = await idle_precision(
-            client, namespace, args.idle, base=args.idle_base, spread=args.idle_spread
-        )
-        print(f"idle: p50 {results['idle']['p50_s']}s p99 {results['idle']['p99_s']}s", flush=True)
-        results["wake"] = await wake_latency(client, operator, namespace, args.wakes)
-        print(
-            f"wake: p50 {results['wake']['p50_ms']} ms p99 {results['wake']['p99_ms']} ms",
-            flush=True,
-        )
-        await drop_namespace(client, namespace)
+        if "costs" in args.only:
+            namespace = f"bench-{run_id}-costs"
+            await make_namespace(client, namespace)
+            results["api_costs"] = await api_costs(client, operator, namespace, args.cost_sessions)
+            print(f"api costs: {json.dumps(results['api_costs'], indent=1)}", flush=True)
+            await drop_namespace(client, namespace)
+        if "activity" in args.only:
+            namespace = f"bench-{run_id}-activity"
+            await make_namespace(client, namespace)
+            results["activity"] = await activity_cost(client, operator, namespace, args.activity)
+            print(f"activity: {results['activity']}", flush=True)
+            await drop_namespace(client, namespace)
+        if "idle" in args.only:
+            namespace = f"bench-{run_id}-idle"
+            await make_namespace(client, namespace)
+            results["idle"] = await idle_precision(
+                client, namespace, args.idle, base=args.idle_base, spread=args.idle_spread
+            )
+            print(
+                f"idle: p50 {results['idle']['p50_s']}s p99 {results['idle']['p99_s']}s", flush=True
+            )
+            results["wake"] = await wake_latency(client, operator, namespace, args.wakes)
+            print(
+                f"wake: p50 {results['wake']['p50_ms']} ms p99 {results['wake']['p99_ms']} ms",
+                flush=True,
+            )
+            await drop_namespace(client, namespace)
     finally:
         operator.stop()
         await client.close()
         control_plane.kubectl(layout, "delete", "node", *names, "--wait=false")
     out = ROOT / "docs"
     (out / "benchmarks").mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks" / "raw.json").write_text(json.dumps(results, indent=1))
+    raw = out / "benchmarks" / "raw.json"
+    if args.merge and raw.exists():
+        results = merge(json.loads(raw.read_text()), results)
+    raw.write_text(json.dumps(results, indent=1))
     report.write(results, out)
+
+
+def merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A follow-up run's sections replace the same sections of the previous full run."""
+    for key in ("api_costs", "activity", "idle", "wake"):
+        if key in new:
+            base[key] = new[key]
+    replaced = {(b["mode"], b["count"], b.get("paced", False)) for b in new["bursts"]}
+    base["bursts"] = [
+        b for b in base["bursts"] if (b["mode"], b["count"], b.get("paced", False)) not in replaced
+    ] + new["bursts"]
+    counts = {r["sessions"] for r in new["at_rest"]}
+    base["at_rest"] = [r for r in base["at_rest"] if r["sessions"] not in counts] + new["at_rest"]
+    base.setdefault("follow_ups", []).append(new["command"])
+    return base
 
 
 def parse() -> argparse.Namespace:
@@ -200,7 +223,16 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--activity", type=int, default=1000, help="sessions reporting activity")
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--bursts-only", action="store_true", help="skip costs, idle and wake")
+    parser.add_argument(
+        "--merge", action="store_true", help="update the sections this run measured in raw.json"
+    )
     parser.add_argument("--modes", type=lambda s: s.split(","), default=["floor", "operator"])
+    parser.add_argument(
+        "--only",
+        type=lambda s: s.split(","),
+        default=["bursts", "costs", "activity", "idle"],
+        help="sections to run (idle includes wake)",
+    )
     parser.add_argument("--paced", type=int, default=1000, help="size of the paced burst (0: none)")
     parser.add_argument("--paced-rate", type=float, default=30.0, help="rate without a floor run")
     return parser.parse_args()

@@ -168,6 +168,19 @@ async def burst(
     )
 
 
+async def wait_settled(operator: OperatorProcess, quiet: float = 6, limit: float = 600) -> None:
+    """Wait until the operator's backlog is done: no reconcile for `quiet` seconds."""
+    settled_since, last = time.monotonic(), -1.0
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        count = operator.metric("corral_reconcile_duration_seconds_count")
+        if count != last:
+            settled_since, last = time.monotonic(), count
+        elif time.monotonic() - settled_since >= quiet:
+            return
+        await asyncio.sleep(2)
+
+
 def _proc_times(pid: int) -> tuple[float, int]:
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
@@ -185,16 +198,7 @@ def _proc_times(pid: int) -> tuple[float, int]:
 async def at_rest(operator: OperatorProcess, sessions: int, seconds: float = 30) -> JSON:
     assert operator.proc is not None
     pid = operator.proc.pid
-    # At rest means the backlog is done: wait until no reconcile ran for 6 s (at most 10 min).
-    settled_since, last = time.monotonic(), -1.0
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        count = operator.metric("corral_reconcile_duration_seconds_count")
-        if count != last:
-            settled_since, last = time.monotonic(), count
-        elif time.monotonic() - settled_since >= 6:
-            break
-        await asyncio.sleep(2)
+    await wait_settled(operator)
     cpu0, _ = _proc_times(pid)
     samples = []
     started = time.monotonic()
@@ -415,7 +419,7 @@ async def activity_cost(
     )
     await wait_until(lambda: len(pods.running) >= count, 120 + count * 0.2, "activity pods Running")
     pod_of = {pods.sessions[p]: p for p in pods.bodies}
-    await asyncio.sleep(5)
+    await wait_settled(operator)
     assert operator.proc is not None
     cpu_before = _proc_times(operator.proc.pid)[0]
     writes_before = operator.metric("corral_kube_requests_total")
@@ -438,7 +442,7 @@ async def activity_cost(
         for round_ in range(rounds):
             statuses += await gather_limited([post(n, round_ % 2 == 0) for n in names], 32)
     elapsed = time.monotonic() - started
-    await asyncio.sleep(5)  # reconciles the reports queued
+    await wait_settled(operator)  # the reconciles the reports queued
     cpu = _proc_times(operator.proc.pid)[0] - cpu_before
     writes = operator.metric("corral_kube_requests_total") - writes_before
     await pods.stop()
