@@ -9,16 +9,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 
+def base_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields every Corral log line starts with (operator and runner alike)."""
+    return {
+        "time": datetime.fromtimestamp(record.created, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+
+
 class OperatorJsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        line = base_fields(record)
         namespace = getattr(record, "session_namespace", None)
         name = getattr(record, "session_name", None)
         ref = getattr(record, "k8s_ref", None)  # kopf's per-object loggers

@@ -11,10 +11,10 @@ import json
 import logging
 import os
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from corral.api import runtime
+from corral.logs import base_fields
 
 _FIELDS = "corral_fields"
 REDACTED = "[redacted]"
@@ -34,16 +34,8 @@ class JsonFormatter(logging.Formatter):
         self._namespace = namespace
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "session": self._session,
-            "namespace": self._namespace,
-        }
+        line = base_fields(record)
+        line.update(session=self._session, namespace=self._namespace)
         line.update(getattr(record, _FIELDS, None) or {})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
