@@ -25,6 +25,7 @@ class WorkQueue(Generic[K]):
         self._ready: deque[K] = deque()
         self._dirty: set[K] = set()
         self._processing: set[K] = set()
+        self._urgent: set[K] = set()  # dirty while processing, and due by a deadline
         self._has_items = asyncio.Event()
         self._delayed: list[tuple[float, int, K]] = []
         self._due: dict[K, float] = {}
@@ -36,14 +37,24 @@ class WorkQueue(Generic[K]):
     def __len__(self) -> int:
         return len(self._ready)
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, urgent: bool = False) -> None:
+        """Queue `key`; `urgent` keys (a deadline that came due) go ahead of the others, so
+        a burst of watch events cannot make an idle scale-down or a TTL late."""
         if key in self._dirty:
+            if urgent and key in self._ready and self._ready[0] != key:
+                self._ready.remove(key)
+                self._ready.appendleft(key)
             return
         self._dirty.add(key)
         self.enqueued_at.setdefault(key, time.monotonic())
         if key in self._processing:
+            if urgent:
+                self._urgent.add(key)
             return  # re-queued by done()
-        self._ready.append(key)
+        if urgent:
+            self._ready.appendleft(key)
+        else:
+            self._ready.append(key)
         self._has_items.set()
 
     def add_after(self, key: K, delay: float) -> None:
@@ -70,10 +81,14 @@ class WorkQueue(Generic[K]):
     def done(self, key: K) -> None:
         self._processing.discard(key)
         if key in self._dirty:
-            self._ready.append(key)
+            if key in self._urgent:
+                self._ready.appendleft(key)
+            else:
+                self._ready.append(key)
             self._has_items.set()
         else:
             self.enqueued_at.pop(key, None)
+        self._urgent.discard(key)
 
     async def run_delays(self) -> None:
         """Move delayed keys to the ready queue when due; runs for the operator's life."""
@@ -83,7 +98,7 @@ class WorkQueue(Generic[K]):
                 when, _, key = heapq.heappop(self._delayed)
                 if self._due.get(key) == when:
                     del self._due[key]
-                    self.add(key)
+                    self.add(key, urgent=True)
             timeout = self._delayed[0][0] - now if self._delayed else None
             self._delay_changed.clear()
             with contextlib.suppress(TimeoutError):
