@@ -355,7 +355,7 @@ async def idle_precision(
 
 
 async def wake_latency(
-    client: KubeClient, operator: OperatorProcess, namespace: str, count: int
+    client: KubeClient, operator: OperatorProcess, namespace: str, count: int, rate: float = 20.0
 ) -> JSON:
     """Annotate `count` idle sessions; time from the wake request to the new pod."""
     pods = Watch("Pod", namespace)
@@ -375,7 +375,16 @@ async def wake_latency(
             "AgentSession", namespace, name, {"metadata": {"annotations": {WAKE_ANNOTATION: "w1"}}}
         )
 
-    await gather_limited([wake(n) for n in names], CLIENT_CONCURRENCY)
+    # Paced, as wakes arrive in production (a user opening a conversation): the latency of
+    # one wake, not of a thousand queued behind each other.
+    started = time.time()
+    pending = []
+    for index, name in enumerate(names):
+        delay = started + index / rate - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending.append(asyncio.create_task(wake(name)))
+    await asyncio.gather(*pending)
 
     def new_pods() -> dict[str, float]:
         return {
@@ -390,6 +399,7 @@ async def wake_latency(
     await pods.stop()
     return {
         "sessions": len(names),
+        "rate_per_second": rate,
         "p50_ms": round(percentile(latencies, 50), 1),
         "p99_ms": round(percentile(latencies, 99), 1),
         "operator_wake_latency_sum_s": operator.metric("corral_wake_latency_seconds_sum"),
