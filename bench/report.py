@@ -161,7 +161,9 @@ def write(results: dict[str, Any], docs: Path) -> None:
         lines += [
             "## 5. Wake latency (operator side)",
             "",
-            "Idle sessions annotated `corral.dev/wake`; time from the annotation request to the new pod.",
+            f"Idle sessions annotated `corral.dev/wake` at {wake.get('rate_per_second', 'full speed')} "
+            "per second (paced, like users coming back); time from the annotation request to the "
+            "new pod seen on a watch.",
             "",
             "| sessions | p50 | p99 |",
             "|---:|---:|---:|",
