@@ -173,7 +173,7 @@ async def main(args: argparse.Namespace) -> None:
                 f"wake: p50 {results['wake']['p50_ms']} ms p99 {results['wake']['p99_ms']} ms",
                 flush=True,
             )
-            await drop_namespace(client, namespace)
+            await drop_namespace(client, namespace, limit=0)  # 5,000 sessions: GC in background
     finally:
         operator.stop()
         await client.close()
