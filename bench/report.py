@@ -258,4 +258,4 @@ def _cpu_table(bursts: list[dict[str, Any]]) -> list[str]:
             + " | ".join(str(b["cpu_seconds"].get(n, "")) for n in names)
             + " |"
         )
-    return lines + [""]
+    return [*lines, ""]
