@@ -19,6 +19,11 @@ TARGETS = {
 }
 
 
+def _rate(burst: dict[str, Any]) -> str:
+    rate = burst.get("client_rate")
+    return f"{rate:.0f}" if rate else "–"
+
+
 def _bursts_table(bursts: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| sessions | mode | client creates/s | sessions/s | create→Pod p50 | p99 | all Running after | operator ÷ floor |",
@@ -31,7 +36,7 @@ def _bursts_table(bursts: list[dict[str, Any]]) -> list[str]:
         if b["mode"] == "operator" and b["count"] in floors and not b.get("paced"):
             ratio = f"{b['sessions_per_second'] / floors[b['count']]['sessions_per_second']:.2f}×"
         lines.append(
-            f"| {b['count']:,} | {mode} | {b.get('client_rate', 0):.0f} | {b['sessions_per_second']:.1f} | {b['p50_ms']:.0f} ms | "
+            f"| {b['count']:,} | {mode} | {_rate(b)} | {b['sessions_per_second']:.1f} | {b['p50_ms']:.0f} ms | "
             f"{b['p99_ms']:.0f} ms | {b['running_seconds']:.1f} s | {ratio} |"
         )
     return lines

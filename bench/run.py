@@ -103,7 +103,7 @@ async def main(args: argparse.Namespace) -> None:
         "at_rest": [],
     }
     try:
-        for size in args.sizes if "bursts" in args.only else []:
+        for size in [n for n in args.sizes if n > 0] if "bursts" in args.only else []:
             for mode in args.modes:
                 namespace = f"bench-{run_id}-{mode}-{size}"
                 await make_namespace(client, namespace)
@@ -127,9 +127,10 @@ async def main(args: argparse.Namespace) -> None:
             # The operator's reaction time when the system is not saturated: the same
             # sessions, paced at a share of the floor's measured throughput.
             floor = next(
-                b for b in results["bursts"] if b["mode"] == "floor" and b["count"] == args.paced
+                (b for b in results["bursts"] if b["mode"] == "floor" and b["count"] == args.paced),
+                None,
             )
-            rate = round(floor["sessions_per_second"] * 0.6, 1)
+            rate = round(floor["sessions_per_second"] * 0.6, 1) if floor else args.paced_rate
             namespace = f"bench-{run_id}-paced-{args.paced}"
             await make_namespace(client, namespace)
             paced = await burst(client, namespace, args.paced, "operator", config, pids, rate=rate)
