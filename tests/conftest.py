@@ -67,6 +67,19 @@ def _create_namespace(core: client.CoreV1Api, name: str) -> None:
         client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=RESTRICTED_LABELS))
     )
 
+    # The controller-manager adds the `default` ServiceAccount a moment later; until then the
+    # ServiceAccount admission plugin refuses pods (as on any cluster), so wait for it.
+    def has_default_account() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    wait_for(has_default_account, timeout=30, what=f"the default ServiceAccount in {name}")
+
 
 @pytest.fixture
 def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[str]:
