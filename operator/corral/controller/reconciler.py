@@ -130,7 +130,9 @@ class Reconciler:
         except ApiError as error:
             if error.status == 409 and error.reason == "AlreadyExists":
                 return  # made by an earlier reconcile whose watch event is still on its way
-            if error.namespace_gone:
+            if error.namespace_gone or "error looking up service account" in error.message:
+                # Gone for good, or a namespace so new that its default ServiceAccount is not
+                # there yet: retried without a Warning Event.
                 raise
             metrics.ERRORS.labels(reason=f"Create{kind}{error.reason}").inc()
             await self._event(
