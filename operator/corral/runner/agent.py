@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -29,10 +29,12 @@ from claude_agent_sdk import (
 )
 
 from corral.runner import events as ev
+from corral.runner.event_buffer import EventBuffer
 from corral.runner.jsonlog import log_event
 from corral.runner.layout import AgentPaths
 from corral.runner.metrics import RunnerMetrics
-from corral.runner.saved_session import SavedSession, save
+from corral.runner.options import reload_key
+from corral.runner.saved_session import BackgroundSaver, SavedSession
 
 log = logging.getLogger("corral.runner.agent")
 
@@ -68,30 +70,35 @@ class CliGone(Exception):
 
 @dataclass
 class Turn:
-    """One message and the events of its answer; the last event is always a `result`."""
+    """One message and the events of its answer; the last event is always a `result`.
+
+    `events` holds them for the one client that streams them (bounded: see EventBuffer);
+    `result` keeps the result whether or not anyone reads the stream.
+    """
 
     agent: str
     text: str
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started: float = field(default_factory=time.monotonic)
-    events: asyncio.Queue[ev.Event] = field(default_factory=asyncio.Queue)
+    events: EventBuffer = field(default_factory=EventBuffer)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     result: ev.Event | None = None
 
     def publish(self, event: ev.Event) -> None:
-        self.events.put_nowait({**event, "agent": self.agent, "turn": self.id})
+        self.events.put(self._tag(event))
 
     def finish(self, result: ev.Event) -> None:
         self.publish(result)
-        self.result = {**result, "agent": self.agent, "turn": self.id}
+        self.result = self._tag(result)
         self.done.set()
 
     async def next_event(self, wait: float) -> ev.Event | None:
         """The next event, or None when nothing came within `wait` seconds."""
-        try:
-            return await asyncio.wait_for(self.events.get(), wait)
-        except TimeoutError:
-            return None
+        event = await self.events.get(wait)
+        return None if event is None else self._tag(event)
+
+    def _tag(self, event: ev.Event) -> ev.Event:
+        return {**event, "agent": self.agent, "turn": self.id}
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ class AgentWorker:
         saved: SavedSession,
         persist: bool,
         restart: bool,
+        refresh: Callable[[], Awaitable[object]] | None = None,
         fields: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = paths.name
@@ -127,10 +135,15 @@ class AgentWorker:
         self._metrics = metrics
         self._saved = saved
         # Hybrid keeps the session id and totals on its volume; the others start afresh.
-        self._persist = persist
+        self._saver = BackgroundSaver(paths.saved_file) if persist else None
         # LongRunning/Hybrid/Shared bring a crashed CLI back; Ephemeral fails instead.
         self._restart = restart
         self._log_fields = dict(fields or {})
+        # Re-reads the session spec before each message (None: the spec never changes).
+        self._refresh = refresh
+        self._connected_key: tuple[object, ...] | None = None
+        # A message taken from the inbox and held while the CLI restarts with new options.
+        self._pending: Turn | None = None
         self.state = AgentState.STARTING
         self.restarts = 0
         self.last_activity: datetime | None = None
@@ -161,7 +174,9 @@ class AgentWorker:
     def busy(self) -> bool:
         return self._current is not None
 
-    def submit(self, text: str) -> Turn:
+    def submit(self, text: str, *, watched: bool = True) -> Turn:
+        """Start `text` as the agent's next message. `watched=False`: nobody will read its
+        event stream (only its result), so none is kept."""
         if self._stop.is_set():
             raise AgentUnavailable(f"agent {self.name!r} is shutting down")
         if self._current is not None:
@@ -171,7 +186,7 @@ class AgentWorker:
             )
         if self.state != AgentState.IDLE:
             raise AgentUnavailable(f"agent {self.name!r} is {self.state}")
-        turn = Turn(self.name, text)
+        turn = Turn(self.name, text, events=EventBuffer(watched=watched))
         self._current = turn
         self.state = AgentState.BUSY
         self._metrics.busy.labels(self.name).set(1)
@@ -243,11 +258,16 @@ class AgentWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), backoff)
                 backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+        # A message held for a CLI restart that never came must still get its result.
+        self._pending = None
+        self._fail_current("error_runner_stopped", "the runner stopped before the message ran")
         self.state = AgentState.STOPPED
 
     async def _connect(self) -> ClaudeSDKClient:
         resume = self._saved.session_id
-        client = ClaudeSDKClient(self._options(resume))
+        options = self._options(resume)
+        self._connected_key = reload_key(options)
+        client = ClaudeSDKClient(options)
         try:
             await client.connect()
             self._cli_cost_base = self._saved.cli_cost if resume else 0.0
@@ -267,14 +287,35 @@ class AgentWorker:
             )
         self._saved.session_id = None
         self._saved.cli_cost = self._cli_cost_base = 0.0
-        client = ClaudeSDKClient(self._options(None))
+        options = self._options(None)
+        self._connected_key = reload_key(options)
+        client = ClaudeSDKClient(options)
         try:
             await client.connect()
         except Exception as exc:
             raise CliGone(f"CLI did not start: {exc}") from exc
         return client
 
+    async def _send(self, client: ClaudeSDKClient, turn: Turn) -> None:
+        try:
+            await client.query(turn.text)
+        except Exception as exc:  # the CLI's stdin is gone: it died meanwhile
+            raise CliGone(f"cannot send to the CLI: {exc}") from exc
+
+    async def _options_changed(self) -> bool:
+        """Re-read the session spec; True when this agent's CLI options differ from the
+        ones its CLI was started with."""
+        if self._refresh is None:
+            return False
+        try:
+            await self._refresh()
+        except Exception as exc:  # never let a spec problem fail a message
+            log_event(log, "cannot re-read the spec", level=logging.WARNING, error=str(exc))
+            return False
+        return reload_key(self._options(self._saved.session_id)) != self._connected_key
+
     async def _serve_one_cli(self) -> None:
+        self._clean_exit = False
         client = await self._connect()
         self._client = client
         reader = asyncio.create_task(self._read(client), name=f"read-{self.name}")
@@ -283,6 +324,9 @@ class AgentWorker:
             self.state = AgentState.BUSY if self._current else AgentState.IDLE
             self.ready.set()
             log_event(log, "agent ready", agent=self.name, session_id=self._saved.session_id)
+            pending, self._pending = self._pending, None
+            if pending is not None and not pending.done.is_set():
+                await self._send(client, pending)
             while True:
                 getting = asyncio.create_task(self._inbox.get())
                 await asyncio.wait({getting, reader, stopping}, return_when="FIRST_COMPLETED")
@@ -292,10 +336,14 @@ class AgentWorker:
                     turn = getting.result()
                     if turn.done.is_set():
                         continue  # failed while it waited (the CLI before this one died)
-                    try:
-                        await client.query(turn.text)
-                    except Exception as exc:  # the CLI's stdin is gone: it died meanwhile
-                        raise CliGone(f"cannot send to the CLI: {exc}") from exc
+                    if await self._options_changed():
+                        # The spec changed since this CLI started: start one with the new
+                        # options, resuming the same session, and send the message to it.
+                        self._pending = turn
+                        self._clean_exit = True
+                        log_event(log, "restarting the CLI with new options", agent=self.name)
+                        return
+                    await self._send(client, turn)
                     continue
                 if stopping.done():
                     self._clean_exit = True
@@ -310,6 +358,7 @@ class AgentWorker:
             if self._clean_exit:
                 self._saved.cli_cost = self._cli_cost_base
                 self._save()
+            await self.flush_saves()
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
@@ -416,11 +465,13 @@ class AgentWorker:
         self._notify()
 
     def _save(self) -> None:
-        if self._persist:
-            try:
-                save(self.paths.saved_file, self._saved)
-            except OSError as exc:
-                log_event(log, "cannot save session", level=logging.ERROR, error=str(exc))
+        if self._saver is not None:
+            self._saver.request(self._saved)
+
+    async def flush_saves(self) -> None:
+        """Until the saved state written so far is on disk."""
+        if self._saver is not None:
+            await self._saver.flush()
 
     def _touch(self) -> None:
         self.last_activity = datetime.now(UTC)

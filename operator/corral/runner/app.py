@@ -26,12 +26,13 @@ from corral.runner import termination
 from corral.runner.activity import ActivityReporter, identity_from_env
 from corral.runner.agent import AgentBusy, AgentUnavailable, AgentWorker
 from corral.runner.http_api import DEFAULT_MAX_REQUEST_BYTES, RunnerApi
-from corral.runner.jsonlog import log_event
+from corral.runner.jsonlog import log_event, scrub_and_cut
 from corral.runner.layout import AgentPaths, agent_paths, prepare
 from corral.runner.metrics import RunnerMetrics
 from corral.runner.options import build_options, find_agent
 from corral.runner.saved_session import SavedSession, load_saved
 from corral.runner.session import RunnerSession
+from corral.runner.spec_source import SpecSource
 
 if TYPE_CHECKING:
     from corral.testing.fake_anthropic import FakeAnthropic
@@ -42,6 +43,8 @@ FAKE_ENV = "CORRAL_FAKE_ANTHROPIC"
 # Exit codes: the run failed (an error result, a crashed CLI) / the runner could not start.
 EXIT_RUN_FAILED = 1
 EXIT_CONFIG = 2
+# One CLI stderr line in the log, at most (the CLI can print whole request bodies).
+STDERR_LINE_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class RunnerSettings:
     fake_anthropic: bool = False
     fake_anthropic_port: int = 0
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # The file `spec` came from, re-read between messages (None: never re-read).
+    spec_file: Path | None = None
     # From a manifest's metadata; the pod's environment overrides them.
     session_name: str | None = None
     session_namespace: str | None = None
@@ -69,22 +74,27 @@ def wants_fake(flag: bool) -> bool:
 
 def _stderr_logger(agent: str) -> Callable[[str], None]:
     def write(line: str) -> None:
-        log_event(log, "cli stderr", level=logging.WARNING, agent=agent, line=line[:1000])
+        line = scrub_and_cut(line, STDERR_LINE_CHARS)
+        log_event(log, "cli stderr", level=logging.WARNING, agent=agent, line=line)
 
     return write
 
 
 def _worker(
-    settings: RunnerSettings, paths: AgentPaths, metrics: RunnerMetrics, cli_env: dict[str, str]
+    source: SpecSource, paths: AgentPaths, metrics: RunnerMetrics, cli_env: dict[str, str]
 ) -> AgentWorker:
-    pattern = settings.spec.pattern
+    pattern = source.spec.pattern
     hybrid = pattern == Pattern.HYBRID
     prepare(paths)
     saved = load_saved(paths.saved_file) if hybrid else SavedSession()
     stderr = _stderr_logger(paths.name)
 
     def options(resume: str | None) -> ClaudeAgentOptions:
-        return build_options(settings.spec, paths, resume=resume, env=cli_env, stderr=stderr)
+        # The spec as last read: a CLI (re)started later gets the values in force then.
+        return build_options(source.spec, paths, resume=resume, env=cli_env, stderr=stderr)
+
+    async def refresh() -> bool:
+        return await asyncio.to_thread(source.refresh)
 
     return AgentWorker(
         paths,
@@ -93,6 +103,7 @@ def _worker(
         saved=saved,
         persist=hybrid,
         restart=pattern != Pattern.EPHEMERAL,
+        refresh=refresh if source.path is not None else None,
     )
 
 
@@ -143,8 +154,9 @@ class Runner:
         elif not os.environ.get(runtime.ENV_API_KEY):
             log_event(log, "no API key configured; model calls will fail", level=logging.WARNING)
         spec = self.settings.spec
+        source = SpecSource(spec, self.settings.spec_file)
         workers = [
-            _worker(self.settings, paths, self.metrics, cli_env)
+            _worker(source, paths, self.metrics, cli_env)
             for paths in agent_paths(spec, self.settings.workspace, self.settings.state_dir)
         ]
         resumed = {w.name: w.snapshot().session_id is not None for w in workers}
@@ -214,7 +226,7 @@ class Runner:
         await worker.ready.wait()
         for text in texts:
             try:
-                turn = worker.submit(text)
+                turn = worker.submit(text, watched=False)
             except (AgentBusy, AgentUnavailable) as exc:
                 log_event(
                     log,
@@ -236,7 +248,7 @@ class Runner:
         failure: str | None = "terminated before the run started"
         if started.done() and not stop.done():
             try:
-                turn = worker.submit(prompt)
+                turn = worker.submit(prompt, watched=False)
             except (AgentBusy, AgentUnavailable) as exc:
                 failure = f"agent did not start: {worker.last_error or exc}"
             else:

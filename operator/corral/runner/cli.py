@@ -89,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
     settings = RunnerSettings(
         **{key: value for key, value in optional.items() if value is not None},
         spec=session.spec,
+        spec_file=args.session.resolve(),
         # Resume needs the same absolute cwd in every pod: never a relative path.
         workspace=args.workspace.resolve(),
         state_dir=args.state_dir.resolve(),

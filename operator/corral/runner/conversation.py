@@ -6,7 +6,8 @@ prefixed with who said it. One round is every agent speaking once, in order.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +17,9 @@ from corral.runner.session import RunnerSession, UnknownAgent
 from corral.runner.sse import turn_events
 
 MAX_ROUNDS = 20
+# A round may name an agent more than once (a, b, a, c); a session has at most 16 agents.
+MAX_ORDER = 64
+AgentName = Annotated[str, Field(min_length=1, max_length=63)]
 
 
 class ConversationRequest(BaseModel):
@@ -23,9 +27,9 @@ class ConversationRequest(BaseModel):
 
     text: str = Field(..., min_length=1)
     rounds: int = Field(1, ge=1, le=MAX_ROUNDS)
-    opener: str | None = None
+    opener: AgentName | None = None
     # Speaking order; default: the opener, then the others in spec order.
-    order: list[str] | None = Field(None, min_length=2)
+    order: list[AgentName] | None = Field(None, min_length=2, max_length=MAX_ORDER)
 
 
 def speaking_order(names: Sequence[str], opener: str | None, order: list[str] | None) -> list[str]:
@@ -54,7 +58,7 @@ def check_idle(session: RunnerSession, order: Sequence[str]) -> None:
 
 async def converse(
     session: RunnerSession, request: ConversationRequest, order: Sequence[str]
-) -> AsyncIterator[Event | None]:
+) -> AsyncGenerator[Event | None, None]:
     """Every event of every exchange, then one `conversation_end` summary (None: quiet)."""
     exchanges: list[Event] = []
     text, sender = request.text, None
@@ -67,8 +71,11 @@ async def converse(
                 yield {"type": "error", "agent": name, "message": str(exc)}
                 reason = "agent_unavailable"
                 break
-            async for event in turn_events(turn):
-                yield None if event is None else event | {"round": round_no}
+            try:
+                async for event in turn_events(turn):
+                    yield None if event is None else event | {"round": round_no}
+            finally:
+                turn.events.close()  # the client may have gone: nothing more is kept
             result = turn.result or {}
             reply = str(result.get("result") or "")
             exchanges.append(

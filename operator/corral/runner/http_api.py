@@ -25,11 +25,13 @@ from corral.runner.conversation import (
 )
 from corral.runner.metrics import CONTENT_TYPE, RunnerMetrics
 from corral.runner.session import RunnerSession, UnknownAgent
-from corral.runner.transcript import read_transcript, transcript_path
+from corral.runner.transcript import TranscriptPage, read_transcript, transcript_path
 
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024
+DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
 TRANSCRIPT_DEFAULT_LIMIT = 200
 TRANSCRIPT_MAX_LIMIT = 5000
+TRANSCRIPT_CONCURRENT_READS = 2
 
 
 class MessageRequest(BaseModel):
@@ -57,6 +59,19 @@ class ApiError(Exception):
         return web.json_response({"error": str(self), **self.extra}, status=self.status)
 
 
+def transcript_limit(raw: str | None) -> int:
+    """`?limit=`: how many entries, 1..TRANSCRIPT_MAX_LIMIT (default 200)."""
+    if raw is None:
+        return TRANSCRIPT_DEFAULT_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= TRANSCRIPT_MAX_LIMIT:
+        raise ApiError(400, f"limit must be an integer from 1 to {TRANSCRIPT_MAX_LIMIT}")
+    return limit
+
+
 def _validation_message(exc: ValidationError) -> str:
     parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
     return "; ".join(parts)
@@ -68,10 +83,14 @@ class RunnerApi:
         session: RunnerSession,
         metrics: RunnerMetrics,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS,
     ) -> None:
         self.session = session
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.body_timeout = body_timeout
+        # Each transcript read holds up to TRANSCRIPT_MAX_BYTES; a few at once is plenty.
+        self._transcript_reads = asyncio.Semaphore(TRANSCRIPT_CONCURRENT_READS)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_request_bytes, middlewares=[self._errors])
@@ -102,7 +121,14 @@ class RunnerApi:
     async def _body(self, request: web.Request, model: type[BaseModel]) -> Any:
         if request.content_length is not None and request.content_length > self.max_request_bytes:
             raise ApiError(413, f"request body over {self.max_request_bytes} bytes")
-        raw = await request.read()
+        try:
+            # A client that sends headers and then trickles (or never sends) its body
+            # must not hold a handler for ever.
+            raw = await asyncio.wait_for(request.read(), self.body_timeout)
+        except TimeoutError:
+            raise ApiError(
+                408, f"request body not received within {self.body_timeout:g} s"
+            ) from None
         try:
             return model.model_validate_json(raw or b"{}")
         except ValidationError as exc:
@@ -114,15 +140,25 @@ class RunnerApi:
         except UnknownAgent as exc:
             raise ApiError(404, str(exc.args[0])) from None
 
-    def _submit(self, worker: AgentWorker, text: str) -> Turn:
+    def _submit(self, worker: AgentWorker, text: str, *, watched: bool = True) -> Turn:
         if self.session.stopping:
             raise ApiError(503, "runner is shutting down")
         try:
-            return worker.submit(text)
+            return worker.submit(text, watched=watched)
         except AgentBusy as exc:
             raise ApiError(409, str(exc), agent=worker.name) from None
         except AgentUnavailable as exc:
             raise ApiError(503, str(exc), agent=worker.name) from None
+
+    async def _interrupt(self, worker: AgentWorker) -> bool:
+        try:
+            return await worker.interrupt()
+        except TimeoutError:
+            raise ApiError(
+                504, "interrupt not acknowledged by the CLI in time", agent=worker.name
+            ) from None
+        except Exception as exc:
+            raise ApiError(502, f"interrupt failed: {exc}", agent=worker.name) from None
 
     # --- probes and status ---------------------------------------------------------------
 
@@ -145,7 +181,7 @@ class RunnerApi:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body: MessageRequest = await self._body(request, MessageRequest)
-        turn = self._submit(self._agent(body.agent), body.text)
+        turn = self._submit(self._agent(body.agent), body.text, watched=body.stream)
         if not body.stream:
             await turn.done.wait()
             return web.json_response(turn.result)
@@ -159,26 +195,25 @@ class RunnerApi:
     async def interrupt(self, request: web.Request) -> web.Response:
         body: InterruptRequest = await self._body(request, InterruptRequest)
         worker = self._agent(body.agent)
-        try:
-            interrupted = await worker.interrupt()
-        except Exception as exc:
-            raise ApiError(502, f"interrupt failed: {exc}", agent=worker.name) from None
+        interrupted = await self._interrupt(worker)
         return web.json_response({"agent": worker.name, "interrupted": interrupted})
 
     async def transcript(self, request: web.Request) -> web.Response:
         worker = self._agent(request.query.get("agent"))
-        try:
-            limit = int(request.query.get("limit", TRANSCRIPT_DEFAULT_LIMIT))
-        except ValueError:
-            raise ApiError(400, "limit must be an integer") from None
-        limit = max(0, min(limit, TRANSCRIPT_MAX_LIMIT))
+        limit = transcript_limit(request.query.get("limit"))
         session_id = worker.snapshot().session_id
-        entries: list[dict[str, Any]] = []
+        page = TranscriptPage()
         if session_id:
             path = transcript_path(worker.paths.config_dir, worker.paths.cwd, session_id)
-            entries = await asyncio.to_thread(read_transcript, path, limit)
+            async with self._transcript_reads:
+                page = await asyncio.to_thread(read_transcript, path, limit)
         return web.json_response(
-            {"agent": worker.name, "session_id": session_id, "messages": entries}
+            {
+                "agent": worker.name,
+                "session_id": session_id,
+                "messages": page.entries,
+                "truncated": page.truncated,
+            }
         )
 
     async def conversation(self, request: web.Request) -> web.StreamResponse:
@@ -196,8 +231,10 @@ class RunnerApi:
             raise ApiError(409, str(exc)) from None
         response = await sse.open_stream(request)
         with contextlib.suppress(ConnectionError):
-            async for event in converse(self.session, body, order):
-                await response.write(b": keepalive\n\n" if event is None else sse.frame(event))
+            async with contextlib.aclosing(converse(self.session, body, order)) as events:
+                async for event in events:
+                    frame = b": keepalive\n\n" if event is None else sse.frame(event)
+                    await response.write(frame)
             await response.write_eof()
         return response
 
@@ -229,7 +266,7 @@ class RunnerApi:
             kind = command.get("type", "message")
             if kind == "interrupt":
                 worker = self._agent(command.get("agent"))
-                done = await worker.interrupt()
+                done = await self._interrupt(worker)
                 await ws.send_json(
                     {"type": "interrupted", "agent": worker.name, "interrupted": done}
                 )
@@ -254,7 +291,12 @@ class RunnerApi:
         task.add_done_callback(forwarders.discard)
 
     async def _ws_forward(self, ws: web.WebSocketResponse, turn: Turn) -> None:
-        with contextlib.suppress(ConnectionError):
-            async for event in sse.turn_events(turn):
-                if event is not None and not ws.closed:
-                    await ws.send_json(event)
+        try:
+            with contextlib.suppress(ConnectionError):
+                async for event in sse.turn_events(turn):
+                    if ws.closed:
+                        return
+                    if event is not None:
+                        await ws.send_json(event)
+        finally:
+            turn.events.close()

@@ -42,11 +42,30 @@ class JsonFormatter(logging.Formatter):
         return _scrub(json.dumps(line, default=str))
 
 
+# Shorter keys are not scrubbed (they would redact common words); a cut-off key prefix
+# of this many characters or more is.
+MIN_SECRET_CHARS = 8
+
+
 def _scrub(text: str) -> str:
     # Read at format time: the key may be set after logging was configured (fake API).
     key = os.environ.get(runtime.ENV_API_KEY, "")
-    if len(key) >= 8 and key in text:
+    if len(key) >= MIN_SECRET_CHARS and key in text:
         text = text.replace(key, REDACTED)
+    return text
+
+
+def scrub_and_cut(text: str, limit: int) -> str:
+    """`text` without the API key, then cut to `limit` characters. Scrubbing first means a
+    cut cannot split the key into a prefix the scrubber no longer recognises; a key prefix
+    left at the end anyway (the writer cut it itself) is redacted too."""
+    text = _scrub(text)[:limit]
+    key = os.environ.get(runtime.ENV_API_KEY, "")
+    if len(key) < MIN_SECRET_CHARS:
+        return text
+    for size in range(min(len(key), len(text)), MIN_SECRET_CHARS - 1, -1):
+        if text.endswith(key[:size]):
+            return text[:-size] + REDACTED
     return text
 
 

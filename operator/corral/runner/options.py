@@ -75,3 +75,21 @@ def build_options(
         include_partial_messages=True,
         stderr=stderr,
     )
+
+
+# What a message can pick up from a changed spec: a CLI started with other values of
+# these is restarted (resuming its session) before the next message.
+RELOADABLE_OPTIONS = (
+    "model",
+    "system_prompt",
+    "max_turns",
+    "max_budget_usd",
+    "allowed_tools",
+    "disallowed_tools",
+    "permission_mode",
+    "mcp_servers",
+)
+
+
+def reload_key(options: ClaudeAgentOptions) -> tuple[object, ...]:
+    return tuple(getattr(options, name) for name in RELOADABLE_OPTIONS)

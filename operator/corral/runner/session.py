@@ -49,15 +49,19 @@ class RunnerSession:
         await asyncio.gather(*(w.ready.wait() for w in self.workers.values()))
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready when a message can be accepted now: some agent is connected and idle."""
+        """Ready when the runner can serve requests: it is not stopping, every agent has
+        started once, and some agent's CLI is connected. A busy agent is ready: a message
+        to it gets 409 (a served request) and `/v1/interrupt` must always reach it; whether
+        an agent is idle is `state` in status and the `corral_runner_busy` metric."""
         if self.stopping:
             return False, "shutting down"
         states = {w.name: w.state for w in self.workers.values()}
-        if any(s in (AgentState.STARTING, AgentState.RESTARTING) for s in states.values()):
-            return False, "agents starting: " + ", ".join(f"{n}={s}" for n, s in states.items())
-        if any(s == AgentState.IDLE for s in states.values()):
+        described = ", ".join(f"{n}={s}" for n, s in states.items())
+        if any(s == AgentState.STARTING for s in states.values()):
+            return False, "agents starting: " + described
+        if any(s in (AgentState.IDLE, AgentState.BUSY) for s in states.values()):
             return True, "ready"
-        return False, "no idle agent: " + ", ".join(f"{n}={s}" for n, s in states.items())
+        return False, "no agent connected: " + described
 
     def status(self) -> dict[str, Any]:
         return build_status(

@@ -42,5 +42,8 @@ async def turn_events(
 
 
 async def send_turn(response: web.StreamResponse, turn: Turn) -> None:
-    async for event in turn_events(turn):
-        await response.write(b": keepalive\n\n" if event is None else frame(event))
+    try:
+        async for event in turn_events(turn):
+            await response.write(b": keepalive\n\n" if event is None else frame(event))
+    finally:
+        turn.events.close()  # a client that went away keeps nothing buffered

@@ -1,0 +1,68 @@
+"""The events of one turn on their way to the one client reading them, bounded.
+
+The agent publishes without ever waiting. A reader that falls behind (a slow or stalled
+client) loses the oldest events beyond `capacity` and is told how many with one
+`events_dropped` event; the last event, the turn's `result`, is never dropped because a
+drop always takes the oldest. A turn nobody reads (Ephemeral, opening prompts,
+`stream: false`, a client that went away) keeps nothing: its result is on the Turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from corral.runner.events import Event
+
+# At most this many events wait for a reader: a long reply is a few thousand text deltas,
+# each a few bytes; tool results are cut to a 4 KiB preview before they get here.
+DEFAULT_CAPACITY = 2000
+
+
+class EventBuffer:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, *, watched: bool = True) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1 (the result)")
+        self.capacity = capacity
+        self._events: deque[Event] = deque()
+        self._dropped = 0
+        self._arrived = asyncio.Event()
+        self._closed = not watched
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, event: Event) -> None:
+        """Never blocks; when full, the oldest waiting event makes room."""
+        if self._closed:
+            return
+        if len(self._events) >= self.capacity:
+            self._events.popleft()
+            self._dropped += 1
+        self._events.append(event)
+        self._arrived.set()
+
+    def close(self) -> None:
+        """The reader is gone: drop what waits and keep nothing more."""
+        self._closed = True
+        self._events.clear()
+
+    async def get(self, wait: float) -> Event | None:
+        """The next event, an `events_dropped` notice first if some were lost, or None
+        when nothing came within `wait` seconds."""
+        if not self._events:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), wait)
+            except TimeoutError:
+                return None
+            if not self._events:  # closed meanwhile
+                return None
+        if self._dropped:
+            count, self._dropped = self._dropped, 0
+            return {"type": "events_dropped", "count": count}
+        return self._events.popleft()
