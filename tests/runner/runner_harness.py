@@ -51,6 +51,15 @@ class Runner:
     log_path: Path
     termination_log: Path
     _log_handle: Any = field(repr=False, default=None)
+    # The session file the runner was started with (and re-reads between messages).
+    spec_file: Path | None = None
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        """Replace the session file as the kubelet updates a projected one: atomically."""
+        assert self.spec_file is not None
+        tmp = self.spec_file.with_name(self.spec_file.name + ".new")
+        tmp.write_text(json.dumps(spec))
+        os.replace(tmp, self.spec_file)
 
     def request(
         self,
@@ -111,7 +120,7 @@ class Runner:
         raise AssertionError(f"runner not ready after {timeout}s:\n{self.logs_text()}")
 
     def wait_ready_or_busy(self, timeout: float = READY_TIMEOUT) -> None:
-        """Until an agent is at work (an Ephemeral runner is never idle and ready)."""
+        """Until an agent is at work (an Ephemeral runner is never idle)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -225,7 +234,14 @@ def start_runner(
         env=run_env,
     )
     runner = Runner(
-        proc, f"http://127.0.0.1:{port}", workspace, state_dir, log_path, termination_log, handle
+        proc,
+        f"http://127.0.0.1:{port}",
+        workspace,
+        state_dir,
+        log_path,
+        termination_log,
+        handle,
+        spec_file=spec_file,
     )
     if wait:
         try:

@@ -117,6 +117,10 @@ def test_a_lost_transcript_starts_a_new_session_instead_of_wedging(
         result = result_of(runner.send("hello again"))
         assert result["subtype"] == "success"
         assert result["session_id"] != "8c1c0a4e-1111-4222-8333-123456789abc"
-        assert json.loads(saved.read_text())["session_id"] == result["session_id"]
+        # Saved from a worker thread: poll, the file follows shortly.
+        deadline = time.monotonic() + 30
+        while json.loads(saved.read_text())["session_id"] != result["session_id"]:
+            assert time.monotonic() < deadline, saved.read_text()
+            time.sleep(0.1)
     finally:
         assert runner.terminate() == 0

@@ -25,7 +25,7 @@ from corral.api.v1alpha1 import AgentSessionSpec, RunResult
 from corral.runner import events, termination
 from corral.runner.conversation import relay, speaking_order
 from corral.runner.layout import MAIN_AGENT, agent_paths
-from corral.runner.options import CLAUDE_CODE_PROMPT, build_options
+from corral.runner.options import CLAUDE_CODE_PROMPT, build_options, custom_prompt
 from corral.runner.saved_session import SavedSession, load_saved, save
 from corral.runner.session_file import SessionFileError, load_session
 
@@ -123,8 +123,8 @@ def test_shared_agents_get_their_own_prompt_and_model(tmp_path: Path) -> None:
     alice, bob = agent_paths(spec, tmp_path, tmp_path)
     a = build_options(spec, alice, resume=None, env={})
     b = build_options(spec, bob, resume=None, env={})
-    assert (a.model, a.system_prompt) == ("claude-a", "you are alice")
-    assert (b.model, b.system_prompt) == ("claude-x", "be brief")
+    assert (a.model, a.system_prompt) == ("claude-a", custom_prompt("you are alice"))
+    assert (b.model, b.system_prompt) == ("claude-x", custom_prompt("be brief"))
 
 
 def test_events_translate_sdk_messages() -> None:

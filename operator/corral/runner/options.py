@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 from claude_agent_sdk import ClaudeAgentOptions, McpServerConfig
 from claude_agent_sdk.types import PermissionMode as SdkPermissionMode
-from claude_agent_sdk.types import SystemPromptPreset
+from claude_agent_sdk.types import SystemPromptCustom, SystemPromptPreset
 
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSessionSpec, AgentSpec
@@ -14,7 +14,18 @@ from corral.runner.layout import AgentPaths
 
 # Without a system prompt the SDK sends an empty one; Claude Code's own prompt is the
 # sensible default for an agent that works in a workspace with tools.
-CLAUDE_CODE_PROMPT: SystemPromptPreset = {"type": "preset", "preset": "claude_code"}
+# `snapshot: False`: by default the CLI records a session's prompt on its first request
+# and a resumed session keeps sending that one; the spec's prompt must win after a spec
+# change or a Hybrid wake, so the CLI builds it from the options every time.
+CLAUDE_CODE_PROMPT: SystemPromptPreset = {
+    "type": "preset",
+    "preset": "claude_code",
+    "snapshot": False,
+}
+
+
+def custom_prompt(text: str) -> SystemPromptCustom:
+    return {"type": "custom", "prompt": text, "snapshot": False}
 
 
 # The API's modes are a subset of the SDK's; the map fails loudly if the API grows one.
@@ -61,7 +72,7 @@ def build_options(
     system_prompt = (agent.system_prompt if agent else None) or spec.system_prompt
     return ClaudeAgentOptions(
         model=(agent.model if agent else None) or spec.model or runtime.DEFAULT_MODEL,
-        system_prompt=system_prompt if system_prompt else CLAUDE_CODE_PROMPT,
+        system_prompt=custom_prompt(system_prompt) if system_prompt else CLAUDE_CODE_PROMPT,
         max_turns=spec.max_turns,
         max_budget_usd=spec.max_budget_usd,
         allowed_tools=list(spec.allowed_tools),
