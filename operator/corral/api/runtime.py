@@ -8,7 +8,8 @@ from __future__ import annotations
 
 RUNNER_PORT = 8080
 RUNNER_PORT_NAME = "http"
-# Probed by the kubelet: liveness (the process answers) and readiness (it takes messages).
+# Probed by the kubelet: liveness (the process answers) and readiness (it serves requests,
+# busy or idle: a busy runner must stay reachable for interrupts).
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
 RUNNER_UID = 1000
