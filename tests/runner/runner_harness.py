@@ -55,11 +55,9 @@ class Runner:
     spec_file: Path | None = None
 
     def write_spec(self, spec: dict[str, Any]) -> None:
-        """Replace the session file as the kubelet updates a projected one: atomically."""
+        """Replace the session file as the kubelet updates a projected one."""
         assert self.spec_file is not None
-        tmp = self.spec_file.with_name(self.spec_file.name + ".new")
-        tmp.write_text(json.dumps(spec))
-        os.replace(tmp, self.spec_file)
+        project_file(self.spec_file, json.dumps(spec))
 
     def request(
         self,
@@ -183,6 +181,29 @@ class Runner:
         return children
 
 
+def project_file(path: Path, content: str) -> None:
+    """Write `path` as the kubelet lays out a projected volume (its AtomicWriter): the
+    content in a new timestamped directory, `..data` swapped to it by a rename, `path` a
+    symlink through `..data`, and the previous directory removed. A reader that resolved
+    the symlinks once would be left holding a deleted path."""
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    version = directory / f"..{time.time_ns()}"
+    version.mkdir()
+    (version / path.name).write_text(content)
+    data = directory / "..data"
+    previous = data.resolve() if data.is_symlink() else None
+    swap = directory / "..data_tmp"
+    swap.symlink_to(version.name)
+    os.replace(swap, data)
+    if not path.is_symlink():
+        path.symlink_to(Path("..data") / path.name)
+    if previous is not None:
+        for child in previous.iterdir():
+            child.unlink()
+        previous.rmdir()
+
+
 def start_runner(
     spec: dict[str, Any],
     base: Path,
@@ -196,8 +217,8 @@ def start_runner(
     wait: bool = True,
 ) -> Runner:
     base.mkdir(parents=True, exist_ok=True)
-    spec_file = base / f"{name}-session.json"
-    spec_file.write_text(json.dumps(spec))
+    spec_file = base / f"{name}-spec" / "session.json"
+    project_file(spec_file, json.dumps(spec))
     workspace = workspace or base / "workspace"
     state_dir = state_dir or base / "state"
     port = free_port()

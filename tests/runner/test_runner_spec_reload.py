@@ -34,7 +34,8 @@ def test_a_changed_spec_applies_at_the_next_message(fake: FakeAnthropic, tmp_pat
         (cli,) = runner.cli_pids()
 
         runner.write_spec({**FIRST, "model": "claude-second-model", "systemPrompt": "You are TWO."})
-        assert result_of(runner.send("which word was it?"))["subtype"] == "success"
+        second = result_of(runner.send("which word was it?"))
+        assert second["subtype"] == "success"
         body = _request_for(fake, "which word was it?")
         assert body["model"] == "claude-second-model"
         system = json.dumps(body["system"])
@@ -50,8 +51,10 @@ def test_a_changed_spec_applies_at_the_next_message(fake: FakeAnthropic, tmp_pat
         runner.write_spec(
             {**FIRST, "model": "claude-second-model", "systemPrompt": "You are TWO.", "prompt": "x"}
         )
-        result_of(runner.send("and again"))
+        third = result_of(runner.send("and again"))
         assert runner.cli_pids() == [second_cli]
+        # The restarted CLI's cumulative cost was not counted twice (about equal messages).
+        assert second["cost_usd"] < 1.5 * third["cost_usd"], (second, third)
 
         # A broken file keeps the last good spec and the session working.
         assert runner.spec_file is not None

@@ -15,6 +15,7 @@ import pytest
 from claude_agent_sdk import SystemMessage
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from runner_harness import project_file
 
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSessionSpec
@@ -207,11 +208,9 @@ async def test_the_saved_state_is_written_off_the_event_loop(
 # --- the session spec, re-read between messages --------------------------------------------
 
 
-def _spec_file(tmp_path: Path, spec: dict[str, Any], name: str = "session.json") -> Path:
-    path = tmp_path / name
-    tmp = tmp_path / (name + ".new")
-    tmp.write_text(json.dumps(spec))
-    os.replace(tmp, path)  # as the kubelet swaps a projected file: a new inode
+def _spec_file(tmp_path: Path, spec: dict[str, Any]) -> Path:
+    path = tmp_path / "projected" / "session.json"
+    project_file(path, json.dumps(spec))  # as the kubelet updates the pod's spec file
     return path
 
 

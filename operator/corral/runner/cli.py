@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,9 @@ def main(args: argparse.Namespace) -> int:
     settings = RunnerSettings(
         **{key: value for key, value in optional.items() if value is not None},
         spec=session.spec,
-        spec_file=args.session.resolve(),
+        # Absolute, but symlinks kept: in the pod the file is a symlink through `..data`,
+        # which the kubelet re-points at a new directory (removing the old) on each update.
+        spec_file=Path(os.path.abspath(args.session)),
         # Resume needs the same absolute cwd in every pod: never a relative path.
         workspace=args.workspace.resolve(),
         state_dir=args.state_dir.resolve(),
