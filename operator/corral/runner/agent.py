@@ -258,9 +258,10 @@ class AgentWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), backoff)
                 backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
-        # A message held for a CLI restart that never came must still get its result.
+        # Every message gets its result: one that outlasted the interrupt at shutdown, or
+        # one held for a CLI restart that never came.
         self._pending = None
-        self._fail_current("error_runner_stopped", "the runner stopped before the message ran")
+        self._fail_current("error_runner_stopped", "the runner stopped before the message ended")
         self.state = AgentState.STOPPED
 
     async def _connect(self) -> ClaudeSDKClient:
