@@ -280,3 +280,14 @@ async def test_websocket_interrupt_timeout_is_reported_and_keeps_the_socket(
         assert reply["type"] == "error" and reply["status"] == 400
     response = await client.post("/v1/interrupt", json={})
     assert response.status == 504
+
+
+async def test_interrupt_reaches_a_message_held_for_a_cli_restart(tmp_path: Path) -> None:
+    worker = _worker(tmp_path, "main")
+    worker.state = AgentState.IDLE
+    turn = worker.submit("work")
+    worker._pending = turn  # taken from the inbox while the CLI restarts with a new spec
+    assert await worker.interrupt() is True
+    assert turn.done.is_set() and turn.result is not None
+    assert turn.result["subtype"] == "error_interrupted" and not worker.busy
+    assert worker._pending is None

@@ -199,6 +199,13 @@ class AgentWorker:
     async def interrupt(self) -> bool:
         """Ask the CLI to stop the running message; False when there is none."""
         client, turn = self._client, self._current
+        if turn is not None and turn is self._pending:
+            # Held while the CLI restarts with new options: it never reaches the CLI.
+            self._pending = None
+            reason = "interrupted before it was sent to the CLI"
+            result = ev.synthetic_result("error_interrupted", reason, self._saved.session_id)
+            self._end_turn(turn, result)
+            return True
         if client is None or turn is None:
             return False
         log_event(log, "interrupting", agent=self.name, turn=turn.id)

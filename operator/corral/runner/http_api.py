@@ -89,7 +89,7 @@ class RunnerApi:
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.body_timeout = body_timeout
-        # Each transcript read holds up to TRANSCRIPT_MAX_BYTES; a few at once is plenty.
+        # Each transcript read holds up to transcript.MAX_ANSWER_BYTES; two at once will do.
         self._transcript_reads = asyncio.Semaphore(TRANSCRIPT_CONCURRENT_READS)
 
     def app(self) -> web.Application:
