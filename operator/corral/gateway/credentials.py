@@ -13,10 +13,12 @@ import hashlib
 import hmac
 from pathlib import Path
 
+from corral.api import runtime
+
 # What a credential is for: each purpose gives a different token for the same session.
 RUNNER_INGRESS = "runner-ingress"
 # Header carrying the gateway's credential on requests to a runner.
-GATEWAY_HEADER = "X-Corral-Gateway-Credential"
+GATEWAY_HEADER = runtime.GATEWAY_CREDENTIAL_HEADER
 MIN_KEY_BYTES = 32
 
 

@@ -56,7 +56,7 @@ class SessionView:
             self.pods.items(), key=lambda item: item[1]["created"], reverse=True
         ):
             if pod["owner"] == self.uid and pod["ready"] and not pod["deleting"] and pod["ip"]:
-                return Endpoint(name, pod["uid"], pod["ip"], runtime.RUNNER_PORT)
+                return Endpoint(name, pod["uid"], pod["ip"], pod["port"])
         return None
 
 
@@ -91,12 +91,22 @@ def _trim_pod(body: JSON) -> JSON:
     )
     return {
         "uid": str(meta.get("uid", "")),
+        "port": _runner_port(body.get("spec") or {}),
         "owner": owners[0] if owners else None,
         "created": str(meta.get("creationTimestamp", "")),
         "deleting": bool(meta.get("deletionTimestamp")),
         "ready": ready and status.get("phase") == "Running",
         "ip": str(status.get("podIP") or ""),
     }
+
+
+def _runner_port(spec: JSON) -> int:
+    """The runner container's named port as the pod declares it (the runtime default else)."""
+    for container in spec.get("containers") or ():
+        for port in container.get("ports") or ():
+            if port.get("name") == runtime.RUNNER_PORT_NAME and port.get("containerPort"):
+                return int(port["containerPort"])
+    return runtime.RUNNER_PORT
 
 
 def wake_value(user: str, now: datetime | None = None) -> str:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import json
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from corral.api import runtime
 from corral.runner import sse
 from corral.runner.agent import AgentBusy, AgentUnavailable, AgentWorker, Turn
 from corral.runner.conversation import (
@@ -28,6 +31,9 @@ from corral.runner.session import RunnerSession, UnknownAgent
 from corral.runner.transcript import read_transcript, transcript_path
 
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024
+# Answered to anyone: the kubelet's probes and Prometheus (no secrets, and the session's
+# NetworkPolicy decides who reaches the port at all).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 TRANSCRIPT_DEFAULT_LIMIT = 200
 TRANSCRIPT_MAX_LIMIT = 5000
 
@@ -57,6 +63,13 @@ class ApiError(Exception):
         return web.json_response({"error": str(self), **self.extra}, status=self.status)
 
 
+def _from_loopback(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
 def _validation_message(exc: ValidationError) -> str:
     parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
     return "; ".join(parts)
@@ -68,13 +81,17 @@ class RunnerApi:
         session: RunnerSession,
         metrics: RunnerMetrics,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        gateway_credential: str | None = None,
     ) -> None:
         self.session = session
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.gateway_credential = gateway_credential
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_request_bytes, middlewares=[self._errors])
+        app = web.Application(
+            client_max_size=self.max_request_bytes, middlewares=[self._errors, self._callers]
+        )
         r = app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
@@ -96,6 +113,23 @@ class RunnerApi:
             return exc.response()
         except web.HTTPRequestEntityTooLarge:
             return ApiError(413, f"request body over {self.max_request_bytes} bytes").response()
+
+    @web.middleware
+    async def _callers(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With a gateway credential configured, only the gateway (or the pod itself, over
+        loopback: its agents already hold everything in the pod) may use the API."""
+        if self.gateway_credential is not None and request.path not in OPEN_PATHS:
+            presented = request.headers.get(runtime.GATEWAY_CREDENTIAL_HEADER, "")
+            if not (
+                _from_loopback(request)
+                or hmac.compare_digest(presented.encode(), self.gateway_credential.encode())
+            ):
+                raise ApiError(
+                    401, "this runner answers only the Corral gateway: talk to the session "
+                    "through the gateway (docs/gateway.md)"
+                )
+        response: web.StreamResponse = await handler(request)
+        return response
 
     # --- helpers -------------------------------------------------------------------------
 
