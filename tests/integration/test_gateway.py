@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,7 +20,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from corral.api import runtime
 from corral.gateway.auth import Reviewer
@@ -33,38 +29,26 @@ from corral.gateway.server import Gateway, GatewaySettings
 from corral.kube.client import KubeClient, load_connection
 from corral.kube.informer import Informer
 from corral.render.meta import MANAGED_BY_LABEL, MANAGER
-from corral.testing.kube import wait_for
+from corral.testing.gateway import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    World,
+    free_port,
+    make_namespace,
+    start_local_runner,
+)
 from testrun import RUN_ID
 
 pytestmark = pytest.mark.integration
 KEY = b"gateway-test-key-" + b"0" * 32
-GROUP, VERSION, PLURAL = "corral.dev", "v1alpha1", "agentsessions"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
-def gw_namespace(kubeconfig: Path, crd: None) -> Iterator[str]:
-    from kubernetes import config
-
-    core = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+def gw_namespace(kubeconfig: Path, crd: None, api_client: client.ApiClient) -> Iterator[str]:
+    core = client.CoreV1Api(api_client)
     name = f"gw{RUN_ID}-{uuid.uuid4().hex[:4]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-
-    def has_default_account() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException:
-            return False
-        return True
-
-    wait_for(has_default_account, timeout=30, what="the default ServiceAccount")
+    make_namespace(core, name)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 
@@ -72,132 +56,13 @@ def gw_namespace(kubeconfig: Path, crd: None) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def runner_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A LongRunning runner on loopback with its built-in fake model."""
-    base = tmp_path_factory.mktemp("gw-runner")
-    spec = base / "session.json"
-    spec.write_text(json.dumps({"pattern": "LongRunning"}))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env[runtime.ENV_GATEWAY_CREDENTIAL] = "credential-of-another-session"
-    log = (base / "runner.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli", "runner", "--session", str(spec),
-         "--workspace", str(base / "ws"), "--state-dir", str(base / "state"),
-         "--host", "127.0.0.1", "--port", str(port), "--fake-anthropic"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
-
-    def ready() -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    try:
-        wait_for(ready, timeout=120, what="the runner to be ready")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-
-
-def _session(name: str, pattern: str = "LongRunning", **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "AgentSession",
-        "metadata": {"name": name},
-        "spec": {"pattern": pattern, **spec},
-    }
-
-
-class World:
-    """The API objects of this module, made the way the operator would make them."""
-
-    def __init__(self, api: client.ApiClient, namespace: str, runner_port: int) -> None:
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.rbac = client.RbacAuthorizationV1Api(api)
-        self.namespace = namespace
-        self.runner_port = runner_port
-
-    def create_session(self, name: str, pattern: str = "LongRunning", **spec: Any) -> str:
-        body = self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, _session(name, pattern, **spec)
-        )
-        return str(body["metadata"]["uid"])
-
-    def set_status(self, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, self.namespace, PLURAL, name, {"status": status}
-        )
-
-    def create_ready_pod(self, session: str, uid: str) -> None:
-        pod = client.V1Pod(
-            metadata=client.V1ObjectMeta(
-                name=f"{session}-{uuid.uuid4().hex[:5]}",
-                labels={MANAGED_BY_LABEL: MANAGER},
-                owner_references=[
-                    client.V1OwnerReference(
-                        api_version=f"{GROUP}/{VERSION}", kind="AgentSession", name=session,
-                        uid=uid, controller=True,
-                    )
-                ],
-            ),
-            spec=client.V1PodSpec(
-                scheduler_name="nobody-schedules-this",
-                containers=[
-                    client.V1Container(
-                        name="runner", image="corral.dev/runner:test",
-                        ports=[client.V1ContainerPort(
-                            name=runtime.RUNNER_PORT_NAME, container_port=self.runner_port)],
-                    )
-                ],
-            ),
-        )  # fmt: skip
-        made = self.core.create_namespaced_pod(self.namespace, pod)
-        self.core.patch_namespaced_pod_status(
-            made.metadata.name,
-            self.namespace,
-            {
-                "status": {
-                    "phase": "Running",
-                    "podIP": "127.0.0.1",
-                    "podIPs": [{"ip": "127.0.0.1"}],
-                    "conditions": [{"type": "Ready", "status": "True"}],
-                }
-            },
-        )
-
-    def user(self, name: str, sessions: list[str] | None, verbs: list[str]) -> str:
-        """A ServiceAccount allowed `verbs` on agentsessions/connect (all sessions if None)."""
-        self.core.create_namespaced_service_account(
-            self.namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
-        )
-        rule = client.V1PolicyRule(
-            api_groups=[GROUP], resources=["agentsessions/connect"], verbs=verbs,
-            resource_names=sessions,
-        )  # fmt: skip
-        self.rbac.create_namespaced_role(
-            self.namespace, client.V1Role(metadata=client.V1ObjectMeta(name=name), rules=[rule])
-        )
-        self.rbac.create_namespaced_role_binding(
-            self.namespace,
-            client.V1RoleBinding(
-                metadata=client.V1ObjectMeta(name=name),
-                role_ref=client.V1RoleRef(
-                    api_group="rbac.authorization.k8s.io", kind="Role", name=name),
-                subjects=[client.RbacV1Subject(
-                    kind="ServiceAccount", name=name, namespace=self.namespace)],
-            ),
-        )  # fmt: skip
-        token = self.core.create_namespaced_service_account_token(
-            name, self.namespace, client.AuthenticationV1TokenRequest(
-                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
-        )  # fmt: skip
-        return str(token.status.token)
+    runner = start_local_runner(
+        tmp_path_factory.mktemp("gw-runner"),
+        {"pattern": "LongRunning"},
+        {runtime.ENV_GATEWAY_CREDENTIAL: "credential-of-another-session"},
+    )
+    yield runner.port
+    runner.stop()
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +100,7 @@ async def gateway(
     )
     runner = web.AppRunner(server.app())
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     yield f"http://127.0.0.1:{port}", server
     await runner.cleanup()
