@@ -16,6 +16,7 @@ SUBSYSTEMS: dict[str, str] = {
     "cluster": "corral.cluster.cli",
     "crd": "corral.api.cli",
     "operator": "corral.controller.cli",
+    "gateway": "corral.gateway.cli",
     "runner": "corral.runner.cli",
     "fake-anthropic": "corral.testing.cli",
     "up": "corral.dev",

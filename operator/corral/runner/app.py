@@ -217,7 +217,12 @@ class Runner:
             loop.add_signal_handler(sig, self._stop.set)
 
     async def _serve_http(self, session: RunnerSession) -> None:
-        api = RunnerApi(session, self.metrics, self.settings.max_request_bytes)
+        api = RunnerApi(
+            session,
+            self.metrics,
+            self.settings.max_request_bytes,
+            gateway_credential=os.environ.get(runtime.ENV_GATEWAY_CREDENTIAL) or None,
+        )
         self._http = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await self._http.setup()
         await web.TCPSite(self._http, self.settings.host, self.settings.port).start()

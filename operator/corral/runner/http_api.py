@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import json
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from corral.api import runtime
 from corral.runner import sse
 from corral.runner.agent import AgentBusy, AgentUnavailable, AgentWorker, Turn
 from corral.runner.conversation import (
@@ -29,6 +32,9 @@ from corral.runner.transcript import TranscriptPage, read_transcript, transcript
 
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
+# Answered to anyone: the kubelet's probes and Prometheus (no secrets, and the session's
+# NetworkPolicy decides who reaches the port at all).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 TRANSCRIPT_DEFAULT_LIMIT = 200
 TRANSCRIPT_MAX_LIMIT = 5000
 TRANSCRIPT_CONCURRENT_READS = 2
@@ -72,6 +78,13 @@ def transcript_limit(raw: str | None) -> int:
     return limit
 
 
+def _from_loopback(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
 def _validation_message(exc: ValidationError) -> str:
     parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
     return "; ".join(parts)
@@ -84,6 +97,7 @@ class RunnerApi:
         metrics: RunnerMetrics,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS,
+        gateway_credential: str | None = None,
     ) -> None:
         self.session = session
         self.metrics = metrics
@@ -91,9 +105,12 @@ class RunnerApi:
         self.body_timeout = body_timeout
         # Each transcript read holds up to transcript.MAX_ANSWER_BYTES; two at once will do.
         self._transcript_reads = asyncio.Semaphore(TRANSCRIPT_CONCURRENT_READS)
+        self.gateway_credential = gateway_credential
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_request_bytes, middlewares=[self._errors])
+        app = web.Application(
+            client_max_size=self.max_request_bytes, middlewares=[self._errors, self._callers]
+        )
         r = app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
@@ -115,6 +132,24 @@ class RunnerApi:
             return exc.response()
         except web.HTTPRequestEntityTooLarge:
             return ApiError(413, f"request body over {self.max_request_bytes} bytes").response()
+
+    @web.middleware
+    async def _callers(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With a gateway credential configured, only the gateway (or the pod itself, over
+        loopback: its agents already hold everything in the pod) may use the API."""
+        if self.gateway_credential is not None and request.path not in OPEN_PATHS:
+            presented = request.headers.get(runtime.GATEWAY_CREDENTIAL_HEADER, "")
+            if not (
+                _from_loopback(request)
+                or hmac.compare_digest(presented.encode(), self.gateway_credential.encode())
+            ):
+                raise ApiError(
+                    401,
+                    "this runner answers only the Corral gateway: talk to the session "
+                    "through the gateway (docs/gateway.md)",
+                )
+        response: web.StreamResponse = await handler(request)
+        return response
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -1,0 +1,143 @@
+"""`corral gateway`: the session gateway server (one authenticated door into every session)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "gateway",
+        help="run the session gateway (auth, routing, wake on request)",
+        description="Serve /sessions/NAMESPACE/NAME/... for every AgentSession: authenticate "
+        "with TokenReview, authorize with SubjectAccessReview on agentsessions/connect, wake "
+        "idle Hybrid sessions and forward to the session's runner.",
+    )
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)"
+    )
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        required=True,
+        help="file with the key shared with the operator (per-session credentials)",
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="serve only sessions of this namespace (repeatable; globs allowed); default all",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    parser.add_argument("--port", type=int, default=8080, help="session traffic port (8080)")
+    parser.add_argument(
+        "--admin-port", type=int, default=8081, help="health and metrics port (8081)"
+    )
+    parser.add_argument(
+        "--hold-seconds",
+        type=float,
+        default=60.0,
+        help="how long a request waits for a sleeping session to wake (60)",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=20.0, help="requests per second per user (20)"
+    )
+    parser.add_argument("--burst", type=int, default=40, help="request burst per user (40)")
+    parser.add_argument("--max-streams", type=int, default=32, help="open streams per user (32)")
+    parser.add_argument(
+        "--auth-cache-seconds",
+        type=float,
+        default=10.0,
+        help="how long token and access decisions are cached (10)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="log level (INFO)")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from corral import logs
+
+    logs.configure(getattr(logging, args.log_level.upper(), logging.INFO))
+    asyncio.run(_main(args))
+    return 0
+
+
+async def _main(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from corral.gateway.auth import Reviewer
+    from corral.gateway.credentials import load_key
+    from corral.gateway.directory import Directory
+    from corral.gateway.metrics import GatewayMetrics
+    from corral.gateway.server import Gateway, GatewaySettings
+    from corral.kube.client import KubeClient, load_connection
+    from corral.kube.informer import Informer
+    from corral.render.meta import MANAGED_BY_LABEL, MANAGER
+
+    key = load_key(args.key_file)
+    kube = KubeClient(load_connection(args.kubeconfig))
+    metrics = GatewayMetrics()
+    directory = Directory(kube)
+    informers = [
+        Informer(kube, "AgentSession", "", directory.on_session, args.namespace),
+        Informer(kube, "Pod", f"{MANAGED_BY_LABEL}={MANAGER}", directory.on_pod, args.namespace),
+    ]
+    gateway = Gateway(
+        Reviewer(kube, metrics, ttl_seconds=args.auth_cache_seconds),
+        directory,
+        key,
+        metrics,
+        GatewaySettings(
+            hold_seconds=args.hold_seconds,
+            rate_per_second=args.rate,
+            burst=args.burst,
+            max_streams_per_user=args.max_streams,
+        ),
+    )
+    tasks = [asyncio.create_task(informer.run()) for informer in informers]
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(_: web.Request) -> web.Response:
+        synced = all(i.synced.is_set() for i in informers)
+        return web.json_response({"ready": synced}, status=200 if synced else 503)
+
+    async def prometheus(_: web.Request) -> web.Response:
+        response = web.Response(body=metrics.render())
+        response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        return response
+
+    admin = web.Application()
+    admin.router.add_get("/healthz", healthz)
+    admin.router.add_get("/readyz", readyz)
+    admin.router.add_get("/metrics", prometheus)
+    runners = [web.AppRunner(gateway.app(), access_log=None), web.AppRunner(admin, access_log=None)]
+    for runner in runners:
+        await runner.setup()
+    await web.TCPSite(runners[0], args.host, args.port).start()
+    await web.TCPSite(runners[1], args.host, args.admin_port).start()
+    logging.getLogger("corral.gateway").info(
+        "gateway serving", extra={"port": args.port, "admin_port": args.admin_port}
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in [stopped, *tasks]:
+        task.cancel()
+    for runner in runners:
+        await runner.cleanup()
+    await kube.close()
+    for task in done:
+        if task is not stopped and not task.cancelled() and task.exception() is not None:
+            # An informer that ended is a gateway that no longer sees sessions: exit non-zero
+            # so that Kubernetes restarts it.
+            raise SystemExit(f"gateway informer failed: {task.exception()}")

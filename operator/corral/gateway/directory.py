@@ -1,0 +1,303 @@
+"""What the gateway knows of every session: its state and its current ready runner pod.
+
+Two informers (AgentSessions, and the pods the operator made) keep a small view per session.
+A request for a session that is not ready waits here; a request for an Idle Hybrid session
+asks for a wake first (the operator's annotation path), once per sleep however many
+requests arrive: they all wait on the same wake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from corral.api import runtime
+from corral.kube.client import ApiError, KubeClient
+
+log = logging.getLogger("corral.gateway.directory")
+JSON = dict[str, Any]
+Key = tuple[str, str]
+# A wake annotation value names the gateway and the user; bounded like everything that
+# reaches the session's status.
+MAX_WAKE_VALUE = 200
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    pod_name: str
+    pod_uid: str
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass
+class SessionView:
+    namespace: str
+    name: str
+    uid: str
+    pattern: str
+    phase: str
+    suspended: bool
+    result: JSON | None = None
+    pods: dict[str, JSON] = field(default_factory=dict)  # pod name -> trimmed pod
+
+    def ready_endpoint(self) -> Endpoint | None:
+        """The one pod that is Ready, not terminating and owned by this session's UID."""
+        for name, pod in sorted(
+            self.pods.items(), key=lambda item: item[1]["created"], reverse=True
+        ):
+            if pod["owner"] == self.uid and pod["ready"] and not pod["deleting"] and pod["ip"]:
+                return Endpoint(name, pod["uid"], pod["ip"], pod["port"])
+        return None
+
+
+class SessionGone(Exception):
+    """404: no such session (or deleted while the request waited)."""
+
+
+class SessionFinished(Exception):
+    """410: an Ephemeral session that has finished; carries its result summary."""
+
+    def __init__(self, phase: str, result: JSON | None) -> None:
+        super().__init__(f"session has finished ({phase})")
+        self.phase = phase
+        self.result = result
+
+
+class SessionSuspended(Exception):
+    """409: spec.suspend is true."""
+
+
+class NotReady(Exception):
+    """503: the session did not become ready within the hold limit."""
+
+
+def _trim_pod(body: JSON) -> JSON:
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    owners = [o.get("uid") for o in meta.get("ownerReferences") or () if o.get("controller")]
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or ()
+    )
+    return {
+        "uid": str(meta.get("uid", "")),
+        "port": _runner_port(body.get("spec") or {}),
+        "owner": owners[0] if owners else None,
+        "created": str(meta.get("creationTimestamp", "")),
+        "deleting": bool(meta.get("deletionTimestamp")),
+        "ready": ready and status.get("phase") == "Running",
+        "ip": str(status.get("podIP") or ""),
+    }
+
+
+def _runner_port(spec: JSON) -> int:
+    """The runner container's named port as the pod declares it (the runtime default else)."""
+    for container in spec.get("containers") or ():
+        for port in container.get("ports") or ():
+            if port.get("name") == runtime.RUNNER_PORT_NAME and port.get("containerPort"):
+                return int(port["containerPort"])
+    return runtime.RUNNER_PORT
+
+
+def wake_value(user: str, now: datetime | None = None) -> str:
+    moment = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"gateway {moment} for {user}"[:MAX_WAKE_VALUE]
+
+
+class Directory:
+    def __init__(self, kube: KubeClient) -> None:
+        self.kube = kube
+        self.sessions: dict[Key, SessionView] = {}
+        # Pods seen before their session (informers are independent): parked by owner UID.
+        self._orphans: dict[str, dict[str, JSON]] = {}
+        self._changed: dict[Key, asyncio.Event] = {}
+        self._wakes: dict[Key, asyncio.Task[None]] = {}
+        # When this replica last asked for a wake, so that requests arriving before the
+        # operator has written the new phase do not ask again.
+        self._woke_at: dict[Key, float] = {}
+
+    # --- informer callbacks --------------------------------------------------------------
+
+    def on_session(self, kind: str, body: JSON) -> None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if kind == "DELETED":
+            self.sessions.pop(key, None)
+            self._woke_at.pop(key, None)
+        else:
+            spec = body.get("spec") or {}
+            status = body.get("status") or {}
+            old = self.sessions.get(key)
+            uid = str(meta.get("uid", ""))
+            view = SessionView(
+                namespace=key[0],
+                name=key[1],
+                uid=uid,
+                pattern=str(spec.get("pattern", "")),
+                phase=str(status.get("phase") or "Pending"),
+                suspended=bool(spec.get("suspend")),
+                result=status.get("result"),
+                pods=old.pods if old and old.uid == uid else self._orphans.pop(uid, {}),
+            )
+            self.sessions[key] = view
+        self._notify(key)
+
+    def on_pod(self, kind: str, body: JSON) -> None:
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        pod = _trim_pod(body)
+        owner = pod["owner"]
+        session = (
+            next((s for s in self._sessions_in(namespace) if s.uid == owner), None)
+            if owner
+            else None
+        )
+        if session is None:
+            parked = self._orphans.setdefault(str(owner), {})
+            if kind == "DELETED":
+                parked.pop(name, None)
+                if not parked:
+                    self._orphans.pop(str(owner), None)
+            else:
+                parked[name] = pod
+            return
+        if kind == "DELETED":
+            session.pods.pop(name, None)
+        else:
+            session.pods[name] = pod
+        self._notify((session.namespace, session.name))
+
+    def _sessions_in(self, namespace: str) -> list[SessionView]:
+        return [s for (ns, _), s in self.sessions.items() if ns == namespace]
+
+    def _notify(self, key: Key) -> None:
+        event = self._changed.pop(key, None)
+        if event is not None:
+            event.set()
+
+    async def _changed_or_timeout(self, key: Key, seconds: float) -> None:
+        event = self._changed.setdefault(key, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+    # --- what requests use ---------------------------------------------------------------
+
+    def view(self, namespace: str, name: str) -> SessionView:
+        session = self.sessions.get((namespace, name))
+        if session is None:
+            raise SessionGone(f"no session {namespace}/{name}")
+        return session
+
+    def check_reachable(self, session: SessionView) -> None:
+        """Raise what a request to a session that cannot serve it must answer."""
+        if session.phase in ("Succeeded", "Failed"):
+            raise SessionFinished(session.phase, session.result)
+        if session.suspended:
+            raise SessionSuspended(
+                f"session {session.namespace}/{session.name} is suspended (spec.suspend: true); "
+                "resume it with `corral wake` or by setting spec.suspend to false"
+            )
+
+    def needs_wake(self, session: SessionView, recent_seconds: float = 30.0) -> bool:
+        if session.phase != "Idle" or session.ready_endpoint() is not None:
+            return False
+        asked = self._woke_at.get((session.namespace, session.name))
+        return asked is None or asyncio.get_running_loop().time() - asked > recent_seconds
+
+    async def wake(self, session: SessionView, user: str) -> bool:
+        """Ask the operator to wake an Idle session, once for all concurrent callers.
+        True when this call started the wake."""
+        key = (session.namespace, session.name)
+        task = self._wakes.get(key)
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+            return False
+        task = asyncio.create_task(self._ask_wake(session, user))
+        self._wakes[key] = task
+        self._woke_at[key] = asyncio.get_running_loop().time()
+        task.add_done_callback(lambda _: self._wakes.pop(key, None))
+        await asyncio.shield(task)
+        return True
+
+    async def _ask_wake(self, session: SessionView, user: str) -> None:
+        value = wake_value(user)
+        await self.kube.patch(
+            "AgentSession",
+            session.namespace,
+            session.name,
+            {"metadata": {"annotations": {runtime.WAKE_ANNOTATION: value}}},
+        )
+        log.info(
+            "woke session",
+            extra={"session": session.name, "namespace": session.namespace, "user": user},
+        )
+        with contextlib.suppress(ApiError):
+            await self._post_event(session, f"woken by the gateway for {user}"[:1000])
+
+    async def _post_event(self, session: SessionView, message: str) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        await self.kube.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {
+                    "generateName": f"{session.name[:200]}.",
+                    "namespace": session.namespace,
+                },
+                "involvedObject": {
+                    "apiVersion": "corral.dev/v1alpha1",
+                    "kind": "AgentSession",
+                    "namespace": session.namespace,
+                    "name": session.name,
+                    "uid": session.uid,
+                },
+                "reason": "WokenByRequest",
+                "message": message,
+                "type": "Normal",
+                "source": {"component": "corral-gateway"},
+                "reportingComponent": "corral-gateway",
+                "reportingInstance": "corral-gateway",
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "eventTime": now,
+                "action": "Wake",
+                "count": 1,
+            }
+        )
+
+    async def ready_endpoint(
+        self, namespace: str, name: str, hold_seconds: float, on_wait: Any = None
+    ) -> Endpoint:
+        """The session's ready pod, waiting up to `hold_seconds` for one.
+
+        `on_wait`, if given, is awaited about every 5 s while waiting (SSE `: waking`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + hold_seconds
+        key = (namespace, name)
+        next_ping = loop.time()
+        while True:
+            session = self.view(namespace, name)
+            self.check_reachable(session)
+            endpoint = session.ready_endpoint()
+            if endpoint is not None:
+                return endpoint
+            now = loop.time()
+            if now >= deadline:
+                raise NotReady(
+                    f"session {namespace}/{name} did not become ready within {hold_seconds:g} s "
+                    f"(phase {session.phase}); try again shortly"
+                )
+            if on_wait is not None and now >= next_ping:
+                await on_wait()
+                next_ping = now + 5.0
+            await self._changed_or_timeout(key, min(deadline - now, max(0.05, next_ping - now)))

@@ -1,0 +1,126 @@
+"""Forwarding to a runner: plain HTTP, SSE passed through chunk by chunk, WebSocket both ways.
+
+Nothing is buffered beyond one chunk: each piece the runner writes is written to the
+client as it arrives, and a slow client slows the runner's stream (TCP backpressure)
+rather than growing the gateway's memory. A client that goes away closes the upstream
+request, which the runner treats as it treats any disconnected client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from corral.gateway.credentials import GATEWAY_HEADER
+
+# Request headers passed to the runner; everything else (Authorization, cookies, the
+# caller's token, hop-by-hop headers) stays at the gateway.
+FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Last-Event-ID", "User-Agent")
+# Response headers passed back; the gateway sets its own framing headers.
+FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Retry-After")
+
+
+class UpstreamError(Exception):
+    """The runner could not be reached or broke off (502)."""
+
+
+def upstream_headers(request_headers: Mapping[str, str], credential: str) -> dict[str, str]:
+    headers = {k: request_headers[k] for k in FORWARDED_REQUEST_HEADERS if k in request_headers}
+    headers[GATEWAY_HEADER] = credential
+    # The runner's body must reach the client as written: no compression it did not ask for.
+    headers["Accept-Encoding"] = "identity"
+    return headers
+
+
+async def forward_http(
+    client: aiohttp.ClientSession,
+    request: web.Request,
+    url: str,
+    body: bytes | None,
+    credential: str,
+    response: web.StreamResponse | None = None,
+) -> web.StreamResponse:
+    """Send the request to `url` and stream the answer back.
+
+    With `response` already prepared (an SSE stream opened while the session woke), the
+    runner's status can no longer be sent: a non-200 answer becomes an SSE `error` event."""
+    headers = upstream_headers(request.headers, credential)
+    try:
+        upstream = await client.request(
+            request.method,
+            url,
+            params=request.query,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+            auto_decompress=False,
+        )
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        raise UpstreamError(f"runner unreachable: {type(error).__name__}") from None
+    async with upstream:
+        if response is not None and response.prepared:
+            if upstream.status != 200:
+                detail = (await upstream.read())[:4096].decode("utf-8", "replace")
+                event = json.dumps({"type": "error", "status": upstream.status, "message": detail})
+                await response.write(f"data: {event}\n\n".encode())
+                return response
+        else:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for name in FORWARDED_RESPONSE_HEADERS:
+                if name in upstream.headers:
+                    response.headers[name] = upstream.headers[name]
+            if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+                response.headers["X-Accel-Buffering"] = "no"
+            if upstream.content_length is not None:
+                response.content_length = upstream.content_length
+            await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+            raise UpstreamError("runner broke off the response") from None
+    return response
+
+
+async def pump_websocket(
+    client_ws: web.WebSocketResponse, upstream_ws: aiohttp.ClientWebSocketResponse
+) -> None:
+    """Copy frames both ways until either side closes, then close the other."""
+
+    async def client_to_upstream() -> None:
+        async for msg in client_ws:
+            if msg.type == WSMsgType.TEXT:
+                await upstream_ws.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await upstream_ws.send_bytes(msg.data)
+            else:
+                break
+
+    async def upstream_to_client() -> None:
+        async for msg in upstream_ws:
+            if msg.type == WSMsgType.TEXT:
+                await client_ws.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await client_ws.send_bytes(msg.data)
+            else:
+                break
+
+    tasks = [
+        asyncio.create_task(client_to_upstream()),
+        asyncio.create_task(upstream_to_client()),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, aiohttp.ClientError):
+                await task
+        await upstream_ws.close()
+        await client_ws.close()

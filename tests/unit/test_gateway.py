@@ -1,0 +1,316 @@
+"""Pure parts of the gateway: routes, limits, credentials, the session directory, caches."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from corral.api import runtime
+from corral.gateway import routes
+from corral.gateway.auth import ReviewCache, User
+from corral.gateway.credentials import RUNNER_INGRESS, matches, session_credential
+from corral.gateway.directory import (
+    Directory,
+    SessionFinished,
+    SessionSuspended,
+    wake_value,
+)
+from corral.gateway.limits import Limited, UserLimits
+from corral.gateway.metrics import GatewayMetrics
+from corral.gateway.server import bearer_token, wants_stream
+
+# --- routes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "verb", "runner_path"),
+    [
+        ("GET", "/sessions/demo/chat/v1/status", "get", "/v1/status"),
+        ("GET", "/sessions/demo/chat/v1/transcript", "get", "/v1/transcript"),
+        ("POST", "/sessions/demo/chat/v1/messages", "create", "/v1/messages"),
+        ("POST", "/sessions/demo/chat/v1/interrupt", "create", "/v1/interrupt"),
+        ("POST", "/sessions/demo/a.b-c/v1/conversation", "create", "/v1/conversation"),
+        ("GET", "/sessions/demo/chat/v1/stream", "create", "/v1/stream"),
+    ],
+)
+def test_routes_map_every_runner_endpoint_to_its_verb(
+    method: str, path: str, verb: str, runner_path: str
+) -> None:
+    route = routes.parse(method, path)
+    assert (route.namespace, route.endpoint.verb, route.runner_path) == (
+        "demo",
+        verb,
+        runner_path,
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/other", 404),
+        ("GET", "/sessions/demo", 400),
+        ("GET", "/sessions/demo/chat/", 400),
+        ("GET", "/sessions/Demo/chat/v1/status", 400),
+        ("GET", "/sessions/demo/-chat/v1/status", 400),
+        ("GET", "/sessions/" + "n" * 64 + "/chat/v1/status", 400),
+        ("GET", "/sessions/demo/chat/readyz", 404),
+        ("GET", "/sessions/demo/chat/v1/messages", 405),
+        ("DELETE", "/sessions/demo/chat/v1/status", 405),
+    ],
+)
+def test_routes_refuse_malformed_and_unknown_paths(method: str, path: str, status: int) -> None:
+    with pytest.raises(routes.RouteError) as caught:
+        routes.parse(method, path)
+    assert caught.value.status == status
+
+
+def test_bearer_token_prefers_the_service_proxy_header() -> None:
+    assert bearer_token({"Authorization": "Bearer abc"}) == "abc"
+    assert bearer_token({"Authorization": "bearer  abc "}) == "abc"
+    assert bearer_token({"Authorization": "Basic abc"}) is None
+    assert bearer_token({"X-Corral-Token": "Bearer xyz", "Authorization": "Bearer abc"}) == "xyz"
+    assert bearer_token({}) is None
+
+
+def test_wants_stream_follows_the_runner() -> None:
+    messages = routes.parse("POST", "/sessions/d/s/v1/messages")
+    assert wants_stream(messages, b'{"text": "hi"}')
+    assert not wants_stream(messages, b'{"text": "hi", "stream": false}')
+    assert not wants_stream(messages, b"not json")
+    assert wants_stream(routes.parse("POST", "/sessions/d/s/v1/conversation"), b"{}")
+    assert not wants_stream(routes.parse("POST", "/sessions/d/s/v1/interrupt"), b"{}")
+
+
+# --- limits ------------------------------------------------------------------------------
+
+
+def test_rate_limit_refills_over_time_and_names_retry_after() -> None:
+    now = [0.0]
+    limits = UserLimits(rate_per_second=2, burst=3, clock=lambda: now[0])
+    for _ in range(3):
+        limits.take("alice")
+    with pytest.raises(Limited) as caught:
+        limits.take("alice")
+    assert caught.value.limit == "rate" and caught.value.retry_after >= 1
+    limits.take("bob")  # users do not share a bucket
+    now[0] = 0.5
+    limits.take("alice")  # one token back after half a second at 2/s
+
+
+def test_stream_limit_counts_open_streams_per_user() -> None:
+    limits = UserLimits(max_streams=2)
+    limits.open_stream("alice")
+    limits.open_stream("alice")
+    with pytest.raises(Limited):
+        limits.open_stream("alice")
+    limits.close_stream("alice")
+    limits.open_stream("alice")
+
+
+def test_user_table_is_bounded() -> None:
+    limits = UserLimits(max_users=10)
+    for i in range(100):
+        limits.take(f"user-{i}")
+    assert len(limits._buckets) == 10
+
+
+# --- credentials -------------------------------------------------------------------------
+
+
+def test_credentials_are_bound_to_purpose_session_and_uid() -> None:
+    key = b"k" * 32
+    base = session_credential(key, RUNNER_INGRESS, "ns", "a", "uid-1")
+    assert matches(base, session_credential(key, RUNNER_INGRESS, "ns", "a", "uid-1"))
+    others = {
+        session_credential(key, "activity", "ns", "a", "uid-1"),
+        session_credential(key, RUNNER_INGRESS, "ns", "b", "uid-1"),
+        session_credential(key, RUNNER_INGRESS, "ns2", "a", "uid-1"),
+        session_credential(key, RUNNER_INGRESS, "ns", "a", "uid-2"),
+        session_credential(b"x" * 32, RUNNER_INGRESS, "ns", "a", "uid-1"),
+    }
+    assert base not in others and len(others) == 5
+    assert not matches(base, None)
+
+
+def test_wake_value_is_bounded() -> None:
+    assert len(wake_value("u" * 5000)) <= 200
+    assert wake_value("alice").startswith("gateway ")
+
+
+# --- directory ---------------------------------------------------------------------------
+
+
+def _session(phase: str = "Running", **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "ns", "name": "s", "uid": "uid-1"},
+        "spec": {"pattern": "Hybrid", **spec},
+        "status": {"phase": phase},
+    }
+
+
+def _pod(
+    name: str,
+    *,
+    owner: str = "uid-1",
+    ready: bool = True,
+    deleting: bool = False,
+    created: str = "2026-01-01T00:00:00Z",
+    ip: str = "10.0.0.5",
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "namespace": "ns",
+        "name": name,
+        "uid": f"pod-{name}",
+        "creationTimestamp": created,
+        "ownerReferences": [{"uid": owner, "controller": True}],
+    }
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:01:00Z"
+    return {
+        "metadata": meta,
+        "spec": {
+            "containers": [{"name": "runner", "ports": [{"name": "http", "containerPort": 9000}]}]
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def test_directory_routes_only_to_the_sessions_current_ready_pod() -> None:
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_pod("ADDED", _pod("early"))  # before its session: parked, then adopted
+    directory.on_session("ADDED", _session())
+    view = directory.view("ns", "s")
+    endpoint = view.ready_endpoint()
+    assert endpoint is not None and endpoint.pod_name == "early" and endpoint.port == 9000
+    directory.on_pod("MODIFIED", _pod("early", deleting=True))
+    directory.on_pod("ADDED", _pod("stranger", owner="uid-other"))
+    directory.on_pod("ADDED", _pod("next", ready=False, created="2026-01-01T00:02:00Z"))
+    assert view.ready_endpoint() is None  # terminating, foreign and unready pods never serve
+    directory.on_pod("MODIFIED", _pod("next", created="2026-01-01T00:02:00Z", ip="10.0.0.6"))
+    endpoint = view.ready_endpoint()
+    assert endpoint is not None and endpoint.base_url == "http://10.0.0.6:9000"
+
+
+def test_directory_forgets_pods_of_a_replaced_session() -> None:
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session())
+    directory.on_pod("ADDED", _pod("p"))
+    replaced = _session()
+    replaced["metadata"]["uid"] = "uid-2"
+    directory.on_session("MODIFIED", replaced)
+    assert directory.view("ns", "s").ready_endpoint() is None
+
+
+def test_directory_says_why_a_session_cannot_serve() -> None:
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    finished = _session("Succeeded", pattern="Ephemeral")
+    finished["status"]["result"] = {"subtype": "success", "text": "42"}
+    directory.on_session("ADDED", finished)
+    with pytest.raises(SessionFinished) as caught:
+        directory.check_reachable(directory.view("ns", "s"))
+    assert caught.value.result == {"subtype": "success", "text": "42"}
+    directory.on_session("MODIFIED", _session("Suspended", suspend=True))
+    with pytest.raises(SessionSuspended):
+        directory.check_reachable(directory.view("ns", "s"))
+
+
+async def test_held_request_resumes_when_the_pod_becomes_ready() -> None:
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Idle"))
+    waiting = asyncio.create_task(directory.ready_endpoint("ns", "s", hold_seconds=30))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    directory.on_pod("ADDED", _pod("woken"))
+    endpoint = await asyncio.wait_for(waiting, 5)
+    assert endpoint.pod_name == "woken"
+
+
+async def test_many_concurrent_wakes_patch_once() -> None:
+    patches: list[dict[str, Any]] = []
+
+    class Kube:
+        async def patch(self, kind: str, ns: str, name: str, body: dict[str, Any]) -> None:
+            await asyncio.sleep(0.05)
+            patches.append(body)
+
+        async def create(self, manifest: dict[str, Any]) -> None:
+            pass
+
+    directory = Directory(kube=Kube())  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Idle"))
+    view = directory.view("ns", "s")
+    started = await asyncio.gather(
+        *(directory.wake(view, "alice") for _ in range(10) if directory.needs_wake(view))
+    )
+    assert len(patches) == 1 and started.count(True) == 1
+    annotations = patches[0]["metadata"]["annotations"]
+    assert annotations[runtime.WAKE_ANNOTATION].endswith("for alice")
+    assert not directory.needs_wake(view)  # asked recently: later requests just wait
+
+
+# --- caches ------------------------------------------------------------------------------
+
+
+async def test_review_cache_loads_once_for_concurrent_misses() -> None:
+    metrics = GatewayMetrics()
+    cache: ReviewCache[str, User | None] = ReviewCache("token", 10, 60, metrics)
+    calls = 0
+
+    async def load() -> User | None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return User("alice")
+
+    users = await asyncio.gather(*(cache.get("k", load) for _ in range(20)))
+    assert calls == 1 and {u.name for u in users if u} == {"alice"}
+    await cache.get("k", load)
+    assert calls == 1
+    assert metrics.auth_cache.labels(kind="token", result="miss")._value.get() == 1
+
+
+# --- the runner accepts only the gateway -------------------------------------------------
+
+
+def _runner_api(credential: str | None) -> Any:
+    from corral.runner.http_api import RunnerApi
+
+    return RunnerApi(session=None, metrics=None, gateway_credential=credential)  # type: ignore[arg-type]
+
+
+async def _call(api: Any, path: str, headers: dict[str, str], peer: str) -> int:
+    from unittest import mock
+
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (peer, 40000) if name == "peername" else default
+    )
+    request = make_mocked_request("GET", path, headers=headers, transport=transport)
+
+    async def handler(_: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response({"ok": True})
+
+    response = await api._errors(request, lambda r: api._callers(r, handler))
+    return int(response.status)
+
+
+async def test_runner_refuses_callers_without_the_gateway_credential() -> None:
+    api = _runner_api("secret-credential")
+    header = {runtime.GATEWAY_CREDENTIAL_HEADER: "secret-credential"}
+    assert await _call(api, "/v1/status", {}, "10.1.2.3") == 401
+    assert (
+        await _call(api, "/v1/status", {runtime.GATEWAY_CREDENTIAL_HEADER: "x"}, "10.1.2.3") == 401
+    )
+    assert await _call(api, "/v1/status", header, "10.1.2.3") == 200
+    assert await _call(api, "/readyz", {}, "10.1.2.3") == 200  # the kubelet's probe
+    assert await _call(api, "/v1/status", {}, "127.0.0.1") == 200  # the pod's own agents
+    assert await _call(_runner_api(None), "/v1/status", {}, "10.1.2.3") == 200
