@@ -77,5 +77,3 @@ async def run_until(informer: Informer, done: Callable[[], bool], seconds: float
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-
-

@@ -35,8 +35,6 @@ def pod(name: str, version: int = 1) -> JSON:
     }
 
 
-
-
 async def test_a_relist_reports_vanished_objects_with_their_owner() -> None:
     """Fix: a pod deleted while the watch was down came back from the relist as a stub
     without ownerReferences, which the controller cannot attribute to its session."""
@@ -154,9 +152,7 @@ async def test_retry_after_is_read_from_the_header_and_the_status_body(
     client = KubeClient(Connection(str(test_server.make_url("")), False, None))
     status = {"kind": "Status", "reason": "TooManyRequests", "message": "slow down"}
     answers.append(web.json_response(status, status=429, headers={"Retry-After": "7"}))
-    answers.append(
-        web.json_response({**status, "details": {"retryAfterSeconds": 3}}, status=429)
-    )
+    answers.append(web.json_response({**status, "details": {"retryAfterSeconds": 3}}, status=429))
     try:
         for expected in (7.0, 3.0):
             with pytest.raises(ApiError) as caught:
