@@ -6,8 +6,12 @@ import asyncio
 import time
 from typing import Any
 
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
 from corral.controller.leader import LeaderElector
-from corral.kube.client import ApiError
+from corral.kube.client import ApiError, Connection, KubeClient
 
 
 class LeaseServer:
@@ -163,3 +167,106 @@ async def test_a_released_lease_is_taken_at_once() -> None:
     assert replicas.when("b", "started") - stopped < 0.5
     second.cancel()
     await asyncio.gather(second, return_exceptions=True)
+
+
+class FlakyClient(FakeClient):
+    """Its first requests fail the way a dropped API connection does."""
+
+    def __init__(self, server: LeaseServer, failures: list[Exception]) -> None:
+        super().__init__(server)
+        self.failures = failures
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        if self.failures:
+            raise self.failures.pop(0)
+        return await super().get(kind, namespace, name)
+
+
+async def test_a_dropped_connection_is_retried_not_fatal() -> None:
+    """Fix: aiohttp.ServerDisconnectedError escaped the loop; the process then exited 0."""
+    client = FlakyClient(
+        LeaseServer(),
+        [aiohttp.ServerDisconnectedError(), aiohttp.ClientPayloadError("cut"), OSError("reset")],
+    )
+    leading: list[bool] = []
+    elector = LeaderElector(
+        client,  # type: ignore[arg-type]
+        "ns",
+        "lease",
+        "a",
+        on_started=lambda: leading.append(True),
+        on_stopped=lambda: leading.append(False),
+        lease_seconds=1.0,
+        renew_seconds=0.05,
+    )
+    task = asyncio.create_task(elector.run())
+    try:
+        await wait_until(lambda: leading == [True] or task.done(), 5)
+        assert not task.done(), task.exception()
+        assert client.failures == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_error_page_that_is_not_json_is_retried() -> None:
+    """Fix: a proxy's HTML error page made the client raise a JSONDecodeError that escaped
+    the leader loop. Here a real client talks HTTP to a Lease endpoint that first answers
+    with HTML, then like the API server."""
+    lease: dict[str, Any] = {}
+    html_answers = [2]
+
+    async def lease_endpoint(request: web.Request) -> web.Response:
+        if html_answers[0]:
+            html_answers[0] -= 1
+            return web.Response(
+                status=503, text="<html>unavailable</html>", content_type="text/html"
+            )
+        if request.method == "GET":
+            if not lease:
+                status = {
+                    "kind": "Status",
+                    "reason": "NotFound",
+                    "message": "no lease",
+                    "code": 404,
+                }
+                return web.json_response(status, status=404)
+            return web.json_response(lease)
+        body = await request.json()
+        if request.method == "POST":
+            lease.update(body, metadata={**body["metadata"], "resourceVersion": "1"})
+            return web.json_response(lease, status=201)
+        lease["spec"].update(body["spec"])
+        version = int(lease["metadata"]["resourceVersion"]) + 1
+        lease["metadata"]["resourceVersion"] = str(version)
+        return web.json_response(lease)
+
+    app = web.Application()
+    app.router.add_route(
+        "*", "/apis/coordination.k8s.io/v1/namespaces/ns/leases{tail:.*}", lease_endpoint
+    )
+    server = TestServer(app)
+    await server.start_server()
+    client = KubeClient(Connection(str(server.make_url("")), False, None))
+    leading: list[bool] = []
+    elector = LeaderElector(
+        client,
+        "ns",
+        "lease",
+        "a",
+        on_started=lambda: leading.append(True),
+        on_stopped=lambda: leading.append(False),
+        lease_seconds=1.0,
+        renew_seconds=0.05,
+    )
+    task = asyncio.create_task(elector.run())
+    try:
+        await wait_until(lambda: leading == [True] or task.done(), 10)
+        assert not task.done(), task.exception()
+        assert html_answers == [0]
+        assert lease["spec"]["holderIdentity"] == "a"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+        await server.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from corral.controller.pods import pod_view
 from corral.controller.store import Store
 
@@ -44,3 +46,93 @@ def test_deletion_marked_at_once() -> None:
     store.mark_pod_deleting(KEY, "demo-1")
     (view,) = store.children_of(KEY).pod_views()
     assert view.deleting
+
+
+def session_body(name: str) -> dict[str, object]:
+    return {
+        "metadata": {"name": name, "namespace": KEY[0], "uid": f"s-{name}"},
+        "spec": {"pattern": "Hybrid"},
+    }
+
+
+def fill(store: Store, name: str) -> None:
+    """A session with every kind of child, a report, a wake and a held-back status."""
+    key = (KEY[0], name)
+    store.put_session(session_body(name))
+    store.put_pod(key, pod_view(pod(f"{name}-1")), deleted=False)
+    store.expect_pod(key, pod_view(pod(f"{name}-2")))
+    for kind in ("Service", "NetworkPolicy", "PersistentVolumeClaim"):
+        store.put_named_child(key, kind, name, deleted=False, spec_hash="h")
+    store.wake_seen[key] = 1.0
+    store.deferred_since[key] = 1.0
+
+
+def delete_children(store: Store, name: str) -> None:
+    key = (KEY[0], name)
+    for pod_name in (f"{name}-1", f"{name}-2"):
+        store.put_pod(key, pod_view(pod(pod_name)), deleted=True)
+    for kind in ("Service", "NetworkPolicy", "PersistentVolumeClaim"):
+        store.put_named_child(key, kind, name, deleted=True)
+
+
+def test_a_deleted_session_leaves_nothing_behind() -> None:
+    """Fix: the children's entry outlived the session and its children (1000 of 1000 were
+    leaked), whichever order the session's and its children's DELETED events came in."""
+    store = Store()
+    names = [f"s-{i}" for i in range(1000)]
+    for name in names:
+        fill(store, name)
+    for index, name in enumerate(names):
+        if index % 2:  # the garbage collector's deletions seen first
+            delete_children(store, name)
+            store.drop_session((KEY[0], name))
+        else:
+            store.drop_session((KEY[0], name))
+            delete_children(store, name)
+    assert store.sessions == {}
+    assert store.children == {}
+    assert store.activity == {}
+    assert store.wake_seen == {}
+    assert store.deferred_since == {}
+    assert store._versions == {}
+
+
+def test_children_of_a_deleted_session_are_kept_while_they_exist() -> None:
+    store = Store()
+    fill(store, "demo")
+    store.drop_session(KEY)
+    store.put_pod(KEY, pod_view(pod("demo-1")), deleted=True)
+    assert KEY in store.children  # the Service, policy, volume and one pod remain
+    assert store.children[KEY].services == {"demo"}
+
+
+def test_a_late_deleted_event_does_not_recreate_an_entry() -> None:
+    store = Store()
+    store.put_named_child(KEY, "Service", "demo", deleted=True)
+    store.put_pod(KEY, pod_view(pod("demo-1")), deleted=True)
+    assert store.children == {}
+
+
+def test_a_pod_found_gone_is_forgotten_only_if_it_is_still_the_same_pod() -> None:
+    """A delete that got 404 forgets the pod; a same-named successor is kept."""
+    store = Store()
+    store.put_session(session_body("demo"))
+    store.put_pod(KEY, pod_view(pod("demo-1")), deleted=False)
+    store.forget_pod(KEY, "demo-1", uid="uid-other")
+    assert [p.name for p in store.children_of(KEY).pod_views()] == ["demo-1"]
+    store.forget_pod(KEY, "demo-1", uid="uid-demo-1")
+    assert store.children_of(KEY).pod_views() == []
+
+
+def test_a_pod_view_keeps_a_digest_of_the_spec_annotation_not_the_annotation() -> None:
+    """Fix: every PodView held its pod's runner-spec annotation, up to 200 KiB each."""
+    body = pod("demo-1")
+    spec = '{"prompt": "' + "p" * 200_000 + '"}'
+    body["metadata"]["annotations"]["corral.dev/session-spec"] = spec  # type: ignore[index]
+    view = pod_view(body)
+    held = [str(getattr(view, f.name)) for f in fields(view)]
+    assert max(len(value) for value in held) < 100
+    other = pod("demo-1")
+    other["metadata"]["annotations"]["corral.dev/session-spec"] = spec + " "  # type: ignore[index]
+    assert pod_view(other).spec_digest != view.spec_digest
+    assert pod_view(body).spec_digest == view.spec_digest

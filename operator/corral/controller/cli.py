@@ -10,8 +10,11 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("corral.operator")
 
 
 def register(subparsers: Any) -> None:
@@ -54,11 +57,37 @@ def _run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         # kopf's login reads the same file through the official client's loader.
         os.environ["KUBECONFIG"] = args.kubeconfig
-    asyncio.run(_main(args))
-    return 0
+    return asyncio.run(_main(args))
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def supervise(tasks: Collection[asyncio.Task[Any]], stop: asyncio.Event) -> int:
+    """Wait for a stop signal or the end of one of `tasks`, and return the exit code.
+
+    The tasks run for the life of the process, so one that ends on its own (an error no
+    loop handled, or a plain return) leaves the operator half alive: that is exit code 1,
+    and Kubernetes restarts the pod. Fix: the process used to exit 0 then (found with a
+    dropped API connection in the leader loop). A requested stop is 0.
+    """
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    ended = [task for task in done if task is not stopper]
+    failed = [t for t in ended if not t.cancelled() and t.exception() is not None]
+    for task in failed:
+        error = task.exception()
+        log.error("%s failed: %r", task.get_name(), error, exc_info=error)
+    if failed:
+        return 1
+    if stop.is_set():
+        return 0
+    for task in ended:
+        log.error("%s ended on its own", task.get_name())
+    return 1
+
+
+async def _main(args: argparse.Namespace) -> int:
     import kopf
     from aiohttp import web
 
@@ -85,7 +114,7 @@ async def _main(args: argparse.Namespace) -> None:
     runner = web.AppRunner(make_app(controller), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
-    logging.getLogger("corral.operator").info(
+    log.info(
         "operator %s serving health, metrics and activity on %s:%d", identity, args.host, args.port
     )
 
@@ -104,8 +133,7 @@ async def _main(args: argparse.Namespace) -> None:
         ),
         name="kopf",
     )
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({background, kopf_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    code = await supervise([background, kopf_task], stop)
     stop.set()
     background.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -114,3 +142,4 @@ async def _main(args: argparse.Namespace) -> None:
         await asyncio.wait_for(kopf_task, 10)
     await runner.cleanup()
     await client.close()
+    return code

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from pydantic import ValidationError
 
 from corral.api import runtime
@@ -24,7 +25,7 @@ from corral.api.v1alpha1 import KIND
 from corral.config import OperatorConfig
 from corral.controller import metrics
 from corral.controller.leader import LeaderElector
-from corral.controller.lifecycle import SPEC_HASH_ANNOTATION, Activity
+from corral.controller.lifecycle import SPEC_HASH_ANNOTATION, Activity, Plan
 from corral.controller.pods import pod_view
 from corral.controller.queue import WorkQueue
 from corral.controller.reconciler import Reconciler
@@ -73,6 +74,8 @@ class Controller:
         self.synced = asyncio.Event()
         self._failures: dict[Key, int] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Reconciles running now: cancelled when this replica stops leading.
+        self._in_flight: set[asyncio.Task[Plan | None]] = set()
         self.ready = False
         metrics.register_sessions(lambda: list(self.store.sessions.values()))
 
@@ -83,8 +86,6 @@ class Controller:
         key = (str(meta.get("namespace")), str(meta.get("name")))
         if event_type == "DELETED":
             self.store.drop_session(key)
-            self.reconciler.wake_seen.pop(key, None)
-            self.reconciler.deferred_since.pop(key, None)
             return
         try:
             session = self.store.put_session(body)
@@ -96,7 +97,7 @@ class Controller:
             return
         wake = session.metadata.annotations.get(runtime.WAKE_ANNOTATION)
         if self.leading.is_set() and wake is not None and wake != session.status.observed_wake:
-            self.reconciler.wake_seen.setdefault(key, time.monotonic())
+            self.store.wake_seen.setdefault(key, time.monotonic())
         self.queue.add(key)
 
     def on_child(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
@@ -162,13 +163,19 @@ class Controller:
     # --- leadership ------------------------------------------------------------------------
 
     def start_leading(self) -> None:
+        self.store.leading_since = datetime.now(UTC)
         self.leading.set()
         self._label_own_pod(True)
         for key in list(self.store.sessions):
             self.queue.add(key)
 
     def stop_leading(self) -> None:
+        """Stop acting at once: a deposed leader's reconciles still running would write
+        beside the new leader's (a scale-down from a stale picture, a second pod)."""
         self.leading.clear()
+        self.store.leading_since = None
+        for task in list(self._in_flight):
+            task.cancel()
         self._label_own_pod(False)
 
     def _label_own_pod(self, leading: bool) -> None:
@@ -182,9 +189,9 @@ class Controller:
         async def label() -> None:
             try:
                 await self.client.patch("Pod", namespace, name, patch)
-            except (ApiError, OSError) as error:
+            except (ApiError, OSError, aiohttp.ClientError, TimeoutError) as error:
                 log.warning(
-                    "could not label pod %s/%s as leader=%s: %s", namespace, name, leading, error
+                    "could not label pod %s/%s as leader=%s: %r", namespace, name, leading, error
                 )
 
         task = asyncio.get_running_loop().create_task(label())
@@ -205,7 +212,7 @@ class Controller:
                 if not self.leading.is_set():
                     self.queue.add_after(key, 1.0)
                     continue
-                plan = await self.reconciler.reconcile(key)
+                plan = await self._reconcile_while_leading(key)
                 self._failures.pop(key, None)
                 if plan is not None and plan.requeue_after is not None:
                     self.queue.add_after(key, plan.requeue_after)
@@ -219,6 +226,25 @@ class Controller:
                 self._retry(key, error)
             finally:
                 self.queue.done(key)
+
+    async def _reconcile_while_leading(self, key: Key) -> Plan | None:
+        """Reconcile `key`, unless leadership is lost first (see stop_leading): then the
+        reconcile is cancelled and None returned; the next leader reconciles everything."""
+        task = asyncio.create_task(self.reconciler.reconcile(key))
+        self._in_flight.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the worker itself is being cancelled (shutdown)
+            log.info(
+                "reconcile cancelled: no longer the leader",
+                extra={"session_namespace": key[0], "session_name": key[1]},
+            )
+            return None
+        finally:
+            self._in_flight.discard(task)
 
     def _retry(self, key: Key, error: Exception) -> None:
         """Try the session again later, backing off exponentially up to a minute."""

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+
 from corral.controller import metrics
 from corral.kube.client import ApiError, KubeClient
 
@@ -81,7 +83,10 @@ class LeaderElector:
                     # a cancellation that races the inner call's completion (shutdown hangs).
                     async with asyncio.timeout(budget):
                         await self._try_once()
-                except (ApiError, OSError, TimeoutError) as error:
+                except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+                    # The API server is unreachable or answered badly (a dropped connection,
+                    # an error page that is not JSON): try again next period. Anything else
+                    # is a bug and ends the process non-zero (see controller.cli.supervise).
                     log.warning("lease %s/%s: %r", self.namespace, self.name, error)
                 if self.leading and time.monotonic() - self._last_renewed >= self._renew_deadline():
                     self._step_down("could not renew the lease in time")

@@ -29,7 +29,7 @@ from corral.api.v1alpha1 import (
 from corral.config import OperatorConfig
 from corral.controller import conditions as cond
 from corral.controller.outcome import outcome_of
-from corral.controller.pods import CONFIG_FAILURES, IMAGE_PULL_FAILURES, PodView
+from corral.controller.pods import CONFIG_FAILURES, IMAGE_PULL_FAILURES, PodView, spec_digest
 from corral.render import (
     Manifest,
     endpoint_url,
@@ -48,6 +48,10 @@ from corral.render.names import short_hash
 # (a credentials Secret that does not exist yet).
 CREDENTIALS_RETRY_SECONDS = 5.0
 BUSY_REPORT_STALE = timedelta(seconds=120)
+# A busy runner reports every 30 s (corral.runner.activity.HEARTBEAT_SECONDS), to the leader
+# only: a replica that just became leader waits this long before scaling a session down
+# whose runner it has not heard from since, as it may be in a long silent tool call.
+HEARTBEAT_GRACE = timedelta(seconds=45)
 # On a NetworkPolicy: hash of the spec it was rendered with, to notice spec.network changes.
 SPEC_HASH_ANNOTATION = "corral.dev/spec-hash"
 
@@ -95,6 +99,8 @@ class Observed:
     network_policy_hash: str | None = None
     # None: not looked up yet. The reconciler looks only when the plan asks for it.
     credentials_found: bool | None = None
+    # When this replica became leader (runners report to the leader only); None: no guard.
+    leading_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -387,7 +393,7 @@ class _Decision:
             self.create_pod("PodReplaced")
             return False
         wanted = spec_json(self.session, self.config)
-        if pod.spec_annotation is not None and pod.spec_annotation != wanted:
+        if pod.spec_digest is not None and pod.spec_digest != spec_digest(wanted):
             patch = {"metadata": {"annotations": {runtime.SPEC_ANNOTATION: wanted}}}
             self.plan.patch_pods.append((pod.name, patch))
         return True
@@ -580,6 +586,10 @@ class _Decision:
                 (deadline - self.now).total_seconds() if not busy else timeout.total_seconds()
             )
             return
+        unheard_until = self.unheard_until()
+        if unheard_until is not None and self.now < unheard_until:
+            self.plan.requeue((unheard_until - self.now).total_seconds())
+            return
         self.add_pod_seconds(pod.started_at)
         self.delete_pod(pod, "IdleTimeout")
         idle_for = int((self.now - last).total_seconds())
@@ -597,6 +607,17 @@ class _Decision:
         self.condition(cond.POD_READY, False, "Idle", "scaled to zero")
         self.event("ScaledDown", message)
         self.plan.scaled_down = True
+
+    def unheard_until(self) -> datetime | None:
+        """Until when a new leader cannot know whether the runner is busy: it has heard no
+        report since it began to lead, and a busy runner's heartbeat may not have come yet.
+        None when runners do not report at all, or a report has come since."""
+        since, activity = self.obs.leading_since, self.obs.activity
+        if since is None or not self.config.activity_url:
+            return None
+        if activity is not None and activity.received_at and activity.received_at >= since:
+            return None
+        return since + HEARTBEAT_GRACE
 
     def wake(self, wake_value: str | None) -> None:
         adopted = self.drop_duplicates()

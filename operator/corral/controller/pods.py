@@ -6,6 +6,7 @@ thousands of sessions.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,8 @@ class PodView:
     owner_uid: str | None
     attempt: int
     restart_hash: str | None
-    spec_annotation: str | None
+    # A digest of the runner-spec annotation, not the annotation (up to 200 KiB per pod).
+    spec_digest: str | None
     phase: str
     deleting: bool
     ready: bool
@@ -47,6 +49,11 @@ class PodView:
     @property
     def finished(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
+
+
+def spec_digest(spec_annotation: str) -> str:
+    """What PodView keeps of the runner-spec annotation: enough to tell it changed."""
+    return hashlib.sha256(spec_annotation.encode()).hexdigest()
 
 
 def _runner_status(status: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +90,7 @@ def pod_view(body: dict[str, Any]) -> PodView:
             unschedulable = str(condition.get("message") or "no node fits the pod")
         if condition.get("type") == "Ready":
             ready = condition.get("status") == "True"
+    spec_annotation = annotations.get(runtime.SPEC_ANNOTATION)
     try:
         attempt = int(annotations.get(ATTEMPT_ANNOTATION, "0"))
     except ValueError:
@@ -93,7 +101,7 @@ def pod_view(body: dict[str, Any]) -> PodView:
         owner_uid=owner_uid,
         attempt=attempt,
         restart_hash=annotations.get(RESTART_HASH_ANNOTATION),
-        spec_annotation=annotations.get(runtime.SPEC_ANNOTATION),
+        spec_digest=spec_digest(spec_annotation) if spec_annotation is not None else None,
         phase=str(status.get("phase") or "Pending"),
         deleting=bool(meta.get("deletionTimestamp")),
         ready=ready,

@@ -40,9 +40,9 @@ class Reconciler:
         self.client = client
         self.store = store
         self.config = config
-        # When a wake was first seen per session, for the wake-latency metric.
-        self.wake_seen: dict[Key, float] = {}
-        self.deferred_since: dict[Key, float] = {}
+        # Kept in the store, beside the session, so they go with it.
+        self.wake_seen = store.wake_seen
+        self.deferred_since = store.deferred_since
 
     def observe(self, key: Key, now: datetime | None = None) -> Observed | None:
         session = self.store.sessions.get(key)
@@ -58,6 +58,7 @@ class Reconciler:
             has_pvc=pvc_name(session) in children.pvcs,
             now=now or datetime.now(UTC),
             activity=self.store.activity.get(key),
+            leading_since=self.store.leading_since,
         )
 
     async def reconcile(self, key: Key) -> Plan | None:
@@ -93,10 +94,12 @@ class Reconciler:
             await self._ignore_missing(self.client.patch(kind, key[0], name, patch))
         for deletion in plan.delete_pods:
             grace = None
-            await self.client.delete(
+            if await self.client.delete(
                 "Pod", key[0], deletion.name, uid=deletion.uid or None, grace_seconds=grace
-            )
-            self.store.mark_pod_deleting(key, deletion.name)
+            ):
+                self.store.mark_pod_deleting(key, deletion.name)
+            else:  # already gone (a 404 means deleted): its DELETED event may never come
+                self.store.forget_pod(key, deletion.name, deletion.uid or None)
         if plan.scaled_down:
             metrics.SCALE_DOWNS.inc()
         if plan.woke:

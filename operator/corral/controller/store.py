@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from corral.api.v1alpha1 import AgentSession
@@ -45,13 +46,35 @@ class SessionChildren:
                 del self.expected_pods[name]
         return list(self.pods.values()) + [view for view, _ in self.expected_pods.values()]
 
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.pods
+            or self.expected_pods
+            or self.services
+            or self.network_policies
+            or self.policy_hashes
+            or self.pvcs
+        )
+
 
 class Store:
+    """Everything kept per session is dropped with the session (see drop_session); a
+    session's children are kept while any of them still exists, and freed with the last."""
+
     def __init__(self) -> None:
         self.sessions: dict[Key, AgentSession] = {}
         self._versions: dict[Key, int] = {}
         self.children: dict[Key, SessionChildren] = {}
         self.activity: dict[Key, Activity] = {}
+        # When a wake was first seen, for the wake-latency metric.
+        self.wake_seen: dict[Key, float] = {}
+        # When a session's first "starting" status was first held back (see the reconciler).
+        self.deferred_since: dict[Key, float] = {}
+        # When this replica last became leader, and so began to hear runners' activity
+        # reports (None while it does not lead): no idle scale-down before it could have
+        # heard a busy runner's heartbeat (see lifecycle.Observed.leading_since).
+        self.leading_since: datetime | None = None
 
     def children_of(self, key: Key) -> SessionChildren:
         found = self.children.get(key)
@@ -74,21 +97,40 @@ class Store:
         self.sessions.pop(key, None)
         self._versions.pop(key, None)
         self.activity.pop(key, None)
+        self.wake_seen.pop(key, None)
+        self.deferred_since.pop(key, None)
+        self._free_if_unused(key)
+
+    def _free_if_unused(self, key: Key) -> None:
+        """Forget a session's children once the session is gone and none of them is left.
+        Fix: the entry used to outlive both (the garbage collector deletes the children
+        after the session), one per session ever made."""
         children = self.children.get(key)
-        if children is not None and not (children.pods or children.services):
+        if children is not None and key not in self.sessions and children.empty:
             del self.children[key]
 
     def put_pod(self, key: Key, view: PodView, deleted: bool) -> None:
-        children = self.children_of(key)
-        pods = children.pods
         if deleted:
-            pods.pop(view.name, None)
+            self.forget_pod(key, view.name)
+        else:
+            self.children_of(key).pods[view.name] = view
+
+    def forget_pod(self, key: Key, name: str, uid: str | None = None) -> None:
+        """The pod is gone (its DELETED event, or a delete that found nothing); with `uid`,
+        only if the pod known by that name is still that one."""
+        children = self.children.get(key)
+        if children is None:
+            return
+        known = children.pods.get(name)
+        if uid is None or known is None or known.uid == uid:
+            children.pods.pop(name, None)
+        expected = children.expected_pods.get(name)
+        if uid is None or expected is None or expected[0].uid == uid:
             # Fix: a pod created and deleted again before any reconcile read the store was
             # still "expected" (assumed to exist) for EXPECTATION_SECONDS: no replacement
             # for a minute. Its DELETED event settles it.
-            children.expected_pods.pop(view.name, None)
-        else:
-            pods[view.name] = view
+            children.expected_pods.pop(name, None)
+        self._free_if_unused(key)
 
     def expect_pod(self, key: Key, view: PodView) -> None:
         self.children_of(key).expected_pods[view.name] = (
@@ -105,6 +147,8 @@ class Store:
     def put_named_child(
         self, key: Key, kind: str, name: str, deleted: bool, spec_hash: str | None = None
     ) -> None:
+        if deleted and key not in self.children:
+            return
         children = self.children_of(key)
         if kind == "NetworkPolicy":
             if deleted:
@@ -118,5 +162,6 @@ class Store:
         }[kind]
         if deleted:
             names.discard(name)
+            self._free_if_unused(key)
         else:
             names.add(name)

@@ -41,11 +41,15 @@ RESOURCES: dict[str, tuple[str, str]] = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        # Seconds the server asked us to wait (Retry-After, or a Status' retryAfterSeconds).
+        self.retry_after = retry_after
 
     @property
     def namespace_gone(self) -> bool:
@@ -54,6 +58,56 @@ class ApiError(Exception):
         return (self.status == 403 and "being terminated" in text) or (
             self.status == 404 and "namespaces" in text
         )
+
+
+# How much of a body that is not JSON (a proxy's HTML error page) an ApiError quotes.
+ERROR_TEXT_CHARS = 200
+
+
+def retry_after_of(header: str | None, payload: JSON) -> float | None:
+    """The wait the server asked for: the Retry-After header (seconds) or the Status body's
+    `details.retryAfterSeconds`; None when it asked for none."""
+    if header:
+        try:
+            return max(float(header), 0.0)
+        except ValueError:
+            pass  # an HTTP date: rare from the API server; our own backoff applies
+    details = payload.get("details")
+    seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+    return float(seconds) if isinstance(seconds, int | float) and seconds > 0 else None
+
+
+async def _read_payload(response: aiohttp.ClientResponse) -> JSON:
+    """The JSON body of a response. A body that is not a JSON object (a load balancer's error
+    page, a connection cut mid-body) becomes an ApiError rather than a ValueError that
+    callers do not expect."""
+    if response.content_length == 0:
+        return {}
+    text = await response.text(errors="replace")
+    if not text.strip():
+        return {}
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        reason = response.reason if response.status >= 400 else "InvalidResponse"
+        raise ApiError(
+            response.status if response.status >= 400 else 502,
+            str(reason or "InvalidResponse"),
+            f"response is not JSON: {text[:ERROR_TEXT_CHARS]!r}",
+            retry_after_of(response.headers.get("Retry-After"), {}),
+        )
+    return payload
+
+
+def _error(response: aiohttp.ClientResponse, payload: JSON) -> ApiError:
+    return ApiError(
+        response.status,
+        str(payload.get("reason") or response.reason),
+        str(payload.get("message", "")),
+        retry_after_of(response.headers.get("Retry-After"), payload),
+    )
 
 
 def _kind_of(path: str) -> str:
@@ -173,15 +227,9 @@ class KubeClient:
         async with self._session.request(
             method, path, json=body, headers=headers, params=params
         ) as response:
-            payload: JSON = (
-                await response.json(content_type=None) if response.content_length != 0 else {}
-            )
+            payload = await _read_payload(response)
             if response.status >= 400:
-                raise ApiError(
-                    response.status,
-                    str(payload.get("reason", response.reason)),
-                    str(payload.get("message", "")),
-                )
+                raise _error(response, payload)
             return payload
 
     async def stream(self, path: str, params: dict[str, str]) -> AsyncIterator[JSON]:
@@ -192,10 +240,7 @@ class KubeClient:
             path, params=params, timeout=timeout, headers=self._authorization()
         ) as response:
             if response.status >= 400:
-                payload = await response.json(content_type=None)
-                raise ApiError(
-                    response.status, str(payload.get("reason")), str(payload.get("message"))
-                )
+                raise _error(response, await _read_payload(response))
             async for line in response.content:
                 if line.strip():
                     yield json.loads(line)
@@ -222,8 +267,9 @@ class KubeClient:
         name: str,
         uid: str | None = None,
         grace_seconds: int | None = None,
-    ) -> None:
-        """Delete, guarded by UID so a same-named successor is never hit; 404 is success."""
+    ) -> bool:
+        """Delete, guarded by UID so a same-named successor is never hit. False when the
+        object was already gone: 404, or 409 (the name now belongs to another UID)."""
         options: JSON = {
             "kind": "DeleteOptions",
             "apiVersion": "v1",
@@ -238,3 +284,5 @@ class KubeClient:
         except ApiError as error:
             if error.status not in (404, 409):
                 raise
+            return False
+        return True

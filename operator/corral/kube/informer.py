@@ -5,6 +5,11 @@ than through kopf: the API server filters by `app.kubernetes.io/managed-by=corra
 operator never receives the cluster's other pods, and each event costs a JSON decode and a
 store update instead of a framework handler invocation. `synced` is set once the initial
 list of every scope has been delivered, so callers can hold back decisions until then.
+
+Lists are paginated (`limit`/`continue`), so a big namespace never arrives as one response.
+After a relist, objects the informer knew but the list no longer holds are reported as
+DELETED with the identity they last had (name, UID, owner references, labels), exactly as
+the watch would have reported them: a consumer that keys on the owner sees them go.
 """
 
 from __future__ import annotations
@@ -12,22 +17,68 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
 
-from corral.kube.client import ApiError, KubeClient, resource_path
+from corral.kube.client import ApiError, KubeClient, resource_path, retry_after_of
 
 log = logging.getLogger("corral.informer")
 JSON = dict[str, Any]
 Handler = Callable[[str, JSON], None]
 WATCH_SECONDS = 300
+# Objects per LIST page: a page of pods is a few MiB at most, whatever the namespace holds.
+PAGE_SIZE = 500
+# Backoff after a failed list or watch: from RETRY_SECONDS doubling up to MAX_RETRY_SECONDS.
 RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 60.0
+# A server's Retry-After is honoured up to this (a bogus value must not stall us for ever).
+MAX_RETRY_AFTER_SECONDS = 600.0
 
 
 def is_pattern(namespace: str) -> bool:
     return any(c in namespace for c in "*?[")
+
+
+def tombstone(kind: str, body: JSON) -> JSON:
+    """What the informer remembers of an object: enough to report its deletion as the watch
+    would (who owns it), not its spec or status."""
+    meta = body.get("metadata") or {}
+    kept = {
+        k: meta[k]
+        for k in ("namespace", "name", "uid", "resourceVersion", "labels", "ownerReferences")
+        if meta.get(k) is not None
+    }
+    return {"kind": body.get("kind") or kind, "metadata": kept}
+
+
+class Backoff:
+    """Exponential backoff with jitter, capped; a server's Retry-After is a lower bound."""
+
+    def __init__(
+        self,
+        base: float = RETRY_SECONDS,
+        cap: float = MAX_RETRY_SECONDS,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self.rand = rand
+        self.failures = 0
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        ceiling = min(self.cap, self.base * 2.0**self.failures)
+        self.failures += 1
+        # "Equal jitter": at least half the ceiling, so retries never bunch up at zero.
+        delay = ceiling / 2 + self.rand() * ceiling / 2
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER_SECONDS))
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
 
 
 class Informer:
@@ -38,6 +89,7 @@ class Informer:
         label_selector: str,
         on_event: Handler,
         namespaces: Sequence[str] = (),
+        page_size: int = PAGE_SIZE,
     ) -> None:
         """`namespaces`: empty for all; names are watched one by one (works with namespaced
         RBAC); any glob pattern makes it one cluster-wide watch filtered here."""
@@ -45,6 +97,7 @@ class Informer:
         self.kind = kind
         self.selector = label_selector
         self.on_event = on_event
+        self.page_size = page_size
         self.patterns = [n for n in namespaces if is_pattern(n)]
         if not namespaces or self.patterns:
             self.scopes: list[str | None] = [None]
@@ -65,23 +118,27 @@ class Informer:
     async def _run_scope(self, scope: str | None) -> None:
         known: dict[tuple[str, str], JSON] = {}
         version = ""
+        backoff = Backoff()
+        where = scope or "all namespaces"
         while True:
             try:
                 if not version:
                     version = await self._relist(scope, known)
-                version = await self._watch(scope, version, known)
-            except asyncio.CancelledError:
-                raise
+                version = await self._watch(scope, version, known, backoff)
             except ApiError as error:
-                if error.status == 410:  # our resourceVersion is too old: list again
+                if error.status == 410:  # our resourceVersion is too old: list again at once
                     version = ""
                     continue
-                log.warning("%s watch (%s): %s", self.kind, scope or "all namespaces", error)
+                log.warning("%s watch (%s): %s", self.kind, where, error)
                 version = ""
-                await asyncio.sleep(RETRY_SECONDS)
+                await self._pause(backoff.next_delay(error.retry_after))
             except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-                log.warning("%s watch (%s) broke: %s", self.kind, scope or "all", error)
-                await asyncio.sleep(RETRY_SECONDS)
+                # The connection broke: watch again from where we were (the server replays).
+                log.warning("%s watch (%s) broke: %r", self.kind, where, error)
+                await self._pause(backoff.next_delay())
+
+    async def _pause(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
     def _emit(self, kind: str, body: JSON, known: dict[tuple[str, str], JSON]) -> None:
         meta = body.get("metadata", {})
@@ -89,32 +146,43 @@ class Informer:
         if kind == "DELETED":
             known.pop(key, None)
         else:
-            known[key] = {"metadata": {"namespace": key[0], "name": key[1]}}
+            known[key] = tombstone(self.kind, body)
         if self._wanted(body):
-            self.on_event(kind, body)
+            try:
+                self.on_event(kind, body)
+            except Exception:  # a bad object must not stop the watch for everyone else
+                log.exception("%s event handler failed", self.kind)
 
     async def _relist(self, scope: str | None, known: dict[tuple[str, str], JSON]) -> str:
-        listed = await self.client.request(
-            "GET", resource_path(self.kind, scope), params={"labelSelector": self.selector}
-        )
-        items = listed.get("items", [])
-        present = set()
-        for item in items:
-            item.setdefault("kind", self.kind)
-            meta = item["metadata"]
-            present.add((meta.get("namespace"), meta.get("name")))
-            self._emit("ADDED", item, known)
+        present: set[tuple[str, str]] = set()
+        params = {"labelSelector": self.selector, "limit": str(self.page_size)}
+        path = resource_path(self.kind, scope)
+        while True:
+            page = await self.client.request("GET", path, params=params)
+            for item in page.get("items") or []:
+                item.setdefault("kind", self.kind)
+                meta = item.get("metadata") or {}
+                present.add((str(meta.get("namespace")), str(meta.get("name"))))
+                self._emit("ADDED", item, known)
+            more = (page.get("metadata") or {}).get("continue")
+            if not more:
+                break
+            # Every page comes from the first page's snapshot; an expired token is a 410.
+            params = {**params, "continue": str(more)}
         for key in [k for k in known if k not in present]:
             # Gone while we were not watching: say so, as the watch would have.
-            stub = {"kind": self.kind, "metadata": {"namespace": key[0], "name": key[1]}}
-            self._emit("DELETED", stub, known)
+            self._emit("DELETED", known[key], known)
         self._synced_scopes.add(scope)
         if len(self._synced_scopes) == len(self.scopes):
             self.synced.set()
-        return str(listed["metadata"]["resourceVersion"])
+        return str(page["metadata"]["resourceVersion"])
 
     async def _watch(
-        self, scope: str | None, version: str, known: dict[tuple[str, str], JSON]
+        self,
+        scope: str | None,
+        version: str,
+        known: dict[tuple[str, str], JSON],
+        backoff: Backoff,
     ) -> str:
         params = {
             "watch": "1",
@@ -128,13 +196,14 @@ class Informer:
             body = event.get("object") or {}
             if kind == "ERROR":
                 raise ApiError(
-                    int(body.get("code", 500)), str(body.get("reason")), str(body.get("message"))
+                    int(body.get("code", 500)),
+                    str(body.get("reason")),
+                    str(body.get("message")),
+                    retry_after_of(None, body),
                 )
+            backoff.reset()  # the server is answering again
             version = str(body.get("metadata", {}).get("resourceVersion") or version)
             if kind == "BOOKMARK":
                 continue
-            try:
-                self._emit(str(kind), body, known)
-            except Exception:  # a bad object must not stop the watch for everyone else
-                log.exception("%s event handler failed", self.kind)
+            self._emit(str(kind), body, known)
         return version

@@ -1,0 +1,240 @@
+"""The controller's path from watch events to the store and to reconciles, without a cluster:
+deletions found by a relist, deletes that find nothing, and losing leadership mid-reconcile."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from scripted_api import GONE, ScriptedApi, run_until
+
+from corral.api.v1alpha1 import AgentSession
+from corral.config import OperatorConfig
+from corral.controller import controller as controller_module
+from corral.controller.controller import Controller, RunSettings
+from corral.controller.lifecycle import decide, timestamp
+from corral.kube.client import ApiError, KubeClient
+from corral.kube.informer import Informer
+from corral.render import network_policy_name, pvc_name, render_pod, service_name
+
+JSON = dict[str, Any]
+KEY = ("team-a", "demo")
+LONG_AGO = datetime.now(UTC) - timedelta(hours=1)
+
+
+class FakeKube(KubeClient):
+    """The API server as far as one reconcile needs it: status patches merge into the
+    session, pod deletes answer 404 (the pod is already gone), the rest succeeds."""
+
+    def __init__(self, session: JSON) -> None:  # no HTTP session: nothing leaves the process
+        self.session = session
+        self.calls: list[tuple[str, str]] = []
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: JSON | None = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> JSON:
+        self.calls.append((method, path))
+        if method == "DELETE" and "/pods/" in path:
+            raise ApiError(404, "NotFound", f'pods "{path.rsplit("/", 1)[1]}" not found')
+        if method == "PATCH" and path.endswith("/status"):
+            assert body is not None
+            status = self.session.setdefault("status", {})
+            for name, value in body["status"].items():
+                if value is None:
+                    status.pop(name, None)
+                else:
+                    status[name] = value
+            meta = self.session["metadata"]
+            meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+            return copy.deepcopy(self.session)
+        return copy.deepcopy(body or {})
+
+
+@pytest.fixture
+def controller_for(
+    monkeypatch: pytest.MonkeyPatch, config: OperatorConfig
+) -> Callable[[JSON], Controller]:
+    # One Prometheus collector per process; these tests make several controllers.
+    monkeypatch.setattr(controller_module.metrics, "register_sessions", lambda _: None)
+    monkeypatch.delenv("POD_NAME", raising=False)
+
+    def make(session: JSON) -> Controller:
+        return Controller(config, FakeKube(session), RunSettings(leader_election=False))
+
+    return make
+
+
+def session_body(session: AgentSession, **status: Any) -> JSON:
+    body = session.model_dump(by_alias=True, exclude_none=True, mode="json")
+    body["metadata"]["resourceVersion"] = "10"
+    body["status"] = status
+    return body
+
+
+def running_pod(session: AgentSession, config: OperatorConfig, started: datetime) -> JSON:
+    body = render_pod(session, config, attempt=1)
+    body["metadata"].update(
+        uid="pod-uid-1", resourceVersion="11", creationTimestamp=timestamp(started)
+    )
+    body["status"] = {
+        "phase": "Running",
+        "startTime": timestamp(started),
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
+    return body
+
+
+def add_other_children(controller: Controller, session: AgentSession) -> None:
+    for kind, name in (
+        ("Service", service_name(session)),
+        ("NetworkPolicy", network_policy_name(session)),
+        ("PersistentVolumeClaim", pvc_name(session)),
+    ):
+        controller.store.put_named_child(KEY, kind, name, deleted=False)
+
+
+def pods_to_create(controller: Controller, config: OperatorConfig) -> list[str]:
+    observed = controller.reconciler.observe(KEY)
+    assert observed is not None
+    plan = decide(observed, config)
+    return [m["metadata"]["name"] for m in plan.create if m["kind"] == "Pod"]
+
+
+async def test_a_pod_deleted_while_the_watch_was_down_is_recreated(
+    controller_for: Callable[[JSON], Controller],
+    make_session: Callable[..., AgentSession],
+    config: OperatorConfig,
+) -> None:
+    """Fix: the relist reported the vanished pod as a stub without ownerReferences, the
+    controller dropped it, and the LongRunning session kept a pod that no longer existed."""
+    session = make_session("LongRunning")
+    pod = running_pod(session, config, LONG_AGO)
+    body = session_body(session, phase="Running", podName=pod["metadata"]["name"], attempts=1)
+    controller = controller_for(body)
+    controller.on_session("ADDED", body)
+    add_other_children(controller, session)
+    # Listed, then the watch ends with 410 Gone; meanwhile the pod was deleted.
+    api = ScriptedApi(lists=[[pod], []], watches=[([], GONE)])
+    api.release.clear()
+    informer = Informer(api, "Pod", "sel", controller._child_handler("Pod"))  # type: ignore[arg-type]
+
+    def listed_then_relisted() -> bool:
+        if api.release.is_set():
+            return len(api.watch_versions) >= 2
+        if api.watch_versions:  # listed, watching
+            assert pods_to_create(controller, config) == []  # the pod is there
+            api.release.set()
+        return False
+
+    await run_until(informer, listed_then_relisted)
+    assert controller.store.children_of(KEY).pods == {}
+    assert len(pods_to_create(controller, config)) == 1
+
+
+async def test_a_hybrid_session_whose_idle_delete_found_no_pod_wakes(
+    controller_for: Callable[[JSON], Controller],
+    make_session: Callable[..., AgentSession],
+    config: OperatorConfig,
+) -> None:
+    """Fix: a 404 on the idle scale-down's delete left the pod marked "deleting" for ever,
+    and a wake waited on it for ever. A 404 means deleted."""
+    session = make_session("Hybrid", idleTimeout="1m")
+    pod = running_pod(session, config, LONG_AGO)
+    body = session_body(
+        session,
+        phase="Running",
+        podName=pod["metadata"]["name"],
+        attempts=1,
+        lastActivityTime=timestamp(LONG_AGO),
+    )
+    controller = controller_for(body)
+    controller.on_session("ADDED", body)
+    controller.on_child("Pod", "ADDED", pod)
+    add_other_children(controller, session)
+
+    plan = await controller.reconciler.reconcile(KEY)
+    assert plan is not None and [d.reason for d in plan.delete_pods] == ["IdleTimeout"]
+    assert ("DELETE", f"/api/v1/namespaces/team-a/pods/{pod['metadata']['name']}") in (
+        controller.client.calls  # type: ignore[attr-defined]
+    )
+    assert controller.store.sessions[KEY].status.phase == "Idle"
+
+    woken = copy.deepcopy(controller.client.session)  # type: ignore[attr-defined]
+    woken["metadata"]["annotations"] = {"corral.dev/wake": "1"}
+    woken["metadata"]["resourceVersion"] = "100"
+    controller.on_session("MODIFIED", woken)
+    assert len(pods_to_create(controller, config)) == 1
+
+
+class BlockingReconciler:
+    """A reconcile that waits for ever (a slow API server), and says if it was cancelled."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.calls = 0
+
+    async def reconcile(self, key: tuple[str, str]) -> None:
+        self.calls += 1
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+async def test_losing_leadership_cancels_reconciles_in_flight(
+    controller_for: Callable[[JSON], Controller],
+) -> None:
+    """Fix: a deposed leader's running reconciles went on writing beside the new leader's."""
+    controller = controller_for({})
+    reconciler = BlockingReconciler()
+    controller.reconciler = reconciler  # type: ignore[assignment]
+    controller.synced.set()
+    worker = asyncio.create_task(controller.worker())
+    try:
+        controller.start_leading()
+        controller.queue.add(KEY)
+        async with asyncio.timeout(5):
+            await reconciler.started.wait()
+        controller.stop_leading()
+        async with asyncio.timeout(5):
+            await reconciler.cancelled.wait()
+        # The worker survives and serves the next term.
+        reconciler.started.clear()
+        controller.start_leading()
+        controller.queue.add(KEY)
+        async with asyncio.timeout(5):
+            await reconciler.started.wait()
+        assert reconciler.calls == 2
+        assert not worker.done()
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+
+
+async def test_a_new_leader_tells_decisions_when_it_began_to_lead(
+    controller_for: Callable[[JSON], Controller],
+    make_session: Callable[..., AgentSession],
+) -> None:
+    body = session_body(make_session("Hybrid"))
+    controller = controller_for(body)
+    controller.on_session("ADDED", body)
+    before = datetime.now(UTC)
+    controller.start_leading()
+    observed = controller.reconciler.observe(KEY)
+    assert observed is not None and observed.leading_since is not None
+    assert before <= observed.leading_since <= datetime.now(UTC)
+    controller.stop_leading()
+    observed = controller.reconciler.observe(KEY)
+    assert observed is not None and observed.leading_since is None
