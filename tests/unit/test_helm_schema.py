@@ -416,7 +416,8 @@ SESSION_RULES = {
     ("", "pods", "", ("create", "delete", "list", "patch", "watch")),
     ("", "services", "", ("create", "list", "watch")),
     ("", "persistentvolumeclaims", "", ("create", "list", "watch")),
-    ("networking.k8s.io", "networkpolicies", "", ("create", "list", "watch")),
+    # Patched in place when spec.network or the operator's settings change.
+    ("networking.k8s.io", "networkpolicies", "", ("create", "list", "patch", "watch")),
     ("", "secrets", "", ("get",)),
     ("", "events", "", ("create",)),
 }
@@ -429,8 +430,8 @@ def test_cluster_wide_rbac(tmp_path: Path) -> None:
     [lease_role] = [m for m in manifests if m["kind"] == "Role"]
     assert _rules(lease_role) == {
         ("coordination.k8s.io", "leases", f"{RELEASE}", ("get", "patch")),
-        # The leader labels its own pod for the Service's selector.
-        ("", "pods", "", ("get", "patch")),
+        # The leader labels its own pod for the Service's selector: a patch, never a read.
+        ("", "pods", "", ("patch",)),
     }
     binding = one(manifests, "ClusterRoleBinding")
     assert binding["subjects"] == [

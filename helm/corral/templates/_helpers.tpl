@@ -143,10 +143,15 @@ one the operator really calls; see docs/install.md ("What the operator may do").
 - apiGroups: [""]
   resources: ["services", "persistentvolumeclaims"]
   verbs: ["list", "watch", "create"]
+# The session NetworkPolicy is also patched in place when spec.network or the operator's
+# egress, DNS, activity or metrics settings change.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "watch", "create"]
-# Only to tell whether the session's API-key Secret exists (CredentialsReady condition).
+  verbs: ["list", "watch", "create", "patch"]
+# The credentials Secret's metadata: whether it exists (Credentials condition) and its
+# labels. The operator asks for PartialObjectMetadata, so a Secret's data never reaches it;
+# RBAC cannot grant a metadata-only read, hence plain `get` (no list/watch). See
+# docs/install.md ("Why the operator may get Secrets").
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
