@@ -809,8 +809,8 @@ BUCKETS = [
         non_resource=True,
     ),
 ]
-# The Helm chart's rules (helm/corral/templates/_helpers.tpl corral.sessionRules), so the
-# measured operator runs with exactly the rights the chart gives it.
+
+
 def scrape(api_client: client.ApiClient) -> str:
     """The API server's /metrics, as the admin client reads it."""
     method, url, headers, _, _ = api_client.param_serialize(
