@@ -194,3 +194,16 @@ def operator(
     process.stop()
     if process.proc is not None and process.proc.returncode not in (0, -15):
         print(process.log_tail(), file=sys.stderr)
+    denied = refused_requests(process.log_path)
+    assert not denied, "the operator was refused by the chart's RBAC:\n" + "\n".join(denied[:10])
+
+
+def refused_requests(log_path: Path) -> list[str]:
+    """Log lines of requests the API server refused with 403, but for writes into a
+    namespace being deleted (refused to every client)."""
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    return [
+        line
+        for line in lines
+        if re.search(r"\b403\b|Forbidden", line) and "being terminated" not in line
+    ]
