@@ -22,7 +22,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from corral.testing.chart_rbac import ChartIdentity, chart_identity
+from corral.testing.chart_rbac import ChartIdentity, chart_identity, refused_requests
 from corral.testing.kube import wait_for
 from corral.testing.operator import OperatorProcess, kwok_operator_config
 from testrun import NAMESPACE_PREFIX, OPERATOR_NAMESPACE, RESTRICTED_LABELS, RUN_ID
@@ -196,14 +196,3 @@ def operator(
         print(process.log_tail(), file=sys.stderr)
     denied = refused_requests(process.log_path)
     assert not denied, "the operator was refused by the chart's RBAC:\n" + "\n".join(denied[:10])
-
-
-def refused_requests(log_path: Path) -> list[str]:
-    """Log lines of requests the API server refused with 403, but for writes into a
-    namespace being deleted (refused to every client)."""
-    lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
-    return [
-        line
-        for line in lines
-        if re.search(r"\b403\b|Forbidden", line) and "being terminated" not in line
-    ]

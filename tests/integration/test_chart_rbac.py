@@ -19,7 +19,7 @@ import yaml
 from kubernetes import client
 from lifecycle_support import KubeletStandIn, Sessions, load_example
 
-from corral.testing.chart_rbac import ChartIdentity
+from corral.testing.chart_rbac import ChartIdentity, refused_requests
 from corral.testing.kube import wait_for
 from corral.testing.operator import OperatorProcess
 
@@ -98,9 +98,19 @@ def test_a_spec_network_change_is_patched_into_the_policy_under_chart_rbac(
     # And the session goes on being reconciled: suspend reaches the pod.
     sessions.patch(NAME, {"spec": {"suspend": True}})
     sessions.wait_phase(NAME, "Suspended", timeout=60)
-    denied = [
-        line
-        for line in operator.log_path.read_text(errors="replace").splitlines()
-        if NAME in line and ("403" in line or "Forbidden" in line)
-    ]
+    denied = [line for line in refused_requests(operator.log_path) if NAME in line]
     assert denied == [], "\n".join(denied[:5])
+
+
+def test_rbac_denials_are_recognised_in_the_operator_log(tmp_path: Path) -> None:
+    """The run-wide check (the `operator` fixture fails on any RBAC denial in its log)
+    recognises the API server's message, and not Pod Security's 403."""
+    log = tmp_path / "operator.log"
+    log.write_text(
+        '{"msg": "reconcile failed: 403 Forbidden: networkpolicies.networking.k8s.io \\"a\\" '
+        'is forbidden: User \\"system:serviceaccount:ns:corral\\" cannot patch resource '
+        '\\"networkpolicies\\" in API group \\"networking.k8s.io\\""}\n'
+        '{"msg": "403 Forbidden: pods \\"b\\" is forbidden: violates PodSecurity"}\n'
+    )
+    [line] = refused_requests(log)
+    assert "cannot patch resource" in line

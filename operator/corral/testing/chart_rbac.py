@@ -10,6 +10,7 @@ fails the test that needs it, instead of passing under cluster-admin.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -226,3 +227,14 @@ def wait_granted(
 
     for check in checks:
         wait_for(partial(allowed, check), timeout=timeout, what=f"{username} granted {check}")
+
+
+# The authorizer's refusal: `User "system:serviceaccount:…" cannot patch resource "…"`.
+RBAC_DENIAL = re.compile(r"cannot [a-z]+ resource")
+
+
+def refused_requests(log_path: Path) -> list[str]:
+    """Lines of an operator log about requests RBAC refused (not admission's 403s, e.g.
+    Pod Security, nor those into a namespace being deleted)."""
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    return [line for line in lines if RBAC_DENIAL.search(line)]
