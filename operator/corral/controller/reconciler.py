@@ -94,8 +94,8 @@ class Reconciler:
         - pod deletions and the plan's Events wait for the status (a finished pod is deleted
           only once its outcome is recorded; Events describe the status transition, and are
           decided again, not lost, when the status is retried);
-        - everything else (Service, NetworkPolicy and PVC creates, pod and child patches,
-          each pod deletion, the TTL deletion) is independent of the others.
+        - everything else is independent: Service, NetworkPolicy and PVC creates, pod and
+          child patches, the TTL deletion, and each pod deletion from the others.
 
         Every failure is counted; the first is raised at the end, so the worker retries the
         session with backoff while the independent steps have already been made.
