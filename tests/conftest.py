@@ -15,13 +15,14 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from corral.testing.chart_rbac import ChartIdentity, chart_identity, refused_requests
 from corral.testing.kube import wait_for
 from corral.testing.operator import OperatorProcess, kwok_operator_config
 from testrun import NAMESPACE_PREFIX, OPERATOR_NAMESPACE, RESTRICTED_LABELS, RUN_ID
@@ -136,13 +137,52 @@ def operator_namespace(core: client.CoreV1Api, kubeconfig: Path) -> Iterator[str
     core.delete_namespace(OPERATOR_NAMESPACE, propagation_policy="Background")
 
 
+ChartRbac = Callable[..., Path]
+
+
+@pytest.fixture
+def chart_rbac(kubeconfig: Path, tmp_path: Path) -> Iterator[ChartRbac]:
+    """`chart_rbac(namespace, lease_name, watch_namespaces=())`: a kubeconfig for an operator
+    with exactly the Helm chart's rights (its ServiceAccount, RBAC and Lease applied in
+    `namespace`); the cluster-scoped objects are deleted after the test."""
+    made: list[ChartIdentity] = []
+
+    def make(namespace: str, lease_name: str, watch_namespaces: Sequence[str] = ()) -> Path:
+        identity = chart_identity(
+            kubeconfig, namespace, lease_name, tmp_path, watch_namespaces=watch_namespaces
+        )
+        made.append(identity)
+        return identity.kubeconfig
+
+    yield make
+    for identity in made:
+        identity.delete()
+
+
+@pytest.fixture(scope="session")
+def operator_identity(
+    kubeconfig: Path, operator_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChartIdentity]:
+    """The run operator's identity: the chart's cluster-wide RBAC, bound to its
+    ServiceAccount in the operator namespace (never cluster-admin)."""
+    identity = chart_identity(
+        kubeconfig, operator_namespace, f"corral-{RUN_ID}", tmp_path_factory.mktemp("identity")
+    )
+    yield identity
+    identity.delete()
+
+
 @pytest.fixture(scope="session")
 def operator(
-    kubeconfig: Path, crd: None, operator_namespace: str, tmp_path_factory: pytest.TempPathFactory
+    operator_identity: ChartIdentity,
+    crd: None,
+    operator_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    """One `corral operator` process for the run, watching this run's namespaces."""
+    """One `corral operator` process for the run, watching this run's namespaces, with
+    exactly the rights the Helm chart gives it."""
     process = OperatorProcess(
-        kubeconfig=kubeconfig,
+        kubeconfig=operator_identity.kubeconfig,
         config=kwok_operator_config(operator_namespace),
         workdir=tmp_path_factory.mktemp("operator"),
         namespaces=[f"{NAMESPACE_PREFIX}*"],
@@ -154,3 +194,5 @@ def operator(
     process.stop()
     if process.proc is not None and process.proc.returncode not in (0, -15):
         print(process.log_tail(), file=sys.stderr)
+    denied = refused_requests(process.log_path)
+    assert not denied, "the operator was refused by the chart's RBAC:\n" + "\n".join(denied[:10])

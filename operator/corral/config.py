@@ -54,6 +54,13 @@ class PeerRule(ConfigModel):
     ports: list[PortSpec] = Field(default_factory=list)
 
 
+class ScraperPeer(ConfigModel):
+    """Pods of one namespace (all of them when `pod_labels` is empty) that scrape runners."""
+
+    namespace: str = Field(..., pattern=DNS_LABEL_PATTERN, max_length=63)
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+
+
 class IPBlock(ConfigModel):
     """A CIDR and the ranges carved out of it."""
 
@@ -124,6 +131,12 @@ class OperatorConfig(ConfigModel):
     )
     activity_peer: PeerRule | None = Field(
         None, description="Egress every session gets to reach the operator's activity port."
+    )
+    # Metrics: who may scrape a runner's /metrics (served on the runner port).
+    metrics_scraper: ScraperPeer | None = Field(
+        None,
+        description="Ingress every session gets on the runner port from these pods (e.g. "
+        "Prometheus), to scrape the runner's /metrics. Unset: runners cannot be scraped.",
     )
 
     # Scheduling

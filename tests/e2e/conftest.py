@@ -26,6 +26,7 @@ from corral.cluster import control_plane, node, pki
 from corral.cluster.layout import Layout
 from corral.cluster.paths import state_dir
 from corral.config import OperatorConfig
+from corral.testing.chart_rbac import chart_identity
 from corral.testing.fake_anthropic import FakeAnthropic
 from corral.testing.operator import OperatorProcess
 from corral.testing.outside import start_fake_anthropic
@@ -111,16 +112,23 @@ def operator(
             "hybridTerminationGracePeriodSeconds": 20,
         }
     )
+    # Exactly the Helm chart's rights, never the admin's (corral.testing.chart_rbac).
+    lease_name = f"corral-e2e-{RUN_ID}"
+    workdir = tmp_path_factory.mktemp("operator")
+    identity = chart_identity(kubeconfig, operator_namespace, lease_name, workdir)
     process = OperatorProcess(
-        kubeconfig=kubeconfig,
+        kubeconfig=identity.kubeconfig,
         config=config,
-        workdir=tmp_path_factory.mktemp("operator"),
+        workdir=workdir,
         namespaces=[f"{NAMESPACE_PREFIX}*"],
-        lease_name=f"corral-e2e-{RUN_ID}",
+        lease_name=lease_name,
         identity=f"e2e-{RUN_ID}",
     ).start()
-    process.wait_leader()
-    yield process
-    process.stop()
+    try:
+        process.wait_leader()
+        yield process
+    finally:
+        process.stop()
+        identity.delete()
     if process.proc is not None and process.proc.returncode not in (0, -15):
         print(process.log_tail(), file=sys.stderr)

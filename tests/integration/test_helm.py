@@ -269,6 +269,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "monitoring": {
         "metrics": {
             "serviceMonitor": {"enabled": True},
+            "runnerPodMonitor": {"enabled": True, "scraper": {"namespace": "monitoring"}},
             "prometheusRule": {"enabled": True},
             "grafanaDashboard": {"enabled": True},
         },
@@ -444,15 +445,16 @@ SESSION_ROWS: set[Row] = {
     ("pods", "[]", "[]", "[create delete list patch watch]"),
     ("services", "[]", "[]", "[create list watch]"),
     ("persistentvolumeclaims", "[]", "[]", "[create list watch]"),
-    ("networkpolicies.networking.k8s.io", "[]", "[]", "[create list watch]"),
+    ("networkpolicies.networking.k8s.io", "[]", "[]", "[create list patch watch]"),
     ("secrets", "[]", "[]", "[get]"),
     ("events", "[]", "[]", "[create]"),
 }
 CRD_ROW: Row = ("customresourcedefinitions.apiextensions.k8s.io", "[]", "[]", "[list watch]")
 NAMESPACES_ROW: Row = ("namespaces", "[]", "[]", "[list watch]")
 LEASE_ROW: Row = ("leases.coordination.k8s.io", "[]", f"[{RELEASE}]", "[get patch]")
-# The leader labels its own pod (the operator Service selects corral.dev/leader=true).
-OWN_PODS_ROW: Row = ("pods", "[]", "[]", "[get patch]")
+# The leader labels its own pod (the operator Service selects corral.dev/leader=true): a
+# merge patch, never a read.
+OWN_PODS_ROW: Row = ("pods", "[]", "[]", "[patch]")
 
 
 def granted(tools: Tools, namespace: str) -> set[Row]:
@@ -493,6 +495,9 @@ def test_service_account_can_do_exactly_what_the_operator_needs(
     assert not can_i(tools, "watch", "secrets", sessions)
     assert not can_i(tools, "get", "secrets", "-n=kube-system")
     assert not can_i(tools, "get", "secrets", home)
+    assert can_i(tools, "patch", "networkpolicies", sessions)
+    assert not can_i(tools, "get", "pods", home)
+    assert not can_i(tools, "list", "pods", home)
     assert not can_i(tools, "create", "pods", "--subresource=exec", sessions)
     assert not can_i(tools, "get", "pods", "--subresource=log", sessions)
     assert not can_i(tools, "create", "pods", "-n=default")

@@ -74,9 +74,12 @@ def cluster_side(
 
 
 @pytest.fixture
-def replica(cluster_side: dict[str, Any], kubeconfig: Path, tmp_path: Path) -> Iterator[Replica]:
-    """Start replicas of one operator: same Lease, same namespace pattern, own identity."""
+def replica(cluster_side: dict[str, Any], chart_rbac: Any, tmp_path: Path) -> Iterator[Replica]:
+    """Start replicas of one operator: same Lease, same namespace pattern, own identity,
+    each with exactly the Helm chart's rights."""
     started: list[OperatorProcess] = []
+    lease_name = f"{cluster_side['prefix']}ha"
+    kubeconfig = chart_rbac(cluster_side["system"], lease_name)
 
     def start(
         identity: str, lease_seconds: float = 4.0, renew_seconds: float = 1.0
@@ -86,7 +89,7 @@ def replica(cluster_side: dict[str, Any], kubeconfig: Path, tmp_path: Path) -> I
             config=kwok_operator_config(cluster_side["system"]),
             workdir=tmp_path,
             namespaces=[f"{cluster_side['prefix']}*"],
-            lease_name=f"{cluster_side['prefix']}ha",
+            lease_name=lease_name,
             identity=identity,
             lease_seconds=lease_seconds,
             renew_seconds=renew_seconds,

@@ -74,7 +74,7 @@ def fast_custom(kubeconfig: Path) -> client.CustomObjectsApi:
 
 @pytest.fixture
 def world(
-    kubeconfig: Path,
+    chart_rbac: Any,
     crd: None,
     api_client: client.ApiClient,
     core: client.CoreV1Api,
@@ -87,10 +87,12 @@ def world(
     volumes = Volumes(core, label=f"{prefix}pv", storage_class=STORAGE_CLASS)
     volumes.bind(namespace, [f"{name}-state" for name in SLEEPERS + HYBRID], size="1Gi")
     operators: list[OperatorProcess] = []
+    # The chart's rights, with watchNamespaces: a Role in the load namespace only.
+    operator_kubeconfig = chart_rbac(system, f"{prefix}resilience", watch_namespaces=[namespace])
 
     def operator(identity: str) -> OperatorProcess:
         process = OperatorProcess(
-            kubeconfig=kubeconfig,
+            kubeconfig=operator_kubeconfig,
             config=kwok_operator_config(system),
             workdir=tmp_path,
             namespaces=[namespace],

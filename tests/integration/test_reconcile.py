@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import time
@@ -26,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from corral.api import runtime
 from corral.api import v1alpha1 as api
+from corral.testing.chart_rbac import ChartIdentity, chart_identity
 from corral.testing.kube import wait_for
 from corral.testing.operator import OperatorProcess
 from strategies import CREDENTIALS_EXAMPLE, EXAMPLES_DIR, load_manifest
@@ -810,47 +809,6 @@ BUCKETS = [
         non_resource=True,
     ),
 ]
-# The Helm chart's rules (helm/corral/templates/_helpers.tpl corral.sessionRules), so the
-# measured operator runs with exactly the rights the chart gives it.
-SESSION_RULES = [
-    {
-        "apiGroups": ["corral.dev"],
-        "resources": ["agentsessions"],
-        "verbs": ["list", "watch", "delete"],
-    },
-    {"apiGroups": ["corral.dev"], "resources": ["agentsessions/status"], "verbs": ["patch"]},
-    {"apiGroups": ["corral.dev"], "resources": ["agentsessions/finalizers"], "verbs": ["update"]},
-    {
-        "apiGroups": [""],
-        "resources": ["pods"],
-        "verbs": ["list", "watch", "create", "patch", "delete"],
-    },
-    {
-        "apiGroups": [""],
-        "resources": ["services", "persistentvolumeclaims"],
-        "verbs": ["list", "watch", "create"],
-    },
-    {
-        "apiGroups": ["networking.k8s.io"],
-        "resources": ["networkpolicies"],
-        "verbs": ["list", "watch", "create"],
-    },
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-    {
-        "apiGroups": ["coordination.k8s.io"],
-        "resources": ["leases"],
-        "verbs": ["get", "create", "patch", "update"],
-    },
-]
-CLUSTER_RULES = [
-    {
-        "apiGroups": ["apiextensions.k8s.io"],
-        "resources": ["customresourcedefinitions"],
-        "verbs": ["list", "watch"],
-    },
-    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
-]
 
 
 def scrape(api_client: client.ApiClient) -> str:
@@ -877,51 +835,26 @@ def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 class Measurement:
     """The FlowSchemas, RBAC and ServiceAccount kubeconfig of one measured operator."""
 
-    def __init__(self, api_client: client.ApiClient, namespace: str, tag: str) -> None:
+    def __init__(
+        self, api_client: client.ApiClient, kubeconfig: Path, namespace: str, tag: str
+    ) -> None:
         self.api_client = api_client
+        self.kubeconfig = kubeconfig
+        self.identity: ChartIdentity | None = None
         self.namespace = namespace
         self.tag = tag
         self.account = "corral-measured"
         self.flow = client.FlowcontrolApiserverV1Api(api_client)
-        self.rbac = client.RbacAuthorizationV1Api(api_client)
-        self.core = client.CoreV1Api(api_client)
 
     def schema_name(self, index: int) -> str:
         return f"corral-measure-{self.tag}-{index:02d}"
 
     def setup(self, workdir: Path) -> Path:
+        """The chart's ServiceAccount, RBAC (watchNamespaces: this namespace) and Lease, and
+        FlowSchemas that count the requests of that ServiceAccount."""
         ns, account = self.namespace, self.account
-        self.core.create_namespaced_service_account(
-            ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
-        )
-        subject = [{"kind": "ServiceAccount", "name": account, "namespace": ns}]
-        self.rbac.create_namespaced_role(
-            ns, {"metadata": {"name": account}, "rules": SESSION_RULES}
-        )
-        self.rbac.create_namespaced_role_binding(
-            ns,
-            {
-                "metadata": {"name": account},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": account,
-                },
-                "subjects": subject,
-            },
-        )
-        cluster_name = f"corral-measure-{self.tag}"
-        self.rbac.create_cluster_role({"metadata": {"name": cluster_name}, "rules": CLUSTER_RULES})
-        self.rbac.create_cluster_role_binding(
-            {
-                "metadata": {"name": cluster_name},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": cluster_name,
-                },
-                "subjects": subject,
-            }
+        self.identity = chart_identity(
+            self.kubeconfig, ns, account, workdir, release=account, watch_namespaces=[ns]
         )
         for index, bucket in enumerate(BUCKETS):
             rule: dict[str, Any] = {
@@ -950,35 +883,7 @@ class Measurement:
                     },
                 }
             )
-        token = self.core.create_namespaced_service_account_token(
-            account, ns, {"spec": {"expirationSeconds": 3600}}
-        ).status.token
-        return self._kubeconfig(workdir, token)
-
-    def _kubeconfig(self, workdir: Path, token: str) -> Path:
-        configuration = self.api_client.configuration
-        ca = Path(configuration.ssl_ca_cert).read_bytes()
-        body = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "corral",
-                    "cluster": {
-                        "server": configuration.host,
-                        "certificate-authority-data": base64.b64encode(ca).decode(),
-                    },
-                }
-            ],
-            "users": [{"name": self.account, "user": {"token": token}}],
-            "contexts": [
-                {"name": "measured", "context": {"cluster": "corral", "user": self.account}}
-            ],
-            "current-context": "measured",
-        }
-        path = workdir / "measured.kubeconfig"
-        path.write_text(yaml.safe_dump(body))
-        return path
+        return self.identity.kubeconfig
 
     def counts(self) -> dict[str, float]:
         """Requests of the measured operator so far, per bucket label."""
@@ -996,10 +901,8 @@ class Measurement:
         for index in range(len(BUCKETS)):
             with contextlib.suppress(ApiException):
                 self.flow.delete_flow_schema(self.schema_name(index))
-        with contextlib.suppress(ApiException):
-            self.rbac.delete_cluster_role_binding(f"corral-measure-{self.tag}")
-        with contextlib.suppress(ApiException):
-            self.rbac.delete_cluster_role(f"corral-measure-{self.tag}")
+        if self.identity is not None:
+            self.identity.delete()
 
 
 def global_writes(text: str) -> dict[str, float]:
@@ -1117,6 +1020,7 @@ def measured_namespace(core: client.CoreV1Api, crd: None) -> Iterator[str]:
 
 def test_api_requests_per_session(
     api_client: client.ApiClient,
+    kubeconfig: Path,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     measured_namespace: str,
@@ -1125,7 +1029,7 @@ def test_api_requests_per_session(
     from corral.testing.operator import kwok_operator_config
 
     ns = measured_namespace
-    measurement = Measurement(api_client, ns, measured_namespace.split("-", 1)[0])
+    measurement = Measurement(api_client, kubeconfig, ns, measured_namespace.split("-", 1)[0])
     try:
         sa_kubeconfig = measurement.setup(tmp_path)
         process = OperatorProcess(

@@ -182,6 +182,11 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
         "at '/operator/port': maximum: got 70,000, want 65,535",
     ),
     (
+        "runner scraper namespace not a DNS label",
+        {"metrics": {"runnerPodMonitor": {"scraper": {"namespace": "Mon_itoring"}}}},
+        "at '/metrics/runnerPodMonitor/scraper/namespace': 'Mon_itoring' does not match",
+    ),
+    (
         "operator as root",
         {"securityContext": {"runAsUser": 0}},
         "at '/securityContext/runAsUser': minimum: got 0, want 1",
@@ -416,7 +421,8 @@ SESSION_RULES = {
     ("", "pods", "", ("create", "delete", "list", "patch", "watch")),
     ("", "services", "", ("create", "list", "watch")),
     ("", "persistentvolumeclaims", "", ("create", "list", "watch")),
-    ("networking.k8s.io", "networkpolicies", "", ("create", "list", "watch")),
+    # Patched in place when spec.network or the operator's settings change.
+    ("networking.k8s.io", "networkpolicies", "", ("create", "list", "patch", "watch")),
     ("", "secrets", "", ("get",)),
     ("", "events", "", ("create",)),
 }
@@ -429,8 +435,8 @@ def test_cluster_wide_rbac(tmp_path: Path) -> None:
     [lease_role] = [m for m in manifests if m["kind"] == "Role"]
     assert _rules(lease_role) == {
         ("coordination.k8s.io", "leases", f"{RELEASE}", ("get", "patch")),
-        # The leader labels its own pod for the Service's selector.
-        ("", "pods", "", ("get", "patch")),
+        # The leader labels its own pod for the Service's selector: a patch, never a read.
+        ("", "pods", "", ("patch",)),
     }
     binding = one(manifests, "ClusterRoleBinding")
     assert binding["subjects"] == [
@@ -522,13 +528,22 @@ def test_monitoring_objects(tmp_path: Path) -> None:
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
         ]},
     })
-    service = one(manifests, "Service")
     monitor = one(manifests, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= (
-        service["metadata"]["labels"].items()
-    )
+    # Every replica is scraped: the monitored Service selects all operator pods, not only
+    # the leader (the Service runners report to selects corral.dev/leader=true).
+    wanted = monitor["spec"]["selector"]["matchLabels"].items()
+    [service] = [
+        m for m in manifests if m["kind"] == "Service" and wanted <= m["metadata"]["labels"].items()
+    ]
+    deployment = one(manifests, "Deployment")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["clusterIP"] == "None"
+    leader_service = one(manifests, "Service", RELEASE)
+    assert leader_service["spec"]["selector"]["corral.dev/leader"] == "true"
+    # job="<fullname>", which the alerts select on.
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == RELEASE
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
@@ -546,6 +561,7 @@ def test_monitoring_objects(tmp_path: Path) -> None:
         assert _metrics_in(expr) and _metrics_in(expr) <= exported, name
         assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), name
         assert f'namespace="{NAMESPACE}"' in expr, name
+        assert f'job="{RELEASE}"' in expr, name
         assert alert["labels"]["severity"] in {"warning", "critical"}
 
     dashboard_map = one(manifests, "ConfigMap", f"{RELEASE}-dashboard")
@@ -559,6 +575,55 @@ def test_monitoring_objects(tmp_path: Path) -> None:
     assert {re.sub(r"_(bucket|count|sum)$", "", n) for n in used} == families
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_runner_pod_monitor(tmp_path: Path, make_session: Any) -> None:
+    """Opt-in: a PodMonitor for runner pods, and the scraper's ingress in every session
+    NetworkPolicy through the operator's config."""
+    from corral.render import render_network_policy, render_pod
+
+    scraper = {"namespace": "prometheus", "podLabels": {"app": "prometheus"}}
+    values = {"metrics": {"runnerPodMonitor": {"enabled": True, "scraper": scraper}}}
+    manifests = render(tmp_path, values)
+    monitor = one(manifests, "PodMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics"
+
+    config = OperatorConfig.model_validate(
+        yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
+    )
+    session = make_session()
+    pod = render_pod(session, config, 1)
+    # The PodMonitor selects the runner pods the operator renders, on their named port.
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    [container] = pod["spec"]["containers"]
+    [port] = [p for p in container["ports"] if p["name"] == endpoint["port"]]
+    policy = render_network_policy(session, config)
+    admitted = [
+        rule for rule in policy["spec"]["ingress"]
+        if any(
+            peer.get("podSelector", {}).get("matchLabels") == {"app": "prometheus"}
+            and peer["namespaceSelector"]["matchLabels"]
+            == {"kubernetes.io/metadata.name": "prometheus"}
+            for peer in rule["from"]
+        )
+    ]
+    assert [r["ports"] for r in admitted] == [[{"port": port["containerPort"], "protocol": "TCP"}]]
+
+    # Enabled without saying who scrapes: refused, naming the key.
+    result = run_helm(
+        "template", RELEASE, str(CHART),
+        values={"metrics": {"runnerPodMonitor": {"enabled": True}}}, tmp=tmp_path,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "metrics.runnerPodMonitor.scraper.namespace is required" in result.stderr
+    # With watchNamespaces, only those namespaces; off by default, and no scraper then.
+    scoped = render(tmp_path, {**values, "watchNamespaces": ["team-a"]})
+    assert one(scoped, "PodMonitor")["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    default_config = yaml.safe_load(one(render(tmp_path), "ConfigMap")["data"]["config.yaml"])
+    assert "metricsScraper" not in default_config
 
 
 def test_monitoring_is_off_by_default(tmp_path: Path) -> None:

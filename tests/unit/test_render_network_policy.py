@@ -160,3 +160,39 @@ def test_cluster_dns_is_configurable(make_session: SessionFactory) -> None:
     dns = egress(render_network_policy(make_session(), config))[0]
     assert dns["to"][0]["podSelector"] == {"matchLabels": {"app": "coredns"}}
     assert dns["ports"] == [{"port": 5353, "protocol": "TCP"}]
+
+
+def test_no_scraper_ingress_unless_configured(make_session: SessionFactory) -> None:
+    (rule,) = render_network_policy(make_session(), OperatorConfig())["spec"]["ingress"]
+    assert all("podSelector" not in peer for peer in rule["from"])
+
+
+def test_metrics_scraper_gets_its_own_ingress_rule_on_the_runner_port(
+    make_session: SessionFactory,
+) -> None:
+    """Prometheus (namespace AND pod labels) may reach the runner port, which serves
+    /metrics; the operator's rule is left as it was."""
+    scraper = {"namespace": "monitoring", "podLabels": {"app.kubernetes.io/name": "prometheus"}}
+    config = OperatorConfig.model_validate(
+        {"namespace": "corral-system", "metricsScraper": scraper}
+    )
+    operator_rule, scraper_rule = render_network_policy(make_session(), config)["spec"]["ingress"]
+    assert (
+        operator_rule
+        == render_network_policy(make_session(), OperatorConfig())["spec"]["ingress"][0]
+    )
+    # One peer with both selectors: pods with these labels in that namespace, not either.
+    assert scraper_rule["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
+    assert scraper_rule["ports"] == [{"port": runtime.RUNNER_PORT, "protocol": "TCP"}]
+
+
+def test_a_scraper_namespace_must_be_a_dns_label() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"metricsScraper\.namespace"):
+        OperatorConfig.model_validate({"metricsScraper": {"namespace": "Not_A_Label"}})

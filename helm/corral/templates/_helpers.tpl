@@ -95,7 +95,8 @@ app.kubernetes.io/managed-by: corral
 {{/*
 The OperatorConfig YAML: .Values.config, plus the release namespace and, with activity
 reporting, where runners post reports (activityUrl) and the egress rule that lets them
-reach the operator's pods (activityPeer), unless config sets those itself.
+reach the operator's pods (activityPeer), and with the runner PodMonitor, the pods that
+may scrape runners (metricsScraper), unless config sets those itself.
 */}}
 {{- define "corral.operatorConfig" -}}
 {{- $config := deepCopy .Values.config }}
@@ -112,6 +113,11 @@ reach the operator's pods (activityPeer), unless config sets those itself.
 {{- else }}
 {{- $_ := unset $config "activityUrl" }}
 {{- $_ := unset $config "activityPeer" }}
+{{- end }}
+{{- if and .Values.metrics.runnerPodMonitor.enabled (not $config.metricsScraper) }}
+{{- $scraper := deepCopy .Values.metrics.runnerPodMonitor.scraper }}
+{{- $_ := required "metrics.runnerPodMonitor.scraper.namespace is required with metrics.runnerPodMonitor.enabled: the namespace of the Prometheus that scrapes runners (session NetworkPolicies admit its pods)" $scraper.namespace }}
+{{- $_ := set $config "metricsScraper" $scraper }}
 {{- end }}
 {{- toYaml $config }}
 {{- end }}
@@ -143,10 +149,15 @@ one the operator really calls; see docs/install.md ("What the operator may do").
 - apiGroups: [""]
   resources: ["services", "persistentvolumeclaims"]
   verbs: ["list", "watch", "create"]
+# The session NetworkPolicy is also patched in place when spec.network or the operator's
+# egress, DNS, activity or metrics settings change.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "watch", "create"]
-# Only to tell whether the session's API-key Secret exists (CredentialsReady condition).
+  verbs: ["list", "watch", "create", "patch"]
+# The credentials Secret's metadata: whether it exists (Credentials condition) and its
+# labels. The operator asks for PartialObjectMetadata, so a Secret's data never reaches it;
+# RBAC cannot grant a metadata-only read, hence plain `get` (no list/watch). See
+# docs/install.md ("Why the operator may get Secrets").
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]

@@ -94,6 +94,7 @@ async def _main(args: argparse.Namespace) -> int:
     import corral.controller.handlers  # noqa: F401  (registers the kopf handlers)
     from corral.config import OperatorConfig
     from corral.controller.controller import Controller, RunSettings
+    from corral.controller.handlers import kopf_scope
     from corral.controller.http import make_app
     from corral.kube.client import KubeClient, load_connection
 
@@ -123,10 +124,11 @@ async def _main(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     background = asyncio.create_task(controller.run(), name="controller")
+    clusterwide, kopf_namespaces = kopf_scope(args.namespace)
     kopf_task = asyncio.create_task(
         kopf.operator(
-            clusterwide=not args.namespace,
-            namespaces=args.namespace,
+            clusterwide=clusterwide,
+            namespaces=kopf_namespaces,
             memo=kopf.Memo(controller=controller),
             standalone=True,
             stop_flag=stop,

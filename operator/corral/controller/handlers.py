@@ -8,18 +8,42 @@ Only `@kopf.on.event` is used: no finalizers, no diff-base or progress annotatio
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Sequence
 from typing import Any
 
 import kopf
 
 from corral.api.v1alpha1 import GROUP, PLURAL, VERSION
 from corral.controller.controller import Controller
+from corral.kube.informer import is_pattern
+
+
+def kopf_scope(namespaces: Sequence[str]) -> tuple[bool, list[str]]:
+    """kopf's (clusterwide, namespaces) for the operator's --namespace values.
+
+    kopf resolves a glob by listing and watching namespaces, a right the chart grants only
+    with watchNamespaces (exact names); so with any glob kopf watches every namespace, as
+    the child informers do, and session_event keeps the sessions of matching ones.
+    """
+    if not namespaces or any(is_pattern(n) for n in namespaces):
+        return True, []
+    return False, list(namespaces)
+
+
+def watched(namespace: str, namespaces: Sequence[str]) -> bool:
+    """Whether a namespace is one the operator manages (names or globs; none: all)."""
+    return not namespaces or any(fnmatch.fnmatchcase(namespace, n) for n in namespaces)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def session_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     controller: Controller = memo.controller
-    controller.on_session(event["type"], dict(event["object"]))
+    body: dict[str, Any] = dict(event["object"])
+    metadata: dict[str, Any] = body.get("metadata") or {}
+    namespace = str(metadata.get("namespace"))
+    if watched(namespace, controller.settings.namespaces):
+        controller.on_session(event["type"], body)
 
 
 @kopf.on.startup()

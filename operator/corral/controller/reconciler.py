@@ -3,6 +3,10 @@
 Order matters for crash safety: children are created first, then the status is written,
 then pods are deleted. A crash between any two steps leaves a state the next reconcile
 (from a fresh list) repairs without duplicating a pod or losing an outcome.
+
+One failed write does not stop the steps that do not depend on it (a NetworkPolicy patch
+refused with 403 must not hold back a pod deletion, an Event or a TTL deletion): see
+Reconciler.apply for what waits for what.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -84,33 +89,77 @@ class Reconciler:
         return True
 
     async def apply(self, key: Key, session: AgentSession, plan: Plan) -> None:
+        """Carry out a plan. Only real dependencies hold a step back:
+
+        - the status names the pod the plan creates: not written if that create failed;
+        - pod deletions and the plan's Events wait for the status (a finished pod is deleted
+          only once its outcome is recorded; Events describe the status transition, and are
+          decided again, not lost, when the status is retried);
+        - everything else is independent: Service, NetworkPolicy and PVC creates, pod and
+          child patches, the TTL deletion, and each pod deletion from the others.
+
+        Every failure is counted; the first is raised at the end, so the worker retries the
+        session with backoff while the independent steps have already been made.
+        """
+        failures: list[Exception] = []
+        status_ok = True
         if plan.create:
-            await asyncio.gather(*(self._create(key, session, m) for m in plan.create))
-        if plan.status_patch and not self._defer_status(key, plan):
-            await self._patch_status(key, session, plan.status_patch)
-        for name, patch in plan.patch_pods:
-            await self._ignore_missing(self.client.patch("Pod", key[0], name, patch))
-        for kind, name, patch in plan.patch_children:
-            await self._ignore_missing(self.client.patch(kind, key[0], name, patch))
-        for deletion in plan.delete_pods:
-            grace = None
-            if await self.client.delete(
-                "Pod", key[0], deletion.name, uid=deletion.uid or None, grace_seconds=grace
-            ):
-                self.store.mark_pod_deleting(key, deletion.name)
-            else:  # already gone (a 404 means deleted): its DELETED event may never come
-                self.store.forget_pod(key, deletion.name, deletion.uid or None)
-        if plan.scaled_down:
-            metrics.SCALE_DOWNS.inc()
-        if plan.woke:
-            metrics.WAKES.inc()
-        for note in plan.events:
-            await self._event(session, note)
-        if plan.delete_session:
-            await self.client.delete(
-                "AgentSession", key[0], key[1], uid=session.metadata.uid or None
+            results = await asyncio.gather(
+                *(self._create(key, session, m) for m in plan.create), return_exceptions=True
             )
+            for manifest, result in zip(plan.create, results, strict=True):
+                if isinstance(result, BaseException):
+                    failures.append(_reraise_fatal(result))
+                    status_ok = status_ok and manifest["kind"] != "Pod"
+        if status_ok and plan.status_patch and not self._defer_status(key, plan):
+            status_ok = await self._attempt(
+                self._patch_status(key, session, plan.status_patch), failures
+            )
+        for name, patch in plan.patch_pods:
+            await self._attempt(self._patch_child(key, session, "Pod", name, patch), failures)
+        for kind, name, patch in plan.patch_children:
+            await self._attempt(self._patch_child(key, session, kind, name, patch), failures)
+        if status_ok:
+            for deletion in plan.delete_pods:
+                uid = deletion.uid or None
+                try:
+                    present = await self.client.delete("Pod", key[0], deletion.name, uid=uid)
+                except Exception as error:
+                    failures.append(error)
+                    continue
+                if present:
+                    self.store.mark_pod_deleting(key, deletion.name)
+                else:  # already gone (a 404 means deleted): its DELETED event may never come
+                    self.store.forget_pod(key, deletion.name, uid)
+            if plan.scaled_down:
+                metrics.SCALE_DOWNS.inc()
+            if plan.woke:
+                metrics.WAKES.inc()
+            for note in plan.events:
+                await self._event(session, note)
+        if plan.delete_session and await self._attempt(
+            self.client.delete("AgentSession", key[0], key[1], uid=session.metadata.uid or None),
+            failures,
+        ):
             log.info("deleted finished session after its TTL", extra=_ctx(key))
+        if failures:
+            if len(failures) > 1:
+                log.warning(
+                    "%d writes of one reconcile failed; retrying: %s",
+                    len(failures),
+                    "; ".join(str(f) for f in failures),
+                    extra=_ctx(key),
+                )
+            raise failures[0]
+
+    async def _attempt(self, call: Awaitable[Any], failures: list[Exception]) -> bool:
+        """Await one write; a failure is recorded for later instead of ending the plan."""
+        try:
+            await call
+        except Exception as error:
+            failures.append(error)
+            return False
+        return True
 
     def _defer_status(self, key: Key, plan: Plan) -> bool:
         """Hold back a "starting" status for up to STATUS_DEFER_SECONDS after the session's
@@ -169,12 +218,22 @@ class Reconciler:
         # Keep our own write: the next reconcile may run before the watch shows it.
         self.store.put_session(updated)
 
-    async def _ignore_missing(self, call: Any) -> None:
+    async def _patch_child(
+        self, key: Key, session: AgentSession, kind: str, name: str, patch: dict[str, Any]
+    ) -> None:
+        """Patch a child in place; gone (404) is fine, anything else is reported and raised."""
         try:
-            await call
+            await self.client.patch(kind, key[0], name, patch)
         except ApiError as error:
-            if error.status != 404:
-                raise
+            if error.status == 404:
+                return
+            if not error.namespace_gone:
+                metrics.ERRORS.labels(reason=f"Patch{kind}{error.reason}").inc()
+                await self._event(
+                    session,
+                    EventNote("Warning", f"Patch{kind}Failed", f"{kind} {name}: {error.message}"),
+                )
+            raise
 
     async def _event(self, session: AgentSession, note: EventNote) -> None:
         """Post a core/v1 Event on the session; best effort, never fails a reconcile."""
@@ -211,6 +270,13 @@ class Reconciler:
             )
         level = logging.WARNING if note.type == "Warning" else logging.INFO
         log.log(level, "%s: %s", note.reason, note.message, extra=_ctx((meta.namespace, meta.name)))
+
+
+def _reraise_fatal(result: BaseException) -> Exception:
+    """A failed create, as an Exception to retry; cancellation and exits go on at once."""
+    if not isinstance(result, Exception):
+        raise result
+    return result
 
 
 def _ctx(key: Key) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """The session's NetworkPolicy: default deny both ways, then only what the session needs.
 
 Ingress: the operator's namespace (and spec.network.ingressFromNamespaces) on the runner
-port. Egress: cluster DNS; TCP 443 to public addresses when allowPublicHttps (private,
+port; with `metricsScraper` configured, that monitoring system's pods too, on the same port.
+Egress: cluster DNS; TCP 443 to public addresses when allowPublicHttps (private,
 carrier-grade NAT, loopback and link-local ranges carved out, which covers the cloud
 metadata address); the operator's extra peers; the spec's own CIDRs, minus link-local.
 """
@@ -69,12 +70,23 @@ def _public_https(
     return k8s.V1NetworkPolicyEgressRule(to=peers, ports=_ports([HTTPS])) if peers else None
 
 
-def _ingress(session: AgentSession, config: OperatorConfig) -> k8s.V1NetworkPolicyIngressRule:
+def _ingress(session: AgentSession, config: OperatorConfig) -> list[k8s.V1NetworkPolicyIngressRule]:
+    runner_port = _ports([PortSpec(port=runtime.RUNNER_PORT, protocol="TCP")])
     namespaces = dict.fromkeys([config.namespace, *session.spec.network.ingress_from_namespaces])
     peers = [k8s.V1NetworkPolicyPeer(namespace_selector=_namespace(ns)) for ns in namespaces]
-    return k8s.V1NetworkPolicyIngressRule.model_validate(
-        {"from": peers, "ports": _ports([PortSpec(port=runtime.RUNNER_PORT, protocol="TCP")])}
-    )
+    rules = [k8s.V1NetworkPolicyIngressRule.model_validate({"from": peers, "ports": runner_port})]
+    scraper = config.metrics_scraper
+    if scraper is not None:
+        # Only the scraper's pods (namespace AND labels), on the runner port that serves
+        # /metrics: a rule of its own, so it never widens the operator's rule above.
+        pods = k8s.V1LabelSelector(match_labels=dict(scraper.pod_labels))
+        peer = k8s.V1NetworkPolicyPeer(
+            namespace_selector=_namespace(scraper.namespace), pod_selector=pods
+        )
+        rules.append(
+            k8s.V1NetworkPolicyIngressRule.model_validate({"from": [peer], "ports": runner_port})
+        )
+    return rules
 
 
 def _egress(session: AgentSession, config: OperatorConfig) -> list[k8s.V1NetworkPolicyEgressRule]:
@@ -103,7 +115,7 @@ def render_network_policy(session: AgentSession, config: OperatorConfig) -> Mani
         spec=k8s.V1NetworkPolicySpec(
             pod_selector=k8s.V1LabelSelector(match_labels=selector_labels(session)),
             policy_types=["Ingress", "Egress"],
-            ingress=[_ingress(session, config)],
+            ingress=_ingress(session, config),
             egress=_egress(session, config),
         ),
     )
