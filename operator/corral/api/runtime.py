@@ -47,3 +47,5 @@ WAKE_ANNOTATION = "corral.dev/wake"
 # Where the runner pushes activity reports (corral.api.activity); set by the operator.
 ENV_ACTIVITY_URL = "CORRAL_ACTIVITY_URL"
 ENV_POD_NAME = "CORRAL_POD_NAME"
+# The pod's activity token (corral.api.activity): sent with each report.
+ENV_ACTIVITY_TOKEN = "CORRAL_ACTIVITY_TOKEN"
