@@ -226,6 +226,26 @@ def test_wake_brings_a_new_pod_on_the_same_volume(
     assert sessions.status(NAME)["wakeCount"] == 1
 
 
+def test_a_10_kib_wake_value_wakes_once_and_keeps_status_writable(
+    sessions: Sessions, core: client.CoreV1Api
+) -> None:
+    """Fix: the value was copied into status.observedWake (maxLength 256): every later status
+    patch got 422, so the session never showed its wake nor went back to sleep."""
+    create_example(sessions)
+    first = running(sessions, core, set())
+    idle(sessions, core)
+    sessions.wake(NAME, "w" * 10 * 1024)
+    running(sessions, core, {first})
+    status = sessions.status(NAME)
+    assert status["wakeCount"] == 1
+    assert status["observedWake"].startswith("sha256:") and len(status["observedWake"]) <= 256
+    # Later status writes go through: it sleeps again, and the same value does not wake it.
+    idle(sessions, core)
+    time.sleep(3)
+    assert session_pods(core, sessions.namespace, NAME) == []
+    assert sessions.status(NAME)["wakeCount"] == 1
+
+
 def test_twenty_sleep_wake_cycles_leave_no_strays(
     sessions: Sessions, core: client.CoreV1Api
 ) -> None:
