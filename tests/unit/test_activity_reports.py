@@ -276,3 +276,20 @@ async def test_an_accepted_report_makes_a_status_the_api_server_takes(
     assert patch["numTurns"] == MAX_TURNS < 2**63
     assert math.isfinite(patch["totalCostUsd"])
     assert patch["lastActivityTime"] < "2100"
+
+
+def test_each_pod_gets_its_own_token_only_with_an_activity_url() -> None:
+    session = AgentSession.model_validate(session_body("demo", "uid-d"))
+    config = OperatorConfig(activity_url="http://op/v1/activity").with_activity_keys((KEY,))
+
+    def token_of(config: OperatorConfig, attempt: int) -> tuple[str, str | None]:
+        pod = render_pod(session, config, attempt)
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        return pod["metadata"]["name"], env.get(runtime.ENV_ACTIVITY_TOKEN)
+
+    first, first_token = token_of(config, 1)
+    second, second_token = token_of(config, 2)
+    assert first_token == activity_token(KEY, "team-a", "demo", "uid-d", first)
+    assert second_token == activity_token(KEY, "team-a", "demo", "uid-d", second)
+    assert first_token != second_token
+    assert token_of(OperatorConfig().with_activity_keys((KEY,)), 1)[1] is None

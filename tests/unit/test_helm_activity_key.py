@@ -29,8 +29,6 @@ def test_the_chart_makes_one_random_key_and_every_replica_reads_it(tmp_path: Pat
     manifests = render(tmp_path)
     secret = one(manifests, "Secret")
     assert secret["metadata"]["namespace"] == NAMESPACE
-    # Kept on uninstall and upgrade: running pods' tokens depend on it.
-    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     key = base64.b64decode(secret["data"]["key"])
     assert len(key) >= 32
     volume, path = _mount_of(manifests, "activity-key")
