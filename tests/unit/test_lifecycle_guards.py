@@ -246,3 +246,20 @@ def test_runner_env_key_does_not_duplicate_the_sessions_own() -> None:
     env = render_pod(session, CONFIG, 1)["spec"]["containers"][0]["env"]
     keys = [e for e in env if e["name"] == runtime.ENV_API_KEY]
     assert len(keys) == 1 and "valueFrom" in keys[0]
+
+
+def test_a_lost_pod_whose_replacement_is_refused_counts_one_restart() -> None:
+    """Fix: the old pod name stayed in status, so every retry counted it lost again."""
+    session = make_session(
+        "LongRunning",
+        status={"phase": "Running", "podName": "demo-gone", "attempts": 1},
+        credentials={"secretName": "k"},
+    )
+    plan = decide(observe(session, secret_check=SecretCheck.UNLABELLED), CONFIG)
+    after = with_status(session, plan)
+    assert after.status.restarts == 1 and after.status.pod_name is None
+    again = decide(
+        observe(after, now=T0 + timedelta(seconds=5), secret_check=SecretCheck.UNLABELLED), CONFIG
+    )
+    assert with_status(after, again).status.restarts == 1
+    assert "PodLost" not in reasons(again)

@@ -221,7 +221,7 @@ class _Decision:
             spec = credentials.credentials_of(self.session, self.config)
             if spec is None:
                 source = credentials.operator_key_source(self.config) or "the operator"
-                self.condition(cond.CREDENTIALS, True, "OperatorProvided", f"{source}")
+                self.condition(cond.CREDENTIALS, True, "OperatorProvided", source)
                 return True
             check = self.obs.secret_check
             if check is None:
@@ -253,6 +253,10 @@ class _Decision:
         self.condition(cond.CREDENTIALS, False, refused.reason, refused.message)
         self.condition(cond.READY, False, refused.reason, refused.message)
         self.status.phase = Phase.PENDING
+        if not self.live:
+            # No pod: the next reconcile must not count the last one as lost again.
+            self.status.pod_name = None
+            self.status.start_time = None
 
     def note_credentials(self) -> None:
         """CredentialsReady for a pod that already exists (its key was checked at creation)."""
