@@ -316,6 +316,7 @@ def test_install_notes_render(tools: Tools, values: dict[str, Any]) -> None:
     notes = done.stdout.split("NOTES:", 1)[1]
     assert "is installed as release" in notes
     assert "create secret generic anthropic-api-key" in notes
+    assert "label secret anthropic-api-key corral.dev/credentials=true" in notes
 
 
 @pytest.mark.parametrize("name", ["defaults", "watch-namespaces", "minimal"])
