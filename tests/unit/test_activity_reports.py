@@ -293,3 +293,33 @@ def test_each_pod_gets_its_own_token_only_with_an_activity_url() -> None:
     assert second_token == activity_token(KEY, "team-a", "demo", "uid-d", second)
     assert first_token != second_token
     assert token_of(OperatorConfig().with_activity_keys((KEY,)), 1)[1] is None
+
+
+def test_the_runner_clamps_what_the_operator_would_refuse() -> None:
+    """A runner never sends a report the operator must refuse (it would stop reporting)."""
+    from corral.runner.activity import Identity, build_report
+    from corral.runner.agent import AgentSnapshot, AgentState
+
+    def agent(name: str, turns: int, cost: float) -> AgentSnapshot:
+        return AgentSnapshot(
+            name=name,
+            state=AgentState.BUSY,
+            session_id=None,
+            num_turns=turns,
+            messages=0,
+            total_cost_usd=cost,
+            usage={},
+            last_activity=None,
+            last_error=None,
+            restarts=0,
+            cli_version="9" * 100,
+        )
+
+    who = Identity("team-a", "demo", "demo-abc123", "token")
+    report = build_report(who, [agent("a", 2**70, math.inf), agent("b", 1, 2e9)])
+    again = ActivityReport.model_validate_json(report.model_dump_json(by_alias=True))
+    assert again.busy and again.num_turns == MAX_TURNS
+    assert again.total_cost_usd == MAX_COST_USD
+    assert [a.num_turns for a in again.agents] == [MAX_TURNS, 1]
+    assert [a.total_cost_usd for a in again.agents] == [MAX_COST_USD, MAX_COST_USD]
+    assert again.cli_version is not None and len(again.cli_version) == 64

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 from collections.abc import Sequence
@@ -27,6 +28,9 @@ from corral.api.activity import (
     ACTIVITY_PATH,
     AUTHORIZATION_HEADER,
     BEARER,
+    MAX_AGENTS,
+    MAX_COST_USD,
+    MAX_TURNS,
     ActivityReport,
     AgentReport,
 )
@@ -69,17 +73,35 @@ def identity_from_env(name: str | None, namespace: str | None) -> Identity | Non
 
 
 def build_report(who: Identity, agents: Sequence[AgentSnapshot]) -> ActivityReport:
+    """The report of `agents`, clamped to what the operator accepts (it refuses the rest)."""
+    version = cli_version(agents)
     return ActivityReport(
         namespace=who.namespace,
         name=who.name,
         pod_name=who.pod_name,
         busy=any(a.state == AgentState.BUSY for a in agents),
         session_id=agents[0].session_id if len(agents) == 1 else None,
-        num_turns=sum(a.num_turns for a in agents),
-        total_cost_usd=round(sum(a.total_cost_usd for a in agents), 6),
-        sdk_version=SDK_VERSION,
-        cli_version=cli_version(agents),
-        agents=[AgentReport.model_validate(agent_status(a).model_dump()) for a in agents],
+        num_turns=_turns(sum(a.num_turns for a in agents)),
+        total_cost_usd=_cost(sum(a.total_cost_usd for a in agents)),
+        sdk_version=SDK_VERSION[:64],
+        cli_version=version[:64] if version else None,
+        agents=[_agent_report(a) for a in agents[:MAX_AGENTS]],
+    )
+
+
+def _turns(value: int) -> int:
+    return min(max(value, 0), MAX_TURNS)
+
+
+def _cost(value: float) -> float:
+    return 0.0 if math.isnan(value) else round(min(max(value, 0.0), MAX_COST_USD), 6)
+
+
+def _agent_report(agent: AgentSnapshot) -> AgentReport:
+    status = agent_status(agent)
+    return AgentReport.model_validate(
+        status.model_dump()
+        | {"num_turns": _turns(status.num_turns), "total_cost_usd": _cost(status.total_cost_usd)}
     )
 
 
