@@ -429,6 +429,13 @@ async def activity_cost(
     )
     await wait_until(lambda: len(pods.running) >= count, 120 + count * 0.2, "activity pods Running")
     pod_of = {pods.sessions[p]: p for p in pods.bodies}
+    # Each report carries its pod's token, as a runner's does (the session uid is the owner's).
+    token_of = {
+        pods.sessions[p]: operator.activity_token(
+            namespace, pods.sessions[p], body["metadata"]["ownerReferences"][0]["uid"], p
+        )
+        for p, body in pods.bodies.items()
+    }
     await wait_settled(operator)
     assert operator.proc is not None
     cpu_before = _proc_times(operator.proc.pid)[0]
@@ -442,10 +449,12 @@ async def activity_cost(
                 "name": name,
                 "podName": pod_of[name],
                 "busy": busy,
-                "lastActivityTime": datetime.now().astimezone().isoformat(),
                 "numTurns": 1,
             }
-            async with http.post(f"{operator.url}/v1/activity", json=body) as response:
+            headers = {"Authorization": f"Bearer {token_of[name]}"}
+            async with http.post(
+                f"{operator.url}/v1/activity", json=body, headers=headers
+            ) as response:
                 return response.status
 
         statuses: list[int] = []

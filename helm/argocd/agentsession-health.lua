@@ -41,6 +41,8 @@ elseif phase == "Suspended" then
 elseif phase == "Failed" then
   hs.status = "Degraded"
 elseif ready ~= nil and ready.status == "False" and (ready.reason == "SecretNotFound"
+    or ready.reason == "SecretNotLabelled" or ready.reason == "BaseUrlNotAllowed"
+    or ready.reason == "NoCredentials"
     or ready.reason == "ImagePullFailed" or ready.reason == "ContainerConfigError") then
   -- Pending on something only a person can fix.
   hs.status = "Degraded"

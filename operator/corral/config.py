@@ -7,11 +7,14 @@ the API, so Helm values map onto them one to one.
 
 from __future__ import annotations
 
+import logging
+import secrets
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.alias_generators import to_camel
 
 from corral.api import runtime
@@ -30,6 +33,12 @@ PRIVATE_IPV4_RANGES = (
 # Never reachable, even through spec.network.egress: link-local (metadata services) and
 # AWS's IPv6 metadata address.
 ALWAYS_BLOCKED = ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128")
+# Where a session's spec.credentials.baseUrl may point unless the operator allows more.
+ANTHROPIC_API = "https://api.anthropic.com"
+# An activity key shorter than this is refused at start (a guessable key forges reports).
+MIN_ACTIVITY_KEY_BYTES = 32
+
+log = logging.getLogger("corral.config")
 
 
 class ConfigModel(BaseModel):
@@ -99,6 +108,12 @@ class OperatorConfig(ConfigModel):
     default_credentials: CredentialsSpec | None = Field(
         None, description="Secret (in the session's namespace) used when a session names none."
     )
+    allowed_base_urls: list[str] = Field(
+        default_factory=lambda: [ANTHROPIC_API],
+        description="Where spec.credentials.baseUrl may point: a URL is allowed when its "
+        "scheme, host and port equal an entry's and its path starts with the entry's path. "
+        "The API key is sent there, so only list hosts you trust with it.",
+    )
     default_idle_timeout: str = runtime.DEFAULT_IDLE_TIMEOUT
     default_active_deadline_seconds: int | None = Field(
         86_400, description="Ephemeral runs without spec.activeDeadlineSeconds stop after this."
@@ -138,6 +153,14 @@ class OperatorConfig(ConfigModel):
         description="Ingress every session gets on the runner port from these pods (e.g. "
         "Prometheus), to scrape the runner's /metrics. Unset: runners cannot be scraped.",
     )
+    activity_key_file: str | None = Field(
+        None,
+        description="File holding the key(s) that sign each pod's activity token, one per "
+        "line: the first signs, any verifies (rotation). Every replica must read the same "
+        "file (the chart mounts a Secret). Unset: a random key per process, so reports of "
+        "pods made before a restart or a leader change are refused.",
+    )
+    _activity_keys: tuple[bytes, ...] = PrivateAttr(default=())
 
     # Scheduling
     tolerations: list[Toleration] = Field(default_factory=list)
@@ -149,10 +172,65 @@ class OperatorConfig(ConfigModel):
     termination_grace_period_seconds: int = Field(30, ge=0)
     hybrid_termination_grace_period_seconds: int = Field(120, ge=0)
 
+    @property
+    def activity_keys(self) -> tuple[bytes, ...]:
+        """Keys of activity tokens (first: signs new pods' tokens); empty: none loaded."""
+        return self._activity_keys
+
+    def with_activity_keys(self, keys: tuple[bytes, ...]) -> OperatorConfig:
+        copy = self.model_copy()
+        copy._activity_keys = keys
+        return copy
+
+    def base_url_allowed(self, url: str) -> bool:
+        """Whether the API key may be sent to `url` (see `allowed_base_urls`)."""
+        trusted = [*self.allowed_base_urls, self.default_anthropic_base_url or ANTHROPIC_API]
+        return any(url_within(url, entry) for entry in trusted)
+
     @classmethod
     def load(cls, path: Path | None) -> OperatorConfig:
-        """The config in `path` (YAML); the defaults when there is none."""
-        if path is None:
-            return cls()
-        body = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return cls.model_validate(body)
+        """The config in `path` (YAML), the defaults when there is none, with its keys."""
+        config = cls()
+        if path is not None:
+            body = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            config = cls.model_validate(body)
+        return config.with_activity_keys(load_activity_keys(config.activity_key_file))
+
+
+def url_within(url: str, allowed: str) -> bool:
+    """`url` has `allowed`'s scheme, host and port, and its path at or below `allowed`'s."""
+    try:
+        got, want = urlsplit(url), urlsplit(allowed)
+        ports = (got.port, want.port)
+    except ValueError:
+        return False
+    if got.username is not None or got.password is not None:
+        return False  # "https://api.anthropic.com@evil.example" is evil.example
+    base = want.path.rstrip("/")
+    return (
+        got.scheme.lower() == want.scheme.lower()
+        and (got.hostname or "") == (want.hostname or "")
+        and ports[0] == ports[1]
+        and (got.path.rstrip("/") == base or got.path.startswith(base + "/"))
+    )
+
+
+def load_activity_keys(path: str | None) -> tuple[bytes, ...]:
+    """The keys in `path`, one per line (blank lines ignored); a random one without a path."""
+    if path is None:
+        log.warning(
+            "no activityKeyFile: activity tokens use a random key of this process; pods made "
+            "before a restart or by another replica will have their reports refused"
+        )
+        return (secrets.token_bytes(MIN_ACTIVITY_KEY_BYTES),)
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    keys = tuple(line.strip().encode() for line in lines if line.strip())
+    if not keys:
+        raise ValueError(f"activityKeyFile {path} holds no key: put one random line in it")
+    short = [i + 1 for i, key in enumerate(keys) if len(key) < MIN_ACTIVITY_KEY_BYTES]
+    if short:
+        raise ValueError(
+            f"activityKeyFile {path}: key(s) on line(s) {short} are shorter than "
+            f"{MIN_ACTIVITY_KEY_BYTES} characters; use e.g. `openssl rand -hex 32`"
+        )
+    return keys

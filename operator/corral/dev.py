@@ -82,7 +82,11 @@ def _demo_secret() -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": "anthropic-api-key", "namespace": DEMO_NAMESPACE},
+        "metadata": {
+            "name": "anthropic-api-key",
+            "namespace": DEMO_NAMESPACE,
+            "labels": {"corral.dev/credentials": "true"},
+        },
         "stringData": {runtime.ENV_API_KEY: "sk-ant-placeholder-not-a-real-key"},
     }
 

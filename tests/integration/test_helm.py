@@ -11,6 +11,7 @@ there.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import yaml
 from corral.api import runtime
 from corral.config import OperatorConfig
 from corral.testing.kube import wait_for
-from corral.testing.operator import KWOK_TOLERATION, OperatorProcess
+from corral.testing.operator import KWOK_TOLERATION, OperatorProcess, report_activity
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +63,7 @@ CHART_KINDS = (
     "deployments.apps", "services", "configmaps", "serviceaccounts",
     "roles.rbac.authorization.k8s.io", "rolebindings.rbac.authorization.k8s.io",
     "networkpolicies.networking.k8s.io", "poddisruptionbudgets.policy",
-    "leases.coordination.k8s.io", *CLUSTER_KINDS,
+    "leases.coordination.k8s.io", "secrets", *CLUSTER_KINDS,
 )
 # What the Deployment makes, labelled like it.
 RUNTIME_KINDS = ("replicasets.apps", "pods")
@@ -218,6 +219,13 @@ class ChartOperator:
         self.kubeconfig = service_account_kubeconfig(self.tools, self.tools.workdir / "sa.yaml")
         config_map = self.tools.get_json("configmap", RELEASE, "-n", RELEASE_NAMESPACE)
         config = OperatorConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
+        # The chart mounts its activity key Secret at config.activityKeyFile; here, a local copy.
+        key_secret = self.tools.get_json(
+            "secret", f"{RELEASE}-activity-key", "-n", RELEASE_NAMESPACE
+        )
+        key_file = self.tools.workdir / "activity-key"
+        key_file.write_bytes(base64.b64decode(key_secret["data"]["key"]))
+        config = config.model_copy(update={"activity_key_file": str(key_file)})
         deployment = self.tools.get_json("deployment", RELEASE, "-n", RELEASE_NAMESPACE)
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         args = build_parser(["operator"]).parse_args(["operator", *container["args"]])
@@ -309,6 +317,7 @@ def test_install_notes_render(tools: Tools, values: dict[str, Any]) -> None:
     notes = done.stdout.split("NOTES:", 1)[1]
     assert "is installed as release" in notes
     assert "create secret generic anthropic-api-key" in notes
+    assert "label secret anthropic-api-key corral.dev/credentials=true" in notes
 
 
 @pytest.mark.parametrize("name", ["defaults", "watch-namespaces", "minimal"])
@@ -390,6 +399,12 @@ def test_operator_runs_as_the_chart_service_account(
     assert env[runtime.ENV_ACTIVITY_URL] == (
         f"http://{RELEASE}.{RELEASE_NAMESPACE}.svc:8081/v1/activity"
     )
+    # The pod's activity token, signed with the chart's key, is what the operator accepts.
+    token = env[runtime.ENV_ACTIVITY_TOKEN]
+    accepted = report_activity(
+        operator.url, SESSIONS_NAMESPACE, name, body["status"]["podName"], False, token
+    )
+    assert accepted == 202
     assert pod["spec"]["tolerations"][0]["key"] == KWOK_TOLERATION["key"]
     policy = tools.get_json("networkpolicy", name, "-n", SESSIONS_NAMESPACE)
     to_operator = [

@@ -105,10 +105,13 @@ def mounted_claims(core: client.CoreV1Api, namespace: str, pod: str) -> list[str
     ]
 
 
-def report(operator: OperatorProcess, namespace: str, pod: str, busy: bool) -> None:
-    """Post a runner activity report; the operator takes it once its watch saw the pod."""
+def report(operator: OperatorProcess, sessions: Sessions, pod: str, busy: bool) -> None:
+    """Post a runner activity report with the pod's token; the operator takes it once its
+    watch saw the pod."""
+    namespace = sessions.namespace
+    token = operator.activity_token(namespace, NAME, sessions.get(NAME)["metadata"]["uid"], pod)
     wait_for(
-        lambda: report_activity(operator.url, namespace, NAME, pod, busy) == 202,
+        lambda: report_activity(operator.url, namespace, NAME, pod, busy, token) == 202,
         timeout=30,
         what=f"the operator to accept an activity report from {pod}",
     )
@@ -164,7 +167,7 @@ def test_busy_runner_stays_awake_past_the_timeout(
     namespace = sessions.namespace
     create_example(sessions)
     pod = running(sessions, core, set())
-    report(operator, namespace, pod, busy=True)
+    report(operator, sessions, pod, busy=True)
     time.sleep(12)  # more than twice the idle timeout
     status = sessions.status(NAME)
     assert status["phase"] == "Running"
@@ -172,7 +175,7 @@ def test_busy_runner_stays_awake_past_the_timeout(
     assert "ScaledDown" not in event_reasons(core, namespace, NAME)
 
     done = time.monotonic()
-    report(operator, namespace, pod, busy=False)
+    report(operator, sessions, pod, busy=False)
     status = idle(sessions, core)
     slept_after = time.monotonic() - done
     print(f"Idle {slept_after:.1f}s after the runner stopped being busy (idleTimeout 5s)")
@@ -187,7 +190,7 @@ def test_busy_report_of_a_lost_pod_does_not_keep_its_successor_awake(
     namespace = sessions.namespace
     create_example(sessions, idle_timeout="4s")
     first = running(sessions, core, set())
-    report(operator, namespace, first, busy=True)
+    report(operator, sessions, first, busy=True)
     core.delete_namespaced_pod(first, namespace)  # the busy runner's pod is lost
     running(sessions, core, {first})
     # The new runner says nothing; it is not busy, so it sleeps after the timeout.
@@ -220,6 +223,26 @@ def test_wake_brings_a_new_pod_on_the_same_volume(
     idle(sessions, core)
     time.sleep(3)
     assert session_pods(core, namespace, NAME) == []
+    assert sessions.status(NAME)["wakeCount"] == 1
+
+
+def test_a_10_kib_wake_value_wakes_once_and_keeps_status_writable(
+    sessions: Sessions, core: client.CoreV1Api
+) -> None:
+    """Fix: the value was copied into status.observedWake (maxLength 256): every later status
+    patch got 422, so the session never showed its wake nor went back to sleep."""
+    create_example(sessions)
+    first = running(sessions, core, set())
+    idle(sessions, core)
+    sessions.wake(NAME, "w" * 10 * 1024)
+    running(sessions, core, {first})
+    status = sessions.status(NAME)
+    assert status["wakeCount"] == 1
+    assert status["observedWake"].startswith("sha256:") and len(status["observedWake"]) <= 256
+    # Later status writes go through: it sleeps again, and the same value does not wake it.
+    idle(sessions, core)
+    time.sleep(3)
+    assert session_pods(core, sessions.namespace, NAME) == []
     assert sessions.status(NAME)["wakeCount"] == 1
 
 

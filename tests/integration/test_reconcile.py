@@ -725,7 +725,8 @@ def test_missing_secret_is_reported_then_the_session_proceeds(
     assert len(warnings()) == 1 and warnings()[0].count == 1
 
     secret = client.V1Secret(
-        metadata=client.V1ObjectMeta(name="late-key"), string_data={"ANTHROPIC_API_KEY": "sk-x"}
+        metadata=client.V1ObjectMeta(name="late-key", labels={"corral.dev/credentials": "true"}),
+        string_data={"ANTHROPIC_API_KEY": "sk-x"},
     )
     core.create_namespaced_secret(namespace, secret)
     body = wait_phase(custom, namespace, "waiting", timeout=60)

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.sdk
 
 class Collector(ThreadingHTTPServer):
     reports: list[tuple[str, dict[str, Any]]]
+    authorizations: list[str | None]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -30,6 +31,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         self.server.reports.append((self.path, json.loads(body)))
+        self.server.authorizations.append(self.headers.get("Authorization"))
         self.send_response(202)
         self.end_headers()
 
@@ -41,6 +43,7 @@ class Handler(BaseHTTPRequestHandler):
 def operator_endpoint() -> Iterator[Collector]:
     server = Collector(("127.0.0.1", 0), Handler)
     server.reports = []
+    server.authorizations = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -61,7 +64,11 @@ def test_runner_reports_start_busy_and_idle(
         {"pattern": "Hybrid"},
         tmp_path,
         fake.url,
-        env={"CORRAL_ACTIVITY_URL": f"http://{host!s}:{port}", "CORRAL_POD_NAME": "pod-7"},
+        env={
+            "CORRAL_ACTIVITY_URL": f"http://{host!s}:{port}",
+            "CORRAL_POD_NAME": "pod-7",
+            "CORRAL_ACTIVITY_TOKEN": "token-of-pod-7",
+        },
     )
     try:
         result_of(runner.send("report me"))
@@ -80,3 +87,6 @@ def test_runner_reports_start_busy_and_idle(
     assert after.busy is False and (after.num_turns or 0) >= 1 and after.session_id
     assert reports[-1].busy is False  # the last word on the way out
     assert after.agents[0].name == "main" and after.sdk_version and after.cli_version
+    # Every report proves which pod sent it, and none claims a time (the operator's clock).
+    assert set(operator_endpoint.authorizations) == {"Bearer token-of-pod-7"}
+    assert all("lastActivityTime" not in body for _, body in operator_endpoint.reports)

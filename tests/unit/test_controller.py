@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from scripted_api import GONE, ScriptedApi, run_until
 
+from corral.api import runtime
 from corral.api.v1alpha1 import AgentSession
 from corral.config import OperatorConfig
 from corral.controller import controller as controller_module
@@ -100,6 +101,12 @@ def add_other_children(controller: Controller, session: AgentSession) -> None:
         ("PersistentVolumeClaim", pvc_name(session)),
     ):
         controller.store.put_named_child(KEY, kind, name, deleted=False)
+
+
+@pytest.fixture
+def config() -> OperatorConfig:
+    """Runners get a key from the operator's environment: sessions without one never start."""
+    return OperatorConfig(runner_env={runtime.ENV_API_KEY: "sk-ant-test"})
 
 
 def pods_to_create(controller: Controller, config: OperatorConfig) -> list[str]:

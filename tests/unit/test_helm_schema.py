@@ -631,7 +631,7 @@ def test_monitoring_is_off_by_default(tmp_path: Path) -> None:
     assert kinds == {
         "ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role",
         "RoleBinding", "Service", "Deployment", "Lease", "NetworkPolicy",
-        "PodDisruptionBudget",
+        "PodDisruptionBudget", "Secret",  # the activity token key
     }
 
 
@@ -713,10 +713,13 @@ def test_argocd_health(body: dict[str, Any], health: str) -> None:
 
 
 def test_argocd_health_of_real_statuses(make_session: Any) -> None:
-    missing = _health(_status_after(make_session, credentials_found=False))
-    assert missing["status"] == "Degraded"
-    assert "anthropic-api-key" in missing["message"]
-    starting = _health(_status_after(make_session, credentials_found=True))
+    from corral.controller.credentials import SecretCheck
+
+    for check in (SecretCheck.NOT_FOUND, SecretCheck.UNLABELLED):
+        missing = _health(_status_after(make_session, secret_check=check))
+        assert missing["status"] == "Degraded"
+        assert "anthropic-api-key" in missing["message"]
+    starting = _health(_status_after(make_session, secret_check=SecretCheck.FOUND))
     assert starting["status"] == "Progressing"
 
 

@@ -18,13 +18,15 @@ import pytest
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSession, AgentStatus
 from corral.config import OperatorConfig
+from corral.controller.credentials import SecretCheck
 from corral.controller.lifecycle import Activity, Observed, Plan, decide, timestamp
 from corral.controller.pods import PodView, pod_view
 from corral.render import pod_name, pvc_name, render_pod
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 UID = "0b7d3c1e-5f7a-4c1e-9a55-2b1f0f6d8e01"
-CONFIG = OperatorConfig()
+# The operator gives every runner a key (as the test operators do), unless a test says not.
+CONFIG = OperatorConfig(runner_env={runtime.ENV_API_KEY: "sk-ant-test"})
 
 MINIMAL = {
     "Ephemeral": {"pattern": "Ephemeral", "prompt": "Say hello."},
@@ -131,7 +133,10 @@ def observe(
     activity: Activity | None = None,
     children: bool = True,
     credentials_found: bool | None = None,
+    secret_check: SecretCheck | None = None,
 ) -> Observed:
+    if credentials_found is not None:
+        secret_check = SecretCheck.FOUND if credentials_found else SecretCheck.NOT_FOUND
     return Observed(
         session=session,
         pods=pods or [],
@@ -140,7 +145,7 @@ def observe(
         has_pvc=children and session.spec.pattern == "Hybrid",
         now=now,
         activity=activity,
-        credentials_found=credentials_found,
+        secret_check=secret_check,
     )
 
 

@@ -83,6 +83,20 @@ Where runners post activity reports: the operator's Service.
 {{- end }}
 
 {{/*
+The Secret holding the activity token key (key `key`): the chart's, or an existing one.
+*/}}
+{{- define "corral.activityKeySecret" -}}
+{{- default (printf "%s-activity-key" (include "corral.fullname" .)) .Values.activityReporting.existingSecret }}
+{{- end }}
+
+{{/*
+Where the operator reads that key (corral.config.OperatorConfig.activityKeyFile).
+*/}}
+{{- define "corral.activityKeyDir" -}}
+/var/run/corral-operator/activity-key
+{{- end }}
+
+{{/*
 Labels of the session runner pods the operator creates (corral.render.meta): app name
 `agentsession`, component `runner`, managed by `corral`.
 */}}
@@ -105,6 +119,9 @@ may scrape runners (metricsScraper), unless config sets those itself.
 {{- if not $config.activityUrl }}
 {{- $_ := set $config "activityUrl" (include "corral.activityURL" .) }}
 {{- end }}
+{{- if not $config.activityKeyFile }}
+{{- $_ := set $config "activityKeyFile" (printf "%s/key" (include "corral.activityKeyDir" .)) }}
+{{- end }}
 {{- if not $config.activityPeer }}
 {{- $ports := list (dict "port" (int .Values.operator.port) "protocol" "TCP") }}
 {{- $peer := dict "namespace" .Release.Namespace "podLabels" (include "corral.selectorLabels" . | fromYaml) "ports" $ports }}
@@ -113,6 +130,7 @@ may scrape runners (metricsScraper), unless config sets those itself.
 {{- else }}
 {{- $_ := unset $config "activityUrl" }}
 {{- $_ := unset $config "activityPeer" }}
+{{- $_ := unset $config "activityKeyFile" }}
 {{- end }}
 {{- if and .Values.metrics.runnerPodMonitor.enabled (not $config.metricsScraper) }}
 {{- $scraper := deepCopy .Values.metrics.runnerPodMonitor.scraper }}

@@ -52,3 +52,5 @@ ENV_POD_NAME = "CORRAL_POD_NAME"
 # when set, the runner refuses every other caller from outside the pod.
 ENV_GATEWAY_CREDENTIAL = "CORRAL_GATEWAY_CREDENTIAL"
 GATEWAY_CREDENTIAL_HEADER = "X-Corral-Gateway-Credential"
+# The pod's activity token (corral.api.activity): sent with each report.
+ENV_ACTIVITY_TOKEN = "CORRAL_ACTIVITY_TOKEN"

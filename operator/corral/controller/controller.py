@@ -25,7 +25,7 @@ from corral.api.v1alpha1 import KIND
 from corral.config import OperatorConfig
 from corral.controller import metrics
 from corral.controller.leader import LeaderElector
-from corral.controller.lifecycle import SPEC_HASH_ANNOTATION, Activity, Plan
+from corral.controller.lifecycle import SPEC_HASH_ANNOTATION, Activity, Plan, wake_token
 from corral.controller.pods import pod_view
 from corral.controller.queue import WorkQueue
 from corral.controller.reconciler import Reconciler
@@ -96,7 +96,8 @@ class Controller:
         if session is None:
             return
         wake = session.metadata.annotations.get(runtime.WAKE_ANNOTATION)
-        if self.leading.is_set() and wake is not None and wake != session.status.observed_wake:
+        observed = session.status.observed_wake
+        if self.leading.is_set() and wake is not None and wake_token(wake) != observed:
             self.store.wake_seen.setdefault(key, time.monotonic())
         self.queue.add(key)
 
@@ -137,20 +138,19 @@ class Controller:
             return False
         metrics.ACTIVITY_REPORTS.inc()
         previous = self.store.activity.get(key)
-        moment = report.last_activity_time
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
+        # The operator's clock, never the report's: a report says busy or idle, not when.
+        received = datetime.now(UTC)
         self.store.activity[key] = Activity(
-            last_activity=moment,
+            last_activity=received,
             busy=report.busy,
             session_id=report.session_id,
             num_turns=report.num_turns,
             total_cost_usd=report.total_cost_usd,
             sdk_version=report.sdk_version,
             cli_version=report.cli_version,
-            agents=tuple(report.agents),
+            agents=tuple(agent.to_status() for agent in report.agents),
             pod_name=report.pod_name,
-            received_at=datetime.now(UTC),
+            received_at=received,
         )
         if (
             previous is None

@@ -10,6 +10,7 @@ gives the same plan, and a plan already applied yields an empty one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,8 @@ from corral.api.v1alpha1 import (
 )
 from corral.config import OperatorConfig
 from corral.controller import conditions as cond
+from corral.controller import credentials
+from corral.controller.credentials import Refusal, SecretCheck
 from corral.controller.outcome import outcome_of
 from corral.controller.pods import CONFIG_FAILURES, IMAGE_PULL_FAILURES, PodView, spec_digest
 from corral.render import (
@@ -44,9 +47,14 @@ from corral.render import (
 )
 from corral.render.names import short_hash
 
-# How often to look again at a session waiting for something outside our watches
-# (a credentials Secret that does not exist yet).
+# How often to look again at a session waiting for something outside our watches (a
+# credentials Secret that is missing or unlabelled): at first quickly, then less often.
 CREDENTIALS_RETRY_SECONDS = 5.0
+CREDENTIALS_RETRY_MAX_SECONDS = 60.0
+# status.observedWake keeps a corral.dev/wake value up to this length, else its hash: an
+# annotation may be 256 KiB, the status field (and nothing from metadata) may not.
+MAX_OBSERVED_WAKE = 128
+WAKE_HASH_PREFIX = "sha256:"
 BUSY_REPORT_STALE = timedelta(seconds=120)
 # A busy runner reports every 30 s (corral.runner.activity.HEARTBEAT_SECONDS), to the leader
 # only: a replica that just became leader waits this long before scaling a session down
@@ -66,9 +74,18 @@ def parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def wake_token(value: str) -> str:
+    """What status.observedWake records of a wake value: the value itself when short, else
+    (and for anything that looks like a hash) a hash, so a long value cannot wedge status."""
+    if len(value) <= MAX_OBSERVED_WAKE and not value.startswith(WAKE_HASH_PREFIX):
+        return value
+    return WAKE_HASH_PREFIX + hashlib.sha256(value.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Activity:
-    """The runner's latest report (it pushes them; see corral.controller.activity)."""
+    """The runner's latest report (it pushes them; see corral.api.activity). Both times are
+    the operator's clock when the report arrived: a report says busy or idle, never when."""
 
     last_activity: datetime
     busy: bool
@@ -97,8 +114,9 @@ class Observed:
     activity: Activity | None = None
     # The spec hash annotation on the existing NetworkPolicy (None: none or no policy).
     network_policy_hash: str | None = None
-    # None: not looked up yet. The reconciler looks only when the plan asks for it.
-    credentials_found: bool | None = None
+    # The credentials Secret's metadata, judged; None: not looked up yet. The reconciler
+    # looks only when the plan asks for it (Plan.check_credentials).
+    secret_check: SecretCheck | None = None
     # When this replica became leader (runners report to the leader only); None: no guard.
     leading_since: datetime | None = None
 
@@ -201,38 +219,75 @@ class _Decision:
     def delete_pod(self, pod: PodView, reason: str) -> None:
         self.plan.delete_pods.append(PodDeletion(pod.name, pod.uid, reason))
 
-    def credentials_secret(self) -> str | None:
-        credentials = self.spec.credentials or self.config.default_credentials
-        return credentials.secret_name if credentials else None
-
     def credentials_ready(self) -> bool:
-        """False (and a condition) while the API key's Secret is missing."""
-        secret = self.credentials_secret()
-        if secret is None:
-            self.status.conditions = cond.remove_condition(self.status.conditions, cond.CREDENTIALS)
-            return True
-        found = self.obs.credentials_found
-        if found is None:
-            self.plan.check_credentials = secret
-            return False
-        if not found:
-            credentials = self.spec.credentials or self.config.default_credentials
-            key = credentials.key if credentials else runtime.ENV_API_KEY
-            message = (
-                f"Secret {secret!r} (spec.credentials.secretName) was not found in namespace "
-                f"{self.session.metadata.namespace!r}: create it with the API key under "
-                f"key {key!r}"
-            )
-            previous = cond.get_condition(self.old.conditions, cond.CREDENTIALS)
-            if previous is None or previous.status != "False":
-                self.event("SecretNotFound", message, warning=True)
-            self.condition(cond.CREDENTIALS, False, "SecretNotFound", message)
-            self.condition(cond.READY, False, "SecretNotFound", message)
+        """Whether the next pod may start; False (with CredentialsReady=False, an Event and a
+        Pending phase) while it may not get an API key (see corral.controller.credentials)."""
+        refused = credentials.refusal(self.session, self.config)
+        if refused is None:
+            spec = credentials.credentials_of(self.session, self.config)
+            if spec is None:
+                source = credentials.operator_key_source(self.config) or "the operator"
+                self.condition(cond.CREDENTIALS, True, "OperatorProvided", source)
+                return True
+            check = self.obs.secret_check
+            if check is None:
+                self.plan.check_credentials = spec.secret_name
+                return False
+            if check == SecretCheck.FOUND:
+                message = f"Secret {spec.secret_name!r} found"
+                self.condition(cond.CREDENTIALS, True, "SecretFound", message)
+                return True
+            namespace = self.session.metadata.namespace or ""
+            refused = credentials.secret_refusal(check, namespace, spec)
+            # Secrets are not watched: look again, less often the longer it lasts.
+            self.plan.requeue(self.credentials_retry())
+        self.refuse_credentials(refused)
+        return False
+
+    def credentials_retry(self) -> float:
+        previous = cond.get_condition(self.old.conditions, cond.CREDENTIALS)
+        since = parse_time(previous.last_transition_time) if previous else None
+        if previous is None or previous.status != "False" or since is None:
+            return CREDENTIALS_RETRY_SECONDS
+        waited = (self.now - since).total_seconds()
+        return min(max(CREDENTIALS_RETRY_SECONDS, waited / 2), CREDENTIALS_RETRY_MAX_SECONDS)
+
+    def refuse_credentials(self, refused: Refusal) -> None:
+        previous = cond.get_condition(self.old.conditions, cond.CREDENTIALS)
+        if previous is None or previous.status != "False" or previous.reason != refused.reason:
+            self.event(refused.reason, refused.message, warning=True)
+        self.condition(cond.CREDENTIALS, False, refused.reason, refused.message)
+        self.condition(cond.READY, False, refused.reason, refused.message)
+        self.status.phase = Phase.PENDING
+        if not self.live:
+            # No pod: the next reconcile must not count the last one as lost again.
+            self.status.pod_name = None
+            self.status.start_time = None
+
+    def note_credentials(self) -> None:
+        """CredentialsReady for a pod that already exists (its key was checked at creation)."""
+        spec = credentials.credentials_of(self.session, self.config)
+        if spec is not None:
+            message = f"Secret {spec.secret_name!r} found"
+            self.condition(cond.CREDENTIALS, True, "SecretFound", message)
+            return
+        source = credentials.operator_key_source(self.config)
+        if source is not None:
+            self.condition(cond.CREDENTIALS, True, "OperatorProvided", source)
+            return
+        refused = credentials.refusal(self.session, self.config)
+        if refused is not None and refused.reason == "NoCredentials":
+            self.refuse_credentials(refused)
+
+    def keep_phase_honest(self) -> None:
+        """A pod without any API key (made before keys were required) is not Running."""
+        no_key = cond.get_condition(self.status.conditions, cond.CREDENTIALS)
+        if no_key is None or no_key.reason != "NoCredentials":
+            return
+        if self.status.phase == Phase.RUNNING:
             self.status.phase = Phase.PENDING
-            self.plan.requeue(CREDENTIALS_RETRY_SECONDS)
-            return False
-        self.condition(cond.CREDENTIALS, True, "SecretFound", f"Secret {secret!r} found")
-        return True
+        if self.status.phase == Phase.PENDING:
+            self.condition(cond.READY, False, "NoCredentials", no_key.message)
 
     def create_pod(self, reason: str) -> bool:
         """Create the next pod if credentials allow; False when it has to wait."""
@@ -292,11 +347,11 @@ class _Decision:
         """Phase and conditions from a pod that is not finished."""
         self.status.pod_name = pod.name
         self.status.attempts = max(self.status.attempts or 0, pod.attempt)
-        secret = self.credentials_secret()
-        if secret and cond.get_condition(self.status.conditions, cond.CREDENTIALS) is None:
-            # The pod was made after the Secret was found; that status write may have been
+        known = cond.get_condition(self.status.conditions, cond.CREDENTIALS)
+        if known is None or known.reason == "NoCredentials":
+            # The pod was made after its key was checked; that status write may have been
             # held back (see Plan.status_deferrable), so say it again here.
-            self.condition(cond.CREDENTIALS, True, "SecretFound", f"Secret {secret!r} found")
+            self.note_credentials()
         self.status.start_time = self.status.start_time or pod.started_at
         if pod.ready:
             self.status.phase = Phase.RUNNING
@@ -335,7 +390,7 @@ class _Decision:
         if activity is None:
             return
         recorded = parse_time(self.old.last_activity_time)
-        if recorded is None or activity.last_activity - recorded >= coalesce:
+        if recorded is None or recorded > self.now or activity.last_activity - recorded >= coalesce:
             self.status.last_activity_time = timestamp(activity.last_activity)
         if activity.session_id:
             self.status.session_id = activity.session_id
@@ -517,7 +572,7 @@ class _Decision:
     def hybrid(self) -> None:
         timeout = parse_duration(self.spec.idle_timeout or self.config.default_idle_timeout)
         wake_value = self.session.metadata.annotations.get(runtime.WAKE_ANNOTATION)
-        wake_asked = wake_value is not None and wake_value != self.old.observed_wake
+        wake_asked = wake_value is not None and wake_token(wake_value) != self.old.observed_wake
         if self.spec.suspend:
             self.suspend()
             return
@@ -529,8 +584,8 @@ class _Decision:
                 return
             self.wake(wake_value)
             return
-        if wake_asked:
-            self.status.observed_wake = wake_value
+        if wake_asked and wake_value is not None:
+            self.status.observed_wake = wake_token(wake_value)
         pod = self.drop_duplicates()
         if pod is not None and pod.finished:
             self.add_pod_seconds(pod.started_at)
@@ -561,7 +616,9 @@ class _Decision:
             self.obs.activity.last_activity if self.obs.activity else None,
             parse_time(pod.started_at or pod.created_at),
         ]
-        known = [c for c in candidates if c is not None]
+        # A time in the future (a hand-edited status, a skewed clock) is not believed: it
+        # would keep the session awake for ever, or overflow `last + timeout`.
+        known = [c for c in candidates if c is not None and c <= self.now]
         return max(known) if known else self.now
 
     def idle_check(self, pod: PodView, timeout: timedelta) -> None:
@@ -622,7 +679,7 @@ class _Decision:
     def wake(self, wake_value: str | None) -> None:
         adopted = self.drop_duplicates()
         if wake_value is not None:
-            self.status.observed_wake = wake_value
+            self.status.observed_wake = wake_token(wake_value)
         self.status.wake_count = (self.old.wake_count or 0) + 1
         self.status.idle_since = None
         self.status.last_activity_time = self.now_text
@@ -662,6 +719,7 @@ class _Decision:
                 self.apply_activity(coalesce=timedelta(seconds=60))
         if self.plan.check_credentials:
             return Plan(check_credentials=self.plan.check_credentials)
+        self.keep_phase_honest()
         self.status.observed_generation = self.generation
         self.account_cost()
         self.plan.status_patch = _status_patch(self.old, self.status)

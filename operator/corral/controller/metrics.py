@@ -33,6 +33,12 @@ LEADER = Gauge("corral_leader", "1 while this replica holds the leader Lease.")
 ACTIVITY_REPORTS = Counter(
     "corral_activity_reports_total", "Activity reports received from runners."
 )
+ACTIVITY_REPORTS_REJECTED = Counter(
+    "corral_activity_reports_rejected_total",
+    "Activity reports refused: unauthenticated (no token), forbidden (a token not of the "
+    "session and pod it claims), invalid (out of bounds), unknown (no such session pod).",
+    ["reason"],
+)
 
 
 class SessionCollector(Collector):

@@ -22,6 +22,7 @@ from typing import Any
 from corral.api.v1alpha1 import AgentSession
 from corral.config import OperatorConfig
 from corral.controller import metrics
+from corral.controller.credentials import SecretCheck, secret_check
 from corral.controller.lifecycle import (
     SPEC_HASH_ANNOTATION,
     EventNote,
@@ -32,7 +33,7 @@ from corral.controller.lifecycle import (
 )
 from corral.controller.pods import pod_view
 from corral.controller.store import Key, Store
-from corral.kube.client import ApiError, KubeClient
+from corral.kube.client import METADATA_ONLY, ApiError, KubeClient
 from corral.render import network_policy_name, pvc_name, service_name
 
 log = logging.getLogger("corral.reconciler")
@@ -73,20 +74,24 @@ class Reconciler:
         started = time.perf_counter()
         plan = decide(observed, self.config)
         if plan.check_credentials:
-            found = await self._secret_exists(key[0], plan.check_credentials)
-            plan = decide(replace(observed, credentials_found=found), self.config)
+            check = await self._check_secret(key[0], plan.check_credentials)
+            plan = decide(replace(observed, secret_check=check), self.config)
         await self.apply(key, observed.session, plan)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         return plan
 
-    async def _secret_exists(self, namespace: str, name: str) -> bool:
+    async def _check_secret(self, namespace: str, name: str) -> SecretCheck:
+        """Whether the credentials Secret exists and is labelled; a metadata-only GET, so
+        the key itself never reaches the operator."""
         try:
-            await self.client.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+            metadata = await self.client.request(
+                "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}", accept=METADATA_ONLY
+            )
         except ApiError as error:
             if error.status == 404:
-                return False
+                return secret_check(None)
             raise
-        return True
+        return secret_check(metadata)
 
     async def apply(self, key: Key, session: AgentSession, plan: Plan) -> None:
         """Carry out a plan. Only real dependencies hold a step back:

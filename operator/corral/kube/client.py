@@ -27,6 +27,8 @@ REQUESTS = Counter(
     "corral_kube_requests_total", "Kubernetes API requests made by the operator.", ["verb", "kind"]
 )
 MERGE_PATCH = "application/merge-patch+json"
+# Accept header of a GET that returns only an object's metadata (PartialObjectMetadata).
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 # api group/version and plural of every kind the operator writes.
 RESOURCES: dict[str, tuple[str, str]] = {
@@ -219,10 +221,13 @@ class KubeClient:
         body: JSON | None = None,
         content_type: str = "application/json",
         params: dict[str, str] | None = None,
+        accept: str | None = None,
     ) -> JSON:
         self.requests_made += 1
         REQUESTS.labels(verb=method, kind=_kind_of(path)).inc()
         headers = {"Content-Type": content_type} if body is not None else {}
+        if accept is not None:
+            headers["Accept"] = accept
         headers.update(self._authorization() or {})
         async with self._session.request(
             method, path, json=body, headers=headers, params=params

@@ -20,6 +20,7 @@ from pathlib import PurePosixPath
 from kubernetes import client as k8s
 
 from corral.api import runtime
+from corral.api.activity import activity_token
 from corral.api.units import format_bytes, parse_quantity
 from corral.api.v1alpha1 import AgentSession, AgentSessionSpec, Pattern
 from corral.config import OperatorConfig
@@ -94,10 +95,13 @@ def runner_command(drain_seconds: int) -> list[str]:
     ]
 
 
-def _env(session: AgentSession, config: OperatorConfig) -> list[k8s.V1EnvVar]:
+def _env(session: AgentSession, config: OperatorConfig, pod: str) -> list[k8s.V1EnvVar]:
     spec = session.spec
     credentials = spec.credentials or config.default_credentials
     base_url = (credentials.base_url if credentials else None) or config.default_anthropic_base_url
+    runner_env = dict(config.runner_env)
+    if credentials:
+        runner_env.pop(runtime.ENV_API_KEY, None)  # the session's own key wins
     plain = {
         runtime.ENV_DISABLE_TRAFFIC: "1",
         runtime.ENV_SESSION_NAME: session.metadata.name,
@@ -105,12 +109,19 @@ def _env(session: AgentSession, config: OperatorConfig) -> list[k8s.V1EnvVar]:
         runtime.ENV_SESSION_FILE: runtime.SPEC_FILE,
         # runAsUser has no passwd entry in most images; the CLI needs a writable home.
         "HOME": runtime.HOME_DIR,
-        **config.runner_env,
+        **runner_env,
     }
     if base_url:
         plain[runtime.ENV_BASE_URL] = base_url
     if config.activity_url:
         plain[runtime.ENV_ACTIVITY_URL] = config.activity_url
+        if config.activity_keys:
+            # Only this pod of this session can report as itself (see corral.api.activity).
+            # A plain value: whoever may read this pod's spec already controls the session.
+            meta = session.metadata
+            plain[runtime.ENV_ACTIVITY_TOKEN] = activity_token(
+                config.activity_keys[0], meta.namespace or "", meta.name, meta.uid or "", pod
+            )
     env = [k8s.V1EnvVar(name=name, value=value) for name, value in plain.items()]
     pod_name = k8s.V1EnvVarSource(field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.name"))
     env.append(k8s.V1EnvVar(name=runtime.ENV_POD_NAME, value_from=pod_name))
@@ -215,7 +226,9 @@ def _pod_security() -> k8s.V1PodSecurityContext:
     )
 
 
-def _container(session: AgentSession, config: OperatorConfig, grace: int) -> k8s.V1Container:
+def _container(
+    session: AgentSession, config: OperatorConfig, grace: int, pod: str
+) -> k8s.V1Container:
     return k8s.V1Container(
         name=runtime.CONTAINER_NAME,
         image=session.spec.image or config.default_image,
@@ -226,7 +239,7 @@ def _container(session: AgentSession, config: OperatorConfig, grace: int) -> k8s
                 name=runtime.RUNNER_PORT_NAME, container_port=runtime.RUNNER_PORT, protocol="TCP"
             )
         ],
-        env=_env(session, config),
+        env=_env(session, config, pod),
         resources=_resources(session.spec),
         volume_mounts=_volume_mounts(),
         # Startup allows a minute for the runner to come up before liveness counts.
@@ -262,8 +275,9 @@ def render_pod(session: AgentSession, config: OperatorConfig, attempt: int) -> M
     spec = session.spec
     ephemeral = spec.pattern == Pattern.EPHEMERAL
     grace = grace_period_seconds(spec, config)
+    name = pod_name(session, attempt)
     pod_spec = k8s.V1PodSpec(
-        containers=[_container(session, config, grace)],
+        containers=[_container(session, config, grace, name)],
         volumes=_volumes(session),
         restart_policy="Never" if ephemeral else "Always",
         active_deadline_seconds=(
@@ -286,9 +300,7 @@ def render_pod(session: AgentSession, config: OperatorConfig, attempt: int) -> M
     pod = k8s.V1Pod(
         api_version="v1",
         kind="Pod",
-        metadata=object_meta(
-            session, pod_name(session, attempt), RUNNER, _annotations(session, config, attempt)
-        ),
+        metadata=object_meta(session, name, RUNNER, _annotations(session, config, attempt)),
         spec=pod_spec,
     )
     return to_manifest(pod)

@@ -3,7 +3,9 @@ when a message starts or ends, and as a heartbeat while busy.
 
 Pods hold no Kubernetes credentials, so the runner reports over HTTP to the operator,
 which keeps idle deadlines in status. Reports are best effort: a failed push is logged
-and the next change or heartbeat sends fresh state; turns never wait for the operator.
+and retried with backoff (the next one sends fresh state); turns never wait for the
+operator. Each carries the pod's token (CORRAL_ACTIVITY_TOKEN, set by the operator), and
+no time: the operator uses its own clock.
 """
 
 from __future__ import annotations
@@ -11,18 +13,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from urllib.parse import urlsplit
 
 import aiohttp
 from claude_agent_sdk import __version__ as SDK_VERSION
 
 from corral.api import runtime
-from corral.api.activity import ACTIVITY_PATH, ActivityReport
+from corral.api.activity import (
+    ACTIVITY_PATH,
+    AUTHORIZATION_HEADER,
+    BEARER,
+    MAX_AGENTS,
+    MAX_COST_USD,
+    MAX_TURNS,
+    ActivityReport,
+    AgentReport,
+)
 from corral.runner.agent import AgentSnapshot, AgentState
 from corral.runner.jsonlog import log_event
 from corral.runner.session import RunnerSession
@@ -41,6 +52,8 @@ class Identity:
     namespace: str
     name: str
     pod_name: str
+    # Proves to the operator that the report comes from this pod (None: not sent).
+    token: str | None = None
 
 
 def report_url(base: str) -> str:
@@ -56,25 +69,39 @@ def identity_from_env(name: str | None, namespace: str | None) -> Identity | Non
     pod = os.environ.get(runtime.ENV_POD_NAME) or socket.gethostname()
     if not (name and namespace and pod):
         return None
-    return Identity(namespace, name, pod)
+    return Identity(namespace, name, pod, os.environ.get(runtime.ENV_ACTIVITY_TOKEN) or None)
 
 
-def build_report(
-    who: Identity, agents: Sequence[AgentSnapshot], started_at: datetime
-) -> ActivityReport:
-    moments = [a.last_activity for a in agents if a.last_activity is not None]
+def build_report(who: Identity, agents: Sequence[AgentSnapshot]) -> ActivityReport:
+    """The report of `agents`, clamped to what the operator accepts (it refuses the rest)."""
+    version = cli_version(agents)
     return ActivityReport(
         namespace=who.namespace,
         name=who.name,
         pod_name=who.pod_name,
         busy=any(a.state == AgentState.BUSY for a in agents),
-        last_activity_time=max(moments) if moments else started_at,
         session_id=agents[0].session_id if len(agents) == 1 else None,
-        num_turns=sum(a.num_turns for a in agents),
-        total_cost_usd=round(sum(a.total_cost_usd for a in agents), 6),
-        sdk_version=SDK_VERSION,
-        cli_version=cli_version(agents),
-        agents=[agent_status(a) for a in agents],
+        num_turns=_turns(sum(a.num_turns for a in agents)),
+        total_cost_usd=_cost(sum(a.total_cost_usd for a in agents)),
+        sdk_version=SDK_VERSION[:64],
+        cli_version=version[:64] if version else None,
+        agents=[_agent_report(a) for a in agents[:MAX_AGENTS]],
+    )
+
+
+def _turns(value: int) -> int:
+    return min(max(value, 0), MAX_TURNS)
+
+
+def _cost(value: float) -> float:
+    return 0.0 if math.isnan(value) else round(min(max(value, 0.0), MAX_COST_USD), 6)
+
+
+def _agent_report(agent: AgentSnapshot) -> AgentReport:
+    status = agent_status(agent)
+    return AgentReport.model_validate(
+        status.model_dump()
+        | {"num_turns": _turns(status.num_turns), "total_cost_usd": _cost(status.total_cost_usd)}
     )
 
 
@@ -120,12 +147,13 @@ class ActivityReporter:
 
     async def push(self, http: aiohttp.ClientSession) -> None:
         snapshots = [w.snapshot() for w in self._session.workers.values()]
-        report = build_report(self._who, snapshots, self._session.started_at)
+        report = build_report(self._who, snapshots)
         body = report.model_dump_json(by_alias=True)
+        headers = {"content-type": "application/json"}
+        if self._who.token:
+            headers[AUTHORIZATION_HEADER] = BEARER + self._who.token
         try:
-            async with http.post(
-                self._url, data=body, headers={"content-type": "application/json"}
-            ) as resp:
+            async with http.post(self._url, data=body, headers=headers) as resp:
                 if resp.status >= 300:
                     raise aiohttp.ClientResponseError(
                         resp.request_info, (), status=resp.status, message=await resp.text()

@@ -7,6 +7,7 @@ and a developer's operator) on one cluster never act on each other's sessions.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from corral.api import runtime
+from corral.api.activity import activity_token
 from corral.config import OperatorConfig
 from corral.testing.kube import wait_for
 
@@ -36,9 +39,18 @@ def free_port() -> int:
         return port
 
 
+# KWOK's pods run nothing, so no model is called: the operator hands every runner a
+# placeholder key (sessions without any key do not start; see corral.controller.credentials).
+PLACEHOLDER_KEY = {runtime.ENV_API_KEY: "sk-ant-placeholder-kwok"}
+
+
 def kwok_operator_config(namespace: str, **overrides: object) -> OperatorConfig:
     """Operator settings for sessions on KWOK's fake nodes."""
-    body: dict[str, object] = {"namespace": namespace, "tolerations": [KWOK_TOLERATION]}
+    body: dict[str, object] = {
+        "namespace": namespace,
+        "tolerations": [KWOK_TOLERATION],
+        "runnerEnv": dict(PLACEHOLDER_KEY),
+    }
     body.update(overrides)
     return OperatorConfig.model_validate(body)
 
@@ -57,6 +69,8 @@ class OperatorProcess:
     leader_election: bool = True
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # Signs activity tokens (config.activityKeyFile); operators sharing a Lease share it.
+    activity_key: bytes = field(default_factory=lambda: secrets.token_hex(32).encode())
 
     @property
     def url(self) -> str:
@@ -69,9 +83,13 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / f"operator-{self.identity}.yaml"
-        config_path.write_text(
-            yaml.safe_dump(self.config.model_dump(by_alias=True, exclude_none=True))
-        )
+        body = self.config.model_dump(by_alias=True, exclude_none=True)
+        if "activityKeyFile" not in body:
+            key_path = self.workdir / f"activity-key-{self.identity}"
+            key_path.write_bytes(self.activity_key + b"\n")
+            key_path.chmod(0o600)
+            body["activityKeyFile"] = str(key_path)
+        config_path.write_text(yaml.safe_dump(body))
         argv = [
             sys.executable,
             "-m",
@@ -139,6 +157,10 @@ class OperatorProcess:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def activity_token(self, namespace: str, name: str, uid: str, pod_name: str) -> str:
+        """The token this operator expects from `pod_name` of the session with `uid`."""
+        return activity_token(self.activity_key, namespace, name, uid, pod_name)
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -146,22 +168,26 @@ class OperatorProcess:
             return "(no log)"
 
 
-def report_activity(url: str, namespace: str, name: str, pod_name: str, busy: bool) -> int:
-    """Post an activity report as a runner would; returns the HTTP status."""
+def report_activity(
+    url: str,
+    namespace: str,
+    name: str,
+    pod_name: str,
+    busy: bool,
+    token: str | None,
+    **fields: object,
+) -> int:
+    """Post an activity report as a runner would (with `token`; None: none); the HTTP status."""
     import json
-    from datetime import UTC, datetime
 
     body = json.dumps(
-        {
-            "namespace": namespace,
-            "name": name,
-            "podName": pod_name,
-            "busy": busy,
-            "lastActivityTime": datetime.now(UTC).isoformat(),
-        }
+        {"namespace": namespace, "name": name, "podName": pod_name, "busy": busy, **fields}
     ).encode()
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
-        f"{url}/v1/activity", data=body, headers={"Content-Type": "application/json"}, method="POST"
+        f"{url}/v1/activity", data=body, headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
