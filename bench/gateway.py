@@ -38,8 +38,8 @@ from kubernetes import config as k8s_config
 from bench.kube import percentile
 from corral.api import runtime
 from corral.api.crd import crd_yaml
+from corral.api.tokens import runner_credential
 from corral.cluster import control_plane, pki
-from corral.gateway.credentials import RUNNER_INGRESS, session_credential
 from corral.testing.gateway import World, free_port, make_namespace, start_local_runner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,7 +280,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         world = World(api, namespace, 0)
         uid = world.create_session("direct")
-        credential = session_credential(KEY, RUNNER_INGRESS, namespace, "direct", uid)
+        credential = runner_credential(KEY, namespace, "direct", uid)
         runner = start_local_runner(
             workdir / "runner",
             {"pattern": "LongRunning"},

@@ -147,6 +147,16 @@ class OperatorConfig(ConfigModel):
     activity_peer: PeerRule | None = Field(
         None, description="Egress every session gets to reach the operator's activity port."
     )
+    # The session gateway (corral gateway): the only way into a runner besides the
+    # opt-ins below. It proves itself to each runner with a per-session credential.
+    gateway: ScraperPeer | None = Field(
+        None,
+        description="The gateway's pods. Set: each session's NetworkPolicy admits ingress to "
+        "the runner only from them (and spec.network.ingressFromNamespaces), and each runner "
+        "refuses callers without the session's gateway credential (derived from "
+        "activityKeyFile's key, which the gateway must read too). Unset: ingress from the "
+        "operator's whole namespace, and runners accept any caller the policy admits.",
+    )
     # Metrics: who may scrape a runner's /metrics (served on the runner port).
     metrics_scraper: ScraperPeer | None = Field(
         None,

@@ -9,9 +9,9 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from corral.api import runtime
+from corral.api.tokens import RUNNER_INGRESS, hmac_token, runner_credential
 from corral.gateway import routes
 from corral.gateway.auth import ReviewCache, User
-from corral.gateway.credentials import RUNNER_INGRESS, matches, session_credential
 from corral.gateway.directory import (
     Directory,
     SessionFinished,
@@ -120,19 +120,24 @@ def test_user_table_is_bounded() -> None:
 # --- credentials -------------------------------------------------------------------------
 
 
-def test_credentials_are_bound_to_purpose_session_and_uid() -> None:
+def test_runner_credentials_are_bound_to_session_uid_key_and_purpose() -> None:
     key = b"k" * 32
-    base = session_credential(key, RUNNER_INGRESS, "ns", "a", "uid-1")
-    assert matches(base, session_credential(key, RUNNER_INGRESS, "ns", "a", "uid-1"))
+    base = runner_credential(key, "ns", "a", "uid-1")
+    assert (
+        base
+        == runner_credential(key, "ns", "a", "uid-1")
+        == hmac_token(key, RUNNER_INGRESS, "ns", "a", "uid-1")
+    )
     others = {
-        session_credential(key, "activity", "ns", "a", "uid-1"),
-        session_credential(key, RUNNER_INGRESS, "ns", "b", "uid-1"),
-        session_credential(key, RUNNER_INGRESS, "ns2", "a", "uid-1"),
-        session_credential(key, RUNNER_INGRESS, "ns", "a", "uid-2"),
-        session_credential(b"x" * 32, RUNNER_INGRESS, "ns", "a", "uid-1"),
+        hmac_token(key, b"corral.dev/activity-token/v1", "ns", "a", "uid-1"),
+        runner_credential(key, "ns", "b", "uid-1"),
+        runner_credential(key, "ns2", "a", "uid-1"),
+        runner_credential(key, "ns", "a", "uid-2"),
+        runner_credential(b"x" * 32, "ns", "a", "uid-1"),
+        # NUL separation: moving a character between parts changes the token
+        runner_credential(key, "n", "sa", "uid-1"),
     }
-    assert base not in others and len(others) == 5
-    assert not matches(base, None)
+    assert base not in others and len(others) == 6
 
 
 def test_wake_value_is_bounded() -> None:
@@ -314,3 +319,68 @@ async def test_runner_refuses_callers_without_the_gateway_credential() -> None:
     assert await _call(api, "/readyz", {}, "10.1.2.3") == 200  # the kubelet's probe
     assert await _call(api, "/v1/status", {}, "127.0.0.1") == 200  # the pod's own agents
     assert await _call(_runner_api(None), "/v1/status", {}, "10.1.2.3") == 200
+
+
+# --- what the operator renders for the gateway ---------------------------------------------
+
+
+def _gateway_config(**extra: Any) -> Any:
+    from corral.config import OperatorConfig
+
+    config = OperatorConfig.model_validate(
+        {
+            "namespace": "corral-system",
+            "gateway": {
+                "namespace": "corral-system",
+                "podLabels": {"app.kubernetes.io/component": "gateway"},
+            },
+            **extra,
+        }
+    )
+    return config.with_activity_keys((b"s" * 32,))
+
+
+def test_with_a_gateway_only_its_pods_reach_the_runner(make_session: Any) -> None:
+    from corral.render.network_policy import render_network_policy
+
+    session = make_session("LongRunning", network={"ingressFromNamespaces": ["team-b"]})
+    ingress = render_network_policy(session, _gateway_config())["spec"]["ingress"]
+    peers = [peer for rule in ingress for peer in rule["from"]]
+    namespaces = [
+        p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in peers
+    ]
+    assert sorted(namespaces) == ["corral-system", "team-b"]
+    [gateway] = [p for p in peers if "podSelector" in p]
+    assert gateway["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "gateway"}
+    # The operator's namespace as a whole no longer reaches runners.
+    assert all("podSelector" in p for p in peers if namespaces[peers.index(p)] == "corral-system")
+
+
+def test_without_a_gateway_the_operator_namespace_still_reaches_the_runner(
+    make_session: Any, config: Any
+) -> None:
+    from corral.render.network_policy import render_network_policy
+
+    ingress = render_network_policy(make_session(), config)["spec"]["ingress"]
+    [rule] = ingress
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "corral-system"}}}
+    ]
+
+
+def test_the_pod_gets_its_own_sessions_gateway_credential(make_session: Any) -> None:
+    from corral.render.pod import render_pod
+
+    session = make_session("Hybrid")
+    config = _gateway_config()
+    env = {
+        e["name"]: e.get("value")
+        for e in render_pod(session, config, 1)["spec"]["containers"][0]["env"]
+    }
+    meta = session.metadata
+    assert env[runtime.ENV_GATEWAY_CREDENTIAL] == runner_credential(
+        b"s" * 32, meta.namespace, meta.name, meta.uid
+    )
+    without = render_pod(session, config.model_copy(update={"gateway": None}), 1)
+    names = {e["name"] for e in without["spec"]["containers"][0]["env"]}
+    assert runtime.ENV_GATEWAY_CREDENTIAL not in names

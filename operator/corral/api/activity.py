@@ -15,7 +15,6 @@ operator takes time from its own clock.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterable
 from typing import Self
@@ -23,6 +22,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from corral.api.tokens import hmac_token
 from corral.api.v1alpha1 import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, AgentStatus
 
 ACTIVITY_PATH = "/v1/activity"
@@ -81,8 +81,7 @@ class ActivityReport(ReportModel):
 
 def activity_token(key: bytes, namespace: str, name: str, uid: str, pod_name: str) -> str:
     """The token of one pod of one session (hex HMAC-SHA256 under the operator's key)."""
-    message = b"\0".join([TOKEN_CONTEXT, *(p.encode() for p in (namespace, name, uid, pod_name))])
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hmac_token(key, TOKEN_CONTEXT, namespace, name, uid, pod_name)
 
 
 def token_matches(

@@ -48,7 +48,7 @@ WAKE_ANNOTATION = "corral.dev/wake"
 # Where the runner pushes activity reports (corral.api.activity); set by the operator.
 ENV_ACTIVITY_URL = "CORRAL_ACTIVITY_URL"
 ENV_POD_NAME = "CORRAL_POD_NAME"
-# The credential the gateway presents to this session's runner (corral.gateway.credentials);
+# The credential the gateway presents to this session's runner (corral.api.tokens);
 # when set, the runner refuses every other caller from outside the pod.
 ENV_GATEWAY_CREDENTIAL = "CORRAL_GATEWAY_CREDENTIAL"
 GATEWAY_CREDENTIAL_HEADER = "X-Corral-Gateway-Credential"

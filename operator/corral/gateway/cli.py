@@ -70,8 +70,8 @@ def _run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace) -> None:
     from aiohttp import web
 
+    from corral.config import load_activity_keys
     from corral.gateway.auth import Reviewer
-    from corral.gateway.credentials import load_key
     from corral.gateway.directory import Directory
     from corral.gateway.metrics import GatewayMetrics
     from corral.gateway.server import Gateway, GatewaySettings
@@ -79,7 +79,8 @@ async def _main(args: argparse.Namespace) -> None:
     from corral.kube.informer import Informer
     from corral.render.meta import MANAGED_BY_LABEL, MANAGER
 
-    key = load_key(args.key_file)
+    # The operator's key file (one key per line; the first is the one that signs).
+    key = load_activity_keys(str(args.key_file))[0]
     kube = KubeClient(load_connection(args.kubeconfig))
     metrics = GatewayMetrics()
     directory = Directory(kube)

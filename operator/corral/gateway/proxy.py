@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from corral.gateway.credentials import GATEWAY_HEADER
+from corral.api import runtime
 
 # Request headers passed to the runner; everything else (Authorization, cookies, the
 # caller's token, hop-by-hop headers) stays at the gateway.
@@ -31,7 +31,7 @@ class UpstreamError(Exception):
 
 def upstream_headers(request_headers: Mapping[str, str], credential: str) -> dict[str, str]:
     headers = {k: request_headers[k] for k in FORWARDED_REQUEST_HEADERS if k in request_headers}
-    headers[GATEWAY_HEADER] = credential
+    headers[runtime.GATEWAY_CREDENTIAL_HEADER] = credential
     # The runner's body must reach the client as written: no compression it did not ask for.
     headers["Accept-Encoding"] = "identity"
     return headers

@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from corral.api.tokens import runner_credential
 from corral.gateway import routes
 from corral.gateway.auth import Forbidden, Reviewer, Unauthenticated, User
-from corral.gateway.credentials import RUNNER_INGRESS, session_credential
 from corral.gateway.directory import (
     Directory,
     NotReady,
@@ -138,9 +138,7 @@ class Gateway:
         return app
 
     def credential(self, session: SessionView) -> str:
-        return session_credential(
-            self.key, RUNNER_INGRESS, session.namespace, session.name, session.uid
-        )
+        return runner_credential(self.key, session.namespace, session.name, session.uid)
 
     # --- one request ---------------------------------------------------------------------
 

@@ -72,16 +72,28 @@ def _public_https(
 
 def _ingress(session: AgentSession, config: OperatorConfig) -> list[k8s.V1NetworkPolicyIngressRule]:
     runner_port = _ports([PortSpec(port=runtime.RUNNER_PORT, protocol="TCP")])
-    namespaces = dict.fromkeys([config.namespace, *session.spec.network.ingress_from_namespaces])
+    # With a gateway, only its pods; without one, the operator's namespace as before.
+    opted_in = session.spec.network.ingress_from_namespaces
+    if config.gateway is not None:
+        namespaces = dict.fromkeys(opted_in)
+        pod_peers = [config.gateway]
+    else:
+        namespaces = dict.fromkeys([config.namespace, *opted_in])
+        pod_peers = []
     peers = [k8s.V1NetworkPolicyPeer(namespace_selector=_namespace(ns)) for ns in namespaces]
-    rules = [k8s.V1NetworkPolicyIngressRule.model_validate({"from": peers, "ports": runner_port})]
-    scraper = config.metrics_scraper
-    if scraper is not None:
-        # Only the scraper's pods (namespace AND labels), on the runner port that serves
-        # /metrics: a rule of its own, so it never widens the operator's rule above.
-        pods = k8s.V1LabelSelector(match_labels=dict(scraper.pod_labels))
+    rules = []
+    if peers:
+        rules.append(
+            k8s.V1NetworkPolicyIngressRule.model_validate({"from": peers, "ports": runner_port})
+        )
+    if config.metrics_scraper is not None:
+        pod_peers.append(config.metrics_scraper)
+    for selected in pod_peers:
+        # Those pods only (namespace AND labels), each a rule of its own so that none widens
+        # another: the gateway, and a scraper of the runner's /metrics.
+        pods = k8s.V1LabelSelector(match_labels=dict(selected.pod_labels))
         peer = k8s.V1NetworkPolicyPeer(
-            namespace_selector=_namespace(scraper.namespace), pod_selector=pods
+            namespace_selector=_namespace(selected.namespace), pod_selector=pods
         )
         rules.append(
             k8s.V1NetworkPolicyIngressRule.model_validate({"from": [peer], "ports": runner_port})

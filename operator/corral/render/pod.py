@@ -21,6 +21,7 @@ from kubernetes import client as k8s
 
 from corral.api import runtime
 from corral.api.activity import activity_token
+from corral.api.tokens import runner_credential
 from corral.api.units import format_bytes, parse_quantity
 from corral.api.v1alpha1 import AgentSession, AgentSessionSpec, Pattern
 from corral.config import OperatorConfig
@@ -122,6 +123,12 @@ def _env(session: AgentSession, config: OperatorConfig, pod: str) -> list[k8s.V1
             plain[runtime.ENV_ACTIVITY_TOKEN] = activity_token(
                 config.activity_keys[0], meta.namespace or "", meta.name, meta.uid or "", pod
             )
+    if config.gateway is not None and config.activity_keys:
+        # Worthless outside this session: the runner admits only the gateway (docs/gateway.md).
+        meta = session.metadata
+        plain[runtime.ENV_GATEWAY_CREDENTIAL] = runner_credential(
+            config.activity_keys[0], meta.namespace or "", meta.name, meta.uid or ""
+        )
     env = [k8s.V1EnvVar(name=name, value=value) for name, value in plain.items()]
     pod_name = k8s.V1EnvVarSource(field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.name"))
     env.append(k8s.V1EnvVar(name=runtime.ENV_POD_NAME, value_from=pod_name))
