@@ -287,6 +287,7 @@ def up(
     real_node: bool = False,
     node_timeout: float = 900.0,
     root: Path | None = None,
+    node_with_runner: bool = True,
 ) -> Layout:
     """Start what is not running, in `root` (default: `state_dir()`).
 
@@ -309,7 +310,7 @@ def up(
         from corral.cluster import images, netns, node
 
         try:
-            node.up(layout, timeout=node_timeout)
+            node.up(layout, timeout=node_timeout, with_runner=node_with_runner)
         except (node.NodeError, images.ImageError, netns.NetnsError) as error:
             raise ClusterError(f"the real node did not come up: {error}") from error
     kubeconfig = layout.kubeconfig(pki.ADMIN)
