@@ -151,6 +151,15 @@ def test_down_is_idempotent_and_sweeps_a_half_removed_state_dir(
     assert control_plane.down(state) == []
 
 
+def test_down_never_sweeps_a_folder_of_other_clusters(tmp_path: Path) -> None:
+    # CORRAL_STATE_DIR pointed one level too high: the clusters inside stay untouched.
+    Layout(root=tmp_path / "cluster", ports={"apiserver": 1}).save()
+    (tmp_path / "cluster" / "pids").mkdir()
+    (tmp_path / "logs").mkdir()
+    assert control_plane.down(tmp_path) == []
+    assert (tmp_path / "cluster" / "cluster.json").exists()
+
+
 # --- processes ------------------------------------------------------------------------------
 
 

@@ -334,6 +334,20 @@ def _control_plane_pids(root: Path) -> set[int]:
     return found
 
 
+STATE_ENTRIES = ("pids", "pki", "etcd", "logs", "node")
+
+
+def _half_removed(root: Path) -> bool:
+    """A state directory without cluster.json that a cluster left (an interrupted `down`),
+    never a folder that holds other clusters' state directories."""
+    try:
+        entries = {entry.name for entry in root.iterdir()}
+    except OSError:
+        return False
+    nested = any((root / name / "cluster.json").exists() for name in entries)
+    return bool(entries & set(STATE_ENTRIES)) and not nested
+
+
 def down(root: Path | None = None) -> list[str]:
     """Stop everything `up` started in `root` and remove the directory. Idempotent, and it
     finishes whatever vanishes or fails on the way; returns what is left (normally
@@ -341,10 +355,10 @@ def down(root: Path | None = None) -> list[str]:
     root = root or state_dir()
     layout = current_layout(root)
     if layout is None:
-        if not root.exists():
+        if not _half_removed(root):
             _say("no local cluster state; nothing to stop")
             return []
-        layout = Layout(root=root)  # a half-removed state dir: still sweep it
+        layout = Layout(root=root)  # cluster.json went first: still sweep the rest
     left: list[str] = []
     if layout.real_node or (root / "node").exists():
         from corral.cluster import node
