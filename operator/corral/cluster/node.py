@@ -931,12 +931,14 @@ def down(cluster: Layout, log: Log = _say, delete_node: bool = True) -> list[str
     }
     failures: list[str] = []
 
-    def step(what: str, action: Callable[[], None]) -> None:
+    def step(what: str, action: Callable[[], None]) -> bool:
         try:
             action()
         except Exception as error:  # one failed step must not stop the others
             failures.append(f"{what}: {error}")
             log(f"warning: {what}: {error}")
+            return False
+        return True
 
     # The kubelet first: it would restart the containers killed next.
     step("stop the node agents", lambda: _stop(node, AGENTS, log))
@@ -956,9 +958,14 @@ def down(cluster: Layout, log: Log = _say, delete_node: bool = True) -> list[str
     step("remove the network namespaces", lambda: _remove_netns(node, log))
     step("remove the cgroups", lambda: _remove_cgroups(node))
     step("remove files outside the state directory", lambda: _remove_outside_files(node))
-    if delete_node:
-        step("delete the Node object", lambda: _delete_node_object(node, log))
+    node_object_left = delete_node and not step(
+        "delete the Node object", lambda: _delete_node_object(node, log)
+    )
     left = leftovers(cluster, netns_ids)
+    if node_object_left:
+        left.append(f"Node {REAL_NODE_NAME} (the API server did not delete it)")
+    # A failed step whose work got done anyway (a later step or the kernel finished it) is
+    # no failure; with something left, every failure explains it.
     return [*failures, *left] if left else []
 
 
