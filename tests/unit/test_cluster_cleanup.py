@@ -198,12 +198,18 @@ def test_the_files_a_node_keeps_outside_its_state_dir_are_its_own_only(
     (bundle / "address").write_text(f"unix://{shim}\n")
     cni = tmp_path / "CNI_CACHE"
     (cni / f"corral-{'a' * 64}-eth0").write_text("{}")
+    (cni / f"cni-loopback-{'a' * 64}-lo").write_text("{}")
     (cni / f"corral-{'b' * 64}-eth0").write_text("{}")  # a neighbour's pod
     links = tmp_path / "CONTAINER_LOG_LINKS"
     (links / "mine.log").symlink_to(mine.pod_logs_dir / "ns_pod_uid" / "c" / "0.log")
     (links / "theirs.log").symlink_to("/var/log/pods/ns_pod_uid/c/0.log")
     assert sorted(map(str, node.outside_files(mine))) == sorted(
-        [str(shim), str(cni / f"corral-{'a' * 64}-eth0"), str(links / "mine.log")]
+        [
+            str(shim),
+            str(cni / f"corral-{'a' * 64}-eth0"),
+            str(cni / f"cni-loopback-{'a' * 64}-lo"),
+            str(links / "mine.log"),
+        ]
     )
 
 

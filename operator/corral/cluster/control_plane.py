@@ -334,6 +334,16 @@ def _control_plane_pids(root: Path) -> set[int]:
     return found
 
 
+def _processes_naming(root: Path) -> set[int]:
+    """Any process, ours or not, whose command line names a path in `root`."""
+    protected = cleanup.protected_pids()
+    return {
+        pid
+        for pid in cleanup.all_pids()
+        if pid not in protected and cleanup.mentions(cleanup.cmdline(pid), root)
+    }
+
+
 STATE_ENTRIES = ("pids", "pki", "etcd", "logs", "node")
 
 
@@ -367,10 +377,13 @@ def down(root: Path | None = None) -> list[str]:
     for spec in reversed(COMPONENTS):
         if process.stop(layout.pid_file(spec.name), str(binary_path(spec.binary))):
             _say(f"stopped {spec.name}")
-    stray = cleanup.kill_until_gone(lambda: _control_plane_pids(root))
-    left += [f"process {pid}: {' '.join(cleanup.cmdline(pid))[:120]}" for pid in sorted(stray)]
+    cleanup.kill_until_gone(lambda: _control_plane_pids(root))
     left += [f"mount {point}" for point in cleanup.unmount_under(root)]
     left += cleanup.remove_tree(root)
+    left += [
+        f"process {pid}: {' '.join(cleanup.cmdline(pid))[:120]}"
+        for pid in sorted(_processes_naming(root))
+    ]
     if left:
         _say(f"left in {root}:\n  " + "\n  ".join(left))
     else:

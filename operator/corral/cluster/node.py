@@ -794,7 +794,6 @@ AGENTS = (LOCAL_PATH, KUBE_ROUTER, KUBE_PROXY, KUBELET)
 SHIM_SOCKETS = Path("/run/containerd/s")
 CNI_CACHE = Path("/var/lib/cni/results")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
-CNI_NETWORK = "corral"
 
 
 def _is_node_process(node: NodeLayout, argv: list[str], programs: frozenset[str]) -> bool:
@@ -852,8 +851,8 @@ def outside_files(node: NodeLayout) -> list[Path]:
                 found.append(socket_path)
     ids = _container_ids(node)
     for entry in _children(CNI_CACHE):
-        name = entry.name.removeprefix(f"{CNI_NETWORK}-")
-        if name != entry.name and name.rsplit("-", 1)[0] in ids:
+        # `<network>-<sandbox id>-<interface>`: `corral-…-eth0` and `cni-loopback-…-lo`.
+        if ids & set(entry.name.split("-")):
             found.append(entry)
     logs = str(node.pod_logs_dir) + "/"
     for link in _children(CONTAINER_LOG_LINKS):
@@ -976,8 +975,9 @@ def _raise_if(left: list[str], what: str) -> None:
 
 def leftovers(cluster: Layout, netns_ids: set[str] | None = None) -> list[str]:
     """What of the node is still there (after `down` nothing should be): network
-    namespaces, processes (in its namespaces `netns_ids`, its cgroups, or naming its state
-    directory), cgroups, mounts under the state directory, files outside it."""
+    namespaces, processes (in its namespaces `netns_ids`, its cgroups, or one of its
+    programs naming its state directory), cgroups, mounts under the state directory,
+    files outside it."""
     node = NodeLayout(cluster)
     ids = set(netns_ids or ())
     found = [
@@ -996,7 +996,7 @@ def leftovers(cluster: Layout, netns_ids: set[str] | None = None) -> list[str]:
         if (
             pid in in_cgroups
             or cleanup.netns_of(pid) in ids
-            or (argv and cleanup.mentions(argv, cluster.root))
+            or _is_node_process(node, argv, NODE_PROGRAMS)
         ):
             found.append(f"process {pid}: {' '.join(argv)[:120]}")
     found += [f"mount {point}" for point in cleanup.mounts_under(cluster.root)]
