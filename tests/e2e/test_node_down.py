@@ -144,8 +144,7 @@ def test_node_down_then_down_leave_nothing(own_cluster: tuple[Layout, str]) -> N
     assert kwok.stdout.split() == ["node/kwok-node-0", "node/kwok-node-1"]
 
     # `up` brings the node back from the state `node down` left.
-    again, _ = _corral(layout.root, "up", "--real-node")
-    assert again.returncode == 0, again.stdout + again.stderr
+    control_plane.up(root=layout.root, node_with_runner=False)
     assert control_plane.is_up(layout.root)
     pids, ids = _node_state(where)
 

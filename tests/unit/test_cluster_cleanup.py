@@ -213,6 +213,18 @@ def test_the_files_a_node_keeps_outside_its_state_dir_are_its_own_only(
     )
 
 
+def test_a_unix_socket_is_the_kubelets_only_while_it_holds_it(tmp_path: Path) -> None:
+    # The device-plugin socket has one path for every kubelet on the machine: `node down`
+    # removes it only when its own kubelet was the one holding it.
+    path = tmp_path / "kubelet.sock"
+    with socket.socket(socket.AF_UNIX) as held:
+        held.bind(str(path))
+        held.listen()
+        assert cleanup.holds_unix_socket(os.getpid(), path)
+        assert not cleanup.holds_unix_socket(os.getpid(), tmp_path / "other.sock")
+    assert not cleanup.holds_unix_socket(os.getpid(), path)  # closed: the file alone
+
+
 # --- ports ----------------------------------------------------------------------------------
 
 

@@ -246,3 +246,27 @@ def kill_until_gone(
             except (ProcessLookupError, PermissionError):
                 continue
         time.sleep(0.1)
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes: set[str] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes
+
+
+def holds_unix_socket(pid: int, path: Path) -> bool:
+    """Process `pid` holds the unix socket bound at `path` (seen from its namespace)."""
+    try:
+        lines = Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    bound = {f[6] for f in (line.split() for line in lines) if len(f) > 7 and f[7] == str(path)}
+    return bool(bound & _socket_inodes(pid))

@@ -777,8 +777,10 @@ def up(cluster: Layout, timeout: float = 600.0, with_runner: bool = True, log: L
 # The programs of the node by the name they run under (argv[0]'s last part). A process with
 # one of these names whose command line names the cluster's state directory is the node's,
 # whatever its pid file says.
+RELAY_PROGRAM = "corral.cluster.netrelay"  # run as `python3 -m corral.cluster.netrelay`
 NODE_PROGRAMS = frozenset(
     {
+        RELAY_PROGRAM,
         "containerd",
         "containerd-shim-runc-v2",
         "kubelet",
@@ -794,14 +796,18 @@ AGENTS = (LOCAL_PATH, KUBE_ROUTER, KUBE_PROXY, KUBELET)
 SHIM_SOCKETS = Path("/run/containerd/s")
 CNI_CACHE = Path("/var/lib/cni/results")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
+# The kubelet's device-plugin socket has a fixed path whatever its root dir: every kubelet
+# on the machine replaces it at start. `down` removes it only when its own kubelet held it.
+DEVICE_PLUGIN_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
 
 
 def _is_node_process(node: NodeLayout, argv: list[str], programs: frozenset[str]) -> bool:
     if not argv:
         return False
     name = Path(argv[0]).name
-    relay = name.startswith("python") and "corral.cluster.netrelay" in argv
-    return (name in programs or relay) and cleanup.mentions(argv, node.cluster.root)
+    if name.startswith("python") and RELAY_PROGRAM in argv:
+        name = RELAY_PROGRAM
+    return name in programs and cleanup.mentions(argv, node.cluster.root)
 
 
 def _programs(node: NodeLayout, programs: frozenset[str]) -> set[int]:
@@ -939,6 +945,8 @@ def down(cluster: Layout, log: Log = _say, delete_node: bool = True) -> list[str
             return False
         return True
 
+    kubelets = _programs(node, frozenset({"kubelet"}))
+    device_socket = any(cleanup.holds_unix_socket(pid, DEVICE_PLUGIN_SOCKET) for pid in kubelets)
     # The kubelet first: it would restart the containers killed next.
     step("stop the node agents", lambda: _stop(node, AGENTS, log))
     step(
@@ -957,6 +965,11 @@ def down(cluster: Layout, log: Log = _say, delete_node: bool = True) -> list[str
     step("remove the network namespaces", lambda: _remove_netns(node, log))
     step("remove the cgroups", lambda: _remove_cgroups(node))
     step("remove files outside the state directory", lambda: _remove_outside_files(node))
+    if device_socket:
+        step(
+            "remove the kubelet's device-plugin socket",
+            lambda: DEVICE_PLUGIN_SOCKET.unlink(missing_ok=True),
+        )
     node_object_left = delete_node and not step(
         "delete the Node object", lambda: _delete_node_object(node, log)
     )
