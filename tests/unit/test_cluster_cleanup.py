@@ -183,6 +183,30 @@ def test_kill_until_gone_kills_what_it_finds_but_never_its_caller() -> None:
             child.kill()
 
 
+def test_node_down_stops_a_kubelet_that_its_pid_file_does_not_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `node down` used to stop only the pids in its pid files, checked against the binary
+    # path it computed again (from the cache dir, PATH, the venv): a kubelet started under
+    # another path, or a lost pid file, and it kept running. It is found by what it is.
+    monkeypatch.setattr(node, "CGROUP_BASE", tmp_path / "cgroup")
+    root = tmp_path / "state"
+    (root / "pids").mkdir(parents=True)
+    (root / "pids" / "node-kubelet.pid").write_text(str(os.getpid()))  # a recycled pid
+    kubelet = subprocess.Popen(["bash", "-c", f'exec -a "{root}/elsewhere/kubelet" sleep 60'])
+    try:
+        wait_until = time.monotonic() + 10
+        while Path((cleanup.cmdline(kubelet.pid) or [""])[0]).name != "kubelet":
+            assert time.monotonic() < wait_until, "the stand-in kubelet did not start"
+            time.sleep(0.02)
+        left = node.down(Layout(root=root, real_node=True), log=lambda _: None, delete_node=False)
+        assert left == []
+        assert kubelet.wait(timeout=10) in (-9, 0)  # SIGKILLed (0: reaped by `down` itself)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            kubelet.kill()
+
+
 def test_the_files_a_node_keeps_outside_its_state_dir_are_its_own_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
