@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from corral.cluster import control_plane
+from corral.cluster import control_plane, pki, ports
 from corral.cluster.build import binary_path
+from corral.cluster.layout import Layout
 from corral.cluster.versions import KUBERNETES_VERSION
 from corral.testing.kube import wait_for
 
@@ -142,3 +145,51 @@ def test_up_twice_is_safe_and_status_reports_components(kubeconfig: Path) -> Non
     assert status.stdout.count("healthy") == len(control_plane.COMPONENTS)
     printed = subprocess.run(["corral", "cluster", "kubeconfig"], capture_output=True, text=True)
     assert printed.stdout.strip() == str(kubeconfig)
+
+
+def _free_port_base(count: int = len(ports.DEFAULT_PORTS)) -> int:
+    """A base port with `count` free ports after it (now; the race is what is tested)."""
+    for _ in range(50):
+        base = ports.any_free_port()
+        if base + count < 65535 and all(ports.port_free(base + i) for i in range(count)):
+            return base
+    pytest.skip("no run of free ports on this machine")
+
+
+def test_two_clusters_started_at_the_same_moment_get_ports_of_their_own(tmp_path: Path) -> None:
+    # Two `up`s in different state directories, started together and preferring the same
+    # ports (as two fresh clusters prefer 6443): each must end up on ports of its own, with
+    # its own etcd behind its own API server, and go down leaving nothing.
+    roots = [tmp_path / "a", tmp_path / "b"]
+    env = {**os.environ, ports.PORT_BASE_ENV: str(_free_port_base())}
+    env.pop("CORRAL_STATE_DIR", None)
+    try:
+        started = [
+            subprocess.Popen(
+                [sys.executable, "-m", "corral.cli", "cluster", "up", "--timeout", "240"],
+                env={**env, "CORRAL_STATE_DIR": str(root)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for root in roots
+        ]
+        outputs = [proc.communicate(timeout=600)[0] for proc in started]
+        for proc, output in zip(started, outputs, strict=True):
+            assert proc.returncode == 0, output
+        layouts = [Layout.load(root) for root in roots]
+        assert layouts[0] is not None and layouts[1] is not None
+        assert not set(layouts[0].ports.values()) & set(layouts[1].ports.values())
+        kubeconfigs = [layout.kubeconfig(pki.ADMIN) for layout in layouts]
+        for kubeconfig in kubeconfigs:
+            done = kubectl(kubeconfig, "get", "--raw", "/readyz")
+            assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+        # Each API server has its own etcd: what one stores, the other does not see.
+        made = kubectl(kubeconfigs[0], "create", "namespace", "only-in-a")
+        assert made.returncode == 0, made.stderr
+        other = kubectl(kubeconfigs[1], "get", "namespace", "only-in-a")
+        assert other.returncode != 0 and "NotFound" in other.stderr
+    finally:
+        left = [control_plane.down(root) for root in roots]
+    assert left == [[], []]
+    assert not any(root.exists() for root in roots)

@@ -59,8 +59,13 @@ def test_kubelet_uses_cgroupfs_on_v1_with_a_cgroup_root_of_its_own(tmp_path: Pat
     assert config["clusterDNS"] == ["10.96.0.10"]
     assert config["resolvConf"] == ""  # no host resolver inside pods
     assert config["containerRuntimeEndpoint"] == f"unix://{where.containerd_socket}"
+    # Pod logs in the state dir: a neighbour node's kubelet garbage-collects every pod
+    # directory in a shared /var/log/pods that it does not know (kuberuntime_gc.go).
+    assert config["podLogsDir"] == str(tmp_path / "node" / "pod-logs")
     other = node.NodeLayout(layout(tmp_path / "other"))
     assert other.id != where.id and other.wiring.node_netns != where.wiring.node_netns
+    assert other.cgroup_root != where.cgroup_root
+    assert other.wiring.outside_netns != where.wiring.outside_netns
 
 
 def test_containerd_keeps_to_the_state_dir_and_never_lowers_oom_scores(tmp_path: Path) -> None:
@@ -73,6 +78,8 @@ def test_containerd_keeps_to_the_state_dir_and_never_lowers_oom_scores(tmp_path:
     assert cri["netns_mounts_under_state_dir"] is True
     runc = cri["containerd"]["runtimes"]["runc"]
     assert runc["options"]["SystemdCgroup"] is False
+    # runc's state too (its default, /run/containerd/runc, is every containerd's).
+    assert runc["options"]["Root"] == str(tmp_path / "node" / "containerd" / "runc")
 
 
 def test_the_pod_network_does_not_masquerade(tmp_path: Path) -> None:

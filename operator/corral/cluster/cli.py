@@ -83,7 +83,10 @@ def _node_down(args: argparse.Namespace) -> int:
     if layout is None or not layout.real_node:
         print("no real node in this cluster")
         return 1
-    node.down(layout)
+    left = node.down(layout)
+    if left:
+        print("left behind by `node down`:\n  " + "\n  ".join(left))
+        return 1
     return 0
 
 
@@ -107,8 +110,7 @@ def _node_exec(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     from corral.cluster.control_plane import down
 
-    down()
-    return 0
+    return 1 if down() else 0
 
 
 def _status(args: argparse.Namespace) -> int:

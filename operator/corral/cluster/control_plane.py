@@ -2,12 +2,13 @@
 
 Components start in dependency order, each waited for before the next; a component that
 dies while starting is reported with the tail of its log. `up` on a running cluster only
-starts what is missing, so it is safe to run twice.
+starts what is missing, so it is safe to run twice. A component whose port was taken
+between choosing and binding it (a neighbour cluster starting at the same moment) gets
+another port and starts again (see ports.py).
 """
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import subprocess
 import sys
@@ -18,14 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.cluster import pki, process
+from corral.cluster import cleanup, pki, ports, process
 from corral.cluster.build import binary_path, ensure_built
 from corral.cluster.layout import (
     KWOK_NODE_ANNOTATION,
     REAL_NODE_IP,
     Layout,
     apiserver_argv,
-    choose_ports,
     controller_manager_argv,
     etcd_argv,
     kwok_argv,
@@ -50,10 +50,19 @@ class ComponentSpec:
     argv: Callable[[Layout], list[str]]
     port_key: str
     health_path: str | None  # HTTPS path probed for readiness; None: TCP port only
+    # Every port the component binds (port_key first); a bind failure moves all of them.
+    more_port_keys: tuple[str, ...] = ()
 
+    @property
+    def port_keys(self) -> tuple[str, ...]:
+        return (self.port_key, *self.more_port_keys)
+
+
+# How often a component may lose its port to a neighbour before `up` gives up.
+PORT_ATTEMPTS = 5
 
 COMPONENTS = (
-    ComponentSpec("etcd", "etcd", etcd_argv, "etcd-client", None),
+    ComponentSpec("etcd", "etcd", etcd_argv, "etcd-client", None, ("etcd-peer",)),
     ComponentSpec("kube-apiserver", "kube-apiserver", apiserver_argv, "apiserver", "/readyz"),
     ComponentSpec(
         "kube-controller-manager",
@@ -109,34 +118,93 @@ def _tcp_ok(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _healthy(layout: Layout, spec: ComponentSpec) -> bool:
+def _healthy(layout: Layout, spec: ComponentSpec, pid: int | None = None) -> bool:
+    """Healthy, and (given its pid) the one answering: a neighbour's process on the same
+    port must not pass for ours."""
     port = layout.ports[spec.port_key]
+    if pid is not None and not all(ports.listens(pid, layout.ports[k]) for k in spec.port_keys):
+        return False
     if spec.health_path:
         return _https_ok(layout, port, spec.health_path)
     return _tcp_ok(port)
 
 
-def _wait_healthy(layout: Layout, spec: ComponentSpec, deadline: float) -> None:
+class _PortTaken(Exception):
+    """The component's bind failed: a neighbour took the port after it was chosen."""
+
+
+def _log_since(log_file: Path, offset: int) -> str:
+    try:
+        with log_file.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _log_size(log_file: Path) -> int:
+    try:
+        return log_file.stat().st_size
+    except OSError:
+        return 0
+
+
+def _wait_healthy(layout: Layout, spec: ComponentSpec, deadline: float, offset: int = 0) -> None:
+    log = layout.log_file(spec.name)
     while time.monotonic() < deadline:
-        if _pid(layout, spec) is None:
+        pid = _pid(layout, spec)
+        if ports.bind_failed(_log_since(log, offset)):
+            raise _PortTaken(spec.name)
+        if pid is None:
             raise ClusterError(
-                f"{spec.name} exited while starting. Last lines of {layout.log_file(spec.name)}:\n"
-                + process.log_tail(layout.log_file(spec.name))
+                f"{spec.name} exited while starting. Last lines of {log}:\n" + process.log_tail(log)
             )
-        if _healthy(layout, spec):
+        if _healthy(layout, spec, pid):
             return
         time.sleep(0.2)
     raise ClusterError(
         f"{spec.name} did not become healthy in time (port {layout.ports[spec.port_key]}). "
-        f"Last lines of {layout.log_file(spec.name)}:\n"
-        + process.log_tail(layout.log_file(spec.name))
+        f"Last lines of {log}:\n" + process.log_tail(log)
+    )
+
+
+def _move_ports(layout: Layout, keys: tuple[str, ...]) -> None:
+    layout.ports = ports.move(layout.ports, keys)
+    layout.save()
+    if "apiserver" in keys:
+        for identity in pki.CLIENTS:
+            layout.write_kubeconfig(identity)
+
+
+def _start(layout: Layout, spec: ComponentSpec, deadline: float) -> bool:
+    """Start `spec` and wait until it is healthy; True if its ports had to move."""
+    moved = False
+    for _ in range(PORT_ATTEMPTS):
+        taken = tuple(k for k in spec.port_keys if not ports.port_free(layout.ports[k]))
+        if taken:
+            _move_ports(layout, taken)
+            moved = True
+        log = layout.log_file(spec.name)
+        offset = _log_size(log)
+        process.start(spec.argv(layout), layout.pid_file(spec.name), log)
+        try:
+            _wait_healthy(layout, spec, deadline, offset)
+            return moved
+        except _PortTaken:
+            process.stop(layout.pid_file(spec.name), str(binary_path(spec.binary)))
+            _say(f"{spec.name}: a port was taken while starting; choosing another")
+            _move_ports(layout, spec.port_keys)
+            moved = True
+    raise ClusterError(
+        f"{spec.name} lost its port to another process {PORT_ATTEMPTS} times in a row; "
+        f"see {layout.log_file(spec.name)}"
     )
 
 
 def _prepare_layout(root: Path, real_node: bool = False) -> Layout:
     layout = Layout.load(root)
     if layout is None:
-        layout = Layout(root=root, ports=choose_ports(), real_node=real_node)
+        layout = Layout(root=root, ports=ports.choose_ports(), real_node=real_node)
         layout.save()
     elif real_node and not layout.real_node:
         if any(_pid(layout, spec) is not None for spec in COMPONENTS):
@@ -153,15 +221,6 @@ def _prepare_layout(root: Path, real_node: bool = False) -> Layout:
     for identity in pki.CLIENTS:
         layout.write_kubeconfig(identity)
     return layout
-
-
-def _ensure_port_usable(layout: Layout, spec: ComponentSpec) -> None:
-    if _tcp_ok(layout.ports[spec.port_key]):
-        raise ClusterError(
-            f"port {layout.ports[spec.port_key]} ({spec.port_key}) is taken by another process, "
-            f"so {spec.name} cannot start. Stop that process, or run `corral cluster down` "
-            "and `corral cluster up` to choose new ports."
-        )
 
 
 def kubectl(layout: Layout, *args: str, stdin: str | None = None) -> str:
@@ -228,6 +287,7 @@ def up(
     real_node: bool = False,
     node_timeout: float = 900.0,
     root: Path | None = None,
+    node_with_runner: bool = True,
 ) -> Layout:
     """Start what is not running, in `root` (default: `state_dir()`).
 
@@ -237,18 +297,20 @@ def up(
     ensure_built(NEEDED_COMPONENTS)
     layout = _prepare_layout(root or state_dir(), real_node)
     deadline = time.monotonic() + timeout
+    moved = False
     for spec in COMPONENTS:
         if _pid(layout, spec) is not None:
-            continue
-        _ensure_port_usable(layout, spec)
-        process.start(spec.argv(layout), layout.pid_file(spec.name), layout.log_file(spec.name))
-        _wait_healthy(layout, spec, deadline)
+            if not moved:
+                continue
+            # An earlier component moved to a new port this component was started with.
+            process.stop(layout.pid_file(spec.name), str(binary_path(spec.binary)))
+        moved = _start(layout, spec, deadline) or moved
     _bootstrap(layout, deadline)
     if layout.real_node:
         from corral.cluster import images, netns, node
 
         try:
-            node.up(layout, timeout=node_timeout)
+            node.up(layout, timeout=node_timeout, with_runner=node_with_runner)
         except (node.NodeError, images.ImageError, netns.NetnsError) as error:
             raise ClusterError(f"the real node did not come up: {error}") from error
     kubeconfig = layout.kubeconfig(pki.ADMIN)
@@ -258,20 +320,75 @@ def up(
     return layout
 
 
-def down(root: Path | None = None) -> None:
+CONTROL_PLANE_PROGRAMS = frozenset(spec.binary for spec in COMPONENTS)
+
+
+def _control_plane_pids(root: Path) -> set[int]:
+    """Control-plane processes of the cluster in `root`, found by program name and a command
+    line naming `root`: also the ones whose pid file is gone or names another process."""
+    found = set()
+    for pid in cleanup.all_pids():
+        argv = cleanup.cmdline(pid)
+        if argv and Path(argv[0]).name in CONTROL_PLANE_PROGRAMS and cleanup.mentions(argv, root):
+            found.add(pid)
+    return found
+
+
+def _processes_naming(root: Path) -> set[int]:
+    """Any process, ours or not, whose command line names a path in `root`."""
+    protected = cleanup.protected_pids()
+    return {
+        pid
+        for pid in cleanup.all_pids()
+        if pid not in protected and cleanup.mentions(cleanup.cmdline(pid), root)
+    }
+
+
+STATE_ENTRIES = ("pids", "pki", "etcd", "logs", "node")
+
+
+def _half_removed(root: Path) -> bool:
+    """A state directory without cluster.json that a cluster left (an interrupted `down`),
+    never a folder that holds other clusters' state directories."""
+    try:
+        entries = {entry.name for entry in root.iterdir()}
+    except OSError:
+        return False
+    nested = any((root / name / "cluster.json").exists() for name in entries)
+    return bool(entries & set(STATE_ENTRIES)) and not nested
+
+
+def down(root: Path | None = None) -> list[str]:
+    """Stop everything `up` started in `root` and remove the directory. Idempotent, and it
+    finishes whatever vanishes or fails on the way; returns what is left (normally
+    nothing), each a line for the user."""
+    root = root or state_dir()
     layout = current_layout(root)
     if layout is None:
-        _say("no local cluster state; nothing to stop")
-        return
-    if layout.real_node:
+        if not _half_removed(root):
+            _say("no local cluster state; nothing to stop")
+            return []
+        layout = Layout(root=root)  # cluster.json went first: still sweep the rest
+    left: list[str] = []
+    if layout.real_node or (root / "node").exists():
         from corral.cluster import node
 
-        node.down(layout)
+        left += node.down(layout, delete_node=False)
     for spec in reversed(COMPONENTS):
         if process.stop(layout.pid_file(spec.name), str(binary_path(spec.binary))):
             _say(f"stopped {spec.name}")
-    shutil.rmtree(layout.root, ignore_errors=True)
-    _say(f"removed {layout.root}")
+    cleanup.kill_until_gone(lambda: _control_plane_pids(root))
+    left += [f"mount {point}" for point in cleanup.unmount_under(root)]
+    left += cleanup.remove_tree(root)
+    left += [
+        f"process {pid}: {' '.join(cleanup.cmdline(pid))[:120]}"
+        for pid in sorted(_processes_naming(root))
+    ]
+    if left:
+        _say(f"left in {root}:\n  " + "\n  ".join(left))
+    else:
+        _say(f"removed {root}")
+    return left
 
 
 def is_up(root: Path | None = None) -> bool:
@@ -279,7 +396,7 @@ def is_up(root: Path | None = None) -> bool:
     if not (
         layout is not None
         and all(_pid(layout, s) is not None for s in COMPONENTS)
-        and _healthy(layout, COMPONENTS[1])
+        and _healthy(layout, COMPONENTS[1], _pid(layout, COMPONENTS[1]))
     ):
         return False
     if layout.real_node:
@@ -302,7 +419,7 @@ def status() -> int:
         if pid is None:
             state, rss = "stopped", "-"
         else:
-            state = "healthy" if _healthy(layout, spec) else "unhealthy"
+            state = "healthy" if _healthy(layout, spec, pid) else "unhealthy"
             rss = f"{process.rss_bytes(pid) // 2**20}Mi"
         healthy = healthy and state == "healthy"
         print(f"{spec.name:<26}{pid or '-':>8}{port:>7}  {state:<9}{rss:>9}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,47 +28,12 @@ REAL_NODE_IP = "10.245.255.1"  # on the node namespace's loopback; the API serve
 REAL_NODE_POD_CIDR = "10.245.0.0/24"
 CLUSTER_DNS_IP = "10.96.0.10"
 
-DEFAULT_PORTS = {
-    "etcd-client": 2379,
-    "etcd-peer": 2380,
-    "apiserver": 6443,
-    "controller-manager": 10257,
-    "scheduler": 10259,
-    "kwok": 10247,
-}
 ADMISSION_PLUGINS = (
     "NamespaceLifecycle,LimitRanger,ServiceAccount,PodSecurity,DefaultStorageClass,"
     "DefaultTolerationSeconds,NodeRestriction,Priority,RuntimeClass,StorageObjectInUseProtection,"
     "PersistentVolumeClaimResize,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,"
     "ValidatingAdmissionPolicy,ResourceQuota"
 )
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _any_free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def choose_ports() -> dict[str, int]:
-    """The default ports where free; another free port where something else listens."""
-    chosen: dict[str, int] = {}
-    for name, port in DEFAULT_PORTS.items():
-        while not _port_free(port) or port in chosen.values():
-            port = _any_free_port()
-        chosen[name] = port
-    return chosen
 
 
 @dataclass

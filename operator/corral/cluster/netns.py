@@ -153,8 +153,18 @@ def _in_cidr(address: str, cidr: str) -> bool:
 
 
 def delete(name: str) -> bool:
-    """Remove namespace `name` (its veth ends go with it). True if it existed."""
-    if not exists(name):
+    """Remove namespace `name` (its veth ends go with it). True if it existed.
+
+    The namespace itself ends when its last process and its last mount are gone; `down`
+    stops the processes first."""
+    where = path(name)
+    if not where.exists():
         return False
     ip("netns", "delete", name, check=False)
+    if where.exists():  # `ip` failed (e.g. half-removed earlier): detach and unlink ourselves
+        ctypes.CDLL(None, use_errno=True).umount2(str(where).encode(), 2)  # MNT_DETACH
+        with contextlib.suppress(FileNotFoundError):
+            where.unlink()
+    if where.exists():
+        raise NetnsError(f"network namespace {name} could not be removed ({where})")
     return True

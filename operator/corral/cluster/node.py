@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from corral.cluster import images, netns, pki, process
+from corral.cluster import cleanup, images, netns, pki, process
 from corral.cluster.build import binary_path, ensure_built
 from corral.cluster.layout import (
     CLUSTER_DNS_IP,
@@ -149,6 +148,22 @@ class NodeLayout:
         return self.dir / "kubelet"
 
     @property
+    def pod_logs_dir(self) -> Path:
+        """The kubelet's pod logs (not /var/log/pods: a neighbour node's kubelet would
+        garbage-collect every pod directory there that it does not know)."""
+        return self.dir / "pod-logs"
+
+    @property
+    def runc_root(self) -> Path:
+        """runc's container state (not /run/containerd/runc, shared by every containerd)."""
+        return self.containerd_dir / "runc"
+
+    @property
+    def task_dir(self) -> Path:
+        """containerd's bundle of each task (sandboxes and containers), by namespace."""
+        return self.containerd_dir / "state" / "io.containerd.runtime.v2.task"
+
+    @property
     def volumes_dir(self) -> Path:
         """Where local-path-provisioner makes PersistentVolume directories."""
         return self.dir / "volumes"
@@ -220,6 +235,7 @@ state = "{d / "state"}"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "{node.runc_root}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN_DIR}"
     conf_dir = "{node.cni_conf_dir}"
@@ -280,6 +296,7 @@ def kubelet_config(node: NodeLayout) -> str:
         "resolvConf": "",
         "failSwapOn": False,
         "staticPodPath": "",
+        "podLogsDir": str(node.pod_logs_dir),
         "maxPods": 110,
         # Thresholds a shared disk does not cross by accident; a pod's own ephemeral-storage
         # limit still evicts it.
@@ -589,12 +606,18 @@ def _write_configs(node: NodeLayout, sandbox_image: str, helper_image: str) -> N
     )
 
 
+CGROUP_BASE = Path("/sys/fs/cgroup")
+
+
 def _cgroup_dirs(node: NodeLayout, unified: bool = False) -> list[Path]:
     """The node's cgroup root in each v1 hierarchy (and the v2 one the kubelet also uses)."""
-    base = Path("/sys/fs/cgroup")
+    try:
+        hierarchies = sorted(CGROUP_BASE.iterdir())
+    except OSError:
+        return []
     return [
         child / node.cgroup_root.lstrip("/")
-        for child in sorted(base.iterdir())
+        for child in hierarchies
         if child.is_dir()
         and (unified or child.name != "unified")
         and (child / "cgroup.procs").exists()
@@ -751,112 +774,246 @@ def up(cluster: Layout, timeout: float = 600.0, with_runner: bool = True, log: L
 
 # --- tear-down -------------------------------------------------------------------------------
 
+# The programs of the node by the name they run under (argv[0]'s last part). A process with
+# one of these names whose command line names the cluster's state directory is the node's,
+# whatever its pid file says.
+RELAY_PROGRAM = "corral.cluster.netrelay"  # run as `python3 -m corral.cluster.netrelay`
+NODE_PROGRAMS = frozenset(
+    {
+        RELAY_PROGRAM,
+        "containerd",
+        "containerd-shim-runc-v2",
+        "kubelet",
+        "kube-proxy",
+        "kube-router",
+        "local-path-provisioner",
+    }
+)
+AGENT_PROGRAMS = frozenset({"kubelet", "kube-proxy", "kube-router", "local-path-provisioner"})
+AGENTS = (LOCAL_PATH, KUBE_ROUTER, KUBE_PROXY, KUBELET)
+# What the node keeps outside its state directory, where containerd 1.6, libcni and the
+# kubelet have fixed paths: each file there is named after one of the node's containers.
+SHIM_SOCKETS = Path("/run/containerd/s")
+CNI_CACHE = Path("/var/lib/cni/results")
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
+# The kubelet's device-plugin socket has a fixed path whatever its root dir: every kubelet
+# on the machine replaces it at start. `down` removes it only when its own kubelet held it.
+DEVICE_PLUGIN_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
 
-def _cgroup_pids(node: NodeLayout) -> set[int]:
-    pids: set[int] = set()
-    for directory in _cgroup_dirs(node, unified=True):
-        if directory.is_dir():
-            for procs in directory.rglob("cgroup.procs"):
-                try:
-                    pids.update(int(p) for p in procs.read_text().split())
-                except (OSError, ValueError):
-                    continue
+
+def _is_node_process(node: NodeLayout, argv: list[str], programs: frozenset[str]) -> bool:
+    if not argv:
+        return False
+    name = Path(argv[0]).name
+    if name.startswith("python") and RELAY_PROGRAM in argv:
+        name = RELAY_PROGRAM
+    return name in programs and cleanup.mentions(argv, node.cluster.root)
+
+
+def _programs(node: NodeLayout, programs: frozenset[str]) -> set[int]:
+    return {
+        pid for pid in cleanup.all_pids() if _is_node_process(node, cleanup.cmdline(pid), programs)
+    }
+
+
+def _node_pids(node: NodeLayout, netns_ids: set[str]) -> set[int]:
+    """Every process of the node: in its namespaces, in its cgroups, or one of its programs."""
+    pids = cleanup.cgroup_pids(_cgroup_dirs(node, unified=True))
+    for pid in cleanup.all_pids():
+        if cleanup.netns_of(pid) in netns_ids or _is_node_process(
+            node, cleanup.cmdline(pid), NODE_PROGRAMS
+        ):
+            pids.add(pid)
     return pids
 
 
-def _our_shims(node: NodeLayout) -> list[int]:
-    """containerd-shim processes serving our containerd (they name its address)."""
-    address = str(node.containerd_socket)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def _children(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except OSError:
+        return []
+
+
+def _container_ids(node: NodeLayout) -> set[str]:
+    """Ids of the node's sandboxes and containers, from containerd's state on disk."""
+    bundles = [bundle for ns in _children(node.task_dir) for bundle in _children(ns)]
+    sandboxes = _children(node.containerd_dir / "root" / "io.containerd.grpc.v1.cri" / "sandboxes")
+    return {entry.name for entry in [*bundles, *sandboxes]}
+
+
+def outside_files(node: NodeLayout) -> list[Path]:
+    """The node's files outside its state directory: shim sockets, libcni's cached results
+    and the kubelet's links to container logs. Killed shims and pods torn down without
+    CNI DEL leave them; each names one of this node's containers, never a neighbour's."""
+    found: list[Path] = []
+    for ns in _children(node.task_dir):
+        for bundle in _children(ns):
+            try:
+                address = (bundle / "address").read_text().strip()
+            except OSError:
+                continue
+            socket_path = Path(address.removeprefix("unix://"))
+            if socket_path.parent == SHIM_SOCKETS and socket_path.exists():
+                found.append(socket_path)
+    ids = _container_ids(node)
+    for entry in _children(CNI_CACHE):
+        # `<network>-<sandbox id>-<interface>`: `corral-…-eth0` and `cni-loopback-…-lo`.
+        if ids & set(entry.name.split("-")):
+            found.append(entry)
+    logs = str(node.pod_logs_dir) + "/"
+    for link in _children(CONTAINER_LOG_LINKS):
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if os.readlink(link).startswith(logs):
+                found.append(link)
         except OSError:
             continue
-        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and address.encode() in argv:
-            found.append(int(entry.name))
     return found
 
 
-def _kill_all(pids: set[int] | list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-
-
-def _unmount_under(root: Path) -> None:
-    """Unmount whatever containerd and the kubelet mounted under `root`, deepest first."""
-    prefix = str(root.resolve()) + "/"
-    mounts = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point.startswith(prefix):
-            mounts.append(point)
-    for point in sorted(set(mounts), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-
-
-def down(cluster: Layout, log: Log = _say) -> None:
-    """Stop every process of the node and remove its namespaces, cgroups and mounts."""
-    node = NodeLayout(cluster)
-    for component in (LOCAL_PATH, KUBE_ROUTER, KUBE_PROXY, KUBELET):
-        if process.stop(cluster.pid_file(component.name), component.binary()):
+def _stop(node: NodeLayout, components: tuple[NodeComponent, ...], log: Log) -> None:
+    for component in components:
+        if process.stop(node.cluster.pid_file(component.name), component.binary(), 5.0):
             log(f"stopped {component.name}")
-    # The pods' processes, by our cgroup subtree; then the shims of our containerd.
-    for _ in range(20):
-        pids = _cgroup_pids(node)
-        if not pids:
-            break
-        _kill_all(pids)
-        time.sleep(0.25)
-    _kill_all(_our_shims(node))
-    for component in (CONTAINERD, RELAY):
-        if process.stop(cluster.pid_file(component.name), component.binary()):
-            log(f"stopped {component.name}")
-    cluster.egress_socket.unlink(missing_ok=True)
-    _unmount_under(node.dir)
+
+
+def _kill(what: str, find: Callable[[], set[int]], log: Log) -> None:
+    left = cleanup.kill_until_gone(find)
+    if left:
+        raise NodeError(f"{what} still running after SIGKILL: pids {sorted(left)}")
+
+
+def _remove_netns(node: NodeLayout, log: Log) -> None:
     for name in (node.wiring.outside_netns, node.wiring.node_netns):
         if netns.delete(name):
             log(f"removed network namespace {name}")
-    for directory in _cgroup_dirs(node, unified=True):
-        if not directory.is_dir():
+
+
+def _remove_cgroups(node: NodeLayout) -> None:
+    roots = _cgroup_dirs(node, unified=True)
+    for _ in range(20):
+        kept = cleanup.remove_cgroups(roots)
+        if not kept:
+            return
+        # A process that was still exiting (or one a dying shim forked): kill and retry.
+        cleanup.kill_until_gone(lambda: cleanup.cgroup_pids(roots), timeout=2.0)
+        time.sleep(0.25)
+    raise NodeError(f"cgroups still in use: {', '.join(map(str, kept[:5]))}")
+
+
+def _remove_outside_files(node: NodeLayout) -> None:
+    for path in outside_files(node):
+        try:
+            path.unlink()
+        except FileNotFoundError:
             continue
-        children = [p for p in directory.rglob("*") if p.is_dir()]
-        for child in [*sorted(children, key=lambda p: len(p.parts), reverse=True), directory]:
-            try:
-                child.rmdir()
-            except OSError as error:
-                log(f"warning: could not remove cgroup {child}: {error}")
 
 
-def leftovers(cluster: Layout) -> list[str]:
-    """What of the node is still there (after `down` nothing should be)."""
+def _delete_node_object(node: NodeLayout, log: Log) -> None:
+    kubectl(
+        node,
+        "delete",
+        "node",
+        REAL_NODE_NAME,
+        "--ignore-not-found",
+        "--wait=false",
+        "--request-timeout=15s",
+    )
+    log(f"deleted Node {REAL_NODE_NAME}")
+
+
+def down(cluster: Layout, log: Log = _say, delete_node: bool = True) -> list[str]:
+    """Stop every process of the node (agents, pods, shims, containerd, relay) and remove
+    its mounts, network namespaces (and with them every iptables rule and ipset made in
+    them), cgroups and the files it keeps outside the state directory; with `delete_node`,
+    its Node object too. Each step runs even when an earlier one failed, and finds what is
+    there rather than what `up` recorded, so a second run finishes what a first left.
+    Returns what is still there: nothing, or the failures."""
     node = NodeLayout(cluster)
+    netns_ids = {
+        found
+        for found in (cleanup.netns_id(node.node_netns), cleanup.netns_id(node.outside_netns))
+        if found
+    }
+    failures: list[str] = []
+
+    def step(what: str, action: Callable[[], None]) -> bool:
+        try:
+            action()
+        except Exception as error:  # one failed step must not stop the others
+            failures.append(f"{what}: {error}")
+            log(f"warning: {what}: {error}")
+            return False
+        return True
+
+    kubelets = _programs(node, frozenset({"kubelet"}))
+    device_socket = any(cleanup.holds_unix_socket(pid, DEVICE_PLUGIN_SOCKET) for pid in kubelets)
+    # The kubelet first: it would restart the containers killed next.
+    step("stop the node agents", lambda: _stop(node, AGENTS, log))
+    step(
+        "kill the node agents",
+        lambda: _kill("node agents", lambda: _programs(node, AGENT_PROGRAMS), log),
+    )
+    cgroups = _cgroup_dirs(node, unified=True)
+    step("kill the pods", lambda: _kill("pods", lambda: cleanup.cgroup_pids(cgroups), log))
+    step("stop containerd and the relay", lambda: _stop(node, (CONTAINERD, RELAY), log))
+    step(
+        "kill what is left of the node",
+        lambda: _kill("node processes", lambda: _node_pids(node, netns_ids), log),
+    )
+    step("remove the egress socket", lambda: cluster.egress_socket.unlink(missing_ok=True))
+    step("unmount", lambda: _raise_if(cleanup.unmount_under(node.dir), "still mounted"))
+    step("remove the network namespaces", lambda: _remove_netns(node, log))
+    step("remove the cgroups", lambda: _remove_cgroups(node))
+    step("remove files outside the state directory", lambda: _remove_outside_files(node))
+    if device_socket:
+        step(
+            "remove the kubelet's device-plugin socket",
+            lambda: DEVICE_PLUGIN_SOCKET.unlink(missing_ok=True),
+        )
+    node_object_left = delete_node and not step(
+        "delete the Node object", lambda: _delete_node_object(node, log)
+    )
+    left = leftovers(cluster, netns_ids)
+    if node_object_left:
+        left.append(f"Node {REAL_NODE_NAME} (the API server did not delete it)")
+    # A failed step whose work got done anyway (a later step or the kernel finished it) is
+    # no failure; with something left, every failure explains it.
+    return [*failures, *left] if left else []
+
+
+def _raise_if(left: list[str], what: str) -> None:
+    if left:
+        raise NodeError(f"{what}: {', '.join(left[:5])}")
+
+
+def leftovers(cluster: Layout, netns_ids: set[str] | None = None) -> list[str]:
+    """What of the node is still there (after `down` nothing should be): network
+    namespaces, processes (in its namespaces `netns_ids`, its cgroups, or one of its
+    programs naming its state directory), cgroups, mounts under the state directory,
+    files outside it."""
+    node = NodeLayout(cluster)
+    ids = set(netns_ids or ())
     found = [
         f"network namespace {n}"
         for n in (node.wiring.node_netns, node.wiring.outside_netns)
         if netns.exists(n)
     ]
-    found += [f"cgroup {d}" for d in _cgroup_dirs(node, unified=True) if d.exists()]
-    root = str(cluster.root.resolve())
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                argv = (entry / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if root in argv:
-                found.append(f"process {entry.name}: {argv.replace(chr(0), ' ')[:120]}")
-    mounts = Path("/proc/self/mountinfo").read_text()
-    found += [
-        f"mount {line.split()[4]}"
-        for line in mounts.splitlines()
-        if line.split()[4].startswith(root + "/")
-    ]
+    cgroups = _cgroup_dirs(node, unified=True)
+    found += [f"cgroup {d}" for d in cgroups if d.exists()]
+    in_cgroups = cleanup.cgroup_pids(cgroups)
+    protected = cleanup.protected_pids()
+    for pid in cleanup.all_pids():
+        if pid in protected:
+            continue
+        argv = cleanup.cmdline(pid)
+        if (
+            pid in in_cgroups
+            or cleanup.netns_of(pid) in ids
+            or _is_node_process(node, argv, NODE_PROGRAMS)
+        ):
+            found.append(f"process {pid}: {' '.join(argv)[:120]}")
+    found += [f"mount {point}" for point in cleanup.mounts_under(cluster.root)]
+    found += [f"file {path}" for path in outside_files(node)]
     return found
 
 

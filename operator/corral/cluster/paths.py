@@ -23,6 +23,8 @@ def state_dir() -> Path:
     """Runtime state of the local cluster (certs, etcd data, logs, pids)."""
     explicit = os.environ.get("CORRAL_STATE_DIR")
     if explicit:
-        return Path(explicit)
+        # Absolute and normalised: the kubelet refuses relative paths, and processes are
+        # found again by the paths on their command lines.
+        return Path(os.path.abspath(explicit))
     xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(xdg) / "corral" / "cluster"

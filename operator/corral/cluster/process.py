@@ -6,6 +6,7 @@ command line still starts with the binary we launched.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -99,19 +100,25 @@ def start(
     return proc.pid
 
 
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # exited meanwhile: what we wanted
+        os.kill(pid, sig)
+
+
 def stop(pid_file: Path, binary: str, grace_seconds: float = 10.0) -> bool:
     """SIGTERM, then SIGKILL after the grace period. True if a process was stopped."""
     pid = running_pid(pid_file, binary)
     if pid is None:
         pid_file.unlink(missing_ok=True)
         return False
-    os.kill(pid, signal.SIGTERM)
+    _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline and running_pid(pid_file, binary) is not None:
         time.sleep(0.1)
     if running_pid(pid_file, binary) is not None:
-        os.kill(pid, signal.SIGKILL)
-        while running_pid(pid_file, binary) is not None:
+        _signal(pid, signal.SIGKILL)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and running_pid(pid_file, binary) is not None:
             time.sleep(0.05)
     pid_file.unlink(missing_ok=True)
     return True
