@@ -132,6 +132,9 @@ may scrape runners (metricsScraper), unless config sets those itself.
 {{- $_ := unset $config "activityPeer" }}
 {{- $_ := unset $config "activityKeyFile" }}
 {{- end }}
+{{- if and .Values.gateway.enabled (not $config.gateway) }}
+{{- $_ := set $config "gateway" (dict "namespace" .Release.Namespace "podLabels" (include "corral.gatewaySelectorLabels" . | fromYaml)) }}
+{{- end }}
 {{- if and .Values.metrics.runnerPodMonitor.enabled (not $config.metricsScraper) }}
 {{- $scraper := deepCopy .Values.metrics.runnerPodMonitor.scraper }}
 {{- $_ := required "metrics.runnerPodMonitor.scraper.namespace is required with metrics.runnerPodMonitor.enabled: the namespace of the Prometheus that scrapes runners (session NetworkPolicies admit its pods)" $scraper.namespace }}
@@ -179,6 +182,46 @@ one the operator really calls; see docs/install.md ("What the operator may do").
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{/*
+The session gateway: names and labels (component `gateway`), from the operator's image.
+*/}}
+{{- define "corral.gatewayName" -}}
+{{- printf "%s-gateway" (include "corral.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "corral.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "corral.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "corral.gatewayLabels" -}}
+helm.sh/chart: {{ include "corral.chart" . }}
+{{ include "corral.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: corral
+{{- end }}
+
+{{/*
+What the gateway reads, in the namespaces it serves: sessions (state, wake annotation),
+the operator's runner pods (where to forward), and Events (who woke a session).
+*/}}
+{{- define "corral.gatewaySessionRules" -}}
+# Sessions: watched for their state; patched only to set the corral.dev/wake annotation.
+- apiGroups: ["corral.dev"]
+  resources: ["agentsessions"]
+  verbs: ["list", "watch", "patch"]
+# Runner pods: watched to forward to the current ready one.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+# A WokenByRequest Event naming the user who woke a session.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
