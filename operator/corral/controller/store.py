@@ -34,8 +34,9 @@ class SessionChildren:
     expected_pods: dict[str, tuple[PodView, float]] = field(default_factory=dict)
     services: set[str] = field(default_factory=set)
     network_policies: set[str] = field(default_factory=set)
-    # NetworkPolicy name -> the spec hash annotation it carries (see lifecycle).
-    policy_hashes: dict[str, str | None] = field(default_factory=dict)
+    # (kind, name) -> the owned fields of a Service's or NetworkPolicy's live spec, as
+    # canonical JSON (see controller.drift): hand edits are found by comparing them.
+    live_specs: dict[tuple[str, str], str] = field(default_factory=dict)
     pvcs: set[str] = field(default_factory=set)
 
     def pod_views(self) -> list[PodView]:
@@ -103,14 +104,13 @@ class Store:
         children.expected_pods.pop(name, None)
 
     def put_named_child(
-        self, key: Key, kind: str, name: str, deleted: bool, spec_hash: str | None = None
+        self, key: Key, kind: str, name: str, deleted: bool, live_spec: str | None = None
     ) -> None:
         children = self.children_of(key)
-        if kind == "NetworkPolicy":
-            if deleted:
-                children.policy_hashes.pop(name, None)
-            else:
-                children.policy_hashes[name] = spec_hash
+        if deleted or live_spec is None:
+            children.live_specs.pop((kind, name), None)
+        else:
+            children.live_specs[(kind, name)] = live_spec
         names = {
             "Service": children.services,
             "NetworkPolicy": children.network_policies,
