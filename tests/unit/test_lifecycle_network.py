@@ -113,3 +113,67 @@ def test_merge_patch_nulls_what_was_added_and_replaces_lists() -> None:
     desired = {"a": {"x": 1}, "l": [1]}
     assert merge_patch(live, desired) == {"a": {"y": None}, "l": [1], "gone": None}
     assert apply_merge_patch(live, merge_patch(live, desired)) == desired
+
+
+# --- children of its own: no pod while a name is taken or the volume is too large ----------
+
+
+def hybrid(size: str = "5Gi", status: dict[str, Any] | None = None) -> AgentSession:
+    return AgentSession.model_validate(
+        {
+            "metadata": {"name": "web.app", "namespace": "ns", "uid": "u-1", "generation": 1},
+            "spec": {"pattern": "Hybrid", "storage": {"size": size}},
+            "status": status or {},
+        }
+    )
+
+
+def fresh(s: AgentSession, conflicts: tuple[str, ...] = (), has_pvc: bool = False) -> Observed:
+    return Observed(
+        session=s,
+        pods=[],
+        has_service=False,
+        has_network_policy=False,
+        has_pvc=has_pvc,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+        name_conflicts=conflicts,
+    )
+
+
+def conditions(plan: Any) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in (plan.status_patch or {}).get("conditions", [])}
+
+
+def test_a_taken_name_means_no_pod_a_condition_and_one_warning() -> None:
+    taken = ("Service 'web-app-1234abcd' already exists and is not this session's (...)",)
+    plan = decide(fresh(hybrid(), taken), CONFIG)
+    assert [m["kind"] for m in plan.create if m["kind"] == "Pod"] == []
+    # The children are tried again (the other object may be deleted meanwhile).
+    assert {m["kind"] for m in plan.create} >= {"Service", "NetworkPolicy"}
+    found = conditions(plan)
+    assert found["ChildrenReady"]["status"] == "False"
+    assert found["ChildrenReady"]["reason"] == "NameTaken"
+    assert taken[0] in found["ChildrenReady"]["message"]
+    assert found["Ready"]["status"] == "False"
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "NameTaken")]
+    assert plan.requeue_after is not None
+    # Decided again with that status: no second Event.
+    again = hybrid(status=plan.status_patch)
+    assert decide(fresh(again, taken), CONFIG).events == []
+    # Once the name is free the pod starts and the condition goes.
+    free = decide(fresh(again), CONFIG)
+    assert [m["kind"] for m in free.create].count("Pod") == 1
+    assert "ChildrenReady" not in conditions(free)
+
+
+def test_a_volume_over_the_maximum_is_refused() -> None:
+    config = OperatorConfig(max_storage="10Gi")
+    plan = decide(fresh(hybrid("20Gi")), config)
+    assert {m["kind"] for m in plan.create} == {"Service", "NetworkPolicy"}  # no PVC, no pod
+    found = conditions(plan)["ChildrenReady"]
+    assert (found["status"], found["reason"]) == ("False", "StorageTooLarge")
+    assert "maxStorage 10Gi" in found["message"]
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "StorageTooLarge")]
+    # A volume made before the maximum was lowered is kept and used.
+    kept = decide(fresh(hybrid("20Gi"), has_pvc=True), config)
+    assert [m["kind"] for m in kept.create].count("Pod") == 1
