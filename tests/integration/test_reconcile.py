@@ -222,7 +222,7 @@ def volumes(core: client.CoreV1Api) -> Iterator[Callable[[str, str, str], str]]:
             metadata=client.V1ObjectMeta(name=name, labels={"corral.dev/test": "true"}),
             spec=client.V1PersistentVolumeSpec(
                 capacity={"storage": size},
-                access_modes=["ReadWriteOnce"],
+                access_modes=["ReadWriteOncePod"],
                 persistent_volume_reclaim_policy="Retain",
                 storage_class_name="",
                 host_path=client.V1HostPathVolumeSource(path=f"/tmp/corral-test/{name}"),
@@ -477,7 +477,7 @@ def test_example_yields_exactly_its_children(
         assert pvc["metadata"]["name"] == f"{name}-state"
         assert pvc["metadata"]["labels"] == child_labels(name, "state")
         assert pvc["metadata"]["ownerReferences"] == [owner_reference(session)]
-        assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert pvc["spec"]["accessModes"] == ["ReadWriteOncePod"]
         assert pvc["spec"]["resources"] == {"requests": {"storage": want["storage"]}}
         assert pvc["spec"]["volumeMode"] == "Filesystem"
         bound = wait_for(

@@ -414,9 +414,9 @@ SESSION_RULES = {
     ("corral.dev", "agentsessions/status", "", ("patch",)),
     ("corral.dev", "agentsessions/finalizers", "", ("update",)),
     ("", "pods", "", ("create", "delete", "list", "patch", "watch")),
-    ("", "services", "", ("create", "list", "watch")),
-    ("", "persistentvolumeclaims", "", ("create", "list", "watch")),
-    ("networking.k8s.io", "networkpolicies", "", ("create", "list", "watch")),
+    ("", "services", "", ("create", "get", "list", "patch", "watch")),
+    ("", "persistentvolumeclaims", "", ("create", "get", "list", "watch")),
+    ("networking.k8s.io", "networkpolicies", "", ("create", "get", "list", "patch", "watch")),
     ("", "secrets", "", ("get",)),
     ("", "events", "", ("create",)),
 }

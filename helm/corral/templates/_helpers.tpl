@@ -140,12 +140,18 @@ one the operator really calls; see docs/install.md ("What the operator may do").
   resources: ["pods"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 # Service and PVC: created once; garbage collection removes them with the session.
+# get: a create answered AlreadyExists is checked for its owner (a name taken by an object
+# that is not the session's is reported, not used); patch: a Service or NetworkPolicy
+# edited by hand, or whose spec.network changed, is put back in place.
 - apiGroups: [""]
-  resources: ["services", "persistentvolumeclaims"]
-  verbs: ["list", "watch", "create"]
+  resources: ["services"]
+  verbs: ["list", "watch", "create", "get", "patch"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["list", "watch", "create", "get"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "watch", "create"]
+  verbs: ["list", "watch", "create", "get", "patch"]
 # Only to tell whether the session's API-key Secret exists (CredentialsReady condition).
 - apiGroups: [""]
   resources: ["secrets"]
