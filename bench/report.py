@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import shlex
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+REPO = Path(__file__).resolve().parents[1]
+# How bench/run.py is meant to be started (sys.argv[0] is its absolute path).
+RUN_SCRIPT = "bench/run.py"
+RUN_MODULE = "python -m bench.run"
 
 TARGETS = {
     "throughput": "operator sessions/s >= 0.8 x floor",
@@ -17,6 +23,41 @@ TARGETS = {
     "rss": "operator RSS <= 300 MB with 5,000 sessions",
     "writes": "no writes per creation beyond children + one status update",
 }
+
+
+def repo_command(command: str, repo: Path | str = REPO) -> str:
+    """`command` as anyone can run it from a clone: paths inside the repository relative to
+    it, other absolute paths cut to their last part (the machine's layout is not the point)."""
+    root = PurePosixPath(str(repo))
+    words = []
+    for word in shlex.split(command):
+        path = PurePosixPath(word)
+        if path.is_absolute():
+            word = _in_repo(path, root)
+        words.append(word)
+    if words and words[0] == RUN_SCRIPT:
+        words[0] = RUN_MODULE
+    return " ".join(shlex.quote(w) if w != RUN_MODULE else w for w in words)
+
+
+def command_line(results: dict[str, Any]) -> str:
+    """The report's "Command:" line: the run and its follow-ups, relative to the repository."""
+    return f"Command: `{repo_command(results['command'])}`" + "".join(
+        f"; follow-up: `{repo_command(c)}`" for c in results.get("follow_ups", [])
+    )
+
+
+def _in_repo(path: PurePosixPath, root: PurePosixPath) -> str:
+    """`path` relative to the repository; from another checkout (results measured in a clone
+    elsewhere), its longest tail that names a file of this one; else its last part."""
+    if path.is_relative_to(root):
+        return str(path.relative_to(root))
+    parts = path.parts[1:]
+    for start in range(len(parts)):
+        tail = PurePosixPath(*parts[start:])
+        if (Path(str(root)) / tail).exists():
+            return str(tail)
+    return path.name
 
 
 def _rate(burst: dict[str, Any]) -> str:
@@ -88,8 +129,7 @@ def write(results: dict[str, Any], docs: Path) -> None:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}, Python {m['python']}. "
         "The API server, etcd, scheduler, KWOK, the operator and the benchmark client all share these cores.",
         "",
-        f"Command: `{results['command']}`"
-        + "".join(f"; follow-up: `{c}`" for c in results.get("follow_ups", [])),
+        command_line(results),
         "",
         "## 1. Create burst",
         "",

@@ -98,7 +98,7 @@ async def main(args: argparse.Namespace) -> None:
     }
     results: dict[str, Any] = {
         "machine": machine(),
-        "command": " ".join(sys.argv),
+        "command": report.repo_command(" ".join(sys.argv)),
         "bursts": [],
         "at_rest": [],
     }

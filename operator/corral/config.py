@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.alias_generators import to_camel
 
 from corral.api import runtime
+from corral.api.units import QUANTITY_PATTERN
 from corral.api.v1alpha1 import DNS_LABEL_PATTERN, CredentialsSpec, PortSpec
 
 # Private, shared and special-purpose ranges a session may not reach through the public
@@ -119,6 +120,17 @@ class OperatorConfig(ConfigModel):
         86_400, description="Ephemeral runs without spec.activeDeadlineSeconds stop after this."
     )
     default_storage_class_name: str | None = None
+    max_storage: str | None = Field(
+        "100Gi",
+        pattern=QUANTITY_PATTERN,
+        description="Largest spec.storage.size a Hybrid session may ask for; a larger one is "
+        "refused (condition StorageReady=False and a Warning Event). null: no maximum.",
+    )
+    storage_access_mode: Literal["ReadWriteOncePod", "ReadWriteOnce"] = Field(
+        "ReadWriteOncePod",
+        description="Access mode of Hybrid volumes: ReadWriteOncePod (one pod at a time, "
+        "enforced); ReadWriteOnce for CSI drivers without SINGLE_NODE_MULTI_WRITER support.",
+    )
     price_per_container_hour_usd: float = Field(
         0.05, ge=0, description="Infrastructure price used for status.cost."
     )

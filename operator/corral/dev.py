@@ -67,7 +67,7 @@ def _demo_volumes(root: Path) -> list[dict[str, Any]]:
             "metadata": {"name": f"corral-demo-{i}", "labels": {"corral.dev/demo": "true"}},
             "spec": {
                 "capacity": {"storage": "20Gi"},
-                "accessModes": ["ReadWriteOnce"],
+                "accessModes": ["ReadWriteOncePod"],
                 "persistentVolumeReclaimPolicy": "Delete",
                 "hostPath": {"path": str(root / "volumes" / str(i))},
             },

@@ -369,7 +369,7 @@ class Volumes:
                 metadata=client.V1ObjectMeta(name=name, labels={"corral-test": self.label}),
                 spec=client.V1PersistentVolumeSpec(
                     capacity={"storage": size},
-                    access_modes=["ReadWriteOnce"],
+                    access_modes=["ReadWriteOncePod"],
                     persistent_volume_reclaim_policy="Retain",
                     storage_class_name=self.storage_class,
                     host_path=client.V1HostPathVolumeSource(path=f"/tmp/corral-test/{name}"),

@@ -28,6 +28,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+import corral
 from corral.api import runtime
 from corral.api import v1alpha1 as api
 from corral.testing.chart_rbac import ChartIdentity, chart_identity
@@ -192,11 +193,13 @@ def owner_reference(session: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_labels(name: str, component: str) -> dict[str, str]:
+    # No app.kubernetes.io/instance: Helm and Argo CD read it as a release's or app's name.
     return {
         "app.kubernetes.io/name": "agentsession",
-        "app.kubernetes.io/instance": name,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": "corral",
+        "app.kubernetes.io/part-of": "corral",
+        "app.kubernetes.io/version": corral.__version__,
         "corral.dev/session": name,
     }
 
@@ -221,7 +224,7 @@ def volumes(core: client.CoreV1Api) -> Iterator[Callable[[str, str, str], str]]:
             metadata=client.V1ObjectMeta(name=name, labels={"corral.dev/test": "true"}),
             spec=client.V1PersistentVolumeSpec(
                 capacity={"storage": size},
-                access_modes=["ReadWriteOnce"],
+                access_modes=["ReadWriteOncePod"],
                 persistent_volume_reclaim_policy="Retain",
                 storage_class_name="",
                 host_path=client.V1HostPathVolumeSource(path=f"/tmp/corral-test/{name}"),
@@ -476,7 +479,7 @@ def test_example_yields_exactly_its_children(
         assert pvc["metadata"]["name"] == f"{name}-state"
         assert pvc["metadata"]["labels"] == child_labels(name, "state")
         assert pvc["metadata"]["ownerReferences"] == [owner_reference(session)]
-        assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert pvc["spec"]["accessModes"] == ["ReadWriteOncePod"]
         assert pvc["spec"]["resources"] == {"requests": {"storage": want["storage"]}}
         assert pvc["spec"]["volumeMode"] == "Filesystem"
         bound = wait_for(
@@ -738,6 +741,112 @@ def test_missing_secret_is_reported_then_the_session_proceeds(
     pod = _one(api_client, namespace, "Pod", "waiting")
     [key] = [v for v in pod["spec"]["containers"][0]["env"] if v["name"] == "ANTHROPIC_API_KEY"]
     assert key["valueFrom"]["secretKeyRef"]["name"] == "late-key"
+
+
+# --- 5b. children of its own: a taken name is reported, hand edits are undone ---------------
+
+
+def _events(core: client.CoreV1Api, namespace: str, uid: str, reason: str) -> list[Any]:
+    events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.uid={uid}")
+    return [e for e in events.items if e.reason == reason]
+
+
+def test_a_foreign_service_with_the_sessions_name_stops_the_pod(
+    operator: OperatorProcess,
+    api_client: client.ApiClient,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+) -> None:
+    """Issue 11: a 409 AlreadyExists counted as success, whoever owned the object."""
+    create_credentials(core, namespace)
+    foreign = client.V1Service(
+        metadata=client.V1ObjectMeta(name="squatted", labels={"app": "someone-else"}),
+        spec=client.V1ServiceSpec(
+            selector={"app": "someone-else"}, ports=[client.V1ServicePort(port=80)]
+        ),
+    )
+    core.create_namespaced_service(namespace, foreign)
+    spec = {"pattern": "LongRunning", "credentials": {"secretName": SECRET}}
+    created = create_session(custom, namespace, session_manifest("squatted", spec))
+    uid = created["metadata"]["uid"]
+
+    def reported() -> dict[str, Any] | None:
+        body = get_session(custom, namespace, "squatted")
+        found = condition(body, "ChildrenReady")
+        return body if found and found["status"] == "False" else None
+
+    body = wait_for(reported, timeout=60, what="the ChildrenReady condition")
+    children_ready = condition(body, "ChildrenReady")
+    assert children_ready is not None and children_ready["reason"] == "NameTaken"
+    assert "Service 'squatted'" in children_ready["message"]
+    ready = condition(body, "Ready")
+    assert ready is not None and (ready["status"], ready["reason"]) == ("False", "NameTaken")
+    assert body["status"]["phase"] == "Pending"
+    [event] = wait_for(
+        lambda: _events(core, namespace, uid, "NameTaken"), timeout=30, what="the Warning"
+    )
+    assert event.type == "Warning" and "'squatted'" in event.message
+    # No pod, and the foreign Service is left as it was.
+    assert core.list_namespaced_pod(namespace).items == []
+    kept = core.read_namespaced_service("squatted", namespace)
+    assert kept.spec.selector == {"app": "someone-else"} and not kept.metadata.owner_references
+    # Its policy is its own all the same.
+    policy = _one(api_client, namespace, "NetworkPolicy", "squatted")
+    assert policy["metadata"]["ownerReferences"] == [owner_reference(created)]
+
+    # Once the name is free, the session gets its own Service and starts.
+    core.delete_namespaced_service("squatted", namespace)
+    body = wait_phase(custom, namespace, "squatted", timeout=90)
+    assert condition(body, "ChildrenReady") is None
+    service = _one(api_client, namespace, "Service", "squatted")
+    assert service["metadata"]["ownerReferences"] == [owner_reference(created)]
+    assert len(_events(core, namespace, uid, "NameTaken")) == 1
+
+
+def test_hand_edits_to_the_policy_and_service_are_undone(
+    operator: OperatorProcess,
+    api_client: client.ApiClient,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+) -> None:
+    """Issue 11: only a hash annotation was compared, so an edited spec stayed edited."""
+    networking = client.NetworkingV1Api(api_client)
+    create_credentials(core, namespace)
+    spec = {"pattern": "LongRunning", "credentials": {"secretName": SECRET}}
+    create_session(custom, namespace, session_manifest("guarded", spec))
+    wait_phase(custom, namespace, "guarded")
+    policy = _one(api_client, namespace, "NetworkPolicy", "guarded")
+    service = _one(api_client, namespace, "Service", "guarded")
+
+    # Open the policy to everything, and narrow its selector so it selects no pod at all.
+    everywhere = {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}
+    networking.patch_namespaced_network_policy(
+        "guarded",
+        namespace,
+        {
+            "spec": {
+                "egress": [*policy["spec"]["egress"], everywhere],
+                "podSelector": {"matchLabels": {"hand": "edited"}},
+            }
+        },
+    )
+    core.patch_namespaced_service(
+        "guarded", namespace, {"spec": {"selector": {"app": "elsewhere"}}}
+    )
+
+    def restored(kind: str, original: dict[str, Any]) -> dict[str, Any] | None:
+        now = _one(api_client, namespace, kind, "guarded")
+        edited = now["metadata"]["resourceVersion"] != original["metadata"]["resourceVersion"]
+        return now if edited and now["spec"] == original["spec"] else None
+
+    wait_for(lambda: restored("NetworkPolicy", policy), timeout=60, what="the policy restored")
+    wait_for(lambda: restored("Service", service), timeout=60, what="the Service restored")
+    assert (
+        _one(api_client, namespace, "NetworkPolicy", "guarded")["metadata"]["uid"]
+        == (policy["metadata"]["uid"])
+    )  # put back in place, not recreated
 
 
 # --- 6. what one session costs in API requests ----------------------------------------------

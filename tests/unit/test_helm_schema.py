@@ -419,10 +419,9 @@ SESSION_RULES = {
     ("corral.dev", "agentsessions/status", "", ("patch",)),
     ("corral.dev", "agentsessions/finalizers", "", ("update",)),
     ("", "pods", "", ("create", "delete", "list", "patch", "watch")),
-    ("", "services", "", ("create", "list", "watch")),
-    ("", "persistentvolumeclaims", "", ("create", "list", "watch")),
-    # Patched in place when spec.network or the operator's settings change.
-    ("networking.k8s.io", "networkpolicies", "", ("create", "list", "patch", "watch")),
+    ("", "services", "", ("create", "get", "list", "patch", "watch")),
+    ("", "persistentvolumeclaims", "", ("create", "get", "list", "watch")),
+    ("networking.k8s.io", "networkpolicies", "", ("create", "get", "list", "patch", "watch")),
     ("", "secrets", "", ("get",)),
     ("", "events", "", ("create",)),
 }

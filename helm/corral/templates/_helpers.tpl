@@ -167,14 +167,22 @@ one the operator really calls; see docs/install.md ("What the operator may do").
   resources: ["pods"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 # Service and PVC: created once; garbage collection removes them with the session.
+# get: a create answered AlreadyExists is checked for its owner (a name taken by an object
+# that is not the session's is reported, not used); patch: a Service or NetworkPolicy
+# edited by hand, or whose spec.network changed, is put back in place.
 - apiGroups: [""]
-  resources: ["services", "persistentvolumeclaims"]
-  verbs: ["list", "watch", "create"]
-# The session NetworkPolicy is also patched in place when spec.network or the operator's
-# egress, DNS, activity or metrics settings change.
+  resources: ["services"]
+  verbs: ["list", "watch", "create", "get", "patch"]
+# The volume: created once, read back when its create finds the name taken (ownership).
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["list", "watch", "create", "get"]
+# The session NetworkPolicy is patched in place when spec.network or the operator's egress,
+# DNS, activity, gateway or metrics settings change, and when a hand edit is repaired; read
+# back when its create finds the name taken (ownership).
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "get", "patch"]
 # The credentials Secret's metadata: whether it exists (Credentials condition) and its
 # labels. The operator asks for PartialObjectMetadata, so a Secret's data never reaches it;
 # RBAC cannot grant a metadata-only read, hence plain `get` (no list/watch). See

@@ -7,6 +7,9 @@ from corral.api.v1alpha1 import Condition, ConditionStatus
 READY = "Ready"
 POD_READY = "PodReady"
 CREDENTIALS = "CredentialsReady"
+# False while a child's name is taken by an object that is not the session's, or its
+# volume is larger than the operator allows; absent otherwise.
+CHILDREN = "ChildrenReady"
 IDLE = "Idle"
 COMPLETE = "Complete"
 FAILED = "Failed"

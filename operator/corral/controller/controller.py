@@ -24,8 +24,9 @@ from corral.api.activity import ActivityReport
 from corral.api.v1alpha1 import KIND
 from corral.config import OperatorConfig
 from corral.controller import metrics
+from corral.controller.drift import live_spec
 from corral.controller.leader import LeaderElector
-from corral.controller.lifecycle import SPEC_HASH_ANNOTATION, Activity, Plan, wake_token
+from corral.controller.lifecycle import Activity, Plan, wake_token
 from corral.controller.pods import pod_view
 from corral.controller.queue import WorkQueue
 from corral.controller.reconciler import Reconciler
@@ -111,8 +112,8 @@ class Controller:
         if kind == "Pod":
             self.store.put_pod(key, pod_view(body), deleted)
         else:
-            spec_hash = (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-            self.store.put_named_child(key, kind, str(meta.get("name")), deleted, spec_hash)
+            spec = live_spec(kind, body)
+            self.store.put_named_child(key, kind, str(meta.get("name")), deleted, spec)
         self.queue.add(key)
 
     def _child_handler(self, kind: str) -> Callable[[str, dict[str, Any]], None]:

@@ -11,7 +11,6 @@ gives the same plan, and a plan already applied yields an empty one.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +30,7 @@ from corral.config import OperatorConfig
 from corral.controller import conditions as cond
 from corral.controller import credentials
 from corral.controller.credentials import Refusal, SecretCheck
+from corral.controller.drift import repair_patch
 from corral.controller.outcome import outcome_of
 from corral.controller.pods import CONFIG_FAILURES, IMAGE_PULL_FAILURES, PodView, spec_digest
 from corral.render import (
@@ -45,7 +45,7 @@ from corral.render import (
     service_name,
     spec_json,
 )
-from corral.render.names import short_hash
+from corral.render.pvc import storage_too_large
 
 # How often to look again at a session waiting for something outside our watches (a
 # credentials Secret that is missing or unlabelled): at first quickly, then less often.
@@ -60,8 +60,8 @@ BUSY_REPORT_STALE = timedelta(seconds=120)
 # only: a replica that just became leader waits this long before scaling a session down
 # whose runner it has not heard from since, as it may be in a long silent tool call.
 HEARTBEAT_GRACE = timedelta(seconds=45)
-# On a NetworkPolicy: hash of the spec it was rendered with, to notice spec.network changes.
-SPEC_HASH_ANNOTATION = "corral.dev/spec-hash"
+# How often to look again at a child name taken by an object that is not the session's.
+NAME_TAKEN_RETRY_SECONDS = 30.0
 
 
 def timestamp(moment: datetime) -> str:
@@ -112,8 +112,10 @@ class Observed:
     has_pvc: bool
     now: datetime
     activity: Activity | None = None
-    # The spec hash annotation on the existing NetworkPolicy (None: none or no policy).
-    network_policy_hash: str | None = None
+    # Kind -> the owned fields of the live Service / NetworkPolicy spec (controller.drift).
+    live_specs: dict[str, str] = field(default_factory=dict)
+    # Why child names are unusable: objects of those names exist and are not ours.
+    name_conflicts: tuple[str, ...] = ()
     # The credentials Secret's metadata, judged; None: not looked up yet. The reconciler
     # looks only when the plan asks for it (Plan.check_credentials).
     secret_check: SecretCheck | None = None
@@ -312,27 +314,59 @@ class _Decision:
         return True
 
     def ensure_children(self) -> None:
-        if not self.obs.has_service:
-            self.plan.create.append(render_service(self.session))
+        """Create missing children; put back what changed in the Service and the policy
+        (spec.network or the operator's config changed, or someone edited them by hand)."""
+        service = render_service(self.session)
         policy = render_network_policy(self.session, self.config)
-        wanted = short_hash(json.dumps(policy["spec"], sort_keys=True), length=16)
-        policy["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = wanted
-        if not self.obs.has_network_policy:
-            self.plan.create.append(policy)
-        elif self.obs.network_policy_hash not in (None, wanted):
-            # spec.network changed: apply it in place. (A policy without the annotation
-            # predates it and is left as it is.)
-            patch = {
-                "metadata": {"annotations": {SPEC_HASH_ANNOTATION: wanted}},
-                "spec": policy["spec"],
-            }
-            self.plan.patch_children.append(("NetworkPolicy", policy["metadata"]["name"], patch))
+        wanted = ((service, self.obs.has_service), (policy, self.obs.has_network_policy))
+        for child, exists in wanted:
+            kind = child["kind"]
+            if not exists:
+                self.plan.create.append(child)
+                continue
+            patch = repair_patch(kind, self.obs.live_specs.get(kind), child)
+            if patch is not None:
+                self.plan.patch_children.append((kind, child["metadata"]["name"], patch))
+                name = child["metadata"]["name"]
+                message = f"{kind} {name} differed from the session's spec; restored"
+                self.event(f"{kind}Restored", message)
         if self.spec.pattern == Pattern.HYBRID:
-            if not self.obs.has_pvc:
+            if not self.obs.has_pvc and storage_too_large(self.session, self.config) is None:
                 self.plan.create.append(render_pvc(self.session, self.config))
             self.status.pvc_name = pvc_name(self.session)
         self.status.service_name = service_name(self.session)
         self.status.endpoint = endpoint_url(self.session)
+
+    def children_blocked(self) -> bool:
+        """True (with a condition, a Warning Event and no pod) while the session cannot have
+        children of its own: a name taken by an object that is not ours, or a volume larger
+        than the operator allows. A pod would run without its own policy, or mount someone
+        else's volume; live pods are stopped."""
+        problems = list(self.obs.name_conflicts)
+        reason = "NameTaken"
+        if not problems and self.spec.pattern == Pattern.HYBRID and not self.obs.has_pvc:
+            too_large = storage_too_large(self.session, self.config)
+            if too_large is not None:
+                problems, reason = [too_large], "StorageTooLarge"
+        if not problems:
+            self.status.conditions = cond.remove_condition(self.status.conditions, cond.CHILDREN)
+            return False
+        message = "; ".join(problems)
+        previous = cond.get_condition(self.old.conditions, cond.CHILDREN)
+        if previous is None or previous.reason != reason or previous.message != message:
+            self.event(reason, message, warning=True)
+        self.condition(cond.CHILDREN, False, reason, message)
+        self.condition(cond.READY, False, reason, message)
+        for pod in self.live:
+            self.add_pod_seconds(pod.started_at)
+            self.delete_pod(pod, reason)
+        if self.live or self.old.phase in (None, Phase.PENDING, Phase.RUNNING):
+            self.status.phase = Phase.PENDING
+        self.status.pod_name = None
+        self.status.start_time = None
+        if reason == "NameTaken":
+            self.plan.requeue(NAME_TAKEN_RETRY_SECONDS)
+        return True
 
     def drop_duplicates(self) -> PodView | None:
         """Keep the newest live pod; a second one (never expected) is deleted."""
@@ -709,7 +743,10 @@ class _Decision:
             return self.plan  # garbage collection removes the children
         self.ensure_children()
         pattern = self.spec.pattern
-        if pattern == Pattern.EPHEMERAL:
+        finished = self.old.phase in (Phase.SUCCEEDED, Phase.FAILED)
+        if not (self.spec.suspend or finished) and self.children_blocked():
+            pass  # no pod until the session has children of its own
+        elif pattern == Pattern.EPHEMERAL:
             self.ephemeral()
         elif pattern == Pattern.HYBRID:
             self.hybrid()

@@ -23,14 +23,15 @@ from corral.api.v1alpha1 import AgentSession
 from corral.config import OperatorConfig
 from corral.controller import metrics
 from corral.controller.credentials import SecretCheck, secret_check
+from corral.controller.drift import live_spec
 from corral.controller.lifecycle import (
-    SPEC_HASH_ANNOTATION,
     EventNote,
     Observed,
     Plan,
     decide,
     timestamp,
 )
+from corral.controller.ownership import name_taken_message, owned_by
 from corral.controller.pods import pod_view
 from corral.controller.store import Key, Store
 from corral.kube.client import METADATA_ONLY, ApiError, KubeClient
@@ -49,6 +50,7 @@ class Reconciler:
         # Kept in the store, beside the session, so they go with it.
         self.wake_seen = store.wake_seen
         self.deferred_since = store.deferred_since
+        self.name_conflicts = store.name_conflicts
 
     def observe(self, key: Key, now: datetime | None = None) -> Observed | None:
         session = self.store.sessions.get(key)
@@ -60,12 +62,23 @@ class Reconciler:
             pods=children.pod_views(),
             has_service=service_name(session) in children.services,
             has_network_policy=network_policy_name(session) in children.network_policies,
-            network_policy_hash=children.policy_hashes.get(network_policy_name(session)),
             has_pvc=pvc_name(session) in children.pvcs,
             now=now or datetime.now(UTC),
             activity=self.store.activity.get(key),
             leading_since=self.store.leading_since,
+            live_specs={
+                kind: spec
+                for kind, name in (
+                    ("Service", service_name(session)),
+                    ("NetworkPolicy", network_policy_name(session)),
+                )
+                if (spec := children.live_specs.get((kind, name))) is not None
+            },
+            name_conflicts=self._conflicts(key),
         )
+
+    def _conflicts(self, key: Key) -> tuple[str, ...]:
+        return tuple(sorted((self.name_conflicts.get(key) or {}).values()))
 
     async def reconcile(self, key: Key) -> Plan | None:
         observed = self.observe(key)
@@ -77,6 +90,8 @@ class Reconciler:
             check = await self._check_secret(key[0], plan.check_credentials)
             plan = decide(replace(observed, secret_check=check), self.config)
         await self.apply(key, observed.session, plan)
+        if self._conflicts(key) != observed.name_conflicts:
+            plan.requeue(0.0)  # decide again, knowing which names are (no longer) taken
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         return plan
 
@@ -105,9 +120,15 @@ class Reconciler:
 
         Every failure is counted; the first is raised at the end, so the worker retries the
         session with backoff while the independent steps have already been made.
+
+        A pod waits for its own Service, NetworkPolicy and volume: it is made only once they
+        exist, and a name of theirs taken by someone else's object drops the plan.
         """
         failures: list[Exception] = []
-        status_ok = True
+        children_ready = await self._create_children_before_pod(key, session, plan, failures)
+        if children_ready is None:
+            return
+        status_ok = children_ready
         if plan.create:
             results = await asyncio.gather(
                 *(self._create(key, session, m) for m in plan.create), return_exceptions=True
@@ -180,13 +201,42 @@ class Reconciler:
         plan.requeue(remaining)
         return True
 
+    async def _create_children_before_pod(
+        self, key: Key, session: AgentSession, plan: Plan, failures: list[Exception]
+    ) -> bool | None:
+        """When the plan starts a pod, make its Service, NetworkPolicy and volume first: a
+        pod never runs without its own. True: go on; False: one of them failed, so no pod
+        (nor the status that would name it); None: one of their names is taken by an object
+        that is not ours, so the plan is dropped and decided again."""
+        pods = [m for m in plan.create if m["kind"] == "Pod"]
+        others = [m for m in plan.create if m["kind"] != "Pod"]
+        if not (pods and others):
+            return True
+        results = await asyncio.gather(
+            *(self._create(key, session, m) for m in others), return_exceptions=True
+        )
+        plan.create = pods
+        failed = [_reraise_fatal(r) for r in results if isinstance(r, BaseException)]
+        if failed:
+            failures.extend(failed)
+            plan.create = []
+            return False
+        taken = self.name_conflicts.get(key) or {}
+        if any(f"{m['kind']}/{m['metadata']['name']}" in taken for m in others):
+            plan.requeue(0.0)
+            return None
+        return True
+
     async def _create(self, key: Key, session: AgentSession, manifest: dict[str, Any]) -> None:
         kind = manifest["kind"]
         try:
             created = await self.client.create(manifest)
         except ApiError as error:
             if error.status == 409 and error.reason == "AlreadyExists":
-                return  # made by an earlier reconcile whose watch event is still on its way
+                # Made by an earlier reconcile whose watch event is still on its way, or by
+                # someone else: only the first counts as created.
+                await self._check_owner(key, session, manifest)
+                return
             if error.namespace_gone or "error looking up service account" in error.message:
                 # Gone for good, or a namespace so new that its default ServiceAccount is not
                 # there yet: retried without a Warning Event.
@@ -208,8 +258,35 @@ class Reconciler:
             if seen is not None:
                 metrics.WAKE_LATENCY.observe(time.monotonic() - seen)
         else:
-            spec_hash = (manifest["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-            self.store.put_named_child(key, kind, name, deleted=False, spec_hash=spec_hash)
+            self._name_free(key, kind, name)
+            self.store.put_named_child(key, kind, name, False, live_spec(kind, created))
+
+    async def _check_owner(self, key: Key, session: AgentSession, manifest: dict[str, Any]) -> None:
+        """After 409 AlreadyExists: record the child as ours, or its name as taken."""
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        if kind == "Pod":
+            return  # pod names carry a hash of the session's UID: ours, or an earlier attempt
+        try:
+            existing = await self.client.get(kind, key[0], name)
+        except ApiError as error:
+            if error.status == 404:
+                return  # gone again since: the next reconcile creates it
+            raise
+        if owned_by(existing, session.metadata.uid):
+            self._name_free(key, kind, name)
+            self.store.put_named_child(key, kind, name, False, live_spec(kind, existing))
+            return
+        metrics.ERRORS.labels(reason=f"Create{kind}NameTaken").inc()
+        self.name_conflicts.setdefault(key, {})[f"{kind}/{name}"] = name_taken_message(
+            kind, name, existing
+        )
+
+    def _name_free(self, key: Key, kind: str, name: str) -> None:
+        taken = self.name_conflicts.get(key)
+        if taken is not None:
+            taken.pop(f"{kind}/{name}", None)
+            if not taken:
+                del self.name_conflicts[key]
 
     async def _patch_status(self, key: Key, session: AgentSession, patch: dict[str, Any]) -> None:
         try:

@@ -35,8 +35,9 @@ class SessionChildren:
     expected_pods: dict[str, tuple[PodView, float]] = field(default_factory=dict)
     services: set[str] = field(default_factory=set)
     network_policies: set[str] = field(default_factory=set)
-    # NetworkPolicy name -> the spec hash annotation it carries (see lifecycle).
-    policy_hashes: dict[str, str | None] = field(default_factory=dict)
+    # (kind, name) -> the owned fields of a Service's or NetworkPolicy's live spec, as
+    # canonical JSON (see controller.drift): hand edits are found by comparing them.
+    live_specs: dict[tuple[str, str], str] = field(default_factory=dict)
     pvcs: set[str] = field(default_factory=set)
 
     def pod_views(self) -> list[PodView]:
@@ -53,7 +54,7 @@ class SessionChildren:
             or self.expected_pods
             or self.services
             or self.network_policies
-            or self.policy_hashes
+            or self.live_specs
             or self.pvcs
         )
 
@@ -71,6 +72,8 @@ class Store:
         self.wake_seen: dict[Key, float] = {}
         # When a session's first "starting" status was first held back (see the reconciler).
         self.deferred_since: dict[Key, float] = {}
+        # Child names taken by objects that are not the session's: "kind/name" -> why.
+        self.name_conflicts: dict[Key, dict[str, str]] = {}
         # When this replica last became leader, and so began to hear runners' activity
         # reports (None while it does not lead): no idle scale-down before it could have
         # heard a busy runner's heartbeat (see lifecycle.Observed.leading_since).
@@ -99,6 +102,7 @@ class Store:
         self.activity.pop(key, None)
         self.wake_seen.pop(key, None)
         self.deferred_since.pop(key, None)
+        self.name_conflicts.pop(key, None)
         self._free_if_unused(key)
 
     def _free_if_unused(self, key: Key) -> None:
@@ -145,16 +149,15 @@ class Store:
         children.expected_pods.pop(name, None)
 
     def put_named_child(
-        self, key: Key, kind: str, name: str, deleted: bool, spec_hash: str | None = None
+        self, key: Key, kind: str, name: str, deleted: bool, live_spec: str | None = None
     ) -> None:
         if deleted and key not in self.children:
             return
         children = self.children_of(key)
-        if kind == "NetworkPolicy":
-            if deleted:
-                children.policy_hashes.pop(name, None)
-            else:
-                children.policy_hashes[name] = spec_hash
+        if deleted or live_spec is None:
+            children.live_specs.pop((kind, name), None)
+        else:
+            children.live_specs[(kind, name)] = live_spec
         names = {
             "Service": children.services,
             "NetworkPolicy": children.network_policies,

@@ -1,4 +1,11 @@
-"""What every child of a session shares: labels, owner reference, metadata, wire format."""
+"""What every child of a session shares: labels, owner reference, metadata, wire format.
+
+Labels. `app.kubernetes.io/instance` is not set: tools (Helm, Argo CD) read it as the name
+of a release or app, and a session name there could collide with one (Argo CD would then
+prune the children as its own). The session is named by `corral.dev/session`, which with
+`name` and `component` is the selector of the Service and NetworkPolicy; those three never
+change for an existing child. `part-of` and `version` say what made the child.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +14,24 @@ from typing import Any
 from kubernetes import client as k8s
 from pydantic import BaseModel
 
+from corral import __version__
 from corral.api.v1alpha1 import API_VERSION, KIND, AgentSession
-from corral.render.names import label_value
+from corral.render.names import dns_label, label_value, legacy_dns_label, legacy_label_value
 
 # A manifest as the API server takes it: camelCase keys, no None values.
 Manifest = dict[str, Any]
 
 NAME_LABEL = "app.kubernetes.io/name"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+VERSION_LABEL = "app.kubernetes.io/version"
 SESSION_LABEL = "corral.dev/session"
 
-# `name` is what the children belong to (an AgentSession); `instance` says which one.
+# `name` is what the children belong to (an AgentSession); SESSION_LABEL says which one.
 APP_NAME = "agentsession"
 MANAGER = "corral"
+PART_OF = "corral"
 
 # Values of the component label, one per kind of child.
 RUNNER = "runner"
@@ -33,23 +43,47 @@ class RenderError(ValueError):
     """The session cannot be turned into children (the controller reports it, no retry)."""
 
 
+def keeps_legacy_names(session: AgentSession) -> bool:
+    """True for a session whose children were named before names were made collision-free
+    and would now be named differently (its name ends in `-<8 hex digits>`): it keeps its
+    old names, so an upgrade neither orphans its children nor moves its endpoint or volume.
+    Its status, written by the operator, says so: status.serviceName is the old name."""
+    name = session.metadata.name
+    legacy = legacy_dns_label(name)
+    return legacy != dns_label(name) and session.status.service_name == legacy
+
+
+def child_name(session: AgentSession, suffix: str = "") -> str:
+    """The name of the session's Service and NetworkPolicy (and, with a suffix, its PVC)."""
+    name = session.metadata.name
+    if keeps_legacy_names(session):
+        return legacy_dns_label(name, suffix)
+    return dns_label(name, suffix)
+
+
+def session_label(session: AgentSession) -> str:
+    """The value of SESSION_LABEL: selects the session's pods."""
+    name = session.metadata.name
+    return legacy_label_value(name) if keeps_legacy_names(session) else label_value(name)
+
+
 def selector_labels(session: AgentSession) -> dict[str, str]:
     """The labels that find a session's runner pods (Service and NetworkPolicy selectors)."""
     return {
         NAME_LABEL: APP_NAME,
-        SESSION_LABEL: label_value(session.metadata.name),
+        SESSION_LABEL: session_label(session),
         COMPONENT_LABEL: RUNNER,
     }
 
 
 def labels(session: AgentSession, component: str) -> dict[str, str]:
-    value = label_value(session.metadata.name)
     return {
         NAME_LABEL: APP_NAME,
-        INSTANCE_LABEL: value,
         COMPONENT_LABEL: component,
         MANAGED_BY_LABEL: MANAGER,
-        SESSION_LABEL: value,
+        PART_OF_LABEL: PART_OF,
+        VERSION_LABEL: label_value(__version__),
+        SESSION_LABEL: session_label(session),
     }
 
 

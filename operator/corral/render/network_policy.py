@@ -17,15 +17,21 @@ from kubernetes import client as k8s
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSession, PortSpec, parse_cidr
 from corral.config import IPBlock, OperatorConfig, PeerRule
-from corral.render.meta import NETWORK, Manifest, object_meta, selector_labels, to_manifest
-from corral.render.names import dns_label
+from corral.render.meta import (
+    NETWORK,
+    Manifest,
+    child_name,
+    object_meta,
+    selector_labels,
+    to_manifest,
+)
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API server
 HTTPS = PortSpec(port=443, protocol="TCP")
 
 
 def network_policy_name(session: AgentSession) -> str:
-    return dns_label(session.metadata.name)
+    return child_name(session)
 
 
 def carve(cidr: str, holes: Iterable[str]) -> k8s.V1IPBlock | None:

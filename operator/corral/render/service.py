@@ -6,13 +6,19 @@ from kubernetes import client as k8s
 
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSession
-from corral.render.meta import RUNNER, Manifest, object_meta, selector_labels, to_manifest
-from corral.render.names import dns_label
+from corral.render.meta import (
+    RUNNER,
+    Manifest,
+    child_name,
+    object_meta,
+    selector_labels,
+    to_manifest,
+)
 
 
 def service_name(session: AgentSession) -> str:
     """The session's own name when it is a valid Service name, so its URL is predictable."""
-    return dns_label(session.metadata.name)
+    return child_name(session)
 
 
 def endpoint_url(session: AgentSession) -> str:
