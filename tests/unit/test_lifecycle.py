@@ -24,7 +24,9 @@ from corral.render import pod_name, pvc_name, render_pod
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 UID = "0b7d3c1e-5f7a-4c1e-9a55-2b1f0f6d8e01"
-CONFIG = OperatorConfig()
+# Runners can report activity (without an activity URL, Hybrid sessions never go idle).
+ACTIVITY_URL = "http://corral.corral-system.svc:8081/v1/activity"
+CONFIG = OperatorConfig(activity_url=ACTIVITY_URL)
 
 MINIMAL = {
     "Ephemeral": {"pattern": "Ephemeral", "prompt": "Say hello."},

@@ -7,6 +7,10 @@ from corral.api.v1alpha1 import Condition, ConditionStatus
 READY = "Ready"
 POD_READY = "PodReady"
 CREDENTIALS = "CredentialsReady"
+# False while the spec cannot be given to a pod (too large for its annotation).
+SPEC_ACCEPTED = "SpecAccepted"
+# Hybrid only, False while runners have nowhere to report activity (no activity URL).
+ACTIVITY_REPORTS = "ActivityReports"
 IDLE = "Idle"
 COMPLETE = "Complete"
 FAILED = "Failed"

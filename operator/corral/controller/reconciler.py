@@ -31,6 +31,8 @@ from corral.kube.client import ApiError, KubeClient
 from corral.render import network_policy_name, pvc_name, service_name
 
 log = logging.getLogger("corral.reconciler")
+# Who posts the operator's Events (source.component and reportingComponent alike).
+EVENT_COMPONENT = "corral.dev/operator"
 # How long a new session's first "Pending" status may wait for its pod to start.
 STATUS_DEFER_SECONDS = 2.0
 
@@ -97,6 +99,9 @@ class Reconciler:
                 "Pod", key[0], deletion.name, uid=deletion.uid or None, grace_seconds=grace
             )
             self.store.mark_pod_deleting(key, deletion.name)
+        for kind, name in plan.delete_children:
+            await self.client.delete(kind, key[0], name)
+            self.store.put_named_child(key, kind, name, deleted=True)
         if plan.scaled_down:
             metrics.SCALE_DOWNS.inc()
         if plan.woke:
@@ -194,8 +199,9 @@ class Reconciler:
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,
-            "source": {"component": "corral-operator"},
-            "reportingComponent": "corral.dev/operator",
+            # One name for both: `kubectl get events` shows the one, events.k8s.io the other.
+            "source": {"component": EVENT_COMPONENT},
+            "reportingComponent": EVENT_COMPONENT,
         }
         try:
             await self.client.create(event)
