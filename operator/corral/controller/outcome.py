@@ -43,7 +43,7 @@ _SECRETS = (
     # "Authorization: Bearer <token>", "x-api-key: <key>", "api_key=<key>", "password=...".
     re.compile(
         r"(?i)((?:bearer|basic)\s+|(?:api[_-]?key|token|secret|password|authorization)"
-        r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]+"
+        r"[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic)\s+)?)[^\s\"',;]+"
     ),
     # Long unbroken runs of token characters (JWTs, hex or base64 keys).
     re.compile(r"[A-Za-z0-9_+/=.-]{40,}"),
