@@ -442,9 +442,9 @@ SESSION_ROWS: set[Row] = {
     ("agentsessions.corral.dev/status", "[]", "[]", "[patch]"),
     ("agentsessions.corral.dev/finalizers", "[]", "[]", "[update]"),
     ("pods", "[]", "[]", "[create delete list patch watch]"),
-    ("services", "[]", "[]", "[create list watch]"),
+    ("services", "[]", "[]", "[create delete list watch]"),
     ("persistentvolumeclaims", "[]", "[]", "[create list watch]"),
-    ("networkpolicies.networking.k8s.io", "[]", "[]", "[create list watch]"),
+    ("networkpolicies.networking.k8s.io", "[]", "[]", "[create delete list watch]"),
     ("secrets", "[]", "[]", "[get]"),
     ("events", "[]", "[]", "[create]"),
 }

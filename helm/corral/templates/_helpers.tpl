@@ -139,13 +139,18 @@ one the operator really calls; see docs/install.md ("What the operator may do").
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "create", "patch", "delete"]
-# Service and PVC: created once; garbage collection removes them with the session.
+# PVC: created once; garbage collection removes it with the session.
 - apiGroups: [""]
-  resources: ["services", "persistentvolumeclaims"]
+  resources: ["persistentvolumeclaims"]
   verbs: ["list", "watch", "create"]
+# Service and NetworkPolicy: also deleted when a finished session's TTL deletes only its
+# children (spec.cleanupAfterFinished: Children); otherwise garbage collection does.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["list", "watch", "create", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "watch", "create"]
+  verbs: ["list", "watch", "create", "delete"]
 # Only to tell whether the session's API-key Secret exists (CredentialsReady condition).
 - apiGroups: [""]
   resources: ["secrets"]
