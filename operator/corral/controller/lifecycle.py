@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from corral.api import runtime
@@ -184,10 +185,14 @@ class _Decision:
         # Only pods this very session owns (not an older session of the same name).
         self.pods = [p for p in observed.pods if p.owner_uid in (None, own_uid)]
         self.live = sorted((p for p in self.pods if not p.deleting), key=lambda p: p.attempt)
-        self.spec_text = spec_json(observed.session, config)
         self.spec_ok = True
 
     # --- helpers -------------------------------------------------------------------------
+
+    @cached_property
+    def spec_text(self) -> str:
+        """The spec as the pod annotation carries it (rendered once per decision)."""
+        return spec_json(self.session, self.config)
 
     def condition(self, type_: str, status: bool | None, reason: str, message: str) -> None:
         self.status.conditions = cond.set_condition(
