@@ -210,6 +210,8 @@ def test_crash_looping_runner_is_reported_as_such(
     assert "Zz9Yy8Xx7" not in message
     warning = wait_event(core, namespace, NAME, "CrashLooping")
     assert warning.type == "Warning" and "Zz9Yy8Xx7" not in warning.message
+    # One name for who reports it, in both places kubectl and events.k8s.io read.
+    assert warning.source.component == warning.reporting_component == "corral.dev/operator"
     # Restarting in place keeps the workspace: the pod is not replaced.
     assert [p.metadata.name for p in live_pods(core, namespace)] == [pod]
 
