@@ -541,14 +541,15 @@ def test_kubectl_get_shows_ready_and_its_reason(
         {"status": {"phase": "CrashLooping", "conditions": [_condition("CrashLooping")]}},
     )
     path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{validation_namespace}/{api.PLURAL}/columns"
-    response = api_client.call_api(
-        path,
+    method, url, headers, body, _ = api_client.param_serialize(
         "GET",
+        path,
         header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
         auth_settings=["BearerToken"],
-        response_type="object",
-        _return_http_data_only=True,
     )
+    raw = api_client.call_api(method, url, headers, body)
+    raw.read()
+    response = json.loads(raw.data)
     names = [column["name"] for column in response["columnDefinitions"]]
     assert names[:5] == ["Name", "Pattern", "Phase", "Ready", "Reason"]
     row = dict(zip(names, response["rows"][0]["cells"], strict=True))
