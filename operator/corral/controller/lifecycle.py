@@ -321,17 +321,11 @@ class _Decision:
 
     def ttl_due(self) -> bool | None:
         """Whether a finished Ephemeral session's TTL has passed (None: it has none)."""
+        if self.old.phase not in (Phase.SUCCEEDED, Phase.FAILED):
+            return None
         ttl = self.spec.ttl_seconds_after_finished
         finished = parse_time(self.old.completion_time)
-        if (
-            ttl is None
-            or finished is None
-            or self.old.phase
-            not in (
-                Phase.SUCCEEDED,
-                Phase.FAILED,
-            )
-        ):
+        if ttl is None or finished is None:
             return None
         due = finished + timedelta(seconds=ttl)
         if self.now < due:
