@@ -20,6 +20,7 @@ from corral.controller.pods import Terminated
     [
         ("key sk-ant-api03-AAAAbbbb_cc-dd rejected", "AAAAbbbb"),
         ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig", "eyJhbGci"),
+        ("401 with bearer abcdefgh12345 from the proxy", "abcdefgh12345"),
         ("x-api-key: abc123secret", "abc123secret"),
         ("api_key=hunter2hunter2", "hunter2"),
         ('{"password": "correct horse"}', "correct"),
@@ -33,9 +34,8 @@ def test_scrub_masks_what_looks_like_a_credential(text: str, hidden: str) -> Non
 
 
 def test_scrub_keeps_ordinary_text_and_bounds_it() -> None:
-    assert scrub("RuntimeError: connection refused (port 8080)") == (
-        "RuntimeError: connection refused (port 8080)"
-    )
+    for plain in ("RuntimeError: connection refused (port 8080)", "basic auth is off"):
+        assert scrub(plain) == plain
     cleaned = scrub("bell\x07 escape\x1b[31m nul\x00 line\u2028sep " + "word " * 500)
     assert len(cleaned) <= DETAIL_MAX_CHARS
     assert all(ch.isprintable() for ch in cleaned)

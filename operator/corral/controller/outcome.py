@@ -36,13 +36,16 @@ class Outcome:
 # copies when the container failed): untrusted. What reaches status and Events is one line,
 # bounded, printable, with anything that looks like a credential masked.
 DETAIL_MAX_CHARS = 256
+TAIL_MAX_CHARS = 16384
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 _SECRETS = (
     # Anthropic keys, e.g. sk-ant-api03-...
     re.compile(r"sk-ant-[A-Za-z0-9_-]*"),
-    # "Authorization: Bearer <token>", "x-api-key: <key>", "api_key=<key>", "password=...".
+    # "Bearer <token>" (a token-like word after it, not "basic usage").
+    re.compile(r"(?i)\b((?:bearer|basic)\s+)[A-Za-z0-9._~+/-]{8,}=*"),
+    # "x-api-key: <key>", "api_key=<key>", "password=...", "Authorization: <scheme> <x>".
     re.compile(
-        r"(?i)((?:bearer|basic)\s+|(?:api[_-]?key|token|secret|password|authorization)"
+        r"(?i)((?:api[_-]?key|token|secret|password|authorization)"
         r"[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic)\s+)?)[^\s\"',;]+"
     ),
     # Long unbroken runs of token characters (JWTs, hex or base64 keys).
@@ -63,6 +66,7 @@ def scrub(text: str, limit: int = DETAIL_MAX_CHARS) -> str:
 def last_line(message: str) -> str:
     """The last non-blank line of a termination message, scrubbed; for a runner's JSON
     result, the last line of its text."""
+    message = message[-TAIL_MAX_CHARS:]  # the kubelet keeps 4 KiB; never read more
     result = parse_result(message) if message.lstrip().startswith("{") else None
     if result is not None:
         message = result.text or result.subtype
