@@ -59,6 +59,11 @@ def register(subparsers: Any) -> None:
         "config sets activityUrl (default: $CORRAL_SERVICE_NAME, else %(default)s, the "
         "chart's Service of a release named corral)",
     )
+    parser.add_argument(
+        "--service-port",
+        type=int,
+        help="port of that Service (default: --port)",
+    )
     parser.add_argument("--lease-name", default="corral-operator")
     parser.add_argument(
         "--lease-namespace", help="namespace of the Lease (default: the config's namespace)"
@@ -94,7 +99,8 @@ async def _main(args: argparse.Namespace) -> None:
     config = OperatorConfig.load(args.config)
     namespace = own_namespace(dict(os.environ))
     if namespace is not None:
-        config = config.in_cluster_activity(namespace, args.service_name, args.port)
+        port = args.service_port or args.port
+        config = config.in_cluster_activity(namespace, args.service_name, port)
     log = logging.getLogger("corral.operator")
     if config.activity_url:
         log.info("runners report activity to %s", config.activity_url)
