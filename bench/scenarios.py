@@ -19,7 +19,7 @@ from corral.kube.client import ApiError, KubeClient
 from corral.render import render_children
 from corral.testing.operator import OperatorProcess
 
-SMALL = {"cpu": "10m", "memory": "128Mi", "disk": "64Mi"}
+SMALL = {"cpu": "10m", "memory": "256Mi", "disk": "64Mi"}
 CLIENT_CONCURRENCY = 64
 SESSION_LABEL = "corral.dev/session"
 

@@ -83,9 +83,9 @@ cpus = st.one_of(
     st.sampled_from(["0.5", "1.5", "250m"]),
 )
 memories = st.one_of(
-    st.integers(128, 65_536).map(lambda n: f"{n}Mi"),
+    st.integers(256, 65_536).map(lambda n: f"{n}Mi"),
     st.integers(1, 64).map(lambda n: f"{n}Gi"),
-    st.integers(135, 10_000).map(lambda n: f"{n}M"),  # 128Mi is about 134.2M
+    st.integers(269, 10_000).map(lambda n: f"{n}M"),  # 256Mi is about 268.4M
 )
 disks = st.integers(64, 100_000).map(lambda n: f"{n}Mi") | st.integers(1, 500).map(
     lambda n: f"{n}Gi"
@@ -194,6 +194,8 @@ def specs(draw: st.DrawFn, pattern: api.Pattern | None = None) -> api.AgentSessi
     if chosen == api.Pattern.EPHEMERAL:
         fields["prompt"] = draw(spec_text("prompt", min_size=1))
         fields["ttl_seconds_after_finished"] = draw(optional(st.integers(0, 31_536_000)))
+        if fields["ttl_seconds_after_finished"] is not None:
+            fields["cleanup_after_finished"] = draw(optional(st.sampled_from(api.FinishedCleanup)))
         fields["active_deadline_seconds"] = draw(optional(st.integers(1, 31_536_000)))
         fields["retries"] = draw(st.integers(0, 10))
     else:
@@ -290,10 +292,40 @@ _INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("retries outside Ephemeral", {"pattern": "LongRunning", "retries": 2}, "spec.retries"),
     ("too many retries", {"pattern": "Ephemeral", "prompt": "x", "retries": 11}, "less_than_equal"),
     ("unknown pattern", {"pattern": "Batch"}, "type=enum"),
-    ("memory too small", {"pattern": "LongRunning", "resources": {"memory": "64Mi"}}, "128Mi"),
+    ("memory too small", {"pattern": "LongRunning", "resources": {"memory": "64Mi"}}, "256Mi"),
+    (
+        "memory just below what the CLI needs",
+        {"pattern": "LongRunning", "resources": {"memory": "255Mi"}},
+        "resources.memory must be at least 256Mi",
+    ),
     ("zero cpu", {"pattern": "LongRunning", "resources": {"cpu": "0"}}, "greater than 0"),
     ("disk too small", {"pattern": "LongRunning", "resources": {"disk": "1Mi"}}, "64Mi"),
     ("zero storage", {"pattern": "Hybrid", "storage": {"size": "0"}}, "storage.size"),
+    (
+        "storage below 1Gi",
+        {"pattern": "Hybrid", "storage": {"size": "512Mi"}},
+        "storage.size must be at least 1Gi",
+    ),
+    (
+        "cleanupAfterFinished outside Ephemeral",
+        {"pattern": "LongRunning", "cleanupAfterFinished": "Children"},
+        "spec.cleanupAfterFinished is only allowed",
+    ),
+    (
+        "cleanupAfterFinished without a TTL",
+        {"pattern": "Ephemeral", "prompt": "x", "cleanupAfterFinished": "Children"},
+        "spec.cleanupAfterFinished needs spec.ttlSecondsAfterFinished",
+    ),
+    (
+        "unknown cleanupAfterFinished",
+        {
+            "pattern": "Ephemeral",
+            "prompt": "x",
+            "ttlSecondsAfterFinished": 60,
+            "cleanupAfterFinished": "Pod",
+        },
+        "type=enum",
+    ),
     (
         "not a quantity",
         {"pattern": "LongRunning", "resources": {"cpu": "two"}},

@@ -38,12 +38,13 @@ elseif phase == "Idle" or phase == "Succeeded" then
   hs.status = "Healthy"
 elseif phase == "Suspended" then
   hs.status = "Suspended"
-elseif phase == "Failed" then
+elseif phase == "Failed" or phase == "CrashLooping" then
   hs.status = "Degraded"
 elseif ready ~= nil and ready.status == "False" and (ready.reason == "SecretNotFound"
     or ready.reason == "SecretNotLabelled" or ready.reason == "BaseUrlNotAllowed"
     or ready.reason == "NoCredentials"
-    or ready.reason == "ImagePullFailed" or ready.reason == "ContainerConfigError") then
+    or ready.reason == "ImagePullFailed" or ready.reason == "ContainerConfigError"
+    or ready.reason == "SpecTooLarge") then
   -- Pending on something only a person can fix.
   hs.status = "Degraded"
 else

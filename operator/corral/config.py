@@ -153,8 +153,9 @@ class OperatorConfig(ConfigModel):
     activity_url: str | None = Field(
         None,
         description="Where runners post activity, e.g. "
-        "http://corral-operator.corral-system.svc:8081/v1/activity. Unset: no reports; a Hybrid "
-        "session's idle time then counts from its pod's start.",
+        "http://corral.corral-system.svc:8081/v1/activity. Unset: derived from the operator's "
+        "Service when it runs in a cluster (see in_cluster_activity); otherwise no reports, "
+        "and Hybrid sessions are not scaled down when idle (condition ActivityReports).",
     )
     activity_peer: PeerRule | None = Field(
         None, description="Egress every session gets to reach the operator's activity port."
@@ -208,6 +209,16 @@ class OperatorConfig(ConfigModel):
         """Whether the API key may be sent to `url` (see `allowed_base_urls`)."""
         trusted = [*self.allowed_base_urls, self.default_anthropic_base_url or ANTHROPIC_API]
         return any(url_within(url, entry) for entry in trusted)
+
+    def in_cluster_activity(self, namespace: str, service: str, port: int) -> OperatorConfig:
+        """This config with, unless it names them itself, runners reporting to the operator's
+        Service `service` in `namespace` on `port`, and the egress rule to get there (every
+        pod of that namespace on that port: the operator's own labels are not known here)."""
+        if self.activity_url:
+            return self
+        url = f"http://{service}.{namespace}.svc:{port}/v1/activity"
+        peer = self.activity_peer or PeerRule(namespace=namespace, ports=[PortSpec(port=port)])
+        return self.model_copy(update={"activity_url": url, "activity_peer": peer})
 
     @classmethod
     def load(cls, path: Path | None) -> OperatorConfig:

@@ -451,7 +451,7 @@ def own_prefix() -> str:
 
 def small_resources() -> dict[str, str]:
     """Hundreds of these fit on the two fake nodes (32 CPUs each)."""
-    return {"cpu": "100m", "memory": "128Mi", "disk": "64Mi"}
+    return {"cpu": "100m", "memory": "256Mi", "disk": "64Mi"}
 
 
 def ensure_storage_class(api_client: client.ApiClient, name: str) -> None:

@@ -100,7 +100,14 @@ BAD_SPECS = [
         "memory below the minimum",
         {**LONG, "resources": {"memory": "64Mi"}},
         "spec.resources.memory",
-        "resources.memory must be at least 128Mi",
+        "resources.memory must be at least 256Mi",
+    ),
+    Bad(
+        "memory just below what the CLI needs (it would be OOMKilled in a loop)",
+        {**LONG, "resources": {"memory": "255Mi"}},
+        "spec.resources.memory",
+        "the Claude CLI alone uses about 230Mi, so a smaller limit would have the runner "
+        "killed (OOMKilled) again and again",
     ),
     Bad(
         "cpu 0",
@@ -142,7 +149,36 @@ BAD_SPECS = [
         "zero storage size",
         {"pattern": "Hybrid", "storage": {"size": "0"}},
         "spec.storage.size",
-        "storage.size must be greater than 0",
+        "storage.size must be at least 1Gi",
+    ),
+    Bad(
+        "storage below the sane minimum",
+        {"pattern": "Hybrid", "storage": {"size": "100Mi"}},
+        "spec.storage.size",
+        "storage.size must be at least 1Gi, e.g. 5Gi: the volume holds the workspace",
+    ),
+    Bad(
+        "cleanupAfterFinished on LongRunning",
+        {**LONG, "cleanupAfterFinished": "Children"},
+        "spec.cleanupAfterFinished",
+        "spec.cleanupAfterFinished is only allowed when spec.pattern is Ephemeral",
+    ),
+    Bad(
+        "cleanupAfterFinished without a TTL",
+        {"pattern": "Ephemeral", "prompt": "x", "cleanupAfterFinished": "Children"},
+        "spec.cleanupAfterFinished",
+        "spec.cleanupAfterFinished needs spec.ttlSecondsAfterFinished",
+    ),
+    Bad(
+        "unknown cleanupAfterFinished",
+        {
+            "pattern": "Ephemeral",
+            "prompt": "x",
+            "ttlSecondsAfterFinished": 60,
+            "cleanupAfterFinished": "Pod",
+        },
+        "spec.cleanupAfterFinished",
+        'Unsupported value: "Pod"',
     ),
     Bad(
         "ttlSecondsAfterFinished on LongRunning",
@@ -419,3 +455,102 @@ def test_examples_are_accepted_on_dry_run(
     created = _create(custom, validation_namespace, body, dry_run="All")
     assert created["spec"]["pattern"] == body["spec"]["pattern"]
     assert created["metadata"]["uid"]  # a dry run fills in what a real create would
+
+
+def _condition(reason: str, type_: str = "Ready") -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": "False",
+        "reason": reason,
+        "message": "",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+
+
+BAD_CONDITIONS = [
+    ("empty reason", _condition(""), "status.conditions[0].reason", "at least 1 chars"),
+    (
+        "reason with spaces",
+        _condition("not ready yet"),
+        "status.conditions[0].reason",
+        'Invalid value: "not ready yet"',
+    ),
+    (
+        "reason starting with a digit",
+        _condition("3Restarts"),
+        "status.conditions[0].reason",
+        'Invalid value: "3Restarts"',
+    ),
+    (
+        "type with spaces",
+        _condition("Fine", type_="Pod Ready"),
+        "status.conditions[0].type",
+        'Invalid value: "Pod Ready"',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("why", "condition", "field", "says"), BAD_CONDITIONS, ids=[c[0] for c in BAD_CONDITIONS]
+)
+def test_conditions_are_refused_unless_kep_1623(
+    custom: client.CustomObjectsApi,
+    validation_namespace: str,
+    why: str,
+    condition: dict[str, Any],
+    field: str,
+    says: str,
+) -> None:
+    name = "cond-" + uuid.uuid4().hex[:6]
+    _create(custom, validation_namespace, _manifest(name, LONG))
+    with pytest.raises(ApiException) as caught:
+        custom.patch_namespaced_custom_object_status(
+            api.GROUP,
+            api.VERSION,
+            validation_namespace,
+            api.PLURAL,
+            name,
+            {"status": {"conditions": [condition]}},
+        )
+    _, causes = _refusal(caught.value)
+    named = [c.get("message", "") for c in causes if c.get("field") == field]
+    assert any(says in m for m in named), (why, causes)
+    # The operator's own reasons pass.
+    for reason in ("CrashLooping", "SpecTooLarge", "NoActivityUrl", "SecretNotFound"):
+        custom.patch_namespaced_custom_object_status(
+            api.GROUP,
+            api.VERSION,
+            validation_namespace,
+            api.PLURAL,
+            name,
+            {"status": {"conditions": [_condition(reason)]}},
+        )
+
+
+def test_kubectl_get_shows_ready_and_its_reason(
+    api_client: client.ApiClient, custom: client.CustomObjectsApi, validation_namespace: str
+) -> None:
+    """The printer columns, as the API server renders them for `kubectl get` (a Table)."""
+    _create(custom, validation_namespace, _manifest("columns", LONG))
+    custom.patch_namespaced_custom_object_status(
+        api.GROUP,
+        api.VERSION,
+        validation_namespace,
+        api.PLURAL,
+        "columns",
+        {"status": {"phase": "CrashLooping", "conditions": [_condition("CrashLooping")]}},
+    )
+    path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{validation_namespace}/{api.PLURAL}/columns"
+    method, url, headers, body, _ = api_client.param_serialize(
+        "GET",
+        path,
+        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        auth_settings=["BearerToken"],
+    )
+    raw = api_client.call_api(method, url, headers, body)
+    raw.read()
+    response = json.loads(raw.data)
+    names = [column["name"] for column in response["columnDefinitions"]]
+    assert names[:5] == ["Name", "Pattern", "Phase", "Ready", "Reason"]
+    row = dict(zip(names, response["rows"][0]["cells"], strict=True))
+    assert (row["Phase"], row["Ready"], row["Reason"]) == ("CrashLooping", "False", "CrashLooping")

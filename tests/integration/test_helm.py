@@ -458,9 +458,9 @@ SESSION_ROWS: set[Row] = {
     ("agentsessions.corral.dev/status", "[]", "[]", "[patch]"),
     ("agentsessions.corral.dev/finalizers", "[]", "[]", "[update]"),
     ("pods", "[]", "[]", "[create delete list patch watch]"),
-    ("services", "[]", "[]", "[create get list patch watch]"),
+    ("services", "[]", "[]", "[create delete get list patch watch]"),
     ("persistentvolumeclaims", "[]", "[]", "[create get list watch]"),
-    ("networkpolicies.networking.k8s.io", "[]", "[]", "[create get list patch watch]"),
+    ("networkpolicies.networking.k8s.io", "[]", "[]", "[create delete get list patch watch]"),
     ("secrets", "[]", "[]", "[get]"),
     ("events", "[]", "[]", "[create]"),
 }

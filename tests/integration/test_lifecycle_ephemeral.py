@@ -307,3 +307,42 @@ def run_two_failing_attempts(sessions: Sessions, core: client.CoreV1Api) -> tupl
 
 def _event_time(event: Any) -> Any:
     return (event.last_timestamp or event.event_time, event.metadata.creation_timestamp)
+
+
+def test_ttl_with_cleanup_children_keeps_the_session_for_gitops(
+    sessions: Sessions, core: client.CoreV1Api, api_client: client.ApiClient
+) -> None:
+    """cleanupAfterFinished: Children: the TTL deletes the Service and NetworkPolicy and
+    keeps the session (a GitOps tool would re-create a deleted one and run it again)."""
+    namespace = sessions.namespace
+    networking = client.NetworkingV1Api(api_client)
+    sessions.create(
+        "nightly", example_spec(ttlSecondsAfterFinished=2, cleanupAfterFinished="Children")
+    )
+    sessions.wait_phase("nightly", "Running")
+    assert [s.metadata.name for s in core.list_namespaced_service(namespace).items] == ["nightly"]
+    pod = the_pod(core, namespace, "nightly")
+    terminate_pod(
+        core, namespace, pod.metadata.name, phase="Succeeded", message=termination_message()
+    )
+    sessions.wait_phase("nightly", "Succeeded")
+    wait_for(
+        lambda: (
+            core.list_namespaced_service(namespace).items == []
+            and networking.list_namespaced_network_policy(namespace).items == []
+        ),
+        timeout=60,
+        what="the TTL to delete the session's Service and NetworkPolicy",
+    )
+    wait_event(core, namespace, "nightly", "ChildrenDeleted")
+    body = sessions.get("nightly")  # the session itself stays, with its outcome
+    assert body["metadata"].get("deletionTimestamp") is None
+    status = body["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["result"]["numTurns"] == 2
+    assert "serviceName" not in status and "endpoint" not in status
+    # Nothing is re-created, and the prompt never runs again.
+    time.sleep(3)
+    assert core.list_namespaced_service(namespace).items == []
+    assert session_pods(core, namespace, "nightly") == []
+    assert sessions.status("nightly")["attempts"] == 1

@@ -20,11 +20,13 @@ from lifecycle_support import (
     ensure_storage_class,
     event_reasons,
     load_example,
+    own_prefix,
+    restricted_namespace,
     session_pods,
 )
 
 from corral.testing.kube import wait_for
-from corral.testing.operator import OperatorProcess, report_activity
+from corral.testing.operator import OperatorProcess, kwok_operator_config, report_activity
 
 pytestmark = pytest.mark.integration
 
@@ -312,3 +314,64 @@ def _new_running(sessions: Sessions, core: client.CoreV1Api, seen: set[str]) -> 
     status = sessions.status(NAME)
     name: str = pods[0].metadata.name
     return name if status.get("phase") == "Running" and status.get("podName") == name else None
+
+
+@pytest.fixture
+def no_url_sessions(
+    kubeconfig: Path,
+    crd: None,
+    api_client: client.ApiClient,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    tmp_path: Path,
+) -> Iterator[Sessions]:
+    """Sessions of an operator run as the README's existing-cluster steps run it: out of the
+    cluster, with no activity URL in its config."""
+    prefix = own_prefix()
+    system = restricted_namespace(core, f"{prefix}system")
+    namespace = restricted_namespace(core, f"{prefix}sessions")
+    ensure_storage_class(api_client, STORAGE_CLASS)
+    volumes = Volumes(core, label=f"{prefix}pv", storage_class=STORAGE_CLASS)
+    volumes.bind(namespace, [CLAIM], size="1Gi")
+    core.create_namespaced_secret(namespace, load_example(REPO, "credentials-secret.yaml"))
+    process = OperatorProcess(
+        kubeconfig=kubeconfig,
+        config=kwok_operator_config(system, activityUrl=None),
+        workdir=tmp_path,
+        namespaces=[namespace],
+        leader_election=False,
+        identity=f"{prefix}no-url",
+    ).start()
+    try:
+        yield Sessions(custom, namespace)
+    finally:
+        process.stop()
+        for name in (namespace, system):
+            core.delete_namespace(name, propagation_policy="Background")
+        volumes.delete()
+
+
+def test_without_an_activity_url_a_hybrid_session_is_not_put_to_sleep(
+    no_url_sessions: Sessions, core: client.CoreV1Api
+) -> None:
+    """Before the fix it slept idleTimeout after its pod started, mid-conversation."""
+    sessions = no_url_sessions
+    namespace = sessions.namespace
+    create_example(sessions, idle_timeout="2s")
+    pod = running(sessions, core, set())
+    status = sessions.wait_status(
+        NAME,
+        lambda s: condition_is(s, "ActivityReports", "False", "NoActivityUrl"),
+        "ActivityReports=False",
+    )
+    reports = condition(status, "ActivityReports")
+    assert reports is not None
+    assert "activityUrl" in reports["message"] and "not scaled down" in reports["message"]
+    assert condition_is(status, "Ready", "True", "Running")
+    # Three idle timeouts later it is still awake, on the same pod.
+    time.sleep(6)
+    assert sessions.status(NAME)["phase"] == "Running"
+    assert [p.metadata.name for p in session_pods(core, namespace, NAME)] == [pod]
+    reasons = event_reasons(core, namespace, NAME)
+    assert "ScaledDown" not in reasons
+    assert reasons.count("NoActivityUrl") == 1

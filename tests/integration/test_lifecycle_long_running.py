@@ -14,12 +14,17 @@ from lifecycle_support import (
     KubeletStandIn,
     PodHistory,
     Sessions,
+    condition,
     condition_is,
     event_reasons,
     fail_pod,
     load_example,
+    runner_status,
     session_pods,
+    set_pod_status,
+    small_resources,
     terminate_pod,
+    wait_event,
 )
 
 from corral.testing.kube import wait_for
@@ -141,3 +146,113 @@ def test_suspend_stops_the_pod_and_resume_brings_it_back(
     assert "restarts" not in status, "a resume is not a restart"
     assert condition_is(status, "Ready", "True", "Running")
     assert "PodResumed" in event_reasons(core, namespace, NAME)
+
+
+def crash_loop(core: client.CoreV1Api, namespace: str, pod: str, last: dict[str, Any]) -> None:
+    """The kubelet's report of a runner that keeps exiting: restarted in place, in back-off."""
+    status = {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
+        "containerStatuses": [
+            {
+                **runner_status(
+                    {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s"}}
+                ),
+                "restartCount": 4,
+                "lastState": {"terminated": last},
+            }
+        ],
+    }
+    for _ in range(5):
+        # The phase stays Running, which set_pod_status cannot tell from KWOK's own status.
+        set_pod_status(core, namespace, pod, status)
+        time.sleep(1.0)
+        now = core.read_namespaced_pod_status(pod, namespace).status
+        if now.container_statuses and now.container_statuses[0].restart_count == 4:
+            return
+    raise AssertionError(f"pod {pod} did not keep the crash-loop status")
+
+
+@pytest.mark.parametrize(
+    ("last", "says"),
+    [
+        (
+            {"exitCode": 137, "reason": "OOMKilled"},
+            ["OOMKilled", "spec.resources.memory 2Gi"],
+        ),
+        (
+            {
+                "exitCode": 1,
+                "reason": "Error",
+                "message": "Traceback (most recent call last):\n"
+                "RuntimeError: cannot reach the API with key sk-ant-api03-Zz9Yy8Xx7\n",
+            },
+            ["Error (exit code 1): RuntimeError: cannot reach the API with key [redacted]"],
+        ),
+    ],
+    ids=["oom-killed", "error"],
+)
+def test_crash_looping_runner_is_reported_as_such(
+    sessions: Sessions, core: client.CoreV1Api, last: dict[str, Any], says: list[str]
+) -> None:
+    """Before the fix the session said Pending/RunnerStarting for ever."""
+    namespace = sessions.namespace
+    create_example(sessions)  # the example asks for 2Gi of memory
+    pod = running_on_a_new_pod(sessions, core, set())
+    crash_loop(core, namespace, pod, last)
+    status = sessions.wait_phase(NAME, "CrashLooping")["status"]
+    assert condition_is(status, "Ready", "False", "CrashLooping")
+    assert condition_is(status, "PodReady", "False", "CrashLooping")
+    message = next(c["message"] for c in status["conditions"] if c["type"] == "Ready")
+    assert "restarted 4 times" in message
+    for text in says:
+        assert text in message
+    assert "Zz9Yy8Xx7" not in message
+    warning = wait_event(core, namespace, NAME, "CrashLooping")
+    assert warning.type == "Warning" and "Zz9Yy8Xx7" not in warning.message
+    # One name for who reports it, in both places kubectl and events.k8s.io read.
+    assert warning.source.component == warning.reporting_component == "corral.dev/operator"
+    # Restarting in place keeps the workspace: the pod is not replaced.
+    assert [p.metadata.name for p in live_pods(core, namespace)] == [pod]
+
+
+def huge_shared_spec() -> dict[str, Any]:
+    """More JSON than the pod annotation that carries a spec may hold (200 KiB)."""
+    agents = [
+        {"name": f"agent-{i}", "prompt": "p" * 8192, "systemPrompt": "s" * 8192} for i in range(16)
+    ]
+    return {"pattern": "Shared", "agents": agents, "resources": small_resources()}
+
+
+def test_spec_too_large_is_reported_and_not_retried_until_it_changes(
+    sessions: Sessions, core: client.CoreV1Api, operator: OperatorProcess
+) -> None:
+    """Before the fix: logged and retried for ever, with no condition and no Event."""
+    namespace = sessions.namespace
+    name = "too-large"
+    sessions.create(name, huge_shared_spec())
+    status = sessions.wait_status(
+        name,
+        lambda s: condition_is(s, "SpecAccepted", "False", "SpecTooLarge"),
+        "SpecAccepted=False",
+    )
+    assert status["phase"] == "Pending"
+    assert condition_is(status, "Ready", "False", "SpecTooLarge")
+    accepted = next(c for c in status["conditions"] if c["type"] == "SpecAccepted")
+    assert "bytes as JSON" in accepted["message"]
+    warning = wait_event(core, namespace, name, "SpecTooLarge")
+    assert warning.type == "Warning"
+    assert session_pods(core, namespace, name) == []
+    # A reconcile that raises is retried with backoff and counted by exception type.
+    assert operator.metric("corral_errors_total", 'reason="RenderError"') == 0
+    assert event_reasons(core, namespace, name).count("SpecTooLarge") == 1
+
+    # A shorter spec brings the session back.
+    short = [{"name": f"agent-{i}", "prompt": "hi"} for i in range(2)]
+    sessions.patch(name, {"spec": {"agents": short}})
+    sessions.wait_status(
+        name,
+        lambda s: s.get("phase") == "Running" and condition(s, "SpecAccepted") is None,
+        "Running once the spec fits",
+    )
+    assert len(session_pods(core, namespace, name)) == 1

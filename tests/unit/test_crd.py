@@ -91,15 +91,46 @@ def test_names_and_scope() -> None:
 
 def test_printer_columns() -> None:
     columns = {c["name"]: c for c in version()["additionalPrinterColumns"]}
-    assert list(columns)[:6] == ["Pattern", "Phase", "Turns", "Cost", "Last Activity", "Age"]
+    assert list(columns)[:8] == [
+        "Pattern",
+        "Phase",
+        "Ready",
+        "Reason",
+        "Turns",
+        "Cost",
+        "Last Activity",
+        "Age",
+    ]
+    assert all("priority" not in columns[name] for name in ("Ready", "Reason"))
     assert columns["Pattern"]["jsonPath"] == ".spec.pattern"
     assert columns["Age"]["jsonPath"] == ".metadata.creationTimestamp"
     assert columns["Last Activity"]["type"] == "date"
+    # The Ready condition's status and reason (a JSONPath filter on the conditions list).
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    assert columns["Ready"]["jsonPath"] == ready + ".status"
+    assert columns["Reason"]["jsonPath"] == ready + ".reason"
     # Each column points at a field the schema has.
     paths = {path for path, _ in walk(root())}
     for column in columns.values():
-        if not column["jsonPath"].startswith(".metadata"):
-            assert column["jsonPath"] in paths
+        path = column["jsonPath"].replace(ready, ".status.conditions[]")
+        if not path.startswith(".metadata"):
+            assert path in paths
+
+
+def test_conditions_follow_kep_1623() -> None:
+    """metav1.Condition's own validation: CamelCase reason (pattern, minLength), type
+    pattern and length, status enum, required fields."""
+    condition = root()["properties"]["status"]["properties"]["conditions"]["items"]
+    props = condition["properties"]
+    assert props["reason"]["pattern"] == "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+    assert props["reason"]["minLength"] == 1
+    assert props["reason"]["maxLength"] == 1024
+    assert props["type"]["pattern"].endswith("(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")
+    assert props["type"]["maxLength"] == 316
+    assert props["status"]["enum"] == ["True", "False", "Unknown"]
+    assert props["message"]["maxLength"] == 32768
+    assert props["lastTransitionTime"]["format"] == "date-time"
+    assert set(condition["required"]) >= {"type", "status", "reason", "lastTransitionTime"}
 
 
 def test_schema_is_structural() -> None:

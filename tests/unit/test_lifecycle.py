@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from corral.api import runtime
-from corral.api.v1alpha1 import AgentSession, AgentStatus
+from corral.api.v1alpha1 import AgentSession, AgentSessionSpec, AgentStatus
 from corral.config import OperatorConfig
 from corral.controller.credentials import SecretCheck
 from corral.controller.lifecycle import Activity, Observed, Plan, decide, timestamp
@@ -25,8 +25,10 @@ from corral.render import pod_name, pvc_name, render_pod
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 UID = "0b7d3c1e-5f7a-4c1e-9a55-2b1f0f6d8e01"
-# The operator gives every runner a key (as the test operators do), unless a test says not.
-CONFIG = OperatorConfig(runner_env={runtime.ENV_API_KEY: "sk-ant-test"})
+# The operator gives every runner a key (as the test operators do), unless a test says not,
+# and runners can report activity (without an activity URL, Hybrid sessions never go idle).
+ACTIVITY_URL = "http://corral.corral-system.svc:8081/v1/activity"
+CONFIG = OperatorConfig(runner_env={runtime.ENV_API_KEY: "sk-ant-test"}, activity_url=ACTIVITY_URL)
 
 MINIMAL = {
     "Ephemeral": {"pattern": "Ephemeral", "prompt": "Say hello."},
@@ -81,6 +83,8 @@ def make_pod(
     waiting: dict[str, Any] | None = None,
     unschedulable: bool = False,
     owner_uid: str | None = None,
+    restarts: int = 0,
+    last_terminated: dict[str, Any] | None = None,
 ) -> PodView:
     """A pod as the API server would show it, read through the operator's own `pod_view`."""
     body = render_pod(session, CONFIG, attempt)
@@ -110,7 +114,15 @@ def make_pod(
     status: dict[str, Any] = {
         "phase": phase,
         "conditions": conditions,
-        "containerStatuses": [{"name": runtime.CONTAINER_NAME, "state": state, "ready": ready}],
+        "containerStatuses": [
+            {
+                "name": runtime.CONTAINER_NAME,
+                "state": state,
+                "ready": ready,
+                "restartCount": restarts,
+                "lastState": {"terminated": last_terminated} if last_terminated else {},
+            }
+        ],
     }
     if not unschedulable:
         status["startTime"] = timestamp(started)
@@ -192,10 +204,11 @@ class World:
     pods_created: list[str] = field(default_factory=list)
     deleted_session: bool = False
     max_pods_seen: int = 0
+    config: OperatorConfig = field(default_factory=lambda: CONFIG)
 
     def step(self) -> Plan:
         plan = decide(
-            observe(self.session, list(self.pods.values()), self.now, self.activity), CONFIG
+            observe(self.session, list(self.pods.values()), self.now, self.activity), self.config
         )
         for manifest in created(plan, "Pod"):
             name = manifest["metadata"]["name"]
@@ -732,8 +745,8 @@ def test_shared_agents_come_from_the_runner_report() -> None:
 # --- Hybrid --------------------------------------------------------------------------------
 
 
-def hybrid_world(**spec: Any) -> World:
-    world = World(make_session("Hybrid", **spec))
+def hybrid_world(config: OperatorConfig = CONFIG, **spec: Any) -> World:
+    world = World(make_session("Hybrid", **spec), config=config)
     world.step()
     world.run_pod()
     world.settle()
@@ -988,3 +1001,218 @@ def test_hybrid_suspend_keeps_the_volume_and_resume_wakes() -> None:
     )
     plan = world.step()
     assert len(created(plan, "Pod")) == 1
+
+
+# --- crash loops -------------------------------------------------------------------------
+
+
+def crash_looping_pod(world: World, restarts: int, last: dict[str, Any]) -> None:
+    """The kubelet's view of a runner that keeps exiting: waiting in back-off, not ready."""
+    name = world.live_pod()
+    world.kubelet(
+        name,
+        phase="Running",
+        ready=False,
+        waiting={"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"},
+        restarts=restarts,
+        last_terminated=last,
+    )
+
+
+@pytest.mark.parametrize("pattern", ["LongRunning", "Hybrid", "Shared"])
+def test_crash_looping_runner_is_reported_with_the_oom_kill_and_its_limit(pattern: str) -> None:
+    world = World(make_session(pattern, resources={"memory": "512Mi"}))
+    world.step()
+    world.run_pod()
+    world.settle()
+    crash_looping_pod(world, 3, {"exitCode": 137, "reason": "OOMKilled", "message": ""})
+    plan = world.step()
+    status = world.session.status
+    assert status.phase == "CrashLooping"
+    assert conditions(world.session)["Ready"] == ("False", "CrashLooping")
+    assert conditions(world.session)["PodReady"] == ("False", "CrashLooping")
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert "restarted 3 times" in ready.message
+    assert "OOMKilled" in ready.message and "512Mi" in ready.message
+    assert reasons(plan) == ["CrashLooping"]
+    assert plan.events[0].type == "Warning"
+    assert plan.delete_pods == []  # restarting in place keeps the workspace
+    # The next restart updates the message, without a second Event.
+    crash_looping_pod(world, 4, {"exitCode": 137, "reason": "OOMKilled", "message": ""})
+    again = world.step()
+    assert "restarted 4 times" in next(
+        c.message for c in world.session.status.conditions if c.type == "Ready"
+    )
+    assert reasons(again) == []
+    # Back up and ready: Running again.
+    world.kubelet(world.live_pod(), phase="Running", ready=True, restarts=4)
+    world.step()
+    assert world.session.status.phase == "Running"
+    assert conditions(world.session)["Ready"] == ("True", "Running")
+
+
+def test_crash_looping_runner_shows_the_last_log_line_scrubbed_and_bounded() -> None:
+    world = World(make_session("LongRunning"))
+    world.step()
+    world.run_pod()
+    world.settle()
+    tail = (
+        "starting runner\n"
+        "Traceback (most recent call last):\n"
+        '  File "app.py", line 3\n'
+        "RuntimeError: auth failed for sk-ant-api03-AbCdEf0123456789 \x1b[31m" + "x" * 2000 + "\n\n"
+    )
+    crash_looping_pod(world, 5, {"exitCode": 1, "reason": "Error", "message": tail})
+    plan = world.step()
+    ready = next(c for c in world.session.status.conditions if c.type == "Ready")
+    assert ready.reason == "CrashLooping"
+    assert "Error (exit code 1): RuntimeError: auth failed for" in ready.message
+    assert "sk-ant-api03" not in ready.message and "AbCdEf0123456789" not in ready.message
+    assert "\x1b" not in ready.message and "Traceback" not in ready.message
+    assert len(ready.message) < 400
+    assert "sk-ant" not in plan.events[0].message
+
+
+def test_a_runner_restarted_fewer_times_is_still_starting() -> None:
+    world = World(make_session("LongRunning"))
+    world.step()
+    world.run_pod()
+    world.settle()
+    last = {"exitCode": 1, "reason": "Error", "message": "boom"}
+    world.kubelet(world.live_pod(), phase="Running", ready=False, restarts=2, last_terminated=last)
+    world.step()
+    assert world.session.status.phase == "Pending"
+    assert conditions(world.session)["Ready"] == ("False", "RunnerStarting")
+
+
+# --- a spec too large for a pod ------------------------------------------------------------
+
+
+def huge_shared_spec(prompt_chars: int = 8192) -> dict[str, Any]:
+    """Sixteen agents with long prompts: more JSON than a pod annotation may carry."""
+    agents = [
+        {"name": f"agent-{i}", "prompt": "p" * prompt_chars, "systemPrompt": "s" * prompt_chars}
+        for i in range(16)
+    ]
+    return {"agents": agents}
+
+
+def test_spec_too_large_is_reported_once_and_not_retried() -> None:
+    session = make_session("Shared", **huge_shared_spec())
+    plan = decide(observe(session), CONFIG)  # before the fix: RenderError, retried for ever
+    assert created(plan, "Pod") == []
+    assert plan.requeue_after is None
+    after = with_status(session, plan)
+    assert after.status.phase == "Pending"
+    assert conditions(after)["SpecAccepted"] == ("False", "SpecTooLarge")
+    assert conditions(after)["Ready"] == ("False", "SpecTooLarge")
+    accepted = next(c for c in after.status.conditions if c.type == "SpecAccepted")
+    assert "bytes as JSON" in accepted.message and "shorten" in accepted.message
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "SpecTooLarge")]
+    # Level-based: the same spec again changes nothing and posts nothing.
+    assert decide(observe(after), CONFIG).empty
+    # A new generation that is still too large is reported again.
+    edited = after.model_copy(
+        update={"metadata": after.metadata.model_copy(update={"generation": 2})}
+    )
+    assert reasons(decide(observe(edited), CONFIG)) == ["SpecTooLarge"]
+
+
+def test_a_spec_shortened_again_gets_its_pod() -> None:
+    session = make_session("Shared", **huge_shared_spec())
+    too_large = with_status(session, decide(observe(session), CONFIG))
+    fixed = too_large.model_copy(
+        update={
+            "spec": too_large.spec.model_copy(
+                update={
+                    "agents": [
+                        a.model_copy(update={"prompt": "hi", "system_prompt": None})
+                        for a in too_large.spec.agents or []
+                    ]
+                }
+            ),
+            "metadata": too_large.metadata.model_copy(update={"generation": 2}),
+        }
+    )
+    plan = decide(observe(fixed), CONFIG)
+    assert len(created(plan, "Pod")) == 1
+    assert "SpecAccepted" not in conditions(with_status(fixed, plan))
+
+
+def test_a_running_pod_keeps_its_spec_when_the_new_one_is_too_large() -> None:
+    world = World(make_session("Shared"))
+    world.step()
+    name = world.run_pod()
+    world.settle()
+    body = world.session.spec.model_dump(by_alias=True, exclude_none=True)
+    grown = AgentSessionSpec.model_validate({**body, **huge_shared_spec()})
+    world.session = world.session.model_copy(update={"spec": grown})
+    plan = world.step()
+    assert plan.delete_pods == [] and plan.patch_pods == [] and created(plan, "Pod") == []
+    assert world.live_pod() == name
+    assert conditions(world.session)["SpecAccepted"] == ("False", "SpecTooLarge")
+    assert world.session.status.phase == "Running"
+
+
+# --- TTL: delete the session, or only its children (GitOps) ------------------------------
+
+
+def finished(ttl: int, cleanup: str | None) -> AgentSession:
+    spec: dict[str, Any] = {"ttlSecondsAfterFinished": ttl}
+    if cleanup:
+        spec["cleanupAfterFinished"] = cleanup
+    status = {
+        "phase": "Succeeded",
+        "attempts": 1,
+        "completionTime": timestamp(T0),
+        "serviceName": "demo",
+        "endpoint": "http://demo.team-a.svc:8080",
+    }
+    return make_session("Ephemeral", status=status, **spec)
+
+
+def test_ttl_with_cleanup_children_keeps_the_session_and_deletes_its_service_and_policy() -> None:
+    session = finished(60, "Children")
+    early = decide(observe(session, now=T0 + timedelta(seconds=20)), CONFIG)
+    assert early.delete_children == [] and not early.delete_session
+    assert early.requeue_after == pytest.approx(40)
+
+    plan = decide(observe(session, now=T0 + timedelta(seconds=61)), CONFIG)
+    assert not plan.delete_session
+    assert sorted(plan.delete_children) == [("NetworkPolicy", "demo"), ("Service", "demo")]
+    assert plan.create == []
+    assert reasons(plan) == ["ChildrenDeleted"]
+    after = with_status(session, plan)
+    assert after.status.phase == "Succeeded"
+    assert after.status.service_name is None and after.status.endpoint is None
+    # Once they are gone: nothing is re-created, nothing more happens.
+    gone = decide(observe(after, now=T0 + timedelta(seconds=3600), children=False), CONFIG)
+    assert gone.empty
+
+
+@pytest.mark.parametrize("cleanup", [None, "Session"])
+def test_ttl_by_default_deletes_the_session(cleanup: str | None) -> None:
+    plan = decide(observe(finished(60, cleanup), now=T0 + timedelta(seconds=61)), CONFIG)
+    assert plan.delete_session
+    assert plan.delete_children == []
+
+
+# --- no activity URL -----------------------------------------------------------------------
+
+
+def test_hybrid_without_an_activity_url_is_never_put_to_sleep_and_says_why() -> None:
+    """Before the fix it slept 'idle' mid-conversation: nothing could report activity."""
+    world = hybrid_world(config=OperatorConfig())
+    plan_events = list(world.events)
+    assert "NoActivityUrl" in plan_events
+    world.advance(3600)
+    plan = world.step()
+    assert plan.delete_pods == [] and not plan.scaled_down
+    assert world.session.status.phase == "Running"
+    assert conditions(world.session)["ActivityReports"] == ("False", "NoActivityUrl")
+    assert world.events.count("NoActivityUrl") == 1
+
+
+def test_hybrid_with_an_activity_url_has_no_activity_condition() -> None:
+    world = hybrid_world()
+    assert "ActivityReports" not in conditions(world.session)

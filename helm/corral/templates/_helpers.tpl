@@ -169,20 +169,21 @@ one the operator really calls; see docs/install.md ("What the operator may do").
 # Service and PVC: created once; garbage collection removes them with the session.
 # get: a create answered AlreadyExists is checked for its owner (a name taken by an object
 # that is not the session's is reported, not used); patch: a Service or NetworkPolicy
-# edited by hand, or whose spec.network changed, is put back in place.
+# edited by hand, or whose spec.network changed, is put back in place; delete: a finished
+# session's TTL that deletes only its children (spec.cleanupAfterFinished: Children).
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["list", "watch", "create", "get", "patch"]
+  verbs: ["list", "watch", "create", "get", "patch", "delete"]
 # The volume: created once, read back when its create finds the name taken (ownership).
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["list", "watch", "create", "get"]
 # The session NetworkPolicy is patched in place when spec.network or the operator's egress,
 # DNS, activity, gateway or metrics settings change, and when a hand edit is repaired; read
-# back when its create finds the name taken (ownership).
+# back when its create finds the name taken (ownership); deleted like the Service.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "watch", "create", "get", "patch"]
+  verbs: ["list", "watch", "create", "get", "patch", "delete"]
 # The credentials Secret's metadata: whether it exists (Credentials condition) and its
 # labels. The operator asks for PartialObjectMetadata, so a Secret's data never reaches it;
 # RBAC cannot grant a metadata-only read, hence plain `get` (no list/watch). See

@@ -164,9 +164,14 @@ def _column(
     return column
 
 
+# The Ready condition, as a JSONPath printer columns can read.
+_READY = '.status.conditions[?(@.type=="Ready")]'
+
 PRINTER_COLUMNS = [
     _column("Pattern", "string", ".spec.pattern", "Hosting pattern."),
     _column("Phase", "string", ".status.phase", "Where the session is."),
+    _column("Ready", "string", _READY + ".status", "Whether the runner accepts messages."),
+    _column("Reason", "string", _READY + ".reason", "Why it is (not) ready."),
     _column("Turns", "integer", ".status.numTurns", "Turns taken so far."),
     _column("Cost", "number", ".status.totalCostUsd", "Token cost so far in USD (estimate)."),
     _column("Last Activity", "date", ".status.lastActivityTime", "Last turn or message."),

@@ -159,6 +159,12 @@ class PermissionMode(StrEnum):
     BYPASS_PERMISSIONS = "bypassPermissions"
 
 
+# The Claude CLI alone uses about 230Mi; below this the runner is OOMKilled in a loop.
+MIN_MEMORY = "256Mi"
+# Smaller claims are rounded up (or refused) by most volume provisioners.
+MIN_STORAGE = "1Gi"
+
+
 def _at_least(text: str, minimum: str) -> bool:
     return parse_quantity(text) >= parse_quantity(minimum)
 
@@ -169,8 +175,9 @@ class Resources(ApiModel):
     cpu: Quantity = Field("1", description="CPU for the pod, e.g. `500m` or `2`.")
     memory: Quantity = Field(
         "1Gi",
-        description="Memory limit for the pod, e.g. `1Gi`. The Claude CLI has no heap cap of "
-        "its own: this limit is the cap (one CLI process uses about 230 MB for a short turn).",
+        description="Memory limit for the pod, e.g. `1Gi`, at least 256Mi. The Claude CLI has "
+        "no heap cap of its own: this limit is the cap (one CLI process uses about 230 MB for "
+        "a short turn).",
     )
     disk: Quantity = Field(
         "5Gi",
@@ -179,10 +186,11 @@ class Resources(ApiModel):
     )
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         cel(
-            "quantity(self.memory).compareTo(quantity('128Mi')) >= 0",
-            "resources.memory must be at least 128Mi: the Claude CLI alone needs about 230Mi",
+            f"quantity(self.memory).compareTo(quantity('{MIN_MEMORY}')) >= 0",
+            f"resources.memory must be at least {MIN_MEMORY}: the Claude CLI alone uses about "
+            "230Mi, so a smaller limit would have the runner killed (OOMKilled) again and again",
             ".memory",
-            check=lambda s: _at_least(s.memory, "128Mi"),
+            check=lambda s: _at_least(s.memory, MIN_MEMORY),
         ),
         cel(
             "quantity(self.cpu).isGreaterThan(quantity('0'))",
@@ -315,7 +323,7 @@ class NetworkSpec(ApiModel):
 class StorageSpec(ApiModel):
     """The PersistentVolumeClaim that keeps a Hybrid session's workspace and transcript."""
 
-    size: Quantity = Field("5Gi", description="Requested size of the volume.")
+    size: Quantity = Field("5Gi", description="Requested size of the volume, at least 1Gi.")
     storage_class_name: str | None = Field(
         None,
         pattern=DNS_SUBDOMAIN_PATTERN,
@@ -324,10 +332,12 @@ class StorageSpec(ApiModel):
     )
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         cel(
-            "quantity(self.size).isGreaterThan(quantity('0'))",
-            "storage.size must be greater than 0, e.g. 5Gi",
+            f"quantity(self.size).compareTo(quantity('{MIN_STORAGE}')) >= 0",
+            f"storage.size must be at least {MIN_STORAGE}, e.g. 5Gi: the volume holds the "
+            "workspace, the CLI's state and the transcript, and most provisioners round a "
+            f"smaller claim up to {MIN_STORAGE} or refuse it",
             ".size",
-            check=lambda s: parse_quantity(s.size) > 0,
+            check=lambda s: _at_least(s.size, MIN_STORAGE),
         ),
     )
 
@@ -374,6 +384,13 @@ def _idle_timeout_ok(spec: Any) -> bool:
         return parse_duration(spec.idle_timeout) >= timedelta(seconds=1)
     except ValueError:  # beyond Go's longest duration: duration() fails on the server too
         return False
+
+
+class FinishedCleanup(StrEnum):
+    """What `ttlSecondsAfterFinished` deletes."""
+
+    SESSION = "Session"
+    CHILDREN = "Children"
 
 
 class AgentSessionSpec(ApiModel):
@@ -462,7 +479,16 @@ class AgentSessionSpec(ApiModel):
         None,
         ge=0,
         le=31_536_000,
-        description="Ephemeral only: delete the session this long after it finished.",
+        description="Ephemeral only: clean up this long after the run finished; what goes "
+        "is spec.cleanupAfterFinished.",
+    )
+    cleanup_after_finished: FinishedCleanup | None = Field(
+        None,
+        description="Ephemeral only, with ttlSecondsAfterFinished: what the TTL deletes. "
+        "`Session` (the default): the AgentSession, and its children with it. `Children`: "
+        "only its Service and NetworkPolicy (its pod is already gone); the session and its "
+        "status stay. Use `Children` under a GitOps tool, which would re-create a deleted "
+        "session and so run (and pay for) the prompt again.",
     )
     active_deadline_seconds: int | None = Field(
         None,
@@ -510,6 +536,17 @@ class AgentSessionSpec(ApiModel):
         _only_for(Pattern.HYBRID, "idle_timeout", "idleTimeout"),
         _only_for(Pattern.HYBRID, "storage", "storage"),
         _only_for(Pattern.EPHEMERAL, "ttl_seconds_after_finished", "ttlSecondsAfterFinished"),
+        _only_for(Pattern.EPHEMERAL, "cleanup_after_finished", "cleanupAfterFinished"),
+        cel(
+            "!has(self.cleanupAfterFinished) || has(self.ttlSecondsAfterFinished)",
+            "spec.cleanupAfterFinished needs spec.ttlSecondsAfterFinished: it says what the "
+            "TTL deletes",
+            ".cleanupAfterFinished",
+            reason="FieldValueRequired",
+            check=lambda s: (
+                s.cleanup_after_finished is None or s.ttl_seconds_after_finished is not None
+            ),
+        ),
         _only_for(Pattern.EPHEMERAL, "active_deadline_seconds", "activeDeadlineSeconds"),
         cel(
             "self.pattern == 'Ephemeral' || self.retries == 0",
@@ -545,10 +582,23 @@ class ConditionStatus(StrEnum):
     UNKNOWN = "Unknown"
 
 
+# metav1.Condition's own validation (KEP-1623).
+CONDITION_TYPE_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+
 class Condition(ApiModel):
     """metav1.Condition (KEP-1623)."""
 
-    type: str = Field(..., max_length=316, description="Condition type, e.g. Ready.")
+    type: str = Field(
+        ...,
+        pattern=CONDITION_TYPE_PATTERN,
+        max_length=316,
+        description="Condition type in CamelCase, e.g. Ready.",
+    )
     status: ConditionStatus = Field(..., description="True, False or Unknown.")
     observed_generation: int | None = Field(
         None, ge=0, description="spec generation the condition was computed from."
@@ -558,13 +608,21 @@ class Condition(ApiModel):
         description="When status last changed (RFC 3339).",
         json_schema_extra={"format": "date-time"},
     )
-    reason: str = Field(..., max_length=1024, description="CamelCase reason.")
+    reason: str = Field(
+        ...,
+        pattern=CONDITION_REASON_PATTERN,
+        min_length=1,
+        max_length=1024,
+        description="Why the condition is what it is, in CamelCase, e.g. CrashLooping.",
+    )
     message: str = Field("", max_length=32768, description="Human-readable details.")
 
 
 class Phase(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
+    # The pod exists but its runner keeps exiting (restarted again and again in place).
+    CRASH_LOOPING = "CrashLooping"
     IDLE = "Idle"
     SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
@@ -629,7 +687,8 @@ class AgentSessionStatus(ApiModel):
     phase: Phase | None = Field(None, description="Summary of where the session is.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, PodReady, Credentials, Idle, Complete, Failed.",
+        description="Ready, PodReady, CredentialsReady, SpecAccepted, ActivityReports, Idle, "
+        "Complete, Failed.",
         json_schema_extra=list_map("type"),
     )
     observed_generation: int | None = Field(

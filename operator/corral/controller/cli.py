@@ -15,6 +15,21 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("corral.operator")
+# The Helm chart's Service name for a release named `corral`.
+DEFAULT_SERVICE = "corral"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def own_namespace(
+    environ: dict[str, str], namespace_file: Path = SERVICE_ACCOUNT_NAMESPACE
+) -> str | None:
+    """The namespace the operator runs in when it runs in a pod (None: out of cluster):
+    POD_NAMESPACE (the chart sets it), else the mounted ServiceAccount's namespace."""
+    if environ.get("POD_NAMESPACE"):
+        return environ["POD_NAMESPACE"]
+    if environ.get("KUBERNETES_SERVICE_HOST") and namespace_file.is_file():
+        return namespace_file.read_text(encoding="utf-8").strip() or None
+    return None
 
 
 def register(subparsers: Any) -> None:
@@ -38,6 +53,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="address of that port")
     parser.add_argument(
         "--no-leader-election", action="store_true", help="act at once, without the Lease"
+    )
+    parser.add_argument(
+        "--service-name",
+        default=os.environ.get("CORRAL_SERVICE_NAME", DEFAULT_SERVICE),
+        help="in a cluster, the operator's Service: runners report activity to it unless the "
+        "config sets activityUrl (default: $CORRAL_SERVICE_NAME, else %(default)s, the "
+        "chart's Service of a release named corral)",
+    )
+    parser.add_argument(
+        "--service-port",
+        type=int,
+        help="port of that Service (default: --port)",
     )
     parser.add_argument("--lease-name", default="corral-operator")
     parser.add_argument(
@@ -99,6 +126,18 @@ async def _main(args: argparse.Namespace) -> int:
     from corral.kube.client import KubeClient, load_connection
 
     config = OperatorConfig.load(args.config)
+    namespace = own_namespace(dict(os.environ))
+    if namespace is not None:
+        port = args.service_port or args.port
+        config = config.in_cluster_activity(namespace, args.service_name, port)
+    log = logging.getLogger("corral.operator")
+    if config.activity_url:
+        log.info("runners report activity to %s", config.activity_url)
+    else:
+        log.warning(
+            "no activity URL (out of cluster, and the config sets no activityUrl): Hybrid "
+            "sessions are not scaled down when idle; see their ActivityReports condition"
+        )
     client = KubeClient(load_connection(args.kubeconfig), max_connections=max(64, args.workers))
     identity = args.identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     settings = RunSettings(

@@ -10,6 +10,10 @@ CREDENTIALS = "CredentialsReady"
 # False while a child's name is taken by an object that is not the session's, or its
 # volume is larger than the operator allows; absent otherwise.
 CHILDREN = "ChildrenReady"
+# False while the spec cannot be given to a pod (too large for its annotation).
+SPEC_ACCEPTED = "SpecAccepted"
+# Hybrid only, False while runners have nowhere to report activity (no activity URL).
+ACTIVITY_REPORTS = "ActivityReports"
 IDLE = "Idle"
 COMPLETE = "Complete"
 FAILED = "Failed"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from corral.api import runtime
@@ -22,6 +23,7 @@ from corral.api.v1alpha1 import (
     AgentSessionStatus,
     AgentStatus,
     CostStatus,
+    FinishedCleanup,
     Pattern,
     Phase,
     RunnerInfo,
@@ -31,11 +33,12 @@ from corral.controller import conditions as cond
 from corral.controller import credentials
 from corral.controller.credentials import Refusal, SecretCheck
 from corral.controller.drift import repair_patch
-from corral.controller.outcome import outcome_of
+from corral.controller.outcome import outcome_of, termination_detail
 from corral.controller.pods import CONFIG_FAILURES, IMAGE_PULL_FAILURES, PodView, spec_digest
 from corral.render import (
     Manifest,
     endpoint_url,
+    network_policy_name,
     pvc_name,
     render_network_policy,
     render_pod,
@@ -45,6 +48,7 @@ from corral.render import (
     service_name,
     spec_json,
 )
+from corral.render.pod import MAX_SPEC_ANNOTATION_BYTES
 from corral.render.pvc import storage_too_large
 
 # How often to look again at a session waiting for something outside our watches (a
@@ -62,6 +66,8 @@ BUSY_REPORT_STALE = timedelta(seconds=120)
 HEARTBEAT_GRACE = timedelta(seconds=45)
 # How often to look again at a child name taken by an object that is not the session's.
 NAME_TAKEN_RETRY_SECONDS = 30.0
+# A runner not ready after this many restarts of its container is crash-looping.
+CRASH_LOOP_RESTARTS = 3
 
 
 def timestamp(moment: datetime) -> str:
@@ -143,6 +149,7 @@ class Plan:
     delete_pods: list[PodDeletion] = field(default_factory=list)
     patch_pods: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     patch_children: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    delete_children: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
     status_patch: dict[str, Any] | None = None
     events: list[EventNote] = field(default_factory=list)
     requeue_after: float | None = None
@@ -167,6 +174,7 @@ class Plan:
             or self.delete_pods
             or self.patch_pods
             or self.patch_children
+            or self.delete_children
             or self.status_patch
             or self.events
             or self.delete_session
@@ -203,8 +211,14 @@ class _Decision:
         # Only pods this very session owns (not an older session of the same name).
         self.pods = [p for p in observed.pods if p.owner_uid in (None, own_uid)]
         self.live = sorted((p for p in self.pods if not p.deleting), key=lambda p: p.attempt)
+        self.spec_ok = True
 
     # --- helpers -------------------------------------------------------------------------
+
+    @cached_property
+    def spec_text(self) -> str:
+        """The spec as the pod annotation carries it (rendered once per decision)."""
+        return spec_json(self.session, self.config)
 
     def condition(self, type_: str, status: bool | None, reason: str, message: str) -> None:
         self.status.conditions = cond.set_condition(
@@ -291,8 +305,40 @@ class _Decision:
         if self.status.phase == Phase.PENDING:
             self.condition(cond.READY, False, "NoCredentials", no_key.message)
 
+    def spec_fits(self) -> bool:
+        """False (a condition, and one Warning Event per spec generation) while the spec is
+        too large for the pod annotation that carries it. Nothing is retried: a spec change
+        (a new generation) brings the session back."""
+        size = len(runtime.SPEC_ANNOTATION) + len(self.spec_text.encode())
+        if size <= MAX_SPEC_ANNOTATION_BYTES:
+            self.status.conditions = cond.remove_condition(
+                self.status.conditions, cond.SPEC_ACCEPTED
+            )
+            return True
+        message = (
+            f"the spec is {size} bytes as JSON; at most {MAX_SPEC_ANNOTATION_BYTES} fit in "
+            "the pod annotation that carries it: shorten spec.prompt, spec.systemPrompt or "
+            "the agents' prompts"
+        )
+        previous = cond.get_condition(self.old.conditions, cond.SPEC_ACCEPTED)
+        if (
+            previous is None
+            or previous.status != "False"
+            or previous.observed_generation != self.generation
+        ):
+            self.event("SpecTooLarge", message, warning=True)
+        self.condition(cond.SPEC_ACCEPTED, False, "SpecTooLarge", message)
+        return False
+
     def create_pod(self, reason: str) -> bool:
-        """Create the next pod if credentials allow; False when it has to wait."""
+        """Create the next pod if the spec and credentials allow; False when it cannot."""
+        if not self.spec_ok:
+            self.status.phase = Phase.PENDING
+            self.status.pod_name = None
+            refused = "the spec is too large for a pod (see the SpecAccepted condition)"
+            self.condition(cond.POD_READY, False, "SpecTooLarge", refused)
+            self.condition(cond.READY, False, "SpecTooLarge", refused)
+            return False
         if not self.credentials_ready():
             return False
         attempt = self.next_attempt()
@@ -368,6 +414,48 @@ class _Decision:
             self.plan.requeue(NAME_TAKEN_RETRY_SECONDS)
         return True
 
+    def ttl_due(self) -> bool | None:
+        """Whether a finished Ephemeral session's TTL has passed (None: it has none)."""
+        if self.old.phase not in (Phase.SUCCEEDED, Phase.FAILED):
+            return None
+        ttl = self.spec.ttl_seconds_after_finished
+        finished = parse_time(self.old.completion_time)
+        if ttl is None or finished is None:
+            return None
+        due = finished + timedelta(seconds=ttl)
+        if self.now < due:
+            self.plan.requeue((due - self.now).total_seconds())
+            return False
+        return True
+
+    def children_expired(self) -> bool:
+        """A finished session whose TTL deletes only its children, and is past it."""
+        return (
+            self.spec.pattern == Pattern.EPHEMERAL
+            and self.spec.cleanup_after_finished == FinishedCleanup.CHILDREN
+            and self.ttl_due() is True
+        )
+
+    def delete_children(self) -> None:
+        """The GitOps-safe end of a TTL: the session and its status stay (a GitOps tool
+        would re-create a deleted session, and the prompt would run again)."""
+        gone = []
+        if self.obs.has_service:
+            self.plan.delete_children.append(("Service", service_name(self.session)))
+            gone.append("Service")
+        if self.obs.has_network_policy:
+            name = network_policy_name(self.session)
+            self.plan.delete_children.append(("NetworkPolicy", name))
+            gone.append("NetworkPolicy")
+        self.status.service_name = None
+        self.status.endpoint = None
+        if gone:
+            self.event(
+                "ChildrenDeleted",
+                f"ttlSecondsAfterFinished passed: deleted the {' and '.join(gone)}; the "
+                "session is kept (cleanupAfterFinished: Children)",
+            )
+
     def drop_duplicates(self) -> PodView | None:
         """Keep the newest live pod; a second one (never expected) is deleted."""
         if not self.live:
@@ -393,7 +481,13 @@ class _Decision:
             self.condition(cond.READY, True, "Running", "the runner accepts messages")
             return
         self.status.phase = Phase.PENDING
-        if pod.unschedulable:
+        if pod.restart_count >= CRASH_LOOP_RESTARTS and pod.terminated is not None:
+            self.status.phase = Phase.CRASH_LOOPING
+            detail = termination_detail(pod.terminated, self.spec.resources.memory)
+            reason = "CrashLooping"
+            message = f"the runner restarted {pod.restart_count} times; last exit: {detail}"
+            warn = True
+        elif pod.unschedulable:
             reason, message, warn = "Unschedulable", pod.unschedulable, True
         elif pod.waiting_reason in IMAGE_PULL_FAILURES:
             reason = "ImagePullFailed"
@@ -475,13 +569,15 @@ class _Decision:
     def sync_live_spec(self, pod: PodView) -> bool:
         """Spec changes a running pod can take arrive through its annotation; others need a
         new pod. Returns False when the pod is being replaced."""
+        if not self.spec_ok:
+            return True  # a spec no pod can carry: the pod keeps the one it has
         if pod.restart_hash is not None and pod.restart_hash != restart_hash(self.spec):
             self.add_pod_seconds(pod.started_at)
             self.delete_pod(pod, "SpecChanged")
             self.event("SpecChanged", f"pod {pod.name} replaced to apply the new spec")
             self.create_pod("PodReplaced")
             return False
-        wanted = spec_json(self.session, self.config)
+        wanted = self.spec_text
         if pod.spec_digest is not None and pod.spec_digest != spec_digest(wanted):
             patch = {"metadata": {"annotations": {runtime.SPEC_ANNOTATION: wanted}}}
             self.plan.patch_pods.append((pod.name, patch))
@@ -493,14 +589,11 @@ class _Decision:
         if self.old.phase in (Phase.SUCCEEDED, Phase.FAILED):
             for leftover in self.live:
                 self.delete_pod(leftover, "Finished")
-            ttl = self.spec.ttl_seconds_after_finished
-            finished = parse_time(self.old.completion_time)
-            if ttl is not None and finished is not None:
-                due = finished + timedelta(seconds=ttl)
-                if self.now >= due:
-                    self.plan.delete_session = True
+            if self.ttl_due():
+                if self.spec.cleanup_after_finished == FinishedCleanup.CHILDREN:
+                    self.delete_children()
                 else:
-                    self.plan.requeue((due - self.now).total_seconds())
+                    self.plan.delete_session = True
             return
         pod = self.drop_duplicates()
         if pod is not None and pod.finished:
@@ -525,7 +618,7 @@ class _Decision:
         self.create_pod("PodCreated")
 
     def finish_ephemeral(self, pod: PodView) -> None:
-        outcome = outcome_of(pod)
+        outcome = outcome_of(pod, self.spec.resources.memory)
         self.add_pod_seconds(pod.started_at)
         if outcome.result is not None:
             self.status.result = outcome.result
@@ -642,7 +735,29 @@ class _Decision:
             return
         self.observe_running_pod(pod)
         self.apply_activity(coalesce=max(timeout / 10, timedelta(seconds=1)))
-        self.idle_check(pod, timeout)
+        if self.activity_reports():
+            self.idle_check(pod, timeout)
+
+    def activity_reports(self) -> bool:
+        """Whether runners can report activity. Without a URL they cannot, and a pod's age
+        says nothing about a conversation: the session is never scaled down for idleness,
+        and a condition says why (rather than sleeping in the middle of a conversation)."""
+        if self.config.activity_url:
+            self.status.conditions = cond.remove_condition(
+                self.status.conditions, cond.ACTIVITY_REPORTS
+            )
+            return True
+        message = (
+            "the operator has no activity URL, so runners cannot report activity: this Hybrid "
+            "session is not scaled down when idle, and turns and cost stay empty. Run the "
+            "operator in the cluster (it then reports to its own Service) or set activityUrl "
+            "in its config"
+        )
+        previous = cond.get_condition(self.old.conditions, cond.ACTIVITY_REPORTS)
+        if previous is None or previous.status != "False":
+            self.event("NoActivityUrl", message, warning=True)
+        self.condition(cond.ACTIVITY_REPORTS, False, "NoActivityUrl", message)
+        return False
 
     def last_activity(self, pod: PodView) -> datetime:
         candidates = [
@@ -741,7 +856,11 @@ class _Decision:
             "deletionTimestamp"
         ):
             return self.plan  # garbage collection removes the children
-        self.ensure_children()
+        finished = self.old.phase in (Phase.SUCCEEDED, Phase.FAILED)
+        if not finished:
+            self.spec_ok = self.spec_fits()
+        if not self.children_expired():
+            self.ensure_children()
         pattern = self.spec.pattern
         finished = self.old.phase in (Phase.SUCCEEDED, Phase.FAILED)
         if not (self.spec.suspend or finished) and self.children_blocked():

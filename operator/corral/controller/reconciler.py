@@ -38,6 +38,8 @@ from corral.kube.client import METADATA_ONLY, ApiError, KubeClient
 from corral.render import network_policy_name, pvc_name, service_name
 
 log = logging.getLogger("corral.reconciler")
+# Who posts the operator's Events (source.component and reportingComponent alike).
+EVENT_COMPONENT = "corral.dev/operator"
 # How long a new session's first "Pending" status may wait for its pod to start.
 STATUS_DEFER_SECONDS = 2.0
 
@@ -145,6 +147,9 @@ class Reconciler:
             await self._attempt(self._patch_child(key, session, "Pod", name, patch), failures)
         for kind, name, patch in plan.patch_children:
             await self._attempt(self._patch_child(key, session, kind, name, patch), failures)
+        for kind, name in plan.delete_children:
+            if await self._attempt(self.client.delete(kind, key[0], name), failures):
+                self.store.put_named_child(key, kind, name, deleted=True)
         if status_ok:
             for deletion in plan.delete_pods:
                 uid = deletion.uid or None
@@ -338,8 +343,9 @@ class Reconciler:
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,
-            "source": {"component": "corral-operator"},
-            "reportingComponent": "corral.dev/operator",
+            # One name for both: `kubectl get events` shows the one, events.k8s.io the other.
+            "source": {"component": EVENT_COMPONENT},
+            "reportingComponent": EVENT_COMPONENT,
         }
         try:
             await self.client.create(event)

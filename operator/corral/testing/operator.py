@@ -45,10 +45,16 @@ PLACEHOLDER_KEY = {runtime.ENV_API_KEY: "sk-ant-placeholder-kwok"}
 
 
 def kwok_operator_config(namespace: str, **overrides: object) -> OperatorConfig:
-    """Operator settings for sessions on KWOK's fake nodes."""
+    """Operator settings for sessions on KWOK's fake nodes.
+
+    KWOK's pods run no runner, so nothing ever reports activity; the URL (where runners in
+    the cluster would reach an operator Service) makes the operator treat Hybrid sessions as
+    reporting ones, which then go idle after their timeout as if every runner were quiet.
+    """
     body: dict[str, object] = {
         "namespace": namespace,
         "tolerations": [KWOK_TOLERATION],
+        "activityUrl": f"http://corral.{namespace}.svc:8081/v1/activity",
         "runnerEnv": dict(PLACEHOLDER_KEY),
     }
     body.update(overrides)
