@@ -106,7 +106,10 @@ def add_other_children(controller: Controller, session: AgentSession) -> None:
 @pytest.fixture
 def config() -> OperatorConfig:
     """Runners get a key from the operator's environment: sessions without one never start."""
-    return OperatorConfig(runner_env={runtime.ENV_API_KEY: "sk-ant-test"})
+    return OperatorConfig(
+        runner_env={runtime.ENV_API_KEY: "sk-ant-test"},
+        activity_url="http://corral.corral-system.svc:8081/v1/activity",
+    )
 
 
 def pods_to_create(controller: Controller, config: OperatorConfig) -> list[str]:

@@ -45,8 +45,18 @@ def test_an_existing_secret_replaces_the_charts(tmp_path: Path) -> None:
     assert _config(manifests).activity_key_file == f"{path}/key"
 
 
-def test_no_activity_reporting_no_key(tmp_path: Path) -> None:
+def test_the_gateway_alone_still_needs_the_key(tmp_path: Path) -> None:
     manifests = render(tmp_path, None, "activityReporting.enabled=false")
+    [secret] = [m for m in manifests if m["kind"] == "Secret"]
+    config = _config(manifests)
+    assert config.activity_url is None and config.activity_key_file is not None
+    gateway = one(manifests, "Deployment", gateway=True)["spec"]["template"]["spec"]
+    mounted = {v["name"]: v for v in gateway["volumes"]}["session-key"]
+    assert mounted["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+def test_no_activity_reporting_no_key(tmp_path: Path) -> None:
+    manifests = render(tmp_path, None, "activityReporting.enabled=false", "gateway.enabled=false")
     assert [m for m in manifests if m["kind"] == "Secret"] == []
     pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
     assert "activity-key" not in [v["name"] for v in pod["volumes"]]

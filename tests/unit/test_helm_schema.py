@@ -67,10 +67,20 @@ def render(tmp_path: Path, values: dict[str, Any] | None = None, *sets: str) -> 
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manifest:
+def is_gateway(manifest: Manifest) -> bool:
+    """The gateway's objects (and the session roles it ships), apart from the operator's."""
+    labels = manifest["metadata"].get("labels") or {}
+    return labels.get("app.kubernetes.io/component") == "gateway"
+
+
+def one(
+    manifests: list[Manifest], kind: str, name: str | None = None, gateway: bool = False
+) -> Manifest:
     found = [
         m for m in manifests
-        if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)
+        if m["kind"] == kind
+        and (name is None or m["metadata"]["name"] == name)
+        and (name is not None or is_gateway(m) == gateway)
     ]
     assert len(found) == 1, f"{kind} {name or ''}: {len(found)} rendered"
     return found[0]
@@ -314,7 +324,9 @@ def test_activity_reporting_can_be_turned_off(tmp_path: Path) -> None:
 
 def test_default_config_equals_the_operators_defaults(tmp_path: Path) -> None:
     """values.yaml repeats a few defaults for discoverability; they must not drift."""
-    manifests = render(tmp_path, None, "activityReporting.enabled=false")
+    manifests = render(
+        tmp_path, None, "activityReporting.enabled=false", "gateway.enabled=false"
+    )
     rendered = OperatorConfig.model_validate(
         yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
     )
@@ -436,7 +448,7 @@ CRD_READ = ("apiextensions.k8s.io", "customresourcedefinitions", "", ("list", "w
 def test_cluster_wide_rbac(tmp_path: Path) -> None:
     manifests = render(tmp_path)
     assert _rules(one(manifests, "ClusterRole")) == SESSION_RULES | {CRD_READ}
-    [lease_role] = [m for m in manifests if m["kind"] == "Role"]
+    [lease_role] = [m for m in manifests if m["kind"] == "Role" and not is_gateway(m)]
     assert _rules(lease_role) == {
         ("coordination.k8s.io", "leases", f"{RELEASE}", ("get", "patch")),
         # The leader labels its own pod for the Service's selector: a patch, never a read.
@@ -453,10 +465,18 @@ def test_namespaced_rbac(tmp_path: Path) -> None:
     assert _rules(one(manifests, "ClusterRole")) == {
         CRD_READ, ("", "namespaces", "", ("list", "watch")),
     }
-    roles = {m["metadata"]["namespace"]: m for m in manifests if m["kind"] == "Role"}
+    roles = {
+        m["metadata"]["namespace"]: m
+        for m in manifests
+        if m["kind"] == "Role" and not is_gateway(m)
+    }
     assert set(roles) == {"team-a", "team-b", NAMESPACE}
     assert _rules(roles["team-a"]) == _rules(roles["team-b"]) == SESSION_RULES
-    bindings = {m["metadata"]["namespace"] for m in manifests if m["kind"] == "RoleBinding"}
+    bindings = {
+        m["metadata"]["namespace"]
+        for m in manifests
+        if m["kind"] == "RoleBinding" and not is_gateway(m)
+    }
     assert bindings == {"team-a", "team-b", NAMESPACE}
     policy = one(manifests, "NetworkPolicy")
     sources = policy["spec"]["ingress"][0]["from"]
@@ -740,3 +760,102 @@ def test_kind_config_matches_the_install_doc() -> None:
     for mapping in control_plane["extraPortMappings"]:
         assert f"nodePort={mapping['containerPort']}" in doc
         assert f"localhost:{mapping['hostPort']}" in doc
+
+
+# --- the session gateway -----------------------------------------------------------------
+
+
+def test_gateway_runs_hardened_from_the_operator_image(tmp_path: Path) -> None:
+    from corral.cli import build_parser
+
+    manifests = render(tmp_path)
+    deployment = one(manifests, "Deployment", gateway=True)
+    operator = one(manifests, "Deployment")
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == operator["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert "command" not in container  # the image's entrypoint (tini) stays PID 1
+    args = build_parser(["gateway"]).parse_args(container["args"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert str(args.key_file).startswith(mounts["session-key"] + "/")
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    hardened = container["securityContext"]
+    assert hardened["readOnlyRootFilesystem"] is True
+    assert hardened["allowPrivilegeEscalation"] is False
+    assert hardened["capabilities"] == {"drop": ["ALL"]}
+    assert one(manifests, "PodDisruptionBudget", gateway=True)["spec"]["maxUnavailable"] == 1
+    service = one(manifests, "Service", gateway=True)
+    labels = pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    # The operator admits exactly these pods into every session's runner.
+    config = OperatorConfig.model_validate(
+        yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
+    )
+    assert config.gateway is not None and config.gateway.namespace == NAMESPACE
+    assert all(labels.get(k) == v for k, v in config.gateway.pod_labels.items())
+
+
+def test_gateway_rbac_is_the_least_it_needs(tmp_path: Path) -> None:
+    manifests = render(tmp_path)
+    role = one(manifests, "ClusterRole", f"{NAMESPACE}-{RELEASE}-gateway")
+    assert _rules(role) == {
+        ("authentication.k8s.io", "tokenreviews", "", ("create",)),
+        ("authorization.k8s.io", "subjectaccessreviews", "", ("create",)),
+        ("corral.dev", "agentsessions", "", ("list", "patch", "watch")),
+        ("", "pods", "", ("list", "watch")),
+        ("", "events", "", ("create",)),
+    }
+    proxy = one(manifests, "Role", f"{RELEASE}-gateway-proxy")
+    [rule] = proxy["rules"]
+    assert rule["resources"] == ["services/proxy"]
+    assert set(rule["resourceNames"]) == {f"{RELEASE}-gateway", f"{RELEASE}-gateway:http"}
+    binding = one(manifests, "RoleBinding", f"{RELEASE}-gateway-proxy")
+    assert binding["subjects"][0]["name"] == "system:authenticated"
+    user = one(manifests, "ClusterRole", "corral-session-user")
+    viewer = one(manifests, "ClusterRole", "corral-session-viewer")
+    assert ("corral.dev", "agentsessions/connect", "", ("create", "get")) in _rules(user)
+    assert ("corral.dev", "agentsessions/connect", "", ("get",)) in _rules(viewer)
+    namespaced = render(tmp_path, {"watchNamespaces": ["team-a"]})
+    cluster = one(namespaced, "ClusterRole", f"{NAMESPACE}-{RELEASE}-gateway")
+    assert {r[1] for r in _rules(cluster)} == {"tokenreviews", "subjectaccessreviews"}
+    team = one(namespaced, "Role", f"{RELEASE}-gateway")
+    assert team["metadata"]["namespace"] == "team-a"
+
+
+def test_gateway_network_policy_and_external_routes(tmp_path: Path) -> None:
+    manifests = render(tmp_path)
+    policy = one(manifests, "NetworkPolicy", gateway=True)
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    runner_rule = policy["spec"]["egress"][-1]
+    assert runner_rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
+        "runner"
+    )
+    assert not [m for m in manifests if m["kind"] in ("Ingress", "HTTPRoute")]
+    exposed = render(
+        tmp_path,
+        {
+            "gateway": {
+                "ingress": {"enabled": True, "host": "agents.example.com"},
+                "httpRoute": {"enabled": True, "parentRefs": [{"name": "public"}]},
+            }
+        },
+    )
+    ingress = one(exposed, "Ingress", gateway=True)
+    assert ingress["spec"]["rules"][0]["host"] == "agents.example.com"
+    route = one(exposed, "HTTPRoute", gateway=True)
+    assert route["spec"]["rules"][0]["matches"][0]["path"]["value"] == "/sessions/"
+    missing = run_helm(
+        "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+        "--set", "gateway.ingress.enabled=true", tmp=tmp_path,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "gateway.ingress.host is required" in missing.stderr
+
+
+def test_gateway_off_leaves_runner_ingress_as_before(tmp_path: Path) -> None:
+    manifests = render(tmp_path, None, "gateway.enabled=false")
+    assert not [m for m in manifests if is_gateway(m)]
+    config = OperatorConfig.model_validate(
+        yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
+    )
+    assert config.gateway is None

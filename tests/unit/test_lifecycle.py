@@ -1202,7 +1202,7 @@ def test_ttl_by_default_deletes_the_session(cleanup: str | None) -> None:
 
 def test_hybrid_without_an_activity_url_is_never_put_to_sleep_and_says_why() -> None:
     """Before the fix it slept 'idle' mid-conversation: nothing could report activity."""
-    world = hybrid_world(config=OperatorConfig())
+    world = hybrid_world(config=OperatorConfig(runner_env={runtime.ENV_API_KEY: "sk-ant-test"}))
     plan_events = list(world.events)
     assert "NoActivityUrl" in plan_events
     world.advance(3600)

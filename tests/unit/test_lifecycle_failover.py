@@ -18,7 +18,10 @@ from corral.runner.activity import HEARTBEAT_SECONDS
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 LONG_AGO = NOW - timedelta(hours=1)
-REPORTING = OperatorConfig(activityUrl="http://corral-operator.corral-system.svc:8081")
+REPORTING = OperatorConfig(
+    activityUrl="http://corral-operator.corral-system.svc:8081",
+    runnerEnv={"ANTHROPIC_API_KEY": "sk-ant-test"},
+)
 
 
 def idle_hybrid() -> tuple[AgentSession, Observed]:
@@ -86,9 +89,11 @@ def test_a_report_heard_since_leading_ends_the_grace() -> None:
     assert not decide_with(leading_since=since, activity=old).scaled_down
 
 
-def test_without_activity_reports_there_is_nothing_to_wait_for() -> None:
-    plan = decide_with(leading_since=NOW - timedelta(seconds=1), config=OperatorConfig())
-    assert plan.scaled_down
+def test_without_activity_reports_no_leader_ever_scales_down() -> None:
+    # Nothing to wait for, and nothing to decide on: without an activity URL a Hybrid
+    # session is never put to sleep (and says so in its ActivityReports condition).
+    config = OperatorConfig(runnerEnv={"ANTHROPIC_API_KEY": "sk-ant-test"})
+    assert not decide_with(leading_since=NOW - timedelta(hours=2), config=config).scaled_down
 
 
 def test_the_grace_is_longer_than_the_runner_heartbeat() -> None:

@@ -7,13 +7,14 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.api import runtime
 from corral.api.v1alpha1 import AgentSession
 from corral.config import OperatorConfig
 from corral.controller.drift import live_spec, merge_patch
 from corral.controller.lifecycle import Observed, decide
 from corral.render import render_network_policy, render_service
 
-CONFIG = OperatorConfig()
+CONFIG = OperatorConfig(runner_env={runtime.ENV_API_KEY: "sk-ant-test"})
 
 
 def session(egress: list[dict[str, object]]) -> AgentSession:
@@ -167,7 +168,7 @@ def test_a_taken_name_means_no_pod_a_condition_and_one_warning() -> None:
 
 
 def test_a_volume_over_the_maximum_is_refused() -> None:
-    config = OperatorConfig(max_storage="10Gi")
+    config = OperatorConfig(max_storage="10Gi", runner_env={runtime.ENV_API_KEY: "sk-ant-test"})
     plan = decide(fresh(hybrid("20Gi")), config)
     assert {m["kind"] for m in plan.create} == {"Service", "NetworkPolicy"}  # no PVC, no pod
     found = conditions(plan)["ChildrenReady"]

@@ -11,6 +11,7 @@ import asyncio
 import copy
 from typing import Any
 
+from corral.api import runtime
 from corral.config import OperatorConfig
 from corral.controller.ownership import name_taken_message, owned_by
 from corral.controller.reconciler import Reconciler
@@ -31,6 +32,9 @@ SESSION = {
     "spec": {"pattern": "LongRunning"},
 }
 FOREIGN = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "ns"}}
+
+# Runners get a key from the operator (sessions without one never start).
+KEYED = OperatorConfig(runner_env={runtime.ENV_API_KEY: "sk-ant-test"})
 
 
 class FakeApi:
@@ -80,7 +84,7 @@ def test_a_foreign_service_means_no_pod_until_it_is_gone() -> None:
     api.objects[("Service", "web")] = FOREIGN
     store = Store()
     store.put_session(copy.deepcopy(SESSION))
-    reconciler = Reconciler(api, store, OperatorConfig())  # type: ignore[arg-type]
+    reconciler = Reconciler(api, store, KEYED)  # type: ignore[arg-type]
 
     first = reconcile(reconciler)
     assert "Pod" not in api.kinds()  # the policy was made first, the pod not at all
@@ -112,13 +116,13 @@ def test_our_own_object_after_409_is_simply_ours() -> None:
     api = FakeApi()
     store = Store()
     store.put_session(copy.deepcopy(SESSION))
-    reconciler = Reconciler(api, store, OperatorConfig())  # type: ignore[arg-type]
+    reconciler = Reconciler(api, store, KEYED)  # type: ignore[arg-type]
     reconcile(reconciler)
     made = api.kinds()
     assert "Pod" in made
     # The operator restarts and has not seen its children on a watch yet: every create
     # meets 409, each object is ours, and nothing is reported.
-    fresh = Reconciler(api, Store(), OperatorConfig())  # type: ignore[arg-type]
+    fresh = Reconciler(api, Store(), KEYED)  # type: ignore[arg-type]
     fresh.store.put_session(copy.deepcopy(api.session))
     asyncio.run(fresh.reconcile(("ns", "web")))
     assert ("ns", "web") not in fresh.name_conflicts

@@ -100,7 +100,7 @@ async def test_a_refused_network_policy_patch_blocks_no_other_step() -> None:
         pods=[running_pod(session)],
         has_service=True,
         has_network_policy=True,
-        network_policy_hash="stale-hash",
+        live_specs={"NetworkPolicy": '{"stale": true}'},
         has_pvc=False,
         now=NOW,
     )

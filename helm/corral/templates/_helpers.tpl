@@ -119,9 +119,6 @@ may scrape runners (metricsScraper), unless config sets those itself.
 {{- if not $config.activityUrl }}
 {{- $_ := set $config "activityUrl" (include "corral.activityURL" .) }}
 {{- end }}
-{{- if not $config.activityKeyFile }}
-{{- $_ := set $config "activityKeyFile" (printf "%s/key" (include "corral.activityKeyDir" .)) }}
-{{- end }}
 {{- if not $config.activityPeer }}
 {{- $ports := list (dict "port" (int .Values.operator.port) "protocol" "TCP") }}
 {{- $peer := dict "namespace" .Release.Namespace "podLabels" (include "corral.selectorLabels" . | fromYaml) "ports" $ports }}
@@ -130,6 +127,12 @@ may scrape runners (metricsScraper), unless config sets those itself.
 {{- else }}
 {{- $_ := unset $config "activityUrl" }}
 {{- $_ := unset $config "activityPeer" }}
+{{- end }}
+{{- if include "corral.sessionKey" . }}
+{{- if not $config.activityKeyFile }}
+{{- $_ := set $config "activityKeyFile" (printf "%s/key" (include "corral.activityKeyDir" .)) }}
+{{- end }}
+{{- else }}
 {{- $_ := unset $config "activityKeyFile" }}
 {{- end }}
 {{- if and .Values.gateway.enabled (not $config.gateway) }}
@@ -194,6 +197,13 @@ one the operator really calls; see docs/install.md ("What the operator may do").
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- end }}
+
+{{/*
+Non-empty when the release needs the session key (activity tokens, gateway credentials).
+*/}}
+{{- define "corral.sessionKey" -}}
+{{- if or .Values.activityReporting.enabled .Values.gateway.enabled }}true{{- end }}
 {{- end }}
 
 {{/*
