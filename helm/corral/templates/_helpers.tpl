@@ -100,6 +100,9 @@ reach the operator's pods (activityPeer), unless config sets those itself.
 {{- define "corral.operatorConfig" -}}
 {{- $config := deepCopy .Values.config }}
 {{- $_ := set $config "namespace" .Release.Namespace }}
+{{- if not $config.defaultImage }}
+{{- $_ := set $config "defaultImage" (printf "%s:%s" .Values.runnerImage.repository (.Values.runnerImage.tag | default .Chart.AppVersion)) }}
+{{- end }}
 {{- if .Values.activityReporting.enabled }}
 {{- if not $config.activityUrl }}
 {{- $_ := set $config "activityUrl" (include "corral.activityURL" .) }}

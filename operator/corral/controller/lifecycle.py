@@ -380,7 +380,9 @@ class _Decision:
     def sync_live_spec(self, pod: PodView) -> bool:
         """Spec changes a running pod can take arrive through its annotation; others need a
         new pod. Returns False when the pod is being replaced."""
-        if pod.restart_hash is not None and pod.restart_hash != restart_hash(self.spec):
+        if pod.restart_hash is not None and pod.restart_hash != restart_hash(
+            self.spec, self.config.default_image
+        ):
             self.add_pod_seconds(pod.started_at)
             self.delete_pod(pod, "SpecChanged")
             self.event("SpecChanged", f"pod {pod.name} replaced to apply the new spec")
