@@ -444,7 +444,7 @@ SESSION_ROWS: set[Row] = {
     ("pods", "[]", "[]", "[create delete list patch watch]"),
     ("services", "[]", "[]", "[create list watch]"),
     ("persistentvolumeclaims", "[]", "[]", "[create list watch]"),
-    ("networkpolicies.networking.k8s.io", "[]", "[]", "[create list watch]"),
+    ("networkpolicies.networking.k8s.io", "[]", "[]", "[create list patch watch]"),
     ("secrets", "[]", "[]", "[get]"),
     ("events", "[]", "[]", "[create]"),
 }

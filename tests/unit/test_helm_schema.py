@@ -418,7 +418,7 @@ SESSION_RULES = {
     ("", "pods", "", ("create", "delete", "list", "patch", "watch")),
     ("", "services", "", ("create", "list", "watch")),
     ("", "persistentvolumeclaims", "", ("create", "list", "watch")),
-    ("networking.k8s.io", "networkpolicies", "", ("create", "list", "watch")),
+    ("networking.k8s.io", "networkpolicies", "", ("create", "list", "patch", "watch")),
     ("", "secrets", "", ("get",)),
     ("", "events", "", ("create",)),
 }

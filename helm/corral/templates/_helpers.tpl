@@ -146,9 +146,10 @@ one the operator really calls; see docs/install.md ("What the operator may do").
 - apiGroups: [""]
   resources: ["services", "persistentvolumeclaims"]
   verbs: ["list", "watch", "create"]
+# NetworkPolicies are also patched when the operator's egress settings change.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "watch", "create"]
+  verbs: ["list", "watch", "create", "patch"]
 # Only to tell whether the session's API-key Secret exists (CredentialsReady condition).
 - apiGroups: [""]
   resources: ["secrets"]
