@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from e2e_support import (
     CHART,
     GROUP,
@@ -35,7 +36,7 @@ from kubernetes.client.rest import ApiException
 
 from corral.api import runtime
 from corral.cluster import images, node
-from corral.cluster.layout import REAL_NODE_NAME
+from corral.cluster.layout import REAL_NODE_NAME, Layout
 from corral.testing.kube import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -255,3 +256,60 @@ def test_helm_uninstall_leaves_what_the_install_doc_says(
         core.read_namespace(operator.namespace)
     except ApiException as error:  # pragma: no cover - the namespace is the fixture's
         raise AssertionError(f"the release namespace went too: {error}") from None
+
+
+def _grants(operator: Release) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource[/subresource], verb) the chart grants the operator, from the
+    chart rendered with the installed values."""
+    rendered = operator.helm(
+        "template", operator.name, str(CHART), "-n", operator.namespace,
+        "-f", str(operator.values_file(operator.values, "rendered")),
+    ).stdout
+    grants = set()
+    for doc in yaml.safe_load_all(rendered):
+        if not doc or doc.get("kind") not in ("ClusterRole", "Role"):
+            continue
+        for rule in doc.get("rules") or []:
+            for group in rule.get("apiGroups", []):
+                for resource in rule.get("resources", []):
+                    for verb in rule["verbs"]:
+                        grants.add((group, resource, verb))
+    return grants
+
+
+def test_the_operator_used_its_grants_and_was_never_refused(
+    operator: Release, real_node_cluster: Layout
+) -> None:
+    """From the API server's audit log (every request of ServiceAccounts outside
+    kube-system, metadata only): what the operator's pods asked for during this run."""
+    log = real_node_cluster.audit_log
+    if not log.exists():
+        pytest.skip(f"no audit log at {log}: the cluster was started without one")
+    user = f"system:serviceaccount:{operator.namespace}:{operator.name}"
+    used: dict[tuple[str, str, str], int] = {}
+    refused = []
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("user", {}).get("username") != user or "objectRef" not in event:
+            continue
+        ref = event["objectRef"]
+        resource = ref.get("resource", "")
+        if ref.get("subresource"):
+            resource += "/" + ref["subresource"]
+        key = (ref.get("apiGroup", ""), resource, event["verb"])
+        used[key] = used.get(key, 0) + 1
+        if event.get("responseStatus", {}).get("code") == 403:
+            refused.append(key)
+    grants = _grants(operator)
+    report = {
+        "used": {"/".join(k): n for k, n in sorted(used.items())},
+        "granted but not used": sorted("/".join(k) for k in grants - set(used)),
+        "refused": sorted({"/".join(k) for k in refused}),
+    }
+    (real_node_cluster.root / "logs" / "operator-rbac-usage.json").write_text(
+        json.dumps(report, indent=1)
+    )
+    print(json.dumps(report, indent=1))
+    assert used, f"no request of {user} in {log}"
+    assert not refused, report
+    assert set(used) <= grants, report
