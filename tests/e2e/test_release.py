@@ -205,10 +205,11 @@ def test_killing_the_leader_pod_hands_over_within_the_lease_time(
     handover = acquired - killed_at
     print(f"handover after {handover:.1f}s (leaseDurationSeconds {duration})")
     assert new != old
-    # The standby takes over once the Lease expires: within one lease duration of the
-    # kill, plus the standby's retry period and the API server's clock granularity.
+    # The standby takes over once the Lease expires: one lease duration after the last
+    # renewal it saw, which it sees up to one retry period late and checks every retry
+    # period; a few seconds more for a loaded machine's API calls.
     renew = operator.values.get("leaderElection", {}).get("renewSeconds", 2)
-    assert handover <= duration + renew + 2, handover
+    assert handover <= duration + 2 * renew + 5, handover
     # The new leader acts: a new session gets its pod.
     Sessions(custom, namespace).create("after-failover", spec("LongRunning"))
     ready_pod(core, namespace, "after-failover")

@@ -165,3 +165,28 @@ def test_release_workflow_publishes_the_chart_defaults() -> None:
     assert sorted(images) == [env["OPERATOR_IMAGE"], env["RUNNER_IMAGE"]]
     for image in images:
         assert (IMAGES / image / "Dockerfile").is_file()
+
+
+def _rendered_default_image(*sets: str) -> str:
+    import subprocess
+
+    from corral.cluster.build import binary_path, ensure_built
+
+    ensure_built(["helm"])
+    argv = [str(binary_path("helm")), "template", "corral", str(CHART), "-n", "corral-system"]
+    for item in sets:
+        argv += ["--set", item]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    for doc in yaml.safe_load_all(out):
+        if doc and doc["kind"] == "ConfigMap" and "config.yaml" in (doc.get("data") or {}):
+            return str(yaml.safe_load(doc["data"]["config.yaml"])["defaultImage"])
+    raise AssertionError("no operator ConfigMap rendered")
+
+
+def test_the_runner_image_follows_runner_image_values_unless_config_sets_it() -> None:
+    assert _rendered_default_image() == runtime.DEFAULT_RUNNER_IMAGE
+    assert _rendered_default_image("runnerImage.tag=1.2.3") == "corral.dev/runner:1.2.3"
+    assert (
+        _rendered_default_image("runnerImage.tag=1.2.3", "config.defaultImage=mine:4")
+        == "mine:4"
+    )
