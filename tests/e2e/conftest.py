@@ -137,10 +137,10 @@ def operator(
         workdir=tmp_path_factory.mktemp("helm"),
         api_client=api_client,
     )
-    release.install(release_values(real_node_cluster))
     try:
+        release.install(release_values(real_node_cluster))
         release.wait_leader()
-    except TimeoutError:
+    except (AssertionError, TimeoutError):
         print(release.diagnose(), file=sys.stderr)
         raise
     yield release
