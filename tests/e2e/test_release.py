@@ -79,9 +79,9 @@ def test_the_operator_runs_as_two_pods_of_the_operator_image(operator: Release) 
         assert container.command is None and container.args[0] == "operator"
         assert container.security_context.read_only_root_filesystem is True
         # The image's entrypoint: tini as PID 1, `corral operator` its child.
-        assert pid1(operator, pod.metadata.name) == [
-            *runtime.IMAGE_ENTRYPOINT, "corral", *container.args,
-        ]
+        argv = pid1(operator, pod.metadata.name)
+        assert argv[:4] == [*runtime.IMAGE_ENTRYPOINT, "corral", "operator"], argv
+        assert f"--identity={pod.metadata.name}" in argv, argv
 
 
 def test_a_values_file_with_a_wrong_type_or_unknown_key_fails_helm_install(
