@@ -82,10 +82,11 @@ def test_sigterm_reaches_the_runner_through_tini(
     pod = session_pod.metadata.name
     # What the kubelet does on deletion: SIGTERM to PID 1 (here sent from inside the
     # container, so that the container's end can be read back from the pod's status).
-    done = kubectl(
+    # (The exec'd process may be ended with the container before kubectl hears it exit,
+    # so its exit code says nothing; the container's restart below does.)
+    kubectl(
         kubeconfig, "-n", namespace, "exec", pod, "--", "python3", "-c", "import os; os.kill(1, 15)"
     )
-    assert done.returncode == 0, done.stderr
 
     def restarted() -> Any:
         found = core.read_namespaced_pod(pod, namespace)
