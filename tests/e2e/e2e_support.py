@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,7 @@ class Release:
     workdir: Path
     api_client: client.ApiClient
     values: dict[str, Any] = field(default_factory=dict)
+    uninstalled_at: datetime | None = None
 
     @property
     def selector(self) -> str:
@@ -299,6 +301,10 @@ class Release:
             "upgrade", self.name, str(CHART), "-n", self.namespace,
             "-f", str(self.values_file(values, "upgrade")), "--wait", "--timeout", "5m",
         )
+
+    def uninstall(self) -> None:
+        self.uninstalled_at = datetime.now(UTC)
+        self.helm("uninstall", self.name, "-n", self.namespace, "--wait")
 
     def installed(self) -> bool:
         return self.helm("status", self.name, "-n", self.namespace, check=False).returncode == 0

@@ -11,6 +11,7 @@ import copy
 import json
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +226,7 @@ def test_helm_uninstall_leaves_what_the_install_doc_says(
     sessions = Sessions(custom, namespace)
     sessions.create("survivor", spec("LongRunning"))
     pod = ready_pod(core, namespace, "survivor")
-    operator.helm("uninstall", operator.name, "-n", operator.namespace, "--wait")
+    operator.uninstall()
     instance = f"app.kubernetes.io/instance={operator.name}"
 
     def chart_objects() -> str:
@@ -282,7 +283,9 @@ def test_the_operator_used_its_grants_and_was_never_refused(
     operator: Release, real_node_cluster: Layout
 ) -> None:
     """From the API server's audit log (every request of ServiceAccounts outside
-    kube-system, metadata only): what the operator's pods asked for during this run."""
+    kube-system, metadata only): what the operator's pods asked for during this run, and
+    whether RBAC refused any of it before the uninstall (`helm uninstall` deletes the
+    Roles while the operator's pods are still in their grace period)."""
     log = real_node_cluster.audit_log
     if not log.exists():
         pytest.skip(f"no audit log at {log}: the cluster was started without one")
@@ -299,7 +302,10 @@ def test_the_operator_used_its_grants_and_was_never_refused(
             resource += "/" + ref["subresource"]
         key = (ref.get("apiGroup", ""), resource, event["verb"])
         used[key] = used.get(key, 0) + 1
-        if event.get("responseStatus", {}).get("code") == 403:
+        decision = (event.get("annotations") or {}).get("authorization.k8s.io/decision")
+        received = datetime.fromisoformat(event["requestReceivedTimestamp"])
+        before_uninstall = operator.uninstalled_at is None or received < operator.uninstalled_at
+        if decision == "forbid" and before_uninstall:
             refused.append(key)
     grants = _grants(operator)
     report = {
