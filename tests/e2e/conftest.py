@@ -1,4 +1,5 @@
-"""Fixtures of the e2e suite: a cluster with a real node, the operator, a fake Anthropic API.
+"""Fixtures of the e2e suite: a cluster with a real node, Corral installed with Helm, a fake
+Anthropic API.
 
 The cluster lives in its own state directory ($CORRAL_E2E_STATE_DIR, default
 `<state dir>/../e2e`), never the one integration tests share; the fixtures start it (and
@@ -6,6 +7,8 @@ stop it at the end unless CORRAL_KEEP_CLUSTER is set), or reuse one that is up.
 The fake Anthropic API and the decoys run inside this test process, bound in the node's
 "outside" network namespace (corral.testing.outside): pods reach them only through
 their NetworkPolicy, and every packet stays inside namespaces this suite made.
+Corral is installed as a user installs it (`helm install` of helm/corral, the operator as
+pods with in-cluster configuration and only the chart's RBAC); see `operator` below.
 
 Without what a real node needs (root, cgroup v1, the Debian packages of
 hack/node-deps.sh) the suite is skipped, with the reason; with CORRAL_E2E=1 (as
@@ -18,17 +21,16 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from e2e_support import Release
+from kubernetes import client
 
-from corral.api import runtime
 from corral.cluster import control_plane, node, pki
-from corral.cluster.layout import Layout
+from corral.cluster.layout import REAL_NODE_IP, Layout
 from corral.cluster.paths import state_dir
-from corral.config import OperatorConfig
-from corral.testing.chart_rbac import chart_identity
 from corral.testing.fake_anthropic import FakeAnthropic
-from corral.testing.operator import OperatorProcess
 from corral.testing.outside import start_fake_anthropic
 from testrun import NAMESPACE_PREFIX, OPERATOR_NAMESPACE, RESTRICTED_LABELS, RUN_ID
 
@@ -44,6 +46,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
+    # test_release.py upgrades, fails over and finally uninstalls the release that every
+    # other test uses: it runs last.
+    items.sort(key=lambda item: Path(str(item.fspath)).name == "test_release.py")
 
 
 @pytest.fixture(scope="session")
@@ -90,45 +95,55 @@ def fake(fake_api: FakeAnthropic) -> FakeAnthropic:
     return fake_api
 
 
-@pytest.fixture(scope="session")
-def operator(
-    kubeconfig: Path,
-    crd: None,
-    operator_namespace: str,
-    fake_api: FakeAnthropic,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[OperatorProcess]:
-    """`corral operator` for sessions on the real node, with the runner image imported there."""
-    config = OperatorConfig.model_validate(
-        {
-            "namespace": operator_namespace,
-            "defaultImage": runtime.DEFAULT_RUNNER_IMAGE,
-            # Imported into the node's containerd; there is no registry to pull from.
-            "imagePullPolicy": "Never",
+def release_values(layout: Layout) -> dict[str, Any]:
+    """What a user of this cluster sets: where the operator and the sessions run, the API
+    server's endpoint for the operator's NetworkPolicy, and the model endpoint and key."""
+    return {
+        "nodeSelector": {node.NODE_LABEL: "true"},
+        "networkPolicy": {
+            # The `kubernetes` Service's endpoint as pods see it: the node's relay.
+            "apiServer": {
+                "cidrs": [f"{REAL_NODE_IP}/32"],
+                "ports": [layout.ports["apiserver"]],
+            }
+        },
+        "config": {
             "defaultAnthropicBaseUrl": f"http://{node.OUTSIDE_IP}:{FAKE_API_PORT}",
             "runnerEnv": {"ANTHROPIC_API_KEY": "sk-ant-fake-e2e"},
             "nodeSelector": {node.NODE_LABEL: "true"},
             "terminationGracePeriodSeconds": 5,
             "hybridTerminationGracePeriodSeconds": 20,
-        }
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def operator(
+    kubeconfig: Path,
+    real_node_cluster: Layout,
+    crd: None,
+    operator_namespace: str,
+    fake_api: FakeAnthropic,
+    api_client: client.ApiClient,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Release]:
+    """Corral as a user installs it: `helm install` of helm/corral, whose operator runs as
+    two pods on the real node (images imported into its containerd), in-cluster, with only
+    the chart's RBAC, one of them leading through the chart's Lease."""
+    release = Release(
+        name="corral",
+        namespace=operator_namespace,
+        kubeconfig=kubeconfig,
+        workdir=tmp_path_factory.mktemp("helm"),
+        api_client=api_client,
     )
-    # Exactly the Helm chart's rights, never the admin's (corral.testing.chart_rbac).
-    lease_name = f"corral-e2e-{RUN_ID}"
-    workdir = tmp_path_factory.mktemp("operator")
-    identity = chart_identity(kubeconfig, operator_namespace, lease_name, workdir)
-    process = OperatorProcess(
-        kubeconfig=identity.kubeconfig,
-        config=config,
-        workdir=workdir,
-        namespaces=[f"{NAMESPACE_PREFIX}*"],
-        lease_name=lease_name,
-        identity=f"e2e-{RUN_ID}",
-    ).start()
     try:
-        process.wait_leader()
-        yield process
-    finally:
-        process.stop()
-        identity.delete()
-    if process.proc is not None and process.proc.returncode not in (0, -15):
-        print(process.log_tail(), file=sys.stderr)
+        release.install(release_values(real_node_cluster))
+        release.wait_leader()
+    except (AssertionError, TimeoutError):
+        print(release.diagnose(), file=sys.stderr)
+        raise
+    yield release
+    if release.installed():
+        print(release.operator_logs(), file=sys.stderr)
+        release.helm("uninstall", release.name, "-n", release.namespace, "--wait", check=False)

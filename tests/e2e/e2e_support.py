@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import subprocess
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -19,6 +22,8 @@ from corral.cluster.build import binary_path
 from corral.cluster.layout import Layout
 from corral.testing.kube import wait_for
 
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "corral"
 GROUP, VERSION, PLURAL = "corral.dev", "v1alpha1", "agentsessions"
 SESSION_LABEL = "corral.dev/session"
 FAKE_API_PORT = 8089
@@ -241,3 +246,107 @@ class PodProxy:
                 if line.startswith("data:"):
                     events.append(json.loads(line[5:]))
         return events
+
+
+@dataclass
+class Release:
+    """The Helm release of helm/corral this suite installs, and how to look at it."""
+
+    name: str
+    namespace: str
+    kubeconfig: Path
+    workdir: Path
+    api_client: client.ApiClient
+    values: dict[str, Any] = field(default_factory=dict)
+    uninstalled_at: datetime | None = None
+
+    @property
+    def selector(self) -> str:
+        return f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component=operator"
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        from corral.cluster.build import ensure_built
+
+        ensure_built(["helm"])
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "HELM_CACHE_HOME": str(self.workdir / "cache"),
+            "HELM_CONFIG_HOME": str(self.workdir / "config"),
+            "HELM_DATA_HOME": str(self.workdir / "data"),
+        }
+        done = subprocess.run(
+            [str(binary_path("helm")), *args],
+            capture_output=True, text=True, env=env, timeout=600, check=False,
+        )
+        if check:
+            assert done.returncode == 0, f"helm {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+        return done
+
+    def values_file(self, values: dict[str, Any], name: str = "values") -> Path:
+        path = self.workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(values))
+        return path
+
+    def install(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.helm(
+            "install", self.name, str(CHART), "-n", self.namespace,
+            "-f", str(self.values_file(values)), "--wait", "--timeout", "5m",
+        )
+
+    def upgrade(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.helm(
+            "upgrade", self.name, str(CHART), "-n", self.namespace,
+            "-f", str(self.values_file(values, "upgrade")), "--wait", "--timeout", "5m",
+        )
+
+    def uninstall(self) -> None:
+        self.uninstalled_at = datetime.now(UTC)
+        self.helm("uninstall", self.name, "-n", self.namespace, "--wait")
+
+    def installed(self) -> bool:
+        return self.helm("status", self.name, "-n", self.namespace, check=False).returncode == 0
+
+    def pods(self) -> list[Any]:
+        core = client.CoreV1Api(self.api_client)
+        found = core.list_namespaced_pod(self.namespace, label_selector=self.selector).items
+        return [p for p in found if not p.metadata.deletion_timestamp]
+
+    def lease(self) -> Any:
+        coordination = client.CoordinationV1Api(self.api_client)
+        return coordination.read_namespaced_lease(self.name, self.namespace)
+
+    def leader(self) -> str | None:
+        holder: str | None = self.lease().spec.holder_identity
+        return holder or None
+
+    def wait_leader(self, timeout: float = 180) -> str:
+        """The pod holding the Lease, once it is Ready and labelled leader (the Service)."""
+
+        def leading() -> str | None:
+            holder = self.leader()
+            for pod in self.pods():
+                ready = any(
+                    c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
+                )
+                labels = pod.metadata.labels or {}
+                if pod.metadata.name == holder and ready and labels.get("corral.dev/leader"):
+                    return holder
+            return None
+
+        leader: str = wait_for(leading, timeout=timeout, interval=1, what="an operator leader")
+        return leader
+
+    def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return kubectl(self.kubeconfig, "-n", self.namespace, *args)
+
+    def operator_logs(self, tail: int = 40) -> str:
+        done = self.kubectl("logs", "-l", self.selector, f"--tail={tail}", "--prefix")
+        return done.stdout + done.stderr
+
+    def diagnose(self) -> str:
+        pods = self.kubectl("get", "pods,lease,endpoints", "-o", "wide")
+        events = self.kubectl("get", "events", "--sort-by=.lastTimestamp")
+        return "\n".join((pods.stdout, pods.stderr, events.stdout[-4000:], self.operator_logs()))

@@ -12,20 +12,19 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from e2e_support import Sessions, condition, session_pods, spec
+from e2e_support import Release, Sessions, condition, session_pods, spec
 from kubernetes import client
 
 from corral.testing.anthropic_script import bash, text
 from corral.testing.fake_anthropic import FakeAnthropic
 from corral.testing.kube import wait_for
-from corral.testing.operator import OperatorProcess
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def sessions(
-    operator: OperatorProcess, custom: client.CustomObjectsApi, namespace: str
+    operator: Release, custom: client.CustomObjectsApi, namespace: str
 ) -> Iterator[Sessions]:
     yield Sessions(custom, namespace)
 

@@ -228,7 +228,7 @@ class ChartOperator:
         config = config.model_copy(update={"activity_key_file": str(key_file)})
         deployment = self.tools.get_json("deployment", RELEASE, "-n", RELEASE_NAMESPACE)
         [container] = deployment["spec"]["template"]["spec"]["containers"]
-        args = build_parser(["operator"]).parse_args(["operator", *container["args"]])
+        args = build_parser(["operator"]).parse_args(container["args"])
         assert args.lease_namespace == config.namespace == RELEASE_NAMESPACE
         self.process = OperatorProcess(
             kubeconfig=self.kubeconfig,

@@ -1,28 +1,37 @@
-"""The runner image recipe agrees with the runtime contract and the tested SDK version."""
+"""The image recipes (images/runner, images/operator) agree with the runtime contract, the
+chart, pyproject.toml and the tested SDK version."""
 
 from __future__ import annotations
 
-import json
 import re
+import tomllib
 from pathlib import Path
 
 import claude_agent_sdk
+import pytest
+import yaml
 
 from corral.api import runtime
+from corral.cluster import runner_image
 
-RECIPE = Path(__file__).resolve().parents[2] / "images" / "runner"
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "images"
+RUNNER = IMAGES / "runner"
+OPERATOR = IMAGES / "operator"
+CHART = ROOT / "helm" / "corral"
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
-def dockerfile() -> str:
-    return (RECIPE / "Dockerfile").read_text()
+def dockerfile(recipe: Path = RUNNER) -> str:
+    return (recipe / "Dockerfile").read_text()
 
 
-def test_entrypoint_uses_the_runtime_paths_and_port() -> None:
-    match = re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile(), re.MULTILINE)
-    assert match, "exec-form ENTRYPOINT"
-    argv = json.loads(match.group(1))
-    assert argv[:4] == ["/usr/bin/tini", "--", "corral", "runner"]
-    flags = dict(zip(argv[4::2], argv[5::2], strict=True))
+def test_runner_entrypoint_is_tini_and_its_command_uses_the_runtime_paths_and_port() -> None:
+    recipe = runner_image.read_recipe(RUNNER / "Dockerfile")
+    assert recipe.entrypoint == list(runtime.IMAGE_ENTRYPOINT)
+    argv = recipe.cmd
+    assert argv[:2] == ["corral", "runner"]
+    flags = dict(zip(argv[2::2], argv[3::2], strict=True))
     assert flags == {
         "--session": runtime.SPEC_FILE,
         "--workspace": runtime.WORKSPACE_DIR,
@@ -31,26 +40,153 @@ def test_entrypoint_uses_the_runtime_paths_and_port() -> None:
     }
 
 
-def test_user_home_and_port_match_the_contract() -> None:
+def test_runner_user_home_and_port_match_the_contract() -> None:
     text = dockerfile()
-    assert f"ARG RUNNER_UID={runtime.RUNNER_UID}\n" in text
-    assert f"ARG RUNNER_GID={runtime.RUNNER_GID}\n" in text
-    assert "USER ${RUNNER_UID}:${RUNNER_GID}" in text
-    assert f"HOME={runtime.HOME_DIR}" in text
-    assert f"EXPOSE {runtime.RUNNER_PORT}\n" in text
+    recipe = runner_image.read_recipe(RUNNER / "Dockerfile")
+    assert recipe.user == f"{runtime.RUNNER_UID}:{runtime.RUNNER_GID}"
+    assert recipe.env["HOME"] == runtime.HOME_DIR
+    assert recipe.exposed == [str(runtime.RUNNER_PORT)]
     for directory in (runtime.HOME_DIR, runtime.STATE_DIR, runtime.SPEC_DIR):
         assert directory in text
 
 
-def test_base_is_glibc_debian_slim_python_311() -> None:
-    assert "ARG PYTHON_IMAGE=python:3.11-slim-" in dockerfile()
-    assert "alpine" not in dockerfile().lower()
+def test_operator_image_runs_corral_under_tini_with_the_operator_as_default() -> None:
+    recipe = runner_image.read_recipe(OPERATOR / "Dockerfile")
+    # Generic: tini + `corral`; the subcommand (operator, later gateway) is the argument.
+    assert recipe.entrypoint == [*runtime.IMAGE_ENTRYPOINT, "corral"]
+    assert recipe.cmd == ["operator"]
+    assert recipe.user == f"{runtime.OPERATOR_UID}:{runtime.OPERATOR_GID}"
+    assert recipe.exposed == [str(runtime.OPERATOR_PORT)]
+    assert recipe.packages == ["tini"]
+    assert recipe.env["PATH"].startswith(f"{runner_image.VENV}/bin:")
 
 
-def test_the_image_pins_the_sdk_the_tests_run_against() -> None:
+def test_operator_port_is_the_operator_cli_default_and_the_chart_port() -> None:
+    from corral.cli import build_parser
+
+    args = build_parser(["operator"]).parse_args(["operator"])
+    assert args.port == runtime.OPERATOR_PORT
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["operator"]["port"] == runtime.OPERATOR_PORT
+    assert values["securityContext"] == {
+        "runAsUser": runtime.OPERATOR_UID,
+        "runAsGroup": runtime.OPERATOR_GID,
+    }
+
+
+@pytest.mark.parametrize("recipe", [RUNNER, OPERATOR], ids=["runner", "operator"])
+def test_bases_are_glibc_debian_slim_python_311_pinned_by_digest(recipe: Path) -> None:
+    parsed = runner_image.read_recipe(recipe / "Dockerfile")
+    assert parsed.base_image.startswith("python:3.11-slim-bookworm@")
+    assert DIGEST.search(parsed.base_image), parsed.base_image
+    assert parsed.suite == "bookworm"
+    assert "alpine" not in dockerfile(recipe).lower()
+    # Every FROM is the pinned ARG, never a bare tag.
+    for line in dockerfile(recipe).splitlines():
+        if line.startswith("FROM "):
+            assert line.split()[1] == "${PYTHON_IMAGE}", line
+
+
+def test_both_images_use_the_same_base() -> None:
+    runner = runner_image.read_recipe(RUNNER / "Dockerfile")
+    operator = runner_image.read_recipe(OPERATOR / "Dockerfile")
+    assert runner.base_image == operator.base_image
+
+
+def test_the_runner_image_pins_the_sdk_the_tests_run_against() -> None:
     pins = dict(
         line.split("==")
-        for line in (RECIPE / "constraints.txt").read_text().splitlines()
+        for line in (RUNNER / "constraints.txt").read_text().splitlines()
         if "==" in line and not line.startswith("#")
     )
     assert pins["claude-agent-sdk"] == claude_agent_sdk.__version__
+
+
+def _requirements(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
+
+
+def test_operator_requirements_are_pyproject_minus_the_sdk_and_cluster_tooling() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    without = [d for d in declared if not d.startswith(("claude-agent-sdk", "cryptography"))]
+    assert _requirements((OPERATOR / "requirements.txt").read_text()) == without
+
+
+def test_the_operator_never_imports_the_sdk_or_what_the_image_prunes() -> None:
+    """`corral operator` imports in a Python that cannot import what the image leaves out."""
+    import subprocess
+    import sys
+
+    pruned = [
+        line.replace("/", ".")
+        for line in _requirements((OPERATOR / "prune.txt").read_text())
+    ]
+    blocked = ["claude_agent_sdk", "cryptography", *pruned]
+    script = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in {blocked!r}):
+            raise ImportError("not in the operator image: " + name)
+sys.meta_path.insert(0, Block())
+import corral.controller.handlers, corral.controller.controller, corral.controller.http
+import corral.kube.client, corral.config
+from corral.cli import build_parser
+build_parser(["operator"]).parse_args(["operator"])
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_chart_defaults_are_the_published_images_at_the_app_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert chart["appVersion"] == version
+    assert f"{values['image']['repository']}:{chart['appVersion']}" == (
+        runtime.DEFAULT_OPERATOR_IMAGE
+    )
+    runner = values["runnerImage"]
+    assert f"{runner['repository']}:{chart['appVersion']}" == runtime.DEFAULT_RUNNER_IMAGE
+    assert "defaultImage" not in (values["config"] or {})
+
+
+def test_release_workflow_publishes_the_chart_defaults() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yaml").read_text())
+    env = workflow["env"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    registry = env["REGISTRY"]
+    assert f"{registry}/{env['OPERATOR_IMAGE']}" == values["image"]["repository"]
+    assert f"{registry}/{env['RUNNER_IMAGE']}" == values["runnerImage"]["repository"]
+    images = workflow["jobs"]["images"]["strategy"]["matrix"]["image"]
+    assert sorted(images) == [env["OPERATOR_IMAGE"], env["RUNNER_IMAGE"]]
+    for image in images:
+        assert (IMAGES / image / "Dockerfile").is_file()
+
+
+def _rendered_default_image(*sets: str) -> str:
+    import subprocess
+
+    from corral.cluster.build import binary_path, ensure_built
+
+    ensure_built(["helm"])
+    argv = [str(binary_path("helm")), "template", "corral", str(CHART), "-n", "corral-system"]
+    for item in sets:
+        argv += ["--set", item]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    for doc in yaml.safe_load_all(out):
+        if doc and doc["kind"] == "ConfigMap" and "config.yaml" in (doc.get("data") or {}):
+            return str(yaml.safe_load(doc["data"]["config.yaml"])["defaultImage"])
+    raise AssertionError("no operator ConfigMap rendered")
+
+
+def test_the_runner_image_follows_runner_image_values_unless_config_sets_it() -> None:
+    assert _rendered_default_image() == runtime.DEFAULT_RUNNER_IMAGE
+    assert _rendered_default_image("runnerImage.tag=1.2.3") == "corral.dev/runner:1.2.3"
+    assert (
+        _rendered_default_image("runnerImage.tag=1.2.3", "config.defaultImage=mine:4")
+        == "mine:4"
+    )

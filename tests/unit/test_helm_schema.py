@@ -345,9 +345,11 @@ def test_deployment_args_are_operator_flags(tmp_path: Path) -> None:
 
     manifests = render(tmp_path, {"watchNamespaces": ["team-a", "team-b"]})
     container = _operator_container(manifests)
-    assert container["command"] == ["corral", "operator"]
+    # No `command`: the image's entrypoint (tini + corral) stays; args name the subcommand.
+    assert "command" not in container
     argv = [a.replace("$(POD_NAME)", "corral-abc") for a in container["args"]]
-    args = build_parser(["operator"]).parse_args(["operator", *argv])
+    assert argv[0] == "operator"
+    args = build_parser(["operator"]).parse_args(argv)
     assert args.namespace == ["team-a", "team-b"]
     assert str(args.config) == "/etc/corral-operator/config.yaml"
     assert args.port == 8081

@@ -107,7 +107,20 @@ def test_runner_recipe_is_read_from_the_dockerfile() -> None:
     assert recipe.env["HOME"] == runtime.HOME_DIR
     assert recipe.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
     assert recipe.exposed == [str(runtime.RUNNER_PORT)]
-    assert recipe.entrypoint[:4] == ["/usr/bin/tini", "--", "corral", "runner"]
+    assert recipe.entrypoint == ["/usr/bin/tini", "--"]
+    assert recipe.cmd[:2] == ["corral", "runner"]
+
+
+def test_operator_recipe_is_read_from_the_dockerfile() -> None:
+    recipe = runner_image.read_recipe(runner_image.OPERATOR.dockerfile)
+    assert recipe.suite == "bookworm"
+    assert recipe.packages == ["tini"]
+    assert recipe.user == f"{runtime.OPERATOR_UID}:{runtime.OPERATOR_GID}"
+    assert recipe.entrypoint == ["/usr/bin/tini", "--", "corral"]
+    assert recipe.cmd == ["operator"]
+    spec = runner_image.operator_image()
+    assert spec.ref == runtime.DEFAULT_OPERATOR_IMAGE
+    assert spec.key != runner_image.runner_image().key
 
 
 def test_runner_image_config_follows_the_recipe() -> None:

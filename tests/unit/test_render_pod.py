@@ -169,7 +169,7 @@ def test_runner_command_probes_and_port(
 ) -> None:
     c = container(render_pod(make_session(), config, 0))
     assert c["name"] == runtime.CONTAINER_NAME
-    assert c["command"][:10] == [
+    assert c["args"][:10] == [
         "corral",
         "runner",
         "--session",
@@ -217,7 +217,7 @@ def test_hybrid_gets_time_to_flush(make_session: SessionFactory, config: Operato
     assert hybrid["spec"]["terminationGracePeriodSeconds"] == 120
     assert other["spec"]["terminationGracePeriodSeconds"] == 30
     # The runner drains for less than the grace period, so it is never killed mid-flush.
-    drain = container(hybrid)["command"]
+    drain = container(hybrid)["args"]
     assert int(drain[drain.index("--drain-seconds") + 1]) < 120
 
 
@@ -242,7 +242,7 @@ def test_scheduling_is_configurable(make_session: SessionFactory) -> None:
 def test_runner_extras_from_the_config(make_session: SessionFactory) -> None:
     config = OperatorConfig(runner_extra_args=["--fake-anthropic"], runner_env={"X": "1"})
     pod = render_pod(make_session(), config, 0)
-    assert container(pod)["command"][-1] == "--fake-anthropic"
+    assert container(pod)["args"][-1] == "--fake-anthropic"
     assert env(pod)["X"] == {"name": "X", "value": "1"}
 
 
@@ -267,7 +267,7 @@ def test_annotations(make_session: SessionFactory, config: OperatorConfig) -> No
     session = make_session()
     annotations = render_pod(session, config, 4)["metadata"]["annotations"]
     assert annotations[ATTEMPT_ANNOTATION] == "4"
-    assert annotations[RESTART_HASH_ANNOTATION] == restart_hash(session.spec)
+    assert annotations[RESTART_HASH_ANNOTATION] == restart_hash(session.spec, config.default_image)
 
 
 def test_restart_hash_follows_only_what_needs_a_new_pod(make_session: SessionFactory) -> None:
@@ -290,6 +290,21 @@ def test_restart_hash_follows_only_what_needs_a_new_pod(make_session: SessionFac
         {"agents": [{"name": "author"}, {"name": "tester"}]},
     ):
         assert restart_hash(make_session("Shared", **restart).spec) != base, restart
+
+
+def test_a_new_default_image_replaces_the_pods_that_use_it(make_session: SessionFactory) -> None:
+    # An upgrade that changes the operator's default image reaches every session without
+    # an image of its own, and only those.
+    old, new = OperatorConfig(default_image="runner:1"), OperatorConfig(default_image="runner:2")
+    default = make_session("LongRunning")
+    pinned = make_session("LongRunning", image="mine:1")
+
+    def annotation(session: Any, config: OperatorConfig) -> str:
+        annotations = render_pod(session, config, 0)["metadata"]["annotations"]
+        return str(annotations[RESTART_HASH_ANNOTATION])
+
+    assert annotation(default, old) != annotation(default, new)
+    assert annotation(pinned, old) == annotation(pinned, new)
 
 
 def test_spec_too_large_for_an_annotation(
@@ -320,7 +335,10 @@ def test_runner_command_parses_with_the_runner_cli(
 ) -> None:
     from corral.cli import build_parser
 
-    command = container(render_pod(make_session(pattern), config, 0))["command"]
+    rendered = container(render_pod(make_session(pattern), config, 0))
+    # No `command`: the image's ENTRYPOINT (tini, PID 1) runs these args.
+    assert "command" not in rendered
+    command = rendered["args"]
     assert command[0] == "corral"
     args = build_parser(["runner"]).parse_args(command[1:])
     assert str(args.session) == runtime.SPEC_FILE

@@ -115,6 +115,9 @@ may scrape runners (metricsScraper), unless config sets those itself.
 {{- define "corral.operatorConfig" -}}
 {{- $config := deepCopy .Values.config }}
 {{- $_ := set $config "namespace" .Release.Namespace }}
+{{- if not $config.defaultImage }}
+{{- $_ := set $config "defaultImage" (printf "%s:%s" .Values.runnerImage.repository (.Values.runnerImage.tag | default .Chart.AppVersion)) }}
+{{- end }}
 {{- if .Values.activityReporting.enabled }}
 {{- if not $config.activityUrl }}
 {{- $_ := set $config "activityUrl" (include "corral.activityURL" .) }}

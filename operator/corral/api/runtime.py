@@ -39,7 +39,16 @@ ENV_SESSION_NAMESPACE = "CORRAL_SESSION_NAMESPACE"
 ENV_SESSION_FILE = "CORRAL_SESSION_FILE"
 ENV_DISABLE_TRAFFIC = "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"
 
+# The images the release workflow publishes (.github/workflows/release.yaml); the chart's
+# defaults. Their recipes are images/runner and images/operator.
 DEFAULT_RUNNER_IMAGE = "corral.dev/runner:0.1.0"
+DEFAULT_OPERATOR_IMAGE = "corral.dev/operator:0.1.0"
+# The operator image's user (the chart's securityContext) and `corral operator --port`.
+OPERATOR_UID = 65532
+OPERATOR_GID = 65532
+OPERATOR_PORT = 8081
+# PID 1 of both images: reaps orphans, forwards signals. Pods set `args`, never `command`.
+IMAGE_ENTRYPOINT = ("/usr/bin/tini", "--")
 DEFAULT_MODEL = "claude-sonnet-4-5"
 DEFAULT_IDLE_TIMEOUT = "15m"
 

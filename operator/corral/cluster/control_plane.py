@@ -217,6 +217,7 @@ def _prepare_layout(root: Path, real_node: bool = False) -> Layout:
         layout.save()
     if layout.real_node:
         layout.write_egress_selector_config()
+        layout.write_audit_policy()
     layout.certs.ensure(apiserver_ips=("127.0.0.1", "10.96.0.1", REAL_NODE_IP))
     for identity in pki.CLIENTS:
         layout.write_kubeconfig(identity)

@@ -74,6 +74,30 @@ class Layout:
     def egress_selector_config(self) -> Path:
         return self.root / "egress-selector.yaml"
 
+    @property
+    def audit_policy(self) -> Path:
+        return self.root / "audit-policy.yaml"
+
+    @property
+    def audit_log(self) -> Path:
+        """With a real node: what ServiceAccounts outside kube-system asked the API server
+        (metadata only), e.g. to check the operator's RBAC against what it really used."""
+        return self.root / "logs" / "audit.log"
+
+    def write_audit_policy(self) -> Path:
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived"],
+            "rules": [
+                {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+                {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+                {"level": "None"},
+            ],
+        }
+        self.audit_policy.write_text(yaml.safe_dump(policy))
+        return self.audit_policy
+
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         data = {"root": str(self.root), "ports": self.ports, "realNode": self.real_node}
@@ -180,6 +204,10 @@ def apiserver_argv(layout: Layout) -> list[str]:
             f"--advertise-address={REAL_NODE_IP}",
             f"--egress-selector-config-file={layout.egress_selector_config}",
             "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--audit-policy-file={layout.audit_policy}",
+            f"--audit-log-path={layout.audit_log}",
+            "--audit-log-maxsize=100",
+            "--audit-log-maxbackup=1",
         ]
     else:
         node_flags = ["--advertise-address=127.0.0.1"]

@@ -47,7 +47,7 @@ from corral.cluster.layout import (
     Layout,
 )
 from corral.cluster.netrelay import HOST, Endpoint, Forward, RelayConfig
-from corral.cluster.runner_image import runner_image
+from corral.cluster.runner_image import project_images
 from corral.cluster.versions import COMPONENTS as COMPONENTS_BY_NAME
 from corral.cluster.versions import NODE_COMPONENTS
 
@@ -552,7 +552,7 @@ def node_images(with_runner: bool = True) -> list[images.ImageSpec]:
         ),
     ]
     if with_runner:
-        specs.append(runner_image())
+        specs += project_images()  # the runner and the operator
     return specs
 
 

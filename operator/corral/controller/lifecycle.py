@@ -571,7 +571,9 @@ class _Decision:
         new pod. Returns False when the pod is being replaced."""
         if not self.spec_ok:
             return True  # a spec no pod can carry: the pod keeps the one it has
-        if pod.restart_hash is not None and pod.restart_hash != restart_hash(self.spec):
+        if pod.restart_hash is not None and pod.restart_hash != restart_hash(
+            self.spec, self.config.default_image
+        ):
             self.add_pod_seconds(pod.started_at)
             self.delete_pod(pod, "SpecChanged")
             self.event("SpecChanged", f"pod {pod.name} replaced to apply the new spec")

@@ -58,14 +58,16 @@ def spec_json(session: AgentSession, config: OperatorConfig) -> str:
     return resolved.model_dump_json(by_alias=True, exclude_none=True)
 
 
-def restart_hash(spec: AgentSessionSpec) -> str:
+def restart_hash(spec: AgentSessionSpec, default_image: str | None = None) -> str:
     """Hash of the spec fields a running pod cannot pick up; a change means a new pod.
 
+    The image is the one the pod runs: spec.image, else the operator's default, so that a
+    new default image (an upgrade) reaches every session that does not pin its own.
     The rest (model, prompts, limits, tools, MCP servers) reaches the runner live: the
     kubelet refreshes the projected spec file when the pod's annotation changes.
     """
     fields = {
-        "image": spec.image,
+        "image": spec.image or default_image,
         "resources": spec.resources.model_dump(),
         "credentials": spec.credentials.model_dump() if spec.credentials else None,
         "agents": sorted(agent.name for agent in spec.agents or []),
@@ -240,7 +242,9 @@ def _container(
         name=runtime.CONTAINER_NAME,
         image=session.spec.image or config.default_image,
         image_pull_policy=config.image_pull_policy,
-        command=runner_command(max(grace - DRAIN_MARGIN_SECONDS, 0)) + config.runner_extra_args,
+        # `args`, not `command`: the image's ENTRYPOINT (tini) stays PID 1, reaps what the
+        # agent's tools leave behind and forwards SIGTERM to the runner.
+        args=runner_command(max(grace - DRAIN_MARGIN_SECONDS, 0)) + config.runner_extra_args,
         ports=[
             k8s.V1ContainerPort(
                 name=runtime.RUNNER_PORT_NAME, container_port=runtime.RUNNER_PORT, protocol="TCP"
@@ -271,7 +275,7 @@ def _annotations(session: AgentSession, config: OperatorConfig, attempt: int) ->
     return {
         runtime.SPEC_ANNOTATION: body,
         ATTEMPT_ANNOTATION: str(attempt),
-        RESTART_HASH_ANNOTATION: restart_hash(session.spec),
+        RESTART_HASH_ANNOTATION: restart_hash(session.spec, config.default_image),
     }
 
 
