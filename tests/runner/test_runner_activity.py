@@ -90,3 +90,45 @@ def test_runner_reports_start_busy_and_idle(
     # Every report proves which pod sent it, and none claims a time (the operator's clock).
     assert set(operator_endpoint.authorizations) == {"Bearer token-of-pod-7"}
     assert all("lastActivityTime" not in body for _, body in operator_endpoint.reports)
+
+
+def test_a_connected_websocket_client_keeps_the_session_in_use(
+    fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
+) -> None:
+    """Someone connected (through the gateway) but between messages: still activity, so
+    the operator does not scale the session down under them."""
+    import asyncio
+
+    import aiohttp
+
+    host, port = operator_endpoint.server_address[:2]
+    runner = start_runner(
+        {"pattern": "Hybrid"},
+        tmp_path,
+        fake.url,
+        env={"CORRAL_ACTIVITY_URL": f"http://{host!s}:{port}", "CORRAL_POD_NAME": "pod-8"},
+    )
+
+    def busy_flags() -> list[bool]:
+        return [bool(body["busy"]) for _, body in operator_endpoint.reports]
+
+    def wait_for_reports(count: int) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(operator_endpoint.reports) < count:
+            time.sleep(0.05)
+
+    async def connect_and_hold() -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(runner.url + "/v1/stream"):
+            seen = len(operator_endpoint.reports)
+            await asyncio.to_thread(wait_for_reports, seen + 1)
+
+    try:
+        wait_for_reports(1)
+        assert busy_flags() == [False]  # up, nobody connected
+        asyncio.run(connect_and_hold())
+        wait_for_reports(3)
+    finally:
+        assert runner.terminate() == 0, runner.logs_text()
+    flags = busy_flags()
+    # connected (in use, no agent working), then left (not in use)
+    assert flags[1] is True and flags[2] is False, flags

@@ -1,5 +1,7 @@
 """Push activity reports to the operator (`corral.api.activity`): when the runner starts,
-when a message starts or ends, and as a heartbeat while busy.
+when a message starts or ends, when a WebSocket client connects or leaves, and as a
+heartbeat while in use (an agent busy, or a client connected: `busy` in the report means
+"in use", so nobody's session is scaled down while they are connected to it).
 
 Pods hold no Kubernetes credentials, so the runner reports over HTTP to the operator,
 which keeps idle deadlines in status. Reports are best effort: a failed push is logged
@@ -72,14 +74,17 @@ def identity_from_env(name: str | None, namespace: str | None) -> Identity | Non
     return Identity(namespace, name, pod, os.environ.get(runtime.ENV_ACTIVITY_TOKEN) or None)
 
 
-def build_report(who: Identity, agents: Sequence[AgentSnapshot]) -> ActivityReport:
-    """The report of `agents`, clamped to what the operator accepts (it refuses the rest)."""
+def build_report(
+    who: Identity, agents: Sequence[AgentSnapshot], connected: bool = False
+) -> ActivityReport:
+    """The report of `agents`, clamped to what the operator accepts (it refuses the rest);
+    `connected`: a client holds a stream open, which counts as in use."""
     version = cli_version(agents)
     return ActivityReport(
         namespace=who.namespace,
         name=who.name,
         pod_name=who.pod_name,
-        busy=any(a.state == AgentState.BUSY for a in agents),
+        busy=connected or any(a.state == AgentState.BUSY for a in agents),
         session_id=agents[0].session_id if len(agents) == 1 else None,
         num_turns=_turns(sum(a.num_turns for a in agents)),
         total_cost_usd=_cost(sum(a.total_cost_usd for a in agents)),
@@ -122,6 +127,7 @@ class ActivityReporter:
         self._failing = False
         for worker in session.workers.values():
             worker.add_listener(self._wake.set)
+        session.add_socket_listener(self._wake.set)
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=PUSH_TIMEOUT_SECONDS)
@@ -129,7 +135,7 @@ class ActivityReporter:
             self._wake.set()  # the first report says the runner is up
             retry = RETRY_FIRST_SECONDS
             while True:
-                busy = any(w.busy for w in self._session.workers.values())
+                busy = self._session.in_use()
                 # A failed push is tried again with backoff: the operator must learn when a
                 # turn ends, or it would keep an idle session awake.
                 wait = retry if self._failing else (self._heartbeat if busy else None)
@@ -147,7 +153,7 @@ class ActivityReporter:
 
     async def push(self, http: aiohttp.ClientSession) -> None:
         snapshots = [w.snapshot() for w in self._session.workers.values()]
-        report = build_report(self._who, snapshots)
+        report = build_report(self._who, snapshots, connected=self._session.open_sockets > 0)
         body = report.model_dump_json(by_alias=True)
         headers = {"content-type": "application/json"}
         if self._who.token:

@@ -280,15 +280,17 @@ class RunnerApi:
         ws = web.WebSocketResponse(max_msg_size=self.max_request_bytes, heartbeat=30)
         await ws.prepare(request)
         forwarders: set[asyncio.Task[None]] = set()
-        try:
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    await self._ws_command(ws, msg.data, forwarders)
-                elif msg.type == WSMsgType.ERROR:
-                    break
-        finally:
-            for task in forwarders:
-                task.cancel()
+        # A connected client keeps the session in use (activity), between messages too.
+        with self.session.client_socket():
+            try:
+                async for msg in ws:
+                    if msg.type == WSMsgType.TEXT:
+                        await self._ws_command(ws, msg.data, forwarders)
+                    elif msg.type == WSMsgType.ERROR:
+                        break
+            finally:
+                for task in forwarders:
+                    task.cancel()
         return ws
 
     async def _ws_command(

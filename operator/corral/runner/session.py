@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,32 @@ class RunnerSession:
         self.started_at = datetime.now(UTC)
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        # WebSocket clients connected now: someone is talking to the session, so it is in
+        # use (activity) even between messages.
+        self.open_sockets = 0
+        self._socket_listeners: list[Callable[[], None]] = []
+
+    def add_socket_listener(self, listener: Callable[[], None]) -> None:
+        self._socket_listeners.append(listener)
+
+    @contextlib.contextmanager
+    def client_socket(self) -> Iterator[None]:
+        """Count one connected WebSocket client for as long as the block runs."""
+        self.open_sockets += 1
+        self._notify_sockets()
+        try:
+            yield
+        finally:
+            self.open_sockets -= 1
+            self._notify_sockets()
+
+    def _notify_sockets(self) -> None:
+        for listener in self._socket_listeners:
+            listener()
+
+    def in_use(self) -> bool:
+        """An agent is working, or a client is connected."""
+        return self.open_sockets > 0 or any(w.busy for w in self.workers.values())
 
     @property
     def first(self) -> AgentWorker:
