@@ -479,7 +479,16 @@ def granted(tools: Tools, namespace: str) -> set[Row]:
         "selfsubjectreviews.authentication.k8s.io",
         "selfsubjectaccessreviews.authorization.k8s.io",
         "selfsubjectrulesreviews.authorization.k8s.io",
+        # Every authenticated user may reach the gateway Service through the API server's
+        # service proxy (and nothing else of the release's namespace).
+        *(["services/proxy"] if namespace == RELEASE_NAMESPACE else []),
     }
+    if namespace == RELEASE_NAMESPACE:
+        proxies = {row for row in baseline if row[0] == "services/proxy"}
+        assert proxies == {
+            ("services/proxy", "[]", f"[{RELEASE}-gateway]", "[create get]"),
+            ("services/proxy", "[]", f"[{RELEASE}-gateway:http]", "[create get]"),
+        }, proxies
     return can_i_list(tools, namespace, service_account(RELEASE)) - baseline
 
 
@@ -546,6 +555,7 @@ def test_upgrade_with_changed_values_leaves_no_orphans(
         "replicaCount": 3,
         "networkPolicy": {"enabled": False},
         "podDisruptionBudget": {"enabled": False},
+        "gateway": {"podDisruptionBudget": {"enabled": False}},
         "metrics": {"grafanaDashboard": {"enabled": True}},
         "config": {**BASE_VALUES["config"], "defaultModel": "claude-opus-4-1"},
     }
