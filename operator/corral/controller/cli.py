@@ -164,16 +164,21 @@ async def _main(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, stop.set)
     background = asyncio.create_task(controller.run(), name="controller")
     clusterwide, kopf_namespaces = kopf_scope(args.namespace)
-    kopf_task = asyncio.create_task(
-        kopf.operator(
+
+    async def run_kopf() -> None:
+        await kopf.operator(
             clusterwide=clusterwide,
             namespaces=kopf_namespaces,
             memo=kopf.Memo(controller=controller),
             standalone=True,
             stop_flag=stop,
-        ),
-        name="kopf",
-    )
+        )
+        # kopf returns (rather than raising) only when asked to stop: by our flag, or by
+        # SIGTERM/SIGINT through the signal handlers it installs over ours. Either way a
+        # requested stop, exit 0; found when every graceful shutdown exited 1.
+        stop.set()
+
+    kopf_task = asyncio.create_task(run_kopf(), name="kopf")
     code = await supervise([background, kopf_task], stop)
     stop.set()
     background.cancel()
