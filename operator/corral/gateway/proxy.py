@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -92,27 +93,18 @@ async def pump_websocket(
 ) -> None:
     """Copy frames both ways until either side closes, then close the other."""
 
-    async def client_to_upstream() -> None:
-        async for msg in client_ws:
+    async def copy(source: Any, sink: Any) -> None:
+        async for msg in source:
             if msg.type == WSMsgType.TEXT:
-                await upstream_ws.send_str(msg.data)
+                await sink.send_str(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                await upstream_ws.send_bytes(msg.data)
-            else:
-                break
-
-    async def upstream_to_client() -> None:
-        async for msg in upstream_ws:
-            if msg.type == WSMsgType.TEXT:
-                await client_ws.send_str(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await client_ws.send_bytes(msg.data)
-            else:
+                await sink.send_bytes(msg.data)
+            else:  # close, error
                 break
 
     tasks = [
-        asyncio.create_task(client_to_upstream()),
-        asyncio.create_task(upstream_to_client()),
+        asyncio.create_task(copy(client_ws, upstream_ws)),
+        asyncio.create_task(copy(upstream_ws, client_ws)),
     ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
