@@ -21,6 +21,10 @@ from corral.client.sessions import Ref, Session
 T = TypeVar("T")
 
 
+async def _next(agen: AsyncIterator[T]) -> T:
+    return await anext(agen)
+
+
 class _Loop:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -34,7 +38,7 @@ class _Loop:
         try:
             while True:
                 try:
-                    yield self.run(agen.__anext__())
+                    yield self.run(_next(agen))
                 except StopAsyncIteration:
                     return
         finally:
