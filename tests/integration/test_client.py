@@ -74,8 +74,10 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRunner]:
     started = start_local_runner(
         tmp_path_factory.mktemp("cli-runner"),
         {"pattern": "LongRunning"},
-        {runtime.ENV_GATEWAY_CREDENTIAL: "credential-of-another-session"},
-    )
+        # One retry of a failing model API, so a failure ends a message quickly.
+        {runtime.ENV_GATEWAY_CREDENTIAL: "credential-of-another-session",
+         "CLAUDE_CODE_MAX_RETRIES": "1"},
+    )  # fmt: skip
     yield started
     started.stop()
 
@@ -214,6 +216,8 @@ def env(
         "KUBECONFIG": str(user_kubeconfig),
         "CORRAL_GATEWAY_URL": gateway.url,
         "XDG_STATE_HOME": str(tmp_path_factory.mktemp("state")),
+        # pexpect does not answer prompt_toolkit's cursor position requests.
+        "PROMPT_TOOLKIT_NO_CPR": "1",
         "PYTHONPATH": os.pathsep.join(sys.path),
     }
 
@@ -250,6 +254,37 @@ def ensure_chat(world: World, gateway: GatewayThread) -> str:
         running_session(world, "chat")
     reachable(gateway, world.namespace, "chat")
     return f"{world.namespace}/chat"
+
+
+class Chat(pexpect.spawn):
+    """`corral chat` under a pseudo-terminal; a failed expectation shows what it printed."""
+
+    def __init__(self, env: dict[str, str], ref: str, log: Path) -> None:
+        self.log = log
+        super().__init__(
+            sys.executable, ["-m", "corral.cli", "chat", ref], env=env, encoding="utf-8",
+            timeout=PATIENCE, dimensions=(40, 200), logfile=log.open("w"),
+        )  # fmt: skip
+
+    def expect(self, pattern: Any, *args: Any, **kwargs: Any) -> int:
+        try:
+            return int(super().expect(pattern, *args, **kwargs))
+        except pexpect.ExceptionPexpect:
+            raise AssertionError(f"chat never printed {pattern!r}:\n{self.screen()}") from None
+
+    def expect_exact(self, pattern: Any, *args: Any, **kwargs: Any) -> int:
+        try:
+            return int(super().expect_exact(pattern, *args, **kwargs))
+        except pexpect.ExceptionPexpect:
+            raise AssertionError(f"chat never printed {pattern!r}:\n{self.screen()}") from None
+
+    def screen(self) -> str:
+        self.logfile.flush()
+        return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", self.log.read_text())[-3000:]
+
+
+def spawn_chat(env: dict[str, str], ref: str, log: Path) -> Chat:
+    return Chat(env, ref, log)
 
 
 # --- tests ---------------------------------------------------------------------------------
@@ -289,8 +324,11 @@ def test_send_exits_with_the_result_and_refusals_are_one_line(
     world: World, gateway: GatewayThread, env: dict[str, str], runner: LocalRunner, kubeconfig: Path
 ) -> None:
     ref = ensure_chat(world, gateway)
-    # A model API error the CLI does not retry ends the message with an error result.
-    script_fake(runner, {"kind": "error", "status": 400, "message": "bad request, on purpose"})
+    # A model API that stays overloaded ends the message with an error result.
+    script_fake(
+        runner,
+        {"kind": "error", "status": 529, "times": 5, "match": "this one fails"},
+    )
     failed = corral(env, "send", ref, "this one fails")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "✗" in failed.stdout
@@ -312,32 +350,37 @@ def test_chat_streams_interrupts_with_ctrl_c_and_leaves(
     world: World, gateway: GatewayThread, env: dict[str, str], runner: LocalRunner, tmp_path: Path
 ) -> None:
     ref = ensure_chat(world, gateway)
-    chat = pexpect.spawn(
-        sys.executable, ["-m", "corral.cli", "chat", ref], env=env, encoding="utf-8",
-        timeout=PATIENCE, dimensions=(40, 200), logfile=(tmp_path / "chat.log").open("w"),
-    )  # fmt: skip
+    chat = spawn_chat(env, ref, tmp_path / "chat.log")
     try:
         chat.expect_exact(f"connected to {ref}")
-        chat.expect_exact("> ")
+        chat.expect_exact("you>")
         chat.sendline("first question")
         chat.expect_exact("fake reply to: first question")
         chat.expect_exact("✓ 1 turns")
         # A slow reply: Ctrl-C interrupts it, the chat goes on.
         slow = "slow " * 200
-        script_fake(runner, {"kind": "text", "text": slow, "stream": {"event_delay": 0.3}})
-        chat.expect_exact("> ")
-        chat.sendline("take your time")
+        script_fake(
+            runner,
+            {"kind": "text", "text": slow, "stream": {"event_delay": 0.3}, "match": "slowly"},
+        )
+        chat.expect_exact("you>")
+        chat.sendline("take your time, slowly")
         chat.expect_exact("slow slow")
         chat.sendintr()
         chat.expect_exact("interrupting")
         chat.expect_exact("(interrupted)")
         chat.expect(["✗", "✓"])
-        chat.expect_exact("> ")
+        chat.expect_exact("you>")
         chat.sendline("still there?")
-        chat.expect_exact("fake reply to: still there?")
+        chat.expect_exact("fake reply to: ")  # the fake echoes the interrupt note too
+        chat.expect_exact("still there?")
+        chat.expect_exact("✓ 1 turns")
         # Another slow reply: two Ctrl-Cs leave.
-        script_fake(runner, {"kind": "text", "text": slow, "stream": {"event_delay": 0.3}})
-        chat.expect_exact("> ")
+        script_fake(
+            runner,
+            {"kind": "text", "text": slow, "stream": {"event_delay": 0.3}, "match": "slowly"},
+        )
+        chat.expect_exact("you>")
         chat.sendline("again slowly")
         chat.expect_exact("slow slow")
         chat.sendintr()
@@ -346,7 +389,7 @@ def test_chat_streams_interrupts_with_ctrl_c_and_leaves(
         chat.expect(pexpect.EOF)
     finally:
         chat.close()
-    assert chat.exitstatus == 130, (tmp_path / "chat.log").read_text()[-2000:]
+    assert chat.exitstatus == 130, chat.screen()
     # History: what was typed is kept for the arrow keys of the next chat.
     history = Path(env["XDG_STATE_HOME"]) / "corral" / "chat-history"
     assert "still there?" in history.read_text()
@@ -359,16 +402,13 @@ def test_chat_ends_with_ctrl_d_and_uses_history(
     history = Path(env["XDG_STATE_HOME"]) / "corral" / "chat-history"
     history.parent.mkdir(parents=True, exist_ok=True)
     history.write_text("\n# 2026-01-01 00:00:00\n+remembered question\n")
-    chat = pexpect.spawn(
-        sys.executable, ["-m", "corral.cli", "chat", ref], env=env, encoding="utf-8",
-        timeout=PATIENCE, dimensions=(40, 200), logfile=(tmp_path / "chat.log").open("w"),
-    )  # fmt: skip
+    chat = spawn_chat(env, ref, tmp_path / "chat.log")
     try:
-        chat.expect_exact("> ")
+        chat.expect_exact("you>")
         chat.send("\x1b[A")  # arrow up: the last line of the history
         chat.send("\r")
         chat.expect_exact("fake reply to: remembered question")
-        chat.expect_exact("> ")
+        chat.expect_exact("you>")
         chat.sendcontrol("d")
         chat.expect(pexpect.EOF)
     finally:
@@ -401,17 +441,14 @@ def test_chat_wakes_a_sleeping_session_visibly(
 
     wait_for(gateway_sees_idle, timeout=PATIENCE, what="the gateway to see sleepy Idle")
     operator = threading.Thread(target=play_operator, daemon=True)
-    chat = pexpect.spawn(
-        sys.executable, ["-m", "corral.cli", "chat", ref], env=env, encoding="utf-8",
-        timeout=PATIENCE, dimensions=(40, 200), logfile=(tmp_path / "chat.log").open("w"),
-    )  # fmt: skip
+    chat = spawn_chat(env, ref, tmp_path / "chat.log")
     try:
-        chat.expect_exact("> ")
+        chat.expect_exact("you>")
         operator.start()
         chat.expect_exact("waking the session")
         chat.sendline("are you awake?")
         chat.expect_exact("fake reply to: are you awake?")
-        chat.expect_exact("> ")
+        chat.expect_exact("you>")
         chat.sendcontrol("d")
         chat.expect(pexpect.EOF)
     finally:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 CLOSED: Event = {"type": "closed"}
+PROMPT = "you> "
 
 
 def history_file() -> Path:
@@ -92,7 +93,7 @@ class Chat:
             self._session: PromptSession[str] = PromptSession(history=_history())
         self.at_prompt = True
         try:
-            return await self._session.prompt_async("> ")
+            return await self._session.prompt_async(PROMPT)
         except (KeyboardInterrupt, EOFError):
             return None
         finally:
