@@ -93,6 +93,12 @@ def fake_model_url(runner: LocalRunner) -> str:
     return found.group(0)
 
 
+def reset_fake(runner: LocalRunner) -> None:
+    request = urllib.request.Request(fake_model_url(runner) + "/_fake/reset", b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 200
+
+
 def script_fake(runner: LocalRunner, *steps: dict[str, Any]) -> None:
     request = urllib.request.Request(
         fake_model_url(runner) + "/_fake/script",
@@ -307,7 +313,7 @@ def test_ls_send_and_transcript_with_nothing_but_a_token_kubeconfig(
     sent = corral(env, "send", ref, "hello from the cli")
     assert sent.returncode == 0, sent.stderr
     assert "fake reply to: hello from the cli" in sent.stdout
-    assert "✓ 1 turns" in sent.stdout
+    assert "✓ 1 turn " in sent.stdout
 
     as_json = corral(env, "send", ref, "-", "--json", stdin="piped text")
     events = [json.loads(line) for line in as_json.stdout.splitlines()]
@@ -327,9 +333,11 @@ def test_send_exits_with_the_result_and_refusals_are_one_line(
     # A model API that stays overloaded ends the message with an error result.
     script_fake(
         runner,
-        {"kind": "error", "status": 529, "times": 5, "match": "this one fails"},
+        {"kind": "error", "status": 529, "times": 2, "match": "this one fails"},
     )
     failed = corral(env, "send", ref, "this one fails")
+    # The conversation keeps "this one fails": later requests must not match the step.
+    reset_fake(runner)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "✗" in failed.stdout
 
@@ -355,8 +363,11 @@ def test_chat_streams_interrupts_with_ctrl_c_and_leaves(
         chat.expect_exact(f"connected to {ref}")
         chat.expect_exact("you>")
         chat.sendline("first question")
-        chat.expect_exact("fake reply to: first question")
-        chat.expect_exact("✓ 1 turns")
+        # The fake echoes the user's text since its last reply (earlier tests may leave
+        # some): look for the end of it.
+        chat.expect_exact("fake reply to: ")
+        chat.expect_exact("first question")
+        chat.expect_exact("✓ 1 turn ")
         # A slow reply: Ctrl-C interrupts it, the chat goes on.
         slow = "slow " * 200
         script_fake(
@@ -374,7 +385,7 @@ def test_chat_streams_interrupts_with_ctrl_c_and_leaves(
         chat.sendline("still there?")
         chat.expect_exact("fake reply to: ")  # the fake echoes the interrupt note too
         chat.expect_exact("still there?")
-        chat.expect_exact("✓ 1 turns")
+        chat.expect_exact("✓ 1 turn ")
         # Another slow reply: two Ctrl-Cs leave.
         script_fake(
             runner,
@@ -407,7 +418,9 @@ def test_chat_ends_with_ctrl_d_and_uses_history(
         chat.expect_exact("you>")
         chat.send("\x1b[A")  # arrow up: the last line of the history
         chat.send("\r")
-        chat.expect_exact("fake reply to: remembered question")
+        chat.expect_exact("fake reply to: ")
+        chat.expect_exact("remembered question")
+        chat.expect_exact("✓ 1 turn ")
         chat.expect_exact("you>")
         chat.sendcontrol("d")
         chat.expect(pexpect.EOF)
@@ -447,7 +460,9 @@ def test_chat_wakes_a_sleeping_session_visibly(
         operator.start()
         chat.expect_exact("waking the session")
         chat.sendline("are you awake?")
-        chat.expect_exact("fake reply to: are you awake?")
+        chat.expect_exact("fake reply to: ")
+        chat.expect_exact("are you awake?")
+        chat.expect_exact("✓ 1 turn ")
         chat.expect_exact("you>")
         chat.sendcontrol("d")
         chat.expect(pexpect.EOF)

@@ -93,6 +93,14 @@ def test_a_failed_result_says_why() -> None:
     assert printed == "✗ error_max_turns: hit max turns · 3 turns\n"
 
 
+def test_a_result_that_is_an_error_despite_its_subtype_says_error() -> None:
+    printed = _render(
+        [{"type": "result", "subtype": "success", "is_error": True, "num_turns": 1,
+          "api_error_status": 529, "result": "API Error: 529"}]
+    )  # fmt: skip
+    assert printed == "✗ error (API status 529): API Error: 529 · 1 turn\n"
+
+
 def test_non_json_data_is_reported_not_raised() -> None:
     events = list(parse_sse(["data: {oops\n", "\n"]))
     assert events[0]["type"] == "error" and "not JSON" in events[0]["message"]

@@ -69,7 +69,8 @@ def render(tmp_path: Path, values: dict[str, Any] | None = None, *sets: str) -> 
 
 def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manifest:
     found = [
-        m for m in manifests
+        m
+        for m in manifests
         if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)
     ]
     assert len(found) == 1, f"{kind} {name or ''}: {len(found)} rendered"
@@ -367,7 +368,8 @@ def test_deployment_is_hardened(tmp_path: Path) -> None:
     selector = deployment["spec"]["selector"]["matchLabels"]
     spread = pod["topologySpreadConstraints"]
     assert {c["topologyKey"] for c in spread} == {
-        "kubernetes.io/hostname", "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
     }
     assert all(c["labelSelector"]["matchLabels"] == selector for c in spread)
     pdb = one(manifests, "PodDisruptionBudget")
@@ -384,14 +386,17 @@ def test_config_change_rolls_the_pods(tmp_path: Path) -> None:
 
 
 def test_every_object_carries_the_release_labels(tmp_path: Path) -> None:
-    manifests = render(tmp_path, {
-        "watchNamespaces": ["team-a"],
-        "metrics": {
-            "serviceMonitor": {"enabled": True},
-            "prometheusRule": {"enabled": True},
-            "grafanaDashboard": {"enabled": True},
+    manifests = render(
+        tmp_path,
+        {
+            "watchNamespaces": ["team-a"],
+            "metrics": {
+                "serviceMonitor": {"enabled": True},
+                "prometheusRule": {"enabled": True},
+                "grafanaDashboard": {"enabled": True},
+            },
         },
-    })
+    )
     for manifest in manifests:
         labels = manifest["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == RELEASE, manifest["kind"]
@@ -441,7 +446,8 @@ def test_cluster_wide_rbac(tmp_path: Path) -> None:
 def test_namespaced_rbac(tmp_path: Path) -> None:
     manifests = render(tmp_path, {"watchNamespaces": ["team-a", "team-b"]})
     assert _rules(one(manifests, "ClusterRole")) == {
-        CRD_READ, ("", "namespaces", "", ("list", "watch")),
+        CRD_READ,
+        ("", "namespaces", "", ("list", "watch")),
     }
     roles = {m["metadata"]["namespace"]: m for m in manifests if m["kind"] == "Role"}
     assert set(roles) == {"team-a", "team-b", NAMESPACE}
@@ -451,7 +457,8 @@ def test_namespaced_rbac(tmp_path: Path) -> None:
     policy = one(manifests, "NetworkPolicy")
     sources = policy["spec"]["ingress"][0]["from"]
     assert [s["namespaceSelector"]["matchLabels"] for s in sources] == [
-        {"kubernetes.io/metadata.name": "team-a"}, {"kubernetes.io/metadata.name": "team-b"},
+        {"kubernetes.io/metadata.name": "team-a"},
+        {"kubernetes.io/metadata.name": "team-b"},
     ]
 
 
@@ -512,16 +519,25 @@ def _metrics_in(expr: str) -> set[str]:
 
 
 def test_monitoring_objects(tmp_path: Path) -> None:
-    manifests = render(tmp_path, {
-        "metrics": {
-            "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
-            "prometheusRule": {"enabled": True},
-            "grafanaDashboard": {"enabled": True},
+    manifests = render(
+        tmp_path,
+        {
+            "metrics": {
+                "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+                "prometheusRule": {"enabled": True},
+                "grafanaDashboard": {"enabled": True},
+            },
+            "networkPolicy": {
+                "metricsFrom": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                        }
+                    }
+                ]
+            },
         },
-        "networkPolicy": {"metricsFrom": [
-            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
-        ]},
-    })
+    )
     service = one(manifests, "Service")
     monitor = one(manifests, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -539,7 +555,9 @@ def test_monitoring_objects(tmp_path: Path) -> None:
     rule = one(manifests, "PrometheusRule")
     alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
     assert set(alerts) >= {
-        "CorralSessionsFailing", "CorralReconcileErrorsRising", "CorralSessionsStuckPending",
+        "CorralSessionsFailing",
+        "CorralReconcileErrorsRising",
+        "CorralSessionsStuckPending",
     }
     for name, alert in alerts.items():
         expr = alert["expr"]
@@ -564,8 +582,16 @@ def test_monitoring_objects(tmp_path: Path) -> None:
 def test_monitoring_is_off_by_default(tmp_path: Path) -> None:
     kinds = {m["kind"] for m in render(tmp_path)}
     assert kinds == {
-        "ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role",
-        "RoleBinding", "Service", "Deployment", "Lease", "NetworkPolicy",
+        "ServiceAccount",
+        "ConfigMap",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+        "Lease",
+        "NetworkPolicy",
         "PodDisruptionBudget",
     }
 
@@ -608,8 +634,15 @@ def _status_after(make_session: Any, **observed: Any) -> dict[str, Any]:
 
     session = make_session("LongRunning", credentials={"secretName": "anthropic-api-key"})
     plan = decide(
-        Observed(session=session, pods=[], has_service=False, has_network_policy=False,
-                 has_pvc=False, now=datetime.now(UTC), **observed),
+        Observed(
+            session=session,
+            pods=[],
+            has_service=False,
+            has_network_policy=False,
+            has_pvc=False,
+            now=datetime.now(UTC),
+            **observed,
+        ),
         OperatorConfig(),
     )
     assert plan.status_patch is not None
@@ -637,8 +670,7 @@ def _ready(phase: str, status: str, reason: str, message: str = "") -> dict[str,
         (_ready("Suspended", "False", "Suspended"), "Suspended"),
         (_ready("Failed", "False", "ErrorMaxTurns", "max turns reached"), "Degraded"),
         (
-            {**_ready("Running", "True", "Running"),
-             "metadata": {"name": "demo", "generation": 3}},
+            {**_ready("Running", "True", "Running"), "metadata": {"name": "demo", "generation": 3}},
             "Progressing",
         ),
     ],

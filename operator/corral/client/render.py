@@ -126,7 +126,8 @@ def error_line(event: Event) -> str:
 
 def result_line(event: Event) -> Text:
     subtype = str(event.get("subtype", "?"))
-    parts = [f"{event.get('num_turns', 0)} turns"]
+    turns = event.get("num_turns") or 0
+    parts = [f"{turns} turn{'' if turns == 1 else 's'}"]
     if isinstance(event.get("cost_usd"), int | float):
         parts.append(f"${event['cost_usd']:.4f}")
     if isinstance(event.get("duration_ms"), int | float):
@@ -134,6 +135,8 @@ def result_line(event: Event) -> Text:
     if subtype == "success" and not event.get("is_error"):
         return Text("✓ " + " · ".join(parts), style="dim green")
     detail = event.get("result") or "; ".join(str(e) for e in event.get("errors") or [])
+    if subtype == "success":  # is_error: the CLI gave up on the model API
+        subtype = f"error (API status {event.get('api_error_status') or '?'})"
     text = f"✗ {subtype}" + (f": {str(detail)[:300]}" if detail else "") + " · " + parts[0]
     return Text(text, style="red")
 
