@@ -263,6 +263,13 @@ class AsyncClient:
                 self.credentials.server + path, params=params, headers=self._api_headers(),
                 timeout=STREAM_TIMEOUT,
             ) as response:  # fmt: skip
+                if response.status in (400, 404):
+                    raise CorralError(
+                        f"pod {current.pod_name} of {current.ref} has no log to show",
+                        "it may not have started yet: see `kubectl describe pod -n "
+                        f"{current.namespace} {current.pod_name}`",
+                        response.status,
+                    )
                 if response.status >= 400:
                     payload = await response.json(content_type=None)
                     raise api_error(response.status, payload if isinstance(payload, dict) else {},
