@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from corral.client.aio import AsyncClient, AsyncStream
-from corral.client.cli import InterruptOnCtrlC
 from corral.client.errors import CorralError
 from corral.client.events import Event, ends_turn
 from corral.client.render import EventRenderer
 from corral.client.sessions import Ref
+from corral.client.terminal import InterruptOnCtrlC
 
 if TYPE_CHECKING:
     from prompt_toolkit.history import History
