@@ -386,7 +386,8 @@ def test_chat_streams_interrupts_with_ctrl_c_and_leaves(
         chat.expect_exact("fake reply to: ")  # the fake echoes the interrupt note too
         chat.expect_exact("still there?")
         chat.expect_exact("✓ 1 turn ")
-        # Another slow reply: two Ctrl-Cs leave.
+        # Another slow reply: two Ctrl-Cs leave, whether the second comes before the
+        # interrupted reply has ended or after (at the prompt).
         script_fake(
             runner,
             {"kind": "text", "text": slow, "stream": {"event_delay": 0.3}, "match": "slowly"},

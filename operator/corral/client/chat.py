@@ -1,8 +1,8 @@
 """`corral chat`: a prompt with history (prompt_toolkit), replies streamed as they arrive
 (rich), one WebSocket for messages and interrupts.
 
-Ctrl-C during a reply interrupts it; a second Ctrl-C leaves. At the prompt, Ctrl-C or
-Ctrl-D leaves. Connecting wakes a sleeping
+Ctrl-C during a reply interrupts it; a second Ctrl-C leaves (exit 130), also when the
+reply has ended by then. At the prompt, Ctrl-D leaves (exit 0) and Ctrl-C too (130). Connecting wakes a sleeping
 session; the wait shows as soon as the gateway says it is waking.
 """
 
@@ -83,7 +83,7 @@ class Chat:
                     return True
 
     async def prompt_lines(self) -> str | None:
-        """The next message, or None to leave."""
+        """The next message, or None to leave (KeyboardInterrupt on Ctrl-C)."""
         if not sys.stdin.isatty():
             line = await asyncio.to_thread(sys.stdin.readline)
             return line.rstrip("\n") if line else None
@@ -94,7 +94,7 @@ class Chat:
         self.at_prompt = True
         try:
             return await self._session.prompt_async(PROMPT)
-        except (KeyboardInterrupt, EOFError):
+        except EOFError:  # Ctrl-D; Ctrl-C (KeyboardInterrupt) leaves with 130 as mid-turn
             return None
         finally:
             self.at_prompt = False
