@@ -2,8 +2,9 @@
 (rich), one WebSocket for messages and interrupts.
 
 Ctrl-C during a reply interrupts it; a second Ctrl-C leaves (exit 130), also when the
-reply has ended by then. At the prompt, Ctrl-D leaves (exit 0) and Ctrl-C too (130). Connecting wakes a sleeping
-session; the wait shows as soon as the gateway says it is waking.
+reply has ended by then. At the prompt, Ctrl-D leaves (exit 0) and Ctrl-C too (130).
+Connecting wakes a sleeping session; the wait shows as soon as the gateway says it is
+waking.
 """
 
 from __future__ import annotations
