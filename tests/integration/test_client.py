@@ -461,6 +461,7 @@ def test_chat_wakes_a_sleeping_session_visibly(
         operator.start()
         chat.expect_exact("waking the session")
         chat.sendline("are you awake?")
+        chat.expect_exact(f"waiting for {ref} to wake")  # a spinner until it answers
         chat.expect_exact("fake reply to: ")
         chat.expect_exact("are you awake?")
         chat.expect_exact("✓ 1 turn ")

@@ -56,6 +56,7 @@ class Chat:
         self.renderer = EventRenderer(out)
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.at_prompt = False
+        self.waking = False  # the gateway said it is waking the session; nothing since
 
     async def read(self) -> None:
         """Queue every event; a `waking` that comes while the prompt is up shows at once."""
@@ -65,6 +66,7 @@ class Chat:
             async for event in self.stream.events():
                 if event.get("type") == "waking" and self.at_prompt:
                     await run_in_terminal(lambda e=event: self.renderer.render(e))  # type: ignore[misc]
+                    self.waking = True
                     continue
                 await self.events.put(event)
         finally:
@@ -76,12 +78,22 @@ class Chat:
         await self.stream.send(text, self.agent)
         with InterruptOnCtrlC(lambda: self.stream.interrupt(self.agent), self.out):
             while True:
-                event = await self.events.get()
+                event = await self.next_event()
                 if event is CLOSED:
                     return False
                 self.renderer.render(event)
                 if ends_turn(event):
                     return True
+
+    async def next_event(self) -> Event:
+        """The next event; while the session wakes, with a spinner until it answers."""
+        if self.events.empty() and self.waking:
+            with self.out.status(f"waiting for {self.stream.ref} to wake…"):
+                event = await self.events.get()
+        else:
+            event = await self.events.get()
+        self.waking = event.get("type") == "waking"
+        return event
 
     async def prompt_lines(self) -> str | None:
         """The next message, or None to leave (KeyboardInterrupt on Ctrl-C)."""
@@ -107,6 +119,7 @@ class Chat:
             if event is CLOSED:
                 return False
             self.renderer.render(event)
+            self.waking = event.get("type") == "waking"
         return True
 
 
