@@ -407,6 +407,29 @@ def test_chat_streams_interrupts_with_ctrl_c_and_leaves(
     assert "still there?" in history.read_text()
 
 
+def test_send_interrupts_its_message_on_ctrl_c(
+    world: World, gateway: GatewayThread, env: dict[str, str], runner: LocalRunner, tmp_path: Path
+) -> None:
+    ref = ensure_chat(world, gateway)
+    slow = "slow " * 200
+    script_fake(runner, {"kind": "text", "text": slow, "stream": {"event_delay": 0.3},
+                         "match": "send slowly"})  # fmt: skip
+    log = tmp_path / "send.log"
+    send = pexpect.spawn(
+        sys.executable, ["-m", "corral.cli", "send", ref, "send slowly"], env=env,
+        encoding="utf-8", timeout=PATIENCE, logfile=log.open("w"),
+    )  # fmt: skip
+    try:
+        send.expect_exact("slow slow")
+        send.sendintr()
+        send.expect_exact("interrupting")
+        send.expect_exact("✗")
+        send.expect(pexpect.EOF)
+    finally:
+        send.close()
+    assert send.exitstatus == 1, log.read_text()[-2000:]
+
+
 def test_chat_ends_with_ctrl_d_and_uses_history(
     world: World, gateway: GatewayThread, env: dict[str, str], runner: LocalRunner, tmp_path: Path
 ) -> None:

@@ -155,7 +155,15 @@ class AsyncClient:
                 params=params,
                 headers=headers,
             ) as response:
-                payload = await response.json(content_type=None) if response.status != 204 else {}
+                try:
+                    payload = await response.json(content_type=None)
+                except ValueError:
+                    raise CorralError(
+                        f"{what}: the API server answered HTTP {response.status} with "
+                        "something that is not JSON",
+                        "check the server in your kubeconfig",
+                        response.status,
+                    ) from None
                 if response.status >= 400:
                     raise api_error(response.status, payload if isinstance(payload, dict) else {},
                                     what)  # fmt: skip

@@ -116,13 +116,24 @@ def _main(
         finally:
             await client.close()
 
+    import aiohttp
+
     try:
         return asyncio.run(run())
     except CorralError as error:
-        console(stderr=True).print(f"[bold red]error:[/] {error}", markup=True, soft_wrap=True)
-        return 1
+        return _fail(str(error))
+    except aiohttp.ClientError as error:  # anything the client did not name itself
+        return _fail(f"{type(error).__name__}: {str(error)[:300]}")
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(message: str) -> int:
+    """One line on stderr (the message is text, never rich markup); exit code 1."""
+    from rich.text import Text
+
+    console(stderr=True).print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    return 1
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -181,7 +192,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.rm and not args.wait:
-        console(stderr=True).print("[bold red]error:[/] --rm needs --wait", soft_wrap=True)
+        _fail("--rm needs --wait (the session is deleted once it has finished)")
         return 2
 
     async def body(client: AsyncClient, args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.text import Text
+
 from corral.client.aio import AsyncClient, to_manifest
 from corral.client.errors import CorralError
 from corral.client.sessions import Session, cost
@@ -74,11 +76,10 @@ async def run_task(
         out.print(final.result_text, markup=False, soft_wrap=True)
     subtype = result.get("subtype") or final.explanation() or "no result"
     style = "green" if final.succeeded else "red"
-    out.print(
-        f"[{style}]{final.ref}: {final.phase}[/] ({subtype}) · {result.get('numTurns', '-')} "
-        f"turns · {cost(result.get('totalCostUsd'))}",
-        soft_wrap=True,
+    summary = (
+        f" ({subtype}) · {result.get('numTurns', '-')} turns · {cost(result.get('totalCostUsd'))}"
     )
+    out.print(Text(f"{final.ref}: {final.phase}", style=style) + Text(summary), soft_wrap=True)
     if remove:
         await client.delete(final.ref)
         out.print(f"{final.ref}: deleted")

@@ -45,7 +45,9 @@ class InterruptOnCtrlC:
         try:
             await self._interrupt()
         except CorralError as error:
-            self._out.print(f"[red]interrupt failed: {error}[/]", soft_wrap=True)
+            from rich.text import Text
+
+            self._out.print(Text(f"interrupt failed: {error}", style="red"), soft_wrap=True)
 
     def __enter__(self) -> InterruptOnCtrlC:
         import signal
