@@ -20,15 +20,20 @@ SUBSYSTEMS: dict[str, str] = {
     "runner": "corral.runner.cli",
     "fake-anthropic": "corral.testing.cli",
     "up": "corral.dev",
+    # for people who use sessions (corral.client); also `kubectl corral ...`
+    **dict.fromkeys(
+        ("ls", "chat", "send", "run", "logs", "transcript", "wake", "suspend", "resume"),
+        "corral.client.cli",
+    ),
 }
 
 
 def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corral", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in names or SUBSYSTEMS:
-        module = importlib.import_module(SUBSYSTEMS[name])
-        module.register(subparsers)
+    # One module may register several subcommands: register each module once.
+    for module_name in dict.fromkeys(SUBSYSTEMS[name] for name in names or SUBSYSTEMS):
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

@@ -106,9 +106,14 @@ def _requirements(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
 
 
+# Not in the operator image: the runner's SDK, the local cluster's certificates, and the
+# terminal libraries of the user CLI (corral chat/ls/...).
+NOT_IN_OPERATOR_IMAGE = ("claude-agent-sdk", "cryptography", "rich", "prompt_toolkit")
+
+
 def test_operator_requirements_are_pyproject_minus_the_sdk_and_cluster_tooling() -> None:
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    without = [d for d in declared if not d.startswith(("claude-agent-sdk", "cryptography"))]
+    without = [d for d in declared if not d.startswith(NOT_IN_OPERATOR_IMAGE)]
     assert _requirements((OPERATOR / "requirements.txt").read_text()) == without
 
 
@@ -121,7 +126,7 @@ def test_the_operator_never_imports_the_sdk_or_what_the_image_prunes() -> None:
         line.replace("/", ".")
         for line in _requirements((OPERATOR / "prune.txt").read_text())
     ]
-    blocked = ["claude_agent_sdk", "cryptography", *pruned]
+    blocked = ["claude_agent_sdk", "cryptography", "rich", "prompt_toolkit", *pruned]
     script = f"""
 import sys
 class Block:
@@ -131,8 +136,10 @@ class Block:
 sys.meta_path.insert(0, Block())
 import corral.controller.handlers, corral.controller.controller, corral.controller.http
 import corral.kube.client, corral.config
+import corral.gateway.server, corral.gateway.auth, corral.gateway.directory
 from corral.cli import build_parser
 build_parser(["operator"]).parse_args(["operator"])
+build_parser(["gateway"]).parse_args(["gateway", "--key-file", "/k"])
 print("ok")
 """
     done = subprocess.run(
