@@ -32,6 +32,9 @@ class OperatorJsonFormatter(logging.Formatter):
         if name is not None:
             line["session"] = name
             line["namespace"] = namespace
+        fields = getattr(record, "fields", None)  # extra={"fields": {...}}: more keys
+        if isinstance(fields, dict):
+            line.update({k: v for k, v in fields.items() if k not in line})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)

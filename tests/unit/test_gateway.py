@@ -384,3 +384,37 @@ def test_the_pod_gets_its_own_sessions_gateway_credential(make_session: Any) -> 
     without = render_pod(session, config.model_copy(update={"gateway": None}), 1)
     names = {e["name"] for e in without["spec"]["containers"][0]["env"]}
     assert runtime.ENV_GATEWAY_CREDENTIAL not in names
+
+
+async def test_one_json_log_line_per_request_without_secrets(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import json as json_module
+    import logging
+
+    from corral.gateway.auth import Unauthenticated
+    from corral.gateway.server import Gateway
+    from corral.logs import OperatorJsonFormatter
+
+    class Reviewer:
+        async def authenticate(self, token: str | None) -> User:
+            if token != "alice-token":
+                raise Unauthenticated("no")
+            return User("alice")
+
+        async def authorize(self, user: User, verb: str, namespace: str, name: str) -> None:
+            pass
+
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    gateway = Gateway(Reviewer(), directory, b"k" * 32, GatewayMetrics())  # type: ignore[arg-type]
+    request = make_mocked_request(
+        "GET", "/sessions/ns/nosuch/v1/status", headers={"Authorization": "Bearer alice-token"}
+    )
+    with caplog.at_level(logging.INFO, logger="corral.gateway"):
+        response = await gateway.handle(request)
+    assert response.status == 404
+    [record] = [r for r in caplog.records if r.getMessage() == "request"]
+    line = json_module.loads(OperatorJsonFormatter().format(record))
+    assert line["session"] == "nosuch" and line["namespace"] == "ns"
+    assert (line["user"], line["route"], line["status"]) == ("alice", "/v1/status", 404)
+    assert "alice-token" not in json_module.dumps(line)

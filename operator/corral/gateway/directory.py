@@ -239,7 +239,11 @@ class Directory:
         )
         log.info(
             "woke session",
-            extra={"session": session.name, "namespace": session.namespace, "user": user},
+            extra={
+                "session_name": session.name,
+                "session_namespace": session.namespace,
+                "fields": {"user": user},
+            },
         )
         with contextlib.suppress(ApiError):
             await self._post_event(session, f"woken by the gateway for {user}"[:1000])

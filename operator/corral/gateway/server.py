@@ -180,16 +180,19 @@ class Gateway:
     ) -> None:
         label = route.runner_path if route else "invalid"
         self.metrics.requests.labels(route=label, code=str(status)).inc()
+        # One line per request; never a body, a token or a header value.
         log.info(
             "request",
             extra={
                 "session_namespace": route.namespace if route else None,
                 "session_name": route.name if route else None,
-                "user": user.name if user else None,
-                "method": request.method,
-                "route": label,
-                "status": status,
-                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                "fields": {
+                    "user": user.name if user else None,
+                    "method": request.method,
+                    "route": label,
+                    "status": status,
+                    "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                },
             },
         )
 
