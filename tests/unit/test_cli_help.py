@@ -122,4 +122,5 @@ def test_up_flag_names_do_not_reuse_check() -> None:
     parser = cli.build_parser(["up"])
     assert parser.parse_args(["up", "--exit-when-ready"]).check is True
     assert parser.parse_args(["up", "--check"]).check is True
-    assert "--check" not in parser._subparsers._group_actions[0].choices["up"].format_help()  # type: ignore[union-attr]
+    up = dict(_parsers(parser))["corral up"]
+    assert "--check" not in up.format_help()
