@@ -31,9 +31,10 @@ Corral runs Claude Agent SDK sessions on Kubernetes: you describe a session as a
 AgentSession resource and the operator gives it a hardened pod, a Service, a
 NetworkPolicy and, for Hybrid sessions, a volume that outlives idle periods.
 
-This command runs Corral's parts (the operator, the session gateway, the in-pod
-runner), prints the CRD, and starts a local Kubernetes to try it on.
-Run `corral COMMAND --help` for a command's options."""
+The commands below use sessions with your kubeconfig (where installed: docs/client.md),
+run Corral's parts (the operator, the session gateway, the in-pod runner), print the
+CRD, or start a local Kubernetes to try it all on.
+Run `corral COMMAND --help` for a command's options and their defaults."""
 
 EPILOG = """\
 start here: `corral up` (a local cluster, the operator and one example session
@@ -80,9 +81,9 @@ def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = Parser(prog="corral", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"corral {version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, title="commands")
-    for name in names or SUBSYSTEMS:
-        module = importlib.import_module(SUBSYSTEMS[name])
-        module.register(subparsers)
+    # One module may register several subcommands: register each module once.
+    for module_name in dict.fromkeys(SUBSYSTEMS[name] for name in names or SUBSYSTEMS):
+        importlib.import_module(module_name).register(subparsers)
     # Only parsers registered with a help line are listed (argparse 3.11 would print
     # "==SUPPRESS==" for a help of argparse.SUPPRESS).
     shown = [a.dest for a in subparsers._choices_actions]
