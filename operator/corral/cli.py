@@ -31,7 +31,7 @@ Corral runs Claude Agent SDK sessions on Kubernetes: you describe a session as a
 AgentSession resource and the operator gives it a hardened pod, a Service, a
 NetworkPolicy and, for Hybrid sessions, a volume that outlives idle periods.
 
-The commands below use sessions with your kubeconfig (where installed: docs/client.md),
+The commands below use sessions with your kubeconfig (docs/client.md),
 run Corral's parts (the operator, the session gateway, the in-pod runner), print the
 CRD, or start a local Kubernetes to try it all on.
 Run `corral COMMAND --help` for a command's options and their defaults."""
