@@ -28,3 +28,18 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] \
   "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" -c "$ROOT/images/runner/constraints.txt"
   touch "$stamp"
 fi
+
+# The cluster binaries, built once into the cache (~/.cache/corral/bin, or
+# $CORRAL_CACHE_DIR; quick when cached), and the project's kubectl and helm linked into the
+# venv, so that `source .venv/bin/activate` puts them on PATH. A file of those names that
+# is not a link (someone's own) is left alone; a link is re-pointed after a version bump.
+"$VENV/bin/corral" cluster build
+for tool in kubectl helm; do
+  target="$("$VENV/bin/python" -c 'import sys; from corral.cluster.build import binary_path
+print(binary_path(sys.argv[1]))' "$tool")"
+  link="$VENV/bin/$tool"
+  if [ -x "$target" ] && { [ -L "$link" ] || [ ! -e "$link" ]; } \
+     && [ "$(readlink "$link" 2>/dev/null)" != "$target" ]; then
+    ln -sfn "$target" "$link"
+  fi
+done

@@ -2,7 +2,7 @@
 
 Starts the local control plane (building it on first use), installs the CRD, starts the
 operator and applies one example session per pattern into the `demo` namespace, then
-keeps the operator in the foreground. `--check` waits until every example is reconciled
+keeps the operator in the foreground. `--exit-when-ready` waits until every example is reconciled
 and exits instead (used by the test suite, so this path stays working).
 """
 
@@ -31,17 +31,32 @@ RESTRICTED = {
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "up", help="start the local cluster, the operator and one example session per pattern"
+        "up",
+        help="the demo: `cluster up`, the CRD, the operator and one example session per "
+        "pattern in namespace demo",
+        description="Start the local cluster (as `corral cluster up`), install the CRD, run "
+        "the operator in the foreground and apply one example session per pattern into "
+        "namespace `demo`. Ctrl-C stops the operator; `corral cluster down` the cluster.",
     )
-    parser.add_argument("--examples", type=Path, default=_default_examples(), help="examples dir")
+    parser.add_argument(
+        "--examples", type=Path, default=_default_examples(), help="directory of the examples"
+    )
     parser.add_argument("--no-examples", action="store_true", help="start without the examples")
     parser.add_argument("--port", type=int, default=8081, help="operator health/metrics port")
     parser.add_argument(
-        "--check",
+        "--exit-when-ready",
+        dest="check",
         action="store_true",
         help="exit once every example has its pod (or Idle/Pending state) instead of serving",
     )
-    parser.add_argument("--timeout", type=float, default=120.0)
+    # The old name of --exit-when-ready (`--check` means "verify, do not write" in `crd`).
+    parser.add_argument("--check", dest="check", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the cluster, and with --exit-when-ready for the examples",
+    )
     parser.set_defaults(handler=_up)
 
 

@@ -21,7 +21,7 @@ def test_corral_up_reconciles_every_example(kubeconfig: Path, crd: None) -> None
             "-m",
             "corral.cli",
             "up",
-            "--check",
+            "--exit-when-ready",
             f"--port={free_port()}",
             "--timeout=120",
         ],

@@ -16,12 +16,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Generate the AgentSession CustomResourceDefinition (YAML).",
     )
     parser.add_argument(
-        "--output", "-o", type=Path, metavar="FILE", help="write to FILE instead of stdout"
+        "--output",
+        "-o",
+        type=Path,
+        metavar="FILE",
+        help="write to FILE instead of stdout (default: stdout)",
     )
     parser.add_argument(
         "--check",
         action="store_true",
-        help="do not write: exit 1 if FILE (--output) differs from the generated CRD",
+        help="verify, do not write: exit 1 if FILE (--output) differs from the generated CRD",
     )
     parser.set_defaults(handler=run)
 

@@ -8,17 +8,23 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "cluster", help="the local Kubernetes control plane (real upstream binaries + KWOK)"
+        "cluster",
+        help="only the local Kubernetes control plane (real upstream binaries + KWOK nodes)",
+        description="The local Kubernetes control plane: etcd, kube-apiserver, "
+        "controller-manager, scheduler and KWOK nodes, built from the upstream Go modules "
+        "into the cache (~/.cache/corral/bin, or $CORRAL_CACHE_DIR). `corral up` starts it "
+        "together with the operator and the example sessions.",
     )
     actions = parser.add_subparsers(dest="action", required=True)
     build = actions.add_parser("build", help="build the cluster binaries into the cache")
     build.add_argument(
         "--real-node",
         action="store_true",
-        help="also the real node's binaries and images (CoreDNS, kube-router, runner image...)",
+        help="also build the real node's binaries and images (CoreDNS, kube-router, "
+        "runner image...)",
     )
     build.set_defaults(handler=_build)
-    up = actions.add_parser("up", help="start the cluster (builds binaries first if needed)")
+    up = actions.add_parser("up", help="start the cluster only (builds binaries first if needed)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
     up.add_argument(
         "--real-node",
@@ -27,19 +33,29 @@ def register(subparsers: Any) -> None:
         "the KWOK ones; needs root and `bash hack/node-deps.sh`",
     )
     up.set_defaults(handler=_up)
-    node = actions.add_parser("node", help="the real node alone: down, status, exec")
+    node = actions.add_parser(
+        "node",
+        help="the real node alone (started by `up --real-node`): down, exec",
+        description="Act on the real node only; `corral cluster status` shows it too.",
+    )
     node_actions = node.add_subparsers(dest="node_action", required=True)
     node_down = node_actions.add_parser("down", help="stop the real node, keep the control plane")
     node_down.set_defaults(handler=_node_down)
     node_exec = node_actions.add_parser(
         "exec", help="run a command in the node's (or, with --outside, the test hosts') netns"
     )
-    node_exec.add_argument("--outside", action="store_true")
-    node_exec.add_argument("command", nargs=argparse.REMAINDER)
+    node_exec.add_argument(
+        "--outside",
+        action="store_true",
+        help="enter the test hosts' network namespace instead of the node's",
+    )
+    node_exec.add_argument(
+        "command", nargs=argparse.REMAINDER, help="the command and its arguments (default: bash)"
+    )
     node_exec.set_defaults(handler=_node_exec)
     down = actions.add_parser("down", help="stop what `up` started and remove its state")
     down.set_defaults(handler=_down)
-    status = actions.add_parser("status", help="show each component")
+    status = actions.add_parser("status", help="show each component: pid, port, memory, log tail")
     status.set_defaults(handler=_status)
     kubeconfig = actions.add_parser("kubeconfig", help="print the admin kubeconfig path")
     kubeconfig.set_defaults(handler=_kubeconfig)

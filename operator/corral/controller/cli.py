@@ -34,25 +34,34 @@ def own_namespace(
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "operator", help="run the AgentSession operator"
+        "operator",
+        help="run the AgentSession operator",
+        description="Run the operator against the cluster of --kubeconfig (or in-cluster): "
+        "it watches AgentSessions and makes their pods, Services, NetworkPolicies and volumes. "
+        "Replicas elect a leader through a Lease; the port serves /healthz, /readyz, /metrics "
+        "and the runners' activity reports.",
     )
     parser.add_argument(
         "--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)"
     )
     parser.add_argument(
-        "--config", type=Path, help="operator config YAML (corral.config.OperatorConfig)"
+        "--config",
+        type=Path,
+        help="operator config YAML (see docs/install.md; default: built-in defaults)",
     )
     parser.add_argument(
         "--namespace",
         action="append",
         default=[],
-        help="watch only this namespace (repeatable); default: all namespaces",
+        help="watch only this namespace (repeatable) (default: all namespaces)",
     )
     parser.add_argument("--workers", type=int, default=64, help="concurrent reconciles")
     parser.add_argument("--port", type=int, default=8081, help="health, metrics and activity port")
     parser.add_argument("--host", default="0.0.0.0", help="address of that port")
     parser.add_argument(
-        "--no-leader-election", action="store_true", help="act at once, without the Lease"
+        "--no-leader-election",
+        action="store_true",
+        help="act at once, without the Lease (one replica only)",
     )
     parser.add_argument(
         "--service-name",
@@ -66,14 +75,23 @@ def register(subparsers: Any) -> None:
         type=int,
         help="port of that Service (default: --port)",
     )
-    parser.add_argument("--lease-name", default="corral-operator")
+    parser.add_argument(
+        "--lease-name", default="corral-operator", help="name of the leader-election Lease"
+    )
     parser.add_argument(
         "--lease-namespace", help="namespace of the Lease (default: the config's namespace)"
     )
-    parser.add_argument("--lease-seconds", type=float, default=10.0)
-    parser.add_argument("--renew-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=10.0,
+        help="a standby takes over once the Lease has not been renewed for this long",
+    )
+    parser.add_argument(
+        "--renew-seconds", type=float, default=2.0, help="how often the leader renews the Lease"
+    )
     parser.add_argument("--identity", help="this replica's name in the Lease (default: host+pid)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.set_defaults(handler=_run)
 
 

@@ -31,31 +31,29 @@ def register(subparsers: Any) -> None:
         "--namespace",
         action="append",
         default=[],
-        help="serve only sessions of this namespace (repeatable; globs allowed); default all",
+        help="serve only sessions of this namespace (repeatable; globs allowed) (default: all)",
     )
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
-    parser.add_argument("--port", type=int, default=8080, help="session traffic port (8080)")
     parser.add_argument(
-        "--admin-port", type=int, default=8081, help="health and metrics port (8081)"
+        "--host", default="0.0.0.0", help="address to listen on (default: %(default)s, all)"
     )
+    parser.add_argument("--port", type=int, default=8080, help="session traffic port")
+    parser.add_argument("--admin-port", type=int, default=8081, help="health and metrics port")
     parser.add_argument(
         "--hold-seconds",
         type=float,
         default=60.0,
-        help="how long a request waits for a sleeping session to wake (60)",
+        help="how long a request waits for a sleeping session to wake",
     )
-    parser.add_argument(
-        "--rate", type=float, default=20.0, help="requests per second per user (20)"
-    )
-    parser.add_argument("--burst", type=int, default=40, help="request burst per user (40)")
-    parser.add_argument("--max-streams", type=int, default=32, help="open streams per user (32)")
+    parser.add_argument("--rate", type=float, default=20.0, help="requests per second per user")
+    parser.add_argument("--burst", type=int, default=40, help="request burst per user")
+    parser.add_argument("--max-streams", type=int, default=32, help="open streams per user")
     parser.add_argument(
         "--auth-cache-seconds",
         type=float,
         default=10.0,
-        help="how long token and access decisions are cached (10)",
+        help="how long token and access decisions are cached",
     )
-    parser.add_argument("--log-level", default="INFO", help="log level (INFO)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.set_defaults(handler=_run)
 
 

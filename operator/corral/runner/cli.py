@@ -12,25 +12,27 @@ from corral.api import runtime
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "runner", help="run an AgentSession inside its pod", description=__doc__
+        "runner",
+        help="run an AgentSession inside its pod (the operator starts it)",
+        description=__doc__,
     )
     parser.add_argument(
         "--session",
         type=Path,
         default=Path(runtime.SPEC_FILE),
-        help="AgentSession manifest or bare spec, YAML or JSON (default %(default)s)",
+        help="AgentSession manifest or bare spec, YAML or JSON (default: %(default)s)",
     )
     parser.add_argument(
         "--workspace",
         type=Path,
         default=Path(runtime.WORKSPACE_DIR),
-        help="the agent's working directory (default %(default)s)",
+        help="the agent's working directory (default: %(default)s)",
     )
     parser.add_argument(
         "--state-dir",
         type=Path,
         default=Path(runtime.STATE_DIR),
-        help="CLI config and runner state live here (default %(default)s)",
+        help="CLI config and runner state live here (default: %(default)s)",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to serve on")
     parser.add_argument("--port", type=int, default=runtime.RUNNER_PORT, help="HTTP port")
@@ -38,30 +40,33 @@ def register(subparsers: Any) -> None:
         "--termination-log",
         type=Path,
         default=Path(runtime.TERMINATION_LOG),
-        help="where an Ephemeral run writes its outcome (default %(default)s)",
+        help="where an Ephemeral run writes its outcome (default: %(default)s)",
     )
     parser.add_argument(
         "--drain-seconds",
         type=float,
         help="on SIGTERM, wait this long for a running message to finish "
-        "before interrupting it (default 20; keep below the pod's grace period)",
+        "before interrupting it (default: 20; keep below the pod's grace period)",
     )
-    parser.add_argument(
+    testing = parser.add_argument_group(
+        "test tools", "not for production: an in-process fake of the Anthropic API"
+    )
+    testing.add_argument(
         "--fake-anthropic",
         action="store_true",
         help="serve a fake Anthropic API in-process when no API key is set "
         "(also: CORRAL_FAKE_ANTHROPIC=1)",
     )
-    parser.add_argument(
+    testing.add_argument(
         "--fake-anthropic-port",
         type=int,
         default=0,
-        help="port of the in-process fake (0 picks one; see the log)",
+        help="port of the in-process fake; 0 picks a free one (see the log)",
     )
     parser.add_argument(
         "--max-request-bytes",
         type=int,
-        help="largest request body or WebSocket message accepted (default 256 KiB)",
+        help="largest request body or WebSocket message accepted (default: 256 KiB)",
     )
     parser.set_defaults(handler=main)
 

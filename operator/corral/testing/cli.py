@@ -13,11 +13,13 @@ from corral.testing.fake_anthropic import FakeAnthropic
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "fake-anthropic",
-        help="serve a scripted fake of the Anthropic Messages API (for tests)",
-        description=__doc__,
+        # No help= on purpose: a test tool, left out of `corral --help` (see corral.cli).
+        description="Serve a scripted fake of the Anthropic Messages API until interrupted "
+        "(a test tool: the runner and the tests point ANTHROPIC_BASE_URL at it; scripts are "
+        "posted to /_fake/script).",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    parser.add_argument("--port", type=int, default=8089, help="port to bind (0 picks one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8089, help="port to bind; 0 picks a free one")
     parser.set_defaults(handler=run)
 
 
