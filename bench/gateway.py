@@ -274,7 +274,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     namespace = f"bench-gw-{uuid.uuid4().hex[:5]}"
     make_namespace(k8s.CoreV1Api(api), namespace)
     workdir = Path(tempfile.mkdtemp(prefix="corral-bench-gw-"))
-    results: dict[str, Any] = {"command": "python -m bench.gateway " + " ".join(sys.argv[1:])}
+    results: dict[str, Any] = {
+        "command": " ".join(["python -m bench.gateway", *sys.argv[1:]]),
+        "note": args.note,
+    }
     runner = None
     gateway = None
     try:
@@ -318,6 +321,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "gateway.json")
+    parser.add_argument("--note", default="", help="a line about the run for the report")
     parser.add_argument(
         "--no-report", dest="report", action="store_false", help="skip docs/gateway-benchmarks.md"
     )
@@ -364,8 +368,23 @@ def report(results: dict[str, Any]) -> str:
         f"{1000 * (a['token_reviews'] + a['access_reviews']) / a['requests']:.0f} reviews "
         "per 1,000 requests.",
         "",
+        "## Targets (issue 13)",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        _target("added p50 to the first event ≤ 2 ms", p["added_first_p50_ms"], 2.0, "ms"),
+        _target("added p99 to the first event ≤ 10 ms", p["added_first_p99_ms"], 10.0, "ms"),
+        _target("RSS with 1,000 open streams ≤ 200 MB", s["rss_flowing_mib"] * 1.048576, 200.0,
+                "MB"),  # fmt: skip
+        "",
     ]
+    if results.get("note"):
+        lines += [f"Note: {results['note']}", ""]
     return "\n".join(lines)
+
+
+def _target(what: str, value: float, limit: float, unit: str) -> str:
+    return f"| {what} | {value:.1f} {unit} | {'met' if value <= limit else 'not met'} |"
 
 
 if __name__ == "__main__":
