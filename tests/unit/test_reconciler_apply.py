@@ -191,3 +191,25 @@ async def test_a_plan_without_failures_raises_nothing() -> None:
     client = FakeClient(body(session))
     await reconciler(client, session).apply(KEY, session, hand_plan())
     assert len(client.writes) == 6
+
+
+async def test_a_ttls_child_deletions_wait_for_the_status_with_their_event() -> None:
+    """`cleanupAfterFinished: Children`: the Service and NetworkPolicy go with the status
+    write and the ChildrenDeleted Event; were they deleted while the status failed, the
+    retry would find nothing left to delete and the Event would never be posted."""
+    session = make_session()
+    plan = hand_plan(
+        delete_children=[("Service", "demo"), ("NetworkPolicy", "demo")],
+        events=[EventNote("Normal", "ChildrenDeleted", "deleted the Service and NetworkPolicy")],
+        delete_pods=[],
+        delete_session=False,
+    )
+    refused = FakeClient(body(session), refuse={("PATCH", "AgentSession/status")})
+    with pytest.raises(ApiError):
+        await reconciler(refused, session).apply(KEY, session, plan)
+    assert refused.did("DELETE", "Service") == refused.did("DELETE", "NetworkPolicy") == []
+    assert refused.did("CREATE", "Event") == []
+    accepted = FakeClient(body(session))
+    await reconciler(accepted, session).apply(KEY, session, plan)
+    assert accepted.did("DELETE", "Service") == accepted.did("DELETE", "NetworkPolicy") == ["demo"]
+    assert accepted.did("CREATE", "Event") != []

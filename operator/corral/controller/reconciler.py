@@ -114,9 +114,9 @@ class Reconciler:
         """Carry out a plan. Only real dependencies hold a step back:
 
         - the status names the pod the plan creates: not written if that create failed;
-        - pod deletions and the plan's Events wait for the status (a finished pod is deleted
-          only once its outcome is recorded; Events describe the status transition, and are
-          decided again, not lost, when the status is retried);
+        - pod and child deletions and the plan's Events wait for the status (a finished pod
+          is deleted only once its outcome is recorded; Events describe the status
+          transition, and are decided again, not lost, when the status is retried);
         - everything else is independent: Service, NetworkPolicy and PVC creates, pod and
           child patches, the TTL deletion, and each pod deletion from the others.
 
@@ -147,10 +147,12 @@ class Reconciler:
             await self._attempt(self._patch_child(key, session, "Pod", name, patch), failures)
         for kind, name, patch in plan.patch_children:
             await self._attempt(self._patch_child(key, session, kind, name, patch), failures)
-        for kind, name in plan.delete_children:
-            if await self._attempt(self.client.delete(kind, key[0], name), failures):
-                self.store.put_named_child(key, kind, name, deleted=True)
         if status_ok:
+            # With the status, like pod deletions: the Event that says what a TTL deleted
+            # is decided with the deletion, and both are retried together.
+            for kind, name in plan.delete_children:
+                if await self._attempt(self.client.delete(kind, key[0], name), failures):
+                    self.store.put_named_child(key, kind, name, deleted=True)
             for deletion in plan.delete_pods:
                 uid = deletion.uid or None
                 try:
