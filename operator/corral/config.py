@@ -160,6 +160,14 @@ class OperatorConfig(ConfigModel):
     activity_peer: PeerRule | None = Field(
         None, description="Egress every session gets to reach the operator's activity port."
     )
+    failover_grace_seconds: float = Field(
+        45.0,
+        ge=0,
+        le=3600,
+        description="After becoming leader, how long the operator waits for a runner's "
+        "activity report before it may scale that session down (a busy runner heartbeats "
+        "every 30 s, to the leader only). 0: no wait (runners that never report).",
+    )
     # The session gateway (corral gateway): the only way into a runner besides the
     # opt-ins below. It proves itself to each runner with a per-session credential.
     gateway: ScraperPeer | None = Field(

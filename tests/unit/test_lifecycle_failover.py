@@ -98,3 +98,10 @@ def test_without_activity_reports_no_leader_ever_scales_down() -> None:
 
 def test_the_grace_is_longer_than_the_runner_heartbeat() -> None:
     assert timedelta(seconds=HEARTBEAT_SECONDS) < HEARTBEAT_GRACE
+
+
+def test_the_grace_is_the_operators_setting() -> None:
+    quick = REPORTING.model_copy(update={"failover_grace_seconds": 5.0})
+    assert decide_with(leading_since=NOW - timedelta(seconds=6), config=quick).scaled_down
+    assert not decide_with(leading_since=NOW - timedelta(seconds=6)).scaled_down
+    assert OperatorConfig().failover_grace_seconds == HEARTBEAT_GRACE.total_seconds()

@@ -63,6 +63,7 @@ BUSY_REPORT_STALE = timedelta(seconds=120)
 # A busy runner reports every 30 s (corral.runner.activity.HEARTBEAT_SECONDS), to the leader
 # only: a replica that just became leader waits this long before scaling a session down
 # whose runner it has not heard from since, as it may be in a long silent tool call.
+# (OperatorConfig.failover_grace_seconds, whose default this is.)
 HEARTBEAT_GRACE = timedelta(seconds=45)
 # How often to look again at a child name taken by an object that is not the session's.
 NAME_TAKEN_RETRY_SECONDS = 30.0
@@ -825,7 +826,7 @@ class _Decision:
             return None
         if activity is not None and activity.received_at and activity.received_at >= since:
             return None
-        return since + HEARTBEAT_GRACE
+        return since + timedelta(seconds=self.config.failover_grace_seconds)
 
     def wake(self, wake_value: str | None) -> None:
         adopted = self.drop_duplicates()

@@ -56,6 +56,8 @@ def kwok_operator_config(namespace: str, **overrides: object) -> OperatorConfig:
         "tolerations": [KWOK_TOLERATION],
         "activityUrl": f"http://corral.{namespace}.svc:8081/v1/activity",
         "runnerEnv": dict(PLACEHOLDER_KEY),
+        # Nobody's heartbeat can come: a new leader has nothing to wait for.
+        "failoverGraceSeconds": 0,
     }
     body.update(overrides)
     return OperatorConfig.model_validate(body)
