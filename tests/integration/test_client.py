@@ -7,7 +7,7 @@ gateway's URL directly (CORRAL_GATEWAY_URL): the API server's service proxy need
 gateway running as a pod behind a Service, which this cluster (no kubelet) cannot run.
 
 No operator watches this module's namespace: the tests play the operator's part (pods
-pointing at the loopback runner, status written here), as tests/integration/test_gateway.py.
+pointing at the loopback runner, status written here), as tests/integration/test_gateway_routing.py.
 `chat` runs under a pseudo-terminal (pexpect), the way a person runs it.
 """
 
