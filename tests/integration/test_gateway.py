@@ -29,6 +29,7 @@ from corral.gateway.server import Gateway, GatewaySettings
 from corral.kube.client import KubeClient, load_connection
 from corral.kube.informer import Informer
 from corral.render.meta import MANAGED_BY_LABEL, MANAGER
+from corral.testing.chart_rbac import GATEWAY_TEMPLATES, ChartIdentity, chart_identity
 from corral.testing.gateway import (
     GROUP,
     PLURAL,
@@ -81,11 +82,27 @@ def users(world: World) -> dict[str, str]:
     }
 
 
+@pytest.fixture(scope="module")
+def gateway_identity(
+    kubeconfig: Path, gw_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChartIdentity]:
+    """The gateway's ServiceAccount with exactly the chart's RBAC for it."""
+    identity = chart_identity(
+        kubeconfig,
+        gw_namespace,
+        f"gw-{RUN_ID}",
+        tmp_path_factory.mktemp("gateway-identity"),
+        templates=GATEWAY_TEMPLATES,
+    )
+    yield identity
+    identity.delete()
+
+
 @pytest.fixture
 async def gateway(
-    kubeconfig: Path, world: World, users: dict[str, str]
+    gateway_identity: ChartIdentity, world: World, users: dict[str, str]
 ) -> AsyncIterator[tuple[str, Gateway]]:
-    kube = KubeClient(load_connection(str(kubeconfig)))
+    kube = KubeClient(load_connection(str(gateway_identity.kubeconfig)))
     metrics = GatewayMetrics()
     directory = Directory(kube)
     informers = [

@@ -27,6 +27,10 @@ IDENTITY_TEMPLATES = (
     "templates/rbac.yaml",
     "templates/lease.yaml",
 )
+# The gateway's identity: its ServiceAccount and RBAC (the rest of these templates, the
+# Deployment and Service, is left out).
+GATEWAY_TEMPLATES = ("templates/gateway.yaml", "templates/gateway-rbac.yaml")
+IDENTITY_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding"}
 TOKEN_SECONDS = 6 * 3600  # longer than any test run; the API server may shorten it
 
@@ -46,24 +50,31 @@ def render_identity(
     lease_name: str,
     watch_namespaces: Sequence[str] = (),
     chart: Path = CHART,
+    templates: Sequence[str] = IDENTITY_TEMPLATES,
 ) -> list[dict[str, Any]]:
-    """The chart's ServiceAccount, RBAC and Lease objects for a release in `namespace`."""
+    """The chart's ServiceAccount, RBAC and Lease objects for a release in `namespace`
+    (with GATEWAY_TEMPLATES: the gateway's ServiceAccount and RBAC)."""
     from corral.cluster.build import binary_path, ensure_built
 
     ensure_built(["helm"])
     argv = [str(binary_path("helm")), "template", release, str(chart), "--namespace", namespace]
     argv += ["--set-json", f"leaderElection.leaseName={json.dumps(lease_name)}"]
     argv += ["--set-json", f"watchNamespaces={json.dumps(list(watch_namespaces))}"]
-    for template in IDENTITY_TEMPLATES:
+    for template in templates:
         argv += ["--show-only", template]
-    return [doc for doc in yaml.safe_load_all(_run(argv)) if doc]
+    docs = [doc for doc in yaml.safe_load_all(_run(argv)) if doc]
+    return [d for d in docs if d["kind"] in IDENTITY_KINDS or d["kind"] == "Lease"]
 
 
 def granted_checks(objects: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     """One resource attribute set per (namespace, group, resource, verb) the objects grant."""
     role_namespaces: dict[tuple[str, str], list[str]] = {}
     for binding in objects:
-        if binding["kind"] in ("RoleBinding", "ClusterRoleBinding"):
+        subjects = binding.get("subjects") or []
+        # Only what the ServiceAccount is granted itself (not, say, every authenticated user).
+        if binding["kind"] in ("RoleBinding", "ClusterRoleBinding") and any(
+            s.get("kind") == "ServiceAccount" for s in subjects
+        ):
             ref = binding["roleRef"]
             scope = binding["metadata"].get("namespace", "")
             role_namespaces.setdefault((ref["kind"], ref["name"]), []).append(scope)
@@ -176,6 +187,7 @@ def chart_identity(
     workdir: Path,
     release: str = "corral",
     watch_namespaces: Sequence[str] = (),
+    templates: Sequence[str] = IDENTITY_TEMPLATES,
 ) -> ChartIdentity:
     """Apply the chart's identity objects for `release` in `namespace` (which must exist)
     and mint a kubeconfig for its ServiceAccount.
@@ -187,7 +199,9 @@ def chart_identity(
     """
     from corral.cluster.build import binary_path
 
-    objects = render_identity(release, namespace, lease_name, watch_namespaces)
+    objects = render_identity(
+        release, namespace, lease_name, watch_namespaces, templates=templates
+    )
     [account] = [o for o in objects if o["kind"] == "ServiceAccount"]
     identity = ChartIdentity(
         admin_kubeconfig=admin_kubeconfig,
