@@ -128,7 +128,7 @@ def test_the_gateway_refuses_the_wrong_user_and_no_token(
     assert status == 401, (status, answer)
     # The right token behind the admin's certificate: the gateway looks at the token only.
     status, answer = as_admin(chat_user.token).call("GET", namespace, "chat", "/v1/status")
-    assert status == 200 and answer["sessionId"], (status, answer)
+    assert status == 200 and answer["pattern"] == "LongRunning", (status, answer)
 
 
 def test_the_runner_refuses_the_api_servers_pod_proxy(
