@@ -158,7 +158,7 @@ def test_benchmark_wake_on_request(
     """Issue 13, benchmark 3: a message to a sleeping Hybrid session, from the request to
     the first event of the reply (the held request's wake, pod start, runner start, turn)."""
     sessions = Sessions(custom, namespace)
-    sessions.create("bench", spec("Hybrid", idleTimeout="2s", storage={"size": "1Gi"}))
+    sessions.create("bench", spec("Hybrid", idleTimeout="5s", storage={"size": "1Gi"}))
     ready_pod(core, namespace, "bench")
     timings: list[float] = []
     for sample in range(SAMPLES):
