@@ -159,7 +159,7 @@ def test_benchmark_wake_on_request(
     the first event of the reply (the held request's wake, pod start, runner start, turn)."""
     sessions = Sessions(custom, namespace)
     # (Idle may come before the first pod is even seen Ready: nothing else talks to it.)
-    sessions.create("bench", spec("Hybrid", idleTimeout="5s", storage={"size": "1Gi"}))
+    sessions.create("bench", spec("Hybrid", idleTimeout="15s", storage={"size": "1Gi"}))
     timings: list[float] = []
     for sample in range(SAMPLES):
         sessions.wait_phase("bench", "Idle", timeout=120)
