@@ -8,7 +8,9 @@ The fake Anthropic API and the decoys run inside this test process, bound in the
 "outside" network namespace (corral.testing.outside): pods reach them only through
 their NetworkPolicy, and every packet stays inside namespaces this suite made.
 Corral is installed as a user installs it (`helm install` of helm/corral, the operator as
-pods with in-cluster configuration and only the chart's RBAC); see `operator` below.
+pods with in-cluster configuration and only the chart's RBAC, the session gateway on as by
+default); see `operator` below. Tests talk to sessions as a user does: through the
+gateway, by the API server's service proxy, with a ServiceAccount's token (`gateway`).
 
 Without what a real node needs (root, cgroup v1, the Debian packages of
 hack/node-deps.sh) the suite is skipped, with the reason; with CORRAL_E2E=1 (as
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Release
+from e2e_support import GatewayClient, Release, make_user
 from kubernetes import client
 
 from corral.cluster import control_plane, node, pki
@@ -147,3 +149,25 @@ def operator(
     if release.installed():
         print(release.operator_logs(), file=sys.stderr)
         release.helm("uninstall", release.name, "-n", release.namespace, "--wait", check=False)
+
+
+SESSION_USER_ROLE = client.V1RoleRef(
+    api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="corral-session-user"
+)
+
+
+@pytest.fixture
+def user_token(
+    operator: Release, core: client.CoreV1Api, api_client: client.ApiClient, namespace: str
+) -> str:
+    """A session user: a ServiceAccount of the test namespace bound there (RoleBinding) to
+    the chart's ClusterRole corral-session-user; its token from TokenRequest."""
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    return make_user(core, rbac, namespace, "e2e-user", SESSION_USER_ROLE)
+
+
+@pytest.fixture
+def gateway(operator: Release, real_node_cluster: Layout, user_token: str) -> GatewayClient:
+    """That user's way to the test namespace's sessions: the gateway, by the API server's
+    service proxy, with nothing but the user's token."""
+    return GatewayClient(real_node_cluster, operator.namespace, user_token, release=operator.name)

@@ -6,6 +6,8 @@ import json
 import os
 import ssl
 import subprocess
+import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -215,37 +217,193 @@ def delete_quietly(core: client.CoreV1Api, namespace: str, name: str) -> None:
 
 
 class PodProxy:
-    """The runner's HTTP API through the API server's pod proxy (and the node's relay)."""
+    """A runner's port through the API server's pod proxy (and the node's relay): what a
+    cluster admin could try. With the gateway on, the runner refuses it (or the session's
+    NetworkPolicy does); sessions are reached through `GatewayClient`."""
 
     def __init__(self, layout: Layout, namespace: str, pod: str) -> None:
-        certs = layout.certs
-        self.context = ssl.create_default_context(cafile=str(certs.ca_cert))
-        self.context.load_cert_chain(str(certs.cert("admin")), str(certs.key(pki.ADMIN.filename)))
+        self.context = admin_context(layout)
         self.base = (
             f"{layout.apiserver_url}/api/v1/namespaces/{namespace}/pods/"
             f"{pod}:{runtime.RUNNER_PORT}/proxy"
         )
 
-    def get(self, path: str) -> dict[str, Any]:
-        with urllib.request.urlopen(self.base + path, context=self.context, timeout=30) as r:
-            body: dict[str, Any] = json.loads(r.read())
-            return body
+    def status_of(self, path: str) -> tuple[int, str]:
+        """The HTTP status and body of GET path (no exception for 4xx/5xx)."""
+        try:
+            with urllib.request.urlopen(self.base + path, context=self.context, timeout=30) as r:
+                return r.status, r.read().decode(errors="replace")
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
 
-    def send(self, text: str, timeout: float = 180) -> list[dict[str, Any]]:
-        """POST /v1/messages and read its SSE stream to the end; returns every event."""
+
+def admin_context(layout: Layout) -> ssl.SSLContext:
+    """TLS to the API server as the cluster admin (client certificate)."""
+    certs = layout.certs
+    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+    context.load_cert_chain(str(certs.cert("admin")), str(certs.key(pki.ADMIN.filename)))
+    return context
+
+
+def request_token(core: client.CoreV1Api, namespace: str, account: str) -> str:
+    """A short-lived token of a ServiceAccount (TokenRequest), as `kubectl create token`."""
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+    )
+    made = core.create_namespaced_service_account_token(account, namespace, request)
+    token: str = made.status.token
+    return token
+
+
+def make_user(
+    core: client.CoreV1Api,
+    rbac: client.RbacAuthorizationV1Api,
+    namespace: str,
+    account: str,
+    role_ref: client.V1RoleRef,
+) -> str:
+    """A ServiceAccount of `namespace` bound there to role_ref; returns its token."""
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
+    )
+    binding = client.V1RoleBinding(
+        metadata=client.V1ObjectMeta(name=account),
+        role_ref=role_ref,
+        subjects=[client.RbacV1Subject(kind="ServiceAccount", name=account, namespace=namespace)],
+    )
+    rbac.create_namespaced_role_binding(namespace, binding)
+    return request_token(core, namespace, account)
+
+
+@dataclass
+class Reply:
+    """One SSE answer: its status, the events (data lines), the comment lines (`: waking`),
+    and when the first event arrived, in seconds after the request was sent."""
+
+    status: int
+    events: list[dict[str, Any]]
+    comments: list[str]
+    first_event_after: float | None
+    body: str = ""
+
+
+@dataclass
+class GatewayClient:
+    """A session user with nothing but a kubeconfig: the API server's service proxy to the
+    chart's gateway Service (`<release>-gateway:http`).
+
+    The API server authenticates the request with the user's own token (Authorization,
+    which it consumes) and lets every authenticated user proxy to that Service (the chart's
+    Role); the gateway checks the same token, sent again in X-Corral-Token. `as_admin`
+    authenticates the API server request with the admin's client certificate instead, so
+    that what reaches the gateway can be exactly `token` (or nothing)."""
+
+    layout: Layout
+    operator_namespace: str
+    token: str | None
+    release: str = "corral"
+    as_admin: bool = False
+
+    @property
+    def base(self) -> str:
+        return (
+            f"{self.layout.apiserver_url}/api/v1/namespaces/{self.operator_namespace}"
+            f"/services/{self.release}-gateway:http/proxy/sessions"
+        )
+
+    def url(self, namespace: str, name: str, path: str) -> str:
+        return f"{self.base}/{namespace}/{name}{path}"
+
+    def context(self) -> ssl.SSLContext:
+        if self.as_admin:
+            return admin_context(self.layout)
+        return ssl.create_default_context(cafile=str(self.layout.certs.ca_cert))
+
+    def headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.token is not None:
+            headers["X-Corral-Token"] = self.token
+            if not self.as_admin:
+                headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def call(
+        self, method: str, namespace: str, name: str, path: str, body: Any = None
+    ) -> tuple[int, Any]:
+        """Status and decoded JSON body (no exception for 4xx/5xx)."""
+        headers = self.headers()
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["content-type"] = "application/json"
         request = urllib.request.Request(
-            self.base + "/v1/messages",
+            self.url(namespace, name, path), data=data, method=method, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, context=self.context(), timeout=120) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            try:
+                return error.code, json.loads(raw)
+            except ValueError:
+                return error.code, raw.decode(errors="replace")
+
+    def get(self, namespace: str, name: str, path: str) -> Any:
+        status, body = self.call("GET", namespace, name, path)
+        assert status == 200, (path, status, body)
+        return body
+
+    def send(self, namespace: str, name: str, text: str, timeout: float = 240) -> Reply:
+        """POST /v1/messages and read its SSE stream to the end."""
+        headers = {**self.headers(), "content-type": "application/json"}
+        request = urllib.request.Request(
+            self.url(namespace, name, "/v1/messages"),
             data=json.dumps({"text": text}).encode(),
             method="POST",
-            headers={"content-type": "application/json"},
+            headers=headers,
         )
         events: list[dict[str, Any]] = []
-        with urllib.request.urlopen(request, context=self.context, timeout=timeout) as r:
-            for raw in r:
-                line = raw.decode().strip()
-                if line.startswith("data:"):
-                    events.append(json.loads(line[5:]))
-        return events
+        comments: list[str] = []
+        first: float | None = None
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, context=self.context(), timeout=timeout) as r:
+                for raw in r:
+                    line = raw.decode().strip()
+                    if line.startswith("data:"):
+                        if first is None:
+                            first = time.monotonic() - started
+                        events.append(json.loads(line[5:]))
+                    elif line.startswith(":"):
+                        comments.append(line)
+                return Reply(r.status, events, comments, first)
+        except urllib.error.HTTPError as error:
+            return Reply(error.code, [], [], None, error.read().decode(errors="replace"))
+
+    async def websocket_turn(self, namespace: str, name: str, text: str) -> list[dict[str, Any]]:
+        """One message over GET /v1/stream (WebSocket through the API server's upgrade);
+        every JSON frame received until the result."""
+        import aiohttp
+
+        frames: list[dict[str, Any]] = []
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=240)) as http,
+            http.ws_connect(
+                self.url(namespace, name, "/v1/stream"),
+                headers=self.headers(),
+                ssl=self.context(),
+            ) as ws,
+        ):
+            await ws.send_json({"type": "message", "text": text})
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                frame: dict[str, Any] = json.loads(message.data)
+                frames.append(frame)
+                if frame.get("type") in ("result", "error"):
+                    break
+        return frames
 
 
 @dataclass

@@ -133,28 +133,46 @@ def test_cluster_dns_answers_the_session_pod(
     assert done.stdout.split() == ["10.96.0.1", "10.96.0.10"]
 
 
-def test_only_the_operator_namespace_reaches_the_runner_port(
+def test_only_the_gateway_reaches_the_runner_and_only_with_its_credential(
     kubeconfig: Path,
+    api_client: client.ApiClient,
     core: client.CoreV1Api,
     namespace: str,
-    operator_namespace: str,
+    operator: Any,
     session_pod: Any,
     request: pytest.FixtureRequest,
 ) -> None:
+    """With the gateway on (the chart's default) the session's NetworkPolicy admits the
+    runner port only from the gateway's pods; and the runner itself answers a caller there
+    without the session's gateway credential with 401."""
+    operator_namespace = operator.namespace
     other = f"{namespace}-other"
     core.create_namespace(
         client.V1Namespace(metadata=client.V1ObjectMeta(name=other, labels=RESTRICTED_LABELS))
     )
     request.addfinalizer(lambda: core.delete_namespace(other))
     target = (session_pod.status.pod_ip, runtime.RUNNER_PORT)
-    outsider = busybox_pod(core, other, "outsider", ["sleep", "3600"], {"app": "outsider"})
-    insider = busybox_pod(
-        core, operator_namespace, f"insider-{namespace[-4:]}", ["sleep", "3600"], {"app": "x"}
+    deployment = client.AppsV1Api(api_client).read_namespaced_deployment(
+        f"{operator.name}-gateway", operator_namespace
     )
-    request.addfinalizer(lambda: delete_quietly(core, operator_namespace, insider.metadata.name))
-    ask = f"GET {runtime.LIVENESS_PATH} HTTP/1.0\r\n\r\n"
+    gateway_labels = dict(deployment.spec.selector.match_labels)
+    suffix = namespace[-4:]
+    outsider = busybox_pod(core, other, "outsider", ["sleep", "3600"], {"app": "outsider"})
+    # A pod of the operator's namespace that is not the gateway, and one that carries the
+    # gateway's labels (what the policy admits) but not its credential.
+    bystander = busybox_pod(
+        core, operator_namespace, f"bystander-{suffix}", ["sleep", "3600"], {"app": "x"}
+    )
+    lookalike = busybox_pod(
+        core, operator_namespace, f"lookalike-{suffix}", ["sleep", "3600"], gateway_labels
+    )
+    for made in (bystander, lookalike):
+        request.addfinalizer(
+            lambda name=made.metadata.name: delete_quietly(core, operator_namespace, name)
+        )
 
-    def http(ns: str, pod: str) -> str:
+    def http(ns: str, pod: str, path: str) -> str:
+        ask = f"GET {path} HTTP/1.0\\r\\n\\r\\n"
         done = kubectl(
             kubeconfig,
             "-n",
@@ -170,9 +188,13 @@ def test_only_the_operator_namespace_reaches_the_runner_port(
 
     # kube-router adds a new pod's address to the policy's sets within seconds.
     wait_for(
-        lambda: "200 OK" in http(operator_namespace, insider.metadata.name),
+        lambda: "200 OK" in http(operator_namespace, lookalike.metadata.name, "/healthz"),
         timeout=30,
         interval=2,
-        what="the operator namespace's pod to reach the runner port",
+        what="a pod with the gateway's labels to reach the runner port",
     )
-    assert http(other, outsider.metadata.name) == ""
+    answer = http(operator_namespace, lookalike.metadata.name, "/v1/status")
+    assert answer.split(" ", 2)[1] == "401", answer
+    assert "sessionId" not in answer, answer
+    assert http(operator_namespace, bystander.metadata.name, "/healthz") == ""
+    assert http(other, outsider.metadata.name, "/healthz") == ""

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import PodProxy, Release, Sessions, kubectl, ready_pod, spec
+from e2e_support import GatewayClient, Release, Sessions, kubectl, ready_pod, spec
 from kubernetes import client
 
 from corral.api import runtime
-from corral.cluster.layout import Layout
 from corral.testing.anthropic_script import bash, text
 from corral.testing.fake_anthropic import FakeAnthropic
 from corral.testing.kube import wait_for
@@ -55,7 +54,7 @@ def test_tini_is_pid_1_and_reaps_what_bash_leaves_behind(
     namespace: str,
     kubeconfig: Path,
     fake: FakeAnthropic,
-    real_node_cluster: Layout,
+    gateway: GatewayClient,
 ) -> None:
     pod = session_pod.metadata.name
     table = {p[0]: p for p in processes(kubeconfig, namespace, pod)}
@@ -63,7 +62,7 @@ def test_tini_is_pid_1_and_reaps_what_bash_leaves_behind(
     # Orphans: each subshell exits at once, its `sleep` is re-parented to PID 1 and exits
     # two seconds later. Someone must wait() for it, or it stays a zombie for good.
     fake.add(bash("for i in 1 2 3; do (sleep 2 &); done; echo spawned"), text("done"))
-    events = PodProxy(real_node_cluster, namespace, pod).send("leave some processes behind")
+    events = gateway.send(namespace, "init", "leave some processes behind").events
     assert events[-1]["type"] == "result" and events[-1]["subtype"] == "success", events[-3:]
 
     def sleeps_gone() -> list[list[Any]] | None:

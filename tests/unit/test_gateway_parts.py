@@ -418,3 +418,25 @@ async def test_one_json_log_line_per_request_without_secrets(
     assert line["session"] == "nosuch" and line["namespace"] == "ns"
     assert (line["user"], line["route"], line["status"]) == ("alice", "/v1/status", 404)
     assert "alice-token" not in json_module.dumps(line)
+
+
+async def test_a_session_that_sleeps_again_soon_after_a_wake_is_woken_again() -> None:
+    """The "asked recently" guard lasts only until the session leaves Idle: a session woken,
+    served and asleep again within 30 s must be woken by the next request, not held to 503."""
+
+    class Kube:
+        async def patch(self, kind: str, ns: str, name: str, body: dict[str, Any]) -> None:
+            pass
+
+        async def create(self, manifest: dict[str, Any]) -> None:
+            pass
+
+    directory = Directory(kube=Kube())  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Idle"))
+    assert directory.needs_wake(directory.view("ns", "s"))
+    assert await directory.wake(directory.view("ns", "s"), "alice")
+    directory.on_session("MODIFIED", _session("Idle"))  # the operator has not moved yet
+    assert not directory.needs_wake(directory.view("ns", "s"))
+    directory.on_session("MODIFIED", _session("Running"))
+    directory.on_session("MODIFIED", _session("Idle"))  # asleep again, seconds later
+    assert directory.needs_wake(directory.view("ns", "s"))

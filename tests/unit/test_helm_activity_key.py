@@ -61,3 +61,17 @@ def test_no_activity_reporting_no_key(tmp_path: Path) -> None:
     pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
     assert "activity-key" not in [v["name"] for v in pod["volumes"]]
     assert _config(manifests).activity_key_file is None
+
+
+def test_the_operator_user_can_read_the_key(tmp_path: Path) -> None:
+    """The key is mounted 0400 and owned by root; the operator runs as a non-root user. The
+    kubelet makes a Secret file group-readable by the pod's fsGroup (0440), so the pod must
+    set fsGroup to its own group, or the operator dies on PermissionError at start."""
+    manifests = render(tmp_path)
+    volume, _ = _mount_of(manifests, "activity-key")
+    security = one(manifests, "Deployment")["spec"]["template"]["spec"]["securityContext"]
+    mode = volume["secret"].get("defaultMode", 0o644)
+    world_readable = bool(mode & 0o004)
+    group_readable = security.get("fsGroup") == security["runAsGroup"]
+    assert security["runAsNonRoot"] is True
+    assert world_readable or group_readable, (oct(mode), security)

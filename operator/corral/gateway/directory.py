@@ -150,6 +150,10 @@ class Directory:
                 pods=old.pods if old and old.uid == uid else self._orphans.pop(uid, {}),
             )
             self.sessions[key] = view
+            if view.phase != "Idle":
+                # The wake asked for has happened: the next sleep needs a wake of its own,
+                # however soon it comes (else requests within 30 s were held until 503).
+                self._woke_at.pop(key, None)
         self._notify(key)
 
     def on_pod(self, kind: str, body: JSON) -> None:
