@@ -131,7 +131,7 @@ def test_example_runs_pending_running_succeeded_then_ttl_deletes_it(
     assert "podName" not in status
     assert condition_is(status, "Complete", "True", "Succeeded")
     assert condition(status, "Failed") is None
-    assert "Succeeded" in event_reasons(core, namespace, "fizzbuzz")
+    wait_event(core, namespace, "fizzbuzz", "Succeeded")  # Events follow the status write
 
     # Recorded, then removed.
     pods_gone(core, namespace, "fizzbuzz")
@@ -258,6 +258,11 @@ def test_unschedulable_session_waits_in_pending_with_the_reason(
     pod = the_pod(core, namespace, "huge")
     assert pod.status.phase == "Pending"
     assert sessions.status("huge")["phase"] == "Pending"
+    wait_for(
+        lambda: event_reasons(core, namespace, "huge").count("Unschedulable") >= 1,
+        timeout=30,
+        what="Unschedulable Events",
+    )
     assert event_reasons(core, namespace, "huge").count("Unschedulable") == 1
 
 

@@ -23,6 +23,7 @@ from lifecycle_support import (
     own_prefix,
     restricted_namespace,
     session_pods,
+    wait_event,
 )
 
 from corral.testing.kube import wait_for
@@ -150,6 +151,11 @@ def test_idle_timeout_scales_to_zero_and_keeps_the_volume(
     assert (parse(status["idleSince"]) - parse(status["lastActivityTime"])).total_seconds() >= 5
     assert "podName" not in status
     assert "wakeCount" not in status
+    wait_for(
+        lambda: event_reasons(core, namespace, NAME).count("ScaledDown") >= 1,
+        timeout=30,
+        what="ScaledDown Events",
+    )
     assert event_reasons(core, namespace, NAME).count("ScaledDown") == 1
 
     # The volume stays, the same object, still owned by the session.
@@ -219,7 +225,7 @@ def test_wake_brings_a_new_pod_on_the_same_volume(
     assert parse(status["lastActivityTime"]) > parse(asleep["lastActivityTime"])
     assert condition_is(status, "Idle", "False", "Woken")
     assert condition_is(status, "Ready", "True", "Running")
-    assert "Woken" in event_reasons(core, namespace, NAME)
+    wait_event(core, namespace, NAME, "Woken")  # Events follow the status write
 
     # It goes back to sleep; the same annotation value does not wake it again.
     idle(sessions, core)

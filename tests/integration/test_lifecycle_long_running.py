@@ -94,6 +94,11 @@ def test_deleted_pod_is_recreated_and_counted(sessions: Sessions, core: client.C
         assert [p.metadata.name for p in session_pods(core, namespace, NAME)] == [third]
     assert history.pods_ever(NAME) == 3
     assert history.most_at_once[NAME] == 1, "a new pod only once its predecessor is gone"
+    wait_for(
+        lambda: event_reasons(core, namespace, NAME).count("PodLost") >= 2,
+        timeout=30,
+        what="PodLost Events",
+    )
     assert event_reasons(core, namespace, NAME).count("PodLost") == 2
 
 
@@ -116,7 +121,7 @@ def test_ended_pod_is_replaced(sessions: Sessions, core: client.CoreV1Api, end: 
     status = sessions.status(NAME)
     assert status["restarts"] == 1
     assert status["phase"] == "Running"
-    assert "PodLost" in event_reasons(core, namespace, NAME)
+    wait_event(core, namespace, NAME, "PodLost")  # Events follow the status write
 
 
 def test_suspend_stops_the_pod_and_resume_brings_it_back(
@@ -134,7 +139,7 @@ def test_suspend_stops_the_pod_and_resume_brings_it_back(
     status = sessions.status(NAME)
     assert "podName" not in status
     assert condition_is(status, "Ready", "False", "Suspended")
-    assert "Suspended" in event_reasons(core, namespace, NAME)
+    wait_event(core, namespace, NAME, "Suspended")  # Events follow the status write
     time.sleep(3)  # and it stays stopped
     assert session_pods(core, namespace, NAME) == []
     assert sessions.status(NAME)["phase"] == "Suspended"
@@ -145,7 +150,7 @@ def test_suspend_stops_the_pod_and_resume_brings_it_back(
     status = sessions.status(NAME)
     assert "restarts" not in status, "a resume is not a restart"
     assert condition_is(status, "Ready", "True", "Running")
-    assert "PodResumed" in event_reasons(core, namespace, NAME)
+    wait_event(core, namespace, NAME, "PodResumed")  # Events follow the status write
 
 
 def crash_loop(core: client.CoreV1Api, namespace: str, pod: str, last: dict[str, Any]) -> None:
@@ -245,6 +250,11 @@ def test_spec_too_large_is_reported_and_not_retried_until_it_changes(
     assert session_pods(core, namespace, name) == []
     # A reconcile that raises is retried with backoff and counted by exception type.
     assert operator.metric("corral_errors_total", 'reason="RenderError"') == 0
+    wait_for(
+        lambda: event_reasons(core, namespace, name).count("SpecTooLarge") >= 1,
+        timeout=30,
+        what="SpecTooLarge Events",
+    )
     assert event_reasons(core, namespace, name).count("SpecTooLarge") == 1
 
     # A shorter spec brings the session back.
