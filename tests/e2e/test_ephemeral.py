@@ -96,10 +96,15 @@ def test_a_tool_past_the_disk_limit_is_evicted_and_reported(
 ) -> None:
     # 1 GiB of ephemeral storage; the tool writes 1.2 GiB into the workspace (an emptyDir)
     # and waits: the kubelet's eviction manager measures the pod and evicts it.
-    fill = "dd if=/dev/zero of=big bs=1M count=1200 status=none; ls -la big; sleep 100"
-    fake.add(bash(fill), text("wrote it"))
+    # The tool then waits up to 5 minutes (its own timeout raised to match): the eviction
+    # manager's measurement of an emptyDir can lag well past its 10 s period on a loaded
+    # node, and a tool that returned first would let the run succeed.
+    fill = "dd if=/dev/zero of=big bs=1M count=1200 status=none; ls -la big; sleep 290"
+    step = bash(fill)
+    step.input["timeout"] = 300_000
+    fake.add(step, text("wrote it"))
     sessions.create("filler", spec("Ephemeral", prompt="Fill the disk", retries=0))
-    status = sessions.wait_phase("filler", ("Succeeded", "Failed"), timeout=240)
+    status = sessions.wait_phase("filler", ("Succeeded", "Failed"), timeout=420)
     failed = condition(status, "Failed")
     assert status["phase"] == "Failed", json.dumps(status, indent=1)
     assert failed is not None and failed["reason"] == "Evicted", json.dumps(status, indent=1)
