@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from corral.testing.gateway import (
     LocalRunner,
     World,
     free_port,
-    make_namespace,
+    scratch_namespace,
     start_local_runner,
 )
 from corral.testing.kube import wait_for
@@ -62,11 +61,8 @@ PATIENCE = 120  # seconds: a generous bound for anything on the shared machine
 
 @pytest.fixture(scope="module")
 def ns(kubeconfig: Path, crd: None, api_client: client.ApiClient) -> Iterator[str]:
-    core = client.CoreV1Api(api_client)
-    name = f"cli{RUN_ID}-{uuid.uuid4().hex[:4]}"
-    make_namespace(core, name)
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    with scratch_namespace(client.CoreV1Api(api_client), f"cli{RUN_ID}") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from corral.testing.gateway import (
     VERSION,
     World,
     free_port,
-    make_namespace,
+    scratch_namespace,
     start_local_runner,
 )
 from testrun import RUN_ID
@@ -47,11 +46,8 @@ KEY = b"gateway-test-key-" + b"0" * 32
 
 @pytest.fixture(scope="module")
 def gw_namespace(kubeconfig: Path, crd: None, api_client: client.ApiClient) -> Iterator[str]:
-    core = client.CoreV1Api(api_client)
-    name = f"gw{RUN_ID}-{uuid.uuid4().hex[:4]}"
-    make_namespace(core, name)
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
+    with scratch_namespace(client.CoreV1Api(api_client), f"gw{RUN_ID}") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

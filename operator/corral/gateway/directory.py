@@ -118,6 +118,8 @@ class Directory:
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
         self.sessions: dict[Key, SessionView] = {}
+        # Session UID -> key: each pod event finds its session by its owner's UID at once.
+        self._by_uid: dict[str, Key] = {}
         # Pods seen before their session (informers are independent): parked by owner UID.
         self._orphans: dict[str, dict[str, JSON]] = {}
         self._changed: dict[Key, asyncio.Event] = {}
@@ -131,6 +133,9 @@ class Directory:
     def on_session(self, kind: str, body: JSON) -> None:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
+        gone = self.sessions.get(key)
+        if gone is not None:
+            self._by_uid.pop(gone.uid, None)
         if kind == "DELETED":
             self.sessions.pop(key, None)
             self._woke_at.pop(key, None)
@@ -150,6 +155,7 @@ class Directory:
                 pods=old.pods if old and old.uid == uid else self._orphans.pop(uid, {}),
             )
             self.sessions[key] = view
+            self._by_uid[uid] = key
             if view.phase != "Idle":
                 # The wake asked for has happened: the next sleep needs a wake of its own,
                 # however soon it comes (else requests within 30 s were held until 503).
@@ -161,17 +167,16 @@ class Directory:
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
         pod = _trim_pod(body)
         owner = pod["owner"]
-        session = (
-            next((s for s in self._sessions_in(namespace) if s.uid == owner), None)
-            if owner
-            else None
-        )
+        if not owner:
+            return  # not a session's pod: nothing to route to
+        key = self._by_uid.get(owner)
+        session = self.sessions.get(key) if key and key[0] == namespace else None
         if session is None:
-            parked = self._orphans.setdefault(str(owner), {})
+            parked = self._orphans.setdefault(owner, {})
             if kind == "DELETED":
                 parked.pop(name, None)
                 if not parked:
-                    self._orphans.pop(str(owner), None)
+                    self._orphans.pop(owner, None)
             else:
                 parked[name] = pod
             return
@@ -180,9 +185,6 @@ class Directory:
         else:
             session.pods[name] = pod
         self._notify((session.namespace, session.name))
-
-    def _sessions_in(self, namespace: str) -> list[SessionView]:
-        return [s for (ns, _), s in self.sessions.items() if ns == namespace]
 
     def _notify(self, key: Key) -> None:
         event = self._changed.pop(key, None)

@@ -8,6 +8,7 @@ agentsessions/connect and a TokenRequest token.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def scratch_namespace(core: client.CoreV1Api, prefix: str) -> Iterator[str]:
+    """A namespace of its own for a test module (outside any operator's prefix), deleted after."""
+    name = f"{prefix}-{uuid.uuid4().hex[:4]}"
+    make_namespace(core, name)
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name, propagation_policy="Background")
 
 
 def make_namespace(core: client.CoreV1Api, name: str) -> None:
