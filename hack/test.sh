@@ -13,6 +13,18 @@ export PATH="$VENV/bin:$PATH"
 started=$(date +%s)
 
 corral cluster build
+
+# A run that was killed (a CI timeout, a closed terminal) leaves its clusters up with its
+# objects in them, and the fixtures would reuse them. The e2e cluster is the tests' own:
+# start it clean unless asked to keep it. The default one may be a developer's `corral up`:
+# only CI starts that one clean too.
+if [ -z "${CORRAL_KEEP_CLUSTER:-}" ]; then
+  e2e_state="${CORRAL_E2E_STATE_DIR:-$(dirname "$(python -c 'from corral.cluster.paths import state_dir; print(state_dir())')")/e2e}"
+  CORRAL_STATE_DIR="$e2e_state" corral cluster down >/dev/null
+  if [ -n "${CI:-}" ]; then
+    corral cluster down >/dev/null
+  fi
+fi
 echo "[test] lint and types" >&2
 ruff check operator tests bench
 mypy

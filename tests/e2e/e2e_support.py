@@ -6,6 +6,7 @@ import json
 import os
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -446,8 +447,36 @@ class Release:
         path.write_text(yaml.safe_dump(values))
         return path
 
+    def sweep_earlier_runs(self) -> list[str]:
+        """Uninstall releases of this name that an interrupted earlier run left in a reused
+        cluster: their cluster-scoped objects (ClusterRoles, the CRD's webhooks) would make
+        this install fail. Returns the namespaces swept."""
+        rbac = client.RbacAuthorizationV1Api(self.api_client)
+        stale = set()
+        for role in rbac.list_cluster_role().items:
+            notes = role.metadata.annotations or {}
+            if notes.get("meta.helm.sh/release-name") == self.name:
+                owner = notes.get("meta.helm.sh/release-namespace", "")
+                if owner and owner != self.namespace:
+                    stale.add(owner)
+        for namespace in sorted(stale):
+            done = self.helm("uninstall", self.name, "-n", namespace, "--wait", check=False)
+            if done.returncode != 0:  # its namespace (and release record) went first
+                for role in rbac.list_cluster_role().items:
+                    notes = role.metadata.annotations or {}
+                    if notes.get("meta.helm.sh/release-namespace") == namespace:
+                        rbac.delete_cluster_role(role.metadata.name)
+                for binding in rbac.list_cluster_role_binding().items:
+                    notes = binding.metadata.annotations or {}
+                    if notes.get("meta.helm.sh/release-namespace") == namespace:
+                        rbac.delete_cluster_role_binding(binding.metadata.name)
+        return sorted(stale)
+
     def install(self, values: dict[str, Any]) -> None:
         self.values = values
+        swept = self.sweep_earlier_runs()
+        if swept:
+            print(f"uninstalled releases an earlier run left: {swept}", file=sys.stderr)
         self.helm(
             "install", self.name, str(CHART), "-n", self.namespace,
             "-f", str(self.values_file(values)), "--wait", "--timeout", "5m",
