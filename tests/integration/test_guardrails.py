@@ -416,3 +416,26 @@ def test_a_guardrail_added_later_checks_changes_only(
     assert image is not None
     assert "use an image that starts with a.example/ or b.example/" in image
     assert admission.patch(LATER, "old", {"image": "b.example/r:2"}) is None
+
+
+def test_the_api_server_refuses_a_malformed_guardrail(
+    admission: Admission, api_client: client.ApiClient
+) -> None:
+    """What the models check (tests/unit/test_guardrail_crd.py), the CRD checks on write."""
+    custom = client.CustomObjectsApi(api_client)
+    for spec, message in (
+        ({"allowedEgressCidrs": ["10.0.0.0/8", "10.0.0.0"]},
+         "spec.allowedEgressCidrs entries must be CIDRs such as 10.20.0.0/16"),
+        ({"allowedDomains": ["https://github.com"]}, "spec.allowedDomains[0]: Invalid value"),
+        ({"maxResources": {"cpu": "two"}}, "spec.maxResources.cpu: Invalid value"),
+    ):  # fmt: skip
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "SessionGuardrail",
+            "metadata": {"name": "bad", "namespace": OPEN}, "spec": spec,
+        }  # fmt: skip
+        with pytest.raises(ApiException) as refused:
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, OPEN, "sessionguardrails", body, dry_run="All"
+            )
+        assert refused.value.status == 422
+        assert message in json.loads(refused.value.body)["message"], refused.value.body
