@@ -981,3 +981,16 @@ def test_guardrail_values_render_session_guardrails_the_crd_accepts(tmp_path: Pa
     # `mode` is the chart's, not the CRD's; an empty list stays (it allows nothing).
     assert team_b["spec"] == {"allowedEgressCidrs": []}
     assert SessionGuardrail.model_validate(team_b).spec.allowed_egress_cidrs == []
+
+
+def test_an_upgrade_without_the_guardrail_crd_stops_with_the_fix() -> None:
+    """helm upgrade does not add crds/: without the SessionGuardrail CRD the policy's
+    paramKind would not resolve and every AgentSession write would be refused."""
+    base = ["template", RELEASE, str(CHART), "--is-upgrade"]
+    result = run_helm(*base)
+    assert result.returncode != 0
+    assert "needs the SessionGuardrail CRD" in result.stderr
+    assert "kubectl apply --server-side -f helm/corral/crds/" in result.stderr
+    assert run_helm(*base, "--set", "guardrails.enabled=false").returncode == 0
+    crd_present = run_helm(*base, "--api-versions", "corral.dev/v1alpha1/SessionGuardrail")
+    assert crd_present.returncode == 0, crd_present.stderr
