@@ -58,6 +58,8 @@ BASE_VALUES: dict[str, Any] = {
 # Every kind the chart renders (monitoring CRs aside: their CRDs are not installed here).
 CLUSTER_KINDS = (
     "clusterroles.rbac.authorization.k8s.io", "clusterrolebindings.rbac.authorization.k8s.io",
+    "validatingadmissionpolicies.admissionregistration.k8s.io",
+    "validatingadmissionpolicybindings.admissionregistration.k8s.io",
 )
 CHART_KINDS = (
     "deployments.apps", "services", "configmaps", "serviceaccounts",

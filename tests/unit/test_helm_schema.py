@@ -89,15 +89,15 @@ def one(
 # --- the CRD -----------------------------------------------------------------------------
 
 
-def test_chart_crd_is_the_generated_crd() -> None:
-    """helm/corral/crds/ holds a copy of crds/agentsessions.yaml (itself generated)."""
+@pytest.mark.parametrize("name", ["agentsessions.yaml", "sessionguardrails.yaml"])
+def test_chart_crd_is_the_generated_crd(name: str) -> None:
+    """helm/corral/crds/ holds copies of crds/*.yaml (themselves generated)."""
     chart_crds = sorted(p.name for p in (CHART / "crds").iterdir())
-    assert chart_crds == ["agentsessions.yaml"]
-    generated = (ROOT / "crds" / "agentsessions.yaml").read_text(encoding="utf-8")
-    copied = (CHART / "crds" / "agentsessions.yaml").read_text(encoding="utf-8")
+    assert chart_crds == ["agentsessions.yaml", "sessionguardrails.yaml"]
+    generated = (ROOT / "crds" / name).read_text(encoding="utf-8")
+    copied = (CHART / "crds" / name).read_text(encoding="utf-8")
     assert copied == generated, (
-        "helm/corral/crds/agentsessions.yaml differs from crds/agentsessions.yaml: "
-        "run `cp crds/agentsessions.yaml helm/corral/crds/`"
+        f"helm/corral/crds/{name} differs from crds/{name}: run `cp crds/{name} helm/corral/crds/`"
     )
 
 
@@ -200,6 +200,46 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
         "operator as root",
         {"securityContext": {"runAsUser": 0}},
         "at '/securityContext/runAsUser': minimum: got 0, want 1",
+    ),
+    (
+        "guardrails both denying and warning (the API server refuses the binding)",
+        {"guardrails": {"validationActions": ["Deny", "Warn"]}},
+        "at '/guardrails/validationActions': 'not' failed",
+    ),
+    (
+        "guardrail action outside its enum",
+        {"guardrails": {"validationActions": ["Block"]}},
+        "at '/guardrails/validationActions/0': value must be one of 'Deny', 'Warn', 'Audit'",
+    ),
+    (
+        "guardrail namespace not a DNS label",
+        {"guardrails": {"namespaces": {"Team_A": {"maxStorage": "1Gi"}}}},
+        "invalid propertyName 'Team_A'",
+    ),
+    (
+        "guardrail with an unknown limit (a typo)",
+        {"guardrails": {"namespaces": {"team-a": {"maxCpu": "2"}}}},
+        "at '/guardrails/namespaces/team-a': additional properties 'maxCpu' not allowed",
+    ),
+    (
+        "guardrail quantity as a number (the CRD takes strings)",
+        {"guardrails": {"namespaces": {"team-a": {"maxResources": {"cpu": 2}}}}},
+        "at '/guardrails/namespaces/team-a/maxResources/cpu': got number, want string",
+    ),
+    (
+        "guardrail domain with a scheme",
+        {"guardrails": {"namespaces": {"team-a": {"allowedDomains": ["https://github.com"]}}}},
+        "at '/guardrails/namespaces/team-a/allowedDomains/0': 'https://github.com' does not match",
+    ),
+    (
+        "guardrail budget of zero",
+        {"guardrails": {"namespaces": {"team-a": {"maxBudgetUsd": 0}}}},
+        "at '/guardrails/namespaces/team-a/maxBudgetUsd': exclusiveMinimum",
+    ),
+    (
+        "guardrail mode outside its enum",
+        {"guardrails": {"namespaces": {"team-a": {"mode": "warn"}}}},
+        "at '/guardrails/namespaces/team-a/mode': value must be one of 'enforce', 'audit'",
     ),
 ]
 
@@ -658,6 +698,7 @@ def test_monitoring_is_off_by_default(tmp_path: Path) -> None:
         "ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role",
         "RoleBinding", "Service", "Deployment", "Lease", "NetworkPolicy",
         "PodDisruptionBudget", "Secret",  # the activity token key
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",  # guardrails, inert
     }
 
 
@@ -861,3 +902,95 @@ def test_gateway_off_leaves_runner_ingress_as_before(tmp_path: Path) -> None:
         yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
     )
     assert config.gateway is None
+
+
+# --- admin guardrails --------------------------------------------------------------------
+
+
+def _guardrail_objects(manifests: list[Manifest]) -> dict[str, list[Manifest]]:
+    found: dict[str, list[Manifest]] = {}
+    for m in manifests:
+        if (m["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "guardrails":
+            found.setdefault(m["kind"], []).append(m)
+    return found
+
+
+def test_guardrails_render_a_policy_and_two_bindings_by_default(tmp_path: Path) -> None:
+    """Enabled by default and inert: no SessionGuardrail, so no namespace is restricted."""
+    found = _guardrail_objects(render(tmp_path))
+    assert sorted(found) == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    [policy] = found["ValidatingAdmissionPolicy"]
+    name = f"{NAMESPACE}-{RELEASE}-guardrails"  # cluster-scoped: one per release namespace
+    assert policy["metadata"]["name"] == name
+    assert policy["spec"]["paramKind"] == {
+        "apiVersion": "corral.dev/v1alpha1", "kind": "SessionGuardrail",
+    }  # fmt: skip
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    bindings = {b["metadata"]["name"]: b["spec"] for b in found["ValidatingAdmissionPolicyBinding"]}
+    assert bindings[name]["validationActions"] == ["Deny"]
+    assert bindings[f"{name}-audit"]["validationActions"] == ["Warn", "Audit"]
+    for spec in bindings.values():
+        assert spec["policyName"] == name
+        # The session's own namespace (no paramRef.namespace); none there: not restricted.
+        assert "namespace" not in spec["paramRef"]
+        assert spec["paramRef"]["parameterNotFoundAction"] == "Allow"
+    # Every guardrail goes to exactly one binding, by its mode label.
+    assert bindings[name]["paramRef"]["selector"] == {
+        "matchExpressions": [
+            {"key": "corral.dev/guardrail-mode", "operator": "NotIn", "values": ["audit"]}
+        ]
+    }
+    assert bindings[f"{name}-audit"]["paramRef"]["selector"] == {
+        "matchLabels": {"corral.dev/guardrail-mode": "audit"}
+    }
+
+
+def test_guardrails_can_be_disabled_or_set_to_warn(tmp_path: Path) -> None:
+    assert _guardrail_objects(render(tmp_path, None, "guardrails.enabled=false")) == {}
+    values = {"guardrails": {"validationActions": ["Warn", "Audit"], "failurePolicy": "Ignore"}}
+    found = _guardrail_objects(render(tmp_path, values))
+    actions = sorted(
+        b["spec"]["validationActions"] for b in found["ValidatingAdmissionPolicyBinding"]
+    )
+    assert actions == [["Warn", "Audit"], ["Warn", "Audit"]]
+    assert found["ValidatingAdmissionPolicy"][0]["spec"]["failurePolicy"] == "Ignore"
+
+
+def test_guardrail_values_render_session_guardrails_the_crd_accepts(tmp_path: Path) -> None:
+    from corral.api.guardrails import SessionGuardrail
+
+    limits = {
+        "allowedImagePrefixes": ["registry.example.com/corral/"],
+        "allowedEgressCidrs": ["10.20.0.0/16"],
+        "allowedDomains": ["github.com", "*.pypi.org", "git.example:8443"],
+        "maxResources": {"cpu": "2", "memory": "4Gi"},
+        "maxStorage": "20Gi",
+        "maxBudgetUsd": 5,
+    }
+    values = {"guardrails": {"namespaces": {
+        "team-a": limits, "team-b": {"mode": "audit", "allowedEgressCidrs": []},
+    }}}  # fmt: skip
+    found = _guardrail_objects(render(tmp_path, values))
+    guardrails = {g["metadata"]["namespace"]: g for g in found["SessionGuardrail"]}
+    assert sorted(guardrails) == ["team-a", "team-b"]
+    team_a = SessionGuardrail.model_validate(guardrails["team-a"])
+    assert team_a.spec.model_dump(by_alias=True, exclude_none=True) == limits
+    assert "corral.dev/guardrail-mode" not in guardrails["team-a"]["metadata"]["labels"]
+    team_b = guardrails["team-b"]
+    assert team_b["metadata"]["labels"]["corral.dev/guardrail-mode"] == "audit"
+    # `mode` is the chart's, not the CRD's; an empty list stays (it allows nothing).
+    assert team_b["spec"] == {"allowedEgressCidrs": []}
+    assert SessionGuardrail.model_validate(team_b).spec.allowed_egress_cidrs == []
+
+
+def test_an_upgrade_without_the_guardrail_crd_stops_with_the_fix() -> None:
+    """helm upgrade does not add crds/: without the SessionGuardrail CRD the policy's
+    paramKind would not resolve and every AgentSession write would be refused."""
+    base = ["template", RELEASE, str(CHART), "--is-upgrade"]
+    result = run_helm(*base)
+    assert result.returncode != 0
+    assert "needs the SessionGuardrail CRD" in result.stderr
+    assert "kubectl apply --server-side -f helm/corral/crds/" in result.stderr
+    assert run_helm(*base, "--set", "guardrails.enabled=false").returncode == 0
+    crd_present = run_helm(*base, "--api-versions", "corral.dev/v1alpha1/SessionGuardrail")
+    assert crd_present.returncode == 0, crd_present.stderr

@@ -248,3 +248,16 @@ the operator's runner pods (where to forward), and Events (who woke a session).
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/*
+Labels of the admin guardrails (the admission policy, its binding, its ConfigMaps).
+*/}}
+{{- define "corral.guardrailLabels" -}}
+helm.sh/chart: {{ include "corral.chart" . }}
+app.kubernetes.io/name: {{ include "corral.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: guardrails
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: corral
+{{- end }}

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from corral.api.crd import crd_yaml
+from corral.api.crd import crd_yaml, guardrail_crd_yaml
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,6 +23,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="write to FILE instead of stdout (default: stdout)",
     )
     parser.add_argument(
+        "--guardrails",
+        action="store_true",
+        help="the SessionGuardrail CRD (the admin guardrails' parameters) instead",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="verify, do not write: exit 1 if FILE (--output) differs from the generated CRD",
@@ -31,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    text = crd_yaml()
+    text = guardrail_crd_yaml() if args.guardrails else crd_yaml()
     output: Path | None = args.output
     if args.check:
         if output is None:

@@ -14,11 +14,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from corral.api import guardrails
 from corral.api import v1alpha1 as api
 
 Schema = dict[str, Any]
 
 CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
+GUARDRAIL_CRD_NAME = f"{guardrails.PLURAL}.{api.GROUP}"
 HEADER = "# Generated from corral.api.v1alpha1 by `corral crd`: do not edit by hand.\n"
 
 # The keywords a schema may carry, in the order they are written out.
@@ -216,9 +218,59 @@ def custom_resource_definition() -> dict[str, Any]:
     }
 
 
+def guardrail_resource_definition() -> dict[str, Any]:
+    """The CustomResourceDefinition of SessionGuardrail (corral.api.guardrails)."""
+    root = {
+        "description": "SessionGuardrail limits what the AgentSessions of its namespace may "
+        "ask for; the chart's ValidatingAdmissionPolicy enforces it (docs/guardrails.md).",
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": _field("string", "Versioned schema of this representation of an object."),
+            "kind": _field("string", "REST resource this object represents."),
+            "metadata": {"type": "object"},
+            "spec": openapi_schema(guardrails.SessionGuardrailSpec),
+        },
+    }
+    version = {
+        "name": api.VERSION,
+        "served": True,
+        "storage": True,
+        "schema": {"openAPIV3Schema": root},
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": GUARDRAIL_CRD_NAME,
+            "labels": {"app.kubernetes.io/name": "corral", "app.kubernetes.io/part-of": "corral"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "names": {
+                "kind": guardrails.KIND,
+                "listKind": f"{guardrails.KIND}List",
+                "plural": guardrails.PLURAL,
+                "singular": guardrails.SINGULAR,
+            },
+            "scope": "Namespaced",
+            "versions": [version],
+        },
+    }
+
+
+def _dump(body: dict[str, Any]) -> str:
+    return yaml.safe_dump(body, sort_keys=False, width=100, allow_unicode=True)
+
+
 def crd_yaml() -> str:
     """The CRD as the YAML committed in crds/ (stable output: the drift test compares text)."""
-    body = yaml.safe_dump(
-        custom_resource_definition(), sort_keys=False, width=100, allow_unicode=True
+    return HEADER + _dump(custom_resource_definition())
+
+
+def guardrail_crd_yaml() -> str:
+    """The SessionGuardrail CRD as committed in crds/sessionguardrails.yaml."""
+    header = HEADER.replace("v1alpha1", "guardrails").replace(
+        "`corral crd`", "`corral crd --guardrails`"
     )
-    return HEADER + body
+    return header + _dump(guardrail_resource_definition())
