@@ -29,7 +29,7 @@ _NAME = rf"{_LABEL}(\.{_LABEL})*"
 DOMAIN_RULE = re.compile(rf"(?P<host>\*|(\*\.)?{_NAME})(:(?P<port>[0-9]{{1,5}}))?")
 _HOST_NAME = re.compile(_NAME)
 
-# Refusal reasons: a fixed set, used as the metric label.
+# Denial reasons: a fixed set, used as the metric label.
 NOT_ALLOWED = "not-allowed"
 PRIVATE = "private"
 LOOPBACK = "loopback"
@@ -72,7 +72,7 @@ _CLASS_NETWORKS = tuple(
 
 
 @dataclass(frozen=True)
-class Refusal:
+class Denial:
     reason: str  # one of the constants above (a bounded metric label)
     message: str  # for the 403 body, the log line and the Event
 
@@ -162,28 +162,28 @@ class EgressPolicy:
     domains: tuple[DomainRule, ...] = ()
     cidrs: tuple[CidrRule, ...] = ()
 
-    def name_allowed(self, host: str, port: int) -> Refusal | None:
+    def name_allowed(self, host: str, port: int) -> Denial | None:
         if any(rule.matches(host, port) for rule in self.domains):
             return None
-        return Refusal(
+        return Denial(
             NOT_ALLOWED,
             f"{host}:{port} is not in the session's spec.network.allowedDomains",
         )
 
-    def address_allowed(self, address: IPAddress, port: int) -> Refusal | None:
+    def address_allowed(self, address: IPAddress, port: int) -> Denial | None:
         reason = classify(address)
         if reason == METADATA:
-            return Refusal(METADATA, f"{address} is a cloud metadata address")
+            return Denial(METADATA, f"{address} is a cloud metadata address")
         if any(rule.allows(address, port) for rule in self.cidrs):
             return None
         if reason is not None:
-            return Refusal(
+            return Denial(
                 reason,
                 f"{address} is a {reason} address, not in the session's spec.network.egress CIDRs",
             )
         return None
 
-    def target_allowed(self, host: str | IPAddress, port: int) -> Refusal | None:
+    def target_allowed(self, host: str | IPAddress, port: int) -> Denial | None:
         """The check before any resolution: a name must be allowed; an address literal must
         be inside the spec's CIDRs, or public and allowed by a `*` rule or its exact text."""
         if isinstance(host, str):
@@ -197,10 +197,10 @@ class EgressPolicy:
 
     def usable_addresses(
         self, port: int, addresses: Sequence[IPAddress]
-    ) -> tuple[list[IPAddress], Refusal | None]:
+    ) -> tuple[list[IPAddress], Denial | None]:
         """The resolved addresses that may be dialled, in order; the first refusal when none."""
         usable: list[IPAddress] = []
-        first: Refusal | None = None
+        first: Denial | None = None
         for address in addresses:
             refused = self.address_allowed(address, port)
             if refused is None:
@@ -209,7 +209,7 @@ class EgressPolicy:
                 first = refused
         if usable:
             return usable, None
-        return [], first or Refusal(UNRESOLVED, "the name resolved to no address")
+        return [], first or Denial(UNRESOLVED, "the name resolved to no address")
 
 
 def _url_rule(url: str) -> DomainRule | None:

@@ -21,7 +21,6 @@ from corral.gateway.egress_index import Caller
 log = logging.getLogger("corral.gateway.egress")
 MAX_TRACKED = 10_000
 MAX_MESSAGE = 1000
-EVENT_REASON = "EgressRefused"
 
 PostEvent = Callable[[Caller, str], Awaitable[Any]]
 
@@ -105,7 +104,7 @@ def refusal_event(caller: Caller, message: str, now: datetime | None = None) -> 
             "name": caller.name,
             "uid": caller.uid,
         },
-        "reason": EVENT_REASON,
+        "reason": "EgressRefused",
         "message": message,
         "type": "Warning",
         "source": {"component": "corral-gateway"},
