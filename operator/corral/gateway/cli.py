@@ -66,7 +66,8 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="DOMAIN",
         help="a domain every session may reach through the egress proxy, e.g. "
-        "api.anthropic.com:443 (repeatable; same syntax as spec.network.allowedDomains)",
+        "api.anthropic.com:443 (repeatable; same syntax as spec.network.allowedDomains) "
+        "(default: none)",
     )
     parser.add_argument(
         "--egress-hosts-file",
@@ -78,7 +79,8 @@ def register(subparsers: Any) -> None:
         "--egress-idle-seconds",
         type=float,
         default=300.0,
-        help="close an egress tunnel after this long without a byte either way",
+        help="close an egress tunnel after this long without a byte either way "
+        "(default: %(default)s)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.set_defaults(handler=_run)
