@@ -4,9 +4,10 @@ A connection is identified by its source address (the session pod's IP, from the
 gateway's informers; see egress_index). Its request is parsed and bounded, checked against
 the session's policy, the name resolved here and each address checked (DNS rebinding), and
 only then is an upstream connection opened, to the address that was checked: nothing of a
-refused request leaves the gateway. CONNECT becomes a byte tunnel (both directions,
-backpressure through drain(), closed after `idle_seconds` without a byte either way);
-plain HTTP in absolute form is rewritten to origin form and then spliced the same way.
+refused request leaves the gateway. CONNECT becomes a byte tunnel (egress_tunnel: both
+directions spliced in the kernel, backpressure, closed after `idle_seconds` without a byte
+either way); plain HTTP in absolute form is rewritten to origin form, then tunnelled the
+same way.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -27,9 +28,9 @@ from corral.gateway.egress_http import response_head as answer
 from corral.gateway.egress_index import Caller, EgressIndex
 from corral.gateway.egress_policy import IPAddress
 from corral.gateway.egress_report import RefusalReporter
+from corral.gateway.egress_tunnel import tunnel
 
 log = logging.getLogger("corral.gateway.egress")
-BUFFER = 256 * 1024
 UNKNOWN_CLIENT = "unknown-client"
 
 
@@ -113,6 +114,25 @@ def client_address(peer: object) -> str:
     return str(address)
 
 
+class EgressServer:
+    """The listening socket and its accept loop (the shape of asyncio.Server that callers use)."""
+
+    def __init__(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self.sockets = [sock]
+        self._task = task
+
+    def close(self) -> None:
+        self._task.cancel()
+        self.sockets[0].close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def serve_forever(self) -> None:
+        await self._task
+
+
 class EgressProxy:
     def __init__(
         self,
@@ -129,57 +149,86 @@ class EgressProxy:
         self.settings = settings or EgressSettings()
         self._open = 0
         self._open_by_session: dict[str, int] = {}
+        self._connections: set[asyncio.Task[None]] = set()
 
-    async def start(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD_BYTES + 1024)
+    async def start(self, host: str, port: int) -> EgressServer:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family, backlog=4096)
+        listener.setblocking(False)
+        return EgressServer(listener, asyncio.create_task(self._accept(listener)))
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    conn, peer = await loop.sock_accept(listener)
+                except OSError as error:  # e.g. EMFILE: wait instead of spinning
+                    log.warning("egress accept failed", extra={"fields": {"error": str(error)}})
+                    await asyncio.sleep(0.1)
+                    continue
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                task = asyncio.create_task(self.handle(conn, peer))
+                self._connections.add(task)
+                task.add_done_callback(self._connections.discard)
+        finally:
+            for task in list(self._connections):
+                task.cancel()
 
     # --- one connection ------------------------------------------------------------------
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, conn: socket.socket, peer: object) -> None:
         started = time.monotonic()
-        source = client_address(writer.get_extra_info("peername"))
+        source = client_address(peer)
         request: ProxyRequest | None = None
         caller: Caller | None = None
         try:
-            head = await self._read_head(reader)
-            if head is None:
+            read = await self._read_head(conn)
+            if read is None:
                 return
+            head, early = read
             request = parse_head(head)
             caller = self.index.caller(source)
             if caller is None:
                 raise Refused(403, UNKNOWN_CLIENT, "this address is not a session pod's")
             upstream = await self._open_upstream(request, caller)
-            await self._serve(request, caller, reader, writer, upstream, started)
+            await self._serve(request, caller, conn, early, upstream, started)
         except BadRequest as error:
-            self._refuse(writer, request, caller, source, Refused(400, "malformed", str(error)))
+            await self._refuse(conn, request, caller, source, Refused(400, "malformed", str(error)))
         except Refused as error:
-            self._refuse(writer, request, caller, source, error)
-        except (ConnectionError, asyncio.IncompleteReadError):
+            await self._refuse(conn, request, caller, source, error)
+        except OSError:
             pass
         except Exception:  # one bad connection must not end the listener
             log.exception("egress proxy error")
         finally:
-            with contextlib.suppress(Exception):
-                writer.close()
+            conn.close()
 
-    async def _read_head(self, reader: asyncio.StreamReader) -> bytes | None:
+    async def _read_head(self, conn: socket.socket) -> tuple[bytes, bytes] | None:
+        """The request head, and whatever the client sent after it already."""
+        loop = asyncio.get_running_loop()
+        buffer = b""
         try:
             async with asyncio.timeout(self.settings.head_seconds):
-                return await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            raise BadRequest(f"request head over {MAX_HEAD_BYTES} bytes") from None
-        except asyncio.IncompleteReadError as error:
-            if error.partial:
-                raise BadRequest("request head ended early") from None
-            return None  # connected and closed: nothing to answer
+                while True:
+                    chunk = await loop.sock_recv(conn, 8192)
+                    if not chunk:
+                        if buffer:
+                            raise BadRequest("request head ended early")
+                        return None  # connected and closed: nothing to answer
+                    buffer += chunk
+                    end = buffer.find(b"\r\n\r\n")
+                    if end >= 0:
+                        return buffer[: end + 4], buffer[end + 4 :]
+                    if len(buffer) > MAX_HEAD_BYTES:
+                        raise BadRequest(f"request head over {MAX_HEAD_BYTES} bytes")
         except TimeoutError:
             raise BadRequest(
                 f"request head not received within {self.settings.head_seconds:g} s"
             ) from None
 
-    async def _open_upstream(
-        self, request: ProxyRequest, caller: Caller
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open_upstream(self, request: ProxyRequest, caller: Caller) -> socket.socket:
         policy = caller.policy
         refusal = policy.target_allowed(request.host, request.port)
         if refusal is not None:
@@ -234,16 +283,23 @@ class EgressProxy:
             self._open_by_session.pop(caller.uid, None)
         self.metrics.open_tunnels.dec()
 
-    async def _connect(
-        self, addresses: list[IPAddress], port: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connect(self, addresses: list[IPAddress], port: int) -> socket.socket:
         """The first of the checked addresses that answers (never a second resolution)."""
+        loop = asyncio.get_running_loop()
         last: BaseException | None = None
         for address in addresses:
+            family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
             try:
                 async with asyncio.timeout(self.settings.connect_seconds):
-                    return await asyncio.open_connection(str(address), port, limit=BUFFER)
-            except (OSError, TimeoutError) as error:
+                    await loop.sock_connect(sock, (str(address), port))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return sock
+            except BaseException as error:
+                sock.close()
+                if not isinstance(error, OSError | TimeoutError):
+                    raise
                 last = error
         if isinstance(last, TimeoutError):
             raise Refused(504, "connect-timeout", "the upstream did not answer in time")
@@ -253,91 +309,40 @@ class EgressProxy:
         self,
         request: ProxyRequest,
         caller: Caller,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        conn: socket.socket,
+        early: bytes,
+        upstream: socket.socket,
         started: float,
     ) -> None:
-        up_reader, up_writer = upstream
+        loop = asyncio.get_running_loop()
         kind = "connect" if request.is_connect else "http"
         self.metrics.requests.labels(kind=kind, result="allowed").inc()
         self._log("allowed", request, caller, 200, started)
+        counters: dict[str, Callable[[int], None]] = {
+            direction: self.metrics.bytes.labels(direction=direction).inc
+            for direction in ("up", "down")
+        }
         try:
-            if request.is_connect:
-                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            else:
-                up_writer.write(request.upstream_head())
-            await self._tunnel(reader, writer, up_reader, up_writer)
+            async with asyncio.timeout(self.settings.connect_seconds):
+                if request.is_connect:
+                    await loop.sock_sendall(conn, b"HTTP/1.1 200 Connection established\r\n\r\n")
+                else:
+                    await loop.sock_sendall(upstream, request.upstream_head())
+                if early:  # sent before the answer (a pipelined TLS hello, a request body)
+                    await loop.sock_sendall(upstream, early)
+                    counters["up"](len(early))
+            await tunnel(conn, upstream, self.settings.idle_seconds, counters)
+        except (OSError, TimeoutError):
+            pass
         finally:
             self._release_slot(caller)
-            with contextlib.suppress(Exception):
-                up_writer.close()
-
-    async def _tunnel(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        up_reader: asyncio.StreamReader,
-        up_writer: asyncio.StreamWriter,
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        last = [loop.time()]
-        pumps = [
-            asyncio.create_task(self._pump(reader, up_writer, last, "up")),
-            asyncio.create_task(self._pump(up_reader, writer, last, "down")),
-        ]
-        try:
-            # Half-closes pass through; the tunnel ends when both ways have ended, or
-            # when one fails.
-            pending = set(pumps)
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if any(not t.cancelled() and t.result() is False for t in done):
-                    break
-        finally:
-            for task in pumps:
-                task.cancel()
-            for task in pumps:
-                with contextlib.suppress(BaseException):
-                    await task
-
-    async def _pump(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        last: list[float],
-        direction: str,
-    ) -> bool:
-        """Copy until EOF (True) or until the tunnel is idle or broken (False)."""
-        loop = asyncio.get_running_loop()
-        idle = self.settings.idle_seconds
-        counter = self.metrics.bytes.labels(direction=direction)
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(idle):
-                        data = await reader.read(BUFFER)
-                except TimeoutError:
-                    if loop.time() - last[0] >= idle:
-                        return False
-                    continue  # the other direction is busy: a one-way transfer
-                if not data:
-                    if writer.can_write_eof():
-                        writer.write_eof()
-                    return True
-                last[0] = loop.time()
-                counter.inc(len(data))
-                writer.write(data)
-                async with asyncio.timeout(idle):
-                    await writer.drain()  # backpressure: a slow reader slows the sender
-        except (ConnectionError, TimeoutError, OSError):
-            return False
+            upstream.close()
 
     # --- refusals ------------------------------------------------------------------------
 
-    def _refuse(
+    async def _refuse(
         self,
-        writer: asyncio.StreamWriter,
+        conn: socket.socket,
         request: ProxyRequest | None,
         caller: Caller | None,
         source: str,
@@ -349,8 +354,9 @@ class EgressProxy:
         if error.status in (400, 403, 429):
             self.metrics.refused.labels(reason=error.reason).inc()
         message = str(error)
-        with contextlib.suppress(Exception):
-            writer.write(answer(error.status, _REASONS.get(error.status, "Error"), message))
+        await self._answer_and_close(
+            conn, answer(error.status, _REASONS.get(error.status, "Error"), message)
+        )
         log.warning(
             "egress refused" if result == "refused" else "egress failed",
             extra={
@@ -371,6 +377,21 @@ class EgressProxy:
                 str(request.host),
                 f"egress to {request.authority} refused: {message}",
             )
+
+    async def _answer_and_close(self, conn: socket.socket, data: bytes) -> None:
+        """Send a refusal, then read what the client still sends for a moment before
+        closing: closing with unread bytes would reset the connection and lose the answer."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(2):
+                await loop.sock_sendall(conn, data)
+                conn.shutdown(socket.SHUT_WR)
+                drained = 0
+                while drained < MAX_HEAD_BYTES * 4:
+                    chunk = await loop.sock_recv(conn, 16384)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
 
     def _log(
         self, what: str, request: ProxyRequest, caller: Caller, status: int, started: float
