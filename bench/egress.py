@@ -45,9 +45,7 @@ def _proc_stat(pid: int) -> tuple[float, int]:
     """CPU seconds and RSS bytes of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks, int(fields[21]) * os.sysconf(
-        "SC_PAGE_SIZE"
-    )
+    return (int(fields[11]) + int(fields[12])) / ticks, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
 
 
 # --- the processes -----------------------------------------------------------------------
