@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,3 +278,53 @@ async def test_a_client_that_does_not_read_slows_the_upstream(harness: Harness) 
     assert sent > held
     writer.close()
     server.close()
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+async def test_the_tunnel_moves_bytes_both_ways_and_passes_half_closes(splice: bool) -> None:
+    """Both ways of moving bytes (splice on Linux, a copy elsewhere) on socket pairs."""
+    from corral.gateway.egress_tunnel import tunnel
+
+    client_end, proxy_client = socket.socketpair()
+    proxy_upstream, upstream_end = socket.socketpair()
+    for sock in (client_end, proxy_client, proxy_upstream, upstream_end):
+        sock.setblocking(False)
+    counted: dict[str, int] = {"up": 0, "down": 0}
+
+    def counter(direction: str) -> Any:
+        return lambda n: counted.__setitem__(direction, counted[direction] + n)
+
+    loop = asyncio.get_running_loop()
+    running = asyncio.create_task(
+        tunnel(
+            proxy_client,
+            proxy_upstream,
+            idle=10,
+            counters={"up": counter("up"), "down": counter("down")},
+            splice=splice,
+        )
+    )
+    payload = os.urandom(3 * 1024 * 1024)
+
+    async def receive(sock: socket.socket, size: int) -> bytes:
+        got = bytearray()
+        while len(got) < size:
+            chunk = await loop.sock_recv(sock, 1 << 20)
+            assert chunk, "EOF too early"
+            got += chunk
+        return bytes(got)
+
+    sending = asyncio.create_task(loop.sock_sendall(client_end, payload))
+    assert await asyncio.wait_for(receive(upstream_end, len(payload)), 30) == payload
+    await sending
+    await loop.sock_sendall(upstream_end, b"answer")
+    assert await asyncio.wait_for(receive(client_end, 6), 10) == b"answer"
+    client_end.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(loop.sock_recv(upstream_end, 10), 10) == b""  # passed on
+    await loop.sock_sendall(upstream_end, b"late")  # the other way still flows
+    assert await asyncio.wait_for(receive(client_end, 4), 10) == b"late"
+    upstream_end.shutdown(socket.SHUT_WR)
+    await asyncio.wait_for(running, 10)  # both ways ended: the tunnel is done
+    assert counted == {"up": len(payload), "down": 10}
+    for sock in (client_end, proxy_client, proxy_upstream, upstream_end):
+        sock.close()

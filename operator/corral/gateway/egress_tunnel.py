@@ -1,10 +1,13 @@
 """Moving bytes between two sockets on the event loop, as cheaply as Linux allows.
 
 Each direction of a tunnel is `splice(2)` from the source socket into a pipe and from the
-pipe into the destination socket: the bytes never enter Python (no copy into user space),
-which is what lets one proxy process keep up with a direct connection. Backpressure is the
-pipe: while the destination does not take what the pipe holds, the source is not read.
-Where os.splice does not exist (not Linux), the same loop copies through a buffer.
+pipe into the destination socket: the bytes never enter Python (no copy into user space).
+Each direction is driven by the loop's readiness callbacks, no coroutine per chunk, which
+is what lets one proxy process come close to a direct connection. Backpressure is the
+pipe: while the destination does not take what the pipe holds, the source is not read
+(its reader is unregistered). One watchdog per tunnel closes it after `idle` seconds
+without a byte either way. Where os.splice does not exist (not Linux), the same machine
+copies through a buffer.
 """
 
 from __future__ import annotations
@@ -15,141 +18,122 @@ import fcntl
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 PIPE_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size's default; the kernel may give less
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SPLICE = hasattr(os, "splice")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 COPY_BUFFER = 256 * 1024
+# Moves per readiness callback before giving the loop back (fairness between tunnels).
+MOVES_PER_CALLBACK = 16
 
 
-@dataclass
-class Activity:
-    """When a byte last moved either way (shared by both directions of one tunnel)."""
+class _Direction:
+    """src -> dst, driven by readiness callbacks; `done` gets True at EOF, False on error."""
 
-    last: float = 0.0
-    counters: Mapping[str, Callable[[int], None]] = field(default_factory=dict)
-
-
-async def ready(sock: socket.socket, writable: bool, seconds: float) -> bool:
-    """Until `sock` is readable (or writable); False after `seconds`."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    fd = sock.fileno()
-    if writable:
-        loop.add_writer(fd, wake)
-    else:
-        loop.add_reader(fd, wake)
-    try:
-        async with asyncio.timeout(seconds):
-            await future
-        return True
-    except TimeoutError:
-        return False
-    finally:
-        if writable:
-            loop.remove_writer(fd)
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        src: socket.socket,
+        dst: socket.socket,
+        count: Callable[[int], None] | None,
+        touch: Callable[[], None],
+        splice: bool = SPLICE,
+    ) -> None:
+        self.loop = loop
+        self.src, self.dst = src.fileno(), dst.fileno()
+        self.dst_sock = dst
+        self.count = count
+        self.touch = touch
+        self.done: asyncio.Future[bool] = loop.create_future()
+        self.pending = 0  # bytes read and not yet written
+        self.reading = self.writing = False
+        self.splice = splice
+        if splice:
+            self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self.pipe_w, F_SETPIPE_SZ, PIPE_SIZE)
         else:
-            loop.remove_reader(fd)
+            self.buffer = memoryview(bytearray(COPY_BUFFER))
+            self.offset = 0
+        self._want_read()
 
+    def _want_read(self) -> None:
+        if self.writing:
+            self.loop.remove_writer(self.dst)
+            self.writing = False
+        if not self.reading:
+            self.loop.add_reader(self.src, self._move)
+            self.reading = True
 
-async def _wait_source(sock: socket.socket, activity: Activity, idle: float) -> bool:
-    """Until the source has bytes; False once the whole tunnel has been idle `idle` s."""
-    loop = asyncio.get_running_loop()
-    while True:
-        left = idle - (loop.time() - activity.last)
-        if left <= 0:
-            return False
-        if await ready(sock, False, left):
-            return True
+    def _want_write(self) -> None:
+        # Backpressure: the source is not read while the destination does not take.
+        if self.reading:
+            self.loop.remove_reader(self.src)
+            self.reading = False
+        if not self.writing:
+            self.loop.add_writer(self.dst, self._move)
+            self.writing = True
 
+    def _read(self) -> int:
+        if self.splice:
+            return os.splice(self.src, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
+        self.offset = 0
+        return os.readv(self.src, [self.buffer])
 
-def _half_close(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_WR)
+    def _write(self) -> int:
+        if self.splice:
+            return os.splice(self.pipe_r, self.dst, self.pending, flags=_SPLICE_FLAGS)
+        written = os.write(self.dst, self.buffer[self.offset : self.offset + self.pending])
+        self.offset += written
+        return written
 
-
-async def pump(
-    src: socket.socket,
-    dst: socket.socket,
-    activity: Activity,
-    direction: str,
-    idle: float,
-) -> bool:
-    """Move bytes src -> dst until EOF (True: dst half-closed) or idle/broken (False)."""
-    if SPLICE:
-        return await _splice_pump(src, dst, activity, direction, idle)
-    return await _copy_pump(src, dst, activity, direction, idle)
-
-
-async def _splice_pump(
-    src: socket.socket, dst: socket.socket, activity: Activity, direction: str, idle: float
-) -> bool:
-    loop = asyncio.get_running_loop()
-    count = activity.counters.get(direction)
-    pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(pipe_w, F_SETPIPE_SZ, PIPE_SIZE)
-    in_pipe = 0
-    try:
-        while True:
-            if in_pipe == 0:
+    def _move(self) -> None:
+        try:
+            for _ in range(MOVES_PER_CALLBACK):
+                if self.pending == 0:
+                    try:
+                        moved = self._read()
+                    except BlockingIOError:
+                        self._want_read()
+                        return
+                    if moved == 0:
+                        with contextlib.suppress(OSError):
+                            self.dst_sock.shutdown(socket.SHUT_WR)  # pass the half-close on
+                        self._finish(True)
+                        return
+                    self.pending = moved
+                    self.touch()
+                    if self.count is not None:
+                        self.count(moved)
                 try:
-                    moved = os.splice(src.fileno(), pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
+                    self.pending -= self._write()
                 except BlockingIOError:
-                    if not await _wait_source(src, activity, idle):
-                        return False
-                    continue
-                if moved == 0:
-                    _half_close(dst)
-                    return True
-                in_pipe = moved
-                activity.last = loop.time()
-                if count is not None:
-                    count(moved)
-            try:
-                in_pipe -= os.splice(pipe_r, dst.fileno(), in_pipe, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                # The destination is not reading: stop reading the source (backpressure).
-                if not await ready(dst, True, idle):
-                    return False
-    except OSError:
-        return False
-    finally:
-        os.close(pipe_r)
-        os.close(pipe_w)
+                    self._want_write()
+                    return
+            if self.pending:
+                self._want_write()
+            else:
+                self._want_read()
+        except OSError:
+            self._finish(False)
 
+    def _finish(self, ok: bool) -> None:
+        self.stop()
+        if not self.done.done():
+            self.done.set_result(ok)
 
-async def _copy_pump(
-    src: socket.socket, dst: socket.socket, activity: Activity, direction: str, idle: float
-) -> bool:
-    loop = asyncio.get_running_loop()
-    count = activity.counters.get(direction)
-    buffer = bytearray(COPY_BUFFER)
-    try:
-        while True:
-            try:
-                got = src.recv_into(buffer)
-            except BlockingIOError:
-                if not await _wait_source(src, activity, idle):
-                    return False
-                continue
-            if got == 0:
-                _half_close(dst)
-                return True
-            activity.last = loop.time()
-            if count is not None:
-                count(got)
-            async with asyncio.timeout(idle):
-                await loop.sock_sendall(dst, memoryview(buffer)[:got])
-    except (OSError, TimeoutError):
-        return False
+    def stop(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.src)
+            self.reading = False
+        if self.writing:
+            self.loop.remove_writer(self.dst)
+            self.writing = False
+        if self.splice and self.pipe_r >= 0:
+            os.close(self.pipe_r)
+            os.close(self.pipe_w)
+            self.pipe_r = self.pipe_w = -1
 
 
 async def tunnel(
@@ -157,22 +141,31 @@ async def tunnel(
     upstream: socket.socket,
     idle: float,
     counters: Mapping[str, Callable[[int], None]] | None = None,
+    splice: bool = SPLICE,
 ) -> None:
     """Both directions until both have ended, or until one fails or the tunnel idles."""
-    activity = Activity(asyncio.get_running_loop().time(), counters or {})
-    pumps = [
-        asyncio.create_task(pump(client, upstream, activity, "up", idle)),
-        asyncio.create_task(pump(upstream, client, activity, "down", idle)),
+    loop = asyncio.get_running_loop()
+    counters = counters or {}
+    last = [loop.time()]
+
+    def touch() -> None:
+        last[0] = loop.time()
+
+    directions = [
+        _Direction(loop, client, upstream, counters.get("up"), touch, splice),
+        _Direction(loop, upstream, client, counters.get("down"), touch, splice),
     ]
     try:
-        pending = set(pumps)
+        pending: set[asyncio.Future[bool]] = {d.done for d in directions}
         while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if any(not t.cancelled() and t.result() is False for t in done):
-                break
+            left = idle - (loop.time() - last[0])
+            if left <= 0:
+                return  # idle (or a destination that stopped reading)
+            done, pending = await asyncio.wait(
+                pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            if any(future.result() is False for future in done):
+                return
     finally:
-        for task in pumps:
-            task.cancel()
-        for task in pumps:
-            with contextlib.suppress(BaseException):
-                await task
+        for direction in directions:
+            direction.stop()
