@@ -205,15 +205,23 @@ def upload(proxy_port: int | None, upstream_port: int, size: int) -> float:
     return size / seconds
 
 
-def throughput(proxy_port: int, upstream_port: int, size: int, rounds: int) -> dict[str, Any]:
+def throughput(
+    proxy_pid: int, proxy_port: int, upstream_port: int, size: int, rounds: int
+) -> dict[str, Any]:
     runs: dict[str, list[float]] = {k: [] for k in ("down_direct", "down_proxy", "up_direct",
                                                      "up_proxy")}  # fmt: skip
     download(proxy_port, upstream_port, 16 * CHUNK)  # warm up
+    proxy_cpu = 0.0
     for _ in range(rounds):
         runs["down_direct"].append(download(None, upstream_port, size))
+        cpu0, _ = _proc_stat(proxy_pid)
         runs["down_proxy"].append(download(proxy_port, upstream_port, size))
+        cpu1, _ = _proc_stat(proxy_pid)
         runs["up_direct"].append(upload(None, upstream_port, size))
+        cpu2, _ = _proc_stat(proxy_pid)
         runs["up_proxy"].append(upload(proxy_port, upstream_port, size))
+        cpu3, _ = _proc_stat(proxy_pid)
+        proxy_cpu += (cpu1 - cpu0) + (cpu3 - cpu2)
     mib = {k: [round(v / 2**20, 1) for v in values] for k, values in runs.items()}
     median = {k: statistics.median(v) for k, v in mib.items()}
     return {
@@ -222,6 +230,8 @@ def throughput(proxy_port: int, upstream_port: int, size: int, rounds: int) -> d
         "median_mib_per_s": median,
         "ratio_down": round(median["down_proxy"] / median["down_direct"], 3),
         "ratio_up": round(median["up_proxy"] / median["up_direct"], 3),
+        # What the proxy costs whatever else runs on the machine.
+        "proxy_cpu_seconds_per_gib": round(proxy_cpu / (2 * rounds * size / 2**30), 3),
     }
 
 
@@ -285,7 +295,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "cpus": os.cpu_count(),
             "note": args.note,
-            "throughput": throughput(proxy_port, upstream_port, args.mib * 2**20, args.rounds),
+            "throughput": throughput(
+                proxy.pid, proxy_port, upstream_port, args.mib * 2**20, args.rounds
+            ),
         }
         results["tunnels"] = asyncio.run(
             tunnels(proxy.pid, proxy_port, upstream_port, args.tunnels, args.seconds)
@@ -319,6 +331,9 @@ def report(results: dict[str, Any]) -> str:
             f"| client -> upstream | {m['up_direct']} | {m['up_proxy']} | {t['ratio_up']} |",
             "",
             f"Every run: {json.dumps(t['runs_mib_per_s'])}",
+            "",
+            f"The proxy process's CPU per GiB carried: {t['proxy_cpu_seconds_per_gib']} s "
+            "(independent of what else the machine runs).",
             "",
             f"## {n['tunnels']:,} concurrent tunnels through one proxy process",
             "",
