@@ -12,8 +12,10 @@
 The proxy is the gateway's egress proxy (corral.gateway.egress.EgressProxy) in a process of
 its own, with the client's address (127.0.0.1) as a session pod's and a spec whose
 `egress` CIDR opens the loopback upstream: the same code path as in `corral gateway`
-minus the informers that fill its index. The upstream is a process of its own too; the
-client is this process (blocking sockets). All three share the machine's cores.
+minus the informers that fill its index (and with the per-session limit of open
+tunnels lifted: every tunnel here comes from one address, so from one "session"). The
+upstream is a process of its own too; the client is this process (blocking sockets). All
+three share the machine's cores.
 Results: docs/benchmarks/egress.json and docs/egress-benchmarks.md.
 """
 
@@ -124,7 +126,10 @@ async def _proxy(port: int, upstream_port: int) -> None:
         return None
 
     proxy = EgressProxy(
-        index, EgressMetrics(CollectorRegistry()), RefusalReporter(post), settings=EgressSettings()
+        index,
+        EgressMetrics(CollectorRegistry()),
+        RefusalReporter(post),
+        settings=EgressSettings(max_tunnels_per_session=100_000),
     )
     server = await proxy.start("127.0.0.1", port)
     print("ready", flush=True)
