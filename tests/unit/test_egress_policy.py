@@ -308,3 +308,28 @@ def test_refusal_events_are_rate_limited_per_host_and_session() -> None:
     event = refusal_event(caller, "egress to x.example:443 refused")
     assert event["involvedObject"]["name"] == "a" and event["type"] == "Warning"
     assert event["reason"] == "EgressRefused"
+
+
+# --- the gateway's flags -----------------------------------------------------------------
+
+
+def test_the_gateway_builds_its_egress_proxy_from_its_flags(tmp_path: Any) -> None:
+    from corral.cli import build_parser
+    from corral.gateway.cli import _egress_proxy
+    from corral.gateway.metrics import GatewayMetrics
+
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text("Allowed.Test: 10.0.0.1\nmulti.test: [10.0.0.2, 10.0.0.3]\n")
+    parser = build_parser(["gateway"])
+    base = ["gateway", "--key-file=/dev/null"]
+    flags = ["--egress-port=3128", "--egress-allow=api.anthropic.com:443"]
+    flags += ["--egress-hosts-file", str(hosts), "--egress-idle-seconds=42"]
+    args = parser.parse_args([*base, *flags])
+    proxy = _egress_proxy(args, None, GatewayMetrics())
+    assert proxy.resolver.static == {
+        "allowed.test": ["10.0.0.1"],
+        "multi.test": ["10.0.0.2", "10.0.0.3"],
+    }
+    assert list(proxy.index.extra_domains) == [ep.DomainRule("api.anthropic.com", 443)]
+    assert proxy.settings.idle_seconds == 42
+    assert _egress_proxy(parser.parse_args(base), None, GatewayMetrics()) is None
