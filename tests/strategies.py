@@ -130,9 +130,16 @@ port_specs = model(
     api.PortSpec, port=st.integers(1, 65_535), protocol=st.sampled_from(["TCP", "UDP"])
 )
 egress_rules = model(api.EgressRule, cidr=cidrs, ports=st.lists(port_specs, max_size=4))
+domains = st.builds(
+    lambda prefix, name, port: f"{prefix}{name}{port}",
+    st.sampled_from(["", "*."]),
+    namespaces.map(lambda label: f"{label}.example"),
+    st.sampled_from(["", ":443", ":8443", ":1", ":65535"]),
+) | st.sampled_from(["*", "*:443"])
 network_specs = model(
     api.NetworkSpec,
     allow_public_https=st.booleans(),
+    allowed_domains=st.lists(domains, max_size=4, unique=True),
     egress=st.lists(egress_rules, max_size=4),
     ingress_from_namespaces=st.lists(namespaces, max_size=4, unique=True),
 )
@@ -357,6 +364,26 @@ _INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
     (
         "duplicate namespaces",
         {"pattern": "LongRunning", "network": {"ingressFromNamespaces": ["a", "a"]}},
+        "must not repeat",
+    ),
+    (
+        "domain with a wildcard in the middle",
+        {"pattern": "LongRunning", "network": {"allowedDomains": ["a.*.example.com"]}},
+        "string_pattern_mismatch",
+    ),
+    (
+        "domain in upper case",
+        {"pattern": "LongRunning", "network": {"allowedDomains": ["GitHub.com"]}},
+        "string_pattern_mismatch",
+    ),
+    (
+        "domain port out of range",
+        {"pattern": "LongRunning", "network": {"allowedDomains": ["git.example.com:70000"]}},
+        "ports must be 1-65535",
+    ),
+    (
+        "duplicate domains",
+        {"pattern": "LongRunning", "network": {"allowedDomains": ["a.example", "a.example"]}},
         "must not repeat",
     ),
     (

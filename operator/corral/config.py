@@ -78,6 +78,30 @@ class IPBlock(ConfigModel):
     except_: list[str] = Field(default_factory=list, alias="except")
 
 
+# Names and suffixes session pods reach without the egress proxy: the pod itself and the
+# cluster's Services (the operator's activity port, the gateway). Everything else goes
+# through the proxy, which allows an address in the session's own CIDRs as well.
+DEFAULT_NO_PROXY = ("localhost", "127.0.0.1", "::1", ".svc", ".cluster.local")
+
+
+class EgressProxyConfig(ConfigModel):
+    """The gateway's egress proxy, as session pods reach it."""
+
+    url: str = Field(
+        ...,
+        pattern=r"^http://\S+$",
+        description="HTTPS_PROXY and HTTP_PROXY of every session pod, e.g. "
+        "http://corral-gateway.corral-system.svc:3128.",
+    )
+    port: int = Field(
+        ..., ge=1, le=65535, description="The gateway pods' egress port (the NetworkPolicy's)."
+    )
+    no_proxy: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NO_PROXY),
+        description="NO_PROXY of every session pod.",
+    )
+
+
 def _dns_rule() -> PeerRule:
     dns = [PortSpec(port=53, protocol="UDP"), PortSpec(port=53, protocol="TCP")]
     return PeerRule(namespace="kube-system", pod_labels={"k8s-app": "kube-dns"}, ports=dns)
@@ -178,6 +202,14 @@ class OperatorConfig(ConfigModel):
         "activityKeyFile's key, which the gateway must read too). Unset: ingress from the "
         "operator's whole namespace, and runners accept any caller the policy admits.",
     )
+    egress_proxy: EgressProxyConfig | None = Field(
+        None,
+        description="The gateway's egress proxy. Set (with `gateway`): session pods get "
+        "HTTPS_PROXY, HTTP_PROXY and NO_PROXY pointing at it, and their NetworkPolicy allows "
+        "egress only to cluster DNS, the gateway, the operator's peers and the spec's CIDRs: "
+        "allowPublicHttps opens no port any more, it allows `*:443` through the proxy. "
+        "Unset: allowPublicHttps opens TCP 443 to public addresses in the NetworkPolicy.",
+    )
     # Metrics: who may scrape a runner's /metrics (served on the runner port).
     metrics_scraper: ScraperPeer | None = Field(
         None,
@@ -202,6 +234,11 @@ class OperatorConfig(ConfigModel):
     # Shutdown: the runner finishes or checkpoints the turn in flight; Hybrid flushes its volume.
     termination_grace_period_seconds: int = Field(30, ge=0)
     hybrid_termination_grace_period_seconds: int = Field(120, ge=0)
+
+    @property
+    def proxied_egress(self) -> EgressProxyConfig | None:
+        """The egress proxy session pods use: only with a gateway to run it."""
+        return self.egress_proxy if self.gateway is not None else None
 
     @property
     def activity_keys(self) -> tuple[bytes, ...]:

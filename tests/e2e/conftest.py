@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import GatewayClient, Release, make_user
+from e2e_support import EGRESS_NAMES, GatewayClient, Release, make_user
 from kubernetes import client
 
 from corral.cluster import control_plane, node, pki
@@ -107,6 +107,14 @@ def release_values(layout: Layout) -> dict[str, Any]:
             "apiServer": {
                 "cidrs": [f"{REAL_NODE_IP}/32"],
                 "ports": [layout.ports["apiserver"]],
+            }
+        },
+        # The gateway's egress proxy resolves the egress tests' names from this map (their
+        # DNS) and may connect only to the outside namespace's test servers.
+        "gateway": {
+            "egressProxy": {
+                "staticHosts": EGRESS_NAMES,
+                "to": [{"cidr": f"{node.OUTSIDE_IP}/32"}],
             }
         },
         "config": {

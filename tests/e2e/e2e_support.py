@@ -36,6 +36,13 @@ FAKE_API_EGRESS = {
     "ports": [{"port": FAKE_API_PORT, "protocol": "TCP"}],
 }
 SMALL = {"cpu": "250m", "memory": "768Mi", "disk": "1Gi"}
+# The test's DNS for the gateway's egress proxy (chart value gateway.egressProxy.staticHosts):
+# names of servers the egress tests make in the outside namespace.
+EGRESS_NAMES = {
+    "allowed.test": [node.OUTSIDE_IP],
+    "refused.test": [node.OUTSIDE_IP],
+    "rebind.test": [node.PRIVATE_DECOY_IP],
+}
 
 
 def spec(pattern: str, **fields: Any) -> dict[str, Any]:

@@ -223,6 +223,18 @@ BAD_SPECS = [
         "should be greater than or equal to 1",
     ),
     Bad(
+        "allowed domain that is a URL",
+        {**LONG, "network": {"allowedDomains": ["https://github.com"]}},
+        "spec.network.allowedDomains[0]",
+        'Invalid value: "https://github.com"',
+    ),
+    Bad(
+        "allowed domain port 0",
+        {**LONG, "network": {"allowedDomains": ["github.com:0"]}},
+        "spec.network.allowedDomains",
+        "network.allowedDomains[] ports must be 1-65535",
+    ),
+    Bad(
         "ingress namespace that is no DNS label",
         {**LONG, "network": {"ingressFromNamespaces": ["Team_A"]}},
         "spec.network.ingressFromNamespaces[0]",

@@ -313,9 +313,12 @@ def test_runner_metrics_table() -> None:
 
 
 def test_gateway_metrics_table() -> None:
+    from corral.gateway.egress import EgressMetrics
     from corral.gateway.metrics import GatewayMetrics
 
-    code = exposed_names([GatewayMetrics().registry])
+    metrics = GatewayMetrics()
+    EgressMetrics(metrics.registry)  # the egress proxy's, in the same registry
+    code = exposed_names([metrics.registry])
     assert documented_metrics(DOCS / "gateway.md") == code
 
 

@@ -141,6 +141,10 @@ may scrape runners (metricsScraper), unless config sets those itself.
 {{- if and .Values.gateway.enabled (not $config.gateway) }}
 {{- $_ := set $config "gateway" (dict "namespace" .Release.Namespace "podLabels" (include "corral.gatewaySelectorLabels" . | fromYaml)) }}
 {{- end }}
+{{- if and .Values.gateway.enabled .Values.gateway.egressProxy.enabled (not $config.egressProxy) }}
+{{- $url := printf "http://%s.%s.svc:%d" (include "corral.gatewayName" .) .Release.Namespace (int .Values.gateway.egressProxy.port) }}
+{{- $_ := set $config "egressProxy" (dict "url" $url "port" (int .Values.gateway.egressProxy.port)) }}
+{{- end }}
 {{- if and .Values.metrics.runnerPodMonitor.enabled (not $config.metricsScraper) }}
 {{- $scraper := deepCopy .Values.metrics.runnerPodMonitor.scraper }}
 {{- $_ := required "metrics.runnerPodMonitor.scraper.namespace is required with metrics.runnerPodMonitor.enabled: the namespace of the Prometheus that scrapes runners (session NetworkPolicies admit its pods)" $scraper.namespace }}
@@ -260,4 +264,27 @@ app.kubernetes.io/component: guardrails
 app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: corral
+{{- end }}
+
+{{/*
+The domains every session may reach through the egress proxy: gateway.egressProxy.allow and
+the hosts (with their ports) of the model API URLs the operator allows.
+*/}}
+{{- define "corral.egressAllow" -}}
+{{- $urls := list }}
+{{- range .Values.config.allowedBaseUrls }}{{ $urls = append $urls . }}{{ end }}
+{{- with .Values.config.defaultAnthropicBaseUrl }}{{ $urls = append $urls . }}{{ end }}
+{{- $hosts := list }}
+{{- range .Values.gateway.egressProxy.allow }}{{ $hosts = append $hosts . }}{{ end }}
+{{- range $urls }}
+{{- $u := urlParse . }}
+{{- $host := $u.host }}
+{{- if not (contains ":" $host) }}
+{{- $host = printf "%s:%s" $host (ternary "443" "80" (eq $u.scheme "https")) }}
+{{- end }}
+{{- $hosts = append $hosts (lower $host) }}
+{{- end }}
+{{- range (uniq $hosts) }}
+- --egress-allow={{ . }}
+{{- end }}
 {{- end }}

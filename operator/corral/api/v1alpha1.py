@@ -41,10 +41,17 @@ DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 # (found by the server-side dry run of rendered pods). RE2 has no lookahead, hence the form.
 SECRET_KEY_PATTERN = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 URL_PATTERN = r"^https?://\S+$"
+# spec.network.allowedDomains: `*`, a name or `*.` and a name, then an optional `:port`
+# (same shape as corral.gateway.egress_policy.DOMAIN_RULE; the port's range is a CEL rule).
+DOMAIN_PATTERN = (
+    r"^(\*|(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)"
+    r"(:[0-9]{1,5})?$"
+)
 
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
 DnsLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]
 ToolName = Annotated[str, Field(min_length=1, max_length=256)]
+Domain = Annotated[str, Field(pattern=DOMAIN_PATTERN, max_length=259)]
 
 # What `has(x)` means in CEL for a field the models keep as None when it is absent.
 Check = Callable[[Any], bool]
@@ -235,7 +242,8 @@ class McpServer(ApiModel):
         ...,
         pattern=URL_PATTERN,
         max_length=2048,
-        description="Server URL. Its address must also be allowed by spec.network.",
+        description="Server URL. Its host and port are allowed through the egress proxy "
+        "automatically.",
     )
 
 
@@ -301,22 +309,54 @@ class EgressRule(ApiModel):
     )
 
 
+def _domain_ports_ok(network: Any) -> bool:
+    ports = [d.rpartition(":")[2] for d in network.allowed_domains if ":" in d]
+    return all(p.isdigit() and 1 <= int(p) <= 65535 for p in ports)
+
+
 class NetworkSpec(ApiModel):
     """What the session may reach and who may reach it. Applied live."""
 
     allow_public_https: bool = Field(
         True,
-        description="Allow TCP 443 to public addresses (private ranges and the cloud metadata "
-        "address stay blocked). The Anthropic API needs it unless a proxy is in egress.",
+        description="Allow HTTPS (port 443) to every public address. With the gateway's "
+        "egress proxy (the chart's default) this is shorthand for allowedDomains `*:443`, "
+        "through the proxy, which refuses private, loopback, link-local and metadata "
+        "addresses after resolving the name; without it, a NetworkPolicy rule for TCP 443 to "
+        "public addresses. Set false to allow only allowedDomains.",
+    )
+    allowed_domains: list[Domain] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Names the session may reach through the gateway's egress proxy "
+        "(HTTPS_PROXY/HTTP_PROXY in the pod): `github.com`, `*.example.com` (any name below "
+        "example.com, not example.com itself), `*` (every public name), each with an "
+        "optional `:port` (without one: 80 and 443). A name resolving to a private, "
+        "loopback, link-local or metadata address is refused unless egress lists its CIDR. "
+        "The hosts of mcpServers are allowed automatically. Lower case.",
+        json_schema_extra=list_set(),
     )
     egress: list[EgressRule] = Field(
-        default_factory=list, max_length=32, description="Extra allowed destinations."
+        default_factory=list,
+        max_length=32,
+        description="Extra allowed destinations by address: reachable directly, and through "
+        "the egress proxy for allowed names that resolve into them.",
     )
     ingress_from_namespaces: list[DnsLabel] = Field(
         default_factory=list,
         max_length=32,
         description="Namespaces (besides the operator's) whose pods may reach the runner port.",
         json_schema_extra=list_set(),
+    )
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        cel(
+            "!has(self.allowedDomains) || self.allowedDomains.all(d, !d.contains(':') || "
+            "int(d.substring(d.indexOf(':') + 1)) >= 1 && "
+            "int(d.substring(d.indexOf(':') + 1)) <= 65535)",
+            "network.allowedDomains[] ports must be 1-65535, e.g. git.example.com:8443",
+            ".allowedDomains",
+            check=_domain_ports_ok,
+        ),
     )
 
 

@@ -53,6 +53,35 @@ def register(subparsers: Any) -> None:
         default=10.0,
         help="how long token and access decisions are cached",
     )
+    parser.add_argument(
+        "--egress-port",
+        type=int,
+        default=0,
+        help="port of the egress proxy for session pods (HTTP CONNECT and plain HTTP); "
+        "0: no egress proxy (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--egress-allow",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="a domain every session may reach through the egress proxy, e.g. "
+        "api.anthropic.com:443 (repeatable; same syntax as spec.network.allowedDomains) "
+        "(default: none)",
+    )
+    parser.add_argument(
+        "--egress-hosts-file",
+        type=Path,
+        help="YAML map of name -> address(es) the egress proxy uses instead of DNS for those "
+        "names (tests, pinned names); other names use the system resolver",
+    )
+    parser.add_argument(
+        "--egress-idle-seconds",
+        type=float,
+        default=300.0,
+        help="close an egress tunnel after this long without a byte either way "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.set_defaults(handler=_run)
 
@@ -82,9 +111,14 @@ async def _main(args: argparse.Namespace) -> None:
     kube = KubeClient(load_connection(args.kubeconfig))
     metrics = GatewayMetrics()
     directory = Directory(kube)
+    egress = _egress_proxy(args, kube, metrics)
+    on_session, on_pod = directory.on_session, directory.on_pod
+    if egress is not None:
+        on_session = _both(directory.on_session, egress.index.on_session)
+        on_pod = _both(directory.on_pod, egress.index.on_pod)
     informers = [
-        Informer(kube, "AgentSession", "", directory.on_session, args.namespace),
-        Informer(kube, "Pod", f"{MANAGED_BY_LABEL}={MANAGER}", directory.on_pod, args.namespace),
+        Informer(kube, "AgentSession", "", on_session, args.namespace),
+        Informer(kube, "Pod", f"{MANAGED_BY_LABEL}={MANAGER}", on_pod, args.namespace),
     ]
     gateway = Gateway(
         Reviewer(kube, metrics, ttl_seconds=args.auth_cache_seconds),
@@ -121,8 +155,16 @@ async def _main(args: argparse.Namespace) -> None:
         await runner.setup()
     await web.TCPSite(runners[0], args.host, args.port).start()
     await web.TCPSite(runners[1], args.host, args.admin_port).start()
+    egress_server = await egress.start(args.host, args.egress_port) if egress else None
     logging.getLogger("corral.gateway").info(
-        "gateway serving", extra={"port": args.port, "admin_port": args.admin_port}
+        "gateway serving",
+        extra={
+            "fields": {
+                "port": args.port,
+                "admin_port": args.admin_port,
+                "egress_port": args.egress_port or None,
+            }
+        },
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -132,6 +174,9 @@ async def _main(args: argparse.Namespace) -> None:
     done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for task in [stopped, *tasks]:
         task.cancel()
+    if egress_server is not None and egress is not None:
+        egress_server.close()
+        await egress.reporter.close()
     for runner in runners:
         await runner.cleanup()
     await kube.close()
@@ -140,3 +185,42 @@ async def _main(args: argparse.Namespace) -> None:
             # An informer that ended is a gateway that no longer sees sessions: exit non-zero
             # so that Kubernetes restarts it.
             raise SystemExit(f"gateway informer failed: {task.exception()}")
+
+
+def _both(first: Any, second: Any) -> Any:
+    def handle(kind: str, body: dict[str, Any]) -> None:
+        first(kind, body)
+        second(kind, body)
+
+    return handle
+
+
+def _egress_proxy(args: argparse.Namespace, kube: Any, metrics: Any) -> Any:
+    """The egress proxy of `--egress-port`, or None."""
+    if not args.egress_port:
+        return None
+    import yaml
+
+    from corral.gateway.egress import EgressMetrics, EgressProxy, EgressSettings, Resolver
+    from corral.gateway.egress_index import Caller, EgressIndex
+    from corral.gateway.egress_policy import parse_domain_rule
+    from corral.gateway.egress_report import RefusalReporter, refusal_event
+
+    static: dict[str, list[str]] = {}
+    if args.egress_hosts_file is not None:
+        loaded = yaml.safe_load(args.egress_hosts_file.read_text(encoding="utf-8")) or {}
+        for name, addresses in dict(loaded).items():
+            static[str(name).lower()] = (
+                [str(a) for a in addresses] if isinstance(addresses, list) else [str(addresses)]
+            )
+
+    async def post(caller: Caller, message: str) -> None:
+        await kube.create(refusal_event(caller, message))
+
+    return EgressProxy(
+        EgressIndex(extra_domains=[parse_domain_rule(d) for d in args.egress_allow]),
+        EgressMetrics(metrics.registry),
+        RefusalReporter(post),
+        Resolver(static),
+        EgressSettings(idle_seconds=args.egress_idle_seconds),
+    )

@@ -2,9 +2,11 @@
 
 Ingress: the operator's namespace (and spec.network.ingressFromNamespaces) on the runner
 port; with `metricsScraper` configured, that monitoring system's pods too, on the same port.
-Egress: cluster DNS; TCP 443 to public addresses when allowPublicHttps (private,
-carrier-grade NAT, loopback and link-local ranges carved out, which covers the cloud
-metadata address); the operator's extra peers; the spec's own CIDRs, minus link-local.
+Egress: cluster DNS; the operator's extra peers; the spec's own CIDRs, minus link-local;
+and then either the gateway's egress proxy (when the operator has one: everything else
+leaves through it, and allowPublicHttps is a rule of the proxy, not of this policy), or,
+without one, TCP 443 to public addresses when allowPublicHttps (private, carrier-grade NAT,
+loopback and link-local ranges carved out, which covers the cloud metadata address).
 """
 
 from __future__ import annotations
@@ -112,8 +114,18 @@ def _egress(session: AgentSession, config: OperatorConfig) -> list[k8s.V1Network
     peers = [config.dns, *config.extra_egress]
     if config.activity_peer is not None:
         peers.append(config.activity_peer)
+    proxy = config.proxied_egress
+    if proxy is not None and config.gateway is not None:
+        # The gateway's pods on the egress port only: the proxy decides the rest.
+        peers.append(
+            PeerRule(
+                namespace=config.gateway.namespace,
+                pod_labels=config.gateway.pod_labels,
+                ports=[PortSpec(port=proxy.port, protocol="TCP")],
+            )
+        )
     rules = [_peer_rule(peer) for peer in peers]
-    if network.allow_public_https:
+    if network.allow_public_https and proxy is None:
         public = _public_https(config.public_https, config.always_blocked)
         if public is not None:
             rules.append(public)

@@ -98,6 +98,20 @@ def runner_command(drain_seconds: int) -> list[str]:
     ]
 
 
+def proxy_env(config: OperatorConfig) -> dict[str, str]:
+    """Where the pod's HTTP clients send what leaves the cluster: the gateway's egress proxy
+    (both spellings: curl reads only the lower-case http_proxy, others the upper case)."""
+    proxy = config.proxied_egress
+    if proxy is None:
+        return {}
+    no_proxy = ",".join(proxy.no_proxy)
+    env = {}
+    for name in ("HTTPS_PROXY", "HTTP_PROXY"):
+        env[name] = env[name.lower()] = proxy.url
+    env["NO_PROXY"] = env["no_proxy"] = no_proxy
+    return env
+
+
 def _env(session: AgentSession, config: OperatorConfig, pod: str) -> list[k8s.V1EnvVar]:
     spec = session.spec
     credentials = spec.credentials or config.default_credentials
@@ -112,6 +126,7 @@ def _env(session: AgentSession, config: OperatorConfig, pod: str) -> list[k8s.V1
         runtime.ENV_SESSION_FILE: runtime.SPEC_FILE,
         # runAsUser has no passwd entry in most images; the CLI needs a writable home.
         "HOME": runtime.HOME_DIR,
+        **proxy_env(config),
         **runner_env,
     }
     if base_url:
