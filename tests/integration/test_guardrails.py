@@ -370,7 +370,7 @@ def test_allowed_domains_must_match_the_namespace_allowlist(
         return None
 
     wait_for(lambda: refusal(["evil.example"]), timeout=60, what="the domains policy in force")
-    allowed = ["github.com", "GitHub.com", "files.pypi.org", "*.pypi.org", "*.cdn.pypi.org",
+    allowed = ["github.com", "files.pypi.org", "*.pypi.org", "*.cdn.pypi.org",
                "files.pypi.org:443", "git.internal.example:8443"]  # fmt: skip
     assert refusal(allowed) is None
     for refused in ("evil.example", "api.github.com", "*.github.com", "pypi.org", "*",
