@@ -237,6 +237,46 @@ async def test_held_request_resumes_when_the_pod_becomes_ready() -> None:
     assert endpoint.pod_name == "woken"
 
 
+def test_starting_endpoint_is_the_newest_running_unready_pod_of_the_session() -> None:
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Running"))
+    view = directory.view("ns", "s")
+    assert view.starting_endpoint() is None
+    directory.on_pod("ADDED", _pod("stranger", owner="uid-other", ready=False))
+    directory.on_pod("ADDED", _pod("old", ready=False, deleting=True, ip="10.0.0.4"))
+    assert view.starting_endpoint() is None  # foreign and terminating pods are never probed
+    pending = _pod("new", ready=False, created="2026-01-01T00:02:00Z", ip="")
+    pending["status"]["phase"] = "Pending"
+    directory.on_pod("ADDED", pending)
+    assert view.starting_endpoint() is None  # no address yet
+    directory.on_pod("MODIFIED", _pod("new", ready=False, created="2026-01-01T00:02:00Z"))
+    starting = view.starting_endpoint()
+    assert starting is not None and starting.pod_name == "new"
+    directory.on_pod("MODIFIED", _pod("new", created="2026-01-01T00:02:00Z"))
+    assert view.starting_endpoint() is None  # Ready: ready_endpoint serves it
+
+
+async def test_held_request_takes_a_runner_that_answers_ready_before_the_kubelet_says_so() -> None:
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Idle"))
+    runner_ready = asyncio.Event()
+    probed: list[str] = []
+
+    async def probe(endpoint: Any) -> bool:
+        probed.append(endpoint.pod_name)
+        return runner_ready.is_set()
+
+    waiting = asyncio.create_task(
+        directory.ready_endpoint("ns", "s", hold_seconds=30, probe=probe)
+    )
+    directory.on_pod("ADDED", _pod("woken", ready=False))
+    await asyncio.sleep(0.35)
+    assert not waiting.done() and probed  # asked, and not ready yet: still held
+    runner_ready.set()  # the pod's Ready condition never changes in this test
+    endpoint = await asyncio.wait_for(waiting, 5)
+    assert endpoint.pod_name == "woken" and set(probed) == {"woken"}
+
+
 async def test_many_concurrent_wakes_patch_once() -> None:
     patches: list[dict[str, Any]] = []
 
