@@ -106,3 +106,20 @@ def test_session_file_still_reads_yaml(tmp_path: Path) -> None:
         env={"PYTHONPATH": str(OPERATOR_DIR), "PATH": "/usr/bin:/bin"},
     )
     assert out.stdout.strip() == "claude-x"
+
+
+def test_process_age_counts_from_the_process_start() -> None:
+    code = (
+        "import time; time.sleep(0.3)\n"
+        "from corral.runner.agent import process_age\n"
+        "print(process_age())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(OPERATOR_DIR), "PATH": "/usr/bin:/bin"},
+    )
+    age = float(done.stdout.strip())
+    assert 0.3 <= age < 60
