@@ -25,7 +25,7 @@ def pct(values: list[float], q: float) -> float:
 
 def fmt(values: list[float]) -> str:
     if not values:
-        return "–"
+        return "-"
     return f"{statistics.median(values):.2f} s (p90 {pct(values, 0.9):.2f}, n={len(values)})"
 
 
@@ -55,7 +55,8 @@ def node_cases(paths: list[Path]) -> list[dict[str, Any]]:
     for path in paths:
         for case in json.loads(path.read_text())["cases"]:
             key = (case["image"], case["cpu"])
-            into = merged.setdefault(key, {"image": key[0], "cpu": key[1], "wake": [], "create": []})
+            empty = {"image": key[0], "cpu": key[1], "wake": [], "create": []}
+            into = merged.setdefault(key, empty)
             into["wake"] += case["wake"]
             into["create"] += case["create"]
     return list(merged.values())
@@ -106,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     out: list[str] = []
     if args.local:
-        out += local_table(json.loads(args.local.read_text())) + [""]
+        out += [*local_table(json.loads(args.local.read_text())), ""]
     if args.node:
         cases = node_cases(args.node)
         out += node_table(cases)
