@@ -13,7 +13,9 @@ from corral.api.tokens import RUNNER_INGRESS, hmac_token, runner_credential
 from corral.gateway import routes
 from corral.gateway.auth import ReviewCache, User
 from corral.gateway.directory import (
+    PROBE_INTERVAL_SECONDS,
     Directory,
+    NotReady,
     SessionFinished,
     SessionSuspended,
     wake_value,
@@ -275,6 +277,29 @@ async def test_held_request_takes_a_runner_that_answers_ready_before_the_kubelet
     runner_ready.set()  # the pod's Ready condition never changes in this test
     endpoint = await asyncio.wait_for(waiting, 5)
     assert endpoint.pod_name == "woken" and set(probed) == {"woken"}
+
+
+async def test_held_requests_share_one_probe_of_a_starting_runner() -> None:
+    """Ten held requests must not ask a runner that starts at 250m CPU ten times as often."""
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Idle"))
+    directory.on_pod("ADDED", _pod("woken", ready=False))
+    probes = 0
+
+    async def probe(endpoint: Any) -> bool:
+        nonlocal probes
+        probes += 1
+        await asyncio.sleep(0.01)
+        return False
+
+    waiting = [
+        asyncio.create_task(directory.ready_endpoint("ns", "s", hold_seconds=0.5, probe=probe))
+        for _ in range(10)
+    ]
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, NotReady) for r in results)
+    # About one probe per PROBE_INTERVAL_SECONDS over the 0.5 s hold, not one per request.
+    assert 1 <= probes <= 0.5 / PROBE_INTERVAL_SECONDS + 3, probes
 
 
 async def test_many_concurrent_wakes_patch_once() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -147,6 +147,10 @@ class Directory:
         # When this replica last asked for a wake, so that requests arriving before the
         # operator has written the new phase do not ask again.
         self._woke_at: dict[Key, float] = {}
+        # The last readiness probe of a starting pod per session (pod UID, when, the
+        # probe): held requests share it, so a starting runner is asked ten times a second
+        # however many requests wait for it.
+        self._probes: dict[Key, tuple[str, float, asyncio.Task[bool]]] = {}
 
     # --- informer callbacks --------------------------------------------------------------
 
@@ -305,13 +309,28 @@ class Directory:
             }
         )
 
+    async def _shared_probe(
+        self, key: Key, endpoint: Endpoint, probe: Callable[[Endpoint], Coroutine[Any, Any, bool]]
+    ) -> bool:
+        now = asyncio.get_running_loop().time()
+        last = self._probes.get(key)
+        if last is not None:
+            pod_uid, started, task = last
+            if pod_uid == endpoint.pod_uid and (
+                not task.done() or now - started < PROBE_INTERVAL_SECONDS
+            ):
+                return await asyncio.shield(task)
+        task = asyncio.create_task(probe(endpoint))
+        self._probes[key] = (endpoint.pod_uid, now, task)
+        return await asyncio.shield(task)
+
     async def ready_endpoint(
         self,
         namespace: str,
         name: str,
         hold_seconds: float,
         on_wait: Any = None,
-        probe: Callable[[Endpoint], Awaitable[bool]] | None = None,
+        probe: Callable[[Endpoint], Coroutine[Any, Any, bool]] | None = None,
     ) -> Endpoint:
         """The session's ready pod, waiting up to `hold_seconds` for one.
 
@@ -341,7 +360,8 @@ class Directory:
             wait = min(deadline - now, max(0.05, next_ping - now))
             starting = session.starting_endpoint() if probe is not None else None
             if starting is not None and probe is not None:
-                if await probe(starting):
+                if await self._shared_probe(key, starting, probe):
+                    self._probes.pop(key, None)
                     return starting
                 wait = min(wait, PROBE_INTERVAL_SECONDS)
             await self._changed_or_timeout(key, wait)
