@@ -302,6 +302,26 @@ async def test_held_requests_share_one_probe_of_a_starting_runner() -> None:
     assert 1 <= probes <= 0.5 / PROBE_INTERVAL_SECONDS + 3, probes
 
 
+async def test_a_probe_that_hangs_does_not_hold_up_a_pod_the_kubelet_says_is_ready() -> None:
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Idle"))
+    directory.on_pod("ADDED", _pod("woken", ready=False))
+
+    async def probe(endpoint: Any) -> bool:
+        await asyncio.sleep(30)  # an address nobody answers on
+        return False
+
+    waiting = asyncio.create_task(
+        directory.ready_endpoint("ns", "s", hold_seconds=30, probe=probe)
+    )
+    await asyncio.sleep(0.2)
+    directory.on_pod("MODIFIED", _pod("woken"))
+    endpoint = await asyncio.wait_for(waiting, 1)
+    assert endpoint.pod_name == "woken"
+    for _, _, task in directory._probes.values():
+        task.cancel()
+
+
 async def test_many_concurrent_wakes_patch_once() -> None:
     patches: list[dict[str, Any]] = []
 

@@ -163,6 +163,7 @@ class Directory:
         if kind == "DELETED":
             self.sessions.pop(key, None)
             self._woke_at.pop(key, None)
+            self._probes.pop(key, None)
         else:
             spec = body.get("spec") or {}
             status = body.get("status") or {}
@@ -309,9 +310,11 @@ class Directory:
             }
         )
 
-    async def _shared_probe(
+    def _probe_task(
         self, key: Key, endpoint: Endpoint, probe: Callable[[Endpoint], Coroutine[Any, Any, bool]]
-    ) -> bool:
+    ) -> asyncio.Task[bool]:
+        """The probe of `endpoint` under way or just done, else a new one. Its end wakes
+        the waiters (an address nobody answers on must not hold them up to its timeout)."""
         now = asyncio.get_running_loop().time()
         last = self._probes.get(key)
         if last is not None:
@@ -319,10 +322,11 @@ class Directory:
             if pod_uid == endpoint.pod_uid and (
                 not task.done() or now - started < PROBE_INTERVAL_SECONDS
             ):
-                return await asyncio.shield(task)
+                return task
         task = asyncio.create_task(probe(endpoint))
+        task.add_done_callback(lambda _: self._notify(key))
         self._probes[key] = (endpoint.pod_uid, now, task)
-        return await asyncio.shield(task)
+        return task
 
     async def ready_endpoint(
         self,
@@ -360,7 +364,9 @@ class Directory:
             wait = min(deadline - now, max(0.05, next_ping - now))
             starting = session.starting_endpoint() if probe is not None else None
             if starting is not None and probe is not None:
-                if await self._shared_probe(key, starting, probe):
+                task = self._probe_task(key, starting, probe)
+                answered = task.done() and not task.cancelled() and task.exception() is None
+                if answered and task.result():
                     self._probes.pop(key, None)
                     return starting
                 wait = min(wait, PROBE_INTERVAL_SECONDS)
