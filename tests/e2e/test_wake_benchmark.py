@@ -55,8 +55,11 @@ def _time(value: str | None) -> float | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def runner_timeline(core: client.CoreV1Api, namespace: str, pod: Any) -> dict[str, Any]:
-    """What the pod's status and its runner's log say about its start."""
+def runner_timeline(
+    core: client.CoreV1Api, namespace: str, pod: Any, since: float
+) -> dict[str, Any]:
+    """What the pod's status and its runner's log say about its start (`since`: when the
+    request or the create was sent; the API's times have whole seconds)."""
     ready_at = next(
         (
             c.last_transition_time.timestamp()
@@ -76,7 +79,18 @@ def runner_timeline(core: client.CoreV1Api, namespace: str, pod: Any) -> dict[st
             agent_ready = entry
             break
     runner_ready = _time(agent_ready.get("time"))
+    running = next(
+        (
+            c.state.running.started_at.timestamp()
+            for c in pod.status.container_statuses or []
+            if c.name == "runner" and c.state and c.state.running
+        ),
+        None,
+    )
     return {
+        "pod_created_after_s": round(pod.metadata.creation_timestamp.timestamp() - since, 3),
+        "container_started_after_s": round(running - since, 3) if running else None,
+        "runner_ready_after_s": round(runner_ready - since, 3) if runner_ready else None,
         "process_to_ready_s": agent_ready.get("process_age_seconds"),
         # The Ready condition has whole seconds: a mean over many wakes says more than one.
         "runner_ready_to_pod_ready_s": (
@@ -130,7 +144,7 @@ def test_benchmark_wake_and_create(
                 sample_result = {
                     "first_event_s": round(reply.first_event_after or 0, 3),
                     "result_s": round(time.time() - started, 3),
-                    **runner_timeline(core, namespace, pod),
+                    **runner_timeline(core, namespace, pod, started),
                 }
                 if sample == 0:
                     continue  # the first pod of the session: the image may be cold
@@ -157,7 +171,7 @@ def test_benchmark_wake_and_create(
                 (pod,) = session_pods(core, namespace, created)
                 sample_result = {
                     "first_event_s": round(first, 3),
-                    **runner_timeline(core, namespace, pod),
+                    **runner_timeline(core, namespace, pod, started),
                 }
                 case["create"].append(sample_result)
                 print(f"{label} cpu={cpu} create {sample}: {sample_result}", flush=True)
