@@ -80,6 +80,32 @@ def node_table(cases: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def breakdown_table(cases: list[dict[str, Any]]) -> list[str]:
+    """Where a wake's time goes, after the request: means (the API's times have whole
+    seconds, so single samples are off by up to a second; means over many are not)."""
+    keys = (
+        "pod_created_after_s",
+        "container_started_after_s",
+        "runner_ready_after_s",
+        "first_event_s",
+    )
+    lines = [
+        "| CPU | runner image | pod created | container running | runner ready "
+        "| first event | n |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for case in sorted(cases, key=lambda c: (c["cpu"], c["image"] != "before")):
+        samples = [w for w in case["wake"] if all(w.get(k) is not None for k in keys[:2])]
+        if not samples:
+            continue
+        cells = []
+        for key in keys:
+            values = _values(samples, key)
+            cells.append(f"{statistics.mean(values):.2f} s" if values else "-")
+        lines.append(f"| {case['cpu']} | {case['image']} | {' | '.join(cells)} | {len(samples)} |")
+    return lines
+
+
 def plot(cases: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -91,7 +117,7 @@ def plot(cases: list[dict[str, Any]], path: Path) -> None:
     for case in sorted(cases, key=lambda c: (c["cpu"], c["image"] != "before")):
         labels.append(f"{case['image']}\n{case['cpu']} CPU")
         data.append(_values(case["wake"], "first_event_s"))
-    ax.boxplot(data, labels=labels)
+    ax.boxplot(data, tick_labels=labels)
     ax.set_ylabel("wake → first event (s)")
     ax.set_title("Hybrid wake through the gateway, real node")
     ax.grid(alpha=0.3)
@@ -111,7 +137,7 @@ def main() -> None:
         out += [*local_table(json.loads(args.local.read_text())), ""]
     if args.node:
         cases = node_cases(args.node)
-        out += node_table(cases)
+        out += [*node_table(cases), "", *breakdown_table(cases)]
         if args.plot:
             plot(cases, args.plot)
     print("\n".join(out))
