@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +49,8 @@ the Anthropic API, for tests)."""
 
 
 def version() -> str:
+    import importlib.metadata  # only for --version: reading package metadata takes a while
+
     try:
         return importlib.metadata.version("corral")
     except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
@@ -82,9 +83,21 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+class VersionAction(argparse.Action):
+    """`--version`, looked up only when asked for (every command would pay for it else)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "show the version and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"corral {version()}")
+        parser.exit()
+
+
 def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = Parser(prog="corral", description=DESCRIPTION, epilog=EPILOG)
-    parser.add_argument("--version", action="version", version=f"corral {version()}")
+    parser.add_argument("--version", action=VersionAction)
     subparsers = parser.add_subparsers(dest="command", required=True, title="commands")
     # One module may register several subcommands: register each module once.
     for module_name in dict.fromkeys(SUBSYSTEMS[name] for name in names or SUBSYSTEMS):

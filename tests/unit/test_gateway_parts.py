@@ -13,7 +13,9 @@ from corral.api.tokens import RUNNER_INGRESS, hmac_token, runner_credential
 from corral.gateway import routes
 from corral.gateway.auth import ReviewCache, User
 from corral.gateway.directory import (
+    PROBE_INTERVAL_SECONDS,
     Directory,
+    NotReady,
     SessionFinished,
     SessionSuspended,
     wake_value,
@@ -235,6 +237,89 @@ async def test_held_request_resumes_when_the_pod_becomes_ready() -> None:
     directory.on_pod("ADDED", _pod("woken"))
     endpoint = await asyncio.wait_for(waiting, 5)
     assert endpoint.pod_name == "woken"
+
+
+def test_starting_endpoint_is_the_newest_running_unready_pod_of_the_session() -> None:
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Running"))
+    view = directory.view("ns", "s")
+    assert view.starting_endpoint() is None
+    directory.on_pod("ADDED", _pod("stranger", owner="uid-other", ready=False))
+    directory.on_pod("ADDED", _pod("old", ready=False, deleting=True, ip="10.0.0.4"))
+    assert view.starting_endpoint() is None  # foreign and terminating pods are never probed
+    pending = _pod("new", ready=False, created="2026-01-01T00:02:00Z", ip="")
+    pending["status"]["phase"] = "Pending"
+    directory.on_pod("ADDED", pending)
+    assert view.starting_endpoint() is None  # no address yet
+    directory.on_pod("MODIFIED", _pod("new", ready=False, created="2026-01-01T00:02:00Z"))
+    starting = view.starting_endpoint()
+    assert starting is not None and starting.pod_name == "new"
+    directory.on_pod("MODIFIED", _pod("new", created="2026-01-01T00:02:00Z"))
+    assert view.starting_endpoint() is None  # Ready: ready_endpoint serves it
+
+
+async def test_held_request_takes_a_runner_that_answers_ready_before_the_kubelet_says_so() -> None:
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Idle"))
+    runner_ready = asyncio.Event()
+    probed: list[str] = []
+
+    async def probe(endpoint: Any) -> bool:
+        probed.append(endpoint.pod_name)
+        return runner_ready.is_set()
+
+    waiting = asyncio.create_task(
+        directory.ready_endpoint("ns", "s", hold_seconds=30, probe=probe)
+    )
+    directory.on_pod("ADDED", _pod("woken", ready=False))
+    await asyncio.sleep(0.35)
+    assert not waiting.done() and probed  # asked, and not ready yet: still held
+    runner_ready.set()  # the pod's Ready condition never changes in this test
+    endpoint = await asyncio.wait_for(waiting, 5)
+    assert endpoint.pod_name == "woken" and set(probed) == {"woken"}
+
+
+async def test_held_requests_share_one_probe_of_a_starting_runner() -> None:
+    """Ten held requests must not ask a runner that starts at 250m CPU ten times as often."""
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Idle"))
+    directory.on_pod("ADDED", _pod("woken", ready=False))
+    probes = 0
+
+    async def probe(endpoint: Any) -> bool:
+        nonlocal probes
+        probes += 1
+        await asyncio.sleep(0.01)
+        return False
+
+    waiting = [
+        asyncio.create_task(directory.ready_endpoint("ns", "s", hold_seconds=0.5, probe=probe))
+        for _ in range(10)
+    ]
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, NotReady) for r in results)
+    # About one probe per PROBE_INTERVAL_SECONDS over the 0.5 s hold, not one per request.
+    assert 1 <= probes <= 0.5 / PROBE_INTERVAL_SECONDS + 3, probes
+
+
+async def test_a_probe_that_hangs_does_not_hold_up_a_pod_the_kubelet_says_is_ready() -> None:
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Idle"))
+    directory.on_pod("ADDED", _pod("woken", ready=False))
+
+    async def probe(endpoint: Any) -> bool:
+        await asyncio.sleep(30)  # an address nobody answers on
+        return False
+
+    waiting = asyncio.create_task(
+        directory.ready_endpoint("ns", "s", hold_seconds=30, probe=probe)
+    )
+    await asyncio.sleep(0.2)
+    directory.on_pod("MODIFIED", _pod("woken"))
+    endpoint = await asyncio.wait_for(waiting, 1)
+    assert endpoint.pod_name == "woken"
+    for _, _, task in directory._probes.values():
+        task.cancel()
 
 
 async def test_many_concurrent_wakes_patch_once() -> None:

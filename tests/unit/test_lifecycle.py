@@ -22,6 +22,7 @@ from corral.controller.credentials import SecretCheck
 from corral.controller.lifecycle import Activity, Observed, Plan, decide, timestamp
 from corral.controller.pods import PodView, pod_view
 from corral.render import pod_name, pvc_name, render_pod
+from corral.render.pod import STARTUP_PROBE_SECONDS
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 UID = "0b7d3c1e-5f7a-4c1e-9a55-2b1f0f6d8e01"
@@ -85,6 +86,7 @@ def make_pod(
     owner_uid: str | None = None,
     restarts: int = 0,
     last_terminated: dict[str, Any] | None = None,
+    ready_at: datetime | None = None,
 ) -> PodView:
     """A pod as the API server would show it, read through the operator's own `pod_view`."""
     body = render_pod(session, CONFIG, attempt)
@@ -101,7 +103,9 @@ def make_pod(
         state["waiting"] = waiting
     elif phase == "Running":
         state["running"] = {"startedAt": timestamp(started)}
-    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    conditions: list[dict[str, Any]] = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if ready_at is not None:
+        conditions[0]["lastTransitionTime"] = timestamp(ready_at)
     if unschedulable:
         conditions.append(
             {
@@ -795,6 +799,50 @@ def test_hybrid_idle_timeout_scales_to_zero_and_keeps_the_volume() -> None:
     world.settle()
     assert world.pods == {}
     assert world.events.count("ScaledDown") == 1
+
+
+def starting_hybrid_world() -> World:
+    """A Hybrid session (idleTimeout 5s) whose pod runs but whose runner is not ready."""
+    world = World(make_session("Hybrid"))
+    world.step()
+    world.kubelet(world.live_pod(), phase="Running", ready=False)
+    world.settle()
+    return world
+
+
+def test_hybrid_pod_still_starting_is_not_counted_idle() -> None:
+    """A woken pod that needs longer than idleTimeout to start is not scaled down before
+    anyone could talk to it (issue 19)."""
+    world = starting_hybrid_world()
+    world.advance(60)
+    plan = world.step()
+    assert plan.delete_pods == []
+    assert world.session.status.phase != "Idle"
+    # Looked at again when the startup window ends (a Ready change reconciles sooner).
+    assert plan.requeue_after == pytest.approx(STARTUP_PROBE_SECONDS - 60)
+
+
+def test_hybrid_idle_countdown_starts_when_the_pod_is_ready() -> None:
+    world = starting_hybrid_world()
+    name = world.live_pod()
+    world.advance(30)
+    world.kubelet(name, phase="Running", ready=True, ready_at=world.now)
+    world.advance(3)
+    plan = world.step()
+    assert plan.delete_pods == []
+    assert plan.requeue_after == pytest.approx(2)
+    world.advance(3)
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [name]
+    assert world.session.status.last_activity_time == timestamp(world.now - timedelta(seconds=6))
+
+
+def test_hybrid_pod_never_ready_counts_idle_after_the_startup_window() -> None:
+    world = starting_hybrid_world()
+    name = world.live_pod()
+    world.advance(STARTUP_PROBE_SECONDS + 1)
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [name]
 
 
 def test_hybrid_idle_session_deletes_a_leftover_pod_without_waking() -> None:

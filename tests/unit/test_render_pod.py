@@ -184,6 +184,10 @@ def test_runner_command_probes_and_port(
     assert c["ports"] == [{"name": "http", "containerPort": runtime.RUNNER_PORT, "protocol": "TCP"}]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # Ready within a second of the runner: startup probes readiness at the shortest period.
+    assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["startupProbe"]["periodSeconds"] == 1
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 60
     assert c["terminationMessagePath"] == runtime.TERMINATION_LOG
     assert c["image"] == config.default_image
 

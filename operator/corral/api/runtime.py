@@ -15,6 +15,8 @@ READINESS_PATH = "/readyz"
 RUNNER_UID = 1000
 RUNNER_GID = 1000
 CONTAINER_NAME = "runner"
+# The largest request body or WebSocket message the runner takes (`--max-request-bytes`).
+RUNNER_MAX_REQUEST_BYTES = 256 * 1024
 
 # One volume holds everything a Hybrid session must keep: the agent's working directory
 # and the CLI's config dir (transcripts). Resume needs the same absolute cwd, so the

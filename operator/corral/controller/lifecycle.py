@@ -48,7 +48,7 @@ from corral.render import (
     service_name,
     spec_json,
 )
-from corral.render.pod import MAX_SPEC_ANNOTATION_BYTES
+from corral.render.pod import MAX_SPEC_ANNOTATION_BYTES, STARTUP_PROBE_SECONDS
 from corral.render.pvc import storage_too_large
 
 # How often to look again at a session waiting for something outside our watches (a
@@ -767,6 +767,9 @@ class _Decision:
             parse_time(self.old.last_activity_time),
             self.obs.activity.last_activity if self.obs.activity else None,
             parse_time(pod.started_at or pod.created_at),
+            # The countdown starts again when the runner is ready: a slow start (a cold
+            # image, a small CPU limit) is not idle time.
+            parse_time(pod.ready_since),
         ]
         # A time in the future (a hand-edited status, a skewed clock) is not believed: it
         # would keep the session awake for ever, or overflow `last + timeout`.
@@ -784,6 +787,12 @@ class _Decision:
                 activity.received_at is None or self.now - activity.received_at < BUSY_REPORT_STALE
             )
         )
+        starting_until = self.starting_until(pod)
+        if not busy and starting_until is not None:
+            # Not Ready yet, so nobody could talk to it: no idle countdown before its Ready
+            # change reconciles again (a 5 s idleTimeout scaled woken pods down mid-start).
+            self.plan.requeue((starting_until - self.now).total_seconds())
+            return
         last = self.last_activity(pod)
         if self.status.last_activity_time is None:
             # Persist the countdown's start, so a restarted operator keeps the deadline.
@@ -816,6 +825,17 @@ class _Decision:
         self.condition(cond.POD_READY, False, "Idle", "scaled to zero")
         self.event("ScaledDown", message)
         self.plan.scaled_down = True
+
+    def starting_until(self, pod: PodView) -> datetime | None:
+        """Until when a pod that is not Ready counts as starting (the kubelet restarts a
+        runner that is not ready within the startup probe's window); None when Ready."""
+        if pod.ready:
+            return None
+        created = parse_time(pod.created_at) or parse_time(pod.started_at)
+        if created is None or created > self.now:
+            return None
+        until = created + timedelta(seconds=STARTUP_PROBE_SECONDS)
+        return until if self.now < until else None
 
     def unheard_until(self) -> datetime | None:
         """Until when a new leader cannot know whether the runner is busy: it has heard no

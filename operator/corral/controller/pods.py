@@ -36,6 +36,8 @@ class PodView:
     phase: str
     deleting: bool
     ready: bool
+    # When the Ready condition last turned True (None while not Ready).
+    ready_since: str | None
     reason: str | None
     message: str | None
     started_at: str | None
@@ -85,11 +87,13 @@ def pod_view(body: dict[str, Any]) -> PodView:
     waiting = state.get("waiting") or {}
     unschedulable = None
     ready = False
+    ready_since = None
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
             unschedulable = str(condition.get("message") or "no node fits the pod")
         if condition.get("type") == "Ready":
             ready = condition.get("status") == "True"
+            ready_since = condition.get("lastTransitionTime") if ready else None
     spec_annotation = annotations.get(runtime.SPEC_ANNOTATION)
     try:
         attempt = int(annotations.get(ATTEMPT_ANNOTATION, "0"))
@@ -105,6 +109,7 @@ def pod_view(body: dict[str, Any]) -> PodView:
         phase=str(status.get("phase") or "Pending"),
         deleting=bool(meta.get("deletionTimestamp")),
         ready=ready,
+        ready_since=ready_since,
         reason=status.get("reason"),
         message=status.get("message"),
         started_at=status.get("startTime"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,9 @@ Key = tuple[str, str]
 # A wake annotation value names the gateway and the user; bounded like everything that
 # reaches the session's status.
 MAX_WAKE_VALUE = 200
+# While a request is held, how often the gateway asks a started but not yet Ready runner
+# itself (its /readyz) rather than wait up to a probe period for the kubelet to.
+PROBE_INTERVAL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,21 @@ class SessionView:
             if pod["owner"] == self.uid and pod["ready"] and not pod["deleting"] and pod["ip"]:
                 return Endpoint(name, pod["uid"], pod["ip"], pod["port"])
         return None
+
+    def starting_endpoint(self) -> Endpoint | None:
+        """The session's newest pod when it runs, has an address and is not Ready yet: the
+        one a held request may probe. Never a terminating or a foreign pod."""
+        live = [
+            (name, pod)
+            for name, pod in self.pods.items()
+            if pod["owner"] == self.uid and not pod["deleting"]
+        ]
+        if not live:
+            return None
+        name, pod = max(live, key=lambda item: item[1]["created"])
+        if pod["ready"] or not pod["running"] or not pod["ip"]:
+            return None
+        return Endpoint(name, pod["uid"], pod["ip"], pod["port"])
 
 
 class SessionGone(Exception):
@@ -96,6 +115,7 @@ def _trim_pod(body: JSON) -> JSON:
         "created": str(meta.get("creationTimestamp", "")),
         "deleting": bool(meta.get("deletionTimestamp")),
         "ready": ready and status.get("phase") == "Running",
+        "running": status.get("phase") == "Running",
         "ip": str(status.get("podIP") or ""),
     }
 
@@ -127,6 +147,10 @@ class Directory:
         # When this replica last asked for a wake, so that requests arriving before the
         # operator has written the new phase do not ask again.
         self._woke_at: dict[Key, float] = {}
+        # The last readiness probe of a starting pod per session (pod UID, when, the
+        # probe): held requests share it, so a starting runner is asked ten times a second
+        # however many requests wait for it.
+        self._probes: dict[Key, tuple[str, float, asyncio.Task[bool]]] = {}
 
     # --- informer callbacks --------------------------------------------------------------
 
@@ -139,6 +163,7 @@ class Directory:
         if kind == "DELETED":
             self.sessions.pop(key, None)
             self._woke_at.pop(key, None)
+            self._probes.pop(key, None)
         else:
             spec = body.get("spec") or {}
             status = body.get("status") or {}
@@ -285,12 +310,38 @@ class Directory:
             }
         )
 
+    def _probe_task(
+        self, key: Key, endpoint: Endpoint, probe: Callable[[Endpoint], Coroutine[Any, Any, bool]]
+    ) -> asyncio.Task[bool]:
+        """The probe of `endpoint` under way or just done, else a new one. Its end wakes
+        the waiters (an address nobody answers on must not hold them up to its timeout)."""
+        now = asyncio.get_running_loop().time()
+        last = self._probes.get(key)
+        if last is not None:
+            pod_uid, started, task = last
+            if pod_uid == endpoint.pod_uid and (
+                not task.done() or now - started < PROBE_INTERVAL_SECONDS
+            ):
+                return task
+        task = asyncio.create_task(probe(endpoint))
+        task.add_done_callback(lambda _: self._notify(key))
+        self._probes[key] = (endpoint.pod_uid, now, task)
+        return task
+
     async def ready_endpoint(
-        self, namespace: str, name: str, hold_seconds: float, on_wait: Any = None
+        self,
+        namespace: str,
+        name: str,
+        hold_seconds: float,
+        on_wait: Any = None,
+        probe: Callable[[Endpoint], Coroutine[Any, Any, bool]] | None = None,
     ) -> Endpoint:
         """The session's ready pod, waiting up to `hold_seconds` for one.
 
-        `on_wait`, if given, is awaited about every 5 s while waiting (SSE `: waking`)."""
+        `on_wait`, if given, is awaited about every 5 s while waiting (SSE `: waking`).
+        `probe`, if given, asks a started pod's runner whether it is ready, every
+        PROBE_INTERVAL_SECONDS: a woken runner is used the moment it is, not up to a probe
+        period later when the kubelet sees it and the pod's Ready reaches the informer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + hold_seconds
         key = (namespace, name)
@@ -310,4 +361,13 @@ class Directory:
             if on_wait is not None and now >= next_ping:
                 await on_wait()
                 next_ping = now + 5.0
-            await self._changed_or_timeout(key, min(deadline - now, max(0.05, next_ping - now)))
+            wait = min(deadline - now, max(0.05, next_ping - now))
+            starting = session.starting_endpoint() if probe is not None else None
+            if starting is not None and probe is not None:
+                task = self._probe_task(key, starting, probe)
+                answered = task.done() and not task.cancelled() and task.exception() is None
+                if answered and task.result():
+                    self._probes.pop(key, None)
+                    return starting
+                wait = min(wait, PROBE_INTERVAL_SECONDS)
+            await self._changed_or_timeout(key, wait)

@@ -17,11 +17,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from corral.api import runtime
 from corral.api.tokens import runner_credential
 from corral.gateway import routes
 from corral.gateway.auth import Forbidden, Reviewer, Unauthenticated, User
 from corral.gateway.directory import (
     Directory,
+    Endpoint,
     NotReady,
     SessionFinished,
     SessionGone,
@@ -39,6 +41,7 @@ TOKEN_HEADER = "X-Corral-Token"
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024  # the runner's own limit (docs/runner.md)
 BODY_READ_SECONDS = 30.0
 WAKING_COMMENT = b": waking\n\n"
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
 
 
 @dataclass
@@ -243,12 +246,26 @@ class Gateway:
                 self.metrics.wakes.inc()
             try:
                 endpoint = await self.directory.ready_endpoint(
-                    route.namespace, route.name, self.settings.hold_seconds, on_wait
+                    route.namespace,
+                    route.name,
+                    self.settings.hold_seconds,
+                    on_wait,
+                    probe=self._runner_ready,
                 )
             finally:
                 self.metrics.hold_seconds.observe(time.monotonic() - started)
             session = self.directory.view(route.namespace, route.name)
         return endpoint.base_url + route.runner_path, session
+
+    async def _runner_ready(self, endpoint: Endpoint) -> bool:
+        """The runner's own /readyz (open to the gateway, like to the kubelet)."""
+        try:
+            client = await self.client()
+            url = endpoint.base_url + runtime.READINESS_PATH
+            async with client.get(url, timeout=PROBE_TIMEOUT) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
 
     async def _http(
         self,

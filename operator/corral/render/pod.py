@@ -42,6 +42,8 @@ HOME_VOLUME = "home"
 TMP_VOLUME = "tmp"
 SPEC_VOLUME = "session-spec"
 
+# How long the runner may take to become ready before the kubelet restarts its container.
+STARTUP_PROBE_SECONDS = 120
 # The runner stops taking work on SIGTERM and drains for this much less than the grace period.
 DRAIN_MARGIN_SECONDS = 10
 
@@ -268,8 +270,13 @@ def _container(
         env=_env(session, config, pod),
         resources=_resources(session.spec),
         volume_mounts=_volume_mounts(),
-        # Startup allows a minute for the runner to come up before liveness counts.
-        startup_probe=_http_probe(runtime.LIVENESS_PATH, period=2, failures=30),
+        # Startup probes readiness every second (the shortest period), so the pod is Ready
+        # within a second of the runner (the kubelet runs the readiness probe the moment
+        # startup succeeds); then only the slower probes below run. Two minutes for the
+        # runner and its CLIs to come up before the kubelet restarts the container.
+        startup_probe=_http_probe(
+            runtime.READINESS_PATH, period=1, failures=STARTUP_PROBE_SECONDS, timeout=2
+        ),
         liveness_probe=_http_probe(runtime.LIVENESS_PATH, period=10, failures=3, timeout=5),
         readiness_probe=_http_probe(runtime.READINESS_PATH, period=5, failures=2),
         security_context=_container_security(),

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
-from claude_agent_sdk import __version__ as SDK_VERSION
 
 from corral.api import runtime
 from corral.api.activity import (
@@ -38,6 +37,7 @@ from corral.api.activity import (
 )
 from corral.runner.agent import AgentSnapshot, AgentState
 from corral.runner.jsonlog import log_event
+from corral.runner.sdk import __version__ as SDK_VERSION
 from corral.runner.session import RunnerSession
 from corral.runner.status import agent_status, cli_version
 

@@ -11,22 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
-
-from claude_agent_sdk import (
-    ClaudeAgentOptions,
-    ClaudeSDKClient,
-    Message,
-    ResultMessage,
-    StreamEvent,
-    SystemMessage,
-)
 
 from corral.runner import events as ev
 from corral.runner.event_buffer import EventBuffer
@@ -35,6 +28,15 @@ from corral.runner.layout import AgentPaths
 from corral.runner.metrics import RunnerMetrics
 from corral.runner.options import reload_key
 from corral.runner.saved_session import BackgroundSaver, SavedSession
+from corral.runner.sdk import (
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    Message,
+    ResultMessage,
+    StreamEvent,
+    SubprocessCLITransport,
+    SystemMessage,
+)
 
 log = logging.getLogger("corral.runner.agent")
 
@@ -150,6 +152,8 @@ class AgentWorker:
         self.last_error: dict[str, Any] | None = None
         self.cli_version: str | None = None
         self.ready = asyncio.Event()
+        # Set once the first CLI process was started (or failed to start).
+        self.spawned = asyncio.Event()
         self._client: ClaudeSDKClient | None = None
         self._current: Turn | None = None
         self._inbox: asyncio.Queue[Turn] = asyncio.Queue()
@@ -275,9 +279,8 @@ class AgentWorker:
         resume = self._saved.session_id
         options = self._options(resume)
         self._connected_key = reload_key(options)
-        client = ClaudeSDKClient(options)
         try:
-            await client.connect()
+            client = await self._start_client(options)
             self._cli_cost_base = self._saved.cli_cost if resume else 0.0
             return client
         except Exception as exc:
@@ -297,11 +300,23 @@ class AgentWorker:
         self._saved.cli_cost = self._cli_cost_base = 0.0
         options = self._options(None)
         self._connected_key = reload_key(options)
-        client = ClaudeSDKClient(options)
         try:
-            await client.connect()
+            return await self._start_client(options)
         except Exception as exc:
             raise CliGone(f"CLI did not start: {exc}") from exc
+
+    async def _start_client(self, options: ClaudeAgentOptions) -> ClaudeSDKClient:
+        """Start the CLI process, then let a client do the initialize handshake with it.
+        `spawned` is set in between: the runner sets up its HTTP server while the CLI boots.
+        (The SDK would make the same transport itself; session stores, which it skips for
+        a transport given to it, are not used here.)"""
+        transport = SubprocessCLITransport(prompt=_no_input(), options=options)
+        try:
+            await transport.connect()
+        finally:
+            self.spawned.set()
+        client = ClaudeSDKClient(options, transport=transport)
+        await client.connect()
         return client
 
     async def _send(self, client: ClaudeSDKClient, turn: Turn) -> None:
@@ -331,7 +346,14 @@ class AgentWorker:
         try:
             self.state = AgentState.BUSY if self._current else AgentState.IDLE
             self.ready.set()
-            log_event(log, "agent ready", agent=self.name, session_id=self._saved.session_id)
+            log_event(
+                log,
+                "agent ready",
+                agent=self.name,
+                session_id=self._saved.session_id,
+                # Start-up cost as the pod sees it (benchmarks read it from the log).
+                process_age_seconds=process_age(),
+            )
             pending, self._pending = self._pending, None
             if pending is not None and not pending.done.is_set():
                 await self._send(client, pending)
@@ -483,6 +505,23 @@ class AgentWorker:
 
     def _touch(self) -> None:
         self.last_activity = datetime.now(UTC)
+
+
+def process_age() -> float | None:
+    """Seconds since this process started, to 10 ms (Linux /proc; None elsewhere)."""
+    try:
+        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        started = int(stat[19]) / os.sysconf("SC_CLK_TCK")  # field 22, `starttime`
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(uptime - started, 3)
+
+
+async def _no_input() -> AsyncIterator[dict[str, Any]]:
+    """The transport's input stream: messages go through `query`, never through this."""
+    return
+    yield {}
 
 
 def _error(status: int | None, kind: str, message: str) -> dict[str, Any]:

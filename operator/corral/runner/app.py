@@ -17,24 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-from claude_agent_sdk import ClaudeAgentOptions
-
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSessionSpec, Pattern, RunResult
 from corral.runner import termination
-from corral.runner.activity import ActivityReporter, identity_from_env
 from corral.runner.agent import AgentBusy, AgentUnavailable, AgentWorker
-from corral.runner.http_api import DEFAULT_MAX_REQUEST_BYTES, RunnerApi
 from corral.runner.jsonlog import log_event, scrub_and_cut
 from corral.runner.layout import AgentPaths, agent_paths, prepare
 from corral.runner.metrics import RunnerMetrics
 from corral.runner.options import build_options, find_agent
 from corral.runner.saved_session import SavedSession, load_saved
+from corral.runner.sdk import ClaudeAgentOptions
 from corral.runner.session import RunnerSession
 from corral.runner.spec_source import SpecSource
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
+    from corral.runner.activity import ActivityReporter
     from corral.testing.fake_anthropic import FakeAnthropic
 
 log = logging.getLogger("corral.runner")
@@ -58,7 +57,7 @@ class RunnerSettings:
     drain_seconds: float = 20.0
     fake_anthropic: bool = False
     fake_anthropic_port: int = 0
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_request_bytes: int = runtime.RUNNER_MAX_REQUEST_BYTES
     # The file `spec` came from, re-read between messages (None: never re-read).
     spec_file: Path | None = None
     # From a manifest's metadata; the pod's environment overrides them.
@@ -164,8 +163,11 @@ class Runner:
         self._install_signals()
         reporter: _ReporterTask | None = None
         try:
-            await self._serve_http(session)
+            # The CLIs first: they take the longest to start, and the HTTP server's
+            # imports and set-up run while they boot (readiness waits for them anyway).
             session.start()
+            await session.wait_spawned()
+            await self._serve_http(session)
             reporter = self._start_reporter(session)
             log_event(
                 log,
@@ -200,6 +202,8 @@ class Runner:
         url = os.environ.get(runtime.ENV_ACTIVITY_URL)
         if not url:
             return None
+        from corral.runner.activity import ActivityReporter, identity_from_env
+
         who = identity_from_env(self.settings.session_name, self.settings.session_namespace)
         if who is None:
             log_event(
@@ -217,6 +221,10 @@ class Runner:
             loop.add_signal_handler(sig, self._stop.set)
 
     async def _serve_http(self, session: RunnerSession) -> None:
+        from aiohttp import web
+
+        from corral.runner.http_api import RunnerApi
+
         api = RunnerApi(
             session,
             self.metrics,

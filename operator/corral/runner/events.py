@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from claude_agent_sdk import (
+from corral.runner.sdk import (
     AssistantMessage,
     Message,
     RateLimitEvent,

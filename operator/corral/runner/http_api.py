@@ -30,7 +30,7 @@ from corral.runner.metrics import CONTENT_TYPE, RunnerMetrics
 from corral.runner.session import RunnerSession, UnknownAgent
 from corral.runner.transcript import TranscriptPage, read_transcript, transcript_path
 
-DEFAULT_MAX_REQUEST_BYTES = 256 * 1024
+DEFAULT_MAX_REQUEST_BYTES = runtime.RUNNER_MAX_REQUEST_BYTES
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
 # Answered to anyone: the kubelet's probes and Prometheus (no secrets, and the session's
 # NetworkPolicy decides who reaches the port at all).

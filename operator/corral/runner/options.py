@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from claude_agent_sdk import ClaudeAgentOptions, McpServerConfig
-from claude_agent_sdk.types import PermissionMode as SdkPermissionMode
-from claude_agent_sdk.types import SystemPromptCustom, SystemPromptPreset
-
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSessionSpec, AgentSpec
 from corral.runner.layout import AgentPaths
+from corral.runner.sdk import (
+    ClaudeAgentOptions,
+    McpServerConfig,
+    SystemPromptCustom,
+    SystemPromptPreset,
+)
+from corral.runner.sdk import PermissionMode as SdkPermissionMode
 
 # Without a system prompt the SDK sends an empty one; Claude Code's own prompt is the
 # sensible default for an agent that works in a workspace with tools.

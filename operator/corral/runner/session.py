@@ -71,6 +71,10 @@ class RunnerSession:
         for worker in self.workers.values():
             self._tasks.append(asyncio.create_task(worker.run(), name=f"agent-{worker.name}"))
 
+    async def wait_spawned(self) -> None:
+        """Until every agent's first CLI process was started (or failed to start)."""
+        await asyncio.gather(*(w.spawned.wait() for w in self.workers.values()))
+
     async def wait_started(self) -> None:
         await asyncio.gather(*(w.ready.wait() for w in self.workers.values()))
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from corral.api.v1alpha1 import AgentSession, AgentSessionSpec
 
@@ -41,7 +40,18 @@ def load_session(path: Path) -> SessionFile:
     except OSError as exc:
         raise SessionFileError(f"cannot read session file {path}: {exc}") from exc
     try:
-        body = yaml.safe_load(text)  # JSON is YAML, so one parser reads both
+        # The pod's file is JSON: the YAML parser (slower to import and to run) only
+        # for a file that is not.
+        body = json.loads(text)
+    except ValueError:
+        body = _yaml(path, text)
+    return parse_session(body)
+
+
+def _yaml(path: Path, text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SessionFileError(f"session file {path} is neither YAML nor JSON: {exc}") from exc
-    return parse_session(body)

@@ -10,11 +10,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from claude_agent_sdk import __version__ as SDK_VERSION
-
 from corral.api.v1alpha1 import AgentStatus, RunnerInfo, Usage
 from corral.runner.agent import AgentSnapshot, AgentState
 from corral.runner.events import USAGE_KEYS
+from corral.runner.sdk import __version__ as SDK_VERSION
 
 
 def _bundled_cli_version() -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from claude_agent_sdk import project_key_for_directory
+from corral.runner.sdk import project_key_for_directory
 
 # Entry types that make up the conversation; the file also holds bookkeeping lines.
 CONVERSATION_TYPES = frozenset({"user", "assistant"})

@@ -1,0 +1,227 @@
+"""Runner start-up on this machine: process start to ready, to the first event, CPU-seconds.
+
+    python -m bench.runner_startup --runs 10 --cpu 1 --cpu 0.25 \\
+        --tree new=operator --tree old=/tmp/corral-old/operator
+
+Each run starts `python -m corral.cli runner` (a LongRunning session, the fake model on
+loopback) inside a cgroup v1 CPU quota (`--cpu 1`: one CPU, `0.25`: 250m; needs root),
+polls `/readyz` every 5 ms, then sends one message and reads its stream. CPU-seconds are
+the runner's and its CLI's (user + system, children included) when the result arrives.
+Trees are run alternately, run by run, so load on the shared machine hits both alike.
+Writes the raw numbers as JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from corral.testing.fake_anthropic import FakeAnthropic
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+PERIOD_US = 100_000
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def cpu_cgroup(cpus: float | None) -> Iterator[Path | None]:
+    """A cgroup v1 CPU quota of `cpus` CPUs (None: no limit)."""
+    if cpus is None:
+        yield None
+        return
+    group = CGROUP_CPU / f"corral-bench-startup-{os.getpid()}-{int(cpus * 1000)}m"
+    group.mkdir()
+    try:
+        (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(int(cpus * PERIOD_US)))
+        yield group
+    finally:
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:  # processes still leaving
+                time.sleep(0.1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a process and its children (the waited-for ones included)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime, stime, cutime, cstime are fields 14-17 (1-based); after ")" they start at 12.
+    return sum(int(v) for v in fields[11:15]) / TICKS
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    return cpu_seconds(pid) + sum(tree_cpu(child) for child in children(pid))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0
+
+
+def one_run(
+    tree: Path, cpus: float | None, fake: FakeAnthropic, work: Path, port: int, env: dict[str, str]
+) -> dict[str, Any]:
+    spec = work / "session.json"
+    spec.write_text(json.dumps({"pattern": "LongRunning"}))
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    run_env.update(
+        {
+            "PYTHONPATH": str(tree),
+            "ANTHROPIC_BASE_URL": fake.url,
+            "ANTHROPIC_API_KEY": "sk-ant-bench",
+            "CORRAL_SESSION_NAME": "bench",
+            "CORRAL_SESSION_NAMESPACE": "bench",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            **env,
+        }
+    )
+    # As the image's `corral` script starts it (not `-m`, whose __main__ the SDK looks up).
+    entry = "import sys; from corral.cli import main; sys.exit(main())"
+    argv = [sys.executable, "-c", entry, "runner", "--session", str(spec)]
+    argv += ["--workspace", str(work / "ws"), "--state-dir", str(work / "state")]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--termination-log", str(work / "t")]
+    with cpu_cgroup(cpus) as group:
+        # The child joins the cgroup before it execs Python: the whole start is limited.
+        join = f"echo $$ > {group / 'cgroup.procs'} && " if group else ""
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", join + 'exec "$@"', "sh", *argv],
+            env=run_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            while _get(url + "/readyz") != 200:
+                if proc.poll() is not None or time.monotonic() - started > 120:
+                    raise RuntimeError(f"runner exited {proc.returncode} or never ready")
+                time.sleep(0.005)
+            ready = time.monotonic() - started
+            cpu_ready = tree_cpu(proc.pid)
+            runner_cpu_ready = cpu_seconds(proc.pid)  # the CLI is alive: not in it yet
+            req = urllib.request.Request(
+                url + "/v1/messages", data=b'{"text": "hello"}', method="POST"
+            )
+            req.add_header("content-type", "application/json")
+            first = None
+            sent = time.monotonic()
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                for line in iter(resp.readline, b""):
+                    if line.startswith(b"data: "):
+                        first = first or time.monotonic() - sent
+                        if b'"type": "result"' in line or b'"type":"result"' in line:
+                            break
+            result = time.monotonic() - sent
+            cpu_answer = tree_cpu(proc.pid)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return {
+        "ready_s": round(ready, 4),
+        "first_event_s": round(first or result, 4),
+        "result_s": round(result, 4),
+        "cpu_to_ready_s": round(cpu_ready, 3),
+        "runner_cpu_to_ready_s": round(runner_cpu_ready, 3),
+        "cpu_to_answer_s": round(cpu_answer, 3),
+    }
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    keys = runs[0].keys() if runs else ()
+    return {f"{k}_p50": round(statistics.median(r[k] for r in runs), 4) for k in keys}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--cpu", type=float, action="append", help="CPU quota (repeatable; default: none)"
+    )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        help="LABEL=PATH of a corral source tree (its operator/ dir); default: this one",
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], help="LABEL:NAME=VALUE for one tree's runner"
+    )
+    parser.add_argument("--out", type=Path, help="write every number here as JSON")
+    args = parser.parse_args()
+    here = Path(__file__).resolve().parent.parent / "operator"
+    trees = dict(t.split("=", 1) for t in args.tree or [f"this={here}"])
+    envs: dict[str, dict[str, str]] = {label: {} for label in trees}
+    for item in args.env:
+        label, _, pair = item.partition(":")
+        name, _, value = pair.partition("=")
+        envs[label][name] = value
+    cpus: list[float | None] = list(args.cpu or [None])
+    for tree in trees.values():
+        # As in the image: byte-compiled ahead, nothing written at run time.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", tree], check=True)
+    fake = FakeAnthropic()
+    fake.start_in_thread()
+    results: dict[str, Any] = {"runs": args.runs, "cases": []}
+    try:
+        for cpu in cpus:
+            per_tree: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
+            for n in range(args.runs):
+                for label, tree in trees.items():
+                    with tempfile.TemporaryDirectory() as tmp:
+                        run = one_run(Path(tree), cpu, fake, Path(tmp), free_port(), envs[label])
+                    per_tree[label].append(run)
+                    print(f"cpu={cpu} {label} #{n}: {run}", flush=True)
+            for label, runs in per_tree.items():
+                case = {"cpu": cpu, "tree": label, "env": envs[label], **summary(runs)}
+                case["samples"] = runs
+                results["cases"].append(case)
+                print(json.dumps({k: v for k, v in case.items() if k != "samples"}))
+    finally:
+        fake.stop_thread()
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The start-up and wake tables of docs/startup-benchmarks.md, from the raw numbers.
+
+    python -m bench.startup_report [--local docs/benchmarks/runner-startup.json]
+                                   [--node docs/benchmarks/startup.json ...]
+
+`--local` is what `python -m bench.runner_startup --out ...` writes (a runner process on
+this machine under a CPU quota); `--node` what tests/e2e/test_wake_benchmark.py writes (pods
+on the real node; several files: one per run). Prints the Markdown; `--plot PATH` also draws
+the wake figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} s (p90 {pct(values, 0.9):.2f}, n={len(values)})"
+
+
+def local_table(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "| CPU | runner | start → ready p50 | CPU-s to ready (runner + CLI) | runner's own "
+        "| CPU-s to ready + one answer | first event after send |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for case in data["cases"]:
+        cpu = "none" if case["cpu"] is None else f"{case['cpu']:g}"
+        lines.append(
+            f"| {cpu} | {case['tree']} | {case['ready_s_p50']:.2f} s "
+            f"| {case['cpu_to_ready_s_p50']:.2f} | {case['runner_cpu_to_ready_s_p50']:.2f} "
+            f"| {case['cpu_to_answer_s_p50']:.2f} "
+            f"| {case['first_event_s_p50'] * 1000:.0f} ms |"
+        )
+    return lines
+
+
+def _values(samples: list[dict[str, Any]], key: str) -> list[float]:
+    return [float(s[key]) for s in samples if s.get(key) is not None]
+
+
+def node_cases(paths: list[Path]) -> list[dict[str, Any]]:
+    """Cases of several runs, merged by (image, cpu)."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in paths:
+        for case in json.loads(path.read_text())["cases"]:
+            key = (case["image"], case["cpu"])
+            empty = {"image": key[0], "cpu": key[1], "wake": [], "create": []}
+            into = merged.setdefault(key, empty)
+            into["wake"] += case["wake"]
+            into["create"] += case["create"]
+    return list(merged.values())
+
+
+def node_table(cases: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| CPU | runner image | wake → first event | create → first event (LongRunning) "
+        "| runner process start → ready | runner ready → pod Ready |",
+        "|---|---|---|---|---|---|",
+    ]
+    for case in sorted(cases, key=lambda c: (c["cpu"], c["image"] != "before")):
+        every = case["wake"] + case["create"]
+        lines.append(
+            f"| {case['cpu']} | {case['image']} | {fmt(_values(case['wake'], 'first_event_s'))} "
+            f"| {fmt(_values(case['create'], 'first_event_s'))} "
+            f"| {fmt(_values(every, 'process_to_ready_s'))} "
+            f"| {fmt(_values(every, 'runner_ready_to_pod_ready_s'))} |"
+        )
+    return lines
+
+
+def breakdown_table(cases: list[dict[str, Any]]) -> list[str]:
+    """Where a wake's time goes, after the request: means (the API's times have whole
+    seconds, so single samples are off by up to a second; means over many are not)."""
+    keys = (
+        "pod_created_after_s",
+        "container_started_after_s",
+        "runner_ready_after_s",
+        "first_event_s",
+    )
+    lines = [
+        "| CPU | runner image | pod created | container running | runner ready "
+        "| first event | n |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for case in sorted(cases, key=lambda c: (c["cpu"], c["image"] != "before")):
+        samples = [w for w in case["wake"] if all(w.get(k) is not None for k in keys[:2])]
+        if not samples:
+            continue
+        cells = []
+        for key in keys:
+            values = _values(samples, key)
+            cells.append(f"{statistics.mean(values):.2f} s" if values else "-")
+        lines.append(f"| {case['cpu']} | {case['image']} | {' | '.join(cells)} | {len(samples)} |")
+    return lines
+
+
+def plot(cases: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    labels, data = [], []
+    for case in sorted(cases, key=lambda c: (c["cpu"], c["image"] != "before")):
+        labels.append(f"{case['image']}\n{case['cpu']} CPU")
+        data.append(_values(case["wake"], "first_event_s"))
+    ax.boxplot(data, tick_labels=labels)
+    ax.set_ylabel("wake → first event (s)")
+    ax.set_title("Hybrid wake through the gateway, real node")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--local", type=Path)
+    parser.add_argument("--node", type=Path, action="append", default=[])
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args()
+    out: list[str] = []
+    if args.local:
+        out += [*local_table(json.loads(args.local.read_text())), ""]
+    if args.node:
+        cases = node_cases(args.node)
+        out += [*node_table(cases), "", *breakdown_table(cases)]
+        if args.plot:
+            plot(cases, args.plot)
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

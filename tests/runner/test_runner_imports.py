@@ -1,0 +1,125 @@
+"""The runner imports only what its path needs (issue 19): not the operator, kopf, the
+Kubernetes client, or the SDK's MCP server stack; and the SDK still works as a whole."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+OPERATOR_DIR = Path(__file__).resolve().parents[2] / "operator"
+# What a runner must never pay for at start-up.
+FORBIDDEN = (
+    "kopf",
+    "kubernetes",
+    "corral.controller",
+    "corral.gateway",
+    "corral.render",
+    "mcp",
+    "jsonschema",
+    "yaml",
+)
+
+
+def loaded_after(code: str) -> set[str]:
+    """The modules loaded in a fresh interpreter after `code`."""
+    done = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(OPERATOR_DIR), "PATH": "/usr/bin:/bin"},
+    )
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_runner_start_path_imports_nothing_it_does_not_use() -> None:
+    modules = loaded_after(
+        "from corral.cli import build_parser\n"
+        "build_parser(['runner'])\n"
+        "import corral.runner.app, corral.runner.cli, corral.runner.session_file"
+    )
+    assert "claude_agent_sdk.client" in modules  # the check below means something
+    leaked = sorted(m for m in modules if m.split(".")[0] in FORBIDDEN or m in FORBIDDEN)
+    leaked += sorted(m for m in modules if any(m.startswith(f + ".") for f in FORBIDDEN))
+    assert not leaked, leaked
+
+
+def test_http_server_is_imported_after_the_cli_is_started() -> None:
+    """aiohttp (a tenth of a second and more) loads while the CLI boots, not before."""
+    modules = loaded_after("import corral.runner.app, corral.runner.agent")
+    assert "aiohttp" not in modules
+
+
+def test_the_rest_of_the_sdk_still_loads_on_first_use() -> None:
+    modules = loaded_after(
+        "import corral.runner.sdk\n"
+        "import claude_agent_sdk\n"
+        "from claude_agent_sdk import create_sdk_mcp_server, ClaudeSDKClient\n"
+        "from claude_agent_sdk.client import ClaudeSDKClient as Direct\n"
+        "assert ClaudeSDKClient is Direct\n"
+        "assert claude_agent_sdk.create_sdk_mcp_server is create_sdk_mcp_server\n"
+    )
+    assert "mcp" in modules
+
+
+def test_an_sdk_mcp_server_gets_the_real_bridge() -> None:
+    code = (
+        "import corral.runner.sdk\n"
+        "import sys\n"
+        "from claude_agent_sdk._internal import query\n"
+        "from claude_agent_sdk import create_sdk_mcp_server\n"
+        "server = create_sdk_mcp_server('tools', tools=[])\n"
+        "bridge = query.SdkMcpBridge('tools', server['instance'])\n"
+        "real = sys.modules['claude_agent_sdk._internal.sdk_mcp_bridge']\n"
+        "assert type(bridge) is real.SdkMcpBridge, type(bridge)\n"
+        "assert type(bridge).__module__ == real.__name__\n"
+    )
+    modules = loaded_after(code)
+    assert "mcp.shared.memory" in modules
+
+
+def test_an_sdk_imported_first_is_left_alone() -> None:
+    modules = loaded_after(
+        "import claude_agent_sdk\n"
+        "import corral.runner.sdk as sdk\n"
+        "assert sdk.ClaudeSDKClient is claude_agent_sdk.ClaudeSDKClient\n"
+    )
+    assert "mcp" in modules
+
+
+def test_session_file_still_reads_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("pattern: LongRunning\nmodel: claude-x\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from corral.runner.session_file import "
+            "load_session; print(load_session(Path(sys.argv[1])).spec.model)",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(OPERATOR_DIR), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == "claude-x"
+
+
+def test_process_age_counts_from_the_process_start() -> None:
+    code = (
+        "import time; time.sleep(0.3)\n"
+        "from corral.runner.agent import process_age\n"
+        "print(process_age())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(OPERATOR_DIR), "PATH": "/usr/bin:/bin"},
+    )
+    age = float(done.stdout.strip())
+    assert 0.3 <= age < 60
