@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -99,6 +100,17 @@ class ControlPlane:
                 raise FaultError(f"the API server was not ready within {timeout:.0f}s")
             time.sleep(0.2)
         return time.monotonic() - started
+
+    def apiserver_metrics(self) -> str:
+        """The API server's /metrics text (Prometheus format), read as the admin."""
+        layout = self.layout
+        certs = layout.certs
+        context = ssl.create_default_context(cafile=str(certs.ca_cert))
+        context.load_cert_chain(str(certs.cert("admin")), str(certs.key("admin")))
+        url = f"{layout.apiserver_url}/metrics"
+        with urllib.request.urlopen(url, context=context, timeout=30) as response:
+            text: str = response.read().decode()
+            return text
 
     # --- etcd, through its HTTP gateway ---------------------------------------------------
 
