@@ -237,7 +237,9 @@ def problems(
         if not pod.metadata.deletion_timestamp:
             live[session].append(pod)
     wrong_phase = [
-        f"{name}: {phase_of(by_name[name])}"
+        f"{name}: {phase_of(by_name[name])} (pods: "
+        + ", ".join(f"{p.metadata.name} {p.status.phase} on {p.spec.node_name}" for p in live[name])
+        + ")"
         for name in sorted(expected.sessions & set(by_name))
         if phase_of(by_name[name]) != ("Running" if name in expected.awake else "Idle")
     ]

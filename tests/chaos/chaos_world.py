@@ -36,7 +36,9 @@ def make_namespace(core: client.CoreV1Api, name: str) -> str:
             raise
         return True
 
-    wait_for(has_default_account, timeout=30, what=f"the default ServiceAccount in {name}")
+    # After an API server restart the controller-manager may take a minute (its informers
+    # back off from the refusals of a cold authorizer).
+    wait_for(has_default_account, timeout=120, what=f"the default ServiceAccount in {name}")
     return name
 
 
@@ -63,7 +65,7 @@ class World:
     def operator(self, name: str, **options: Any) -> OperatorProcess:
         process = OperatorProcess(
             kubeconfig=options.pop("kubeconfig", self.identity.kubeconfig),
-            config=kwok_operator_config(self.system),
+            config=options.pop("config", kwok_operator_config(self.system)),
             workdir=self.workdir,
             namespaces=[self.namespace],
             lease_name=self.lease,
@@ -99,6 +101,7 @@ class World:
 
 
 DENIAL = re.compile(
+    r'(?:"(?P<name>[^"]+)" is forbidden: )?'
     r'User "(?P<user>[^"]+)" cannot (?P<verb>[a-z]+) resource "(?P<resource>[^"]+)"'
     r' in API group "(?P<group>[^"]*)"(?: in the namespace "(?P<namespace>[^"]+)")?'
 )
@@ -126,6 +129,7 @@ def lasting_denials(api: client.ApiClient, lines: list[str]) -> list[str]:
             resource=resource,
             subresource=sub or None,
             namespace=found["namespace"],
+            name=found["name"],
         )
         review = client.V1SubjectAccessReview(
             spec=client.V1SubjectAccessReviewSpec(

@@ -3,8 +3,10 @@
 An operator given a kubeconfig whose server is the proxy's port reaches the API server
 only through it (the API server's certificate names 127.0.0.1, whatever the port).
 `cut()` resets every connection and refuses new ones (an API server that is gone, as the
-operator sees it); `blackhole()` keeps connections open but carries nothing either way (a
-partition: requests hang until the client gives up); `heal()` forwards again.
+operator sees it); `blackhole()` keeps connections open but drops whatever is sent either
+way (a partition: requests hang until the client gives up); `heal()` resets the
+connections that lost bytes (as their TCP would time out) and forwards again. Bytes are
+dropped, not held: a request sent into the black hole never arrives late.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ class CuttableProxy:
         self.port: int = self._listener.getsockname()[1]
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._flowing = threading.Event()
-        self._flowing.set()
+        self._broken: set[socket.socket] = set()
         self._closed = False
         self.connections = 0
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
@@ -71,9 +72,12 @@ class CuttableProxy:
                 data = source.recv(65536)
                 if not data:
                     break
-                self._flowing.wait()  # a blackhole holds the bytes back
                 if self.mode == CUT:
                     break
+                if self.mode == BLACKHOLE:
+                    with self._lock:
+                        self._broken |= {source, sink}
+                    continue
                 sink.sendall(data)
         except OSError:
             pass
@@ -86,20 +90,21 @@ class CuttableProxy:
     def cut(self) -> None:
         """Reset every connection and refuse new ones until `heal()`."""
         self.mode = CUT
-        self._flowing.set()
         with self._lock:
             open_sockets = list(self._sockets)
         for end in open_sockets:
             _close(end)
 
     def blackhole(self) -> None:
-        """Carry nothing, on old connections and new ones, until `heal()`."""
+        """Drop everything, on old connections and new ones, until `heal()`."""
         self.mode = BLACKHOLE
-        self._flowing.clear()
 
     def heal(self) -> None:
+        with self._lock:
+            broken, self._broken = list(self._broken), set()
+        for end in broken:
+            _close(end)
         self.mode = FORWARD
-        self._flowing.set()
 
     def close(self) -> None:
         self._closed = True
