@@ -92,7 +92,7 @@ def burst_with_fault(
         "at_fault": f"{created}/{len(burst)} sessions created, {with_pod} with a pod",
         "down_seconds": round(back - down, 1),
         "api_ready_after_restart_seconds": round(ready_seconds, 1),
-        "pods_right_after_restart_seconds": converge["pods_right"],
+        "operator_done_after_restart_seconds": converge["operator_done"],
         "converged_after_restart_seconds": converge["converged"],
         "burst_total_seconds": round(time.monotonic() - started, 1),
         **figures.since(),
@@ -149,7 +149,7 @@ def scale_downs_with_fault(
         "at_fault": f"{idle_at_fault}/{len(load.sleepers)} sleepers Idle",
         "down_seconds": round(back - down, 1),
         "api_ready_after_restart_seconds": round(ready_seconds, 1),
-        "pods_right_after_restart_seconds": converge["pods_right"],
+        "operator_done_after_restart_seconds": converge["operator_done"],
         "converged_after_restart_seconds": converge["converged"],
         **figures.since(),
     }

@@ -236,15 +236,30 @@ def problems(
             continue
         if not pod.metadata.deletion_timestamp:
             live[session].append(pod)
-    wrong_phase = [
-        f"{name}: {phase_of(by_name[name])} (pods: "
-        + ", ".join(f"{p.metadata.name} {p.status.phase} on {p.spec.node_name}" for p in live[name])
-        + ")"
-        for name in sorted(expected.sessions & set(by_name))
-        if phase_of(by_name[name]) != ("Running" if name in expected.awake else "Idle")
-    ]
-    if wrong_phase:
-        found.append(f"{len(wrong_phase)} sessions in the wrong phase, e.g. {wrong_phase[:3]}")
+    # A wrong phase is the operator's when the pod is there and running (its status is
+    # not true to the world); else the pod waits for the scheduler or KWOK.
+    wrong_phase: dict[bool, list[str]] = {True: [], False: []}
+    for name in sorted(expected.sessions & set(by_name)):
+        phase = phase_of(by_name[name])
+        if phase == ("Running" if name in expected.awake else "Idle"):
+            continue
+        pods_text = ", ".join(
+            f"{p.metadata.name} {p.status.phase} on {p.spec.node_name}" for p in live[name]
+        )
+        running = bool(live[name]) and all(p.status.phase == "Running" for p in live[name])
+        wrong_phase[running or name not in expected.awake].append(
+            f"{name}: {phase} (pods: {pods_text})"
+        )
+    if wrong_phase[True]:
+        found.append(
+            f"{len(wrong_phase[True])} sessions whose phase is not true to their pods, "
+            f"e.g. {wrong_phase[True][:3]}"
+        )
+    if wrong_phase[False]:
+        found.append(
+            f"{len(wrong_phase[False])} sessions waiting for their pod to run (scheduler, "
+            f"KWOK), e.g. {wrong_phase[False][:3]}"
+        )
     pod_count = [
         f"{name}: {len(live.get(name, []))}"
         for name in sorted(expected.sessions)
@@ -262,8 +277,9 @@ def wait_converged(
     sessions: Sessions, core: client.CoreV1Api, expected: Expected, timeout: float = 240.0
 ) -> dict[str, float]:
     """Seconds until the operator's part was done (every pod made or removed, no orphan,
-    every volume kept) and until the world matched `expected` (phases too, which also wait
-    for the scheduler and KWOK); fails naming what still differs."""
+    every volume kept, every status true to its pod) and until the world matched
+    `expected` (every awake pod running too, which waits for the scheduler and KWOK);
+    fails naming what still differs."""
     started = time.monotonic()
     last: list[str] = []
     pods_right: float | None = None
@@ -276,7 +292,7 @@ def wait_converged(
             runner_pods(core, sessions.namespace),
             claim_uids(core, sessions.namespace),
         )
-        if pods_right is None and not [p for p in last if "wrong phase" not in p]:
+        if pods_right is None and not [p for p in last if "waiting for their pod" not in p]:
             pods_right = time.monotonic() - started
         return not last
 
@@ -285,7 +301,7 @@ def wait_converged(
     except TimeoutError as error:
         raise AssertionError(f"not converged after {timeout:.0f}s: {last[:8]}") from error
     done = time.monotonic() - started
-    return {"pods_right": round(pods_right or done, 1), "converged": round(done, 1)}
+    return {"operator_done": round(pods_right or done, 1), "converged": round(done, 1)}
 
 
 # --- a pod history that survives outages ----------------------------------------------------

@@ -163,7 +163,7 @@ def test_apf_starves_the_operator_for_a_minute(world: World) -> None:
             "apf_rejected_429": int(counts["rejected"]),
             "apf_dispatched_while_starved": int(counts["dispatched"]),
             "during_starvation": f"{during_pods}/{len(during)} new sessions got a pod",
-            "pods_right_after_release_seconds": converge["pods_right"],
+            "operator_done_after_release_seconds": converge["operator_done"],
             "converged_after_release_seconds": converge["converged"],
             **figures.since(),
             **checks,

@@ -176,7 +176,7 @@ def test_watches_expire_and_the_operator_lists_again(world: World) -> None:
             "apiserver_restart_seconds": round(restart, 1),
             "etcd_compacted_to_revision": revision,
             "operator_get_requests_after_heal": int(lists),
-            "pods_right_after_heal_seconds": converge["pods_right"],
+            "operator_done_after_heal_seconds": converge["operator_done"],
             "converged_after_heal_seconds": converge["converged"],
             "children_back_after_heal_seconds": round(children_back, 1),
             "pods_made_for_deleted_sessions": 0,
