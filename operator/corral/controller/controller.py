@@ -150,17 +150,20 @@ class Controller:
 
     async def _resync_sessions(self) -> None:
         backoff = Backoff()
-        while True:
-            try:
-                items, version = await self._session_lister.snapshot()
-                break
-            except (ApiError, OSError, aiohttp.ClientError, TimeoutError, ValueError) as error:
-                retry_after = error.retry_after if isinstance(error, ApiError) else None
-                delay = backoff.next_delay(retry_after)
-                log.warning("listing sessions again failed (retry in %.1fs): %r", delay, error)
-                await asyncio.sleep(delay)
-        self.apply_session_list(items, version)
-        self.sessions_current.set()
+        try:
+            while True:
+                try:
+                    items, version = await self._session_lister.snapshot()
+                    break
+                except Exception as error:  # whatever it is, try again: never wedge the workers
+                    retry_after = error.retry_after if isinstance(error, ApiError) else None
+                    delay = backoff.next_delay(retry_after)
+                    log.warning("listing sessions again failed (retry in %.1fs): %r", delay, error)
+                    await asyncio.sleep(delay)
+            self.apply_session_list(items, version)
+        finally:
+            # Reconciles go on even if taking in the list failed (logged by the task).
+            self.sessions_current.set()
 
     def apply_session_list(self, items: list[dict[str, Any]], version: int) -> None:
         """Take in a full list of the sessions (taken at `version`): each listed one as a
