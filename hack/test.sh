@@ -21,6 +21,10 @@ corral cluster build
 if [ -z "${CORRAL_KEEP_CLUSTER:-}" ]; then
   e2e_state="${CORRAL_E2E_STATE_DIR:-$(dirname "$(python -c 'from corral.cluster.paths import state_dir; print(state_dir())')")/e2e}"
   CORRAL_STATE_DIR="$e2e_state" corral cluster down >/dev/null
+  # The chaos tests' own cluster (tests/chaos/conftest.py): a killed run may have left it
+  # with a component down or restarted with other flags.
+  chaos_state="${CORRAL_CHAOS_STATE_DIR:-$(python -c 'from corral.cluster.paths import state_dir; d = state_dir(); print(d.with_name(d.name + "-chaos"))')}"
+  CORRAL_STATE_DIR="$chaos_state" corral cluster down >/dev/null
   if [ -n "${CI:-}" ]; then
     corral cluster down >/dev/null
   fi

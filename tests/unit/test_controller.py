@@ -248,3 +248,64 @@ async def test_a_new_leader_tells_decisions_when_it_began_to_lead(
     controller.stop_leading()
     observed = controller.reconciler.observe(KEY)
     assert observed is not None and observed.leading_since is None
+
+
+async def test_a_session_deleted_while_the_watch_was_down_is_forgotten(
+    controller_for: Callable[[JSON], Controller],
+    make_session: Callable[..., AgentSession],
+    config: OperatorConfig,
+) -> None:
+    """Fix: kopf's relist after 410 Gone never reports the sessions deleted meanwhile; the
+    session stayed in the store and every reconcile gave it a new pod (found by
+    tests/chaos/test_chaos_watch_expiry.py). A full list now forgets it, but keeps a
+    session newer than the list and takes in one the store lacks."""
+    gone = make_session("LongRunning")
+    body = session_body(gone, phase="Running")
+    controller = controller_for(body)
+    controller.on_session("ADDED", body)
+    newer = copy.deepcopy(body)
+    newer["metadata"].update(name="made-after-the-list", uid="uid-new", resourceVersion="200")
+    controller.on_session("ADDED", newer)
+    listed = copy.deepcopy(body)
+    listed["metadata"].update(name="listed", uid="uid-listed", resourceVersion="50")
+    del listed["apiVersion"], listed["kind"]  # as list items may come
+    controller.apply_session_list([listed], version=100)
+    assert set(controller.store.sessions) == {
+        (KEY[0], "made-after-the-list"),
+        (KEY[0], "listed"),
+    }
+    # Nothing is made for the forgotten one.
+    assert controller.reconciler.observe(KEY) is None
+
+
+async def test_reconciles_wait_while_the_sessions_are_listed_again(
+    controller_for: Callable[[JSON], Controller],
+    make_session: Callable[..., AgentSession],
+) -> None:
+    session = make_session("LongRunning")
+    body = session_body(session, phase="Running")
+    controller = controller_for(body)
+    controller.on_session("ADDED", body)
+    listing = asyncio.Event()
+
+    async def slow_snapshot() -> tuple[list[JSON], int]:
+        await listing.wait()
+        return [], 100  # the session is gone
+
+    controller._session_lister.snapshot = slow_snapshot  # type: ignore[method-assign]
+    controller.synced.set()
+    controller.leading.set()
+    controller.sessions_may_be_stale()
+    worker = asyncio.create_task(controller.worker())
+    try:
+        await asyncio.sleep(0.2)
+        kube = controller.client
+        assert isinstance(kube, FakeKube)
+        assert kube.calls == []  # the queued session waits for the list
+        listing.set()
+        await asyncio.wait_for(controller.sessions_current.wait(), 5)
+        await asyncio.sleep(0.2)
+        assert kube.calls == [] and not controller.store.sessions
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)

@@ -183,3 +183,29 @@ async def test_an_error_body_that_is_not_json_is_an_api_error(
         assert streamed.value.status == 503
     finally:
         await client.close()
+
+
+async def test_every_list_but_the_first_is_announced() -> None:
+    """A relist tells the caller first (the controller then lists its sessions again)."""
+    api = ScriptedApi(lists=[[pod("demo-1")], [pod("demo-1")]], watches=[([], GONE)])
+    seen = Recorder()
+    relists: list[int] = []
+    informer = Informer(
+        api,  # type: ignore[arg-type]
+        "Pod",
+        "sel",
+        seen,
+        on_relist=lambda: relists.append(len(api.list_calls)),
+    )
+    await run_until(informer, lambda: len(api.watch_versions) >= 2)
+    assert relists == [1]  # after the first list, before the second
+
+
+async def test_a_snapshot_lists_every_page_and_keeps_only_wanted_namespaces() -> None:
+    other = {**pod("elsewhere"), "metadata": {**pod("x")["metadata"], "namespace": "team-b"}}
+    api = ScriptedApi(lists=[[pod("demo-1"), pod("demo-2"), other]], watches=[])
+    informer = Informer(api, "Pod", "sel", Recorder(), ["team-a*"], page_size=1)  # type: ignore[arg-type]
+    items, version = await informer.snapshot()
+    assert [i["metadata"]["name"] for i in items] == ["demo-1", "demo-2"]
+    assert version == 100
+    assert len(api.list_calls) == 3

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from corral.api import runtime
 from corral.api.activity import ActivityReport
-from corral.api.v1alpha1 import KIND
+from corral.api.v1alpha1 import GROUP, KIND, VERSION
 from corral.config import OperatorConfig
 from corral.controller import metrics
 from corral.controller.drift import live_spec
@@ -32,7 +32,7 @@ from corral.controller.queue import WorkQueue
 from corral.controller.reconciler import Reconciler
 from corral.controller.store import Key, Store
 from corral.kube.client import ApiError, KubeClient
-from corral.kube.informer import Informer
+from corral.kube.informer import Backoff, Informer
 from corral.render.meta import MANAGED_BY_LABEL, MANAGER
 
 log = logging.getLogger("corral.controller")
@@ -78,6 +78,12 @@ class Controller:
         # Reconciles running now: cancelled when this replica stops leading.
         self._in_flight: set[asyncio.Task[Plan | None]] = set()
         self.ready = False
+        # Cleared while the sessions may hold ones deleted during a lost watch (see
+        # sessions_may_be_stale): no reconcile runs until they have been listed again.
+        self.sessions_current = asyncio.Event()
+        self.sessions_current.set()
+        self._session_lister = Informer(client, KIND, "", self.on_session, settings.namespaces)
+        self._resync: asyncio.Task[None] | None = None
         metrics.register_sessions(lambda: list(self.store.sessions.values()))
 
     # --- watch feed (called from kopf handlers) ----------------------------------------------
@@ -128,6 +134,55 @@ class Controller:
         await asyncio.gather(*(i.synced.wait() for i in informers))
         self.synced.set()
         log.info("children listed; reconciling %d sessions", len(self.store.sessions))
+
+    def sessions_may_be_stale(self) -> None:
+        """A child watch was lost and is being listed again; the session watch (kopf's) was
+        most likely lost too, and kopf's relist never reports the sessions deleted in
+        between. Fix: such a session stayed in the store, and each reconcile made it a new
+        pod (and Service, NetworkPolicy, volume) that the garbage collector then deleted,
+        for ever. Now reconciles wait until the sessions are listed again and the ones no
+        longer there are forgotten."""
+        self.sessions_current.clear()
+        if self._resync is None or self._resync.done():
+            self._resync = asyncio.get_running_loop().create_task(
+                self._resync_sessions(), name="session-resync"
+            )
+
+    async def _resync_sessions(self) -> None:
+        backoff = Backoff()
+        try:
+            while True:
+                try:
+                    items, version = await self._session_lister.snapshot()
+                    break
+                except Exception as error:  # whatever it is, try again: never wedge the workers
+                    retry_after = error.retry_after if isinstance(error, ApiError) else None
+                    delay = backoff.next_delay(retry_after)
+                    log.warning("listing sessions again failed (retry in %.1fs): %r", delay, error)
+                    await asyncio.sleep(delay)
+            self.apply_session_list(items, version)
+        finally:
+            # Reconciles go on even if taking in the list failed (logged by the task).
+            self.sessions_current.set()
+
+    def apply_session_list(self, items: list[dict[str, Any]], version: int) -> None:
+        """Take in a full list of the sessions (taken at `version`): each listed one as a
+        watch event, and each held one the list lacks, unless newer than the list, as
+        deleted."""
+        listed: dict[Key, str | None] = {}
+        for item in items:
+            item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+            meta = item.get("metadata") or {}
+            listed[(str(meta.get("namespace")), str(meta.get("name")))] = meta.get("uid")
+            self.on_session("ADDED", item)
+        for key, session in list(self.store.sessions.items()):
+            if listed.get(key) == session.metadata.uid or self.store.version_of(key) > version:
+                continue
+            log.info(
+                "session deleted while the watch was down; forgetting it",
+                extra={"session_namespace": key[0], "session_name": key[1]},
+            )
+            self.on_session("DELETED", {"metadata": {"namespace": key[0], "name": key[1]}})
 
     def on_activity(self, report: ActivityReport) -> bool:
         """Keep a runner's report; False when it is not from the session's live pod."""
@@ -210,6 +265,7 @@ class Controller:
             if queued is not None:
                 metrics.QUEUE_LAG_SECONDS.observe(time.monotonic() - queued)
             try:
+                await self.sessions_current.wait()
                 if not self.leading.is_set():
                     self.queue.add_after(key, 1.0)
                     continue
@@ -273,6 +329,7 @@ class Controller:
                 CHILD_SELECTOR,
                 self._child_handler(kind),
                 self.settings.namespaces,
+                on_relist=self.sessions_may_be_stale,
             )
             for kind in CHILD_KINDS
         ]
@@ -302,6 +359,8 @@ class Controller:
         try:
             await asyncio.gather(*tasks)
         finally:
+            if self._resync is not None:
+                tasks.append(self._resync)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

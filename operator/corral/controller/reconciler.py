@@ -302,6 +302,11 @@ class Reconciler:
             )
         except ApiError as error:
             if error.status == 404:
+                # The session is gone, though no watch said so: forget it, or it would be
+                # given new children on every reconcile (see Controller.sessions_may_be_stale).
+                held = self.store.sessions.get(key)
+                if held is not None and held.metadata.uid == session.metadata.uid:
+                    self.store.drop_session(key)
                 return
             raise
         # Keep our own write: the next reconcile may run before the watch shows it.

@@ -96,6 +96,10 @@ class Store:
         self.sessions[key] = session
         return session
 
+    def version_of(self, key: Key) -> int:
+        """The resourceVersion of the session body held (0: none)."""
+        return self._versions.get(key, 0)
+
     def drop_session(self, key: Key) -> None:
         self.sessions.pop(key, None)
         self._versions.pop(key, None)

@@ -18,7 +18,7 @@ import asyncio
 import fnmatch
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -90,6 +90,7 @@ class Informer:
         on_event: Handler,
         namespaces: Sequence[str] = (),
         page_size: int = PAGE_SIZE,
+        on_relist: Callable[[], None] | None = None,
     ) -> None:
         """`namespaces`: empty for all; names are watched one by one (works with namespaced
         RBAC); any glob pattern makes it one cluster-wide watch filtered here."""
@@ -98,6 +99,9 @@ class Informer:
         self.selector = label_selector
         self.on_event = on_event
         self.page_size = page_size
+        # Called before every list but the first: the watch was lost, so whatever else
+        # the caller watches may have missed events too (see Controller.sessions_current).
+        self.on_relist = on_relist
         self.patterns = [n for n in namespaces if is_pattern(n)]
         if not namespaces or self.patterns:
             self.scopes: list[str | None] = [None]
@@ -123,6 +127,8 @@ class Informer:
         while True:
             try:
                 if not version:
+                    if scope in self._synced_scopes and self.on_relist is not None:
+                        self.on_relist()
                     version = await self._relist(scope, known)
                 version = await self._watch(scope, version, known, backoff)
             except ApiError as error:
@@ -153,22 +159,43 @@ class Informer:
             except Exception:  # a bad object must not stop the watch for everyone else
                 log.exception("%s event handler failed", self.kind)
 
-    async def _relist(self, scope: str | None, known: dict[tuple[str, str], JSON]) -> str:
-        present: set[tuple[str, str]] = set()
+    async def _pages(self, scope: str | None) -> AsyncIterator[JSON]:
+        """The LIST of one scope, page by page (all from the first page's snapshot; an
+        expired continue token is a 410)."""
         params = {"labelSelector": self.selector, "limit": str(self.page_size)}
         path = resource_path(self.kind, scope)
         while True:
             page = await self.client.request("GET", path, params=params)
+            yield page
+            more = (page.get("metadata") or {}).get("continue")
+            if not more:
+                return
+            params = {**params, "continue": str(more)}
+
+    async def snapshot(self) -> tuple[list[JSON], int]:
+        """Every wanted object as the API server has it now, and the oldest resourceVersion
+        of the scopes' lists (each object newer than that was not necessarily in it)."""
+        items: list[JSON] = []
+        versions: list[int] = []
+        for scope in self.scopes:
+            page: JSON = {}
+            async for page in self._pages(scope):
+                for item in page.get("items") or []:
+                    item.setdefault("kind", self.kind)
+                    if self._wanted(item):
+                        items.append(item)
+            versions.append(int((page.get("metadata") or {}).get("resourceVersion") or 0))
+        return items, min(versions, default=0)
+
+    async def _relist(self, scope: str | None, known: dict[tuple[str, str], JSON]) -> str:
+        present: set[tuple[str, str]] = set()
+        page: JSON = {}
+        async for page in self._pages(scope):
             for item in page.get("items") or []:
                 item.setdefault("kind", self.kind)
                 meta = item.get("metadata") or {}
                 present.add((str(meta.get("namespace")), str(meta.get("name"))))
                 self._emit("ADDED", item, known)
-            more = (page.get("metadata") or {}).get("continue")
-            if not more:
-                break
-            # Every page comes from the first page's snapshot; an expired token is a 410.
-            params = {**params, "continue": str(more)}
         for key in [k for k in known if k not in present]:
             # Gone while we were not watching: say so, as the watch would have.
             self._emit("DELETED", known[key], known)
