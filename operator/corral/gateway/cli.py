@@ -53,6 +53,17 @@ def register(subparsers: Any) -> None:
         default=10.0,
         help="how long token and access decisions are cached",
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="the operator's configuration file; its modelProxy section turns the model "
+        "proxy on (listening on modelProxy.port)",
+    )
+    parser.add_argument(
+        "--model-key-file",
+        type=Path,
+        help="file with the real Anthropic API key (default: modelProxy.keyFile)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.set_defaults(handler=_run)
 
@@ -99,6 +110,20 @@ async def _main(args: argparse.Namespace) -> None:
         ),
     )
     tasks = [asyncio.create_task(informer.run()) for informer in informers]
+    model_app = None
+    model_port = 0
+    if args.config is not None:
+        from corral.config import OperatorConfig
+        from corral.gateway.model_proxy import build_model_proxy
+
+        proxy_config = OperatorConfig.read(args.config).model_proxy
+        if proxy_config is not None:
+            model_port = proxy_config.port
+            proxy, meter = build_model_proxy(
+                proxy_config, directory, key, kube, metrics.registry, args.model_key_file
+            )
+            model_app = proxy.app()
+            tasks.append(asyncio.create_task(meter.run()))
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -117,12 +142,17 @@ async def _main(args: argparse.Namespace) -> None:
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", prometheus)
     runners = [web.AppRunner(gateway.app(), access_log=None), web.AppRunner(admin, access_log=None)]
+    if model_app is not None:
+        runners.append(web.AppRunner(model_app, access_log=None))
     for runner in runners:
         await runner.setup()
     await web.TCPSite(runners[0], args.host, args.port).start()
     await web.TCPSite(runners[1], args.host, args.admin_port).start()
+    if model_app is not None:
+        await web.TCPSite(runners[2], args.host, model_port).start()
     logging.getLogger("corral.gateway").info(
-        "gateway serving", extra={"port": args.port, "admin_port": args.admin_port}
+        "gateway serving",
+        extra={"port": args.port, "admin_port": args.admin_port, "model_port": model_port},
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -134,6 +164,8 @@ async def _main(args: argparse.Namespace) -> None:
         task.cancel()
     for runner in runners:
         await runner.cleanup()
+    # The meter writes what it still holds when cancelled: let it, before the client goes.
+    await asyncio.gather(*tasks, return_exceptions=True)
     await kube.close()
     for task in done:
         if task is not stopped and not task.cancelled() and task.exception() is not None:

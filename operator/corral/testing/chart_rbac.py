@@ -199,9 +199,7 @@ def chart_identity(
     """
     from corral.cluster.build import binary_path
 
-    objects = render_identity(
-        release, namespace, lease_name, watch_namespaces, templates=templates
-    )
+    objects = render_identity(release, namespace, lease_name, watch_namespaces, templates=templates)
     [account] = [o for o in objects if o["kind"] == "ServiceAccount"]
     identity = ChartIdentity(
         admin_kubeconfig=admin_kubeconfig,
