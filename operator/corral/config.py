@@ -303,6 +303,10 @@ class OperatorConfig(ConfigModel):
         return self
 
     @property
+    def model_proxy_url(self) -> str | None:
+        return self.model_proxy.url if self.model_proxy is not None else None
+
+    @property
     def activity_keys(self) -> tuple[bytes, ...]:
         """Keys of activity tokens (first: signs new pods' tokens); empty: none loaded."""
         return self._activity_keys

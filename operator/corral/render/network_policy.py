@@ -112,6 +112,15 @@ def _egress(session: AgentSession, config: OperatorConfig) -> list[k8s.V1Network
     peers = [config.dns, *config.extra_egress]
     if config.activity_peer is not None:
         peers.append(config.activity_peer)
+    if config.gateway is not None and config.model_proxy is not None:
+        # The model, through the gateway's model proxy (its pods, its model port only).
+        peers.append(
+            PeerRule(
+                namespace=config.gateway.namespace,
+                pod_labels=dict(config.gateway.pod_labels),
+                ports=[PortSpec(port=config.model_proxy.port, protocol="TCP")],
+            )
+        )
     rules = [_peer_rule(peer) for peer in peers]
     if network.allow_public_https:
         public = _public_https(config.public_https, config.always_blocked)
