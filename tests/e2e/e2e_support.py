@@ -35,6 +35,10 @@ FAKE_API_EGRESS = {
     "cidr": f"{node.OUTSIDE_IP}/32",
     "ports": [{"port": FAKE_API_PORT, "protocol": "TCP"}],
 }
+# The real key, as the admin gives it to the gateway's model proxy (a Secret in the
+# operator's namespace): the fake model refuses any other, so every turn proves it arrived.
+MODEL_KEY = "sk-ant-fake-e2e-real-key"
+MODEL_KEY_SECRET = "anthropic-api-key"
 SMALL = {"cpu": "250m", "memory": "768Mi", "disk": "1Gi"}
 
 
