@@ -328,3 +328,11 @@ def test_the_model_proxy_needs_the_gateway_and_refuses_keys_in_runner_env() -> N
         OperatorConfig(model_proxy=proxy, gateway=GATEWAY,
                        runner_env={"ANTHROPIC_API_KEY": "sk-ant-x"})  # fmt: skip
     assert OperatorConfig(model_proxy=proxy, gateway=GATEWAY).model_proxy is proxy
+
+
+def test_every_model_proxy_metric_is_documented() -> None:
+    from test_docs import DOCS, documented_metrics, exposed_names
+
+    registry = CollectorRegistry()
+    ModelMetrics(registry)
+    assert documented_metrics(DOCS / "model-proxy.md") == exposed_names([registry])
