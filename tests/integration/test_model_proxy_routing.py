@@ -302,8 +302,8 @@ async def test_a_session_over_its_budget_gets_an_error_naming_it_and_the_conditi
                 statuses.append((r.status, await r.read()))
     assert statuses[0][0] == 200
     refused = json.loads(statuses[1][1])
-    assert statuses[1][0] == 400 and refused["type"] == "error"
-    assert refused["error"]["type"] == "invalid_request_error"
+    assert statuses[1][0] == 402 and refused["type"] == "error"
+    assert refused["error"]["type"] == "billing_error"
     assert "spec.maxBudgetUsd is 0.01 USD" in refused["error"]["message"]
     assert len(fake.message_bodies()) == 1
 

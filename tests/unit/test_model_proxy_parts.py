@@ -128,7 +128,7 @@ def test_a_session_budget_refuses_once_spent_and_names_itself() -> None:
     assert budgets.session_budget(None, 1e9) is None
     assert budgets.session_budget(0.5, 0.4999) is None
     refused = budgets.session_budget(0.5, 0.5)
-    assert refused is not None and refused.status == 400
+    assert refused is not None and refused.status == 402
     assert "spec.maxBudgetUsd is 0.50 USD" in refused.message
     ns = budgets.namespace_budget("team-a", 10.0, 12.0)
     assert ns is not None and "namespace team-a" in ns.message

@@ -2,8 +2,8 @@
 
 A refusal is a `Denial` with the HTTP status and Messages API error type the CLI
 understands: 429 `rate_limit_error` with Retry-After for the per-minute limits (the CLI
-waits and retries), 400 `invalid_request_error` naming the budget when money is spent
-(not retried: the CLI ends the turn and shows the message).
+waits and retries), 402 `billing_error` naming the budget when money is spent (not
+retried: the CLI ends the turn and shows the message).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-BUDGET_STATUS = 400
-BUDGET_ERROR = "invalid_request_error"
+# 402 billing_error: the CLI neither retries it (it does retry a 400) nor mistakes it
+# for a login problem (as it does a 403); it ends the turn with the message.
+BUDGET_STATUS = 402
+BUDGET_ERROR = "billing_error"
 WINDOW_SECONDS = 60.0
 
 
