@@ -157,6 +157,14 @@ class ModelProxyConfig(ConfigModel):
         description="Per-namespace budget in USD of metered model cost (all sessions of the "
         "namespace, deleted ones included, per calendar month UTC).",
     )
+    spend_config_map: str | None = Field(
+        None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="ConfigMap in the operator's namespace where the gateway keeps each "
+        "namespace's spend this month (for namespaceBudgetsUsd). Unset: the spend is the "
+        "sum of the namespace's existing sessions' metered cost.",
+    )
     status_interval_seconds: float = Field(
         10.0, ge=1, le=600, description="How often usage is written to a session's status."
     )

@@ -40,6 +40,7 @@ KEY = b"model-proxy-test-key-" + b"0" * 32
 REAL_KEY = "sk-ant-real-key-only-the-gateway-holds"
 PROXY_SETS = ("gateway.modelProxy.enabled=true", "gateway.modelProxy.apiKeySecret.name=k")
 Proxy = tuple[str, ModelProxy, CollectorRegistry]
+SPEND = "corral-model-spend"  # the chart's name for release `corral`
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +100,12 @@ async def proxy(
     config = ModelProxyConfig(
         url="http://unused:1", upstream_url=upstream.url, key_file=str(key_file),
         status_interval_seconds=1, requests_per_minute=0, tokens_per_minute=0,
+        spend_config_map=SPEND,
     )  # fmt: skip
     registry = CollectorRegistry()
-    server, meter = build_model_proxy(config, directory, KEY, kube, registry)
+    server, meter = build_model_proxy(
+        config, directory, KEY, kube, registry, namespace=world.namespace
+    )
     tasks.append(asyncio.create_task(meter.run()))
     runner = web.AppRunner(server.app())
     await runner.setup()
@@ -341,3 +345,50 @@ async def test_per_minute_limits_answer_429_with_retry_after(
     assert answers[:2] == [(200, None), (200, None)]
     assert answers[2][0] == 429 and int(answers[2][1] or 0) >= 1
     assert len(fake.message_bodies()) == 2
+
+
+async def test_a_namespace_budget_counts_deleted_sessions_and_refuses_the_others(
+    proxy: Proxy, world: World, fake: FakeAnthropic
+) -> None:
+    url, server, _ = proxy
+    first = await _session(world, server, "first")
+    second = await _session(world, server, "second", ip="127.0.0.4")
+    meter = server.meter
+    assert meter.spend is not None
+    await meter.spend.sync()  # what earlier tests of this namespace spent
+    before = meter.namespace_spent(world.namespace)
+    server.settings.namespace_budgets_usd = {world.namespace: before + 0.02}
+    fake.set_default(TextStep(text="ok", usage=ReplyUsage(input_tokens=10_000, output_tokens=1)))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{url}/v1/messages", json=_request("a"), headers=_headers(first)
+        ) as r:
+            assert r.status == 200
+            await r.read()
+
+        def ledger() -> float:
+            body = world.core.read_namespaced_config_map(SPEND, world.namespace)
+            value = json.loads((body.data or {}).get(world.namespace, "{}"))
+            return float(value.get("usd", 0))
+
+        await _until(lambda: ledger() >= before + 0.03 - 1e-9)
+        world.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, world.namespace, PLURAL, "first"
+        )
+        await _until(lambda: (world.namespace, "first") not in server.directory.sessions)
+        local = aiohttp.TCPConnector(local_addr=("127.0.0.4", 0))
+        async with aiohttp.ClientSession(connector=local) as other, other.post(
+            f"{url}/v1/messages", json=_request("b"), headers=_headers(second)
+        ) as r:  # fmt: skip
+            refused = await r.json()
+            assert r.status == 402, refused
+    assert f"namespace {world.namespace}" in refused["error"]["message"]
+    assert len(fake.message_bodies()) == 1
+
+    def reason() -> str | None:
+        for condition in _status(world, "second").get("conditions") or ():
+            if condition["type"] == "BudgetExceeded":
+                return str(condition["reason"])
+        return None
+
+    await _until(lambda: reason() == "NamespaceBudget")

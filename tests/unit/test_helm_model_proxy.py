@@ -87,3 +87,17 @@ def test_the_proxy_needs_the_secrets_name(tmp_path: Path) -> None:
     result = run_helm("template", "r", str(Path(__file__).parents[2] / "helm" / "corral"),
                       "-f", str(path))  # fmt: skip
     assert result.returncode != 0 and "apiKeySecret.name is required" in result.stderr
+
+
+def test_the_spend_ledger_is_the_one_configmap_the_gateway_may_patch(tmp_path: Path) -> None:
+    manifests = render(tmp_path, ON)
+    config = _config(manifests)
+    assert config.model_proxy is not None
+    role = one(
+        manifests, "Role", f"{config.model_proxy.spend_config_map and 'corral-gateway'}-spend"
+    )
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert named == [{"apiGroups": [""], "resources": ["configmaps"],
+                      "resourceNames": [config.model_proxy.spend_config_map],
+                      "verbs": ["get", "patch"]}]  # fmt: skip
+    assert config.model_proxy.spend_config_map == "corral-model-spend"

@@ -336,3 +336,86 @@ def test_every_model_proxy_metric_is_documented() -> None:
     registry = CollectorRegistry()
     ModelMetrics(registry)
     assert documented_metrics(DOCS / "model-proxy.md") == exposed_names([registry])
+
+
+# --- the namespace spend ledger ----------------------------------------------------------
+
+
+def test_the_ledger_counts_this_month_only_and_ignores_bad_entries() -> None:
+    from corral.gateway.spend import entry, parse_ledger
+
+    data = {
+        "team-a": entry("2026-12", 1.5),
+        "team-b": entry("2026-11", 9.0),  # last month: starts again
+        "team-c": "not json",
+        "team-d": json.dumps({"period": "2026-12", "usd": -1}),
+    }
+    assert parse_ledger(data, "2026-12") == {"team-a": 1.5}
+    assert parse_ledger(None, "2026-12") == {}
+
+
+class FakeKube:
+    """Just enough of KubeClient for the ledger: one ConfigMap, resourceVersion checked."""
+
+    def __init__(self) -> None:
+        self.body: dict[str, Any] | None = None
+        self.version = 0
+        self.conflict_next = False
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        from corral.kube.client import ApiError
+
+        if self.body is None:
+            raise ApiError(404, "NotFound", "gone")
+        return json.loads(json.dumps(self.body))
+
+    async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        self.body = manifest | {"metadata": manifest["metadata"] | {
+            "resourceVersion": str(self.version)}}  # fmt: skip
+        return await self.get("", "", "")
+
+    async def patch(self, kind: str, namespace: str, name: str, patch: Any) -> dict[str, Any]:
+        from corral.kube.client import ApiError
+
+        assert self.body is not None
+        if self.conflict_next or patch["metadata"]["resourceVersion"] != str(self.version):
+            self.conflict_next = False
+            raise ApiError(409, "Conflict", "changed")
+        self.version += 1
+        self.body["data"].update(patch["data"])
+        self.body["metadata"]["resourceVersion"] = str(self.version)
+        return await self.get("", "", "")
+
+
+async def test_the_ledger_adds_each_replicas_spend_once_across_conflicts() -> None:
+    from corral.gateway.spend import NamespaceSpend
+
+    kube = FakeKube()
+    one = NamespaceSpend(kube, "corral-system", "spend", clock=lambda: "2026-12")  # type: ignore[arg-type]
+    two = NamespaceSpend(kube, "corral-system", "spend", clock=lambda: "2026-12")  # type: ignore[arg-type]
+    one.add("team-a", 1.0)
+    two.add("team-a", 0.25)
+    assert one.spent("team-a") == 1.0
+    await one.sync()  # creates the ConfigMap, then adds
+    kube.conflict_next = True
+    await two.sync()  # conflict: kept pending
+    assert two.pending == {"team-a": 0.25} and two.spent("team-a") == pytest.approx(1.25)
+    await two.sync()
+    await one.sync()
+    assert one.spent("team-a") == two.spent("team-a") == pytest.approx(1.25)
+    assert one.pending == two.pending == {}
+
+
+async def test_a_new_month_starts_the_ledger_again() -> None:
+    from corral.gateway.spend import NamespaceSpend
+
+    kube = FakeKube()
+    period = ["2026-11"]
+    ledger = NamespaceSpend(kube, "ns", "spend", clock=lambda: period[0])  # type: ignore[arg-type]
+    ledger.add("team-a", 5.0)
+    await ledger.sync()
+    assert ledger.spent("team-a") == 5.0
+    period[0] = "2026-12"
+    await ledger.sync()
+    assert ledger.spent("team-a") == 0.0

@@ -147,7 +147,7 @@ may scrape runners (metricsScraper), unless config sets those itself.
 {{- fail "gateway.modelProxy.enabled keeps keys out of session pods, but config.runnerEnv sets ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN): put the key in the Secret gateway.modelProxy.apiKeySecret names and remove it from config.runnerEnv (docs/model-proxy.md, Migration)" }}
 {{- end }}
 {{- $url := printf "http://%s.%s.svc:%v" (include "corral.gatewayName" .) .Release.Namespace $proxy.port }}
-{{- $model := dict "url" $url "port" (int $proxy.port) "upstreamUrl" $proxy.upstreamUrl "keyFile" (printf "%s/key" (include "corral.modelKeyDir" .)) "requestsPerMinute" (int $proxy.requestsPerMinute) "tokensPerMinute" (int $proxy.tokensPerMinute) "namespaceBudgetsUsd" $proxy.namespaceBudgetsUsd "statusIntervalSeconds" $proxy.statusIntervalSeconds }}
+{{- $model := dict "url" $url "spendConfigMap" (include "corral.modelSpendName" .) "port" (int $proxy.port) "upstreamUrl" $proxy.upstreamUrl "keyFile" (printf "%s/key" (include "corral.modelKeyDir" .)) "requestsPerMinute" (int $proxy.requestsPerMinute) "tokensPerMinute" (int $proxy.tokensPerMinute) "namespaceBudgetsUsd" $proxy.namespaceBudgetsUsd "statusIntervalSeconds" $proxy.statusIntervalSeconds }}
 {{- with $proxy.prices }}
 {{- $_ := set $model "prices" . }}
 {{- end }}
@@ -282,4 +282,11 @@ Where the gateway reads the real model key (modelProxy.keyFile).
 */}}
 {{- define "corral.modelKeyDir" -}}
 /var/run/corral-gateway/model-key
+{{- end }}
+
+{{/*
+The ConfigMap where the gateway keeps each namespace's model spend of the month.
+*/}}
+{{- define "corral.modelSpendName" -}}
+{{- printf "%s-model-spend" (include "corral.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}

@@ -116,12 +116,14 @@ async def _main(args: argparse.Namespace) -> None:
         from corral.config import OperatorConfig
         from corral.gateway.model_proxy import build_model_proxy
 
-        proxy_config = OperatorConfig.read(args.config).model_proxy
+        operator_config = OperatorConfig.read(args.config)
+        proxy_config = operator_config.model_proxy
         if proxy_config is not None:
             model_port = proxy_config.port
             proxy, meter = build_model_proxy(
-                proxy_config, directory, key, kube, metrics.registry, args.model_key_file
-            )
+                proxy_config, directory, key, kube, metrics.registry, args.model_key_file,
+                operator_config.namespace,
+            )  # fmt: skip
             model_app = proxy.app()
             tasks.append(asyncio.create_task(meter.run()))
 

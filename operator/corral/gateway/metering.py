@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter
 from corral.controller import conditions
 from corral.gateway.directory import Directory, SessionView
 from corral.gateway.pricing import PriceTable
+from corral.gateway.spend import NamespaceSpend
 from corral.gateway.usage import TokenUsage
 from corral.kube.client import ApiError, KubeClient
 
@@ -162,7 +163,9 @@ class Meter:
         directory: Directory,
         kube: KubeClient | None,
         interval_seconds: float = 10.0,
+        spend: NamespaceSpend | None = None,
     ) -> None:
+        self.spend = spend
         self.prices = prices
         self.metrics = metrics
         self.directory = directory
@@ -191,6 +194,8 @@ class Meter:
         pending.cost_usd += cost
         pending.models.setdefault(label, TokenUsage()).add(usage)
         pending.model_costs[label] = pending.model_costs.get(label, 0.0) + cost
+        if self.spend is not None:
+            self.spend.add(session.namespace, cost)
         return cost
 
     def session_spent(self, session: SessionView) -> float:
@@ -204,7 +209,10 @@ class Meter:
         return status_cost(session) + extra
 
     def namespace_spent(self, namespace: str) -> float:
-        """What the namespace's sessions have cost (those that still exist)."""
+        """What the namespace has spent this month (the ledger); without one, what its
+        existing sessions have cost."""
+        if self.spend is not None:
+            return self.spend.spent(namespace)
         return sum(
             self.session_spent(view)
             for (ns, _), view in list(self.directory.sessions.items())
@@ -219,9 +227,14 @@ class Meter:
             while True:
                 await asyncio.sleep(self.interval)
                 await self.flush()
+                if self.spend is not None:
+                    await self.spend.sync()
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.flush())
+            if self.spend is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.spend.sync())
 
     async def flush(self) -> None:
         for key in list(self._pending):

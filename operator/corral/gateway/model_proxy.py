@@ -29,6 +29,7 @@ from corral.gateway import budgets
 from corral.gateway.directory import Directory, SessionView
 from corral.gateway.metering import Meter, ModelMetrics
 from corral.gateway.pricing import PriceTable
+from corral.gateway.spend import NamespaceSpend
 from corral.gateway.usage import MAX_JSON_BYTES, ResponseUsage, SseUsageReader, usage_of_json
 from corral.kube.client import KubeClient
 
@@ -329,6 +330,7 @@ def build_model_proxy(
     kube: KubeClient,
     registry: CollectorRegistry,
     key_file: Path | None = None,
+    namespace: str = "corral-system",
 ) -> tuple[ModelProxy, Meter]:
     """The model proxy as `config` describes it (and its meter, whose `run` writes status)."""
     path = key_file or (Path(config.key_file) if config.key_file else None)
@@ -342,6 +344,9 @@ def build_model_proxy(
         directory,
         kube,
         config.status_interval_seconds,
+        NamespaceSpend(kube, namespace, config.spend_config_map)
+        if config.spend_config_map
+        else None,
     )
     proxy = ModelProxy(
         directory,
