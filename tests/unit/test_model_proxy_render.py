@@ -106,3 +106,17 @@ def test_with_the_proxy_no_secret_is_checked_and_no_key_is_missing(
     assert credentials.refusal(session, config) is None  # baseUrl not used, no Secret needed
     assert credentials.credentials_of(session, config) is None
     assert "model proxy" in (credentials.operator_key_source(config) or "")
+
+
+def test_the_lifecycle_starts_pods_without_a_secret_when_the_proxy_holds_the_key() -> None:
+    from test_lifecycle import conditions, created, make_session, observe, with_status
+
+    from corral.controller.lifecycle import decide
+
+    session = make_session("LongRunning", credentials={"secretName": "team-key"})
+    plan = decide(observe(session), proxied())
+    assert plan.check_credentials is None  # no Secret is looked up
+    (pod,) = created(plan, "Pod")
+    assert "team-key" not in json.dumps(pod)
+    state, reason = conditions(with_status(session, plan))["CredentialsReady"]
+    assert (state, reason) == ("True", "OperatorProvided")
