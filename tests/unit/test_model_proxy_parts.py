@@ -419,3 +419,15 @@ async def test_a_new_month_starts_the_ledger_again() -> None:
     period[0] = "2026-12"
     await ledger.sync()
     assert ledger.spent("team-a") == 0.0
+
+
+async def test_without_namespace_budgets_the_ledger_is_only_written_to() -> None:
+    from corral.gateway.spend import NamespaceSpend
+
+    kube = FakeKube()
+    ledger = NamespaceSpend(kube, "ns", "spend", read_always=False)  # type: ignore[arg-type]
+    await ledger.sync()
+    assert kube.body is None  # nothing to add: not even read
+    ledger.add("team-a", 2.0)
+    await ledger.sync()
+    assert kube.body is not None and ledger.spent("team-a") == 2.0

@@ -344,7 +344,12 @@ def build_model_proxy(
         directory,
         kube,
         config.status_interval_seconds,
-        NamespaceSpend(kube, namespace, config.spend_config_map)
+        NamespaceSpend(
+            kube,
+            namespace,
+            config.spend_config_map,
+            read_always=bool(config.namespace_budgets_usd),
+        )
         if config.spend_config_map
         else None,
     )

@@ -50,7 +50,10 @@ class NamespaceSpend:
         namespace: str,
         name: str,
         clock: Callable[[], str] = month,
+        read_always: bool = True,
     ) -> None:
+        # Without namespace budgets nobody needs other replicas' spend: read only to add.
+        self.read_always = read_always
         self.kube = kube
         self.namespace = namespace
         self.name = name
@@ -74,6 +77,8 @@ class NamespaceSpend:
         period = self.clock()
         if period != self._period:  # a new month: what was pending belongs to the old one
             self._period, self.pending = period, {}
+        if not self.pending and not self.read_always:
+            return
         body = await self._read()
         if body is None:
             return
