@@ -5,6 +5,7 @@ sends the real key upstream (the fake model refuses any other), and meters every
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -103,3 +104,51 @@ def test_a_turn_goes_through_the_model_proxy_and_no_key_is_in_the_pod(
     usage = wait_for(metered, timeout=60, interval=1, what="metered usage in status")
     assert {k: usage[k] for k in expected} == expected, usage
     assert usage["costUsd"] > 0
+
+
+def test_a_session_over_budget_ends_its_turn_with_the_reason_and_the_condition(
+    operator: Release,
+    gateway: GatewayClient,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    namespace: str,
+    fake: FakeAnthropic,
+) -> None:
+    sessions = Sessions(custom, namespace)
+    sessions.create("frugal", spec("LongRunning", network={}, maxBudgetUsd=0.01))
+    ready_pod(core, namespace, "frugal")
+    # 10,000 input tokens of the default model: 0.03 USD a call, three times the budget.
+    fake.set_default(
+        TextStep(text="costly", usage=ReplyUsage(input_tokens=10_000, output_tokens=1))
+    )
+    gateway.send(namespace, "frugal", "spend it")
+
+    def spent() -> float:
+        usage = sessions.status("frugal").get("modelUsage") or {}
+        return float(usage.get("costUsd", 0))
+
+    wait_for(lambda: spent() >= 0.01, timeout=60, interval=1, what="the spend in status")
+    calls = len(fake.message_bodies())
+    reply = gateway.send(namespace, "frugal", "spend more")
+    assert reply.status == 200, reply
+    result = reply.events[-1]
+    assert result["type"] == "result" and result["is_error"] is True, result
+    assert result.get("api_error_status") == 402, result
+    assert "spec.maxBudgetUsd is 0.01 USD" in json.dumps(result), result
+    assert len(fake.message_bodies()) == calls  # refused at the gateway
+
+    def condition() -> dict[str, Any] | None:
+        for found in sessions.status("frugal").get("conditions") or ():
+            if found["type"] == "BudgetExceeded" and found["status"] == "True":
+                return dict(found)
+        return None
+
+    exceeded = wait_for(condition, timeout=60, interval=1, what="condition BudgetExceeded")
+    assert exceeded["reason"] == "SessionBudget", exceeded
+
+    def posted() -> bool:
+        events = core.list_namespaced_event(namespace).items
+        return any(e.reason == "BudgetExceeded" and e.involved_object.name == "frugal"
+                   for e in events)  # fmt: skip
+
+    wait_for(posted, timeout=60, interval=1, what="the BudgetExceeded Event")
