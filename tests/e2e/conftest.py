@@ -26,12 +26,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import MODEL_KEY, MODEL_KEY_SECRET, GatewayClient, Release, make_user
+from e2e_support import (
+    DEAR_MODEL,
+    MODEL_KEY,
+    MODEL_KEY_SECRET,
+    GatewayClient,
+    Release,
+    make_user,
+)
 from kubernetes import client
 
 from corral.cluster import control_plane, node, pki
 from corral.cluster.layout import REAL_NODE_IP, Layout
 from corral.cluster.paths import state_dir
+from corral.config import ModelProxyConfig
 from corral.testing.fake_anthropic import FakeAnthropic
 from corral.testing.outside import start_fake_anthropic
 from testrun import NAMESPACE_PREFIX, OPERATOR_NAMESPACE, RESTRICTED_LABELS, RUN_ID
@@ -123,6 +131,19 @@ def release_values(layout: Layout) -> dict[str, Any]:
                     "ports": [FAKE_API_PORT],
                 },
                 "statusIntervalSeconds": 2,
+                "prices": [
+                    *(
+                        row.model_dump(by_alias=True)
+                        for row in ModelProxyConfig(url="http://x:1").prices
+                    ),
+                    {
+                        "model": DEAR_MODEL,
+                        "input": 1000,
+                        "output": 1000,
+                        "cacheRead": 0,
+                        "cacheWrite": 0,
+                    },
+                ],
             }
         },
         "config": {

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 import pytest
-from e2e_support import MODEL_KEY, GatewayClient, Release, Sessions, ready_pod, spec
+from e2e_support import DEAR_MODEL, MODEL_KEY, GatewayClient, Release, Sessions, ready_pod, spec
 from kubernetes import client
 
 from corral.testing.anthropic_script import ReplyUsage, TextStep, bash
@@ -115,12 +115,11 @@ def test_a_session_over_budget_ends_its_turn_with_the_reason_and_the_condition(
     fake: FakeAnthropic,
 ) -> None:
     sessions = Sessions(custom, namespace)
-    sessions.create("frugal", spec("LongRunning", network={}, maxBudgetUsd=0.01))
+    sessions.create("frugal", spec("LongRunning", network={}, maxBudgetUsd=0.01, model=DEAR_MODEL))
     ready_pod(core, namespace, "frugal")
-    # 10,000 input tokens of the default model: 0.03 USD a call, three times the budget.
-    fake.set_default(
-        TextStep(text="costly", usage=ReplyUsage(input_tokens=10_000, output_tokens=1))
-    )
+    # 100 tokens of the dear model cost 0.1 USD at the gateway (ten times the budget) and
+    # well under a cent in the SDK's own estimate, which so does not stop the run first.
+    fake.set_default(TextStep(text="costly", usage=ReplyUsage(input_tokens=100, output_tokens=1)))
     gateway.send(namespace, "frugal", "spend it")
 
     def spent() -> float:
