@@ -14,7 +14,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic.alias_generators import to_camel
 
 from corral.api import runtime
@@ -36,6 +36,8 @@ PRIVATE_IPV4_RANGES = (
 ALWAYS_BLOCKED = ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128")
 # Where a session's spec.credentials.baseUrl may point unless the operator allows more.
 ANTHROPIC_API = "https://api.anthropic.com"
+# Environment variables that carry a model key (never set in a pod with the model proxy).
+MODEL_KEY_VARIABLES = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 # An activity key shorter than this is refused at start (a guessable key forges reports).
 MIN_ACTIVITY_KEY_BYTES = 32
 
@@ -109,6 +111,90 @@ def _dns_rule() -> PeerRule:
 
 def _public_ipv4() -> list[IPBlock]:
     return [IPBlock(cidr="0.0.0.0/0", except_=list(PRIVATE_IPV4_RANGES))]
+
+
+class ModelPrice(ConfigModel):
+    """USD per million tokens of the models whose name starts with `model`."""
+
+    model: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")
+    input: float = Field(..., ge=0)
+    output: float = Field(..., ge=0)
+    cache_read: float = Field(..., ge=0)
+    cache_write: float = Field(..., ge=0)
+
+
+def _default_prices() -> list[ModelPrice]:
+    # Anthropic's list prices (USD per million tokens) when this table was written; the
+    # admin's configuration replaces the whole table. Cache writes at the 5-minute rate.
+    rows = [
+        ("claude-opus-4-5", 5.0, 25.0, 0.50, 6.25),
+        ("claude-opus-4", 15.0, 75.0, 1.50, 18.75),
+        ("claude-sonnet-4", 3.0, 15.0, 0.30, 3.75),
+        ("claude-3-7-sonnet", 3.0, 15.0, 0.30, 3.75),
+        ("claude-haiku-4-5", 1.0, 5.0, 0.10, 1.25),
+        ("claude-3-5-haiku", 0.80, 4.0, 0.08, 1.0),
+    ]
+    return [
+        ModelPrice(model=m, input=i, output=o, cache_read=r, cache_write=w)
+        for m, i, o, r, w in rows
+    ]
+
+
+class ModelProxyConfig(ConfigModel):
+    """The gateway's model proxy: sessions talk to the model through it, with a credential
+    of their own; the real key stays with the gateway (docs/model-proxy.md)."""
+
+    url: str = Field(
+        ...,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        max_length=2048,
+        description="ANTHROPIC_BASE_URL of every session: the gateway's model port as pods "
+        "reach it, e.g. http://corral-gateway.corral-system.svc:8082.",
+    )
+    port: int = Field(
+        8082, ge=1, le=65535, description="The gateway pods' model port (session egress)."
+    )
+    upstream_url: str = Field(
+        ANTHROPIC_API,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        max_length=2048,
+        description="Where the gateway sends model calls, with the real key: the Anthropic "
+        "API or any Messages-API-compatible endpoint.",
+    )
+    key_file: str | None = Field(
+        None, description="File (in the gateway's pods) holding the real API key."
+    )
+    prices: list[ModelPrice] = Field(
+        default_factory=_default_prices,
+        max_length=256,
+        description="USD per million tokens by model-name prefix (longest prefix wins); a "
+        "model that matches none is charged at the highest price of the table.",
+    )
+    requests_per_minute: int = Field(
+        120, ge=0, description="Model calls per minute per session; 0: no limit."
+    )
+    tokens_per_minute: int = Field(
+        2_000_000, ge=0, description="Tokens (all kinds) per minute per session; 0: no limit."
+    )
+    namespace_budgets_usd: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-namespace budget in USD of metered model cost (all sessions of the "
+        "namespace, deleted ones included, per calendar month UTC).",
+    )
+    spend_config_map: str | None = Field(
+        None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="ConfigMap in the operator's namespace where the gateway keeps each "
+        "namespace's spend this month (for namespaceBudgetsUsd). Unset: the spend is the "
+        "sum of the namespace's existing sessions' metered cost.",
+    )
+    status_interval_seconds: float = Field(
+        10.0, ge=1, le=600, description="How often usage is written to a session's status."
+    )
+    max_request_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest model request body accepted."
+    )
 
 
 class OperatorConfig(ConfigModel):
@@ -210,6 +296,12 @@ class OperatorConfig(ConfigModel):
         "allowPublicHttps opens no port any more, it allows `*:443` through the proxy. "
         "Unset: allowPublicHttps opens TCP 443 to public addresses in the NetworkPolicy.",
     )
+    model_proxy: ModelProxyConfig | None = Field(
+        None,
+        description="Set (with gateway): session pods get ANTHROPIC_BASE_URL = modelProxy.url "
+        "and a per-session credential as their key; no API key, key reference or key file "
+        "reaches a session pod (spec.credentials and runnerEnv keys are not used).",
+    )
     # Metrics: who may scrape a runner's /metrics (served on the runner port).
     metrics_scraper: ScraperPeer | None = Field(
         None,
@@ -234,6 +326,25 @@ class OperatorConfig(ConfigModel):
     # Shutdown: the runner finishes or checkpoints the turn in flight; Hybrid flushes its volume.
     termination_grace_period_seconds: int = Field(30, ge=0)
     hybrid_termination_grace_period_seconds: int = Field(120, ge=0)
+
+    @model_validator(mode="after")
+    def _model_proxy_keeps_keys_out(self) -> OperatorConfig:
+        if self.model_proxy is None:
+            return self
+        if self.gateway is None:
+            raise ValueError("modelProxy needs gateway: the model proxy is part of the gateway")
+        leaked = [name for name in MODEL_KEY_VARIABLES if name in self.runner_env]
+        if leaked:
+            raise ValueError(
+                f"runnerEnv sets {', '.join(leaked)} while modelProxy is on: that would put a "
+                "key in every session pod; give the key to the gateway instead (Helm: "
+                "gateway.modelProxy.apiKeySecret) and remove it from runnerEnv"
+            )
+        return self
+
+    @property
+    def model_proxy_url(self) -> str | None:
+        return self.model_proxy.url if self.model_proxy is not None else None
 
     @property
     def proxied_egress(self) -> EgressProxyConfig | None:
@@ -264,6 +375,11 @@ class OperatorConfig(ConfigModel):
         url = f"http://{service}.{namespace}.svc:{port}/v1/activity"
         peer = self.activity_peer or PeerRule(namespace=namespace, ports=[PortSpec(port=port)])
         return self.model_copy(update={"activity_url": url, "activity_peer": peer})
+
+    @classmethod
+    def read(cls, path: Path) -> OperatorConfig:
+        """The config in `path` (YAML), without loading keys (the gateway's use)."""
+        return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
 
     @classmethod
     def load(cls, path: Path | None) -> OperatorConfig:

@@ -26,12 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import EGRESS_NAMES, GatewayClient, Release, make_user
+from e2e_support import (
+    DEAR_MODEL,
+    EGRESS_NAMES,
+    MODEL_KEY,
+    MODEL_KEY_SECRET,
+    GatewayClient,
+    Release,
+    make_user,
+)
 from kubernetes import client
 
 from corral.cluster import control_plane, node, pki
 from corral.cluster.layout import REAL_NODE_IP, Layout
 from corral.cluster.paths import state_dir
+from corral.config import ModelProxyConfig
 from corral.testing.fake_anthropic import FakeAnthropic
 from corral.testing.outside import start_fake_anthropic
 from testrun import NAMESPACE_PREFIX, OPERATOR_NAMESPACE, RESTRICTED_LABELS, RUN_ID
@@ -40,6 +49,7 @@ from testrun import NAMESPACE_PREFIX, OPERATOR_NAMESPACE, RESTRICTED_LABELS, RUN
 __all__ = ["NAMESPACE_PREFIX", "OPERATOR_NAMESPACE", "RESTRICTED_LABELS", "RUN_ID"]
 
 FAKE_API_PORT = 8089
+
 E2E_ROOT = Path(os.environ.get("CORRAL_E2E_STATE_DIR") or state_dir().parent / "e2e")
 
 
@@ -86,6 +96,7 @@ def node_layout(real_node_cluster: Layout) -> node.NodeLayout:
 def fake_api(node_layout: node.NodeLayout) -> Iterator[FakeAnthropic]:
     """The fake Messages API at node.OUTSIDE_IP:FAKE_API_PORT, as pods see it."""
     fake = FakeAnthropic()
+    fake.expect_key(MODEL_KEY)
     start_fake_anthropic(fake, node_layout.outside_netns, node.OUTSIDE_IP, FAKE_API_PORT)
     yield fake
     fake.stop_thread()
@@ -94,12 +105,14 @@ def fake_api(node_layout: node.NodeLayout) -> Iterator[FakeAnthropic]:
 @pytest.fixture
 def fake(fake_api: FakeAnthropic) -> FakeAnthropic:
     fake_api.reset()
+    fake_api.expect_key(MODEL_KEY)
     return fake_api
 
 
 def release_values(layout: Layout) -> dict[str, Any]:
     """What a user of this cluster sets: where the operator and the sessions run, the API
-    server's endpoint for the operator's NetworkPolicy, and the model endpoint and key."""
+    server's endpoint for the operator's NetworkPolicy, and the model proxy: the upstream
+    (the fake model), the Secret with the key, and the gateway's egress to the upstream."""
     return {
         "nodeSelector": {node.NODE_LABEL: "true"},
         "networkPolicy": {
@@ -115,11 +128,32 @@ def release_values(layout: Layout) -> dict[str, Any]:
             "egressProxy": {
                 "staticHosts": EGRESS_NAMES,
                 "to": [{"cidr": f"{node.OUTSIDE_IP}/32"}],
+            },
+            "modelProxy": {
+                "enabled": True,
+                "upstreamUrl": f"http://{node.OUTSIDE_IP}:{FAKE_API_PORT}",
+                "apiKeySecret": {"name": MODEL_KEY_SECRET},
+                "upstreamEgress": {
+                    "to": [{"ipBlock": {"cidr": f"{node.OUTSIDE_IP}/32"}}],
+                    "ports": [FAKE_API_PORT],
+                },
+                "statusIntervalSeconds": 2,
+                "prices": [
+                    *(
+                        row.model_dump(by_alias=True)
+                        for row in ModelProxyConfig(url="http://x:1").prices
+                    ),
+                    {
+                        "model": DEAR_MODEL,
+                        "input": 1000,
+                        "output": 1000,
+                        "cacheRead": 0,
+                        "cacheWrite": 0,
+                    },
+                ],
             }
         },
         "config": {
-            "defaultAnthropicBaseUrl": f"http://{node.OUTSIDE_IP}:{FAKE_API_PORT}",
-            "runnerEnv": {"ANTHROPIC_API_KEY": "sk-ant-fake-e2e"},
             "nodeSelector": {node.NODE_LABEL: "true"},
             "terminationGracePeriodSeconds": 5,
             "hybridTerminationGracePeriodSeconds": 20,
@@ -147,6 +181,16 @@ def operator(
         workdir=tmp_path_factory.mktemp("helm"),
         api_client=api_client,
     )
+    model_key = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=MODEL_KEY_SECRET),
+        string_data={"ANTHROPIC_API_KEY": MODEL_KEY},
+    )
+    core = client.CoreV1Api(api_client)
+    try:
+        core.create_namespaced_secret(operator_namespace, model_key)
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
     try:
         release.install(release_values(real_node_cluster))
         release.wait_leader()

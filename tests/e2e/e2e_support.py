@@ -35,6 +35,13 @@ FAKE_API_EGRESS = {
     "cidr": f"{node.OUTSIDE_IP}/32",
     "ports": [{"port": FAKE_API_PORT, "protocol": "TCP"}],
 }
+# The real key, as the admin gives it to the gateway's model proxy (a Secret in the
+# operator's namespace): the fake model refuses any other, so every turn proves it arrived.
+MODEL_KEY = "sk-ant-fake-e2e-real-key"
+MODEL_KEY_SECRET = "anthropic-api-key"
+# A model the gateway's price table makes dear (the SDK prices it as usual, cheaply): a
+# session over its budget is then refused by the gateway, not first stopped by the SDK.
+DEAR_MODEL = "claude-e2e-dear"
 SMALL = {"cpu": "250m", "memory": "768Mi", "disk": "1Gi"}
 # The test's DNS for the gateway's egress proxy (chart value gateway.egressProxy.staticHosts):
 # names of servers the egress tests make in the outside namespace.

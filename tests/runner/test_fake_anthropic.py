@@ -203,3 +203,33 @@ async def test_malformed_bodies_get_400(api: Any) -> None:
     async with http.post("/v1/messages", data=b"{not json") as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["type"] == "invalid_request_error"
+
+
+async def test_an_expected_key_is_required_and_recorded_without_its_value(api: Any) -> None:
+    fake, http = api
+    fake.expect_key("sk-the-real-one")
+    async with http.post("/v1/messages", json=REQUEST | {"stream": False}) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"]["type"] == "authentication_error"
+    real = {"x-api-key": "sk-the-real-one"}
+    async with http.post("/v1/messages", json=REQUEST | {"stream": False}, headers=real) as resp:
+        assert resp.status == 200
+    assert [r.key_ok for r in fake.requests] == [False, True]
+    assert "sk-the-real-one" not in json.dumps([r.headers for r in fake.requests])
+    fake.reset()  # forgets the expectation too
+    async with http.post("/v1/messages", json=REQUEST | {"stream": False}) as resp:
+        assert resp.status == 200 and fake.requests[0].key_ok is None
+
+
+async def test_cache_usage_is_reported_as_scripted(api: Any) -> None:
+    fake, http = api
+    usage = ReplyUsage(input_tokens=5, output_tokens=6, cache_read_input_tokens=7,
+                       cache_creation_input_tokens=8)  # fmt: skip
+    fake.add(text("cached", usage=usage), text("cached", usage=usage))
+    async with http.post("/v1/messages", json=REQUEST | {"stream": False}) as resp:
+        plain = (await resp.json())["usage"]
+    async with http.post("/v1/messages", json=REQUEST) as resp:
+        start = (await sse_events(resp))[0][1]["message"]["usage"]
+    assert plain == {"input_tokens": 5, "output_tokens": 6, "cache_read_input_tokens": 7,
+                     "cache_creation_input_tokens": 8}  # fmt: skip
+    assert start["cache_read_input_tokens"] == 7 and start["cache_creation_input_tokens"] == 8

@@ -145,6 +145,18 @@ may scrape runners (metricsScraper), unless config sets those itself.
 {{- $url := printf "http://%s.%s.svc:%d" (include "corral.gatewayName" .) .Release.Namespace (int .Values.gateway.egressProxy.port) }}
 {{- $_ := set $config "egressProxy" (dict "url" $url "port" (int .Values.gateway.egressProxy.port)) }}
 {{- end }}
+{{- if include "corral.modelProxy" . }}
+{{- $proxy := .Values.gateway.modelProxy }}
+{{- if or $config.runnerEnv.ANTHROPIC_API_KEY $config.runnerEnv.ANTHROPIC_AUTH_TOKEN }}
+{{- fail "gateway.modelProxy.enabled keeps keys out of session pods, but config.runnerEnv sets ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN): put the key in the Secret gateway.modelProxy.apiKeySecret names and remove it from config.runnerEnv (docs/model-proxy.md, Migration)" }}
+{{- end }}
+{{- $url := printf "http://%s.%s.svc:%v" (include "corral.gatewayName" .) .Release.Namespace $proxy.port }}
+{{- $model := dict "url" $url "spendConfigMap" (include "corral.modelSpendName" .) "port" (int $proxy.port) "upstreamUrl" $proxy.upstreamUrl "keyFile" (printf "%s/key" (include "corral.modelKeyDir" .)) "requestsPerMinute" (int $proxy.requestsPerMinute) "tokensPerMinute" (int $proxy.tokensPerMinute) "namespaceBudgetsUsd" $proxy.namespaceBudgetsUsd "statusIntervalSeconds" $proxy.statusIntervalSeconds }}
+{{- with $proxy.prices }}
+{{- $_ := set $model "prices" . }}
+{{- end }}
+{{- $_ := set $config "modelProxy" (merge (default (dict) $config.modelProxy) $model) }}
+{{- end }}
 {{- if and .Values.metrics.runnerPodMonitor.enabled (not $config.metricsScraper) }}
 {{- $scraper := deepCopy .Values.metrics.runnerPodMonitor.scraper }}
 {{- $_ := required "metrics.runnerPodMonitor.scraper.namespace is required with metrics.runnerPodMonitor.enabled: the namespace of the Prometheus that scrapes runners (session NetworkPolicies admit its pods)" $scraper.namespace }}
@@ -247,10 +259,40 @@ the operator's runner pods (where to forward), and Events (who woke a session).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
-# A WokenByRequest Event naming the user who woke a session.
+# A WokenByRequest Event naming the user who woke a session; BudgetExceeded.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if include "corral.modelProxy" . }}
+# The model proxy writes metered usage (status.modelUsage) and the BudgetExceeded condition,
+# each write guarded by the resourceVersion it read.
+- apiGroups: ["corral.dev"]
+  resources: ["agentsessions/status"]
+  verbs: ["patch"]
+{{- end }}
+{{- end }}
+
+{{/*
+Non-empty when the gateway's model proxy is on (it needs the gateway and the key Secret).
+*/}}
+{{- define "corral.modelProxy" -}}
+{{- if and .Values.gateway.enabled .Values.gateway.modelProxy.enabled }}
+{{- $_ := required "gateway.modelProxy.apiKeySecret.name is required with gateway.modelProxy.enabled: the Secret (in the release namespace) holding the real Anthropic API key" .Values.gateway.modelProxy.apiKeySecret.name }}true
+{{- end }}
+{{- end }}
+
+{{/*
+Where the gateway reads the real model key (modelProxy.keyFile).
+*/}}
+{{- define "corral.modelKeyDir" -}}
+/var/run/corral-gateway/model-key
+{{- end }}
+
+{{/*
+The ConfigMap where the gateway keeps each namespace's model spend of the month.
+*/}}
+{{- define "corral.modelSpendName" -}}
+{{- printf "%s-model-spend" (include "corral.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{/*

@@ -24,3 +24,14 @@ def hmac_token(key: bytes, purpose: bytes, *parts: str) -> str:
 def runner_credential(key: bytes, namespace: str, name: str, uid: str) -> str:
     """What the gateway shows a session's runner, and what the runner expects."""
     return hmac_token(key, RUNNER_INGRESS, namespace, name, uid)
+
+
+# What a session's pod uses as its Anthropic API key at the gateway's model proxy.
+MODEL_PROXY = b"corral.dev/model-proxy/v1"
+# Recognisable in logs and leak scanners, and never mistaken for a real Anthropic key.
+MODEL_CREDENTIAL_PREFIX = "corral-session-"
+
+
+def model_credential(key: bytes, namespace: str, name: str, uid: str) -> str:
+    """The per-session key a pod sends to the model proxy (worthless anywhere else)."""
+    return MODEL_CREDENTIAL_PREFIX + hmac_token(key, MODEL_PROXY, namespace, name, uid)

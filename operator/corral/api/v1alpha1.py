@@ -466,7 +466,9 @@ class AgentSessionSpec(ApiModel):
         None,
         gt=0,
         le=10_000,
-        description="Upper bound on token cost per run, in US dollars (client-side estimate).",
+        description="Upper bound on token cost, in US dollars: per run in the SDK, and for "
+        "the session's whole metered cost (status.modelUsage.costUsd) at the gateway's "
+        "model proxy, which refuses model calls beyond it.",
     )
     permission_mode: PermissionMode = Field(
         PermissionMode.DEFAULT,
@@ -709,14 +711,47 @@ class CostStatus(ApiModel):
     )
 
 
+_TIMESTAMP: JsonDict = {"format": "date-time"}
+
+
+class ModelTokens(ApiModel):
+    """Tokens and cost of one model (its price-table name, or `other`)."""
+
+    model: str = Field(..., max_length=128, description="Model (price-table prefix).")
+    input_tokens: int = Field(0, ge=0, description="Input tokens.")
+    output_tokens: int = Field(0, ge=0, description="Output tokens.")
+    cache_read_input_tokens: int = Field(0, ge=0, description="Tokens read from the cache.")
+    cache_creation_input_tokens: int = Field(0, ge=0, description="Tokens written to the cache.")
+    cost_usd: float = Field(0.0, ge=0, description="Cost at the configured prices.")
+
+
+class ModelUsageStatus(ApiModel):
+    """Model calls as the gateway's model proxy metered them (outside the sandbox)."""
+
+    requests: int = Field(0, ge=0, description="Model calls forwarded.")
+    input_tokens: int = Field(0, ge=0, description="Input tokens.")
+    output_tokens: int = Field(0, ge=0, description="Output tokens.")
+    cache_read_input_tokens: int = Field(0, ge=0, description="Tokens read from the cache.")
+    cache_creation_input_tokens: int = Field(0, ge=0, description="Tokens written to the cache.")
+    cost_usd: float = Field(
+        0.0, ge=0, description="Token cost at the operator's price table: the session's cost."
+    )
+    models: list[ModelTokens] = Field(
+        default_factory=list,
+        max_length=64,
+        description="The same, per model.",
+        json_schema_extra=list_map("model"),
+    )
+    update_time: str | None = Field(
+        None, description="When the gateway last wrote this.", json_schema_extra=_TIMESTAMP
+    )
+
+
 class RunnerInfo(ApiModel):
     """Versions inside the pod."""
 
     sdk_version: str | None = Field(None, max_length=64, description="claude-agent-sdk version.")
     cli_version: str | None = Field(None, max_length=64, description="Claude Code CLI version.")
-
-
-_TIMESTAMP: JsonDict = {"format": "date-time"}
 
 
 class AgentSessionStatus(ApiModel):
@@ -728,7 +763,7 @@ class AgentSessionStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready, PodReady, CredentialsReady, SpecAccepted, ActivityReports, Idle, "
-        "Complete, Failed.",
+        "Complete, Failed, BudgetExceeded.",
         json_schema_extra=list_map("type"),
     )
     observed_generation: int | None = Field(
@@ -769,6 +804,11 @@ class AgentSessionStatus(ApiModel):
     )
     runner: RunnerInfo | None = Field(None, description="Versions inside the pod.")
     cost: CostStatus | None = Field(None, description="Token and infrastructure cost.")
+    model_usage: ModelUsageStatus | None = Field(
+        None,
+        description="Tokens and cost metered by the gateway's model proxy (written by the "
+        "gateway); cost.tokensUsd and totalCostUsd stay the SDK's own estimate.",
+    )
 
 
 class ObjectMeta(BaseModel):

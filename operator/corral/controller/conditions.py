@@ -15,6 +15,8 @@ SPEC_ACCEPTED = "SpecAccepted"
 # Hybrid only, False while runners have nowhere to report activity (no activity URL).
 ACTIVITY_REPORTS = "ActivityReports"
 IDLE = "Idle"
+# Written by the gateway's model proxy: True while it refuses model calls for a budget.
+BUDGET_EXCEEDED = "BudgetExceeded"
 COMPLETE = "Complete"
 FAILED = "Failed"
 

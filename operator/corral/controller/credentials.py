@@ -47,11 +47,17 @@ class Refusal:
 
 
 def credentials_of(session: AgentSession, config: OperatorConfig) -> CredentialsSpec | None:
+    """The Secret the pod's key comes from; None with the model proxy (the gateway holds
+    the key, and no Secret of the session's namespace is used)."""
+    if config.model_proxy is not None:
+        return None
     return session.spec.credentials or config.default_credentials
 
 
 def operator_key_source(config: OperatorConfig) -> str | None:
     """How the operator's own configuration gives every runner a key, if it does."""
+    if config.model_proxy is not None:
+        return "the gateway's model proxy holds the key; the pod gets a per-session credential"
     for name in KEY_VARIABLES:
         if config.runner_env.get(name):
             return f"the operator's runnerEnv sets {name}"
@@ -61,6 +67,8 @@ def operator_key_source(config: OperatorConfig) -> str | None:
 def refusal(session: AgentSession, config: OperatorConfig) -> Refusal | None:
     """A reason not to start the session that needs no API call; None when none."""
     base_url = session.spec.credentials.base_url if session.spec.credentials else None
+    if config.model_proxy is not None:
+        return None  # the gateway decides where model calls go, with its own key
     if base_url is not None and not config.base_url_allowed(base_url):
         allowed = ", ".join(config.allowed_base_urls) or "none"
         return Refusal(

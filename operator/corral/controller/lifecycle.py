@@ -573,7 +573,7 @@ class _Decision:
         if not self.spec_ok:
             return True  # a spec no pod can carry: the pod keeps the one it has
         if pod.restart_hash is not None and pod.restart_hash != restart_hash(
-            self.spec, self.config.default_image
+            self.spec, self.config.default_image, self.config.model_proxy_url
         ):
             self.add_pod_seconds(pod.started_at)
             self.delete_pod(pod, "SpecChanged")

@@ -82,6 +82,17 @@ def register(subparsers: Any) -> None:
         help="close an egress tunnel after this long without a byte either way "
         "(default: %(default)s)",
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="the operator's configuration file; its modelProxy section turns the model "
+        "proxy on (listening on modelProxy.port)",
+    )
+    parser.add_argument(
+        "--model-key-file",
+        type=Path,
+        help="file with the real Anthropic API key (default: modelProxy.keyFile)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.set_defaults(handler=_run)
 
@@ -133,6 +144,22 @@ async def _main(args: argparse.Namespace) -> None:
         ),
     )
     tasks = [asyncio.create_task(informer.run()) for informer in informers]
+    model_app = None
+    model_port = 0
+    if args.config is not None:
+        from corral.config import OperatorConfig
+        from corral.gateway.model_proxy import build_model_proxy
+
+        operator_config = OperatorConfig.read(args.config)
+        proxy_config = operator_config.model_proxy
+        if proxy_config is not None:
+            model_port = proxy_config.port
+            proxy, meter = build_model_proxy(
+                proxy_config, directory, key, kube, metrics.registry, args.model_key_file,
+                operator_config.namespace,
+            )  # fmt: skip
+            model_app = proxy.app()
+            tasks.append(asyncio.create_task(meter.run()))
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -151,11 +178,15 @@ async def _main(args: argparse.Namespace) -> None:
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", prometheus)
     runners = [web.AppRunner(gateway.app(), access_log=None), web.AppRunner(admin, access_log=None)]
+    if model_app is not None:
+        runners.append(web.AppRunner(model_app, access_log=None))
     for runner in runners:
         await runner.setup()
     await web.TCPSite(runners[0], args.host, args.port).start()
     await web.TCPSite(runners[1], args.host, args.admin_port).start()
     egress_server = await egress.start(args.host, args.egress_port) if egress else None
+    if model_app is not None:
+        await web.TCPSite(runners[2], args.host, model_port).start()
     logging.getLogger("corral.gateway").info(
         "gateway serving",
         extra={
@@ -163,6 +194,7 @@ async def _main(args: argparse.Namespace) -> None:
                 "port": args.port,
                 "admin_port": args.admin_port,
                 "egress_port": args.egress_port or None,
+                "model_port": model_port,
             }
         },
     )
@@ -179,6 +211,8 @@ async def _main(args: argparse.Namespace) -> None:
         await egress.reporter.close()
     for runner in runners:
         await runner.cleanup()
+    # The meter writes what it still holds when cancelled: let it, before the client goes.
+    await asyncio.gather(*tasks, return_exceptions=True)
     await kube.close()
     for task in done:
         if task is not stopped and not task.cancelled() and task.exception() is not None:

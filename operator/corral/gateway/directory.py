@@ -53,6 +53,22 @@ class SessionView:
     suspended: bool
     result: JSON | None = None
     pods: dict[str, JSON] = field(default_factory=dict)  # pod name -> trimmed pod
+    # What the model proxy needs: the budget, and the status it adds metered usage to.
+    max_budget_usd: float | None = None
+    model_usage: JSON | None = None
+    conditions: list[JSON] = field(default_factory=list)
+    resource_version: str = ""
+
+    def has_pod_ip(self, ip: str) -> bool:
+        """Whether one of this session's live pods has `ip` (the model proxy's caller check).
+        Terminating pods count: a draining runner finishes its turn through the proxy."""
+        return any(
+            pod["owner"] == self.uid
+            and pod["namespace"] == self.namespace
+            and pod["ip"] == ip
+            and pod["phase"] not in _FINISHED
+            for pod in self.pods.values()
+        )
 
     def ready_endpoint(self) -> Endpoint | None:
         """The one pod that is Ready, not terminating and owned by this session's UID."""
@@ -77,6 +93,9 @@ class SessionView:
         if pod["ready"] or not pod["running"] or not pod["ip"]:
             return None
         return Endpoint(name, pod["uid"], pod["ip"], pod["port"])
+
+
+_FINISHED = ("Succeeded", "Failed")
 
 
 class SessionGone(Exception):
@@ -117,6 +136,8 @@ def _trim_pod(body: JSON) -> JSON:
         "ready": ready and status.get("phase") == "Running",
         "running": status.get("phase") == "Running",
         "ip": str(status.get("podIP") or ""),
+        "phase": str(status.get("phase") or ""),
+        "namespace": str(meta.get("namespace", "")),
     }
 
 
@@ -127,6 +148,10 @@ def _runner_port(spec: JSON) -> int:
             if port.get("name") == runtime.RUNNER_PORT_NAME and port.get("containerPort"):
                 return int(port["containerPort"])
     return runtime.RUNNER_PORT
+
+
+def _budget(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def wake_value(user: str, now: datetime | None = None) -> str:
@@ -143,6 +168,10 @@ class Directory:
         # Pods seen before their session (informers are independent): parked by owner UID.
         self._orphans: dict[str, dict[str, JSON]] = {}
         self._changed: dict[Key, asyncio.Event] = {}
+        # Pod IPs, for the model proxy's caller check: (namespace, pod) -> (ip, owner UID),
+        # and ip -> {(namespace, pod): owner UID}.
+        self._pod_ips: dict[Key, tuple[str, str]] = {}
+        self._ip_owners: dict[str, dict[Key, str]] = {}
         self._wakes: dict[Key, asyncio.Task[None]] = {}
         # When this replica last asked for a wake, so that requests arriving before the
         # operator has written the new phase do not ask again.
@@ -178,6 +207,10 @@ class Directory:
                 suspended=bool(spec.get("suspend")),
                 result=status.get("result"),
                 pods=old.pods if old and old.uid == uid else self._orphans.pop(uid, {}),
+                max_budget_usd=_budget(spec.get("maxBudgetUsd")),
+                model_usage=status.get("modelUsage"),
+                conditions=list(status.get("conditions") or ()),
+                resource_version=str(meta.get("resourceVersion", "")),
             )
             self.sessions[key] = view
             self._by_uid[uid] = key
@@ -194,6 +227,7 @@ class Directory:
         owner = pod["owner"]
         if not owner:
             return  # not a session's pod: nothing to route to
+        self._index_ip(namespace, name, owner, "" if kind == "DELETED" else pod["ip"])
         key = self._by_uid.get(owner)
         session = self.sessions.get(key) if key and key[0] == namespace else None
         if session is None:
@@ -210,6 +244,28 @@ class Directory:
         else:
             session.pods[name] = pod
         self._notify((session.namespace, session.name))
+
+    def _index_ip(self, namespace: str, pod: str, owner: str, ip: str) -> None:
+        key = (namespace, pod)
+        old = self._pod_ips.pop(key, None)
+        if old is not None:
+            owners = self._ip_owners.get(old[0], {})
+            owners.pop(key, None)
+            if not owners:
+                self._ip_owners.pop(old[0], None)
+        if ip:
+            self._pod_ips[key] = (ip, owner)
+            self._ip_owners.setdefault(ip, {})[key] = owner
+
+    def sessions_at(self, ip: str) -> list[SessionView]:
+        """The sessions with a live pod at `ip` (one, unless pods share the host's network)."""
+        found: dict[Key, SessionView] = {}
+        for owner in self._ip_owners.get(ip, {}).values():
+            key = self._by_uid.get(owner)
+            session = self.sessions.get(key) if key else None
+            if session is not None and session.has_pod_ip(ip):
+                found[key] = session  # type: ignore[index]  # key is set when session is
+        return list(found.values())
 
     def _notify(self, key: Key) -> None:
         event = self._changed.pop(key, None)

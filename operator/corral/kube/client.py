@@ -33,6 +33,7 @@ METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 # api group/version and plural of every kind the operator writes.
 RESOURCES: dict[str, tuple[str, str]] = {
     "Pod": ("v1", "pods"),
+    "ConfigMap": ("v1", "configmaps"),
     "Service": ("v1", "services"),
     "PersistentVolumeClaim": ("v1", "persistentvolumeclaims"),
     "Event": ("v1", "events"),

@@ -124,6 +124,15 @@ def _egress(session: AgentSession, config: OperatorConfig) -> list[k8s.V1Network
                 ports=[PortSpec(port=proxy.port, protocol="TCP")],
             )
         )
+    if config.gateway is not None and config.model_proxy is not None:
+        # The model, through the gateway's model proxy (its pods, its model port only).
+        peers.append(
+            PeerRule(
+                namespace=config.gateway.namespace,
+                pod_labels=dict(config.gateway.pod_labels),
+                ports=[PortSpec(port=config.model_proxy.port, protocol="TCP")],
+            )
+        )
     rules = [_peer_rule(peer) for peer in peers]
     if network.allow_public_https and proxy is None:
         public = _public_https(config.public_https, config.always_blocked)

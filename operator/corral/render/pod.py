@@ -21,9 +21,9 @@ from kubernetes import client as k8s
 
 from corral.api import runtime
 from corral.api.activity import activity_token
-from corral.api.tokens import runner_credential
+from corral.api.tokens import model_credential, runner_credential
 from corral.api.units import format_bytes, parse_quantity
-from corral.api.v1alpha1 import AgentSession, AgentSessionSpec, Pattern
+from corral.api.v1alpha1 import AgentSession, AgentSessionSpec, CredentialsSpec, Pattern
 from corral.config import OperatorConfig
 from corral.render.meta import RUNNER, Manifest, RenderError, object_meta, to_manifest
 from corral.render.names import dns_label, short_hash
@@ -56,11 +56,16 @@ def pod_name(session: AgentSession, attempt: int) -> str:
 def spec_json(session: AgentSession, config: OperatorConfig) -> str:
     """The spec the runner reads (SPEC_FILE), with the operator's defaults filled in."""
     spec = session.spec
-    resolved = spec.model_copy(update={"model": spec.model or config.default_model})
+    update: dict[str, object] = {"model": spec.model or config.default_model}
+    if config.model_proxy is not None:
+        update["credentials"] = None  # not used by the pod: the gateway holds the key
+    resolved = spec.model_copy(update=update)
     return resolved.model_dump_json(by_alias=True, exclude_none=True)
 
 
-def restart_hash(spec: AgentSessionSpec, default_image: str | None = None) -> str:
+def restart_hash(
+    spec: AgentSessionSpec, default_image: str | None = None, model_url: str | None = None
+) -> str:
     """Hash of the spec fields a running pod cannot pick up; a change means a new pod.
 
     The image is the one the pod runs: spec.image, else the operator's default, so that a
@@ -74,6 +79,9 @@ def restart_hash(spec: AgentSessionSpec, default_image: str | None = None) -> st
         "credentials": spec.credentials.model_dump() if spec.credentials else None,
         "agents": sorted(agent.name for agent in spec.agents or []),
     }
+    if model_url is not None:
+        # Turning the model proxy on replaces every pod: none keeps a real key.
+        fields["model_proxy"] = model_url
     return short_hash(json.dumps(fields, sort_keys=True), length=16)
 
 
@@ -114,12 +122,27 @@ def proxy_env(config: OperatorConfig) -> dict[str, str]:
     return env
 
 
-def _env(session: AgentSession, config: OperatorConfig, pod: str) -> list[k8s.V1EnvVar]:
-    spec = session.spec
-    credentials = spec.credentials or config.default_credentials
+def _model_env(
+    session: AgentSession, config: OperatorConfig
+) -> tuple[str | None, str | None, CredentialsSpec | None]:
+    """ANTHROPIC_BASE_URL, a plain ANTHROPIC_API_KEY, and the Secret to reference for it.
+
+    With the gateway's model proxy the key is the session's own credential at the proxy,
+    worthless anywhere else: no real key, key reference or key file reaches the pod."""
+    if config.model_proxy is not None:
+        meta = session.metadata
+        key = config.activity_keys[0] if config.activity_keys else b""
+        credential = model_credential(key, meta.namespace or "", meta.name, meta.uid or "")
+        return config.model_proxy.url, credential, None
+    credentials = session.spec.credentials or config.default_credentials
     base_url = (credentials.base_url if credentials else None) or config.default_anthropic_base_url
+    return base_url, None, credentials
+
+
+def _env(session: AgentSession, config: OperatorConfig, pod: str) -> list[k8s.V1EnvVar]:
+    base_url, proxy_key, credentials = _model_env(session, config)
     runner_env = dict(config.runner_env)
-    if credentials:
+    if credentials or proxy_key:
         runner_env.pop(runtime.ENV_API_KEY, None)  # the session's own key wins
     plain = {
         runtime.ENV_DISABLE_TRAFFIC: "1",
@@ -133,6 +156,8 @@ def _env(session: AgentSession, config: OperatorConfig, pod: str) -> list[k8s.V1
     }
     if base_url:
         plain[runtime.ENV_BASE_URL] = base_url
+    if proxy_key:
+        plain[runtime.ENV_API_KEY] = proxy_key
     if config.activity_url:
         plain[runtime.ENV_ACTIVITY_URL] = config.activity_url
         if config.activity_keys:
@@ -297,7 +322,9 @@ def _annotations(session: AgentSession, config: OperatorConfig, attempt: int) ->
     return {
         runtime.SPEC_ANNOTATION: body,
         ATTEMPT_ANNOTATION: str(attempt),
-        RESTART_HASH_ANNOTATION: restart_hash(session.spec, config.default_image),
+        RESTART_HASH_ANNOTATION: restart_hash(
+            session.spec, config.default_image, config.model_proxy_url
+        ),
     }
 
 

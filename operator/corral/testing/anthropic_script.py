@@ -38,6 +38,8 @@ class ReplyUsage(BaseModel):
 
     input_tokens: int | None = Field(None, ge=0)
     output_tokens: int | None = Field(None, ge=0)
+    cache_read_input_tokens: int = Field(0, ge=0)
+    cache_creation_input_tokens: int = Field(0, ge=0)
 
 
 class TextStep(_Step):

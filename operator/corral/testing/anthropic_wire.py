@@ -23,6 +23,8 @@ class Reply:
     stop_reason: str
     input_tokens: int
     output_tokens: int
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
 
 
 def last_user_text(body: dict[str, Any]) -> str:
@@ -86,15 +88,17 @@ def resolve(step: TextStep | ToolUseStep, body: dict[str, Any]) -> Reply:
             if step.usage.output_tokens is not None
             else estimate_tokens(blocks)
         ),
+        cache_read_input_tokens=step.usage.cache_read_input_tokens,
+        cache_creation_input_tokens=step.usage.cache_creation_input_tokens,
     )
 
 
-def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
+def _usage(reply: Reply, output_tokens: int) -> dict[str, int]:
     return {
-        "input_tokens": input_tokens,
+        "input_tokens": reply.input_tokens,
         "output_tokens": output_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": reply.cache_creation_input_tokens,
+        "cache_read_input_tokens": reply.cache_read_input_tokens,
     }
 
 
@@ -108,7 +112,7 @@ def message_json(reply: Reply) -> dict[str, Any]:
         "content": reply.blocks,
         "stop_reason": reply.stop_reason,
         "stop_sequence": None,
-        "usage": _usage(reply.input_tokens, reply.output_tokens),
+        "usage": _usage(reply, reply.output_tokens),
     }
 
 
@@ -138,7 +142,7 @@ def stream_events(reply: Reply) -> list[dict[str, Any]]:
     start = message_json(reply) | {
         "content": [],
         "stop_reason": None,
-        "usage": _usage(reply.input_tokens, 1),
+        "usage": _usage(reply, 1),
     }
     events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
     for index, block in enumerate(reply.blocks):

@@ -51,6 +51,7 @@ def render_identity(
     watch_namespaces: Sequence[str] = (),
     chart: Path = CHART,
     templates: Sequence[str] = IDENTITY_TEMPLATES,
+    sets: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The chart's ServiceAccount, RBAC and Lease objects for a release in `namespace`
     (with GATEWAY_TEMPLATES: the gateway's ServiceAccount and RBAC)."""
@@ -60,6 +61,8 @@ def render_identity(
     argv = [str(binary_path("helm")), "template", release, str(chart), "--namespace", namespace]
     argv += ["--set-json", f"leaderElection.leaseName={json.dumps(lease_name)}"]
     argv += ["--set-json", f"watchNamespaces={json.dumps(list(watch_namespaces))}"]
+    for item in sets:  # extra values, e.g. gateway.modelProxy.enabled=true
+        argv += ["--set", item]
     for template in templates:
         argv += ["--show-only", template]
     docs = [doc for doc in yaml.safe_load_all(_run(argv)) if doc]
@@ -188,6 +191,7 @@ def chart_identity(
     release: str = "corral",
     watch_namespaces: Sequence[str] = (),
     templates: Sequence[str] = IDENTITY_TEMPLATES,
+    sets: Sequence[str] = (),
 ) -> ChartIdentity:
     """Apply the chart's identity objects for `release` in `namespace` (which must exist)
     and mint a kubeconfig for its ServiceAccount.
@@ -199,7 +203,9 @@ def chart_identity(
     """
     from corral.cluster.build import binary_path
 
-    objects = render_identity(release, namespace, lease_name, watch_namespaces, templates=templates)
+    objects = render_identity(
+        release, namespace, lease_name, watch_namespaces, templates=templates, sets=sets
+    )
     [account] = [o for o in objects if o["kind"] == "ServiceAccount"]
     identity = ChartIdentity(
         admin_kubeconfig=admin_kubeconfig,

@@ -35,6 +35,8 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     received_at: float = field(default_factory=time.time)
+    # With a key expected (FakeAnthropic.expect_key): whether the request carried it.
+    key_ok: bool | None = None
 
 
 @dataclass
@@ -51,6 +53,7 @@ class FakeAnthropic:
         self._script: list[_Pending] = []
         self._default = default
         self._requests: list[RecordedRequest] = []
+        self._expected_key: str | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
@@ -68,11 +71,17 @@ class FakeAnthropic:
         with self._lock:
             self._default = step
 
+    def expect_key(self, key: str | None) -> None:
+        """Answer 401 (as the real API does) to requests without this x-api-key; None: any."""
+        with self._lock:
+            self._expected_key = key
+
     def reset(self) -> None:
         with self._lock:
             self._script.clear()
             self._requests.clear()
             self._default = DEFAULT_REPLY
+            self._expected_key = None
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -101,10 +110,20 @@ class FakeAnthropic:
                     return pending.step
             return self._default
 
+    def _key_ok(self, request: web.Request) -> bool | None:
+        with self._lock:
+            expected = self._expected_key
+        if expected is None:
+            return None
+        return request.headers.get("x-api-key") == expected
+
     def _record(self, request: web.Request, body: Any) -> None:
         headers = {k.lower(): v for k, v in request.headers.items()}
         safe = {k: v for k, v in headers.items() if k not in SECRET_HEADERS}
-        record = RecordedRequest(request.method, request.path, dict(request.query), safe, body)
+        record = RecordedRequest(
+            request.method, request.path, dict(request.query), safe, body,
+            key_ok=self._key_ok(request),
+        )  # fmt: skip
         with self._lock:
             self._requests.append(record)
 
@@ -118,6 +137,8 @@ class FakeAnthropic:
             self._record(request, raw.decode(errors="replace"))
             return _error_response(400, "invalid_request_error", "body is not JSON")
         self._record(request, body)
+        if self._key_ok(request) is False:
+            return _error_response(401, "authentication_error", "invalid x-api-key")
         if not isinstance(body, dict):
             return _error_response(400, "invalid_request_error", "body must be an object")
         step = self._take(raw.decode(errors="replace"))
@@ -157,6 +178,8 @@ class FakeAnthropic:
         except ValueError:
             return _error_response(400, "invalid_request_error", "body is not JSON")
         self._record(request, body)
+        if self._key_ok(request) is False:
+            return _error_response(401, "authentication_error", "invalid x-api-key")
         return web.json_response({"input_tokens": wire.estimate_tokens(body)})
 
     async def _hello(self, request: web.Request) -> web.Response:

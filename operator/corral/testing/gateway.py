@@ -61,7 +61,7 @@ class World:
             GROUP, VERSION, self.namespace, PLURAL, name, {"status": status}
         )
 
-    def create_ready_pod(self, session: str, uid: str) -> None:
+    def create_ready_pod(self, session: str, uid: str, ip: str = "127.0.0.1") -> str:
         pod_name = f"{session}-{uuid.uuid4().hex[:5]}"
         pod = client.V1Pod(
             metadata=client.V1ObjectMeta(
@@ -92,12 +92,13 @@ class World:
             {
                 "status": {
                     "phase": "Running",
-                    "podIP": "127.0.0.1",
-                    "podIPs": [{"ip": "127.0.0.1"}],
+                    "podIP": ip,
+                    "podIPs": [{"ip": ip}],
                     "conditions": [{"type": "Ready", "status": "True"}],
                 }
             },
         )
+        return pod_name
 
     def user(self, name: str, sessions: list[str] | None, verbs: list[str]) -> str:
         """A ServiceAccount allowed `verbs` on agentsessions/connect (all sessions if None)."""

@@ -1,0 +1,358 @@
+"""Metered model usage: Prometheus counters at once, each session's status in coalesced
+writes, and what a session (and its namespace) has spent, for budgets.
+
+Status writes add this replica's unwritten usage to what status holds, as a merge patch
+that carries the session's resourceVersion: a concurrent write by another replica (or the
+operator) makes it fail with 409 and the usage stays pending for the next round, so every
+token is added exactly once whatever the number of replicas. Between writes a replica
+counts its pending usage on top of status (budgets see it at once); other replicas' usage
+shows up within one interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from corral.controller import conditions
+from corral.gateway.directory import Directory, SessionView
+from corral.gateway.pricing import PriceTable
+from corral.gateway.spend import NamespaceSpend
+from corral.gateway.usage import TokenUsage
+from corral.kube.client import ApiError, KubeClient
+
+log = logging.getLogger("corral.gateway.metering")
+JSON = dict[str, Any]
+Key = tuple[str, str]
+BUDGET_CONDITION = conditions.BUDGET_EXCEEDED
+TOKEN_KINDS = {
+    "input": "input_tokens",
+    "output": "output_tokens",
+    "cache_read": "cache_read_input_tokens",
+    "cache_write": "cache_creation_input_tokens",
+}
+MAX_MODELS_IN_STATUS = 64
+
+
+class ModelMetrics:
+    """Labels: namespace (sessions live in namespaces an admin creates), the model's
+    price-table name (or `other`), fixed kinds and reasons. Never a session name or key."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.tokens = Counter(
+            "corral_model_tokens_total",
+            "Tokens metered by the model proxy, by namespace, model and kind.",
+            ["namespace", "model", "kind"],
+            registry=registry,
+        )
+        self.cost = Counter(
+            "corral_model_cost_usd_total",
+            "Cost of metered tokens at the configured prices, by namespace and model.",
+            ["namespace", "model"],
+            registry=registry,
+        )
+        self.requests = Counter(
+            "corral_model_requests_total",
+            "Model calls answered by the model proxy, by HTTP status.",
+            ["code"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "corral_model_refused_total",
+            "Model calls refused before the upstream, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.status_writes = Counter(
+            "corral_model_status_writes_total",
+            "Writes of metered usage to session status, by result.",
+            ["result"],
+            registry=registry,
+        )
+
+
+@dataclass
+class _Pending:
+    namespace: str
+    name: str
+    uid: str
+    requests: int = 0
+    cost_usd: float = 0.0
+    models: dict[str, TokenUsage] = field(default_factory=dict)
+    model_costs: dict[str, float] = field(default_factory=dict)
+
+
+def merged_usage(current: JSON | None, pending: _Pending, now: str) -> JSON:
+    """status.modelUsage after adding `pending` to `current` (pure)."""
+    current = current if isinstance(current, dict) else {}
+    result: JSON = {
+        "requests": _int(current.get("requests")) + pending.requests,
+        "costUsd": round(_float(current.get("costUsd")) + pending.cost_usd, 6),
+        "updateTime": now,
+    }
+    models: dict[str, JSON] = {}
+    for row in current.get("models") or ():
+        if isinstance(row, dict) and isinstance(row.get("model"), str):
+            models[row["model"]] = dict(row)
+    for model, usage in pending.models.items():
+        row = models.setdefault(model, {"model": model})
+        for key, value in _camel_usage(usage).items():
+            row[key] = _int(row.get(key)) + value
+        row["costUsd"] = round(_float(row.get("costUsd")) + pending.model_costs[model], 6)
+    kept = sorted(models.values(), key=lambda row: row["model"])[:MAX_MODELS_IN_STATUS]
+    result.update(_camel_usage(_usage_of_row(current)))
+    result.update({k: result[k] + v for k, v in _camel_usage(_diff(pending)).items()})
+    result["models"] = kept
+    return result
+
+
+def _diff(pending: _Pending) -> TokenUsage:
+    total = TokenUsage()
+    for usage in pending.models.values():
+        total.add(usage)
+    return total
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _float(value: Any) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else 0.0
+
+
+def _camel_usage(usage: TokenUsage) -> dict[str, int]:
+    return {
+        "inputTokens": usage.input_tokens,
+        "outputTokens": usage.output_tokens,
+        "cacheReadInputTokens": usage.cache_read_input_tokens,
+        "cacheCreationInputTokens": usage.cache_creation_input_tokens,
+    }
+
+
+def _usage_of_row(row: JSON) -> TokenUsage:
+    return TokenUsage(
+        input_tokens=_int(row.get("inputTokens")),
+        output_tokens=_int(row.get("outputTokens")),
+        cache_read_input_tokens=_int(row.get("cacheReadInputTokens")),
+        cache_creation_input_tokens=_int(row.get("cacheCreationInputTokens")),
+    )
+
+
+def status_cost(session: SessionView) -> float:
+    usage = session.model_usage
+    return _float(usage.get("costUsd")) if isinstance(usage, dict) else 0.0
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Meter:
+    def __init__(
+        self,
+        prices: PriceTable,
+        metrics: ModelMetrics,
+        directory: Directory,
+        kube: KubeClient | None,
+        interval_seconds: float = 10.0,
+        spend: NamespaceSpend | None = None,
+    ) -> None:
+        self.spend = spend
+        self.prices = prices
+        self.metrics = metrics
+        self.directory = directory
+        self.kube = kube
+        self.interval = interval_seconds
+        self._pending: dict[Key, _Pending] = {}
+        self._inflight: dict[Key, _Pending] = {}  # being written now
+        self._budget_noted: set[tuple[Key, str]] = set()
+
+    # --- counting ------------------------------------------------------------------------
+
+    def record(self, session: SessionView, model: str | None, usage: TokenUsage) -> float:
+        """Count one response's usage; returns its cost in USD."""
+        label = self.prices.label(model)
+        cost = self.prices.cost(model, usage)
+        for kind, attribute in TOKEN_KINDS.items():
+            value = getattr(usage, attribute)
+            if value:
+                self.metrics.tokens.labels(session.namespace, label, kind).inc(value)
+        self.metrics.cost.labels(session.namespace, label).inc(cost)
+        key = (session.namespace, session.name)
+        pending = self._pending.get(key)
+        if pending is None or pending.uid != session.uid:
+            pending = self._pending[key] = _Pending(session.namespace, session.name, session.uid)
+        pending.requests += 1
+        pending.cost_usd += cost
+        pending.models.setdefault(label, TokenUsage()).add(usage)
+        pending.model_costs[label] = pending.model_costs.get(label, 0.0) + cost
+        if self.spend is not None:
+            self.spend.add(session.namespace, cost)
+        return cost
+
+    def session_spent(self, session: SessionView) -> float:
+        """Status's figure plus this replica's usage not yet in it."""
+        key = (session.namespace, session.name)
+        extra = sum(
+            p.cost_usd
+            for p in (self._pending.get(key), self._inflight.get(key))
+            if p is not None and p.uid == session.uid
+        )
+        return status_cost(session) + extra
+
+    def namespace_spent(self, namespace: str) -> float:
+        """What the namespace has spent this month (the ledger); without one, what its
+        existing sessions have cost."""
+        if self.spend is not None:
+            return self.spend.spent(namespace)
+        return sum(
+            self.session_spent(view)
+            for (ns, _), view in list(self.directory.sessions.items())
+            if ns == namespace
+        )
+
+    # --- status --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Write pending usage every interval, until cancelled (then once more)."""
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                await self.flush()
+                if self.spend is not None:
+                    await self.spend.sync()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.flush())
+            if self.spend is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.spend.sync())
+
+    async def flush(self) -> None:
+        for key in list(self._pending):
+            await self._write(key)
+
+    async def _write(self, key: Key) -> None:
+        session = self.directory.sessions.get(key)
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            return
+        if session is None or session.uid != pending.uid:
+            return  # the session is gone: Prometheus has the count
+        if self.kube is None:
+            self._restore(key, pending)
+            return
+        patch = {
+            "metadata": {"resourceVersion": session.resource_version},
+            "status": {"modelUsage": merged_usage(session.model_usage, pending, _now())},
+        }
+        self._inflight[key] = pending
+        try:
+            updated = await self.kube.patch("AgentSession", key[0], key[1], patch, sub="status")
+        except ApiError as error:
+            self.metrics.status_writes.labels("conflict" if error.status == 409 else "error").inc()
+            if error.status != 404:
+                # 409: status moved on; the watch brings it, the next round adds again.
+                self._restore(key, pending)
+            return
+        finally:
+            self._inflight.pop(key, None)
+        self.metrics.status_writes.labels("ok").inc()
+        self.directory.on_session("MODIFIED", updated)
+
+    def _restore(self, key: Key, pending: _Pending) -> None:
+        """Put usage that was not written back in front of what arrived meanwhile."""
+        newer = self._pending.get(key)
+        if newer is not None and newer.uid == pending.uid:
+            pending.requests += newer.requests
+            pending.cost_usd += newer.cost_usd
+            for model, usage in newer.models.items():
+                pending.models.setdefault(model, TokenUsage()).add(usage)
+                pending.model_costs[model] = (
+                    pending.model_costs.get(model, 0.0) + newer.model_costs[model]
+                )
+        self._pending[key] = pending
+
+    # --- budgets -------------------------------------------------------------------------
+
+    def note_budget(self, session: SessionView, reason: str, message: str) -> None:
+        """Condition BudgetExceeded and a Warning Event, once per session and reason
+        (again after the condition was cleared), in the background."""
+        key = (session.namespace, session.name)
+        if self.kube is None or (key, reason) in self._budget_noted:
+            return
+        for condition in session.conditions:
+            if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
+                BUDGET_CONDITION,
+                "True",
+                reason,
+            ):
+                return
+        self._budget_noted.add((key, reason))
+        task = asyncio.create_task(self._note_budget(session, reason, message))
+        task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
+
+    async def _note_budget(self, session: SessionView, reason: str, message: str) -> None:
+        assert self.kube is not None
+        now = _now()
+        conditions = [c for c in session.conditions if c.get("type") != BUDGET_CONDITION]
+        conditions.append(
+            {
+                "type": BUDGET_CONDITION,
+                "status": "True",
+                "reason": reason,
+                "message": message[:1000],
+                "lastTransitionTime": now,
+            }
+        )
+        patch = {
+            "metadata": {"resourceVersion": session.resource_version},
+            "status": {"conditions": conditions},
+        }
+        try:
+            await self.kube.patch("AgentSession", session.namespace, session.name, patch, "status")
+        except ApiError as error:
+            # The next refused call tries again (the watch brings the newer version).
+            self._budget_noted.discard(((session.namespace, session.name), reason))
+            log.warning(
+                "could not set BudgetExceeded",
+                extra={"session_name": session.name, "session_namespace": session.namespace,
+                       "fields": {"status": error.status}},
+            )  # fmt: skip
+            return
+        with contextlib.suppress(ApiError):
+            await self.kube.create(_event(session, reason, message, now))
+
+
+def _event(session: SessionView, reason: str, message: str, now: str) -> JSON:
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{session.name[:200]}.", "namespace": session.namespace},
+        "involvedObject": {
+            "apiVersion": "corral.dev/v1alpha1",
+            "kind": "AgentSession",
+            "namespace": session.namespace,
+            "name": session.name,
+            "uid": session.uid,
+        },
+        "reason": "BudgetExceeded",
+        "message": f"{reason}: {message}"[:1000],
+        "type": "Warning",
+        "source": {"component": "corral-gateway"},
+        "reportingComponent": "corral-gateway",
+        "reportingInstance": "corral-gateway",
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "eventTime": now.replace("Z", ".000000Z"),
+        "action": "RefuseModelCall",
+        "count": 1,
+    }

@@ -1,0 +1,137 @@
+"""Token usage out of Messages API responses: streamed (SSE) or plain JSON.
+
+Streams are read as they pass through the proxy, chunk by chunk: `message_start` carries the
+input and cache counts (and the model), `message_delta` the output count so far; later
+values replace earlier ones (the API reports running totals). Everything here is pure and
+bounded: an event larger than the limit stops the count instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+MAX_EVENT_BYTES = 1024 * 1024
+MAX_JSON_BYTES = 16 * 1024 * 1024
+_METERED_EVENTS = (b'"message_start"', b'"message_delta"')
+
+
+@dataclass
+class TokenUsage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+
+    def update(self, usage: Any) -> None:
+        """Take every count `usage` (an API usage object) states; ignore the rest."""
+        if not isinstance(usage, dict):
+            return
+        for item in fields(self):
+            value = usage.get(item.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                setattr(self, item.name, value)
+
+    def add(self, other: TokenUsage) -> None:
+        for item in fields(self):
+            setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, item.name) for item in fields(self))
+
+    def as_dict(self) -> dict[str, int]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+@dataclass
+class ResponseUsage:
+    """What one response said it used; `seen` is False when it reported nothing."""
+
+    usage: TokenUsage
+    model: str | None = None
+    seen: bool = False
+
+
+class SseUsageReader:
+    """Feed it the bytes of an SSE body as they pass; read `.result` at the end."""
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.result = ResponseUsage(TokenUsage())
+        self.max_event_bytes = max_event_bytes
+        self.broken = False
+        self._partial = bytearray()  # an incomplete line
+        self._data: list[bytes] = []  # data lines of the current event
+        self._data_bytes = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if self.broken:
+            return
+        self._partial += chunk
+        start = 0
+        while True:
+            end = self._partial.find(b"\n", start)
+            if end < 0:
+                break
+            self._line(bytes(self._partial[start:end]).rstrip(b"\r"))
+            start = end + 1
+        del self._partial[:start]
+        if len(self._partial) + self._data_bytes > self.max_event_bytes:
+            self._stop()
+
+    def _stop(self) -> None:
+        self.broken = True
+        self._partial.clear()
+        self._data.clear()
+
+    def _line(self, line: bytes) -> None:
+        if not line:
+            self._dispatch()
+        elif line.startswith(b"data:"):
+            value = line[5:]
+            self._data.append(value[1:] if value.startswith(b" ") else value)
+            self._data_bytes += len(value)
+            if self._data_bytes > self.max_event_bytes:
+                self._stop()
+
+    def _dispatch(self) -> None:
+        data, self._data, self._data_bytes = b"\n".join(self._data), [], 0
+        if not any(marker in data for marker in _METERED_EVENTS):
+            return  # most events are deltas of text: not parsed
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        if event.get("type") == "message_start":
+            message = event.get("message")
+            if isinstance(message, dict):
+                self._take(message.get("usage"), message.get("model"))
+        elif event.get("type") == "message_delta":
+            self._take(event.get("usage"), None)
+
+    def _take(self, usage: Any, model: Any) -> None:
+        if isinstance(usage, dict):
+            self.result.usage.update(usage)
+            self.result.seen = True
+        if isinstance(model, str) and model:
+            self.result.model = model
+
+
+def usage_of_json(body: bytes) -> ResponseUsage:
+    """The usage of a non-streamed Messages response (nothing when it is not one)."""
+    result = ResponseUsage(TokenUsage())
+    if len(body) > MAX_JSON_BYTES:
+        return result
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return result
+    if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
+        result.usage.update(parsed["usage"])
+        result.seen = True
+        if isinstance(parsed.get("model"), str):
+            result.model = parsed["model"]
+    return result

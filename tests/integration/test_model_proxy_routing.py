@@ -1,0 +1,395 @@
+"""The model proxy against the real API server (sessions and pods from real watches, the
+gateway under the chart's RBAC, status written back) and the fake model as upstream.
+
+No operator runs for this module's namespace: the test makes sessions and their pods
+itself (status written here), so a pod's address can be a loopback address of this host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from kubernetes import client
+from prometheus_client import CollectorRegistry
+
+from corral.api.tokens import model_credential
+from corral.config import ModelProxyConfig
+from corral.gateway import budgets
+from corral.gateway.directory import Directory
+from corral.gateway.model_proxy import ModelProxy, build_model_proxy
+from corral.gateway.pricing import PriceTable
+from corral.kube.client import KubeClient, load_connection
+from corral.kube.informer import Informer
+from corral.render.meta import MANAGED_BY_LABEL, MANAGER
+from corral.testing.anthropic_script import ReplyUsage, StreamShape, TextStep, bash, error
+from corral.testing.chart_rbac import GATEWAY_TEMPLATES, ChartIdentity, chart_identity
+from corral.testing.fake_anthropic import FakeAnthropic
+from corral.testing.gateway import GROUP, PLURAL, VERSION, World, free_port, scratch_namespace
+from testrun import RUN_ID
+
+pytestmark = pytest.mark.integration
+KEY = b"model-proxy-test-key-" + b"0" * 32
+REAL_KEY = "sk-ant-real-key-only-the-gateway-holds"
+PROXY_SETS = ("gateway.modelProxy.enabled=true", "gateway.modelProxy.apiKeySecret.name=k")
+Proxy = tuple[str, ModelProxy, CollectorRegistry]
+SPEND = "corral-model-spend"  # the chart's name for release `corral`
+
+
+@pytest.fixture(scope="module")
+def mp_namespace(kubeconfig: Path, crd: None, api_client: client.ApiClient) -> Iterator[str]:
+    with scratch_namespace(client.CoreV1Api(api_client), f"mp{RUN_ID}") as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def world(api_client: client.ApiClient, mp_namespace: str) -> World:
+    return World(api_client, mp_namespace, runner_port=1)
+
+
+@pytest.fixture(scope="module")
+def identity(
+    kubeconfig: Path, mp_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChartIdentity]:
+    """The gateway's ServiceAccount with the chart's RBAC for it, model proxy on."""
+    made = chart_identity(
+        kubeconfig, mp_namespace, f"mp-{RUN_ID}", tmp_path_factory.mktemp("mp-identity"),
+        templates=GATEWAY_TEMPLATES, sets=PROXY_SETS,
+    )  # fmt: skip
+    yield made
+    made.delete()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeAnthropic]:
+    fake = FakeAnthropic()
+    fake.start_in_thread()
+    yield fake
+    fake.stop_thread()
+
+
+@pytest.fixture
+def fake(upstream: FakeAnthropic) -> FakeAnthropic:
+    upstream.reset()
+    upstream.expect_key(REAL_KEY)
+    return upstream
+
+
+@pytest.fixture
+async def proxy(
+    identity: ChartIdentity, world: World, upstream: FakeAnthropic, tmp_path: Path
+) -> AsyncIterator[Proxy]:
+    kube = KubeClient(load_connection(str(identity.kubeconfig)))
+    directory = Directory(kube)
+    informers = [
+        Informer(kube, "AgentSession", "", directory.on_session, [world.namespace]),
+        Informer(kube, "Pod", f"{MANAGED_BY_LABEL}={MANAGER}", directory.on_pod, [world.namespace]),
+    ]
+    tasks = [asyncio.create_task(i.run()) for i in informers]
+    for informer in informers:
+        await asyncio.wait_for(informer.synced.wait(), 30)
+    key_file = tmp_path / "model-key"
+    key_file.write_text(REAL_KEY + "\n")
+    config = ModelProxyConfig(
+        url="http://unused:1", upstream_url=upstream.url, key_file=str(key_file),
+        status_interval_seconds=1, requests_per_minute=0, tokens_per_minute=0,
+        spend_config_map=SPEND,
+    )  # fmt: skip
+    registry = CollectorRegistry()
+    server, meter = build_model_proxy(
+        config, directory, KEY, kube, registry, namespace=world.namespace
+    )
+    tasks.append(asyncio.create_task(meter.run()))
+    runner = web.AppRunner(server.app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}", server, registry
+    await runner.cleanup()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await kube.close()
+
+
+async def _until(predicate: Any, seconds: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.2)
+
+
+async def _session(
+    world: World, server: ModelProxy, name: str, ip: str = "127.0.0.1", **spec: Any
+) -> str:
+    """A running session with a pod at `ip`, known to the proxy; its credential."""
+    uid = world.create_session(name, **spec)
+    world.set_status(name, {"phase": "Running"})
+    world.create_ready_pod(name, uid, ip=ip)
+    await _until(lambda: bool(server.directory.sessions_at(ip))
+                 and any(s.name == name for s in server.directory.sessions_at(ip)))  # fmt: skip
+    return model_credential(KEY, world.namespace, name, uid)
+
+
+def _headers(credential: str) -> dict[str, str]:
+    return {
+        "x-api-key": credential,
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "claude-code-20250219",
+        "content-type": "application/json",
+    }
+
+
+def _request(text: str, stream: bool = True) -> dict[str, Any]:
+    return {"model": "claude-sonnet-4-5", "max_tokens": 1000, "stream": stream,
+            "messages": [{"role": "user", "content": text}]}  # fmt: skip
+
+
+def _sse_events(raw: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in raw.decode().splitlines()
+            if line.startswith("data: ")]  # fmt: skip
+
+
+def _status(world: World, name: str) -> dict[str, Any]:
+    body: dict[str, Any] = world.custom.get_namespaced_custom_object(  # type: ignore[assignment]
+        GROUP, VERSION, world.namespace, PLURAL, name
+    )
+    return body.get("status") or {}
+
+
+USAGES = [
+    ReplyUsage(input_tokens=1200, output_tokens=300, cache_read_input_tokens=4000,
+               cache_creation_input_tokens=500),
+    ReplyUsage(input_tokens=70, output_tokens=25, cache_read_input_tokens=0,
+               cache_creation_input_tokens=9),
+    ReplyUsage(input_tokens=11, output_tokens=3),
+]  # fmt: skip
+
+
+async def test_a_session_calls_the_model_with_the_real_key_and_every_token_is_metered(
+    proxy: Proxy, world: World, fake: FakeAnthropic
+) -> None:
+    url, server, registry = proxy
+    credential = await _session(world, server, "chat")
+    fake.add(
+        TextStep(text="streamed reply", usage=USAGES[0]),
+        bash("ls", usage=USAGES[1]),
+        TextStep(text="plain json", usage=USAGES[2]),
+        error(429, retry_after=7, message="slow down"),
+    )
+    async with aiohttp.ClientSession() as http:
+        post = f"{url}/v1/messages?beta=true"
+        async with http.post(post, json=_request("one"), headers=_headers(credential)) as r:
+            assert r.status == 200 and r.headers["content-type"] == "text/event-stream"
+            assert r.headers["request-id"].startswith("req_fake_")
+            first = _sse_events(await r.read())
+        async with http.post(post, json=_request("two"), headers=_headers(credential)) as r:
+            second = _sse_events(await r.read())
+        async with http.post(
+            post, json=_request("three", stream=False), headers=_headers(credential)
+        ) as r:
+            plain = await r.json()
+        async with http.post(post, json=_request("four"), headers=_headers(credential)) as r:
+            # The upstream's refusal passes through as it is: status, retry-after, body.
+            assert r.status == 429 and r.headers["retry-after"] == "7"
+            assert (await r.json())["error"] == {"type": "rate_limit_error", "message": "slow down"}
+        async with http.post(
+            f"{url}/v1/messages/count_tokens?beta=true", json=_request("count", stream=False),
+            headers=_headers(credential),
+        ) as r:  # fmt: skip
+            assert r.status == 200 and (await r.json())["input_tokens"] > 0
+    assert first[0]["type"] == "message_start" and first[-1]["type"] == "message_stop"
+    assert any(e.get("content_block", {}).get("type") == "tool_use" for e in second)
+    assert plain["content"][0]["text"] == "plain json"
+    records = fake.requests
+    assert len(records) == 5 and all(r.key_ok for r in records), records
+    assert records[0].query == {"beta": "true"}
+    assert records[0].headers["anthropic-beta"] == "claude-code-20250219"
+    # Metrics: exactly the usage the fake reported (the 429 and count_tokens report none).
+    labels = {"namespace": world.namespace, "model": "claude-sonnet-4"}
+
+    def tokens(kind: str) -> float | None:
+        return registry.get_sample_value("corral_model_tokens_total", labels | {"kind": kind})
+
+    assert tokens("input") == sum(u.input_tokens or 0 for u in USAGES)
+    assert tokens("output") == sum(u.output_tokens or 0 for u in USAGES)
+    assert tokens("cache_read") == sum(u.cache_read_input_tokens for u in USAGES)
+    assert tokens("cache_write") == sum(u.cache_creation_input_tokens for u in USAGES)
+    # Status: the same numbers and their cost at the price table, written by the gateway.
+    price = PriceTable(ModelProxyConfig(url="http://x:1").prices)
+    from corral.gateway.usage import TokenUsage
+
+    expected_cost = sum(
+        price.cost("claude-sonnet-4-5", TokenUsage(u.input_tokens or 0, u.output_tokens or 0,
+                                                   u.cache_read_input_tokens,
+                                                   u.cache_creation_input_tokens))
+        for u in USAGES
+    )  # fmt: skip
+    await _until(lambda: (_status(world, "chat").get("modelUsage") or {}).get("requests") == 3)
+    usage = _status(world, "chat")["modelUsage"]
+    assert usage["inputTokens"] == 1281 and usage["outputTokens"] == 328
+    assert usage["cacheReadInputTokens"] == 4000 and usage["cacheCreationInputTokens"] == 509
+    assert usage["costUsd"] == pytest.approx(expected_cost, abs=1e-6)
+    assert usage["models"][0]["model"] == "claude-sonnet-4"
+
+
+async def test_events_are_passed_on_as_they_arrive(
+    proxy: Proxy, world: World, fake: FakeAnthropic
+) -> None:
+    url, server, _ = proxy
+    credential = await _session(world, server, "slow")
+    fake.add(TextStep(text="x" * 80, stream=StreamShape(event_delay=0.4)))
+    arrivals: list[float] = []
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{url}/v1/messages", json=_request("s"), headers=_headers(credential)) as r,
+    ):
+        async for _ in r.content.iter_any():
+            arrivals.append(time.monotonic())
+    # 10 events 0.4 s apart: a buffering proxy would deliver them all at the end.
+    assert len(arrivals) >= 5 and arrivals[-1] - arrivals[0] > 2.0
+
+
+async def test_refused_calls_never_reach_the_upstream(
+    proxy: Proxy, world: World, fake: FakeAnthropic, api_client: client.ApiClient
+) -> None:
+    url, server, registry = proxy
+    mine = await _session(world, server, "mine")
+    theirs = await _session(world, server, "theirs", ip="127.0.0.2")
+    gone = await _session(world, server, "gone", ip="127.0.0.3")
+    world.custom.delete_namespaced_custom_object(GROUP, VERSION, world.namespace, PLURAL, "gone")
+    await _until(lambda: (world.namespace, "gone") not in server.directory.sessions)
+    bodies = []
+    async with aiohttp.ClientSession() as http:
+        for credential in ("sk-ant-anything", theirs, mine + "x", ""):
+            async with http.post(
+                f"{url}/v1/messages", json=_request("no"), headers=_headers(credential)
+            ) as r:
+                bodies.append((r.status, await r.json()))
+        # The deleted session's credential, from the address its pod had.
+        local = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+        async with (
+            aiohttp.ClientSession(connector=local) as elsewhere,
+            elsewhere.post(f"{url}/v1/messages", json=_request("no"), headers=_headers(gone)) as r,
+        ):
+            bodies.append((r.status, await r.json()))
+        async with http.get(f"{url}/_fake/requests", headers=_headers(mine)) as r:
+            bodies.append((r.status, await r.json()))
+    expected = {"type": "error", "error": {"type": "authentication_error",
+                                           "message": "invalid x-api-key"}}  # fmt: skip
+    assert bodies[:5] == [(401, expected)] * 5
+    assert bodies[5][0] == 404 and bodies[5][1]["error"]["type"] == "not_found_error"
+    assert fake.requests == []
+    assert registry.get_sample_value("corral_model_refused_total", {"reason": "Unauthenticated"})
+
+
+async def test_a_session_over_its_budget_gets_an_error_naming_it_and_the_condition(
+    proxy: Proxy, world: World, fake: FakeAnthropic, api_client: client.ApiClient
+) -> None:
+    url, server, _ = proxy
+    credential = await _session(world, server, "spender", maxBudgetUsd=0.01)
+    # 10,000 input tokens at 3 USD per million: 0.03 USD, over the budget after one call.
+    fake.set_default(TextStep(text="ok", usage=ReplyUsage(input_tokens=10_000, output_tokens=1)))
+    async with aiohttp.ClientSession() as http:
+        statuses = []
+        for _ in range(3):
+            async with http.post(
+                f"{url}/v1/messages", json=_request("spend"), headers=_headers(credential)
+            ) as r:
+                statuses.append((r.status, await r.read()))
+    assert statuses[0][0] == 200
+    refused = json.loads(statuses[1][1])
+    assert statuses[1][0] == 402 and refused["type"] == "error"
+    assert refused["error"]["type"] == "billing_error"
+    assert "spec.maxBudgetUsd is 0.01 USD" in refused["error"]["message"]
+    assert len(fake.message_bodies()) == 1
+
+    def condition() -> dict[str, Any] | None:
+        found = [c for c in _status(world, "spender").get("conditions") or ()
+                 if c["type"] == "BudgetExceeded"]  # fmt: skip
+        return found[0] if found else None
+
+    await _until(lambda: condition() is not None)
+    assert condition() == condition() | {"status": "True", "reason": "SessionBudget"}
+    core = client.CoreV1Api(api_client)
+
+    def event() -> bool:
+        events = core.list_namespaced_event(world.namespace).items
+        return any(e.reason == "BudgetExceeded" and e.involved_object.name == "spender"
+                   and "maxBudgetUsd" in (e.message or "") for e in events)  # fmt: skip
+
+    await _until(event)
+
+
+async def test_per_minute_limits_answer_429_with_retry_after(
+    proxy: Proxy, world: World, fake: FakeAnthropic
+) -> None:
+    url, server, _ = proxy
+    credential = await _session(world, server, "busy")
+    server.limits = budgets.SessionLimits(requests_per_minute=2, tokens_per_minute=0)
+    async with aiohttp.ClientSession() as http:
+        answers = []
+        for _ in range(3):
+            async with http.post(
+                f"{url}/v1/messages", json=_request("r"), headers=_headers(credential)
+            ) as r:
+                await r.read()
+                answers.append((r.status, r.headers.get("retry-after")))
+    assert answers[:2] == [(200, None), (200, None)]
+    assert answers[2][0] == 429 and int(answers[2][1] or 0) >= 1
+    assert len(fake.message_bodies()) == 2
+
+
+async def test_a_namespace_budget_counts_deleted_sessions_and_refuses_the_others(
+    proxy: Proxy, world: World, fake: FakeAnthropic
+) -> None:
+    url, server, _ = proxy
+    first = await _session(world, server, "first")
+    second = await _session(world, server, "second", ip="127.0.0.4")
+    meter = server.meter
+    assert meter.spend is not None
+    meter.spend.read_always = True  # as with namespace budgets configured at start
+    await meter.spend.sync()  # what earlier tests of this namespace spent
+    before = meter.namespace_spent(world.namespace)
+    server.settings.namespace_budgets_usd = {world.namespace: before + 0.02}
+    fake.set_default(TextStep(text="ok", usage=ReplyUsage(input_tokens=10_000, output_tokens=1)))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{url}/v1/messages", json=_request("a"), headers=_headers(first)
+        ) as r:
+            assert r.status == 200
+            await r.read()
+
+        def ledger() -> float:
+            body = world.core.read_namespaced_config_map(SPEND, world.namespace)
+            value = json.loads((body.data or {}).get(world.namespace, "{}"))
+            return float(value.get("usd", 0))
+
+        await _until(lambda: ledger() >= before + 0.03 - 1e-9)
+        world.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, world.namespace, PLURAL, "first"
+        )
+        await _until(lambda: (world.namespace, "first") not in server.directory.sessions)
+        local = aiohttp.TCPConnector(local_addr=("127.0.0.4", 0))
+        async with aiohttp.ClientSession(connector=local) as other, other.post(
+            f"{url}/v1/messages", json=_request("b"), headers=_headers(second)
+        ) as r:  # fmt: skip
+            refused = await r.json()
+            assert r.status == 402, refused
+    assert f"namespace {world.namespace}" in refused["error"]["message"]
+    assert len(fake.message_bodies()) == 1
+
+    def reason() -> str | None:
+        for condition in _status(world, "second").get("conditions") or ():
+            if condition["type"] == "BudgetExceeded":
+                return str(condition["reason"])
+        return None
+
+    await _until(lambda: reason() == "NamespaceBudget")

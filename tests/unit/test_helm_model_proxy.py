@@ -1,0 +1,103 @@
+"""The chart with the gateway's model proxy on: the key Secret in the gateway only, the
+operator's configuration, the ports, policies and RBAC it needs; and the migration guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from test_helm_schema import NAMESPACE, one, render, run_helm
+
+from corral.config import OperatorConfig
+
+ON = {"gateway": {"modelProxy": {"enabled": True, "apiKeySecret": {"name": "model-key"},
+                                 "namespaceBudgetsUsd": {"team-a": 50}}}}  # fmt: skip
+
+
+def _config(manifests: list[dict[str, Any]]) -> OperatorConfig:
+    return OperatorConfig.model_validate(
+        yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
+    )
+
+
+def test_sessions_are_pointed_at_the_gateways_model_port(tmp_path: Path) -> None:
+    manifests = render(tmp_path, ON)
+    config = _config(manifests)
+    proxy = config.model_proxy
+    assert proxy is not None and config.gateway is not None
+    service = one(manifests, "Service", gateway=True)
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert proxy.url == f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{ports['model']}"
+    assert proxy.port == ports["model"] == 8082
+    assert proxy.namespace_budgets_usd == {"team-a": 50}
+
+
+def test_the_real_key_is_mounted_in_the_gateway_and_nowhere_else(tmp_path: Path) -> None:
+    manifests = render(tmp_path, ON)
+    gateway = one(manifests, "Deployment", gateway=True)["spec"]["template"]["spec"]
+    key = next(v for v in gateway["volumes"] if v["name"] == "model-key")
+    assert key["secret"]["secretName"] == "model-key"
+    (container,) = gateway["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "model-key")
+    config = _config(manifests)
+    assert config.model_proxy is not None
+    assert config.model_proxy.key_file == f"{mount['mountPath']}/key"
+    assert "--config=/etc/corral-operator/config.yaml" in container["args"]
+    operator = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    assert "model-key" not in yaml.safe_dump(operator)
+    assert config.runner_env == {}
+
+
+def test_policies_and_rbac_follow(tmp_path: Path) -> None:
+    manifests = render(tmp_path, ON)
+    policy = one(manifests, "NetworkPolicy", gateway=True)["spec"]
+    model_ingress = [r for r in policy["ingress"] if r["ports"][0]["port"] == 8082]
+    assert model_ingress and "podSelector" in model_ingress[0]["from"][0]
+    upstream = policy["egress"][-1]
+    assert upstream["ports"] == [{"port": 443, "protocol": "TCP"}]
+    assert "10.0.0.0/8" in upstream["to"][0]["ipBlock"]["except"]
+    role = next(m for m in manifests if m["kind"] == "ClusterRole"
+                and m["metadata"]["name"].endswith("-gateway"))  # fmt: skip
+    status_rules = [r for r in role["rules"] if "agentsessions/status" in r["resources"]]
+    assert status_rules == [
+        {"apiGroups": ["corral.dev"], "resources": ["agentsessions/status"], "verbs": ["patch"]}
+    ]
+    off = render(tmp_path, {})
+    role_off = next(m for m in off if m["kind"] == "ClusterRole"
+                    and m["metadata"]["name"].endswith("-gateway"))  # fmt: skip
+    assert all("agentsessions/status" not in r["resources"] for r in role_off["rules"])
+    assert _config(off).model_proxy is None
+
+
+def test_a_key_left_in_runner_env_fails_the_install_with_the_migration(tmp_path: Path) -> None:
+    values = ON | {"config": {"runnerEnv": {"ANTHROPIC_API_KEY": "sk-ant-x"}}}
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = run_helm("template", "r", str(Path(__file__).parents[2] / "helm" / "corral"),
+                      "-f", str(path))  # fmt: skip
+    assert result.returncode != 0
+    assert "remove it from config.runnerEnv" in result.stderr
+
+
+def test_the_proxy_needs_the_secrets_name(tmp_path: Path) -> None:
+    values = {"gateway": {"modelProxy": {"enabled": True}}}
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = run_helm("template", "r", str(Path(__file__).parents[2] / "helm" / "corral"),
+                      "-f", str(path))  # fmt: skip
+    assert result.returncode != 0 and "apiKeySecret.name is required" in result.stderr
+
+
+def test_the_spend_ledger_is_the_one_configmap_the_gateway_may_patch(tmp_path: Path) -> None:
+    manifests = render(tmp_path, ON)
+    config = _config(manifests)
+    assert config.model_proxy is not None
+    role = one(
+        manifests, "Role", f"{config.model_proxy.spend_config_map and 'corral-gateway'}-spend"
+    )
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert named == [{"apiGroups": [""], "resources": ["configmaps"],
+                      "resourceNames": [config.model_proxy.spend_config_map],
+                      "verbs": ["get", "patch"]}]  # fmt: skip
+    assert config.model_proxy.spend_config_map == "corral-model-spend"
