@@ -24,6 +24,8 @@ SUBSYSTEMS: dict[str, str] = {
     "runner": "corral.runner.cli",
     "fake-anthropic": "corral.testing.cli",
     "up": "corral.dev",
+    "down": "corral.dev",
+    "model-relay": "corral.devenv.relay",
     # for people who use sessions (corral.client); also `kubectl corral ...`
     **dict.fromkeys(
         ("ls", "chat", "send", "run", "logs", "transcript", "wake", "suspend", "resume"),
