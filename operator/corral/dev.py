@@ -273,7 +273,7 @@ def next_steps(layout: Any, user: Path | None, choice: Any) -> str:
             "  corral ls -A                                 # every session: phase, turns, cost",
             '  corral send demo/docs-assistant "What can you do?"',
             "  corral chat demo/docs-assistant              # interactive; Ctrl-D leaves",
-            "  corral transcript demo/fizzbuzz              # what the Ephemeral one did",
+            "  corral transcript demo/docs-assistant        # the conversation so far",
             "  corral logs demo/repo-janitor",
         ]
     lines += [
