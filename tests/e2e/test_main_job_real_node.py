@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import E2E_ROOT
 
+from conftest import E2E_ROOT
 from corral.cluster import node
 from corral.cluster.layout import Layout
 from corral.devenv import install
