@@ -26,6 +26,7 @@ SUBSYSTEMS: dict[str, str] = {
     "up": "corral.dev",
     "down": "corral.dev",
     "model-relay": "corral.devenv.relay",
+    "probe": "corral.probe",
     # for people who use sessions (corral.client); also `kubectl corral ...`
     **dict.fromkeys(
         ("ls", "chat", "send", "run", "logs", "transcript", "wake", "suspend", "resume"),

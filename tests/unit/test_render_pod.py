@@ -184,6 +184,14 @@ def test_runner_command_probes_and_port(
     assert c["ports"] == [{"name": "http", "containerPort": runtime.RUNNER_PORT, "protocol": "TCP"}]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # The startup probe waits inside the container (corral.probe) rather than failing
+    # until the runner listens: each failed probe would be a Warning Event.
+    startup = c["startupProbe"]
+    command = startup["exec"]["command"]
+    assert command[:3] == ["corral", "probe", f"--port={runtime.RUNNER_PORT}"]
+    assert "--ready=/readyz" in command and "--live=/healthz" in command
+    within = float(next(a for a in command if a.startswith("--within=")).split("=")[1])
+    assert startup["timeoutSeconds"] > within and startup["failureThreshold"] == 1
     assert c["terminationMessagePath"] == runtime.TERMINATION_LOG
     assert c["image"] == config.default_image
 

@@ -67,20 +67,23 @@ def listen_socket(host: str, port: int, netns_path: Path | None) -> socket.socke
     return sock
 
 
+CLIENT = web.AppKey("client", ClientSession)
+
+
 def relay_app(upstream: str) -> web.Application:
     app = web.Application(client_max_size=64 * 2**20)
 
     async def open_client(app: web.Application) -> Any:
         # Bytes as they came: a gzip answer stays gzip, with its own Content-Encoding.
-        app["client"] = ClientSession(
+        app[CLIENT] = ClientSession(
             timeout=ClientTimeout(total=None, sock_read=600), auto_decompress=False
         )
         yield
-        await app["client"].close()
+        await app[CLIENT].close()
 
     async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        client: ClientSession = request.app["client"]
+        client = request.app[CLIENT]
         async with client.request(
             request.method,
             upstream.rstrip("/") + request.rel_url.path_qs,

@@ -205,6 +205,27 @@ def _http_probe(path: str, period: int, failures: int, timeout: int = 3) -> k8s.
     )
 
 
+STARTUP_WAIT_SECONDS = 55
+
+
+def _startup_probe() -> k8s.V1Probe:
+    command = [
+        "corral",
+        "probe",
+        f"--port={runtime.RUNNER_PORT}",
+        f"--ready={runtime.READINESS_PATH}",
+        f"--live={runtime.LIVENESS_PATH}",
+        f"--within={STARTUP_WAIT_SECONDS}",
+    ]
+    return k8s.V1Probe(
+        # The model names this field by its alias `_exec` (its stub: var_exec).
+        _exec=k8s.V1ExecAction(command=command),  # type: ignore[call-arg]
+        period_seconds=STARTUP_WAIT_SECONDS + 10,
+        timeout_seconds=STARTUP_WAIT_SECONDS + 5,
+        failure_threshold=1,
+    )
+
+
 def _seccomp() -> k8s.V1SeccompProfile:
     return k8s.V1SeccompProfile(type="RuntimeDefault")
 
@@ -253,8 +274,10 @@ def _container(
         env=_env(session, config, pod),
         resources=_resources(session.spec),
         volume_mounts=_volume_mounts(),
-        # Startup allows a minute for the runner to come up before liveness counts.
-        startup_probe=_http_probe(runtime.LIVENESS_PATH, period=2, failures=30),
+        # Startup allows a minute for the runner to come up before liveness counts; it
+        # waits in the container (corral.probe) so that a normal start posts no Unhealthy
+        # Warning Events.
+        startup_probe=_startup_probe(),
         liveness_probe=_http_probe(runtime.LIVENESS_PATH, period=10, failures=3, timeout=5),
         readiness_probe=_http_probe(runtime.READINESS_PATH, period=5, failures=2),
         security_context=_container_security(),
