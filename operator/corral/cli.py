@@ -45,11 +45,13 @@ CRD, or start a local Kubernetes to try it all on.
 Run `corral COMMAND --help` for a command's options and their defaults."""
 
 EPILOG = """\
-start here: `corral up` (a local cluster, the operator and one example session
+start here: `corral up` (a local cluster, Corral and one example session
 per pattern). Docs: README.md and docs/ in the repository.
 
 developer tools, not for production: `corral fake-anthropic` (a scripted fake of
-the Anthropic API, for tests)."""
+the Anthropic API, for tests), `corral model-relay` (how `corral up` reaches the real
+API from the local real node). Run by the kubelet: `corral probe` (the startup probe of
+Corral's pods)."""
 
 
 def version() -> str:
