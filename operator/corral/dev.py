@@ -216,6 +216,10 @@ def _up_real(args: argparse.Namespace, steps: Any) -> int:
         mark = "[green]✓[/]" if verdict.ready else "[red]✗[/]"
         steps.note(f"  {mark} demo/{verdict.name}: {verdict.state}")
     warnings = install.warning_events(layout, since)
+    notices = [w for w in warnings if install.is_host_notice(w)]
+    warnings = [w for w in warnings if w not in notices]
+    for line in notices:
+        steps.note(f"note (this machine, not Corral): {line}")
     if warnings:
         steps.note(f"[yellow]{len(warnings)} Warning Event(s) since the start:[/]")
         for line in warnings[:10]:
@@ -247,14 +251,25 @@ def _wait_examples(layout: Any, steps: Any, timeout: float) -> list[Any]:
 
 
 def _venv_hint() -> str:
-    """`source …/activate` when this interpreter's bin (corral, kubectl, helm) is not on
-    PATH: what a shell that ran `bash hack/dev.sh` needs first."""
+    """`source …/activate` when this interpreter's `corral` is not on PATH: what a shell
+    that ran `bash hack/dev.sh` needs first."""
     bin_dir = Path(sys.prefix) / "bin"
-    on_path = shutil.which("corral") == str(bin_dir / "corral") and (bin_dir / "kubectl").exists()
     activate = bin_dir / "activate"
-    if on_path or not activate.exists():
+    if shutil.which("corral") == str(bin_dir / "corral") or not activate.exists():
         return ""
-    return f"  source {activate}        # corral, kubectl and helm on your PATH\n"
+    tools = "corral, kubectl and helm" if (bin_dir / "kubectl").exists() else "corral"
+    return f"  source {activate}        # {tools} on your PATH\n"
+
+
+def _kubectl() -> str:
+    """`kubectl` where hack/setup.sh linked it into the venv, else the cache's binary."""
+    from corral.cluster.build import binary_path
+
+    return (
+        "kubectl"
+        if (Path(sys.prefix) / "bin" / "kubectl").exists()
+        else str(binary_path("kubectl"))
+    )
 
 
 def next_steps(layout: Any, user: Path | None, choice: Any) -> str:
@@ -278,8 +293,8 @@ def next_steps(layout: Any, user: Path | None, choice: Any) -> str:
         ]
     lines += [
         "As the cluster admin:",
-        f"  kubectl --kubeconfig {admin} get ags,pods -n demo",
-        f"  kubectl --kubeconfig {admin} -n {OPERATOR_NAMESPACE} logs deploy/corral",
+        f"  {_kubectl()} --kubeconfig {admin} get ags,pods -n demo",
+        f"  {_kubectl()} --kubeconfig {admin} -n {OPERATOR_NAMESPACE} logs deploy/corral",
         "Stop everything:",
         f"  {_state_env()}corral down",
     ]
@@ -413,7 +428,7 @@ def _up_kwok(args: argparse.Namespace, steps: Any) -> int:
         print(
             "\nCorral is running on KWOK nodes (nothing runs in the pods). Watch the sessions:\n"
             f"{_venv_hint()}"
-            f"  kubectl --kubeconfig {kubeconfig} get ags -n {DEMO_NAMESPACE} -w\n"
+            f"  {_kubectl()} --kubeconfig {kubeconfig} get ags -n {DEMO_NAMESPACE} -w\n"
             f"Operator metrics: http://127.0.0.1:{args.port}/metrics\n"
             f"Ctrl-C stops the operator; `{_state_env()}corral down` the cluster.\n",
             flush=True,

@@ -99,13 +99,37 @@ def test_corral_up_runs_the_examples_on_the_real_node(
         assert runner["ready"] and "running" in runner["state"], (name, runner)
         assert runner["image"].startswith("corral.dev/runner"), runner
 
-    # A clean start: no Warning Event in the namespaces `corral up` made or used.
+    # A clean start: no Warning Event in the namespaces `corral up` made or used. Two kinds
+    # are about this machine, not the start: the kubelet's cgroup v1 notice, and its
+    # secret/configmap cache missing its 1-second sync deadline on a loaded 2-core host
+    # (seen once right after the fixture had started the cluster; the mount is retried
+    # and succeeds).
     warnings = [
         line
         for line in install.warning_events(real_node_cluster, since)
         if line.split(" ", 1)[0] in ("demo", "corral-system", "kube-system", "default")
+        and not install.is_host_notice(line)
+        and not (" FailedMount: " in line and "cache: timed out waiting" in line)
     ]
     assert warnings == []
+
+
+def test_printed_commands_work_as_printed(
+    main_job: tuple[subprocess.CompletedProcess[str], str],
+) -> None:
+    """The admin's kubectl line of `What next`, run by a shell exactly as printed."""
+    done, _ = main_job
+    [line] = [ln for ln in done.stdout.splitlines() if "get ags,pods -n demo" in ln]
+    ran = subprocess.run(
+        ["bash", "-c", line.strip()],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "fizzbuzz" in ran.stdout and "docs-assistant" in ran.stdout
 
 
 def test_cli_talks_to_a_session_through_the_gateway(

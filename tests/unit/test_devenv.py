@@ -127,6 +127,13 @@ def test_next_steps_name_the_user_kubeconfig_and_the_cli(
     assert "ANTHROPIC_API_KEY=" not in real and "corral ls" not in real
 
 
+def test_the_cgroup_v1_notice_is_the_host_s() -> None:
+    assert install.is_host_notice(
+        "default Node/corral-node CgroupV1: cgroup v1 support is in maintenance mode"
+    )
+    assert not install.is_host_notice("demo Pod/x FailedScheduling: 0/3 nodes are available")
+
+
 def test_kwok_when_asked(tmp_path: Path) -> None:
     assert dev.real_node_blocker(True, tmp_path) == "--kwok was given"
 

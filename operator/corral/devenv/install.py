@@ -291,3 +291,9 @@ def warning_events(layout: Layout, since: str | None = None) -> list[str]:
             f"{event.get('reason')}: {(event.get('message') or '')[:200]}"
         )
     return lines
+
+
+def is_host_notice(line: str) -> bool:
+    """The kubelet's notice that this host runs cgroup v1 (the real node needs v1 here):
+    about the machine, posted at every node start, nothing Corral can change."""
+    return " Node/" in line and " CgroupV1:" in line
