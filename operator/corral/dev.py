@@ -389,16 +389,10 @@ def _up_kwok(args: argparse.Namespace, steps: Any) -> int:
                 *_demo_volumes(layout.root),
             ]
         )
-        # Claims made before their volumes are Available would be reported unbound.
-        control_plane.kubectl(
-            layout,
-            "wait",
-            "--for=jsonpath={.status.phase}=Available",
-            "pv",
-            "-l",
-            "corral.dev/demo=true",
-            "--timeout=60s",
-        )
+        # Claims made before the PV controller has seen their volumes would be reported
+        # unbound: wait until each has a phase (Available, or Bound/Released from an
+        # earlier run in a reused cluster).
+        _wait_volumes_seen(layout, 60)
 
     config = kwok_operator_config(OPERATOR_NAMESPACE)
     config_path = layout.root / "operator.yaml"
@@ -440,6 +434,26 @@ def _up_kwok(args: argparse.Namespace, steps: Any) -> int:
         if operator.poll() is None:
             operator.terminate()
             operator.wait(30)
+
+
+def _wait_volumes_seen(layout: Any, timeout: float) -> None:
+    from corral.cluster import control_plane
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        phases = control_plane.kubectl(
+            layout,
+            "get",
+            "pv",
+            "-l",
+            "corral.dev/demo=true",
+            "-o",
+            "jsonpath={range .items[*]}{.status.phase}{' '}{end}",
+        ).split()
+        if len(phases) == DEMO_VOLUMES and "Pending" not in phases:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the demo volumes got no phase within {timeout:.0f}s")
 
 
 def _wait_healthy(port: int, operator: subprocess.Popen[bytes], timeout: float) -> None:

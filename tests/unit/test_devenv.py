@@ -99,6 +99,8 @@ def test_others_are_ready_when_running_with_a_turn_taken() -> None:
 def test_kwok_examples_are_ready_with_their_pod() -> None:
     assert examples.judge_kwok(_session("Ephemeral", phase="Running", podName="p")).ready
     assert not examples.judge_kwok(_session("Ephemeral", phase="Running")).ready
+    assert examples.judge_kwok(_session("Hybrid", phase="Idle")).ready
+    assert not examples.judge_kwok(_session("LongRunning", phase="Idle")).ready
 
 
 def test_chart_values_put_everything_on_the_real_node(tmp_path: Path) -> None:

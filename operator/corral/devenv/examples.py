@@ -67,11 +67,13 @@ def judge(session: dict[str, Any]) -> Verdict:
 
 
 def judge_kwok(session: dict[str, Any]) -> Verdict:
-    """On KWOK nodes nothing runs: an example is as far as it gets once it has its pod."""
+    """On KWOK nodes nothing runs: an example is as far as it gets once it has its pod (a
+    Hybrid one may already be Idle again: scaled to zero after its idle timeout)."""
     name = session["metadata"]["name"]
     status = session.get("status") or {}
     phase = status.get("phase") or "New"
-    ready = phase in ("Running", "Pending") and bool(status.get("podName"))
+    idle = phase == "Idle" and session.get("spec", {}).get("pattern") == "Hybrid"
+    ready = idle or (phase in ("Running", "Pending") and bool(status.get("podName")))
     return Verdict(name, ready, f"{phase}, pod {status.get('podName') or '-'}")
 
 
