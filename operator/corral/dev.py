@@ -300,8 +300,9 @@ def next_steps(layout: Any, user: Path | None, choice: Any) -> str:
     ]
     if not choice.real:
         lines.append(
-            "For the real model: ANTHROPIC_API_KEY=sk-ant-... corral up (again: it updates "
-            "the key and the model)"
+            # Running pods read their key at start: a new key needs new pods.
+            f"For the real model: {_state_env()}corral down, then "
+            f"{_state_env()}ANTHROPIC_API_KEY=sk-ant-... corral up"
         )
     return "\n".join(lines)
 
