@@ -23,6 +23,9 @@ SUBSYSTEMS: dict[str, str] = {
     "runner": "corral.runner.cli",
     "fake-anthropic": "corral.testing.cli",
     "up": "corral.dev",
+    "down": "corral.dev",
+    "model-relay": "corral.devenv.relay",
+    "probe": "corral.probe",
     # for people who use sessions (corral.client); also `kubectl corral ...`
     **dict.fromkeys(
         ("ls", "chat", "send", "run", "logs", "transcript", "wake", "suspend", "resume"),
@@ -41,11 +44,13 @@ CRD, or start a local Kubernetes to try it all on.
 Run `corral COMMAND --help` for a command's options and their defaults."""
 
 EPILOG = """\
-start here: `corral up` (a local cluster, the operator and one example session
+start here: `corral up` (a local cluster, Corral and one example session
 per pattern). Docs: README.md and docs/ in the repository.
 
 developer tools, not for production: `corral fake-anthropic` (a scripted fake of
-the Anthropic API, for tests)."""
+the Anthropic API, for tests), `corral model-relay` (how `corral up` reaches the real
+API from the local real node). Run by the kubelet: `corral probe` (the startup probe of
+Corral's pods)."""
 
 
 def version() -> str:

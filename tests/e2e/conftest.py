@@ -59,8 +59,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
     # test_release.py upgrades, fails over and finally uninstalls the release that every
-    # other test uses: it runs last.
-    items.sort(key=lambda item: Path(str(item.fspath)).name == "test_release.py")
+    # other test uses: it runs last. test_main_job_real_node.py installs the chart as
+    # `corral up` does (release corral in corral-system, the cluster-wide session roles)
+    # and uninstalls it: it runs first, before the suite's own release exists.
+    order = {"test_main_job_real_node.py": 0, "test_release.py": 2}
+    items.sort(key=lambda item: order.get(Path(str(item.fspath)).name, 1))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 
 from corral import cli
 
-HIDDEN = {"fake-anthropic"}
+HIDDEN = {"fake-anthropic", "model-relay", "probe"}
 
 
 def _parsers(

@@ -422,6 +422,10 @@ def test_deployment_is_hardened(tmp_path: Path) -> None:
     assert (port["name"], port["containerPort"]) == ("http", 8081)
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # Startup waits in the container for readiness (no Unhealthy Events while it starts).
+    startup = container["startupProbe"]
+    assert startup["exec"]["command"][:4] == ["python", "-m", "corral.probe", "--port=8081"]
+    assert startup["timeoutSeconds"] > 55 and startup["periodSeconds"] > startup["timeoutSeconds"]
     # Spread over nodes and zones, each constraint selecting this release's pods.
     selector = deployment["spec"]["selector"]["matchLabels"]
     spread = pod["topologySpreadConstraints"]

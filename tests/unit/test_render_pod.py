@@ -184,10 +184,14 @@ def test_runner_command_probes_and_port(
     assert c["ports"] == [{"name": "http", "containerPort": runtime.RUNNER_PORT, "protocol": "TCP"}]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    # Ready within a second of the runner: startup probes readiness at the shortest period.
-    assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert c["startupProbe"]["periodSeconds"] == 1
-    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 60
+    # The startup probe waits inside the container (corral.probe) rather than failing
+    # until the runner listens: each failed probe would be a Warning Event.
+    startup = c["startupProbe"]
+    command = startup["exec"]["command"]
+    assert command[:4] == ["python", "-m", "corral.probe", f"--port={runtime.RUNNER_PORT}"]
+    assert "--ready=/readyz" in command and "--live=/healthz" in command
+    within = float(next(a for a in command if a.startswith("--within=")).split("=")[1])
+    assert startup["timeoutSeconds"] > within and startup["failureThreshold"] == 1
     assert c["terminationMessagePath"] == runtime.TERMINATION_LOG
     assert c["image"] == config.default_image
 

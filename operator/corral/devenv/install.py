@@ -1,0 +1,299 @@
+"""Corral installed on the local cluster the way users install it (the Helm chart), what
+the examples need before they start, and a user to talk to them as."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from corral.cluster import node, pki
+from corral.cluster.build import binary_path, ensure_built
+from corral.cluster.layout import REAL_NODE_IP, Layout
+from corral.devenv.model import ModelChoice
+
+CHART = Path(__file__).resolve().parents[3] / "helm" / "corral"
+RELEASE = "corral"
+OPERATOR_NAMESPACE = "corral-system"
+DEMO_NAMESPACE = "demo"
+DEMO_USER = "corral-demo-user"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+SESSION_USER_ROLE = "corral-session-user"
+
+
+class InstallError(RuntimeError):
+    """A step of the install failed; the message says which and where to look."""
+
+
+def kubectl(layout: Layout, *args: str, stdin: str | None = None, check: bool = True) -> str:
+    argv = [str(binary_path("kubectl")), f"--kubeconfig={layout.kubeconfig(pki.ADMIN)}", *args]
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        raise InstallError(f"kubectl {' '.join(args[:4])} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def apply(layout: Layout, docs: list[dict[str, Any]], namespace: str | None = None) -> None:
+    extra = ["-n", namespace] if namespace else []
+    kubectl(
+        layout,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        *extra,
+        "-f",
+        "-",
+        stdin=yaml.safe_dump_all(docs),
+    )
+
+
+def namespace(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": RESTRICTED},
+    }
+
+
+def chart_values(layout: Layout, model: ModelChoice) -> dict[str, Any]:
+    """What a user of this cluster sets: operator, gateway and sessions on the real node;
+    the API server's address for the operator's NetworkPolicy; the model's base URL.
+    One replica of each: a second on the same single node would protect nothing."""
+    real_node = {node.NODE_LABEL: "true"}
+    return {
+        "replicaCount": 1,
+        "nodeSelector": real_node,
+        "networkPolicy": {
+            # The `kubernetes` Service's endpoint as pods see it: the node's relay.
+            "apiServer": {"cidrs": [f"{REAL_NODE_IP}/32"], "ports": [layout.ports["apiserver"]]}
+        },
+        "gateway": {"replicaCount": 1},
+        "config": {"defaultAnthropicBaseUrl": model.base_url, "nodeSelector": real_node},
+    }
+
+
+def demo_secret(model: ModelChoice) -> dict[str, Any]:
+    """The Secret the examples name (spec.credentials.secretName), with the chosen key."""
+    from corral.api import runtime
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "anthropic-api-key",
+            "namespace": DEMO_NAMESPACE,
+            "labels": {"corral.dev/credentials": "true"},
+        },
+        "stringData": {runtime.ENV_API_KEY: model.api_key},
+    }
+
+
+def helm(layout: Layout, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    ensure_built(["helm"])
+    home = layout.root / "helm"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(layout.kubeconfig(pki.ADMIN)),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+    done = subprocess.run(
+        [str(binary_path("helm")), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    if check and done.returncode != 0:
+        raise InstallError(f"helm {args[0]} failed:\n{done.stdout}{done.stderr}".strip())
+    return done
+
+
+def install_chart(layout: Layout, values: dict[str, Any]) -> None:
+    """`helm upgrade --install` of helm/corral, waiting until its pods are Ready."""
+    apply(layout, [namespace(OPERATOR_NAMESPACE)])
+    values_file = layout.root / "corral-values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    helm(
+        layout,
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        OPERATOR_NAMESPACE,
+        "-f",
+        str(values_file),
+        "--wait",
+        "--timeout",
+        "10m",
+    )
+
+
+def uninstall_chart(layout: Layout) -> bool:
+    done = helm(layout, "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", check=False)
+    return done.returncode == 0
+
+
+def wait(what: str, check: Any, timeout: float, hint: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    raise InstallError(f"{what} did not happen in {timeout:.0f}s{': ' + hint if hint else ''}")
+
+
+def default_storage_class(layout: Layout) -> str | None:
+    """The default StorageClass's name: Hybrid volumes claimed before it exists would never
+    bind (and the scheduler would warn about unbound claims)."""
+    out = kubectl(layout, "get", "storageclass", "-o", "json", check=False)
+    for item in json.loads(out or "{}").get("items") or []:
+        notes = item["metadata"].get("annotations") or {}
+        if notes.get("storageclass.kubernetes.io/is-default-class") == "true":
+            return str(item["metadata"]["name"])
+    return None
+
+
+def operator_leading(layout: Layout) -> bool:
+    """The operator's Lease has a holder whose pod is Ready (sessions get reconciled)."""
+    holder = kubectl(
+        layout,
+        "-n",
+        OPERATOR_NAMESPACE,
+        "get",
+        "lease",
+        RELEASE,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+        check=False,
+    ).strip()
+    if not holder:
+        return False
+    ready = kubectl(
+        layout,
+        "-n",
+        OPERATOR_NAMESPACE,
+        "get",
+        "pod",
+        holder,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+        check=False,
+    )
+    return ready.strip() == "True"
+
+
+def user_kubeconfig(layout: Layout) -> Path:
+    """A kubeconfig with a bearer token (the gateway checks tokens, not client certificates)
+    for a ServiceAccount bound cluster-wide to the chart's corral-session-user role (so
+    `corral ls -A` works too) and allowed to read pods and their logs in `demo`."""
+    apply(
+        layout,
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": DEMO_USER, "namespace": DEMO_NAMESPACE},
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": DEMO_USER},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": SESSION_USER_ROLE,
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": DEMO_USER, "namespace": DEMO_NAMESPACE}
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": f"{DEMO_USER}-logs", "namespace": DEMO_NAMESPACE},
+                "rules": [
+                    {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]}
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": f"{DEMO_USER}-logs", "namespace": DEMO_NAMESPACE},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": f"{DEMO_USER}-logs",
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": DEMO_USER, "namespace": DEMO_NAMESPACE}
+                ],
+            },
+        ],
+    )
+    token = kubectl(
+        layout, "-n", DEMO_NAMESPACE, "create", "token", DEMO_USER, "--duration=168h"
+    ).strip()
+    import base64
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "corral",
+                "cluster": {
+                    "server": layout.apiserver_url,
+                    "certificate-authority-data": base64.b64encode(
+                        layout.certs.ca_cert.read_bytes()
+                    ).decode(),
+                },
+            }
+        ],
+        "users": [{"name": DEMO_USER, "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": "corral-demo",
+                "context": {"cluster": "corral", "user": DEMO_USER, "namespace": DEMO_NAMESPACE},
+            }
+        ],
+        "current-context": "corral-demo",
+    }
+    path = layout.root / "user.kubeconfig"
+    path.touch(mode=0o600)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def warning_events(layout: Layout, since: str | None = None) -> list[str]:
+    """`namespace kind/name reason: message` of every Warning Event (after `since`, an
+    RFC 3339 time), in every namespace."""
+    out = kubectl(layout, "get", "events", "-A", "--field-selector=type=Warning", "-o", "json")
+    lines = []
+    for event in json.loads(out).get("items") or []:
+        when = event.get("lastTimestamp") or event.get("eventTime") or ""
+        if since and when and when < since:
+            continue
+        regarding = event.get("involvedObject") or {}
+        lines.append(
+            f"{event['metadata']['namespace']} {regarding.get('kind')}/{regarding.get('name')} "
+            f"{event.get('reason')}: {(event.get('message') or '')[:200]}"
+        )
+    return lines
+
+
+def is_host_notice(line: str) -> bool:
+    """The kubelet's notice that this host runs cgroup v1 (the real node needs v1 here):
+    about the machine, posted at every node start, nothing Corral can change."""
+    return " Node/" in line and " CgroupV1:" in line
