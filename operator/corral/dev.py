@@ -185,7 +185,7 @@ def _up_real(args: argparse.Namespace, steps: Any) -> int:
                 f"see {layout.log_file(model.PROCESS_NAME)}",
             )
         with steps.step("Corral from the Helm chart (operator and gateway pods)"):
-            install.install_chart(layout, install.chart_values(layout, choice))
+            install.install_chart(layout, install.chart_values(layout, choice), choice)
             install.wait(
                 "an operator holding its lease",
                 lambda: install.operator_leading(layout),
@@ -196,11 +196,7 @@ def _up_real(args: argparse.Namespace, steps: Any) -> int:
         if not args.no_examples:
             with steps.step("examples applied in namespace demo"):
                 install.apply(layout, [install.namespace(DEMO_NAMESPACE)])
-                install.apply(layout, [install.demo_secret(choice)], DEMO_NAMESPACE)
-                fitted = [
-                    examples.fit_to_real_node(d, model.egress_rule())
-                    for d in examples.load(args.examples)
-                ]
+                fitted = [examples.fit_to_real_node(d) for d in examples.load(args.examples)]
                 install.apply(layout, fitted, DEMO_NAMESPACE)
             with steps.step("examples doing their work"):
                 verdicts = _wait_examples(layout, steps, args.sessions_timeout)

@@ -49,21 +49,19 @@ def test_examples_fitted_to_the_real_node() -> None:
         "repo-janitor",
         "review-team",
     ]
-    rule = model.egress_rule()
     for doc in docs:
-        fitted = examples.fit_to_real_node(doc, rule)
+        fitted = examples.fit_to_real_node(doc)
         spec = fitted["spec"]
-        assert spec["network"]["egress"][-1] == rule
         small = examples.SMALL_SHARED if spec["pattern"] == "Shared" else examples.SMALL
         assert spec["resources"] == small
-        # The example's own egress rules stay; the original is left as it was.
-        assert spec["network"]["egress"][:-1] == (doc["spec"].get("network") or {}).get(
-            "egress", []
-        )
+        # Only the resources change; the original is left as it was.
+        assert {k: v for k, v in spec.items() if k != "resources"} == {
+            k: v for k, v in doc["spec"].items() if k != "resources"
+        }
         assert doc["spec"]["resources"] != small
     # Together they fit a 2-CPU node.
     cpus = sum(
-        float(examples.fit_to_real_node(d, rule)["spec"]["resources"]["cpu"].rstrip("m")) / 1000
+        float(examples.fit_to_real_node(d)["spec"]["resources"]["cpu"].rstrip("m")) / 1000
         for d in docs
     )
     assert cpus <= 1.0
@@ -108,11 +106,16 @@ def test_chart_values_put_everything_on_the_real_node(tmp_path: Path) -> None:
     values = install.chart_values(layout, model.choose_model({}))
     selector = {node.NODE_LABEL: "true"}
     assert values["nodeSelector"] == selector and values["config"]["nodeSelector"] == selector
-    assert values["config"]["defaultAnthropicBaseUrl"] == model.choose_model({}).base_url
     assert values["networkPolicy"]["apiServer"]["ports"] == [6443]
-    secret = install.demo_secret(model.choose_model({"ANTHROPIC_API_KEY": "sk-ant-x"}))
+    # The key goes to the gateway's model proxy only: no session namespace holds it.
+    proxy = values["gateway"]["modelProxy"]
+    assert proxy["enabled"] and proxy["upstreamUrl"] == model.choose_model({}).base_url
+    assert "runnerEnv" not in values["config"]
+    assert "defaultAnthropicBaseUrl" not in values["config"]
+    secret = install.model_key_secret(model.choose_model({"ANTHROPIC_API_KEY": "sk-ant-x"}))
     assert secret["stringData"] == {"ANTHROPIC_API_KEY": "sk-ant-x"}
-    assert secret["metadata"]["labels"] == {"corral.dev/credentials": "true"}
+    assert secret["metadata"]["namespace"] == install.OPERATOR_NAMESPACE
+    assert proxy["apiKeySecret"]["name"] == secret["metadata"]["name"]
 
 
 def test_next_steps_name_the_user_kubeconfig_and_the_cli(

@@ -12,10 +12,11 @@ from typing import Any
 
 import yaml
 
+from corral.api import runtime
 from corral.cluster import node, pki
 from corral.cluster.build import binary_path, ensure_built
 from corral.cluster.layout import REAL_NODE_IP, Layout
-from corral.devenv.model import ModelChoice
+from corral.devenv.model import MODEL_PORT, ModelChoice
 
 CHART = Path(__file__).resolve().parents[3] / "helm" / "corral"
 RELEASE = "corral"
@@ -63,10 +64,15 @@ def namespace(name: str) -> dict[str, Any]:
     }
 
 
+MODEL_KEY_SECRET = "corral-model-key"
+
+
 def chart_values(layout: Layout, model: ModelChoice) -> dict[str, Any]:
     """What a user of this cluster sets: operator, gateway and sessions on the real node;
-    the API server's address for the operator's NetworkPolicy; the model's base URL.
-    One replica of each: a second on the same single node would protect nothing."""
+    the API server's address for the operator's NetworkPolicy; the gateway's model proxy
+    with the model as its upstream (the key stays in the gateway: sessions get only a
+    per-session credential). One replica of each: a second on the same single node would
+    protect nothing."""
     real_node = {node.NODE_LABEL: "true"}
     return {
         "replicaCount": 1,
@@ -75,23 +81,29 @@ def chart_values(layout: Layout, model: ModelChoice) -> dict[str, Any]:
             # The `kubernetes` Service's endpoint as pods see it: the node's relay.
             "apiServer": {"cidrs": [f"{REAL_NODE_IP}/32"], "ports": [layout.ports["apiserver"]]}
         },
-        "gateway": {"replicaCount": 1},
-        "config": {"defaultAnthropicBaseUrl": model.base_url, "nodeSelector": real_node},
+        "gateway": {
+            "replicaCount": 1,
+            "modelProxy": {
+                "enabled": True,
+                "upstreamUrl": model.base_url,
+                "apiKeySecret": {"name": MODEL_KEY_SECRET},
+                "upstreamEgress": {
+                    "to": [{"ipBlock": {"cidr": f"{node.OUTSIDE_IP}/32"}}],
+                    "ports": [MODEL_PORT],
+                },
+            },
+        },
+        "config": {"nodeSelector": real_node},
     }
 
 
-def demo_secret(model: ModelChoice) -> dict[str, Any]:
-    """The Secret the examples name (spec.credentials.secretName), with the chosen key."""
-    from corral.api import runtime
-
+def model_key_secret(model: ModelChoice) -> dict[str, Any]:
+    """The Secret (operator namespace) the gateway's model proxy reads the key from: the
+    only place the key lives; no session namespace holds it."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {
-            "name": "anthropic-api-key",
-            "namespace": DEMO_NAMESPACE,
-            "labels": {"corral.dev/credentials": "true"},
-        },
+        "metadata": {"name": MODEL_KEY_SECRET, "namespace": OPERATOR_NAMESPACE},
         "stringData": {runtime.ENV_API_KEY: model.api_key},
     }
 
@@ -119,9 +131,10 @@ def helm(layout: Layout, *args: str, check: bool = True) -> subprocess.Completed
     return done
 
 
-def install_chart(layout: Layout, values: dict[str, Any]) -> None:
+def install_chart(layout: Layout, values: dict[str, Any], model: ModelChoice) -> None:
     """`helm upgrade --install` of helm/corral, waiting until its pods are Ready."""
     apply(layout, [namespace(OPERATOR_NAMESPACE)])
+    apply(layout, [model_key_secret(model)], OPERATOR_NAMESPACE)
     values_file = layout.root / "corral-values.yaml"
     values_file.write_text(yaml.safe_dump(values))
     helm(

@@ -58,11 +58,6 @@ def choose_model(environ: Mapping[str, str]) -> ModelChoice:
     return ModelChoice(api_key=FAKE_KEY, base_url=base_url, upstream=None)
 
 
-def egress_rule() -> dict[str, object]:
-    """The NetworkPolicy egress a session needs to reach the model (spec.network.egress)."""
-    return {"cidr": f"{node.OUTSIDE_IP}/32", "ports": [{"port": MODEL_PORT, "protocol": "TCP"}]}
-
-
 def argv(choice: ModelChoice) -> list[str]:
     if choice.upstream is None:
         serve = ["fake-anthropic", f"--host={node.OUTSIDE_IP}", f"--port={MODEL_PORT}"]

@@ -3,8 +3,9 @@
 The real node's pods have no route out (corral.cluster.node). With ANTHROPIC_API_KEY,
 `corral up` runs this relay: its listening socket is made inside the node's "outside"
 network namespace (`--netns`), the process stays in the host's, where HTTPS to the API
-works. It forwards every request as it came (the key is the session's own, from its
-Secret, in its x-api-key header) and streams the answer back; it logs no headers.
+works. It forwards every request as it came (the key is the one the gateway's model
+proxy adds, from its Secret in the operator's namespace, in the x-api-key header) and
+streams the answer back; it logs no headers.
 A developer tool of `corral up`, left out of `corral --help`.
 """
 
