@@ -29,6 +29,7 @@ from corral.gateway import budgets
 from corral.gateway.directory import Directory, SessionView
 from corral.gateway.metering import Meter, ModelMetrics
 from corral.gateway.pricing import PriceTable
+from corral.gateway.proxy import StreamingClient
 from corral.gateway.spend import NamespaceSpend
 from corral.gateway.usage import MAX_JSON_BYTES, ResponseUsage, SseUsageReader, usage_of_json
 from corral.kube.client import KubeClient
@@ -142,20 +143,13 @@ class ModelProxy:
         self.limits = limits
         self.settings = settings
         self.upstream = settings.upstream_url.rstrip("/")
-        self._client: aiohttp.ClientSession | None = None
+        self._client = StreamingClient(connect_timeout=10)
 
     async def client(self) -> aiohttp.ClientSession:
-        if self._client is None:
-            self._client = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-                connector=aiohttp.TCPConnector(limit=0),
-                auto_decompress=False,
-            )
-        return self._client
+        return self._client.get()
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
+        await self._client.close()
 
     def app(self) -> web.Application:
         # Bodies are read by the handler, with the limit checked there (an API error shape).

@@ -26,6 +26,29 @@ FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Last-Event-ID", "User-Ag
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Retry-After")
 
 
+class StreamingClient:
+    """One aiohttp client session for a proxy's upstream calls, made on first use (inside
+    the running loop): no total timeout (streams last as long as they last), no pool
+    limit, bodies passed through as they came (no decompression)."""
+
+    def __init__(self, connect_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
+                connector=aiohttp.TCPConnector(limit=0),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
 class UpstreamError(Exception):
     """The runner could not be reached or broke off (502)."""
 

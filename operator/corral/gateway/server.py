@@ -32,7 +32,13 @@ from corral.gateway.directory import (
 )
 from corral.gateway.limits import Limited, UserLimits
 from corral.gateway.metrics import GatewayMetrics
-from corral.gateway.proxy import UpstreamError, forward_http, pump_websocket, upstream_headers
+from corral.gateway.proxy import (
+    StreamingClient,
+    UpstreamError,
+    forward_http,
+    pump_websocket,
+    upstream_headers,
+)
 
 log = logging.getLogger("corral.gateway")
 # Through the API server's service proxy the caller's Authorization header is consumed by
@@ -119,20 +125,13 @@ class Gateway:
             self.settings.burst,
             self.settings.max_streams_per_user,
         )
-        self._client: aiohttp.ClientSession | None = None
+        self._client = StreamingClient(connect_timeout=5)
 
     async def client(self) -> aiohttp.ClientSession:
-        if self._client is None:
-            self._client = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-                connector=aiohttp.TCPConnector(limit=0),
-                auto_decompress=False,
-            )
-        return self._client
+        return self._client.get()
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
+        await self._client.close()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_request_bytes)
