@@ -52,7 +52,9 @@ def test_a_sleeping_session_wakes_when_its_user_talks_to_it(
 ) -> None:
     sessions = Sessions(custom, namespace)
     sessions.create("keeper", spec("Hybrid", idleTimeout=IDLE, storage={"size": "1Gi"}))
-    ready_pod(core, namespace, "keeper")
+    # The first pod waits for local-path to provision the volume (a helper pod), which on
+    # a loaded 2-core CI host has taken longer than ready_pod's default 180 s.
+    ready_pod(core, namespace, "keeper", timeout=420)
     said: list[str] = []
     pods: list[str] = []
     session_ids: set[str] = set()
