@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral.cluster import netns
+from corral.testing.outside import listen_in
 
 MAX_HEAD = 16 * 1024
 
@@ -35,13 +35,7 @@ class HttpTarget:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> HttpTarget:
-        with netns.inside(self.namespace):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(64)
-        sock.settimeout(0.5)
-        self._sock = sock
+        self._sock = listen_in(self.namespace, self.host, self.port, backlog=64)
         self._thread = threading.Thread(target=self._serve, name="http-target", daemon=True)
         self._thread.start()
         return self

@@ -41,6 +41,18 @@ def start_fake_anthropic(fake: FakeAnthropic, namespace: Path, host: str, port: 
     return urls[0]
 
 
+def listen_in(namespace: Path, host: str, port: int, backlog: int) -> socket.socket:
+    """A listening TCP socket made inside `namespace` (the process stays where it is), with
+    a short accept timeout so that a serving thread notices when it is stopped."""
+    with netns.inside(namespace):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.settimeout(0.5)
+    return sock
+
+
 @dataclass
 class Decoy:
     """A TCP server that greets every connection with `banner` and counts them."""
@@ -55,13 +67,7 @@ class Decoy:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> Decoy:
-        with netns.inside(self.namespace):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(16)
-        sock.settimeout(0.5)
-        self._sock = sock
+        self._sock = listen_in(self.namespace, self.host, self.port, backlog=16)
         self._thread = threading.Thread(target=self._serve, name=f"decoy-{self.host}", daemon=True)
         self._thread.start()
         return self
