@@ -40,12 +40,6 @@ def history(body: dict[str, Any]) -> str:
     return json.dumps(body.get("messages", []), ensure_ascii=False)
 
 
-@pytest.mark.xfail(
-    reason="KNOWN REGRESSION (session 3 merge): a woken Hybrid pod answers through the "
-    "gateway but its Ready condition is not seen within 180 s since the exec startup probe "
-    "(python -m corral.probe) replaced the HTTP one; failed 2 of 2 runs. Not yet diagnosed.",
-    strict=False,
-)
 def test_a_sleeping_session_wakes_when_its_user_talks_to_it(
     operator: Release,
     custom: client.CustomObjectsApi,

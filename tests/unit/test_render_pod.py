@@ -192,6 +192,9 @@ def test_runner_command_probes_and_port(
     assert "--ready=/readyz" in command and "--live=/healthz" in command
     within = float(next(a for a in command if a.startswith("--within=")).split("=")[1])
     assert startup["timeoutSeconds"] > within and startup["failureThreshold"] == 1
+    # The kubelet runs startup probes only on period ticks and the first tick comes before
+    # the container runs: Ready waits for the second tick, so the period must be short.
+    assert startup["periodSeconds"] <= 2
     assert c["terminationMessagePath"] == runtime.TERMINATION_LOG
     assert c["image"] == config.default_image
 

@@ -44,6 +44,7 @@ SPEC_VOLUME = "session-spec"
 
 # How long the runner may take to become ready before the kubelet restarts its container.
 STARTUP_PROBE_SECONDS = 120
+STARTUP_PROBE_PERIOD_SECONDS = 1
 # The runner stops taking work on SIGTERM and drains for this much less than the grace period.
 DRAIN_MARGIN_SECONDS = 10
 
@@ -262,7 +263,11 @@ def _startup_probe() -> k8s.V1Probe:
     return k8s.V1Probe(
         # The model names this field by its alias `_exec` (its stub: var_exec).
         _exec=k8s.V1ExecAction(command=command),  # type: ignore[call-arg]
-        period_seconds=STARTUP_PROBE_SECONDS + 10,
+        # The kubelet runs a startup probe only on its period's ticks (no early run when
+        # the container starts, unlike readiness), and the first tick comes before the
+        # container runs: a long period delayed Ready by a whole period. One second; the
+        # probe itself waits, so it runs once.
+        period_seconds=STARTUP_PROBE_PERIOD_SECONDS,
         timeout_seconds=STARTUP_PROBE_SECONDS + 5,
         failure_threshold=1,
     )
