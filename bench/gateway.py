@@ -35,7 +35,7 @@ from aiohttp import web
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from bench.kube import percentile
+from bench.paired import side_by_side
 from corral.api import runtime
 from corral.api.crd import crd_yaml
 from corral.api.tokens import runner_credential
@@ -124,32 +124,15 @@ async def proxy_overhead(world: World, gateway: GatewayProcess, runner_port: int
     direct_url = f"http://127.0.0.1:{runner_port}/v1/messages"
     via_url = f"{gateway.url}/sessions/{world.namespace}/direct/v1/messages"
     auth = {"Authorization": f"Bearer {token}"}
-    series: dict[str, dict[str, list[float]]] = {
-        "direct": {"first": [], "result": []},
-        "gateway": {"first": [], "result": []},
-    }
     async with aiohttp.ClientSession() as http:
-        for _ in range(5):  # warm both paths (CLI caches, auth cache, connection pools)
-            await _message(http, direct_url, {})
-            await _message(http, via_url, auth)
-        for i in range(messages):
-            order = [("direct", direct_url, {}), ("gateway", via_url, auth)]
-            for label, url, headers in order if i % 2 == 0 else order[::-1]:
-                first, result = await _message(http, url, headers)
-                series[label]["first"].append(first)
-                series[label]["result"].append(result)
-    summary: dict[str, Any] = {"messages": messages}
-    for label, values in series.items():
-        for kind, numbers in values.items():
-            summary[f"{label}_{kind}_p50_ms"] = percentile(numbers, 50)
-            summary[f"{label}_{kind}_p99_ms"] = percentile(numbers, 99)
-    for kind in ("first", "result"):
-        for q in ("p50", "p99"):
-            summary[f"added_{kind}_{q}_ms"] = (
-                summary[f"gateway_{kind}_{q}_ms"] - summary[f"direct_{kind}_{q}_ms"]
-            )
-    summary["raw"] = series
-    return summary
+        return await side_by_side(
+            lambda: _message(http, direct_url, {}),
+            lambda: _message(http, via_url, auth),
+            proxied_label="gateway",
+            end_label="result",
+            warmup=5,
+            rounds=messages,
+        )
 
 
 async def ticker_app(period: float, flowing: asyncio.Event) -> web.Application:

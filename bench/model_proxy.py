@@ -32,7 +32,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from bench.kube import percentile
+from bench.paired import side_by_side
 from corral.api.crd import crd_yaml
 from corral.api.tokens import model_credential
 from corral.cluster import control_plane, pki
@@ -81,32 +81,15 @@ async def _message(
 
 async def overhead(direct: str, proxy: str, credential: str, messages: int) -> dict[str, Any]:
     headers = {"x-api-key": credential, "anthropic-version": "2023-06-01"}
-    series: dict[str, dict[str, list[float]]] = {
-        "direct": {"first": [], "end": []},
-        "proxy": {"first": [], "end": []},
-    }
     async with aiohttp.ClientSession() as http:
-        for _ in range(10):  # warm both paths
-            await _message(http, direct, headers)
-            await _message(http, proxy, headers)
-        for i in range(messages):
-            order = [("direct", direct), ("proxy", proxy)]
-            for label, url in order if i % 2 == 0 else order[::-1]:
-                first, end = await _message(http, url, headers)
-                series[label]["first"].append(first)
-                series[label]["end"].append(end)
-    summary: dict[str, Any] = {"messages": messages}
-    for label, values in series.items():
-        for kind, numbers in values.items():
-            summary[f"{label}_{kind}_p50_ms"] = percentile(numbers, 50)
-            summary[f"{label}_{kind}_p99_ms"] = percentile(numbers, 99)
-    for kind in ("first", "end"):
-        for q in ("p50", "p99"):
-            summary[f"added_{kind}_{q}_ms"] = (
-                summary[f"proxy_{kind}_{q}_ms"] - summary[f"direct_{kind}_{q}_ms"]
-            )
-    summary["raw"] = series
-    return summary
+        return await side_by_side(
+            lambda: _message(http, direct, headers),
+            lambda: _message(http, proxy, headers),
+            proxied_label="proxy",
+            end_label="end",
+            warmup=10,
+            rounds=messages,
+        )
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
