@@ -1,11 +1,14 @@
 """Egress proxy benchmarks, side by side in one run, on loopback.
 
     python -m bench.egress                     # 1 GiB x 3 each way, 1,000 tunnels
-    python -m bench.egress --mib 256 --tunnels 200 --quick
+    python -m bench.egress --mib 256 --tunnels 200
+    python -m bench.egress --baseline /tmp/old   # also an older tree's proxy, same rounds
 
 1. CONNECT tunnel throughput: bytes from an upstream to a client, and from a client to an
    upstream, straight and through the egress proxy, interleaved, median of the rounds.
-   Target: through the proxy >= 0.8x straight.
+   Target: through the proxy >= 0.8x straight. With `--baseline DIR` (a checkout of another
+   commit, e.g. `git worktree add /tmp/old HEAD~1`), that tree's proxy is measured in the
+   same rounds too, so a change to the relay is judged against the same machine load.
 2. 1,000 concurrent tunnels through one proxy process: its RSS and CPU once they are open
    (at rest) and while each tunnel echoes 1 KiB per second.
 
@@ -136,8 +139,8 @@ async def _proxy(port: int, upstream_port: int) -> None:
     await server.serve_forever()
 
 
-def _spawn(role: str, *ports: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT}"}
+def _spawn(role: str, *ports: int, tree: Path = ROOT) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": f"{tree / 'operator'}:{ROOT}"}
     child = subprocess.Popen(
         [sys.executable, "-m", "bench.egress", f"--{role}", *map(str, ports)],
         stdout=subprocess.PIPE,
@@ -210,34 +213,61 @@ def upload(proxy_port: int | None, upstream_port: int, size: int) -> float:
     return size / seconds
 
 
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def throughput(
-    proxy_pid: int, proxy_port: int, upstream_port: int, size: int, rounds: int
-) -> dict[str, Any]:
-    runs: dict[str, list[float]] = {k: [] for k in ("down_direct", "down_proxy", "up_direct",
-                                                     "up_proxy")}  # fmt: skip
-    download(proxy_port, upstream_port, 16 * CHUNK)  # warm up
-    proxy_cpu = 0.0
+    proxies: dict[str, tuple[int, int]], upstream_pid: int, upstream_port: int, size: int,
+    rounds: int,
+) -> dict[str, Any]:  # fmt: skip
+    """`proxies`: name -> (pid, port); "proxy" is this tree's, "baseline" another's.
+
+    Besides MiB/s, the CPU seconds per GiB of the client (this process), the upstream and
+    the proxy in every run: on a saturated machine throughput is CPU share over CPU per
+    byte, so `cpu_ratio` (the direct runs' CPU over the proxied runs') is what the ratio
+    tends to whatever the load.
+    """
+    runs: dict[str, list[float]] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}
+    for _pid, port in proxies.values():
+        download(port, upstream_port, 16 * CHUNK)  # warm up
+    gib = size / 2**30
     for _ in range(rounds):
-        runs["down_direct"].append(download(None, upstream_port, size))
-        cpu0, _ = _proc_stat(proxy_pid)
-        runs["down_proxy"].append(download(proxy_port, upstream_port, size))
-        cpu1, _ = _proc_stat(proxy_pid)
-        runs["up_direct"].append(upload(None, upstream_port, size))
-        cpu2, _ = _proc_stat(proxy_pid)
-        runs["up_proxy"].append(upload(proxy_port, upstream_port, size))
-        cpu3, _ = _proc_stat(proxy_pid)
-        proxy_cpu += (cpu1 - cpu0) + (cpu3 - cpu2)
+        for direction, move in (("down", download), ("up", upload)):
+            for name, (pid, port) in {"direct": (0, None), **proxies}.items():
+                key = f"{direction}_{name}"
+                before = (_own_cpu(), _proc_stat(upstream_pid)[0], _proc_stat(pid)[0] if pid else 0)
+                runs.setdefault(key, []).append(move(port, upstream_port, size))
+                after = (_own_cpu(), _proc_stat(upstream_pid)[0], _proc_stat(pid)[0] if pid else 0)
+                for part, t0, t1 in zip(
+                    ("client", "upstream", "proxy"), before, after, strict=True
+                ):
+                    cpu.setdefault(key, {}).setdefault(part, []).append((t1 - t0) / gib)
     mib = {k: [round(v / 2**20, 1) for v in values] for k, values in runs.items()}
-    median = {k: statistics.median(v) for k, v in mib.items()}
-    return {
-        "bytes_per_run": size,
-        "runs_mib_per_s": mib,
-        "median_mib_per_s": median,
-        "ratio_down": round(median["down_proxy"] / median["down_direct"], 3),
-        "ratio_up": round(median["up_proxy"] / median["up_direct"], 3),
-        # What the proxy costs whatever else runs on the machine.
-        "proxy_cpu_seconds_per_gib": round(proxy_cpu / (2 * rounds * size / 2**30), 3),
+    median = {k: round(statistics.median(v), 1) for k, v in mib.items()}
+    cpu_median = {
+        key: {part: round(statistics.median(v), 3) for part, v in parts.items()}
+        for key, parts in cpu.items()
     }
+    results: dict[str, Any] = {"bytes_per_run": size, "runs_mib_per_s": mib,
+                               "median_mib_per_s": median,
+                               "cpu_seconds_per_gib": cpu_median}  # fmt: skip
+    for name in proxies:
+        prefix = "" if name == "proxy" else f"{name}_"
+        for direction in ("down", "up"):
+            ratio = median[f"{direction}_{name}"] / median[f"{direction}_direct"]
+            results[f"{prefix}ratio_{direction}"] = round(ratio, 3)
+            direct = sum(cpu_median[f"{direction}_direct"].values())
+            proxied = sum(cpu_median[f"{direction}_{name}"].values())
+            results[f"{prefix}cpu_ratio_{direction}"] = round(direct / proxied, 3)
+        # What the proxy costs whatever else runs on the machine.
+        results[f"{prefix}proxy_cpu_seconds_per_gib"] = round(
+            statistics.median(cpu_median[f"{d}_{name}"]["proxy"] for d in ("down", "up")),
+            3,
+        )
+    return results
 
 
 async def tunnels(proxy_pid: int, proxy_port: int, upstream_port: int, count: int,
@@ -290,33 +320,66 @@ async def tunnels(proxy_pid: int, proxy_port: int, upstream_port: int, count: in
     }
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces these numbers (the note and output path aside)."""
+    words = ["python -m bench.egress", f"--mib {args.mib}", f"--rounds {args.rounds}"]
+    words += [f"--tunnels {args.tunnels}", f"--seconds {args.seconds:g}"]
+    if args.baseline is not None:
+        words.append(f"--baseline {args.baseline}")
+    return " ".join(words)
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     _raise_fd_limit()
     upstream_port, proxy_port = _free_port(), _free_port()
     upstream = _spawn("upstream", upstream_port)
     proxy = _spawn("proxy", proxy_port, upstream_port)
+    children = [proxy, upstream]
+    proxies = {"proxy": (proxy.pid, proxy_port)}
     try:
+        if args.baseline is not None:
+            baseline_port = _free_port()
+            baseline = _spawn("proxy", baseline_port, upstream_port, tree=args.baseline)
+            children.append(baseline)
+            proxies["baseline"] = (baseline.pid, baseline_port)
         results: dict[str, Any] = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "cpus": os.cpu_count(),
+            "load_average_at_start": round(os.getloadavg()[0], 2),
+            "command": _command(args),
             "note": args.note,
             "throughput": throughput(
-                proxy.pid, proxy_port, upstream_port, args.mib * 2**20, args.rounds
+                proxies, upstream.pid, upstream_port, args.mib * 2**20, args.rounds
             ),
         }
         results["tunnels"] = asyncio.run(
             tunnels(proxy.pid, proxy_port, upstream_port, args.tunnels, args.seconds)
         )
     finally:
-        for child in (proxy, upstream):
+        for child in children:
             child.terminate()
             child.wait(10)
     return results
 
 
+def _throughput_rows(t: dict[str, Any]) -> list[str]:
+    m = t["median_mib_per_s"]
+    rows = []
+    for direction, label in (("down", "upstream -> client"), ("up", "client -> upstream")):
+        for name in ("proxy", "baseline"):
+            if f"{direction}_{name}" not in m:
+                continue
+            prefix = "" if name == "proxy" else f"{name}_"
+            rows.append(
+                f"| {label} | {'this tree' if name == 'proxy' else 'baseline'} "
+                f"| {m[f'{direction}_direct']} | {m[f'{direction}_{name}']} "
+                f"| {t[f'{prefix}ratio_{direction}']} | {t[f'{prefix}cpu_ratio_{direction}']} |"
+            )
+    return rows
+
+
 def report(results: dict[str, Any]) -> str:
     t, n = results["throughput"], results["tunnels"]
-    m = t["median_mib_per_s"]
     return "\n".join(
         [
             "# Egress proxy benchmarks",
@@ -327,13 +390,26 @@ def report(results: dict[str, Any]) -> str:
             "",
             "## CONNECT tunnel throughput (one proxy process, loopback)",
             "",
+            f"Command: `{results.get('command', 'python -m bench.egress')}`; load average at "
+            f"start {results.get('load_average_at_start', '?')}. "
             f"{t['bytes_per_run'] // 2**20} MiB per run, median of "
             f"{len(t['runs_mib_per_s']['down_direct'])} interleaved runs (MiB/s):",
             "",
-            "| direction | straight | through the proxy | ratio (target >= 0.8) |",
+            "| direction | proxy | straight | through the proxy | ratio (target >= 0.8) "
+            "| CPU ratio |",
+            "|---|---|---|---|---|---|",
+            *_throughput_rows(t),
+            "",
+            "CPU ratio: CPU seconds per GiB of client + upstream (+ proxy) straight, over the "
+            "same through the proxy; on a saturated machine the throughput ratio tends to it "
+            "(see [egress.md](egress.md#benchmarks)). CPU seconds per GiB, median:",
+            "",
+            "| run | client | upstream | proxy |",
             "|---|---|---|---|",
-            f"| upstream -> client | {m['down_direct']} | {m['down_proxy']} | {t['ratio_down']} |",
-            f"| client -> upstream | {m['up_direct']} | {m['up_proxy']} | {t['ratio_up']} |",
+            *(
+                f"| {key} | {c['client']} | {c['upstream']} | {c['proxy']} |"
+                for key, c in t["cpu_seconds_per_gib"].items()
+            ),
             "",
             f"Every run: {json.dumps(t['runs_mib_per_s'])}",
             "",
@@ -363,6 +439,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--tunnels", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--note", default="")
+    parser.add_argument(
+        "--baseline", type=Path, help="another source tree whose proxy runs in the same rounds"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "egress.json")
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--proxy", type=int, nargs=2, help=argparse.SUPPRESS)
