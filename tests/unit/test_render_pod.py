@@ -211,6 +211,10 @@ def test_ephemeral_runs_once_within_a_deadline(make_session: SessionFactory) -> 
     assert pod["spec"]["activeDeadlineSeconds"] == 600
     pod = render_pod(make_session("Ephemeral", activeDeadlineSeconds=60), config, 0)
     assert pod["spec"]["activeDeadlineSeconds"] == 60
+    # It exits when done: a probe landing after its port closed would be a Warning Event.
+    runner = container(pod)
+    assert "startupProbe" in runner
+    assert "livenessProbe" not in runner and "readinessProbe" not in runner
 
 
 @pytest.mark.parametrize("pattern", ["LongRunning", "Hybrid", "Shared"])
