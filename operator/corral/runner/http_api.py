@@ -14,7 +14,6 @@ import ipaddress
 import json
 from typing import Any
 
-from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corral.api import runtime
@@ -29,6 +28,7 @@ from corral.runner.conversation import (
 from corral.runner.metrics import CONTENT_TYPE, RunnerMetrics
 from corral.runner.session import RunnerSession, UnknownAgent
 from corral.runner.transcript import TranscriptPage, read_transcript, transcript_path
+from corral.runner.web import WSMsgType, web
 
 DEFAULT_MAX_REQUEST_BYTES = runtime.RUNNER_MAX_REQUEST_BYTES
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
