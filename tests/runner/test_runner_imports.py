@@ -66,6 +66,33 @@ def test_http_server_loads_without_the_http_client() -> None:
     assert not sorted(set(HTTP_CLIENT) & modules)
 
 
+# prometheus_client's text exposition and the HTTP server and WSGI it imports: /metrics only.
+EXPOSITION = ("prometheus_client.exposition", "http.server", "wsgiref")
+
+
+def test_metrics_are_kept_without_the_exposition_code() -> None:
+    modules = loaded_after(
+        "from corral.runner.metrics import RunnerMetrics\n"
+        "m = RunnerMetrics(); m.busy.labels('a').set(1); m.tool('a', 'Bash')\n"
+        "import corral.runner.app, corral.runner.http_api"
+    )
+    assert "prometheus_client.metrics" in modules
+    assert not sorted(set(EXPOSITION) & modules)
+
+
+def test_metrics_render_loads_the_exposition_code() -> None:
+    code = (
+        "from corral.runner.metrics import RunnerMetrics\n"
+        "m = RunnerMetrics(); m.busy.labels('a').set(1)\n"
+        "body, kind = m.render()\n"
+        "assert b'corral_runner_busy{agent=\"a\"} 1.0' in body, body\n"
+        "assert kind.startswith('text/plain'), kind\n"
+        "import prometheus_client\n"
+        "assert prometheus_client.REGISTRY and prometheus_client.Counter\n"
+    )
+    assert "prometheus_client.exposition" in loaded_after(code)
+
+
 def test_the_http_client_still_loads_on_first_use() -> None:
     modules = loaded_after(
         "import corral.runner.web\n"

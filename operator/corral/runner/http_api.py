@@ -25,7 +25,7 @@ from corral.runner.conversation import (
     converse,
     speaking_order,
 )
-from corral.runner.metrics import CONTENT_TYPE, RunnerMetrics
+from corral.runner.metrics import RunnerMetrics
 from corral.runner.session import RunnerSession, UnknownAgent
 from corral.runner.transcript import TranscriptPage, read_transcript, transcript_path
 from corral.runner.web import WSMsgType, web
@@ -208,8 +208,9 @@ class RunnerApi:
         return web.json_response(self.session.status())
 
     async def prometheus(self, request: web.Request) -> web.Response:
-        response = web.Response(body=self.metrics.render())
-        response.headers["content-type"] = CONTENT_TYPE
+        body, content_type = self.metrics.render()
+        response = web.Response(body=body)
+        response.headers["content-type"] = content_type
         return response
 
     # --- messages ------------------------------------------------------------------------
