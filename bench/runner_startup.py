@@ -5,8 +5,10 @@
 
 Each run starts `python -m corral.cli runner` (a LongRunning session, the fake model on
 loopback) inside a cgroup v1 CPU quota (`--cpu 1`: one CPU, `0.25`: 250m; needs root),
-polls `/readyz` every 5 ms, then sends one message and reads its stream. CPU-seconds are
-the runner's and its CLI's (user + system, children included) when the result arrives.
+polls `/healthz` every 5 ms until the HTTP server answers (*listening*), then `/readyz`
+until the agent's CLI is connected (*ready*), then sends one message and reads its stream.
+CPU-seconds are the runner's and its CLI's (user + system, children included) at ready
+and when the result arrives, and the runner's own. The load average is recorded per run.
 Trees are run alternately, run by run, so load on the shared machine hits both alike.
 Writes the raw numbers as JSON (`--out`).
 """
@@ -96,6 +98,15 @@ def _get(url: str) -> int:
         return 0
 
 
+def _poll(url: str, proc: subprocess.Popen[bytes], started: float) -> float:
+    """Seconds from `started` until `url` answers 200."""
+    while _get(url) != 200:
+        if proc.poll() is not None or time.monotonic() - started > 120:
+            raise RuntimeError(f"runner exited {proc.returncode} or never answered {url}")
+        time.sleep(0.005)
+    return time.monotonic() - started
+
+
 def one_run(
     tree: Path, cpus: float | None, fake: FakeAnthropic, work: Path, port: int, env: dict[str, str]
 ) -> dict[str, Any]:
@@ -130,11 +141,8 @@ def one_run(
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            while _get(url + "/readyz") != 200:
-                if proc.poll() is not None or time.monotonic() - started > 120:
-                    raise RuntimeError(f"runner exited {proc.returncode} or never ready")
-                time.sleep(0.005)
-            ready = time.monotonic() - started
+            listening = _poll(url + "/healthz", proc, started)
+            ready = _poll(url + "/readyz", proc, started)
             cpu_ready = tree_cpu(proc.pid)
             runner_cpu_ready = cpu_seconds(proc.pid)  # the CLI is alive: not in it yet
             req = urllib.request.Request(
@@ -151,6 +159,7 @@ def one_run(
                             break
             result = time.monotonic() - sent
             cpu_answer = tree_cpu(proc.pid)
+            runner_cpu_answer = cpu_seconds(proc.pid)
         finally:
             proc.terminate()
             try:
@@ -159,12 +168,15 @@ def one_run(
                 proc.kill()
                 proc.wait()
     return {
+        "listening_s": round(listening, 4),
         "ready_s": round(ready, 4),
         "first_event_s": round(first or result, 4),
         "result_s": round(result, 4),
         "cpu_to_ready_s": round(cpu_ready, 3),
         "runner_cpu_to_ready_s": round(runner_cpu_ready, 3),
         "cpu_to_answer_s": round(cpu_answer, 3),
+        "runner_cpu_to_answer_s": round(runner_cpu_answer, 3),
+        "load_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -202,7 +214,12 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "compileall", "-q", tree], check=True)
     fake = FakeAnthropic()
     fake.start_in_thread()
-    results: dict[str, Any] = {"runs": args.runs, "cases": []}
+    results: dict[str, Any] = {
+        "runs": args.runs,
+        "machine_cpus": os.cpu_count(),
+        "load_1m_at_start": round(os.getloadavg()[0], 2),
+        "cases": [],
+    }
     try:
         for cpu in cpus:
             per_tree: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
@@ -219,6 +236,7 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in case.items() if k != "samples"}))
     finally:
         fake.stop_thread()
+    results["load_1m_at_end"] = round(os.getloadavg()[0], 2)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
 
