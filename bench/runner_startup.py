@@ -5,8 +5,11 @@
 
 Each run starts `python -m corral.cli runner` (a LongRunning session, the fake model on
 loopback) inside a cgroup v1 CPU quota (`--cpu 1`: one CPU, `0.25`: 250m; needs root),
-polls `/healthz` every 5 ms until the HTTP server answers (*listening*), then `/readyz`
-until the agent's CLI is connected (*ready*), then sends one message and reads its stream.
+takes *listening* (HTTP server bound) and *ready* (the agent's CLI connected) from the
+moments the runner logs "runner started" and "agent ready", checks that `/readyz` then
+answers 200, then sends one message and reads its stream. (Polling `/readyz` every few
+milliseconds instead costs the runner CPU inside the same quota as its booting CLI: under
+load it was most of the runner's CPU and delayed the very readiness it measured.)
 CPU-seconds are the runner's and its CLI's (user + system, children included) at ready
 and when the result arrives, and the runner's own. The load average is recorded per run.
 Trees are run alternately, run by run, so load on the shared machine hits both alike.
@@ -24,12 +27,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from corral.testing.fake_anthropic import FakeAnthropic
 
@@ -98,13 +102,34 @@ def _get(url: str) -> int:
         return 0
 
 
-def _poll(url: str, proc: subprocess.Popen[bytes], started: float) -> float:
-    """Seconds from `started` until `url` answers 200."""
-    while _get(url) != 200:
-        if proc.poll() is not None or time.monotonic() - started > 120:
-            raise RuntimeError(f"runner exited {proc.returncode} or never answered {url}")
-        time.sleep(0.005)
-    return time.monotonic() - started
+class LogWatch:
+    """When the runner's log (JSON lines on stdout) first said each message."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.seen: dict[str, float] = {}
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            now = time.monotonic()
+            with contextlib.suppress(ValueError):
+                msg = json.loads(line).get("msg")
+                with self._cond:
+                    self.seen.setdefault(str(msg), now)
+                    self._cond.notify_all()
+        with self._cond:
+            self.seen.setdefault("<eof>", time.monotonic())
+            self._cond.notify_all()
+
+    def wait(self, msg: str, timeout: float = 120) -> float:
+        with self._cond:
+            if not self._cond.wait_for(lambda: msg in self.seen or "<eof>" in self.seen, timeout):
+                raise RuntimeError(f"the runner never logged {msg!r}")
+            if msg not in self.seen:
+                raise RuntimeError(f"the runner exited before it logged {msg!r}")
+            return self.seen[msg]
 
 
 def one_run(
@@ -121,6 +146,7 @@ def one_run(
             "CORRAL_SESSION_NAME": "bench",
             "CORRAL_SESSION_NAMESPACE": "bench",
             "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
             **env,
         }
     )
@@ -136,14 +162,18 @@ def one_run(
         proc = subprocess.Popen(
             ["/bin/sh", "-c", join + 'exec "$@"', "sh", *argv],
             env=run_env,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            listening = _poll(url + "/healthz", proc, started)
-            ready = _poll(url + "/readyz", proc, started)
+            assert proc.stdout is not None
+            log = LogWatch(proc.stdout)
+            listening = log.wait("runner started") - started
+            ready = log.wait("agent ready") - started
             cpu_ready = tree_cpu(proc.pid)
+            if _get(url + "/readyz") != 200:
+                raise RuntimeError("the runner logged 'agent ready' but /readyz is not 200")
             runner_cpu_ready = cpu_seconds(proc.pid)  # the CLI is alive: not in it yet
             req = urllib.request.Request(
                 url + "/v1/messages", data=b'{"text": "hello"}', method="POST"
