@@ -201,6 +201,9 @@ def one_run(
         "listening_s": round(listening, 4),
         "ready_s": round(ready, 4),
         "first_event_s": round(first or result, 4),
+        # The message goes as soon as the runner is ready: process start to its first event,
+        # the runner's part of a new session's create → first event.
+        "start_to_first_event_s": round(ready + (first or result), 4),
         "result_s": round(result, 4),
         "cpu_to_ready_s": round(cpu_ready, 3),
         "runner_cpu_to_ready_s": round(runner_cpu_ready, 3),
