@@ -10,8 +10,10 @@ moments the runner logs "runner started" and "agent ready", checks that `/readyz
 answers 200, then sends one message and reads its stream. (Polling `/readyz` every few
 milliseconds instead costs the runner CPU inside the same quota as its booting CLI: under
 load it was most of the runner's CPU and delayed the very readiness it measured.)
-CPU-seconds are the runner's and its CLI's (user + system, children included) at ready
-and when the result arrives, and the runner's own. The load average is recorded per run.
+As in a pod, the runner reports activity (to a sink here that answers 204: the reporter's
+HTTP client and models are part of a start). CPU-seconds are the runner's and its CLI's
+(user + system, children included) at ready and when the result arrives, and the runner's
+own. The load average is recorded per run.
 Trees are run alternately, run by run, so load on the shared machine hits both alike.
 Writes the raw numbers as JSON (`--out`).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.server
 import json
 import os
 import socket
@@ -85,6 +88,27 @@ def tree_cpu(pid: int) -> float:
     return cpu_seconds(pid) + sum(tree_cpu(child) for child in children(pid))
 
 
+class ActivitySink:
+    """Takes the runners' activity reports (as the operator would) and answers 204."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -133,7 +157,13 @@ class LogWatch:
 
 
 def one_run(
-    tree: Path, cpus: float | None, fake: FakeAnthropic, work: Path, port: int, env: dict[str, str]
+    tree: Path,
+    cpus: float | None,
+    fake: FakeAnthropic,
+    sink: ActivitySink,
+    work: Path,
+    port: int,
+    env: dict[str, str],
 ) -> dict[str, Any]:
     spec = work / "session.json"
     spec.write_text(json.dumps({"pattern": "LongRunning"}))
@@ -145,6 +175,8 @@ def one_run(
             "ANTHROPIC_API_KEY": "sk-ant-bench",
             "CORRAL_SESSION_NAME": "bench",
             "CORRAL_SESSION_NAMESPACE": "bench",
+            "CORRAL_ACTIVITY_URL": sink.url,
+            "CORRAL_ACTIVITY_TOKEN": "bench-token",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
             **env,
@@ -247,6 +279,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "compileall", "-q", tree], check=True)
     fake = FakeAnthropic()
     fake.start_in_thread()
+    sink = ActivitySink()
     results: dict[str, Any] = {
         "runs": args.runs,
         "machine_cpus": os.cpu_count(),
@@ -259,7 +292,8 @@ def main() -> None:
             for n in range(args.runs):
                 for label, tree in trees.items():
                     with tempfile.TemporaryDirectory() as tmp:
-                        run = one_run(Path(tree), cpu, fake, Path(tmp), free_port(), envs[label])
+                        work = Path(tmp)
+                        run = one_run(Path(tree), cpu, fake, sink, work, free_port(), envs[label])
                     per_tree[label].append(run)
                     print(f"cpu={cpu} {label} #{n}: {run}", flush=True)
             for label, runs in per_tree.items():
@@ -269,6 +303,7 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in case.items() if k != "samples"}))
     finally:
         fake.stop_thread()
+        sink.stop()
     results["load_1m_at_end"] = round(os.getloadavg()[0], 2)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
