@@ -116,9 +116,9 @@ def free_port() -> int:
         return port
 
 
-def _get(url: str) -> int:
+def _get(url: str, timeout: float = 1) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -204,7 +204,7 @@ def one_run(
             listening = log.wait("runner started") - started
             ready = log.wait("agent ready") - started
             cpu_ready = tree_cpu(proc.pid)
-            if _get(url + "/readyz") != 200:
+            if _get(url + "/readyz", timeout=10) != 200:
                 raise RuntimeError("the runner logged 'agent ready' but /readyz is not 200")
             runner_cpu_ready = cpu_seconds(proc.pid)  # the CLI is alive: not in it yet
             req = urllib.request.Request(

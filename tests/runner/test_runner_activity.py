@@ -71,6 +71,11 @@ def test_runner_reports_start_busy_and_idle(
         },
     )
     try:
+        # Reports begin once the agent is up (a message sent before the first one is seen
+        # in it as busy, or in its totals; the operator takes any report as activity).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not operator_endpoint.reports:
+            time.sleep(0.05)
         result_of(runner.send("report me"))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and len(operator_endpoint.reports) < 3:

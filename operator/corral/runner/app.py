@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,9 +214,10 @@ class Runner:
         # otherwise load while the CLIs boot, on the same CPU. The first report says so.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(session.wait_started(), REPORTS_WAIT_SECONDS)
-        from corral.runner.activity import ActivityReporter, identity_from_env
-
-        who = identity_from_env(self.settings.session_name, self.settings.session_namespace)
+        activity = await asyncio.to_thread(_load_activity)
+        who = activity.identity_from_env(
+            self.settings.session_name, self.settings.session_namespace
+        )
         if who is None:
             log_event(
                 log,
@@ -223,7 +225,7 @@ class Runner:
                 level=logging.WARNING,
             )
             return
-        out.reporter = ActivityReporter(session, url, who)
+        out.reporter = activity.ActivityReporter(session, url, who)
         await out.reporter.run()
 
     def _install_signals(self) -> None:
@@ -311,6 +313,17 @@ class Runner:
                 path=str(self.settings.termination_log),
                 error=str(exc),
             )
+
+
+def _load_activity() -> types.ModuleType:
+    """The reporter's module and HTTP client, imported off the event loop: about a tenth of
+    a CPU-second (TLS set-up, models) during which a request must not wait."""
+    # The client (deferred by corral.runner.web) is loaded by this import, here.
+    from aiohttp import ClientSession  # noqa: F401
+
+    from corral.runner import activity
+
+    return activity
 
 
 def run(settings: RunnerSettings) -> int:
