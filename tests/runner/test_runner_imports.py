@@ -93,6 +93,15 @@ def test_metrics_render_loads_the_exposition_code() -> None:
     assert "prometheus_client.exposition" in loaded_after(code)
 
 
+def test_activity_reports_need_no_aiohttp_client() -> None:
+    modules = loaded_after(
+        "import corral.runner.app, corral.runner.http_api, corral.runner.activity\n"
+        "from corral.runner.activity import post_report\n"
+    )
+    assert "corral.runner.activity" in modules
+    assert not sorted(set(HTTP_CLIENT) & modules)
+
+
 def test_the_http_client_still_loads_on_first_use() -> None:
     modules = loaded_after(
         "import corral.runner.web\n"

@@ -210,8 +210,8 @@ class Runner:
         url = os.environ.get(runtime.ENV_ACTIVITY_URL)
         if not url:
             return
-        # Reports begin once the agents are up: the reporter's HTTP client and models would
-        # otherwise load while the CLIs boot, on the same CPU. The first report says so.
+        # Reports begin once the agents are up: the reporter's models would otherwise load
+        # while the CLIs boot, on the same CPU. The first report says so.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(session.wait_started(), REPORTS_WAIT_SECONDS)
         activity = await asyncio.to_thread(_load_activity)
@@ -316,11 +316,8 @@ class Runner:
 
 
 def _load_activity() -> types.ModuleType:
-    """The reporter's module and HTTP client, imported off the event loop: about a tenth of
-    a CPU-second (TLS set-up, models) during which a request must not wait."""
-    # The client (deferred by corral.runner.web) is loaded by this import, here.
-    from aiohttp import ClientSession  # noqa: F401
-
+    """The reporter's module (its models), imported off the event loop: a request that
+    comes meanwhile does not wait for it."""
     from corral.runner import activity
 
     return activity
