@@ -5,8 +5,15 @@
 
 Each run starts `python -m corral.cli runner` (a LongRunning session, the fake model on
 loopback) inside a cgroup v1 CPU quota (`--cpu 1`: one CPU, `0.25`: 250m; needs root),
-polls `/readyz` every 5 ms, then sends one message and reads its stream. CPU-seconds are
-the runner's and its CLI's (user + system, children included) when the result arrives.
+takes *listening* (HTTP server bound) and *ready* (the agent's CLI connected) from the
+moments the runner logs "runner started" and "agent ready", checks that `/readyz` then
+answers 200, then sends one message and reads its stream. (Polling `/readyz` every few
+milliseconds instead costs the runner CPU inside the same quota as its booting CLI: under
+load it was most of the runner's CPU and delayed the very readiness it measured.)
+As in a pod, the runner reports activity (to a sink here that answers 204: the reporter's
+HTTP client and models are part of a start). CPU-seconds are the runner's and its CLI's
+(user + system, children included) at ready and when the result arrives, and the runner's
+own. The load average is recorded per run.
 Trees are run alternately, run by run, so load on the shared machine hits both alike.
 Writes the raw numbers as JSON (`--out`).
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.server
 import json
 import os
 import socket
@@ -22,12 +30,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from corral.testing.fake_anthropic import FakeAnthropic
 
@@ -79,6 +88,27 @@ def tree_cpu(pid: int) -> float:
     return cpu_seconds(pid) + sum(tree_cpu(child) for child in children(pid))
 
 
+class ActivitySink:
+    """Takes the runners' activity reports (as the operator would) and answers 204."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -86,9 +116,9 @@ def free_port() -> int:
         return port
 
 
-def _get(url: str) -> int:
+def _get(url: str, timeout: float = 1) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -96,8 +126,44 @@ def _get(url: str) -> int:
         return 0
 
 
+class LogWatch:
+    """When the runner's log (JSON lines on stdout) first said each message."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.seen: dict[str, float] = {}
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            now = time.monotonic()
+            with contextlib.suppress(ValueError):
+                msg = json.loads(line).get("msg")
+                with self._cond:
+                    self.seen.setdefault(str(msg), now)
+                    self._cond.notify_all()
+        with self._cond:
+            self.seen.setdefault("<eof>", time.monotonic())
+            self._cond.notify_all()
+
+    def wait(self, msg: str, timeout: float = 120) -> float:
+        with self._cond:
+            if not self._cond.wait_for(lambda: msg in self.seen or "<eof>" in self.seen, timeout):
+                raise RuntimeError(f"the runner never logged {msg!r}")
+            if msg not in self.seen:
+                raise RuntimeError(f"the runner exited before it logged {msg!r}")
+            return self.seen[msg]
+
+
 def one_run(
-    tree: Path, cpus: float | None, fake: FakeAnthropic, work: Path, port: int, env: dict[str, str]
+    tree: Path,
+    cpus: float | None,
+    fake: FakeAnthropic,
+    sink: ActivitySink,
+    work: Path,
+    port: int,
+    env: dict[str, str],
 ) -> dict[str, Any]:
     spec = work / "session.json"
     spec.write_text(json.dumps({"pattern": "LongRunning"}))
@@ -109,7 +175,10 @@ def one_run(
             "ANTHROPIC_API_KEY": "sk-ant-bench",
             "CORRAL_SESSION_NAME": "bench",
             "CORRAL_SESSION_NAMESPACE": "bench",
+            "CORRAL_ACTIVITY_URL": sink.url,
+            "CORRAL_ACTIVITY_TOKEN": "bench-token",
             "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
             **env,
         }
     )
@@ -125,17 +194,18 @@ def one_run(
         proc = subprocess.Popen(
             ["/bin/sh", "-c", join + 'exec "$@"', "sh", *argv],
             env=run_env,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            while _get(url + "/readyz") != 200:
-                if proc.poll() is not None or time.monotonic() - started > 120:
-                    raise RuntimeError(f"runner exited {proc.returncode} or never ready")
-                time.sleep(0.005)
-            ready = time.monotonic() - started
+            assert proc.stdout is not None
+            log = LogWatch(proc.stdout)
+            listening = log.wait("runner started") - started
+            ready = log.wait("agent ready") - started
             cpu_ready = tree_cpu(proc.pid)
+            if _get(url + "/readyz", timeout=10) != 200:
+                raise RuntimeError("the runner logged 'agent ready' but /readyz is not 200")
             runner_cpu_ready = cpu_seconds(proc.pid)  # the CLI is alive: not in it yet
             req = urllib.request.Request(
                 url + "/v1/messages", data=b'{"text": "hello"}', method="POST"
@@ -151,6 +221,7 @@ def one_run(
                             break
             result = time.monotonic() - sent
             cpu_answer = tree_cpu(proc.pid)
+            runner_cpu_answer = cpu_seconds(proc.pid)
         finally:
             proc.terminate()
             try:
@@ -159,12 +230,18 @@ def one_run(
                 proc.kill()
                 proc.wait()
     return {
+        "listening_s": round(listening, 4),
         "ready_s": round(ready, 4),
         "first_event_s": round(first or result, 4),
+        # The message goes as soon as the runner is ready: process start to its first event,
+        # the runner's part of a new session's create → first event.
+        "start_to_first_event_s": round(ready + (first or result), 4),
         "result_s": round(result, 4),
         "cpu_to_ready_s": round(cpu_ready, 3),
         "runner_cpu_to_ready_s": round(runner_cpu_ready, 3),
         "cpu_to_answer_s": round(cpu_answer, 3),
+        "runner_cpu_to_answer_s": round(runner_cpu_answer, 3),
+        "load_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -202,14 +279,21 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "compileall", "-q", tree], check=True)
     fake = FakeAnthropic()
     fake.start_in_thread()
-    results: dict[str, Any] = {"runs": args.runs, "cases": []}
+    sink = ActivitySink()
+    results: dict[str, Any] = {
+        "runs": args.runs,
+        "machine_cpus": os.cpu_count(),
+        "load_1m_at_start": round(os.getloadavg()[0], 2),
+        "cases": [],
+    }
     try:
         for cpu in cpus:
             per_tree: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
             for n in range(args.runs):
                 for label, tree in trees.items():
                     with tempfile.TemporaryDirectory() as tmp:
-                        run = one_run(Path(tree), cpu, fake, Path(tmp), free_port(), envs[label])
+                        work = Path(tmp)
+                        run = one_run(Path(tree), cpu, fake, sink, work, free_port(), envs[label])
                     per_tree[label].append(run)
                     print(f"cpu={cpu} {label} #{n}: {run}", flush=True)
             for label, runs in per_tree.items():
@@ -219,6 +303,8 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in case.items() if k != "samples"}))
     finally:
         fake.stop_thread()
+        sink.stop()
+    results["load_1m_at_end"] = round(os.getloadavg()[0], 2)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
 

@@ -31,17 +31,26 @@ def fmt(values: list[float]) -> str:
 
 def local_table(data: dict[str, Any]) -> list[str]:
     lines = [
-        "| CPU | runner | start → ready p50 | CPU-s to ready (runner + CLI) | runner's own "
-        "| CPU-s to ready + one answer | first event after send |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| CPU | runner | start → listening p50 | start → ready p50 "
+        "| CPU-s to ready (runner + CLI) | runner's own "
+        "| CPU-s to ready + one answer | runner's own | first event after send "
+        "| start → first event | load (1 min) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(case: dict[str, Any], key: str, unit: str = "") -> str:
+        value = case.get(key)  # older files lack the newer figures
+        return "-" if value is None else f"{value:.2f}{unit}"
+
     for case in data["cases"]:
         cpu = "none" if case["cpu"] is None else f"{case['cpu']:g}"
         lines.append(
-            f"| {cpu} | {case['tree']} | {case['ready_s_p50']:.2f} s "
+            f"| {cpu} | {case['tree']} | {cell(case, 'listening_s_p50', ' s')} "
+            f"| {case['ready_s_p50']:.2f} s "
             f"| {case['cpu_to_ready_s_p50']:.2f} | {case['runner_cpu_to_ready_s_p50']:.2f} "
-            f"| {case['cpu_to_answer_s_p50']:.2f} "
-            f"| {case['first_event_s_p50'] * 1000:.0f} ms |"
+            f"| {case['cpu_to_answer_s_p50']:.2f} | {cell(case, 'runner_cpu_to_answer_s_p50')} "
+            f"| {case['first_event_s_p50'] * 1000:.0f} ms "
+            f"| {cell(case, 'start_to_first_event_s_p50', ' s')} | {cell(case, 'load_1m_p50')} |"
         )
     return lines
 
@@ -90,8 +99,7 @@ def breakdown_table(cases: list[dict[str, Any]]) -> list[str]:
         "first_event_s",
     )
     lines = [
-        "| CPU | runner image | pod created | container running | runner ready "
-        "| first event | n |",
+        "| CPU | runner image | pod created | container running | runner ready | first event | n |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for case in sorted(cases, key=lambda c: (c["cpu"], c["image"] != "before")):

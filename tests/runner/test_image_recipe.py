@@ -123,8 +123,7 @@ def test_the_operator_never_imports_the_sdk_or_what_the_image_prunes() -> None:
     import sys
 
     pruned = [
-        line.replace("/", ".")
-        for line in _requirements((OPERATOR / "prune.txt").read_text())
+        line.replace("/", ".") for line in _requirements((OPERATOR / "prune.txt").read_text())
     ]
     blocked = ["claude_agent_sdk", "cryptography", "rich", "prompt_toolkit", *pruned]
     script = f"""
@@ -194,6 +193,5 @@ def test_the_runner_image_follows_runner_image_values_unless_config_sets_it() ->
     assert _rendered_default_image() == runtime.DEFAULT_RUNNER_IMAGE
     assert _rendered_default_image("runnerImage.tag=1.2.3") == "corral.dev/runner:1.2.3"
     assert (
-        _rendered_default_image("runnerImage.tag=1.2.3", "config.defaultImage=mine:4")
-        == "mine:4"
+        _rendered_default_image("runnerImage.tag=1.2.3", "config.defaultImage=mine:4") == "mine:4"
     )

@@ -71,6 +71,11 @@ def test_runner_reports_start_busy_and_idle(
         },
     )
     try:
+        # Reports begin once the agent is up (a message sent before the first one is seen
+        # in it as busy, or in its totals; the operator takes any report as activity).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not operator_endpoint.reports:
+            time.sleep(0.05)
         result_of(runner.send("report me"))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and len(operator_endpoint.reports) < 3:
@@ -132,3 +137,25 @@ def test_a_connected_websocket_client_keeps_the_session_in_use(
     flags = busy_flags()
     # connected (in use, no agent working), then left (not in use)
     assert flags[1] is True and flags[2] is False, flags
+
+
+def test_reports_begin_once_the_agents_are_up(
+    fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
+) -> None:
+    """The reporter (its HTTP client, its models) starts after the CLI's boot, not during
+    it, where it would take CPU from the CLI: the first report already sees the agent up."""
+    host, port = operator_endpoint.server_address[:2]
+    runner = start_runner(
+        {"pattern": "LongRunning"},
+        tmp_path,
+        fake.url,
+        env={"CORRAL_ACTIVITY_URL": f"http://{host!s}:{port}", "CORRAL_POD_NAME": "pod-9"},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not operator_endpoint.reports:
+            time.sleep(0.05)
+    finally:
+        assert runner.terminate() == 0, runner.logs_text()
+    first = ActivityReport.model_validate(operator_endpoint.reports[0][1])
+    assert [a.state for a in first.agents] == ["idle"], first.agents

@@ -52,10 +52,84 @@ def test_http_server_is_imported_after_the_cli_is_started() -> None:
     assert "aiohttp" not in modules
 
 
+# aiohttp's HTTP client: its connector builds two TLS contexts (every CA certificate) at import.
+HTTP_CLIENT = ("aiohttp.client", "aiohttp.connector", "aiohttp.cookiejar", "aiohttp.tracing")
+
+
+def test_http_server_loads_without_the_http_client() -> None:
+    modules = loaded_after(
+        "import corral.runner.app, corral.runner.http_api\n"
+        "from corral.runner.web import web\n"
+        "web.Application(); web.AppRunner"
+    )
+    assert "aiohttp.web" in modules  # the check below means something
+    assert not sorted(set(HTTP_CLIENT) & modules)
+
+
+# prometheus_client's text exposition and the HTTP server and WSGI it imports: /metrics only.
+EXPOSITION = ("prometheus_client.exposition", "http.server", "wsgiref")
+
+
+def test_metrics_are_kept_without_the_exposition_code() -> None:
+    modules = loaded_after(
+        "from corral.runner.metrics import RunnerMetrics\n"
+        "m = RunnerMetrics(); m.busy.labels('a').set(1); m.tool('a', 'Bash')\n"
+        "import corral.runner.app, corral.runner.http_api"
+    )
+    assert "prometheus_client.metrics" in modules
+    assert not sorted(set(EXPOSITION) & modules)
+
+
+def test_metrics_render_loads_the_exposition_code() -> None:
+    code = (
+        "from corral.runner.metrics import RunnerMetrics\n"
+        "m = RunnerMetrics(); m.busy.labels('a').set(1)\n"
+        "body, kind = m.render()\n"
+        "assert b'corral_runner_busy{agent=\"a\"} 1.0' in body, body\n"
+        "assert kind.startswith('text/plain'), kind\n"
+        "import prometheus_client\n"
+        "assert prometheus_client.REGISTRY and prometheus_client.Counter\n"
+    )
+    assert "prometheus_client.exposition" in loaded_after(code)
+
+
+def test_activity_reports_need_no_aiohttp_client() -> None:
+    modules = loaded_after(
+        "import corral.runner.app, corral.runner.http_api, corral.runner.activity\n"
+        "from corral.runner.activity import post_report\n"
+    )
+    assert "corral.runner.activity" in modules
+    assert not sorted(set(HTTP_CLIENT) & modules)
+
+
+def test_the_http_client_still_loads_on_first_use() -> None:
+    modules = loaded_after(
+        "import corral.runner.web\n"
+        "import aiohttp\n"
+        "from aiohttp import ClientSession, ClientTimeout, web\n"
+        "from aiohttp.client import ClientSession as Direct\n"
+        "assert ClientSession is Direct and ClientTimeout\n"
+        "assert web is corral.runner.web.web\n"
+        "assert aiohttp.__version__ == __import__('aiohttp.http').http.__version__\n"
+        "assert aiohttp.hdrs.CONTENT_TYPE == 'Content-Type'\n"
+    )
+    assert set(HTTP_CLIENT) <= modules
+
+
+def test_an_aiohttp_imported_first_is_left_alone() -> None:
+    modules = loaded_after(
+        "import aiohttp\nimport corral.runner.web as web\nassert web.web is aiohttp.web\n"
+    )
+    assert "aiohttp.connector" in modules
+
+
 def test_the_rest_of_the_sdk_still_loads_on_first_use() -> None:
     modules = loaded_after(
         "import corral.runner.sdk\n"
         "import claude_agent_sdk\n"
+        "import types\n"
+        "from claude_agent_sdk import query\n"
+        "assert not isinstance(query, types.ModuleType)  # the function, not its module\n"
         "from claude_agent_sdk import create_sdk_mcp_server, ClaudeSDKClient\n"
         "from claude_agent_sdk.client import ClaudeSDKClient as Direct\n"
         "assert ClaudeSDKClient is Direct\n"

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ EXIT_RUN_FAILED = 1
 EXIT_CONFIG = 2
 # One CLI stderr line in the log, at most (the CLI can print whole request bodies).
 STDERR_LINE_CHARS = 1000
+# Activity reports begin when the agents are up, or after this long whatever their state.
+REPORTS_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -119,16 +122,20 @@ def opening_messages(spec: AgentSessionSpec, worker: AgentWorker, resumed: bool)
     return texts
 
 
-@dataclass
-class _ReporterTask:
-    reporter: ActivityReporter
-    task: asyncio.Task[None]
+class _Reports:
+    """The activity reports' task, and its reporter once reports began."""
+
+    def __init__(self) -> None:
+        self.reporter: ActivityReporter | None = None
+        self.task: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        await self.reporter.final()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.reporter is not None:
+            await self.reporter.final()
 
 
 class Runner:
@@ -161,14 +168,16 @@ class Runner:
         resumed = {w.name: w.snapshot().session_id is not None for w in workers}
         session = RunnerSession(str(spec.pattern), workers, fake_api=fake is not None)
         self._install_signals()
-        reporter: _ReporterTask | None = None
+        reports = _Reports()
         try:
             # The CLIs first: they take the longest to start, and the HTTP server's
             # imports and set-up run while they boot (readiness waits for them anyway).
             session.start()
             await session.wait_spawned()
             await self._serve_http(session)
-            reporter = self._start_reporter(session)
+            reports.task = asyncio.create_task(
+                self._report_activity(session, reports), name="activity"
+            )
             log_event(
                 log,
                 "runner started",
@@ -190,30 +199,34 @@ class Runner:
             await session.shutdown(self.settings.drain_seconds)
             return 0
         finally:
-            if reporter is not None:
-                await reporter.stop()
+            await reports.stop()
             if self._http is not None:
                 await self._http.cleanup()
             if fake is not None:
                 await fake.stop()
             log_event(log, "runner stopped")
 
-    def _start_reporter(self, session: RunnerSession) -> _ReporterTask | None:
+    async def _report_activity(self, session: RunnerSession, out: _Reports) -> None:
         url = os.environ.get(runtime.ENV_ACTIVITY_URL)
         if not url:
-            return None
-        from corral.runner.activity import ActivityReporter, identity_from_env
-
-        who = identity_from_env(self.settings.session_name, self.settings.session_namespace)
+            return
+        # Reports begin once the agents are up: the reporter's models would otherwise load
+        # while the CLIs boot, on the same CPU. The first report says so.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.wait_started(), REPORTS_WAIT_SECONDS)
+        activity = await asyncio.to_thread(_load_activity)
+        who = activity.identity_from_env(
+            self.settings.session_name, self.settings.session_namespace
+        )
         if who is None:
             log_event(
                 log,
                 "activity URL set but session name/namespace unknown; not reporting",
                 level=logging.WARNING,
             )
-            return None
-        reporter = ActivityReporter(session, url, who)
-        return _ReporterTask(reporter, asyncio.create_task(reporter.run(), name="activity"))
+            return
+        out.reporter = activity.ActivityReporter(session, url, who)
+        await out.reporter.run()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -221,9 +234,8 @@ class Runner:
             loop.add_signal_handler(sig, self._stop.set)
 
     async def _serve_http(self, session: RunnerSession) -> None:
-        from aiohttp import web
-
         from corral.runner.http_api import RunnerApi
+        from corral.runner.web import web
 
         api = RunnerApi(
             session,
@@ -301,6 +313,14 @@ class Runner:
                 path=str(self.settings.termination_log),
                 error=str(exc),
             )
+
+
+def _load_activity() -> types.ModuleType:
+    """The reporter's module (its models), imported off the event loop: a request that
+    comes meanwhile does not wait for it."""
+    from corral.runner import activity
+
+    return activity
 
 
 def run(settings: RunnerSettings) -> int:

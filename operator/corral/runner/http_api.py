@@ -14,7 +14,6 @@ import ipaddress
 import json
 from typing import Any
 
-from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corral.api import runtime
@@ -26,9 +25,10 @@ from corral.runner.conversation import (
     converse,
     speaking_order,
 )
-from corral.runner.metrics import CONTENT_TYPE, RunnerMetrics
+from corral.runner.metrics import RunnerMetrics
 from corral.runner.session import RunnerSession, UnknownAgent
 from corral.runner.transcript import TranscriptPage, read_transcript, transcript_path
+from corral.runner.web import WSMsgType, web
 
 DEFAULT_MAX_REQUEST_BYTES = runtime.RUNNER_MAX_REQUEST_BYTES
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
@@ -208,8 +208,9 @@ class RunnerApi:
         return web.json_response(self.session.status())
 
     async def prometheus(self, request: web.Request) -> web.Response:
-        response = web.Response(body=self.metrics.render())
-        response.headers["content-type"] = CONTENT_TYPE
+        body, content_type = self.metrics.render()
+        response = web.Response(body=body)
+        response.headers["content-type"] = content_type
         return response
 
     # --- messages ------------------------------------------------------------------------

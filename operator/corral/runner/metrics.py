@@ -1,14 +1,24 @@
 """Prometheus metrics of one runner. Labels are agent names, outcomes, tool names and HTTP
-statuses only: never prompts, replies or credentials."""
+statuses only: never prompts, replies or credentials.
+
+prometheus_client's `__init__` imports its exposition module, and with it an HTTP server,
+WSGI and urllib (a few hundredths of a CPU-second): the runner needs them only when
+`/metrics` is first read, so the package is put in place without its `__init__`
+(corral.runner.lazy_package) and the metric classes are imported from their modules.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from corral.runner import lazy_package
+
+lazy_package.install("prometheus_client", submodules_as_names=True)
+
+# ruff: noqa: E402 -- the imports below must follow install().
+from prometheus_client.metrics import Counter, Gauge, Histogram
+from prometheus_client.registry import CollectorRegistry
 
 # Tool names come from the model; cap them so a misbehaving one cannot bloat the labels.
 MAX_TOOL_LABEL = 64
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class RunnerMetrics:
@@ -61,5 +71,8 @@ class RunnerMetrics:
     def tool(self, agent: str, name: str) -> None:
         self.tool_calls.labels(agent, name[:MAX_TOOL_LABEL]).inc()
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

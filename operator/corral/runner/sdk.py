@@ -7,7 +7,7 @@ SDK-hosted MCP servers the runner never creates (`spec.mcpServers` are remote se
 CLI itself connects to). So, before the first SDK import, `install()` puts in place:
 
 - the package as a module whose submodules import as usual and whose other names load the
-  real `__init__` on first use (PEP 562 `__getattr__`): nothing that asks for them breaks;
+  real `__init__` on first use (corral.runner.lazy_package): nothing that asks for them breaks;
 - the query's MCP bridge as a stand-in that imports the real one (and `mcp`) only when an
   SDK MCP server is used.
 
@@ -24,28 +24,16 @@ import sys
 import types
 from typing import Any
 
+from corral.runner import lazy_package
+
 PACKAGE = "claude_agent_sdk"
 BRIDGE = f"{PACKAGE}._internal.sdk_mcp_bridge"
 
 
 def install() -> None:
-    if PACKAGE in sys.modules:
+    package = lazy_package.install(PACKAGE)
+    if package is None:
         return
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
-        return  # not installed: the imports below fail with the usual error
-    package = importlib.util.module_from_spec(spec)
-    loader = spec.loader
-
-    def load_everything(name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        vars(package).pop("__getattr__", None)
-        loader.exec_module(package)  # the real __init__, into this same module object
-        return getattr(package, name)
-
-    setattr(package, "__getattr__", load_everything)  # noqa: B010 (a module's PEP 562 hook)
-    sys.modules[PACKAGE] = package
     # `client.py` does `from . import Transport`: give it without the whole __init__.
     from claude_agent_sdk._internal.transport import Transport
 

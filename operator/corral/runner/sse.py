@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from aiohttp import web
-
 from corral.runner.agent import Turn
 from corral.runner.events import Event
+from corral.runner.web import web
 
 # A comment line this often keeps proxies from cutting a stream during long tool runs.
 KEEPALIVE_SECONDS = 15.0
