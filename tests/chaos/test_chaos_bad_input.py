@@ -74,6 +74,7 @@ class RssSampler:
 
     pid: int
     peak: int = 0
+    timeline: list[tuple[float, float]] = field(default_factory=list)  # (s, MiB) every 10 s
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> RssSampler:
@@ -82,14 +83,26 @@ class RssSampler:
         return self
 
     def _run(self) -> None:
+        started = time.monotonic()
         while not self._stop.wait(0.5):
             try:
-                self.peak = max(self.peak, rss_bytes(self.pid))
+                now = rss_bytes(self.pid)
             except (OSError, RuntimeError):
                 return
+            self.peak = max(self.peak, now)
+            elapsed = time.monotonic() - started
+            if not self.timeline or elapsed - self.timeline[-1][0] >= 10:
+                self.timeline.append((round(elapsed), round(now / (1 << 20), 1)))
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
+
+
+def shortened(message: str, keep: int = 200) -> str:
+    """Head and tail of a long message (a refused patch quotes the whole object first)."""
+    if len(message) <= 2 * keep:
+        return message
+    return f"{message[:keep]} […] {message[-keep:]}"
 
 
 def normalized(path: str) -> str:
@@ -149,7 +162,8 @@ class Tally:
     live: dict[str, float] = field(default_factory=dict)  # accepted, not deleted: when
     patterns: dict[str, str] = field(default_factory=dict)  # of the accepted sessions
     pending: set[str] = field(default_factory=set)  # accepted or changed, not reconciled yet
-    reconciled: int = 0
+    reconciled: int = 0  # creates and changes seen reconciled
+    sessions_reconciled: set[str] = field(default_factory=set)
     deleted: int = 0
     counter: int = 0
 
@@ -212,7 +226,7 @@ class Tally:
         self.rejected_calls += 1
         for key in rejection_key(error.status, body):
             self.rejected[key] += 1
-            self.examples.setdefault(key, str(body.get("message"))[:300])
+            self.examples.setdefault(key, shortened(str(body.get("message"))))
         for flaw in flaws_of(case):
             self.rejected_by_flaw[flaw] += 1
         if set(case.flaws) == {"valid"} and not case.update:
@@ -231,6 +245,7 @@ class Tally:
             if name in self.pending:
                 self.pending.discard(name)
                 self.reconciled += 1
+                self.sessions_reconciled.add(name)
         excess = len(self.live) - keep
         for name in sorted((n for n in done if n in self.live), key=self.live.__getitem__):
             if excess <= 0:
@@ -376,7 +391,9 @@ def test_bad_input_at_scale(world: World) -> None:
         "other_api_errors": len(tally.other_errors),
         "accepted_but_unparseable_by_the_models": len(tally.unparseable),
         "valid_manifests_refused": len(tally.valid_refused),
-        "reconciled": tally.reconciled,
+        "sessions_created": tally.created,
+        "sessions_reconciled": len(tally.sessions_reconciled),
+        "creates_and_changes_seen_reconciled": tally.reconciled,
         "wedged": len(wedged),
         "sessions_deleted_by_the_test": tally.deleted,
         "sessions_live_at_end": live_at_end,
@@ -390,6 +407,7 @@ def test_bad_input_at_scale(world: World) -> None:
             "loaded_at_end": round(rss_loaded / mib, 1),
             "peak": round(max(peak, peak_loaded) / mib, 1),
             "after_deleting_everything": round(rss_end / mib, 1),
+            "every_10s": sampler.timeline,
         },
         "test_seconds": round(time.monotonic() - started, 1),
     }
