@@ -155,7 +155,6 @@ class Tally:
     rejected_by_flaw: Counter[str] = field(default_factory=Counter)
     accepted_by_flaw: Counter[str] = field(default_factory=Counter)
     accepted_by_pattern: Counter[str] = field(default_factory=Counter)
-    warnings_dropped_fields: int = 0
     unnamed: list[str] = field(default_factory=list)
     unparseable: list[str] = field(default_factory=list)
     valid_refused: list[str] = field(default_factory=list)  # unbroken manifests refused
@@ -204,7 +203,7 @@ class Tally:
         self.live.setdefault(name, time.monotonic())
         self.patterns[name] = str((result.get("spec") or {}).get("pattern"))
         self.pending.add(name)
-        self.accepted_by_pattern[case.pattern] += 1
+        self.accepted_by_pattern[self.patterns[name]] += 1
         for flaw in flaws_of(case):
             self.accepted_by_flaw[flaw] += 1
         try:
