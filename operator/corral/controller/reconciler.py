@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from corral.api.v1alpha1 import API_VERSION, KIND, AgentSession, ObjectMeta
+from corral.api.v1alpha1 import API_VERSION, KIND, AgentSession, Condition, ObjectMeta
 from corral.config import OperatorConfig
 from corral.controller import metrics
 from corral.controller.credentials import SecretCheck, secret_check
@@ -322,15 +322,17 @@ class Reconciler:
         cannot be read; nothing else is done for it until it can."""
         if session.reported:
             return
-        now = timestamp(datetime.now(UTC))
+        patch = status_patch(session, timestamp(datetime.now(UTC)))
         try:
-            await self.client.patch(
-                "AgentSession", key[0], key[1], {"status": status_patch(session, now)}, sub="status"
-            )
+            await self.client.patch("AgentSession", key[0], key[1], {"status": patch}, sub="status")
         except ApiError as error:
             if error.status == 404:
                 return
             raise
+        if self.store.unreadable.get(key) is session:
+            # Said: a reconcile before the watch shows the write must not say it again.
+            written = tuple(Condition.model_validate(c) for c in patch["conditions"])
+            self.store.unreadable[key] = replace(session, conditions=written)
         meta = ObjectMeta(name=session.name, namespace=session.namespace, uid=session.uid)
         await self._post_event(meta, EventNote("Warning", "SpecUnreadable", session.message))
 
