@@ -410,6 +410,29 @@ _INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
         "string_pattern_mismatch",
     ),
     ("image with a space", {"pattern": "LongRunning", "image": "a b"}, "string_pattern_mismatch"),
+    # Whitespace to Python's `\s` but not to Go's (ASCII only): the API server took these
+    # while the operator's models refused them, so the session never got a status (found by
+    # tests/chaos/test_chaos_bad_input.py).
+    (
+        "image with a vertical tab",
+        {"pattern": "LongRunning", "image": "a\x0bb"},
+        "string_pattern_mismatch",
+    ),
+    (
+        "image with a no-break space",
+        {"pattern": "LongRunning", "image": "a\u00a0b"},
+        "string_pattern_mismatch",
+    ),
+    (
+        "MCP URL with a line separator",
+        {"pattern": "LongRunning", "mcpServers": [{"name": "m", "url": "https://a\u2028b"}]},
+        "string_pattern_mismatch",
+    ),
+    (
+        "base URL with a next-line character",
+        {"pattern": "LongRunning", "credentials": {"secretName": "k", "baseUrl": "https://a\x85"}},
+        "string_pattern_mismatch",
+    ),
     (
         "secret key '.'",
         {"pattern": "LongRunning", "credentials": {"secretName": "k", "key": "."}},

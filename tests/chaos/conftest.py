@@ -103,7 +103,14 @@ def chaos_crd(chaos_kubeconfig: Path, chaos_api: client.ApiClient) -> None:
 
 
 @pytest.fixture
+def chaos_load() -> Load:
+    """The sessions a test's world is made for (a test module may override it)."""
+    return Load.mixed(session_count())
+
+
+@pytest.fixture
 def world(
+    chaos_load: Load,
     chaos_cluster: ControlPlane,
     chaos_kubeconfig: Path,
     chaos_api: client.ApiClient,
@@ -119,7 +126,7 @@ def world(
     identity = chart_identity(
         chaos_kubeconfig, system, lease, tmp_path, watch_namespaces=[namespace]
     )
-    load = Load.mixed(session_count())
+    load = chaos_load
     world = World(
         plane=chaos_cluster,
         kubeconfig=chaos_kubeconfig,

@@ -309,3 +309,45 @@ async def test_reconciles_wait_while_the_sessions_are_listed_again(
     finally:
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
+
+
+async def test_a_stored_session_the_models_refuse_gets_a_status_naming_the_field(
+    controller_for: Callable[[JSON], Controller],
+    make_session: Callable[..., AgentSession],
+) -> None:
+    """Fix: a session the API server stored but the models refuse (found by
+    tests/chaos/test_chaos_bad_input.py: Go's `\\S` took a vertical tab) was only logged, so
+    it never got a status. Now SpecAccepted and Ready say which field, with one Warning Event
+    per generation, and nothing is written again while it stays the same."""
+    body = session_body(make_session("LongRunning"))
+    body["metadata"]["generation"] = 3
+    body["spec"]["image"] = "runner\x0b:1"
+    controller = controller_for(body)
+    kube = controller.client
+    assert isinstance(kube, FakeKube)
+    controller.on_session("ADDED", copy.deepcopy(body))
+    assert await controller.reconciler.reconcile(KEY) is None
+    conditions = {c["type"]: c for c in kube.session["status"]["conditions"]}
+    for type_ in ("SpecAccepted", "Ready"):
+        assert conditions[type_]["status"] == "False"
+        assert conditions[type_]["reason"] == "SpecUnreadable"
+        assert conditions[type_]["observedGeneration"] == 3
+        assert "spec.image: String should match pattern" in conditions[type_]["message"]
+    posted = [path for method, path in kube.calls if method == "POST"]
+    assert len(posted) == 1 and posted[0].endswith("/events")
+    # Reconciled again before the watch shows the write (a child event): nothing more.
+    kube.calls.clear()
+    await controller.reconciler.reconcile(KEY)
+    assert kube.calls == []
+    # The status write comes back through the watch: nothing more to say.
+    kube.calls.clear()
+    controller.on_session("MODIFIED", copy.deepcopy(kube.session))
+    await controller.reconciler.reconcile(KEY)
+    assert kube.calls == []
+    # Fixed: an ordinary session again.
+    fixed = copy.deepcopy(kube.session)
+    fixed["spec"]["image"] = "runner:1"
+    fixed["metadata"]["resourceVersion"] = "99"
+    controller.on_session("MODIFIED", fixed)
+    assert KEY not in controller.store.unreadable
+    assert controller.reconciler.observe(KEY) is not None

@@ -40,7 +40,12 @@ DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 # `^[-._a-zA-Z0-9]+$`, so a session with key `.` was accepted and its pod then refused
 # (found by the server-side dry run of rendered pods). RE2 has no lookahead, hence the form.
 SECRET_KEY_PATTERN = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
-URL_PATTERN = r"^https?://\S+$"
+# Printable ASCII without spaces, not `\S`: Go's `\S` (the API server) takes Unicode
+# whitespace, a vertical tab or a NUL that Python's and Rust's (the models) refuse, so such
+# a session was stored but never read by the operator, and never got a status (found by
+# tests/chaos/test_chaos_bad_input.py). A byte range means the same to every engine.
+NO_SPACE_ASCII = "[!-~]+"
+URL_PATTERN = rf"^https?://{NO_SPACE_ASCII}$"
 # spec.network.allowedDomains: `*`, a name or `*.` and a name, then an optional `:port`
 # (same shape as corral.gateway.egress_policy.DOMAIN_RULE; the port's range is a CEL rule).
 DOMAIN_PATTERN = (
@@ -495,7 +500,7 @@ class AgentSessionSpec(ApiModel):
     )
     image: str | None = Field(
         None,
-        pattern=r"^\S+$",
+        pattern=rf"^{NO_SPACE_ASCII}$",
         max_length=512,
         description="Runner image; the operator's default when unset. Changing it restarts "
         "the pod.",

@@ -31,6 +31,7 @@ from corral.controller.pods import pod_view
 from corral.controller.queue import WorkQueue
 from corral.controller.reconciler import Reconciler
 from corral.controller.store import Key, Store
+from corral.controller.unreadable import unreadable
 from corral.kube.client import ApiError, KubeClient
 from corral.kube.informer import Backoff, Informer
 from corral.render.meta import MANAGED_BY_LABEL, MANAGER
@@ -99,6 +100,9 @@ class Controller:
         except ValidationError as error:
             log.error("session %s/%s does not parse: %s", *key, error)
             metrics.ERRORS.labels(reason="InvalidSession").inc()
+            # Its status says so (see corral.controller.unreadable).
+            self.store.unreadable[key] = unreadable(body, error)
+            self.queue.add(key)
             return
         if session is None:
             return

@@ -36,8 +36,12 @@ def watched(namespace: str, namespaces: Sequence[str]) -> bool:
     return not namespaces or any(fnmatch.fnmatchcase(namespace, n) for n in namespaces)
 
 
+# Async on purpose: kopf runs a plain `def` handler in a thread pool, and the Controller
+# (store, work queue, asyncio.Event) belongs to the event loop. Fix: it was a `def`, and
+# under a burst of session events the loop and a handler thread touched the queue's Event at
+# once ("deque mutated during iteration", found by tests/chaos/test_chaos_bad_input.py).
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def session_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def session_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     controller: Controller = memo.controller
     body: dict[str, Any] = dict(event["object"])
     metadata: dict[str, Any] = body.get("metadata") or {}

@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from corral.api.v1alpha1 import AgentSession
+from corral.api.v1alpha1 import API_VERSION, KIND, AgentSession, Condition, ObjectMeta
 from corral.config import OperatorConfig
 from corral.controller import metrics
 from corral.controller.credentials import SecretCheck, secret_check
@@ -34,6 +34,7 @@ from corral.controller.lifecycle import (
 from corral.controller.ownership import name_taken_message, owned_by
 from corral.controller.pods import pod_view
 from corral.controller.store import Key, Store
+from corral.controller.unreadable import Unreadable, status_patch
 from corral.kube.client import METADATA_ONLY, ApiError, KubeClient
 from corral.render import network_policy_name, pvc_name, service_name
 
@@ -83,6 +84,10 @@ class Reconciler:
         return tuple(sorted((self.name_conflicts.get(key) or {}).values()))
 
     async def reconcile(self, key: Key) -> Plan | None:
+        refused = self.store.unreadable.get(key)
+        if refused is not None:
+            await self._report_unreadable(key, refused)
+            return None
         observed = self.observe(key)
         if observed is None:
             return None
@@ -312,6 +317,25 @@ class Reconciler:
         # Keep our own write: the next reconcile may run before the watch shows it.
         self.store.put_session(updated)
 
+    async def _report_unreadable(self, key: Key, session: Unreadable) -> None:
+        """Say in its status (and one Warning Event per generation) why a stored session
+        cannot be read; nothing else is done for it until it can."""
+        if session.reported:
+            return
+        patch = status_patch(session, timestamp(datetime.now(UTC)))
+        try:
+            await self.client.patch("AgentSession", key[0], key[1], {"status": patch}, sub="status")
+        except ApiError as error:
+            if error.status == 404:
+                return
+            raise
+        if self.store.unreadable.get(key) is session:
+            # Said: a reconcile before the watch shows the write must not say it again.
+            written = tuple(Condition.model_validate(c) for c in patch["conditions"])
+            self.store.unreadable[key] = replace(session, conditions=written)
+        meta = ObjectMeta(name=session.name, namespace=session.namespace, uid=session.uid)
+        await self._post_event(meta, EventNote("Warning", "SpecUnreadable", session.message))
+
     async def _patch_child(
         self, key: Key, session: AgentSession, kind: str, name: str, patch: dict[str, Any]
     ) -> None:
@@ -331,15 +355,17 @@ class Reconciler:
 
     async def _event(self, session: AgentSession, note: EventNote) -> None:
         """Post a core/v1 Event on the session; best effort, never fails a reconcile."""
+        await self._post_event(session.metadata, note)
+
+    async def _post_event(self, meta: ObjectMeta, note: EventNote) -> None:
         now = timestamp(datetime.now(UTC))
-        meta = session.metadata
         event = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"generateName": f"{meta.name}.", "namespace": meta.namespace},
             "involvedObject": {
-                "apiVersion": session.api_version,
-                "kind": session.kind,
+                "apiVersion": API_VERSION,
+                "kind": KIND,
                 "name": meta.name,
                 "namespace": meta.namespace,
                 "uid": meta.uid,

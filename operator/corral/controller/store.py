@@ -16,6 +16,7 @@ from typing import Any
 from corral.api.v1alpha1 import AgentSession
 from corral.controller.lifecycle import Activity
 from corral.controller.pods import PodView
+from corral.controller.unreadable import Unreadable
 
 Key = tuple[str, str]  # (namespace, session name)
 # A created pod the watch has not shown yet is assumed to exist for this long.
@@ -74,6 +75,8 @@ class Store:
         self.deferred_since: dict[Key, float] = {}
         # Child names taken by objects that are not the session's: "kind/name" -> why.
         self.name_conflicts: dict[Key, dict[str, str]] = {}
+        # Sessions stored by the API server that the models refuse (see controller.unreadable).
+        self.unreadable: dict[Key, Unreadable] = {}
         # When this replica last became leader, and so began to hear runners' activity
         # reports (None while it does not lead): no idle scale-down before it could have
         # heard a busy runner's heartbeat (see lifecycle.Observed.leading_since).
@@ -94,6 +97,7 @@ class Store:
             return None
         self._versions[key] = version
         self.sessions[key] = session
+        self.unreadable.pop(key, None)
         return session
 
     def version_of(self, key: Key) -> int:
@@ -107,6 +111,7 @@ class Store:
         self.wake_seen.pop(key, None)
         self.deferred_since.pop(key, None)
         self.name_conflicts.pop(key, None)
+        self.unreadable.pop(key, None)
         self._free_if_unused(key)
 
     def _free_if_unused(self, key: Key) -> None:
