@@ -64,8 +64,9 @@ OUT = Path(
 )
 # Kill PID 1's child (tini's: the runner) with SIGKILL; print its command line first.
 KILL_RUNNER = (
+    'for p in /proc/[0-9]*; do echo "ps ${p#/proc/} $(tr "\\0" " " < $p/cmdline)"; done; '
     "pid=$(cat /proc/1/task/1/children); pid=${pid%% *}; "
-    'tr "\\0" " " < /proc/$pid/cmdline; echo; kill -9 "$pid"'
+    'echo "killing $pid: $(tr "\\0" " " < /proc/$pid/cmdline)"; kill -9 "$pid"'
 )
 
 
@@ -299,7 +300,18 @@ def kill_mid_turn(
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert "runner" in done.stdout, done.stdout
+        print(done.stdout, flush=True)
         reply: Reply = turn.result(timeout=240)
+        ended_after = time.monotonic() - killed_at
+    after = core.read_namespaced_pod(pod.metadata.name, namespace)
+    statuses = [
+        (c.name, c.restart_count, c.last_state.terminated and c.last_state.terminated.exit_code)
+        for c in after.status.container_statuses or []
+    ]
+    print(f"stream ended {ended_after:.1f}s after the kill; containers {statuses}", flush=True)
+    if reply.events and reply.events[-1].get("subtype") == "success":
+        logs = kubectl(kubeconfig, "-n", namespace, "logs", pod.metadata.name, "--tail=60")
+        print(logs.stdout[-6000:], flush=True)
     # The user's stream ended without a successful result.
     assert not (reply.events and reply.events[-1].get("subtype") == "success"), reply
 
