@@ -62,8 +62,18 @@ OUT = Path(
     os.environ.get("CORRAL_HYBRID_CYCLES_OUT")
     or Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "hybrid-cycles.json"
 )
-# Kill PID 1's child (tini's: the runner) with SIGKILL; print its command line first.
+# The doomed turn's Bash command (the CLI refuses a bare long `sleep`), found by its marker.
+DOOMED = "python3 -c 'import time; time.sleep(90)' doomed-turn-marker"
+# In the runner's container: wait until the doomed command runs (a child of the CLI, so the
+# turn is mid-tool), list the processes, then SIGKILL PID 1's child (tini's: the runner).
+# The marker is split so that this script's own command line does not contain it.
 KILL_RUNNER = (
+    "m=doomed-turn; m=$m-marker; "
+    "for i in $(seq 100); do "
+    '  for p in /proc/[0-9]*; do c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); '
+    '    [[ $c == python3*"$m"* ]] && found=${p#/proc/}; done; '
+    '  [[ -n $found ]] && break; sleep 0.3; done; '
+    '[[ -n $found ]] || { echo "no doomed command running"; exit 3; }; '
     'for p in /proc/[0-9]*; do echo "ps ${p#/proc/} $(tr "\\0" " " < $p/cmdline)"; done; '
     "pid=$(cat /proc/1/task/1/children); pid=${pid%% *}; "
     'echo "killing $pid: $(tr "\\0" " " < /proc/$pid/cmdline)"; kill -9 "$pid"'
@@ -286,11 +296,10 @@ def kill_mid_turn(
     """Wake the session with a turn whose Bash runs long, SIGKILL the runner mid-command,
     and wait until the restarted container is Ready (or the session slept again)."""
     fake.reset()
-    fake.add(bash(f"sleep 60; echo never > killed-{cycle}.txt"), text("never"))
+    fake.add(bash(f"{DOOMED}; echo never > killed-{cycle}.txt"), text("never"))
     with ThreadPoolExecutor(1) as pool:
         turn = pool.submit(gateway.send, namespace, name, f"cycle {cycle}: a turn cut short")
         wait_for(lambda: fake.message_bodies(), timeout=240, what="the doomed turn under way")
-        time.sleep(2)  # the CLI has the tool call; Bash is sleeping
         pod = ready_pod(core, namespace, name, timeout=30)
         restarts_before = sum(c.restart_count for c in pod.status.container_statuses or [])
         killed_at = time.monotonic()
@@ -299,7 +308,7 @@ def kill_mid_turn(
             "-c", runtime.CONTAINER_NAME, "--", "bash", "-c", KILL_RUNNER,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        assert "runner" in done.stdout, done.stdout
+        assert "killing" in done.stdout and "corral runner" in done.stdout, done.stdout
         print(done.stdout, flush=True)
         reply: Reply = turn.result(timeout=240)
         ended_after = time.monotonic() - killed_at
