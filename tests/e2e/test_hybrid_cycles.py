@@ -72,7 +72,7 @@ KILL_RUNNER = (
     "for i in $(seq 100); do "
     '  for p in /proc/[0-9]*; do c=$(tr "\\0" " " < $p/cmdline 2>/dev/null); '
     '    [[ $c == python3*"$m"* ]] && found=${p#/proc/}; done; '
-    '  [[ -n $found ]] && break; sleep 0.3; done; '
+    "  [[ -n $found ]] && break; sleep 0.3; done; "
     '[[ -n $found ]] || { echo "no doomed command running"; exit 3; }; '
     'for p in /proc/[0-9]*; do echo "ps ${p#/proc/} $(tr "\\0" " " < $p/cmdline)"; done; '
     "pid=$(cat /proc/1/task/1/children); pid=${pid%% *}; "
@@ -200,6 +200,7 @@ def test_hybrid_sessions_survive_sleep_wake_cycles_and_a_sigkill_mid_turn(
                 sample["sigkill"] = kill_mid_turn(
                     core, namespace, name, fake, kubeconfig, gateway, cycle
                 )
+                woken += sample["sigkill"]["woken"]
             fake.reset()
             # The agent first reads what earlier pods wrote, then writes its own file.
             fake.add(
@@ -338,6 +339,7 @@ def kill_mid_turn(
     return {
         "pod": pod.metadata.name,
         "killed": done.stdout.strip()[:200],
+        "woken": ": waking" in reply.comments,
         "stream_events": len(reply.events),
         "recovered_s": round(time.monotonic() - killed_at, 3),
     }
