@@ -31,3 +31,17 @@ def test_watched_namespaces() -> None:
     assert not watched("t9999-x", ["t1234-*"])
     assert watched("team-a", ["team-a", "dev-*"])
     assert not watched("team-ab", ["team-a"])
+
+
+def test_kopf_keeps_no_diff_base_for_event_handlers() -> None:
+    import kopf
+
+    from corral.controller.handlers import NoDiffBase, configure
+
+    settings = kopf.OperatorSettings()
+    configure(settings=settings)
+    storage = settings.persistence.diffbase_storage
+    assert isinstance(storage, NoDiffBase)
+    body = kopf.Body({"metadata": {"name": "s", "annotations": {"a": "b"}}, "spec": {"x": 1}})
+    assert storage.build(body=body) == {}
+    assert storage.fetch(body=body) is None

@@ -136,3 +136,38 @@ def test_a_pod_view_keeps_a_digest_of_the_spec_annotation_not_the_annotation() -
     other["metadata"]["annotations"]["corral.dev/session-spec"] = spec + " "  # type: ignore[index]
     assert pod_view(other).spec_digest != view.spec_digest
     assert pod_view(body).spec_digest == view.spec_digest
+
+
+def versioned(name: str, version: str, **spec: object) -> dict[str, object]:
+    body = session_body(name)
+    body["metadata"] = {**body["metadata"], "resourceVersion": version}  # type: ignore[dict-item]
+    body["spec"] = {**body["spec"], **spec}  # type: ignore[dict-item]
+    return body
+
+
+def test_the_version_held_is_not_parsed_again() -> None:
+    """Our own status write, then its watch event: the same object, kept as parsed."""
+    store = Store()
+    held = store.put_session(versioned("demo", "5"))
+    # Not a valid session at all: parsing it would raise.
+    again = store.put_session(versioned("demo", "5", pattern="NoSuchPattern"))
+    assert again is held
+    assert store.sessions[KEY] is held
+
+
+def test_a_newer_version_is_parsed() -> None:
+    store = Store()
+    store.put_session(versioned("demo", "5"))
+    newer = store.put_session(versioned("demo", "6", pattern="LongRunning"))
+    assert newer is not None and newer.spec.pattern == "LongRunning"
+    assert store.put_session(versioned("demo", "4")) is None
+
+
+def test_a_new_session_of_the_same_name_and_version_is_parsed() -> None:
+    """A different uid is another object, whatever its resourceVersion says."""
+    store = Store()
+    store.put_session(versioned("demo", "5"))
+    other = versioned("demo", "5", pattern="LongRunning")
+    other["metadata"] = {**other["metadata"], "uid": "another"}  # type: ignore[dict-item]
+    replaced = store.put_session(other)
+    assert replaced is not None and replaced.metadata.uid == "another"

@@ -46,11 +46,27 @@ def session_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         controller.on_session(event["type"], body)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf builds each event's "essence" (a deep copy of the body) to diff it with the
+    last handled one for change handlers; with event handlers only, nothing reads the diff,
+    so none is built, fetched or stored."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: Any) -> None:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Level-based, event-driven handlers only: each of kopf's per-object annotations,
     # finalizers and handler Events would cost API writes per session.
     settings.posting.enabled = False
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30

@@ -86,10 +86,20 @@ class Store:
         return found
 
     def put_session(self, body: dict[str, Any]) -> AgentSession | None:
-        """Store a session body unless an older version than the one held."""
+        """Store a session body unless an older version than the one held. The version
+        held already (our own status write, then its watch event; a relist) is not parsed
+        again: the same resourceVersion is the same object."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        version = _resource_version(body)
+        held = self.sessions.get(key)
+        if version and held is not None:
+            if version < self._versions.get(key, 0):
+                return None
+            if version == self._versions.get(key) and held.metadata.uid == meta.get("uid"):
+                return held
         session = AgentSession.model_validate(body)
         key = (session.metadata.namespace, session.metadata.name)
-        version = _resource_version(body)
         if version and version < self._versions.get(key, 0):
             return None
         self._versions[key] = version

@@ -1,0 +1,160 @@
+"""Operator CPU per session and peak RSS at 1,000 sessions, operator trees side by side.
+
+    python -m bench.operator_footprint --sessions 1000 --rate 30 \\
+        --tree before=/tmp/corral-before/operator --tree after=operator
+
+For each round and each tree (alternately, so load on the shared machine hits both alike):
+a fresh operator process of that tree (`PYTHONPATH`), one burst (64 creates in flight) of
+`--sessions` LongRunning sessions on KWOK nodes, or the same paced at `--rate` per second,
+until every pod is Running and the operator has settled (no reconcile for 6 s). Figures:
+the operator's CPU-seconds (user + system) from the first create to settled, per session,
+and its peak RSS (VmHWM: the most it ever held, start-up included). The sessions' namespace
+is deleted (and gone) before the next operator starts. Writes the raw numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.kube import client_for
+from bench.report import repo_command
+from bench.run import BENCH_NODES, machine
+from bench.scenarios import _proc_times, burst, drop_namespace, make_namespace, wait_settled
+from corral.api.crd import crd_yaml
+from corral.cluster import control_plane, pki
+from corral.testing.operator import OperatorProcess, kwok_operator_config
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "benchmarks" / "operator-footprint.json"
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+async def one(
+    kubeconfig: Path, tree: str, path: str, sessions: int, rate: float | None, tag: str
+) -> dict[str, Any]:
+    client = client_for(kubeconfig, max_connections=64)
+    system = f"fp-{tag}-system"
+    namespace = f"fp-{tag}-s"
+    await make_namespace(client, system)
+    config = kwok_operator_config(system)
+    operator = OperatorProcess(
+        kubeconfig=kubeconfig,
+        config=config,
+        workdir=ROOT / ".bench",
+        namespaces=[f"fp-{tag}-*"],
+        lease_name=f"fp-{tag}",
+        identity=f"fp-{tag}",
+        pythonpath=path,
+    ).start()
+    try:
+        operator.wait_leader()
+        assert operator.proc is not None
+        pid = operator.proc.pid
+        await make_namespace(client, namespace)
+        load_before = load_average()
+        cpu_before = _proc_times(pid)[0]
+        result = await burst(client, namespace, sessions, "operator", config, rate=rate)
+        await wait_settled(operator)
+        cpu = _proc_times(pid)[0] - cpu_before
+        row = {
+            "tree": tree,
+            "mode": "paced" if rate else "burst",
+            "rate_per_second": rate,
+            "sessions": sessions,
+            "operator_cpu_seconds": round(cpu, 2),
+            "operator_cpu_ms_per_session": round(1000 * cpu / sessions, 2),
+            "operator_peak_rss_mb": peak_rss_mb(pid),
+            "operator_rss_mb_settled": round(_proc_times(pid)[1] / 2**20, 1),
+            "all_running_seconds": round(result.running_seconds, 1),
+            "create_to_pod_p50_ms": round(result.p50_ms, 1),
+            "load_average_1m": [load_before, load_average()],
+        }
+        print(json.dumps(row), flush=True)
+        return row
+    finally:
+        operator.stop()
+        await drop_namespace(client, namespace)
+        await drop_namespace(client, system)
+        await client.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    layout = control_plane.up()
+    kubeconfig = layout.kubeconfig(pki.ADMIN)
+    count = max(4, min(BENCH_NODES, args.sessions // 200))
+    nodes = tuple(f"kwok-bench-{i}" for i in range(count))
+    manifest = control_plane.fake_nodes_manifest(nodes)
+    control_plane.kubectl(layout, "apply", "-f", "-", stdin=manifest)
+    control_plane.kubectl(
+        layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd_yaml()
+    )
+    trees: dict[str, str] = args.trees
+    rows: list[dict[str, Any]] = []
+    run_id = time.strftime("%H%M%S")
+    for round_ in range(args.rounds):
+        for rate in (None, args.rate):
+            for tree, path in trees.items():
+                tag = f"{run_id}-{round_}-{tree}-{'p' if rate else 'b'}"
+                rows.append(await one(kubeconfig, tree, path, args.sessions, rate, tag))
+    summary = {
+        f"{tree} {mode}": {
+            key: statistics.median(r[key] for r in rows if r["tree"] == tree and r["mode"] == mode)
+            for key in ("operator_cpu_ms_per_session", "operator_peak_rss_mb")
+        }
+        for tree in trees
+        for mode in ("burst", "paced")
+    }
+    out = {
+        "machine": machine(),
+        "command": repo_command(" ".join(sys.argv)),
+        "sessions": args.sessions,
+        "rate_per_second": args.rate,
+        "rounds": args.rounds,
+        "rows": rows,
+        "median": summary,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=30.0, help="paced creates per second")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help="NAME=PATH of an operator source tree (the folder holding `corral`); repeatable",
+    )
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    pairs = [t.split("=", 1) for t in args.tree or ["current=operator"]]
+    args.trees = {name: str(Path(path).resolve()) for name, path in pairs}
+    return args
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))
