@@ -45,3 +45,12 @@ def test_kopf_keeps_no_diff_base_for_event_handlers() -> None:
     body = kopf.Body({"metadata": {"name": "s", "annotations": {"a": "b"}}, "spec": {"x": 1}})
     assert storage.build(body=body) == {}
     assert storage.fetch(body=body) is None
+
+
+def test_session_events_run_on_the_event_loop() -> None:
+    """kopf runs plain functions in its thread pool; the handler must be a coroutine."""
+    import inspect
+
+    from corral.controller.handlers import session_event
+
+    assert inspect.iscoroutinefunction(session_event)
