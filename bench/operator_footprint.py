@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from bench.kube import client_for
 from bench.report import repo_command
 from bench.run import BENCH_NODES, machine
@@ -33,6 +34,7 @@ from corral.testing.operator import OperatorProcess, kwok_operator_config
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "benchmarks" / "operator-footprint.json"
+RAW = ROOT / "docs" / "benchmarks" / "raw.json"  # bench.run's: benchmarks.md is made from both
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -134,6 +136,36 @@ async def main(args: argparse.Namespace) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(json.dumps(summary, indent=1))
+    if args.out == OUT:
+        report.write(json.loads(RAW.read_text()), ROOT / "docs")
+
+
+def section(data: dict[str, Any]) -> list[str]:
+    """The docs/benchmarks.md section of a run's JSON."""
+    rate = data["rate_per_second"]
+    lines = [
+        f"## Operator CPU and peak RSS per tree, {data['sessions']:,} sessions",
+        "",
+        "`python -m bench.operator_footprint` (one run, trees alternately, a fresh operator "
+        "each): a burst (64 creates in flight) or the same sessions paced at "
+        f"{rate:g}/s, until every pod is Running and the operator settled. CPU is the "
+        "operator's user + system seconds over that time, per session; peak RSS is its VmHWM. "
+        "The machine's other users share the cores (1-minute load average before and after).",
+        "",
+        f"Command: `{data['command']}`",
+        "",
+        "| tree | mode | CPU ms / session | peak RSS | RSS settled | all Running after "
+        "| create→Pod p50 | load |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in data["rows"]:
+        load = " → ".join(f"{x:g}" for x in r["load_average_1m"])
+        lines.append(
+            f"| {r['tree']} | {r['mode']} | {r['operator_cpu_ms_per_session']} "
+            f"| {r['operator_peak_rss_mb']} MB | {r['operator_rss_mb_settled']} MB "
+            f"| {r['all_running_seconds']} s | {r['create_to_pod_p50_ms']:.0f} ms | {load} |"
+        )
+    return [*lines, ""]
 
 
 def parse() -> argparse.Namespace:
