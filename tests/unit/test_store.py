@@ -171,3 +171,20 @@ def test_a_new_session_of_the_same_name_and_version_is_parsed() -> None:
     other["metadata"] = {**other["metadata"], "uid": "another"}  # type: ignore[dict-item]
     replaced = store.put_session(other)
     assert replaced is not None and replaced.metadata.uid == "another"
+
+
+def test_a_stored_session_keeps_no_managed_fields() -> None:
+    store = Store()
+    body = versioned("demo", "5")
+    fields_v1 = {"f:spec": {"f:pattern": {}}}
+    body["metadata"] = {  # type: ignore[dict-item]
+        **body["metadata"],  # type: ignore[dict-item]
+        "managedFields": [{"manager": "kubectl", "fieldsV1": fields_v1}],
+        "deletionTimestamp": "2026-01-01T00:00:00Z",
+    }
+    session = store.put_session(body)
+    assert session is not None
+    extra = session.metadata.model_extra or {}
+    assert "managedFields" not in extra
+    assert extra["deletionTimestamp"] == "2026-01-01T00:00:00Z"  # other fields pass through
+    assert "managedFields" in body["metadata"]  # type: ignore[operator]  # caller's body untouched

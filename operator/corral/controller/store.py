@@ -98,6 +98,10 @@ class Store:
                 return None
             if version == self._versions.get(key) and held.metadata.uid == meta.get("uid"):
                 return held
+        if "managedFields" in meta:
+            # Kept per session for nothing: the operator never reads them, and with each
+            # writer's field sets they outweigh the rest of the object.
+            body = {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
         session = AgentSession.model_validate(body)
         key = (session.metadata.namespace, session.metadata.name)
         if version and version < self._versions.get(key, 0):
