@@ -34,6 +34,9 @@ from corral.testing.operator import OperatorProcess, kwok_operator_config
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "benchmarks" / "operator-footprint.json"
+# Issue 19: operator CPU per session, and the peer controller's peak RSS at 1,000 sessions.
+CPU_TARGET_MS = 5.0
+RSS_TARGET_MB = 97.0
 RAW = ROOT / "docs" / "benchmarks" / "raw.json"  # bench.run's: benchmarks.md is made from both
 
 
@@ -168,7 +171,19 @@ def section(data: dict[str, Any]) -> list[str]:
             f"| {r['operator_peak_rss_mb']} MB | {r['operator_rss_mb_settled']} MB "
             f"| {r['all_running_seconds']} s | {r['create_to_pod_p50_ms']:.0f} ms | {load} |"
         )
+    lines += ["", "Issue 19's targets, medians of the run:", ""]
+    for name, median in data["median"].items():
+        cpu, rss = median["operator_cpu_ms_per_session"], median["operator_peak_rss_mb"]
+        lines.append(
+            f"- {name}: {cpu:g} ms per session (target ≤ {CPU_TARGET_MS:g}: "
+            f"{_verdict(cpu, CPU_TARGET_MS)}), peak RSS {rss:g} MB (target ≤ {RSS_TARGET_MB:g}, "
+            f"the peer controller's: {_verdict(rss, RSS_TARGET_MB)})"
+        )
     return [*lines, ""]
+
+
+def _verdict(value: float, target: float) -> str:
+    return "met" if value <= target else f"**not met**, {value - target:.1f} over"
 
 
 def parse() -> argparse.Namespace:
