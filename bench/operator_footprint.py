@@ -118,7 +118,7 @@ async def main(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     run_id = time.strftime("%H%M%S")
     for round_ in range(args.rounds):
-        for rate in (None, args.rate):
+        for rate in [None if mode == "burst" else args.rate for mode in args.modes]:
             for tree, path in trees.items():
                 tag = f"{run_id}-{round_}-{tree}-{'p' if rate else 'b'}"
                 rows.append(await one(kubeconfig, tree, path, args.sessions, rate, tag))
@@ -129,6 +129,7 @@ async def main(args: argparse.Namespace) -> None:
         }
         for tree in trees
         for mode in ("burst", "paced")
+        if any(r["tree"] == tree and r["mode"] == mode for r in rows)
     }
     out = {
         "machine": machine(),
@@ -193,6 +194,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=30.0, help="paced creates per second")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--modes", type=lambda s: s.split(","), default=["burst", "paced"], help="burst,paced"
+    )
     parser.add_argument(
         "--tree",
         action="append",
