@@ -172,7 +172,7 @@ def section(data: dict[str, Any]) -> list[str]:
         "operator's user + system seconds over that time, per session; peak RSS is its VmHWM. "
         "The machine's other users share the cores (1-minute load average before and after).",
         "",
-        f"Command: `{data['command']}`",
+        f"Footprint command: `{data['command']}`",
         "",
         "| tree | mode | CPU ms / session | peak RSS | RSS settled | all Running after "
         "| create→Pod p50 | load |",
