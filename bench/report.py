@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -220,6 +221,11 @@ def write(results: dict[str, Any], docs: Path) -> None:
         ]
     lines += _targets(results)
     lines += _cpu_table(results["bursts"])
+    footprint = plots / "operator-footprint.json"
+    if footprint.exists():  # written by bench.operator_footprint
+        from bench.operator_footprint import section
+
+        lines += ["", *section(json.loads(footprint.read_text()))]
     (docs / "benchmarks.md").write_text("\n".join(lines))
 
 

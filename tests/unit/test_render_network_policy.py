@@ -196,3 +196,16 @@ def test_a_scraper_namespace_must_be_a_dns_label() -> None:
 
     with pytest.raises(ValidationError, match=r"metricsScraper\.namespace"):
         OperatorConfig.model_validate({"metricsScraper": {"namespace": "Not_A_Label"}})
+
+
+def test_carved_blocks_are_computed_once_per_range_and_holes() -> None:
+    from corral.render.network_policy import _carve, carve
+
+    _carve.cache_clear()
+    first = carve("0.0.0.0/0", ["10.0.0.0/8", "169.254.0.0/16"])
+    again = carve("0.0.0.0/0", iter(["10.0.0.0/8", "169.254.0.0/16"]))
+    assert again is first  # the same block, not parsed again
+    assert _carve.cache_info().hits == 1
+    assert first is not None and first.var_except == ["10.0.0.0/8", "169.254.0.0/16"]
+    other = carve("0.0.0.0/0", ["10.0.0.0/8"])
+    assert other is not None and other.var_except == ["10.0.0.0/8"]

@@ -11,6 +11,7 @@ loopback and link-local ranges carved out, which covers the cloud metadata addre
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -38,6 +39,14 @@ def network_policy_name(session: AgentSession) -> str:
 
 def carve(cidr: str, holes: Iterable[str]) -> k8s.V1IPBlock | None:
     """`cidr` (masked) minus the `holes` inside it; None when a hole covers all of it."""
+    return _carve(cidr, tuple(holes))
+
+
+# Every reconcile renders the policy (to compare it with the live one), and the same few
+# ranges minus the same holes were parsed again each time: most of a reconcile's CPU. The
+# block is never modified once made (only dumped), so one instance is shared.
+@functools.lru_cache(maxsize=1024)
+def _carve(cidr: str, holes: tuple[str, ...]) -> k8s.V1IPBlock | None:
     network = parse_cidr(cidr)
     excepts: list[str] = []
     for text in holes:

@@ -79,6 +79,8 @@ class OperatorProcess:
     proc: subprocess.Popen[bytes] | None = None
     # Signs activity tokens (config.activityKeyFile); operators sharing a Lease share it.
     activity_key: bytes = field(default_factory=lambda: secrets.token_hex(32).encode())
+    # Put first on the operator's PYTHONPATH: run another checkout's operator (benchmarks).
+    pythonpath: str | None = None
 
     @property
     def url(self) -> str:
@@ -117,9 +119,12 @@ class OperatorProcess:
         if not self.leader_election:
             argv.append("--no-leader-election")
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
-        )
+        env = dict(os.environ)
+        if self.pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (self.pythonpath, env.get("PYTHONPATH")) if p
+            )
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         wait_for(self._ready, timeout=30, what=f"operator {self.identity} readiness")
         return self
