@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -40,6 +41,7 @@ from e2e_support import (
 from kubernetes import client, watch
 
 from corral.cluster import images, node
+from corral.controller.lifecycle import parse_time
 from corral.testing.anthropic_script import text
 from corral.testing.fake_anthropic import FakeAnthropic
 from corral.testing.kube import wait_for
@@ -48,6 +50,8 @@ pytestmark = pytest.mark.e2e
 
 FIGURES = REPO / "docs" / "benchmarks" / "node-faults.json"
 SESSIONS = ("steady", "keeper")
+# kube-controller-manager's --node-monitor-grace-period (its default since 1.32).
+NODE_MONITOR_GRACE_SECONDS = 50
 
 
 @dataclass
@@ -153,6 +157,7 @@ def survive(
     fake: FakeAnthropic,
     pods: dict[str, str],
     claim_uid: str,
+    down_seconds: float = 0.0,
 ) -> dict[str, Any]:
     restarts_before = {
         name: sum(
@@ -162,7 +167,8 @@ def survive(
         for name in SESSIONS
     }
     killed = time.monotonic()
-    down = node.restart_component(node_layout, component)
+    killed_at = datetime.now(UTC).replace(microsecond=0)
+    down = node.restart_component(node_layout, component, down_seconds=down_seconds)
     back = time.monotonic()
     wait_for(
         lambda: converged(sessions, core, pods),
@@ -178,6 +184,14 @@ def survive(
         sessions.status("keeper")["pvcName"], sessions.namespace
     )
     assert claim.metadata.uid == claim_uid and claim.status.phase == "Bound"
+    ready_since = {
+        name: parse_time(condition(sessions.status(name), "Ready")["lastTransitionTime"])  # type: ignore[index]
+        for name in SESSIONS
+    }
+    if down_seconds > NODE_MONITOR_GRACE_SECONDS:
+        # Down past the grace period the node controller marked the pods not ready: each
+        # session said so and came back Ready on its own (the same pod, checked above).
+        assert all(t is not None and t >= killed_at for t in ready_since.values()), ready_since
     # And each session still does its work: a turn through the gateway.
     for name in SESSIONS:
         fake.reset()
@@ -194,6 +208,10 @@ def survive(
     }
     return {
         "component": component,
+        "seconds_down": down_seconds,
+        "sessions_went_not_ready": all(
+            t is not None and t >= killed_at for t in ready_since.values()
+        ),
         "seconds_restart": round(down, 1),
         "seconds_to_converge_after_restart": round(settled - back, 1),
         "seconds_from_kill_to_converged": round(settled - killed, 1),
@@ -225,6 +243,21 @@ def test_sessions_survive_kubelet_and_containerd_restarts(
         survive(component, sessions, core, node_layout, gateway, fake, pods, claim_uid)
         for component in (node.KUBELET.name, node.CONTAINERD.name)
     ]
+    # The kubelet down past the node controller's grace period: the node goes NotReady and
+    # its pods not ready; when it is back the same pods must be Ready again.
+    faults.append(
+        survive(
+            node.KUBELET.name,
+            sessions,
+            core,
+            node_layout,
+            gateway,
+            fake,
+            pods,
+            claim_uid,
+            down_seconds=NODE_MONITOR_GRACE_SECONDS + 10,
+        )
+    )
 
     with ledger.lock:
         ever = {name: len(ledger.uids[name]) for name in SESSIONS}

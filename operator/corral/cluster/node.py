@@ -519,12 +519,13 @@ def restart_component(
     node: NodeLayout,
     name: str,
     timeout: float = 120.0,
+    down_seconds: float = 0.0,
     components: tuple[NodeComponent, ...] = COMPONENTS,
 ) -> float:
     """SIGKILL the node component `name` (e.g. "node-kubelet") and start it again with the
-    same argv, as a crash and a supervisor's restart would; returns once it is ready again,
-    with the seconds that took. A fault to survive, not a way to stop: nothing is cleaned up
-    between the kill and the start."""
+    same argv after `down_seconds`, as a crash and a supervisor's restart would; returns once
+    it is ready again, with the seconds from the kill. A fault to survive, not a way to stop:
+    nothing is cleaned up between the kill and the start."""
     by_name = {c.name: c for c in components}
     component = by_name.get(name)
     if component is None:
@@ -537,7 +538,8 @@ def restart_component(
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     _wait(f"{name} (pid {pid}) gone", lambda: _pid(node, component) is None, deadline)
-    _start(node, component, deadline)
+    time.sleep(down_seconds)
+    _start(node, component, deadline + down_seconds)
     return time.monotonic() - started
 
 
