@@ -157,6 +157,7 @@ def survive(
     fake: FakeAnthropic,
     pods: dict[str, str],
     claim_uid: str,
+    operator_namespace: str,
     down_seconds: float = 0.0,
 ) -> dict[str, Any]:
     restarts_before = {
@@ -192,7 +193,18 @@ def survive(
         # Down past the grace period the node controller marked the pods not ready: each
         # session said so and came back Ready on its own (the same pod, checked above).
         assert all(t is not None and t >= killed_at for t in ready_since.values()), ready_since
-    # And each session still does its work: a turn through the gateway.
+    # And each session still does its work: a turn through the gateway (whose pods, on
+    # the same node, were not ready either while the kubelet was away long).
+    wait_for(
+        lambda: all(
+            pod_is_ready(p)
+            for p in core.list_namespaced_pod(operator_namespace).items
+            if p.status.phase not in ("Succeeded", "Failed")
+        ),
+        timeout=180,
+        interval=1,
+        what="the operator's and the gateway's pods ready",
+    )
     for name in SESSIONS:
         fake.reset()
         fake.add(text(f"{name} after {component}"))
@@ -240,7 +252,17 @@ def test_sessions_survive_kubelet_and_containerd_restarts(
     claim_uid = core.read_namespaced_persistent_volume_claim(claim_name, namespace).metadata.uid
 
     faults = [
-        survive(component, sessions, core, node_layout, gateway, fake, pods, claim_uid)
+        survive(
+            component,
+            sessions,
+            core,
+            node_layout,
+            gateway,
+            fake,
+            pods,
+            claim_uid,
+            operator.namespace,
+        )
         for component in (node.KUBELET.name, node.CONTAINERD.name)
     ]
     # The kubelet down past the node controller's grace period: the node goes NotReady and
@@ -255,6 +277,7 @@ def test_sessions_survive_kubelet_and_containerd_restarts(
             fake,
             pods,
             claim_uid,
+            operator.namespace,
             down_seconds=NODE_MONITOR_GRACE_SECONDS + 10,
         )
     )
