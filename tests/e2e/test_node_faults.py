@@ -144,6 +144,8 @@ def converged(
             return None
         if [p.metadata.uid for p in live] != [pods[name]] or not pod_is_ready(live[0]):
             return None
+        # No pod recreated (status.restarts counts pods made again after one was lost).
+        assert (status.get("restarts") or 0) == 0, status
         states[name] = status
     return states
 
@@ -339,6 +341,8 @@ def test_a_crash_looping_runner_is_reported_and_left_to_the_kubelets_backoff(
     status = sessions.wait_phase("looping", "CrashLooping")
     message = condition(status, "Ready")["message"]  # type: ignore[index]
     assert [p.metadata.uid for p in session_pods(core, namespace, "looping")] == [uid]
+    # The container restarts in place: no pod was recreated (status.restarts counts those).
+    assert (status.get("restarts") or 0) == 0, status
     with ledger.lock:
         uids = set(ledger.uids["looping"])
         restarts = list(ledger.restarts["looping"])
