@@ -223,6 +223,13 @@ def survive(
     return {
         "component": component,
         "seconds_down": down_seconds,
+        # From the conditions (whole seconds): when the last session was Ready again, if
+        # it had stopped being Ready after the kill; the polls above can catch the world
+        # before the new kubelet resets its pods' readiness.
+        "seconds_from_kill_to_ready_condition": max(
+            ((t - killed_at).total_seconds() for t in ready_since.values() if t and t >= killed_at),
+            default=None,
+        ),
         "sessions_went_not_ready": all(
             t is not None and t >= killed_at for t in ready_since.values()
         ),
