@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from corral.api import runtime
-from corral.cluster import node, runner_image
+from corral.cluster import node, process, runner_image
 from corral.cluster.layout import REAL_NODE_IP, REAL_NODE_POD_CIDR, Layout, apiserver_argv
 from corral.cluster.netrelay import HOST, Endpoint, Forward, Relay, RelayConfig
 from corral.cluster.versions import COMPONENTS, CONTROL_PLANE_COMPONENTS, NODE, NODE_COMPONENTS
@@ -176,3 +178,37 @@ async def test_relay_forwards_and_its_connect_proxy_refuses_other_addresses(
     finally:
         await relay.close()
         server.close()
+
+
+def _sleeper(seconds: str) -> node.NodeComponent:
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    return node.NodeComponent("node-sleeper", lambda _: [sleep, seconds], False, lambda: sleep)
+
+
+def test_restart_component_kills_and_starts_again_with_the_same_argv(tmp_path: Path) -> None:
+    layout = node.NodeLayout(Layout(root=tmp_path))
+    sleeper = _sleeper("300")
+    pid_file = layout.cluster.pid_file(sleeper.name)
+    first = process.start(sleeper.argv(layout), pid_file, layout.cluster.log_file(sleeper.name))
+    try:
+        took = node.restart_component(layout, sleeper.name, timeout=10, components=(sleeper,))
+        second = process.running_pid(pid_file, sleeper.binary())
+        assert second is not None and second != first
+        assert Path(f"/proc/{second}/cmdline").read_bytes().split(b"\0")[:2] == [
+            sleeper.binary().encode(),
+            b"300",
+        ]
+        assert process.running_pid(pid_file, sleeper.binary()) == second
+        assert 0 <= took < 10
+    finally:
+        process.stop(pid_file, sleeper.binary(), grace_seconds=1)
+    # The first one was SIGKILLed (not asked to stop): it is gone.
+    assert not Path(f"/proc/{first}").exists() or b"Z" in Path(f"/proc/{first}/stat").read_bytes()
+
+
+def test_restart_component_names_the_components_it_knows(tmp_path: Path) -> None:
+    layout = node.NodeLayout(Layout(root=tmp_path))
+    with pytest.raises(node.NodeError, match=r"node-containerd.*node-kubelet"):
+        node.restart_component(layout, "kubelet")
+    with pytest.raises(node.NodeError, match="node-sleeper is not running"):
+        node.restart_component(layout, "node-sleeper", components=(_sleeper("1"),))

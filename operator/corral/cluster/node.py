@@ -23,10 +23,12 @@ clusters on one machine do not meet. See docs/real-node.md.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -511,6 +513,34 @@ def _start(node: NodeLayout, component: NodeComponent, deadline: float) -> None:
             return
         time.sleep(0.25)
     raise NodeError(f"{component.name} did not become ready in time; see {log}")
+
+
+def restart_component(
+    node: NodeLayout,
+    name: str,
+    timeout: float = 120.0,
+    down_seconds: float = 0.0,
+    components: tuple[NodeComponent, ...] = COMPONENTS,
+) -> float:
+    """SIGKILL the node component `name` (e.g. "node-kubelet") and start it again with the
+    same argv after `down_seconds`, as a crash and a supervisor's restart would; returns once
+    it is ready again, with the seconds from the kill. A fault to survive, not a way to stop:
+    nothing is cleaned up between the kill and the start."""
+    by_name = {c.name: c for c in components}
+    component = by_name.get(name)
+    if component is None:
+        raise NodeError(f"no node component {name!r}; one of {', '.join(sorted(by_name))}")
+    started = time.monotonic()
+    deadline = started + timeout
+    pid = _pid(node, component)
+    if pid is None:
+        raise NodeError(f"{name} is not running; see {node.cluster.log_file(name)}")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _wait(f"{name} (pid {pid}) gone", lambda: _pid(node, component) is None, deadline)
+    time.sleep(down_seconds)
+    _start(node, component, deadline + down_seconds)
+    return time.monotonic() - started
 
 
 # --- bring-up steps --------------------------------------------------------------------------
