@@ -147,6 +147,8 @@ SAMPLES = int(os.environ.get("CORRAL_E2E_WAKE_SAMPLES", "0"))
 
 
 @pytest.mark.skipif(SAMPLES < 1, reason="a benchmark: set CORRAL_E2E_WAKE_SAMPLES=N")
+# Each sample waits a 15 s idleTimeout and the pod's going: past the suite's 600 s for 20.
+@pytest.mark.timeout(300 + 60 * SAMPLES)
 def test_benchmark_wake_on_request(
     operator: Release,
     custom: client.CustomObjectsApi,
