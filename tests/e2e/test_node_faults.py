@@ -260,6 +260,14 @@ def test_sessions_survive_kubelet_and_containerd_restarts(
     claim_name = sessions.status("keeper")["pvcName"]
     claim_uid = core.read_namespaced_persistent_volume_claim(claim_name, namespace).metadata.uid
 
+    # The kubelet and containerd, each killed and started again at once; then the kubelet
+    # down past the node controller's grace period: the node goes NotReady and its pods not
+    # ready; when it is back the same pods must be Ready again.
+    plan = [
+        (node.KUBELET.name, 0.0),
+        (node.CONTAINERD.name, 0.0),
+        (node.KUBELET.name, NODE_MONITOR_GRACE_SECONDS + 10),
+    ]
     faults = [
         survive(
             component,
@@ -271,25 +279,10 @@ def test_sessions_survive_kubelet_and_containerd_restarts(
             pods,
             claim_uid,
             operator.namespace,
+            down_seconds=down,
         )
-        for component in (node.KUBELET.name, node.CONTAINERD.name)
+        for component, down in plan
     ]
-    # The kubelet down past the node controller's grace period: the node goes NotReady and
-    # its pods not ready; when it is back the same pods must be Ready again.
-    faults.append(
-        survive(
-            node.KUBELET.name,
-            sessions,
-            core,
-            node_layout,
-            gateway,
-            fake,
-            pods,
-            claim_uid,
-            operator.namespace,
-            down_seconds=NODE_MONITOR_GRACE_SECONDS + 10,
-        )
-    )
 
     with ledger.lock:
         ever = {name: len(ledger.uids[name]) for name in SESSIONS}
