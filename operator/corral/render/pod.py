@@ -310,9 +310,11 @@ def _container(
     # port closing and the kubelet seeing the exit posts an Unhealthy Warning for a run
     # that went well. Its pod is Ready once the startup probe saw it ready (busy counts as
     # ready), and a wedged run ends at activeDeadlineSeconds: no liveness or readiness.
-    once = session.spec.pattern == Pattern.EPHEMERAL
-    liveness = _http_probe(runtime.LIVENESS_PATH, period=10, failures=3, timeout=5)
-    readiness = _http_probe(runtime.READINESS_PATH, period=5, failures=2)
+    liveness: k8s.V1Probe | None = None
+    readiness: k8s.V1Probe | None = None
+    if session.spec.pattern != Pattern.EPHEMERAL:
+        liveness = _http_probe(runtime.LIVENESS_PATH, period=10, failures=3, timeout=5)
+        readiness = _http_probe(runtime.READINESS_PATH, period=5, failures=2)
     return k8s.V1Container(
         name=runtime.CONTAINER_NAME,
         image=session.spec.image or config.default_image,
@@ -332,8 +334,8 @@ def _container(
         # waits in the container (corral.probe) so that a normal start posts no Unhealthy
         # Warning Events.
         startup_probe=_startup_probe(),
-        liveness_probe=None if once else liveness,
-        readiness_probe=None if once else readiness,
+        liveness_probe=liveness,
+        readiness_probe=readiness,
         security_context=_container_security(),
         termination_message_path=runtime.TERMINATION_LOG,
         # A crash before the runner wrote its outcome still leaves the log tail in status.
