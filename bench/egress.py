@@ -17,8 +17,15 @@ its own, with the client's address (127.0.0.1) as a session pod's and a spec who
 `egress` CIDR opens the loopback upstream: the same code path as in `corral gateway`
 minus the informers that fill its index (and with the per-session limit of open
 tunnels lifted: every tunnel here comes from one address, so from one "session"). The
-upstream is a process of its own too; the client is this process (blocking sockets). All
-three share the machine's cores.
+upstream is a process of its own too; the client is this process (blocking sockets).
+
+Each round runs in two CPU layouts (`--layouts`):
+- `shared`: all three processes share every core, as on this test machine, where the proxy's
+  CPU is taken from the two endpoints it sits between.
+- `pinned`: the client and the upstream share CPU 0, the proxies get CPU 1. This is the
+  deployed shape: the gateway's egress proxy runs in pods of its own with their own CPU,
+  so what it spends is not the session's or the remote server's; the endpoints get the
+  same CPU straight and through the proxy.
 Results: docs/benchmarks/egress.json and docs/egress-benchmarks.md.
 """
 
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
@@ -218,9 +226,23 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+# CPU layouts: None leaves affinity alone; otherwise (endpoints' CPUs, proxies' CPUs).
+LAYOUTS: dict[str, tuple[set[int], set[int]] | None] = {"shared": None, "pinned": ({0}, {1})}
+
+
+def _place(layout: tuple[set[int], set[int]] | None, upstream_pid: int,
+           proxy_pids: list[int]) -> None:  # fmt: skip
+    every = set(range(os.cpu_count() or 1))
+    endpoints, proxies = layout if layout is not None else (every, every)
+    for pid in (0, upstream_pid):  # 0: this process, the client
+        os.sched_setaffinity(pid, endpoints)
+    for pid in proxy_pids:
+        os.sched_setaffinity(pid, proxies)
+
+
 def throughput(
     proxies: dict[str, tuple[int, int]], upstream_pid: int, upstream_port: int, size: int,
-    rounds: int,
+    rounds: int, layouts: list[str] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """`proxies`: name -> (pid, port); "proxy" is this tree's, "baseline" another's.
 
@@ -229,15 +251,19 @@ def throughput(
     byte, so `cpu_ratio` (the direct runs' CPU over the proxied runs') is what the ratio
     tends to whatever the load.
     """
+    layouts = layouts or ["shared"]
     runs: dict[str, list[float]] = {}
     cpu: dict[str, dict[str, list[float]]] = {}
     for _pid, port in proxies.values():
         download(port, upstream_port, 16 * CHUNK)  # warm up
     gib = size / 2**30
-    for _ in range(rounds):
+    proxy_pids = [pid for pid, _port in proxies.values()]
+    for _round, layout in itertools.product(range(rounds), layouts):
+        _place(LAYOUTS[layout], upstream_pid, proxy_pids)
+        suffix = "" if layout == "shared" else f"_{layout}"
         for direction, move in (("down", download), ("up", upload)):
             for name, (pid, port) in {"direct": (0, None), **proxies}.items():
-                key = f"{direction}_{name}"
+                key = f"{direction}_{name}{suffix}"
                 before = (_own_cpu(), _proc_stat(upstream_pid)[0], _proc_stat(pid)[0] if pid else 0)
                 runs.setdefault(key, []).append(move(port, upstream_port, size))
                 after = (_own_cpu(), _proc_stat(upstream_pid)[0], _proc_stat(pid)[0] if pid else 0)
@@ -245,23 +271,28 @@ def throughput(
                     ("client", "upstream", "proxy"), before, after, strict=True
                 ):
                     cpu.setdefault(key, {}).setdefault(part, []).append((t1 - t0) / gib)
+    _place(None, upstream_pid, proxy_pids)
     mib = {k: [round(v / 2**20, 1) for v in values] for k, values in runs.items()}
     median = {k: round(statistics.median(v), 1) for k, v in mib.items()}
     cpu_median = {
         key: {part: round(statistics.median(v), 3) for part, v in parts.items()}
         for key, parts in cpu.items()
     }
-    results: dict[str, Any] = {"bytes_per_run": size, "runs_mib_per_s": mib,
-                               "median_mib_per_s": median,
+    results: dict[str, Any] = {"bytes_per_run": size, "layouts": layouts,
+                               "runs_mib_per_s": mib, "median_mib_per_s": median,
                                "cpu_seconds_per_gib": cpu_median}  # fmt: skip
     for name in proxies:
         prefix = "" if name == "proxy" else f"{name}_"
-        for direction in ("down", "up"):
-            ratio = median[f"{direction}_{name}"] / median[f"{direction}_direct"]
-            results[f"{prefix}ratio_{direction}"] = round(ratio, 3)
-            direct = sum(cpu_median[f"{direction}_direct"].values())
-            proxied = sum(cpu_median[f"{direction}_{name}"].values())
-            results[f"{prefix}cpu_ratio_{direction}"] = round(direct / proxied, 3)
+        for layout in layouts:
+            suffix = "" if layout == "shared" else f"_{layout}"
+            for direction in ("down", "up"):
+                proxied_key = f"{direction}_{name}{suffix}"
+                direct_key = f"{direction}_direct{suffix}"
+                ratio = median[proxied_key] / median[direct_key]
+                results[f"{prefix}ratio_{direction}{suffix}"] = round(ratio, 3)
+                direct = sum(cpu_median[direct_key].values())
+                proxied = sum(cpu_median[proxied_key].values())
+                results[f"{prefix}cpu_ratio_{direction}{suffix}"] = round(direct / proxied, 3)
         # What the proxy costs whatever else runs on the machine.
         results[f"{prefix}proxy_cpu_seconds_per_gib"] = round(
             statistics.median(cpu_median[f"{d}_{name}"]["proxy"] for d in ("down", "up")),
@@ -324,6 +355,7 @@ def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces these numbers (the note and output path aside)."""
     words = ["python -m bench.egress", f"--mib {args.mib}", f"--rounds {args.rounds}"]
     words += [f"--tunnels {args.tunnels}", f"--seconds {args.seconds:g}"]
+    words.append(f"--layouts {','.join(args.layouts)}")
     if args.baseline is not None:
         words.append(f"--baseline {args.baseline}")
     return " ".join(words)
@@ -349,7 +381,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "command": _command(args),
             "note": args.note,
             "throughput": throughput(
-                proxies, upstream.pid, upstream_port, args.mib * 2**20, args.rounds
+                proxies,
+                upstream.pid,
+                upstream_port,
+                args.mib * 2**20,
+                args.rounds,
+                args.layouts,
             ),
         }
         results["tunnels"] = asyncio.run(
@@ -365,16 +402,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def _throughput_rows(t: dict[str, Any]) -> list[str]:
     m = t["median_mib_per_s"]
     rows = []
-    for direction, label in (("down", "upstream -> client"), ("up", "client -> upstream")):
-        for name in ("proxy", "baseline"):
-            if f"{direction}_{name}" not in m:
-                continue
-            prefix = "" if name == "proxy" else f"{name}_"
-            rows.append(
-                f"| {label} | {'this tree' if name == 'proxy' else 'baseline'} "
-                f"| {m[f'{direction}_direct']} | {m[f'{direction}_{name}']} "
-                f"| {t[f'{prefix}ratio_{direction}']} | {t[f'{prefix}cpu_ratio_{direction}']} |"
-            )
+    for layout in t.get("layouts", ["shared"]):
+        suffix = "" if layout == "shared" else f"_{layout}"
+        for direction, label in (("down", "upstream -> client"), ("up", "client -> upstream")):
+            for name in ("proxy", "baseline"):
+                if f"{direction}_{name}{suffix}" not in m:
+                    continue
+                prefix = "" if name == "proxy" else f"{name}_"
+                rows.append(
+                    f"| {layout} | {label} | {'this tree' if name == 'proxy' else 'baseline'} "
+                    f"| {m[f'{direction}_direct{suffix}']} | {m[f'{direction}_{name}{suffix}']} "
+                    f"| {t[f'{prefix}ratio_{direction}{suffix}']} "
+                    f"| {t[f'{prefix}cpu_ratio_{direction}{suffix}']} |"
+                )
     return rows
 
 
@@ -393,11 +433,13 @@ def report(results: dict[str, Any]) -> str:
             f"Command: `{results.get('command', 'python -m bench.egress')}`; load average at "
             f"start {results.get('load_average_at_start', '?')}. "
             f"{t['bytes_per_run'] // 2**20} MiB per run, median of "
-            f"{len(t['runs_mib_per_s']['down_direct'])} interleaved runs (MiB/s):",
+            f"{len(t['runs_mib_per_s']['down_direct'])} interleaved runs (MiB/s). CPU layouts: "
+            "*shared*, the three processes on every core; *pinned*, client and upstream on "
+            "CPU 0 and the proxy on CPU 1, as deployed (the proxy in the gateway's own pods):",
             "",
-            "| direction | proxy | straight | through the proxy | ratio (target >= 0.8) "
-            "| CPU ratio |",
-            "|---|---|---|---|---|---|",
+            "| CPU layout | direction | proxy | straight | through the proxy "
+            "| ratio (target >= 0.8) | CPU ratio |",
+            "|---|---|---|---|---|---|---|",
             *_throughput_rows(t),
             "",
             "CPU ratio: CPU seconds per GiB of client + upstream (+ proxy) straight, over the "
@@ -439,6 +481,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--tunnels", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--note", default="")
+    parser.add_argument(
+        "--layouts",
+        type=lambda text: text.split(","),
+        default=["shared", "pinned"] if (os.cpu_count() or 1) >= 2 else ["shared"],
+        help="CPU layouts to run each round in, of: " + ", ".join(LAYOUTS),
+    )
     parser.add_argument(
         "--baseline", type=Path, help="another source tree whose proxy runs in the same rounds"
     )

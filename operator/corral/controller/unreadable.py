@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from corral.api import validation
 from corral.api.v1alpha1 import Condition
 from corral.controller import conditions as cond
 
@@ -44,19 +45,10 @@ class Unreadable:
         )
 
 
-def _field(location: tuple[int | str, ...]) -> str:
-    text = ""
-    for step in location:
-        text += f"[{step}]" if isinstance(step, int) else f".{step}" if text else step
-    return text
-
-
 def describe(error: ValidationError) -> str:
     """The fields the models refuse and why, e.g. `spec.image: String should match ...`."""
-    problems = [f"{_field(e['loc'])}: {e['msg']}" for e in error.errors()[:5]]
-    message = (
-        "the API server stored this session but the operator cannot read it; fix "
-        + "; ".join(problems)
+    message = "the API server stored this session but the operator cannot read it; fix " + (
+        validation.problems(error, root="session", limit=5)
     )
     return message[:MAX_MESSAGE]
 

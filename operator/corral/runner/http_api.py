@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from corral.api import runtime
+from corral.api import runtime, validation
 from corral.runner import sse
 from corral.runner.agent import AgentBusy, AgentUnavailable, AgentWorker, Turn
 from corral.runner.conversation import (
@@ -83,11 +83,6 @@ def _from_loopback(request: web.Request) -> bool:
         return ipaddress.ip_address(request.remote or "").is_loopback
     except ValueError:
         return False
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
-    return "; ".join(parts)
 
 
 class RunnerApi:
@@ -167,7 +162,9 @@ class RunnerApi:
         try:
             return model.model_validate_json(raw or b"{}")
         except ValidationError as exc:
-            raise ApiError(400, f"malformed request: {_validation_message(exc)}") from None
+            raise ApiError(
+                400, "malformed request: " + validation.problems(exc, root="body")
+            ) from None
 
     def _agent(self, name: str | None) -> AgentWorker:
         try:
@@ -318,7 +315,7 @@ class RunnerApi:
             return
         except ValidationError as exc:
             await ws.send_json(
-                {"type": "error", "status": 400, "message": _validation_message(exc)}
+                {"type": "error", "status": 400, "message": validation.problems(exc, root="body")}
             )
             return
         except ValueError as exc:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from corral.api import validation
 from corral.runner.events import USAGE_KEYS
 from corral.runner.jsonlog import log_event
 
@@ -105,10 +106,7 @@ def parse_saved(data: bytes) -> SavedSession:
     try:
         body = SavedSessionFile.model_validate(json.loads(data))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ValueError(problems) from None
+        raise ValueError(validation.problems(exc, root="file")) from None
     return SavedSession(
         session_id=body.session_id or None,
         num_turns=body.num_turns,
