@@ -17,11 +17,15 @@ from corral.render import render_network_policy, render_service
 CONFIG = OperatorConfig(runner_env={runtime.ENV_API_KEY: "sk-ant-test"})
 
 
-def session(egress: list[dict[str, object]]) -> AgentSession:
+def session(
+    egress: list[dict[str, object]], generation: int = 1, observed: int | None = None
+) -> AgentSession:
+    """`observed`: the generation the operator's last status write saw."""
     return AgentSession.model_validate(
         {
-            "metadata": {"name": "net", "namespace": "ns", "uid": "u-1", "generation": 1},
+            "metadata": {"name": "net", "namespace": "ns", "uid": "u-1", "generation": generation},
             "spec": {"pattern": "LongRunning", "network": {"egress": egress}},
+            "status": {} if observed is None else {"observedGeneration": observed},
         }
     )
 
@@ -84,6 +88,19 @@ def test_changed_egress_patches_the_policy_spec() -> None:
     ]
     assert "203.0.113.7/32" in blocks
     assert "Service" not in found
+
+
+def test_the_event_says_whether_the_spec_moved_or_a_hand_edit_was_undone() -> None:
+    before = session([], generation=1, observed=1)
+    edited = render_network_policy(before, CONFIG)
+    edited["spec"]["egress"].append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})
+    hand = decide(observe(before, edited, render_service(before)), CONFIG)
+    changed = session([{"cidr": "203.0.113.7/32"}], generation=2, observed=1)
+    followed = decide(
+        observe(changed, render_network_policy(before, CONFIG), render_service(changed)), CONFIG
+    )
+    assert [e.reason for e in hand.events] == ["NetworkPolicyRestored"]
+    assert [e.reason for e in followed.events] == ["NetworkPolicyUpdated"]
 
 
 def test_hand_edited_policy_is_restored() -> None:

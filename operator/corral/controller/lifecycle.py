@@ -360,6 +360,12 @@ class _Decision:
             self.event(reason, f"created pod {self.status.pod_name}")
         return True
 
+    @property
+    def spec_changed(self) -> bool:
+        """The spec changed since the last reconcile that wrote status (not the first)."""
+        seen = self.old.observed_generation
+        return seen is not None and seen != self.generation
+
     def ensure_children(self) -> None:
         """Create missing children; put back what changed in the Service and the policy
         (spec.network or the operator's config changed, or someone edited them by hand)."""
@@ -373,10 +379,13 @@ class _Decision:
                 continue
             patch = repair_patch(kind, self.obs.live_specs.get(kind), child)
             if patch is not None:
-                self.plan.patch_children.append((kind, child["metadata"]["name"], patch))
                 name = child["metadata"]["name"]
-                message = f"{kind} {name} differed from the session's spec; restored"
-                self.event(f"{kind}Restored", message)
+                self.plan.patch_children.append((kind, name, patch))
+                if self.spec_changed:
+                    self.event(f"{kind}Updated", f"{kind} {name} follows the session's new spec")
+                else:  # a hand edit, or the operator's own settings changed
+                    message = f"{kind} {name} differed from the session's spec; restored"
+                    self.event(f"{kind}Restored", message)
         if self.spec.pattern == Pattern.HYBRID:
             if not self.obs.has_pvc and storage_too_large(self.session, self.config) is None:
                 self.plan.create.append(render_pvc(self.session, self.config))
