@@ -136,3 +136,43 @@ def test_a_pod_view_keeps_a_digest_of_the_spec_annotation_not_the_annotation() -
     other["metadata"]["annotations"]["corral.dev/session-spec"] = spec + " "  # type: ignore[index]
     assert pod_view(other).spec_digest != view.spec_digest
     assert pod_view(body).spec_digest == view.spec_digest
+
+
+def versioned(name: str, version: str, uid: str | None = None, **status: object) -> dict[str, object]:
+    body = session_body(name)
+    meta: dict[str, object] = body["metadata"]  # type: ignore[assignment]
+    meta["resourceVersion"] = version
+    meta["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    if uid is not None:
+        meta["uid"] = uid
+    body["status"] = status
+    return body
+
+
+def test_the_version_held_is_not_parsed_again_and_an_older_one_is_refused() -> None:
+    """Our own status write, then its watch event (or a relist): the same resourceVersion
+    of the same object is the same body, and parsing it again was CPU for nothing."""
+    store = Store()
+    held = store.put_session(versioned("demo", "5", phase="Running"))
+    assert held is not None
+    assert store.put_session(versioned("demo", "5", phase="Running")) is held
+    assert store.put_session(versioned("demo", "4", phase="Pending")) is None
+    newer = store.put_session(versioned("demo", "6", phase="Idle"))
+    assert newer is not None and newer is not held
+    assert store.sessions[KEY].status.phase == "Idle"
+
+
+def test_a_new_session_of_the_same_name_is_taken_in_whatever_its_version() -> None:
+    store = Store()
+    store.put_session(versioned("demo", "5", phase="Running"))
+    successor = store.put_session(versioned("demo", "5", uid="s-other"))
+    assert successor is not None and successor.metadata.uid == "s-other"
+
+
+def test_managed_fields_are_not_kept() -> None:
+    store = Store()
+    body = versioned("demo", "5")
+    session = store.put_session(body)
+    assert session is not None
+    assert "managedFields" not in (session.metadata.model_extra or {})
+    assert "managedFields" in body["metadata"]  # type: ignore[operator]  (the caller's is untouched)

@@ -89,10 +89,24 @@ class Store:
         return found
 
     def put_session(self, body: dict[str, Any]) -> AgentSession | None:
-        """Store a session body unless an older version than the one held."""
+        """Store a session body unless an older version than the one held.
+
+        The version held already (our own status write, then its watch event; a relist) is
+        not parsed again: the same resourceVersion of the same object is the same body. `metadata.managedFields` is not
+        kept (nothing reads it, and it is most of a held session's metadata)."""
+        meta = body.get("metadata") or {}
+        version = _resource_version(body)
+        held_key = (str(meta.get("namespace")), str(meta.get("name")))
+        held = self.sessions.get(held_key)
+        if version and held is not None and held.metadata.uid == meta.get("uid"):
+            if version < self._versions.get(held_key, 0):
+                return None
+            if version == self._versions.get(held_key):
+                return held
+        if "managedFields" in meta:
+            body = {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
         session = AgentSession.model_validate(body)
         key = (session.metadata.namespace, session.metadata.name)
-        version = _resource_version(body)
         if version and version < self._versions.get(key, 0):
             return None
         self._versions[key] = version
