@@ -19,6 +19,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from kubernetes.client.rest import ApiException
 import corral
 from corral.api import runtime
 from corral.api import v1alpha1 as api
+from corral.render.meta import SESSION_LABEL
 from corral.testing.chart_rbac import ChartIdentity, chart_identity
 from corral.testing.kube import wait_for
 from corral.testing.operator import OperatorProcess
@@ -1041,6 +1043,15 @@ def operator_requests(process: OperatorProcess) -> dict[str, float]:
     }
 
 
+def operator_errors(process: OperatorProcess) -> dict[str, float]:
+    """The operator's corral_errors_total by reason (failed and repeated writes)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{process.url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {labels["reason"]: value for labels, value in samples(text, "corral_errors_total")}
+
+
 def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0)}
 
@@ -1191,6 +1202,8 @@ def test_api_requests_per_session(
             seconds = time.monotonic() - start
             after_all = global_writes(scrape(api_client))
             after_own = operator_requests(process)
+            errors = operator_errors(process)
+            pods = core.list_namespaced_pod(ns).items
         finally:
             process.stop()
     finally:
@@ -1210,8 +1223,13 @@ def test_api_requests_per_session(
 
     n = MEASURED_SESSIONS
     children_per_session = 3  # Pod, Service, NetworkPolicy
-    # Exactly one create per child: no duplicates, no retried creates.
-    assert delta["POST pods"] == n
+    # Exactly one create per child: no duplicates, no retried creates. Should it fail, the
+    # message tells a repeated create (refused 409, or failed and retried: the errors) from
+    # a second pod for a session (never allowed).
+    per_session = Counter((pod.metadata.labels or {}).get(SESSION_LABEL) for pod in pods)
+    why = f"pods per session {dict(per_session)}; operator errors {errors}"
+    assert max(per_session.values(), default=0) <= 1, why
+    assert delta["POST pods"] == n, why
     assert delta["POST services"] == n
     assert delta["POST networkpolicies"] == n
     assert delta["POST persistentvolumeclaims"] == 0

@@ -245,8 +245,11 @@ class Reconciler:
             created = await self.client.create(manifest)
         except ApiError as error:
             if error.status == 409 and error.reason == "AlreadyExists":
-                # Made by an earlier reconcile whose watch event is still on its way, or by
-                # someone else: only the first counts as created.
+                # Made by an earlier reconcile whose watch event is still on its way (or
+                # whose answer was lost: a timeout, a reconcile cancelled with leadership),
+                # or by someone else: only the first counts as created. Counted, so a test
+                # that sees more creates than children can tell a repeat from a duplicate.
+                metrics.ERRORS.labels(reason=f"Create{kind}AlreadyExists").inc()
                 await self._check_owner(key, session, manifest)
                 return
             if error.namespace_gone or "error looking up service account" in error.message:
