@@ -31,3 +31,20 @@ def test_watched_namespaces() -> None:
     assert not watched("t9999-x", ["t1234-*"])
     assert watched("team-a", ["team-a", "dev-*"])
     assert not watched("team-ab", ["team-a"])
+
+
+def test_informers_keep_named_namespaces_beside_globs() -> None:
+    """The operator's and the gateway's informers filter a cluster-wide watch the same way
+    as `watched`: a name given beside a glob is kept too."""
+    from typing import Any
+
+    from corral.kube.informer import Informer
+
+    def kept(namespace: str, namespaces: list[str]) -> bool:
+        client: Any = object()  # never called: only the filter is looked at
+        informer = Informer(client, "Pod", "", lambda *_: None, namespaces)
+        return informer._wanted({"metadata": {"namespace": namespace}})
+
+    assert kept("team-a", ["team-a", "dev-*"]) and kept("dev-1", ["team-a", "dev-*"])
+    assert not kept("team-ab", ["team-a", "dev-*"])
+    assert kept("anything", [])

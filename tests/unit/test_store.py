@@ -138,7 +138,9 @@ def test_a_pod_view_keeps_a_digest_of_the_spec_annotation_not_the_annotation() -
     assert pod_view(body).spec_digest == view.spec_digest
 
 
-def versioned(name: str, version: str, uid: str | None = None, **status: object) -> dict[str, object]:
+def versioned(
+    name: str, version: str, uid: str | None = None, **status: object
+) -> dict[str, object]:
     body = session_body(name)
     meta: dict[str, object] = body["metadata"]  # type: ignore[assignment]
     meta["resourceVersion"] = version

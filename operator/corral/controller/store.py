@@ -92,8 +92,9 @@ class Store:
         """Store a session body unless an older version than the one held.
 
         The version held already (our own status write, then its watch event; a relist) is
-        not parsed again: the same resourceVersion of the same object is the same body. `metadata.managedFields` is not
-        kept (nothing reads it, and it is most of a held session's metadata)."""
+        not parsed again: the same resourceVersion of the same object is the same body.
+        `metadata.managedFields` is not kept (nothing reads it, and it is most of a held
+        session's metadata)."""
         meta = body.get("metadata") or {}
         version = _resource_version(body)
         held_key = (str(meta.get("namespace")), str(meta.get("name")))

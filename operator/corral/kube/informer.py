@@ -103,6 +103,9 @@ class Informer:
         # the caller watches may have missed events too (see Controller.sessions_current).
         self.on_relist = on_relist
         self.patterns = [n for n in namespaces if is_pattern(n)]
+        # With a glob, one cluster-wide watch keeps what matches any name or glob given
+        # (matching only the globs dropped the named namespaces' objects).
+        self.wanted = list(namespaces) if self.patterns else []
         if not namespaces or self.patterns:
             self.scopes: list[str | None] = [None]
         else:
@@ -111,10 +114,10 @@ class Informer:
         self._synced_scopes: set[str | None] = set()
 
     def _wanted(self, body: JSON) -> bool:
-        if not self.patterns:
+        if not self.wanted:
             return True
         namespace = body.get("metadata", {}).get("namespace", "")
-        return any(fnmatch.fnmatchcase(namespace, p) for p in self.patterns)
+        return any(fnmatch.fnmatchcase(namespace, p) for p in self.wanted)
 
     async def run(self) -> None:
         await asyncio.gather(*(self._run_scope(scope) for scope in self.scopes))
