@@ -526,6 +526,47 @@ def test_ephemeral_unschedulable_stays_pending_with_the_reason_once() -> None:
     assert again.empty, "the Warning is posted once, not on every reconcile"
 
 
+# What the scheduler says of a pod held by a local volume whose node is gone.
+VOLUME_BINDING_REFUSAL = (
+    "0/2 nodes are available: 2 node(s) didn't satisfy plugin(s) [VolumeBinding]. "
+    "preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+)
+
+
+@pytest.mark.parametrize(
+    ("volume_node", "where"),
+    [("corral-node", "node corral-node"), (None, "the node its volume is tied to")],
+)
+def test_hybrid_waiting_for_its_volumes_node_says_so_and_names_it(
+    volume_node: str | None, where: str
+) -> None:
+    world = World(make_session("Hybrid"))
+    world.step()
+    name = world.live_pod()
+    world.pods[name] = replace(world.pods[name], unschedulable=VOLUME_BINDING_REFUSAL)
+    plan = decide(
+        replace(observe(world.session, list(world.pods.values())), volume_node=volume_node),
+        CONFIG,
+    )
+    session = with_status(world.session, plan)
+    assert session.status.phase == "Pending"
+    ready = {c.type: c for c in session.status.conditions or []}["Ready"]
+    assert (ready.status, ready.reason) == ("False", "VolumeNodeUnavailable")
+    assert where in ready.message and pvc_name(session) in ready.message, ready.message
+    assert VOLUME_BINDING_REFUSAL in ready.message  # the scheduler's words kept
+    assert reasons(plan) == ["VolumeNodeUnavailable"]
+    assert plan.delete_pods == [] and created(plan, "Pod") == []  # it waits, same pod
+
+
+def test_an_unschedulable_pod_without_a_volume_keeps_the_schedulers_reason() -> None:
+    world = World(make_session("LongRunning"))
+    world.step()
+    name = world.live_pod()
+    world.pods[name] = replace(world.pods[name], unschedulable=VOLUME_BINDING_REFUSAL)
+    world.step()
+    assert conditions(world.session)["Ready"] == ("False", "Unschedulable")
+
+
 def test_ephemeral_retries_make_a_second_pod_then_fail() -> None:
     world = World(make_session("Ephemeral", retries=1))
     world.step()

@@ -34,7 +34,13 @@ from corral.controller import credentials
 from corral.controller.credentials import Refusal, SecretCheck
 from corral.controller.drift import repair_patch
 from corral.controller.outcome import outcome_of, termination_detail
-from corral.controller.pods import CONFIG_FAILURES, IMAGE_PULL_FAILURES, PodView, spec_digest
+from corral.controller.pods import (
+    CONFIG_FAILURES,
+    IMAGE_PULL_FAILURES,
+    PodView,
+    held_by_volume,
+    spec_digest,
+)
 from corral.render import (
     Manifest,
     endpoint_url,
@@ -128,6 +134,8 @@ class Observed:
     secret_check: SecretCheck | None = None
     # When this replica became leader (runners report to the leader only); None: no guard.
     leading_since: datetime | None = None
+    # The node the session's volume was made on (its claim's selected-node annotation).
+    volume_node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -490,6 +498,9 @@ class _Decision:
             warn = True
         elif pod.unschedulable:
             reason, message, warn = "Unschedulable", pod.unschedulable, True
+            held = held_by_volume(pod.unschedulable, self.status.pvc_name, self.obs.volume_node)
+            if held is not None:
+                reason, message = "VolumeNodeUnavailable", held
         elif pod.waiting_reason in IMAGE_PULL_FAILURES:
             reason = "ImagePullFailed"
             message = (

@@ -15,6 +15,13 @@ from corral.render import ATTEMPT_ANNOTATION, RESTART_HASH_ANNOTATION
 
 IMAGE_PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
 CONFIG_FAILURES = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+# Set on a claim by the scheduler when its volume is made for a pod (WaitForFirstConsumer):
+# the node the volume was made on.
+SELECTED_NODE_ANNOTATION = "volume.kubernetes.io/selected-node"
+# How the scheduler says a pod cannot go where its bound volume is: its VolumeBinding
+# plugin narrowed the nodes to the volume's own (and none of them is there or fits), or
+# the volume's node affinity excludes every node left.
+VOLUME_BINDING_REFUSALS = ("VolumeBinding", "volume node affinity conflict")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,21 @@ class PodView:
     @property
     def finished(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
+
+
+def held_by_volume(message: str, claim: str | None, volume_node: str | None) -> str | None:
+    """Why a pod the scheduler cannot place waits, when its volume holds it to a node (a
+    node-local volume whose node is gone, not ready or full), naming the node: the
+    scheduler's own words ("didn't satisfy plugin(s) [VolumeBinding]") do not. None when
+    the volume is not what holds it."""
+    if claim is None or not any(words in message for words in VOLUME_BINDING_REFUSALS):
+        return None
+    where = f"node {volume_node}" if volume_node else "the node its volume is tied to"
+    return (
+        f"waiting for {where}: the volume of claim {claim} lives there and cannot move, and "
+        f"that node is gone, not ready or full; the pod starts once it can take it "
+        f"(scheduler: {message})"
+    )
 
 
 def spec_digest(spec_annotation: str) -> str:
