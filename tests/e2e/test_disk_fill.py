@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from e2e_support import (
     GatewayClient,
+    Release,
     Sessions,
     condition,
     ready_pod,
@@ -35,7 +36,13 @@ from e2e_support import (
     spec,
 )
 from kubernetes import client
-from node_fault_support import PodLedger, pod_is_ready, record
+from node_fault_support import (
+    PodLedger,
+    operator_requests,
+    pod_is_ready,
+    record,
+    requests_between,
+)
 
 from corral.testing.anthropic_script import bash, text
 from corral.testing.fake_anthropic import FakeAnthropic
@@ -78,6 +85,7 @@ def back_on_a_new_pod(
 
 
 def test_sessions_evicted_for_disk_come_back(
+    operator: Release,
     custom: client.CustomObjectsApi,
     core: client.CoreV1Api,
     namespace: str,
@@ -105,6 +113,7 @@ def test_sessions_evicted_for_disk_come_back(
         step = bash(f"{command}; du -sh .; sleep 290", match=marker)
         step.input["timeout"] = 300_000
         fake.add(step)
+    requests_before = operator_requests(operator)
     filled = time.monotonic()
     for name, (marker, _) in FILLS.items():
         send_in_background(gateway, namespace, name, f"{marker}: fill the disk")
@@ -113,12 +122,13 @@ def test_sessions_evicted_for_disk_come_back(
     states: dict[str, Any] = {}
     for name in FILLS:
         states[name] = wait_for(
-            lambda name=name: back_on_a_new_pod(sessions, core, name, old[name]),  # type: ignore[misc]
+            lambda name=name: back_on_a_new_pod(sessions, core, name, old[name]),
             timeout=480,
             interval=1,
             what=f"{name} evicted and back on a new pod",
         )
         seconds[name] = round(time.monotonic() - filled, 1)
+    requests = requests_between(requests_before, operator_requests(operator))
     assert len(fake.message_bodies()) >= 2, "the filling turns never reached the model"
 
     # The status counted the lost pod; an Event says it was evicted.
@@ -166,6 +176,8 @@ def test_sessions_evicted_for_disk_come_back(
             "seconds_from_fill_to_back_on_a_new_pod": seconds,
             "pod_lost_events": evictions,
             "restarts": {n: states[n]["restarts"] for n in FILLS},
+            # From the fill's start until both were back (the operator's pods kept).
+            "operator_requests_during_recovery": requests,
             "pods_ever": ever,
             "most_pods_at_once": most,
             "pvc_uid_before": claim_uid,
