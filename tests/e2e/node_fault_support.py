@@ -1,28 +1,23 @@
 """What the real node's fault tests share: a watch over every session pod (duplicates ever
-seen), the figures file, and the operator's own count of its API requests."""
+seen), the figures file, and the operator's API requests in a window (the audit log)."""
 
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from e2e_support import REPO, SESSION_LABEL, Release
 from kubernetes import client, watch
 
+from corral.cluster.layout import Layout
+
 FIGURES = REPO / "docs" / "benchmarks" / "node-faults.json"
-# The operator's counter of its own API requests (corral.kube.client), by verb and kind.
-REQUESTS_METRIC = "corral_kube_requests_total"
-# In an operator pod (the image's venv): print the operator's /metrics.
-READ_METRICS = (
-    "import urllib.request;"
-    "print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=10).read().decode())"
-)
 
 
 @dataclass
@@ -104,42 +99,26 @@ def pod_is_ready(pod: Any) -> bool:
     return bool(pod.status.phase == "Running" and conditions.get("Ready") == "True")
 
 
-def requests_in(metrics: str) -> dict[str, int]:
-    """The operator's API requests by verb, from its /metrics text."""
-    by_verb: dict[str, int] = defaultdict(int)
-    pattern = re.compile(rf"^{REQUESTS_METRIC}\{{([^}}]*)\}} ([0-9.e+]+)$")
-    for line in metrics.splitlines():
-        found = pattern.match(line)
-        if found is None:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1)))
-        by_verb[labels.get("verb", "?")] += int(float(found.group(2)))
-    return dict(by_verb)
-
-
-def operator_requests(release: Release, port: int = 8081) -> dict[str, dict[str, int]]:
-    """Each live operator pod's API requests since it started, by verb (read from the
-    pod's own /metrics with an exec: its NetworkPolicy admits only sessions there)."""
-    counts: dict[str, dict[str, int]] = {}
-    for pod in release.pods():
-        if pod.status.phase != "Running":
-            continue
-        done = release.kubectl(
-            "exec", pod.metadata.name, "-c", "operator", "--",
-            "/opt/corral/bin/python", "-c", READ_METRICS.format(port=port),
-        )  # fmt: skip
-        if done.returncode == 0:
-            counts[pod.metadata.name] = requests_in(done.stdout)
-    return counts
-
-
-def requests_between(
-    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+def operator_requests(
+    layout: Layout, release: Release, since: datetime, until: datetime
 ) -> dict[str, int]:
-    """Requests by verb (and "all") made between two readings, by the pods in both; a pod
-    only in `after` started in between: all its requests count."""
+    """The operator's API requests received between `since` and `until`, by verb (and
+    "all"), from the API server's audit log: every request of the chart's ServiceAccount,
+    whichever of its pods made it (pods that died in between included)."""
+    user = f"system:serviceaccount:{release.namespace}:{release.name}"
+    needle = f'"username":"{user}"'
+    seen: dict[str, str] = {}
+    # The log and its rotated backups (audit-<time>.log).
+    for log in sorted(layout.audit_log.parent.glob("audit*.log")):
+        with log.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                if needle not in line:
+                    continue
+                event = json.loads(line)
+                received = datetime.fromisoformat(event["requestReceivedTimestamp"])
+                if since <= received <= until:
+                    seen[event["auditID"]] = event["verb"]
     by_verb: dict[str, int] = defaultdict(int)
-    for pod, counts in after.items():
-        for verb, count in counts.items():
-            by_verb[verb] += count - before.get(pod, {}).get(verb, 0)
-    return {"all": sum(by_verb.values()), **dict(sorted(by_verb.items()))}
+    for verb in seen.values():
+        by_verb[verb] += 1
+    return {"all": len(seen), **dict(sorted(by_verb.items()))}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -36,14 +37,9 @@ from e2e_support import (
     spec,
 )
 from kubernetes import client
-from node_fault_support import (
-    PodLedger,
-    operator_requests,
-    pod_is_ready,
-    record,
-    requests_between,
-)
+from node_fault_support import PodLedger, operator_requests, pod_is_ready, record
 
+from corral.cluster.layout import Layout
 from corral.testing.anthropic_script import bash, text
 from corral.testing.fake_anthropic import FakeAnthropic
 from corral.testing.kube import wait_for
@@ -86,6 +82,7 @@ def back_on_a_new_pod(
 
 def test_sessions_evicted_for_disk_come_back(
     operator: Release,
+    real_node_cluster: Layout,
     custom: client.CustomObjectsApi,
     core: client.CoreV1Api,
     namespace: str,
@@ -113,7 +110,7 @@ def test_sessions_evicted_for_disk_come_back(
         step = bash(f"{command}; du -sh .; sleep 290", match=marker)
         step.input["timeout"] = 300_000
         fake.add(step)
-    requests_before = operator_requests(operator)
+    fill_time = datetime.now(UTC)
     filled = time.monotonic()
     for name, (marker, _) in FILLS.items():
         send_in_background(gateway, namespace, name, f"{marker}: fill the disk")
@@ -128,7 +125,7 @@ def test_sessions_evicted_for_disk_come_back(
             what=f"{name} evicted and back on a new pod",
         )
         seconds[name] = round(time.monotonic() - filled, 1)
-    requests = requests_between(requests_before, operator_requests(operator))
+    requests = operator_requests(real_node_cluster, operator, fill_time, datetime.now(UTC))
     assert len(fake.message_bodies()) >= 2, "the filling turns never reached the model"
 
     # The status counted the lost pod; an Event says it was evicted.
@@ -176,7 +173,7 @@ def test_sessions_evicted_for_disk_come_back(
             "seconds_from_fill_to_back_on_a_new_pod": seconds,
             "pod_lost_events": evictions,
             "restarts": {n: states[n]["restarts"] for n in FILLS},
-            # From the fill's start until both were back (the operator's pods kept).
+            # From the fill's start until both were back.
             "operator_requests_during_recovery": requests,
             "pods_ever": ever,
             "most_pods_at_once": most,

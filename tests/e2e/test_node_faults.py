@@ -32,13 +32,7 @@ from e2e_support import (
     spec,
 )
 from kubernetes import client
-from node_fault_support import (
-    PodLedger,
-    operator_requests,
-    pod_is_ready,
-    record,
-    requests_between,
-)
+from node_fault_support import PodLedger, operator_requests, pod_is_ready, record
 
 from corral.cluster import images, node
 from corral.controller.lifecycle import parse_time
@@ -91,7 +85,7 @@ def survive(
         )
         for name in SESSIONS
     }
-    requests_before = operator_requests(release)
+    kill_time = datetime.now(UTC)
     killed = time.monotonic()
     killed_at = datetime.now(UTC).replace(microsecond=0)
     down = node.restart_component(node_layout, component, down_seconds=down_seconds)
@@ -103,7 +97,7 @@ def survive(
         what=f"every session converged after {component} restarted",
     )
     settled = time.monotonic()
-    requests_after = operator_requests(release)
+    settled_at = datetime.now(UTC)
     # Still converged a while later (not a glimpse before the kubelet noticed anything).
     time.sleep(10)
     assert converged(sessions, core, pods) is not None, {n: sessions.status(n) for n in SESSIONS}
@@ -161,9 +155,10 @@ def survive(
         "seconds_to_converge_after_restart": round(settled - back, 1),
         "seconds_from_kill_to_converged": round(settled - killed, 1),
         "container_restarts": {n: restarts_after[n] - restarts_before[n] for n in SESSIONS},
-        # The operator's API requests from just before the kill until converged, by verb
-        # (its pods are kept through these faults: the same counters before and after).
-        "operator_requests_during_recovery": requests_between(requests_before, requests_after),
+        # The operator's API requests from the kill until converged, by verb.
+        "operator_requests_during_recovery": operator_requests(
+            node_layout.cluster, release, kill_time, settled_at
+        ),
     }
 
 
