@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 from lifecycle_support import (
     PodHistory,
     Sessions,
@@ -387,7 +388,8 @@ def test_a_pod_held_by_its_volumes_missing_node_says_which_node(
     sessions: Sessions, core: client.CoreV1Api, namespace: str
 ) -> None:
     """A node-local volume whose node is gone (a local PV, as local-path makes): the real
-    scheduler cannot place the pod and says "[VolumeBinding]"; the session says it waits
+    scheduler cannot place the pod and says "didn't match PersistentVolume's node
+    affinity"; the session says it waits
     for that node and names it (from the claim's selected-node annotation, which the
     scheduler sets when it provisions for a pod)."""
     name, gone = "stranded", "gone-node"
@@ -399,25 +401,34 @@ def test_a_pod_held_by_its_volumes_missing_node_says_which_node(
         spec["idleTimeout"] = "1h"
         spec["storage"] = {"size": "1Gi", "storageClassName": STORAGE_CLASS}
         sessions.create(name, spec)
-        wait_for(
-            lambda: core.read_namespaced_persistent_volume_claim(claim, namespace).status.phase
-            == "Bound",
-            timeout=60,
-            what="the claim bound to the volume on the missing node",
-        )
+
+        def bound() -> bool:
+            try:
+                found = core.read_namespaced_persistent_volume_claim(claim, namespace)
+            except ApiException as error:
+                if error.status == 404:
+                    return False
+                raise
+            return bool(found.status.phase == "Bound")
+
+        wait_for(bound, timeout=60, what="the claim bound to the volume on the missing node")
         core.patch_namespaced_persistent_volume_claim(
             claim,
             namespace,
             {"metadata": {"annotations": {"volume.kubernetes.io/selected-node": gone}}},
         )
-        status = sessions.wait_status(
-            name,
-            lambda s: condition_is(s, "Ready", "False", "VolumeNodeUnavailable"),
-            "Ready reason VolumeNodeUnavailable",
-        )
+        try:
+            status = sessions.wait_status(
+                name,
+                lambda s: condition_is(s, "Ready", "False", "VolumeNodeUnavailable"),
+                "Ready reason VolumeNodeUnavailable",
+            )
+        except TimeoutError:
+            pods = [(p.metadata.name, p.status.conditions) for p in session_pods(core, namespace)]
+            raise AssertionError((sessions.status(name), pods)) from None
         message = condition(status, "Ready")["message"]  # type: ignore[index]
         assert f"waiting for node {gone}" in message and claim in message, message
-        assert "VolumeBinding" in message or "volume node affinity" in message, message
+        assert "PersistentVolume's node affinity" in message, message  # the scheduler's words
         assert status["phase"] == "Pending"
         event = wait_event(core, namespace, name, "VolumeNodeUnavailable")
         assert event.type == "Warning"

@@ -526,10 +526,11 @@ def test_ephemeral_unschedulable_stays_pending_with_the_reason_once() -> None:
     assert again.empty, "the Warning is posted once, not on every reconcile"
 
 
-# What the scheduler says of a pod held by a local volume whose node is gone.
+# What the scheduler (1.34) says of a pod held by a local volume whose node is gone.
 VOLUME_BINDING_REFUSAL = (
-    "0/2 nodes are available: 2 node(s) didn't satisfy plugin(s) [VolumeBinding]. "
-    "preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+    "0/2 nodes are available: 2 node(s) didn't match PersistentVolume's node affinity. no "
+    "new claims to deallocate, preemption: 0/2 nodes are available: 2 Preemption is not "
+    "helpful for scheduling."
 )
 
 

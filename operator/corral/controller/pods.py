@@ -18,10 +18,15 @@ CONFIG_FAILURES = frozenset({"CreateContainerConfigError", "CreateContainerError
 # Set on a claim by the scheduler when its volume is made for a pod (WaitForFirstConsumer):
 # the node the volume was made on.
 SELECTED_NODE_ANNOTATION = "volume.kubernetes.io/selected-node"
-# How the scheduler says a pod cannot go where its bound volume is: its VolumeBinding
-# plugin narrowed the nodes to the volume's own (and none of them is there or fits), or
-# the volume's node affinity excludes every node left.
-VOLUME_BINDING_REFUSALS = ("VolumeBinding", "volume node affinity conflict")
+# How the scheduler (1.34, its VolumeBinding plugin) says a pod cannot go where its bound
+# volume is: the volume's node affinity excludes the nodes there are (the words seen on a
+# real scheduler, tests/integration), older releases' words for it, or the plugin
+# narrowed the nodes to the volume's own and none of them is there.
+VOLUME_BINDING_REFUSALS = (
+    "didn't match PersistentVolume's node affinity",
+    "volume node affinity conflict",
+    "[VolumeBinding]",
+)
 
 
 @dataclass(frozen=True)
