@@ -124,6 +124,9 @@ def bring_back(layout: Layout, fake_api: FakeAnthropic) -> float:
     return took
 
 
+# The node's loss and return take several minutes on top of the suite's start (when this
+# test is the first to run).
+@pytest.mark.timeout(1500)
 def test_the_node_lost_and_back(
     operator: Release,
     custom: client.CustomObjectsApi,
