@@ -28,6 +28,8 @@ class PodLedger:
     live: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     most_live: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     restarts: dict[str, list[tuple[float, int]]] = field(default_factory=lambda: defaultdict(list))
+    # Pod uid -> (phase, reason) of each pod seen finished.
+    ends: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def see(self, kind: str, pod: Any) -> None:
@@ -38,6 +40,8 @@ class PodLedger:
         finished = pod.status.phase in ("Succeeded", "Failed")
         with self.lock:
             self.uids[session].add(uid)
+            if finished:
+                self.ends[uid] = (pod.status.phase, pod.status.reason)
             if kind == "DELETED" or pod.metadata.deletion_timestamp or finished:
                 self.live[session].discard(uid)
             else:

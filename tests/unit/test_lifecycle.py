@@ -685,6 +685,33 @@ def test_long_running_finished_pod_is_replaced(changes: dict[str, Any]) -> None:
     assert len(world.pods_created) == 2
 
 
+@pytest.mark.parametrize("pattern", ["LongRunning", "Hybrid"])
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"phase": "Failed", "reason": "Evicted"}, "(Evicted"),
+        # An eviction for the pod's own disk limit whose runner exits 0 on SIGTERM: the
+        # kubelet leaves the pod Succeeded with no reason (found on the real node).
+        ({"phase": "Succeeded"}, "(Succeeded, unasked: the kubelet stopped its runner"),
+    ],
+    ids=["evicted", "succeeded-without-a-reason"],
+)
+def test_a_pod_that_ended_by_itself_is_replaced_with_what_it_says(
+    pattern: str, changes: dict[str, Any], said: str
+) -> None:
+    extra = {"idleTimeout": "1h"} if pattern == "Hybrid" else {}
+    world = World(make_session(pattern, **extra))
+    world.step()
+    first = world.run_pod()
+    world.settle()
+    world.kubelet(first, ready=False, **changes)
+    plan = world.step()
+    (lost,) = [e for e in plan.events if e.reason == "PodLost"]
+    assert lost.message.startswith(f"pod {first} ended {said}"), lost.message
+    assert [d.name for d in plan.delete_pods] == [first] and len(created(plan, "Pod")) == 1
+    assert world.session.status.restarts == 1
+
+
 def test_long_running_suspend_and_resume() -> None:
     world = World(make_session("LongRunning"))
     world.step()

@@ -38,6 +38,7 @@ from corral.controller.pods import (
     CONFIG_FAILURES,
     IMAGE_PULL_FAILURES,
     PodView,
+    ended_detail,
     held_by_volume,
     spec_digest,
 )
@@ -694,8 +695,9 @@ class _Decision:
             self.add_pod_seconds(pod.started_at)
             self.delete_pod(pod, pod.reason or "PodFinished")
             self.status.restarts = (self.old.restarts or 0) + 1
-            message = f"pod {pod.name} ended ({pod.reason or pod.phase}); replacing it"
-            self.event("PodLost", message, warning=True)
+            self.event(
+                "PodLost", f"pod {pod.name} ended ({ended_detail(pod)}); replacing it", warning=True
+            )
             self.create_pod("PodRecreated")
             return
         if pod is not None:
@@ -732,7 +734,9 @@ class _Decision:
             self.add_pod_seconds(pod.started_at)
             self.delete_pod(pod, pod.reason or "PodFinished")
             self.status.restarts = (self.old.restarts or 0) + 1
-            self.event("PodLost", f"pod {pod.name} ended; replacing it", warning=True)
+            self.event(
+                "PodLost", f"pod {pod.name} ended ({ended_detail(pod)}); replacing it", warning=True
+            )
             self.create_pod("PodRecreated")
             return
         if pod is None:

@@ -65,6 +65,21 @@ class PodView:
         return self.phase in ("Succeeded", "Failed")
 
 
+def ended_detail(pod: PodView) -> str:
+    """Why a pod meant to run until deleted (LongRunning, Hybrid) ended, as far as the pod
+    says. An eviction for the pod's own disk limit whose runner exits 0 on SIGTERM leaves
+    the pod `Succeeded` with no reason at all (only the kubelet's `Evicted` Event on the
+    pod says it): say that rather than a bare "Succeeded", which reads as a clean end."""
+    if pod.reason:
+        return f"{pod.reason}: {pod.message.strip()}" if pod.message else pod.reason
+    if pod.phase == "Succeeded":
+        return (
+            "Succeeded, unasked: the kubelet stopped its runner, as it does when it evicts a "
+            "pod for its disk limit; the pod's Events say why"
+        )
+    return pod.phase
+
+
 def held_by_volume(message: str, claim: str | None, volume_node: str | None) -> str | None:
     """Why a pod the scheduler cannot place waits, when its volume holds it to a node (a
     node-local volume whose node is gone, not ready or full), naming the node: the
