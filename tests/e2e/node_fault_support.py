@@ -106,12 +106,13 @@ def pod_is_ready(pod: Any) -> bool:
 def operator_requests(
     layout: Layout, release: Release, since: datetime, until: datetime
 ) -> dict[str, int]:
-    """The operator's API requests received between `since` and `until`, by verb (and
-    "all"), from the API server's audit log: every request of the chart's ServiceAccount,
-    whichever of its pods made it (pods that died in between included)."""
+    """The operator's API requests received between `since` and `until`, by verb, with
+    "all" and "leases" (the leader renews its Lease every 2 s and a standby reads it as
+    often: the floor of any window), from the API server's audit log: every request of
+    the chart's ServiceAccount, whichever of its pods made it (pods that died included)."""
     user = f"system:serviceaccount:{release.namespace}:{release.name}"
     needle = f'"username":"{user}"'
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str]] = {}
     # The log and its rotated backups (audit-<time>.log).
     for log in sorted(layout.audit_log.parent.glob("audit*.log")):
         with log.open(encoding="utf-8", errors="replace") as lines:
@@ -121,8 +122,10 @@ def operator_requests(
                 event = json.loads(line)
                 received = datetime.fromisoformat(event["requestReceivedTimestamp"])
                 if since <= received <= until:
-                    seen[event["auditID"]] = event["verb"]
+                    resource = (event.get("objectRef") or {}).get("resource", "")
+                    seen[event["auditID"]] = (event["verb"], resource)
     by_verb: dict[str, int] = defaultdict(int)
-    for verb in seen.values():
+    for verb, _ in seen.values():
         by_verb[verb] += 1
-    return {"all": len(seen), **dict(sorted(by_verb.items()))}
+    leases = sum(1 for _, resource in seen.values() if resource == "leases")
+    return {"all": len(seen), "leases": leases, **dict(sorted(by_verb.items()))}
