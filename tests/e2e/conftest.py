@@ -36,6 +36,7 @@ from e2e_support import (
     make_user,
 )
 from kubernetes import client
+from node_fault_support import PodLedger, watch_pods
 
 from corral.cluster import control_plane, node, pki
 from corral.cluster.layout import REAL_NODE_IP, Layout
@@ -226,3 +227,9 @@ def gateway(operator: Release, real_node_cluster: Layout, user_token: str) -> Ga
     """That user's way to the test namespace's sessions: the gateway, by the API server's
     service proxy, with nothing but the user's token."""
     return GatewayClient(real_node_cluster, operator.namespace, user_token, release=operator.name)
+
+
+@pytest.fixture
+def ledger(core: client.CoreV1Api, namespace: str) -> Iterator[PodLedger]:
+    """Every session pod of the test's namespace over the whole test (a watch)."""
+    yield from watch_pods(core, namespace)

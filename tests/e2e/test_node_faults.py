@@ -17,19 +17,12 @@ docs/benchmarks/node-faults.json; docs/reliability.md reports them.
 from __future__ import annotations
 
 import itertools
-import json
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from e2e_support import (
-    REPO,
-    SESSION_LABEL,
     GatewayClient,
     Release,
     Sessions,
@@ -38,7 +31,8 @@ from e2e_support import (
     session_pods,
     spec,
 )
-from kubernetes import client, watch
+from kubernetes import client
+from node_fault_support import PodLedger, operator_requests, pod_is_ready, record
 
 from corral.cluster import images, node
 from corral.controller.lifecycle import parse_time
@@ -48,87 +42,9 @@ from corral.testing.kube import wait_for
 
 pytestmark = pytest.mark.e2e
 
-FIGURES = REPO / "docs" / "benchmarks" / "node-faults.json"
 SESSIONS = ("steady", "keeper")
 # kube-controller-manager's --node-monitor-grace-period (its default since 1.32).
 NODE_MONITOR_GRACE_SECONDS = 50
-
-
-@dataclass
-class PodLedger:
-    """Every pod of every session seen by a watch, and the most live at once."""
-
-    uids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    live: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    most_live: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    restarts: dict[str, list[tuple[float, int]]] = field(default_factory=lambda: defaultdict(list))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def see(self, kind: str, pod: Any) -> None:
-        session = (pod.metadata.labels or {}).get(SESSION_LABEL)
-        if session is None:
-            return
-        uid = pod.metadata.uid
-        with self.lock:
-            self.uids[session].add(uid)
-            if kind == "DELETED" or pod.metadata.deletion_timestamp:
-                self.live[session].discard(uid)
-            else:
-                self.live[session].add(uid)
-            self.most_live[session] = max(self.most_live[session], len(self.live[session]))
-            count = sum(s.restart_count for s in pod.status.container_statuses or [])
-            seen = self.restarts[session]
-            if not seen or seen[-1][1] != count:
-                seen.append((time.monotonic(), count))
-
-
-@pytest.fixture
-def ledger(core: client.CoreV1Api, namespace: str) -> Iterator[PodLedger]:
-    found = PodLedger()
-    stop = threading.Event()
-    started = threading.Event()
-
-    def run() -> None:
-        while not stop.is_set():
-            listed = core.list_namespaced_pod(namespace, label_selector=SESSION_LABEL)
-            for pod in listed.items:
-                found.see("ADDED", pod)
-            started.set()
-            stream = watch.Watch().stream(
-                core.list_namespaced_pod,
-                namespace,
-                label_selector=SESSION_LABEL,
-                resource_version=listed.metadata.resource_version,
-                timeout_seconds=20,
-            )
-            try:
-                for event in stream:
-                    found.see(event["type"], event["object"])
-                    if stop.is_set():
-                        break
-            except client.ApiException:
-                continue  # expired: list again
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    started.wait(30)
-    yield found
-    stop.set()
-    thread.join(30)
-
-
-def record(key: str, value: Any) -> None:
-    figures: dict[str, Any] = {}
-    if FIGURES.exists():
-        figures = json.loads(FIGURES.read_text())
-    figures[key] = value
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-
-
-def pod_is_ready(pod: Any) -> bool:
-    conditions = {c.type: c.status for c in pod.status.conditions or []}
-    return bool(pod.status.phase == "Running" and conditions.get("Ready") == "True")
 
 
 def converged(
@@ -159,7 +75,7 @@ def survive(
     fake: FakeAnthropic,
     pods: dict[str, str],
     claim_uid: str,
-    operator_namespace: str,
+    release: Release,
     down_seconds: float = 0.0,
 ) -> dict[str, Any]:
     restarts_before = {
@@ -169,6 +85,7 @@ def survive(
         )
         for name in SESSIONS
     }
+    kill_time = datetime.now(UTC)
     killed = time.monotonic()
     killed_at = datetime.now(UTC).replace(microsecond=0)
     down = node.restart_component(node_layout, component, down_seconds=down_seconds)
@@ -180,6 +97,7 @@ def survive(
         what=f"every session converged after {component} restarted",
     )
     settled = time.monotonic()
+    settled_at = datetime.now(UTC)
     # Still converged a while later (not a glimpse before the kubelet noticed anything).
     time.sleep(10)
     assert converged(sessions, core, pods) is not None, {n: sessions.status(n) for n in SESSIONS}
@@ -200,7 +118,7 @@ def survive(
     wait_for(
         lambda: all(
             pod_is_ready(p)
-            for p in core.list_namespaced_pod(operator_namespace).items
+            for p in core.list_namespaced_pod(release.namespace).items
             if p.status.phase not in ("Succeeded", "Failed")
         ),
         timeout=180,
@@ -237,6 +155,10 @@ def survive(
         "seconds_to_converge_after_restart": round(settled - back, 1),
         "seconds_from_kill_to_converged": round(settled - killed, 1),
         "container_restarts": {n: restarts_after[n] - restarts_before[n] for n in SESSIONS},
+        # The operator's API requests from the kill until converged, by verb.
+        "operator_requests_during_recovery": operator_requests(
+            node_layout.cluster, release, kill_time, settled_at
+        ),
     }
 
 
@@ -278,7 +200,7 @@ def test_sessions_survive_kubelet_and_containerd_restarts(
             fake,
             pods,
             claim_uid,
-            operator.namespace,
+            operator,
             down_seconds=down,
         )
         for component, down in plan

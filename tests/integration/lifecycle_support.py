@@ -362,7 +362,22 @@ class Volumes:
     storage_class: str = ""
     names: list[str] = field(default_factory=list)
 
-    def bind(self, namespace: str, claims: list[str], size: str = "5Gi") -> None:
+    def bind(
+        self, namespace: str, claims: list[str], size: str = "5Gi", node: str | None = None
+    ) -> None:
+        """With `node`, each volume is local to that node (node affinity on its hostname)."""
+        affinity = None
+        if node is not None:
+            term = client.V1NodeSelectorTerm(
+                match_expressions=[
+                    client.V1NodeSelectorRequirement(
+                        key="kubernetes.io/hostname", operator="In", values=[node]
+                    )
+                ]
+            )
+            affinity = client.V1VolumeNodeAffinity(
+                required=client.V1NodeSelector(node_selector_terms=[term])
+            )
         for claim in claims:
             name = f"{self.label}-{len(self.names)}"
             volume = client.V1PersistentVolume(
@@ -376,6 +391,7 @@ class Volumes:
                     claim_ref=client.V1ObjectReference(
                         kind="PersistentVolumeClaim", namespace=namespace, name=claim
                     ),
+                    node_affinity=affinity,
                 ),
             )
             self.core.create_persistent_volume(volume)

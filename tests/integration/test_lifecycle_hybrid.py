@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 from lifecycle_support import (
     PodHistory,
     Sessions,
@@ -381,3 +382,60 @@ def test_without_an_activity_url_a_hybrid_session_is_not_put_to_sleep(
     reasons = event_reasons(core, namespace, NAME)
     assert "ScaledDown" not in reasons
     assert reasons.count("NoActivityUrl") == 1
+
+
+def test_a_pod_held_by_its_volumes_missing_node_says_which_node(
+    sessions: Sessions, core: client.CoreV1Api, namespace: str
+) -> None:
+    """A node-local volume whose node is gone (a local PV, as local-path makes): the real
+    scheduler cannot place the pod and says "didn't match PersistentVolume's node
+    affinity"; the session says it waits
+    for that node and names it (from the claim's selected-node annotation, which the
+    scheduler sets when it provisions for a pod)."""
+    name, gone = "stranded", "gone-node"
+    claim = f"{name}-state"
+    volumes = Volumes(core, label=f"{namespace}-gone", storage_class=STORAGE_CLASS)
+    volumes.bind(namespace, [claim], size="1Gi", node=gone)
+    try:
+        spec: dict[str, Any] = copy.deepcopy(load_example(REPO, "hybrid.yaml")["spec"])
+        spec["idleTimeout"] = "1h"
+        spec["storage"] = {"size": "1Gi", "storageClassName": STORAGE_CLASS}
+        sessions.create(name, spec)
+
+        def bound() -> bool:
+            try:
+                found = core.read_namespaced_persistent_volume_claim(claim, namespace)
+            except ApiException as error:
+                if error.status == 404:
+                    return False
+                raise
+            return bool(found.status.phase == "Bound")
+
+        wait_for(bound, timeout=60, what="the claim bound to the volume on the missing node")
+        core.patch_namespaced_persistent_volume_claim(
+            claim,
+            namespace,
+            {"metadata": {"annotations": {"volume.kubernetes.io/selected-node": gone}}},
+        )
+        try:
+            status = sessions.wait_status(
+                name,
+                lambda s: condition_is(s, "Ready", "False", "VolumeNodeUnavailable"),
+                "Ready reason VolumeNodeUnavailable",
+            )
+        except TimeoutError:
+            pods = [(p.metadata.name, p.status.conditions) for p in session_pods(core, namespace)]
+            raise AssertionError((sessions.status(name), pods)) from None
+        message = condition(status, "Ready")["message"]  # type: ignore[index]
+        assert f"waiting for node {gone}" in message and claim in message, message
+        assert "PersistentVolume's node affinity" in message, message  # the scheduler's words
+        assert status["phase"] == "Pending"
+        event = wait_event(core, namespace, name, "VolumeNodeUnavailable")
+        assert event.type == "Warning"
+        (pod,) = session_pods(core, namespace, name)
+        assert pod.spec.node_name is None  # waiting, not placed elsewhere
+    finally:
+        sessions.custom.delete_namespaced_custom_object(
+            "corral.dev", "v1alpha1", namespace, "agentsessions", name
+        )
+        volumes.delete()

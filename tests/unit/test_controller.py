@@ -18,9 +18,10 @@ from corral.config import OperatorConfig
 from corral.controller import controller as controller_module
 from corral.controller.controller import Controller, RunSettings
 from corral.controller.lifecycle import decide, timestamp
+from corral.controller.pods import SELECTED_NODE_ANNOTATION
 from corral.kube.client import ApiError, KubeClient
 from corral.kube.informer import Informer
-from corral.render import network_policy_name, pvc_name, render_pod, service_name
+from corral.render import network_policy_name, pvc_name, render_pod, render_pvc, service_name
 
 JSON = dict[str, Any]
 KEY = ("team-a", "demo")
@@ -351,3 +352,54 @@ async def test_a_stored_session_the_models_refuse_gets_a_status_naming_the_field
     controller.on_session("MODIFIED", fixed)
     assert KEY not in controller.store.unreadable
     assert controller.reconciler.observe(KEY) is not None
+
+
+async def test_a_hybrid_pod_held_by_its_volumes_missing_node_names_that_node(
+    controller_for: Callable[[JSON], Controller],
+    make_session: Callable[..., AgentSession],
+    config: OperatorConfig,
+) -> None:
+    """The claim's selected-node annotation, from its watch event, is named in the status
+    of a pod the scheduler cannot place because of the volume (its node is gone)."""
+    session = make_session("Hybrid", idleTimeout="1h")
+    now = datetime.now(UTC)
+    pod = running_pod(session, config, now)
+    pod["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/2 nodes are available: 2 node(s) didn't satisfy plugin(s) "
+                "[VolumeBinding].",
+            }
+        ],
+    }
+    body = session_body(
+        session,
+        phase="Running",
+        podName=pod["metadata"]["name"],
+        attempts=1,
+        lastActivityTime=timestamp(now),
+    )
+    controller = controller_for(body)
+    controller.on_session("ADDED", body)
+    controller.on_child("Pod", "ADDED", pod)
+    add_other_children(controller, session)
+    claim = render_pvc(session, config)
+    claim["metadata"]["annotations"] = {SELECTED_NODE_ANNOTATION: "node-a"}
+    controller.on_child("PersistentVolumeClaim", "MODIFIED", claim)
+    observed = controller.reconciler.observe(KEY)
+    assert observed is not None and observed.volume_node == "node-a"
+
+    plan = await controller.reconciler.reconcile(KEY)
+    assert plan is not None and plan.delete_pods == []
+    ready = next(c for c in plan.status_patch["conditions"] if c["type"] == "Ready")  # type: ignore[index]
+    assert ready["reason"] == "VolumeNodeUnavailable"
+    assert "waiting for node node-a" in ready["message"], ready["message"]
+
+    # The claim gone (deleted), its node is forgotten with it.
+    controller.on_child("PersistentVolumeClaim", "DELETED", claim)
+    observed = controller.reconciler.observe(KEY)
+    assert observed is not None and observed.volume_node is None

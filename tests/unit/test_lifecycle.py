@@ -526,6 +526,48 @@ def test_ephemeral_unschedulable_stays_pending_with_the_reason_once() -> None:
     assert again.empty, "the Warning is posted once, not on every reconcile"
 
 
+# What the scheduler (1.34) says of a pod held by a local volume whose node is gone.
+VOLUME_BINDING_REFUSAL = (
+    "0/2 nodes are available: 2 node(s) didn't match PersistentVolume's node affinity. no "
+    "new claims to deallocate, preemption: 0/2 nodes are available: 2 Preemption is not "
+    "helpful for scheduling."
+)
+
+
+@pytest.mark.parametrize(
+    ("volume_node", "where"),
+    [("corral-node", "node corral-node"), (None, "the node its volume is tied to")],
+)
+def test_hybrid_waiting_for_its_volumes_node_says_so_and_names_it(
+    volume_node: str | None, where: str
+) -> None:
+    world = World(make_session("Hybrid"))
+    world.step()
+    name = world.live_pod()
+    world.pods[name] = replace(world.pods[name], unschedulable=VOLUME_BINDING_REFUSAL)
+    plan = decide(
+        replace(observe(world.session, list(world.pods.values())), volume_node=volume_node),
+        CONFIG,
+    )
+    session = with_status(world.session, plan)
+    assert session.status.phase == "Pending"
+    ready = {c.type: c for c in session.status.conditions or []}["Ready"]
+    assert (ready.status, ready.reason) == ("False", "VolumeNodeUnavailable")
+    assert where in ready.message and pvc_name(session) in ready.message, ready.message
+    assert VOLUME_BINDING_REFUSAL in ready.message  # the scheduler's words kept
+    assert reasons(plan) == ["VolumeNodeUnavailable"]
+    assert plan.delete_pods == [] and created(plan, "Pod") == []  # it waits, same pod
+
+
+def test_an_unschedulable_pod_without_a_volume_keeps_the_schedulers_reason() -> None:
+    world = World(make_session("LongRunning"))
+    world.step()
+    name = world.live_pod()
+    world.pods[name] = replace(world.pods[name], unschedulable=VOLUME_BINDING_REFUSAL)
+    world.step()
+    assert conditions(world.session)["Ready"] == ("False", "Unschedulable")
+
+
 def test_ephemeral_retries_make_a_second_pod_then_fail() -> None:
     world = World(make_session("Ephemeral", retries=1))
     world.step()
@@ -641,6 +683,33 @@ def test_long_running_finished_pod_is_replaced(changes: dict[str, Any]) -> None:
     world.settle()
     assert world.session.status.restarts == 1
     assert len(world.pods_created) == 2
+
+
+@pytest.mark.parametrize("pattern", ["LongRunning", "Hybrid"])
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"phase": "Failed", "reason": "Evicted"}, "(Evicted"),
+        # An eviction for the pod's own disk limit whose runner exits 0 on SIGTERM: the
+        # kubelet leaves the pod Succeeded with no reason (found on the real node).
+        ({"phase": "Succeeded"}, "(Succeeded, unasked: the kubelet stopped its runner"),
+    ],
+    ids=["evicted", "succeeded-without-a-reason"],
+)
+def test_a_pod_that_ended_by_itself_is_replaced_with_what_it_says(
+    pattern: str, changes: dict[str, Any], said: str
+) -> None:
+    extra = {"idleTimeout": "1h"} if pattern == "Hybrid" else {}
+    world = World(make_session(pattern, **extra))
+    world.step()
+    first = world.run_pod()
+    world.settle()
+    world.kubelet(first, ready=False, **changes)
+    plan = world.step()
+    (lost,) = [e for e in plan.events if e.reason == "PodLost"]
+    assert lost.message.startswith(f"pod {first} ended {said}"), lost.message
+    assert [d.name for d in plan.delete_pods] == [first] and len(created(plan, "Pod")) == 1
+    assert world.session.status.restarts == 1
 
 
 def test_long_running_suspend_and_resume() -> None:

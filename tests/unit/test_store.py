@@ -62,7 +62,9 @@ def fill(store: Store, name: str) -> None:
     store.put_pod(key, pod_view(pod(f"{name}-1")), deleted=False)
     store.expect_pod(key, pod_view(pod(f"{name}-2")))
     for kind in ("Service", "NetworkPolicy", "PersistentVolumeClaim"):
-        store.put_named_child(key, kind, name, deleted=False, live_spec='{"spec": 1}')
+        store.put_named_child(
+            key, kind, name, deleted=False, live_spec='{"spec": 1}', volume_node="node-a"
+        )
     store.wake_seen[key] = 1.0
     store.deferred_since[key] = 1.0
 

@@ -178,7 +178,12 @@ OPERATOR = Project(name="operator", title="corral-operator", home="/tmp", shell=
 def _wheel_sources() -> list[Path]:
     files = [REPO / "pyproject.toml", REPO / "README.md"]
     for path in sorted((REPO / "operator").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+        # Not what building the wheel leaves there (`corral.egg-info`): the first build in a
+        # fresh tree would change the key it was built under, and the next run build again.
+        by_products = any(
+            part.endswith(".egg-info") or part == "__pycache__" for part in path.parts
+        )
+        if path.is_file() and not by_products and path.suffix != ".pyc":
             files.append(path)
     return files
 

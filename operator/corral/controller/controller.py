@@ -27,7 +27,7 @@ from corral.controller import metrics
 from corral.controller.drift import live_spec
 from corral.controller.leader import LeaderElector
 from corral.controller.lifecycle import Activity, Plan, wake_token
-from corral.controller.pods import pod_view
+from corral.controller.pods import SELECTED_NODE_ANNOTATION, pod_view
 from corral.controller.queue import WorkQueue
 from corral.controller.reconciler import Reconciler
 from corral.controller.store import Key, Store
@@ -123,7 +123,8 @@ class Controller:
             self.store.put_pod(key, pod_view(body), deleted)
         else:
             spec = live_spec(kind, body)
-            self.store.put_named_child(key, kind, str(meta.get("name")), deleted, spec)
+            node = (meta.get("annotations") or {}).get(SELECTED_NODE_ANNOTATION)
+            self.store.put_named_child(key, kind, str(meta.get("name")), deleted, spec, node)
         self.queue.add(key)
 
     def _child_handler(self, kind: str) -> Callable[[str, dict[str, Any]], None]:

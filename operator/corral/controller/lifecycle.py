@@ -34,7 +34,14 @@ from corral.controller import credentials
 from corral.controller.credentials import Refusal, SecretCheck
 from corral.controller.drift import repair_patch
 from corral.controller.outcome import outcome_of, termination_detail
-from corral.controller.pods import CONFIG_FAILURES, IMAGE_PULL_FAILURES, PodView, spec_digest
+from corral.controller.pods import (
+    CONFIG_FAILURES,
+    IMAGE_PULL_FAILURES,
+    PodView,
+    ended_detail,
+    held_by_volume,
+    spec_digest,
+)
 from corral.render import (
     Manifest,
     endpoint_url,
@@ -128,6 +135,8 @@ class Observed:
     secret_check: SecretCheck | None = None
     # When this replica became leader (runners report to the leader only); None: no guard.
     leading_since: datetime | None = None
+    # The node the session's volume was made on (its claim's selected-node annotation).
+    volume_node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -499,6 +508,9 @@ class _Decision:
             warn = True
         elif pod.unschedulable:
             reason, message, warn = "Unschedulable", pod.unschedulable, True
+            held = held_by_volume(pod.unschedulable, self.status.pvc_name, self.obs.volume_node)
+            if held is not None:
+                reason, message = "VolumeNodeUnavailable", held
         elif pod.waiting_reason in IMAGE_PULL_FAILURES:
             reason = "ImagePullFailed"
             message = (
@@ -692,8 +704,9 @@ class _Decision:
             self.add_pod_seconds(pod.started_at)
             self.delete_pod(pod, pod.reason or "PodFinished")
             self.status.restarts = (self.old.restarts or 0) + 1
-            message = f"pod {pod.name} ended ({pod.reason or pod.phase}); replacing it"
-            self.event("PodLost", message, warning=True)
+            self.event(
+                "PodLost", f"pod {pod.name} ended ({ended_detail(pod)}); replacing it", warning=True
+            )
             self.create_pod("PodRecreated")
             return
         if pod is not None:
@@ -730,7 +743,9 @@ class _Decision:
             self.add_pod_seconds(pod.started_at)
             self.delete_pod(pod, pod.reason or "PodFinished")
             self.status.restarts = (self.old.restarts or 0) + 1
-            self.event("PodLost", f"pod {pod.name} ended; replacing it", warning=True)
+            self.event(
+                "PodLost", f"pod {pod.name} ended ({ended_detail(pod)}); replacing it", warning=True
+            )
             self.create_pod("PodRecreated")
             return
         if pod is None:

@@ -15,6 +15,18 @@ from corral.render import ATTEMPT_ANNOTATION, RESTART_HASH_ANNOTATION
 
 IMAGE_PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
 CONFIG_FAILURES = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+# Set on a claim by the scheduler when its volume is made for a pod (WaitForFirstConsumer):
+# the node the volume was made on.
+SELECTED_NODE_ANNOTATION = "volume.kubernetes.io/selected-node"
+# How the scheduler (1.34, its VolumeBinding plugin) says a pod cannot go where its bound
+# volume is: the volume's node affinity excludes the nodes there are (the words seen on a
+# real scheduler, tests/integration), older releases' words for it, or the plugin
+# narrowed the nodes to the volume's own and none of them is there.
+VOLUME_BINDING_REFUSALS = (
+    "didn't match PersistentVolume's node affinity",
+    "volume node affinity conflict",
+    "[VolumeBinding]",
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,36 @@ class PodView:
     @property
     def finished(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
+
+
+def ended_detail(pod: PodView) -> str:
+    """Why a pod meant to run until deleted (LongRunning, Hybrid) ended, as far as the pod
+    says. An eviction for the pod's own disk limit whose runner exits 0 on SIGTERM leaves
+    the pod `Succeeded` with no reason at all (only the kubelet's `Evicted` Event on the
+    pod says it): say that rather than a bare "Succeeded", which reads as a clean end."""
+    if pod.reason:
+        return f"{pod.reason}: {pod.message.strip()}" if pod.message else pod.reason
+    if pod.phase == "Succeeded":
+        return (
+            "Succeeded, unasked: the kubelet stopped its runner, as it does when it evicts a "
+            "pod for its disk limit; the pod's Events say why"
+        )
+    return pod.phase
+
+
+def held_by_volume(message: str, claim: str | None, volume_node: str | None) -> str | None:
+    """Why a pod the scheduler cannot place waits, when its volume holds it to a node (a
+    node-local volume whose node is gone, not ready or full), naming the node: the
+    scheduler's own words ("didn't satisfy plugin(s) [VolumeBinding]") do not. None when
+    the volume is not what holds it."""
+    if claim is None or not any(words in message for words in VOLUME_BINDING_REFUSALS):
+        return None
+    where = f"node {volume_node}" if volume_node else "the node its volume is tied to"
+    return (
+        f"waiting for {where}: the volume of claim {claim} lives there and cannot move, and "
+        f"that node is gone, not ready or full; the pod starts once it can take it "
+        f"(scheduler: {message})"
+    )
 
 
 def spec_digest(spec_annotation: str) -> str:

@@ -66,6 +66,7 @@ class Reconciler:
             has_service=service_name(session) in children.services,
             has_network_policy=network_policy_name(session) in children.network_policies,
             has_pvc=pvc_name(session) in children.pvcs,
+            volume_node=children.volume_nodes.get(pvc_name(session)),
             now=now or datetime.now(UTC),
             activity=self.store.activity.get(key),
             leading_since=self.store.leading_since,

@@ -40,6 +40,9 @@ class SessionChildren:
     # canonical JSON (see controller.drift): hand edits are found by comparing them.
     live_specs: dict[tuple[str, str], str] = field(default_factory=dict)
     pvcs: set[str] = field(default_factory=set)
+    # Claim name -> the node its volume was made for (the scheduler's selected-node
+    # annotation), to name it when a pod cannot go back there.
+    volume_nodes: dict[str, str] = field(default_factory=dict)
 
     def pod_views(self) -> list[PodView]:
         now = time.monotonic()
@@ -57,6 +60,7 @@ class SessionChildren:
             or self.network_policies
             or self.live_specs
             or self.pvcs
+            or self.volume_nodes
         )
 
 
@@ -173,11 +177,21 @@ class Store:
         children.expected_pods.pop(name, None)
 
     def put_named_child(
-        self, key: Key, kind: str, name: str, deleted: bool, live_spec: str | None = None
+        self,
+        key: Key,
+        kind: str,
+        name: str,
+        deleted: bool,
+        live_spec: str | None = None,
+        volume_node: str | None = None,
     ) -> None:
         if deleted and key not in self.children:
             return
         children = self.children_of(key)
+        if deleted or volume_node is None:
+            children.volume_nodes.pop(name, None)
+        elif kind == "PersistentVolumeClaim":
+            children.volume_nodes[name] = volume_node
         if deleted or live_spec is None:
             children.live_specs.pop((kind, name), None)
         else:
