@@ -357,6 +357,20 @@ def report(results: dict[str, Any]) -> str:
         "|---|---|---|",
         _target("added p50 to the first event ≤ 2 ms", p["added_first_p50_ms"], 2.0, "ms"),
         _target("added p99 to the first event ≤ 10 ms", p["added_first_p99_ms"], 10.0, "ms"),
+        _target("added p50 to `result` ≤ 2 ms", p["added_result_p50_ms"], 2.0, "ms"),
+        _target("added p99 to `result` ≤ 10 ms", p["added_result_p99_ms"], 10.0, "ms"),
+        _target(
+            "paired: median added within a round, first event ≤ 2 ms",
+            p["added_first_paired_p50_ms"],
+            2.0,
+            "ms",
+        ),
+        _target(
+            "paired: median added within a round, `result` ≤ 2 ms",
+            p["added_result_paired_p50_ms"],
+            2.0,
+            "ms",
+        ),
         _target(
             "RSS with 1,000 open streams ≤ 200 MB", s["rss_flowing_mib"] * MIB_TO_MB, 200, "MB"
         ),

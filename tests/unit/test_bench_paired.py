@@ -26,3 +26,15 @@ def test_rounds_alternate_and_the_added_time_is_the_difference() -> None:
     assert summary["messages"] == 4
     assert summary["added_first_p50_ms"] == 2.0 and summary["added_end_p99_ms"] == 5.0
     assert summary["raw"]["gw"]["end"] == [15.0] * 4
+
+
+def test_paired_added_time_follows_each_round_not_the_spread() -> None:
+    """A load swing that slows both messages of a round moves the percentiles' difference,
+    not the pairs' median."""
+    from bench.paired import added
+
+    direct = [10.0, 10.0, 10.0, 50.0, 50.0]
+    proxied = [11.0, 11.0, 51.0, 51.0, 51.0]  # 1 ms more in each round but one
+    found = added({"direct": {"x": direct}, "gw": {"x": proxied}}, "gw", ("x",))
+    assert found["added_x_paired_p50_ms"] == 1.0
+    assert found["added_x_p50_ms"] == 41.0
