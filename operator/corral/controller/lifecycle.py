@@ -48,6 +48,7 @@ from corral.render import (
     service_name,
     spec_json,
 )
+from corral.render.cpu_boost import needs_settling, resize_patch, settled_cpu_limit
 from corral.render.pod import MAX_SPEC_ANNOTATION_BYTES, STARTUP_PROBE_SECONDS
 from corral.render.pvc import storage_too_large
 
@@ -149,6 +150,8 @@ class Plan:
     create: list[Manifest] = field(default_factory=list)
     delete_pods: list[PodDeletion] = field(default_factory=list)
     patch_pods: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Pods whose start-up CPU boost ends now: (name, patch of the `resize` subresource).
+    resize_pods: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     patch_children: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     delete_children: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
     status_patch: dict[str, Any] | None = None
@@ -174,6 +177,7 @@ class Plan:
             self.create
             or self.delete_pods
             or self.patch_pods
+            or self.resize_pods
             or self.patch_children
             or self.delete_children
             or self.status_patch
@@ -466,8 +470,22 @@ class _Decision:
             self.event("DuplicatePodDeleted", f"deleted extra pod {extra.name}", warning=True)
         return self.live[-1]
 
+    def settle_cpu(self, pod: PodView) -> None:
+        """End a pod's start-up CPU boost once its runner is ready: its Ready condition, or
+        an activity report from it (runners report once their agents are up, which comes
+        before the kubelet's probe). Level-based: a pod still above its settled limit
+        (after an operator restart, say) is resized whenever it is seen ready."""
+        if not needs_settling(pod.cpu_limit, self.spec):
+            return
+        activity = self.obs.activity
+        reported = activity is not None and activity.pod_name == pod.name
+        if pod.ready or reported:
+            patch = resize_patch(runtime.CONTAINER_NAME, settled_cpu_limit(self.spec))
+            self.plan.resize_pods.append((pod.name, patch))
+
     def observe_running_pod(self, pod: PodView) -> None:
         """Phase and conditions from a pod that is not finished."""
+        self.settle_cpu(pod)
         self.status.pod_name = pod.name
         self.status.attempts = max(self.status.attempts or 0, pod.attempt)
         known = cond.get_condition(self.status.conditions, cond.CREDENTIALS)
