@@ -251,7 +251,7 @@ class OperatorConfig(ConfigModel):
         pattern=QUANTITY_PATTERN,
         description="CPU limit of a session pod while its runner starts, when above the "
         "session's spec.resources.cpu; the pod's CPU request stays the session's, and the "
-        "limit is lowered in place (pods/resize) once the runner is ready. \"0\" or null: "
+        'limit is lowered in place (pods/resize) once the runner is ready. "0" or null: '
         "no boost (pods start at the session's limit).",
     )
 
