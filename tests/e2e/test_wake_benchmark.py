@@ -12,14 +12,27 @@ each CPU limit in $CORRAL_BENCH_CPUS (default "1,250m"), interleaved case by cas
 - for each, from the pod's runner log: process start to its agent ready
   (`process_age_seconds`, this tree's runner only) and the pod's Ready transition.
 
+$CORRAL_BENCH_BOOST (default "on"; "off,on" alternates) sets each case's session to use the
+operator's start-up CPU boost or not (`resources.startupBoost: false`), on the same cluster
+and operator.
+
+Each wake also gets a timeline at millisecond resolution, every time on this machine's clock
+(the node shares it): the request sent; the gateway's wake request (the time it writes into
+the wake annotation); the annotation seen on a watch of the session (as the operator's own
+watch sees it); the pod's first sight on a watch of pods (created), its node (scheduled), its
+container running, its CPU limit lowered (the boost's end) and its Ready condition; the
+runner's process start, "runner started" and "agent ready" from its log; the first event.
+
 Raw numbers: $CORRAL_BENCH_OUT (default docs/benchmarks/startup.json); the table:
 `python -m bench.startup_report`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +45,7 @@ from e2e_support import (
     session_pods,
     spec,
 )
-from kubernetes import client
+from kubernetes import client, watch
 
 from corral.cluster import images, node
 from corral.testing.anthropic_script import text
@@ -42,6 +55,7 @@ from corral.testing.kube import wait_for
 WAKES = int(os.environ.get("CORRAL_BENCH_WAKES", "0"))
 CREATES = int(os.environ.get("CORRAL_BENCH_CREATES", "3"))
 CPUS = os.environ.get("CORRAL_BENCH_CPUS", "1,250m").split(",")
+BOOSTS = os.environ.get("CORRAL_BENCH_BOOST", "on").split(",")
 BEFORE = os.environ.get("CORRAL_BENCH_BEFORE_IMAGE", "")  # ref=archive path
 OUT = Path(
     os.environ.get("CORRAL_BENCH_OUT")
@@ -53,6 +67,125 @@ def _time(value: str | None) -> float | None:
     if not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+class Watches:
+    """When this process first saw each step of each pod, and each wake value of each
+    session, on watches of the namespace (epoch seconds, this machine's clock)."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.namespace = namespace
+        self.pods: dict[str, dict[str, float]] = {}
+        self.wakes: dict[str, float] = {}  # wake annotation value -> first seen
+        self.stopping = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._loop, args=(self._pods,), daemon=True),
+            threading.Thread(target=self._loop, args=(self._sessions,), daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _loop(self, body: Any) -> None:
+        while not self.stopping.is_set():
+            try:
+                body()
+            except Exception as error:  # a watch that ends or fails is opened again
+                print(f"watch: {error}", flush=True)
+                time.sleep(0.2)
+
+    def _pods(self) -> None:
+        stream = watch.Watch().stream(
+            self.core.list_namespaced_pod, self.namespace, timeout_seconds=60
+        )
+        for event in stream:
+            now = time.time()
+            pod = event["object"]
+            seen = self.pods.setdefault(pod.metadata.name, {})
+            seen.setdefault("created", now)
+            (container,) = pod.spec.containers
+            limit = (container.resources.limits or {}).get("cpu")
+            seen.setdefault("first_cpu_limit", limit)  # type: ignore[arg-type]
+            if limit != seen["first_cpu_limit"]:
+                seen.setdefault("cpu_lowered", now)
+            if pod.spec.node_name:
+                seen.setdefault("scheduled", now)
+            for status in pod.status.container_statuses or []:
+                if status.state and status.state.running:
+                    seen.setdefault("container_running", now)
+            for condition in pod.status.conditions or []:
+                if condition.type == "Ready" and condition.status == "True":
+                    seen.setdefault("pod_ready", now)
+
+    def _sessions(self) -> None:
+        stream = watch.Watch().stream(
+            self.custom.list_namespaced_custom_object,
+            "corral.dev",
+            "v1alpha1",
+            self.namespace,
+            "agentsessions",
+            timeout_seconds=60,
+        )
+        for event in stream:
+            annotations = event["object"]["metadata"].get("annotations") or {}
+            value = annotations.get("corral.dev/wake")
+            if value:
+                self.wakes.setdefault(value, time.time())
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def _gateway_wake_time(value: str) -> float | None:
+    """The time the gateway wrote into its wake annotation (`gateway <time> for <user>`)."""
+    parts = value.split()
+    if len(parts) < 2 or parts[0] != "gateway":
+        return None
+    return _time(parts[1])
+
+
+def wake_timeline(
+    watches: Watches, session: dict[str, Any], pod: str, log: dict[str, Any], since: float
+) -> dict[str, float | None]:
+    """Milliseconds after the request for each step of one wake (None: not seen)."""
+    value = (session["metadata"].get("annotations") or {}).get("corral.dev/wake", "")
+    seen = watches.pods.get(pod, {})
+    steps: dict[str, float | None] = {
+        "wake_requested": _gateway_wake_time(value),
+        "wake_seen": watches.wakes.get(value),
+        "pod_created": seen.get("created"),
+        "pod_scheduled": seen.get("scheduled"),
+        "container_running": seen.get("container_running"),
+        "runner_process_start": log.get("process_start"),
+        "runner_started": log.get("runner_started"),
+        "runner_ready": log.get("agent_ready"),
+        "cpu_lowered": seen.get("cpu_lowered"),
+        "pod_ready": seen.get("pod_ready"),
+    }
+    return {k: (round((v - since) * 1000) if v else None) for k, v in steps.items()}
+
+
+def runner_log_times(core: client.CoreV1Api, namespace: str, pod: str) -> dict[str, float]:
+    """From the runner's JSON log: its process start, `runner started`, `agent ready`."""
+    found: dict[str, float] = {}
+    log = core.read_namespaced_pod_log(pod, namespace, container="runner")
+    for line in log.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        at = _time(entry.get("time"))
+        if at is None:
+            continue
+        if entry.get("msg") == "runner started":
+            found.setdefault("runner_started", at)
+        if entry.get("msg") == "agent ready":
+            found.setdefault("agent_ready", at)
+            age = entry.get("process_age_seconds")
+            if age is not None:
+                found.setdefault("process_start", at - float(age))
+    return found
 
 
 def runner_timeline(
@@ -99,15 +232,18 @@ def runner_timeline(
     }
 
 
-def _settings(image: str, cpu: str, **fields: Any) -> dict[str, Any]:
+def _settings(image: str, cpu: str, boost: str = "on", **fields: Any) -> dict[str, Any]:
     body = spec("Hybrid", **fields)
     body["resources"] = {**body["resources"], "cpu": cpu}
+    if boost == "off":
+        body["resources"]["startupBoost"] = False
     body["image"] = image
     return body
 
 
 @pytest.mark.skipif(WAKES < 1, reason="a benchmark: set CORRAL_BENCH_WAKES=N")
 def test_benchmark_wake_and_create(
+    api_client: client.ApiClient,
     custom: client.CustomObjectsApi,
     core: client.CoreV1Api,
     namespace: str,
@@ -122,63 +258,91 @@ def test_benchmark_wake_and_create(
         images.import_image(node_layout.containerd_socket, Path(archive), ref)
         cases.insert(0, ("before", ref))
     sessions = Sessions(custom, namespace)
-    results: dict[str, Any] = {"wakes": WAKES, "creates": CREATES, "cases": []}
+    watches = Watches(api_client, namespace)
+    results: dict[str, Any] = {
+        "wakes": WAKES,
+        "creates": CREATES,
+        "load_1m_start": os.getloadavg()[0],
+        "cases": [],
+    }
     n = 0
-    for cpu in CPUS:
-        for label, image in cases:
-            n += 1
-            name = f"wake{n}"
-            sessions.create(
-                name, _settings(image, cpu, idleTimeout="3s", storage={"size": "1Gi"})
+    for cpu, (label, image), boost in ((c, i, b) for c in CPUS for i in cases for b in BOOSTS):
+        n += 1
+        name = f"wake{n}"
+        sessions.create(
+            name,
+            _settings(image, cpu, boost, idleTimeout="3s", storage={"size": "1Gi"}),
+        )
+        case: dict[str, Any] = {
+            "image": label,
+            "cpu": cpu,
+            "boost": boost,
+            "wake": [],
+            "create": [],
+        }
+        for sample in range(WAKES + 1):
+            sessions.wait_phase(name, "Idle", timeout=180)
+            wait_for(lambda: session_pods(core, namespace, name) == [], timeout=120)  # noqa: B023
+            fake.reset()
+            fake.add(text(f"awake {sample}"))
+            started = time.time()
+            reply = gateway.send(namespace, name, f"wake up {sample}")
+            assert reply.status == 200 and reply.events[-1]["type"] == "result", reply
+            (pod,) = session_pods(core, namespace, name)
+            with contextlib.suppress(TimeoutError):  # its Ready may come after the reply
+                wait_for(
+                    lambda: "pod_ready" in watches.pods.get(pod.metadata.name, {}),  # noqa: B023
+                    timeout=10,
+                    what="the woken pod Ready",
+                )
+            pod = core.read_namespaced_pod(pod.metadata.name, namespace)
+            logged = runner_log_times(core, namespace, pod.metadata.name)
+            timeline = wake_timeline(
+                watches, sessions.get(name), pod.metadata.name, logged, started
             )
-            case: dict[str, Any] = {"image": label, "cpu": cpu, "wake": [], "create": []}
-            for sample in range(WAKES + 1):
-                sessions.wait_phase(name, "Idle", timeout=180)
-                wait_for(lambda: session_pods(core, namespace, name) == [], timeout=120)  # noqa: B023
-                fake.reset()
-                fake.add(text(f"awake {sample}"))
-                started = time.time()
-                reply = gateway.send(namespace, name, f"wake up {sample}")
-                assert reply.status == 200 and reply.events[-1]["type"] == "result", reply
-                (pod,) = session_pods(core, namespace, name)
-                sample_result = {
-                    "first_event_s": round(reply.first_event_after or 0, 3),
-                    "result_s": round(time.time() - started, 3),
-                    **runner_timeline(core, namespace, pod, started),
-                }
-                if sample == 0:
-                    continue  # the first pod of the session: the image may be cold
-                case["wake"].append(sample_result)
-                print(f"{label} cpu={cpu} wake {sample}: {sample_result}", flush=True)
+            timeline["first_event"] = round((reply.first_event_after or 0) * 1000)
+            sample_result = {
+                "first_event_s": round(reply.first_event_after or 0, 3),
+                "result_s": round(time.time() - started, 3),
+                "load_1m": os.getloadavg()[0],
+                "timeline_ms": timeline,
+                **runner_timeline(core, namespace, pod, started),
+            }
+            if sample == 0:
+                continue  # the first pod of the session: the image may be cold
+            case["wake"].append(sample_result)
+            print(f"{label} {cpu} boost {boost} wake {sample}: {sample_result}", flush=True)
+        custom.delete_namespaced_custom_object(
+            "corral.dev", "v1alpha1", namespace, "agentsessions", name
+        )
+        for sample in range(CREATES):
+            created = f"new{n}x{sample}"
+            body = _settings(image, cpu, boost)
+            body["pattern"] = "LongRunning"
+            fake.reset()
+            fake.add(text(f"hello {sample}"))
+            started = time.time()
+            sessions.create(created, body)
+            first_event_at = wait_for(
+                lambda: _send_when_known(gateway, namespace, created),  # noqa: B023
+                timeout=120,
+                interval=0.05,
+                what=f"a reply from {created}",
+            )
+            first = first_event_at - started
+            (pod,) = session_pods(core, namespace, created)
+            sample_result = {
+                "first_event_s": round(first, 3),
+                **runner_timeline(core, namespace, pod, started),
+            }
+            case["create"].append(sample_result)
+            print(f"{label} cpu={cpu} boost={boost} create {sample}: {sample_result}", flush=True)
             custom.delete_namespaced_custom_object(
-                "corral.dev", "v1alpha1", namespace, "agentsessions", name
+                "corral.dev", "v1alpha1", namespace, "agentsessions", created
             )
-            for sample in range(CREATES):
-                created = f"new{n}x{sample}"
-                body = _settings(image, cpu)
-                body["pattern"] = "LongRunning"
-                fake.reset()
-                fake.add(text(f"hello {sample}"))
-                started = time.time()
-                sessions.create(created, body)
-                first_event_at = wait_for(
-                    lambda: _send_when_known(gateway, namespace, created),  # noqa: B023
-                    timeout=120,
-                    interval=0.05,
-                    what=f"a reply from {created}",
-                )
-                first = first_event_at - started
-                (pod,) = session_pods(core, namespace, created)
-                sample_result = {
-                    "first_event_s": round(first, 3),
-                    **runner_timeline(core, namespace, pod, started),
-                }
-                case["create"].append(sample_result)
-                print(f"{label} cpu={cpu} create {sample}: {sample_result}", flush=True)
-                custom.delete_namespaced_custom_object(
-                    "corral.dev", "v1alpha1", namespace, "agentsessions", created
-                )
-            results["cases"].append(case)
+        results["cases"].append(case)
+    watches.stop()
+    results["load_1m_end"] = os.getloadavg()[0]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=1) + "\n")
 
