@@ -106,8 +106,9 @@ def breakdown_table(cases: list[dict[str, Any]]) -> list[str]:
         "first_event_s",
     )
     lines = [
-        "| CPU | runner image | pod created | container running | runner ready | first event | n |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| CPU | runner image | start-up boost | pod created | container running | runner ready "
+        "| first event | n |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for case in sorted(cases, key=_order):
         samples = [w for w in case["wake"] if all(w.get(k) is not None for k in keys[:2])]
@@ -117,7 +118,10 @@ def breakdown_table(cases: list[dict[str, Any]]) -> list[str]:
         for key in keys:
             values = _values(samples, key)
             cells.append(f"{statistics.mean(values):.2f} s" if values else "-")
-        lines.append(f"| {case['cpu']} | {case['image']} | {' | '.join(cells)} | {len(samples)} |")
+        lines.append(
+            f"| {case['cpu']} | {case['image']} | {case.get('boost', '-')} | {' | '.join(cells)} "
+            f"| {len(samples)} |"
+        )
     return lines
 
 

@@ -4,17 +4,18 @@ Skipped unless CORRAL_BENCH_WAKES=N. For each runner image (this tree's, and
 $CORRAL_BENCH_BEFORE_IMAGE if set: an image built from an earlier tree, imported here) and
 each CPU limit in $CORRAL_BENCH_CPUS (default "1,250m"), interleaved case by case:
 
-- N wakes of one Hybrid session (idleTimeout 3s): a message through the gateway to the Idle
+- N wakes of a Hybrid session (idleTimeout 3s): a message through the gateway to the Idle
   session, from the request to the first event of the reply (the gateway holds the request
-  while the operator wakes the session);
+  while the operator wakes the session); sent once every runner pod is gone, terminating
+  ones included (an Idle session has no pod; a wake waits for its previous one to be gone);
 - $CORRAL_BENCH_CREATES (default 3) new LongRunning sessions: created, then at once a
   message through the gateway; from the create request to the first event;
 - for each, from the pod's runner log: process start to its agent ready
   (`process_age_seconds`, this tree's runner only) and the pod's Ready transition.
 
-$CORRAL_BENCH_BOOST (default "on"; "off,on" alternates) sets each case's session to use the
-operator's start-up CPU boost or not (`resources.startupBoost: false`), on the same cluster
-and operator.
+$CORRAL_BENCH_BOOST (default "on"; "off,on" for both) says whether sessions use the operator's
+start-up CPU boost (`resources.startupBoost: false` for "off"): one session per setting, woken
+in turn sample by sample, on the same cluster and operator.
 
 Each wake also gets a timeline at millisecond resolution, every time on this machine's clock
 (the node shares it): the request sent; the gateway's wake request (the time it writes into
@@ -56,6 +57,7 @@ WAKES = int(os.environ.get("CORRAL_BENCH_WAKES", "0"))
 CREATES = int(os.environ.get("CORRAL_BENCH_CREATES", "3"))
 CPUS = os.environ.get("CORRAL_BENCH_CPUS", "1,250m").split(",")
 BOOSTS = os.environ.get("CORRAL_BENCH_BOOST", "on").split(",")
+RUNNERS = "app.kubernetes.io/managed-by=corral,app.kubernetes.io/component=runner"
 BEFORE = os.environ.get("CORRAL_BENCH_BEFORE_IMAGE", "")  # ref=archive path
 OUT = Path(
     os.environ.get("CORRAL_BENCH_OUT")
@@ -266,85 +268,104 @@ def test_benchmark_wake_and_create(
         "cases": [],
     }
     n = 0
-    for cpu, (label, image), boost in ((c, i, b) for c in CPUS for i in cases for b in BOOSTS):
+    for cpu, (label, image) in ((c, i) for c in CPUS for i in cases):
         n += 1
-        name = f"wake{n}"
-        sessions.create(
-            name,
-            _settings(image, cpu, boost, idleTimeout="3s", storage={"size": "1Gi"}),
-        )
-        case: dict[str, Any] = {
-            "image": label,
-            "cpu": cpu,
-            "boost": boost,
-            "wake": [],
-            "create": [],
-        }
+        # One Hybrid session per boost setting, woken in turn (sample by sample), so that
+        # both see the same load.
+        names = {boost: f"wake{n}{boost}" for boost in BOOSTS}
+        by_boost: dict[str, dict[str, Any]] = {}
+        for boost, name in names.items():
+            settings = _settings(image, cpu, boost, idleTimeout="3s", storage={"size": "1Gi"})
+            sessions.create(name, settings)
+            by_boost[boost] = {"image": label, "cpu": cpu, "boost": boost, "wake": [], "create": []}
         for sample in range(WAKES + 1):
-            sessions.wait_phase(name, "Idle", timeout=180)
-            wait_for(lambda: session_pods(core, namespace, name) == [], timeout=120)  # noqa: B023
-            fake.reset()
-            fake.add(text(f"awake {sample}"))
-            started = time.time()
-            reply = gateway.send(namespace, name, f"wake up {sample}")
-            assert reply.status == 200 and reply.events[-1]["type"] == "result", reply
-            (pod,) = session_pods(core, namespace, name)
-            with contextlib.suppress(TimeoutError):  # its Ready may come after the reply
-                wait_for(
-                    lambda: "pod_ready" in watches.pods.get(pod.metadata.name, {}),  # noqa: B023
-                    timeout=10,
-                    what="the woken pod Ready",
-                )
-            pod = core.read_namespaced_pod(pod.metadata.name, namespace)
-            logged = runner_log_times(core, namespace, pod.metadata.name)
-            timeline = wake_timeline(
-                watches, sessions.get(name), pod.metadata.name, logged, started
-            )
-            timeline["first_event"] = round((reply.first_event_after or 0) * 1000)
-            sample_result = {
-                "first_event_s": round(reply.first_event_after or 0, 3),
-                "result_s": round(time.time() - started, 3),
-                "load_1m": os.getloadavg()[0],
-                "timeline_ms": timeline,
-                **runner_timeline(core, namespace, pod, started),
-            }
-            if sample == 0:
-                continue  # the first pod of the session: the image may be cold
-            case["wake"].append(sample_result)
-            print(f"{label} {cpu} boost {boost} wake {sample}: {sample_result}", flush=True)
-        custom.delete_namespaced_custom_object(
-            "corral.dev", "v1alpha1", namespace, "agentsessions", name
-        )
-        for sample in range(CREATES):
-            created = f"new{n}x{sample}"
-            body = _settings(image, cpu, boost)
-            body["pattern"] = "LongRunning"
-            fake.reset()
-            fake.add(text(f"hello {sample}"))
-            started = time.time()
-            sessions.create(created, body)
-            first_event_at = wait_for(
-                lambda: _send_when_known(gateway, namespace, created),  # noqa: B023
-                timeout=120,
-                interval=0.05,
-                what=f"a reply from {created}",
-            )
-            first = first_event_at - started
-            (pod,) = session_pods(core, namespace, created)
-            sample_result = {
-                "first_event_s": round(first, 3),
-                **runner_timeline(core, namespace, pod, started),
-            }
-            case["create"].append(sample_result)
-            print(f"{label} cpu={cpu} boost={boost} create {sample}: {sample_result}", flush=True)
+            for boost, name in names.items():
+                sessions.wait_phase(name, "Idle", timeout=180)
+                # Every runner pod gone, terminating ones too: an Idle session has no pod
+                # (a wake waits for its previous pod to be gone: the volume is single-pod),
+                # and none other competes for the node's CPU.
+                wait_for(lambda: not runner_pods(core, namespace), timeout=180)
+                result = wake_once(watches, sessions, core, gateway, fake, name, sample)
+                if sample == 0:
+                    continue  # the first pod of the session: the image may be cold
+                by_boost[boost]["wake"].append(result)
+                print(f"{label} {cpu} boost {boost} wake {sample}: {result}", flush=True)
+        for name in names.values():
             custom.delete_namespaced_custom_object(
-                "corral.dev", "v1alpha1", namespace, "agentsessions", created
+                "corral.dev", "v1alpha1", namespace, "agentsessions", name
             )
-        results["cases"].append(case)
+        for sample in range(CREATES):
+            for boost in BOOSTS:
+                wait_for(lambda: not runner_pods(core, namespace), timeout=180)
+                created = f"new{n}{boost}x{sample}"
+                body = _settings(image, cpu, boost)
+                body["pattern"] = "LongRunning"
+                fake.reset()
+                fake.add(text(f"hello {sample}"))
+                started = time.time()
+                sessions.create(created, body)
+                first_event_at = wait_for(
+                    lambda: _send_when_known(gateway, namespace, created),  # noqa: B023
+                    timeout=120,
+                    interval=0.05,
+                    what=f"a reply from {created}",
+                )
+                (pod,) = session_pods(core, namespace, created)
+                result = {
+                    "first_event_s": round(first_event_at - started, 3),
+                    **runner_timeline(core, namespace, pod, started),
+                }
+                by_boost[boost]["create"].append(result)
+                print(f"{label} {cpu} boost {boost} create {sample}: {result}", flush=True)
+                custom.delete_namespaced_custom_object(
+                    "corral.dev", "v1alpha1", namespace, "agentsessions", created
+                )
+        results["cases"] += list(by_boost.values())
     watches.stop()
     results["load_1m_end"] = os.getloadavg()[0]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def runner_pods(core: client.CoreV1Api, namespace: str) -> list[Any]:
+    """Every runner pod of the namespace, terminating ones included."""
+    return list(core.list_namespaced_pod(namespace, label_selector=RUNNERS).items)
+
+
+def wake_once(
+    watches: Watches,
+    sessions: Sessions,
+    core: client.CoreV1Api,
+    gateway: GatewayClient,
+    fake: FakeAnthropic,
+    name: str,
+    sample: int,
+) -> dict[str, Any]:
+    """A message to the Idle session `name` through the gateway; what it took, step by step."""
+    namespace = sessions.namespace
+    fake.reset()
+    fake.add(text(f"awake {sample}"))
+    started = time.time()
+    reply = gateway.send(namespace, name, f"wake up {sample}")
+    assert reply.status == 200 and reply.events[-1]["type"] == "result", reply
+    (pod,) = session_pods(core, namespace, name)
+    with contextlib.suppress(TimeoutError):  # its Ready may come after the reply
+        wait_for(
+            lambda: "pod_ready" in watches.pods.get(pod.metadata.name, {}),
+            timeout=10,
+            what="the woken pod Ready",
+        )
+    pod = core.read_namespaced_pod(pod.metadata.name, namespace)
+    logged = runner_log_times(core, namespace, pod.metadata.name)
+    timeline = wake_timeline(watches, sessions.get(name), pod.metadata.name, logged, started)
+    timeline["first_event"] = round((reply.first_event_after or 0) * 1000)
+    return {
+        "first_event_s": round(reply.first_event_after or 0, 3),
+        "result_s": round(time.time() - started, 3),
+        "load_1m": os.getloadavg()[0],
+        "timeline_ms": timeline,
+        **runner_timeline(core, namespace, pod, started),
+    }
 
 
 def _send_when_known(gateway: GatewayClient, namespace: str, name: str) -> float | None:
