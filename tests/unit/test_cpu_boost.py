@@ -120,13 +120,11 @@ def test_a_starting_pod_keeps_its_boost() -> None:
     assert decide(observe(session, [pod]), BOOST).resize_pods == []
 
 
-def test_the_runners_first_report_ends_the_boost_before_the_pod_is_ready() -> None:
+def test_the_runners_first_report_does_not_end_the_boost() -> None:
+    """The pod's Ready does: a woken runner's first answer still runs boosted."""
     session, pod = boosted_pod(ready=False)
-    own = Activity(last_activity=T0, busy=False, pod_name=pod.name)
-    assert decide(observe(session, [pod], activity=own), BOOST).resize_pods
-    # A report kept from the previous pod (a wake) says nothing about this one.
-    other = replace(own, pod_name="demo-previous")
-    assert not decide(observe(session, [pod], activity=other), BOOST).resize_pods
+    own = Activity(last_activity=T0, busy=True, pod_name=pod.name)
+    assert not decide(observe(session, [pod], activity=own), BOOST).resize_pods
 
 
 def test_a_settled_or_unboosted_pod_gets_no_write() -> None:

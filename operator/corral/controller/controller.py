@@ -214,7 +214,6 @@ class Controller:
         )
         if (
             previous is None
-            or previous.pod_name != report.pod_name  # a new pod's runner is up
             or previous.busy != report.busy
             or previous.num_turns != report.num_turns
         ):

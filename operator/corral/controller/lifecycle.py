@@ -471,15 +471,13 @@ class _Decision:
         return self.live[-1]
 
     def settle_cpu(self, pod: PodView) -> None:
-        """End a pod's start-up CPU boost once its runner is ready: its Ready condition, or
-        an activity report from it (runners report once their agents are up, which comes
-        before the kubelet's probe). Level-based: a pod still above its settled limit
-        (after an operator restart, say) is resized whenever it is seen ready."""
-        if not needs_settling(pod.cpu_limit, self.spec):
-            return
-        activity = self.obs.activity
-        reported = activity is not None and activity.pod_name == pod.name
-        if pod.ready or reported:
+        """End a pod's start-up CPU boost once it is Ready. Not at the runner's first
+        activity report, which comes sooner: a woken runner's first answer (a message the
+        gateway held) then ran at the session's limit, about 0.3 s slower at 250m (see
+        docs/startup-benchmarks.md); the probe's second or so more keeps it boosted.
+        Level-based: a pod still above its settled limit (after an operator restart, say)
+        is resized whenever it is seen Ready."""
+        if pod.ready and needs_settling(pod.cpu_limit, self.spec):
             patch = resize_patch(runtime.CONTAINER_NAME, settled_cpu_limit(self.spec))
             self.plan.resize_pods.append((pod.name, patch))
 
