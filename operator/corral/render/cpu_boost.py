@@ -3,8 +3,9 @@
 The runner and its bundled CLI need about 1.2 CPU-seconds to start; under a 250m limit that
 is about 5 s of throttling on an idle node. The pod therefore starts with the operator's
 `startupCpuLimit` as its CPU limit (the request stays the session's `cpu`: scheduling and
-fair share by requests are unchanged, the boost only uses idle CPU), and once its runner is
-ready the operator lowers the limit in place (the pod's `resize` subresource).
+fair share by requests are unchanged, the boost only uses idle CPU), and once the pod is
+Ready (the runner's readiness, probed) the operator lowers the limit in place (the pod's `resize`
+subresource).
 
 QoS. A pod's QoS class may not change by a resize, and a pod whose requests equal its limits
 is Guaranteed: a boosted pod is Burstable (CPU limit above request), so its settled limit is
