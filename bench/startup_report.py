@@ -60,28 +60,35 @@ def _values(samples: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def node_cases(paths: list[Path]) -> list[dict[str, Any]]:
-    """Cases of several runs, merged by (image, cpu)."""
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    """Cases of several runs, merged by (image, cpu, boost); runs before the start-up boost
+    have no `boost` ("-")."""
+    merged: dict[tuple[str, str, str], dict[str, Any]] = {}
     for path in paths:
         for case in json.loads(path.read_text())["cases"]:
-            key = (case["image"], case["cpu"])
-            empty = {"image": key[0], "cpu": key[1], "wake": [], "create": []}
+            key = (case["image"], case["cpu"], case.get("boost", "-"))
+            empty = {"image": key[0], "cpu": key[1], "boost": key[2], "wake": [], "create": []}
             into = merged.setdefault(key, empty)
             into["wake"] += case["wake"]
             into["create"] += case["create"]
     return list(merged.values())
 
 
+def _order(case: dict[str, Any]) -> tuple[str, bool, str]:
+    return (case["cpu"], case["image"] != "before", case.get("boost", "-"))
+
+
 def node_table(cases: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| CPU | runner image | wake → first event | create → first event (LongRunning) "
+        "| CPU | runner image | start-up boost | wake → first event "
+        "| create → first event (LongRunning) "
         "| runner process start → ready | runner ready → pod Ready |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
-    for case in sorted(cases, key=lambda c: (c["cpu"], c["image"] != "before")):
+    for case in sorted(cases, key=_order):
         every = case["wake"] + case["create"]
         lines.append(
-            f"| {case['cpu']} | {case['image']} | {fmt(_values(case['wake'], 'first_event_s'))} "
+            f"| {case['cpu']} | {case['image']} | {case.get('boost', '-')} "
+            f"| {fmt(_values(case['wake'], 'first_event_s'))} "
             f"| {fmt(_values(case['create'], 'first_event_s'))} "
             f"| {fmt(_values(every, 'process_to_ready_s'))} "
             f"| {fmt(_values(every, 'runner_ready_to_pod_ready_s'))} |"
@@ -99,10 +106,11 @@ def breakdown_table(cases: list[dict[str, Any]]) -> list[str]:
         "first_event_s",
     )
     lines = [
-        "| CPU | runner image | pod created | container running | runner ready | first event | n |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| CPU | runner image | start-up boost | pod created | container running | runner ready "
+        "| first event | n |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for case in sorted(cases, key=lambda c: (c["cpu"], c["image"] != "before")):
+    for case in sorted(cases, key=_order):
         samples = [w for w in case["wake"] if all(w.get(k) is not None for k in keys[:2])]
         if not samples:
             continue
@@ -110,7 +118,51 @@ def breakdown_table(cases: list[dict[str, Any]]) -> list[str]:
         for key in keys:
             values = _values(samples, key)
             cells.append(f"{statistics.mean(values):.2f} s" if values else "-")
-        lines.append(f"| {case['cpu']} | {case['image']} | {' | '.join(cells)} | {len(samples)} |")
+        lines.append(
+            f"| {case['cpu']} | {case['image']} | {case.get('boost', '-')} | {' | '.join(cells)} "
+            f"| {len(samples)} |"
+        )
+    return lines
+
+
+TIMELINE_STEPS = (
+    ("wake_requested", "gateway asks the wake"),
+    ("wake_seen", "wake seen on a watch"),
+    ("pod_created", "pod created"),
+    ("pod_scheduled", "pod scheduled"),
+    ("container_running", "container running (status)"),
+    ("runner_process_start", "runner process start"),
+    ("runner_started", "runner started"),
+    ("runner_ready", "runner ready"),
+    ("first_event", "first event"),
+    ("cpu_lowered", "CPU limit lowered"),
+    ("pod_ready", "pod Ready (status)"),
+)
+
+
+def timeline_table(cases: list[dict[str, Any]]) -> list[str]:
+    """A wake step by step, milliseconds after the request: p50 of each step (watch events
+    and logs on one clock; see tests/e2e/test_wake_benchmark.py)."""
+    with_timeline = [
+        c for c in sorted(cases, key=_order) if any("timeline_ms" in w for w in c["wake"])
+    ]
+    if not with_timeline:
+        return []
+    header = " | ".join(f"{c['cpu']} boost {c.get('boost', '-')}" for c in with_timeline)
+    lines = [f"| step (ms after the request, p50) | {header} |"]
+    lines.append("|---|" + "---:|" * len(with_timeline))
+    for key, label in TIMELINE_STEPS:
+        cells = []
+        for case in with_timeline:
+            values = [
+                float(w["timeline_ms"][key])
+                for w in case["wake"]
+                if w.get("timeline_ms", {}).get(key) is not None
+            ]
+            cells.append(f"{statistics.median(values):.0f}" if values else "-")
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    counts = " | ".join(str(len(c["wake"])) for c in with_timeline)
+    lines.append(f"| n | {counts} |")
     return lines
 
 
@@ -122,8 +174,8 @@ def plot(cases: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels, data = [], []
-    for case in sorted(cases, key=lambda c: (c["cpu"], c["image"] != "before")):
-        labels.append(f"{case['image']}\n{case['cpu']} CPU")
+    for case in sorted(cases, key=_order):
+        labels.append(f"{case['image']}, boost {case.get('boost', '-')}\n{case['cpu']} CPU")
         data.append(_values(case["wake"], "first_event_s"))
     ax.boxplot(data, tick_labels=labels)
     ax.set_ylabel("wake → first event (s)")
@@ -145,7 +197,7 @@ def main() -> None:
         out += [*local_table(json.loads(args.local.read_text())), ""]
     if args.node:
         cases = node_cases(args.node)
-        out += [*node_table(cases), "", *breakdown_table(cases)]
+        out += [*node_table(cases), "", *breakdown_table(cases), "", *timeline_table(cases)]
         if args.plot:
             plot(cases, args.plot)
     print("\n".join(out))

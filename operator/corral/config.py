@@ -14,7 +14,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from corral.api import runtime
@@ -38,6 +38,8 @@ ALWAYS_BLOCKED = ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128")
 ANTHROPIC_API = "https://api.anthropic.com"
 # Environment variables that carry a model key (never set in a pod with the model proxy).
 MODEL_KEY_VARIABLES = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+# The start-up CPU limit (see corral.render.cpu_boost); measured in docs/startup-benchmarks.md.
+DEFAULT_STARTUP_CPU_LIMIT = "2"
 # An activity key shorter than this is refused at start (a guessable key forges reports).
 MIN_ACTIVITY_KEY_BYTES = 32
 
@@ -244,6 +246,19 @@ class OperatorConfig(ConfigModel):
     price_per_container_hour_usd: float = Field(
         0.05, ge=0, description="Infrastructure price used for status.cost."
     )
+    startup_cpu_limit: str | None = Field(
+        DEFAULT_STARTUP_CPU_LIMIT,
+        pattern=QUANTITY_PATTERN,
+        description="CPU limit of a session pod while its runner starts, when above the "
+        "session's spec.resources.cpu; the pod's CPU request stays the session's, and the "
+        'limit is lowered in place (pods/resize) once the runner is ready. "0" or null: '
+        "no boost (pods start at the session's limit).",
+    )
+
+    @field_validator("startup_cpu_limit", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value == "" else value
 
     # Network
     dns: PeerRule = Field(default_factory=_dns_rule, description="Where cluster DNS runs.")

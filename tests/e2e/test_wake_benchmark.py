@@ -4,13 +4,25 @@ Skipped unless CORRAL_BENCH_WAKES=N. For each runner image (this tree's, and
 $CORRAL_BENCH_BEFORE_IMAGE if set: an image built from an earlier tree, imported here) and
 each CPU limit in $CORRAL_BENCH_CPUS (default "1,250m"), interleaved case by case:
 
-- N wakes of one Hybrid session (idleTimeout 3s): a message through the gateway to the Idle
+- N wakes of a Hybrid session (idleTimeout 3s): a message through the gateway to the Idle
   session, from the request to the first event of the reply (the gateway holds the request
-  while the operator wakes the session);
+  while the operator wakes the session); sent once every runner pod is gone, terminating
+  ones included (an Idle session has no pod; a wake waits for its previous one to be gone);
 - $CORRAL_BENCH_CREATES (default 3) new LongRunning sessions: created, then at once a
   message through the gateway; from the create request to the first event;
 - for each, from the pod's runner log: process start to its agent ready
   (`process_age_seconds`, this tree's runner only) and the pod's Ready transition.
+
+$CORRAL_BENCH_BOOST (default "on"; "off,on" for both) says whether sessions use the operator's
+start-up CPU boost (`resources.startupBoost: false` for "off"): one session per setting, woken
+in turn sample by sample, on the same cluster and operator.
+
+Each wake also gets a timeline at millisecond resolution, every time on this machine's clock
+(the node shares it): the request sent; the gateway's wake request (the time it writes into
+the wake annotation); the annotation seen on a watch of the session (as the operator's own
+watch sees it); the pod's first sight on a watch of pods (created), its node (scheduled), its
+container running, its CPU limit lowered (the boost's end) and its Ready condition; the
+runner's process start, "runner started" and "agent ready" from its log; the first event.
 
 Raw numbers: $CORRAL_BENCH_OUT (default docs/benchmarks/startup.json); the table:
 `python -m bench.startup_report`.
@@ -18,8 +30,10 @@ Raw numbers: $CORRAL_BENCH_OUT (default docs/benchmarks/startup.json); the table
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +46,7 @@ from e2e_support import (
     session_pods,
     spec,
 )
-from kubernetes import client
+from kubernetes import client, watch
 
 from corral.cluster import images, node
 from corral.testing.anthropic_script import text
@@ -42,6 +56,8 @@ from corral.testing.kube import wait_for
 WAKES = int(os.environ.get("CORRAL_BENCH_WAKES", "0"))
 CREATES = int(os.environ.get("CORRAL_BENCH_CREATES", "3"))
 CPUS = os.environ.get("CORRAL_BENCH_CPUS", "1,250m").split(",")
+BOOSTS = os.environ.get("CORRAL_BENCH_BOOST", "on").split(",")
+RUNNERS = "app.kubernetes.io/managed-by=corral,app.kubernetes.io/component=runner"
 BEFORE = os.environ.get("CORRAL_BENCH_BEFORE_IMAGE", "")  # ref=archive path
 OUT = Path(
     os.environ.get("CORRAL_BENCH_OUT")
@@ -53,6 +69,125 @@ def _time(value: str | None) -> float | None:
     if not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+class Watches:
+    """When this process first saw each step of each pod, and each wake value of each
+    session, on watches of the namespace (epoch seconds, this machine's clock)."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.namespace = namespace
+        self.pods: dict[str, dict[str, float]] = {}
+        self.wakes: dict[str, float] = {}  # wake annotation value -> first seen
+        self.stopping = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._loop, args=(self._pods,), daemon=True),
+            threading.Thread(target=self._loop, args=(self._sessions,), daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _loop(self, body: Any) -> None:
+        while not self.stopping.is_set():
+            try:
+                body()
+            except Exception as error:  # a watch that ends or fails is opened again
+                print(f"watch: {error}", flush=True)
+                time.sleep(0.2)
+
+    def _pods(self) -> None:
+        stream = watch.Watch().stream(
+            self.core.list_namespaced_pod, self.namespace, timeout_seconds=60
+        )
+        for event in stream:
+            now = time.time()
+            pod = event["object"]
+            seen = self.pods.setdefault(pod.metadata.name, {})
+            seen.setdefault("created", now)
+            (container,) = pod.spec.containers
+            limit = (container.resources.limits or {}).get("cpu")
+            seen.setdefault("first_cpu_limit", limit)  # type: ignore[arg-type]
+            if limit != seen["first_cpu_limit"]:
+                seen.setdefault("cpu_lowered", now)
+            if pod.spec.node_name:
+                seen.setdefault("scheduled", now)
+            for status in pod.status.container_statuses or []:
+                if status.state and status.state.running:
+                    seen.setdefault("container_running", now)
+            for condition in pod.status.conditions or []:
+                if condition.type == "Ready" and condition.status == "True":
+                    seen.setdefault("pod_ready", now)
+
+    def _sessions(self) -> None:
+        stream = watch.Watch().stream(
+            self.custom.list_namespaced_custom_object,
+            "corral.dev",
+            "v1alpha1",
+            self.namespace,
+            "agentsessions",
+            timeout_seconds=60,
+        )
+        for event in stream:
+            annotations = event["object"]["metadata"].get("annotations") or {}
+            value = annotations.get("corral.dev/wake")
+            if value:
+                self.wakes.setdefault(value, time.time())
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def _gateway_wake_time(value: str) -> float | None:
+    """The time the gateway wrote into its wake annotation (`gateway <time> for <user>`)."""
+    parts = value.split()
+    if len(parts) < 2 or parts[0] != "gateway":
+        return None
+    return _time(parts[1])
+
+
+def wake_timeline(
+    watches: Watches, session: dict[str, Any], pod: str, log: dict[str, Any], since: float
+) -> dict[str, float | None]:
+    """Milliseconds after the request for each step of one wake (None: not seen)."""
+    value = (session["metadata"].get("annotations") or {}).get("corral.dev/wake", "")
+    seen = watches.pods.get(pod, {})
+    steps: dict[str, float | None] = {
+        "wake_requested": _gateway_wake_time(value),
+        "wake_seen": watches.wakes.get(value),
+        "pod_created": seen.get("created"),
+        "pod_scheduled": seen.get("scheduled"),
+        "container_running": seen.get("container_running"),
+        "runner_process_start": log.get("process_start"),
+        "runner_started": log.get("runner_started"),
+        "runner_ready": log.get("agent_ready"),
+        "cpu_lowered": seen.get("cpu_lowered"),
+        "pod_ready": seen.get("pod_ready"),
+    }
+    return {k: (round((v - since) * 1000) if v else None) for k, v in steps.items()}
+
+
+def runner_log_times(core: client.CoreV1Api, namespace: str, pod: str) -> dict[str, float]:
+    """From the runner's JSON log: its process start, `runner started`, `agent ready`."""
+    found: dict[str, float] = {}
+    log = core.read_namespaced_pod_log(pod, namespace, container="runner")
+    for line in log.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        at = _time(entry.get("time"))
+        if at is None:
+            continue
+        if entry.get("msg") == "runner started":
+            found.setdefault("runner_started", at)
+        if entry.get("msg") == "agent ready":
+            found.setdefault("agent_ready", at)
+            age = entry.get("process_age_seconds")
+            if age is not None:
+                found.setdefault("process_start", at - float(age))
+    return found
 
 
 def runner_timeline(
@@ -99,15 +234,18 @@ def runner_timeline(
     }
 
 
-def _settings(image: str, cpu: str, **fields: Any) -> dict[str, Any]:
+def _settings(image: str, cpu: str, boost: str = "on", **fields: Any) -> dict[str, Any]:
     body = spec("Hybrid", **fields)
     body["resources"] = {**body["resources"], "cpu": cpu}
+    if boost == "off":
+        body["resources"]["startupBoost"] = False
     body["image"] = image
     return body
 
 
 @pytest.mark.skipif(WAKES < 1, reason="a benchmark: set CORRAL_BENCH_WAKES=N")
 def test_benchmark_wake_and_create(
+    api_client: client.ApiClient,
     custom: client.CustomObjectsApi,
     core: client.CoreV1Api,
     namespace: str,
@@ -122,40 +260,45 @@ def test_benchmark_wake_and_create(
         images.import_image(node_layout.containerd_socket, Path(archive), ref)
         cases.insert(0, ("before", ref))
     sessions = Sessions(custom, namespace)
-    results: dict[str, Any] = {"wakes": WAKES, "creates": CREATES, "cases": []}
+    watches = Watches(api_client, namespace)
+    results: dict[str, Any] = {
+        "wakes": WAKES,
+        "creates": CREATES,
+        "load_1m_start": os.getloadavg()[0],
+        "cases": [],
+    }
     n = 0
-    for cpu in CPUS:
-        for label, image in cases:
-            n += 1
-            name = f"wake{n}"
-            sessions.create(
-                name, _settings(image, cpu, idleTimeout="3s", storage={"size": "1Gi"})
-            )
-            case: dict[str, Any] = {"image": label, "cpu": cpu, "wake": [], "create": []}
-            for sample in range(WAKES + 1):
+    for cpu, (label, image) in ((c, i) for c in CPUS for i in cases):
+        n += 1
+        # One Hybrid session per boost setting, woken in turn (sample by sample), so that
+        # both see the same load.
+        names = {boost: f"wake{n}{boost}" for boost in BOOSTS}
+        by_boost: dict[str, dict[str, Any]] = {}
+        for boost, name in names.items():
+            settings = _settings(image, cpu, boost, idleTimeout="3s", storage={"size": "1Gi"})
+            sessions.create(name, settings)
+            by_boost[boost] = {"image": label, "cpu": cpu, "boost": boost, "wake": [], "create": []}
+        for sample in range(WAKES + 1):
+            for boost, name in names.items():
                 sessions.wait_phase(name, "Idle", timeout=180)
-                wait_for(lambda: session_pods(core, namespace, name) == [], timeout=120)  # noqa: B023
-                fake.reset()
-                fake.add(text(f"awake {sample}"))
-                started = time.time()
-                reply = gateway.send(namespace, name, f"wake up {sample}")
-                assert reply.status == 200 and reply.events[-1]["type"] == "result", reply
-                (pod,) = session_pods(core, namespace, name)
-                sample_result = {
-                    "first_event_s": round(reply.first_event_after or 0, 3),
-                    "result_s": round(time.time() - started, 3),
-                    **runner_timeline(core, namespace, pod, started),
-                }
+                # Every runner pod gone, terminating ones too: an Idle session has no pod
+                # (a wake waits for its previous pod to be gone: the volume is single-pod),
+                # and none other competes for the node's CPU.
+                wait_for(lambda: not runner_pods(core, namespace), timeout=180)
+                result = wake_once(watches, sessions, core, gateway, fake, name, sample)
                 if sample == 0:
                     continue  # the first pod of the session: the image may be cold
-                case["wake"].append(sample_result)
-                print(f"{label} cpu={cpu} wake {sample}: {sample_result}", flush=True)
+                by_boost[boost]["wake"].append(result)
+                print(f"{label} {cpu} boost {boost} wake {sample}: {result}", flush=True)
+        for name in names.values():
             custom.delete_namespaced_custom_object(
                 "corral.dev", "v1alpha1", namespace, "agentsessions", name
             )
-            for sample in range(CREATES):
-                created = f"new{n}x{sample}"
-                body = _settings(image, cpu)
+        for sample in range(CREATES):
+            for boost in BOOSTS:
+                wait_for(lambda: not runner_pods(core, namespace), timeout=180)
+                created = f"new{n}{boost}x{sample}"
+                body = _settings(image, cpu, boost)
                 body["pattern"] = "LongRunning"
                 fake.reset()
                 fake.add(text(f"hello {sample}"))
@@ -167,20 +310,62 @@ def test_benchmark_wake_and_create(
                     interval=0.05,
                     what=f"a reply from {created}",
                 )
-                first = first_event_at - started
                 (pod,) = session_pods(core, namespace, created)
-                sample_result = {
-                    "first_event_s": round(first, 3),
+                result = {
+                    "first_event_s": round(first_event_at - started, 3),
                     **runner_timeline(core, namespace, pod, started),
                 }
-                case["create"].append(sample_result)
-                print(f"{label} cpu={cpu} create {sample}: {sample_result}", flush=True)
+                by_boost[boost]["create"].append(result)
+                print(f"{label} {cpu} boost {boost} create {sample}: {result}", flush=True)
                 custom.delete_namespaced_custom_object(
                     "corral.dev", "v1alpha1", namespace, "agentsessions", created
                 )
-            results["cases"].append(case)
+        results["cases"] += list(by_boost.values())
+    watches.stop()
+    results["load_1m_end"] = os.getloadavg()[0]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def runner_pods(core: client.CoreV1Api, namespace: str) -> list[Any]:
+    """Every runner pod of the namespace, terminating ones included."""
+    return list(core.list_namespaced_pod(namespace, label_selector=RUNNERS).items)
+
+
+def wake_once(
+    watches: Watches,
+    sessions: Sessions,
+    core: client.CoreV1Api,
+    gateway: GatewayClient,
+    fake: FakeAnthropic,
+    name: str,
+    sample: int,
+) -> dict[str, Any]:
+    """A message to the Idle session `name` through the gateway; what it took, step by step."""
+    namespace = sessions.namespace
+    fake.reset()
+    fake.add(text(f"awake {sample}"))
+    started = time.time()
+    reply = gateway.send(namespace, name, f"wake up {sample}")
+    assert reply.status == 200 and reply.events[-1]["type"] == "result", reply
+    (pod,) = session_pods(core, namespace, name)
+    with contextlib.suppress(TimeoutError):  # its Ready may come after the reply
+        wait_for(
+            lambda: "pod_ready" in watches.pods.get(pod.metadata.name, {}),
+            timeout=10,
+            what="the woken pod Ready",
+        )
+    pod = core.read_namespaced_pod(pod.metadata.name, namespace)
+    logged = runner_log_times(core, namespace, pod.metadata.name)
+    timeline = wake_timeline(watches, sessions.get(name), pod.metadata.name, logged, started)
+    timeline["first_event"] = round((reply.first_event_after or 0) * 1000)
+    return {
+        "first_event_s": round(reply.first_event_after or 0, 3),
+        "result_s": round(time.time() - started, 3),
+        "load_1m": os.getloadavg()[0],
+        "timeline_ms": timeline,
+        **runner_timeline(core, namespace, pod, started),
+    }
 
 
 def _send_when_known(gateway: GatewayClient, namespace: str, name: str) -> float | None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from corral.api import runtime
+from corral.api.units import parse_quantity
 from corral.api.v1alpha1 import AgentSession, AgentSessionSpec, AgentStatus
 from corral.config import OperatorConfig
 from corral.controller.credentials import SecretCheck
@@ -29,7 +30,12 @@ UID = "0b7d3c1e-5f7a-4c1e-9a55-2b1f0f6d8e01"
 # The operator gives every runner a key (as the test operators do), unless a test says not,
 # and runners can report activity (without an activity URL, Hybrid sessions never go idle).
 ACTIVITY_URL = "http://corral.corral-system.svc:8081/v1/activity"
-CONFIG = OperatorConfig(runner_env={runtime.ENV_API_KEY: "sk-ant-test"}, activity_url=ACTIVITY_URL)
+# The start-up CPU boost is off here; test_cpu_boost.py turns it on.
+CONFIG = OperatorConfig(
+    runner_env={runtime.ENV_API_KEY: "sk-ant-test"},
+    activity_url=ACTIVITY_URL,
+    startup_cpu_limit=None,
+)
 
 MINIMAL = {
     "Ephemeral": {"pattern": "Ephemeral", "prompt": "Say hello."},
@@ -87,9 +93,10 @@ def make_pod(
     restarts: int = 0,
     last_terminated: dict[str, Any] | None = None,
     ready_at: datetime | None = None,
+    config: OperatorConfig = CONFIG,
 ) -> PodView:
     """A pod as the API server would show it, read through the operator's own `pod_view`."""
-    body = render_pod(session, CONFIG, attempt)
+    body = render_pod(session, config, attempt)
     body["metadata"]["uid"] = f"pod-uid-{attempt}"
     if owner_uid is not None:
         body["metadata"]["ownerReferences"][0]["uid"] = owner_uid
@@ -219,9 +226,18 @@ class World:
             assert name not in self.pods, f"pod {name} created twice"
             attempt = int(manifest["metadata"]["annotations"]["corral.dev/attempt"])
             self.pods[name] = make_pod(
-                self.session, attempt, phase="Pending", ready=False, started=self.now
+                self.session,
+                attempt,
+                phase="Pending",
+                ready=False,
+                started=self.now,
+                config=self.config,
             )
             self.pods_created.append(name)
+        for name, patch in plan.resize_pods:
+            (container,) = patch["spec"]["containers"]
+            limit = parse_quantity(container["resources"]["limits"]["cpu"])
+            self.pods[name] = replace(self.pods[name], cpu_limit=limit)
         self.session = with_status(self.session, plan)
         for deletion in plan.delete_pods:
             self.pods[deletion.name] = replace(self.pods[deletion.name], deleting=True)

@@ -62,10 +62,15 @@ def test_pod_is_hardened(
     assert "hostNetwork" not in spec and "hostPID" not in spec
 
 
-def test_requests_equal_limits(make_session: SessionFactory, config: OperatorConfig) -> None:
+def test_requests_equal_limits_but_the_start_up_cpu_limit(
+    make_session: SessionFactory, config: OperatorConfig
+) -> None:
     session = make_session(resources={"cpu": "750m", "memory": "2Gi", "disk": "3Gi"})
     resources = container(render_pod(session, config, 0))["resources"]
     expected = {"cpu": "750m", "memory": "2Gi", "ephemeral-storage": "3Gi"}
+    assert resources == {"requests": expected, "limits": {**expected, "cpu": "2000m"}}
+    unboosted = config.model_copy(update={"startup_cpu_limit": None})
+    resources = container(render_pod(session, unboosted, 0))["resources"]
     assert resources == {"requests": expected, "limits": expected}
 
 

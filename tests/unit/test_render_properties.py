@@ -15,6 +15,7 @@ from corral.api import runtime
 from corral.api.v1alpha1 import AgentSession, AgentSessionSpec, Pattern
 from corral.config import OperatorConfig
 from corral.render import render_children, selector_labels
+from corral.render.cpu_boost import millicores
 from strategies import sessions
 
 DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -64,7 +65,10 @@ def assert_well_formed(child: dict[str, Any], session: AgentSession) -> None:
 
 def assert_pod(pod: dict[str, Any], session: AgentSession) -> None:
     (container,) = pod["spec"]["containers"]
-    assert container["resources"]["requests"] == container["resources"]["limits"]
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    # Equal, but a CPU limit may start higher (the start-up boost): never lower.
+    assert {**limits, "cpu": requests["cpu"]} == requests
+    assert millicores(limits["cpu"]) >= millicores(requests["cpu"])
     ephemeral = session.spec.pattern == Pattern.EPHEMERAL
     assert pod["spec"]["restartPolicy"] == ("Never" if ephemeral else "Always")
     assert selector_labels(session).items() <= pod["metadata"]["labels"].items()

@@ -188,6 +188,10 @@ one the operator really calls; see docs/install.md ("What the operator may do").
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# A runner pod's CPU limit is lowered in place once it has started (config.startupCpuLimit).
+- apiGroups: [""]
+  resources: ["pods/resize"]
+  verbs: ["patch"]
 # Service and PVC: created once; garbage collection removes them with the session.
 # get: a create answered AlreadyExists is checked for its owner (a name taken by an object
 # that is not the session's is reported, not used); patch: a Service or NetworkPolicy

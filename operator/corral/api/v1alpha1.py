@@ -182,7 +182,8 @@ def _at_least(text: str, minimum: str) -> bool:
 
 
 class Resources(ApiModel):
-    """Compute and disk for the session pod; requests equal limits (Guaranteed QoS)."""
+    """Compute and disk for the session pod; requests equal limits, except the CPU limit
+    while the runner starts when the operator's start-up boost applies."""
 
     cpu: Quantity = Field("1", description="CPU for the pod, e.g. `500m` or `2`.")
     memory: Quantity = Field(
@@ -195,6 +196,12 @@ class Resources(ApiModel):
         "5Gi",
         description="Ephemeral-storage limit: workspace, home and /tmp of non-Hybrid sessions; "
         "home, /tmp and logs of Hybrid ones (their workspace is on spec.storage).",
+    )
+    startup_boost: bool | None = Field(
+        None,
+        description="Whether the pod may start with the operator's start-up CPU limit "
+        "(startupCpuLimit, when above `cpu`; lowered in place to `cpu` once the runner is "
+        "ready). Unset: as the operator says; false: the pod starts at `cpu`.",
     )
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         cel(

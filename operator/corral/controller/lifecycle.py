@@ -55,6 +55,7 @@ from corral.render import (
     service_name,
     spec_json,
 )
+from corral.render.cpu_boost import needs_settling, resize_patch, settled_cpu_limit
 from corral.render.pod import MAX_SPEC_ANNOTATION_BYTES, STARTUP_PROBE_SECONDS
 from corral.render.pvc import storage_too_large
 
@@ -158,6 +159,8 @@ class Plan:
     create: list[Manifest] = field(default_factory=list)
     delete_pods: list[PodDeletion] = field(default_factory=list)
     patch_pods: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Pods whose start-up CPU boost ends now: (name, patch of the `resize` subresource).
+    resize_pods: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     patch_children: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     delete_children: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
     status_patch: dict[str, Any] | None = None
@@ -183,6 +186,7 @@ class Plan:
             self.create
             or self.delete_pods
             or self.patch_pods
+            or self.resize_pods
             or self.patch_children
             or self.delete_children
             or self.status_patch
@@ -484,8 +488,20 @@ class _Decision:
             self.event("DuplicatePodDeleted", f"deleted extra pod {extra.name}", warning=True)
         return self.live[-1]
 
+    def settle_cpu(self, pod: PodView) -> None:
+        """End a pod's start-up CPU boost once it is Ready. Not at the runner's first
+        activity report, which comes sooner: a woken runner's first answer (a message the
+        gateway held) then ran at the session's limit, about 0.3 s slower at 250m (see
+        docs/startup-benchmarks.md); the probe's second or so more keeps it boosted.
+        Level-based: a pod still above its settled limit (after an operator restart, say)
+        is resized whenever it is seen Ready."""
+        if pod.ready and needs_settling(pod.cpu_limit, self.spec):
+            patch = resize_patch(runtime.CONTAINER_NAME, settled_cpu_limit(self.spec))
+            self.plan.resize_pods.append((pod.name, patch))
+
     def observe_running_pod(self, pod: PodView) -> None:
         """Phase and conditions from a pod that is not finished."""
+        self.settle_cpu(pod)
         self.status.pod_name = pod.name
         self.status.attempts = max(self.status.attempts or 0, pod.attempt)
         known = cond.get_condition(self.status.conditions, cond.CREDENTIALS)

@@ -23,6 +23,9 @@ QUEUE_LAG_SECONDS = Histogram(
 )
 SCALE_DOWNS = Counter("corral_scale_downs_total", "Hybrid sessions scaled to zero when idle.")
 WAKES = Counter("corral_wakes_total", "Hybrid sessions woken.")
+POD_RESIZES = Counter(
+    "corral_pod_resizes_total", "Pods whose start-up CPU limit was lowered to the session's."
+)
 WAKE_LATENCY = Histogram(
     "corral_wake_latency_seconds",
     "From a wake seen by the operator to the new pod created.",

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from corral.api import runtime
+from corral.api.units import parse_quantity
 from corral.render import ATTEMPT_ANNOTATION, RESTART_HASH_ANNOTATION
 
 IMAGE_PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
@@ -59,6 +61,8 @@ class PodView:
     waiting_message: str | None
     terminated: Terminated | None
     unschedulable: str | None
+    # The runner container's CPU limit in the pod's spec (a start-up boost until settled).
+    cpu_limit: Decimal | None = None
 
     @property
     def finished(self) -> bool:
@@ -105,6 +109,17 @@ def _runner_status(status: dict[str, Any]) -> dict[str, Any]:
         if container.get("name") == runtime.CONTAINER_NAME:
             return dict(container)
     return {}
+
+
+def _cpu_limit(spec: dict[str, Any]) -> Decimal | None:
+    for container in spec.get("containers") or []:
+        if container.get("name") == runtime.CONTAINER_NAME:
+            limit = ((container.get("resources") or {}).get("limits") or {}).get("cpu")
+            try:
+                return parse_quantity(str(limit)) if limit is not None else None
+            except ValueError:
+                return None
+    return None
 
 
 def pod_view(body: dict[str, Any]) -> PodView:
@@ -161,4 +176,5 @@ def pod_view(body: dict[str, Any]) -> PodView:
         waiting_message=waiting.get("message"),
         terminated=terminated,
         unschedulable=unschedulable,
+        cpu_limit=_cpu_limit(body.get("spec") or {}),
     )

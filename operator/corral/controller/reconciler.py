@@ -151,6 +151,10 @@ class Reconciler:
             )
         for name, patch in plan.patch_pods:
             await self._attempt(self._patch_child(key, session, "Pod", name, patch), failures)
+        for name, patch in plan.resize_pods:
+            if (key, name) in self.store.resize_refused:
+                continue
+            await self._attempt(self._resize_pod(key, name, patch), failures)
         for kind, name, patch in plan.patch_children:
             await self._attempt(self._patch_child(key, session, kind, name, patch), failures)
         if status_ok:
@@ -356,6 +360,30 @@ class Reconciler:
                     EventNote("Warning", f"Patch{kind}Failed", f"{kind} {name}: {error.message}"),
                 )
             raise
+
+    async def _resize_pod(self, key: Key, name: str, patch: dict[str, Any]) -> None:
+        """End a pod's start-up CPU boost (render.cpu_boost). The pod as patched replaces
+        the stored view, so a reconcile before the watch shows it does not send it again.
+        A refusal (an API server without in-place resize, a chart without pods/resize) is
+        logged, not retried: the pod keeps its boost and its request."""
+        try:
+            resized = await self.client.patch(
+                "Pod", key[0], name, patch, sub="resize", strategic=True
+            )
+        except ApiError as error:
+            if error.status in (404, 409):
+                return  # gone, or changed meanwhile: the next reconcile decides again
+            if error.status >= 500 or error.status == 429:
+                raise
+            metrics.ERRORS.labels(reason=f"ResizePod{error.reason}").inc()
+            log.warning(
+                "could not lower pod %s's start-up CPU limit: %s", name, error, extra=_ctx(key)
+            )
+            self.store.resize_refused.add((key, name))
+            return
+        metrics.POD_RESIZES.inc()
+        self.store.update_pod(key, pod_view(resized))
+        log.debug("pod %s: start-up CPU boost ended", name, extra=_ctx(key))
 
     async def _event(self, session: AgentSession, note: EventNote) -> None:
         """Post a core/v1 Event on the session; best effort, never fails a reconcile."""

@@ -81,6 +81,8 @@ class Store:
         self.name_conflicts: dict[Key, dict[str, str]] = {}
         # Sessions stored by the API server that the models refuse (see controller.unreadable).
         self.unreadable: dict[Key, Unreadable] = {}
+        # Pods whose resize (end of the start-up CPU boost) the API server refused.
+        self.resize_refused: set[tuple[Key, str]] = set()
         # When this replica last became leader, and so began to hear runners' activity
         # reports (None while it does not lead): no idle scale-down before it could have
         # heard a busy runner's heartbeat (see lifecycle.Observed.leading_since).
@@ -131,6 +133,7 @@ class Store:
         self.deferred_since.pop(key, None)
         self.name_conflicts.pop(key, None)
         self.unreadable.pop(key, None)
+        self.resize_refused = {entry for entry in self.resize_refused if entry[0] != key}
         self._free_if_unused(key)
 
     def _free_if_unused(self, key: Key) -> None:
@@ -147,6 +150,13 @@ class Store:
         else:
             self.children_of(key).pods[view.name] = view
 
+    def update_pod(self, key: Key, view: PodView) -> None:
+        """Keep our own write to a pod that is still the one known by that name."""
+        children = self.children.get(key)
+        known = children.pods.get(view.name) if children is not None else None
+        if children is not None and known is not None and known.uid == view.uid:
+            children.pods[view.name] = view
+
     def forget_pod(self, key: Key, name: str, uid: str | None = None) -> None:
         """The pod is gone (its DELETED event, or a delete that found nothing); with `uid`,
         only if the pod known by that name is still that one."""
@@ -156,6 +166,7 @@ class Store:
         known = children.pods.get(name)
         if uid is None or known is None or known.uid == uid:
             children.pods.pop(name, None)
+            self.resize_refused.discard((key, name))
         expected = children.expected_pods.get(name)
         if uid is None or expected is None or expected[0].uid == uid:
             # Fix: a pod created and deleted again before any reconcile read the store was

@@ -27,6 +27,8 @@ REQUESTS = Counter(
     "corral_kube_requests_total", "Kubernetes API requests made by the operator.", ["verb", "kind"]
 )
 MERGE_PATCH = "application/merge-patch+json"
+# Merges lists of named items (a pod's containers) by name rather than replacing them.
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 # Accept header of a GET that returns only an object's metadata (PartialObjectMetadata).
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
@@ -261,10 +263,17 @@ class KubeClient:
         return await self.request("GET", resource_path(kind, namespace, name))
 
     async def patch(
-        self, kind: str, namespace: str | None, name: str, patch: JSON, sub: str | None = None
+        self,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        patch: JSON,
+        sub: str | None = None,
+        strategic: bool = False,
     ) -> JSON:
         path = resource_path(kind, namespace, name, sub)
-        return await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
+        content_type = STRATEGIC_MERGE_PATCH if strategic else MERGE_PATCH
+        return await self.request("PATCH", path, patch, content_type=content_type)
 
     async def delete(
         self,

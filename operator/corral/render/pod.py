@@ -25,6 +25,7 @@ from corral.api.tokens import model_credential, runner_credential
 from corral.api.units import format_bytes, parse_quantity
 from corral.api.v1alpha1 import AgentSession, AgentSessionSpec, CredentialsSpec, Pattern
 from corral.config import OperatorConfig
+from corral.render.cpu_boost import startup_cpu_limit
 from corral.render.meta import RUNNER, Manifest, RenderError, object_meta, to_manifest
 from corral.render.names import dns_label, short_hash
 from corral.render.pvc import pvc_name
@@ -76,7 +77,8 @@ def restart_hash(
     """
     fields = {
         "image": spec.image or default_image,
-        "resources": spec.resources.model_dump(),
+        # Not startupBoost: it changes how a pod starts, not what it runs with.
+        "resources": spec.resources.model_dump(exclude={"startup_boost"}),
         "credentials": spec.credentials.model_dump() if spec.credentials else None,
         "agents": sorted(agent.name for agent in spec.agents or []),
     }
@@ -187,14 +189,19 @@ def _env(session: AgentSession, config: OperatorConfig, pod: str) -> list[k8s.V1
     return env
 
 
-def _resources(spec: AgentSessionSpec) -> k8s.V1ResourceRequirements:
-    # requests == limits: Guaranteed QoS, and the limit is the only memory cap the CLI has.
+def _resources(spec: AgentSessionSpec, config: OperatorConfig) -> k8s.V1ResourceRequirements:
+    # requests == limits (Guaranteed QoS; the memory limit is the only cap the CLI has),
+    # except a start-up CPU limit above the request (Burstable; see render.cpu_boost).
     amounts = {
         "cpu": spec.resources.cpu,
         "memory": spec.resources.memory,
         "ephemeral-storage": spec.resources.disk,
     }
-    return k8s.V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts))
+    limits = dict(amounts)
+    boost = startup_cpu_limit(spec, config)
+    if boost is not None:
+        limits["cpu"] = boost
+    return k8s.V1ResourceRequirements(requests=dict(amounts), limits=limits)
 
 
 def _empty_dir(name: str, size_limit: str) -> k8s.V1Volume:
@@ -328,7 +335,7 @@ def _container(
             )
         ],
         env=_env(session, config, pod),
-        resources=_resources(session.spec),
+        resources=_resources(session.spec, config),
         volume_mounts=_volume_mounts(),
         # Startup allows a minute for the runner to come up before liveness counts; it
         # waits in the container (corral.probe) so that a normal start posts no Unhealthy
