@@ -25,6 +25,7 @@ from corral.api import v1alpha1 as api
 from corral.api.units import parse_quantity
 from corral.config import OperatorConfig
 from corral.render import render_children
+from corral.render.cpu_boost import startup_cpu_limit
 from corral.render.meta import Manifest
 from corral.testing.operator import kwok_operator_config
 from strategies import session_manifest, sessions
@@ -120,13 +121,18 @@ def test_rendered_children_are_accepted(
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["spec"]["automountServiceAccountToken"] is False
-    # Limits as the spec asked (the server may rewrite a quantity in canonical form).
+    # Requests as the spec asked, limits too but for a start-up CPU boost (the server may
+    # rewrite a quantity in canonical form).
     resources = session.spec.resources
     wanted = {"cpu": resources.cpu, "memory": resources.memory, "ephemeral-storage": resources.disk}
-    for limits in (container["resources"]["limits"], container["resources"]["requests"]):
-        assert {k: parse_quantity(v) for k, v in limits.items()} == {
-            k: parse_quantity(v) for k, v in wanted.items()
-        }
+    boost = startup_cpu_limit(session.spec, CONFIG)
+    for part, asked in (
+        ("requests", wanted),
+        ("limits", wanted if boost is None else {**wanted, "cpu": boost}),
+    ):
+        assert {k: parse_quantity(v) for k, v in container["resources"][part].items()} == {
+            k: parse_quantity(v) for k, v in asked.items()
+        }, part
 
 
 @pytest.mark.parametrize("pattern", list(api.Pattern))

@@ -460,6 +460,8 @@ SESSION_ROWS: set[Row] = {
     ("agentsessions.corral.dev/status", "[]", "[]", "[patch]"),
     ("agentsessions.corral.dev/finalizers", "[]", "[]", "[update]"),
     ("pods", "[]", "[]", "[create delete list patch watch]"),
+    # The start-up CPU boost ends by an in-place resize (render.cpu_boost).
+    ("pods/resize", "[]", "[]", "[patch]"),
     ("services", "[]", "[]", "[create delete get list patch watch]"),
     ("persistentvolumeclaims", "[]", "[]", "[create get list watch]"),
     ("networkpolicies.networking.k8s.io", "[]", "[]", "[create delete get list patch watch]"),
