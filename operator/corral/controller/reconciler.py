@@ -376,11 +376,18 @@ class Reconciler:
             if error.status >= 500 or error.status == 429:
                 raise
             metrics.ERRORS.labels(reason=f"ResizePod{error.reason}").inc()
-            # 422: the pod's node cannot resize (KWOK's, a kubelet before 1.33, resize off),
-            # a fact of the cluster, said at info; anything else (403: a chart without
-            # pods/resize) is a fault of the install.
-            say = log.info if error.status == 422 else log.warning
-            say("could not lower pod %s's start-up CPU limit: %s", name, error, extra=_ctx(key))
+            if error.status == 422:
+                # The pod's node cannot resize (KWOK's, a kubelet before 1.33, resize off):
+                # a fact of the cluster, not a fault of the install.
+                log.info(
+                    "pod %s keeps its start-up CPU limit: its node cannot resize pods in place",
+                    name,
+                    extra=_ctx(key),
+                )
+            else:  # e.g. 403, a chart without pods/resize
+                log.warning(
+                    "could not lower pod %s's start-up CPU limit: %s", name, error, extra=_ctx(key)
+                )
             self.store.resize_refused.add((key, name))
             return
         metrics.POD_RESIZES.inc()
