@@ -418,10 +418,13 @@ def test_a_pod_held_by_its_volumes_missing_node_says_which_node(
             {"metadata": {"annotations": {"volume.kubernetes.io/selected-node": gone}}},
         )
         try:
+            # The claim's annotation may reach the operator after the pod's refusal: the
+            # first message says "the node its volume is tied to", the next one names it.
             status = sessions.wait_status(
                 name,
-                lambda s: condition_is(s, "Ready", "False", "VolumeNodeUnavailable"),
-                "Ready reason VolumeNodeUnavailable",
+                lambda s: condition_is(s, "Ready", "False", "VolumeNodeUnavailable")
+                and f"waiting for node {gone}" in (condition(s, "Ready") or {}).get("message", ""),
+                "Ready reason VolumeNodeUnavailable naming the node",
             )
         except TimeoutError:
             pods = [(p.metadata.name, p.status.conditions) for p in session_pods(core, namespace)]

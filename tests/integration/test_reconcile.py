@@ -32,6 +32,7 @@ from kubernetes.client.rest import ApiException
 import corral
 from corral.api import runtime
 from corral.api import v1alpha1 as api
+from corral.config import DEFAULT_STARTUP_CPU_LIMIT
 from corral.render.meta import SESSION_LABEL
 from corral.testing.chart_rbac import ChartIdentity, chart_identity
 from corral.testing.kube import wait_for
@@ -344,7 +345,10 @@ def _check_pod(pod: dict[str, Any], want: dict[str, Any], session: dict[str, Any
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    assert container["resources"] == {"limits": want["resources"], "requests": want["resources"]}
+    # The operator's default start-up CPU limit is above every example's CPU: the pod starts
+    # with it (render.cpu_boost); requests are the session's.
+    boosted = {**want["resources"], "cpu": DEFAULT_STARTUP_CPU_LIMIT}
+    assert container["resources"] == {"limits": boosted, "requests": want["resources"]}
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
 
     env = {var["name"]: var for var in container["env"]}

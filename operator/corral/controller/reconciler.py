@@ -375,16 +375,16 @@ class Reconciler:
                 return  # gone, or changed meanwhile: the next reconcile decides again
             if error.status >= 500 or error.status == 429:
                 raise
-            metrics.ERRORS.labels(reason=f"ResizePod{error.reason}").inc()
             if error.status == 422:
                 # The pod's node cannot resize (KWOK's, a kubelet before 1.33, resize off):
-                # a fact of the cluster, not a fault of the install.
+                # a fact of the cluster, not a fault of the install, so no error counted.
                 log.info(
                     "pod %s keeps its start-up CPU limit: its node cannot resize pods in place",
                     name,
                     extra=_ctx(key),
                 )
             else:  # e.g. 403, a chart without pods/resize
+                metrics.ERRORS.labels(reason=f"ResizePod{error.reason}").inc()
                 log.warning(
                     "could not lower pod %s's start-up CPU limit: %s", name, error, extra=_ctx(key)
                 )
