@@ -39,7 +39,8 @@ EXAMPLES = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-CONFIG = kwok_operator_config("corral-system")
+# With the start-up CPU boost, so admission sees boosted limits too.
+CONFIG = kwok_operator_config("corral-system", startupCpuLimit="2")
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,9 @@ def kwok_operator_config(namespace: str, **overrides: object) -> OperatorConfig:
         "runnerEnv": dict(PLACEHOLDER_KEY),
         # Nobody's heartbeat can come: a new leader has nothing to wait for.
         "failoverGraceSeconds": 0,
+        # KWOK's nodes cannot resize a pod in place (the API server answers 422), so the
+        # start-up CPU boost is off, as docs/operations.md advises for such nodes.
+        "startupCpuLimit": "0",
     }
     body.update(overrides)
     return OperatorConfig.model_validate(body)
