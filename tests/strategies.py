@@ -174,6 +174,39 @@ storage = model(
     storage_class_name=optional(dns_labels),
 )
 
+# Label and taint keys as the API server takes them: an optional DNS-name prefix, then a
+# name of 1-63 characters (the longest of each included).
+label_names = st.from_regex(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", fullmatch=True)
+label_keys = st.builds(
+    lambda prefix, name: f"{prefix}/{name}" if prefix else name,
+    st.none() | session_names,
+    label_names,
+) | st.sampled_from(["type", "kubernetes.io/arch", "nvidia.com/gpu", "a" * 253 + "/" + "b" * 63])
+label_values = st.just("") | label_names
+
+
+@st.composite
+def tolerations(draw: st.DrawFn) -> api.Toleration:
+    """A toleration the API server takes in a pod: the rules of api.Toleration hold."""
+    exists = draw(st.booleans())
+    effect = draw(st.sampled_from([None, "", "NoSchedule", "PreferNoSchedule", "NoExecute"]))
+    return api.Toleration(
+        key=draw(optional(label_keys) if exists else label_keys),
+        operator="Exists" if exists else "Equal",
+        value=None if exists else draw(optional(label_values)),
+        effect=effect,
+        toleration_seconds=draw(optional(st.integers(0, 31_536_000)))
+        if effect == "NoExecute"
+        else None,
+    )
+
+
+schedulings = model(
+    api.Scheduling,
+    node_selector=st.dictionaries(label_keys, label_values, max_size=4),
+    tolerations=st.lists(tolerations(), max_size=4),
+)
+
 
 @st.composite
 def specs(draw: st.DrawFn, pattern: api.Pattern | None = None) -> api.AgentSessionSpec:
@@ -197,6 +230,7 @@ def specs(draw: st.DrawFn, pattern: api.Pattern | None = None) -> api.AgentSessi
         "network": draw(network_specs),
         "credentials": draw(optional(credentials)),
         "suspend": draw(st.booleans()),
+        "scheduling": draw(optional(schedulings)),
     }
     if chosen == api.Pattern.EPHEMERAL:
         fields["prompt"] = draw(spec_text("prompt", min_size=1))
@@ -254,6 +288,9 @@ def _all_rules() -> tuple[api.Rule, ...]:
     models = [m for m in vars(api).values() if isinstance(m, type) and issubclass(m, api.ApiModel)]
     return tuple(rule for model in models for rule in model.cel_rules)
 
+
+_EXISTS_WITH_VALUE = {"key": "gpu", "operator": "Exists", "value": "yes"}
+_SECONDS_NO_SCHEDULE = {"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 60}
 
 _INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("ephemeral without prompt", {"pattern": "Ephemeral"}, "spec.prompt is required"),
@@ -442,6 +479,77 @@ _INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
         "secret key starting with '..'",
         {"pattern": "LongRunning", "credentials": {"secretName": "k", "key": "..key"}},
         "string_pattern_mismatch",
+    ),
+    (
+        "toleration Exists with a value",
+        {"pattern": "LongRunning", "scheduling": {"tolerations": [_EXISTS_WITH_VALUE]}},
+        "tolerations[].value must be empty when operator is Exists",
+    ),
+    (
+        "toleration Equal without a key",
+        {"pattern": "LongRunning", "scheduling": {"tolerations": [{"value": "gpu"}]}},
+        "tolerations[].key is required when operator is Equal",
+    ),
+    (
+        "tolerationSeconds without NoExecute",
+        {"pattern": "LongRunning", "scheduling": {"tolerations": [_SECONDS_NO_SCHEDULE]}},
+        "tolerations[].tolerationSeconds is only allowed when effect is NoExecute",
+    ),
+    (
+        "toleration key prefix beyond 253 characters",
+        {
+            "pattern": "LongRunning",
+            "scheduling": {"tolerations": [{"key": "a" * 254 + "/b", "operator": "Exists"}]},
+        },
+        "the prefix before '/' must be at most 253 characters",
+    ),
+    (
+        "toleration key with a space",
+        {"pattern": "LongRunning", "scheduling": {"tolerations": [{"key": "a b", "value": "x"}]}},
+        "string_pattern_mismatch",
+    ),
+    (
+        "unknown toleration effect",
+        {"pattern": "LongRunning", "scheduling": {"tolerations": [{"key": "a", "effect": "No"}]}},
+        "literal_error",
+    ),
+    (
+        "toleration operator Lt",
+        {"pattern": "LongRunning", "scheduling": {"tolerations": [{"key": "a", "operator": "Lt"}]}},
+        "literal_error",
+    ),
+    (
+        "nodeSelector key that is no label key",
+        {"pattern": "LongRunning", "scheduling": {"nodeSelector": {"Pool Name": "a"}}},
+        "scheduling.nodeSelector keys must be label keys",
+    ),
+    (
+        "nodeSelector key prefix beyond 253 characters",
+        {"pattern": "LongRunning", "scheduling": {"nodeSelector": {"a" * 254 + "/b": "x"}}},
+        "scheduling.nodeSelector keys must be label keys",
+    ),
+    (
+        "nodeSelector value that is no label value",
+        {"pattern": "LongRunning", "scheduling": {"nodeSelector": {"pool": "a b"}}},
+        "string_pattern_mismatch",
+    ),
+    (
+        "too many nodeSelector entries",
+        {
+            "pattern": "LongRunning",
+            "scheduling": {"nodeSelector": {f"k{i}": "v" for i in range(33)}},
+        },
+        "too_long",
+    ),
+    (
+        "too many tolerations",
+        {
+            "pattern": "LongRunning",
+            "scheduling": {
+                "tolerations": [{"key": f"k{i}", "operator": "Exists"} for i in range(33)]
+            },
+        },
+        "too_long",
     ),
 ]
 

@@ -19,7 +19,7 @@ from pydantic.alias_generators import to_camel
 
 from corral.api import runtime
 from corral.api.units import QUANTITY_PATTERN
-from corral.api.v1alpha1 import DNS_LABEL_PATTERN, CredentialsSpec, PortSpec
+from corral.api.v1alpha1 import DNS_LABEL_PATTERN, CredentialsSpec, PortSpec, Toleration
 
 # Private, shared and special-purpose ranges a session may not reach through the public
 # HTTPS rule. 169.254.0.0/16 covers the cloud metadata service (169.254.169.254).
@@ -48,16 +48,6 @@ log = logging.getLogger("corral.config")
 
 class ConfigModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class Toleration(ConfigModel):
-    """A core/v1 Toleration (KWOK's fake nodes need `kwok.x-k8s.io/node=fake:NoSchedule`)."""
-
-    key: str | None = None
-    operator: Literal["Equal", "Exists"] = "Equal"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
 
 
 class PeerRule(ConfigModel):
@@ -332,9 +322,17 @@ class OperatorConfig(ConfigModel):
     )
     _activity_keys: tuple[bytes, ...] = PrivateAttr(default=())
 
-    # Scheduling
-    tolerations: list[Toleration] = Field(default_factory=list)
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    # Scheduling: the platform's placement of every session pod. A session's own
+    # spec.scheduling adds to it (the same Toleration model, and its rules, for both);
+    # on a nodeSelector key both set, this one wins.
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        description="Tolerations of every session pod (KWOK's fake nodes need "
+        "`kwok.x-k8s.io/node=fake:NoSchedule`).",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels every session pod's node must have."
+    )
     runtime_class_name: str | None = Field(None, description="e.g. gvisor, for a stronger sandbox.")
     priority_class_name: str | None = None
 

@@ -274,13 +274,15 @@ def test_crd_defaults_equal_model_defaults(spec: AgentSessionSpec) -> None:
     defaulted = _apply_defaults(spec_schema(), sparse)
     assert AgentSessionSpec.model_validate(defaulted) == spec
     everything = spec.model_dump(by_alias=True, exclude_none=True, mode="json")
-    # The server stores no empty lists the user did not write; that is the only difference.
+    # The server stores no empty lists or maps the user did not write; that is the only
+    # difference.
     assert _without_empty_lists(everything) == _without_empty_lists(defaulted)
 
 
 def _without_empty_lists(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _without_empty_lists(v) for k, v in value.items() if v != []}
+        pruned = {k: _without_empty_lists(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v not in ([], {})}
     if isinstance(value, list):
         return [_without_empty_lists(v) for v in value]
     return value

@@ -74,8 +74,19 @@ def assert_pod(pod: dict[str, Any], session: AgentSession) -> None:
     assert selector_labels(session).items() <= pod["metadata"]["labels"].items()
     carried = pod["metadata"]["annotations"][runtime.SPEC_ANNOTATION]
     resolved = AgentSessionSpec.model_validate_json(carried)
-    assert resolved.model_copy(update={"model": session.spec.model}) == session.spec
+    # All of the spec but its placement, which is the pod's, not the runner's.
+    assert resolved.scheduling is None
+    restored = {"model": session.spec.model, "scheduling": session.spec.scheduling}
+    assert resolved.model_copy(update=restored) == session.spec
     assert resolved.model == (session.spec.model or CONFIG.default_model)
+    scheduling = session.spec.scheduling
+    for key, value in (scheduling.node_selector if scheduling else {}).items():
+        assert valid_label_key(key), key
+        assert pod["spec"]["nodeSelector"][key] == value
+    placed = pod["spec"].get("tolerations", [])
+    assert len({json.dumps(t, sort_keys=True) for t in placed}) == len(placed)
+    for toleration in scheduling.tolerations if scheduling else []:
+        assert toleration.model_dump(by_alias=True, exclude_none=True) in placed
 
 
 def assert_network_policy(policy: dict[str, Any]) -> None:

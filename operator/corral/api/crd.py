@@ -39,6 +39,7 @@ _KEY_ORDER = (
     "exclusiveMaximum",
     "minItems",
     "maxItems",
+    "maxProperties",
     "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys",
     "items",

@@ -418,6 +418,147 @@ class CredentialsSpec(ApiModel):
     )
 
 
+# A label key or taint key as the API server checks them (IsQualifiedName): an optional DNS
+# subdomain prefix and `/`, then a name of at most 63 characters. The prefix's own bound
+# (253) is a CEL rule: a regular expression cannot count it.
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+QUALIFIED_NAME_MAX = 253 + 1 + 63
+# A label value (IsValidLabelValue): empty, or up to 63 characters.
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]
+_QUALIFIED_NAME = re.compile(QUALIFIED_NAME_PATTERN)
+
+
+def is_qualified_name(text: str) -> bool:
+    """A label or taint key the API server takes (IsQualifiedName)."""
+    fits = len(text) <= QUALIFIED_NAME_MAX and _prefix_ok(text)
+    return fits and _QUALIFIED_NAME.fullmatch(text) is not None
+
+
+def _prefix_ok(text: str) -> bool:
+    return len(text.rpartition("/")[0]) <= 253
+
+
+def _cel_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _cel_qualified_name(var: str) -> str:
+    """CEL: `var` (a string) is a qualified name."""
+    pattern = _cel_string(QUALIFIED_NAME_PATTERN)
+    return (
+        f"size({var}) <= {QUALIFIED_NAME_MAX} && {var}.matches({pattern})"
+        f" && (!{var}.contains('/') || {var}.lastIndexOf('/') <= 253)"
+    )
+
+
+class Toleration(ApiModel):
+    """A core/v1 Toleration: the pod may run on nodes with a matching taint."""
+
+    # Also the operator configuration's `tolerations`: one model, one set of rules.
+
+    key: str | None = Field(
+        None,
+        pattern=rf"^({QUALIFIED_NAME_PATTERN[1:-1]})?$",
+        max_length=QUALIFIED_NAME_MAX,
+        description="Taint key, e.g. `nvidia.com/gpu`. Empty with operator Exists: every taint.",
+    )
+    operator: Literal["Equal", "Exists"] = Field(
+        "Equal",
+        description="`Equal`: the taint's value equals `value`; `Exists`: any value.",
+    )
+    value: LabelValue | None = Field(
+        None, description="Taint value for operator Equal; empty with Exists."
+    )
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None,
+        description="Taint effect tolerated: NoSchedule, PreferNoSchedule or NoExecute; "
+        "empty: all of them.",
+    )
+    toleration_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=31_536_000,
+        description="With effect NoExecute only: how long the pod stays on a node after the "
+        "taint appears (unset: for ever).",
+    )
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        cel(
+            "!has(self.key) || !self.key.contains('/') || self.key.lastIndexOf('/') <= 253",
+            "tolerations[].key: the prefix before '/' must be at most 253 characters",
+            ".key",
+            check=lambda s: _prefix_ok(s.key or ""),
+        ),
+        cel(
+            "self.operator != 'Exists' || !has(self.value) || size(self.value) == 0",
+            "tolerations[].value must be empty when operator is Exists (it matches any "
+            "value): remove value, or use operator Equal",
+            ".value",
+            reason="FieldValueForbidden",
+            check=lambda s: s.operator != "Exists" or not s.value,
+        ),
+        cel(
+            "self.operator != 'Equal' || (has(self.key) && size(self.key) > 0)",
+            "tolerations[].key is required when operator is Equal (the default): set key, "
+            "or use operator Exists",
+            ".key",
+            reason="FieldValueRequired",
+            check=lambda s: s.operator != "Equal" or bool(s.key),
+        ),
+        cel(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerations[].tolerationSeconds is only allowed when effect is NoExecute: "
+            "remove it, or set effect: NoExecute",
+            ".tolerationSeconds",
+            reason="FieldValueForbidden",
+            check=lambda s: s.toleration_seconds is None or s.effect == "NoExecute",
+        ),
+    )
+
+    def identity(self) -> tuple[str, str, str, str, int | None]:
+        """What the API server reads: empty and absent are the same."""
+        return (
+            self.key or "",
+            self.operator,
+            self.value or "",
+            self.effect or "",
+            self.toleration_seconds,
+        )
+
+
+MAX_NODE_SELECTOR = 32
+MAX_TOLERATIONS = 32
+
+
+class Scheduling(ApiModel):
+    """Where the session's pod may run, on top of the operator's own placement."""
+
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=MAX_NODE_SELECTOR,
+        description="Node labels the pod's node must have, e.g. `{pool: agents}`. Merged "
+        "with the operator's nodeSelector; on a key both set, the operator's value wins.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=MAX_TOLERATIONS,
+        description="Taints the pod tolerates, added to the operator's tolerations.",
+    )
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        cel(
+            f"!has(self.nodeSelector) || self.nodeSelector.all(k, {_cel_qualified_name('k')})",
+            "scheduling.nodeSelector keys must be label keys: an optional DNS-name prefix and "
+            "'/', then at most 63 letters, digits, '-', '_' or '.', starting and ending "
+            "with a letter or digit, e.g. example.com/pool",
+            ".nodeSelector",
+            check=lambda s: all(is_qualified_name(k) for k in s.node_selector),
+        ),
+    )
+
+
 def _only_for(pattern: Pattern, spec_field: str, wire: str) -> Rule:
     """`spec.<wire>` may be set only for `pattern`."""
     return cel(
@@ -569,6 +710,12 @@ class AgentSessionSpec(ApiModel):
     suspend: bool = Field(
         False,
         description="Stop the pod and keep the session (and a Hybrid session's volume).",
+    )
+    scheduling: Scheduling | None = Field(
+        None,
+        description="Where the pod may run: a nodeSelector and tolerations added to the "
+        "operator's (on a nodeSelector key both set, the operator's value wins). Changing it "
+        "replaces the pod.",
     )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (

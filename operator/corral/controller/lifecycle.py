@@ -56,7 +56,11 @@ from corral.render import (
     spec_json,
 )
 from corral.render.cpu_boost import needs_settling, resize_patch, settled_cpu_limit
-from corral.render.pod import MAX_SPEC_ANNOTATION_BYTES, STARTUP_PROBE_SECONDS
+from corral.render.pod import (
+    MAX_SPEC_ANNOTATION_BYTES,
+    STARTUP_PROBE_SECONDS,
+    overridden_selector_keys,
+)
 from corral.render.pvc import storage_too_large
 
 # How often to look again at a session waiting for something outside our watches (a
@@ -358,6 +362,15 @@ class _Decision:
         attempt = self.next_attempt()
         manifest = render_pod(self.session, self.config, attempt)
         self.plan.create.append(manifest)
+        overridden = overridden_selector_keys(self.spec, self.config)
+        if overridden:
+            # Once per pod, not per reconcile: the pod runs where the platform says.
+            self.event(
+                "NodeSelectorOverridden",
+                f"spec.scheduling.nodeSelector {', '.join(overridden)}: the operator's "
+                "nodeSelector sets the same key(s) and its value is used",
+                warning=True,
+            )
         self.status.attempts = attempt
         self.status.pod_name = manifest["metadata"]["name"]
         self.status.start_time = None

@@ -58,7 +58,9 @@ def pod_name(session: AgentSession, attempt: int) -> str:
 def spec_json(session: AgentSession, config: OperatorConfig) -> str:
     """The spec the runner reads (SPEC_FILE), with the operator's defaults filled in."""
     spec = session.spec
-    update: dict[str, object] = {"model": spec.model or config.default_model}
+    # Not scheduling: the pod's placement is no business of the runner's (and a runner
+    # image older than the field would refuse the file).
+    update: dict[str, object] = {"model": spec.model or config.default_model, "scheduling": None}
     if config.model_proxy is not None:
         update["credentials"] = None  # not used by the pod: the gateway holds the key
     resolved = spec.model_copy(update=update)
@@ -85,7 +87,46 @@ def restart_hash(
     if model_url is not None:
         # Turning the model proxy on replaces every pod: none keeps a real key.
         fields["model_proxy"] = model_url
+    placement = _session_placement(spec)
+    if placement is not None:
+        # Only when set: an upgrade to an operator that knows the field replaces no pod.
+        fields["scheduling"] = placement
     return short_hash(json.dumps(fields, sort_keys=True), length=16)
+
+
+def _session_placement(spec: AgentSessionSpec) -> dict[str, object] | None:
+    """spec.scheduling as the restart hash sees it: order and empty-vs-absent ignored."""
+    scheduling = spec.scheduling
+    if scheduling is None or not (scheduling.node_selector or scheduling.tolerations):
+        return None
+    tolerations = sorted({t.identity() for t in scheduling.tolerations}, key=repr)
+    return {"nodeSelector": scheduling.node_selector, "tolerations": tolerations}
+
+
+def node_selector(spec: AgentSessionSpec, config: OperatorConfig) -> dict[str, str]:
+    """The operator's nodeSelector with the session's added. On a key both set the
+    operator's value wins: its selector is the platform's constraint (e.g. "session pods
+    stay on the agent pool"), which a session may narrow but never lift."""
+    own = spec.scheduling.node_selector if spec.scheduling else {}
+    return {**own, **config.node_selector}
+
+
+def overridden_selector_keys(spec: AgentSessionSpec, config: OperatorConfig) -> list[str]:
+    """Keys of spec.scheduling.nodeSelector whose value the operator's replaces."""
+    own = spec.scheduling.node_selector if spec.scheduling else {}
+    return sorted(k for k, v in own.items() if config.node_selector.get(k, v) != v)
+
+
+def tolerations(spec: AgentSessionSpec, config: OperatorConfig) -> list[k8s.V1Toleration]:
+    """The operator's tolerations, then the session's, each once."""
+    own = spec.scheduling.tolerations if spec.scheduling else []
+    seen: set[tuple[str, str, str, str, int | None]] = set()
+    found = []
+    for toleration in [*config.tolerations, *own]:
+        if toleration.identity() not in seen:
+            seen.add(toleration.identity())
+            found.append(k8s.V1Toleration(**toleration.model_dump()))
+    return found
 
 
 def grace_period_seconds(spec: AgentSessionSpec, config: OperatorConfig) -> int:
@@ -389,8 +430,8 @@ def render_pod(session: AgentSession, config: OperatorConfig, attempt: int) -> M
         # The runner needs no Kubernetes credentials: the spec arrives as a file.
         automount_service_account_token=False,
         enable_service_links=False,
-        tolerations=[k8s.V1Toleration(**t.model_dump()) for t in config.tolerations] or None,
-        node_selector=dict(config.node_selector) or None,
+        tolerations=tolerations(spec, config) or None,
+        node_selector=node_selector(spec, config) or None,
         runtime_class_name=config.runtime_class_name,
         priority_class_name=config.priority_class_name,
         image_pull_secrets=[k8s.V1LocalObjectReference(name=n) for n in config.image_pull_secrets]
