@@ -288,6 +288,92 @@ BAD_SPECS = [
         "spec.credentials.secretName",
         'Invalid value: "Not_A_Name"',
     ),
+    Bad(
+        "toleration Exists with a value",
+        {
+            **LONG,
+            "scheduling": {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "a"}]},
+        },
+        "spec.scheduling.tolerations[0].value",
+        "tolerations[].value must be empty when operator is Exists (it matches any value): "
+        "remove value, or use operator Equal",
+    ),
+    Bad(
+        "toleration Equal (the default) without a key",
+        {**LONG, "scheduling": {"tolerations": [{"value": "gpu", "effect": "NoSchedule"}]}},
+        "spec.scheduling.tolerations[0].key",
+        "tolerations[].key is required when operator is Equal (the default): set key, or use "
+        "operator Exists",
+    ),
+    Bad(
+        "tolerationSeconds with effect NoSchedule",
+        {
+            **LONG,
+            "scheduling": {
+                "tolerations": [
+                    {"key": "k", "operator": "Exists"},
+                    {"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 30},
+                ]
+            },
+        },
+        "spec.scheduling.tolerations[1].tolerationSeconds",
+        "tolerations[].tolerationSeconds is only allowed when effect is NoExecute: remove it, "
+        "or set effect: NoExecute",
+    ),
+    Bad(
+        "tolerationSeconds without an effect",
+        {**LONG, "scheduling": {"tolerations": [{"operator": "Exists", "tolerationSeconds": 1}]}},
+        "spec.scheduling.tolerations[0].tolerationSeconds",
+        "tolerationSeconds is only allowed when effect is NoExecute",
+    ),
+    Bad(
+        "toleration operator Lt",
+        {**LONG, "scheduling": {"tolerations": [{"key": "a", "operator": "Lt", "value": "5"}]}},
+        "spec.scheduling.tolerations[0].operator",
+        'Unsupported value: "Lt"',
+    ),
+    Bad(
+        "toleration key with a space",
+        {**LONG, "scheduling": {"tolerations": [{"key": "my key", "operator": "Exists"}]}},
+        "spec.scheduling.tolerations[0].key",
+        'Invalid value: "my key"',
+    ),
+    Bad(
+        "toleration key with a prefix beyond 253 characters",
+        {**LONG, "scheduling": {"tolerations": [{"key": "a" * 254 + "/b", "operator": "Exists"}]}},
+        "spec.scheduling.tolerations[0].key",
+        "the prefix before '/' must be at most 253 characters",
+    ),
+    Bad(
+        "33 tolerations",
+        {**LONG, "scheduling": {"tolerations": [{"operator": "Exists"}] * 33}},
+        "spec.scheduling.tolerations",
+        "must have at most 32 items",
+    ),
+    Bad(
+        "nodeSelector key that is no label key",
+        {**LONG, "scheduling": {"nodeSelector": {"node pool": "agents"}}},
+        "spec.scheduling.nodeSelector",
+        "scheduling.nodeSelector keys must be label keys",
+    ),
+    Bad(
+        "nodeSelector key with a name beyond 63 characters",
+        {**LONG, "scheduling": {"nodeSelector": {"example.com/" + "n" * 64: "a"}}},
+        "spec.scheduling.nodeSelector",
+        "scheduling.nodeSelector keys must be label keys",
+    ),
+    Bad(
+        "nodeSelector value that is no label value",
+        {**LONG, "scheduling": {"nodeSelector": {"pool": "agents!"}}},
+        "spec.scheduling.nodeSelector.pool",
+        'Invalid value: "agents!"',
+    ),
+    Bad(
+        "33 nodeSelector entries",
+        {**LONG, "scheduling": {"nodeSelector": {f"k{i}": "v" for i in range(33)}}},
+        "spec.scheduling.nodeSelector",
+        "must have at most 32 items",
+    ),
 ]
 
 
@@ -444,18 +530,50 @@ def test_changing_the_pattern_is_refused(
     assert "spec.pattern is immutable: delete the session and create a new one" in message
 
 
+def test_scheduling_as_pods_write_it_is_accepted(
+    custom: client.CustomObjectsApi, validation_namespace: str
+) -> None:
+    """Every operator and effect, an empty key with Exists, the longest keys and values,
+    and the bounds themselves: accepted, and stored as written (operator defaulted)."""
+    longest_key = "p" * 253 + "/" + "n" * 63
+    tolerations: list[dict[str, Any]] = [
+        {"operator": "Exists"},
+        {"key": "", "operator": "Exists", "effect": ""},
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "dedicated", "value": "agents", "effect": "PreferNoSchedule"},
+        {"key": longest_key, "value": "v" * 63, "effect": "NoExecute", "tolerationSeconds": 0},
+    ]
+    tolerations += [{"key": f"k{i}", "operator": "Exists"} for i in range(32 - len(tolerations))]
+    selector = {longest_key: "v" * 63, "empty": ""} | {f"k{i}": "v" for i in range(30)}
+    spec = {**LONG, "scheduling": {"nodeSelector": selector, "tolerations": tolerations}}
+    api.AgentSessionSpec.model_validate(spec)  # the models agree
+    created = _create(custom, validation_namespace, _manifest("placed", spec))
+    stored = created["spec"]["scheduling"]
+    assert stored["nodeSelector"] == selector
+    assert stored["tolerations"][3] == {**tolerations[3], "operator": "Equal"}
+    assert stored["tolerations"][4]["tolerationSeconds"] == 0
+
+
 def test_mutable_fields_can_change(
     custom: client.CustomObjectsApi, validation_namespace: str
 ) -> None:
     """The transition rules refuse only what they should: limits and prompts may change."""
     _create(custom, validation_namespace, _manifest("mutable", VALID_SPECS["Hybrid"]))
-    patch = {"spec": {"maxTurns": 7, "resources": {"memory": "2Gi"}, "idleTimeout": "1h"}}
+    patch = {
+        "spec": {
+            "maxTurns": 7,
+            "resources": {"memory": "2Gi"},
+            "idleTimeout": "1h",
+            "scheduling": {"nodeSelector": {"pool": "agents"}},
+        }
+    }
     patched = custom.patch_namespaced_custom_object(
         api.GROUP, api.VERSION, validation_namespace, api.PLURAL, "mutable", patch
     )
     assert patched["spec"]["maxTurns"] == 7
     assert patched["spec"]["resources"]["memory"] == "2Gi"
     assert patched["spec"]["idleTimeout"] == "1h"
+    assert patched["spec"]["scheduling"] == {"nodeSelector": {"pool": "agents"}}
     assert patched["metadata"]["generation"] == 2
 
 

@@ -12,7 +12,11 @@ from corral.api import runtime
 from corral.api.v1alpha1 import AgentSession, AgentSessionSpec
 from corral.config import OperatorConfig
 from corral.render import RenderError, pod_name, render_pod, restart_hash
-from corral.render.pod import ATTEMPT_ANNOTATION, RESTART_HASH_ANNOTATION
+from corral.render.pod import (
+    ATTEMPT_ANNOTATION,
+    RESTART_HASH_ANNOTATION,
+    overridden_selector_keys,
+)
 
 SessionFactory = Callable[..., AgentSession]
 PATTERNS = ["Ephemeral", "LongRunning", "Hybrid", "Shared"]
@@ -259,6 +263,73 @@ def test_scheduling_is_configurable(make_session: SessionFactory) -> None:
     assert "tolerations" not in default and "nodeSelector" not in default
 
 
+KWOK = {"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake", "effect": "NoSchedule"}
+GPU = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def test_a_session_adds_its_own_placement(make_session: SessionFactory) -> None:
+    scheduling = {"nodeSelector": {"pool": "gpu"}, "tolerations": [GPU]}
+    session = make_session(scheduling=scheduling)
+    # Without an operator placement: the session's alone.
+    spec = render_pod(session, OperatorConfig(), 0)["spec"]
+    assert spec["nodeSelector"] == {"pool": "gpu"}
+    assert spec["tolerations"] == [GPU]
+    # With one: both, the operator's tolerations first.
+    config = OperatorConfig.model_validate(
+        {"tolerations": [KWOK], "nodeSelector": {"kubernetes.io/os": "linux"}}
+    )
+    spec = render_pod(session, config, 0)["spec"]
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux", "pool": "gpu"}
+    assert spec["tolerations"] == [KWOK, GPU]
+    # An empty scheduling is no scheduling.
+    empty = render_pod(make_session(scheduling={}), OperatorConfig(), 0)["spec"]
+    assert "nodeSelector" not in empty and "tolerations" not in empty
+
+
+def test_on_a_shared_selector_key_the_operator_wins(make_session: SessionFactory) -> None:
+    """The operator's selector is the platform's constraint: a session narrows it, never
+    lifts it (e.g. out of the agent pool onto the control plane's nodes)."""
+    config = OperatorConfig.model_validate({"nodeSelector": {"pool": "agents", "zone": "a"}})
+    session = make_session(scheduling={"nodeSelector": {"pool": "system", "gpu": "yes"}})
+    spec = render_pod(session, config, 0)["spec"]
+    assert spec["nodeSelector"] == {"pool": "agents", "zone": "a", "gpu": "yes"}
+    assert overridden_selector_keys(session.spec, config) == ["pool"]
+    # The same value is no conflict.
+    agreeing = make_session(scheduling={"nodeSelector": {"pool": "agents"}})
+    assert overridden_selector_keys(agreeing.spec, config) == []
+    assert overridden_selector_keys(make_session().spec, config) == []
+
+
+def test_tolerations_are_not_repeated(make_session: SessionFactory) -> None:
+    config = OperatorConfig.model_validate({"tolerations": [KWOK]})
+    # The operator's own, spelt with defaults left out; one of its own twice; an empty effect.
+    same_as_kwok = {"key": KWOK["key"], "value": "fake", "effect": "NoSchedule"}
+    everything = {"operator": "Exists"}
+    session = make_session(
+        scheduling={
+            "tolerations": [same_as_kwok, GPU, GPU, everything, {**everything, "effect": ""}]
+        }
+    )
+    spec = render_pod(session, config, 0)["spec"]
+    assert spec["tolerations"] == [KWOK, GPU, everything]
+    # What differs in any part is kept.
+    later = {**GPU, "effect": "NoExecute", "tolerationSeconds": 60}
+    spec = render_pod(make_session(scheduling={"tolerations": [GPU, later]}), config, 0)["spec"]
+    assert spec["tolerations"] == [KWOK, GPU, later]
+
+
+def test_scheduling_is_not_in_the_runners_spec_file(
+    make_session: SessionFactory, config: OperatorConfig
+) -> None:
+    session = make_session(scheduling={"nodeSelector": {"pool": "gpu"}})
+    carried = render_pod(session, config, 0)["metadata"]["annotations"][runtime.SPEC_ANNOTATION]
+    assert "scheduling" not in json.loads(carried)
+    assert (
+        carried
+        == render_pod(make_session(), config, 0)["metadata"]["annotations"][runtime.SPEC_ANNOTATION]
+    )
+
+
 def test_runner_extras_from_the_config(make_session: SessionFactory) -> None:
     config = OperatorConfig(runner_extra_args=["--fake-anthropic"], runner_env={"X": "1"})
     pod = render_pod(make_session(), config, 0)
@@ -308,8 +379,36 @@ def test_restart_hash_follows_only_what_needs_a_new_pod(make_session: SessionFac
         {"resources": {"memory": "4Gi"}},
         {"credentials": {"secretName": "other"}},
         {"agents": [{"name": "author"}, {"name": "tester"}]},
+        {"scheduling": {"nodeSelector": {"pool": "gpu"}}},
+        {"scheduling": {"tolerations": [GPU]}},
     ):
         assert restart_hash(make_session("Shared", **restart).spec) != base, restart
+
+
+def test_restart_hash_follows_the_placement_not_its_spelling(
+    make_session: SessionFactory,
+) -> None:
+    base = restart_hash(make_session().spec)
+    # No placement, however written, keeps the hash of sessions made before the field
+    # existed: an operator upgrade replaces no pod.
+    for nothing in ({}, {"nodeSelector": {}}, {"tolerations": []}):
+        assert restart_hash(make_session(scheduling=nothing).spec) == base, nothing
+
+    def placed(**scheduling: Any) -> str:
+        return restart_hash(make_session(scheduling=scheduling).spec)
+
+    gpu = placed(nodeSelector={"pool": "gpu"}, tolerations=[GPU, KWOK])
+    # The same placement written otherwise: the same pod.
+    assert placed(nodeSelector={"pool": "gpu"}, tolerations=[KWOK, GPU]) == gpu
+    assert placed(nodeSelector={"pool": "gpu"}, tolerations=[KWOK, GPU, GPU]) == gpu
+    assert (
+        placed(nodeSelector={"pool": "gpu"}, tolerations=[{**GPU, "effect": "NoSchedule"}, KWOK])
+        == gpu
+    )
+    # Any change of it: a new pod.
+    assert placed(nodeSelector={"pool": "cpu"}, tolerations=[GPU, KWOK]) != gpu
+    assert placed(nodeSelector={"pool": "gpu"}, tolerations=[GPU]) != gpu
+    assert placed(nodeSelector={"pool": "gpu"}, tolerations=[GPU, {**KWOK, "value": "x"}]) != gpu
 
 
 def test_a_new_default_image_replaces_the_pods_that_use_it(make_session: SessionFactory) -> None:
