@@ -9,12 +9,15 @@ is the platform's constraint: a session's value for the same key does not replac
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 from lifecycle_support import (
     Sessions,
     condition_is,
@@ -26,11 +29,14 @@ from lifecycle_support import (
     wait_event,
 )
 
+from corral.api.v1alpha1 import GROUP, PLURAL, VERSION
 from corral.cluster.control_plane import FAKE_NODES
 from corral.testing.kube import wait_for
 from corral.testing.operator import KWOK_TOLERATION, OperatorProcess, kwok_operator_config
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
 
 PLATFORM_SELECTOR = {"kubernetes.io/os": "linux"}
 ON_KWOK = {"nodeSelector": {"type": "kwok"}, "tolerations": [KWOK_TOLERATION]}
@@ -125,3 +131,57 @@ def test_the_operators_selector_wins_over_the_sessions(
     warning = wait_event(core, sessions.namespace, "windows", "NodeSelectorOverridden")
     assert warning.type == "Warning"
     assert warning.message.startswith("spec.scheduling.nodeSelector kubernetes.io/os: ")
+
+
+def documented_policy(namespace: str) -> list[dict[str, Any]]:
+    """The ValidatingAdmissionPolicy of docs/operations.md, bound to `namespace` only."""
+    text = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text[text.index("## Pod placement") :]
+    block = section[section.index("```yaml\n") + 8 : section.index("```\n", 8)]
+    policy, binding = yaml.safe_load_all(block)
+    suffix = "-" + namespace
+    policy["metadata"]["name"] += suffix
+    binding["metadata"]["name"] += suffix
+    binding["spec"]["policyName"] += suffix
+    only_here = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    binding["spec"]["matchResources"] = {"namespaceSelector": only_here}
+    return [policy, binding]
+
+
+def test_the_documented_placement_policy_refuses_other_placements(
+    api_client: client.ApiClient, custom: client.CustomObjectsApi, namespace: str, crd: None
+) -> None:
+    """The example in docs/operations.md, on the real API server: it admits the GPU
+    placement and no placement, and refuses tolerating everything or another pool."""
+    admission = client.AdmissionregistrationV1Api(api_client)
+    policy, binding = documented_policy(namespace)
+    admission.create_validating_admission_policy(policy)
+    admission.create_validating_admission_policy_binding(binding)
+    sessions = Sessions(custom, namespace)
+
+    def refusal(name: str, scheduling: dict[str, Any]) -> str | None:
+        # A fresh name each time: an admitted one may still be terminating (a finalizer).
+        name += "-" + uuid.uuid4().hex[:6]
+        try:
+            sessions.create(name, spec(scheduling=scheduling))
+        except ApiException as error:
+            return str(error.body)
+        sessions.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return None
+
+    everything = {"tolerations": [{"operator": "Exists"}]}
+    try:
+        # A new policy takes effect within moments, not at once.
+        said = wait_for(lambda: refusal("everything", everything), timeout=30, what="the policy")
+        assert "may only tolerate the taint nvidia.com/gpu" in said
+        other_pool = refusal("cpu-pool", {"nodeSelector": {"pool": "cpu"}})
+        assert other_pool is not None and "may only be pool=gpu" in other_pool
+        gpu = {
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+        }
+        assert refusal("gpu", gpu) is None
+        assert refusal("unplaced", {}) is None
+    finally:
+        admission.delete_validating_admission_policy_binding(binding["metadata"]["name"])
+        admission.delete_validating_admission_policy(policy["metadata"]["name"])
