@@ -5,9 +5,9 @@ it in one or two ways, each drawn from `FLAWS`: wrong types, strings and lists f
 their bounds, out-of-range quantities, durations and numbers, unknown fields, bad names,
 injection-looking strings, characters regex engines read differently (Unicode whitespace, a
 vertical tab) inside otherwise valid strings, fields of another pattern or repeated list
-items, and values that are valid but extreme. Where a value goes is read from the CRD's own
-schema (generated from the pydantic models), so a field added to the API is broken too
-without a change here.
+items, contradicting placements (BAD_SCHEDULINGS), and values that are valid but extreme.
+Where a value goes is read from the CRD's own schema (generated from the pydantic models),
+so a field added to the API is broken too without a change here.
 
 Nothing here predicts whether the API server accepts a manifest: the chaos test
 (tests/chaos/test_chaos_bad_input.py) applies them and checks what happens either way.
@@ -109,6 +109,32 @@ EXTREME_QUANTITIES = st.sampled_from(
     ["1Ei", "999999", "1e18", "8Ei", "100000000Mi", "64Gi", "256Mi", "0.001", "1n"]
 )
 EXTREME_DURATIONS = st.sampled_from(["1s", "1000ms", "2562047h", "99999h59m59s", "1h1m1s1ms"])
+
+# Placements the API server must refuse (or, for the repeats, take and the operator
+# de-duplicate): fields that contradict each other, and map keys, which the schema's paths
+# never reach.
+BAD_SCHEDULINGS: list[dict[str, Any]] = [
+    {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "yes"}]},
+    {"tolerations": [{"value": "gpu", "effect": "NoSchedule"}]},
+    {"tolerations": [{"key": "", "operator": "Equal", "value": ""}]},
+    {"tolerations": [{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 5}]},
+    {"tolerations": [{"operator": "Exists", "tolerationSeconds": 5}]},
+    {"tolerations": [{"key": "a" * 254 + "/b", "operator": "Exists"}]},
+    {"tolerations": [{"key": "gpu", "operator": "Lt", "value": "4"}]},
+    {"tolerations": [{"operator": "Exists"}] * 33},
+    {"tolerations": [{"key": "k", "operator": "Exists"}, {"key": "k", "operator": "Exists"}]},
+    {"nodeSelector": {"": "x"}},
+    {"nodeSelector": {"pool name": "x"}},
+    {"nodeSelector": {"pool\n": "x"}},
+    {"nodeSelector": {"pool\u00a0": "x"}},
+    {"nodeSelector": {"/pool": "x"}},
+    {"nodeSelector": {"Example.com/pool": "x"}},
+    {"nodeSelector": {"a" * 254 + "/b": "x"}},
+    {"nodeSelector": {"example.com/" + "n" * 64: "x"}},
+    {"nodeSelector": {"pool": "x" * 64}},
+    {"nodeSelector": {"pool": "-x"}},
+    {"nodeSelector": {f"k{i}": "v" for i in range(33)}},
+]
 
 
 @cache
@@ -265,7 +291,7 @@ def _flawed_spec(draw: st.DrawFn, flaw: str, spec: dict[str, Any], pattern: str)
             "activeDeadlineSeconds": 60,
             "retries": 3,
         }
-        choice = draw(st.sampled_from([*sorted(other), "repeat", "pattern"]))
+        choice = draw(st.sampled_from([*sorted(other), "repeat", "pattern", "scheduling"]))
         if choice == "repeat":
             target = draw(
                 st.sampled_from(
@@ -281,6 +307,8 @@ def _flawed_spec(draw: st.DrawFn, flaw: str, spec: dict[str, Any], pattern: str)
             put(spec, target[:-1], [target[-1], copy.deepcopy(target[-1])])
         elif choice == "pattern":
             spec["pattern"] = draw(st.sampled_from([p for p in api.Pattern if p != pattern]))
+        elif choice == "scheduling":
+            spec["scheduling"] = draw(st.sampled_from(BAD_SCHEDULINGS))
         else:
             spec[choice] = other[choice]
     elif flaw == "odd_character":
