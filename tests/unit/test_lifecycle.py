@@ -17,7 +17,7 @@ import pytest
 
 from corral.api import runtime
 from corral.api.units import parse_quantity
-from corral.api.v1alpha1 import AgentSession, AgentSessionSpec, AgentStatus
+from corral.api.v1alpha1 import AgentSession, AgentSessionSpec, AgentStatus, Scheduling
 from corral.config import OperatorConfig
 from corral.controller.credentials import SecretCheck
 from corral.controller.lifecycle import Activity, Observed, Plan, decide, timestamp
@@ -800,6 +800,42 @@ def test_long_running_spec_change_needing_a_new_pod_replaces_it() -> None:
     assert [d.name for d in plan.delete_pods] == [first]
     assert len(created(plan, "Pod")) == 1
     assert "SpecChanged" in reasons(plan)
+
+
+def test_a_scheduling_change_replaces_the_pod() -> None:
+    world = World(make_session("LongRunning"))
+    world.step()
+    first = world.run_pod()
+    world.settle()
+    gpu = Scheduling(node_selector={"pool": "gpu"})
+    world.session = world.session.model_copy(
+        update={"spec": world.session.spec.model_copy(update={"scheduling": gpu})}
+    )
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [first]
+    (pod,) = created(plan, "Pod")
+    assert pod["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert "SpecChanged" in reasons(plan)
+
+
+def test_a_selector_the_operator_overrides_is_warned_about_once_per_pod() -> None:
+    config = OperatorConfig.model_validate(
+        {**CONFIG.model_dump(by_alias=True), "nodeSelector": {"pool": "agents"}}
+    )
+    selector = {"pool": "gpu", "zone": "a"}
+    world = World(make_session("LongRunning", scheduling={"nodeSelector": selector}), config=config)
+    plan = world.step()
+    (pod,) = created(plan, "Pod")
+    assert pod["spec"]["nodeSelector"] == {"pool": "agents", "zone": "a"}
+    (warning,) = [e for e in plan.events if e.reason == "NodeSelectorOverridden"]
+    assert warning.type == "Warning" and "nodeSelector pool:" in warning.message
+    world.run_pod()
+    world.settle()
+    assert world.events.count("NodeSelectorOverridden") == 1
+    # Without a conflict: no Warning.
+    agreeing = make_session("LongRunning", scheduling={"nodeSelector": {"pool": "agents"}})
+    plan = World(agreeing, config=config).step()
+    assert "NodeSelectorOverridden" not in reasons(plan)
 
 
 def test_live_spec_change_patches_the_pod_annotation() -> None:
