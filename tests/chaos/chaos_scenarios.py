@@ -10,19 +10,19 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from chaos_support import (
+from chaos_support import OperatorFigures
+from chaos_world import World
+
+from corral.render.meta import SESSION_LABEL
+from corral.testing.kube import wait_for
+from corral.testing.load import (
     Expected,
-    OperatorFigures,
     PodHistory,
     claim_uids,
     phase_of,
     runner_pods,
     wait_converged,
 )
-from chaos_world import World
-
-from corral.render.meta import SESSION_LABEL
-from corral.testing.kube import wait_for
 from corral.testing.operator import OperatorProcess
 
 Fault = Callable[[], None]
@@ -35,7 +35,7 @@ def by_index(names: list[str]) -> list[str]:
 
 
 def scaled_down_counts(world: World) -> Counter[str]:
-    from chaos_support import retrying
+    from corral.testing.load import retrying
 
     found = retrying(
         lambda: world.core.list_namespaced_event(

@@ -16,20 +16,19 @@ from typing import Any
 
 import pytest
 from chaos_scenarios import assert_nothing_doubled, by_index, start_sleepers
-from chaos_support import (
-    Expected,
-    OperatorFigures,
-    PodHistory,
-    claim_uids,
-    record_figures,
-    retrying,
-    runner_pods,
-    wait_converged,
-)
+from chaos_support import OperatorFigures, record_figures
 from chaos_world import World
 from kubernetes import client
 
 from corral.testing.kube import wait_for
+from corral.testing.load import (
+    Expected,
+    PodHistory,
+    claim_uids,
+    retrying,
+    runner_pods,
+    wait_converged,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 STARVE_SECONDS = float(os.environ.get("CORRAL_CHAOS_STARVE_SECONDS", "60"))

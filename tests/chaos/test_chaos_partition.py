@@ -20,19 +20,19 @@ from datetime import UTC, datetime
 
 import pytest
 from chaos_scenarios import by_index, scaled_down_counts, start_sleepers
-from chaos_support import (
-    Expected,
-    PodHistory,
-    claim_uids,
-    record_figures,
-    retrying,
-    runner_pods,
-    wait_converged,
-)
+from chaos_support import record_figures
 from chaos_world import World
 
 from corral.render.meta import SESSION_LABEL
 from corral.testing.kube import wait_for
+from corral.testing.load import (
+    Expected,
+    PodHistory,
+    claim_uids,
+    retrying,
+    runner_pods,
+    wait_converged,
+)
 from corral.testing.operator import OperatorProcess, kwok_operator_config, report_activity
 from corral.testing.tcp_proxy import CuttableProxy
 

@@ -18,22 +18,21 @@ from collections import defaultdict
 
 import pytest
 from chaos_scenarios import by_index, start_sleepers
-from chaos_support import (
-    Expected,
-    OperatorFigures,
-    PodHistory,
-    claim_of,
-    claim_uids,
-    record_figures,
-    retrying,
-    runner_pods,
-    wait_converged,
-)
+from chaos_support import OperatorFigures, record_figures
 from chaos_world import World
 from kubernetes import client
 
 from corral.render.meta import SESSION_LABEL
 from corral.testing.kube import wait_for
+from corral.testing.load import (
+    Expected,
+    PodHistory,
+    claim_of,
+    claim_uids,
+    retrying,
+    runner_pods,
+    wait_converged,
+)
 from corral.testing.tcp_proxy import CuttableProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
