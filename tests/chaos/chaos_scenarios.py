@@ -21,7 +21,6 @@ from corral.testing.load import (
     claim_uids,
     phase_of,
     runner_pods,
-    wait_converged,
 )
 from corral.testing.operator import OperatorProcess
 
@@ -49,9 +48,7 @@ def start_sleepers(world: World, operator: OperatorProcess) -> None:
     """The sessions to be sent to sleep later: created and running before any fault."""
     for future in world.create(world.load.sleepers):
         future.result()
-    wait_converged(
-        world.sessions, world.core, Expected(awake=set(world.load.sleepers), asleep=set())
-    )
+    world.converge(Expected(awake=set(world.load.sleepers), asleep=set()))
 
 
 def burst_with_fault(
@@ -86,7 +83,7 @@ def burst_with_fault(
     for future in creations:
         future.result()
     expected = Expected(awake=set(load.all), asleep=set(), claims=claims)
-    converge = wait_converged(world.sessions, world.core, expected)
+    converge = world.converge(expected)
     result = {
         "fault_at_seconds_into_burst": round(down - started, 1),
         "at_fault": f"{created}/{len(burst)} sessions created, {with_pod} with a pod",
@@ -143,7 +140,7 @@ def scale_downs_with_fault(
     back = time.monotonic()
     patcher.join(180)
     expected = Expected(awake=set(load.awake), asleep=set(load.sleepers), claims=claims)
-    converge = wait_converged(world.sessions, world.core, expected)
+    converge = world.converge(expected)
     result = {
         "fault_at_seconds_into_scale_downs": round(down - started, 1),
         "at_fault": f"{idle_at_fault}/{len(load.sleepers)} sleepers Idle",

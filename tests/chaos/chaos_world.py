@@ -14,7 +14,7 @@ from kubernetes import client
 from corral.testing.chart_rbac import ChartIdentity
 from corral.testing.faults import ControlPlane
 from corral.testing.kube import create_namespace
-from corral.testing.load import Load, Sessions, bind_volumes
+from corral.testing.load import Expected, Load, Sessions, bind_volumes, wait_converged
 from corral.testing.operator import OperatorProcess, kwok_operator_config
 from testrun import RESTRICTED_LABELS
 
@@ -62,6 +62,16 @@ class World:
     def bind_volumes(self, names: list[str]) -> None:
         """PersistentVolumes bound in advance to these sessions' claims."""
         self.volumes += bind_volumes(self.core, self.namespace, names)
+
+    def converge(self, expected: Expected, timeout: float = 240.0) -> dict[str, float]:
+        """`wait_converged` on this world, KWOK restarted if it left a pod Pending."""
+        return wait_converged(
+            self.sessions,
+            self.core,
+            expected,
+            timeout,
+            resync_kwok=lambda: self.plane.restart("kwok"),
+        )
 
     def create(self, names: list[str]) -> list[Any]:
         """Start creating `names` on the pool (each retried through outages)."""

@@ -27,7 +27,6 @@ from corral.testing.load import (
     claim_uids,
     retrying,
     runner_pods,
-    wait_converged,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -114,7 +113,7 @@ def test_apf_starves_the_operator_for_a_minute(world: World) -> None:
         for future in world.create(before):
             future.result()
         steady = Expected(awake=set(before) | set(load.sleepers), asleep=set())
-        wait_converged(world.sessions, world.core, steady)
+        world.converge(steady)
         claims = claim_uids(world.core, world.namespace)
         figures = OperatorFigures(operator).start()
         flowcontrol.create_priority_level_configuration(level)
@@ -149,7 +148,7 @@ def test_apf_starves_the_operator_for_a_minute(world: World) -> None:
             )
         released = time.monotonic()
         expected = Expected(awake=set(awake), asleep=set(load.sleepers), claims=claims)
-        converge = wait_converged(world.sessions, world.core, expected)
+        converge = world.converge(expected)
         time.sleep(2)
     checks = assert_nothing_doubled(world, history)
     assert counts["rejected"] > 0

@@ -299,27 +299,56 @@ def problems(
     return found
 
 
+# KWOK (the kubelets' stand-in) does not retry a status patch the API server refused with
+# 500 (etcd away): the pod stays Pending on its node, where a kubelet would resync it within
+# a minute. A pod bound but Pending this long gets KWOK restarted (it replays every pod).
+STRANDED_SECONDS = 30.0
+
+
+def stranded_on_node(pods: list[Any]) -> list[str]:
+    """Pods bound to a node but not started there."""
+    return [
+        pod.metadata.name
+        for pod in pods
+        if pod.spec.node_name
+        and pod.status.phase == "Pending"
+        and not pod.metadata.deletion_timestamp
+    ]
+
+
 def wait_converged(
-    sessions: Sessions, core: client.CoreV1Api, expected: Expected, timeout: float = 240.0
+    sessions: Sessions,
+    core: client.CoreV1Api,
+    expected: Expected,
+    timeout: float = 240.0,
+    resync_kwok: Callable[[], object] | None = None,
 ) -> dict[str, float]:
     """Seconds until the operator's part was done (every pod made or removed, no orphan,
     every volume kept, every status true to its pod) and until the world matched
     `expected` (every awake pod running too, which waits for the scheduler and KWOK);
-    fails naming what still differs."""
+    fails naming what still differs. With `resync_kwok`, a pod left Pending on its node for
+    STRANDED_SECONDS gets KWOK restarted (counted in `kwok_resyncs`)."""
     started = time.monotonic()
     last: list[str] = []
     pods_right: float | None = None
+    stranded_since: float | None = None
+    resyncs = 0
 
     def converged() -> bool:
-        nonlocal last, pods_right
-        last = problems(
-            expected,
-            sessions.list(),
-            runner_pods(core, sessions.namespace),
-            claim_uids(core, sessions.namespace),
-        )
+        nonlocal last, pods_right, stranded_since, resyncs
+        pods = runner_pods(core, sessions.namespace)
+        last = problems(expected, sessions.list(), pods, claim_uids(core, sessions.namespace))
+        now = time.monotonic()
         if pods_right is None and not [p for p in last if "waiting for their pod" not in p]:
-            pods_right = time.monotonic() - started
+            pods_right = now - started
+        if not stranded_on_node(pods):
+            stranded_since = None
+        elif stranded_since is None:
+            stranded_since = now
+        elif resync_kwok is not None and now - stranded_since >= STRANDED_SECONDS:
+            resync_kwok()
+            resyncs += 1
+            stranded_since = None
         return not last
 
     try:
@@ -327,7 +356,11 @@ def wait_converged(
     except TimeoutError as error:
         raise AssertionError(f"not converged after {timeout:.0f}s: {last[:8]}") from error
     done = time.monotonic() - started
-    return {"operator_done": round(pods_right or done, 1), "converged": round(done, 1)}
+    return {
+        "operator_done": round(pods_right or done, 1),
+        "converged": round(done, 1),
+        "kwok_resyncs": resyncs,
+    }
 
 
 # --- a pod history that survives outages ----------------------------------------------------
@@ -364,9 +397,7 @@ class PodHistory:
             self._thread.join(10)
 
     def _relist(self) -> str:
-        listed: Any = self.core.list_namespaced_pod(
-            self.namespace, label_selector=RUNNER_LABELS
-        )
+        listed: Any = self.core.list_namespaced_pod(self.namespace, label_selector=RUNNER_LABELS)
         with self._lock:
             present = set()
             for pod in listed.items:
