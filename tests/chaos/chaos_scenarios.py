@@ -91,6 +91,7 @@ def burst_with_fault(
         "api_ready_after_restart_seconds": round(ready_seconds, 1),
         "operator_done_after_restart_seconds": converge["operator_done"],
         "converged_after_restart_seconds": converge["converged"],
+        "kwok_resyncs": converge["kwok_resyncs"],
         "burst_total_seconds": round(time.monotonic() - started, 1),
         **figures.since(),
     }
@@ -148,6 +149,7 @@ def scale_downs_with_fault(
         "api_ready_after_restart_seconds": round(ready_seconds, 1),
         "operator_done_after_restart_seconds": converge["operator_done"],
         "converged_after_restart_seconds": converge["converged"],
+        "kwok_resyncs": converge["kwok_resyncs"],
         **figures.since(),
     }
     time.sleep(2)
