@@ -24,7 +24,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from corral.testing.chart_rbac import ChartIdentity, chart_identity, refused_requests
-from corral.testing.kube import wait_for
+from corral.testing.kube import create_namespace, wait_for
 from corral.testing.operator import OperatorProcess, kwok_operator_config
 from testrun import NAMESPACE_PREFIX, OPERATOR_NAMESPACE, RESTRICTED_LABELS, RUN_ID
 
@@ -69,31 +69,12 @@ def custom(api_client: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api_client)
 
 
-def _create_namespace(core: client.CoreV1Api, name: str) -> None:
-    core.create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=RESTRICTED_LABELS))
-    )
-
-    # The controller-manager adds the `default` ServiceAccount a moment later; until then the
-    # ServiceAccount admission plugin refuses pods (as on any cluster), so wait for it.
-    def has_default_account() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException as error:
-            if error.status == 404:
-                return False
-            raise
-        return True
-
-    wait_for(has_default_account, timeout=30, what=f"the default ServiceAccount in {name}")
-
-
 @pytest.fixture
 def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test with Pod Security `restricted` enforced."""
     stem = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:36].strip("-")
     name = f"{NAMESPACE_PREFIX}{stem}-{uuid.uuid4().hex[:4]}"
-    _create_namespace(core, name)
+    create_namespace(core, name, RESTRICTED_LABELS)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 
@@ -135,7 +116,7 @@ def crd(kubeconfig: Path, api_client: client.ApiClient) -> None:
 @pytest.fixture(scope="session")
 def operator_namespace(core: client.CoreV1Api, kubeconfig: Path) -> Iterator[str]:
     try:
-        _create_namespace(core, OPERATOR_NAMESPACE)
+        create_namespace(core, OPERATOR_NAMESPACE, RESTRICTED_LABELS)
     except ApiException as error:
         if error.status != 409:
             raise

@@ -10,19 +10,18 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from chaos_support import (
-    Expected,
-    OperatorFigures,
-    PodHistory,
-    claim_uids,
-    phase_of,
-    runner_pods,
-    wait_converged,
-)
+from chaos_support import OperatorFigures
 from chaos_world import World
 
 from corral.render.meta import SESSION_LABEL
 from corral.testing.kube import wait_for
+from corral.testing.load import (
+    Expected,
+    PodHistory,
+    claim_uids,
+    phase_of,
+    runner_pods,
+)
 from corral.testing.operator import OperatorProcess
 
 Fault = Callable[[], None]
@@ -35,7 +34,7 @@ def by_index(names: list[str]) -> list[str]:
 
 
 def scaled_down_counts(world: World) -> Counter[str]:
-    from chaos_support import retrying
+    from corral.testing.load import retrying
 
     found = retrying(
         lambda: world.core.list_namespaced_event(
@@ -49,9 +48,7 @@ def start_sleepers(world: World, operator: OperatorProcess) -> None:
     """The sessions to be sent to sleep later: created and running before any fault."""
     for future in world.create(world.load.sleepers):
         future.result()
-    wait_converged(
-        world.sessions, world.core, Expected(awake=set(world.load.sleepers), asleep=set())
-    )
+    world.converge(Expected(awake=set(world.load.sleepers), asleep=set()))
 
 
 def burst_with_fault(
@@ -86,7 +83,7 @@ def burst_with_fault(
     for future in creations:
         future.result()
     expected = Expected(awake=set(load.all), asleep=set(), claims=claims)
-    converge = wait_converged(world.sessions, world.core, expected)
+    converge = world.converge(expected)
     result = {
         "fault_at_seconds_into_burst": round(down - started, 1),
         "at_fault": f"{created}/{len(burst)} sessions created, {with_pod} with a pod",
@@ -94,6 +91,7 @@ def burst_with_fault(
         "api_ready_after_restart_seconds": round(ready_seconds, 1),
         "operator_done_after_restart_seconds": converge["operator_done"],
         "converged_after_restart_seconds": converge["converged"],
+        "kwok_resyncs": converge["kwok_resyncs"],
         "burst_total_seconds": round(time.monotonic() - started, 1),
         **figures.since(),
     }
@@ -143,7 +141,7 @@ def scale_downs_with_fault(
     back = time.monotonic()
     patcher.join(180)
     expected = Expected(awake=set(load.awake), asleep=set(load.sleepers), claims=claims)
-    converge = wait_converged(world.sessions, world.core, expected)
+    converge = world.converge(expected)
     result = {
         "fault_at_seconds_into_scale_downs": round(down - started, 1),
         "at_fault": f"{idle_at_fault}/{len(load.sleepers)} sleepers Idle",
@@ -151,6 +149,7 @@ def scale_downs_with_fault(
         "api_ready_after_restart_seconds": round(ready_seconds, 1),
         "operator_done_after_restart_seconds": converge["operator_done"],
         "converged_after_restart_seconds": converge["converged"],
+        "kwok_resyncs": converge["kwok_resyncs"],
         **figures.since(),
     }
     time.sleep(2)

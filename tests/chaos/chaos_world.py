@@ -9,13 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_support import STORAGE_CLASS, Load, Sessions, claim_of
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from corral.testing.chart_rbac import ChartIdentity
 from corral.testing.faults import ControlPlane
-from corral.testing.kube import wait_for
+from corral.testing.kube import create_namespace
+from corral.testing.load import Expected, Load, Sessions, bind_volumes, wait_converged
 from corral.testing.operator import OperatorProcess, kwok_operator_config
 from testrun import RESTRICTED_LABELS
 
@@ -23,23 +22,8 @@ THREADS = 8
 
 
 def make_namespace(core: client.CoreV1Api, name: str) -> str:
-    core.create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=RESTRICTED_LABELS))
-    )
-
-    def has_default_account() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException as error:
-            if error.status == 404:
-                return False
-            raise
-        return True
-
-    # After an API server restart the controller-manager may take a minute (its informers
-    # back off from the refusals of a cold authorizer).
-    wait_for(has_default_account, timeout=120, what=f"the default ServiceAccount in {name}")
-    return name
+    # After an API server restart the default ServiceAccount may take a minute.
+    return create_namespace(core, name, RESTRICTED_LABELS, timeout=120)
 
 
 @dataclass
@@ -77,23 +61,17 @@ class World:
 
     def bind_volumes(self, names: list[str]) -> None:
         """PersistentVolumes bound in advance to these sessions' claims."""
-        for name in names:
-            volume = f"{self.namespace}-{len(self.volumes)}"
-            body = client.V1PersistentVolume(
-                metadata=client.V1ObjectMeta(name=volume, labels={"corral-chaos": self.namespace}),
-                spec=client.V1PersistentVolumeSpec(
-                    capacity={"storage": "1Gi"},
-                    access_modes=["ReadWriteOncePod"],
-                    persistent_volume_reclaim_policy="Retain",
-                    storage_class_name=STORAGE_CLASS,
-                    host_path=client.V1HostPathVolumeSource(path=f"/tmp/corral-chaos/{volume}"),
-                    claim_ref=client.V1ObjectReference(
-                        kind="PersistentVolumeClaim", namespace=self.namespace, name=claim_of(name)
-                    ),
-                ),
-            )
-            self.core.create_persistent_volume(body)
-            self.volumes.append(volume)
+        self.volumes += bind_volumes(self.core, self.namespace, names)
+
+    def converge(self, expected: Expected, timeout: float = 240.0) -> dict[str, float]:
+        """`wait_converged` on this world, KWOK restarted if it left a pod Pending."""
+        return wait_converged(
+            self.sessions,
+            self.core,
+            expected,
+            timeout,
+            resync_kwok=lambda: self.plane.restart("kwok"),
+        )
 
     def create(self, names: list[str]) -> list[Any]:
         """Start creating `names` on the pool (each retried through outages)."""

@@ -18,10 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from chaos_support import STORAGE_CLASS, Load, Sessions, retrying, session_count
+from chaos_support import session_count
 from chaos_world import THREADS, World, lasting_denials, make_namespace
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
 
 from corral.cluster import control_plane, pki
 from corral.cluster.build import binary_path
@@ -29,6 +28,7 @@ from corral.cluster.paths import state_dir
 from corral.testing.chart_rbac import chart_identity, refused_requests
 from corral.testing.faults import ControlPlane
 from corral.testing.kube import wait_for
+from corral.testing.load import Load, Sessions, ensure_storage_class, retrying
 
 
 def chaos_root() -> Path:
@@ -88,18 +88,7 @@ def chaos_crd(chaos_kubeconfig: Path, chaos_api: client.ApiClient) -> None:
         )
 
     wait_for(established, timeout=30, what="the AgentSession CRD to be established")
-    storage = client.StorageV1Api(chaos_api)
-    try:
-        storage.create_storage_class(
-            client.V1StorageClass(
-                metadata=client.V1ObjectMeta(name=STORAGE_CLASS),
-                provisioner="kubernetes.io/no-provisioner",
-                volume_binding_mode="Immediate",
-            )
-        )
-    except ApiException as error:
-        if error.status != 409:
-            raise
+    ensure_storage_class(client.StorageV1Api(chaos_api))
 
 
 @pytest.fixture

@@ -16,20 +16,18 @@ from typing import Any
 
 import pytest
 from chaos_scenarios import assert_nothing_doubled, by_index, start_sleepers
-from chaos_support import (
-    Expected,
-    OperatorFigures,
-    PodHistory,
-    claim_uids,
-    record_figures,
-    retrying,
-    runner_pods,
-    wait_converged,
-)
+from chaos_support import OperatorFigures, record_figures
 from chaos_world import World
 from kubernetes import client
 
 from corral.testing.kube import wait_for
+from corral.testing.load import (
+    Expected,
+    PodHistory,
+    claim_uids,
+    retrying,
+    runner_pods,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 STARVE_SECONDS = float(os.environ.get("CORRAL_CHAOS_STARVE_SECONDS", "60"))
@@ -115,7 +113,7 @@ def test_apf_starves_the_operator_for_a_minute(world: World) -> None:
         for future in world.create(before):
             future.result()
         steady = Expected(awake=set(before) | set(load.sleepers), asleep=set())
-        wait_converged(world.sessions, world.core, steady)
+        world.converge(steady)
         claims = claim_uids(world.core, world.namespace)
         figures = OperatorFigures(operator).start()
         flowcontrol.create_priority_level_configuration(level)
@@ -150,7 +148,7 @@ def test_apf_starves_the_operator_for_a_minute(world: World) -> None:
             )
         released = time.monotonic()
         expected = Expected(awake=set(awake), asleep=set(load.sleepers), claims=claims)
-        converge = wait_converged(world.sessions, world.core, expected)
+        converge = world.converge(expected)
         time.sleep(2)
     checks = assert_nothing_doubled(world, history)
     assert counts["rejected"] > 0

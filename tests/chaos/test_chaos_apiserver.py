@@ -12,8 +12,10 @@ from chaos_scenarios import (
     scale_downs_with_fault,
     start_sleepers,
 )
-from chaos_support import PodHistory, record_figures
+from chaos_support import record_figures
 from chaos_world import World
+
+from corral.testing.load import PodHistory
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 DOWN_SECONDS = 10.0

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chaos_support import GROUP, PLURAL, REPO, SMALL, VERSION, Load, phase_of
+from chaos_support import REPO
 from chaos_world import World
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from kubernetes.client.rest import ApiException
@@ -45,6 +45,7 @@ from pydantic import ValidationError
 from bad_manifests import Case, bad_manifests
 from corral.api.v1alpha1 import AgentSession
 from corral.testing.kube import wait_for
+from corral.testing.load import GROUP, PLURAL, SMALL, VERSION, Load, phase_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

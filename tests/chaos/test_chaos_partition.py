@@ -20,19 +20,18 @@ from datetime import UTC, datetime
 
 import pytest
 from chaos_scenarios import by_index, scaled_down_counts, start_sleepers
-from chaos_support import (
-    Expected,
-    PodHistory,
-    claim_uids,
-    record_figures,
-    retrying,
-    runner_pods,
-    wait_converged,
-)
+from chaos_support import record_figures
 from chaos_world import World
 
 from corral.render.meta import SESSION_LABEL
 from corral.testing.kube import wait_for
+from corral.testing.load import (
+    Expected,
+    PodHistory,
+    claim_uids,
+    retrying,
+    runner_pods,
+)
 from corral.testing.operator import OperatorProcess, kwok_operator_config, report_activity
 from corral.testing.tcp_proxy import CuttableProxy
 
@@ -110,7 +109,7 @@ def test_a_partitioned_leader_stops_before_the_standby_starts(world: World) -> N
             for future in world.create(by_index(load.awake)):
                 future.result()
             steady = Expected(awake=set(load.all), asleep=set())
-            wait_converged(world.sessions, world.core, steady)
+            world.converge(steady)
             reporter.start()
             time.sleep(3)  # the first heartbeats are in
             claims = claim_uids(world.core, world.namespace)
@@ -126,12 +125,12 @@ def test_a_partitioned_leader_stops_before_the_standby_starts(world: World) -> N
             old_writes_after = writes_but_leases(old)
             wait_for(new.is_leader, timeout=60, interval=0.05, what="the standby to take over")
             expected = Expected(awake=set(load.awake), asleep=set(load.sleepers), claims=claims)
-            converge = wait_converged(world.sessions, world.core, expected)
+            converge = world.converge(expected)
             proxies[0].heal()
             healed = time.monotonic()
             time.sleep(5)  # the old leader is back: it must stay a standby
             assert new.is_leader() and not old.is_leader()
-            after_heal = wait_converged(world.sessions, world.core, expected, timeout=60)
+            after_heal = world.converge(expected, timeout=60)
             heal_seconds = time.monotonic() - healed
     finally:
         stop_reports.set()

@@ -18,22 +18,20 @@ from collections import defaultdict
 
 import pytest
 from chaos_scenarios import by_index, start_sleepers
-from chaos_support import (
-    Expected,
-    OperatorFigures,
-    PodHistory,
-    claim_of,
-    claim_uids,
-    record_figures,
-    retrying,
-    runner_pods,
-    wait_converged,
-)
+from chaos_support import OperatorFigures, record_figures
 from chaos_world import World
 from kubernetes import client
 
 from corral.render.meta import SESSION_LABEL
 from corral.testing.kube import wait_for
+from corral.testing.load import (
+    Expected,
+    PodHistory,
+    claim_of,
+    claim_uids,
+    retrying,
+    runner_pods,
+)
 from corral.testing.tcp_proxy import CuttableProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -75,7 +73,7 @@ def test_watches_expire_and_the_operator_lists_again(world: World) -> None:
             for sleeper in load.sleepers:
                 world.sessions.patch(sleeper, {"spec": {"idleTimeout": "1s"}})
             steady = Expected(awake=set(load.awake), asleep=set(load.sleepers))
-            wait_converged(world.sessions, world.core, steady)
+            world.converge(steady)
             services = children_by_session(world, "Service")
             policies = children_by_session(world, "NetworkPolicy")
 
@@ -132,7 +130,7 @@ def test_watches_expire_and_the_operator_lists_again(world: World) -> None:
             expected = Expected(
                 awake=set(load.awake) - gone, asleep=set(load.sleepers) - gone, claims=claims
             )
-            converge = wait_converged(world.sessions, world.core, expected)
+            converge = world.converge(expected)
             want_services = {n: s for n, s in services.items() if n not in gone}
             want_policies = {n: s for n, s in policies.items() if n not in gone}
             wait_for(

@@ -36,13 +36,14 @@ from e2e_support import (
     make_user,
 )
 from kubernetes import client
-from node_fault_support import PodLedger, watch_pods
+from node_fault_support import BackgroundLoad, PodLedger, start_background_load, watch_pods
 
 from corral.cluster import control_plane, node, pki
 from corral.cluster.layout import REAL_NODE_IP, Layout
 from corral.cluster.paths import state_dir
 from corral.config import ModelProxyConfig
 from corral.testing.fake_anthropic import FakeAnthropic
+from corral.testing.kube import create_namespace
 from corral.testing.outside import start_fake_anthropic
 from testrun import NAMESPACE_PREFIX, OPERATOR_NAMESPACE, RESTRICTED_LABELS, RUN_ID
 
@@ -157,8 +158,9 @@ def release_values(layout: Layout) -> dict[str, Any]:
                 ],
             }
         },
+        # Sessions need no node selector: KWOK's nodes are tainted, so a session goes to the
+        # real node unless its own `spec.scheduling` tolerates them (the background load).
         "config": {
-            "nodeSelector": {node.NODE_LABEL: "true"},
             "terminationGracePeriodSeconds": 5,
             "hybridTerminationGracePeriodSeconds": 20,
         },
@@ -233,3 +235,19 @@ def gateway(operator: Release, real_node_cluster: Layout, user_token: str) -> Ga
 def ledger(core: client.CoreV1Api, namespace: str) -> Iterator[PodLedger]:
     """Every session pod of the test's namespace over the whole test (a watch)."""
     yield from watch_pods(core, namespace)
+
+
+@pytest.fixture(scope="session")
+def kwok_load(
+    operator: Release, core: client.CoreV1Api, custom: client.CustomObjectsApi
+) -> Iterator[BackgroundLoad]:
+    """`CORRAL_E2E_LOAD_SESSIONS` (default 200) sessions of mixed patterns on KWOK's nodes,
+    reconciled by the chart's operator beside the real node's sessions: the node-fault
+    tests check that their fault left every one of them as it was. Made once, at the first
+    test that asks (the later tests of the run share the cluster with it)."""
+    name = create_namespace(core, f"{NAMESPACE_PREFIX}kwok-load", RESTRICTED_LABELS)
+    count = int(os.environ.get("CORRAL_E2E_LOAD_SESSIONS", "200"))
+    background = start_background_load(core, custom, name, count)
+    yield background
+    core.delete_namespace(name, propagation_policy="Background")
+    core.delete_collection_persistent_volume(label_selector=f"corral-load={name}")

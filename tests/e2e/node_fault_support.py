@@ -8,6 +8,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 from e2e_support import REPO, SESSION_LABEL, Release
 from kubernetes import client, watch
 
-from corral.cluster.layout import Layout
+from corral.cluster.layout import KWOK_NODE_ANNOTATION, Layout
+from corral.testing import load
 
 FIGURES = REPO / "docs" / "benchmarks" / "node-faults.json"
 
@@ -129,3 +131,83 @@ def operator_requests(
         by_verb[verb] += 1
     leases = sum(1 for _, resource in seen.values() if resource == "leases")
     return {"all": len(seen), "leases": leases, **dict(sorted(by_verb.items()))}
+
+
+# --- the background load: a few hundred sessions on KWOK's nodes -----------------------------
+
+# Puts a load session on KWOK's fake nodes (never on the real node, where the fault is).
+KWOK_PLACEMENT: dict[str, Any] = {
+    "scheduling": {
+        "nodeSelector": {"type": "kwok"},
+        "tolerations": [
+            {
+                "key": KWOK_NODE_ANNOTATION,
+                "operator": "Equal",
+                "value": "fake",
+                "effect": "NoSchedule",
+            }
+        ],
+    }
+}
+
+
+@dataclass
+class BackgroundLoad:
+    """Sessions of mixed patterns on KWOK's nodes, reconciled by the same operator (the
+    chart's, on the real node) as the sessions a fault test hurts: a fault on the real node,
+    and the operator's own recovery from it, must leave every one of them exactly as it was
+    (the same pod, phase and volume: nothing recreated, nothing doubled)."""
+
+    core: client.CoreV1Api
+    sessions: load.Sessions
+    mix: load.Load
+    claims: dict[str, str]  # claim name -> uid once converged
+
+    @property
+    def namespace(self) -> str:
+        return self.sessions.namespace
+
+    def pods(self) -> dict[str, str]:
+        """Session -> uid of its live pod."""
+        return {
+            pod.metadata.labels[SESSION_LABEL]: pod.metadata.uid
+            for pod in load.runner_pods(self.core, self.namespace)
+            if not pod.metadata.deletion_timestamp
+        }
+
+    def changes(self, before: dict[str, str]) -> list[str]:
+        """What differs from the converged load whose pods were `before`: empty when every
+        session still has the pod it had, its phase true to it, and its volume."""
+        expected = load.Expected(awake=set(self.mix.all), asleep=set(), claims=self.claims)
+        found = load.problems(
+            expected,
+            self.sessions.list(),
+            load.runner_pods(self.core, self.namespace),
+            load.claim_uids(self.core, self.namespace),
+        )
+        now = self.pods()
+        replaced = sorted(name for name, uid in before.items() if now.get(name) != uid)
+        if replaced:
+            found.append(f"{len(replaced)} load sessions' pods replaced, e.g. {replaced[:3]}")
+        return found
+
+    def figures(self, before: dict[str, str]) -> dict[str, Any]:
+        """The load's part of a fault's figures; fails if anything of it changed."""
+        changes = self.changes(before)
+        assert not changes, f"the fault on the real node changed the KWOK load: {changes}"
+        return {"load_sessions": len(self.mix.all), "load_pods_replaced": 0, "load_changes": 0}
+
+
+def start_background_load(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, count: int
+) -> BackgroundLoad:
+    """`count` sessions on KWOK's nodes in `namespace`, created and converged."""
+    mix = load.Load.mixed(count)
+    sessions = load.Sessions(custom, namespace, extra_spec=KWOK_PLACEMENT)
+    load.ensure_storage_class(client.StorageV1Api(core.api_client))
+    load.bind_volumes(core, namespace, mix.hybrid)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(sessions.create, mix.all))
+    expected = load.Expected(awake=set(mix.all), asleep=set())
+    load.wait_converged(sessions, core, expected, timeout=600)
+    return BackgroundLoad(core, sessions, mix, load.claim_uids(core, namespace))

@@ -38,7 +38,7 @@ from e2e_support import (
     spec,
 )
 from kubernetes import client
-from node_fault_support import PodLedger, operator_requests, pod_is_ready, record
+from node_fault_support import BackgroundLoad, PodLedger, operator_requests, pod_is_ready, record
 
 from corral.cluster.layout import Layout
 from corral.testing.anthropic_script import bash, text
@@ -92,8 +92,10 @@ def test_sessions_evicted_for_disk_come_back(
     fake: FakeAnthropic,
     gateway: GatewayClient,
     ledger: PodLedger,
+    kwok_load: BackgroundLoad,
 ) -> None:
     started = time.monotonic()
+    load_before = kwok_load.pods()
     sessions = Sessions(custom, namespace)
     sessions.create("steady", spec("LongRunning"))
     sessions.create("keeper", spec("Hybrid", idleTimeout="1h", storage={"size": "1Gi"}))
@@ -187,9 +189,11 @@ def test_sessions_evicted_for_disk_come_back(
         most = {name: ledger.most_live[name] for name in FILLS}
     assert most == {name: 1 for name in FILLS}, ledger.uids
     assert ever == {name: 2 for name in FILLS}, ledger.uids
+    load_figures = kwok_load.figures(load_before)
     record(
         "disk_filled",
         {
+            **load_figures,
             "sessions": {
                 "steady": "LongRunning: 1.2 GiB into the workspace (emptyDir, 1Gi)",
                 "keeper": "Hybrid: 300 MiB into /tmp (emptyDir, 256Mi); workspace on a 1Gi "

@@ -32,7 +32,7 @@ from e2e_support import (
     spec,
 )
 from kubernetes import client
-from node_fault_support import PodLedger, operator_requests, pod_is_ready, record
+from node_fault_support import BackgroundLoad, PodLedger, operator_requests, pod_is_ready, record
 
 from corral.cluster import images, node
 from corral.controller.lifecycle import parse_time
@@ -171,8 +171,10 @@ def test_sessions_survive_kubelet_and_containerd_restarts(
     node_layout: node.NodeLayout,
     gateway: GatewayClient,
     ledger: PodLedger,
+    kwok_load: BackgroundLoad,
 ) -> None:
     started = time.monotonic()
+    load_before = kwok_load.pods()
     sessions = Sessions(custom, namespace)
     sessions.create("steady", spec("LongRunning"))
     sessions.create("keeper", spec("Hybrid", idleTimeout="1h", storage={"size": "1Gi"}))
@@ -211,9 +213,11 @@ def test_sessions_survive_kubelet_and_containerd_restarts(
         most = {name: ledger.most_live[name] for name in SESSIONS}
     assert ever == {name: 1 for name in SESSIONS}, ledger.uids
     assert most == {name: 1 for name in SESSIONS}
+    load_figures = kwok_load.figures(load_before)
     record(
         "restarts",
         {
+            **load_figures,
             "sessions": {"steady": "LongRunning", "keeper": "Hybrid, 1Gi local-path volume"},
             "faults": faults,
             "pods_ever": ever,

@@ -48,7 +48,7 @@ from e2e_support import (
 )
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from node_fault_support import PodLedger, operator_requests, pod_is_ready, record
+from node_fault_support import BackgroundLoad, PodLedger, operator_requests, pod_is_ready, record
 
 from corral.cluster import node
 from corral.cluster.layout import REAL_NODE_NAME, Layout
@@ -137,8 +137,10 @@ def test_the_node_lost_and_back(
     real_node_cluster: Layout,
     gateway: GatewayClient,
     ledger: PodLedger,
+    kwok_load: BackgroundLoad,
 ) -> None:
     started = time.monotonic()
+    load_before = kwok_load.pods()
     sessions = Sessions(custom, namespace)
     sessions.create("steady", spec("LongRunning"))
     sessions.create("keeper", spec("Hybrid", idleTimeout="1h", storage={"size": "1Gi"}))
@@ -272,9 +274,11 @@ def test_the_node_lost_and_back(
         most = {name: ledger.most_live[name] for name in SESSIONS}
     assert most == {name: 1 for name in SESSIONS}, ledger.uids
     assert ever == {name: 2 for name in SESSIONS}, ledger.uids
+    load_figures = kwok_load.figures(load_before)
     record(
         "node_lost",
         {
+            **load_figures,
             "sessions": {"steady": "LongRunning", "keeper": "Hybrid, 1Gi local-path volume"},
             "node_back_as": "the same name, its disk kept (volumes, images), the kubelet's "
             "state wiped",

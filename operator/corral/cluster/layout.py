@@ -269,6 +269,10 @@ def scheduler_argv(layout: Layout) -> list[str]:
         f"--secure-port={layout.ports['scheduler']}",
         "--leader-elect=false",
         "--profiling=false",
+        # A pod the scheduler found unschedulable waits for an event that may make it fit;
+        # one missed across an API server restart (seen in the chaos runs: a Hybrid pod
+        # whose claim bound meanwhile) would leave it waiting the default 5 minutes.
+        "--pod-max-in-unschedulable-pods-duration=30s",
         "--v=1",
     ]
 

@@ -6,6 +6,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
 T = TypeVar("T")
 
 
@@ -24,3 +27,27 @@ def wait_for(
             return last
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def create_namespace(
+    core: client.CoreV1Api, name: str, labels: dict[str, str], timeout: float = 30.0
+) -> str:
+    """Create namespace `name` and wait for its `default` ServiceAccount: the
+    controller-manager adds it a moment later, and until then the ServiceAccount admission
+    plugin refuses pods (as on any cluster). After an API server restart that moment may be
+    a minute (the controller-manager's informers back off from a cold authorizer)."""
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+    )
+
+    def has_default_account() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    wait_for(has_default_account, timeout=timeout, what=f"the default ServiceAccount in {name}")
+    return name
