@@ -46,6 +46,7 @@ from e2e_support import (
 )
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
+from node_fault_support import BackgroundLoad
 
 from corral.api import runtime
 from corral.testing.anthropic_script import bash, text
@@ -170,8 +171,10 @@ def test_hybrid_sessions_survive_sleep_wake_cycles_and_a_sigkill_mid_turn(
     fake: FakeAnthropic,
     kubeconfig: Path,
     gateway: GatewayClient,
+    kwok_load: BackgroundLoad,
 ) -> None:
     started = time.monotonic()
+    load_before = kwok_load.pods()
     name = "cycler"
     sessions = Sessions(custom, namespace)
     results: dict[str, Any] = {
@@ -271,6 +274,7 @@ def test_hybrid_sessions_survive_sleep_wake_cycles_and_a_sigkill_mid_turn(
     sleeps = [s["sleep_s"] for s in samples]
     wakes = [s["wake_to_first_event_s"] for s in samples if s["woken"]]
     results["totals"] = {
+        **kwok_load.figures(load_before),
         "duplicates_seen": len(pods_seen.overlaps),
         "max_live_pods": pods_seen.max_live,
         "pods_made": len(pods_seen.seen),

@@ -237,8 +237,10 @@ def test_a_crash_looping_runner_is_reported_and_left_to_the_kubelets_backoff(
     core: client.CoreV1Api,
     namespace: str,
     ledger: PodLedger,
+    kwok_load: BackgroundLoad,
 ) -> None:
     started = time.monotonic()
+    load_before = kwok_load.pods()
     sessions = Sessions(custom, namespace)
     # An image the node has but without the runner's program: every start fails.
     sessions.create("looping", spec("LongRunning", image=images.busybox_image().ref))
@@ -277,9 +279,11 @@ def test_a_crash_looping_runner_is_reported_and_left_to_the_kubelets_backoff(
     times = [at for at, count in restarts if count > 0]
     gaps = [round(b - a, 1) for a, b in itertools.pairwise(times)]
     assert len(gaps) >= 2 and gaps[-1] > gaps[0], restarts
+    load_figures = kwok_load.figures(load_before)
     record(
         "crash_loop",
         {
+            **load_figures,
             "image": "busybox (no runner program): the container cannot start",
             "seconds_to_CrashLooping": round(reported_at, 1),
             "ready_message": message,
