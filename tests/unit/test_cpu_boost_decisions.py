@@ -12,6 +12,7 @@ from test_lifecycle import CONFIG, T0, World, make_pod, make_session, observe
 
 from corral.config import OperatorConfig
 from corral.controller.lifecycle import Activity, decide
+from corral.controller.pods import pod_view, resize_supported
 from corral.render import render_pod, restart_hash
 from corral.render.cpu_boost import (
     millicores,
@@ -146,3 +147,33 @@ def test_a_long_running_session_is_resized_once_and_then_rests() -> None:
     assert [len(r) for r in resizes] == [1, 0, 0]
     assert world.pods[name].cpu_limit == Decimal("0.251")
     world.settle()
+
+
+def test_a_pod_on_a_node_that_cannot_resize_gets_no_write() -> None:
+    """The API server would refuse it (422): no request, after an operator restart too."""
+    session, pod = boosted_pod(ready=True)
+    cannot = replace(pod, resizable=False)
+    assert decide(observe(session, [cannot]), BOOST).resize_pods == []
+
+
+RUNNING = {"running": {"startedAt": "2026-12-02T10:00:00Z"}}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "supported"),
+    [
+        # A kubelet of 1.33 or later reports the running container's resources.
+        ([{"name": "runner", "state": RUNNING, "resources": {"limits": {"cpu": "2"}}}], True),
+        # KWOK, or an older kubelet: running, but no resources reported.
+        ([{"name": "runner", "state": RUNNING}], False),
+        # Nothing running yet: the API server cannot tell, and takes the resize.
+        ([{"name": "runner", "state": {"waiting": {"reason": "ContainerCreating"}}}], True),
+        ([], True),
+    ],
+)
+def test_resize_support_is_read_from_the_pods_status_as_the_api_server_does(
+    statuses: list[dict[str, Any]], supported: bool
+) -> None:
+    assert resize_supported({"containerStatuses": statuses}) is supported
+    body = {"metadata": {"name": "p", "uid": "u"}, "status": {"containerStatuses": statuses}}
+    assert pod_view(body).resizable is supported

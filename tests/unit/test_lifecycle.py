@@ -132,6 +132,8 @@ def make_pod(
                 "ready": ready,
                 "restartCount": restarts,
                 "lastState": {"terminated": last_terminated} if last_terminated else {},
+                # As a kubelet of 1.33+ reports it (what makes a pod resizable).
+                "resources": {},
             }
         ],
     }

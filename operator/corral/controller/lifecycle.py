@@ -507,8 +507,9 @@ class _Decision:
         gateway held) then ran at the session's limit, about 0.3 s slower at 250m (see
         docs/startup-benchmarks.md); the probe's second or so more keeps it boosted.
         Level-based: a pod still above its settled limit (after an operator restart, say)
-        is resized whenever it is seen Ready."""
-        if pod.ready and needs_settling(pod.cpu_limit, self.spec):
+        is resized whenever it is seen Ready. Not on a node that cannot resize: the pod
+        keeps its boost, and no request is sent to be refused."""
+        if pod.ready and pod.resizable and needs_settling(pod.cpu_limit, self.spec):
             patch = resize_patch(runtime.CONTAINER_NAME, settled_cpu_limit(self.spec))
             self.plan.resize_pods.append((pod.name, patch))
 

@@ -63,6 +63,8 @@ class PodView:
     unschedulable: str | None
     # The runner container's CPU limit in the pod's spec (a start-up boost until settled).
     cpu_limit: Decimal | None = None
+    # Whether the API server would take a resize of this pod (its node can resize).
+    resizable: bool = True
 
     @property
     def finished(self) -> bool:
@@ -109,6 +111,18 @@ def _runner_status(status: dict[str, Any]) -> dict[str, Any]:
         if container.get("name") == runtime.CONTAINER_NAME:
             return dict(container)
     return {}
+
+
+def resize_supported(status: dict[str, Any]) -> bool:
+    """Whether the API server accepts a resize of the pod, decided as it does (validation's
+    isPodResizeRequestSupported): a kubelet that can resize reports each running
+    container's resources in its status, so a pod whose first running container reports
+    none is on a node that cannot (KWOK's, a kubelet before 1.33) and a resize is refused
+    with 422. Knowing it from the pod costs no request, after an operator restart too."""
+    for container in status.get("containerStatuses") or []:
+        if (container.get("state") or {}).get("running") is not None:
+            return container.get("resources") is not None
+    return True  # nothing running yet: the API server cannot tell either
 
 
 def _cpu_limit(spec: dict[str, Any]) -> Decimal | None:
@@ -177,4 +191,5 @@ def pod_view(body: dict[str, Any]) -> PodView:
         terminated=terminated,
         unschedulable=unschedulable,
         cpu_limit=_cpu_limit(body.get("spec") or {}),
+        resizable=resize_supported(status),
     )
