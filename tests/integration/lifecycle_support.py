@@ -23,7 +23,7 @@ from kubernetes.client.rest import ApiException
 
 from corral.api import runtime
 from corral.render.meta import SESSION_LABEL
-from corral.testing.kube import wait_for
+from corral.testing.kube import wait_for, wait_volumes_available
 
 GROUP, VERSION, PLURAL = "corral.dev", "v1alpha1", "agentsessions"
 KWOK_STATUS_ANNOTATION = "kwok.x-k8s.io/status"
@@ -396,6 +396,7 @@ class Volumes:
             )
             self.core.create_persistent_volume(volume)
             self.names.append(name)
+        wait_volumes_available(self.core, self.names[-len(claims) :])
 
     def delete(self) -> None:
         for name in self.names:

@@ -34,7 +34,7 @@ from corral.api import runtime
 from corral.api import v1alpha1 as api
 from corral.render.meta import SESSION_LABEL
 from corral.testing.chart_rbac import ChartIdentity, chart_identity
-from corral.testing.kube import wait_for
+from corral.testing.kube import wait_for, wait_volumes_available
 from corral.testing.operator import OperatorProcess
 from strategies import CREDENTIALS_EXAMPLE, EXAMPLES_DIR, load_manifest
 
@@ -235,6 +235,7 @@ def volumes(core: client.CoreV1Api) -> Iterator[Callable[[str, str, str], str]]:
         )
         core.create_persistent_volume(volume)
         made.append(name)
+        wait_volumes_available(core, [name])
         return name
 
     yield prebind

@@ -51,3 +51,15 @@ def create_namespace(
 
     wait_for(has_default_account, timeout=timeout, what=f"the default ServiceAccount in {name}")
     return name
+
+
+def wait_volumes_available(core: client.CoreV1Api, names: list[str], timeout: float = 30.0) -> None:
+    """Wait until the PV controller has seen each of these pre-bound volumes (it marks them
+    Available). A claim created before that may bind to any other Available volume that fits,
+    such as the ones `corral up` leaves for its demo sessions."""
+
+    def all_available() -> bool:
+        statuses = [core.read_persistent_volume(name).status for name in names]
+        return all(status and status.phase in ("Available", "Bound") for status in statuses)
+
+    wait_for(all_available, timeout=timeout, what=f"the volumes {names} to be Available")
