@@ -1,10 +1,12 @@
 """Gateway benchmarks, side by side in one run, against the local control plane.
 
-    python -m bench.gateway                 # 200 messages, 1,000 streams, 1,000 requests
+    python -m bench.gateway                 # 2,000 messages, 1,000 streams, 1,000 requests
     python -m bench.gateway --messages 50 --streams 200 --quick
 
 1. Proxy overhead: time to the first event and to `result` of a streamed message, straight
-   to a runner (its built-in fake model) and through `corral gateway`, interleaved.
+   to a runner (its built-in fake model) and through `corral gateway`, interleaved. 2,000
+   by default: with 400, p99 is the 4th-worst message, and one stall of the runner's
+   (100-200 ms on a shared machine, on either path) swings the added p99 by as much.
 2. Open streams: N concurrent SSE streams through one gateway process to a ticking upstream
    (one event per stream per second), gateway RSS and CPU at rest and while events flow.
 3. Auth cost: TokenReviews and SubjectAccessReviews per 1,000 requests from 10 users.
@@ -298,7 +300,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--users", type=int, default=10)
