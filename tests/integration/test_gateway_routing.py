@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from corral.api import runtime
 from corral.gateway.auth import Reviewer
 from corral.gateway.directory import Directory
 from corral.gateway.metrics import GatewayMetrics
-from corral.gateway.server import Gateway, GatewaySettings
+from corral.gateway.server import Gateway, GatewaySettings, app_runner
 from corral.kube.client import KubeClient, load_connection
 from corral.kube.informer import Informer
 from corral.render.meta import MANAGED_BY_LABEL, MANAGER
@@ -111,7 +112,7 @@ async def gateway(
     server = Gateway(
         Reviewer(kube, metrics), directory, KEY, metrics, GatewaySettings(hold_seconds=20)
     )
-    runner = web.AppRunner(server.app())
+    runner = app_runner(server.app(), idle_seconds=60)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -188,15 +189,20 @@ async def test_only_authorized_users_reach_a_session(
             assert r.status == 200
 
 
-async def test_messages_stream_through_sse_and_websocket(
-    gateway: tuple[str, Gateway], world: World, users: dict[str, str]
-) -> None:
-    url, server = gateway
+async def _chat_serving(server: Gateway, world: World) -> None:
+    """Session `chat`, Running with a ready pod (made by the first test that needs it)."""
     if (world.namespace, "chat") not in server.directory.sessions:
         uid = world.create_session("chat")
         world.set_status("chat", {"phase": "Running"})
         world.create_ready_pod("chat", uid)
     await _until(lambda: _serving(server, world.namespace, "chat"))
+
+
+async def test_messages_stream_through_sse_and_websocket(
+    gateway: tuple[str, Gateway], world: World, users: dict[str, str]
+) -> None:
+    url, server = gateway
+    await _chat_serving(server, world)
     base = f"{url}/sessions/{world.namespace}/chat"
     async with aiohttp.ClientSession() as http:
         async with http.post(
@@ -302,3 +308,39 @@ async def test_finished_suspended_and_never_waking_sessions(
             assert r.status == 409 and "suspend" in (await r.json())["error"]
         async with http.get(f"{base}/sleepy/v1/status", headers=alice) as r:
             assert r.status == 503 and int(r.headers["Retry-After"]) > 0
+
+
+async def test_idle_and_dribbling_connections_are_closed_but_open_streams_are_not(
+    gateway: tuple[str, Gateway], world: World, users: dict[str, str]
+) -> None:
+    _, server = gateway
+    await _chat_serving(server, world)
+    runner = app_runner(server.app(), idle_seconds=1.0)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        # A request head that never ends holds its socket for the idle time, not an hour.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /sessions/a/b/v1/status HTTP/1.1\r\nHost: gateway\r\n")
+        await writer.drain()
+        started = time.monotonic()
+        await asyncio.wait_for(reader.read(), 10)  # returns at the gateway's close
+        assert time.monotonic() - started < 5
+        writer.close()
+        # A WebSocket silent for longer than that is a request in progress: it stays open.
+        url = f"http://127.0.0.1:{port}/sessions/{world.namespace}/chat/v1/stream"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(url, headers=_auth(users["alice"])) as ws,
+        ):
+            await asyncio.sleep(2.5)
+            await ws.send_json({"type": "message", "text": "after a silence"})
+            seen = []
+            async for msg in ws:
+                seen.append(json.loads(msg.data))
+                if seen[-1]["type"] == "result":
+                    break
+        assert seen and seen[-1]["subtype"] == "success", seen
+    finally:
+        await runner.cleanup()

@@ -846,6 +846,18 @@ def test_gateway_runs_hardened_from_the_operator_image(tmp_path: Path) -> None:
     assert all(labels.get(k) == v for k, v in config.gateway.pod_labels.items())
 
 
+def test_gateway_idle_connection_time_comes_from_the_values(tmp_path: Path) -> None:
+    from corral.cli import build_parser
+
+    def idle_seconds(values: dict[str, Any] | None) -> float:
+        deployment = one(render(tmp_path, values), "Deployment", gateway=True)
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        return float(build_parser(["gateway"]).parse_args(container["args"]).idle_seconds)
+
+    assert idle_seconds(None) == 60
+    assert idle_seconds({"gateway": {"idleSeconds": 15}}) == 15
+
+
 def test_gateway_rbac_is_the_least_it_needs(tmp_path: Path) -> None:
     manifests = render(tmp_path)
     role = one(manifests, "ClusterRole", f"{NAMESPACE}-{RELEASE}-gateway")

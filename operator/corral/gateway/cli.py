@@ -93,6 +93,14 @@ def register(subparsers: Any) -> None:
         type=Path,
         help="file with the real Anthropic API key (default: modelProxy.keyFile)",
     )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=60.0,
+        help="close a client connection after this long without a request in progress (one "
+        "that sends nothing or dribbles its request); open streams are not idle "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.set_defaults(handler=_run)
 
@@ -112,7 +120,7 @@ async def _main(args: argparse.Namespace) -> None:
     from corral.gateway.auth import Reviewer
     from corral.gateway.directory import Directory
     from corral.gateway.metrics import GatewayMetrics
-    from corral.gateway.server import Gateway, GatewaySettings
+    from corral.gateway.server import Gateway, GatewaySettings, app_runner
     from corral.kube.client import KubeClient, load_connection
     from corral.kube.informer import Informer
     from corral.render.meta import MANAGED_BY_LABEL, MANAGER
@@ -177,9 +185,8 @@ async def _main(args: argparse.Namespace) -> None:
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", prometheus)
-    runners = [web.AppRunner(gateway.app(), access_log=None), web.AppRunner(admin, access_log=None)]
-    if model_app is not None:
-        runners.append(web.AppRunner(model_app, access_log=None))
+    apps = [gateway.app(), admin] + ([model_app] if model_app is not None else [])
+    runners = [app_runner(app, args.idle_seconds) for app in apps]
     for runner in runners:
         await runner.setup()
     await web.TCPSite(runners[0], args.host, args.port).start()

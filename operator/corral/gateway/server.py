@@ -106,6 +106,15 @@ def wants_stream(route: routes.Route, body: bytes | None) -> bool:
     return not (isinstance(parsed, dict) and parsed.get("stream") is False)
 
 
+def app_runner(app: web.Application, idle_seconds: float) -> web.AppRunner:
+    """A runner for one of the gateway's listeners. A connection with no request in progress
+    is closed after `idle_seconds`: a client that connects and sends nothing, or dribbles a
+    request's head a byte at a time, holds a socket that long and no longer. A request being
+    answered (an open SSE stream, a WebSocket, a held wake) is not idle. (aiohttp's own
+    default is an hour.)"""
+    return web.AppRunner(app, access_log=None, keepalive_timeout=idle_seconds)
+
+
 class Gateway:
     def __init__(
         self,
