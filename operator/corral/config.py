@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -19,7 +19,14 @@ from pydantic.alias_generators import to_camel
 
 from corral.api import runtime
 from corral.api.units import QUANTITY_PATTERN
-from corral.api.v1alpha1 import DNS_LABEL_PATTERN, CredentialsSpec, PortSpec, Toleration
+from corral.api.v1alpha1 import (
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    CredentialsSpec,
+    DnsLabel,
+    PortSpec,
+    Toleration,
+)
 
 # Private, shared and special-purpose ranges a session may not reach through the public
 # HTTPS rule. 169.254.0.0/16 covers the cloud metadata service (169.254.169.254).
@@ -36,6 +43,7 @@ PRIVATE_IPV4_RANGES = (
 ALWAYS_BLOCKED = ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128")
 # Where a session's spec.credentials.baseUrl may point unless the operator allows more.
 ANTHROPIC_API = "https://api.anthropic.com"
+SecretName = Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
 # Environment variables that carry a model key (never set in a pod with the model proxy).
 MODEL_KEY_VARIABLES = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 # The start-up CPU limit (see corral.render.cpu_boost); measured in docs/startup-benchmarks.md.
@@ -172,6 +180,21 @@ class ModelProxyConfig(ConfigModel):
         default_factory=dict,
         description="Per-namespace budget in USD of metered model cost (all sessions of the "
         "namespace, deleted ones included, per calendar month UTC).",
+    )
+    namespace_keys: dict[DnsLabel, SecretName] = Field(
+        default_factory=dict,
+        max_length=1000,
+        description="Per namespace: a Secret in that namespace whose ANTHROPIC_API_KEY the "
+        "gateway uses for that namespace's sessions instead of its own key (each team pays "
+        "with its own account). The gateway needs `get` on exactly that Secret (the chart's "
+        "gateway.modelProxy.namespaceKeys grants it).",
+    )
+    key_refresh_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="How long a namespace's key is used before its Secret is read again "
+        "(a rotated or removed key takes effect within this time).",
     )
     spend_config_map: str | None = Field(
         None,

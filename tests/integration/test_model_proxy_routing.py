@@ -8,9 +8,11 @@ itself (status written here), so a pod's address can be a loopback address of th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from corral.api.tokens import model_credential
 from corral.config import ModelProxyConfig
-from corral.gateway import budgets
+from corral.gateway import budgets, model_keys
 from corral.gateway.directory import Directory
 from corral.gateway.model_proxy import ModelProxy, build_model_proxy
 from corral.gateway.pricing import PriceTable
@@ -39,6 +41,7 @@ pytestmark = pytest.mark.integration
 KEY = b"model-proxy-test-key-" + b"0" * 32
 REAL_KEY = "sk-ant-real-key-only-the-gateway-holds"
 PROXY_SETS = ("gateway.modelProxy.enabled=true", "gateway.modelProxy.apiKeySecret.name=k")
+TEAM_SECRET = "team-model-key"  # the namespace's own key (modelProxy.namespaceKeys)
 Proxy = tuple[str, ModelProxy, CollectorRegistry]
 SPEND = "corral-model-spend"  # the chart's name for release `corral`
 
@@ -59,9 +62,10 @@ def identity(
     kubeconfig: Path, mp_namespace: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ChartIdentity]:
     """The gateway's ServiceAccount with the chart's RBAC for it, model proxy on."""
+    sets = (*PROXY_SETS, f"gateway.modelProxy.namespaceKeys.{mp_namespace}={TEAM_SECRET}")
     made = chart_identity(
         kubeconfig, mp_namespace, f"mp-{RUN_ID}", tmp_path_factory.mktemp("mp-identity"),
-        templates=GATEWAY_TEMPLATES, sets=PROXY_SETS,
+        templates=GATEWAY_TEMPLATES, sets=sets,
     )  # fmt: skip
     yield made
     made.delete()
@@ -86,6 +90,17 @@ def fake(upstream: FakeAnthropic) -> FakeAnthropic:
 async def proxy(
     identity: ChartIdentity, world: World, upstream: FakeAnthropic, tmp_path: Path
 ) -> AsyncIterator[Proxy]:
+    async with _serving(identity, world, upstream, tmp_path) as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    identity: ChartIdentity, world: World, upstream: FakeAnthropic, tmp_path: Path,
+    **config: Any,
+) -> AsyncIterator[Proxy]:  # fmt: skip
+    """A model proxy as the gateway runs it, under the chart's RBAC; `config`: more of
+    ModelProxyConfig."""
     kube = KubeClient(load_connection(str(identity.kubeconfig)))
     directory = Directory(kube)
     informers = [
@@ -100,7 +115,7 @@ async def proxy(
     config = ModelProxyConfig(
         url="http://unused:1", upstream_url=upstream.url, key_file=str(key_file),
         status_interval_seconds=1, requests_per_minute=0, tokens_per_minute=0,
-        spend_config_map=SPEND,
+        spend_config_map=SPEND, **config,
     )  # fmt: skip
     registry = CollectorRegistry()
     server, meter = build_model_proxy(
@@ -111,12 +126,14 @@ async def proxy(
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}", server, registry
-    await runner.cleanup()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await kube.close()
+    try:
+        yield f"http://127.0.0.1:{port}", server, registry
+    finally:
+        await runner.cleanup()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await kube.close()
 
 
 async def _until(predicate: Any, seconds: float = 30) -> None:
@@ -393,3 +410,85 @@ async def test_a_namespace_budget_counts_deleted_sessions_and_refuses_the_others
         return None
 
     await _until(lambda: reason() == "NamespaceBudget")
+
+
+def _put_secret(core: client.CoreV1Api, namespace: str, name: str, key: str | None) -> None:
+    """Create or replace Secret `name` with ANTHROPIC_API_KEY `key` (None: without it)."""
+    body = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=name),
+        string_data={"ANTHROPIC_API_KEY": key} if key is not None else {"other": "x"},
+    )
+    try:
+        core.create_namespaced_secret(namespace, body)
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+        core.replace_namespaced_secret(name, namespace, body)
+
+
+async def test_a_namespace_with_a_key_of_its_own_pays_with_it(
+    identity: ChartIdentity, world: World, fake: FakeAnthropic, tmp_path: Path,
+    api_client: client.ApiClient,
+) -> None:  # fmt: skip
+    core = client.CoreV1Api(api_client)
+    keys = {world.namespace: TEAM_SECRET}
+    async with (
+        _serving(identity, world, fake, tmp_path, namespace_keys=keys,
+                 key_refresh_seconds=1) as (url, server, registry),
+        aiohttp.ClientSession() as http,
+    ):  # fmt: skip
+        credential = await _session(world, server, "team")
+
+        async def call() -> tuple[int, dict[str, Any]]:
+            async with http.post(
+                f"{url}/v1/messages", json=_request("hi", stream=False),
+                headers=_headers(credential),
+            ) as r:  # fmt: skip
+                return r.status, await r.json()
+
+        # Listed but no Secret yet: refused, naming it; never the gateway's own key.
+        status, body = await call()
+        assert status == 402 and body["error"]["type"] == "billing_error", body
+        where = f"Secret {world.namespace}/{TEAM_SECRET} (modelProxy.namespaceKeys)"
+        assert f"{where} does not exist" in body["error"]["message"], body
+        assert fake.requests == []
+        _put_secret(core, world.namespace, TEAM_SECRET, None)
+        await asyncio.sleep(model_keys.RETRY_SECONDS + 0.5)
+        status, body = await call()
+        assert status == 402 and "has no ANTHROPIC_API_KEY" in body["error"]["message"], body
+        assert fake.requests == []
+
+        # With its key: the upstream gets exactly that key (the fake answers 401 otherwise).
+        _put_secret(core, world.namespace, TEAM_SECRET, "sk-ant-team-one")
+        fake.expect_key("sk-ant-team-one")
+        fake.add(TextStep(text="paid by the team"), TextStep(text="still the team's"))
+        await asyncio.sleep(model_keys.RETRY_SECONDS + 0.5)
+        assert (await call())[0] == 200
+        # Rotated: the new key within keyRefreshSeconds.
+        _put_secret(core, world.namespace, TEAM_SECRET, "sk-ant-team-two")
+        fake.expect_key("sk-ant-team-two")
+        await asyncio.sleep(1.5)
+        assert (await call())[0] == 200
+        assert len(fake.requests) == 2
+        refused = {"reason": "NamespaceKeyUnavailable"}
+        assert registry.get_sample_value("corral_model_refused_total", refused) == 2
+
+        # The API server unreachable: the key read last is used on.
+        connection = load_connection(str(identity.kubeconfig))
+        dead = KubeClient(replace(connection, server=f"https://127.0.0.1:{free_port()}"))
+        server.keys.kube, alive = dead, server.keys.kube
+        await asyncio.sleep(1.5)
+        assert await server.keys.key_for(world.namespace) == "sk-ant-team-two"
+        server.keys.kube = alive
+        await dead.close()
+
+    # The chart lets the gateway read that one Secret and no other.
+    _put_secret(core, world.namespace, "not-granted", "sk-ant-secret")
+    kube = KubeClient(load_connection(str(identity.kubeconfig)))
+    try:
+        keys_elsewhere = model_keys.ModelKeys("default", {world.namespace: "not-granted"}, kube, 1)
+        with pytest.raises(model_keys.KeyUnavailable, match="may not read"):
+            await keys_elsewhere.key_for(world.namespace)
+        assert await keys_elsewhere.key_for("other-namespace") == "default"
+    finally:
+        await kube.close()

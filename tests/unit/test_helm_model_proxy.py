@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from test_helm_schema import NAMESPACE, one, render, run_helm
+from test_helm_schema import NAMESPACE, is_gateway, one, render, run_helm
 
 from corral.config import OperatorConfig
 
@@ -101,3 +101,41 @@ def test_the_spend_ledger_is_the_one_configmap_the_gateway_may_patch(tmp_path: P
                       "resourceNames": [config.model_proxy.spend_config_map],
                       "verbs": ["get", "patch"]}]  # fmt: skip
     assert config.model_proxy.spend_config_map == "corral-model-spend"
+
+
+def test_a_namespace_key_is_readable_by_the_gateway_and_nothing_more(tmp_path: Path) -> None:
+    keys = {"team-a": "team-a-key", "team-b": "anthropic"}
+    values = {"gateway": {**ON["gateway"], "modelProxy": {**ON["gateway"]["modelProxy"],
+                                                          "namespaceKeys": keys}}}  # fmt: skip
+    manifests = render(tmp_path, values)
+    assert _config(manifests).model_proxy.namespace_keys == keys  # type: ignore[union-attr]
+    gateway_account = one(manifests, "ServiceAccount", gateway=True)["metadata"]["name"]
+    for namespace, secret in keys.items():
+        [role] = [m for m in manifests if m["kind"] == "Role"
+                  and m["metadata"]["namespace"] == namespace]  # fmt: skip
+        assert role["rules"] == [
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret],
+             "verbs": ["get"]}
+        ]  # fmt: skip
+        [binding] = [m for m in manifests if m["kind"] == "RoleBinding"
+                     and m["metadata"]["namespace"] == namespace]  # fmt: skip
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": gateway_account, "namespace": NAMESPACE}
+        ]
+    # Nothing else of the gateway's grants Secrets.
+    roles = [m for m in manifests if m["kind"] in ("Role", "ClusterRole") and is_gateway(m)]
+    granted = [r for m in roles for r in m["rules"] if "secrets" in r["resources"]]
+    assert len(granted) == len(keys)
+
+
+def test_a_namespace_key_must_name_a_secret(tmp_path: Path) -> None:
+    proxy = ON["gateway"]["modelProxy"]
+    chart = str(Path(__file__).parents[2] / "helm" / "corral")
+    for keys, message in (
+        ({"Team_A": "k"}, 'namespaceKeys: "Team_A" is not a namespace name'),
+        ({"team-a": "Not/A/Name"}, "/gateway/modelProxy/namespaceKeys/team-a"),
+    ):
+        values = {"gateway": {**ON["gateway"], "modelProxy": {**proxy, "namespaceKeys": keys}}}
+        done = run_helm("template", "r", chart, values=values, tmp=tmp_path)
+        assert done.returncode != 0 and message in done.stderr, done.stderr

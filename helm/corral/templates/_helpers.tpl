@@ -150,8 +150,13 @@ may scrape runners (metricsScraper), unless config sets those itself.
 {{- if or $config.runnerEnv.ANTHROPIC_API_KEY $config.runnerEnv.ANTHROPIC_AUTH_TOKEN }}
 {{- fail "gateway.modelProxy.enabled keeps keys out of session pods, but config.runnerEnv sets ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN): put the key in the Secret gateway.modelProxy.apiKeySecret names and remove it from config.runnerEnv (docs/model-proxy.md, Migration)" }}
 {{- end }}
+{{- range $namespace, $secret := $proxy.namespaceKeys }}
+{{- if or (gt (len $namespace) 63) (not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $namespace)) }}
+{{- fail (printf "gateway.modelProxy.namespaceKeys: %q is not a namespace name (lowercase letters, digits and '-', at most 63): use the namespace of the sessions that should use the key" $namespace) }}
+{{- end }}
+{{- end }}
 {{- $url := printf "http://%s.%s.svc:%v" (include "corral.gatewayName" .) .Release.Namespace $proxy.port }}
-{{- $model := dict "url" $url "spendConfigMap" (include "corral.modelSpendName" .) "port" (int $proxy.port) "upstreamUrl" $proxy.upstreamUrl "keyFile" (printf "%s/key" (include "corral.modelKeyDir" .)) "requestsPerMinute" (int $proxy.requestsPerMinute) "tokensPerMinute" (int $proxy.tokensPerMinute) "namespaceBudgetsUsd" $proxy.namespaceBudgetsUsd "statusIntervalSeconds" $proxy.statusIntervalSeconds }}
+{{- $model := dict "url" $url "spendConfigMap" (include "corral.modelSpendName" .) "port" (int $proxy.port) "upstreamUrl" $proxy.upstreamUrl "keyFile" (printf "%s/key" (include "corral.modelKeyDir" .)) "requestsPerMinute" (int $proxy.requestsPerMinute) "tokensPerMinute" (int $proxy.tokensPerMinute) "namespaceBudgetsUsd" $proxy.namespaceBudgetsUsd "namespaceKeys" $proxy.namespaceKeys "keyRefreshSeconds" $proxy.keyRefreshSeconds "statusIntervalSeconds" $proxy.statusIntervalSeconds }}
 {{- with $proxy.prices }}
 {{- $_ := set $model "prices" . }}
 {{- end }}

@@ -28,6 +28,7 @@ from corral.config import ModelProxyConfig
 from corral.gateway import budgets
 from corral.gateway.directory import Directory, SessionView
 from corral.gateway.metering import Meter, ModelMetrics
+from corral.gateway.model_keys import KeyUnavailable, ModelKeys
 from corral.gateway.pricing import PriceTable
 from corral.gateway.proxy import StreamingClient
 from corral.gateway.spend import NamespaceSpend
@@ -60,7 +61,6 @@ DROPPED_RESPONSE_HEADERS = frozenset(
 @dataclass
 class ModelProxySettings:
     upstream_url: str
-    api_key: str
     namespace_budgets_usd: Mapping[str, float]
     max_request_bytes: int = 32 * 1024 * 1024
 
@@ -136,9 +136,11 @@ class ModelProxy:
         meter: Meter,
         limits: budgets.SessionLimits,
         settings: ModelProxySettings,
+        keys: ModelKeys,
     ) -> None:
         self.directory = directory
         self.key = key
+        self.keys = keys
         self.meter = meter
         self.limits = limits
         self.settings = settings
@@ -257,13 +259,23 @@ class ModelProxy:
         url = self.upstream + request.path
         if request.query_string:
             url += "?" + request.query_string
+        try:
+            api_key = await self.keys.key_for(session.namespace)
+        except KeyUnavailable as error:
+            # 402 as for budgets: the CLI ends the turn showing this message (a 401 makes
+            # it wait for a login instead).
+            return self._refuse(
+                402, "billing_error",
+                f"corral gateway: no model key for namespace {session.namespace}: {error}",
+                "NamespaceKeyUnavailable",
+            )  # fmt: skip
         client = await self.client()
         try:
             upstream = await client.request(
                 request.method,
                 url,
                 data=body if request.method == "POST" else None,
-                headers=upstream_request_headers(request.headers, self.settings.api_key),
+                headers=upstream_request_headers(request.headers, api_key),
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
@@ -354,9 +366,11 @@ def build_model_proxy(
         budgets.SessionLimits(config.requests_per_minute, config.tokens_per_minute),
         ModelProxySettings(
             upstream_url=config.upstream_url,
-            api_key=read_api_key(path),
             namespace_budgets_usd=dict(config.namespace_budgets_usd),
             max_request_bytes=config.max_request_bytes,
+        ),
+        ModelKeys(
+            read_api_key(path), config.namespace_keys, kube, config.key_refresh_seconds
         ),
     )
     return proxy, meter
