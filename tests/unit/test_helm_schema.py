@@ -854,7 +854,7 @@ def test_gateway_idle_connection_time_comes_from_the_values(tmp_path: Path) -> N
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         return float(build_parser(["gateway"]).parse_args(container["args"]).idle_seconds)
 
-    assert idle_seconds(None) == 60
+    assert idle_seconds(None) == 120
     assert idle_seconds({"gateway": {"idleSeconds": 15}}) == 15
 
 

@@ -96,7 +96,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--idle-seconds",
         type=float,
-        default=60.0,
+        default=120.0,
         help="close a client connection after this long without a request in progress (one "
         "that sends nothing or dribbles its request); open streams are not idle "
         "(default: %(default)s)",
