@@ -37,19 +37,6 @@ OUT = ROOT / "docs" / "benchmarks" / "operator-footprint.json"
 # Issue 19: operator CPU per session, and the peer controller's peak RSS at 1,000 sessions.
 CPU_TARGET_MS = 5.0
 RSS_TARGET_MB = 97.0
-# What the numbers do not say by themselves (kept with the section it explains).
-NOTES = [
-    "Reading (issue 19): neither target is met. Peak RSS fell by 10-11 MB in the first "
-    "run (136 → 126 MB burst, 135 → 124 MB paced; no managedFields kept per session, no "
-    "thread-pool hand-off per event) but is still 27-29 MB over the peer's 97 MB. CPU per "
-    "session did not fall in these side-by-side runs (18 ms both trees) although cProfile of "
-    "a burst showed the reconcile's own work halved (cached carved IP blocks, no kopf "
-    "diff-base deep copies, no re-parse of the version held). A second paced pair, after "
-    "tree first ([operator-footprint-paced-2.json](benchmarks/operator-footprint-paced-2.json)): "
-    "after 25.7 ms and 132 MB, before 20.2 ms and 134 MB. In every pair the after tree made "
-    "its pods later (create→Pod p50 44-50 s against 12-28 s): not explained yet, and "
-    "to be bisected before these changes are trusted. Load average 5-11 throughout.",
-]
 RAW = ROOT / "docs" / "benchmarks" / "raw.json"  # bench.run's: benchmarks.md is made from both
 
 
@@ -152,6 +139,7 @@ async def main(args: argparse.Namespace) -> None:
         "rounds": args.rounds,
         "rows": rows,
         "median": summary,
+        "notes": args.note,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
@@ -193,7 +181,7 @@ def section(data: dict[str, Any]) -> list[str]:
             f"{_verdict(cpu, CPU_TARGET_MS)}), peak RSS {rss:g} MB (target ≤ {RSS_TARGET_MB:g}, "
             f"the peer controller's: {_verdict(rss, RSS_TARGET_MB)})"
         )
-    return [*lines, "", *NOTES, ""]
+    return [*lines, "", *data.get("notes", []), ""]
 
 
 def _verdict(value: float, target: float) -> str:
@@ -217,6 +205,13 @@ def parse() -> argparse.Namespace:
         help="NAME=PATH of an operator source tree (the folder holding `corral`); repeatable",
     )
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a paragraph on what the numbers do not say by themselves (kept in the JSON and "
+        "printed under the section); repeatable",
+    )
     args = parser.parse_args()
     pairs = [t.split("=", 1) for t in args.tree or ["current=operator"]]
     args.trees = {name: str(Path(path).resolve()) for name, path in pairs}
