@@ -54,7 +54,9 @@ class ModelKeys:
         self.refresh_seconds = refresh_seconds
         self.clock = clock
         self._entries: dict[str, _Entry] = {}
-        self._lock = asyncio.Lock()
+        # One read at a time per namespace, however many calls wait; a slow read of one
+        # namespace's Secret holds up no other namespace.
+        self._locks = {namespace: asyncio.Lock() for namespace in self.namespace_secrets}
 
     async def key_for(self, namespace: str) -> str:
         secret = self.namespace_secrets.get(namespace)
@@ -62,7 +64,7 @@ class ModelKeys:
             return self.default_key
         entry = self._entries.get(namespace)
         if entry is None or entry.expires <= self.clock():
-            async with self._lock:  # one read per namespace, however many calls wait
+            async with self._locks[namespace]:
                 entry = self._entries.get(namespace)
                 if entry is None or entry.expires <= self.clock():
                     entry = await self._read(namespace, secret, entry)
