@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,27 @@ def test_fake_anthropic_flag_runs_without_a_key(tmp_path: Path) -> None:
     assert runner.wait() == 0, runner.logs_text()
     assert outcome(runner).text == "fake reply to: echo me"
     assert any("fake Anthropic" in line.get("msg", "") for line in runner.logs())
+
+
+def test_in_a_pod_a_short_run_ends_only_once_the_startup_probe_saw_it_ready(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    """Else the kubelet execs its startup probe into an exited container and posts a Warning
+    for a run that went fine (seen in the main job's e2e test)."""
+    fake.add(text("quick"))
+    in_a_pod = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "CORRAL_STARTUP_PROBE_WAIT_SECONDS": "60"}
+    runner = start_runner(ephemeral(), tmp_path, fake.url, wait=False, env=in_a_pod)
+    deadline = time.monotonic() + 120
+    while True:  # until the run is done (the server may not be up yet)
+        assert runner.proc.poll() is None, runner.logs_text()  # it must not leave unprobed
+        assert time.monotonic() < deadline, runner.logs_text()
+        with contextlib.suppress(OSError):
+            status = runner.status()
+            if status["numTurns"] >= 1 and status["state"] == "idle":
+                break
+        time.sleep(0.1)
+    assert runner.proc.poll() is None  # finished, still there: nothing has probed it
+    code, body = runner.request("GET", "/readyz")  # as `corral.probe` asks, from inside
+    assert code == 200, body
+    assert runner.wait(timeout=30) == 0, runner.logs_text()
+    assert outcome(runner).text == "quick"

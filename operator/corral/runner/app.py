@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from corral.runner.activity import ActivityReporter
+    from corral.runner.http_api import RunnerApi
     from corral.testing.fake_anthropic import FakeAnthropic
 
 log = logging.getLogger("corral.runner")
@@ -47,6 +48,10 @@ EXIT_CONFIG = 2
 STDERR_LINE_CHARS = 1000
 # Activity reports begin when the agents are up, or after this long whatever their state.
 REPORTS_WAIT_SECONDS = 30.0
+# In a pod, how long a finished Ephemeral run may wait for the kubelet's startup probe to
+# see it ready (the probe's period is 1 s; see Runner._let_startup_probe_finish).
+STARTUP_PROBE_WAIT_SECONDS = 3.0
+PROBE_EXIT_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class RunnerSettings:
     # From a manifest's metadata; the pod's environment overrides them.
     session_name: str | None = None
     session_namespace: str | None = None
+    # 0: not in a pod (no startup probe to wait for).
+    startup_probe_wait_seconds: float = 0.0
 
 
 def wants_fake(flag: bool) -> bool:
@@ -145,6 +152,7 @@ class Runner:
         self.fake_url: str | None = None
         self._stop = asyncio.Event()
         self._http: web.AppRunner | None = None
+        self._api: RunnerApi | None = None
 
     async def run(self) -> int:
         cli_env: dict[str, str] = {}
@@ -237,7 +245,7 @@ class Runner:
         from corral.runner.http_api import RunnerApi
         from corral.runner.web import web
 
-        api = RunnerApi(
+        api = self._api = RunnerApi(
             session,
             self.metrics,
             self.settings.max_request_bytes,
@@ -279,6 +287,8 @@ class Runner:
             else:
                 done = asyncio.create_task(turn.done.wait())
                 await asyncio.wait({stop, done}, return_when="FIRST_COMPLETED")
+                if done.done() and not stop.done():
+                    await self._let_startup_probe_finish(stop)
                 if not done.done():
                     # SIGTERM mid-run (activeDeadlineSeconds, deletion): stop cleanly.
                     await session.shutdown(0)
@@ -301,6 +311,22 @@ class Runner:
             total_cost_usd=outcome.total_cost_usd,
         )
         return 0 if ok else EXIT_RUN_FAILED
+
+    async def _let_startup_probe_finish(self, stop: asyncio.Task[bool]) -> None:
+        """A run shorter than the kubelet's startup probe period (1 s) would end before the
+        probe's first tick: the kubelet then execs into an exited container and posts a
+        Warning (`Unhealthy: ... no running task found`) for a run that went fine. So wait
+        (bounded, and not past a SIGTERM) until the probe has seen the runner ready; a run
+        that took longer has been probed already and does not wait."""
+        api = self._api
+        wait = self.settings.startup_probe_wait_seconds
+        if api is None or wait <= 0 or api.probed_ready.is_set():
+            return
+        probed = asyncio.create_task(api.probed_ready.wait())
+        await asyncio.wait({probed, stop}, timeout=wait, return_when="FIRST_COMPLETED")
+        probed.cancel()
+        if api.probed_ready.is_set():
+            await asyncio.sleep(PROBE_EXIT_SECONDS)  # the probe's process ends before ours
 
     def _write_outcome(self, outcome: RunResult) -> None:
         try:

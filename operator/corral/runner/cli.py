@@ -108,5 +108,17 @@ def main(args: argparse.Namespace) -> int:
         fake_anthropic_port=args.fake_anthropic_port,
         session_name=session.name,
         session_namespace=session.namespace,
+        startup_probe_wait_seconds=_startup_probe_wait(),
     )
     return run(settings)
+
+
+def _startup_probe_wait() -> float:
+    """In a pod (the API server's address is in every pod's environment) the kubelet runs
+    the startup probe; elsewhere nothing does. CORRAL_STARTUP_PROBE_WAIT_SECONDS overrides."""
+    from corral.runner.app import STARTUP_PROBE_WAIT_SECONDS
+
+    explicit = os.environ.get("CORRAL_STARTUP_PROBE_WAIT_SECONDS")
+    if explicit:
+        return float(explicit)
+    return STARTUP_PROBE_WAIT_SECONDS if "KUBERNETES_SERVICE_HOST" in os.environ else 0.0

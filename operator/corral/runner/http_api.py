@@ -35,6 +35,7 @@ DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
 # Answered to anyone: the kubelet's probes and Prometheus (no secrets, and the session's
 # NetworkPolicy decides who reaches the port at all).
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
 TRANSCRIPT_DEFAULT_LIMIT = 200
 TRANSCRIPT_MAX_LIMIT = 5000
 TRANSCRIPT_CONCURRENT_READS = 2
@@ -101,6 +102,9 @@ class RunnerApi:
         # Each transcript read holds up to transcript.MAX_ANSWER_BYTES; two at once will do.
         self._transcript_reads = asyncio.Semaphore(TRANSCRIPT_CONCURRENT_READS)
         self.gateway_credential = gateway_credential
+        # Set once /readyz answered ready to a caller inside the pod: the kubelet's exec
+        # startup probe (`corral.probe`) is the only one; its other probes come from the node.
+        self.probed_ready = asyncio.Event()
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -199,6 +203,8 @@ class RunnerApi:
 
     async def readyz(self, request: web.Request) -> web.Response:
         ready, reason = self.session.readiness()
+        if ready and request.remote in LOOPBACK:
+            self.probed_ready.set()
         return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
 
     async def status(self, request: web.Request) -> web.Response:
