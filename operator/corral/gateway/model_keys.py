@@ -15,7 +15,7 @@ import asyncio
 import base64
 import binascii
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -39,6 +39,11 @@ class _Entry:
     expires: float
 
 
+def _failed(problem: str) -> _Entry:
+    """No key, and why; asked for again after RETRY_SECONDS."""
+    return _Entry(None, problem, time.monotonic() + RETRY_SECONDS)
+
+
 class ModelKeys:
     def __init__(
         self,
@@ -46,13 +51,11 @@ class ModelKeys:
         namespace_secrets: Mapping[str, str],
         kube: KubeClient,
         refresh_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.default_key = default_key
         self.namespace_secrets = dict(namespace_secrets)
         self.kube = kube
         self.refresh_seconds = refresh_seconds
-        self.clock = clock
         self._entries: dict[str, _Entry] = {}
         # One read at a time per namespace, however many calls wait; a slow read of one
         # namespace's Secret holds up no other namespace.
@@ -63,10 +66,10 @@ class ModelKeys:
         if secret is None:
             return self.default_key
         entry = self._entries.get(namespace)
-        if entry is None or entry.expires <= self.clock():
+        if entry is None or entry.expires <= time.monotonic():
             async with self._locks[namespace]:
                 entry = self._entries.get(namespace)
-                if entry is None or entry.expires <= self.clock():
+                if entry is None or entry.expires <= time.monotonic():
                     entry = await self._read(namespace, secret, entry)
                     self._entries[namespace] = entry
         if entry.key is None:
@@ -87,7 +90,7 @@ class ModelKeys:
                 )
             else:
                 return self._unreadable(where, str(error.status), previous)
-            return _Entry(None, problem, self.clock() + RETRY_SECONDS)
+            return _failed(problem)
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             return self._unreadable(where, type(error).__name__, previous)
         encoded = (body.get("data") or {}).get(runtime.ENV_API_KEY, "")
@@ -96,13 +99,12 @@ class ModelKeys:
         except (binascii.Error, UnicodeDecodeError):
             key = ""
         if not key:
-            problem = f"{where} has no {runtime.ENV_API_KEY}"
-            return _Entry(None, problem, self.clock() + RETRY_SECONDS)
-        return _Entry(key, None, self.clock() + self.refresh_seconds)
+            return _failed(f"{where} has no {runtime.ENV_API_KEY}")
+        return _Entry(key, None, time.monotonic() + self.refresh_seconds)
 
     def _unreadable(self, where: str, why: str, previous: _Entry | None) -> _Entry:
         """The API server did not answer: a key read before is used on rather than failing
         calls (a removed Secret is seen once the API server answers again)."""
         if previous is not None and previous.key is not None:
-            return _Entry(previous.key, None, self.clock() + RETRY_SECONDS)
-        return _Entry(None, f"{where} could not be read ({why})", self.clock() + RETRY_SECONDS)
+            return _Entry(previous.key, None, time.monotonic() + RETRY_SECONDS)
+        return _failed(f"{where} could not be read ({why})")
