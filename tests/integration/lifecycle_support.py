@@ -378,6 +378,7 @@ class Volumes:
             affinity = client.V1VolumeNodeAffinity(
                 required=client.V1NodeSelector(node_selector_terms=[term])
             )
+        made = []
         for claim in claims:
             name = f"{self.label}-{len(self.names)}"
             volume = client.V1PersistentVolume(
@@ -396,7 +397,8 @@ class Volumes:
             )
             self.core.create_persistent_volume(volume)
             self.names.append(name)
-        wait_volumes_available(self.core, self.names[-len(claims) :])
+            made.append(name)
+        wait_volumes_available(self.core, made)
 
     def delete(self) -> None:
         for name in self.names:
