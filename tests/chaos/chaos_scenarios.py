@@ -160,7 +160,9 @@ def assert_nothing_doubled(world: World, history: PodHistory) -> dict[str, int]:
     """No session ever had two pods at once or a second pod, nor was scaled down twice."""
     load = world.load
     duplicates = history.duplicates()
-    assert not duplicates, f"sessions with two pods at once: {duplicates}"
+    assert not duplicates, (
+        f"sessions with two pods at once: {duplicates}: {history.described(duplicates)}"
+    )
     second = {n: history.pods_ever(n) for n in load.all if history.pods_ever(n) != 1}
     assert not second, f"sessions whose pod was made more than once (or never): {second}"
     counts = scaled_down_counts(world)

@@ -379,6 +379,10 @@ class PodHistory:
     alive: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     most_at_once: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     first_seen: dict[str, tuple[str, float]] = field(default_factory=dict)  # uid -> session, t
+    # uid -> how each pod of a session looked when it had the most pods at once (for a
+    # failure's message: a second pod, or a replacement beside a terminating one?)
+    at_most: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    last_seen: dict[str, str] = field(default_factory=dict)  # uid -> a one-line description
     relists: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _started: threading.Event = field(default_factory=threading.Event)
@@ -452,12 +456,24 @@ class PodHistory:
         self.created[session].add(uid)
         self.first_seen.setdefault(uid, (session, time.monotonic()))
         self.alive[session].add(uid)
-        self.most_at_once[session] = max(self.most_at_once[session], len(self.alive[session]))
+        meta = pod.metadata
+        self.last_seen[uid] = (
+            f"{meta.name} uid={uid} phase={pod.status.phase if pod.status else None} "
+            f"created={meta.creation_timestamp} deleting={meta.deletion_timestamp}"
+        )
+        if len(self.alive[session]) > self.most_at_once[session]:
+            self.most_at_once[session] = len(self.alive[session])
+            self.at_most[session] = [self.last_seen[u] for u in sorted(self.alive[session])]
 
     def duplicates(self) -> dict[str, int]:
         """Sessions that had more than one pod at one moment."""
         with self._lock:
             return {s: n for s, n in self.most_at_once.items() if n > 1}
+
+    def described(self, sessions: Iterable[str]) -> dict[str, list[str]]:
+        """Each session's pods as seen at the moment it had the most at once."""
+        with self._lock:
+            return {s: list(self.at_most[s]) for s in sessions}
 
     def pods_ever(self, session: str) -> int:
         with self._lock:
