@@ -11,6 +11,8 @@ from e2e_support import GROUP, PLURAL, VERSION, spec
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from corral.testing.kube import wait_for
+
 pytestmark = pytest.mark.e2e
 
 GUARDRAILS = "sessionguardrails"
@@ -37,15 +39,23 @@ def test_the_installed_policy_refuses_a_disallowed_image(
             "spec": spec("LongRunning", **fields),
         }
 
-    with pytest.raises(ApiException) as refused:
-        custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL,
-            session("elsewhere", image="ghcr.io/someone/agent:1"),
-            dry_run="All",
-        )
-    assert refused.value.status in (403, 422), refused.value
-    assert "spec.image" in str(refused.value.body), refused.value.body
-    assert "registry.example.com/corral/" in str(refused.value.body)
+    def refusal() -> ApiException | None:
+        try:
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL,
+                session("elsewhere", image="ghcr.io/someone/agent:1"),
+                dry_run="All",
+            )
+        except ApiException as error:
+            return error
+        return None
+
+    # The API server's admission sees a new SessionGuardrail (the policy's parameter) through
+    # its informer, a moment after the create (as the integration test waits too).
+    refused = wait_for(refusal, timeout=60, what="the installed policy in force")
+    assert refused.status in (403, 422), refused
+    assert "spec.image" in str(refused.body), refused.body
+    assert "registry.example.com/corral/" in str(refused.body)
 
     # The operator's default image (no spec.image) is the admin's choice: admitted.
     admitted = custom.create_namespaced_custom_object(

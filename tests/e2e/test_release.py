@@ -176,7 +176,12 @@ def test_helm_upgrade_reaches_every_running_session(
 
     after = wait_for(replaced, timeout=240, interval=2, what="steady's pod on the new image")
     assert after.metadata.name != before.metadata.name
-    assert sessions.status("steady")["phase"] == "Running"
+    # The operator writes Running once it sees the new pod ready, a moment after the kubelet.
+    wait_for(
+        lambda: sessions.status("steady").get("phase") == "Running",
+        timeout=60,
+        what="steady Running on its new pod",
+    )
     wait_policy_enforced(node_layout, after.status.pod_ip)
     wait_for(
         lambda: probe_from(kubeconfig, namespace, after.metadata.name, *target).startswith(
