@@ -156,15 +156,49 @@ def scale_downs_with_fault(
     return result
 
 
+def story_of(world: World, sessions: list[str], log_lines: int = 40) -> str:
+    """What the cluster and the operators say of these sessions: each one's Events and its
+    pods' Events (oldest first), and the operators' log lines naming it (for a failure's
+    message: a second pod's cause is in them, and the run that shows it may be a CI's)."""
+    from corral.testing.load import retrying
+
+    found = retrying(lambda: world.core.list_namespaced_event(world.namespace)).items
+    parts = []
+    for name in sessions:
+        mine = [
+            e
+            for e in found
+            if e.involved_object.name == name or e.involved_object.name.startswith(f"{name}-")
+        ]
+        mine.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
+        events = [
+            f"{e.last_timestamp or e.event_time} {e.involved_object.kind}/"
+            f"{e.involved_object.name} {e.reason}: {e.message}"
+            for e in mine
+        ]
+        logs = [
+            line
+            for operator in world.operators
+            for line in operator.log_path.read_text(errors="replace").splitlines()
+            if f'"{name}"' in line
+        ][-log_lines:]
+        parts.append(f"{name} events: {events}; operator log: {logs}")
+    return "\n".join(parts)
+
+
 def assert_nothing_doubled(world: World, history: PodHistory) -> dict[str, int]:
     """No session ever had two pods at once or a second pod, nor was scaled down twice."""
     load = world.load
     duplicates = history.duplicates()
     assert not duplicates, (
-        f"sessions with two pods at once: {duplicates}: {history.described(duplicates)}"
+        f"sessions with two pods at once: {duplicates}: {history.described(duplicates)}\n"
+        + story_of(world, sorted(duplicates))
     )
     second = {n: history.pods_ever(n) for n in load.all if history.pods_ever(n) != 1}
-    assert not second, f"sessions whose pod was made more than once (or never): {second}"
+    assert not second, (
+        f"sessions whose pod was made more than once (or never): {second}\n"
+        + story_of(world, sorted(second))
+    )
     counts = scaled_down_counts(world)
     twice = {name: n for name, n in counts.items() if n > 1}
     assert not twice, f"scaled down more than once: {twice}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -117,6 +118,8 @@ def pods_to_create(controller: Controller, config: OperatorConfig) -> list[str]:
     observed = controller.reconciler.observe(KEY)
     assert observed is not None
     plan = decide(observed, config)
+    if plan.confirm_gone:  # the reconciler looks the pod up: here, the store is right
+        plan = decide(replace(observed, pod_gone=plan.confirm_gone), config)
     return [m["metadata"]["name"] for m in plan.create if m["kind"] == "Pod"]
 
 

@@ -159,6 +159,7 @@ def observe(
     children: bool = True,
     credentials_found: bool | None = None,
     secret_check: SecretCheck | None = None,
+    pod_gone: str | None = None,
 ) -> Observed:
     if credentials_found is not None:
         secret_check = SecretCheck.FOUND if credentials_found else SecretCheck.NOT_FOUND
@@ -171,6 +172,7 @@ def observe(
         now=now,
         activity=activity,
         secret_check=secret_check,
+        pod_gone=pod_gone,
     )
 
 
@@ -220,9 +222,13 @@ class World:
     config: OperatorConfig = field(default_factory=lambda: CONFIG)
 
     def step(self) -> Plan:
-        plan = decide(
-            observe(self.session, list(self.pods.values()), self.now, self.activity), self.config
-        )
+        observed = observe(self.session, list(self.pods.values()), self.now, self.activity)
+        plan = decide(observed, self.config)
+        if plan.confirm_gone:
+            # The reconciler looks the pod up; this world's pods are the cluster's.
+            assert plan.confirm_gone not in self.pods
+            assert replace(plan, confirm_gone=None).empty, "nothing done before the lookup"
+            plan = decide(replace(observed, pod_gone=plan.confirm_gone), self.config)
         for manifest in created(plan, "Pod"):
             name = manifest["metadata"]["name"]
             assert name not in self.pods, f"pod {name} created twice"

@@ -255,7 +255,8 @@ def test_a_lost_pod_whose_replacement_is_refused_counts_one_restart() -> None:
         status={"phase": "Running", "podName": "demo-gone", "attempts": 1},
         credentials={"secretName": "k"},
     )
-    plan = decide(observe(session, secret_check=SecretCheck.UNLABELLED), CONFIG)
+    gone = observe(session, secret_check=SecretCheck.UNLABELLED, pod_gone="demo-gone")
+    plan = decide(gone, CONFIG)
     after = with_status(session, plan)
     assert after.status.restarts == 1 and after.status.pod_name is None
     again = decide(

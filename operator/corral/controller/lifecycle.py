@@ -142,6 +142,9 @@ class Observed:
     leading_since: datetime | None = None
     # The node the session's volume was made on (its claim's selected-node annotation).
     volume_node: str | None = None
+    # A pod the status names that the store lacks, looked up on the API server and not
+    # found there (Plan.confirm_gone): only then is it replaced.
+    pod_gone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ class Plan:
     requeue_after: float | None = None
     delete_session: bool = False
     check_credentials: str | None = None  # Secret name to look up before deciding again
+    confirm_gone: str | None = None  # pod name to look up before replacing it
     scaled_down: bool = False
     woke: bool = False
     # The status change only says "starting": the reconciler may hold it back briefly so
@@ -197,6 +201,7 @@ class Plan:
             or self.events
             or self.delete_session
             or self.check_credentials
+            or self.confirm_gone
         )
 
 
@@ -249,6 +254,18 @@ class _Decision:
     def next_attempt(self) -> int:
         seen = [p.attempt for p in self.pods] + [self.old.attempts or 0]
         return max(seen) + 1
+
+    def lost_pod_confirmed(self) -> bool:
+        """Whether the pod the status names, which the store lacks, is gone for sure. The
+        store can lag behind the cluster (a watch that is down or relisting after an API
+        server outage, a created pod's expectation expired before its watch event came):
+        replacing the pod on the store's word alone made a second pod beside the first.
+        So the reconciler looks the pod up once (Plan.confirm_gone) and decides again."""
+        name = self.old.pod_name
+        if name is None or self.obs.pod_gone == name:
+            return True
+        self.plan.confirm_gone = name
+        return False
 
     def delete_pod(self, pod: PodView, reason: str) -> None:
         self.plan.delete_pods.append(PodDeletion(pod.name, pod.uid, reason))
@@ -663,6 +680,8 @@ class _Decision:
             return
         lost = self.old.pod_name is not None and self.old.phase in (Phase.PENDING, Phase.RUNNING)
         if lost and (self.old.attempts or 0) > 0 and not self.pods:
+            if not self.lost_pod_confirmed():
+                return
             self.fail_attempt(
                 None, "PodLost", f"pod {self.old.pod_name} disappeared before it finished"
             )
@@ -747,6 +766,8 @@ class _Decision:
             return  # wait for the terminating predecessor before making its successor
         resuming = self.old.phase == Phase.SUSPENDED
         if self.old.pod_name is not None and not resuming:
+            if not self.lost_pod_confirmed():
+                return
             self.status.restarts = (self.old.restarts or 0) + 1
             self.event("PodLost", f"pod {self.old.pod_name} is gone; recreating it", warning=True)
         self.create_pod("PodResumed" if resuming else "PodCreated")
@@ -782,6 +803,8 @@ class _Decision:
             if self.pods:
                 return
             if self.old.pod_name is not None:
+                if not self.lost_pod_confirmed():
+                    return
                 self.status.restarts = (self.old.restarts or 0) + 1
                 self.event(
                     "PodLost", f"pod {self.old.pod_name} is gone; recreating it", warning=True
@@ -950,8 +973,12 @@ class _Decision:
             self.long_running()
             if self.obs.activity is not None:
                 self.apply_activity(coalesce=timedelta(seconds=60))
-        if self.plan.check_credentials:
-            return Plan(check_credentials=self.plan.check_credentials)
+        if self.plan.check_credentials or self.plan.confirm_gone:
+            # Nothing is done before the lookup: the reconciler decides again with it.
+            return Plan(
+                check_credentials=self.plan.check_credentials,
+                confirm_gone=self.plan.confirm_gone,
+            )
         self.keep_phase_honest()
         self.status.observed_generation = self.generation
         self.account_cost()

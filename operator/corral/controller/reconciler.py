@@ -94,6 +94,10 @@ class Reconciler:
             return None
         started = time.perf_counter()
         plan = decide(observed, self.config)
+        # Each lookup a plan asks for is made once, and the session decided again with it.
+        if plan.confirm_gone:
+            observed = await self._confirm_gone(key, observed, plan.confirm_gone)
+            plan = decide(observed, self.config)
         if plan.check_credentials:
             check = await self._check_secret(key[0], plan.check_credentials)
             plan = decide(replace(observed, secret_check=check), self.config)
@@ -102,6 +106,30 @@ class Reconciler:
             plan.requeue(0.0)  # decide again, knowing which names are (no longer) taken
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         return plan
+
+    async def _confirm_gone(self, key: Key, observed: Observed, name: str) -> Observed:
+        """Look up a pod the status names and the store lacks. Found and ours: the store
+        expects it (as after our own create) until its watch event comes, and nothing
+        replaces it. Not found (or not this session's): it is gone for sure."""
+        try:
+            body = await self.client.get("Pod", key[0], name)
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            body = None
+        uid = observed.session.metadata.uid
+        if body is not None and owned_by(body, uid):
+            metrics.ERRORS.labels(reason="PodMissingFromWatch").inc()
+            log.warning(
+                "pod %s exists but the pod watch has not shown it; not replacing it",
+                name,
+                extra=_ctx(key),
+            )
+            self.store.expect_pod(key, pod_view(body))
+            found = self.observe(key, observed.now)
+            if found is not None:
+                return found
+        return replace(observed, pod_gone=name)
 
     async def _check_secret(self, namespace: str, name: str) -> SecretCheck:
         """Whether the credentials Secret exists and is labelled; a metadata-only GET, so
