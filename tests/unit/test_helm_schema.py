@@ -478,7 +478,7 @@ SESSION_RULES = {
     ("corral.dev", "agentsessions", "", ("delete", "list", "watch")),
     ("corral.dev", "agentsessions/status", "", ("patch",)),
     ("corral.dev", "agentsessions/finalizers", "", ("update",)),
-    ("", "pods", "", ("create", "delete", "list", "patch", "watch")),
+    ("", "pods", "", ("create", "delete", "get", "list", "patch", "watch")),
     ("", "pods/resize", "", ("patch",)),
     ("", "services", "", ("create", "delete", "get", "list", "patch", "watch")),
     ("", "persistentvolumeclaims", "", ("create", "get", "list", "watch")),

@@ -189,10 +189,11 @@ one the operator really calls; see docs/install.md ("What the operator may do").
 - apiGroups: ["corral.dev"]
   resources: ["agentsessions/finalizers"]
   verbs: ["update"]
-# Runner pods: created, patched (labels/annotations), deleted (idle, suspend, done).
+# Runner pods: created, patched (labels/annotations), deleted (idle, suspend, done); get:
+# a pod the status names but the watch has not shown is looked up before it is replaced.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "get", "create", "patch", "delete"]
 # A runner pod's CPU limit is lowered in place once it has started (config.startupCpuLimit).
 - apiGroups: [""]
   resources: ["pods/resize"]
