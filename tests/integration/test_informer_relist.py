@@ -3,6 +3,8 @@
 - A pod deleted while the operator's pod watch is down (the API server refuses the pod
   watch and list for a while, as in an outage) is found missing by the relist that
   follows, and its LongRunning session gets a new pod.
+- A pod the watch has not shown yet (still cut off), whose creation's expectation is over,
+  is looked up, not replaced by a second pod.
 - The LIST is paginated: with a page size of 2, five objects arrive over several pages
   (real `continue` tokens from the API server).
 
@@ -25,6 +27,7 @@ from kubernetes import client
 from lifecycle_support import own_prefix, restricted_namespace, small_resources
 
 from corral.controller import controller as controller_module
+from corral.controller import store as store_module
 from corral.controller.controller import Controller, RunSettings
 from corral.kube.client import ApiError, KubeClient, load_connection
 from corral.kube.informer import Informer
@@ -245,3 +248,77 @@ async def test_the_list_arrives_in_pages(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await counting.close()
+
+
+async def test_a_pod_the_watch_has_not_shown_is_looked_up_not_replaced(
+    kubeconfig: Path,
+    crd: None,
+    own_namespace: str,
+    admin: KubeClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fix (issue 16, two pods of one session at once after an API server outage): the
+    session's status named its pod, the store lacked it (the pod watch still down, the
+    created pod's expectation over), and the reconcile made the next attempt beside it.
+    Here the pod watch is down from before the session exists, and the expectation lasts
+    2 s instead of 60: the operator must look the pod up and keep it."""
+    namespace = own_namespace
+    key = (namespace, "unseen")
+    monkeypatch.setattr(store_module, "EXPECTATION_SECONDS", 2.0)
+    monkeypatch.setattr(controller_module.metrics, "register_sessions", lambda _: None)
+    monkeypatch.delenv("POD_NAME", raising=False)
+    operator_client = CuttableClient(load_connection(str(kubeconfig)))
+    settings = RunSettings(workers=4, leader_election=False, namespaces=(namespace,))
+    controller = Controller(kwok_operator_config(namespace), operator_client, settings)
+    sessions = Informer(operator_client, "AgentSession", "", controller.on_session, [namespace])
+    tasks = [
+        asyncio.create_task(controller.run(), name="controller"),
+        asyncio.create_task(sessions.run(), name="sessions"),
+    ]
+    try:
+        async with asyncio.timeout(60):
+            await controller.synced.wait()
+        operator_client.cut.set()
+
+        async def refused() -> bool:
+            return operator_client.refused > 0
+
+        await eventually(refused, 30, "the pod watch cut off")
+        await admin.create(
+            {
+                "apiVersion": "corral.dev/v1alpha1",
+                "kind": "AgentSession",
+                "metadata": {"name": "unseen", "namespace": namespace},
+                "spec": {"pattern": "LongRunning", "resources": small_resources()},
+            }
+        )
+
+        async def named_pod() -> str | None:
+            found = await admin.get("AgentSession", namespace, "unseen")
+            name: str | None = (found.get("status") or {}).get("podName")
+            return name
+
+        first = await eventually(named_pod, 60, "the status naming the pod")
+        assert not controller.store.children_of(key).pods, "the pod watch is cut"
+        # Past the expectation, with reconciles: the store alone says the pod is gone.
+        for _ in range(4):
+            await asyncio.sleep(1.5)
+            controller.queue.add(key)
+        await asyncio.sleep(2)
+        pods = await session_pods(admin, namespace, "unseen")
+        assert [p["metadata"]["name"] for p in pods] == [first], "a second pod was made"
+
+        operator_client.cut.clear()
+
+        async def seen_by_the_watch() -> bool:
+            return first in controller.store.children_of(key).pods
+
+        await eventually(seen_by_the_watch, 60, "the pod watch back, showing the pod")
+        pods = await session_pods(admin, namespace, "unseen")
+        assert [p["metadata"]["name"] for p in pods] == [first]
+        assert not any(task.done() for task in tasks), [t for t in tasks if t.done()]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await operator_client.close()
