@@ -50,7 +50,7 @@ def test_the_run_operator_authenticates_as_the_charts_service_account(
     assert who.returncode == 0, who.stderr
     assert json.loads(who.stdout)["status"]["userInfo"]["username"] == operator_identity.username
     # Not cluster-admin: nothing beyond the chart's rules.
-    for args in (["*", "*"], ["list", "secrets"], ["create", "leases"], ["get", "pods"]):
+    for args in (["*", "*"], ["list", "secrets"], ["create", "leases"], ["update", "pods"]):
         done = kubectl(operator.kubeconfig, "auth", "can-i", *args, "-A")
         assert done.stdout.strip() == "no", args
 

@@ -459,7 +459,8 @@ SESSION_ROWS: set[Row] = {
     ("agentsessions.corral.dev", "[]", "[]", "[delete list watch]"),
     ("agentsessions.corral.dev/status", "[]", "[]", "[patch]"),
     ("agentsessions.corral.dev/finalizers", "[]", "[]", "[update]"),
-    ("pods", "[]", "[]", "[create delete list patch watch]"),
+    # get: a pod the status names but the watch has not shown is looked up, not replaced.
+    ("pods", "[]", "[]", "[create delete get list patch watch]"),
     # The start-up CPU boost ends by an in-place resize (render.cpu_boost).
     ("pods/resize", "[]", "[]", "[patch]"),
     ("services", "[]", "[]", "[create delete get list patch watch]"),
