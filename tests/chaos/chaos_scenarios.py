@@ -20,6 +20,7 @@ from corral.testing.load import (
     PodHistory,
     claim_uids,
     phase_of,
+    retrying,
     runner_pods,
 )
 from corral.testing.operator import OperatorProcess
@@ -34,8 +35,6 @@ def by_index(names: list[str]) -> list[str]:
 
 
 def scaled_down_counts(world: World) -> Counter[str]:
-    from corral.testing.load import retrying
-
     found = retrying(
         lambda: world.core.list_namespaced_event(
             world.namespace, field_selector="involvedObject.kind=AgentSession,reason=ScaledDown"
@@ -160,28 +159,29 @@ def story_of(world: World, sessions: list[str], log_lines: int = 40) -> str:
     """What the cluster and the operators say of these sessions: each one's Events and its
     pods' Events (oldest first), and the operators' log lines naming it (for a failure's
     message: a second pod's cause is in them, and the run that shows it may be a CI's)."""
-    from corral.testing.load import retrying
-
     found = retrying(lambda: world.core.list_namespaced_event(world.namespace)).items
+    lines = [
+        line
+        for operator in world.operators
+        for line in operator.log_path.read_text(errors="replace").splitlines()
+    ]
+
+    def about(event: Any, name: str) -> bool:
+        target = event.involved_object.name or ""
+        return target == name or target.startswith(f"{name}-")  # the session or its pods
+
     parts = []
     for name in sessions:
-        mine = [
-            e
-            for e in found
-            if e.involved_object.name == name or e.involved_object.name.startswith(f"{name}-")
-        ]
-        mine.sort(key=lambda e: str(e.last_timestamp or e.event_time or ""))
+        mine = sorted(
+            (e for e in found if about(e, name)),
+            key=lambda e: str(e.last_timestamp or e.event_time or ""),
+        )
         events = [
             f"{e.last_timestamp or e.event_time} {e.involved_object.kind}/"
             f"{e.involved_object.name} {e.reason}: {e.message}"
             for e in mine
         ]
-        logs = [
-            line
-            for operator in world.operators
-            for line in operator.log_path.read_text(errors="replace").splitlines()
-            if f'"{name}"' in line
-        ][-log_lines:]
+        logs = [line for line in lines if f'"{name}"' in line][-log_lines:]
         parts.append(f"{name} events: {events}; operator log: {logs}")
     return "\n".join(parts)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -127,16 +128,32 @@ async def session_pods(admin: KubeClient, namespace: str, session: str) -> list[
     return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
 
-async def test_a_pod_deleted_while_the_watch_was_down_is_recreated(
-    kubeconfig: Path,
-    crd: None,
-    own_namespace: str,
-    admin: KubeClient,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Fix: the relist reported the vanished pod without its ownerReferences, the controller
-    dropped the event, and the session kept a pod that no longer existed (never replaced)."""
-    namespace = own_namespace
+@dataclass
+class InProcessOperator:
+    """The operator's controller and a session informer (in place of kopf) running in this
+    process on a client whose pod requests the test can cut off."""
+
+    client: CuttableClient
+    controller: Controller
+    tasks: list[asyncio.Task[None]]
+
+    async def cut_pods(self) -> None:
+        """The outage: the pod watch ends and the API server refuses pods until uncut."""
+        self.client.cut.set()
+
+        async def refused() -> bool:
+            return self.client.refused > 0
+
+        await eventually(refused, 30, "the pod watch cut off")
+
+    def assert_alive(self) -> None:
+        assert not any(task.done() for task in self.tasks), [t for t in self.tasks if t.done()]
+
+
+@contextlib.asynccontextmanager
+async def in_process_operator(
+    kubeconfig: Path, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[InProcessOperator]:
     monkeypatch.setattr(controller_module.metrics, "register_sessions", lambda _: None)
     monkeypatch.delenv("POD_NAME", raising=False)
     operator_client = CuttableClient(load_connection(str(kubeconfig)))
@@ -148,14 +165,38 @@ async def test_a_pod_deleted_while_the_watch_was_down_is_recreated(
         asyncio.create_task(sessions.run(), name="sessions"),
     ]
     try:
-        await admin.create(
-            {
-                "apiVersion": "corral.dev/v1alpha1",
-                "kind": "AgentSession",
-                "metadata": {"name": "steady", "namespace": namespace},
-                "spec": {"pattern": "LongRunning", "resources": small_resources()},
-            }
-        )
+        yield InProcessOperator(operator_client, controller, tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await operator_client.close()
+
+
+async def create_long_running(admin: KubeClient, namespace: str, name: str) -> None:
+    await admin.create(
+        {
+            "apiVersion": "corral.dev/v1alpha1",
+            "kind": "AgentSession",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"pattern": "LongRunning", "resources": small_resources()},
+        }
+    )
+
+
+async def test_a_pod_deleted_while_the_watch_was_down_is_recreated(
+    kubeconfig: Path,
+    crd: None,
+    own_namespace: str,
+    admin: KubeClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fix: the relist reported the vanished pod without its ownerReferences, the controller
+    dropped the event, and the session kept a pod that no longer existed (never replaced)."""
+    namespace = own_namespace
+    async with in_process_operator(kubeconfig, namespace, monkeypatch) as operator:
+        controller = operator.controller
+        await create_long_running(admin, namespace, "steady")
 
         async def one_pod() -> JSON | None:
             pods = await session_pods(admin, namespace, "steady")
@@ -169,13 +210,7 @@ async def test_a_pod_deleted_while_the_watch_was_down_is_recreated(
 
         await eventually(lambda: operator_knows(first["metadata"]["uid"]), 60, "the pod seen")
 
-        # The outage: the pod watch ends and the API server refuses pods for a while.
-        operator_client.cut.set()
-
-        async def refused() -> bool:
-            return operator_client.refused > 0
-
-        await eventually(refused, 30, "the watch cut off")
+        await operator.cut_pods()
         await admin.delete(
             "Pod", namespace, first["metadata"]["name"], first["metadata"]["uid"], grace_seconds=0
         )
@@ -184,7 +219,7 @@ async def test_a_pod_deleted_while_the_watch_was_down_is_recreated(
             return not await session_pods(admin, namespace, "steady")
 
         await eventually(gone, 60, "the pod deleted")
-        operator_client.cut.clear()  # the relist that follows finds the pod missing
+        operator.client.cut.clear()  # the relist that follows finds the pod missing
 
         async def replaced() -> JSON | None:
             pod = await one_pod()
@@ -192,12 +227,7 @@ async def test_a_pod_deleted_while_the_watch_was_down_is_recreated(
 
         second = await eventually(replaced, 180, "a new pod for the session")
         assert second["metadata"]["name"] != first["metadata"]["name"]  # the next attempt
-        assert not any(task.done() for task in tasks), [t for t in tasks if t.done()]
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await operator_client.close()
+        operator.assert_alive()
 
 
 async def test_the_list_arrives_in_pages(
@@ -265,33 +295,12 @@ async def test_a_pod_the_watch_has_not_shown_is_looked_up_not_replaced(
     namespace = own_namespace
     key = (namespace, "unseen")
     monkeypatch.setattr(store_module, "EXPECTATION_SECONDS", 2.0)
-    monkeypatch.setattr(controller_module.metrics, "register_sessions", lambda _: None)
-    monkeypatch.delenv("POD_NAME", raising=False)
-    operator_client = CuttableClient(load_connection(str(kubeconfig)))
-    settings = RunSettings(workers=4, leader_election=False, namespaces=(namespace,))
-    controller = Controller(kwok_operator_config(namespace), operator_client, settings)
-    sessions = Informer(operator_client, "AgentSession", "", controller.on_session, [namespace])
-    tasks = [
-        asyncio.create_task(controller.run(), name="controller"),
-        asyncio.create_task(sessions.run(), name="sessions"),
-    ]
-    try:
+    async with in_process_operator(kubeconfig, namespace, monkeypatch) as operator:
+        controller = operator.controller
         async with asyncio.timeout(60):
             await controller.synced.wait()
-        operator_client.cut.set()
-
-        async def refused() -> bool:
-            return operator_client.refused > 0
-
-        await eventually(refused, 30, "the pod watch cut off")
-        await admin.create(
-            {
-                "apiVersion": "corral.dev/v1alpha1",
-                "kind": "AgentSession",
-                "metadata": {"name": "unseen", "namespace": namespace},
-                "spec": {"pattern": "LongRunning", "resources": small_resources()},
-            }
-        )
+        await operator.cut_pods()
+        await create_long_running(admin, namespace, "unseen")
 
         async def named_pod() -> str | None:
             found = await admin.get("AgentSession", namespace, "unseen")
@@ -308,7 +317,7 @@ async def test_a_pod_the_watch_has_not_shown_is_looked_up_not_replaced(
         pods = await session_pods(admin, namespace, "unseen")
         assert [p["metadata"]["name"] for p in pods] == [first], "a second pod was made"
 
-        operator_client.cut.clear()
+        operator.client.cut.clear()
 
         async def seen_by_the_watch() -> bool:
             return first in controller.store.children_of(key).pods
@@ -316,9 +325,4 @@ async def test_a_pod_the_watch_has_not_shown_is_looked_up_not_replaced(
         await eventually(seen_by_the_watch, 60, "the pod watch back, showing the pod")
         pods = await session_pods(admin, namespace, "unseen")
         assert [p["metadata"]["name"] for p in pods] == [first]
-        assert not any(task.done() for task in tasks), [t for t in tasks if t.done()]
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await operator_client.close()
+        operator.assert_alive()

@@ -20,7 +20,7 @@ from corral.api.v1alpha1 import AgentSession
 from corral.controller.reconciler import Reconciler
 from corral.controller.store import Store
 from corral.kube.client import ApiError
-from corral.render import pod_name, render_pod
+from corral.render import network_policy_name, pod_name, pvc_name, render_pod, service_name
 
 
 @dataclass
@@ -42,9 +42,7 @@ def session_with_pod(pattern: str) -> AgentSession:
     base = AgentSession.model_validate(
         {
             "metadata": {"name": "demo", "namespace": "team-a", "uid": "s-uid", "generation": 1},
-            "spec": {"pattern": pattern, "prompt": "hi"}
-            if pattern == "Ephemeral"
-            else {"pattern": pattern},
+            "spec": {"pattern": pattern, **({"prompt": "hi"} if pattern == "Ephemeral" else {})},
         }
     )
     status = {"phase": "Running", "podName": pod_name(base, 1), "attempts": 1}
@@ -52,8 +50,6 @@ def session_with_pod(pattern: str) -> AgentSession:
 
 
 def reconciler_for(client: LookupClient, session: AgentSession) -> Reconciler:
-    from corral.render import network_policy_name, pvc_name, service_name
-
     store = Store()
     store.put_session(body(session))
     children = store.children_of(KEY)
