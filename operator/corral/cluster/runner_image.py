@@ -11,7 +11,7 @@ CMD) and makes the same image from Debian packages and the project's wheel:
 2. app layer: a venv at /opt/corral with the corral wheel and its dependencies, as the
    Dockerfile's build stage makes it (runner: every dependency, the SDK pinned by
    constraints.txt; operator: corral without its declared dependencies, then
-   requirements.txt, minus prune.txt), byte-compiled;
+   requirements.txt), byte-compiled;
 3. config: the Dockerfile's ENV (plus PATH to the venv), USER, EXPOSE, ENTRYPOINT, CMD.
 
 Both layers are cached: the base by its package list and user, the whole image by a hash
@@ -363,12 +363,6 @@ def _install(project: Project, rootfs: Path, log: Log) -> None:
             f"{project.name}: drop pip from the venv",
             log,
         )
-    prune = project.recipe_file("prune.txt")
-    if prune is not None:
-        for line in prune.read_text().splitlines():
-            relative = line.strip()
-            if relative and not relative.startswith("#"):
-                shutil.rmtree(rootfs / SITE_PACKAGES.lstrip("/") / relative)
     _chroot(
         rootfs,
         [f"{VENV}/bin/python", "-m", "compileall", "-q", SITE_PACKAGES],

@@ -13,10 +13,7 @@ import socket
 import uuid
 from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from corral.config import OperatorConfig
+from typing import Any
 
 log = logging.getLogger("corral.operator")
 # The Helm chart's Service name for a release named `corral`.
@@ -136,20 +133,6 @@ async def supervise(tasks: Collection[asyncio.Task[Any]], stop: asyncio.Event) -
     return 1
 
 
-def load_render_models(config: OperatorConfig) -> None:
-    """Render a placeholder session's children once, at start. The kubernetes client loads
-    the model classes the renderers use on first touch (about a CPU-second): the first
-    sessions paid it, and the classes were left out of the frozen generation."""
-    from corral.api.v1alpha1 import AgentSession
-    from corral.render import RenderError, render_children
-
-    placeholder = AgentSession.model_validate(
-        {"metadata": {"name": "placeholder", "uid": "placeholder"}, "spec": {"pattern": "Hybrid"}}
-    )
-    with contextlib.suppress(RenderError):
-        render_children(placeholder, config, attempt=1)
-
-
 async def _main(args: argparse.Namespace) -> int:
     import kopf
     from aiohttp import web
@@ -162,7 +145,6 @@ async def _main(args: argparse.Namespace) -> int:
     from corral.kube.client import KubeClient, load_connection
 
     config = OperatorConfig.load(args.config)
-    load_render_models(config)
     # The modules just imported live as long as the process: the collector need never
     # walk them again (fewer objects per full collection while sessions come and go).
     gc.freeze()

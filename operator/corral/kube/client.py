@@ -2,24 +2,23 @@
 
 The official client is synchronous and builds a model object per response; the operator
 only creates, patches and deletes a handful of kinds, so it speaks JSON over one pooled
-aiohttp session instead. Credentials come from the official kubeconfig/in-cluster loader.
+aiohttp session instead. Credentials: corral.kube.credentials.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import ssl
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 from prometheus_client import Counter
+
+from corral.kube.credentials import Connection as Connection
+from corral.kube.credentials import load_connection as load_connection
 
 JSON = dict[str, Any]
 # Every request the operator makes, by verb and kind: the API cost of a session.
@@ -141,50 +140,10 @@ def resource_path(
     return path
 
 
-SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 # Projected ServiceAccount tokens rotate (hourly by default): read the file again this often.
 TOKEN_REFRESH_SECONDS = 60.0
 # A watch that sends nothing (not even a bookmark) for this long is considered broken.
 STREAM_IDLE_SECONDS = 330.0
-
-
-@dataclass(frozen=True)
-class Connection:
-    server: str
-    ssl_context: ssl.SSLContext | bool
-    token: str | None
-    token_file: str | None = None
-
-
-def load_connection(kubeconfig: str | None = None) -> Connection:
-    """In-cluster credentials when running in a pod, else the kubeconfig's current context."""
-    configuration = k8s_client.Configuration()
-    token_file = None
-    try:
-        if kubeconfig:
-            raise k8s_config.ConfigException("kubeconfig given")
-        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        token_file = SERVICE_ACCOUNT_TOKEN
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, client_configuration=configuration
-        )
-    context: ssl.SSLContext | bool
-    if configuration.verify_ssl:
-        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-        if configuration.cert_file:
-            context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    else:
-        context = False
-    # The kubernetes client's loaders (v37: kubeconfig token and in-cluster ServiceAccount
-    # alike) keep the token under "BearerToken"; older ones used "authorization". Without
-    # it every request would go out anonymous (found by tests/integration/test_helm.py).
-    token = configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization")
-    if token and not token.lower().startswith("bearer"):
-        token = f"Bearer {token}"
-    return Connection(
-        server=configuration.host, ssl_context=context, token=token, token_file=token_file
-    )
 
 
 class KubeClient:

@@ -15,8 +15,6 @@ import functools
 import ipaddress
 from collections.abc import Iterable
 
-from kubernetes import client as k8s
-
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSession, PortSpec, parse_cidr
 from corral.config import IPBlock, OperatorConfig, PeerRule
@@ -26,7 +24,7 @@ from corral.render.meta import (
     child_name,
     object_meta,
     selector_labels,
-    to_manifest,
+    without_none,
 )
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API server
@@ -37,16 +35,20 @@ def network_policy_name(session: AgentSession) -> str:
     return child_name(session)
 
 
-def carve(cidr: str, holes: Iterable[str]) -> k8s.V1IPBlock | None:
-    """`cidr` (masked) minus the `holes` inside it; None when a hole covers all of it."""
-    return _carve(cidr, tuple(holes))
+def carve(cidr: str, holes: Iterable[str]) -> Manifest | None:
+    """`cidr` (masked) minus the `holes` inside it, as an ipBlock; None when a hole covers
+    all of it. A new dict each time: the caller's manifest may be changed after."""
+    carved = _carve(cidr, tuple(holes))
+    if carved is None:
+        return None
+    network, excepts = carved
+    return {"cidr": network, "except": list(excepts)} if excepts else {"cidr": network}
 
 
 # Every reconcile renders the policy (to compare it with the live one), and the same few
-# ranges minus the same holes were parsed again each time: most of a reconcile's CPU. The
-# block is never modified once made (only dumped), so one instance is shared.
+# ranges minus the same holes were parsed again each time: most of a reconcile's CPU.
 @functools.lru_cache(maxsize=1024)
-def _carve(cidr: str, holes: tuple[str, ...]) -> k8s.V1IPBlock | None:
+def _carve(cidr: str, holes: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
     network = parse_cidr(cidr)
     excepts: list[str] = []
     for text in holes:
@@ -57,37 +59,40 @@ def _carve(cidr: str, holes: tuple[str, ...]) -> k8s.V1IPBlock | None:
             return None
         if hole.subnet_of(network) and str(hole) not in excepts:  # type: ignore[arg-type]
             excepts.append(str(hole))
-    # Built from the wire form: `except` is a Python keyword, spelt differently in the model.
-    return k8s.V1IPBlock.model_validate({"cidr": str(network), "except": excepts or None})
+    return str(network), tuple(excepts)
 
 
-def _ports(ports: Iterable[PortSpec]) -> list[k8s.V1NetworkPolicyPort] | None:
-    rendered = [k8s.V1NetworkPolicyPort(port=p.port, protocol=p.protocol) for p in ports]
+def _ports(ports: Iterable[PortSpec]) -> list[Manifest] | None:
+    rendered = [{"port": p.port, "protocol": p.protocol} for p in ports]
     return rendered or None  # none listed: every port
 
 
-def _namespace(name: str) -> k8s.V1LabelSelector:
-    return k8s.V1LabelSelector(match_labels={NAMESPACE_NAME_LABEL: name})
+def _namespace(name: str) -> Manifest:
+    return {"matchLabels": {NAMESPACE_NAME_LABEL: name}}
 
 
-def _peer_rule(rule: PeerRule) -> k8s.V1NetworkPolicyEgressRule:
-    pods = k8s.V1LabelSelector(match_labels=dict(rule.pod_labels)) if rule.pod_labels else None
-    peer = k8s.V1NetworkPolicyPeer(namespace_selector=_namespace(rule.namespace), pod_selector=pods)
-    return k8s.V1NetworkPolicyEgressRule(to=[peer], ports=_ports(rule.ports))
+def _rule(peers_key: str, peers: list[Manifest], ports: list[Manifest] | None) -> Manifest:
+    """An ingress (`from`) or egress (`to`) rule; without ports, every port."""
+    return without_none({peers_key: peers, "ports": ports})
 
 
-def _public_https(
-    blocks: list[IPBlock], always_blocked: list[str]
-) -> k8s.V1NetworkPolicyEgressRule | None:
+def _peer_rule(rule: PeerRule) -> Manifest:
+    peer = {"namespaceSelector": _namespace(rule.namespace)}
+    if rule.pod_labels:
+        peer["podSelector"] = {"matchLabels": dict(rule.pod_labels)}
+    return _rule("to", [peer], _ports(rule.ports))
+
+
+def _public_https(blocks: list[IPBlock], always_blocked: list[str]) -> Manifest | None:
     peers = []
     for block in blocks:
         ip_block = carve(block.cidr, [*block.except_, *always_blocked])
         if ip_block is not None:
-            peers.append(k8s.V1NetworkPolicyPeer(ip_block=ip_block))
-    return k8s.V1NetworkPolicyEgressRule(to=peers, ports=_ports([HTTPS])) if peers else None
+            peers.append({"ipBlock": ip_block})
+    return _rule("to", peers, _ports([HTTPS])) if peers else None
 
 
-def _ingress(session: AgentSession, config: OperatorConfig) -> list[k8s.V1NetworkPolicyIngressRule]:
+def _ingress(session: AgentSession, config: OperatorConfig) -> list[Manifest]:
     runner_port = _ports([PortSpec(port=runtime.RUNNER_PORT, protocol="TCP")])
     # With a gateway, only its pods; without one, the operator's namespace as before.
     opted_in = session.spec.network.ingress_from_namespaces
@@ -97,28 +102,24 @@ def _ingress(session: AgentSession, config: OperatorConfig) -> list[k8s.V1Networ
     else:
         namespaces = dict.fromkeys([config.namespace, *opted_in])
         pod_peers = []
-    peers = [k8s.V1NetworkPolicyPeer(namespace_selector=_namespace(ns)) for ns in namespaces]
+    peers = [{"namespaceSelector": _namespace(ns)} for ns in namespaces]
     rules = []
     if peers:
-        rules.append(
-            k8s.V1NetworkPolicyIngressRule.model_validate({"from": peers, "ports": runner_port})
-        )
+        rules.append(_rule("from", peers, runner_port))
     if config.metrics_scraper is not None:
         pod_peers.append(config.metrics_scraper)
     for selected in pod_peers:
         # Those pods only (namespace AND labels), each a rule of its own so that none widens
         # another: the gateway, and a scraper of the runner's /metrics.
-        pods = k8s.V1LabelSelector(match_labels=dict(selected.pod_labels))
-        peer = k8s.V1NetworkPolicyPeer(
-            namespace_selector=_namespace(selected.namespace), pod_selector=pods
-        )
-        rules.append(
-            k8s.V1NetworkPolicyIngressRule.model_validate({"from": [peer], "ports": runner_port})
-        )
+        peer = {
+            "namespaceSelector": _namespace(selected.namespace),
+            "podSelector": {"matchLabels": dict(selected.pod_labels)},
+        }
+        rules.append(_rule("from", [peer], runner_port))
     return rules
 
 
-def _egress(session: AgentSession, config: OperatorConfig) -> list[k8s.V1NetworkPolicyEgressRule]:
+def _egress(session: AgentSession, config: OperatorConfig) -> list[Manifest]:
     network = session.spec.network
     peers = [config.dns, *config.extra_egress]
     if config.activity_peer is not None:
@@ -150,21 +151,19 @@ def _egress(session: AgentSession, config: OperatorConfig) -> list[k8s.V1Network
     for egress in network.egress:
         ip_block = carve(egress.cidr, config.always_blocked)
         if ip_block is not None:
-            peer = k8s.V1NetworkPolicyPeer(ip_block=ip_block)
-            rules.append(k8s.V1NetworkPolicyEgressRule(to=[peer], ports=_ports(egress.ports)))
+            rules.append(_rule("to", [{"ipBlock": ip_block}], _ports(egress.ports)))
     return rules
 
 
 def render_network_policy(session: AgentSession, config: OperatorConfig) -> Manifest:
-    policy = k8s.V1NetworkPolicy(
-        api_version="networking.k8s.io/v1",
-        kind="NetworkPolicy",
-        metadata=object_meta(session, network_policy_name(session), NETWORK),
-        spec=k8s.V1NetworkPolicySpec(
-            pod_selector=k8s.V1LabelSelector(match_labels=selector_labels(session)),
-            policy_types=["Ingress", "Egress"],
-            ingress=_ingress(session, config),
-            egress=_egress(session, config),
-        ),
-    )
-    return to_manifest(policy)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": object_meta(session, network_policy_name(session), NETWORK),
+        "spec": {
+            "egress": _egress(session, config),
+            "ingress": _ingress(session, config),
+            "podSelector": {"matchLabels": selector_labels(session)},
+            "policyTypes": ["Ingress", "Egress"],
+        },
+    }

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import PurePosixPath
 
-from kubernetes import client as k8s
-
 from corral.api import runtime
 from corral.api.activity import activity_token
 from corral.api.tokens import model_credential, runner_credential
@@ -26,7 +24,7 @@ from corral.api.units import format_bytes, parse_quantity
 from corral.api.v1alpha1 import AgentSession, AgentSessionSpec, CredentialsSpec, Pattern
 from corral.config import OperatorConfig
 from corral.render.cpu_boost import startup_cpu_limit
-from corral.render.meta import RUNNER, Manifest, RenderError, object_meta, to_manifest
+from corral.render.meta import RUNNER, Manifest, RenderError, object_meta, without_none
 from corral.render.names import dns_label, short_hash
 from corral.render.pvc import pvc_name
 
@@ -117,7 +115,7 @@ def overridden_selector_keys(spec: AgentSessionSpec, config: OperatorConfig) -> 
     return sorted(k for k, v in own.items() if config.node_selector.get(k, v) != v)
 
 
-def tolerations(spec: AgentSessionSpec, config: OperatorConfig) -> list[k8s.V1Toleration]:
+def tolerations(spec: AgentSessionSpec, config: OperatorConfig) -> list[Manifest]:
     """The operator's tolerations, then the session's, each once."""
     own = spec.scheduling.tolerations if spec.scheduling else []
     seen: set[tuple[str, str, str, str, int | None]] = set()
@@ -125,7 +123,7 @@ def tolerations(spec: AgentSessionSpec, config: OperatorConfig) -> list[k8s.V1To
     for toleration in [*config.tolerations, *own]:
         if toleration.identity() not in seen:
             seen.add(toleration.identity())
-            found.append(k8s.V1Toleration(**toleration.model_dump()))
+            found.append(toleration.model_dump(by_alias=True, exclude_none=True))
     return found
 
 
@@ -183,7 +181,7 @@ def _model_env(
     return base_url, None, credentials
 
 
-def _env(session: AgentSession, config: OperatorConfig, pod: str) -> list[k8s.V1EnvVar]:
+def _env(session: AgentSession, config: OperatorConfig, pod: str) -> list[Manifest]:
     base_url, proxy_key, credentials = _model_env(session, config)
     runner_env = dict(config.runner_env)
     if credentials or proxy_key:
@@ -217,20 +215,17 @@ def _env(session: AgentSession, config: OperatorConfig, pod: str) -> list[k8s.V1
         plain[runtime.ENV_GATEWAY_CREDENTIAL] = runner_credential(
             config.activity_keys[0], meta.namespace or "", meta.name, meta.uid or ""
         )
-    env = [k8s.V1EnvVar(name=name, value=value) for name, value in plain.items()]
-    pod_name = k8s.V1EnvVarSource(field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.name"))
-    env.append(k8s.V1EnvVar(name=runtime.ENV_POD_NAME, value_from=pod_name))
+    env: list[Manifest] = [{"name": name, "value": value} for name, value in plain.items()]
+    pod_name = {"fieldRef": {"fieldPath": "metadata.name"}}
+    env.append({"name": runtime.ENV_POD_NAME, "valueFrom": pod_name})
     if credentials:
         # A reference, never a copy: the key stays in its Secret.
-        key_ref = k8s.V1SecretKeySelector(
-            name=credentials.secret_name, key=credentials.key, optional=False
-        )
-        source = k8s.V1EnvVarSource(secret_key_ref=key_ref)
-        env.insert(0, k8s.V1EnvVar(name=runtime.ENV_API_KEY, value_from=source))
+        key_ref = {"key": credentials.key, "name": credentials.secret_name, "optional": False}
+        env.insert(0, {"name": runtime.ENV_API_KEY, "valueFrom": {"secretKeyRef": key_ref}})
     return env
 
 
-def _resources(spec: AgentSessionSpec, config: OperatorConfig) -> k8s.V1ResourceRequirements:
+def _resources(spec: AgentSessionSpec, config: OperatorConfig) -> Manifest:
     # requests == limits (Guaranteed QoS; the memory limit is the only cap the CLI has),
     # except a start-up CPU limit above the request (Burstable; see render.cpu_boost).
     amounts = {
@@ -242,61 +237,58 @@ def _resources(spec: AgentSessionSpec, config: OperatorConfig) -> k8s.V1Resource
     boost = startup_cpu_limit(spec, config)
     if boost is not None:
         limits["cpu"] = boost
-    return k8s.V1ResourceRequirements(requests=dict(amounts), limits=limits)
+    return {"limits": limits, "requests": dict(amounts)}
 
 
-def _empty_dir(name: str, size_limit: str) -> k8s.V1Volume:
-    return k8s.V1Volume(name=name, empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=size_limit))
+def _empty_dir(name: str, size_limit: str) -> Manifest:
+    return {"emptyDir": {"sizeLimit": size_limit}, "name": name}
 
 
-def _volumes(session: AgentSession) -> list[k8s.V1Volume]:
+def _volumes(session: AgentSession) -> list[Manifest]:
     spec = session.spec
     disk = spec.resources.disk
     # Home and /tmp get a quarter each so that neither can starve the workspace; the pod's
     # ephemeral-storage limit still caps the sum.
     quarter = format_bytes(parse_quantity(disk) / 4)
     if spec.pattern == Pattern.HYBRID:
-        claim = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=pvc_name(session))
-        state = k8s.V1Volume(name=STATE_VOLUME, persistent_volume_claim=claim)
+        claim = {"claimName": pvc_name(session)}
+        state = {"name": STATE_VOLUME, "persistentVolumeClaim": claim}
     else:
         state = _empty_dir(STATE_VOLUME, disk)
     field_path = f"metadata.annotations['{runtime.SPEC_ANNOTATION}']"
-    spec_file = k8s.V1DownwardAPIVolumeFile(
-        path=PurePosixPath(runtime.SPEC_FILE).name,
-        field_ref=k8s.V1ObjectFieldSelector(field_path=field_path),
-    )
+    spec_file = {
+        "fieldRef": {"fieldPath": field_path},
+        "path": PurePosixPath(runtime.SPEC_FILE).name,
+    }
     return [
         state,
         _empty_dir(HOME_VOLUME, quarter),
         _empty_dir(TMP_VOLUME, quarter),
-        k8s.V1Volume(
-            name=SPEC_VOLUME,
-            downward_api=k8s.V1DownwardAPIVolumeSource(items=[spec_file], default_mode=0o444),
-        ),
+        {"downwardAPI": {"defaultMode": 0o444, "items": [spec_file]}, "name": SPEC_VOLUME},
     ]
 
 
-def _volume_mounts() -> list[k8s.V1VolumeMount]:
+def _volume_mounts() -> list[Manifest]:
     if PurePosixPath(runtime.SPEC_FILE).parent != PurePosixPath(runtime.SPEC_DIR):
         raise RenderError("runtime.SPEC_FILE must live directly in runtime.SPEC_DIR")
     return [
-        k8s.V1VolumeMount(name=STATE_VOLUME, mount_path=runtime.STATE_DIR),
-        k8s.V1VolumeMount(name=HOME_VOLUME, mount_path=runtime.HOME_DIR),
-        k8s.V1VolumeMount(name=TMP_VOLUME, mount_path=runtime.TMP_DIR),
-        k8s.V1VolumeMount(name=SPEC_VOLUME, mount_path=runtime.SPEC_DIR, read_only=True),
+        {"mountPath": runtime.STATE_DIR, "name": STATE_VOLUME},
+        {"mountPath": runtime.HOME_DIR, "name": HOME_VOLUME},
+        {"mountPath": runtime.TMP_DIR, "name": TMP_VOLUME},
+        {"mountPath": runtime.SPEC_DIR, "name": SPEC_VOLUME, "readOnly": True},
     ]
 
 
-def _http_probe(path: str, period: int, failures: int, timeout: int = 3) -> k8s.V1Probe:
-    return k8s.V1Probe(
-        http_get=k8s.V1HTTPGetAction(path=path, port=runtime.RUNNER_PORT_NAME),
-        period_seconds=period,
-        failure_threshold=failures,
-        timeout_seconds=timeout,
-    )
+def _http_probe(path: str, period: int, failures: int, timeout: int = 3) -> Manifest:
+    return {
+        "failureThreshold": failures,
+        "httpGet": {"path": path, "port": runtime.RUNNER_PORT_NAME},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+    }
 
 
-def _startup_probe() -> k8s.V1Probe:
+def _startup_probe() -> Manifest:
     # `python -m corral.probe`, not the `corral` command: it imports nothing of the CLI
     # (a tenth of a CPU-second less while the runner starts beside it).
     command = [
@@ -308,87 +300,86 @@ def _startup_probe() -> k8s.V1Probe:
         f"--live={runtime.LIVENESS_PATH}",
         f"--within={STARTUP_PROBE_SECONDS}",
     ]
-    return k8s.V1Probe(
-        # The model names this field by its alias `_exec` (its stub: var_exec).
-        _exec=k8s.V1ExecAction(command=command),  # type: ignore[call-arg]
+    return {
+        "exec": {"command": command},
         # The kubelet runs a startup probe only on its period's ticks (no early run when
         # the container starts, unlike readiness), and the first tick comes before the
         # container runs: a long period delayed Ready by a whole period. One second; the
         # probe itself waits, so it runs once.
-        period_seconds=STARTUP_PROBE_PERIOD_SECONDS,
-        timeout_seconds=STARTUP_PROBE_SECONDS + 5,
-        failure_threshold=1,
-    )
+        "failureThreshold": 1,
+        "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
+        "timeoutSeconds": STARTUP_PROBE_SECONDS + 5,
+    }
 
 
-def _seccomp() -> k8s.V1SeccompProfile:
-    return k8s.V1SeccompProfile(type="RuntimeDefault")
+def _seccomp() -> Manifest:
+    return {"type": "RuntimeDefault"}
 
 
-def _container_security() -> k8s.V1SecurityContext:
+def _container_security() -> Manifest:
     # What Pod Security `restricted` asks for, plus a read-only root filesystem.
-    return k8s.V1SecurityContext(
-        allow_privilege_escalation=False,
-        privileged=False,
-        read_only_root_filesystem=True,
-        run_as_non_root=True,
-        run_as_user=runtime.RUNNER_UID,
-        run_as_group=runtime.RUNNER_GID,
-        capabilities=k8s.V1Capabilities(drop=["ALL"]),
-        seccomp_profile=_seccomp(),
-    )
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsGroup": runtime.RUNNER_GID,
+        "runAsNonRoot": True,
+        "runAsUser": runtime.RUNNER_UID,
+        "seccompProfile": _seccomp(),
+    }
 
 
-def _pod_security() -> k8s.V1PodSecurityContext:
-    return k8s.V1PodSecurityContext(
-        run_as_non_root=True,
-        run_as_user=runtime.RUNNER_UID,
-        run_as_group=runtime.RUNNER_GID,
-        fs_group=runtime.RUNNER_GID,
+def _pod_security() -> Manifest:
+    return {
+        "fsGroup": runtime.RUNNER_GID,
         # A big Hybrid volume is chowned once, not on every wake.
-        fs_group_change_policy="OnRootMismatch",
-        seccomp_profile=_seccomp(),
-    )
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "runAsGroup": runtime.RUNNER_GID,
+        "runAsNonRoot": True,
+        "runAsUser": runtime.RUNNER_UID,
+        "seccompProfile": _seccomp(),
+    }
 
 
-def _container(
-    session: AgentSession, config: OperatorConfig, grace: int, pod: str
-) -> k8s.V1Container:
+def _container(session: AgentSession, config: OperatorConfig, grace: int, pod: str) -> Manifest:
     # An Ephemeral runner exits when its run is done, and a probe that lands between its
     # port closing and the kubelet seeing the exit posts an Unhealthy Warning for a run
     # that went well. Its pod is Ready once the startup probe saw it ready (busy counts as
     # ready), and a wedged run ends at activeDeadlineSeconds: no liveness or readiness.
-    liveness: k8s.V1Probe | None = None
-    readiness: k8s.V1Probe | None = None
+    liveness: Manifest | None = None
+    readiness: Manifest | None = None
     if session.spec.pattern != Pattern.EPHEMERAL:
         liveness = _http_probe(runtime.LIVENESS_PATH, period=10, failures=3, timeout=5)
         readiness = _http_probe(runtime.READINESS_PATH, period=5, failures=2)
-    return k8s.V1Container(
-        name=runtime.CONTAINER_NAME,
-        image=session.spec.image or config.default_image,
-        image_pull_policy=config.image_pull_policy,
+    port = {
+        "containerPort": runtime.RUNNER_PORT,
+        "name": runtime.RUNNER_PORT_NAME,
+        "protocol": "TCP",
+    }
+    container = {
         # `args`, not `command`: the image's ENTRYPOINT (tini) stays PID 1, reaps what the
         # agent's tools leave behind and forwards SIGTERM to the runner.
-        args=runner_command(max(grace - DRAIN_MARGIN_SECONDS, 0)) + config.runner_extra_args,
-        ports=[
-            k8s.V1ContainerPort(
-                name=runtime.RUNNER_PORT_NAME, container_port=runtime.RUNNER_PORT, protocol="TCP"
-            )
-        ],
-        env=_env(session, config, pod),
-        resources=_resources(session.spec, config),
-        volume_mounts=_volume_mounts(),
+        "args": runner_command(max(grace - DRAIN_MARGIN_SECONDS, 0)) + config.runner_extra_args,
+        "env": _env(session, config, pod),
+        "image": session.spec.image or config.default_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "livenessProbe": liveness,
+        "name": runtime.CONTAINER_NAME,
+        "ports": [port],
+        "readinessProbe": readiness,
+        "resources": _resources(session.spec, config),
+        "securityContext": _container_security(),
         # Startup allows a minute for the runner to come up before liveness counts; it
         # waits in the container (corral.probe) so that a normal start posts no Unhealthy
         # Warning Events.
-        startup_probe=_startup_probe(),
-        liveness_probe=liveness,
-        readiness_probe=readiness,
-        security_context=_container_security(),
-        termination_message_path=runtime.TERMINATION_LOG,
+        "startupProbe": _startup_probe(),
+        "terminationMessagePath": runtime.TERMINATION_LOG,
         # A crash before the runner wrote its outcome still leaves the log tail in status.
-        termination_message_policy="FallbackToLogsOnError",
-    )
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": _volume_mounts(),
+    }
+    return without_none(container)
 
 
 def _annotations(session: AgentSession, config: OperatorConfig, attempt: int) -> dict[str, str]:
@@ -416,31 +407,29 @@ def render_pod(session: AgentSession, config: OperatorConfig, attempt: int) -> M
     ephemeral = spec.pattern == Pattern.EPHEMERAL
     grace = grace_period_seconds(spec, config)
     name = pod_name(session, attempt)
-    pod_spec = k8s.V1PodSpec(
-        containers=[_container(session, config, grace, name)],
-        volumes=_volumes(session),
-        restart_policy="Never" if ephemeral else "Always",
-        active_deadline_seconds=(
+    pod_spec = {
+        "activeDeadlineSeconds": (
             (spec.active_deadline_seconds or config.default_active_deadline_seconds)
             if ephemeral
             else None
         ),
-        termination_grace_period_seconds=grace,
-        security_context=_pod_security(),
         # The runner needs no Kubernetes credentials: the spec arrives as a file.
-        automount_service_account_token=False,
-        enable_service_links=False,
-        tolerations=tolerations(spec, config) or None,
-        node_selector=node_selector(spec, config) or None,
-        runtime_class_name=config.runtime_class_name,
-        priority_class_name=config.priority_class_name,
-        image_pull_secrets=[k8s.V1LocalObjectReference(name=n) for n in config.image_pull_secrets]
-        or None,
-    )
-    pod = k8s.V1Pod(
-        api_version="v1",
-        kind="Pod",
-        metadata=object_meta(session, name, RUNNER, _annotations(session, config, attempt)),
-        spec=pod_spec,
-    )
-    return to_manifest(pod)
+        "automountServiceAccountToken": False,
+        "containers": [_container(session, config, grace, name)],
+        "enableServiceLinks": False,
+        "imagePullSecrets": [{"name": n} for n in config.image_pull_secrets] or None,
+        "nodeSelector": node_selector(spec, config) or None,
+        "priorityClassName": config.priority_class_name,
+        "restartPolicy": "Never" if ephemeral else "Always",
+        "runtimeClassName": config.runtime_class_name,
+        "securityContext": _pod_security(),
+        "terminationGracePeriodSeconds": grace,
+        "tolerations": tolerations(spec, config) or None,
+        "volumes": _volumes(session),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": object_meta(session, name, RUNNER, _annotations(session, config, attempt)),
+        "spec": without_none(pod_spec),
+    }

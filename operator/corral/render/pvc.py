@@ -8,12 +8,17 @@ drivers that lack it. The size is bounded by the operator's `maxStorage`.
 
 from __future__ import annotations
 
-from kubernetes import client as k8s
-
 from corral.api.units import parse_quantity
 from corral.api.v1alpha1 import AgentSession, Pattern, StorageSpec
 from corral.config import OperatorConfig
-from corral.render.meta import STATE, Manifest, RenderError, child_name, object_meta, to_manifest
+from corral.render.meta import (
+    STATE,
+    Manifest,
+    RenderError,
+    child_name,
+    object_meta,
+    without_none,
+)
 
 
 def pvc_name(session: AgentSession) -> str:
@@ -38,15 +43,15 @@ def render_pvc(session: AgentSession, config: OperatorConfig) -> Manifest:
     if session.spec.pattern != Pattern.HYBRID:
         raise RenderError(f"only Hybrid sessions keep a volume, not {session.spec.pattern}")
     storage = session.spec.storage or StorageSpec()
-    claim = k8s.V1PersistentVolumeClaim(
-        api_version="v1",
-        kind="PersistentVolumeClaim",
-        metadata=object_meta(session, pvc_name(session), STATE),
-        spec=k8s.V1PersistentVolumeClaimSpec(
-            access_modes=[config.storage_access_mode],
-            volume_mode="Filesystem",
-            resources=k8s.V1VolumeResourceRequirements(requests={"storage": storage.size}),
-            storage_class_name=storage.storage_class_name or config.default_storage_class_name,
-        ),
-    )
-    return to_manifest(claim)
+    spec = {
+        "accessModes": [config.storage_access_mode],
+        "resources": {"requests": {"storage": storage.size}},
+        "storageClassName": storage.storage_class_name or config.default_storage_class_name,
+        "volumeMode": "Filesystem",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": object_meta(session, pvc_name(session), STATE),
+        "spec": without_none(spec),
+    }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from kubernetes import client as k8s
-
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSession
 from corral.render.meta import (
@@ -12,7 +10,6 @@ from corral.render.meta import (
     child_name,
     object_meta,
     selector_labels,
-    to_manifest,
 )
 
 
@@ -28,17 +25,16 @@ def endpoint_url(session: AgentSession) -> str:
 
 
 def render_service(session: AgentSession) -> Manifest:
-    port = k8s.V1ServicePort(
-        name=runtime.RUNNER_PORT_NAME,
-        port=runtime.RUNNER_PORT,
-        target_port=runtime.RUNNER_PORT_NAME,
-        protocol="TCP",
-        app_protocol="http",
-    )
-    service = k8s.V1Service(
-        api_version="v1",
-        kind="Service",
-        metadata=object_meta(session, service_name(session), RUNNER),
-        spec=k8s.V1ServiceSpec(type="ClusterIP", selector=selector_labels(session), ports=[port]),
-    )
-    return to_manifest(service)
+    port = {
+        "appProtocol": "http",
+        "name": runtime.RUNNER_PORT_NAME,
+        "port": runtime.RUNNER_PORT,
+        "protocol": "TCP",
+        "targetPort": runtime.RUNNER_PORT_NAME,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(session, service_name(session), RUNNER),
+        "spec": {"ports": [port], "selector": selector_labels(session), "type": "ClusterIP"},
+    }
