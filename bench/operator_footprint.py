@@ -10,16 +10,24 @@ until every pod is Running and the operator has settled (no reconcile for 6 s). 
 the operator's CPU-seconds (user + system) from the first create to settled, per session,
 and its peak RSS (VmHWM: the most it ever held, start-up included). The sessions' namespace
 is deleted (and gone) before the next operator starts. Writes the raw numbers as JSON.
+
+Each operator imports what its tree's image holds: the packages of pyproject.toml that the
+tree's images/operator/requirements.txt leaves out cannot be imported in its process
+(bench/image_site), as in the pod; a tree without that file gets every package.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
+import os
+import re
 import statistics
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,35 @@ OUT = ROOT / "docs" / "benchmarks" / "operator-footprint.json"
 CPU_TARGET_MS = 5.0
 RSS_TARGET_MB = 97.0
 RAW = ROOT / "docs" / "benchmarks" / "raw.json"  # bench.run's: benchmarks.md is made from both
+
+
+IMAGE_SITE = ROOT / "bench" / "image_site"
+
+
+def _distribution(requirement: str) -> str:
+    """A requirement's distribution name, normalised (PEP 503)."""
+    name = re.split(r"[<>=!~\[;\s]", requirement.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def absent_from_image(tree: Path) -> list[str]:
+    """Top-level modules of the packages the tree's operator image leaves out."""
+    checkout = tree.parent
+    recipe = checkout / "images" / "operator" / "requirements.txt"
+    if not recipe.is_file():
+        return []
+    declared = tomllib.loads((checkout / "pyproject.toml").read_text())["project"]["dependencies"]
+    kept = {
+        _distribution(line)
+        for line in recipe.read_text().splitlines()
+        if line.strip()[:1].isalpha()
+    }
+    left_out = {_distribution(d) for d in declared} - kept
+    return sorted(
+        module
+        for module, distributions in importlib.metadata.packages_distributions().items()
+        if any(_distribution(d) in left_out for d in distributions)
+    )
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -67,7 +104,8 @@ async def one(
         namespaces=[f"fp-{tag}-*"],
         lease_name=f"fp-{tag}",
         identity=f"fp-{tag}",
-        pythonpath=path,
+        pythonpath=os.pathsep.join([path, str(IMAGE_SITE)]),
+        env={"CORRAL_BENCH_ABSENT": ",".join(absent_from_image(Path(path)))},
         # One replica: on a loaded machine a missed Lease renewal would stall the burst.
         leader_election=False,
     ).start()

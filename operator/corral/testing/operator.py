@@ -84,6 +84,8 @@ class OperatorProcess:
     activity_key: bytes = field(default_factory=lambda: secrets.token_hex(32).encode())
     # Put first on the operator's PYTHONPATH: run another checkout's operator (benchmarks).
     pythonpath: str | None = None
+    # Added to the operator's environment.
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -122,7 +124,7 @@ class OperatorProcess:
         if not self.leader_election:
             argv.append("--no-leader-election")
         log = self.log_path.open("ab")
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         if self.pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (self.pythonpath, env.get("PYTHONPATH")) if p
