@@ -90,7 +90,13 @@ def load_average() -> float:
 
 
 async def one(
-    kubeconfig: Path, tree: str, path: str, sessions: int, rate: float | None, tag: str
+    kubeconfig: Path,
+    tree: str,
+    path: str,
+    sessions: int,
+    rate: float | None,
+    tag: str,
+    workers: int = 16,
 ) -> dict[str, Any]:
     client = client_for(kubeconfig, max_connections=64)
     system = f"fp-{tag}-system"
@@ -103,6 +109,7 @@ async def one(
         workdir=ROOT / ".bench",
         namespaces=[f"fp-{tag}-*"],
         lease_name=f"fp-{tag}",
+        workers=workers,
         identity=f"fp-{tag}",
         pythonpath=os.pathsep.join([path, str(IMAGE_SITE)]),
         env={"CORRAL_BENCH_ABSENT": ",".join(absent_from_image(Path(path)))},
@@ -123,6 +130,7 @@ async def one(
             "mode": "paced" if rate else "burst",
             "rate_per_second": rate,
             "sessions": sessions,
+            "workers": workers,
             "operator_cpu_seconds": round(cpu, 2),
             "operator_cpu_ms_per_session": round(1000 * cpu / sessions, 2),
             "operator_peak_rss_mb": peak_rss_mb(pid),
@@ -159,7 +167,9 @@ async def main(args: argparse.Namespace) -> None:
         for rate in [None if mode == "burst" else args.rate for mode in args.modes]:
             for tree, path in trees.items():
                 tag = f"{run_id}-{round_}-{tree}-{'p' if rate else 'b'}"
-                rows.append(await one(kubeconfig, tree, path, args.sessions, rate, tag))
+                rows.append(
+                    await one(kubeconfig, tree, path, args.sessions, rate, tag, args.workers)
+                )
     summary = {
         f"{tree} {mode}": {
             key: statistics.median(r[key] for r in rows if r["tree"] == tree and r["mode"] == mode)
@@ -175,6 +185,7 @@ async def main(args: argparse.Namespace) -> None:
         "sessions": args.sessions,
         "rate_per_second": args.rate,
         "rounds": args.rounds,
+        "workers": args.workers,
         "rows": rows,
         "median": summary,
         "notes": args.note,
@@ -194,7 +205,8 @@ def section(data: dict[str, Any]) -> list[str]:
         "",
         "`python -m bench.operator_footprint` (one run, trees alternately, a fresh operator "
         "each): a burst (64 creates in flight) or the same sessions paced at "
-        f"{rate:g}/s, until every pod is Running and the operator settled. CPU is the "
+        f"{rate:g}/s, with `--workers {data.get('workers', 64)}`, until every pod is Running "
+        "and the operator settled. CPU is the "
         "operator's user + system seconds over that time, per session; peak RSS is its VmHWM. "
         "The machine's other users share the cores (1-minute load average before and after).",
         "",
@@ -233,6 +245,13 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=30.0, help="paced creates per second")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=16,
+        help="the operator's --workers (16: the chart's operator.workers; runs before session "
+        "9 used 64, the test harness's default, which holds about 10 MB more at the peak)",
+    )
     parser.add_argument(
         "--modes", type=lambda s: s.split(","), default=["burst", "paced"], help="burst,paced"
     )

@@ -48,8 +48,10 @@ async def test_a_relist_reports_vanished_objects_with_their_owner() -> None:
     meta = body["metadata"]
     assert (meta["namespace"], meta["name"], meta["uid"]) == ("team-a", "demo-1", "uid-demo-1")
     assert meta["ownerReferences"] == [{**OWNER, "uid": "s", "controller": True}]
-    # What the informer remembers per object is its identity, not its spec or annotations.
-    assert "annotations" not in meta and "spec" not in body and "status" not in body
+    # What the informer remembers per object is its identity and controller, not its
+    # labels, annotations, spec or status.
+    assert set(meta) == {"namespace", "name", "uid", "resourceVersion", "ownerReferences"}
+    assert "spec" not in body and "status" not in body
 
 
 async def test_a_relist_after_an_api_error_reports_deletions_too() -> None:

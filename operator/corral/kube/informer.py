@@ -44,13 +44,14 @@ def is_pattern(namespace: str) -> bool:
 
 def tombstone(kind: str, body: JSON) -> JSON:
     """What the informer remembers of an object: enough to report its deletion as the watch
-    would (who owns it), not its spec or status."""
+    would (who controls it), not its labels, spec or status: about a kilobyte less per
+    object held, most of what a thousand sessions' children cost beyond their views."""
     meta = body.get("metadata") or {}
-    kept = {
-        k: meta[k]
-        for k in ("namespace", "name", "uid", "resourceVersion", "labels", "ownerReferences")
-        if meta.get(k) is not None
-    }
+    kept = {k: meta[k] for k in ("namespace", "name", "uid", "resourceVersion") if k in meta}
+    owners = meta.get("ownerReferences") or []
+    controller = [o for o in owners if isinstance(o, dict) and o.get("controller")]
+    if controller:
+        kept["ownerReferences"] = controller
     return {"kind": body.get("kind") or kind, "metadata": kept}
 
 
