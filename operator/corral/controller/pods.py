@@ -31,14 +31,14 @@ VOLUME_BINDING_REFUSALS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Terminated:
     exit_code: int
     reason: str
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodView:
     name: str
     uid: str

@@ -30,7 +30,7 @@ def _resource_version(body: dict[str, Any]) -> int:
         return 0
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionChildren:
     pods: dict[str, PodView] = field(default_factory=dict)
     expected_pods: dict[str, tuple[PodView, float]] = field(default_factory=dict)
