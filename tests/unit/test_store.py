@@ -180,3 +180,17 @@ def test_managed_fields_are_not_kept() -> None:
     assert session is not None
     assert "managedFields" not in (session.metadata.model_extra or {})
     assert "managedFields" in body["metadata"]  # type: ignore[operator]  (the caller's is untouched)
+
+
+def test_kubectls_copy_of_the_applied_manifest_is_not_kept() -> None:
+    """`kubectl apply` puts the whole manifest in an annotation: a second copy of the spec
+    per session, which nothing in the operator reads."""
+    store = Store()
+    body = versioned("demo", "5")
+    meta: dict[str, object] = body["metadata"]  # type: ignore[assignment]
+    applied = "kubectl.kubernetes.io/last-applied-configuration"
+    meta["annotations"] = {applied: '{"spec": {"prompt": "' + "x" * 4000 + '"}}', "keep": "me"}
+    session = store.put_session(body)
+    assert session is not None
+    assert session.metadata.annotations == {"keep": "me"}
+    assert applied in meta["annotations"]  # type: ignore[operator]  (the caller's is untouched)

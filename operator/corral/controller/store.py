@@ -21,6 +21,8 @@ from corral.controller.unreadable import Unreadable
 Key = tuple[str, str]  # (namespace, session name)
 # A created pod the watch has not shown yet is assumed to exist for this long.
 EXPECTATION_SECONDS = 60.0
+# Written by `kubectl apply` on every object it applies: the whole last-applied manifest.
+LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration"
 
 
 def _resource_version(body: dict[str, Any]) -> int:
@@ -99,8 +101,10 @@ class Store:
 
         The version held already (our own status write, then its watch event; a relist) is
         not parsed again: the same resourceVersion of the same object is the same body.
-        `metadata.managedFields` is not kept (nothing reads it, and it is most of a held
-        session's metadata)."""
+        `metadata.managedFields` is not kept, nor kubectl's last-applied-configuration
+        annotation (nothing reads them; they are most of a held session's metadata, and the
+        annotation is a second copy of the whole spec for every session `kubectl apply`
+        made)."""
         meta = body.get("metadata") or {}
         version = _resource_version(body)
         held_key = (str(meta.get("namespace")), str(meta.get("name")))
@@ -110,8 +114,16 @@ class Store:
                 return None
             if version == self._versions.get(held_key):
                 return held
-        if "managedFields" in meta:
-            body = {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+        annotations = meta.get("annotations")
+        if not isinstance(annotations, dict) or LAST_APPLIED_ANNOTATION not in annotations:
+            annotations = None
+        if "managedFields" in meta or annotations is not None:
+            kept = {k: v for k, v in meta.items() if k != "managedFields"}
+            if annotations is not None:
+                kept["annotations"] = {
+                    k: v for k, v in annotations.items() if k != LAST_APPLIED_ANNOTATION
+                }
+            body = {**body, "metadata": kept}
         session = AgentSession.model_validate(body)
         key = (session.metadata.namespace, session.metadata.name)
         if version and version < self._versions.get(key, 0):
