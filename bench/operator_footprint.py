@@ -96,7 +96,7 @@ async def one(
     sessions: int,
     rate: float | None,
     tag: str,
-    workers: int = 16,
+    workers: int,
 ) -> dict[str, Any]:
     client = client_for(kubeconfig, max_connections=64)
     system = f"fp-{tag}-system"

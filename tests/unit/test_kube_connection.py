@@ -136,6 +136,18 @@ def test_a_token_file_is_read_and_kept_for_rotation(tmp_path: Path) -> None:
     assert connection.ssl_context is False
 
 
+def test_a_relative_token_file_is_found_beside_the_kubeconfig(tmp_path: Path) -> None:
+    """As kubectl reads it: relative to the kubeconfig's folder, not the working directory
+    (the client reads the file again as it rotates, so the full path is kept)."""
+    (tmp_path / "token").write_text("beside\n")
+    path = kubeconfig(
+        tmp_path / "config", {"insecure-skip-tls-verify": True}, {"tokenFile": "token"}
+    )
+    connection = load_connection(path)
+    assert connection.token == "Bearer beside"
+    assert connection.token_file == str(tmp_path / "token")
+
+
 def test_kubeconfig_path_prefers_given_then_the_environment() -> None:
     env = {"KUBECONFIG": "/a/config:/b/config"}
     assert kubeconfig_path("/given", env) == Path("/given")

@@ -22,7 +22,6 @@ from typing import Any
 import yaml
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-SERVICE_ACCOUNT_TOKEN = f"{SERVICE_ACCOUNT_DIR}/token"
 DEFAULT_KUBECONFIG = "~/.kube/config"
 # User fields that need code to produce a credential (a plugin, a provider's refresh).
 PLUGIN_FIELDS = ("exec", "auth-provider")
@@ -51,10 +50,10 @@ def load_connection(kubeconfig: str | None = None) -> Connection:
         document = yaml.safe_load(path.read_text()) or {}
     except OSError as error:
         raise KubeconfigError(f"cannot read the kubeconfig {path}: {error}") from error
-    user = current_context(document, path)[1]
+    cluster, user = current_context(document, path)
     if any(field in user for field in PLUGIN_FIELDS):
         return _official_loader(str(path))
-    return kubeconfig_connection(document, path)
+    return kubeconfig_connection(cluster, user, path)
 
 
 def in_cluster_connection(environ: dict[str, str], account_dir: Path) -> Connection | None:
@@ -112,12 +111,16 @@ def _pem(entry: dict[str, Any], field: str, base: Path) -> tuple[bytes | None, s
     data = entry.get(f"{field}-data")
     if data:
         return base64.b64decode(data), None
-    named = entry.get(field)
-    return (None, str(base / Path(named).expanduser())) if named else (None, None)
+    return None, _file(entry.get(field), base)
 
 
-def kubeconfig_connection(document: dict[str, Any], path: Path) -> Connection:
-    cluster, user = current_context(document, path)
+def _file(named: object, base: Path) -> str | None:
+    """A file a kubeconfig names: relative paths are relative to the kubeconfig's directory."""
+    return str(base / Path(str(named)).expanduser()) if named else None
+
+
+def kubeconfig_connection(cluster: dict[str, Any], user: dict[str, Any], path: Path) -> Connection:
+    """The connection a context's cluster and user entries state (no plugin)."""
     server = cluster.get("server")
     if not server:
         raise KubeconfigError(f"{path}: the current context's cluster has no server")
@@ -131,10 +134,10 @@ def kubeconfig_connection(document: dict[str, Any], path: Path) -> Connection:
             cafile=ca_file, cadata=ca_data.decode() if ca_data else None
         )
         _load_client_certificate(context, user, base)
-    token_file = user.get("tokenFile")
+    token_file = _file(user.get("tokenFile"), base)
     token = user.get("token")
     if not token and token_file:
-        token = Path(token_file).expanduser().read_text().strip()
+        token = Path(token_file).read_text().strip()
     return Connection(
         server=str(server),
         ssl_context=context,
