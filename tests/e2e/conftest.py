@@ -35,6 +35,7 @@ from e2e_support import (
     Release,
     make_user,
 )
+from failure_story import story
 from kubernetes import client
 from node_fault_support import BackgroundLoad, PodLedger, start_background_load, watch_pods
 
@@ -51,6 +52,32 @@ from testrun import NAMESPACE_PREFIX, OPERATOR_NAMESPACE, RESTRICTED_LABELS, RUN
 __all__ = ["NAMESPACE_PREFIX", "OPERATOR_NAMESPACE", "RESTRICTED_LABELS", "RUN_ID"]
 
 FAKE_API_PORT = 8089
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report carries the story of its namespace (failure_story), taken
+    before the namespace's teardown deletes what would explain the failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    values = getattr(item, "funcargs", {})
+    release = values.get("operator")
+    if not isinstance(release, Release):
+        return
+    namespace = values.get("namespace")
+    fake = values.get("fake")
+    try:
+        text = story(
+            release,
+            namespace if isinstance(namespace, str) else None,
+            fake if isinstance(fake, FakeAnthropic) else None,
+        )
+    except Exception as error:  # the story must never hide the failure it explains
+        text = f"(no story: {type(error).__name__}: {error})"
+    report.sections.append(("corral story", text))
+
 
 E2E_ROOT = Path(os.environ.get("CORRAL_E2E_STATE_DIR") or state_dir().parent / "e2e")
 
@@ -156,7 +183,7 @@ def release_values(layout: Layout) -> dict[str, Any]:
                         "cacheWrite": 0,
                     },
                 ],
-            }
+            },
         },
         # Sessions need no node selector: KWOK's nodes are tainted, so a session goes to the
         # real node unless its own `spec.scheduling` tolerates them (the background load).
