@@ -223,12 +223,16 @@ class World:
 
     def step(self) -> Plan:
         observed = observe(self.session, list(self.pods.values()), self.now, self.activity)
+        # decide builds its status from a shallow copy of the session's: it must replace
+        # what it changes, never change the session it was given (the store's own).
+        as_given = self.session.model_dump()
         plan = decide(observed, self.config)
         if plan.confirm_gone:
             # The reconciler looks the pod up; this world's pods are the cluster's.
             assert plan.confirm_gone not in self.pods
             assert replace(plan, confirm_gone=None).empty, "nothing done before the lookup"
             plan = decide(replace(observed, pod_gone=plan.confirm_gone), self.config)
+        assert self.session.model_dump() == as_given, "decide changed the session it was given"
         for manifest in created(plan, "Pod"):
             name = manifest["metadata"]["name"]
             assert name not in self.pods, f"pod {name} created twice"

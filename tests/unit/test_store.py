@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Any
 
 from corral.controller.pods import pod_view
 from corral.controller.store import Store
 
 KEY = ("team-a", "demo")
+JSON = dict[str, Any]
 
 
 def pod(name: str) -> dict[str, object]:
@@ -194,3 +196,31 @@ def test_kubectls_copy_of_the_applied_manifest_is_not_kept() -> None:
     assert session is not None
     assert session.metadata.annotations == {"keep": "me"}
     assert applied in meta["annotations"]  # type: ignore[operator]  (the caller's is untouched)
+
+
+def test_a_status_write_of_the_same_generation_keeps_the_parsed_spec() -> None:
+    """The API server counts spec changes in metadata.generation, and only those: a new
+    version of the same generation (a status write) has the held spec, which is not parsed
+    again; a new generation, or another session of the same name, is parsed in full."""
+    store = Store()
+
+    def at(version: str, generation: int, uid: str | None = None, **status: object) -> JSON:
+        body = versioned("demo", version, uid, **status)
+        body["metadata"]["generation"] = generation  # type: ignore[index]
+        return body
+
+    first = store.put_session(at("5", 1, phase="Pending"))
+    assert first is not None
+    status_write = store.put_session(at("6", 1, phase="Running"))
+    assert status_write is not None and status_write is not first
+    assert status_write.spec is first.spec
+    assert status_write.status.phase == "Running"
+
+    edited = at("7", 2, phase="Running")
+    edited["spec"] = {**edited["spec"], "model": "claude-opus-4-1"}  # type: ignore[dict-item]
+    changed = store.put_session(edited)
+    assert changed is not None and changed.spec is not first.spec
+    assert changed.spec.model == "claude-opus-4-1"
+
+    replaced = store.put_session(at("8", 2, uid="s-other"))
+    assert replaced is not None and replaced.spec is not changed.spec

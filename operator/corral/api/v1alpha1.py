@@ -10,6 +10,7 @@ spec the models accept is a spec the API server accepts (examples and tests rely
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -134,26 +135,47 @@ class ApiModel(BaseModel):
         return self
 
 
-def _check_unique_items(model: BaseModel) -> None:
-    """What `x-kubernetes-list-type: set|map` makes the API server enforce."""
-    for name, info in type(model).model_fields.items():
+@functools.cache
+def _unique_lists(cls: type[BaseModel]) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """(field, name on the wire, map keys) of each list of `cls` that must not repeat items:
+    read once per model class, not on every validation."""
+    found = []
+    for name, info in cls.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        list_type = extra.get("x-kubernetes-list-type")
-        items = getattr(model, name)
-        if list_type not in ("set", "map") or not items:
+        if extra.get("x-kubernetes-list-type") not in ("set", "map"):
             continue
         raw_keys = extra.get("x-kubernetes-list-map-keys")
-        keys = [str(key) for key in raw_keys] if isinstance(raw_keys, list) else []
+        keys = tuple(str(key) for key in raw_keys) if isinstance(raw_keys, list) else ()
+        found.append((name, info.alias or name, keys))
+    return tuple(found)
+
+
+@functools.cache
+def _fields_by_alias(cls: type[BaseModel]) -> dict[str, str]:
+    return {info.alias or name: name for name, info in cls.model_fields.items()}
+
+
+def _check_unique_items(model: BaseModel) -> None:
+    """What `x-kubernetes-list-type: set|map` makes the API server enforce."""
+    for name, shown_name, keys in _unique_lists(type(model)):
+        items = getattr(model, name)
+        if not items:
+            continue
         seen: set[Any] = set()
         for item in items:
-            identity = tuple(item.model_dump(by_alias=True)[k] for k in keys) if keys else item
+            if keys:
+                item_type: type[BaseModel] = type(item)
+                fields = _fields_by_alias(item_type)
+                identity = tuple(getattr(item, fields[k]) for k in keys)
+            else:
+                identity = item
             if identity in seen:
                 shown = (
                     ", ".join(f"{k}={v!r}" for k, v in zip(keys, identity, strict=True))
                     if keys
                     else repr(item)
                 )
-                raise ValueError(f"{info.alias or name} must not repeat {shown}")
+                raise ValueError(f"{shown_name} must not repeat {shown}")
             seen.add(identity)
 
 

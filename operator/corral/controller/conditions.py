@@ -43,6 +43,15 @@ def set_condition(
             result.append(condition)
             continue
         found = True
+        if (
+            condition.status == value
+            and condition.reason == reason
+            and condition.message == message
+            and condition.observed_generation == generation
+        ):
+            # Unchanged, the common case of a reconcile: no new (validated) model.
+            result.append(condition)
+            continue
         moved = condition.status != value
         result.append(
             Condition(

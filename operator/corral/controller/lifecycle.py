@@ -225,7 +225,10 @@ class _Decision:
         self.session = observed.session
         self.spec = observed.session.spec
         self.old = observed.session.status
-        self.status = observed.session.status.model_copy(deep=True)
+        # A shallow copy: decisions replace status fields (conditions, cost, agents: new
+        # objects), never change one in place, so the session's own status stays as read.
+        # tests/unit/test_lifecycle.py checks that decide leaves its input unchanged.
+        self.status = observed.session.status.model_copy()
         self.plan = Plan()
         self.now = observed.now
         self.now_text = timestamp(observed.now)
@@ -943,7 +946,7 @@ class _Decision:
             return
         if self.pods:
             # The scaled-down pod is still terminating: wake once it is gone.
-            self.status = self.old.model_copy(deep=True)
+            self.status = self.old.model_copy()
             self.plan.requeue(1.0)
             return
         if self.create_pod("Woken"):

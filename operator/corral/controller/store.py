@@ -100,7 +100,8 @@ class Store:
         """Store a session body unless an older version than the one held.
 
         The version held already (our own status write, then its watch event; a relist) is
-        not parsed again: the same resourceVersion of the same object is the same body.
+        not parsed again: the same resourceVersion of the same object is the same body; nor
+        is the spec of a new version of the same generation.
         `metadata.managedFields` is not kept, nor kubectl's last-applied-configuration
         annotation (nothing reads them; they are most of a held session's metadata, and the
         annotation is a second copy of the whole spec for every session `kubectl apply`
@@ -124,6 +125,17 @@ class Store:
                     k: v for k, v in annotations.items() if k != LAST_APPLIED_ANNOTATION
                 }
             body = {**body, "metadata": kept}
+        generation = meta.get("generation")
+        if (
+            held is not None
+            and generation is not None
+            and held.metadata.uid == meta.get("uid")
+            and held.metadata.generation == generation
+        ):
+            # Same generation, same spec (the API server counts every spec change, and only
+            # those): the held spec is reused, not validated again. Most session events are
+            # status writes, the operator's own among them.
+            body = {**body, "spec": held.spec}
         session = AgentSession.model_validate(body)
         key = (session.metadata.namespace, session.metadata.name)
         if version and version < self._versions.get(key, 0):

@@ -16,6 +16,7 @@ names are computed as before, except for session names that end in `-<8 hex digi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -28,6 +29,9 @@ LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 HASHED_TAIL = re.compile(rf"-[0-9a-f]{{{HASH_LENGTH}}}")
 _NOT_DNS = re.compile(r"[^a-z0-9-]")
 _NOT_LABEL_VALUE = re.compile(r"[^-A-Za-z0-9_.]")
+# One reconcile asks for the same few names a dozen times (every child's name, labels and
+# selectors); the caches hold them for the session at hand, not for every session.
+_RECENT_NAMES = 64
 
 
 def short_hash(*parts: str, length: int = HASH_LENGTH) -> str:
@@ -39,6 +43,7 @@ def _looks_hashed(name: str) -> bool:
     return HASHED_TAIL.search(name[-HASH_LENGTH - 1 :]) is not None
 
 
+@functools.lru_cache(maxsize=_RECENT_NAMES)
 def dns_label(name: str, suffix: str = "") -> str:
     """`name` + `suffix` as an RFC 1035 label of at most 63 characters, distinct per `name`.
 
@@ -49,6 +54,7 @@ def dns_label(name: str, suffix: str = "") -> str:
     return legacy_dns_label(name, suffix)
 
 
+@functools.lru_cache(maxsize=_RECENT_NAMES)
 def legacy_dns_label(name: str, suffix: str = "") -> str:
     """The name before collisions were ruled out: kept whenever valid, even when it looks
     hashed. Only for children that already exist under it."""
@@ -67,6 +73,7 @@ def _hashed_dns_label(name: str, suffix: str) -> str:
     return f"{head}-{short_hash(name)}{suffix}"
 
 
+@functools.lru_cache(maxsize=_RECENT_NAMES)
 def label_value(name: str) -> str:
     """`name` as a label value (at most 63 characters), distinct per session name.
 
@@ -78,6 +85,7 @@ def label_value(name: str) -> str:
     return legacy_label_value(name)
 
 
+@functools.lru_cache(maxsize=_RECENT_NAMES)
 def legacy_label_value(name: str) -> str:
     """The label value before collisions were ruled out (see legacy_dns_label)."""
     if len(name) <= MAX_LABEL and LABEL_VALUE.fullmatch(name):
