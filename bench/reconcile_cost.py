@@ -62,7 +62,8 @@ STEPS = (
 
 # The session's watch event at `version` (its spec's generation stays 1).
 def event(version, status):
-    return {**body, "metadata": {**body["metadata"], "resourceVersion": str(version)}, "status": status}
+    metadata = {**body["metadata"], "resourceVersion": str(version)}
+    return {**body, "metadata": metadata, "status": status}
 
 
 def walk():
@@ -85,10 +86,11 @@ def walk():
             status = {k: v for k, v in {**status, **plan.status_patch}.items() if v is not None}
             version += 1
             session = store.put_session(event(version, status))
+    return session
 
 
 for _ in range(rounds):
-    walk()
+    last = walk()
 """
 
 
