@@ -119,12 +119,12 @@ def instructions(tree: str, rounds: int) -> int:
     return int(found.group(1))
 
 
-def measure(tree: str, rounds: int) -> dict[str, Any]:
+def measure(tree: str, rounds: int, shown: str) -> dict[str, Any]:
     baseline = instructions(tree, 0)
     total = instructions(tree, rounds)
     per_round = (total - baseline) / rounds
     return {
-        "tree": tree,
+        "tree": shown,
         "rounds": rounds,
         "instructions_setup": baseline,
         "instructions_per_walk": round(per_round),
@@ -148,11 +148,12 @@ def parse() -> argparse.Namespace:
     args = parser.parse_args()
     pairs = [t.split("=", 1) for t in args.tree or ["current=operator"]]
     args.trees = {name: str(Path(path).resolve()) for name, path in pairs}
+    args.shown = dict(pairs)  # as given: no machine's paths in the JSON
     return args
 
 
 def main(args: argparse.Namespace) -> None:
-    rows = {name: measure(path, args.rounds) for name, path in args.trees.items()}
+    rows = {name: measure(path, args.rounds, args.shown[name]) for name, path in args.trees.items()}
     for name, row in rows.items():
         print(f"{name}: {row['instructions_per_walk']:,} instructions per walk", flush=True)
     names = list(rows)
