@@ -406,3 +406,54 @@ async def test_a_hybrid_pod_held_by_its_volumes_missing_node_names_that_node(
     controller.on_child("PersistentVolumeClaim", "DELETED", claim)
     observed = controller.reconciler.observe(KEY)
     assert observed is not None and observed.volume_node is None
+
+
+async def started_pod_seen(
+    controller_for: Callable[[JSON], Controller], session: AgentSession, config: OperatorConfig
+) -> Controller:
+    """A Pending session whose pod the watch shows Running: its reconcile writes a status."""
+    pod = running_pod(session, config, LONG_AGO)
+    body = session_body(session, phase="Pending", podName=pod["metadata"]["name"], attempts=1)
+    body["metadata"]["generation"] = 1  # as the API server sets it
+    controller = controller_for(body)
+    controller.on_session("ADDED", body)
+    add_other_children(controller, session)
+    controller.on_child("Pod", "ADDED", pod)
+    # What the watch events queued: taken, as a worker would.
+    assert await controller.queue.get() == KEY
+    controller.queue.done(KEY)
+    assert len(controller.queue) == 0
+    return controller
+
+
+async def test_the_echo_of_the_operators_own_status_write_is_not_reconciled_again(
+    controller_for: Callable[[JSON], Controller],
+    make_session: Callable[..., AgentSession],
+    config: OperatorConfig,
+) -> None:
+    """The watch echoes every status write the operator makes, and the reconcile that wrote
+    it decided on it already: deciding again found nothing to do, a few times per session."""
+    controller = await started_pod_seen(controller_for, make_session("LongRunning"), config)
+    await controller.reconciler.reconcile(KEY)
+    api: FakeKube = controller.client  # type: ignore[assignment]
+    assert ("PATCH", "/apis/corral.dev/v1alpha1/namespaces/team-a/agentsessions/demo/status") in (
+        api.calls
+    ), api.calls
+    controller.on_session("MODIFIED", copy.deepcopy(api.session))
+    assert len(controller.queue) == 0
+
+
+async def test_a_status_write_that_raced_an_edit_is_reconciled(
+    controller_for: Callable[[JSON], Controller],
+    make_session: Callable[..., AgentSession],
+    config: OperatorConfig,
+) -> None:
+    """A wake annotation (or a spec change) made while the operator wrote the status comes
+    back in the write's answer before the watch shows it: that version is not the
+    operator's alone, and its echo is reconciled."""
+    controller = await started_pod_seen(controller_for, make_session("LongRunning"), config)
+    api: FakeKube = controller.client  # type: ignore[assignment]
+    api.session["metadata"]["annotations"] = {runtime.WAKE_ANNOTATION: "now"}
+    await controller.reconciler.reconcile(KEY)
+    controller.on_session("MODIFIED", copy.deepcopy(api.session))
+    assert len(controller.queue) == 1
