@@ -212,3 +212,11 @@ def test_restart_component_names_the_components_it_knows(tmp_path: Path) -> None
         node.restart_component(layout, "kubelet")
     with pytest.raises(node.NodeError, match="node-sleeper is not running"):
         node.restart_component(layout, "node-sleeper", components=(_sleeper("1"),))
+
+
+def test_the_kubelets_log_level_comes_from_the_environment() -> None:
+    assert node.kubelet_verbosity({}) == 1
+    assert node.kubelet_verbosity({"CORRAL_KUBELET_V": "4"}) == 4
+    for bad in ("high", "-1", "11"):
+        with pytest.raises(ValueError, match="CORRAL_KUBELET_V"):
+            node.kubelet_verbosity({"CORRAL_KUBELET_V": bad})

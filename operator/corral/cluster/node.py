@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -369,8 +369,17 @@ def kubelet_argv(node: NodeLayout) -> list[str]:
         f"--hostname-override={REAL_NODE_NAME}",
         f"--node-ip={REAL_NODE_IP}",
         f"--node-labels={NODE_LABEL}=true",
-        "--v=1",
+        # CORRAL_KUBELET_V=4 logs every probe run and why (see docs/real-node.md).
+        f"--v={kubelet_verbosity(os.environ)}",
     ]
+
+
+def kubelet_verbosity(environ: Mapping[str, str]) -> int:
+    """The kubelet's log level: $CORRAL_KUBELET_V (0 to 10), else 1."""
+    value = environ.get("CORRAL_KUBELET_V", "1")
+    if not value.isdigit() or int(value) > 10:
+        raise ValueError(f"CORRAL_KUBELET_V must be a log level from 0 to 10, not {value!r}")
+    return int(value)
 
 
 def kube_proxy_argv(node: NodeLayout) -> list[str]:
