@@ -426,23 +426,6 @@ async def started_pod_seen(
     return controller
 
 
-async def test_the_echo_of_the_operators_own_status_write_is_not_reconciled_again(
-    controller_for: Callable[[JSON], Controller],
-    make_session: Callable[..., AgentSession],
-    config: OperatorConfig,
-) -> None:
-    """The watch echoes every status write the operator makes, and the reconcile that wrote
-    it decided on it already: deciding again found nothing to do, a few times per session."""
-    controller = await started_pod_seen(controller_for, make_session("LongRunning"), config)
-    await controller.reconciler.reconcile(KEY)
-    api: FakeKube = controller.client  # type: ignore[assignment]
-    assert ("PATCH", "/apis/corral.dev/v1alpha1/namespaces/team-a/agentsessions/demo/status") in (
-        api.calls
-    ), api.calls
-    controller.on_session("MODIFIED", copy.deepcopy(api.session))
-    assert len(controller.queue) == 0
-
-
 async def test_a_status_write_that_raced_an_edit_is_reconciled(
     controller_for: Callable[[JSON], Controller],
     make_session: Callable[..., AgentSession],

@@ -95,7 +95,6 @@ class Controller:
         if event_type == "DELETED":
             self.store.drop_session(key)
             return
-        held = self.store.sessions.get(key)
         try:
             session = self.store.put_session(body)
         except ValidationError as error:
@@ -106,11 +105,6 @@ class Controller:
             self.queue.add(key)
             return
         if session is None:
-            return
-        if event_type == "MODIFIED" and session is held and self.store.is_own_write(key):
-            # The watch's echo of the operator's own status write, which changed nothing but
-            # the status the reconcile that wrote it had decided: deciding again would find
-            # nothing to do. A relist (ADDED) is still reconciled.
             return
         wake = session.metadata.annotations.get(runtime.WAKE_ANNOTATION)
         observed = session.status.observed_wake

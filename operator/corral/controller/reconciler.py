@@ -351,9 +351,7 @@ class Reconciler:
                 return
             raise
         # Keep our own write: the next reconcile may run before the watch shows it.
-        written = self.store.put_session(updated)
-        if written is not None:
-            self.store.note_own_write(key, session, written)
+        self.store.put_session(updated)
 
     async def _report_unreadable(self, key: Key, session: Unreadable) -> None:
         """Say in its status (and one Warning Event per generation) why a stored session

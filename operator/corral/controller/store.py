@@ -85,9 +85,6 @@ class Store:
         self.unreadable: dict[Key, Unreadable] = {}
         # Pods whose resize (end of the start-up CPU boost) the API server refused.
         self.resize_refused: set[tuple[Key, str]] = set()
-        # The resourceVersion of the operator's own last status write, per session, when
-        # that write changed nothing else (see note_own_write).
-        self._own_writes: dict[Key, int] = {}
         # When this replica last became leader, and so began to hear runners' activity
         # reports (None while it does not lead): no idle scale-down before it could have
         # heard a busy runner's heartbeat (see lifecycle.Observed.leading_since).
@@ -148,22 +145,6 @@ class Store:
         self.unreadable.pop(key, None)
         return session
 
-    def note_own_write(self, key: Key, decided_on: AgentSession, written: AgentSession) -> None:
-        """Remember `written` (held now: the answer to a status write decided on
-        `decided_on`) as the operator's own when only its status moved: same spec (same
-        generation), same metadata but for the resourceVersion. Its watch echo then needs no
-        reconcile; a write that raced a user's edit does."""
-        if self.sessions.get(key) is not written or written.spec is not decided_on.spec:
-            return
-        before = decided_on.metadata.model_dump(exclude={"resourceVersion"})
-        if written.metadata.model_dump(exclude={"resourceVersion"}) == before:
-            self._own_writes[key] = self._versions.get(key, 0)
-
-    def is_own_write(self, key: Key) -> bool:
-        """Whether the version held is the operator's own status write (note_own_write)."""
-        version = self._versions.get(key)
-        return version is not None and self._own_writes.get(key) == version
-
     def version_of(self, key: Key) -> int:
         """The resourceVersion of the session body held (0: none)."""
         return self._versions.get(key, 0)
@@ -171,7 +152,6 @@ class Store:
     def drop_session(self, key: Key) -> None:
         self.sessions.pop(key, None)
         self._versions.pop(key, None)
-        self._own_writes.pop(key, None)
         self.activity.pop(key, None)
         self.wake_seen.pop(key, None)
         self.deferred_since.pop(key, None)
