@@ -41,8 +41,8 @@ WALK = r"""
 import sys
 from datetime import timedelta
 sys.path.insert(0, sys.argv[2])
-from test_lifecycle import CONFIG, T0, make_pod, make_session
-from corral.controller.lifecycle import Observed, decide
+from test_lifecycle import CONFIG, T0, make_pod, make_session, observe
+from corral.controller.lifecycle import decide
 from corral.controller.store import Store
 
 rounds = int(sys.argv[1])
@@ -72,15 +72,8 @@ def walk():
     status = {}
     session = store.put_session(event(version, status))
     for step, (views, children) in enumerate(STEPS):
-        observed = Observed(
-            session=session,
-            pods=views,
-            has_service=children,
-            has_network_policy=children,
-            has_pvc=False,
-            now=T0 + timedelta(seconds=step),
-        )
-        plan = decide(observed, CONFIG)
+        now = T0 + timedelta(seconds=step)
+        plan = decide(observe(session, views, now, children=children), CONFIG)
         if plan.status_patch:
             # The reconciler's merge patch, then its watch event.
             status = {k: v for k, v in {**status, **plan.status_patch}.items() if v is not None}
