@@ -161,8 +161,14 @@ def test_sigkill_mid_burst_leaves_exactly_the_right_pods_and_every_volume(
             pods = pods_by_session(core, namespace)
             return sum(1 for name in AWAKE if pods.get(name))
 
+        def part_way() -> bool:
+            # Scale-downs are quicker than creations: on a loaded machine all 50 could be
+            # done before 60 pods exist, so ten of them are enough to stop at.
+            idle = idle_sleepers()
+            return idle >= 1 and (idle >= 10 or awake_with_pod() >= 60)
+
         wait_for(
-            lambda: awake_with_pod() >= 60 and idle_sleepers() >= 1,
+            part_way,
             timeout=120,
             interval=0.1,
             what="the operator part-way through the burst",

@@ -243,6 +243,47 @@ async def test_a_busy_runner_is_ready_and_says_busy_in_status(
     assert response.status == 409
 
 
+async def test_readiness_held_while_starting_answers_as_the_agent_comes_up(
+    one_agent: tuple[AgentWorker, TestClient[Any, Any]],
+) -> None:
+    # The kubelet's first readiness probe comes as the container starts: held, it sees
+    # the runner ready instead of failing and waiting a period.
+    worker, client = one_agent
+    probe = asyncio.create_task(client.get("/readyz?wait=30"))
+    await asyncio.sleep(0.3)
+    assert not probe.done(), "answered before the agent came up"
+    worker.state = AgentState.IDLE
+    worker.ready.set()
+    response = await asyncio.wait_for(probe, 10)
+    assert response.status == 200, await response.text()
+
+
+async def test_readiness_hold_is_bounded_and_only_while_starting(
+    one_agent: tuple[AgentWorker, TestClient[Any, Any]],
+) -> None:
+    worker, client = one_agent
+    # Never up within the hold: not ready, with the reason.
+    response = await client.get("/readyz?wait=0.2")
+    assert response.status == 503
+    assert "starting" in (await response.json())["reason"]
+    # Started once, then lost its CLI: answered at once (a hold here would only delay
+    # the kubelet noticing).
+    worker.ready.set()
+    worker.state = AgentState.RESTARTING
+    response = await asyncio.wait_for(client.get("/readyz?wait=30"), 10)
+    assert response.status == 503
+
+
+@pytest.mark.parametrize("wait", ["soon", "-1", "61", "nan"])
+async def test_readiness_hold_rejects_a_bad_wait(
+    one_agent: tuple[AgentWorker, TestClient[Any, Any]], wait: str
+) -> None:
+    _, client = one_agent
+    response = await client.get(f"/readyz?wait={wait}")
+    assert response.status == 400
+    assert "wait must be seconds from 0 to 60" in (await response.json())["error"]
+
+
 async def test_shared_runner_stays_ready_while_one_agent_restarts(tmp_path: Path) -> None:
     alice, bob = _worker(tmp_path, "alice"), _worker(tmp_path, "bob")
     session = RunnerSession("Shared", [alice, bob], fake_api=True)

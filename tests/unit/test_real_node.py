@@ -26,6 +26,7 @@ def layout(tmp_path: Path, real_node: bool = True) -> Layout:
 
 def test_node_components_are_built_only_for_the_real_node() -> None:
     assert set(NODE_COMPONENTS) == {
+        "kubelet",
         "kube-proxy",
         "coredns",
         "kube-router",

@@ -130,7 +130,9 @@ def _kubernetes_stamp() -> tuple[str, ...]:
 
 
 def _kubernetes() -> Component:
-    commands = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet")
+    # The kubelet is a node component (below): only the e2e suite's real node runs it, and
+    # its build runs beside the other suites instead of before the first test.
+    commands = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
     go_mod, files = _kubernetes_wrapper("kubernetes", commands)
     return Component(
         name="kubernetes",
@@ -144,17 +146,17 @@ def _kubernetes() -> Component:
     )
 
 
-def _kube_proxy() -> Component:
+def _kubernetes_node_command(command: str) -> Component:
     # Its own cache entry, so that the control plane's entry is not rebuilt for it; the Go
-    # build cache shares every package the two have in common.
-    go_mod, files = _kubernetes_wrapper("kube-proxy", ("kube-proxy",))
+    # build cache shares every package they have in common.
+    go_mod, files = _kubernetes_wrapper(command, (command,))
     return Component(
-        name="kube-proxy",
+        name=command,
         version=KUBERNETES_VERSION,
-        binaries=("kube-proxy",),
+        binaries=(command,),
         wrapper_go_mod=go_mod,
         wrapper_files=files,
-        build_packages=("k8s.io/kubernetes/cmd/kube-proxy",),
+        build_packages=(f"k8s.io/kubernetes/cmd/{command}",),
         ldflags=_kubernetes_stamp(),
         tags=("selinux", "notest"),
         group=NODE,
@@ -257,7 +259,8 @@ COMPONENTS: dict[str, Component] = {
         _kubernetes(),
         _kwok(),
         _helm(),
-        _kube_proxy(),
+        _kubernetes_node_command("kubelet"),
+        _kubernetes_node_command("kube-proxy"),
         _coredns(),
         _kube_router(),
         _local_path_provisioner(),

@@ -58,7 +58,7 @@ from corral.render import (
 from corral.render.cpu_boost import needs_settling, resize_patch, settled_cpu_limit
 from corral.render.pod import (
     MAX_SPEC_ANNOTATION_BYTES,
-    STARTUP_PROBE_SECONDS,
+    STARTUP_SECONDS,
     overridden_selector_keys,
 )
 from corral.render.pvc import storage_too_large
@@ -914,7 +914,7 @@ class _Decision:
         created = parse_time(pod.created_at) or parse_time(pod.started_at)
         if created is None or created > self.now:
             return None
-        until = created + timedelta(seconds=STARTUP_PROBE_SECONDS)
+        until = created + timedelta(seconds=STARTUP_SECONDS)
         return until if self.now < until else None
 
     def unheard_until(self) -> datetime | None:
