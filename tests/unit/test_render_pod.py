@@ -203,6 +203,13 @@ def test_runner_command_probes_and_port(
     }
     assert readiness["timeoutSeconds"] > runtime.READY_HOLD_SECONDS
     assert "initialDelaySeconds" not in readiness
+    # That first probe comes at the kubelet's first sync that sees the container running,
+    # which waits for the postStart hook: it returns once the runner listens, so the probe
+    # is never refused (an Unhealthy Warning).
+    hook = c["lifecycle"]["postStart"]["exec"]["command"]
+    assert hook[:5] == [
+        "python", "-m", "corral.probe", f"--port={runtime.RUNNER_PORT}", "--listening",
+    ]
     # Liveness counts only once a start has had its time (a startup probe's job before).
     liveness = c["livenessProbe"]
     assert liveness["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -226,6 +233,7 @@ def test_ephemeral_runs_once_within_a_deadline(make_session: SessionFactory) -> 
     # It exits when done: a probe landing after its port closed would be a Warning Event.
     runner = container(pod)
     assert "livenessProbe" not in runner and "readinessProbe" not in runner
+    assert "lifecycle" not in runner
     # Its startup probe waits inside the container (corral.probe) rather than failing
     # until the runner listens: each failed probe would be a Warning Event.
     startup = runner["startupProbe"]

@@ -45,6 +45,8 @@ SPEC_VOLUME = "session-spec"
 # (an Ephemeral runner's startup probe; the others' liveness probe's initial delay).
 STARTUP_SECONDS = 120
 STARTUP_PROBE_PERIOD_SECONDS = 1
+# The postStart hook's bound on waiting for the runner to listen (it never fails a start).
+LISTEN_WAIT_SECONDS = 10
 # The runner stops taking work on SIGTERM and drains for this much less than the grace period.
 DRAIN_MARGIN_SECONDS = 10
 
@@ -294,6 +296,22 @@ def _http_probe(
     )
 
 
+def _wait_for_listener() -> Manifest:
+    # The kubelet probes readiness at the first sync that sees the container running, which
+    # can come before the runner's process has bound its port (about 70 ms in): a refused
+    # probe is an Unhealthy Warning. That sync waits for this hook, which returns once the
+    # port listens (see corral.probe); one exec per start, as the startup probe it replaces.
+    command = [
+        "python",
+        "-m",
+        "corral.probe",
+        f"--port={runtime.RUNNER_PORT}",
+        "--listening",
+        f"--within={LISTEN_WAIT_SECONDS}",
+    ]
+    return {"postStart": {"exec": {"command": command}}}
+
+
 def _readiness_probe() -> Manifest:
     # No startup probe before it: the kubelet runs a startup probe only on its period's
     # ticks, but a readiness probe also at once when it sees the container running. The
@@ -368,12 +386,14 @@ def _container(session: AgentSession, config: OperatorConfig, grace: int, pod: s
     # have had STARTUP_SECONDS to come up.
     liveness: Manifest | None = None
     readiness: Manifest | None = None
+    lifecycle: Manifest | None = None
     startup: Manifest | None = _startup_probe()
     if session.spec.pattern != Pattern.EPHEMERAL:
         liveness = _http_probe(
             runtime.LIVENESS_PATH, period=10, failures=3, timeout=5, delay=STARTUP_SECONDS
         )
         readiness = _readiness_probe()
+        lifecycle = _wait_for_listener()
         startup = None
     port = {
         "containerPort": runtime.RUNNER_PORT,
@@ -387,6 +407,7 @@ def _container(session: AgentSession, config: OperatorConfig, grace: int, pod: s
         "env": _env(session, config, pod),
         "image": session.spec.image or config.default_image,
         "imagePullPolicy": config.image_pull_policy,
+        "lifecycle": lifecycle,
         "livenessProbe": liveness,
         "name": runtime.CONTAINER_NAME,
         "ports": [port],
