@@ -53,7 +53,7 @@ def lines_naming(text: str, needle: str, keep: int) -> str:
 
 
 def fake_requests(fake: FakeAnthropic) -> Iterable[str]:
-    for request in fake.requests():
+    for request in fake.requests:
         body = request.body if isinstance(request.body, dict) else {}
         messages = body.get("messages") or []
         yield (
