@@ -172,14 +172,26 @@ def test_transcript_skips_huge_lines_and_stops_at_its_byte_budget(tmp_path: Path
     assert [e["uuid"] for e in page.entries] == ["u3"] and page.truncated
 
 
-@pytest.mark.parametrize("limit", ["-1", "0", str(TRANSCRIPT_MAX_LIMIT + 1), "x", "1e3"])
-async def test_transcript_refuses_a_limit_outside_its_range(
-    one_agent: tuple[AgentWorker, TestClient[Any, Any]], limit: str
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        *[
+            (f"/v1/transcript?limit={limit}", "limit must be an integer")
+            for limit in ["-1", "0", str(TRANSCRIPT_MAX_LIMIT + 1), "x", "1e3"]
+        ],
+        *[
+            (f"/readyz?wait={wait}", "wait must be seconds from 0 to 60")
+            for wait in ["soon", "-1", "61", "nan"]
+        ],
+    ],
+)
+async def test_a_query_parameter_out_of_its_range_is_refused_by_name(
+    one_agent: tuple[AgentWorker, TestClient[Any, Any]], query: str, named: str
 ) -> None:
     _, client = one_agent
-    response = await client.get(f"/v1/transcript?limit={limit}")
+    response = await client.get(query)
     assert response.status == 400
-    assert "limit" in (await response.json())["error"]
+    assert named in (await response.json())["error"]
 
 
 async def test_transcript_accepts_limits_in_range(
@@ -241,6 +253,37 @@ async def test_a_busy_runner_is_ready_and_says_busy_in_status(
     assert status["state"] == "busy" and status["ready"] is True
     response = await client.post("/v1/messages", json={"text": "second"})
     assert response.status == 409
+
+
+async def test_readiness_held_while_starting_answers_as_the_agent_comes_up(
+    one_agent: tuple[AgentWorker, TestClient[Any, Any]],
+) -> None:
+    # The kubelet's first readiness probe comes as the container starts: held, it sees
+    # the runner ready instead of failing and waiting a period.
+    worker, client = one_agent
+    probe = asyncio.create_task(client.get("/readyz?wait=30"))
+    await asyncio.sleep(0.3)
+    assert not probe.done(), "answered before the agent came up"
+    worker.state = AgentState.IDLE
+    worker.ready.set()
+    response = await asyncio.wait_for(probe, 10)
+    assert response.status == 200, await response.text()
+
+
+async def test_readiness_hold_is_bounded_and_only_while_starting(
+    one_agent: tuple[AgentWorker, TestClient[Any, Any]],
+) -> None:
+    worker, client = one_agent
+    # Never up within the hold: not ready, with the reason.
+    response = await client.get("/readyz?wait=0.2")
+    assert response.status == 503
+    assert "starting" in (await response.json())["reason"]
+    # Started once, then lost its CLI: answered at once (a hold here would only delay
+    # the kubelet noticing).
+    worker.ready.set()
+    worker.state = AgentState.RESTARTING
+    response = await asyncio.wait_for(client.get("/readyz?wait=30"), 10)
+    assert response.status == 503
 
 
 async def test_shared_runner_stays_ready_while_one_agent_restarts(tmp_path: Path) -> None:

@@ -46,6 +46,20 @@ def test_runner_start_path_imports_nothing_it_does_not_use() -> None:
     assert not leaked, leaked
 
 
+def test_the_port_listens_before_the_heavy_imports() -> None:
+    """`corral runner` binds its port (corral.runner.listener) having loaded only the
+    command line and the pod contract: the kubelet's first readiness probe can come a
+    tenth of a second after the process starts, and a refused one is a Warning Event."""
+    modules = loaded_after(
+        "from corral.cli import build_parser\n"
+        "build_parser(['runner'])\n"
+        "import corral.runner.listener, corral.api.runtime"
+    )
+    assert "corral.runner.listener" in modules
+    heavy = ("pydantic", "aiohttp", "claude_agent_sdk", "corral.api.v1alpha1", "asyncio")
+    assert not [m for m in heavy if m in modules], sorted(m for m in heavy if m in modules)
+
+
 def test_http_server_is_imported_after_the_cli_is_started() -> None:
     """aiohttp (a tenth of a second and more) loads while the CLI boots, not before."""
     modules = loaded_after("import corral.runner.app, corral.runner.agent")

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from runner_harness import Runner, history_text, result_of
+from runner_harness import Runner, history_text, result_of, start_runner
 
 from corral.testing.anthropic_script import ErrorStep, StreamShape, TextStep, bash, error, text
 from corral.testing.fake_anthropic import FakeAnthropic
@@ -308,3 +310,32 @@ def test_transcript_returns_the_conversation(
     assert "transcribe this line" in json.dumps(body["messages"])
     for bad in ("x", "-1", "0", "5001"):
         assert long_running.request("GET", f"/v1/transcript?limit={bad}")[0] == 400
+
+
+def test_listens_from_its_start_and_holds_the_first_probe_until_ready(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    # As the kubelet does when it first sees the container running: connect at once and
+    # ask `/readyz?wait=`. The port accepts before the runner has imported its modules,
+    # and the answer waits for the agent: 200, not a refusal or a 503 retried a period later.
+    runner = start_runner({"pattern": "LongRunning"}, tmp_path, fake.url, wait=False)
+    try:
+        port = int(runner.url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                assert runner.proc.poll() is None, runner.logs_text()
+                assert time.monotonic() < deadline, "the runner never listened"
+                time.sleep(0.005)
+        log_at_connect = runner.logs_text()
+        with conn:
+            conn.settimeout(60)
+            conn.sendall(b"GET /readyz?wait=30 HTTP/1.0\r\nHost: x\r\n\r\n")
+            status_line = conn.makefile("rb").readline()
+        assert b" 200 " in status_line, (status_line, runner.logs_text())
+        assert "runner started" not in log_at_connect, "listened only once up"
+    finally:
+        runner.kill()

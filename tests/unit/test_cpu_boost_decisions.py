@@ -4,6 +4,7 @@ and lifecycle's settle_cpu)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from test_lifecycle import CONFIG, T0, World, make_pod, make_session, observe
 
 from corral.config import OperatorConfig
-from corral.controller.lifecycle import Activity, decide
+from corral.controller.lifecycle import BOOST_AFTER_READY_SECONDS, Activity, decide
 from corral.controller.pods import pod_view, resize_supported
 from corral.render import render_pod, restart_hash
 from corral.render.cpu_boost import (
@@ -126,6 +127,22 @@ def test_the_runners_first_report_does_not_end_the_boost() -> None:
     session, pod = boosted_pod(ready=False)
     own = Activity(last_activity=T0, busy=True, pod_name=pod.name)
     assert not decide(observe(session, [pod], activity=own), BOOST).resize_pods
+
+
+def test_the_boost_outlasts_ready_by_a_second_or_two() -> None:
+    """Ready now comes as the runner turns ready, with the woken runner's first answer
+    still running: the resize waits until Ready's whole-second time plus 2 s."""
+    session = make_session("LongRunning", resources={"cpu": "250m"})
+    ready_at = T0.replace(microsecond=0)  # as the API writes it: whole seconds
+    pod = make_pod(session, 1, phase="Running", ready=True, config=BOOST, ready_at=ready_at)
+    now = ready_at + timedelta(seconds=0.7)
+    plan = decide(observe(session, [pod], now=now), BOOST)
+    assert plan.resize_pods == []
+    assert plan.requeue_after == pytest.approx(BOOST_AFTER_READY_SECONDS - 0.7)
+    later = ready_at + timedelta(seconds=BOOST_AFTER_READY_SECONDS)
+    assert [name for name, _ in decide(observe(session, [pod], now=later), BOOST).resize_pods] == [
+        pod.name
+    ]
 
 
 def test_a_settled_or_unboosted_pod_gets_no_write() -> None:

@@ -23,7 +23,7 @@ from corral.controller.credentials import SecretCheck
 from corral.controller.lifecycle import Activity, Observed, Plan, decide, timestamp
 from corral.controller.pods import PodView, pod_view
 from corral.render import pod_name, pvc_name, render_pod
-from corral.render.pod import STARTUP_PROBE_SECONDS
+from corral.render.pod import STARTUP_SECONDS
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 UID = "0b7d3c1e-5f7a-4c1e-9a55-2b1f0f6d8e01"
@@ -952,7 +952,7 @@ def test_hybrid_pod_still_starting_is_not_counted_idle() -> None:
     assert plan.delete_pods == []
     assert world.session.status.phase != "Idle"
     # Looked at again when the startup window ends (a Ready change reconciles sooner).
-    assert plan.requeue_after == pytest.approx(STARTUP_PROBE_SECONDS - 60)
+    assert plan.requeue_after == pytest.approx(STARTUP_SECONDS - 60)
 
 
 def test_hybrid_idle_countdown_starts_when_the_pod_is_ready() -> None:
@@ -973,7 +973,7 @@ def test_hybrid_idle_countdown_starts_when_the_pod_is_ready() -> None:
 def test_hybrid_pod_never_ready_counts_idle_after_the_startup_window() -> None:
     world = starting_hybrid_world()
     name = world.live_pod()
-    world.advance(STARTUP_PROBE_SECONDS + 1)
+    world.advance(STARTUP_SECONDS + 1)
     plan = world.step()
     assert [d.name for d in plan.delete_pods] == [name]
 

@@ -15,6 +15,7 @@ from corral.render import RenderError, pod_name, render_pod, restart_hash
 from corral.render.pod import (
     ATTEMPT_ANNOTATION,
     RESTART_HASH_ANNOTATION,
+    STARTUP_SECONDS,
     overridden_selector_keys,
 )
 
@@ -191,19 +192,28 @@ def test_runner_command_probes_and_port(
         str(runtime.RUNNER_PORT),
     ]
     assert c["ports"] == [{"name": "http", "containerPort": runtime.RUNNER_PORT, "protocol": "TCP"}]
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    # The startup probe waits inside the container (corral.probe) rather than failing
-    # until the runner listens: each failed probe would be a Warning Event.
-    startup = c["startupProbe"]
-    command = startup["exec"]["command"]
-    assert command[:4] == ["python", "-m", "corral.probe", f"--port={runtime.RUNNER_PORT}"]
-    assert "--ready=/readyz" in command and "--live=/healthz" in command
-    within = float(next(a for a in command if a.startswith("--within=")).split("=")[1])
-    assert startup["timeoutSeconds"] > within and startup["failureThreshold"] == 1
-    # The kubelet runs startup probes only on period ticks and the first tick comes before
-    # the container runs: Ready waits for the second tick, so the period must be short.
-    assert startup["periodSeconds"] <= 2
+    # No startup probe: it would run only on its period's ticks, while the kubelet runs a
+    # readiness probe at once when it sees the container running. The runner holds that
+    # first probe's answer until it is ready; the timeout covers the hold.
+    assert "startupProbe" not in c
+    readiness = c["readinessProbe"]
+    assert readiness["httpGet"] == {
+        "path": f"/readyz?wait={runtime.READY_HOLD_SECONDS}",
+        "port": "http",
+    }
+    assert readiness["timeoutSeconds"] > runtime.READY_HOLD_SECONDS
+    assert "initialDelaySeconds" not in readiness
+    # That first probe comes at the kubelet's first sync that sees the container running,
+    # which waits for the postStart hook: it returns once the runner listens, so the probe
+    # is never refused (an Unhealthy Warning).
+    hook = c["lifecycle"]["postStart"]["exec"]["command"]
+    assert hook[:5] == [
+        "python", "-m", "corral.probe", f"--port={runtime.RUNNER_PORT}", "--listening",
+    ]
+    # Liveness counts only once a start has had its time (a startup probe's job before).
+    liveness = c["livenessProbe"]
+    assert liveness["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert liveness["initialDelaySeconds"] == STARTUP_SECONDS
     assert c["terminationMessagePath"] == runtime.TERMINATION_LOG
     assert c["image"] == config.default_image
 
@@ -222,8 +232,20 @@ def test_ephemeral_runs_once_within_a_deadline(make_session: SessionFactory) -> 
     assert pod["spec"]["activeDeadlineSeconds"] == 60
     # It exits when done: a probe landing after its port closed would be a Warning Event.
     runner = container(pod)
-    assert "startupProbe" in runner
     assert "livenessProbe" not in runner and "readinessProbe" not in runner
+    assert "lifecycle" not in runner
+    # Its startup probe waits inside the container (corral.probe) rather than failing
+    # until the runner listens: each failed probe would be a Warning Event.
+    startup = runner["startupProbe"]
+    command = startup["exec"]["command"]
+    assert command[:4] == ["python", "-m", "corral.probe", f"--port={runtime.RUNNER_PORT}"]
+    assert "--ready=/readyz" in command and "--live=/healthz" in command
+    within = float(next(a for a in command if a.startswith("--within=")).split("=")[1])
+    assert within == STARTUP_SECONDS
+    assert startup["timeoutSeconds"] > within and startup["failureThreshold"] == 1
+    # The kubelet runs startup probes only on period ticks and the first tick comes before
+    # the container runs: Ready waits for the second tick, so the period must be short.
+    assert startup["periodSeconds"] <= 2
 
 
 @pytest.mark.parametrize("pattern", ["LongRunning", "Hybrid", "Shared"])

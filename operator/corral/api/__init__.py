@@ -1,27 +1,6 @@
-"""The AgentSession API: pydantic models that are the single source of truth."""
+"""The AgentSession API: pydantic models that are the single source of truth.
 
-from corral.api.v1alpha1 import (
-    API_VERSION,
-    GROUP,
-    KIND,
-    PLURAL,
-    VERSION,
-    AgentSession,
-    AgentSessionSpec,
-    AgentSessionStatus,
-    Pattern,
-    Phase,
-)
-
-__all__ = [
-    "API_VERSION",
-    "GROUP",
-    "KIND",
-    "PLURAL",
-    "VERSION",
-    "AgentSession",
-    "AgentSessionSpec",
-    "AgentSessionStatus",
-    "Pattern",
-    "Phase",
-]
+The models live in `corral.api.v1alpha1`; this package imports nothing itself, so that
+`corral.api.runtime` (the pod contract) loads without pydantic: the runner reads it
+before it listens on its port, in its first milliseconds.
+"""

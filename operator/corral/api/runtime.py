@@ -12,6 +12,9 @@ RUNNER_PORT_NAME = "http"
 # busy or idle: a busy runner must stay reachable for interrupts).
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
+# The readiness probe asks the runner to hold its answer this long while its agents start
+# (`/readyz?wait=`), so the first probe, at container start, sees it ready.
+READY_HOLD_SECONDS = 20
 RUNNER_UID = 1000
 RUNNER_GID = 1000
 CONTAINER_NAME = "runner"

@@ -58,7 +58,7 @@ from corral.render import (
 from corral.render.cpu_boost import needs_settling, resize_patch, settled_cpu_limit
 from corral.render.pod import (
     MAX_SPEC_ANNOTATION_BYTES,
-    STARTUP_PROBE_SECONDS,
+    STARTUP_SECONDS,
     overridden_selector_keys,
 )
 from corral.render.pvc import storage_too_large
@@ -81,6 +81,10 @@ HEARTBEAT_GRACE = timedelta(seconds=45)
 NAME_TAKEN_RETRY_SECONDS = 30.0
 # A runner not ready after this many restarts of its container is crash-looping.
 CRASH_LOOP_RESTARTS = 3
+# The start-up CPU boost outlasts the pod's Ready (which comes as the runner turns ready)
+# by this much, measured from the Ready condition's whole-second time: a woken runner's
+# first answer starts at once and runs boosted.
+BOOST_AFTER_READY_SECONDS = 2.0
 
 
 def timestamp(moment: datetime) -> str:
@@ -522,16 +526,25 @@ class _Decision:
         return self.live[-1]
 
     def settle_cpu(self, pod: PodView) -> None:
-        """End a pod's start-up CPU boost once it is Ready. Not at the runner's first
-        activity report, which comes sooner: a woken runner's first answer (a message the
-        gateway held) then ran at the session's limit, about 0.3 s slower at 250m (see
-        docs/startup-benchmarks.md); the probe's second or so more keeps it boosted.
-        Level-based: a pod still above its settled limit (after an operator restart, say)
-        is resized whenever it is seen Ready. Not on a node that cannot resize: the pod
-        keeps its boost, and no request is sent to be refused."""
-        if pod.ready and pod.resizable and needs_settling(pod.cpu_limit, self.spec):
-            patch = resize_patch(runtime.CONTAINER_NAME, settled_cpu_limit(self.spec))
-            self.plan.resize_pods.append((pod.name, patch))
+        """End a pod's start-up CPU boost once it has been Ready for
+        BOOST_AFTER_READY_SECONDS. Not at the runner's first activity report, nor at Ready
+        itself, which come as the runner turns ready: a woken runner's first answer (a
+        message the gateway held) then ran at the session's limit, about 0.3 s slower at
+        250m (see docs/startup-benchmarks.md). Level-based: a pod still above its settled
+        limit (after an operator restart, say) is resized whenever it is seen Ready long
+        enough. Not on a node that cannot resize: the pod keeps its boost, and no request
+        is sent to be refused."""
+        if not (pod.ready and pod.resizable and needs_settling(pod.cpu_limit, self.spec)):
+            return
+        ready_since = parse_time(pod.ready_since)
+        if ready_since is not None:
+            # Whole seconds, rounded down: the boost outlasts Ready by 1 to 2 s.
+            due = ready_since + timedelta(seconds=BOOST_AFTER_READY_SECONDS)
+            if self.now < due:
+                self.plan.requeue((due - self.now).total_seconds())
+                return
+        patch = resize_patch(runtime.CONTAINER_NAME, settled_cpu_limit(self.spec))
+        self.plan.resize_pods.append((pod.name, patch))
 
     def observe_running_pod(self, pod: PodView) -> None:
         """Phase and conditions from a pod that is not finished."""
@@ -914,7 +927,7 @@ class _Decision:
         created = parse_time(pod.created_at) or parse_time(pod.started_at)
         if created is None or created > self.now:
             return None
-        until = created + timedelta(seconds=STARTUP_PROBE_SECONDS)
+        until = created + timedelta(seconds=STARTUP_SECONDS)
         return until if self.now < until else None
 
     def unheard_until(self) -> datetime | None:

@@ -41,9 +41,12 @@ HOME_VOLUME = "home"
 TMP_VOLUME = "tmp"
 SPEC_VOLUME = "session-spec"
 
-# How long the runner may take to become ready before the kubelet restarts its container.
-STARTUP_PROBE_SECONDS = 120
+# How long the runner may take to become ready before the kubelet restarts its container
+# (an Ephemeral runner's startup probe; the others' liveness probe's initial delay).
+STARTUP_SECONDS = 120
 STARTUP_PROBE_PERIOD_SECONDS = 1
+# The postStart hook's bound on waiting for the runner to listen (it never fails a start).
+LISTEN_WAIT_SECONDS = 10
 # The runner stops taking work on SIGTERM and drains for this much less than the grace period.
 DRAIN_MARGIN_SECONDS = 10
 
@@ -279,13 +282,45 @@ def _volume_mounts() -> list[Manifest]:
     ]
 
 
-def _http_probe(path: str, period: int, failures: int, timeout: int = 3) -> Manifest:
-    return {
-        "failureThreshold": failures,
-        "httpGet": {"path": path, "port": runtime.RUNNER_PORT_NAME},
-        "periodSeconds": period,
-        "timeoutSeconds": timeout,
-    }
+def _http_probe(
+    path: str, period: int, failures: int, timeout: int = 3, delay: int | None = None
+) -> Manifest:
+    return without_none(
+        {
+            "failureThreshold": failures,
+            "httpGet": {"path": path, "port": runtime.RUNNER_PORT_NAME},
+            "initialDelaySeconds": delay,
+            "periodSeconds": period,
+            "timeoutSeconds": timeout,
+        }
+    )
+
+
+def _wait_for_listener() -> Manifest:
+    # The kubelet probes readiness at the first sync that sees the container running, which
+    # can come before the runner's process has bound its port (about 70 ms in): a refused
+    # probe is an Unhealthy Warning. That sync waits for this hook, which returns once the
+    # port listens (see corral.probe); one exec per start, as the startup probe it replaces.
+    command = [
+        "python",
+        "-m",
+        "corral.probe",
+        f"--port={runtime.RUNNER_PORT}",
+        "--listening",
+        f"--within={LISTEN_WAIT_SECONDS}",
+    ]
+    return {"postStart": {"exec": {"command": command}}}
+
+
+def _readiness_probe() -> Manifest:
+    # No startup probe before it: the kubelet runs a startup probe only on its period's
+    # ticks, but a readiness probe also at once when it sees the container running. The
+    # runner listens from its first milliseconds and holds that probe's answer until its
+    # agents are up (`?wait=`), so the pod turns Ready as the runner does. The timeout
+    # covers the hold; a probe at rest is answered at once.
+    hold = runtime.READY_HOLD_SECONDS
+    path = f"{runtime.READINESS_PATH}?wait={hold}"
+    return _http_probe(path, period=5, failures=2, timeout=hold + 5)
 
 
 def _startup_probe() -> Manifest:
@@ -298,7 +333,7 @@ def _startup_probe() -> Manifest:
         f"--port={runtime.RUNNER_PORT}",
         f"--ready={runtime.READINESS_PATH}",
         f"--live={runtime.LIVENESS_PATH}",
-        f"--within={STARTUP_PROBE_SECONDS}",
+        f"--within={STARTUP_SECONDS}",
     ]
     return {
         "exec": {"command": command},
@@ -308,7 +343,7 @@ def _startup_probe() -> Manifest:
         # probe itself waits, so it runs once.
         "failureThreshold": 1,
         "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
-        "timeoutSeconds": STARTUP_PROBE_SECONDS + 5,
+        "timeoutSeconds": STARTUP_SECONDS + 5,
     }
 
 
@@ -347,11 +382,19 @@ def _container(session: AgentSession, config: OperatorConfig, grace: int, pod: s
     # port closing and the kubelet seeing the exit posts an Unhealthy Warning for a run
     # that went well. Its pod is Ready once the startup probe saw it ready (busy counts as
     # ready), and a wedged run ends at activeDeadlineSeconds: no liveness or readiness.
+    # The others are probed for readiness from their start, and for liveness once they
+    # have had STARTUP_SECONDS to come up.
     liveness: Manifest | None = None
     readiness: Manifest | None = None
+    lifecycle: Manifest | None = None
+    startup: Manifest | None = _startup_probe()
     if session.spec.pattern != Pattern.EPHEMERAL:
-        liveness = _http_probe(runtime.LIVENESS_PATH, period=10, failures=3, timeout=5)
-        readiness = _http_probe(runtime.READINESS_PATH, period=5, failures=2)
+        liveness = _http_probe(
+            runtime.LIVENESS_PATH, period=10, failures=3, timeout=5, delay=STARTUP_SECONDS
+        )
+        readiness = _readiness_probe()
+        lifecycle = _wait_for_listener()
+        startup = None
     port = {
         "containerPort": runtime.RUNNER_PORT,
         "name": runtime.RUNNER_PORT_NAME,
@@ -364,16 +407,16 @@ def _container(session: AgentSession, config: OperatorConfig, grace: int, pod: s
         "env": _env(session, config, pod),
         "image": session.spec.image or config.default_image,
         "imagePullPolicy": config.image_pull_policy,
+        "lifecycle": lifecycle,
         "livenessProbe": liveness,
         "name": runtime.CONTAINER_NAME,
         "ports": [port],
         "readinessProbe": readiness,
         "resources": _resources(session.spec, config),
         "securityContext": _container_security(),
-        # Startup allows a minute for the runner to come up before liveness counts; it
-        # waits in the container (corral.probe) so that a normal start posts no Unhealthy
-        # Warning Events.
-        "startupProbe": _startup_probe(),
+        # An Ephemeral runner's startup probe waits in the container (corral.probe), so
+        # that a normal start posts no Unhealthy Warning Events.
+        "startupProbe": startup,
         "terminationMessagePath": runtime.TERMINATION_LOG,
         # A crash before the runner wrote its outcome still leaves the log tail in status.
         "terminationMessagePolicy": "FallbackToLogsOnError",

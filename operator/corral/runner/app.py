@@ -12,9 +12,10 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,8 @@ class RunnerSettings:
     session_namespace: str | None = None
     # 0: not in a pod (no startup probe to wait for).
     startup_probe_wait_seconds: float = 0.0
+    # Bound early by `corral runner` (corral.runner.listener); None: bind host:port here.
+    listener: socket.socket | None = field(default=None, compare=False)
 
 
 def wants_fake(flag: bool) -> bool:
@@ -253,7 +256,11 @@ class Runner:
         )
         self._http = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await self._http.setup()
-        await web.TCPSite(self._http, self.settings.host, self.settings.port).start()
+        listener = self.settings.listener
+        if listener is not None:
+            await web.SockSite(self._http, listener).start()
+        else:
+            await web.TCPSite(self._http, self.settings.host, self.settings.port).start()
 
     async def _open(self, worker: AgentWorker, texts: list[str]) -> None:
         await worker.ready.wait()

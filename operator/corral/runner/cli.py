@@ -72,20 +72,22 @@ def register(subparsers: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    # Imported here so `corral --help` does not load the SDK.
-    import logging
+    # Listen first, before the imports below take most of a start-up (see listener).
+    from corral.runner import listener
 
+    try:
+        sock = listener.bind(args.host, args.port)
+    except OSError as exc:
+        return _config_error(f"cannot listen on {args.host}:{args.port}: {exc}")
+    # Imported here so `corral --help` does not load the SDK.
     from corral.runner import jsonlog
-    from corral.runner.app import EXIT_CONFIG, RunnerSettings, run
-    from corral.runner.jsonlog import log_event
+    from corral.runner.app import RunnerSettings, run
     from corral.runner.session_file import SessionFileError, load_session
 
     try:
         session = load_session(args.session)
     except SessionFileError as exc:
-        jsonlog.configure(None, None)
-        log_event(logging.getLogger("corral.runner"), str(exc), level=logging.ERROR)
-        return EXIT_CONFIG
+        return _config_error(str(exc))
     jsonlog.configure(session.name, session.namespace)
     # Flags left out keep RunnerSettings' defaults (defined once, there).
     optional = {
@@ -109,8 +111,21 @@ def main(args: argparse.Namespace) -> int:
         session_name=session.name,
         session_namespace=session.namespace,
         startup_probe_wait_seconds=_startup_probe_wait(),
+        listener=sock,
     )
     return run(settings)
+
+
+def _config_error(message: str) -> int:
+    """Log why the runner cannot start (as JSON, like the rest of its log) and exit 2."""
+    import logging
+
+    from corral.runner import jsonlog
+    from corral.runner.app import EXIT_CONFIG
+
+    jsonlog.configure(None, None)
+    jsonlog.log_event(logging.getLogger("corral.runner"), message, level=logging.ERROR)
+    return EXIT_CONFIG
 
 
 def _startup_probe_wait() -> float:

@@ -39,6 +39,9 @@ LOOPBACK = frozenset({"127.0.0.1", "::1"})
 TRANSCRIPT_DEFAULT_LIMIT = 200
 TRANSCRIPT_MAX_LIMIT = 5000
 TRANSCRIPT_CONCURRENT_READS = 2
+# `/readyz?wait=S` holds a probe at most this long while the agents start (the pod's
+# readiness probe asks for runtime.READY_HOLD_SECONDS).
+READY_HOLD_MAX_SECONDS = 60.0
 
 
 class MessageRequest(BaseModel):
@@ -77,6 +80,19 @@ def transcript_limit(raw: str | None) -> int:
     if not 1 <= limit <= TRANSCRIPT_MAX_LIMIT:
         raise ApiError(400, f"limit must be an integer from 1 to {TRANSCRIPT_MAX_LIMIT}")
     return limit
+
+
+def ready_hold(raw: str | None) -> float:
+    """`/readyz?wait=`: seconds to hold the answer while the agents start (default 0)."""
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= READY_HOLD_MAX_SECONDS:
+        raise ApiError(400, f"wait must be seconds from 0 to {READY_HOLD_MAX_SECONDS:g}")
+    return seconds
 
 
 def _from_loopback(request: web.Request) -> bool:
@@ -202,6 +218,12 @@ class RunnerApi:
         return web.json_response({"ok": True})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        # The kubelet's first readiness probe comes as the container starts: held until
+        # the agents are up, it turns the pod Ready at once instead of a period later.
+        hold = ready_hold(request.query.get("wait"))
+        if hold and self.session.starting():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.session.wait_started(), hold)
         ready, reason = self.session.readiness()
         if ready and request.remote in LOOPBACK:
             self.probed_ready.set()

@@ -78,6 +78,10 @@ class RunnerSession:
     async def wait_started(self) -> None:
         await asyncio.gather(*(w.ready.wait() for w in self.workers.values()))
 
+    def starting(self) -> bool:
+        """Some agent has not started yet (nor given up)."""
+        return any(not w.ready.is_set() for w in self.workers.values())
+
     def readiness(self) -> tuple[bool, str]:
         """Ready when the runner can serve requests: it is not stopping, every agent has
         started once, and some agent's CLI is connected. A busy agent is ready: a message
