@@ -544,7 +544,12 @@ class Release:
         return kubectl(self.kubeconfig, "-n", self.namespace, *args)
 
     def operator_logs(self, tail: int = 40) -> str:
-        done = self.kubectl("logs", "-l", self.selector, f"--tail={tail}", "--prefix")
+        return self.component_logs("operator", tail)
+
+    def component_logs(self, component: str, tail: int = 40) -> str:
+        """The last lines of every pod of one of the chart's components (operator, gateway)."""
+        selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component={component}"
+        done = self.kubectl("logs", "-l", selector, f"--tail={tail}", "--prefix")
         return done.stdout + done.stderr
 
     def diagnose(self) -> str:

@@ -107,11 +107,12 @@ def story(release: Release, namespace: str | None, fake: FakeAnthropic | None) -
         events = run("-n", namespace, "get", "events", "--sort-by=.lastTimestamp")
         section("events", events[-EVENTS_CHARS:])
     if namespace:
-        operator = release.operator_logs(tail=OPERATOR_LOG_SCAN)
-        section(
-            f"operator log lines naming {namespace}",
-            lines_naming(operator, namespace, OPERATOR_LOG_LINES),
-        )
+        for component in ("operator", "gateway"):
+            logs = release.component_logs(component, tail=OPERATOR_LOG_SCAN)
+            section(
+                f"{component} log lines naming {namespace}",
+                lines_naming(logs, namespace, OPERATOR_LOG_LINES),
+            )
     else:
         section("operator log", release.operator_logs(tail=OPERATOR_LOG_LINES))
     if fake is not None:

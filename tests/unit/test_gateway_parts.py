@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from corral.api import runtime
@@ -22,6 +25,7 @@ from corral.gateway.directory import (
 )
 from corral.gateway.limits import Limited, UserLimits
 from corral.gateway.metrics import GatewayMetrics
+from corral.gateway.proxy import connect_retrying
 from corral.gateway.server import bearer_token, wants_stream
 
 # --- routes ------------------------------------------------------------------------------
@@ -525,3 +529,51 @@ async def test_a_session_that_sleeps_again_soon_after_a_wake_is_woken_again() ->
     directory.on_session("MODIFIED", _session("Running"))
     directory.on_session("MODIFIED", _session("Idle"))  # asleep again, seconds later
     assert directory.needs_wake(directory.view("ns", "s"))
+
+
+# --- connecting to a runner that has just turned Ready ---------------------------------
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_a_refused_connection_is_tried_again_until_the_runner_listens() -> None:
+    port = _unused_port()
+    app = web.Application()
+    app.router.add_post("/v1/messages", lambda request: web.json_response({"ok": True}))
+    runner = web.AppRunner(app)
+    await runner.setup()
+
+    async def listen_late() -> None:
+        await asyncio.sleep(0.4)
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    late = asyncio.create_task(listen_late())
+    try:
+        async with aiohttp.ClientSession() as client:
+            url = f"http://127.0.0.1:{port}/v1/messages"
+            # Refused at first (nothing listens yet), then answered: a POST, tried again.
+            response = await connect_retrying(lambda: client.post(url, json={}), 5.0)
+            assert response.status == 200 and await response.json() == {"ok": True}
+            response.release()
+    finally:
+        await late
+        await runner.cleanup()
+
+
+async def test_a_runner_that_never_listens_is_given_up_on_after_the_bound() -> None:
+    url = f"http://127.0.0.1:{_unused_port()}/v1/messages"
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as client:
+        started = loop.time()
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await connect_retrying(lambda: client.post(url, json={}), 0.3)
+        waited = loop.time() - started
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await connect_retrying(lambda: client.post(url, json={}), 0.0)
+    # It tried for about the bound, not once and not for ever (a loose upper bound: this
+    # checks the bound is applied, not the machine's speed).
+    assert 0.1 <= waited < 3.0, waited

@@ -11,19 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import WSMsgType, web
 
 from corral.api import runtime
 
+log = logging.getLogger("corral.gateway.proxy")
+
 # Request headers passed to the runner; everything else (Authorization, cookies, the
 # caller's token, hop-by-hop headers) stays at the gateway.
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Last-Event-ID", "User-Agent")
 # Response headers passed back; the gateway sets its own framing headers.
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Retry-After")
+# How long, and how often, a refused connection to a runner is tried again.
+CONNECT_RETRY_SECONDS = 5.0
+CONNECT_RETRY_FIRST_SECONDS = 0.05
+CONNECT_RETRY_MAX_SECONDS = 0.5
+
+T = TypeVar("T")
 
 
 class StreamingClient:
@@ -49,6 +58,41 @@ class StreamingClient:
             await self._session.close()
 
 
+async def connect_retrying(connect: Callable[[], Awaitable[T]], within: float) -> T:
+    """`connect()`, tried again while the connection itself fails, for up to `within` s.
+
+    A pod that has just turned Ready can refuse its first connections for a moment: on the
+    real node the network policy agent (kube-router, which rejects what no policy allows
+    yet) let the gateway in to a new pod 0.1 to 0.4 s after its Ready, while the kubelet's
+    probes, from the node, passed. Nothing was sent on a connection never made, so a
+    request of any method can be tried again."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + within
+    delay = CONNECT_RETRY_FIRST_SECONDS
+    refused = 0
+    while True:
+        try:
+            connected = await connect()
+        except aiohttp.ClientConnectorError as error:
+            if loop.time() + delay > give_up:
+                raise
+            if not refused:
+                log.info(
+                    "connection to a runner refused; trying again",
+                    extra={"fields": {"error": str(error.os_error), "within_s": within}},
+                )
+            refused += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CONNECT_RETRY_MAX_SECONDS)
+        else:
+            if refused:
+                log.info(
+                    "connected to the runner after refusals",
+                    extra={"fields": {"refusals": refused}},
+                )
+            return connected
+
+
 class UpstreamError(Exception):
     """The runner could not be reached or broke off (502)."""
 
@@ -68,24 +112,32 @@ async def forward_http(
     body: bytes | None,
     credential: str,
     response: web.StreamResponse | None = None,
+    connect_retry_seconds: float = 0.0,
 ) -> web.StreamResponse:
     """Send the request to `url` and stream the answer back.
+
+    A connection refused is tried again for up to `connect_retry_seconds` (see
+    connect_retrying).
 
     With `response` already prepared (an SSE stream opened while the session woke), the
     runner's status can no longer be sent: a non-200 answer becomes an SSE `error` event."""
     headers = upstream_headers(request.headers, credential)
     try:
-        upstream = await client.request(
-            request.method,
-            url,
-            params=request.query,
-            data=body,
-            headers=headers,
-            allow_redirects=False,
-            auto_decompress=False,
+        upstream = await connect_retrying(
+            lambda: client.request(
+                request.method,
+                url,
+                params=request.query,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                auto_decompress=False,
+            ),
+            connect_retry_seconds,
         )
     except (aiohttp.ClientError, OSError, TimeoutError) as error:
-        raise UpstreamError(f"runner unreachable: {type(error).__name__}") from None
+        # The cause (addresses, errno) is for the gateway's log, not for the client.
+        raise UpstreamError(f"runner unreachable: {type(error).__name__}") from error
     async with upstream:
         if response is not None and response.prepared:
             if upstream.status != 200:
@@ -106,8 +158,8 @@ async def forward_http(
         try:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
-            raise UpstreamError("runner broke off the response") from None
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as error:
+            raise UpstreamError("runner broke off the response") from error
     return response
 
 

@@ -33,8 +33,10 @@ from corral.gateway.directory import (
 from corral.gateway.limits import Limited, UserLimits
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.proxy import (
+    CONNECT_RETRY_SECONDS,
     StreamingClient,
     UpstreamError,
+    connect_retrying,
     forward_http,
     pump_websocket,
     upstream_headers,
@@ -311,14 +313,28 @@ class Gateway:
             url, session = await self._endpoint_url(route, session, user)
         try:
             response = await forward_http(
-                await self.client(), request, url, body, self.credential(session), early
+                await self.client(),
+                request,
+                url,
+                body,
+                self.credential(session),
+                early,
+                connect_retry_seconds=CONNECT_RETRY_SECONDS,
             )
-        except UpstreamError:
+        except UpstreamError as error:
             if early is None or not early.prepared:
                 raise
-            await early.write(
-                b'data: {"type":"error","status":502,"message":"runner broke off"}\n\n'
+            # The stream is open (status 200 sent): the request's log line cannot say it.
+            log.warning(
+                "runner failed a held request",
+                extra={
+                    "session_namespace": route.namespace,
+                    "session_name": route.name,
+                    "fields": {"error": str(error), "cause": repr(error.__cause__), "url": url},
+                },
             )
+            self.metrics.upstream_errors.labels(reason=type(error).__name__).inc()
+            await early.write(sse_error(502, str(error)))
             response = early
         if response.prepared:
             await response.write_eof()
@@ -337,11 +353,16 @@ class Gateway:
 
         try:
             url, session = await self._endpoint_url(route, session, user, waking)
-            upstream = await (await self.client()).ws_connect(
-                url,
-                headers=upstream_headers(request.headers, self.credential(session)),
-                max_msg_size=self.settings.max_request_bytes,
-                heartbeat=30,
+            client = await self.client()
+            headers = upstream_headers(request.headers, self.credential(session))
+            upstream = await connect_retrying(
+                lambda: client.ws_connect(
+                    url,
+                    headers=headers,
+                    max_msg_size=self.settings.max_request_bytes,
+                    heartbeat=30,
+                ),
+                CONNECT_RETRY_SECONDS,
             )
         except Exception as error:
             mapped = _as_gateway_error(error)
