@@ -30,7 +30,7 @@ FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Retry-After")
 # How long, and how often, a refused connection to a runner is tried again.
 CONNECT_RETRY_SECONDS = 5.0
 CONNECT_RETRY_FIRST_SECONDS = 0.05
-CONNECT_RETRY_MAX_SECONDS = 0.5
+CONNECT_RETRY_MAX_SECONDS = 0.2
 
 T = TypeVar("T")
 
