@@ -202,6 +202,10 @@ def test_runner_command_probes_and_port(
         "port": "http",
     }
     assert readiness["timeoutSeconds"] > runtime.READY_HOLD_SECONDS
+    # A missed early probe costs at most a short period; a runner that stops answering is
+    # still given about 10 s before its pod leaves the Service.
+    assert readiness["periodSeconds"] <= 2
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] >= 10
     assert "initialDelaySeconds" not in readiness
     # That first probe comes at the kubelet's first sync that sees the container running,
     # which waits for the postStart hook: it returns once the runner listens, so the probe
