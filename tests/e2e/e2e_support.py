@@ -134,11 +134,16 @@ def ready_pod(core: client.CoreV1Api, namespace: str, session: str, timeout: flo
     return wait_for(ready, timeout=timeout, interval=1, what=f"a ready pod of {session}")
 
 
-def node_iptables(node_layout: node.NodeLayout) -> str:
-    """iptables-save of the node's network namespace (where kube-router writes its rules)."""
+def node_iptables(node_layout: node.NodeLayout) -> str | None:
+    """iptables-save of the node's network namespace (where kube-router writes its rules),
+    or None when it failed: it can, while kube-router rewrites the tables (a cold run's
+    iptables-save exited 2 once), and the caller asks again."""
     with netns.inside(node_layout.node_netns):
         # The child inherits this thread's network namespace.
-        done = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True)
+        done = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"iptables-save exited {done.returncode}: {done.stderr.strip()[:500]}")
+        return None
     return done.stdout
 
 
@@ -147,7 +152,7 @@ def wait_policy_enforced(node_layout: node.NodeLayout, pod_ip: str, timeout: flo
     wait_for(
         lambda: any(
             "KUBE-POD-FW" in line and pod_ip in line
-            for line in node_iptables(node_layout).split("\n")
+            for line in (node_iptables(node_layout) or "").split("\n")
         ),
         timeout=timeout,
         interval=0.5,
