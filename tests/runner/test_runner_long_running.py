@@ -339,3 +339,15 @@ def test_listens_from_its_start_and_holds_the_first_probe_until_ready(
         assert "runner started" not in log_at_connect, "listened only once up"
     finally:
         runner.kill()
+
+
+def test_on_sigterm_the_runner_flushes_its_log_and_exits_at_once(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    # The runner ends its process right after it closed its port (no Python teardown, in
+    # which the kubelet's readiness probes met refused connections): nothing it logged may
+    # be lost to that, and its exit code is still the run's.
+    runner = start_runner({"pattern": "LongRunning"}, tmp_path, fake.url)
+    assert runner.terminate() == 0
+    messages = [line.get("msg") for line in runner.logs()]
+    assert "stopping" in messages and messages[-1] == "runner stopped", messages[-5:]

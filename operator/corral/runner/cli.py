@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from corral.api import runtime
 
@@ -113,7 +114,23 @@ def main(args: argparse.Namespace) -> int:
         startup_probe_wait_seconds=_startup_probe_wait(),
         listener=sock,
     )
-    return run(settings)
+    _exit_at_once(run(settings))
+
+
+def _exit_at_once(code: int) -> NoReturn:
+    """End the process as soon as the runner is done, without Python's teardown (about
+    0.1 s at a whole CPU, several times that at a small limit). The runner's port is
+    closed by then, and the kubelet goes on probing readiness through a pod's termination:
+    each probe in that gap meets a refused connection and becomes an `Unhealthy` Warning
+    Event. Everything the runner wrote is flushed first; its children are gone."""
+    import logging
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _config_error(message: str) -> int:
