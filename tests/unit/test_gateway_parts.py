@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import aiohttp
@@ -27,6 +26,7 @@ from corral.gateway.limits import Limited, UserLimits
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.proxy import connect_retrying
 from corral.gateway.server import bearer_token, wants_stream
+from corral.testing.gateway import free_port
 
 # --- routes ------------------------------------------------------------------------------
 
@@ -534,14 +534,8 @@ async def test_a_session_that_sleeps_again_soon_after_a_wake_is_woken_again() ->
 # --- connecting to a runner that has just turned Ready ---------------------------------
 
 
-def _unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_a_refused_connection_is_tried_again_until_the_runner_listens() -> None:
-    port = _unused_port()
+    port = free_port()
     app = web.Application()
     app.router.add_post("/v1/messages", lambda request: web.json_response({"ok": True}))
     runner = web.AppRunner(app)
@@ -565,7 +559,7 @@ async def test_a_refused_connection_is_tried_again_until_the_runner_listens() ->
 
 
 async def test_a_runner_that_never_listens_is_given_up_on_after_the_bound() -> None:
-    url = f"http://127.0.0.1:{_unused_port()}/v1/messages"
+    url = f"http://127.0.0.1:{free_port()}/v1/messages"
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as client:
         started = loop.time()

@@ -112,7 +112,7 @@ async def forward_http(
     body: bytes | None,
     credential: str,
     response: web.StreamResponse | None = None,
-    connect_retry_seconds: float = 0.0,
+    connect_retry_seconds: float = CONNECT_RETRY_SECONDS,
 ) -> web.StreamResponse:
     """Send the request to `url` and stream the answer back.
 

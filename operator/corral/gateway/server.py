@@ -313,13 +313,7 @@ class Gateway:
             url, session = await self._endpoint_url(route, session, user)
         try:
             response = await forward_http(
-                await self.client(),
-                request,
-                url,
-                body,
-                self.credential(session),
-                early,
-                connect_retry_seconds=CONNECT_RETRY_SECONDS,
+                await self.client(), request, url, body, self.credential(session), early
             )
         except UpstreamError as error:
             if early is None or not early.prepared:
