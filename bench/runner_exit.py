@@ -19,14 +19,12 @@ import os
 import signal
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.runner_startup import ActivitySink, LogWatch, cpu_cgroup, free_port
+from bench.runner_startup import ActivitySink, LogWatch, cpu_cgroup, free_port, spawn_runner
 from corral.testing.fake_anthropic import FakeAnthropic
 
 
@@ -45,46 +43,20 @@ def refused(port: int) -> bool:
 def one_run(
     tree: Path, cpus: float | None, fake: FakeAnthropic, sink: ActivitySink
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp, cpu_cgroup(cpus) as group:
         port = free_port()
-        (work / "session.json").write_text(json.dumps({"pattern": "LongRunning"}))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-        env.update(
-            {
-                "PYTHONPATH": str(tree),
-                "ANTHROPIC_BASE_URL": fake.url,
-                "ANTHROPIC_API_KEY": "sk-ant-bench",
-                "CORRAL_SESSION_NAME": "bench",
-                "CORRAL_SESSION_NAMESPACE": "bench",
-                "CORRAL_ACTIVITY_URL": sink.url,
-                "CORRAL_ACTIVITY_TOKEN": "bench-token",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        entry = "import sys; from corral.cli import main; sys.exit(main())"
-        argv = [sys.executable, "-c", entry, "runner", "--session", str(work / "session.json")]
-        argv += ["--workspace", str(work / "ws"), "--state-dir", str(work / "state")]
-        argv += ["--host", "127.0.0.1", "--port", str(port), "--termination-log", str(work / "t")]
-        with cpu_cgroup(cpus) as group:
-            join = f"echo $$ > {group / 'cgroup.procs'} && " if group else ""
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", join + 'exec "$@"', "sh", *argv],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-            assert proc.stdout is not None
-            LogWatch(proc.stdout).wait("agent ready")
-            time.sleep(0.5)  # idle, as a runner an idle scale-down stops
-            sent = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            first_refused: float | None = None
-            while proc.poll() is None:
-                if first_refused is None and refused(port):
-                    first_refused = time.monotonic()
-                time.sleep(0.001)
-            gone = time.monotonic()
+        proc, _ = spawn_runner(tree, group, fake, sink, Path(tmp), port, {})
+        assert proc.stdout is not None
+        LogWatch(proc.stdout).wait("agent ready")
+        time.sleep(0.5)  # idle, as a runner an idle scale-down stops
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        first_refused: float | None = None
+        while proc.poll() is None:
+            if first_refused is None and refused(port):
+                first_refused = time.monotonic()
+            time.sleep(0.001)
+        gone = time.monotonic()
     return {
         "sigterm_to_exit_ms": round((gone - sent) * 1000, 1),
         "refusing_before_exit_ms": round((gone - first_refused) * 1000, 1)

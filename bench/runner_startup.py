@@ -156,15 +156,17 @@ class LogWatch:
             return self.seen[msg]
 
 
-def one_run(
+def spawn_runner(
     tree: Path,
-    cpus: float | None,
+    group: Path | None,
     fake: FakeAnthropic,
     sink: ActivitySink,
     work: Path,
     port: int,
     env: dict[str, str],
-) -> dict[str, Any]:
+) -> tuple[subprocess.Popen[bytes], float]:
+    """An idle LongRunning runner of `tree` (its stdout piped), started as the image starts
+    it, inside the cgroup `group` if any; and the monotonic time just before it started."""
     spec = work / "session.json"
     spec.write_text(json.dumps({"pattern": "LongRunning"}))
     run_env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
@@ -187,16 +189,29 @@ def one_run(
     argv = [sys.executable, "-c", entry, "runner", "--session", str(spec)]
     argv += ["--workspace", str(work / "ws"), "--state-dir", str(work / "state")]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--termination-log", str(work / "t")]
+    # The child joins the cgroup before it execs Python: the whole start is limited.
+    join = f"echo $$ > {group / 'cgroup.procs'} && " if group else ""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", join + 'exec "$@"', "sh", *argv],
+        env=run_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, started
+
+
+def one_run(
+    tree: Path,
+    cpus: float | None,
+    fake: FakeAnthropic,
+    sink: ActivitySink,
+    work: Path,
+    port: int,
+    env: dict[str, str],
+) -> dict[str, Any]:
     with cpu_cgroup(cpus) as group:
-        # The child joins the cgroup before it execs Python: the whole start is limited.
-        join = f"echo $$ > {group / 'cgroup.procs'} && " if group else ""
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", join + 'exec "$@"', "sh", *argv],
-            env=run_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
+        proc, started = spawn_runner(tree, group, fake, sink, work, port, env)
         try:
             url = f"http://127.0.0.1:{port}"
             assert proc.stdout is not None
