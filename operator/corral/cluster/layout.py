@@ -236,9 +236,21 @@ def apiserver_argv(layout: Layout) -> list[str]:
     ]
 
 
+# KWOK-only clusters: how long the node controller waits for a node's heartbeat before it
+# marks the node, and every pod on it, not ready. KWOK readies a pod once, when it starts it,
+# and never again (a kubelet would put Ready back at its next status sync), so a control plane
+# outage past the default 50 s (etcd down, the API server slow to come back) left pods
+# Running and not ready for good: a chaos run on a slow machine saw 81 sessions Pending that
+# way. Real-node clusters keep the default: tests/e2e/test_node_faults.py relies on it.
+KWOK_NODE_MONITOR_GRACE = "10m"
+
+
 def controller_manager_argv(layout: Layout) -> list[str]:
     certs = layout.certs
     kubeconfig = layout.kubeconfig(pki.CONTROLLER_MANAGER)
+    node_grace = [f"--node-monitor-grace-period={KWOK_NODE_MONITOR_GRACE}"]
+    if layout.real_node:
+        node_grace = []
     return [
         str(binary_path("kube-controller-manager")),
         f"--kubeconfig={kubeconfig}",
@@ -254,6 +266,7 @@ def controller_manager_argv(layout: Layout) -> list[str]:
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--leader-elect=false",
         "--profiling=false",
+        *node_grace,
         "--v=1",
     ]
 

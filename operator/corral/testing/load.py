@@ -205,6 +205,13 @@ class Sessions:
         return items
 
 
+def pod_ready(pod: Any) -> bool:
+    """The pod's Ready condition is True (what the operator's Running phase follows)."""
+    return any(
+        c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])
+    )
+
+
 def phase_of(session: dict[str, Any]) -> str | None:
     phase: str | None = (session.get("status") or {}).get("phase")
     return phase
@@ -262,17 +269,21 @@ def problems(
             continue
         if not pod.metadata.deletion_timestamp:
             live[session].append(pod)
-    # A wrong phase is the operator's when the pod is there and running (its status is
-    # not true to the world); else the pod waits for the scheduler or KWOK.
+    # A wrong phase is the operator's when the pod is there, running and ready (its status
+    # is not true to the world); else the pod waits for the scheduler or KWOK.
     wrong_phase: dict[bool, list[str]] = {True: [], False: []}
     for name in sorted(expected.sessions & set(by_name)):
         phase = phase_of(by_name[name])
         if phase == ("Running" if name in expected.awake else "Idle"):
             continue
         pods_text = ", ".join(
-            f"{p.metadata.name} {p.status.phase} on {p.spec.node_name}" for p in live[name]
+            f"{p.metadata.name} {p.status.phase}{'' if pod_ready(p) else ' not ready'} "
+            f"on {p.spec.node_name}"
+            for p in live[name]
         )
-        running = bool(live[name]) and all(p.status.phase == "Running" for p in live[name])
+        running = bool(live[name]) and all(
+            p.status.phase == "Running" and pod_ready(p) for p in live[name]
+        )
         wrong_phase[running or name not in expected.awake].append(
             f"{name}: {phase} (pods: {pods_text})"
         )
@@ -283,8 +294,8 @@ def problems(
         )
     if wrong_phase[False]:
         found.append(
-            f"{len(wrong_phase[False])} sessions waiting for their pod to run (scheduler, "
-            f"KWOK), e.g. {wrong_phase[False][:3]}"
+            f"{len(wrong_phase[False])} sessions waiting for their pod to run and be ready "
+            f"(scheduler, KWOK), e.g. {wrong_phase[False][:3]}"
         )
     pod_count = [
         f"{name}: {len(live.get(name, []))}"
