@@ -44,8 +44,9 @@ elseif ready ~= nil and ready.status == "False" and (ready.reason == "SecretNotF
     or ready.reason == "SecretNotLabelled" or ready.reason == "BaseUrlNotAllowed"
     or ready.reason == "NoCredentials"
     or ready.reason == "ImagePullFailed" or ready.reason == "ContainerConfigError"
-    or ready.reason == "SpecTooLarge") then
-  -- Pending on something only a person can fix.
+    or ready.reason == "SpecTooLarge" or ready.reason == "RunnerNotReady") then
+  -- Pending on something only a person can fix, or a runner (or its node) that was ready
+  -- and stopped answering.
   hs.status = "Degraded"
 else
   hs.status = "Progressing"

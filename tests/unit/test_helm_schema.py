@@ -777,6 +777,7 @@ def _ready(phase: str, status: str, reason: str, message: str = "") -> dict[str,
         (_ready("Failed", "False", "ErrorMaxTurns", "max turns reached"), "Degraded"),
         (_ready("CrashLooping", "False", "CrashLooping", "restarted 3 times"), "Degraded"),
         (_ready("Pending", "False", "SpecTooLarge", "the spec is too large"), "Degraded"),
+        (_ready("Pending", "False", "RunnerNotReady", "was ready and is not now"), "Degraded"),
         (
             {**_ready("Running", "True", "Running"),
              "metadata": {"name": "demo", "generation": 3}},

@@ -1397,3 +1397,24 @@ def test_hybrid_without_an_activity_url_is_never_put_to_sleep_and_says_why() -> 
 def test_hybrid_with_an_activity_url_has_no_activity_condition() -> None:
     world = hybrid_world()
     assert "ActivityReports" not in conditions(world.session)
+
+
+def test_a_ready_pod_that_stops_being_ready_is_reported_once_and_recovers() -> None:
+    """A runner that stops answering its probe, or a node gone silent (the node controller
+    marks its pods not ready): not "RunnerStarting", and one Warning, not one per decide."""
+    world = World(make_session("LongRunning"))
+    world.step()
+    world.run_pod()
+    world.settle()
+    assert world.session.status.phase == "Running"
+    world.kubelet(world.live_pod(), phase="Running", ready=False)
+    plan = world.step()
+    assert world.session.status.phase == "Pending"
+    assert conditions(world.session)["Ready"] == ("False", "RunnerNotReady")
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "RunnerNotReady")]
+    assert world.step().events == []  # still not ready: said once
+    assert conditions(world.session)["Ready"] == ("False", "RunnerNotReady")
+    world.run_pod()
+    world.step()
+    assert world.session.status.phase == "Running"
+    assert conditions(world.session)["Ready"] == ("True", "Running")

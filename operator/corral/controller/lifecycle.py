@@ -582,6 +582,13 @@ class _Decision:
             warn = True
         elif pod.waiting_reason in CONFIG_FAILURES:
             reason, message, warn = "ContainerConfigError", pod.waiting_message or "", True
+        elif pod.phase == "Running" and self.was_ready(pod):
+            reason, message, warn = (
+                "RunnerNotReady",
+                f"pod {pod.name} was ready and is not now: its runner stopped answering the "
+                "readiness probe, or its node stopped reporting to the control plane",
+                True,
+            )
         elif pod.phase == "Running":
             reason, message, warn = (
                 "RunnerStarting",
@@ -595,6 +602,15 @@ class _Decision:
             self.event(reason, message, warning=True)
         self.condition(cond.POD_READY, False, reason, message)
         self.condition(cond.READY, False, reason, message)
+
+    def was_ready(self, pod: PodView) -> bool:
+        """Whether this pod had been ready and its runner was never restarted (one that
+        stopped answering, or a node gone silent, rather than a runner starting again):
+        status said so of this very pod."""
+        previous = cond.get_condition(self.old.conditions, cond.POD_READY)
+        if previous is None or self.old.pod_name != pod.name or pod.restart_count:
+            return False
+        return previous.status == "True" or previous.reason == "RunnerNotReady"
 
     def apply_activity(self, coalesce: timedelta) -> None:
         """Copy the runner's report into status, writing last activity only when it moved
