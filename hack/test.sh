@@ -65,7 +65,8 @@ if [ "$#" -gt 0 ]; then
   run_pytest "$@" || code=$?
 else
   echo "[test] pytest (all but e2e)" >&2
-  run_pytest -m "not e2e" || code=$?
+  # The slowest tests in every full run's log: where the cold run's 60 minutes go.
+  run_pytest -m "not e2e" --durations=15 || code=$?
   if [ "${CORRAL_E2E:-1}" != "0" ]; then
     e2e_started=$(date +%s)
     echo "[test] e2e: waiting for the real node's build" >&2
@@ -77,7 +78,7 @@ else
     else
       tail -n 5 "$node_build_log" >&2
       echo "[test] e2e: build waited for $(( $(date +%s) - e2e_started ))s; pytest tests/e2e" >&2
-      CORRAL_E2E=1 run_pytest -m e2e tests/e2e || e2e_code=$?
+      CORRAL_E2E=1 run_pytest -m e2e --durations=10 tests/e2e || e2e_code=$?
     fi
     echo "[test] e2e finished in $(( $(date +%s) - e2e_started ))s" >&2
     if [ "$code" -eq 0 ]; then

@@ -113,6 +113,15 @@ def survive(
         # Down past the grace period the node controller marked the pods not ready: each
         # session said so and came back Ready on its own (the same pod, checked above).
         assert all(t is not None and t >= killed_at for t in ready_since.values()), ready_since
+        # And said why, once: the pod was ready and is not (not "still starting").
+        warned = {
+            e.involved_object.name
+            for e in core.list_namespaced_event(
+                sessions.namespace, field_selector="reason=RunnerNotReady"
+            ).items
+            if e.type == "Warning"
+        }
+        assert warned >= set(SESSIONS), warned
     # And each session still does its work: a turn through the gateway (whose pods, on
     # the same node, were not ready either while the kubelet was away long).
     wait_for(
