@@ -1418,3 +1418,19 @@ def test_a_ready_pod_that_stops_being_ready_is_reported_once_and_recovers() -> N
     world.step()
     assert world.session.status.phase == "Running"
     assert conditions(world.session)["Ready"] == ("True", "Running")
+
+
+@pytest.mark.parametrize("pattern", ["Ephemeral", "LongRunning"])
+def test_a_runner_that_ended_is_not_reported_as_not_ready(pattern: str) -> None:
+    """An Ephemeral run that is done (its pod Running and not ready until the kubelet
+    reports the exit), or a runner that exited: no RunnerNotReady Warning (found by the
+    real-node main job, whose fizzbuzz example posted one)."""
+    world = World(make_session(pattern))
+    world.step()
+    world.run_pod()
+    world.settle()
+    done = {"exitCode": 0, "reason": "Completed", "message": ""}
+    world.kubelet(world.live_pod(), phase="Running", ready=False, terminated=done)
+    plan = world.step()
+    assert "RunnerNotReady" not in [e.reason for e in plan.events]
+    assert conditions(world.session)["Ready"][1] != "RunnerNotReady"

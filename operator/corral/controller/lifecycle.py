@@ -604,11 +604,16 @@ class _Decision:
         self.condition(cond.READY, False, reason, message)
 
     def was_ready(self, pod: PodView) -> bool:
-        """Whether this pod had been ready and its runner was never restarted (one that
-        stopped answering, or a node gone silent, rather than a runner starting again):
-        status said so of this very pod."""
+        """Whether this pod had been ready and its runner neither ended nor restarted (one
+        that stopped answering, or a node gone silent, rather than a runner starting again
+        or an Ephemeral run ending, whose pod is Running and not ready until the kubelet
+        reports the exit): status said so of this very pod."""
+        if self.spec.pattern == Pattern.EPHEMERAL or pod.deleting:
+            return False
+        if pod.restart_count or pod.terminated is not None:
+            return False
         previous = cond.get_condition(self.old.conditions, cond.POD_READY)
-        if previous is None or self.old.pod_name != pod.name or pod.restart_count:
+        if previous is None or self.old.pod_name != pod.name:
             return False
         return previous.status == "True" or previous.reason == "RunnerNotReady"
 
