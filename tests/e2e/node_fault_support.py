@@ -100,11 +100,6 @@ def record(key: str, value: Any) -> None:
     FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
 
 
-def pod_is_ready(pod: Any) -> bool:
-    conditions = {c.type: c.status for c in pod.status.conditions or []}
-    return bool(pod.status.phase == "Running" and conditions.get("Ready") == "True")
-
-
 def operator_requests(
     layout: Layout, release: Release, since: datetime, until: datetime
 ) -> dict[str, int]:

@@ -38,12 +38,13 @@ from e2e_support import (
     spec,
 )
 from kubernetes import client
-from node_fault_support import BackgroundLoad, PodLedger, operator_requests, pod_is_ready, record
+from node_fault_support import BackgroundLoad, PodLedger, operator_requests, record
 
 from corral.cluster.layout import Layout
 from corral.testing.anthropic_script import bash, text
 from corral.testing.fake_anthropic import FakeAnthropic
 from corral.testing.kube import wait_for
+from corral.testing.load import pod_is_ready
 
 pytestmark = pytest.mark.e2e
 

@@ -48,13 +48,14 @@ from e2e_support import (
 )
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from node_fault_support import BackgroundLoad, PodLedger, operator_requests, pod_is_ready, record
+from node_fault_support import BackgroundLoad, PodLedger, operator_requests, record
 
 from corral.cluster import node
 from corral.cluster.layout import REAL_NODE_NAME, Layout
 from corral.testing.anthropic_script import bash, text
 from corral.testing.fake_anthropic import FakeAnthropic
 from corral.testing.kube import wait_for
+from corral.testing.load import pod_is_ready
 from corral.testing.outside import start_fake_anthropic
 
 pytestmark = pytest.mark.e2e

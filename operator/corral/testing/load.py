@@ -205,11 +205,11 @@ class Sessions:
         return items
 
 
-def pod_ready(pod: Any) -> bool:
-    """The pod's Ready condition is True (what the operator's Running phase follows)."""
-    return any(
-        c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])
-    )
+def pod_is_ready(pod: Any) -> bool:
+    """The pod runs and its Ready condition is True (what the operator's Running phase
+    follows)."""
+    conditions = {c.type: c.status for c in pod.status.conditions or []}
+    return bool(pod.status.phase == "Running" and conditions.get("Ready") == "True")
 
 
 def phase_of(session: dict[str, Any]) -> str | None:
@@ -277,13 +277,12 @@ def problems(
         if phase == ("Running" if name in expected.awake else "Idle"):
             continue
         pods_text = ", ".join(
-            f"{p.metadata.name} {p.status.phase}{'' if pod_ready(p) else ' not ready'} "
+            f"{p.metadata.name} {p.status.phase}"
+            f"{' not ready' if p.status.phase == 'Running' and not pod_is_ready(p) else ''} "
             f"on {p.spec.node_name}"
             for p in live[name]
         )
-        running = bool(live[name]) and all(
-            p.status.phase == "Running" and pod_ready(p) for p in live[name]
-        )
+        running = bool(live[name]) and all(pod_is_ready(p) for p in live[name])
         wrong_phase[running or name not in expected.awake].append(
             f"{name}: {phase} (pods: {pods_text})"
         )
