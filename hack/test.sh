@@ -60,6 +60,9 @@ run_pytest() {
   return "$code"
 }
 
+# The chaos suite, whichever way it is run below (beside the e2e suite, or after the others).
+chaos_args=(-m "not e2e" --durations=6 tests/chaos)
+
 code=0
 if [ "$#" -gt 0 ]; then
   echo "[test] pytest $*" >&2
@@ -77,7 +80,7 @@ else
     echo "[test] chaos: running beside the e2e suite (log: $chaos_log, printed below when done)" >&2
     ( chaos_started=$(date +%s)
       chaos_code=0
-      run_pytest -m "not e2e" --durations=6 tests/chaos || chaos_code=$?
+      run_pytest "${chaos_args[@]}" || chaos_code=$?
       echo "[test] chaos finished in $(( $(date +%s) - chaos_started ))s"
       exit "$chaos_code" ) >"$chaos_log" 2>&1 &
     chaos_pid=$!
@@ -105,7 +108,7 @@ else
     done
   else
     echo "[test] pytest tests/chaos" >&2
-    run_pytest -m "not e2e" --durations=6 tests/chaos || code=$?
+    run_pytest "${chaos_args[@]}" || code=$?
   fi
 fi
 echo "[test] finished in $(( $(date +%s) - started ))s" >&2
