@@ -16,6 +16,7 @@ import json
 import secrets
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
@@ -57,13 +58,37 @@ def writes_but_leases(operator: OperatorProcess) -> float:
     )
 
 
-def scaled_down_times(world: World) -> dict[str, datetime]:
-    found = retrying(
-        lambda: world.core.list_namespaced_event(
-            world.namespace, field_selector="involvedObject.kind=AgentSession,reason=ScaledDown"
+def scaled_down_times(world: World, wanted: set[str], timeout: float = 60.0) -> dict[str, datetime]:
+    """When each session's ScaledDown Event was first seen: polled until every one of
+    `wanted` has one or `timeout` passed (an Event refused for a moment is posted again in
+    the background, corral.kube.events)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = retrying(
+            lambda: world.core.list_namespaced_event(
+                world.namespace, field_selector="involvedObject.kind=AgentSession,reason=ScaledDown"
+            )
+        ).items
+        times = {e.involved_object.name: e.first_timestamp or e.event_time for e in found}
+        if wanted <= set(times) or time.monotonic() > deadline:
+            return times
+        time.sleep(1.0)
+
+
+def event_diagnostics(world: World, replicas: list[OperatorProcess]) -> str:
+    """What to look at when Events are missing: every Event reason in the namespace, and
+    what each replica logged of scale-downs and of Events it could not post."""
+    found = retrying(lambda: world.core.list_namespaced_event(world.namespace)).items
+    lines = [f"events in the namespace by reason: {dict(Counter(e.reason for e in found))}"]
+    for replica in replicas:
+        log = replica.log_path.read_text(errors="replace").splitlines()
+        scaled = sum('"ScaledDown: ' in line for line in log)
+        failed = [line for line in log if "could not post event" in line]
+        lines.append(
+            f"{replica.identity}: logged ScaledDown {scaled} times, {len(failed)} Events not"
+            f" posted, e.g. {failed[:2]}"
         )
-    ).items
-    return {e.involved_object.name: e.first_timestamp or e.event_time for e in found}
+    return "\n".join(lines)
 
 
 def test_a_partitioned_leader_stops_before_the_standby_starts(world: World) -> None:
@@ -132,6 +157,8 @@ def test_a_partitioned_leader_stops_before_the_standby_starts(world: World) -> N
             assert new.is_leader() and not old.is_leader()
             after_heal = world.converge(expected, timeout=60)
             heal_seconds = time.monotonic() - healed
+            # Read while the new leader can still reach the API server.
+            scaled = scaled_down_times(world, set(load.sleepers))
     finally:
         stop_reports.set()
         for proxy in proxies:
@@ -142,8 +169,10 @@ def test_a_partitioned_leader_stops_before_the_standby_starts(world: World) -> N
     assert stopped < took_over, f"two writers: old stopped {stopped}, new led {took_over}"
     # The old leader's writes after it stopped: none was started (its count is frozen).
     assert writes_but_leases(old) == old_writes_after
-    scaled = scaled_down_times(world)
-    assert set(scaled) == set(load.sleepers), sorted(set(scaled) ^ set(load.sleepers))
+    assert set(scaled) == set(load.sleepers), (
+        sorted(set(scaled) ^ set(load.sleepers)),
+        event_diagnostics(world, replicas),
+    )
     earliest = min(scaled.values())
     # Event times have whole seconds: allow one.
     assert (earliest - took_over).total_seconds() >= GRACE_SECONDS - 1, (earliest, took_over)

@@ -153,11 +153,15 @@ class EventReasons:
             return call.args[0]
         if isinstance(f, ast.Name) and f.id == "EventNote" and len(call.args) > 1:
             return call.args[1]
+        if isinstance(f, ast.Name) and f.id == "event_manifest" and len(call.args) > 1:
+            if ast.unparse(call.args[1]) == "note.reason":
+                return None  # the reconciler posting an EventNote: found at EventNote(...)
+            return call.args[1]
         return None
 
     @staticmethod
     def _hand_made_events(tree: ast.AST) -> set[str]:
-        """`{"kind": "Event", ..., "reason": "X"}` dicts (the gateway's wake Event)."""
+        """`{"kind": "Event", ..., "reason": "X"}` dicts made by hand."""
         found = set()
         for node in ast.walk(tree):
             if not isinstance(node, ast.Dict):
@@ -170,8 +174,8 @@ class EventReasons:
             kind, reason = pairs.get("kind"), pairs.get("reason")
             if not (isinstance(kind, ast.Constant) and kind.value == "Event"):
                 continue
-            if isinstance(reason, ast.Attribute) and ast.unparse(reason) == "note.reason":
-                continue  # the reconciler posting an EventNote: found at EventNote(...)
+            if isinstance(reason, ast.Name) and reason.id == "reason":
+                continue  # corral.kube.events.event_manifest: found at its calls
             assert isinstance(reason, ast.Constant), ast.unparse(node)
             found.add(str(reason.value))
         return found

@@ -43,7 +43,10 @@ class FakeClient:
 
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
-        self._write("CREATE", manifest["kind"], meta.get("name") or meta["generateName"])
+        name = meta.get("name") or meta["generateName"]
+        if manifest["kind"] == "Event":  # named at random: recorded by what it is about
+            name = f"{manifest['involvedObject']['name']}."
+        self._write("CREATE", manifest["kind"], name)
         return {**manifest, "metadata": {**meta, "uid": "new-uid", "resourceVersion": "1"}}
 
     async def patch(

@@ -209,5 +209,6 @@ async def _main(args: argparse.Namespace) -> int:
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await asyncio.wait_for(kopf_task, 10)
     await runner.cleanup()
+    await controller.reconciler.events.close()
     await client.close()
     return code

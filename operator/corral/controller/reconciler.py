@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from corral.api.v1alpha1 import API_VERSION, KIND, AgentSession, Condition, ObjectMeta
+from corral.api.v1alpha1 import AgentSession, Condition, ObjectMeta
 from corral.config import OperatorConfig
 from corral.controller import metrics
 from corral.controller.credentials import SecretCheck, secret_check
@@ -36,11 +36,10 @@ from corral.controller.pods import pod_view
 from corral.controller.store import Key, Store
 from corral.controller.unreadable import Unreadable, status_patch
 from corral.kube.client import METADATA_ONLY, ApiError, KubeClient
+from corral.kube.events import OPERATOR_COMPONENT, EventPoster, EventTarget, event_manifest
 from corral.render import network_policy_name, pvc_name, service_name
 
 log = logging.getLogger("corral.reconciler")
-# Who posts the operator's Events (source.component and reportingComponent alike).
-EVENT_COMPONENT = "corral.dev/operator"
 # How long a new session's first "Pending" status may wait for its pod to start.
 STATUS_DEFER_SECONDS = 2.0
 
@@ -50,6 +49,7 @@ class Reconciler:
         self.client = client
         self.store = store
         self.config = config
+        self.events = EventPoster(client)
         # Kept in the store, beside the session, so they go with it.
         self.wake_seen = store.wake_seen
         self.deferred_since = store.deferred_since
@@ -423,42 +423,16 @@ class Reconciler:
         log.debug("pod %s: start-up CPU boost ended", name, extra=_ctx(key))
 
     async def _event(self, session: AgentSession, note: EventNote) -> None:
-        """Post a core/v1 Event on the session; best effort, never fails a reconcile."""
+        """Post a core/v1 Event on the session; never fails a reconcile (corral.kube.events)."""
         await self._post_event(session.metadata, note)
 
     async def _post_event(self, meta: ObjectMeta, note: EventNote) -> None:
-        now = timestamp(datetime.now(UTC))
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta.name}.", "namespace": meta.namespace},
-            "involvedObject": {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "name": meta.name,
-                "namespace": meta.namespace,
-                "uid": meta.uid,
-            },
-            "reason": note.reason,
-            "message": note.message[:1024],
-            "type": note.type,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            # One name for both: `kubectl get events` shows the one, events.k8s.io the other.
-            "source": {"component": EVENT_COMPONENT},
-            "reportingComponent": EVENT_COMPONENT,
-        }
-        try:
-            await self.client.create(event)
-        except ApiError as error:
-            log.warning(
-                "could not post event %s: %s",
-                note.reason,
-                error,
-                extra=_ctx((meta.namespace, meta.name)),
-            )
-        level = logging.WARNING if note.type == "Warning" else logging.INFO
+        target = EventTarget(meta.namespace, meta.name, meta.uid)
+        warning = note.type == "Warning"
+        await self.events.post(
+            event_manifest(target, note.reason, note.message, OPERATOR_COMPONENT, warning)
+        )
+        level = logging.WARNING if warning else logging.INFO
         log.log(level, "%s: %s", note.reason, note.message, extra=_ctx((meta.namespace, meta.name)))
 
 

@@ -130,7 +130,7 @@ async def _main(args: argparse.Namespace) -> None:
     kube = KubeClient(load_connection(args.kubeconfig))
     metrics = GatewayMetrics()
     directory = Directory(kube)
-    egress = _egress_proxy(args, kube, metrics)
+    egress = _egress_proxy(args, directory.events, metrics)
     on_session, on_pod = directory.on_session, directory.on_pod
     if egress is not None:
         on_session = _both(directory.on_session, egress.index.on_session)
@@ -220,6 +220,7 @@ async def _main(args: argparse.Namespace) -> None:
         await runner.cleanup()
     # The meter writes what it still holds when cancelled: let it, before the client goes.
     await asyncio.gather(*tasks, return_exceptions=True)
+    await directory.events.close()
     await kube.close()
     for task in done:
         if task is not stopped and not task.cancelled() and task.exception() is not None:
@@ -236,7 +237,7 @@ def _both(first: Any, second: Any) -> Any:
     return handle
 
 
-def _egress_proxy(args: argparse.Namespace, kube: Any, metrics: Any) -> Any:
+def _egress_proxy(args: argparse.Namespace, events: Any, metrics: Any) -> Any:
     """The egress proxy of `--egress-port`, or None."""
     if not args.egress_port:
         return None
@@ -256,7 +257,7 @@ def _egress_proxy(args: argparse.Namespace, kube: Any, metrics: Any) -> Any:
             )
 
     async def post(caller: Caller, message: str) -> None:
-        await kube.create(refusal_event(caller, message))
+        await events.post(refusal_event(caller, message))
 
     return EgressProxy(
         EgressIndex(extra_domains=[parse_domain_rule(d) for d in args.egress_allow]),

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral.api import runtime
-from corral.kube.client import ApiError, KubeClient
+from corral.kube.client import KubeClient
+from corral.kube.events import GATEWAY_COMPONENT, EventPoster, EventTarget, event_manifest
 
 log = logging.getLogger("corral.gateway.directory")
 JSON = dict[str, Any]
@@ -162,6 +163,7 @@ def wake_value(user: str, now: datetime | None = None) -> str:
 class Directory:
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
+        self.events = EventPoster(kube)
         self.sessions: dict[Key, SessionView] = {}
         # Session UID -> key: each pod event finds its session by its owner's UID at once.
         self._by_uid: dict[str, Key] = {}
@@ -332,38 +334,10 @@ class Directory:
                 "fields": {"user": user},
             },
         )
-        with contextlib.suppress(ApiError):
-            await self._post_event(session, f"woken by the gateway for {user}"[:1000])
-
-    async def _post_event(self, session: SessionView, message: str) -> None:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        await self.kube.create(
-            {
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {
-                    "generateName": f"{session.name[:200]}.",
-                    "namespace": session.namespace,
-                },
-                "involvedObject": {
-                    "apiVersion": "corral.dev/v1alpha1",
-                    "kind": "AgentSession",
-                    "namespace": session.namespace,
-                    "name": session.name,
-                    "uid": session.uid,
-                },
-                "reason": "WokenByRequest",
-                "message": message,
-                "type": "Normal",
-                "source": {"component": "corral-gateway"},
-                "reportingComponent": "corral-gateway",
-                "reportingInstance": "corral-gateway",
-                "firstTimestamp": now,
-                "lastTimestamp": now,
-                "eventTime": now,
-                "action": "Wake",
-                "count": 1,
-            }
+        target = EventTarget(session.namespace, session.name, session.uid)
+        message = f"woken by the gateway for {user}"
+        await self.events.post(
+            event_manifest(target, "WokenByRequest", message, GATEWAY_COMPONENT, action="Wake")
         )
 
     def _probe_task(

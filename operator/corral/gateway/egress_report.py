@@ -13,10 +13,11 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from corral.gateway.egress_index import Caller
+from corral.kube.events import GATEWAY_COMPONENT, EventTarget, event_manifest
 
 log = logging.getLogger("corral.gateway.egress")
 MAX_TRACKED = 10_000
@@ -92,27 +93,7 @@ class RefusalReporter:
 
 def refusal_event(caller: Caller, message: str, now: datetime | None = None) -> dict[str, Any]:
     """The Event manifest: on the AgentSession, so `kubectl describe` shows it."""
-    moment = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{caller.name[:200]}.", "namespace": caller.namespace},
-        "involvedObject": {
-            "apiVersion": "corral.dev/v1alpha1",
-            "kind": "AgentSession",
-            "namespace": caller.namespace,
-            "name": caller.name,
-            "uid": caller.uid,
-        },
-        "reason": "EgressRefused",
-        "message": message,
-        "type": "Warning",
-        "source": {"component": "corral-gateway"},
-        "reportingComponent": "corral-gateway",
-        "reportingInstance": "corral-gateway",
-        "firstTimestamp": moment,
-        "lastTimestamp": moment,
-        "eventTime": moment,
-        "action": "Egress",
-        "count": 1,
-    }
+    target = EventTarget(caller.namespace, caller.name, caller.uid)
+    return event_manifest(
+        target, "EgressRefused", message, GATEWAY_COMPONENT, warning=True, action="Egress", now=now
+    )

@@ -26,6 +26,7 @@ from corral.gateway.pricing import PriceTable
 from corral.gateway.spend import NamespaceSpend
 from corral.gateway.usage import TokenUsage
 from corral.kube.client import ApiError, KubeClient
+from corral.kube.events import GATEWAY_COMPONENT, EventTarget, event_manifest
 
 log = logging.getLogger("corral.gateway.metering")
 JSON = dict[str, Any]
@@ -328,31 +329,14 @@ class Meter:
                        "fields": {"status": error.status}},
             )  # fmt: skip
             return
-        with contextlib.suppress(ApiError):
-            await self.kube.create(_event(session, reason, message, now))
-
-
-def _event(session: SessionView, reason: str, message: str, now: str) -> JSON:
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{session.name[:200]}.", "namespace": session.namespace},
-        "involvedObject": {
-            "apiVersion": "corral.dev/v1alpha1",
-            "kind": "AgentSession",
-            "namespace": session.namespace,
-            "name": session.name,
-            "uid": session.uid,
-        },
-        "reason": "BudgetExceeded",
-        "message": f"{reason}: {message}"[:1000],
-        "type": "Warning",
-        "source": {"component": "corral-gateway"},
-        "reportingComponent": "corral-gateway",
-        "reportingInstance": "corral-gateway",
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "eventTime": now.replace("Z", ".000000Z"),
-        "action": "RefuseModelCall",
-        "count": 1,
-    }
+        target = EventTarget(session.namespace, session.name, session.uid)
+        await self.directory.events.post(
+            event_manifest(
+                target,
+                "BudgetExceeded",
+                f"{reason}: {message}",
+                GATEWAY_COMPONENT,
+                warning=True,
+                action="RefuseModelCall",
+            )
+        )
