@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from corral.kube.events import EVENTS_DROPPED
+
 
 class GatewayMetrics:
     def __init__(self) -> None:
@@ -59,6 +61,8 @@ class GatewayMetrics:
             ["limit"],
             registry=r,
         )
+        # The Events the gateway gave up on (corral.kube.events), beside its own metrics.
+        r.register(EVENTS_DROPPED)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
