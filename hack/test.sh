@@ -44,6 +44,7 @@ fi
 
 echo "[test] lint and types" >&2
 ruff check operator tests bench
+ruff format --check operator tests bench
 mypy
 
 # pytest exit 5 means it collected nothing (e.g. a filter matched no test): not a failure

@@ -34,13 +34,20 @@ def by_index(names: list[str]) -> list[str]:
     return sorted(names, key=lambda name: int(name.rsplit("-", 1)[1]))
 
 
+def scaled_down_events(world: World) -> list[Any]:
+    """The ScaledDown Events of the world's sessions, as the API server holds them now."""
+    return list(
+        retrying(
+            lambda: world.core.list_namespaced_event(
+                world.namespace,
+                field_selector="involvedObject.kind=AgentSession,reason=ScaledDown",
+            )
+        ).items
+    )
+
+
 def scaled_down_counts(world: World) -> Counter[str]:
-    found = retrying(
-        lambda: world.core.list_namespaced_event(
-            world.namespace, field_selector="involvedObject.kind=AgentSession,reason=ScaledDown"
-        )
-    ).items
-    return Counter(event.involved_object.name for event in found)
+    return Counter(event.involved_object.name for event in scaled_down_events(world))
 
 
 def start_sleepers(world: World, operator: OperatorProcess) -> None:

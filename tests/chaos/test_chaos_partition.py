@@ -20,7 +20,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-from chaos_scenarios import by_index, scaled_down_counts, start_sleepers
+from chaos_scenarios import by_index, scaled_down_counts, scaled_down_events, start_sleepers
 from chaos_support import record_figures
 from chaos_world import World
 
@@ -70,12 +70,10 @@ def scaled_down_times(world: World, wanted: set[str], timeout: float = 60.0) -> 
     the background, corral.kube.events)."""
     deadline = time.monotonic() + timeout
     while True:
-        found = retrying(
-            lambda: world.core.list_namespaced_event(
-                world.namespace, field_selector="involvedObject.kind=AgentSession,reason=ScaledDown"
-            )
-        ).items
-        times = {e.involved_object.name: e.first_timestamp or e.event_time for e in found}
+        times = {
+            e.involved_object.name: e.first_timestamp or e.event_time
+            for e in scaled_down_events(world)
+        }
         if wanted <= set(times) or time.monotonic() > deadline:
             return times
         time.sleep(1.0)

@@ -455,7 +455,11 @@ class Release:
         }
         done = subprocess.run(
             [str(binary_path("helm")), *args],
-            capture_output=True, text=True, env=env, timeout=600, check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+            check=False,
         )
         if check:
             assert done.returncode == 0, f"helm {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
@@ -497,15 +501,31 @@ class Release:
         if swept:
             print(f"uninstalled releases an earlier run left: {swept}", file=sys.stderr)
         self.helm(
-            "install", self.name, str(CHART), "-n", self.namespace,
-            "-f", str(self.values_file(values)), "--wait", "--timeout", "5m",
+            "install",
+            self.name,
+            str(CHART),
+            "-n",
+            self.namespace,
+            "-f",
+            str(self.values_file(values)),
+            "--wait",
+            "--timeout",
+            "5m",
         )
 
     def upgrade(self, values: dict[str, Any]) -> None:
         self.values = values
         self.helm(
-            "upgrade", self.name, str(CHART), "-n", self.namespace,
-            "-f", str(self.values_file(values, "upgrade")), "--wait", "--timeout", "5m",
+            "upgrade",
+            self.name,
+            str(CHART),
+            "-n",
+            self.namespace,
+            "-f",
+            str(self.values_file(values, "upgrade")),
+            "--wait",
+            "--timeout",
+            "5m",
         )
 
     def uninstall(self) -> None:

@@ -22,7 +22,10 @@ def test_the_installed_policy_refuses_a_disallowed_image(
     operator: Any, custom: client.CustomObjectsApi, namespace: str
 ) -> None:
     custom.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, GUARDRAILS,
+        GROUP,
+        VERSION,
+        namespace,
+        GUARDRAILS,
         {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "SessionGuardrail",
@@ -42,7 +45,10 @@ def test_the_installed_policy_refuses_a_disallowed_image(
     def refusal() -> ApiException | None:
         try:
             custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
                 session("elsewhere", image="ghcr.io/someone/agent:1"),
                 dry_run="All",
             )
@@ -59,7 +65,11 @@ def test_the_installed_policy_refuses_a_disallowed_image(
 
     # The operator's default image (no spec.image) is the admin's choice: admitted.
     admitted = custom.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL,
-        session("default-image"), dry_run="All",
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        session("default-image"),
+        dry_run="All",
     )
     assert admitted["metadata"]["name"] == "default-image"

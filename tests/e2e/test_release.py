@@ -46,20 +46,32 @@ UPGRADED_TAG = "e2e-upgrade"
 GATEWAY_PORT = 8080
 # Every kind the chart renders, by name as kubectl knows it (monitoring CRs are off).
 NAMESPACED_KINDS = (
-    "deployments.apps", "services", "configmaps", "serviceaccounts",
-    "roles.rbac.authorization.k8s.io", "rolebindings.rbac.authorization.k8s.io",
-    "networkpolicies.networking.k8s.io", "poddisruptionbudgets.policy",
-    "leases.coordination.k8s.io", "replicasets.apps", "pods",
+    "deployments.apps",
+    "services",
+    "configmaps",
+    "serviceaccounts",
+    "roles.rbac.authorization.k8s.io",
+    "rolebindings.rbac.authorization.k8s.io",
+    "networkpolicies.networking.k8s.io",
+    "poddisruptionbudgets.policy",
+    "leases.coordination.k8s.io",
+    "replicasets.apps",
+    "pods",
 )
 CLUSTER_KINDS = (
-    "clusterroles.rbac.authorization.k8s.io", "clusterrolebindings.rbac.authorization.k8s.io",
+    "clusterroles.rbac.authorization.k8s.io",
+    "clusterrolebindings.rbac.authorization.k8s.io",
 )
 
 
 def pid1(release: Release, pod: str) -> list[str]:
     """PID 1's command line in a pod of the operator image (no shell there, but python3)."""
     done = release.kubectl(
-        "exec", pod, "--", "python3", "-c",
+        "exec",
+        pod,
+        "--",
+        "python3",
+        "-c",
         "import json; print(json.dumps(open('/proc/1/cmdline').read().split('\\0')[:-1]))",
     )
     assert done.returncode == 0, done.stderr
@@ -94,7 +106,13 @@ def test_a_values_file_with_a_wrong_type_or_unknown_key_fails_helm_install(
     ):
         path = operator.values_file(values, "bad")
         done = operator.helm(
-            "install", "corral-bad", str(CHART), "-n", operator.namespace, "-f", str(path),
+            "install",
+            "corral-bad",
+            str(CHART),
+            "-n",
+            operator.namespace,
+            "-f",
+            str(path),
             check=False,
         )
         assert done.returncode != 0
@@ -150,8 +168,11 @@ def test_helm_upgrade_reaches_every_running_session(
     assert before.spec.containers[0].image == runtime.DEFAULT_RUNNER_IMAGE
     wait_policy_enforced(node_layout, before.status.pod_ip)
     gateway = busybox_pod(
-        core, namespace, "gateway",
-        ["nc", "-ll", "-p", str(GATEWAY_PORT), "-e", "echo", "gateway"], {"app": "gateway"},
+        core,
+        namespace,
+        "gateway",
+        ["nc", "-ll", "-p", str(GATEWAY_PORT), "-e", "echo", "gateway"],
+        {"app": "gateway"},
     )
     target = (gateway.status.pod_ip, GATEWAY_PORT)
     assert probe_from(kubeconfig, namespace, before.metadata.name, *target).startswith("closed")
@@ -187,13 +208,18 @@ def test_helm_upgrade_reaches_every_running_session(
         lambda: probe_from(kubeconfig, namespace, after.metadata.name, *target).startswith(
             "open gateway"
         ),
-        timeout=60, interval=2, what="the gateway through the new extraEgress rule",
+        timeout=60,
+        interval=2,
+        what="the gateway through the new extraEgress rule",
     )
     delete_quietly(core, namespace, "gateway")
 
 
 def test_killing_the_leader_pod_hands_over_within_the_lease_time(
-    operator: Release, core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str,
+    operator: Release,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
 ) -> None:
     old = operator.wait_leader()
     lease = operator.lease()
@@ -236,8 +262,15 @@ def test_helm_uninstall_leaves_what_the_install_doc_says(
 
     def chart_objects() -> str:
         namespaced = kubectl(
-            kubeconfig, "-n", operator.namespace, "get", ",".join(NAMESPACED_KINDS),
-            "-l", instance, "-o", "name",
+            kubeconfig,
+            "-n",
+            operator.namespace,
+            "get",
+            ",".join(NAMESPACED_KINDS),
+            "-l",
+            instance,
+            "-o",
+            "name",
         )
         cluster = kubectl(kubeconfig, "get", ",".join(CLUSTER_KINDS), "-l", instance, "-o", "name")
         assert namespaced.returncode == 0 and cluster.returncode == 0
@@ -252,8 +285,15 @@ def test_helm_uninstall_leaves_what_the_install_doc_says(
     still = core.read_namespaced_pod(pod.metadata.name, namespace)
     assert still.status.phase == "Running" and not still.metadata.deletion_timestamp
     children = kubectl(
-        kubeconfig, "-n", namespace, "get", "services,networkpolicies", "-l",
-        "corral.dev/session=survivor", "-o", "name",
+        kubeconfig,
+        "-n",
+        namespace,
+        "get",
+        "services,networkpolicies",
+        "-l",
+        "corral.dev/session=survivor",
+        "-o",
+        "name",
     )
     assert children.stdout.split() and all(
         line.split("/")[0] in ("service", "networkpolicy.networking.k8s.io")
@@ -269,8 +309,13 @@ def _grants(operator: Release) -> set[tuple[str, str, str]]:
     """(apiGroup, resource[/subresource], verb) the chart grants the operator, from the
     chart rendered with the installed values."""
     rendered = operator.helm(
-        "template", operator.name, str(CHART), "-n", operator.namespace,
-        "-f", str(operator.values_file(operator.values, "rendered")),
+        "template",
+        operator.name,
+        str(CHART),
+        "-n",
+        operator.namespace,
+        "-f",
+        str(operator.values_file(operator.values, "rendered")),
     ).stdout
     grants = set()
     for doc in yaml.safe_load_all(rendered):

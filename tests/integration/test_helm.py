@@ -57,15 +57,23 @@ BASE_VALUES: dict[str, Any] = {
 }
 # Every kind the chart renders (monitoring CRs aside: their CRDs are not installed here).
 CLUSTER_KINDS = (
-    "clusterroles.rbac.authorization.k8s.io", "clusterrolebindings.rbac.authorization.k8s.io",
+    "clusterroles.rbac.authorization.k8s.io",
+    "clusterrolebindings.rbac.authorization.k8s.io",
     "validatingadmissionpolicies.admissionregistration.k8s.io",
     "validatingadmissionpolicybindings.admissionregistration.k8s.io",
 )
 CHART_KINDS = (
-    "deployments.apps", "services", "configmaps", "serviceaccounts",
-    "roles.rbac.authorization.k8s.io", "rolebindings.rbac.authorization.k8s.io",
-    "networkpolicies.networking.k8s.io", "poddisruptionbudgets.policy",
-    "leases.coordination.k8s.io", "secrets", *CLUSTER_KINDS,
+    "deployments.apps",
+    "services",
+    "configmaps",
+    "serviceaccounts",
+    "roles.rbac.authorization.k8s.io",
+    "rolebindings.rbac.authorization.k8s.io",
+    "networkpolicies.networking.k8s.io",
+    "poddisruptionbudgets.policy",
+    "leases.coordination.k8s.io",
+    "secrets",
+    *CLUSTER_KINDS,
 )
 # What the Deployment makes, labelled like it.
 RUNTIME_KINDS = ("replicasets.apps", "pods")
@@ -82,20 +90,32 @@ class Tools:
 
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [self.helm_binary, *args], capture_output=True, text=True, env=self.env,
-            timeout=300, check=False,
+            [self.helm_binary, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=300,
+            check=False,
         )
         if check:
             assert done.returncode == 0, f"helm {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
         return done
 
     def kubectl(
-        self, *args: str, stdin: str | None = None, check: bool = True,
+        self,
+        *args: str,
+        stdin: str | None = None,
+        check: bool = True,
         kubeconfig: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         argv = [self.kubectl_binary, f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
         done = subprocess.run(
-            argv, input=stdin, capture_output=True, text=True, timeout=120, check=False,
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         if check:
             assert done.returncode == 0, f"kubectl {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
@@ -131,17 +151,20 @@ def tools(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Tools:
 def namespaces(tools: Tools, crd: None) -> Iterator[tuple[str, str]]:
     for name in (RELEASE_NAMESPACE, SESSIONS_NAMESPACE):
         manifest = {
-            "apiVersion": "v1", "kind": "Namespace",
+            "apiVersion": "v1",
+            "kind": "Namespace",
             "metadata": {"name": name, "labels": POD_SECURITY},
         }
         tools.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
     yield RELEASE_NAMESPACE, SESSIONS_NAMESPACE
     tools.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--ignore-not-found", check=False)
-    tools.kubectl("delete", ",".join(CLUSTER_KINDS), "-l", INSTANCE, "--ignore-not-found",
-                  check=False)
+    tools.kubectl(
+        "delete", ",".join(CLUSTER_KINDS), "-l", INSTANCE, "--ignore-not-found", check=False
+    )
     for name in (RELEASE_NAMESPACE, SESSIONS_NAMESPACE):
-        tools.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found",
-                      check=False)
+        tools.kubectl(
+            "delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False
+        )
 
 
 @dataclass
@@ -160,9 +183,7 @@ class Release:
                 found.add((doc["kind"], meta.get("namespace", ""), meta["name"]))
         return found
 
-    def live_objects(
-        self, kinds: tuple[str, ...] = CHART_KINDS
-    ) -> set[tuple[str, str, str]]:
+    def live_objects(self, kinds: tuple[str, ...] = CHART_KINDS) -> set[tuple[str, str, str]]:
         """(kind, namespace, name) of every live object carrying the release's label."""
         body = self.tools.get_json(",".join(kinds), "-A", "-l", INSTANCE)
         return {
@@ -175,8 +196,16 @@ class Release:
 def release(tools: Tools, namespaces: tuple[str, str]) -> Release:
     values = tools.values_file("base", BASE_VALUES)
     tools.helm(
-        "install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "-f", str(values),
-        "--wait", "--timeout", "180s",
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        RELEASE_NAMESPACE,
+        "-f",
+        str(values),
+        "--wait",
+        "--timeout",
+        "180s",
     )
     return Release(tools, values)
 
@@ -186,20 +215,33 @@ def service_account_kubeconfig(tools: Tools, path: Path) -> Path:
     token = tools.kubectl(
         "create", "token", RELEASE, "-n", RELEASE_NAMESPACE, "--duration=2h"
     ).stdout.strip()
-    admin = json.loads(tools.kubectl("config", "view", "--raw", "--minify", "--flatten",
-                                     "-o", "json").stdout)
+    admin = json.loads(
+        tools.kubectl("config", "view", "--raw", "--minify", "--flatten", "-o", "json").stdout
+    )
     cluster = admin["clusters"][0]["cluster"]
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "corral", "cluster": {
-            "server": cluster["server"],
-            "certificate-authority-data": cluster["certificate-authority-data"],
-        }}],
+        "clusters": [
+            {
+                "name": "corral",
+                "cluster": {
+                    "server": cluster["server"],
+                    "certificate-authority-data": cluster["certificate-authority-data"],
+                },
+            }
+        ],
         "users": [{"name": RELEASE, "user": {"token": token}}],
-        "contexts": [{"name": RELEASE, "context": {
-            "cluster": "corral", "user": RELEASE, "namespace": RELEASE_NAMESPACE,
-        }}],
+        "contexts": [
+            {
+                "name": RELEASE,
+                "context": {
+                    "cluster": "corral",
+                    "user": RELEASE,
+                    "namespace": RELEASE_NAMESPACE,
+                },
+            }
+        ],
         "current-context": RELEASE,
     }
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -307,15 +349,17 @@ NOTES_CASES = {k: v for k, v in VALUE_SETS.items() if k != "monitoring"}
 
 
 @pytest.mark.parametrize(
-    "values", [*NOTES_CASES.values(), {"watchNamespaces": None}],
+    "values",
+    [*NOTES_CASES.values(), {"watchNamespaces": None}],
     ids=[*NOTES_CASES, "null-namespaces"],
 )
 def test_install_notes_render(tools: Tools, values: dict[str, Any]) -> None:
     """NOTES.txt is rendered by install/upgrade only (not by lint or template). A client
     dry run still maps every kind, so the monitoring kinds (no CRDs here) stay out."""
     path = tools.values_file("notes", values)
-    done = tools.helm("install", f"notes-{RUN}", str(CHART), "-n", "default",
-                      "--dry-run=client", "-f", str(path))
+    done = tools.helm(
+        "install", f"notes-{RUN}", str(CHART), "-n", "default", "--dry-run=client", "-f", str(path)
+    )
     notes = done.stdout.split("NOTES:", 1)[1]
     assert "is installed as release" in notes
     assert "create secret generic anthropic-api-key" in notes
@@ -331,14 +375,26 @@ def test_rendered_chart_passes_server_side_dry_run(
         values["watchNamespaces"] = [SESSIONS_NAMESPACE]
     path = tools.values_file(f"dry-{name}", values)
     rendered = tools.helm(
-        "template", f"dry-{RUN}", str(CHART), "-n", RELEASE_NAMESPACE, "--include-crds",
-        "-f", str(path),
+        "template",
+        f"dry-{RUN}",
+        str(CHART),
+        "-n",
+        RELEASE_NAMESPACE,
+        "--include-crds",
+        "-f",
+        str(path),
     ).stdout
     kinds = {doc["kind"] for doc in yaml.safe_load_all(rendered) if doc}
     assert "CustomResourceDefinition" in kinds and "Deployment" in kinds
     done = tools.kubectl(
-        "apply", "--dry-run=server", "--server-side", "--force-conflicts",
-        "--field-manager=corral-helm-test", "-f", "-", stdin=rendered,
+        "apply",
+        "--dry-run=server",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=corral-helm-test",
+        "-f",
+        "-",
+        stdin=rendered,
     )
     lines = done.stdout.strip().splitlines()
     assert len(lines) == len([d for d in yaml.safe_load_all(rendered) if d])
@@ -351,8 +407,15 @@ def test_monitoring_objects_need_the_prometheus_operator_crds(tools: Tools) -> N
     """ServiceMonitor/PrometheusRule are opt-in: without their CRDs the API rejects them."""
     path = tools.values_file("monitoring", VALUE_SETS["monitoring"])
     rendered = tools.helm(
-        "template", f"dry-{RUN}", str(CHART), "-n", "default", "-f", str(path),
-        "--show-only", "templates/servicemonitor.yaml",
+        "template",
+        f"dry-{RUN}",
+        str(CHART),
+        "-n",
+        "default",
+        "-f",
+        str(path),
+        "--show-only",
+        "templates/servicemonitor.yaml",
     ).stdout
     done = tools.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered, check=False)
     if done.returncode == 0:  # a cluster with the Prometheus Operator: accepted
@@ -374,8 +437,13 @@ def test_operator_runs_as_the_chart_service_account(
 
     # A session and its API-key Secret, from the examples. Nothing acts on them yet.
     tools.kubectl(
-        "apply", "-n", SESSIONS_NAMESPACE, "-f", str(EXAMPLES / "credentials-secret.yaml"),
-        "-f", str(EXAMPLES / "long-running.yaml"),
+        "apply",
+        "-n",
+        SESSIONS_NAMESPACE,
+        "-f",
+        str(EXAMPLES / "credentials-secret.yaml"),
+        "-f",
+        str(EXAMPLES / "long-running.yaml"),
     )
     name = yaml.safe_load((EXAMPLES / "long-running.yaml").read_text())["metadata"]["name"]
     time.sleep(3)
@@ -383,16 +451,20 @@ def test_operator_runs_as_the_chart_service_account(
     assert tools.get_json("pods", "-n", SESSIONS_NAMESPACE)["items"] == []
 
     operator = chart_operator.start()
-    who = json.loads(tools.kubectl("auth", "whoami", "-o", "json",
-                                   kubeconfig=chart_operator.kubeconfig).stdout)
+    who = json.loads(
+        tools.kubectl("auth", "whoami", "-o", "json", kubeconfig=chart_operator.kubeconfig).stdout
+    )
     assert who["status"]["userInfo"]["username"] == (
         f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
     )
     lease = tools.get_json("lease", RELEASE, "-n", RELEASE_NAMESPACE)
     assert lease["spec"]["holderIdentity"] == operator.identity
 
-    body = wait_for(lambda: phase_is(tools, name, "Running"), timeout=90,
-                    what=f"{name} Running as the chart's ServiceAccount")
+    body = wait_for(
+        lambda: phase_is(tools, name, "Running"),
+        timeout=90,
+        what=f"{name} Running as the chart's ServiceAccount",
+    )
     # Running needs the credentials check first: the Secret `get` works.
     pod = tools.get_json("pod", body["status"]["podName"], "-n", SESSIONS_NAMESPACE)
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
@@ -410,20 +482,39 @@ def test_operator_runs_as_the_chart_service_account(
     assert pod["spec"]["tolerations"][0]["key"] == KWOK_TOLERATION["key"]
     policy = tools.get_json("networkpolicy", name, "-n", SESSIONS_NAMESPACE)
     to_operator = [
-        rule for rule in policy["spec"]["egress"]
+        rule
+        for rule in policy["spec"]["egress"]
         for peer in rule.get("to", [])
-        if peer.get("namespaceSelector", {}).get("matchLabels", {}).get(
-            "kubernetes.io/metadata.name") == RELEASE_NAMESPACE
+        if peer.get("namespaceSelector", {})
+        .get("matchLabels", {})
+        .get("kubernetes.io/metadata.name")
+        == RELEASE_NAMESPACE
     ]
     assert to_operator and to_operator[0]["ports"] == [{"port": 8081, "protocol": "TCP"}]
     assert tools.get_json("service", name, "-n", SESSIONS_NAMESPACE)
 
     # Suspend and resume: the operator deletes the pod, then creates a new one.
-    tools.kubectl("patch", "agentsession", name, "-n", SESSIONS_NAMESPACE, "--type=merge",
-                  "-p", '{"spec": {"suspend": true}}')
+    tools.kubectl(
+        "patch",
+        "agentsession",
+        name,
+        "-n",
+        SESSIONS_NAMESPACE,
+        "--type=merge",
+        "-p",
+        '{"spec": {"suspend": true}}',
+    )
     wait_for(lambda: phase_is(tools, name, "Suspended"), timeout=60, what=f"{name} Suspended")
-    tools.kubectl("patch", "agentsession", name, "-n", SESSIONS_NAMESPACE, "--type=merge",
-                  "-p", '{"spec": {"suspend": false}}')
+    tools.kubectl(
+        "patch",
+        "agentsession",
+        name,
+        "-n",
+        SESSIONS_NAMESPACE,
+        "--type=merge",
+        "-p",
+        '{"spec": {"suspend": false}}',
+    )
     wait_for(lambda: phase_is(tools, name, "Running"), timeout=60, what=f"{name} Running again")
 
     assert operator.metric("corral_reconcile_duration_seconds_count") > 0
@@ -443,8 +534,12 @@ def can_i_list(tools: Tools, namespace: str, user: str) -> set[Row]:
     starts = [header.index(title) for title in ("Non-Resource URLs", "Resource Names", "Verbs")]
     rows = set()
     for line in lines:
-        cells = [line[:starts[0]], line[starts[0]:starts[1]], line[starts[1]:starts[2]],
-                 line[starts[2]:]]
+        cells = [
+            line[: starts[0]],
+            line[starts[0] : starts[1]],
+            line[starts[1] : starts[2]],
+            line[starts[2] :],
+        ]
         resource, urls, names, verbs = (c.strip() for c in cells)
         verbs = "[" + " ".join(sorted(verbs.strip("[]").split())) + "]"
         rows.add((resource, urls, names, verbs))
@@ -498,8 +593,7 @@ def granted(tools: Tools, namespace: str) -> set[Row]:
 
 
 def can_i(tools: Tools, *args: str) -> bool:
-    done = tools.kubectl("auth", "can-i", *args, f"--as={service_account(RELEASE)}",
-                         check=False)
+    done = tools.kubectl("auth", "can-i", *args, f"--as={service_account(RELEASE)}", check=False)
     return done.stdout.strip() == "yes"
 
 
@@ -549,8 +643,9 @@ def test_upgrade_with_changed_values_leaves_no_orphans(
 ) -> None:
     before = release.live_objects()
     assert before == release.manifest_objects()
-    old_checksum = tools.get_json("deployment", RELEASE, "-n", RELEASE_NAMESPACE)[
-        "spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    old_checksum = tools.get_json("deployment", RELEASE, "-n", RELEASE_NAMESPACE)["spec"][
+        "template"
+    ]["metadata"]["annotations"]["checksum/config"]
 
     # Every namespace (a ClusterRole instead of the Roles), 3 replicas, no NetworkPolicy
     # or PDB, a dashboard, another default model.
@@ -564,8 +659,19 @@ def test_upgrade_with_changed_values_leaves_no_orphans(
         "metrics": {"grafanaDashboard": {"enabled": True}},
         "config": {**BASE_VALUES["config"], "defaultModel": "claude-opus-4-1"},
     }
-    tools.helm("upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--reset-values",
-               "-f", str(tools.values_file("changed", changed)), "--wait", "--timeout", "180s")
+    tools.helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        RELEASE_NAMESPACE,
+        "--reset-values",
+        "-f",
+        str(tools.values_file("changed", changed)),
+        "--wait",
+        "--timeout",
+        "180s",
+    )
     desired = release.manifest_objects()
     assert release.live_objects() == desired
     kinds = {kind for kind, _, _ in desired}
@@ -587,10 +693,24 @@ def test_upgrade_with_changed_values_leaves_no_orphans(
     assert granted(tools, "default") == SESSION_ROWS | {CRD_ROW}
 
     # And back: the Roles return, the dashboard goes, nothing is left over.
-    tools.helm("upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--reset-values",
-               "-f", str(release.values), "--wait", "--timeout", "180s")
-    wait_for(lambda: release.live_objects() == before, timeout=60,
-             what="the release's objects to be those of the first install")
+    tools.helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        RELEASE_NAMESPACE,
+        "--reset-values",
+        "-f",
+        str(release.values),
+        "--wait",
+        "--timeout",
+        "180s",
+    )
+    wait_for(
+        lambda: release.live_objects() == before,
+        timeout=60,
+        what="the release's objects to be those of the first install",
+    )
     assert granted(tools, SESSIONS_NAMESPACE) == SESSION_ROWS | {CRD_ROW, NAMESPACES_ROW}
     if chart_operator.process is not None:
         # RBAC moved twice under the running operator, and it was never refused.
@@ -608,10 +728,14 @@ def test_uninstall_leaves_nothing_of_the_chart(
     tools.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--timeout", "120s")
     release.installed = False
 
-    wait_for(lambda: release.live_objects(CHART_KINDS + RUNTIME_KINDS) == set(), timeout=60,
-             what="no object (pods included) with the release's label")
-    helm_records = tools.get_json("secrets", "-n", RELEASE_NAMESPACE, "-l",
-                                  f"owner=helm,name={RELEASE}")
+    wait_for(
+        lambda: release.live_objects(CHART_KINDS + RUNTIME_KINDS) == set(),
+        timeout=60,
+        what="no object (pods included) with the release's label",
+    )
+    helm_records = tools.get_json(
+        "secrets", "-n", RELEASE_NAMESPACE, "-l", f"owner=helm,name={RELEASE}"
+    )
     assert helm_records["items"] == []
     # Helm never deletes crds/: the CRD stays, and with it every AgentSession and the
     # children they own (nobody reconciles them until an operator runs again).

@@ -422,8 +422,11 @@ def test_a_pod_held_by_its_volumes_missing_node_says_which_node(
             # first message says "the node its volume is tied to", the next one names it.
             status = sessions.wait_status(
                 name,
-                lambda s: condition_is(s, "Ready", "False", "VolumeNodeUnavailable")
-                and f"waiting for node {gone}" in (condition(s, "Ready") or {}).get("message", ""),
+                lambda s: (
+                    condition_is(s, "Ready", "False", "VolumeNodeUnavailable")
+                    and f"waiting for node {gone}"
+                    in (condition(s, "Ready") or {}).get("message", "")
+                ),
                 "Ready reason VolumeNodeUnavailable naming the node",
             )
         except TimeoutError:

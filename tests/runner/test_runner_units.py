@@ -263,3 +263,21 @@ def test_json_logs_scrub_the_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "sk-ant-very-secret-1234" not in records[0]
     assert line["msg"] == f"key is {REDACTED}" and line["session"] == "sess"
     assert line["namespace"] == "ns" and line["level"] == "info"
+
+
+def test_an_ephemeral_result_out_of_bounds_is_clamped_so_the_operator_takes_it() -> None:
+    """The operator refuses a result it could not write to status (it would lose it)."""
+    from corral.api.v1alpha1 import MAX_COST_USD, MAX_TOKENS, MAX_TURNS
+
+    sdk_result = {
+        "subtype": "success",
+        "result": "done",
+        "num_turns": 2**70,
+        "total_cost_usd": float("inf"),
+        "usage": {"input_tokens": 10**20, "output_tokens": -5},
+    }
+    encoded = termination.encode_bounded(termination.run_result(sdk_result))
+    parsed = RunResult.model_validate_json(encoded)  # as the operator's parse_result does
+    assert parsed.text == "done"
+    assert parsed.num_turns == MAX_TURNS and parsed.total_cost_usd == MAX_COST_USD
+    assert (parsed.usage.input_tokens, parsed.usage.output_tokens) == (MAX_TOKENS, 0)

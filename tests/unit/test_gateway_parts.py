@@ -272,9 +272,7 @@ async def test_held_request_takes_a_runner_that_answers_ready_before_the_kubelet
         probed.append(endpoint.pod_name)
         return runner_ready.is_set()
 
-    waiting = asyncio.create_task(
-        directory.ready_endpoint("ns", "s", hold_seconds=30, probe=probe)
-    )
+    waiting = asyncio.create_task(directory.ready_endpoint("ns", "s", hold_seconds=30, probe=probe))
     directory.on_pod("ADDED", _pod("woken", ready=False))
     await asyncio.sleep(0.35)
     assert not waiting.done() and probed  # asked, and not ready yet: still held
@@ -315,9 +313,7 @@ async def test_a_probe_that_hangs_does_not_hold_up_a_pod_the_kubelet_says_is_rea
         await asyncio.sleep(30)  # an address nobody answers on
         return False
 
-    waiting = asyncio.create_task(
-        directory.ready_endpoint("ns", "s", hold_seconds=30, probe=probe)
-    )
+    waiting = asyncio.create_task(directory.ready_endpoint("ns", "s", hold_seconds=30, probe=probe))
     await asyncio.sleep(0.2)
     directory.on_pod("MODIFIED", _pod("woken"))
     endpoint = await asyncio.wait_for(waiting, 1)

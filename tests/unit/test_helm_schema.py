@@ -77,7 +77,8 @@ def one(
     manifests: list[Manifest], kind: str, name: str | None = None, gateway: bool = False
 ) -> Manifest:
     found = [
-        m for m in manifests
+        m
+        for m in manifests
         if m["kind"] == kind
         and (name is None or m["metadata"]["name"] == name)
         and (name is not None or is_gateway(m) == gateway)
@@ -364,9 +365,7 @@ def test_activity_reporting_can_be_turned_off(tmp_path: Path) -> None:
 
 def test_default_config_equals_the_operators_defaults(tmp_path: Path) -> None:
     """values.yaml repeats a few defaults for discoverability; they must not drift."""
-    manifests = render(
-        tmp_path, None, "activityReporting.enabled=false", "gateway.enabled=false"
-    )
+    manifests = render(tmp_path, None, "activityReporting.enabled=false", "gateway.enabled=false")
     rendered = OperatorConfig.model_validate(
         yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
     )
@@ -432,7 +431,8 @@ def test_deployment_is_hardened(tmp_path: Path) -> None:
     selector = deployment["spec"]["selector"]["matchLabels"]
     spread = pod["topologySpreadConstraints"]
     assert {c["topologyKey"] for c in spread} == {
-        "kubernetes.io/hostname", "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
     }
     assert all(c["labelSelector"]["matchLabels"] == selector for c in spread)
     pdb = one(manifests, "PodDisruptionBudget")
@@ -449,14 +449,17 @@ def test_config_change_rolls_the_pods(tmp_path: Path) -> None:
 
 
 def test_every_object_carries_the_release_labels(tmp_path: Path) -> None:
-    manifests = render(tmp_path, {
-        "watchNamespaces": ["team-a"],
-        "metrics": {
-            "serviceMonitor": {"enabled": True},
-            "prometheusRule": {"enabled": True},
-            "grafanaDashboard": {"enabled": True},
+    manifests = render(
+        tmp_path,
+        {
+            "watchNamespaces": ["team-a"],
+            "metrics": {
+                "serviceMonitor": {"enabled": True},
+                "prometheusRule": {"enabled": True},
+                "grafanaDashboard": {"enabled": True},
+            },
         },
-    })
+    )
     for manifest in manifests:
         labels = manifest["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == RELEASE, manifest["kind"]
@@ -512,7 +515,8 @@ def test_cluster_wide_rbac(tmp_path: Path) -> None:
 def test_namespaced_rbac(tmp_path: Path) -> None:
     manifests = render(tmp_path, {"watchNamespaces": ["team-a", "team-b"]})
     assert _rules(one(manifests, "ClusterRole")) == {
-        CRD_READ, ("", "namespaces", "", ("list", "watch")),
+        CRD_READ,
+        ("", "namespaces", "", ("list", "watch")),
     }
     roles = {
         m["metadata"]["namespace"]: m
@@ -530,7 +534,8 @@ def test_namespaced_rbac(tmp_path: Path) -> None:
     policy = one(manifests, "NetworkPolicy")
     sources = policy["spec"]["ingress"][0]["from"]
     assert [s["namespaceSelector"]["matchLabels"] for s in sources] == [
-        {"kubernetes.io/metadata.name": "team-a"}, {"kubernetes.io/metadata.name": "team-b"},
+        {"kubernetes.io/metadata.name": "team-a"},
+        {"kubernetes.io/metadata.name": "team-b"},
     ]
 
 
@@ -591,16 +596,25 @@ def _metrics_in(expr: str) -> set[str]:
 
 
 def test_monitoring_objects(tmp_path: Path) -> None:
-    manifests = render(tmp_path, {
-        "metrics": {
-            "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
-            "prometheusRule": {"enabled": True},
-            "grafanaDashboard": {"enabled": True},
+    manifests = render(
+        tmp_path,
+        {
+            "metrics": {
+                "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+                "prometheusRule": {"enabled": True},
+                "grafanaDashboard": {"enabled": True},
+            },
+            "networkPolicy": {
+                "metricsFrom": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                        }
+                    }
+                ]
+            },
         },
-        "networkPolicy": {"metricsFrom": [
-            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
-        ]},
-    })
+    )
     monitor = one(manifests, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -627,7 +641,9 @@ def test_monitoring_objects(tmp_path: Path) -> None:
     rule = one(manifests, "PrometheusRule")
     alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
     assert set(alerts) >= {
-        "CorralSessionsFailing", "CorralReconcileErrorsRising", "CorralSessionsStuckPending",
+        "CorralSessionsFailing",
+        "CorralReconcileErrorsRising",
+        "CorralSessionsStuckPending",
     }
     for name, alert in alerts.items():
         expr = alert["expr"]
@@ -675,7 +691,8 @@ def test_runner_pod_monitor(tmp_path: Path, make_session: Any) -> None:
     [port] = [p for p in container["ports"] if p["name"] == endpoint["port"]]
     policy = render_network_policy(session, config)
     admitted = [
-        rule for rule in policy["spec"]["ingress"]
+        rule
+        for rule in policy["spec"]["ingress"]
         if any(
             peer.get("podSelector", {}).get("matchLabels") == {"app": "prometheus"}
             and peer["namespaceSelector"]["matchLabels"]
@@ -702,10 +719,20 @@ def test_runner_pod_monitor(tmp_path: Path, make_session: Any) -> None:
 def test_monitoring_is_off_by_default(tmp_path: Path) -> None:
     kinds = {m["kind"] for m in render(tmp_path)}
     assert kinds == {
-        "ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role",
-        "RoleBinding", "Service", "Deployment", "Lease", "NetworkPolicy",
-        "PodDisruptionBudget", "Secret",  # the activity token key
-        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",  # guardrails, inert
+        "ServiceAccount",
+        "ConfigMap",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+        "Lease",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Secret",  # the activity token key
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",  # guardrails, inert
     }
 
 
@@ -747,8 +774,15 @@ def _status_after(make_session: Any, **observed: Any) -> dict[str, Any]:
 
     session = make_session("LongRunning", credentials={"secretName": "anthropic-api-key"})
     plan = decide(
-        Observed(session=session, pods=[], has_service=False, has_network_policy=False,
-                 has_pvc=False, now=datetime.now(UTC), **observed),
+        Observed(
+            session=session,
+            pods=[],
+            has_service=False,
+            has_network_policy=False,
+            has_pvc=False,
+            now=datetime.now(UTC),
+            **observed,
+        ),
         OperatorConfig(),
     )
     assert plan.status_patch is not None
@@ -779,8 +813,7 @@ def _ready(phase: str, status: str, reason: str, message: str = "") -> dict[str,
         (_ready("Pending", "False", "SpecTooLarge", "the spec is too large"), "Degraded"),
         (_ready("Pending", "False", "RunnerNotReady", "was ready and is not now"), "Degraded"),
         (
-            {**_ready("Running", "True", "Running"),
-             "metadata": {"name": "demo", "generation": 3}},
+            {**_ready("Running", "True", "Running"), "metadata": {"name": "demo", "generation": 3}},
             "Progressing",
         ),
     ],

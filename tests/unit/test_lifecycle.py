@@ -1434,3 +1434,49 @@ def test_a_runner_that_ended_is_not_reported_as_not_ready(pattern: str) -> None:
     plan = world.step()
     assert "RunnerNotReady" not in [e.reason for e in plan.events]
     assert conditions(world.session)["Ready"][1] != "RunnerNotReady"
+
+
+# --- hostile termination messages ---------------------------------------------------------
+
+HOSTILE_RESULTS = {
+    # Nested deeply enough to exhaust the JSON parser's recursion.
+    "deeply-nested": '{"subtype": "success", "text": ' + "[" * 5000,
+    # Not JSON numbers the API server takes: a status patch with them would fail forever.
+    "infinite-cost": '{"subtype": "success", "totalCostUsd": Infinity}',
+    "nan-cost": '{"subtype": "success", "totalCostUsd": NaN}',
+    "huge-turns": '{"subtype": "success", "numTurns": 99999999999999999999}',
+    "huge-tokens": '{"subtype": "success", "usage": {"inputTokens": 1e30}}',
+}
+
+
+@pytest.mark.parametrize("message", HOSTILE_RESULTS.values(), ids=HOSTILE_RESULTS.keys())
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+def test_ephemeral_outcome_survives_a_hostile_termination_message(message: str, phase: str) -> None:
+    world = World(make_session("Ephemeral"))
+    world.step()
+    name = world.run_pod()
+    code = 0 if phase == "Succeeded" else 1
+    world.kubelet(
+        name,
+        phase=phase,
+        ready=False,
+        terminated={"exitCode": code, "reason": "Completed", "message": message},
+    )
+    plan = world.step()  # raised RecursionError, or planned a patch the API server refuses
+    assert world.session.status.phase == phase
+    assert world.session.status.result is None  # not the runner's claim: it did not validate
+    assert plan.status_patch is not None
+    json.dumps(plan.status_patch, allow_nan=False)  # what the API server would take
+    assert [d.name for d in plan.delete_pods] == [name]
+
+
+def test_crash_loop_detail_survives_a_deeply_nested_log_line() -> None:
+    world = World(make_session("LongRunning"))
+    world.step()
+    world.run_pod()
+    world.settle()
+    crash_looping_pod(
+        world, 3, {"exitCode": 1, "reason": "Error", "message": '{"a": ' + "[" * 5000}
+    )
+    world.step()
+    assert world.session.status.phase == "CrashLooping"

@@ -53,7 +53,10 @@ def uses(job: str, action: str) -> dict[str, Any]:
 def test_actionlint_finds_nothing() -> None:
     done = subprocess.run(
         [str(actionlint()), "-no-color", "-shellcheck=", "-pyflakes=", str(WORKFLOW)],
-        capture_output=True, text=True, check=False, timeout=120,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -66,7 +69,10 @@ def test_actionlint_does_catch_a_broken_workflow(tmp_path: Path) -> None:
     path.write_text(broken)
     done = subprocess.run(
         [str(actionlint()), "-no-color", "-shellcheck=", "-pyflakes=", str(path)],
-        capture_output=True, text=True, check=False, timeout=120,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     assert done.returncode == 1
     assert "runs_on" in done.stdout

@@ -212,7 +212,11 @@ def test_runner_command_probes_and_port(
     # is never refused (an Unhealthy Warning).
     hook = c["lifecycle"]["postStart"]["exec"]["command"]
     assert hook[:5] == [
-        "python", "-m", "corral.probe", f"--port={runtime.RUNNER_PORT}", "--listening",
+        "python",
+        "-m",
+        "corral.probe",
+        f"--port={runtime.RUNNER_PORT}",
+        "--listening",
     ]
     # Liveness counts only once a start has had its time (a startup probe's job before).
     liveness = c["livenessProbe"]

@@ -23,7 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from corral.api.tokens import hmac_token
-from corral.api.v1alpha1 import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, AgentStatus
+from corral.api.v1alpha1 import (
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    MAX_COST_USD,
+    MAX_TURNS,
+    AgentStatus,
+)
 
 ACTIVITY_PATH = "/v1/activity"
 # The runner sends `Authorization: Bearer <token>`.
@@ -31,10 +37,6 @@ AUTHORIZATION_HEADER = "Authorization"
 BEARER = "Bearer "
 TOKEN_CONTEXT = b"corral.dev/activity-token/v1"
 
-# Bounds of what a report may claim: far beyond any real session, far below what would
-# overflow the API server's int64 or make a float non-finite in a status patch.
-MAX_TURNS = 1_000_000_000
-MAX_COST_USD = 1_000_000.0
 MAX_AGENTS = 16
 MAX_REPORT_BYTES = 64 * 1024
 

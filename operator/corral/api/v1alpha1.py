@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -852,13 +853,47 @@ class Phase(StrEnum):
     FAILED = "Failed"
 
 
+# Bounds of what a runner may report (its result, its activity): far beyond any real
+# session, far below what would overflow the API server's int64 or make a float non-finite
+# in a status patch (which the API server refuses, so the patch would fail on every retry).
+MAX_TURNS = 1_000_000_000
+MAX_COST_USD = 1_000_000.0
+MAX_TOKENS = 10**15
+
+
+def clamp_turns(value: int) -> int:
+    """A turn count the status schema takes (a runner clamps what it reports)."""
+    return min(max(value, 0), MAX_TURNS)
+
+
+def clamp_tokens(value: int) -> int:
+    return min(max(value, 0), MAX_TOKENS)
+
+
+def clamp_cost(value: float) -> float:
+    """A cost the status schema takes: finite, non-negative, bounded, to the micro-dollar."""
+    return 0.0 if math.isnan(value) else round(min(max(value, 0.0), MAX_COST_USD), 6)
+
+
+def _tokens(description: str) -> Any:
+    return Field(0, ge=0, le=MAX_TOKENS, description=description)
+
+
+def _turns(description: str) -> Any:
+    return Field(0, ge=0, le=MAX_TURNS, description=description)
+
+
+def _cost(description: str) -> Any:
+    return Field(0.0, ge=0, le=MAX_COST_USD, allow_inf_nan=False, description=description)
+
+
 class Usage(ApiModel):
     """Token usage as the SDK reports it."""
 
-    input_tokens: int = Field(0, ge=0, description="Input tokens.")
-    output_tokens: int = Field(0, ge=0, description="Output tokens.")
-    cache_read_input_tokens: int = Field(0, ge=0, description="Tokens read from the cache.")
-    cache_creation_input_tokens: int = Field(0, ge=0, description="Tokens written to the cache.")
+    input_tokens: int = _tokens("Input tokens.")
+    output_tokens: int = _tokens("Output tokens.")
+    cache_read_input_tokens: int = _tokens("Tokens read from the cache.")
+    cache_creation_input_tokens: int = _tokens("Tokens written to the cache.")
 
 
 class RunResult(ApiModel):
@@ -866,8 +901,8 @@ class RunResult(ApiModel):
 
     subtype: str = Field(..., max_length=64, description="success, error_max_turns, ...")
     text: str | None = Field(None, max_length=4096, description="The result text, cut to fit.")
-    num_turns: int = Field(0, ge=0, description="Turns taken.")
-    total_cost_usd: float = Field(0.0, ge=0, description="Token cost reported by the SDK.")
+    num_turns: int = _turns("Turns taken.")
+    total_cost_usd: float = _cost("Token cost reported by the SDK.")
     usage: Usage = Field(default_factory=Usage, description="Token usage.")
     session_id: str | None = Field(None, max_length=128, description="SDK session id.")
 
@@ -878,8 +913,8 @@ class AgentStatus(ApiModel):
     name: str = Field(..., max_length=63, description="Agent name.")
     state: str = Field("Unknown", max_length=32, description="idle, busy or error.")
     session_id: str | None = Field(None, max_length=128, description="SDK session id.")
-    num_turns: int = Field(0, ge=0, description="Turns taken.")
-    total_cost_usd: float = Field(0.0, ge=0, description="Token cost.")
+    num_turns: int = _turns("Turns taken.")
+    total_cost_usd: float = _cost("Token cost.")
 
 
 class CostStatus(ApiModel):

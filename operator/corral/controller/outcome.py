@@ -89,9 +89,11 @@ def termination_detail(terminated: Terminated, memory_limit: str) -> str:
 
 
 def parse_result(message: str) -> RunResult | None:
+    """The runner's result in a termination message; None for anything else (including
+    JSON nested deep enough to exhaust the parser's recursion, or numbers out of bounds)."""
     try:
         return RunResult.model_validate(json.loads(message))
-    except (ValueError, ValidationError):
+    except (ValueError, ValidationError, RecursionError):
         return None
 
 

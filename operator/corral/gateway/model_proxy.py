@@ -369,8 +369,6 @@ def build_model_proxy(
             namespace_budgets_usd=dict(config.namespace_budgets_usd),
             max_request_bytes=config.max_request_bytes,
         ),
-        ModelKeys(
-            read_api_key(path), config.namespace_keys, kube, config.key_refresh_seconds
-        ),
+        ModelKeys(read_api_key(path), config.namespace_keys, kube, config.key_refresh_seconds),
     )
     return proxy, meter

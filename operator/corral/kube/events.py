@@ -108,11 +108,15 @@ def event_manifest(
     return manifest
 
 
+# Failures on the way to the API server, not answers from it: worth another attempt.
+CONNECTION_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
+
+
 def transient(error: BaseException) -> bool:
     """Whether a failed post may succeed if made again later."""
     if isinstance(error, ApiError):
         return error.status == 429 or error.status >= 500
-    return isinstance(error, aiohttp.ClientError | TimeoutError | ConnectionError)
+    return isinstance(error, CONNECTION_ERRORS)
 
 
 class EventPoster:
@@ -171,7 +175,7 @@ class EventPoster:
             if error.status == 409 or error.namespace_gone:
                 return None  # made by an attempt whose answer was lost; or nothing to describe
             return error
-        except (aiohttp.ClientError, TimeoutError, ConnectionError, RuntimeError) as error:
+        except (*CONNECTION_ERRORS, RuntimeError) as error:
             # RuntimeError: the client's session closed under a late attempt at shutdown.
             return error
         return None

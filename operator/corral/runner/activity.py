@@ -17,7 +17,6 @@ import contextlib
 import functools
 import http.client
 import logging
-import math
 import os
 import socket
 import ssl
@@ -31,11 +30,10 @@ from corral.api.activity import (
     AUTHORIZATION_HEADER,
     BEARER,
     MAX_AGENTS,
-    MAX_COST_USD,
-    MAX_TURNS,
     ActivityReport,
     AgentReport,
 )
+from corral.api.v1alpha1 import clamp_cost, clamp_turns
 from corral.runner.agent import AgentSnapshot, AgentState
 from corral.runner.jsonlog import log_event
 from corral.runner.sdk import __version__ as SDK_VERSION
@@ -87,28 +85,16 @@ def build_report(
         pod_name=who.pod_name,
         busy=connected or any(a.state == AgentState.BUSY for a in agents),
         session_id=agents[0].session_id if len(agents) == 1 else None,
-        num_turns=_turns(sum(a.num_turns for a in agents)),
-        total_cost_usd=_cost(sum(a.total_cost_usd for a in agents)),
+        num_turns=clamp_turns(sum(a.num_turns for a in agents)),
+        total_cost_usd=clamp_cost(sum(a.total_cost_usd for a in agents)),
         sdk_version=SDK_VERSION[:64],
         cli_version=version[:64] if version else None,
         agents=[_agent_report(a) for a in agents[:MAX_AGENTS]],
     )
 
 
-def _turns(value: int) -> int:
-    return min(max(value, 0), MAX_TURNS)
-
-
-def _cost(value: float) -> float:
-    return 0.0 if math.isnan(value) else round(min(max(value, 0.0), MAX_COST_USD), 6)
-
-
 def _agent_report(agent: AgentSnapshot) -> AgentReport:
-    status = agent_status(agent)
-    return AgentReport.model_validate(
-        status.model_dump()
-        | {"num_turns": _turns(status.num_turns), "total_cost_usd": _cost(status.total_cost_usd)}
-    )
+    return AgentReport.model_validate(agent_status(agent).model_dump())
 
 
 class ReportRefused(Exception):

@@ -10,7 +10,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from corral.api.v1alpha1 import AgentStatus, RunnerInfo, Usage
+from corral.api.v1alpha1 import (
+    AgentStatus,
+    RunnerInfo,
+    Usage,
+    clamp_cost,
+    clamp_tokens,
+    clamp_turns,
+)
 from corral.runner.agent import AgentSnapshot, AgentState
 from corral.runner.events import USAGE_KEYS
 from corral.runner.sdk import __version__ as SDK_VERSION
@@ -49,7 +56,7 @@ def overall_state(agents: Sequence[AgentSnapshot], stopping: bool) -> str:
 
 
 def _usage(values: dict[str, int]) -> dict[str, Any]:
-    return Usage(**values).model_dump(by_alias=True)
+    return Usage(**{k: clamp_tokens(v) for k, v in values.items()}).model_dump(by_alias=True)
 
 
 def build_status(
@@ -89,8 +96,8 @@ def agent_status(a: AgentSnapshot) -> AgentStatus:
         name=a.name,
         state=str(a.state),
         session_id=a.session_id,
-        num_turns=a.num_turns,
-        total_cost_usd=round(a.total_cost_usd, 6),
+        num_turns=clamp_turns(a.num_turns),
+        total_cost_usd=clamp_cost(a.total_cost_usd),
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.api import runtime
-from corral.api.v1alpha1 import RunResult, Usage
+from corral.api.v1alpha1 import RunResult, Usage, clamp_cost, clamp_tokens, clamp_turns
 
 ELLIPSIS = "…"
 # RunResult.text's own bound, in characters; the byte bound is applied when encoding.
@@ -29,9 +29,9 @@ def run_result(result: dict[str, Any] | None, failure: str | None = None) -> Run
     return RunResult(
         subtype=str(result.get("subtype") or "unknown")[:64],
         text=_cut(result.get("result") if isinstance(result.get("result"), str) else failure),
-        num_turns=int(result.get("num_turns") or 0),
-        total_cost_usd=float(result.get("total_cost_usd") or 0.0),
-        usage=Usage(**{k: int(usage.get(k) or 0) for k in Usage.model_fields}),
+        num_turns=clamp_turns(int(result.get("num_turns") or 0)),
+        total_cost_usd=clamp_cost(float(result.get("total_cost_usd") or 0.0)),
+        usage=Usage(**{k: clamp_tokens(int(usage.get(k) or 0)) for k in Usage.model_fields}),
         session_id=result.get("session_id"),
     )
 
