@@ -492,3 +492,85 @@ async def test_a_namespace_with_a_key_of_its_own_pays_with_it(
         assert await keys_elsewhere.key_for("other-namespace") == "default"
     finally:
         await kube.close()
+
+
+async def test_calls_in_flight_hold_their_cost_so_parallel_calls_cannot_spend_past_a_budget(
+    proxy: Proxy, world: World, fake: FakeAnthropic
+) -> None:
+    url, server, registry = proxy
+    credential = await _session(world, server, "parallel", maxBudgetUsd=0.05)
+    # Each call may write 10,000 tokens at 15 USD per million: 0.15 USD, more than the
+    # budget, so while one is in flight no other may start. It reports 0.03 USD.
+    fake.set_default(TextStep(text="slow " * 20, stream=StreamShape(event_delay=0.2),
+                              usage=ReplyUsage(input_tokens=10_000, output_tokens=1)))  # fmt: skip
+    body = _request("together") | {"max_tokens": 10_000}
+
+    async def call(http: aiohttp.ClientSession) -> tuple[int, str | None, bytes]:
+        async with http.post(f"{url}/v1/messages", json=body, headers=_headers(credential)) as r:
+            return r.status, r.headers.get("retry-after"), await r.read()
+
+    async with aiohttp.ClientSession() as http:
+        answers = await asyncio.gather(*(call(http) for _ in range(5)))
+        assert sorted(status for status, _, _ in answers) == [200, 429, 429, 429, 429]
+        waiting = [json.loads(raw) for status, _, raw in answers if status == 429]
+        assert all(w["error"]["type"] == "rate_limit_error" for w in waiting)
+        assert "calls in flight" in waiting[0]["error"]["message"]
+        assert all(int(after or 0) >= 1 for status, after, _ in answers if status == 429)
+        assert len(fake.message_bodies()) == 1
+        # The call ended: its 0.03 USD is spent, its reserve released, the next may start.
+        assert (await call(http))[0] == 200
+        # 0.06 USD now: over the budget, refused for good.
+        status, _, raw = await call(http)
+        assert status == 402 and json.loads(raw)["error"]["type"] == "billing_error"
+    assert (
+        registry.get_sample_value("corral_model_refused_total", {"reason": "SessionBudgetInFlight"})
+        == 4
+    )
+    assert server.meter.session_reserved(server.directory.view(world.namespace, "parallel")) == 0
+
+
+async def test_a_client_that_hangs_up_mid_stream_pays_for_what_it_was_sent(
+    proxy: Proxy, world: World, fake: FakeAnthropic
+) -> None:
+    url, server, registry = proxy
+    credential = await _session(world, server, "quitter")
+    fake.add(TextStep(text="word " * 2000, stream=StreamShape(event_delay=0.01),
+                      usage=ReplyUsage(input_tokens=10, output_tokens=2500)))  # fmt: skip
+    received = b""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{url}/v1/messages", json=_request("q"), headers=_headers(credential)) as r,
+    ):
+        async for chunk in r.content.iter_any():
+            received += chunk
+            if received.count(b"content_block_delta") >= 40:
+                break  # and hang up: the message_delta with the output count never comes
+    seen = [e["delta"].get("text", "") for e in _sse_events(received[: received.rfind(b"\n\n")])
+            if e["type"] == "content_block_delta"]  # fmt: skip
+    labels = {"namespace": world.namespace, "model": "claude-sonnet-4", "kind": "output"}
+
+    def output() -> float:
+        return registry.get_sample_value("corral_model_tokens_total", labels) or 0.0
+
+    await _until(lambda: output() > 1)  # message_start's 1 was all it paid before
+    assert output() >= len("".join(seen)) // 4
+
+
+async def test_count_tokens_counts_against_the_per_minute_limit_before_its_body_is_read(
+    proxy: Proxy, world: World, fake: FakeAnthropic
+) -> None:
+    url, server, _ = proxy
+    credential = await _session(world, server, "counter")
+    server.limits = budgets.SessionLimits(requests_per_minute=1, tokens_per_minute=0)
+    async with aiohttp.ClientSession() as http:
+        statuses = []
+        for _ in range(2):
+            async with http.post(
+                f"{url}/v1/messages/count_tokens",
+                json=_request("x" * 100_000, stream=False),
+                headers=_headers(credential),
+            ) as r:
+                await r.read()
+                statuses.append(r.status)
+    assert statuses == [200, 429]
+    assert [r.path for r in fake.requests] == ["/v1/messages/count_tokens"]

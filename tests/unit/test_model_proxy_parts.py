@@ -82,12 +82,35 @@ def test_a_stream_without_usage_is_not_seen_and_bad_counts_are_ignored() -> None
     assert reader.result.usage == TokenUsage()
 
 
-def test_an_oversized_event_stops_the_count_without_growing_memory() -> None:
+@pytest.mark.parametrize("chunk", [1, 100, 100_000])
+def test_an_oversized_event_is_skipped_without_growing_memory(chunk: int) -> None:
     reader = SseUsageReader(max_event_bytes=1000)
-    reader.feed(b"data: " + b"x" * 5000)
-    assert reader.broken
-    reader.feed(wire.sse_frame({"type": "message_delta", "usage": {"output_tokens": 9}}))
-    assert not reader.result.seen and len(reader._partial) == 0
+    start = wire.sse_frame({"type": "message_start", "message": {"model": "m", "usage": {
+        "input_tokens": 5, "output_tokens": 1}}})  # fmt: skip
+    huge_line = b"data: " + b"x" * 5000 + b"\n\n"
+    huge_event = b"".join(b"data: " + b"y" * 600 + b"\n" for _ in range(4)) + b"\n"
+    delta = wire.sse_frame({"type": "message_delta", "usage": {"output_tokens": 9}})
+    body = start + huge_line + huge_event + delta
+    peak = 0
+    for at in range(0, len(body), chunk):
+        reader.feed(body[at : at + chunk])
+        peak = max(peak, len(reader._partial) + reader._data_bytes)
+    assert peak <= 1000 + chunk
+    assert reader.final().usage == TokenUsage(5, 9, 0, 0)  # the count went on after them
+
+
+def test_a_stream_cut_before_its_message_delta_is_metered_by_its_content() -> None:
+    body, _ = _stream(TextStep(text="word " * 2000, usage=USAGE))
+    cut = body[: body.index(b"message_delta")]
+    reader = SseUsageReader()
+    reader.feed(cut)
+    usage = reader.final().usage
+    # message_start says 1 output token (as the API does); the deltas carried 10,000 bytes.
+    assert usage.input_tokens == 1234
+    assert 10_000 // 4 <= usage.output_tokens <= len(cut) // 4
+    whole = SseUsageReader()
+    whole.feed(body)
+    assert whole.final().usage == TokenUsage(1234, 567, 89, 10)  # stated: taken as it is
 
 
 def test_usage_of_a_plain_json_reply() -> None:
@@ -431,3 +454,82 @@ async def test_without_namespace_budgets_the_ledger_is_only_written_to() -> None
     ledger.add("team-a", 2.0)
     await ledger.sync()
     assert kube.body is not None and ledger.spent("team-a") == 2.0
+
+
+# --- the meter against a failing API server ------------------------------------------------
+
+
+class StatusKube:
+    """Status patches of AgentSessions: fails the next `fail` with `error`, records the rest."""
+
+    def __init__(self, fail: int = 0, error: BaseException | None = None) -> None:
+        self.fail, self.error = fail, error
+        self.patches: list[dict[str, Any]] = []
+
+    async def patch(self, kind: str, namespace: str, name: str, patch: Any,
+                    sub: str | None = None) -> dict[str, Any]:  # fmt: skip
+        if self.fail:
+            self.fail -= 1
+            assert self.error is not None
+            raise self.error
+        self.patches.append(patch)
+        return {"metadata": {"namespace": namespace, "name": name, "uid": "uid-a",
+                             "resourceVersion": str(len(self.patches) + 7)},
+                "spec": {"pattern": "LongRunning"}, "status": patch["status"]}  # fmt: skip
+
+    async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        return manifest  # Events
+
+
+@pytest.mark.parametrize("error", [TimeoutError(), ConnectionResetError("reset")])
+async def test_usage_survives_a_status_write_lost_on_the_way(error: BaseException) -> None:
+    import asyncio
+
+    kube = StatusKube(fail=1, error=error)
+    directory = Directory(None)  # type: ignore[arg-type]
+    _session(directory, "a", "uid-a")
+    meter = Meter(PriceTable([_price("m", 1, 2, 0, 0)]), ModelMetrics(CollectorRegistry()),
+                  directory, kube, interval_seconds=0.01)  # type: ignore[arg-type]  # fmt: skip
+    view = directory.view("ns", "a")
+    meter.record(view, "m-1", TokenUsage(1_000_000, 0, 0, 0))
+    running = asyncio.create_task(meter.run())
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if kube.patches:
+                break
+        assert not running.done()  # the failed round did not end the meter (nor the gateway)
+        assert len(kube.patches) == 1, "the usage was not written on the next round"
+        assert kube.patches[0]["status"]["modelUsage"]["costUsd"] == pytest.approx(1.0)
+        assert meter.session_spent(directory.view("ns", "a")) == pytest.approx(1.0)
+    finally:
+        running.cancel()
+
+
+async def test_budget_exceeded_is_noted_again_once_cleared_and_for_a_new_session() -> None:
+    import asyncio
+
+    now = [0.0]
+    kube = StatusKube()
+    directory = Directory(kube)  # type: ignore[arg-type]
+    _session(directory, "a", "uid-a")
+    meter = Meter(PriceTable([]), ModelMetrics(CollectorRegistry()), directory,
+                  kube, clock=lambda: now[0])  # type: ignore[arg-type]  # fmt: skip
+
+    def conditions_patched() -> int:
+        return sum("conditions" in p["status"] for p in kube.patches)
+
+    async def refused_twice() -> None:
+        view = directory.view("ns", "a")
+        meter.note_budget(view, "SessionBudget", "spent")
+        meter.note_budget(view, "SessionBudget", "spent")  # before the watch brings it
+        await asyncio.sleep(0.05)
+
+    await refused_twice()
+    assert conditions_patched() == 1
+    now[0] += 120  # the user raised the budget and deleted the condition meanwhile
+    await refused_twice()
+    assert conditions_patched() == 2
+    _session(directory, "a", "uid-a2")  # deleted and made again under the same name
+    await refused_twice()
+    assert conditions_patched() == 3

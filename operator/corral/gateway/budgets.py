@@ -58,6 +58,46 @@ def namespace_budget(namespace: str, max_usd: float | None, spent_usd: float) ->
     )
 
 
+# How long a call asked to wait for calls in flight is told to wait (the CLI retries a 429
+# after its retry-after, several times, before it gives up on the turn).
+IN_FLIGHT_RETRY_SECONDS = 5
+# Calls of one session in flight at once (bodies being read included): beyond any agent's
+# parallel tool calls, and a bound on the request bodies one session holds in memory.
+MAX_CALLS_IN_FLIGHT = 32
+
+
+def in_flight_budget(
+    scope: str, max_usd: float | None, spent_usd: float, reserved_usd: float, reason: str
+) -> Denial | None:
+    """Ask a call to wait while the calls in flight could spend what is left of a budget:
+    each holds its most possible cost until it is metered, so parallel calls cannot
+    together overshoot by more than one call's worth."""
+    if max_usd is None or reserved_usd <= 0 or spent_usd + reserved_usd < max_usd:
+        return None
+    return Denial(
+        429,
+        "rate_limit_error",
+        f"corral: {scope} has model calls in flight that could cost {reserved_usd:.4f} USD, "
+        f"and {max_usd - spent_usd:.4f} USD of its {max_usd:.2f} USD budget is left; "
+        "this call waits until they end",
+        reason,
+        IN_FLIGHT_RETRY_SECONDS,
+    )
+
+
+def too_many_in_flight(calls: int) -> Denial | None:
+    if calls < MAX_CALLS_IN_FLIGHT:
+        return None
+    return Denial(
+        429,
+        "rate_limit_error",
+        f"corral: this session has {calls} model calls in flight (at most "
+        f"{MAX_CALLS_IN_FLIGHT}); retry when some end",
+        "CallsInFlight",
+        1,
+    )
+
+
 @dataclass
 class _Window:
     requests: float  # token bucket of requests

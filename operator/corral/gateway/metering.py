@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cachetools import TTLCache
 from prometheus_client import CollectorRegistry, Counter
 
 from corral.controller import conditions
@@ -25,7 +28,7 @@ from corral.gateway.directory import Directory, SessionView
 from corral.gateway.pricing import PriceTable
 from corral.gateway.spend import NamespaceSpend
 from corral.gateway.usage import TokenUsage
-from corral.kube.client import ApiError, KubeClient
+from corral.kube.client import CONNECTION_ERRORS, ApiError, KubeClient
 from corral.kube.events import GATEWAY_COMPONENT, EventTarget, event_manifest
 
 log = logging.getLogger("corral.gateway.metering")
@@ -39,6 +42,10 @@ TOKEN_KINDS = {
     "cache_write": "cache_creation_input_tokens",
 }
 MAX_MODELS_IN_STATUS = 64
+# How long a BudgetExceeded note holds before a refused call may note it again (a watch
+# brings the condition well within it), and how many sessions' notes are held.
+BUDGET_NOTE_SECONDS = 60.0
+BUDGET_NOTES_MAX = 10_000
 
 
 class ModelMetrics:
@@ -156,6 +163,14 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _shift(held: dict[str, float], key: str, usd: float) -> None:
+    left = held.get(key, 0.0) + usd
+    if left > 1e-12:
+        held[key] = left
+    else:
+        held.pop(key, None)  # nothing held: no entry (bounded by the calls in flight)
+
+
 class Meter:
     def __init__(
         self,
@@ -165,6 +180,7 @@ class Meter:
         kube: KubeClient | None,
         interval_seconds: float = 10.0,
         spend: NamespaceSpend | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spend = spend
         self.prices = prices
@@ -174,7 +190,15 @@ class Meter:
         self.interval = interval_seconds
         self._pending: dict[Key, _Pending] = {}
         self._inflight: dict[Key, _Pending] = {}  # being written now
-        self._budget_noted: set[tuple[Key, str]] = set()
+        # (session uid, reason) noted lately: the condition is not in the view until the
+        # watch brings it, and refused calls keep coming meanwhile. Once it expires, a
+        # session whose condition was cleared (a raised budget) is noted again.
+        # USD held by calls in flight, until they are metered: per session uid and namespace.
+        self._reserved: dict[str, float] = {}
+        self._reserved_ns: dict[str, float] = {}
+        self._budget_noted: TTLCache[tuple[str, str], bool] = TTLCache(
+            maxsize=BUDGET_NOTES_MAX, ttl=BUDGET_NOTE_SECONDS, timer=clock
+        )
 
     # --- counting ------------------------------------------------------------------------
 
@@ -220,6 +244,21 @@ class Meter:
             if ns == namespace
         )
 
+    def hold(self, session: SessionView, usd: float) -> None:
+        """Reserve `usd` for a call in flight (see budgets.in_flight_budget)."""
+        _shift(self._reserved, session.uid, usd)
+        _shift(self._reserved_ns, session.namespace, usd)
+
+    def release(self, session: SessionView, usd: float) -> None:
+        _shift(self._reserved, session.uid, -usd)
+        _shift(self._reserved_ns, session.namespace, -usd)
+
+    def session_reserved(self, session: SessionView) -> float:
+        return self._reserved.get(session.uid, 0.0)
+
+    def namespace_reserved(self, namespace: str) -> float:
+        return self._reserved_ns.get(namespace, 0.0)
+
     # --- status --------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -227,9 +266,12 @@ class Meter:
         try:
             while True:
                 await asyncio.sleep(self.interval)
-                await self.flush()
-                if self.spend is not None:
-                    await self.spend.sync()
+                try:
+                    await self.flush()
+                    if self.spend is not None:
+                        await self.spend.sync()
+                except Exception:  # never end the gateway over one round; usage is kept
+                    log.exception("metering round failed")
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.flush())
@@ -264,6 +306,12 @@ class Meter:
                 # 409: status moved on; the watch brings it, the next round adds again.
                 self._restore(key, pending)
             return
+        except CONNECTION_ERRORS:
+            # Unknown whether it was written: add it again next round. At worst a call is
+            # counted twice, which a budget survives; never is one lost.
+            self.metrics.status_writes.labels("error").inc()
+            self._restore(key, pending)
+            return
         finally:
             self._inflight.pop(key, None)
         self.metrics.status_writes.labels("ok").inc()
@@ -285,10 +333,11 @@ class Meter:
     # --- budgets -------------------------------------------------------------------------
 
     def note_budget(self, session: SessionView, reason: str, message: str) -> None:
-        """Condition BudgetExceeded and a Warning Event, once per session and reason
-        (again after the condition was cleared), in the background."""
-        key = (session.namespace, session.name)
-        if self.kube is None or (key, reason) in self._budget_noted:
+        """Condition BudgetExceeded and a Warning Event, once per session and reason, in
+        the background; again once the condition was cleared (a raised budget) and the
+        note is BUDGET_NOTE_SECONDS old."""
+        key = (session.uid, reason)
+        if self.kube is None or key in self._budget_noted:
             return
         for condition in session.conditions:
             if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
@@ -297,7 +346,7 @@ class Meter:
                 reason,
             ):
                 return
-        self._budget_noted.add((key, reason))
+        self._budget_noted[key] = True
         task = asyncio.create_task(self._note_budget(session, reason, message))
         task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
 
@@ -320,13 +369,13 @@ class Meter:
         }
         try:
             await self.kube.patch("AgentSession", session.namespace, session.name, patch, "status")
-        except ApiError as error:
+        except (ApiError, *CONNECTION_ERRORS) as error:
             # The next refused call tries again (the watch brings the newer version).
-            self._budget_noted.discard(((session.namespace, session.name), reason))
+            self._budget_noted.pop((session.uid, reason), None)
             log.warning(
                 "could not set BudgetExceeded",
                 extra={"session_name": session.name, "session_namespace": session.namespace,
-                       "fields": {"status": error.status}},
+                       "fields": {"error": str(error)[:200]}},
             )  # fmt: skip
             return
         target = EventTarget(session.namespace, session.name, session.uid)

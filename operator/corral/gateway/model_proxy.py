@@ -11,6 +11,7 @@ SSE events one by one); the usage they report is metered on the way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -146,6 +147,7 @@ class ModelProxy:
         self.settings = settings
         self.upstream = settings.upstream_url.rstrip("/")
         self._client = StreamingClient(connect_timeout=10)
+        self._in_flight: dict[str, int] = {}  # calls per session uid, bodies being read too
 
     async def client(self) -> aiohttp.ClientSession:
         return self._client.get()
@@ -216,42 +218,86 @@ class ModelProxy:
         self.meter.metrics.refused.labels(reason).inc()
         return error_response(status, error_type, message, retry_after)
 
-    def refusal(self, session: SessionView) -> budgets.Denial | None:
-        """Why `session` may not call the model now (budgets, then rates), if it may not."""
-        refused = budgets.session_budget(
-            session.max_budget_usd, self.meter.session_spent(session)
-        ) or budgets.namespace_budget(
-            session.namespace,
-            self.settings.namespace_budgets_usd.get(session.namespace),
-            self.meter.namespace_spent(session.namespace),
+    def refusal(self, session: SessionView, spends: bool = True) -> budgets.Denial | None:
+        """Why `session` may not call the model now (budgets of a call that `spends`,
+        then rates), if it may not. Decided before the request body is read."""
+        if spends:
+            refused = budgets.session_budget(
+                session.max_budget_usd, self.meter.session_spent(session)
+            ) or budgets.namespace_budget(
+                session.namespace,
+                self.settings.namespace_budgets_usd.get(session.namespace),
+                self.meter.namespace_spent(session.namespace),
+            )
+            if refused is not None:
+                self.meter.note_budget(session, refused.reason, refused.message)
+                return refused
+        return budgets.too_many_in_flight(self._in_flight.get(session.uid, 0)) or self.limits.take(
+            f"{session.namespace}/{session.name}/{session.uid}"
         )
-        if refused is not None:
-            self.meter.note_budget(session, refused.reason, refused.message)
-            return refused
-        return self.limits.take(f"{session.namespace}/{session.name}/{session.uid}")
+
+    def in_flight_refusal(self, session: SessionView) -> budgets.Denial | None:
+        """Whether the calls already in flight could spend what is left of a budget."""
+        namespace = session.namespace
+        return budgets.in_flight_budget(
+            "this session",
+            session.max_budget_usd,
+            self.meter.session_spent(session),
+            self.meter.session_reserved(session),
+            "SessionBudgetInFlight",
+        ) or budgets.in_flight_budget(
+            f"namespace {namespace}",
+            self.settings.namespace_budgets_usd.get(namespace),
+            self.meter.namespace_spent(namespace),
+            self.meter.namespace_reserved(namespace),
+            "NamespaceBudgetInFlight",
+        )
+
+    def _refuse_with(self, denial: budgets.Denial) -> web.Response:
+        return self._refuse(
+            denial.status, denial.error_type, denial.message, denial.reason, denial.retry_after
+        )
 
     async def _admit_and_forward(
         self, request: web.Request, session: SessionView
     ) -> web.StreamResponse:
+        spends = request.path == "/v1/messages"
+        refused = self.refusal(session, spends)
+        if refused is not None:
+            return self._refuse_with(refused)
+        self._in_flight[session.uid] = self._in_flight.get(session.uid, 0) + 1
+        try:
+            body = await self._read_body(request)
+            if body is None:
+                limit = self.settings.max_request_bytes
+                return self._refuse(
+                    413, "request_too_large", f"request body over {limit} bytes", "TooLarge"
+                )
+            if not spends:
+                return await self._forward(request, session, body)
+            refused = self.in_flight_refusal(session)
+            if refused is not None:
+                return self._refuse_with(refused)
+            reserve = self.meter.prices.call_reserve(body)
+            self.meter.hold(session, reserve)
+            try:
+                return await self._forward(request, session, body)
+            finally:
+                self.meter.release(session, reserve)
+        finally:
+            left = self._in_flight.pop(session.uid, 1) - 1
+            if left > 0:
+                self._in_flight[session.uid] = left
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """The request body; None when it is over the limit."""
         limit = self.settings.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
-            return self._refuse(
-                413, "request_too_large", f"request body over {limit} bytes", "TooLarge"
-            )
+            return None
         try:
-            body = await request.read()
+            return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return self._refuse(
-                413, "request_too_large", f"request body over {limit} bytes", "TooLarge"
-            )
-        if request.path == "/v1/messages":
-            refused = self.refusal(session)
-            if refused is not None:
-                return self._refuse(
-                    refused.status, refused.error_type, refused.message, refused.reason,
-                    refused.retry_after,
-                )  # fmt: skip
-        return await self._forward(request, session, body)
+            return None
 
     async def _forward(
         self, request: web.Request, session: SessionView, body: bytes
@@ -297,22 +343,35 @@ class ModelProxy:
             await response.prepare(request)
             reader = SseUsageReader() if metered and streaming else None
             whole = bytearray() if metered and not streaming else None
+            client_gone = False
             try:
                 async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+                    # Counted before it is passed on: a write that fails loses no usage.
                     if reader is not None:
                         reader.feed(chunk)
                     elif whole is not None and len(whole) <= MAX_JSON_BYTES:
                         whole += chunk
+                    if not client_gone:
+                        try:
+                            await response.write(chunk)
+                        except ConnectionError:
+                            client_gone = True
+                    if client_gone and whole is None:
+                        # A stream ends here (the upstream stops generating when we hang
+                        # up); its output is estimated from what it sent (usage.py). A
+                        # whole reply is read on: it is made already, and states its usage.
+                        break
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
                 self.meter.metrics.refused.labels("UpstreamBrokeOff").inc()
             finally:
                 # Whatever was used is counted, also when the client went away mid-stream.
                 if reader is not None:
-                    self._meter(session, reader.result)
+                    self._meter(session, reader.final())
                 elif whole is not None:
                     self._meter(session, usage_of_json(bytes(whole)))
-            await response.write_eof()
+            if not client_gone:
+                with contextlib.suppress(ConnectionError):
+                    await response.write_eof()
         return response
 
     def _meter(self, session: SessionView, result: ResponseUsage) -> None:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 from corral.config import ModelPrice
 from corral.gateway.usage import TokenUsage
 
 PER = 1_000_000
 # Metric label of a model no price row names (label values stay a bounded set).
 OTHER_MODEL = "other"
+# What a call without max_tokens may write (beyond any model's limit today), and the most
+# a stated max_tokens is taken for.
+DEFAULT_MAX_TOKENS = 64_000
+MAX_TOKENS_TAKEN = 1_000_000
+# Keys, not values: inside a JSON string a quote is escaped, so these match keys only (of
+# the request or of an object nested in it, which is why the dearest match is taken).
+_MAX_TOKENS = re.compile(rb'"max_tokens"\s*:\s*(\d{1,9})')
+_MODEL = re.compile(rb'"model"\s*:\s*"([A-Za-z0-9._:@/-]{1,128})"')
 
 
 class PriceTable:
@@ -40,3 +50,13 @@ class PriceTable:
             + usage.cache_read_input_tokens * row.cache_read
             + usage.cache_creation_input_tokens * row.cache_write
         ) / PER
+
+    def call_reserve(self, body: bytes) -> float:
+        """The most a Messages API call with request `body` can cost in output: its
+        max_tokens at its model's output price. Read without parsing the body (it can be
+        megabytes): of every `max_tokens` and `model` key in it, the dearest is taken, so
+        nothing the caller nests in its request makes the reserve smaller."""
+        tokens = max((int(m) for m in _MAX_TOKENS.findall(body)), default=DEFAULT_MAX_TOKENS)
+        models = {m.decode() for m in _MODEL.findall(body)} or {None}
+        price = max((self.row(m) or self.fallback).output for m in models)
+        return min(tokens, MAX_TOKENS_TAKEN) * price / PER

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from corral.kube.client import ApiError, KubeClient
+from corral.kube.client import CONNECTION_ERRORS, ApiError, KubeClient
 
 log = logging.getLogger("corral.gateway.spend")
 
@@ -95,6 +95,10 @@ class NamespaceSpend:
         except ApiError as error:
             log.info("namespace spend not written", extra={"fields": {"status": error.status}})
             return  # 409: another replica wrote first; add on the next round
+        except CONNECTION_ERRORS as error:
+            # Kept pending: if it was written after all, it is counted twice, never lost.
+            log.info("namespace spend not written", extra={"fields": {"error": repr(error)}})
+            return
         for ns, usd in adding.items():
             left = self.pending.get(ns, 0.0) - usd
             if left > 1e-12:
@@ -108,6 +112,9 @@ class NamespaceSpend:
         assert self.kube is not None
         try:
             return await self.kube.get("ConfigMap", self.namespace, self.name)
+        except CONNECTION_ERRORS as error:
+            log.warning("cannot read namespace spend", extra={"fields": {"error": repr(error)}})
+            return None
         except ApiError as error:
             if error.status != 404:
                 log.warning(

@@ -3,7 +3,7 @@
 Streams are read as they pass through the proxy, chunk by chunk: `message_start` carries the
 input and cache counts (and the model), `message_delta` the output count so far; later
 values replace earlier ones (the API reports running totals). Everything here is pure and
-bounded: an event larger than the limit stops the count instead of growing memory.
+bounded: an event larger than the limit is skipped instead of growing memory.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from typing import Any
 MAX_EVENT_BYTES = 1024 * 1024
 MAX_JSON_BYTES = 16 * 1024 * 1024
 _METERED_EVENTS = (b'"message_start"', b'"message_delta"')
+_CONTENT_DELTA = b'"content_block_delta"'
+# The shortest content delta event's own bytes: {"type":"content_block_delta","index":0,
+# "delta":{"type":"text_delta","text":""}} is 79; less is taken off, to err high.
+DELTA_FRAMING_BYTES = 64
 
 
 @dataclass
@@ -55,50 +59,67 @@ class ResponseUsage:
 
 
 class SseUsageReader:
-    """Feed it the bytes of an SSE body as they pass; read `.result` at the end."""
+    """Feed it the bytes of an SSE body as they pass; read `.result` at the end.
+
+    An event over `max_event_bytes` is skipped (not held), and the count goes on with the
+    next one. `output_estimate` is what the stream's content deltas amount to, for a reply
+    that ended before its `message_delta` stated the output (a client that hung up, an
+    upstream that broke off): about four bytes a token, framing included, so it errs high.
+    """
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.result = ResponseUsage(TokenUsage())
         self.max_event_bytes = max_event_bytes
-        self.broken = False
+        self.output_estimate = 0
+        self.delta_seen = False  # a message_delta stated the output
         self._partial = bytearray()  # an incomplete line
         self._data: list[bytes] = []  # data lines of the current event
         self._data_bytes = 0
+        self._skip_line = False  # the rest of an oversized line
+        self._skip_event = False  # the rest of an oversized event
 
     def feed(self, chunk: bytes) -> None:
-        if self.broken:
-            return
         self._partial += chunk
         start = 0
         while True:
             end = self._partial.find(b"\n", start)
             if end < 0:
                 break
-            self._line(bytes(self._partial[start:end]).rstrip(b"\r"))
+            if self._skip_line:
+                self._skip_line = False
+            else:
+                self._line(bytes(self._partial[start:end]).rstrip(b"\r"))
             start = end + 1
         del self._partial[:start]
         if len(self._partial) + self._data_bytes > self.max_event_bytes:
-            self._stop()
+            self._partial.clear()
+            self._skip_line = True
+            self._oversized()
 
-    def _stop(self) -> None:
-        self.broken = True
-        self._partial.clear()
+    def _oversized(self) -> None:
         self._data.clear()
+        self._data_bytes = 0
+        self._skip_event = True
 
     def _line(self, line: bytes) -> None:
         if not line:
-            self._dispatch()
-        elif line.startswith(b"data:"):
+            if self._skip_event:
+                self._skip_event = False
+            else:
+                self._dispatch()
+        elif line.startswith(b"data:") and not self._skip_event:
             value = line[5:]
             self._data.append(value[1:] if value.startswith(b" ") else value)
             self._data_bytes += len(value)
             if self._data_bytes > self.max_event_bytes:
-                self._stop()
+                self._oversized()
 
     def _dispatch(self) -> None:
         data, self._data, self._data_bytes = b"\n".join(self._data), [], 0
         if not any(marker in data for marker in _METERED_EVENTS):
-            return  # most events are deltas of text: not parsed
+            if _CONTENT_DELTA in data:  # not parsed: most events are these
+                self.output_estimate += max(1, -(-(len(data) - DELTA_FRAMING_BYTES) // 4))
+            return
         try:
             event = json.loads(data)
         except ValueError:
@@ -111,6 +132,7 @@ class SseUsageReader:
                 self._take(message.get("usage"), message.get("model"))
         elif event.get("type") == "message_delta":
             self._take(event.get("usage"), None)
+            self.delta_seen = self.delta_seen or isinstance(event.get("usage"), dict)
 
     def _take(self, usage: Any, model: Any) -> None:
         if isinstance(usage, dict):
@@ -118,6 +140,15 @@ class SseUsageReader:
             self.result.seen = True
         if isinstance(model, str) and model:
             self.result.model = model
+
+    def final(self) -> ResponseUsage:
+        """The usage to meter: as stated, or, for a stream cut before its message_delta,
+        the output at least as large as its content deltas."""
+        if self.delta_seen or not self.result.seen:
+            return self.result
+        usage = self.result.usage
+        usage.output_tokens = max(usage.output_tokens, self.output_estimate)
+        return self.result
 
 
 def usage_of_json(body: bytes) -> ResponseUsage:

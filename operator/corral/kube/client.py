@@ -21,6 +21,9 @@ from corral.kube.credentials import Connection as Connection
 from corral.kube.credentials import load_connection as load_connection
 
 JSON = dict[str, Any]
+# Failures on the way to the API server, not answers from it (a reset, a refused connection,
+# the client's timeout): the request may or may not have been carried out.
+CONNECTION_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
 # Every request the operator makes, by verb and kind: the API cost of a session.
 REQUESTS = Counter(
     "corral_kube_requests_total", "Kubernetes API requests made by the operator.", ["verb", "kind"]

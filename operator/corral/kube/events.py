@@ -22,10 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiohttp
 from prometheus_client import Counter
 
-from corral.kube.client import JSON, RESOURCES, ApiError, KubeClient
+from corral.kube.client import CONNECTION_ERRORS, JSON, RESOURCES, ApiError, KubeClient
 
 log = logging.getLogger("corral.events")
 
@@ -106,10 +105,6 @@ def event_manifest(
         manifest["action"] = action
         manifest["eventTime"] = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return manifest
-
-
-# Failures on the way to the API server, not answers from it: worth another attempt.
-CONNECTION_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
 
 
 def transient(error: BaseException) -> bool:
