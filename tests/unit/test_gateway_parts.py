@@ -471,6 +471,15 @@ def test_the_pod_gets_its_own_sessions_gateway_credential(make_session: Any) -> 
     assert runtime.ENV_GATEWAY_CREDENTIAL not in names
 
 
+def open_transport() -> Any:
+    """A mocked request's transport, still connected."""
+    from unittest import mock
+
+    transport = mock.Mock()
+    transport.is_closing.return_value = False
+    return transport
+
+
 async def test_one_json_log_line_per_request_without_secrets(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -493,7 +502,10 @@ async def test_one_json_log_line_per_request_without_secrets(
     directory = Directory(kube=None)  # type: ignore[arg-type]
     gateway = Gateway(Reviewer(), directory, b"k" * 32, GatewayMetrics())  # type: ignore[arg-type]
     request = make_mocked_request(
-        "GET", "/sessions/ns/nosuch/v1/status", headers={"Authorization": "Bearer alice-token"}
+        "GET",
+        "/sessions/ns/nosuch/v1/status",
+        headers={"Authorization": "Bearer alice-token"},
+        transport=open_transport(),
     )
     with caplog.at_level(logging.INFO, logger="corral.gateway"):
         response = await gateway.handle(request)
@@ -567,3 +579,191 @@ async def test_a_runner_that_never_listens_is_given_up_on_after_the_bound() -> N
     # It tried for about the bound, not once and not for ever (a loose upper bound: this
     # checks the bound is applied, not the machine's speed).
     assert 0.1 <= waited < 3.0, waited
+
+
+# --- what the gateway review found ----------------------------------------------------------
+
+
+async def test_a_wake_the_api_server_refused_is_asked_again_by_the_next_request() -> None:
+    from corral.gateway.directory import WakeFailed
+    from corral.kube.client import ApiError
+
+    class Kube:
+        def __init__(self) -> None:
+            self.patches = 0
+
+        async def patch(self, kind: str, ns: str, name: str, body: dict[str, Any]) -> None:
+            self.patches += 1
+            if self.patches == 1:
+                raise ApiError(503, "ServiceUnavailable", "the API server is busy")
+
+        async def create(self, manifest: dict[str, Any]) -> None:
+            pass
+
+    kube = Kube()
+    directory = Directory(kube=kube)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Idle"))
+    with pytest.raises(WakeFailed, match="retry shortly"):
+        await directory.wake(directory.view("ns", "s"), "alice")
+    assert directory.needs_wake(directory.view("ns", "s"))  # not held for 30 s to no avail
+    assert await directory.wake(directory.view("ns", "s"), "alice")
+    assert kube.patches == 2
+
+
+async def test_a_cancelled_review_does_not_fail_the_others_waiting_on_it() -> None:
+    cache: ReviewCache[str, str] = ReviewCache("token", 10, 60, GatewayMetrics())
+    loads = []
+
+    async def load() -> str:
+        loads.append(1)
+        await asyncio.sleep(0.2)
+        return "alice"
+
+    first = asyncio.create_task(cache.get("k", load))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(cache.get("k", load))
+    await asyncio.sleep(0.05)
+    first.cancel()  # its client went away
+    assert await second == "alice"  # loaded again rather than cancelled with it
+    assert len(loads) == 2
+
+
+async def test_refused_tokens_neither_crowd_the_cache_nor_review_without_limit() -> None:
+    from corral.gateway.auth import NEW_TOKENS_BURST, Reviewer, Unauthenticated
+
+    class Kube:
+        def __init__(self) -> None:
+            self.reviews = 0
+
+        async def request(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+            self.reviews += 1
+            token = body["spec"]["token"]
+            ok = token == "good"
+            return {"status": {"authenticated": ok, "user": {"username": "alice"} if ok else {}}}
+
+    kube = Kube()
+    reviewer = Reviewer(kube, GatewayMetrics(), cache_size=5)  # type: ignore[arg-type]
+    assert (await reviewer.authenticate("good")).name == "alice"
+    refused = limited = 0
+    for i in range(NEW_TOKENS_BURST + 20):
+        try:
+            await reviewer.authenticate(f"made-up-{i}")
+        except Unauthenticated:
+            refused += 1
+        except Limited as error:
+            assert error.limit == "token-reviews"
+            limited += 1
+    assert kube.reviews <= NEW_TOKENS_BURST + 2 and limited >= 18
+    with pytest.raises(Unauthenticated):
+        await reviewer.authenticate("made-up-0")  # remembered: no second review
+    before = kube.reviews
+    assert (await reviewer.authenticate("good")).name == "alice"  # still cached
+    assert kube.reviews == before
+
+
+async def test_a_user_over_its_rate_causes_no_access_reviews() -> None:
+    from corral.gateway.server import Gateway, GatewaySettings
+
+    class Reviewer:
+        def __init__(self) -> None:
+            self.access_reviews = 0
+
+        async def authenticate(self, token: str | None) -> User:
+            return User("alice")
+
+        async def authorize(self, user: User, verb: str, namespace: str, name: str) -> None:
+            self.access_reviews += 1
+
+    reviewer = Reviewer()
+    settings = GatewaySettings(rate_per_second=0.001, burst=2)
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    gateway = Gateway(reviewer, directory, b"k" * 32, GatewayMetrics(), settings)  # type: ignore[arg-type]
+    statuses = []
+    for i in range(50):
+        request = make_mocked_request(
+            "GET", f"/sessions/ns/s{i}/v1/status", transport=open_transport()
+        )
+        statuses.append((await gateway.handle(request)).status)
+    assert statuses.count(429) == 48 and reviewer.access_reviews == 2
+
+
+async def test_a_held_request_whose_client_left_is_not_forwarded() -> None:
+    from unittest import mock
+
+    from corral.gateway.server import CLIENT_GONE, Gateway
+
+    class Reviewer:
+        async def authenticate(self, token: str | None) -> User:
+            return User("alice")
+
+        async def authorize(self, user: User, verb: str, namespace: str, name: str) -> None:
+            pass
+
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Running"))
+    gateway = Gateway(Reviewer(), directory, b"k" * 32, GatewayMetrics())  # type: ignore[arg-type]
+    transport = open_transport()
+
+    async def woken(*args: Any, **kwargs: Any) -> tuple[str, Any]:
+        transport.is_closing.return_value = True  # the client gave up while it was held
+        return "http://127.0.0.1:1/v1/messages", directory.view("ns", "s")
+
+    request = make_mocked_request("POST", "/sessions/ns/s/v1/messages", transport=transport)
+    with (
+        mock.patch.object(gateway, "_endpoint_url", woken),
+        mock.patch("corral.gateway.server.forward_http") as forward,
+        mock.patch.object(gateway, "_read_body", mock.AsyncMock(return_value=b"{}")),
+    ):
+        response = await gateway.handle(request)
+    assert response.status == CLIENT_GONE
+    forward.assert_not_called()
+
+
+@pytest.mark.parametrize(
+    ("size", "limit", "code"),
+    [(300_000, 16 * 1024 * 1024, 4001), (300_000, 1000, 1009)],
+    ids=["passed-on", "over-the-limit"],
+)
+async def test_a_runners_frames_and_close_code_reach_the_client(
+    size: int, limit: int, code: int
+) -> None:
+    from corral.gateway.proxy import pump_websocket
+
+    async def runner_ws(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str("x" * size)
+        await ws.close(code=4001, message=b"done")
+        return ws
+
+    async def gateway_ws(request: web.Request) -> web.WebSocketResponse:
+        client_ws = web.WebSocketResponse()
+        await client_ws.prepare(request)
+        async with aiohttp.ClientSession() as http:
+            upstream = await http.ws_connect(f"{runner_url}/ws", max_msg_size=limit)
+            await pump_websocket(client_ws, upstream)
+        return client_ws
+
+    servers = []
+    urls = []
+    for handler in (runner_ws, gateway_ws):
+        app = web.Application()
+        app.router.add_get("/ws", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        servers.append(runner)
+        urls.append(f"http://127.0.0.1:{port}")
+        runner_url = urls[0]
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(urls[1] + "/ws") as ws:
+            frames = [msg async for msg in ws]
+            assert ws.close_code == code
+        if code == 4001:
+            assert [len(f.data) for f in frames] == [size]
+        else:
+            assert frames == []
+    finally:
+        for runner in servers:
+            await runner.cleanup()

@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from cachetools import TTLCache
 
+from corral.gateway.limits import Limited, UserLimits
 from corral.gateway.metrics import GatewayMetrics
 from corral.kube.client import KubeClient
 
@@ -23,6 +24,15 @@ RESOURCE = "agentsessions"
 SUBRESOURCE = "connect"
 K = TypeVar("K")
 V = TypeVar("V")
+# TokenReviews of tokens not cached, per second (and burst) per replica: a flood of made-up
+# tokens must not become a flood of reviews on the API server, which the gateway's own
+# requests (wakes, status) share under priority and fairness.
+NEW_TOKENS_PER_SECOND = 50.0
+NEW_TOKENS_BURST = 100
+# Refused tokens are remembered apart, fewer of them: a flood of them cannot push the
+# accepted ones out of their cache.
+REFUSED_CACHE_SIZE = 1_000
+NOT_ACCEPTED = "the token was not accepted by the Kubernetes API server"
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,14 @@ class Forbidden(Exception):
     """The user may not do this (403); the message names the missing permission."""
 
 
+class _NotAccepted(Exception):
+    """A TokenReview said no: remembered in the refused cache, not the users'."""
+
+
+class _LoaderCancelled(Exception):
+    """The request loading a value was cancelled: the others waiting on it load again."""
+
+
 class ReviewCache(Generic[K, V]):
     """A TTL cache with single-flight loading and hit/miss counting."""
 
@@ -59,24 +77,32 @@ class ReviewCache(Generic[K, V]):
         self._metrics = metrics
 
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
-        try:
-            value = self._cache[key]
-        except KeyError:
-            pass
-        else:
+        while True:
+            try:
+                value = self._cache[key]
+            except KeyError:
+                pass
+            else:
+                self._metrics.auth_cache.labels(kind=self._kind, result="hit").inc()
+                return value
+            pending = self._loading.get(key)
+            if pending is None:
+                return await self._load(key, load)
             self._metrics.auth_cache.labels(kind=self._kind, result="hit").inc()
-            return value
-        pending = self._loading.get(key)
-        if pending is not None:
-            self._metrics.auth_cache.labels(kind=self._kind, result="hit").inc()
-            return await asyncio.shield(pending)
+            try:
+                return await asyncio.shield(pending)
+            except _LoaderCancelled:
+                continue  # the loader's request was cancelled, not this one: load again
+
+    async def _load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         self._metrics.auth_cache.labels(kind=self._kind, result="miss").inc()
         future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         self._loading[key] = future
         try:
             value = await load()
         except BaseException as error:
-            future.set_exception(error)
+            cancelled = isinstance(error, asyncio.CancelledError)
+            future.set_exception(_LoaderCancelled() if cancelled else error)
             future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
             raise
         finally:
@@ -102,9 +128,9 @@ class Reviewer:
     ) -> None:
         self.kube = kube
         self.metrics = metrics
-        self.users: ReviewCache[str, User | None] = ReviewCache(
-            "token", cache_size, ttl_seconds, metrics
-        )
+        self.users: ReviewCache[str, User] = ReviewCache("token", cache_size, ttl_seconds, metrics)
+        self.refused: TTLCache[str, bool] = TTLCache(maxsize=REFUSED_CACHE_SIZE, ttl=ttl_seconds)
+        self.new_tokens = UserLimits(NEW_TOKENS_PER_SECOND, NEW_TOKENS_BURST, max_users=1)
         self.decisions: ReviewCache[tuple[Any, ...], tuple[bool, str]] = ReviewCache(
             "access", cache_size, ttl_seconds, metrics
         )
@@ -115,10 +141,14 @@ class Reviewer:
                 "no bearer token: send 'Authorization: Bearer TOKEN' (or X-Corral-Token "
                 "through the API server's service proxy)"
             )
-        user = await self.users.get(token_key(token), lambda: self._token_review(token))
-        if user is None:
-            raise Unauthenticated("the token was not accepted by the Kubernetes API server")
-        return user
+        key = token_key(token)
+        if key in self.refused:
+            raise Unauthenticated(NOT_ACCEPTED)
+        try:
+            return await self.users.get(key, lambda: self._token_review(token))
+        except _NotAccepted:
+            self.refused[key] = True
+            raise Unauthenticated(NOT_ACCEPTED) from None
 
     async def authorize(self, user: User, verb: str, namespace: str, name: str) -> None:
         key = (user, verb, namespace, name)
@@ -134,7 +164,16 @@ class Reviewer:
                 f"corral-session-{'user' if verb == 'create' else 'viewer'})"
             )
 
-    async def _token_review(self, token: str) -> User | None:
+    async def _token_review(self, token: str) -> User:
+        try:
+            self.new_tokens.take("")
+        except Limited as limited:
+            raise Limited(
+                "token-reviews",
+                f"the gateway is reviewing over {NEW_TOKENS_PER_SECOND:g} new tokens a second; "
+                "retry shortly",
+                limited.retry_after,
+            ) from None
         self.metrics.reviews.labels(kind="token").inc()
         review = await self.kube.request(
             "POST",
@@ -147,7 +186,7 @@ class Reviewer:
         )
         status = review.get("status") or {}
         if not status.get("authenticated"):
-            return None
+            raise _NotAccepted()
         info = status.get("user") or {}
         extra = info.get("extra") or {}
         return User(

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral.api import runtime
-from corral.kube.client import KubeClient
+from corral.kube.client import CONNECTION_ERRORS, ApiError, KubeClient
 from corral.kube.events import GATEWAY_COMPONENT, EventPoster, EventTarget, event_manifest
 
 log = logging.getLogger("corral.gateway.directory")
@@ -118,6 +118,10 @@ class SessionSuspended(Exception):
 
 class NotReady(Exception):
     """503: the session did not become ready within the hold limit."""
+
+
+class WakeFailed(Exception):
+    """503: the API server did not take the wake request."""
 
 
 def _trim_pod(body: JSON) -> JSON:
@@ -305,18 +309,26 @@ class Directory:
 
     async def wake(self, session: SessionView, user: str) -> bool:
         """Ask the operator to wake an Idle session, once for all concurrent callers.
-        True when this call started the wake."""
+        True when this call started the wake; WakeFailed when the API server refused it
+        (the next request asks again)."""
         key = (session.namespace, session.name)
         task = self._wakes.get(key)
-        if task is not None and not task.done():
+        started = task is None or task.done()
+        if started:
+            task = asyncio.create_task(self._ask_wake(session, user))
+            self._wakes[key] = task
+            self._woke_at[key] = asyncio.get_running_loop().time()
+            task.add_done_callback(lambda _: self._wakes.pop(key, None))
+        assert task is not None
+        try:
             await asyncio.shield(task)
-            return False
-        task = asyncio.create_task(self._ask_wake(session, user))
-        self._wakes[key] = task
-        self._woke_at[key] = asyncio.get_running_loop().time()
-        task.add_done_callback(lambda _: self._wakes.pop(key, None))
-        await asyncio.shield(task)
-        return True
+        except (ApiError, *CONNECTION_ERRORS) as error:
+            self._woke_at.pop(key, None)
+            raise WakeFailed(
+                f"could not wake session {session.namespace}/{session.name}: the API server "
+                f"did not take the wake annotation ({str(error)[:200]}); retry shortly"
+            ) from None
+        return started
 
     async def _ask_wake(self, session: SessionView, user: str) -> None:
         value = wake_value(user)

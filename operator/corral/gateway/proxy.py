@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from corral.api import runtime
 
@@ -166,28 +166,47 @@ async def forward_http(
 async def pump_websocket(
     client_ws: web.WebSocketResponse, upstream_ws: aiohttp.ClientWebSocketResponse
 ) -> None:
-    """Copy frames both ways until either side closes, then close the other."""
+    """Copy frames both ways until either side closes, then close the other with the same
+    code (an error, e.g. a frame over the size limit, as 1011 or its own code)."""
 
-    async def copy(source: Any, sink: Any) -> None:
+    async def copy(source: Any, sink: Any) -> int:
+        failed = False
         async for msg in source:
             if msg.type == WSMsgType.TEXT:
                 await sink.send_str(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 await sink.send_bytes(msg.data)
-            else:  # close, error
+            else:  # an error (a closing frame ends the loop)
+                failed = msg.type == WSMsgType.ERROR
                 break
+        return passed_on_code(source.close_code, failed)
 
-    tasks = [
-        asyncio.create_task(copy(client_ws, upstream_ws)),
-        asyncio.create_task(copy(upstream_ws, client_ws)),
-    ]
+    to_upstream = asyncio.create_task(copy(client_ws, upstream_ws))
+    to_client = asyncio.create_task(copy(upstream_ws, client_ws))
+    tasks = [to_upstream, to_client]
+    codes: dict[asyncio.Task[int], int] = {to_upstream: WSCloseCode.OK, to_client: WSCloseCode.OK}
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is None:
+                codes[task] = task.result()
+            else:
+                codes[task] = WSCloseCode.INTERNAL_ERROR
     finally:
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, ConnectionError, aiohttp.ClientError):
                 await task
-        await upstream_ws.close()
-        await client_ws.close()
+        await upstream_ws.close(code=codes[to_upstream])
+        await client_ws.close(code=codes[to_client])
+
+
+def passed_on_code(code: int | None, failed: bool) -> int:
+    """The close code to send the other side: the closing side's own when it may be sent,
+    1011 for a side that failed or vanished (1005/1006 are never sent)."""
+    if code is None or code in (1005, 1006):
+        return WSCloseCode.INTERNAL_ERROR if failed or code == 1006 else WSCloseCode.OK
+    if failed and code == WSCloseCode.OK:
+        return WSCloseCode.INTERNAL_ERROR
+    return code

@@ -29,6 +29,7 @@ from corral.gateway.directory import (
     SessionGone,
     SessionSuspended,
     SessionView,
+    WakeFailed,
 )
 from corral.gateway.limits import Limited, UserLimits
 from corral.gateway.metrics import GatewayMetrics
@@ -50,6 +51,10 @@ DEFAULT_MAX_REQUEST_BYTES = 256 * 1024  # the runner's own limit (docs/runner.md
 BODY_READ_SECONDS = 30.0
 WAKING_COMMENT = b": waking\n\n"
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+# Largest WebSocket frame taken from a runner (its events carry what the agent writes).
+RUNNER_FRAME_MAX_BYTES = 16 * 1024 * 1024
+# Status logged (never sent) for a request whose caller went away (nginx's convention).
+CLIENT_GONE = 499
 
 
 @dataclass
@@ -162,13 +167,17 @@ class Gateway:
         try:
             route = routes.parse(request.method, request.path)
             user = await self.reviewer.authenticate(bearer_token(request.headers))
-            await self.reviewer.authorize(user, route.endpoint.verb, route.namespace, route.name)
+            # Before the access review: a user's refused requests count against its rate too.
             self.limits.take(user.name)
+            await self.reviewer.authorize(user, route.endpoint.verb, route.namespace, route.name)
             response = await self._serve(request, route, user)
         except asyncio.CancelledError:
-            self._log(request, route, user, 499, started)
+            self._log(request, route, user, CLIENT_GONE, started)
             raise
         except Exception as error:  # every failure answers JSON with its status
+            if client_gone(request):  # nobody to answer; not the gateway's error
+                self._log(request, route, user, CLIENT_GONE, started)
+                return web.Response(status=CLIENT_GONE)
             response = self._error_response(error)
         self._log(request, route, user, response.status, started)
         return response
@@ -311,6 +320,10 @@ class Gateway:
                 return early
         else:
             url, session = await self._endpoint_url(route, session, user)
+        if client_gone(request):
+            # It left while the session woke: what it asked must not reach the agent (a
+            # client that retries would send its message twice).
+            raise ClientGone()
         try:
             response = await forward_http(
                 await self.client(), request, url, body, self.credential(session), early
@@ -353,7 +366,9 @@ class Gateway:
                 lambda: client.ws_connect(
                     url,
                     headers=headers,
-                    max_msg_size=self.settings.max_request_bytes,
+                    # What the runner sends: events as large as the agent's (a file it
+                    # writes), not bounded like the caller's requests.
+                    max_msg_size=RUNNER_FRAME_MAX_BYTES,
                     heartbeat=30,
                 ),
                 CONNECT_RETRY_SECONDS,
@@ -367,6 +382,14 @@ class Gateway:
             return client_ws
         await pump_websocket(client_ws, upstream)
         return client_ws
+
+
+class ClientGone(Exception):
+    """The caller closed its connection: nothing more is done for it."""
+
+
+def client_gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
 
 
 def _as_gateway_error(error: Exception) -> GatewayError:
@@ -386,7 +409,7 @@ def _as_gateway_error(error: Exception) -> GatewayError:
         return GatewayError(410, str(error), phase=error.phase, result=error.result)
     if isinstance(error, SessionSuspended):
         return GatewayError(409, str(error))
-    if isinstance(error, NotReady):
+    if isinstance(error, NotReady | WakeFailed):
         return GatewayError(503, str(error), retry_after=5)
     if isinstance(error, UpstreamError):
         return GatewayError(502, str(error))
