@@ -251,7 +251,32 @@ async def test_a_pod_that_is_not_the_sessions_is_unknown(
     ghost_token = activity_token(KEY, "team-a", "alpha", "uid-a", ghost)
     body = {**VALID, "name": "alpha", "podName": ghost}
     assert await post(client, body, ghost_token) == 404
-    assert await post(client, {**body, "name": "nobody"}, token) == 404
+    # A session that does not exist is answered as a wrong token is: a token holder cannot
+    # probe which sessions exist.
+    assert await post(client, {**body, "name": "nobody"}, token) == 403
+    assert await post(client, {**body, "name": "alpha"}, "0" * 64) == 403
+
+
+async def test_a_pod_reporting_far_too_often_is_limited_not_written_each_time(
+    client: TestClient[Any, Any], controller: Controller
+) -> None:
+    from corral.controller.http import REPORTS_BURST
+
+    pod, token = add_session(controller, "alpha", "uid-a")
+    statuses = []
+    for turns in range(REPORTS_BURST + 10):  # each report a new turn count: a reconcile each
+        body = {**VALID, "name": "alpha", "podName": pod, "numTurns": turns}
+        response = await client.post(
+            "/v1/activity", json=body, headers={"Authorization": f"Bearer {token}"}
+        )
+        statuses.append(response.status)
+        if response.status == 429:
+            assert int(response.headers["Retry-After"]) >= 1
+    assert statuses.count(202) <= REPORTS_BURST + 1 and statuses.count(429) >= 9
+    assert controller.store.activity[("team-a", "alpha")].num_turns < REPORTS_BURST + 10
+    beta_pod, beta_token = add_session(controller, "beta", "uid-b")  # others: not limited
+    beta = {**VALID, "name": "beta", "podName": beta_pod, "numTurns": 1}
+    assert await post(client, beta, beta_token) == 202
 
 
 async def test_an_accepted_report_makes_a_status_the_api_server_takes(

@@ -18,6 +18,12 @@ from corral.api.activity import (
 )
 from corral.controller import metrics
 from corral.controller.controller import Controller
+from corral.rate import KeyedBuckets
+
+NOT_THIS_PODS = "the token is not this session pod's"
+# Activity reports taken per session pod: a second's worth sustained, a burst of turns.
+REPORTS_PER_SECOND = 2.0
+REPORTS_BURST = 20
 
 
 def _refuse(status: int, reason: str, error: object) -> web.Response:
@@ -57,14 +63,25 @@ def make_app(controller: Controller) -> web.Application:
             return web.json_response({"error": "not the leader; retry"}, status=503)
         session = controller.store.sessions.get((report.namespace, report.name))
         if session is None:
-            return _refuse(404, "unknown", "no such session")
+            # Answered as a wrong token is: no token holder learns which sessions exist.
+            return _refuse(403, "unknown", NOT_THIS_PODS)
         identity = (report.namespace, report.name, session.metadata.uid or "", report.pod_name)
         if not token_matches(controller.config.activity_keys, token, *identity):
             # Another session's (or pod's) identity, or a made-up token: not applied.
-            return _refuse(403, "forbidden", "the token is not this session pod's")
+            return _refuse(403, "forbidden", NOT_THIS_PODS)
+        wait = reports.take(f"{report.namespace}/{report.name}/{report.pod_name}")
+        if wait is not None:
+            # A runner reports when a turn starts or ends and every 30 s while busy; one
+            # reporting far more often (its agent holds the token) must not become a
+            # status write per report. The runner sends its latest state again later.
+            response = _refuse(429, "limited", "too many reports from this pod; retry")
+            response.headers["Retry-After"] = str(wait)
+            return response
         if not controller.on_activity(report):
             return _refuse(404, "unknown", "no such session pod")
         return web.json_response({"accepted": True}, status=202)
+
+    reports = KeyedBuckets(REPORTS_PER_SECOND, REPORTS_BURST)
 
     app = web.Application(client_max_size=MAX_REPORT_BYTES)
     app.router.add_get("/healthz", healthz)

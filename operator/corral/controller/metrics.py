@@ -39,7 +39,8 @@ ACTIVITY_REPORTS = Counter(
 ACTIVITY_REPORTS_REJECTED = Counter(
     "corral_activity_reports_rejected_total",
     "Activity reports refused: unauthenticated (no token), forbidden (a token not of the "
-    "session and pod it claims), invalid (out of bounds), unknown (no such session pod).",
+    "session and pod it claims), invalid (out of bounds), unknown (no such session pod), "
+    "limited (over the reports a pod may send per second).",
     ["reason"],
 )
 

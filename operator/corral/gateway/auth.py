@@ -15,9 +15,10 @@ from typing import Any, Generic, TypeVar
 
 from cachetools import TTLCache
 
-from corral.gateway.limits import Limited, UserLimits
+from corral.gateway.limits import Limited
 from corral.gateway.metrics import GatewayMetrics
 from corral.kube.client import KubeClient
+from corral.rate import KeyedBuckets
 
 GROUP = "corral.dev"
 RESOURCE = "agentsessions"
@@ -130,7 +131,7 @@ class Reviewer:
         self.metrics = metrics
         self.users: ReviewCache[str, User] = ReviewCache("token", cache_size, ttl_seconds, metrics)
         self.refused: TTLCache[str, bool] = TTLCache(maxsize=REFUSED_CACHE_SIZE, ttl=ttl_seconds)
-        self.new_tokens = UserLimits(NEW_TOKENS_PER_SECOND, NEW_TOKENS_BURST, max_users=1)
+        self.new_tokens = KeyedBuckets(NEW_TOKENS_PER_SECOND, NEW_TOKENS_BURST, max_keys=1)
         self.decisions: ReviewCache[tuple[Any, ...], tuple[bool, str]] = ReviewCache(
             "access", cache_size, ttl_seconds, metrics
         )
@@ -165,15 +166,14 @@ class Reviewer:
             )
 
     async def _token_review(self, token: str) -> User:
-        try:
-            self.new_tokens.take("")
-        except Limited as limited:
+        wait = self.new_tokens.take("")
+        if wait is not None:
             raise Limited(
                 "token-reviews",
                 f"the gateway is reviewing over {NEW_TOKENS_PER_SECOND:g} new tokens a second; "
                 "retry shortly",
-                limited.retry_after,
-            ) from None
+                wait,
+            )
         self.metrics.reviews.labels(kind="token").inc()
         review = await self.kube.request(
             "POST",

@@ -6,11 +6,10 @@ users cannot grow the gateway's memory without limit (the least recently seen ar
 
 from __future__ import annotations
 
-import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from corral.rate import KeyedBuckets
 
 
 class Limited(Exception):
@@ -18,12 +17,6 @@ class Limited(Exception):
         super().__init__(message)
         self.limit = limit
         self.retry_after = retry_after
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
 
 
 class UserLimits:
@@ -38,28 +31,16 @@ class UserLimits:
         self.rate = rate_per_second
         self.burst = burst
         self.max_streams = max_streams
-        self.max_users = max_users
-        self.clock = clock
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets = KeyedBuckets(rate_per_second, burst, max_users, clock)
         self._streams: dict[str, int] = {}
 
     def take(self, user: str) -> None:
         """Count one request against `user`'s rate, or raise Limited."""
-        now = self.clock()
-        bucket = self._buckets.pop(user, None) or _Bucket(float(self.burst), now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-        bucket.updated = now
-        self._buckets[user] = bucket
-        while len(self._buckets) > self.max_users:
-            self._buckets.popitem(last=False)
-        if bucket.tokens < 1.0:
-            wait = math.ceil((1.0 - bucket.tokens) / self.rate) if self.rate > 0 else 60
+        wait = self._buckets.take(user)
+        if wait is not None:
             raise Limited(
-                "rate",
-                f"user {user!r} is over {self.rate:g} requests/s (burst {self.burst})",
-                max(1, wait),
+                "rate", f"user {user!r} is over {self.rate:g} requests/s (burst {self.burst})", wait
             )
-        bucket.tokens -= 1.0
 
     def open_stream(self, user: str) -> None:
         """Count one more open stream for `user`, or raise Limited; pair with close_stream."""
