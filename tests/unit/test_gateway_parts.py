@@ -767,3 +767,89 @@ async def test_a_runners_frames_and_close_code_reach_the_client(
     finally:
         for runner in servers:
             await runner.cleanup()
+
+
+async def test_a_stream_from_a_runner_gone_silent_is_ended() -> None:
+    """A runner sends a keepalive every 15 s; a node that died sends nothing, not even a
+    reset: the stream must end rather than hold its task, sockets and slot for ever."""
+    from corral.gateway.proxy import UpstreamError, forward_http
+
+    async def silent_runner(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"type": "start"}\n\n')
+        await asyncio.sleep(3600)  # the node is gone
+        return response
+
+    raised: list[BaseException] = []
+
+    async def gateway(request: web.Request) -> web.StreamResponse:
+        async with aiohttp.ClientSession() as client:
+            try:
+                return await forward_http(
+                    client, request, f"{urls[0]}/s", None, "cred", silence_seconds=0.5
+                )
+            except UpstreamError as error:
+                raised.append(error)
+                raise
+
+    runners, urls = [], []
+    for handler in (silent_runner, gateway):
+        app = web.Application()
+        app.router.add_get("/s", handler)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)  # the silent handler never ends
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+        urls.append(f"http://127.0.0.1:{port}")
+    try:
+        async with aiohttp.ClientSession() as http, http.get(urls[1] + "/s") as response:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(response.read(), 10)
+        assert "sent nothing for 0.5 s" in str(raised[0])
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+NOT_A_STREAM = b'{"text": "hi", "stream": false}'
+
+
+async def test_requests_held_for_a_wake_take_a_users_stream_slots() -> None:
+    from unittest import mock
+
+    from corral.gateway.server import Gateway, GatewaySettings
+
+    class Reviewer:
+        async def authenticate(self, token: str | None) -> User:
+            return User("alice")
+
+        async def authorize(self, user: User, verb: str, namespace: str, name: str) -> None:
+            pass
+
+    directory = Directory(kube=None)  # type: ignore[arg-type]
+    directory.on_session("ADDED", _session("Idle"))
+    settings = GatewaySettings(max_streams_per_user=2)
+    gateway = Gateway(Reviewer(), directory, b"k" * 32, GatewayMetrics(), settings)  # type: ignore[arg-type]
+    release = asyncio.Event()
+
+    async def held(*args: Any, **kwargs: Any) -> tuple[str, Any]:
+        await release.wait()  # the session is still waking
+        raise asyncio.CancelledError  # never reached in this test's assertions
+
+    def request() -> Any:
+        return make_mocked_request("POST", "/sessions/ns/s/v1/messages", transport=open_transport())
+
+    with (
+        mock.patch.object(gateway, "_endpoint_url", held),
+        mock.patch.object(gateway, "_read_body", mock.AsyncMock(return_value=NOT_A_STREAM)),
+    ):
+        waiting = [asyncio.create_task(gateway.handle(request())) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        # stream:false, held: a slot all the same (without, it would be held too)
+        third = await asyncio.wait_for(gateway.handle(request()), 5)
+        assert third.status == 429
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)

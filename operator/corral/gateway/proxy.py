@@ -113,6 +113,7 @@ async def forward_http(
     credential: str,
     response: web.StreamResponse | None = None,
     connect_retry_seconds: float = CONNECT_RETRY_SECONDS,
+    silence_seconds: float | None = None,
 ) -> web.StreamResponse:
     """Send the request to `url` and stream the answer back.
 
@@ -120,8 +121,14 @@ async def forward_http(
     connect_retrying).
 
     With `response` already prepared (an SSE stream opened while the session woke), the
-    runner's status can no longer be sent: a non-200 answer becomes an SSE `error` event."""
+    runner's status can no longer be sent: a non-200 answer becomes an SSE `error` event.
+
+    `silence_seconds`: for a stream, whose runner sends a keepalive every 15 s, how long
+    without a byte means the runner (or its node) is gone; a dead node sends no reset."""
     headers = upstream_headers(request.headers, credential)
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=client.timeout.sock_connect, sock_read=silence_seconds
+    )
     try:
         upstream = await connect_retrying(
             lambda: client.request(
@@ -132,6 +139,7 @@ async def forward_http(
                 headers=headers,
                 allow_redirects=False,
                 auto_decompress=False,
+                timeout=timeout,
             ),
             connect_retry_seconds,
         )
@@ -160,6 +168,8 @@ async def forward_http(
                 await response.write(chunk)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as error:
             raise UpstreamError("runner broke off the response") from error
+        except TimeoutError as error:  # sock_read: nothing, not even a keepalive
+            raise UpstreamError(f"runner sent nothing for {silence_seconds:g} s") from error
     return response
 
 

@@ -51,6 +51,9 @@ DEFAULT_MAX_REQUEST_BYTES = 256 * 1024  # the runner's own limit (docs/runner.md
 BODY_READ_SECONDS = 30.0
 WAKING_COMMENT = b": waking\n\n"
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+# A runner's stream sends a keepalive every 15 s: this long without a byte, it is gone
+# (its node died: no reset comes), and the stream's task, sockets and slot are freed.
+STREAM_SILENCE_SECONDS = 60.0
 # Largest WebSocket frame taken from a runner (its events carry what the agent writes).
 RUNNER_FRAME_MAX_BYTES = 16 * 1024 * 1024
 # Status logged (never sent) for a request whose caller went away (nginx's convention).
@@ -225,7 +228,10 @@ class Gateway:
         session = self.directory.view(route.namespace, route.name)
         self.directory.check_reachable(session)
         stream = route.endpoint.websocket or wants_stream(route, body)
-        if stream:
+        # A request held for a wake takes a stream slot too: it holds its body and a socket
+        # for up to the hold limit, and a user's slots bound how many it can hold at once.
+        slot = stream or session.ready_endpoint() is None
+        if slot:
             self.limits.open_stream(user.name)
             self.metrics.open_streams.inc()
         try:
@@ -233,7 +239,7 @@ class Gateway:
                 return await self._websocket(request, route, session, user)
             return await self._http(request, route, session, user, body, stream)
         finally:
-            if stream:
+            if slot:
                 self.limits.close_stream(user.name)
                 self.metrics.open_streams.dec()
 
@@ -326,7 +332,13 @@ class Gateway:
             raise ClientGone()
         try:
             response = await forward_http(
-                await self.client(), request, url, body, self.credential(session), early
+                await self.client(),
+                request,
+                url,
+                body,
+                self.credential(session),
+                early,
+                silence_seconds=STREAM_SILENCE_SECONDS if stream else None,
             )
         except UpstreamError as error:
             if early is None or not early.prepared:
