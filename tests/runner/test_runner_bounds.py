@@ -311,7 +311,8 @@ async def test_websocket_interrupt_timeout_is_reported_and_keeps_the_socket(
     worker, client = one_agent
     monkeypatch.setattr(agent_module, "INTERRUPT_TIMEOUT", 0.2)
     worker.state = AgentState.IDLE
-    worker.submit("work")
+    turn = worker.submit("work")
+    turn.sending = turn.delivered = True  # the CLI has it (else it is ended here)
     worker._client = _DeafClient()  # type: ignore[assignment]
     async with client.ws_connect("/v1/stream") as ws:
         await ws.send_json({"type": "interrupt"})
@@ -334,3 +335,16 @@ async def test_interrupt_reaches_a_message_held_for_a_cli_restart(tmp_path: Path
     assert turn.done.is_set() and turn.result is not None
     assert turn.result["subtype"] == "error_interrupted" and not worker.busy
     assert worker._pending is None
+
+
+def test_a_transcript_that_is_not_a_regular_file_is_not_waited_for(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "session.jsonl"
+    os.mkfifo(fifo)  # the agent's doing: an open for reading would wait for a writer
+    pages: list[Any] = []
+    reader = threading.Thread(target=lambda: pages.append(read_transcript(fifo, 5)), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert pages and pages[0].entries == [] and pages[0].truncated

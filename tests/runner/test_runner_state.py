@@ -4,6 +4,7 @@ session spec, and CLI stderr in the logs (the key scrubbed before the line is cu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -130,6 +131,48 @@ def test_a_saved_file_that_is_not_a_small_regular_file_is_ignored(tmp_path: Path
     assert load_saved(directory) == SavedSession()
 
 
+def _within(seconds: float, call: Any) -> None:
+    """Run `call` in a thread; fail (rather than hang the suite) if it blocks."""
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"{call} blocked"
+
+
+def test_what_the_agent_leaves_at_the_temporary_name_neither_blocks_nor_redirects_a_save(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runner" / "main.json"
+    path.parent.mkdir()
+    tmp = path.with_name("main.json.tmp")
+    os.mkfifo(tmp)  # an open for writing would wait for a reader for ever
+    _within(5, lambda: saved_session.save(path, SavedSession(session_id="a", num_turns=1)))
+    assert load_saved(path).session_id == "a"
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("the agent's")
+    tmp.symlink_to(elsewhere)
+    saved_session.save(path, SavedSession(session_id="b"))
+    assert load_saved(path).session_id == "b"
+    assert elsewhere.read_text() == "the agent's"
+
+
+def test_a_file_where_the_runner_keeps_a_directory_is_moved_aside_not_fatal(
+    tmp_path: Path,
+) -> None:
+    from corral.runner.layout import prepare
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "runner").write_text("the agent's file")
+    os.mkfifo(state / "claude")
+    paths = AgentPaths("main", tmp_path / "ws", state / "claude", state / "runner" / "main.json")
+    moved = prepare(paths)
+    assert sorted(blocker.name for blocker, _ in moved) == ["claude", "runner"]
+    assert (state / "runner").is_dir() and (state / "claude").is_dir()
+    aside = next(aside for blocker, aside in moved if blocker.name == "runner")
+    assert aside.read_text() == "the agent's file"  # kept, never deleted
+
+
 def test_a_saved_file_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "runner" / "main.json"
     saved = SavedSession(
@@ -252,3 +295,79 @@ def test_reload_key_covers_what_a_spec_change_may_alter(tmp_path: Path) -> None:
 
 def build_options_for_spec(spec: dict[str, Any], paths: AgentPaths) -> Any:
     return build_options(AgentSessionSpec.model_validate(spec), paths, resume=None, env={})
+
+
+# --- an interrupt that arrives before the message reached the CLI ----------------------------
+
+
+class SequencingClient:
+    """Only what the worker's ordering needs of a CLI client (the real CLI cannot be made
+    to lose this race on purpose): a query runs 0.5 s; an interrupt stops a running query
+    and is lost on an idle CLI, as the CLI does."""
+
+    def __init__(self) -> None:
+        from claude_agent_sdk import ResultMessage
+
+        self.result = ResultMessage
+        self.out: asyncio.Queue[Any] = asyncio.Queue()
+        self.running: asyncio.Task[None] | None = None
+        self.seen: list[str] = []
+
+    async def query(self, text: str) -> None:
+        self.seen.append("query")
+        self.running = asyncio.create_task(self._work())
+
+    async def _work(self) -> None:
+        await asyncio.sleep(0.5)
+        self.running = None
+        await self.out.put(self.result("success", 1, 1, False, 1, "s1", result="done"))
+
+    async def interrupt(self) -> None:
+        self.seen.append("interrupt" if self.running else "interrupt (idle: lost)")
+        if self.running is not None:
+            self.running.cancel()
+            self.running = None
+            await self.out.put(self.result("error_during_execution", 1, 1, True, 1, "s1"))
+
+    async def receive_messages(self) -> Any:
+        while True:
+            yield await self.out.get()
+
+    async def disconnect(self) -> None:
+        pass
+
+
+async def test_an_interrupt_before_the_message_reached_the_cli_is_not_lost(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    client = SequencingClient()
+
+    async def reread_spec() -> None:
+        await asyncio.sleep(0.01)  # SpecSource.refresh, in a thread: the window
+
+    paths = AgentPaths("main", tmp_path, tmp_path / "claude", tmp_path / "runner" / "main.json")
+    worker = AgentWorker(
+        paths,
+        lambda resume: build_options_for_spec({"pattern": "LongRunning"}, paths),
+        RunnerMetrics(),
+        saved=SavedSession(),
+        persist=False,
+        restart=True,
+        refresh=reread_spec,
+    )
+
+    async def start(options: Any) -> Any:
+        return client
+
+    worker._start_client = start  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.ready.wait(), 10)
+    turn = worker.submit("do something long")
+    assert await worker.interrupt()
+    await asyncio.wait_for(turn.done.wait(), 10)
+    assert turn.result is not None and turn.result["subtype"] == "error_interrupted"
+    assert "interrupt (idle: lost)" not in client.seen
+    await worker.stop(0)
+    await asyncio.wait_for(running, 10)

@@ -403,6 +403,9 @@ async def test_runner_refuses_callers_without_the_gateway_credential() -> None:
     assert await _call(api, "/v1/status", header, "10.1.2.3") == 200
     assert await _call(api, "/readyz", {}, "10.1.2.3") == 200  # the kubelet's probe
     assert await _call(api, "/v1/status", {}, "127.0.0.1") == 200  # the pod's own agents
+    assert await _call(api, "/v1/status", {}, "::ffff:127.0.0.1") == 200
+    # A mesh sidecar forwards outside callers from elsewhere in 127/8: not the pod's own.
+    assert await _call(api, "/v1/status", {}, "127.0.0.6") == 401
     assert await _call(_runner_api(None), "/v1/status", {}, "10.1.2.3") == 200
 
 

@@ -43,6 +43,8 @@ log = logging.getLogger("corral.runner.agent")
 OptionsFactory = Callable[[str | None], ClaudeAgentOptions]
 # How long `interrupt` waits for the CLI to acknowledge.
 INTERRUPT_TIMEOUT = 10.0
+# How long a CLI's end waits for the saved state to reach disk before restarting it.
+SAVE_FLUSH_SECONDS = 10.0
 RESTART_BACKOFF_MAX = 30.0
 # What the CLI says when asked to resume a session it has no transcript for. Only this
 # gives up a session: any other failure is retried, so a hiccup never drops history.
@@ -85,6 +87,11 @@ class Turn:
     events: EventBuffer = field(default_factory=EventBuffer)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     result: ev.Event | None = None
+    # Where it is on its way to the CLI: an interrupt before `sending` ends it here; one
+    # between `sending` and `delivered` is sent to the CLI right after the message.
+    sending: bool = False
+    delivered: bool = False
+    interrupt_after_send: bool = False
 
     def publish(self, event: ev.Event) -> None:
         self.events.put(self._tag(event))
@@ -203,12 +210,17 @@ class AgentWorker:
     async def interrupt(self) -> bool:
         """Ask the CLI to stop the running message; False when there is none."""
         client, turn = self._client, self._current
-        if turn is not None and turn is self._pending:
-            # Held while the CLI restarts with new options: it never reaches the CLI.
-            self._pending = None
+        if turn is not None and (turn is self._pending or not turn.sending):
+            # Queued, or held while the CLI restarts with new options: it never reaches the
+            # CLI (an interrupt sent to an idle CLI would be lost, and the message run).
+            if turn is self._pending:
+                self._pending = None
             reason = "interrupted before it was sent to the CLI"
             result = ev.synthetic_result("error_interrupted", reason, self._saved.session_id)
             self._end_turn(turn, result)
+            return True
+        if turn is not None and not turn.delivered:
+            turn.interrupt_after_send = True  # the CLI must have the message first
             return True
         if client is None or turn is None:
             return False
@@ -320,10 +332,16 @@ class AgentWorker:
         return client
 
     async def _send(self, client: ClaudeSDKClient, turn: Turn) -> None:
+        turn.sending = True
         try:
             await client.query(turn.text)
         except Exception as exc:  # the CLI's stdin is gone: it died meanwhile
             raise CliGone(f"cannot send to the CLI: {exc}") from exc
+        turn.delivered = True
+        if turn.interrupt_after_send and not turn.done.is_set():
+            log_event(log, "interrupting", agent=self.name, turn=turn.id)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.interrupt(), INTERRUPT_TIMEOUT)
 
     async def _options_changed(self) -> bool:
         """Re-read the session spec; True when this agent's CLI options differ from the
@@ -366,7 +384,10 @@ class AgentWorker:
                     turn = getting.result()
                     if turn.done.is_set():
                         continue  # failed while it waited (the CLI before this one died)
-                    if await self._options_changed():
+                    options_changed = await self._options_changed()
+                    if turn.done.is_set():
+                        continue  # interrupted while the spec was read
+                    if options_changed:
                         # The spec changed since this CLI started: start one with the new
                         # options, resuming the same session, and send the message to it.
                         self._pending = turn
@@ -388,7 +409,10 @@ class AgentWorker:
             if self._clean_exit:
                 self._saved.cli_cost = self._cli_cost_base
                 self._save()
-            await self.flush_saves()
+            # Bounded: a save stuck on the agent's files must not keep the CLI from being
+            # restarted (and its message from ending) for good.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.flush_saves(), SAVE_FLUSH_SECONDS)
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader

@@ -97,7 +97,14 @@ def _worker(
 ) -> AgentWorker:
     pattern = source.spec.pattern
     hybrid = pattern == Pattern.HYBRID
-    prepare(paths)
+    for blocker, aside in prepare(paths):
+        log_event(
+            log,
+            "moved aside what was in the way of a directory of the runner",
+            level=logging.WARNING,
+            path=str(blocker),
+            now=str(aside),
+        )
     saved = load_saved(paths.saved_file) if hybrid else SavedSession()
     stderr = _stderr_logger(paths.name)
 

@@ -96,10 +96,15 @@ def ready_hold(raw: str | None) -> float:
 
 
 def _from_loopback(request: web.Request) -> bool:
+    """The pod's own processes: exactly 127.0.0.1 or ::1 (IPv4-mapped too), not all of
+    127.0.0.0/8, from which a service mesh's sidecar forwards every outside caller."""
     try:
-        return ipaddress.ip_address(request.remote or "").is_loopback
+        address = ipaddress.ip_address(request.remote or "")
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address) in LOOPBACK
 
 
 class RunnerApi:

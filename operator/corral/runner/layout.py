@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -48,6 +49,23 @@ def agent_paths(spec: AgentSessionSpec, workspace: Path, state_dir: Path) -> lis
     ]
 
 
-def prepare(paths: AgentPaths) -> None:
+def prepare(paths: AgentPaths) -> list[tuple[Path, Path]]:
+    """Make the agent's directories. The agent can write the workspace and the state dir:
+    a file (or FIFO, or dangling link) where a directory belongs is moved aside, never
+    deleted, rather than failing every start of the runner. Returns what was moved where."""
+    moved: list[tuple[Path, Path]] = []
     for directory in (paths.cwd, paths.config_dir, paths.saved_file.parent):
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            blocker = next(p for p in (*reversed(directory.parents), directory) if _blocks(p))
+            aside = blocker.with_name(f"{blocker.name}.not-a-directory-{os.getpid()}")
+            blocker.rename(aside)
+            moved.append((blocker, aside))
+            directory.mkdir(parents=True, exist_ok=True)
+    return moved
+
+
+def _blocks(path: Path) -> bool:
+    """Whether `path` is something other than a directory (or a link to one)."""
+    return (path.exists() or path.is_symlink()) and not path.is_dir()

@@ -10,6 +10,7 @@ afresh rather than crash-looping the pod.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -137,7 +138,13 @@ def load_saved(path: Path) -> SavedSession:
 def save(path: Path, saved: SavedSession) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    # The agent can write this directory: whatever it left at the temporary name (a FIFO
+    # would block this thread for good, a symlink would redirect the write) is removed,
+    # and the file made anew, never followed.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(asdict(saved), handle)
         handle.flush()
         os.fsync(handle.fileno())

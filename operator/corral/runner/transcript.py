@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,12 @@ def read_transcript(
     page = TranscriptPage()
     used = 0
     try:
-        with path.open("rb") as handle:
+        # Only a regular file: the agent can put a FIFO there (an open would block a
+        # reader thread for good) or a device that never ends.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return TranscriptPage(truncated=True)
             for line in lines_backwards(handle, max_line):
                 if line is None:
                     page.truncated = True
