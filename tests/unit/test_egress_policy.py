@@ -10,7 +10,7 @@ import pytest
 
 from corral.gateway import egress_policy as ep
 from corral.gateway.egress_http import BadRequest, parse_head, response_head
-from corral.gateway.egress_index import EgressIndex
+from corral.gateway.egress_index import Caller, EgressIndex
 from corral.gateway.egress_report import RefusalReporter, refusal_event
 
 ip = ipaddress.ip_address
@@ -147,6 +147,22 @@ def test_metadata_is_refused_even_inside_a_cidr() -> None:
     assert refused is not None and refused.reason == ep.METADATA
 
 
+def test_an_ipv6_cidr_does_not_open_the_ipv4_addresses_wrapped_in_it() -> None:
+    rules = policy(allowedDomains=["*"], egress=[{"cidr": "::/1"}])
+    for wrapped in ("::ffff:169.254.170.23", "::ffff:127.0.0.1", "::ffff:10.0.0.1"):
+        assert rules.target_allowed(ip(wrapped), 80) is not None, wrapped
+        assert rules.address_allowed(ip(wrapped), 80) is not None, wrapped
+    assert rules.address_allowed(ip("::5"), 80) is None  # what ::/1 itself opens
+    ipv4 = policy(allowedDomains=["*"], egress=[{"cidr": "10.0.0.0/8"}])
+    assert ipv4.address_allowed(ip("::ffff:10.1.2.3"), 80) is None  # judged as 10.1.2.3
+
+
+def test_what_a_session_asked_for_reaches_an_event_printable() -> None:
+    caller = Caller("ns", "s", "uid", "pod", ep.EgressPolicy())
+    event = refusal_event(caller, "egress to evil\x1b[31m.example:443\x07 refused")
+    assert event["message"].isprintable() and "evil" in event["message"]
+
+
 def test_address_literals() -> None:
     rules = policy(allowedDomains=["*"], egress=[{"cidr": "10.0.5.0/24"}])
     assert rules.target_allowed(ip("10.0.5.7"), 5432) is None  # inside the CIDR, any port
@@ -212,6 +228,9 @@ def test_absolute_http_is_rewritten_to_origin_form_without_proxy_headers() -> No
         b"POST http://example.com/ HTTP/1.1\r\nContent-Length: 1\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n",
         b"GET http://example.com/ HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n",
+        "CONNECT example.com:\u00b2 HTTP/1.1\r\n\r\n".encode(),  # "²".isdigit()
+        b"CONNECT [fd00:ec2::254%1]:80 HTTP/1.1\r\n\r\n",  # a zone: unequal to metadata
+        b"CONNECT [2001:db8::1%\x1b[31m\x07]:443 HTTP/1.1\r\n\r\n",
     ],
 )
 def test_malformed_requests_are_bad_requests(head: bytes) -> None:
@@ -333,3 +352,57 @@ def test_the_gateway_builds_its_egress_proxy_from_its_flags(tmp_path: Any) -> No
     assert list(proxy.index.extra_domains) == [ep.DomainRule("api.anthropic.com", 443)]
     assert proxy.settings.idle_seconds == 42
     assert _egress_proxy(parser.parse_args(base), None, GatewayMetrics()) is None
+
+
+async def test_one_sessions_slow_lookups_leave_the_others_resolving() -> None:
+    """A name whose DNS never answers holds a resolver thread past the proxy's timeout: one
+    session gets only a few such lookups at a time."""
+    import asyncio
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from corral.gateway.egress import EgressMetrics, EgressProxy, EgressSettings, Resolver
+    from corral.testing.gateway import free_port
+
+    release = threading.Event()
+
+    class HangingResolver(Resolver):
+        async def resolve(self, host: str, port: int) -> list[Any]:
+            if host.startswith("slow"):
+                await asyncio.get_running_loop().run_in_executor(None, release.wait, 30)
+            return [ip("127.0.0.1")]
+
+    async def no_events(_: Any) -> None:
+        pass
+
+    index = EgressIndex()
+    index.on_session("ADDED", session_body("a", "uid-a", allowedDomains=["*"]))
+    index.on_pod("ADDED", pod_body("a-1", "uid-a", "127.0.0.1"))
+    settings = EgressSettings(connect_seconds=20, max_lookups_per_session=3)
+    proxy = EgressProxy(index, EgressMetrics(CollectorRegistry()), RefusalReporter(no_events),
+                        HangingResolver(), settings)  # fmt: skip
+    port = free_port()
+    server = await proxy.start("127.0.0.1", port)
+
+    async def connect(host: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"CONNECT {host}:443 HTTP/1.1\r\n\r\n".encode())
+        await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.readline(), 5)
+        finally:
+            writer.close()
+
+    try:
+        hanging = [asyncio.create_task(connect(f"slow{i}.test")) for i in range(3)]
+        await asyncio.sleep(0.3)
+        fourth = await connect("slow9.test")
+        assert fourth.startswith(b"HTTP/1.1 429"), fourth
+    finally:
+        release.set()
+        for task in hanging:
+            task.cancel()
+        await asyncio.gather(*hanging, return_exceptions=True)
+        server.close()
+        await server.wait_closed()

@@ -67,3 +67,34 @@ async def test_a_destination_that_does_not_read_bounds_what_the_tunnel_holds(
     running.cancel()
     for sock in (client_end, proxy_client, proxy_upstream, upstream_end):
         sock.close()
+
+
+async def test_a_tunnel_that_cannot_get_its_second_pipe_leaks_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not SPLICE:
+        pytest.skip("no splice(2) here")
+    real_pipe2 = os.pipe2
+    calls = [0]
+
+    def second_fails(flags: int) -> tuple[int, int]:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(24, "Too many open files")
+        return real_pipe2(flags)
+
+    client_end, proxy_client = socket.socketpair()
+    proxy_upstream, upstream_end = socket.socketpair()
+    for sock in (proxy_client, proxy_upstream):
+        sock.setblocking(False)
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "pipe2", second_fails)
+    with pytest.raises(OSError):
+        await tunnel(proxy_client, proxy_upstream, idle=60)
+    monkeypatch.setattr(os, "pipe2", real_pipe2)
+    assert len(os.listdir("/proc/self/fd")) == before  # the first direction's pipe closed
+    loop = asyncio.get_running_loop()
+    # Nothing left watching the client's descriptor (it would be a later socket's number).
+    assert not loop.remove_reader(proxy_client.fileno())
+    for sock in (client_end, proxy_client, proxy_upstream, upstream_end):
+        sock.close()

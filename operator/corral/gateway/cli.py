@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -109,8 +110,21 @@ def _run(args: argparse.Namespace) -> int:
     from corral import logs
 
     logs.configure(getattr(logging, args.log_level.upper(), logging.INFO))
+    _raise_open_files_limit()
     asyncio.run(_main(args))
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """Up to the hard limit: an egress tunnel holds six descriptors (two sockets, two
+    pipes), so the usual soft limit of 1,024 would end the proxy at about 170 tunnels, far
+    below its own limits (512 per session, 8,192 in all)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _main(args: argparse.Namespace) -> None:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -31,6 +33,8 @@ from corral.gateway.egress_report import RefusalReporter
 from corral.gateway.egress_tunnel import tunnel
 
 log = logging.getLogger("corral.gateway.egress")
+# Threads resolving names (see Resolver); a session may hold at most max_lookups_per_session.
+RESOLVER_THREADS = 32
 UNKNOWN_CLIENT = "unknown-client"
 
 
@@ -41,6 +45,7 @@ class EgressSettings:
     head_seconds: float = 10.0
     max_tunnels: int = 8192
     max_tunnels_per_session: int = 512
+    max_lookups_per_session: int = 8
 
 
 class EgressMetrics:
@@ -75,16 +80,25 @@ class EgressMetrics:
 @dataclass
 class Resolver:
     """Names to addresses, once per request. `static` (tests, pinned names) comes first;
-    everything else goes to the system resolver (the pod's: cluster DNS)."""
+    everything else goes to the system resolver (the pod's: cluster DNS), on threads of
+    its own: a lookup that never answers holds its thread past the proxy's timeout, and
+    must not take the event loop's default pool (and every other session's lookups, and
+    the gateway's other blocking work) with it."""
 
     static: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    threads: int = RESOLVER_THREADS
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     async def resolve(self, host: str, port: int) -> list[IPAddress]:
         pinned = self.static.get(host)
         if pinned is not None:
             return [ipaddress.ip_address(a) for a in pinned]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="egress-dns")
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await loop.run_in_executor(
+            self._pool, functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        )
         seen: dict[IPAddress, None] = {}
         for _family, _type, _proto, _name, sockaddr in infos:
             seen[ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])] = None
@@ -149,6 +163,7 @@ class EgressProxy:
         self.settings = settings or EgressSettings()
         self._open = 0
         self._open_by_session: dict[str, int] = {}
+        self._lookups_by_session: dict[str, int] = {}
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> EgressServer:
@@ -234,6 +249,15 @@ class EgressProxy:
         if refusal is not None:
             raise Refused(403, refusal.reason, refusal.message)
         if isinstance(request.host, str):
+            lookups = self._lookups_by_session.get(caller.uid, 0)
+            if lookups >= self.settings.max_lookups_per_session:
+                raise Refused(
+                    429,
+                    "limit",
+                    f"this session has {lookups} name lookups in flight through the egress "
+                    f"proxy (limit {self.settings.max_lookups_per_session})",
+                )
+            self._lookups_by_session[caller.uid] = lookups + 1
             try:
                 addresses = await asyncio.wait_for(
                     self.resolver.resolve(request.host, request.port),
@@ -243,6 +267,10 @@ class EgressProxy:
                 raise Refused(
                     502, "unresolved", f"cannot resolve {request.host}: {error}"
                 ) from None
+            finally:
+                left = self._lookups_by_session.pop(caller.uid, 1) - 1
+                if left > 0:
+                    self._lookups_by_session[caller.uid] = left
         else:
             addresses = [request.host]
         usable, refusal = policy.usable_addresses(request.port, addresses)

@@ -18,6 +18,7 @@ MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 100
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VERSION = re.compile(r"HTTP/1\.[01]")
+_PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits only: "²".isdigit() is True
 # Hop-by-hop headers (RFC 9110 7.6.1) and the proxy's own: never forwarded upstream.
 HOP_BY_HOP = frozenset(
     {
@@ -96,7 +97,7 @@ def split_authority(text: str, default_port: int | None) -> tuple[str | IPAddres
         if default_port is None:
             raise BadRequest(f"{text[:80]!r} has no port (CONNECT needs host:port)")
         port = default_port
-    elif not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    elif not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
         raise BadRequest(f"invalid port in {text[:80]!r}")
     else:
         port = int(port_text)

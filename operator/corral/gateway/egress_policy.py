@@ -147,6 +147,10 @@ def parse_host(text: str) -> str | IPAddress:
     host = text.strip().lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if "%" in host:
+        # A zone (fd00:ec2::254%1) makes an address compare unequal to itself without one
+        # (past the metadata check), and its text can be anything: never taken.
+        raise ValueError(f"invalid host {text[:80]!r}: scoped IPv6 addresses are not allowed")
     try:
         return ipaddress.ip_address(host)
     except ValueError:
@@ -170,11 +174,18 @@ class EgressPolicy:
             f"{host}:{port} is not in the session's spec.network.allowedDomains",
         )
 
+    def in_cidrs(self, address: IPAddress, port: int) -> bool:
+        """Whether a spec CIDR allows `address`, judged by the IPv4 address inside an
+        IPv4-mapped, NAT64 or 6to4 one (as classify judges it): an IPv6 CIDR such as ::/1
+        must not open ::ffff:169.254.170.23 when 169.254.170.23 itself stays blocked."""
+        plain = unwrap(address)
+        return any(rule.allows(plain, port) for rule in self.cidrs)
+
     def address_allowed(self, address: IPAddress, port: int) -> Denial | None:
         reason = classify(address)
         if reason == METADATA:
             return Denial(METADATA, f"{address} is a cloud metadata address")
-        if any(rule.allows(address, port) for rule in self.cidrs):
+        if self.in_cidrs(address, port):
             return None
         if reason is not None:
             return Denial(
@@ -188,7 +199,7 @@ class EgressPolicy:
         be inside the spec's CIDRs, or public and allowed by a `*` rule or its exact text."""
         if isinstance(host, str):
             return self.name_allowed(host, port)
-        if any(rule.allows(host, port) for rule in self.cidrs):
+        if self.in_cidrs(host, port) and classify(host) != METADATA:
             return None
         refused = self.address_allowed(host, port)
         if refused is not None:

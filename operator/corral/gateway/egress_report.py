@@ -94,6 +94,9 @@ class RefusalReporter:
 def refusal_event(caller: Caller, message: str, now: datetime | None = None) -> dict[str, Any]:
     """The Event manifest: on the AgentSession, so `kubectl describe` shows it."""
     target = EventTarget(caller.namespace, caller.name, caller.uid)
+    # What the session asked for is in the message: printable only in `kubectl describe`.
+    printable = "".join(c if c.isprintable() else "?" for c in message)
     return event_manifest(
-        target, "EgressRefused", message, GATEWAY_COMPONENT, warning=True, action="Egress", now=now
-    )
+        target, "EgressRefused", printable, GATEWAY_COMPONENT, warning=True, action="Egress",
+        now=now,
+    )  # fmt: skip

@@ -151,11 +151,12 @@ async def tunnel(
     def touch() -> None:
         last[0] = loop.time()
 
-    directions = [
-        _Direction(loop, client, upstream, counters.get("up"), touch, splice),
-        _Direction(loop, upstream, client, counters.get("down"), touch, splice),
-    ]
+    directions: list[_Direction] = []
     try:
+        # Made inside the try: if the second cannot get its pipe (no file descriptors
+        # left), the first is stopped, its pipe closed and its reader taken off the loop.
+        directions.append(_Direction(loop, client, upstream, counters.get("up"), touch, splice))
+        directions.append(_Direction(loop, upstream, client, counters.get("down"), touch, splice))
         pending: set[asyncio.Future[bool]] = {d.done for d in directions}
         while pending:
             left = idle - (loop.time() - last[0])
