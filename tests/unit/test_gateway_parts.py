@@ -474,6 +474,19 @@ def test_the_pod_gets_its_own_sessions_gateway_credential(make_session: Any) -> 
     assert runtime.ENV_GATEWAY_CREDENTIAL not in names
 
 
+class AliceReviewer:
+    """Every token is alice's, and alice may do anything; counts the access reviews."""
+
+    def __init__(self) -> None:
+        self.access_reviews = 0
+
+    async def authenticate(self, token: str | None) -> User:
+        return User("alice")
+
+    async def authorize(self, user: User, verb: str, namespace: str, name: str) -> None:
+        self.access_reviews += 1
+
+
 def open_transport() -> Any:
     """A mocked request's transport, still connected."""
     from unittest import mock
@@ -667,17 +680,7 @@ async def test_refused_tokens_neither_crowd_the_cache_nor_review_without_limit()
 async def test_a_user_over_its_rate_causes_no_access_reviews() -> None:
     from corral.gateway.server import Gateway, GatewaySettings
 
-    class Reviewer:
-        def __init__(self) -> None:
-            self.access_reviews = 0
-
-        async def authenticate(self, token: str | None) -> User:
-            return User("alice")
-
-        async def authorize(self, user: User, verb: str, namespace: str, name: str) -> None:
-            self.access_reviews += 1
-
-    reviewer = Reviewer()
+    reviewer = AliceReviewer()
     settings = GatewaySettings(rate_per_second=0.001, burst=2)
     directory = Directory(kube=None)  # type: ignore[arg-type]
     gateway = Gateway(reviewer, directory, b"k" * 32, GatewayMetrics(), settings)  # type: ignore[arg-type]
@@ -695,16 +698,9 @@ async def test_a_held_request_whose_client_left_is_not_forwarded() -> None:
 
     from corral.gateway.server import CLIENT_GONE, Gateway
 
-    class Reviewer:
-        async def authenticate(self, token: str | None) -> User:
-            return User("alice")
-
-        async def authorize(self, user: User, verb: str, namespace: str, name: str) -> None:
-            pass
-
     directory = Directory(kube=None)  # type: ignore[arg-type]
     directory.on_session("ADDED", _session("Running"))
-    gateway = Gateway(Reviewer(), directory, b"k" * 32, GatewayMetrics())  # type: ignore[arg-type]
+    gateway = Gateway(AliceReviewer(), directory, b"k" * 32, GatewayMetrics())  # type: ignore[arg-type]
     transport = open_transport()
 
     async def woken(*args: Any, **kwargs: Any) -> tuple[str, Any]:
@@ -824,17 +820,10 @@ async def test_requests_held_for_a_wake_take_a_users_stream_slots() -> None:
 
     from corral.gateway.server import Gateway, GatewaySettings
 
-    class Reviewer:
-        async def authenticate(self, token: str | None) -> User:
-            return User("alice")
-
-        async def authorize(self, user: User, verb: str, namespace: str, name: str) -> None:
-            pass
-
     directory = Directory(kube=None)  # type: ignore[arg-type]
     directory.on_session("ADDED", _session("Idle"))
     settings = GatewaySettings(max_streams_per_user=2)
-    gateway = Gateway(Reviewer(), directory, b"k" * 32, GatewayMetrics(), settings)  # type: ignore[arg-type]
+    gateway = Gateway(AliceReviewer(), directory, b"k" * 32, GatewayMetrics(), settings)  # type: ignore[arg-type]
     release = asyncio.Event()
 
     async def held(*args: Any, **kwargs: Any) -> tuple[str, Any]:
