@@ -170,6 +170,12 @@ class ModelProxyConfig(ConfigModel):
         description="USD per million tokens by model-name prefix (longest prefix wins); a "
         "model that matches none is charged at the highest price of the table.",
     )
+    web_search_usd_per_1000: float = Field(
+        10.0,
+        ge=0,
+        description="USD per 1,000 web searches the model runs for a call (server tool use), "
+        "added to its cost.",
+    )
     requests_per_minute: int = Field(
         120, ge=0, description="Model calls per minute per session; 0: no limit."
     )

@@ -183,7 +183,7 @@ def _status(world: World, name: str) -> dict[str, Any]:
 
 USAGES = [
     ReplyUsage(input_tokens=1200, output_tokens=300, cache_read_input_tokens=4000,
-               cache_creation_input_tokens=500),
+               cache_creation_input_tokens=500, web_search_requests=2),
     ReplyUsage(input_tokens=70, output_tokens=25, cache_read_input_tokens=0,
                cache_creation_input_tokens=9),
     ReplyUsage(input_tokens=11, output_tokens=3),
@@ -240,19 +240,22 @@ async def test_a_session_calls_the_model_with_the_real_key_and_every_token_is_me
     assert tokens("cache_read") == sum(u.cache_read_input_tokens for u in USAGES)
     assert tokens("cache_write") == sum(u.cache_creation_input_tokens for u in USAGES)
     # Status: the same numbers and their cost at the price table, written by the gateway.
-    price = PriceTable(ModelProxyConfig(url="http://x:1").prices)
+    defaults = ModelProxyConfig(url="http://x:1")
+    price = PriceTable(defaults.prices, defaults.web_search_usd_per_1000)
     from corral.gateway.usage import TokenUsage
 
     expected_cost = sum(
         price.cost("claude-sonnet-4-5", TokenUsage(u.input_tokens or 0, u.output_tokens or 0,
                                                    u.cache_read_input_tokens,
-                                                   u.cache_creation_input_tokens))
+                                                   u.cache_creation_input_tokens,
+                                                   u.web_search_requests))
         for u in USAGES
     )  # fmt: skip
     await _until(lambda: (_status(world, "chat").get("modelUsage") or {}).get("requests") == 3)
     usage = _status(world, "chat")["modelUsage"]
     assert usage["inputTokens"] == 1281 and usage["outputTokens"] == 328
     assert usage["cacheReadInputTokens"] == 4000 and usage["cacheCreationInputTokens"] == 509
+    assert usage["webSearchRequests"] == 2 and usage["models"][0]["webSearchRequests"] == 2
     assert usage["costUsd"] == pytest.approx(expected_cost, abs=1e-6)
     assert usage["models"][0]["model"] == "claude-sonnet-4"
 

@@ -113,6 +113,25 @@ def test_a_stream_cut_before_its_message_delta_is_metered_by_its_content() -> No
     assert whole.final().usage == TokenUsage(1234, 567, 89, 10)  # stated: taken as it is
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["sse", "json"])
+def test_web_searches_are_read_and_priced_apart_from_tokens(stream: bool) -> None:
+    usage = ReplyUsage(input_tokens=1000, output_tokens=100, web_search_requests=3)
+    step = TextStep(text="found it", usage=usage)
+    if stream:
+        body, _ = _stream(step)
+        reader = SseUsageReader()
+        reader.feed(body)
+        result = reader.final()
+    else:
+        reply = wire.resolve(step, {"model": "claude-sonnet-4-5"})
+        result = usage_of_json(json.dumps(wire.message_json(reply)).encode())
+    assert result.usage == TokenUsage(1000, 100, 0, 0, web_search_requests=3)
+    assert result.usage.total == 1100  # tokens per minute count tokens only
+    table = PriceTable([_price("claude-sonnet-4", 3, 15, 0, 0)], web_search_usd_per_1000=10)
+    # 1,000 x 3 + 100 x 15 per million, and 3 searches at 10 USD per 1,000.
+    assert table.cost(result.model, result.usage) == pytest.approx(0.0045 + 0.03)
+
+
 def test_usage_of_a_plain_json_reply() -> None:
     reply = wire.resolve(TextStep(text="hi", usage=USAGE), {"model": "claude-haiku-4-5"})
     result = usage_of_json(json.dumps(wire.message_json(reply)).encode())

@@ -938,6 +938,7 @@ class ModelTokens(ApiModel):
     output_tokens: int = Field(0, ge=0, description="Output tokens.")
     cache_read_input_tokens: int = Field(0, ge=0, description="Tokens read from the cache.")
     cache_creation_input_tokens: int = Field(0, ge=0, description="Tokens written to the cache.")
+    web_search_requests: int = Field(0, ge=0, description="Web searches the model ran.")
     cost_usd: float = Field(0.0, ge=0, description="Cost at the configured prices.")
 
 
@@ -949,8 +950,14 @@ class ModelUsageStatus(ApiModel):
     output_tokens: int = Field(0, ge=0, description="Output tokens.")
     cache_read_input_tokens: int = Field(0, ge=0, description="Tokens read from the cache.")
     cache_creation_input_tokens: int = Field(0, ge=0, description="Tokens written to the cache.")
+    web_search_requests: int = Field(
+        0, ge=0, description="Web searches the model ran (server tool use), charged apart."
+    )
     cost_usd: float = Field(
-        0.0, ge=0, description="Token cost at the operator's price table: the session's cost."
+        0.0,
+        ge=0,
+        description="Cost at the operator's price table (tokens and web searches): the "
+        "session's cost.",
     )
     models: list[ModelTokens] = Field(
         default_factory=list,

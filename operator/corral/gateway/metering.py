@@ -142,6 +142,7 @@ def _camel_usage(usage: TokenUsage) -> dict[str, int]:
         "outputTokens": usage.output_tokens,
         "cacheReadInputTokens": usage.cache_read_input_tokens,
         "cacheCreationInputTokens": usage.cache_creation_input_tokens,
+        "webSearchRequests": usage.web_search_requests,
     }
 
 
@@ -151,6 +152,7 @@ def _usage_of_row(row: JSON) -> TokenUsage:
         output_tokens=_int(row.get("outputTokens")),
         cache_read_input_tokens=_int(row.get("cacheReadInputTokens")),
         cache_creation_input_tokens=_int(row.get("cacheCreationInputTokens")),
+        web_search_requests=_int(row.get("webSearchRequests")),
     )
 
 

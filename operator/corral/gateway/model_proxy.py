@@ -404,7 +404,7 @@ def build_model_proxy(
             "the model proxy needs the real key: modelProxy.keyFile or --model-key-file"
         )
     meter = Meter(
-        PriceTable(config.prices),
+        PriceTable(config.prices, config.web_search_usd_per_1000),
         ModelMetrics(registry),
         directory,
         kube,

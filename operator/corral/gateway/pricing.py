@@ -21,7 +21,8 @@ _MODEL = re.compile(rb'"model"\s*:\s*"([A-Za-z0-9._:@/-]{1,128})"')
 
 
 class PriceTable:
-    def __init__(self, prices: list[ModelPrice]) -> None:
+    def __init__(self, prices: list[ModelPrice], web_search_usd_per_1000: float = 0.0) -> None:
+        self.web_search_usd = web_search_usd_per_1000 / 1000
         # Longest prefix first, so "claude-opus-4-5" wins over "claude-opus-4".
         self.rows = sorted(prices, key=lambda row: len(row.model), reverse=True)
         self.fallback = (
@@ -49,7 +50,7 @@ class PriceTable:
             + usage.output_tokens * row.output
             + usage.cache_read_input_tokens * row.cache_read
             + usage.cache_creation_input_tokens * row.cache_write
-        ) / PER
+        ) / PER + usage.web_search_requests * self.web_search_usd
 
     def call_reserve(self, body: bytes) -> float:
         """The most a Messages API call with request `body` can cost in output: its

@@ -21,21 +21,34 @@ _CONTENT_DELTA = b'"content_block_delta"'
 DELTA_FRAMING_BYTES = 64
 
 
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
 @dataclass
 class TokenUsage:
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    # Not tokens: searches the model ran (usage.server_tool_use), priced per search.
+    web_search_requests: int = 0
 
     def update(self, usage: Any) -> None:
         """Take every count `usage` (an API usage object) states; ignore the rest."""
         if not isinstance(usage, dict):
             return
-        for item in fields(self):
-            value = usage.get(item.name)
+        server_tools = usage.get("server_tool_use")
+        counts = {name: usage.get(name) for name in TOKEN_FIELDS}
+        if isinstance(server_tools, dict):
+            counts["web_search_requests"] = server_tools.get("web_search_requests")
+        for name, value in counts.items():
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                setattr(self, item.name, value)
+                setattr(self, name, value)
 
     def add(self, other: TokenUsage) -> None:
         for item in fields(self):
@@ -43,7 +56,8 @@ class TokenUsage:
 
     @property
     def total(self) -> int:
-        return sum(getattr(self, item.name) for item in fields(self))
+        """Tokens of every kind (what tokens-per-minute counts)."""
+        return sum(getattr(self, name) for name in TOKEN_FIELDS)
 
     def as_dict(self) -> dict[str, int]:
         return {item.name: getattr(self, item.name) for item in fields(self)}

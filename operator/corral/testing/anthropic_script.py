@@ -40,6 +40,8 @@ class ReplyUsage(BaseModel):
     output_tokens: int | None = Field(None, ge=0)
     cache_read_input_tokens: int = Field(0, ge=0)
     cache_creation_input_tokens: int = Field(0, ge=0)
+    # Server tool use (usage.server_tool_use), reported at the end of a reply.
+    web_search_requests: int = Field(0, ge=0)
 
 
 class TextStep(_Step):

@@ -25,6 +25,7 @@ class Reply:
     output_tokens: int
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    web_search_requests: int = 0
 
 
 def last_user_text(body: dict[str, Any]) -> str:
@@ -90,16 +91,20 @@ def resolve(step: TextStep | ToolUseStep, body: dict[str, Any]) -> Reply:
         ),
         cache_read_input_tokens=step.usage.cache_read_input_tokens,
         cache_creation_input_tokens=step.usage.cache_creation_input_tokens,
+        web_search_requests=step.usage.web_search_requests,
     )
 
 
-def _usage(reply: Reply, output_tokens: int) -> dict[str, int]:
-    return {
+def _usage(reply: Reply, output_tokens: int, final: bool = True) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "input_tokens": reply.input_tokens,
         "output_tokens": output_tokens,
         "cache_creation_input_tokens": reply.cache_creation_input_tokens,
         "cache_read_input_tokens": reply.cache_read_input_tokens,
     }
+    if final and reply.web_search_requests:  # known once the reply is done, as in the API
+        usage["server_tool_use"] = {"web_search_requests": reply.web_search_requests}
+    return usage
 
 
 def message_json(reply: Reply) -> dict[str, Any]:
@@ -142,7 +147,7 @@ def stream_events(reply: Reply) -> list[dict[str, Any]]:
     start = message_json(reply) | {
         "content": [],
         "stop_reason": None,
-        "usage": _usage(reply, 1),
+        "usage": _usage(reply, 1, final=False),
     }
     events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
     for index, block in enumerate(reply.blocks):
@@ -151,7 +156,14 @@ def stream_events(reply: Reply) -> list[dict[str, Any]]:
         {
             "type": "message_delta",
             "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
-            "usage": {"output_tokens": reply.output_tokens},
+            "usage": {
+                "output_tokens": reply.output_tokens,
+                **(
+                    {"server_tool_use": {"web_search_requests": reply.web_search_requests}}
+                    if reply.web_search_requests
+                    else {}
+                ),
+            },
         }
     )
     events.append({"type": "message_stop"})
