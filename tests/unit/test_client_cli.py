@@ -43,3 +43,21 @@ def test_runner_and_operator_do_not_import_the_terminal_libraries() -> None:
     assert _client_side(_imported("ls"))  # the check sees them where they are imported
     for command in ("runner", "operator"):
         assert not _client_side(_imported(command)), command
+
+
+async def test_leaving_right_after_ctrl_c_still_delivers_the_interrupt() -> None:
+    """Leaving (the turn's stream ended, or a second Ctrl-C) must not cancel the interrupt
+    on its way: the turn would run on, spending, and the next message find it busy."""
+    import asyncio
+
+    from corral.client.terminal import InterruptOnCtrlC, console
+
+    delivered: list[bool] = []
+
+    async def slow_interrupt() -> None:
+        await asyncio.sleep(0.3)  # through the API server's proxy, on a new connection
+        delivered.append(True)
+
+    async with InterruptOnCtrlC(slow_interrupt, console()) as ctrl_c:
+        ctrl_c._pressed()
+    assert delivered == [True]

@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from corral.client.config import gateway_target, load_credentials
 from corral.client.errors import CorralError
+from corral.client.events import SseParser
 from corral.client.task import load_task
 
 
@@ -126,3 +127,69 @@ def test_a_task_file_becomes_an_ephemeral_session_named_after_the_file(tmp_path:
     task.write_text("kind: Pod\n")
     with pytest.raises(CorralError, match="kind 'Pod' is not AgentSession"):
         load_task(str(task))
+
+
+def test_a_gateway_at_its_own_url_is_verified_whatever_the_kubeconfig_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """insecure-skip-tls-verify is for the API server: the bearer token must not go to a
+    gateway nobody verified, and a gateway with a public certificate must verify."""
+    import ssl
+
+    from corral.client.aio import AsyncClient
+
+    monkeypatch.delenv("CORRAL_GATEWAY_URL", raising=False)
+    credentials = load_credentials(_kubeconfig(tmp_path / "kc", {"token": "t0k"}))
+    assert credentials.ssl_context is False  # the kubeconfig's insecure cluster
+    direct = AsyncClient(credentials=credentials, gateway_url="https://corral.example.com")
+    context = direct._gateway_ssl()
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0  # the system's trust store
+    proxied = AsyncClient(credentials=credentials)  # through the API server: its settings
+    assert proxied._gateway_ssl() is False
+
+
+async def test_a_line_longer_than_aiohttps_reader_takes_is_cut_not_fatal() -> None:
+    """An event of 300 KB (a file the agent wrote) passed aiohttp's 128 KiB line limit
+    and ended `corral send` with a traceback; lines are now read with a bound of their own."""
+    import aiohttp
+    from aiohttp import web
+
+    from corral.client.aio import bounded_lines
+    from corral.testing.gateway import free_port
+
+    big = b'data: {"type": "assistant", "content": "' + b"x" * 300_000 + b'"}\n\n'
+    huge = b"data: " + b"y" * 5_000_000 + b"\n\n"
+    tail = b'data: {"type": "result", "subtype": "success"}\n\n'
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for piece in (big, huge, tail):
+            await response.write(piece)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        parser = SseParser()
+        events = []
+        async with (
+            aiohttp.ClientSession(read_bufsize=2**16) as http,
+            http.get(f"http://127.0.0.1:{port}/") as response,
+        ):
+            async for line in bounded_lines(response.content):
+                event = parser.feed(line.decode())
+                if event is not None:
+                    events.append(event)
+        kinds = [e["type"] for e in events]
+        assert kinds == ["assistant", "error", "result"], kinds
+        assert len(events[0]["content"]) == 300_000
+        assert "over 1 MiB was skipped" in events[1]["message"]
+    finally:
+        await runner.cleanup()

@@ -164,3 +164,21 @@ def test_gateway_and_service_proxy_refusals_are_one_line_with_what_to_do() -> No
     assert "services/proxy" in str(proxy) and "CORRAL_GATEWAY_URL" in str(proxy)
     gone = gateway_error(503, json.dumps({"kind": "Status", "message": "no endpoints"}), "d/c")
     assert "gateway Service" in str(gone)
+
+
+def test_what_the_agent_prints_cannot_drive_the_terminal() -> None:
+    """A prompt-injected agent's text must not write the clipboard (OSC 52), retitle the
+    terminal or erase lines: its control characters are shown, not obeyed."""
+    from corral.client.terminal import console
+
+    out = console()
+    out.file = io.StringIO()
+    hostile = "ok\x1b]52;c;cm0gLXJmIH4=\x07\x1b]0;owned\x07\x1b[2K\x9b31m done\r\n"
+    renderer = EventRenderer(out)
+    renderer.render({"type": "text_delta", "text": hostile})
+    renderer.render({"type": "tool_result", "content": hostile, "is_error": True})
+    renderer.render({"type": "result", "subtype": "error_during_execution", "result": hostile})
+    written = out.file.getvalue()
+    assert "\x1b]" not in written and "\x07" not in written and "\x9b" not in written
+    assert "\x1b[2K" not in written
+    assert "\u241b]52;c;cm0gLXJmIH4=" in written  # shown for what it is

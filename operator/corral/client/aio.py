@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -18,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from corral.client.config import (
+    ENV_GATEWAY_CA,
     Credentials,
     GatewayTarget,
     gateway_target,
@@ -31,6 +34,9 @@ WAKE_ANNOTATION = "corral.dev/wake"
 MERGE_PATCH = "application/merge-patch+json"
 API_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+# A message's stream: the runner sends a keepalive every 15 s, so a minute of silence is a
+# gateway or node gone without closing the connection (a script must not hang on it).
+MESSAGE_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
 MAX_LINE = 2 * 1024 * 1024
 
 
@@ -91,6 +97,7 @@ class AsyncClient:
             self.credentials, gateway_url, gateway_namespace, gateway_service
         )
         self._http: aiohttp.ClientSession | None = None
+        self._gateway_tls: ssl.SSLContext | None = None
 
     @property
     def namespace(self) -> str:
@@ -282,7 +289,7 @@ class AsyncClient:
                     payload = await response.json(content_type=None)
                     raise api_error(response.status, payload if isinstance(payload, dict) else {},
                                     f"log of pod {current.pod_name}")  # fmt: skip
-                async for line in response.content:
+                async for line in bounded_lines(response.content):
                     yield line.decode("utf-8", "replace").rstrip("\n")
         except (aiohttp.ClientConnectionError, OSError) as error:
             raise _unreachable(
@@ -290,6 +297,19 @@ class AsyncClient:
             ) from None
 
     # --- the gateway ---------------------------------------------------------------------
+
+    def _gateway_ssl(self) -> ssl.SSLContext | bool:
+        """TLS to the gateway: through the API server, the kubeconfig's (its CA, its client
+        certificate); at a URL of its own (an Ingress), the system's trust store (or
+        CORRAL_GATEWAY_CA), always verified, never the cluster's client certificate: a
+        kubeconfig's insecure-skip-tls-verify must not send the token unverified elsewhere."""
+        if self.gateway.via_api_server:
+            return self.credentials.ssl_context
+        if self._gateway_tls is None:
+            self._gateway_tls = ssl.create_default_context(
+                cafile=os.environ.get(ENV_GATEWAY_CA) or None
+            )
+        return self._gateway_tls
 
     def _gateway_url(self, ref: Ref, path: str) -> str:
         return f"{self.gateway.base_url}/sessions/{ref.namespace}/{ref.name}{path}"
@@ -302,7 +322,7 @@ class AsyncClient:
         try:
             async with self._session().request(
                 method, self._gateway_url(ref, path), json=body, params=params, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=180, sock_connect=10),
+                timeout=aiohttp.ClientTimeout(total=180, sock_connect=10), ssl=self._gateway_ssl(),
             ) as response:  # fmt: skip
                 raw = await response.read()
                 if response.status >= 400:
@@ -342,12 +362,12 @@ class AsyncClient:
         try:
             async with self._session().post(
                 self._gateway_url(ref, "/v1/messages"), json=body, headers=headers,
-                timeout=STREAM_TIMEOUT,
+                timeout=MESSAGE_TIMEOUT, ssl=self._gateway_ssl(),
             ) as response:  # fmt: skip
                 if response.status >= 400:
                     raise gateway_error(response.status, await response.read(), str(ref))
                 parser = SseParser()
-                async for raw in response.content:
+                async for raw in bounded_lines(response.content):
                     event = parser.feed(raw.decode("utf-8", "replace"))
                     if event is not None:
                         yield event
@@ -355,6 +375,11 @@ class AsyncClient:
                             return
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as error:
             raise _unreachable("the gateway", self.gateway.base_url, error) from None
+        except TimeoutError:
+            raise CorralError(
+                f"{ref}: the stream sent nothing for 60 s (not even a keepalive)",
+                "the gateway or the session's node may be gone: see `corral ls`",
+            ) from None
         raise CorralError(
             f"{ref}: the stream ended before the message's result",
             "the runner may have restarted: see `corral transcript`",
@@ -376,11 +401,13 @@ class AsyncClient:
         try:
             ws = await self._session().ws_connect(
                 url, headers=headers, heartbeat=30, timeout=aiohttp.ClientWSTimeout(ws_close=10),
-                max_msg_size=MAX_LINE,
+                max_msg_size=MAX_LINE, ssl=self._gateway_ssl(),
             )  # fmt: skip
         except aiohttp.WSServerHandshakeError as error:
             # The refusal's JSON body is lost in the handshake; ask again plainly to read it.
-            async with self._session().get(url, headers=headers) as response:
+            async with self._session().get(
+                url, headers=headers, ssl=self._gateway_ssl()
+            ) as response:
                 raise gateway_error(error.status, await response.read(), str(ref)) from None
         except (aiohttp.ClientConnectionError, OSError) as error:
             raise _unreachable("the gateway", self.gateway.base_url, error) from None
@@ -421,3 +448,34 @@ def to_manifest(document: dict[str, Any]) -> dict[str, Any]:
         "metadata": {},
         "spec": spec,
     }
+
+
+async def bounded_lines(
+    content: aiohttp.StreamReader, max_line: int = MAX_LINE
+) -> AsyncIterator[bytes]:
+    """The lines of a response body as they arrive, each at most `max_line` bytes: the
+    rest of a longer one is dropped (aiohttp's own line reader raises at 128 KiB, which an
+    agent's event can pass: a whole file it wrote)."""
+    partial = bytearray()
+    skipping = False
+    async for chunk in content.iter_any():
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start : end + 1]
+            if not skipping:
+                partial += piece[: max_line - len(partial)]
+                if len(partial) >= max_line and end < 0:
+                    yield bytes(partial)  # cut: the parser reports an oversized event
+                    partial.clear()
+                    skipping = True
+            if end < 0:
+                break
+            if skipping:
+                skipping = False
+            else:
+                yield bytes(partial)
+                partial.clear()
+            start = end + 1
+    if partial and not skipping:
+        yield bytes(partial)

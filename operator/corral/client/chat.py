@@ -76,7 +76,7 @@ class Chat:
         """Send one message and show its events until its result; False if the connection
         closed."""
         await self.stream.send(text, self.agent)
-        with InterruptOnCtrlC(lambda: self.stream.interrupt(self.agent), self.out):
+        async with InterruptOnCtrlC(lambda: self.stream.interrupt(self.agent), self.out):
             while True:
                 event = await self.next_event()
                 if event is CLOSED:

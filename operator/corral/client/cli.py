@@ -13,7 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from corral.client.terminal import InterruptOnCtrlC, console
+from corral.client.terminal import InterruptOnCtrlC, console, printable
 
 if TYPE_CHECKING:
     from corral.client.aio import AsyncClient
@@ -80,6 +80,12 @@ def register(subparsers: Any) -> None:
     wake = add("wake", "wake a sleeping Hybrid session", _wake)
     wake.add_argument("session", help=ref_help)
     wake.add_argument("--wait", action="store_true", help="wait until it is Running")
+    wake.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds --wait waits at most (default: %(default)s)",
+    )
     suspend = add(
         "suspend", "suspend a session (its pod goes; a Hybrid keeps its volume)", _suspend
     )
@@ -169,7 +175,7 @@ def _send(args: argparse.Namespace) -> int:
         async def interrupt() -> None:
             await client.interrupt(ref, args.agent)
 
-        with InterruptOnCtrlC(interrupt, renderer.console):
+        async with InterruptOnCtrlC(interrupt, renderer.console):
             async for event in client.send(ref, text, args.agent):
                 reply.add(event)
                 if args.json:
@@ -207,7 +213,7 @@ def _run(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     async def body(client: AsyncClient, args: argparse.Namespace) -> int:
         async for line in client.logs(args.session, args.follow):
-            print(line, flush=True)
+            print(printable(line), flush=True)  # a log line can be anything the agent printed
         return 0
 
     return _main(args, body)
@@ -229,14 +235,23 @@ def _transcript(args: argparse.Namespace) -> int:
     return _main(args, body)
 
 
+# Phases a wake ends in: Running, or one it cannot leave (finished, suspended).
+WAKE_ENDS = frozenset({"Running", "Failed", "Succeeded", "Suspended"})
+
+
 def _wake(args: argparse.Namespace) -> int:
     async def body(client: AsyncClient, args: argparse.Namespace) -> int:
         session = await client.wake(args.session)
         out = console()
         out.print(f"{session.ref}: wake requested (phase {session.phase})")
+        if session.suspend:
+            _fail(f"{session.ref} is suspended: a wake does not start it; `corral resume` does")
+            return 1
         if args.wait:
             with out.status(f"waiting for {session.ref} to be Running…"):
-                session = await client.wait(session.ref, lambda s: s.phase in ("Running", "Failed"))
+                session = await client.wait(
+                    session.ref, lambda s: s.phase in WAKE_ENDS or s.suspend, args.timeout
+                )
             out.print(f"{session.ref}: {session.phase}")
             return 0 if session.phase == "Running" else 1
         return 0

@@ -20,6 +20,8 @@ DEFAULT_GATEWAY_NAMESPACE = "corral-system"
 DEFAULT_GATEWAY_SERVICE = "corral-gateway"
 GATEWAY_PORT_NAME = "http"
 ENV_GATEWAY_URL = "CORRAL_GATEWAY_URL"
+# CA bundle for a gateway at its own URL (default: the system's trust store).
+ENV_GATEWAY_CA = "CORRAL_GATEWAY_CA"
 ENV_GATEWAY_NAMESPACE = "CORRAL_GATEWAY_NAMESPACE"
 ENV_GATEWAY_SERVICE = "CORRAL_GATEWAY_SERVICE"
 IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
