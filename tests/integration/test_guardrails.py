@@ -40,7 +40,8 @@ TEAM = f"g{RUN}-team"  # restricted by the chart's values
 LATER = f"g{RUN}-later"  # restricted by a hand-made SessionGuardrail, after a session exists
 OPEN = f"g{RUN}-open"  # without a SessionGuardrail
 AUDIT_TEAM = f"g{RUN}-audit-team"  # its SessionGuardrail is in audit mode
-NAMESPACES = (TEAM, LATER, OPEN, AUDIT_TEAM)
+SMALL = f"g{RUN}-small"  # a hand-made SessionGuardrail with little storage
+NAMESPACES = (TEAM, LATER, OPEN, AUDIT_TEAM, SMALL)
 GUARDRAIL = f"SessionGuardrail {RELEASE}-corral"
 # Group of a stand-in CRD that has spec.network.allowedDomains (the egress proxy's field)
 # whether or not the AgentSession CRD has it yet.
@@ -253,6 +254,27 @@ def test_storage_over_the_maximum_is_refused(admission: Admission) -> None:
     assert message is not None
     assert "spec.storage.size 21Gi is more than the 20Gi allowed" in message
     assert "set spec.storage.size to at most 20Gi" in message
+
+
+def test_a_hybrid_session_without_storage_counts_the_default_volume(
+    admission: Admission, kubeconfig: Path
+) -> None:
+    """Left out, spec.storage is the API's 5Gi: what the operator's PVC asks for."""
+    hybrid = {**COMPLIANT, "pattern": "Hybrid"}
+    assert admission.refusal(TEAM, hybrid) is None  # 5Gi, under TEAM's 20Gi
+    limits = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "SessionGuardrail",
+        "metadata": {"name": "small", "namespace": SMALL}, "spec": {"maxStorage": "2Gi"},
+    }  # fmt: skip
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(limits))
+    wait_for(
+        lambda: admission.refusal(SMALL, {**hybrid, "storage": {"size": "3Gi"}}),
+        timeout=60,
+        what="the small guardrail",
+    )
+    refused = admission.refusal(SMALL, hybrid)
+    assert refused is not None and "spec.storage.size 5Gi (the default) is more than" in refused
+    assert admission.refusal(SMALL, {**COMPLIANT, "pattern": "LongRunning"}) is None  # no PVC
 
 
 def test_a_budget_over_the_maximum_or_missing_is_refused(admission: Admission) -> None:

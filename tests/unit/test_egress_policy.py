@@ -4,6 +4,7 @@ parsing, the pod-IP index and the Event rate limit."""
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -406,3 +407,38 @@ async def test_one_sessions_slow_lookups_leave_the_others_resolving() -> None:
         await asyncio.gather(*hanging, return_exceptions=True)
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil.com#.example.com:443",
+        "https://evil.com#@x.example.com/",
+        "https://u@evil.com/",
+    ],
+)
+def test_an_mcp_url_that_parsers_read_differently_is_refused_by_the_api_and_opens_nothing(
+    url: str,
+) -> None:
+    """Go's parser (the admission policy) read `https://evil.com#.example.com` as a host
+    ending in .example.com; Python's and Node's read evil.com."""
+    from pydantic import ValidationError
+
+    from corral.api.v1alpha1 import AgentSessionSpec
+
+    with pytest.raises(ValidationError, match="mcpServers"):
+        AgentSessionSpec.model_validate(
+            {"pattern": "LongRunning", "mcpServers": [{"name": "m", "url": url}]}
+        )
+    # As the gateway reads one stored before the API refused such URLs:
+    rules = ep.policy_from_spec(
+        {"network": {"allowPublicHttps": False}, "mcpServers": [{"name": "m", "url": url}]}
+    )
+    assert rules.name_allowed("evil.com", 443) is not None
+
+
+def test_the_guardrail_counts_the_api_s_default_volume_size() -> None:
+    from corral.api.v1alpha1 import StorageSpec
+
+    template = (Path(__file__).parents[2] / "helm/corral/templates/guardrails.yaml").read_text()
+    assert f"'{StorageSpec().size}'" in template and template.count("'5Gi'") == 2

@@ -48,6 +48,11 @@ SECRET_KEY_PATTERN = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 # tests/chaos/test_chaos_bad_input.py). A byte range means the same to every engine.
 NO_SPACE_ASCII = "[!-~]+"
 URL_PATTERN = rf"^https?://{NO_SPACE_ASCII}$"
+# An MCP server's URL: no `#` and no `@`. Each reads differently to the URL parsers that
+# judge it (the admission policy's Go parser, the egress proxy's Python one, the CLI's
+# Node one): `https://evil.com#.example.com` passed a `*.example.com` guardrail and opened
+# evil.com. A fragment means nothing to a server, and credentials belong in headers.
+MCP_URL_PATTERN = r'^https?://[!"$-?A-~]+$'
 # spec.network.allowedDomains: `*`, a name or `*.` and a name, then an optional `:port`
 # (same shape as corral.gateway.egress_policy.DOMAIN_RULE; the port's range is a CEL rule).
 DOMAIN_PATTERN = (
@@ -275,10 +280,10 @@ class McpServer(ApiModel):
     )
     url: str = Field(
         ...,
-        pattern=URL_PATTERN,
+        pattern=MCP_URL_PATTERN,
         max_length=2048,
-        description="Server URL. Its host and port are allowed through the egress proxy "
-        "automatically.",
+        description="Server URL, without `#` or `@`. Its host and port are allowed through "
+        "the egress proxy automatically.",
     )
 
 

@@ -224,6 +224,8 @@ class EgressPolicy:
 
 
 def _url_rule(url: str) -> DomainRule | None:
+    if "#" in url or "@" in url:
+        return None  # read differently by other parsers (the API refuses them since)
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
