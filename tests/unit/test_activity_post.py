@@ -25,6 +25,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["content-length"]))
         self.server.seen.append((self.path, body, self.headers.get("Authorization")))
         self.send_response(self.server.status)
+        if self.server.status == 429:
+            self.send_header("Retry-After", "2")
         self.end_headers()
         self.wfile.write(b"token refused" if self.server.status >= 300 else b"")
 
@@ -64,3 +66,14 @@ def test_nobody_listening_is_an_os_error() -> None:
         port = sock.getsockname()[1]  # bound, never listening: connections are refused
         with pytest.raises(OSError):
             post_report(f"http://127.0.0.1:{port}/v1/activity", b"{}", {}, 5)
+
+
+def test_too_many_reports_are_told_apart_with_the_operators_wait(
+    operator_endpoint: Recorder,
+) -> None:
+    from corral.runner.activity import ReportLimited
+
+    operator_endpoint.status = 429
+    with pytest.raises(ReportLimited) as limited:
+        post_report(url_of(operator_endpoint, "/v1/activity"), b"{}", {}, 5)
+    assert limited.value.retry_after == 2.0  # not the failure backoff, doubling to 30 s

@@ -21,9 +21,11 @@ from corral.controller.controller import Controller
 from corral.rate import KeyedBuckets
 
 NOT_THIS_PODS = "the token is not this session pod's"
-# Activity reports taken per session pod: a second's worth sustained, a burst of turns.
-REPORTS_PER_SECOND = 2.0
-REPORTS_BURST = 20
+# Activity reports taken per session pod: a runner reports when a turn starts and ends and
+# every 30 s while busy; this takes several quick turns a second, and bounds a pod whose
+# agent posts reports itself (a status write each) to as many.
+REPORTS_PER_SECOND = 5.0
+REPORTS_BURST = 50
 
 
 def _refuse(status: int, reason: str, error: object) -> web.Response:

@@ -101,6 +101,14 @@ class ReportRefused(Exception):
     """The operator answered a report with an error status."""
 
 
+class ReportLimited(ReportRefused):
+    """429: too many reports; the latest state goes again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @functools.cache
 def _tls() -> ssl.SSLContext:
     """One verifying TLS context for an https URL (loading CA certificates takes a while)."""
@@ -123,6 +131,12 @@ def post_report(url: str, body: bytes, headers: dict[str, str], timeout: float) 
         conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
         text = response.read(2000).decode(errors="replace")
+        if response.status == 429:
+            try:
+                after = min(max(float(response.getheader("Retry-After") or 1), 0.1), 30.0)
+            except ValueError:
+                after = 1.0
+            raise ReportLimited(f"429 {response.reason}: {text}", after)
         if response.status >= 300:
             raise ReportRefused(f"{response.status} {response.reason}: {text}")
     finally:
@@ -144,6 +158,7 @@ class ActivityReporter:
         # Pokes that arrive while a push is in flight collapse into one more push.
         self._wake = asyncio.Event()
         self._failing = False
+        self._retry_after: float | None = None  # the operator's, after a 429
         for worker in session.workers.values():
             worker.add_listener(self._wake.set)
         session.add_socket_listener(self._wake.set)
@@ -156,11 +171,17 @@ class ActivityReporter:
             # A failed push is tried again with backoff: the operator must learn when a
             # turn ends, or it would keep an idle session awake.
             wait = retry if self._failing else (self._heartbeat if busy else None)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            if self._retry_after is not None:
+                # Limited, not failing: the latest state goes when the operator said, and
+                # nothing sooner (a poke meanwhile does not jump the wait).
+                await asyncio.sleep(self._retry_after)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
             await self.push()
-            retry = min(retry * 2, RETRY_MAX_SECONDS) if self._failing else RETRY_FIRST_SECONDS
+            backoff = self._failing and self._retry_after is None
+            retry = min(retry * 2, RETRY_MAX_SECONDS) if backoff else RETRY_FIRST_SECONDS
 
     async def final(self) -> None:
         """One last report on the way out, so the operator does not think a message runs."""
@@ -177,7 +198,12 @@ class ActivityReporter:
             await asyncio.wait_for(
                 asyncio.to_thread(post_report, self._url, body, headers, limit), limit + 1
             )
+        except ReportLimited as exc:
+            self._retry_after = exc.retry_after
+            self._failing = True
+            return
         except (OSError, http.client.HTTPException, ReportRefused, TimeoutError) as exc:
+            self._retry_after = None
             if not self._failing:  # say it once per outage, not on every heartbeat
                 log_event(
                     log,
@@ -191,3 +217,4 @@ class ActivityReporter:
         if self._failing:
             log_event(log, "activity reports delivered again", url=self._url)
         self._failing = False
+        self._retry_after = None
