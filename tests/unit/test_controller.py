@@ -440,3 +440,69 @@ async def test_a_status_write_that_raced_an_edit_is_reconciled(
     await controller.reconciler.reconcile(KEY)
     controller.on_session("MODIFIED", copy.deepcopy(api.session))
     assert len(controller.queue) == 1
+
+
+class LabelKube(FakeKube):
+    """Pod patches of the leader label: the first `hold` wait for `release`, the next
+    `refuse` answer 429; the label as the API server would hold it."""
+
+    def __init__(self, hold: int = 0, refuse: int = 0) -> None:
+        super().__init__({})
+        self.hold, self.refuse = hold, refuse
+        self.release = asyncio.Event()
+        self.label: str | None = None
+
+    async def patch(self, kind: str, namespace: str | None, name: str, patch: JSON,
+                    sub: str | None = None, strategic: bool = False) -> JSON:  # fmt: skip
+        value = patch["metadata"]["labels"][controller_module.LEADER_LABEL]
+        if self.hold:
+            self.hold -= 1
+            await self.release.wait()
+        elif self.refuse:
+            self.refuse -= 1
+            raise ApiError(429, "TooManyRequests", "slow down", retry_after=0)
+        self.label = value
+        return {}
+
+
+@pytest.mark.parametrize("case", ["slow-unlabel-then-lead", "refused-once"])
+async def test_the_leader_ends_up_labelled_whatever_order_the_patches_take(
+    case: str, monkeypatch: pytest.MonkeyPatch, config: OperatorConfig
+) -> None:
+    """Fix: each change was a patch of its own: a slow `leader=None` landing after the
+    `true` of a leadership regained, or one refused `true`, left the leader unlabelled (the
+    operator Service then sends runners' reports nowhere) for as long as it led."""
+    monkeypatch.setattr(controller_module.metrics, "register_sessions", lambda _: None)
+    monkeypatch.setattr(controller_module.asyncio, "sleep", _no_wait)
+    monkeypatch.setenv("POD_NAME", "operator-0")
+    monkeypatch.setenv("POD_NAMESPACE", "corral-system")
+    kube = LabelKube(refuse=1 if case == "refused-once" else 0)
+    controller = Controller(config, kube, RunSettings(leader_election=False))
+    controller.start_leading()
+    if case == "slow-unlabel-then-lead":
+        async with asyncio.timeout(5):
+            while kube.label != "true":
+                await _yield()
+        kube.hold = 1
+        controller.stop_leading()  # its patch is slow...
+        await _yield()
+        controller.start_leading()  # ...and leadership comes back meanwhile
+        await _yield()
+        kube.release.set()
+    async with asyncio.timeout(5):
+        while kube.label != "true":
+            await _yield()
+    for _ in range(20):
+        await _yield()
+    assert kube.label == "true" and controller.leading.is_set()
+
+
+_real_sleep = asyncio.sleep
+
+
+async def _no_wait(seconds: float) -> None:
+    await _real_sleep(0)
+
+
+async def _yield() -> None:
+    await _real_sleep(0.001)

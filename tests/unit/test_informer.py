@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -211,3 +212,33 @@ async def test_a_snapshot_lists_every_page_and_keeps_only_wanted_namespaces() ->
     assert [i["metadata"]["name"] for i in items] == ["demo-1", "demo-2"]
     assert version == 100
     assert len(api.list_calls) == 3
+
+
+async def test_a_watch_event_larger_than_aiohttps_line_reader_takes_is_read() -> None:
+    """Fix: aiohttp's line reader raised LineTooLong (not a ClientError) past 512 KiB, and
+    the informer's task, then the operator, ended: a pod whose spec annotation is a prompt
+    of `<` and `>` (each escaped to six bytes on the wire) makes such an event."""
+    big = pod("big")
+    big["metadata"]["annotations"]["corral.dev/session-spec"] = "<" * 200_000
+    line = json.dumps({"type": "ADDED", "object": big}).replace("<", "\\u003c") + "\n"
+    assert len(line) > 1_000_000
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(line.encode())
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/v1/pods", watch)
+    test_server = TestServer(app)
+    await test_server.start_server()
+    client = KubeClient(Connection(str(test_server.make_url("")), False, None))
+    try:
+        events = [event async for event in client.stream("/api/v1/pods", {"watch": "1"})]
+        assert [e["object"]["metadata"]["name"] for e in events] == ["big"]
+        annotation = events[0]["object"]["metadata"]["annotations"]["corral.dev/session-spec"]
+        assert annotation == "<" * 200_000
+    finally:
+        await client.close()
+        await test_server.close()

@@ -270,3 +270,29 @@ async def test_an_error_page_that_is_not_json_is_retried() -> None:
         await asyncio.gather(task, return_exceptions=True)
         await client.close()
         await server.close()
+
+
+async def test_renewals_that_fail_slowly_step_down_at_the_deadline_not_a_period_later() -> None:
+    """Fix: the loop slept a whole renew period after each failed attempt, so renewals that
+    each failed just before the period ended stepped down up to a period past the deadline."""
+    replicas = Replicas(lease_seconds=1.5, renew_seconds=0.5)  # deadline 1.0 s
+    elector = replicas.electors["a"]
+    running = asyncio.create_task(elector.run())
+    await wait_until(lambda: replicas.leading == {"a"}, 2)
+    client = replicas.clients["a"]
+    real_get = client.get
+
+    async def slow_failure(*args: Any) -> dict[str, Any]:
+        # A renewal sent at 0.5 s fails at 0.99 s: just inside the deadline.
+        await asyncio.sleep(0.49)
+        raise ApiError(503, "ServiceUnavailable", "busy")
+
+    client.get = slow_failure  # type: ignore[method-assign]
+    renewed = elector._last_renewed
+    await wait_until(lambda: "a" not in replicas.leading, 3)
+    late = replicas.when("a", "stopped") - renewed - elector._renew_deadline()
+    # Before the fix: a whole period (0.5 s) late.
+    assert late < 0.25, f"stepped down {late:.2f} s after its deadline"
+    client.get = real_get  # type: ignore[method-assign]
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)

@@ -29,6 +29,7 @@ from corral.client.config import (
 from corral.client.errors import CorralError, api_error, gateway_error
 from corral.client.events import Event, Reply, SseParser, ends_turn
 from corral.client.sessions import GROUP, PLURAL, VERSION, Ref, Session, parse_ref
+from corral.stream_lines import bounded_lines
 
 WAKE_ANNOTATION = "corral.dev/wake"
 MERGE_PATCH = "application/merge-patch+json"
@@ -289,7 +290,7 @@ class AsyncClient:
                     payload = await response.json(content_type=None)
                     raise api_error(response.status, payload if isinstance(payload, dict) else {},
                                     f"log of pod {current.pod_name}")  # fmt: skip
-                async for line in bounded_lines(response.content):
+                async for line in bounded_lines(response.content, MAX_LINE, skip_long=True):
                     yield line.decode("utf-8", "replace").rstrip("\n")
         except (aiohttp.ClientConnectionError, OSError) as error:
             raise _unreachable(
@@ -367,7 +368,7 @@ class AsyncClient:
                 if response.status >= 400:
                     raise gateway_error(response.status, await response.read(), str(ref))
                 parser = SseParser()
-                async for raw in bounded_lines(response.content):
+                async for raw in bounded_lines(response.content, MAX_LINE, skip_long=True):
                     event = parser.feed(raw.decode("utf-8", "replace"))
                     if event is not None:
                         yield event
@@ -448,34 +449,3 @@ def to_manifest(document: dict[str, Any]) -> dict[str, Any]:
         "metadata": {},
         "spec": spec,
     }
-
-
-async def bounded_lines(
-    content: aiohttp.StreamReader, max_line: int = MAX_LINE
-) -> AsyncIterator[bytes]:
-    """The lines of a response body as they arrive, each at most `max_line` bytes: the
-    rest of a longer one is dropped (aiohttp's own line reader raises at 128 KiB, which an
-    agent's event can pass: a whole file it wrote)."""
-    partial = bytearray()
-    skipping = False
-    async for chunk in content.iter_any():
-        start = 0
-        while True:
-            end = chunk.find(b"\n", start)
-            piece = chunk[start:] if end < 0 else chunk[start : end + 1]
-            if not skipping:
-                partial += piece[: max_line - len(partial)]
-                if len(partial) >= max_line and end < 0:
-                    yield bytes(partial)  # cut: the parser reports an oversized event
-                    partial.clear()
-                    skipping = True
-            if end < 0:
-                break
-            if skipping:
-                skipping = False
-            else:
-                yield bytes(partial)
-                partial.clear()
-            start = end + 1
-    if partial and not skipping:
-        yield bytes(partial)

@@ -41,6 +41,7 @@ CHILD_KINDS = ("Pod", "Service", "NetworkPolicy", "PersistentVolumeClaim")
 CHILD_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGER}"
 # On the pod of the replica holding the Lease; the operator Service selects it.
 LEADER_LABEL = "corral.dev/leader"
+LABEL_RETRY_MAX_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 60.0
 
 
@@ -76,6 +77,8 @@ class Controller:
         self.synced = asyncio.Event()
         self._failures: dict[Key, int] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._label_wanted = asyncio.Event()
+        self._labeler: asyncio.Task[None] | None = None
         # Reconciles running now: cancelled when this replica stops leading.
         self._in_flight: set[asyncio.Task[Plan | None]] = set()
         self.ready = False
@@ -241,23 +244,44 @@ class Controller:
 
     def _label_own_pod(self, leading: bool) -> None:
         """Mark this replica's pod as the leader, so the operator Service (which selects the
-        label) sends runners' activity reports to the replica that acts on them."""
+        label) sends runners' activity reports to the replica that acts on them. One task
+        brings the label to the leadership of the moment, in order and until it holds: a
+        patch of each change on its own could land out of order (a slow `leader=None` after
+        the `true` of a leadership regained) or fail once and leave the leader unlabelled,
+        its reports lost, for as long as it leads."""
         name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
         if not (name and namespace):
             return
-        patch = {"metadata": {"labels": {LEADER_LABEL: "true" if leading else None}}}
+        self._label_wanted.set()
+        if self._labeler is None or self._labeler.done():
+            self._labeler = asyncio.get_running_loop().create_task(
+                self._keep_label(namespace, name)
+            )
+            self._background.add(self._labeler)
+            self._labeler.add_done_callback(self._background.discard)
 
-        async def label() -> None:
+    async def _keep_label(self, namespace: str, name: str) -> None:
+        labelled: bool | None = None
+        pause = 1.0
+        while True:
+            await self._label_wanted.wait()
+            self._label_wanted.clear()
+            leading = self.leading.is_set()
+            if leading == labelled:
+                continue
+            patch = {"metadata": {"labels": {LEADER_LABEL: "true" if leading else None}}}
             try:
                 await self.client.patch("Pod", namespace, name, patch)
             except (ApiError, OSError, aiohttp.ClientError, TimeoutError) as error:
                 log.warning(
-                    "could not label pod %s/%s as leader=%s: %r", namespace, name, leading, error
-                )
-
-        task = asyncio.get_running_loop().create_task(label())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+                    "could not label pod %s/%s as leader=%s (trying again in %g s): %r",
+                    namespace, name, leading, pause, error,
+                )  # fmt: skip
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LABEL_RETRY_MAX_SECONDS)
+                self._label_wanted.set()
+                continue
+            labelled, pause = leading, 1.0
 
     # --- workers ---------------------------------------------------------------------------
 

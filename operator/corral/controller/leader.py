@@ -90,7 +90,13 @@ class LeaderElector:
                     log.warning("lease %s/%s: %r", self.namespace, self.name, error)
                 if self.leading and time.monotonic() - self._last_renewed >= self._renew_deadline():
                     self._step_down("could not renew the lease in time")
-                await asyncio.sleep(self.renew_seconds)
+                pause = self.renew_seconds
+                if self.leading:
+                    # Never past the deadline: the next attempt, cut off there, steps down
+                    # on time (sleeping a whole period after a slow failure would not).
+                    left = self._last_renewed + self._renew_deadline() - time.monotonic()
+                    pause = min(pause, max(left, 0.0))
+                await asyncio.sleep(pause)
         finally:
             if self.leading:
                 self._step_down("shutting down")

@@ -19,6 +19,7 @@ from prometheus_client import Counter
 
 from corral.kube.credentials import Connection as Connection
 from corral.kube.credentials import load_connection as load_connection
+from corral.stream_lines import bounded_lines
 
 JSON = dict[str, Any]
 # Failures on the way to the API server, not answers from it (a reset, a refused connection,
@@ -145,6 +146,9 @@ def resource_path(
 
 # Projected ServiceAccount tokens rotate (hourly by default): read the file again this often.
 TOKEN_REFRESH_SECONDS = 60.0
+# One watch event's JSON: an object is at most 1.5 MiB in etcd, and JSON escaping (a
+# prompt of `<` and `>` becomes \u003c, six bytes each) can grow it several times.
+MAX_WATCH_LINE_BYTES = 32 * 1024 * 1024
 # A watch that sends nothing (not even a bookmark) for this long is considered broken.
 STREAM_IDLE_SECONDS = 330.0
 
@@ -212,7 +216,7 @@ class KubeClient:
         ) as response:
             if response.status >= 400:
                 raise _error(response, await _read_payload(response))
-            async for line in response.content:
+            async for line in bounded_lines(response.content, MAX_WATCH_LINE_BYTES):
                 if line.strip():
                     yield json.loads(line)
 

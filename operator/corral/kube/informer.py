@@ -190,6 +190,10 @@ class Informer:
                 # The connection broke: watch again from where we were (the server replays).
                 log.warning("%s watch (%s) broke: %r", self.kind, where, error)
                 await self._pause(backoff.next_delay())
+            except Exception:  # anything else must not end the watch (and the operator)
+                log.exception("%s watch (%s) failed; listing again", self.kind, where)
+                version = ""
+                await self._pause(backoff.next_delay())
 
     async def _pause(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
