@@ -506,3 +506,21 @@ async def _no_wait(seconds: float) -> None:
 
 async def _yield() -> None:
     await _real_sleep(0.001)
+
+
+async def test_a_refused_reconcile_is_retried_no_sooner_than_retry_after_and_with_jitter(
+    controller_for: Callable[[JSON], Controller],
+) -> None:
+    """Fix: retries came 0.5, 1, 2 s after a failure whatever the API server asked, and
+    sessions refused together (a 429 storm) retried in lockstep."""
+    delays: list[float] = []
+    controllers = [controller_for({}) for _ in range(8)]
+    for controller in controllers:
+        controller.queue.add_after = lambda key, delay: delays.append(delay)  # type: ignore[method-assign]
+        controller._retry(KEY, ApiError(429, "TooManyRequests", "slow down", retry_after=7))
+    assert all(delay >= 7 for delay in delays)
+    delays.clear()
+    for controller in controllers:
+        controller._retry(("team-a", "other"), RuntimeError("boom"))
+    assert len(set(delays)) > 1  # jittered: not all at the same moment
+    assert all(0.5 <= delay <= 1.0 for delay in delays)

@@ -75,7 +75,7 @@ class Controller:
         self.leading = asyncio.Event()
         # Set once the informers have listed every child kind.
         self.synced = asyncio.Event()
-        self._failures: dict[Key, int] = {}
+        self._failures: dict[Key, Backoff] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._label_wanted = asyncio.Event()
         self._labeler: asyncio.Task[None] | None = None
@@ -333,10 +333,12 @@ class Controller:
             self._in_flight.discard(task)
 
     def _retry(self, key: Key, error: Exception) -> None:
-        """Try the session again later, backing off exponentially up to a minute."""
-        failures = self._failures.get(key, 0) + 1
-        self._failures[key] = failures
-        delay = min(0.5 * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
+        """Try the session again later, backing off exponentially up to a minute, with
+        jitter (sessions that failed together under a 429 do not retry in lockstep) and
+        never sooner than the API server's Retry-After."""
+        backoff = self._failures.setdefault(key, Backoff(base=1.0, cap=MAX_BACKOFF_SECONDS))
+        delay = backoff.next_delay(error.retry_after if isinstance(error, ApiError) else None)
+        failures = backoff.failures
         metrics.ERRORS.labels(reason=type(error).__name__).inc()
         log.warning(
             "reconcile failed (attempt %d, retry in %.1fs): %s",
