@@ -29,29 +29,26 @@ from typing import Any
 import pexpect
 import pytest
 import yaml
-from aiohttp import web
 from kubernetes import client
 
 from corral.api import runtime
 from corral.client import AsyncClient, Client
 from corral.gateway.auth import Reviewer
-from corral.gateway.directory import Directory
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.server import Gateway, GatewaySettings
 from corral.kube.client import KubeClient, load_connection
-from corral.kube.informer import Informer
-from corral.render.meta import MANAGED_BY_LABEL, MANAGER
 from corral.testing.gateway import (
     GROUP,
     PLURAL,
     VERSION,
     LocalRunner,
     World,
-    free_port,
     scratch_namespace,
     start_local_runner,
+    watched_directory,
 )
 from corral.testing.kube import wait_for
+from corral.testing.serving import serving
 from testrun import RUN_ID
 
 pytestmark = pytest.mark.integration
@@ -125,33 +122,15 @@ def gateway(kubeconfig: Path, world: World) -> Iterator[GatewayThread]:
     async def serve() -> None:
         kube = KubeClient(load_connection(str(kubeconfig)))
         metrics = GatewayMetrics()
-        directory = Directory(kube)
-        informers = [
-            Informer(kube, "AgentSession", "", directory.on_session, [world.namespace]),
-            Informer(
-                kube, "Pod", f"{MANAGED_BY_LABEL}={MANAGER}", directory.on_pod, [world.namespace]
-            ),
-        ]
-        tasks = [asyncio.create_task(i.run()) for i in informers]
-        for informer in informers:
-            await asyncio.wait_for(informer.synced.wait(), 30)
-        server = Gateway(
-            Reviewer(kube, metrics), directory, KEY, metrics, GatewaySettings(hold_seconds=60)
-        )
-        app_runner = web.AppRunner(server.app())
-        await app_runner.setup()
-        port = free_port()
-        await web.TCPSite(app_runner, "127.0.0.1", port).start()
-        stop = asyncio.Event()
-        holder.update(
-            url=f"http://127.0.0.1:{port}", stop=stop, loop=asyncio.get_running_loop(),
-            server=server,
-        )  # fmt: skip
-        ready.set()
-        await stop.wait()
-        await app_runner.cleanup()
-        for task in tasks:
-            task.cancel()
+        async with watched_directory(kube, world.namespace) as directory:
+            server = Gateway(
+                Reviewer(kube, metrics), directory, KEY, metrics, GatewaySettings(hold_seconds=60)
+            )
+            async with serving(server.app()) as url:
+                stop = asyncio.Event()
+                holder.update(url=url, stop=stop, loop=asyncio.get_running_loop(), server=server)
+                ready.set()
+                await stop.wait()
         await kube.close()
 
     thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)

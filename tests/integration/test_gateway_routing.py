@@ -18,27 +18,24 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from kubernetes import client
 
 from corral.api import runtime
 from corral.gateway.auth import Reviewer
-from corral.gateway.directory import Directory
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.server import Gateway, GatewaySettings, app_runner
 from corral.kube.client import KubeClient, load_connection
-from corral.kube.informer import Informer
-from corral.render.meta import MANAGED_BY_LABEL, MANAGER
 from corral.testing.chart_rbac import GATEWAY_TEMPLATES, ChartIdentity, chart_identity
 from corral.testing.gateway import (
     GROUP,
     PLURAL,
     VERSION,
     World,
-    free_port,
     scratch_namespace,
     start_local_runner,
+    watched_directory,
 )
+from corral.testing.serving import serving
 from testrun import RUN_ID
 
 pytestmark = pytest.mark.integration
@@ -101,25 +98,12 @@ async def gateway(
 ) -> AsyncIterator[tuple[str, Gateway]]:
     kube = KubeClient(load_connection(str(gateway_identity.kubeconfig)))
     metrics = GatewayMetrics()
-    directory = Directory(kube)
-    informers = [
-        Informer(kube, "AgentSession", "", directory.on_session, [world.namespace]),
-        Informer(kube, "Pod", f"{MANAGED_BY_LABEL}={MANAGER}", directory.on_pod, [world.namespace]),
-    ]
-    tasks = [asyncio.create_task(i.run()) for i in informers]
-    for informer in informers:
-        await asyncio.wait_for(informer.synced.wait(), 30)
-    server = Gateway(
-        Reviewer(kube, metrics), directory, KEY, metrics, GatewaySettings(hold_seconds=20)
-    )
-    runner = app_runner(server.app(), idle_seconds=60)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}", server
-    await runner.cleanup()
-    for task in tasks:
-        task.cancel()
+    async with watched_directory(kube, world.namespace) as directory:
+        server = Gateway(
+            Reviewer(kube, metrics), directory, KEY, metrics, GatewaySettings(hold_seconds=20)
+        )
+        async with serving(app_runner(server.app(), idle_seconds=60)) as url:
+            yield url, server
     await kube.close()
 
 
@@ -315,13 +299,10 @@ async def test_idle_and_dribbling_connections_are_closed_but_open_streams_are_no
 ) -> None:
     _, server = gateway
     await _chat_serving(server, world)
-    runner = app_runner(server.app(), idle_seconds=1.0)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with serving(app_runner(server.app(), idle_seconds=1.0)) as base:
         # A request head that never ends holds its socket for the idle time, not an hour.
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(b"GET /sessions/a/b/v1/status HTTP/1.1\r\nHost: gateway\r\n")
         await writer.drain()
         started = time.monotonic()
@@ -329,7 +310,7 @@ async def test_idle_and_dribbling_connections_are_closed_but_open_streams_are_no
         assert time.monotonic() - started < 5
         writer.close()
         # A WebSocket silent for longer than that is a request in progress: it stays open.
-        url = f"http://127.0.0.1:{port}/sessions/{world.namespace}/chat/v1/stream"
+        url = f"{base}/sessions/{world.namespace}/chat/v1/stream"
         async with (
             aiohttp.ClientSession() as http,
             http.ws_connect(url, headers=_auth(users["alice"])) as ws,
@@ -342,5 +323,3 @@ async def test_idle_and_dribbling_connections_are_closed_but_open_streams_are_no
                 if seen[-1]["type"] == "result":
                     break
         assert seen and seen[-1]["subtype"] == "success", seen
-    finally:
-        await runner.cleanup()

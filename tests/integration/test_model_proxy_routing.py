@@ -18,23 +18,28 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from kubernetes import client
 from prometheus_client import CollectorRegistry
 
 from corral.api.tokens import model_credential
 from corral.config import ModelProxyConfig
 from corral.gateway import budgets, model_keys
-from corral.gateway.directory import Directory
 from corral.gateway.model_proxy import ModelProxy, build_model_proxy
 from corral.gateway.pricing import PriceTable
 from corral.kube.client import KubeClient, load_connection
-from corral.kube.informer import Informer
-from corral.render.meta import MANAGED_BY_LABEL, MANAGER
 from corral.testing.anthropic_script import ReplyUsage, StreamShape, TextStep, bash, error
 from corral.testing.chart_rbac import GATEWAY_TEMPLATES, ChartIdentity, chart_identity
 from corral.testing.fake_anthropic import FakeAnthropic
-from corral.testing.gateway import GROUP, PLURAL, VERSION, World, free_port, scratch_namespace
+from corral.testing.gateway import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    World,
+    free_port,
+    scratch_namespace,
+    watched_directory,
+)
+from corral.testing.serving import serving
 from testrun import RUN_ID
 
 pytestmark = pytest.mark.integration
@@ -102,14 +107,6 @@ async def _serving(
     """A model proxy as the gateway runs it, under the chart's RBAC; `config`: more of
     ModelProxyConfig."""
     kube = KubeClient(load_connection(str(identity.kubeconfig)))
-    directory = Directory(kube)
-    informers = [
-        Informer(kube, "AgentSession", "", directory.on_session, [world.namespace]),
-        Informer(kube, "Pod", f"{MANAGED_BY_LABEL}={MANAGER}", directory.on_pod, [world.namespace]),
-    ]
-    tasks = [asyncio.create_task(i.run()) for i in informers]
-    for informer in informers:
-        await asyncio.wait_for(informer.synced.wait(), 30)
     key_file = tmp_path / "model-key"
     key_file.write_text(REAL_KEY + "\n")
     config = ModelProxyConfig(
@@ -118,21 +115,19 @@ async def _serving(
         spend_config_map=SPEND, **config,
     )  # fmt: skip
     registry = CollectorRegistry()
-    server, meter = build_model_proxy(
-        config, directory, KEY, kube, registry, namespace=world.namespace
-    )
-    tasks.append(asyncio.create_task(meter.run()))
-    runner = web.AppRunner(server.app())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        yield f"http://127.0.0.1:{port}", server, registry
+        async with watched_directory(kube, world.namespace) as directory:
+            server, meter = build_model_proxy(
+                config, directory, KEY, kube, registry, namespace=world.namespace
+            )
+            metering = asyncio.create_task(meter.run())
+            try:
+                async with serving(server.app()) as url:
+                    yield url, server, registry
+            finally:
+                metering.cancel()
+                await asyncio.gather(metering, return_exceptions=True)
     finally:
-        await runner.cleanup()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await kube.close()
 
 

@@ -158,7 +158,7 @@ async def test_a_line_longer_than_aiohttps_reader_takes_is_cut_not_fatal() -> No
 
     from corral.client.aio import MAX_LINE
     from corral.stream_lines import bounded_lines
-    from corral.testing.gateway import free_port
+    from corral.testing.serving import route, serving
 
     big = b'data: {"type": "assistant", "content": "' + b"x" * 300_000 + b'"}\n\n'
     huge = b"data: " + b"y" * 5_000_000 + b"\n\n"
@@ -171,26 +171,18 @@ async def test_a_line_longer_than_aiohttps_reader_takes_is_cut_not_fatal() -> No
             await response.write(piece)
         return response
 
-    app = web.Application()
-    app.router.add_get("/", stream)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        parser = SseParser()
-        events = []
-        async with (
-            aiohttp.ClientSession(read_bufsize=2**16) as http,
-            http.get(f"http://127.0.0.1:{port}/") as response,
-        ):
-            async for line in bounded_lines(response.content, MAX_LINE, skip_long=True):
-                event = parser.feed(line.decode())
-                if event is not None:
-                    events.append(event)
-        kinds = [e["type"] for e in events]
-        assert kinds == ["assistant", "error", "result"], kinds
-        assert len(events[0]["content"]) == 300_000
-        assert "over 1 MiB was skipped" in events[1]["message"]
-    finally:
-        await runner.cleanup()
+    parser = SseParser()
+    events = []
+    async with (
+        serving(route(stream)) as url,
+        aiohttp.ClientSession(read_bufsize=2**16) as http,
+        http.get(url) as response,
+    ):
+        async for line in bounded_lines(response.content, MAX_LINE, skip_long=True):
+            event = parser.feed(line.decode())
+            if event is not None:
+                events.append(event)
+    kinds = [e["type"] for e in events]
+    assert kinds == ["assistant", "error", "result"], kinds
+    assert len(events[0]["content"]) == 300_000
+    assert "over 1 MiB was skipped" in events[1]["message"]

@@ -27,6 +27,7 @@ from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.proxy import connect_retrying
 from corral.gateway.server import bearer_token, wants_stream
 from corral.testing.gateway import free_port
+from corral.testing.serving import route, serving
 
 # --- routes ------------------------------------------------------------------------------
 
@@ -743,29 +744,18 @@ async def test_a_runners_frames_and_close_code_reach_the_client(
             await pump_websocket(client_ws, upstream)
         return client_ws
 
-    servers = []
-    urls = []
-    for handler in (runner_ws, gateway_ws):
-        app = web.Application()
-        app.router.add_get("/ws", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        servers.append(runner)
-        urls.append(f"http://127.0.0.1:{port}")
-        runner_url = urls[0]
-    try:
-        async with aiohttp.ClientSession() as http, http.ws_connect(urls[1] + "/ws") as ws:
-            frames = [msg async for msg in ws]
-            assert ws.close_code == code
-        if code == 4001:
-            assert [len(f.data) for f in frames] == [size]
-        else:
-            assert frames == []
-    finally:
-        for runner in servers:
-            await runner.cleanup()
+    async with (
+        serving(route(runner_ws, "/ws")) as runner_url,
+        serving(route(gateway_ws, "/ws")) as gateway_url,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(gateway_url + "/ws") as ws,
+    ):
+        frames = [msg async for msg in ws]
+        assert ws.close_code == code
+    if code == 4001:
+        assert [len(f.data) for f in frames] == [size]
+    else:
+        assert frames == []
 
 
 async def test_a_stream_from_a_runner_gone_silent_is_ended() -> None:
@@ -786,30 +776,22 @@ async def test_a_stream_from_a_runner_gone_silent_is_ended() -> None:
         async with aiohttp.ClientSession() as client:
             try:
                 return await forward_http(
-                    client, request, f"{urls[0]}/s", None, "cred", silence_seconds=0.5
+                    client, request, f"{runner_url}/s", None, "cred", silence_seconds=0.5
                 )
             except UpstreamError as error:
                 raised.append(error)
                 raise
 
-    runners, urls = [], []
-    for handler in (silent_runner, gateway):
-        app = web.Application()
-        app.router.add_get("/s", handler)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)  # the silent handler never ends
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-        urls.append(f"http://127.0.0.1:{port}")
-    try:
-        async with aiohttp.ClientSession() as http, http.get(urls[1] + "/s") as response:
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await asyncio.wait_for(response.read(), 10)
-        assert "sent nothing for 0.5 s" in str(raised[0])
-    finally:
-        for runner in runners:
-            await runner.cleanup()
+    async with (
+        # shutdown_timeout: the silent handler never ends
+        serving(route(silent_runner, "/s"), shutdown_timeout=0.1) as runner_url,
+        serving(route(gateway, "/s"), shutdown_timeout=0.1) as gateway_url,
+        aiohttp.ClientSession() as http,
+        http.get(gateway_url + "/s") as response,
+    ):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(response.read(), 10)
+    assert "sent nothing for 0.5 s" in str(raised[0])
 
 
 NOT_A_STREAM = b'{"text": "hi", "stream": false}'

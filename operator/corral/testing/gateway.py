@@ -8,6 +8,7 @@ agentsessions/connect and a TokenRequest token.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from corral.api import runtime
+from corral.gateway.directory import Directory
+from corral.kube.client import KubeClient
+from corral.kube.informer import Informer
 from corral.render.meta import MANAGED_BY_LABEL, MANAGER
 from corral.testing.kube import wait_for
 
@@ -128,6 +132,26 @@ class World:
         )  # fmt: skip
         assert token.status is not None
         return str(token.status.token)
+
+
+@contextlib.asynccontextmanager
+async def watched_directory(kube: KubeClient, namespace: str) -> AsyncIterator[Directory]:
+    """A gateway's directory of `namespace`, filled by the two informers `corral gateway`
+    runs (sessions, and the pods Corral manages), yielded once both have listed."""
+    directory = Directory(kube)
+    informers = [
+        Informer(kube, "AgentSession", "", directory.on_session, [namespace]),
+        Informer(kube, "Pod", f"{MANAGED_BY_LABEL}={MANAGER}", directory.on_pod, [namespace]),
+    ]
+    tasks = [asyncio.create_task(informer.run()) for informer in informers]
+    try:
+        for informer in informers:
+            await asyncio.wait_for(informer.synced.wait(), 30)
+        yield directory
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def free_port() -> int:
