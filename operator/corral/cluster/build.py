@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from corral.cluster.cache_lock import building
 from corral.cluster.paths import cache_dir
 from corral.cluster.versions import COMPONENTS, CONTROL_PLANE_COMPONENTS, Component
 
@@ -63,11 +64,15 @@ def binary_path(name: str) -> Path:
 def ensure_built(names: Iterable[str] | None = None, log: Log = _stderr_log) -> None:
     """Build every named component (default: the control plane's) that has no cache entry,
     one after another. (Two at a time, tried in a cold run, took no less time: on 2 cores
-    the builds are bound by compiling, not by module downloads.)"""
+    the builds are bound by compiling, not by module downloads.) Another process building
+    the same component is waited for, not raced."""
     for name in names or CONTROL_PLANE_COMPONENTS:
         component = COMPONENTS[name]
-        if not is_built(component):
-            build(component, log)
+        if is_built(component):
+            continue
+        with building(component_dir(component), f"[build] {component.key}", log):
+            if not is_built(component):  # the one waited for may have built it
+                build(component, log)
 
 
 def _go() -> str:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corral.cluster.cache_lock import building
 from corral.cluster.paths import cache_dir
 
 MARKER = ".complete.json"
@@ -162,6 +163,12 @@ class ImageSpec:
     def ensure(self, log: Log) -> Path:
         if self.is_built():
             return self.archive
+        with building(self.directory, f"[image] {self.ref}", log):
+            if self.is_built():  # the one waited for may have built it
+                return self.archive
+            return self._build(log)
+
+    def _build(self, log: Log) -> Path:
         started = time.monotonic()
         log(f"[image] {self.ref}: building")
         staging = self.directory.with_name(self.directory.name + ".partial")
@@ -183,7 +190,7 @@ class ImageSpec:
         # Older builds of the same image are of no further use once nobody imports them:
         # keep those of the last hour (another checkout on this machine may be importing).
         for stale in self.directory.parent.glob(f"{self.name}-*"):
-            if stale == self.directory or stale.name.endswith(".partial"):
+            if stale == self.directory or stale.name.endswith((".partial", ".lock")):
                 continue
             if time.time() - stale.stat().st_mtime > 3600:
                 shutil.rmtree(stale, ignore_errors=True)
