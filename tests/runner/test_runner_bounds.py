@@ -106,7 +106,7 @@ async def test_a_client_that_goes_away_stops_the_buffering() -> None:
 
     turn.publish({"type": "text_delta", "text": "x"})
     with pytest.raises(ConnectionResetError):
-        await sse.send_turn(GoneClient(), turn)  # type: ignore[arg-type]
+        await sse.send_turn(None, GoneClient(), turn)  # type: ignore[arg-type]
     for _ in range(1000):
         turn.publish({"type": "text_delta", "text": "x"})
     assert len(turn.events) == 0

@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from corral.api import runtime
+from corral.stalled_reader import write_or_cut
 
 log = logging.getLogger("corral.gateway.proxy")
 
@@ -151,7 +152,7 @@ async def forward_http(
             if upstream.status != 200:
                 detail = (await upstream.read())[:4096].decode("utf-8", "replace")
                 event = json.dumps({"type": "error", "status": upstream.status, "message": detail})
-                await response.write(f"data: {event}\n\n".encode())
+                await write_or_cut(request, response, f"data: {event}\n\n".encode())
                 return response
         else:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -165,7 +166,7 @@ async def forward_http(
             await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+                await write_or_cut(request, response, chunk)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as error:
             raise UpstreamError("runner broke off the response") from error
         except TimeoutError as error:  # sock_read: nothing, not even a keepalive

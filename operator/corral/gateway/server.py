@@ -42,6 +42,7 @@ from corral.gateway.proxy import (
     pump_websocket,
     upstream_headers,
 )
+from corral.stalled_reader import write_or_cut
 
 log = logging.getLogger("corral.gateway")
 # Through the API server's service proxy the caller's Authorization header is consumed by
@@ -313,7 +314,7 @@ class Gateway:
                 assert early is not None
                 if not early.prepared:
                     await early.prepare(request)
-                await early.write(WAKING_COMMENT)
+                await write_or_cut(request, early, WAKING_COMMENT)
 
             try:
                 url, session = await self._endpoint_url(route, session, user, ping)
@@ -321,7 +322,7 @@ class Gateway:
                 if not early.prepared:
                     raise
                 mapped = _as_gateway_error(error)
-                await early.write(sse_error(mapped.status, str(mapped)))
+                await write_or_cut(request, early, sse_error(mapped.status, str(mapped)))
                 await early.write_eof()
                 return early
         else:
@@ -353,7 +354,7 @@ class Gateway:
                 },
             )
             self.metrics.upstream_errors.labels(reason=type(error).__name__).inc()
-            await early.write(sse_error(502, str(error)))
+            await write_or_cut(request, early, sse_error(502, str(error)))
             response = early
         if response.prepared:
             await response.write_eof()

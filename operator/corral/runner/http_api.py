@@ -29,6 +29,7 @@ from corral.runner.metrics import RunnerMetrics
 from corral.runner.session import RunnerSession, UnknownAgent
 from corral.runner.transcript import TranscriptPage, read_transcript, transcript_path
 from corral.runner.web import WSMsgType, web
+from corral.stalled_reader import write_or_cut
 
 DEFAULT_MAX_REQUEST_BYTES = runtime.RUNNER_MAX_REQUEST_BYTES
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
@@ -254,7 +255,7 @@ class RunnerApi:
         response = await sse.open_stream(request)
         # A client that goes away does not stop the message; it runs to its result.
         with contextlib.suppress(ConnectionError):
-            await sse.send_turn(response, turn)
+            await sse.send_turn(request, response, turn)
             await response.write_eof()
         return response
 
@@ -300,7 +301,7 @@ class RunnerApi:
             async with contextlib.aclosing(converse(self.session, body, order)) as events:
                 async for event in events:
                     frame = b": keepalive\n\n" if event is None else sse.frame(event)
-                    await response.write(frame)
+                    await write_or_cut(request, response, frame)
             await response.write_eof()
         return response
 

@@ -1,0 +1,146 @@
+"""A client that keeps its connection and stops reading is cut off, at the runner and at
+the gateway, instead of holding the stream (its handler, slot and buffers) for as long as
+it stays connected."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from corral import stalled_reader
+from corral.runner import sse
+from corral.runner.agent import Turn
+from corral.stalled_reader import ReaderStalled
+from corral.testing.serving import route, serving
+
+BIG_TEXT = "x" * 65536  # loopback's socket buffers take megabytes before a write waits
+
+
+@pytest.fixture(autouse=True)
+def short_stall_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stalled_reader, "WRITE_STALL_SECONDS", 0.5)
+
+
+@pytest.fixture
+def stalled_client() -> Iterator[socket.socket]:
+    """A connection that sends its request and then never reads a byte."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+async def _request(sock: socket.socket, url: str, path: str) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    sock.send(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+
+
+async def test_a_runner_cuts_off_a_reader_that_stopped_reading(
+    stalled_client: socket.socket,
+) -> None:
+    turn = Turn("main", "hi")
+    for _ in range(400):  # 25 MiB waiting for the one reader
+        turn.publish({"type": "text_delta", "text": BIG_TEXT})
+    ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        response = await sse.open_stream(request)
+        try:
+            await sse.send_turn(request, response, turn)
+            ended.set_result(None)
+        except BaseException as error:
+            ended.set_result(error)
+            raise
+        return response
+
+    async with serving(route(messages, "/v1/messages"), shutdown_timeout=0.1) as url:
+        await _request(stalled_client, url, "/v1/messages")
+        error = await asyncio.wait_for(ended, 20)
+    assert isinstance(error, ReaderStalled), error
+    assert turn.events.closed and len(turn.events) == 0  # nothing kept for it any more
+
+
+async def test_the_gateway_cuts_off_a_stalled_reader_and_lets_go_of_the_runner(
+    stalled_client: socket.socket,
+) -> None:
+    from corral.gateway.proxy import forward_http
+
+    runner_done = asyncio.Event()
+    gateway_error: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    async def runner(request: web.Request) -> web.StreamResponse:
+        response = await sse.open_stream(request)
+        try:
+            while True:  # a long reply, as fast as it is taken
+                await response.write(sse.frame({"type": "text_delta", "text": BIG_TEXT}))
+        except ConnectionError:
+            return response
+        finally:
+            runner_done.set()
+
+    async def gateway(request: web.Request) -> web.StreamResponse:
+        async with aiohttp.ClientSession() as client:
+            try:
+                response = await forward_http(
+                    client, request, f"{runner_url}/s", None, "cred", silence_seconds=5
+                )
+            except BaseException as error:
+                gateway_error.set_result(error)
+                raise
+            gateway_error.set_result(None)
+            return response
+
+    async with (
+        serving(route(runner, "/s"), shutdown_timeout=0.1) as runner_url,
+        serving(route(gateway, "/s"), shutdown_timeout=0.1) as gateway_url,
+    ):
+        await _request(stalled_client, gateway_url, "/s")
+        error = await asyncio.wait_for(gateway_error, 20)
+        assert isinstance(error, ReaderStalled), error
+        # The runner's stream was let go of too: its writes failed, its handler ended.
+        await asyncio.wait_for(runner_done.wait(), 20)
+
+
+async def test_a_slow_reader_that_keeps_reading_is_not_cut_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bound is on a write making no progress, not on a stream being slow."""
+    monkeypatch.setattr(stalled_reader, "WRITE_STALL_SECONDS", 0.5)
+    sent = 480  # 30 MiB: more than loopback's socket buffers hold, so writes wait
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[float | BaseException] = loop.create_future()
+
+    async def slow_taker(request: web.Request) -> web.StreamResponse:
+        response = await sse.open_stream(request)
+        started = loop.time()
+        try:
+            for _ in range(sent):
+                await stalled_reader.write_or_cut(request, response, b"x" * 65536)
+        except BaseException as error:
+            finished.set_result(error)
+            raise
+        finished.set_result(loop.time() - started)
+        await response.write_eof()
+        return response
+
+    with socket.socket() as reader:
+        reader.setblocking(False)
+        async with serving(route(slow_taker)) as url:
+            await _request(reader, url, "/")
+            give_up = loop.time() + 60
+            while not finished.done() and loop.time() < give_up:
+                with contextlib.suppress(BlockingIOError):  # 64 KiB every 4 ms at most
+                    reader.recv(65536)
+                await asyncio.sleep(0.004)
+            took = await asyncio.wait_for(finished, 1)
+    # Longer than the bound in all, and never cut off: every write made progress.
+    assert isinstance(took, float), took
+    assert took > 2 * stalled_reader.WRITE_STALL_SECONDS, took
