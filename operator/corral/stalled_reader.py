@@ -1,18 +1,20 @@
-"""Writes to a client that may have stopped reading: it gets a minute, then is cut off.
+"""Sends to a client that may have stopped reading: it gets a minute, then is cut off.
 
-aiohttp's `StreamResponse.write` waits while the client's socket buffer is full, for as
-long as the connection stays open. A client that keeps its connection and reads nothing
-keeps it open indefinitely (its kernel answers TCP's zero-window probes), and its stream
-would hold the handler, a stream slot and, at the runner, its turn's event buffer (and
-at the gateway, the runner's stream behind it) until it goes away. So a write that has
-not finished after WRITE_STALL_SECONDS aborts the connection. A reader that is slow but
-reading finishes writes: each one waits only until the buffer is below aiohttp's high-water
-mark again, not for the whole chunk to be read.
+aiohttp's `StreamResponse.write` and `WebSocketResponse.send_*` wait while the client's
+socket buffer is full, for as long as the connection stays open; a WebSocket's heartbeat
+does not end that wait (measured: a send still waiting 30 s on, with heartbeats every 2
+s). A client that keeps its connection and reads nothing keeps it open indefinitely (its
+kernel answers TCP's zero-window probes), and its stream would hold the handler, a stream
+slot and, at the runner, its turn's event buffer (at the gateway, the runner's stream
+behind it) until it goes away. So a send not finished after WRITE_STALL_SECONDS aborts
+the connection. A reader that is slow but reading is not cut off: each send waits only
+for room in the buffer, not for the client to read all of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,18 +28,16 @@ class ReaderStalled(ConnectionResetError):
     ConnectionError, so every caller's "the client went away" handling applies."""
 
 
-async def write_or_cut(
-    request: web.BaseRequest,
-    response: web.StreamResponse,
-    data: bytes,
-    seconds: float | None = None,
+async def send_or_cut(
+    request: web.BaseRequest, sending: Awaitable[None], seconds: float | None = None
 ) -> None:
-    """`response.write(data)`, or ReaderStalled after `seconds` (default
-    WRITE_STALL_SECONDS, read at the call) with the client's connection aborted."""
+    """Await `sending` (a write or a WebSocket send to the client of `request`), or raise
+    ReaderStalled after `seconds` (default WRITE_STALL_SECONDS, read at the call) with the
+    client's connection aborted."""
     bound = WRITE_STALL_SECONDS if seconds is None else seconds
     try:
         async with asyncio.timeout(bound):
-            await response.write(data)
+            await sending
     except TimeoutError:
         if request.transport is not None:
             request.transport.abort()  # close() would wait for the buffer to drain

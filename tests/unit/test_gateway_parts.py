@@ -741,7 +741,7 @@ async def test_a_runners_frames_and_close_code_reach_the_client(
         await client_ws.prepare(request)
         async with aiohttp.ClientSession() as http:
             upstream = await http.ws_connect(f"{runner_url}/ws", max_msg_size=limit)
-            await pump_websocket(client_ws, upstream)
+            await pump_websocket(request, client_ws, upstream)
         return client_ws
 
     async with (

@@ -5,7 +5,9 @@ it stays connected."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import os
 import socket
 from collections.abc import Iterator
 
@@ -123,7 +125,7 @@ async def test_a_slow_reader_that_keeps_reading_is_not_cut_off(
         started = loop.time()
         try:
             for _ in range(sent):
-                await stalled_reader.write_or_cut(request, response, b"x" * 65536)
+                await stalled_reader.send_or_cut(request, response.write(b"x" * 65536))
         except BaseException as error:
             finished.set_result(error)
             raise
@@ -144,3 +146,58 @@ async def test_a_slow_reader_that_keeps_reading_is_not_cut_off(
     # Longer than the bound in all, and never cut off: every write made progress.
     assert isinstance(took, float), took
     assert took > 2 * stalled_reader.WRITE_STALL_SECONDS, took
+
+
+async def test_the_gateway_cuts_off_a_stalled_websocket_reader(
+    stalled_client: socket.socket,
+) -> None:
+    """aiohttp's heartbeat does not end a send waiting on a client that stopped reading."""
+    from corral.gateway.proxy import pump_websocket
+
+    runner_closed = asyncio.Event()
+    pumped: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    async def runner(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+
+        async def reply() -> None:  # a long one; the runner reads on meanwhile, as it does
+            with contextlib.suppress(ConnectionError):
+                while not ws.closed:
+                    await ws.send_str(BIG_TEXT)
+
+        replying = asyncio.create_task(reply())
+        async for _ in ws:
+            pass
+        replying.cancel()
+        runner_closed.set()
+        return ws
+
+    async def gateway(request: web.Request) -> web.WebSocketResponse:
+        client_ws = web.WebSocketResponse(heartbeat=30)
+        await client_ws.prepare(request)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"{runner_url}/ws") as upstream,
+        ):
+            try:
+                await pump_websocket(request, client_ws, upstream)
+            except BaseException as error:
+                pumped.set_result(error)
+                raise
+            pumped.set_result(None)
+        return client_ws
+
+    async with (
+        serving(route(runner, "/ws"), shutdown_timeout=0.1) as runner_url,
+        serving(route(gateway, "/ws"), shutdown_timeout=0.1) as gateway_url,
+    ):
+        host, port = gateway_url.removeprefix("http://").split(":")
+        await asyncio.get_running_loop().sock_connect(stalled_client, (host, int(port)))
+        key = base64.b64encode(os.urandom(16)).decode()
+        stalled_client.send(
+            f"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        assert await asyncio.wait_for(pumped, 20) is None  # the pump ended, both sides closed
+        await asyncio.wait_for(runner_closed.wait(), 20)

@@ -35,7 +35,7 @@ from corral.gateway.proxy import StreamingClient
 from corral.gateway.spend import NamespaceSpend
 from corral.gateway.usage import MAX_JSON_BYTES, ResponseUsage, SseUsageReader, usage_of_json
 from corral.kube.client import KubeClient
-from corral.stalled_reader import write_or_cut
+from corral.stalled_reader import send_or_cut
 
 log = logging.getLogger("corral.gateway.model")
 # Paths of the Messages API the Claude Code CLI uses; anything else is 404 here.
@@ -354,7 +354,7 @@ class ModelProxy:
                         whole += chunk
                     if not client_gone:
                         try:
-                            await write_or_cut(request, response, chunk)
+                            await send_or_cut(request, response.write(chunk))
                         except ConnectionError:
                             client_gone = True
                     if client_gone and whole is None:

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from corral.api import runtime
-from corral.stalled_reader import write_or_cut
+from corral.stalled_reader import send_or_cut
 
 log = logging.getLogger("corral.gateway.proxy")
 
@@ -152,7 +152,7 @@ async def forward_http(
             if upstream.status != 200:
                 detail = (await upstream.read())[:4096].decode("utf-8", "replace")
                 event = json.dumps({"type": "error", "status": upstream.status, "message": detail})
-                await write_or_cut(request, response, f"data: {event}\n\n".encode())
+                await send_or_cut(request, response.write(f"data: {event}\n\n".encode()))
                 return response
         else:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -166,7 +166,7 @@ async def forward_http(
             await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():
-                await write_or_cut(request, response, chunk)
+                await send_or_cut(request, response.write(chunk))
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as error:
             raise UpstreamError("runner broke off the response") from error
         except TimeoutError as error:  # sock_read: nothing, not even a keepalive
@@ -175,25 +175,34 @@ async def forward_http(
 
 
 async def pump_websocket(
-    client_ws: web.WebSocketResponse, upstream_ws: aiohttp.ClientWebSocketResponse
+    request: web.BaseRequest,
+    client_ws: web.WebSocketResponse,
+    upstream_ws: aiohttp.ClientWebSocketResponse,
 ) -> None:
     """Copy frames both ways until either side closes, then close the other with the same
-    code (an error, e.g. a frame over the size limit, as 1011 or its own code)."""
+    code (an error, e.g. a frame over the size limit, as 1011 or its own code). A client
+    (of `request`) that stops reading is cut off (corral.stalled_reader)."""
 
-    async def copy(source: Any, sink: Any) -> int:
+    async def copy(source: Any, sink: Any, sent: Callable[[Awaitable[None]], Any]) -> int:
         failed = False
         async for msg in source:
             if msg.type == WSMsgType.TEXT:
-                await sink.send_str(msg.data)
+                await sent(sink.send_str(msg.data))
             elif msg.type == WSMsgType.BINARY:
-                await sink.send_bytes(msg.data)
+                await sent(sink.send_bytes(msg.data))
             else:  # an error (a closing frame ends the loop)
                 failed = msg.type == WSMsgType.ERROR
                 break
         return passed_on_code(source.close_code, failed)
 
-    to_upstream = asyncio.create_task(copy(client_ws, upstream_ws))
-    to_client = asyncio.create_task(copy(upstream_ws, client_ws))
+    def to_the_client(sending: Awaitable[None]) -> Awaitable[None]:
+        return send_or_cut(request, sending)
+
+    def as_it_is(sending: Awaitable[None]) -> Awaitable[None]:
+        return sending
+
+    to_upstream = asyncio.create_task(copy(client_ws, upstream_ws, as_it_is))
+    to_client = asyncio.create_task(copy(upstream_ws, client_ws, to_the_client))
     tasks = [to_upstream, to_client]
     codes: dict[asyncio.Task[int], int] = {to_upstream: WSCloseCode.OK, to_client: WSCloseCode.OK}
     try:

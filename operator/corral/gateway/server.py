@@ -42,7 +42,7 @@ from corral.gateway.proxy import (
     pump_websocket,
     upstream_headers,
 )
-from corral.stalled_reader import write_or_cut
+from corral.stalled_reader import send_or_cut
 
 log = logging.getLogger("corral.gateway")
 # Through the API server's service proxy the caller's Authorization header is consumed by
@@ -314,7 +314,7 @@ class Gateway:
                 assert early is not None
                 if not early.prepared:
                     await early.prepare(request)
-                await write_or_cut(request, early, WAKING_COMMENT)
+                await send_or_cut(request, early.write(WAKING_COMMENT))
 
             try:
                 url, session = await self._endpoint_url(route, session, user, ping)
@@ -322,7 +322,7 @@ class Gateway:
                 if not early.prepared:
                     raise
                 mapped = _as_gateway_error(error)
-                await write_or_cut(request, early, sse_error(mapped.status, str(mapped)))
+                await send_or_cut(request, early.write(sse_error(mapped.status, str(mapped))))
                 await early.write_eof()
                 return early
         else:
@@ -354,7 +354,7 @@ class Gateway:
                 },
             )
             self.metrics.upstream_errors.labels(reason=type(error).__name__).inc()
-            await write_or_cut(request, early, sse_error(502, str(error)))
+            await send_or_cut(request, early.write(sse_error(502, str(error))))
             response = early
         if response.prepared:
             await response.write_eof()
@@ -369,7 +369,7 @@ class Gateway:
         await client_ws.prepare(request)
 
         async def waking() -> None:
-            await client_ws.send_json({"type": "waking"})
+            await send_or_cut(request, client_ws.send_json({"type": "waking"}))
 
         try:
             url, session = await self._endpoint_url(route, session, user, waking)
@@ -393,7 +393,7 @@ class Gateway:
             )
             await client_ws.close()
             return client_ws
-        await pump_websocket(client_ws, upstream)
+        await pump_websocket(request, client_ws, upstream)
         return client_ws
 
 

@@ -29,7 +29,7 @@ from corral.runner.metrics import RunnerMetrics
 from corral.runner.session import RunnerSession, UnknownAgent
 from corral.runner.transcript import TranscriptPage, read_transcript, transcript_path
 from corral.runner.web import WSMsgType, web
-from corral.stalled_reader import write_or_cut
+from corral.stalled_reader import send_or_cut
 
 DEFAULT_MAX_REQUEST_BYTES = runtime.RUNNER_MAX_REQUEST_BYTES
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
@@ -301,7 +301,7 @@ class RunnerApi:
             async with contextlib.aclosing(converse(self.session, body, order)) as events:
                 async for event in events:
                     frame = b": keepalive\n\n" if event is None else sse.frame(event)
-                    await write_or_cut(request, response, frame)
+                    await send_or_cut(request, response.write(frame))
             await response.write_eof()
         return response
 
@@ -317,7 +317,7 @@ class RunnerApi:
             try:
                 async for msg in ws:
                     if msg.type == WSMsgType.TEXT:
-                        await self._ws_command(ws, msg.data, forwarders)
+                        await self._ws_command(request, ws, msg.data, forwarders)
                     elif msg.type == WSMsgType.ERROR:
                         break
             finally:
@@ -326,7 +326,11 @@ class RunnerApi:
         return ws
 
     async def _ws_command(
-        self, ws: web.WebSocketResponse, data: str, forwarders: set[asyncio.Task[None]]
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        data: str,
+        forwarders: set[asyncio.Task[None]],
     ) -> None:
         try:
             command = json.loads(data)
@@ -355,17 +359,19 @@ class RunnerApi:
         except ValueError as exc:
             await ws.send_json({"type": "error", "status": 400, "message": str(exc)})
             return
-        task = asyncio.create_task(self._ws_forward(ws, turn))
+        task = asyncio.create_task(self._ws_forward(request, ws, turn))
         forwarders.add(task)
         task.add_done_callback(forwarders.discard)
 
-    async def _ws_forward(self, ws: web.WebSocketResponse, turn: Turn) -> None:
+    async def _ws_forward(
+        self, request: web.Request, ws: web.WebSocketResponse, turn: Turn
+    ) -> None:
         try:
             with contextlib.suppress(ConnectionError):
                 async for event in sse.turn_events(turn):
                     if ws.closed:
                         return
                     if event is not None:
-                        await ws.send_json(event)
+                        await send_or_cut(request, ws.send_json(event))
         finally:
             turn.events.close()

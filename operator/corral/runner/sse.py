@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from corral.runner.agent import Turn
 from corral.runner.events import Event
 from corral.runner.web import web
-from corral.stalled_reader import write_or_cut
+from corral.stalled_reader import send_or_cut
 
 # A comment line this often keeps proxies from cutting a stream during long tool runs.
 KEEPALIVE_SECONDS = 15.0
@@ -45,6 +45,6 @@ async def send_turn(request: web.Request, response: web.StreamResponse, turn: Tu
     try:
         async for event in turn_events(turn):
             data = b": keepalive\n\n" if event is None else frame(event)
-            await write_or_cut(request, response, data)
+            await send_or_cut(request, response.write(data))
     finally:
         turn.events.close()  # a client that went away keeps nothing buffered
