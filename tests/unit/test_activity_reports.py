@@ -6,6 +6,7 @@ HTTP handler and store (no cluster) with forged reports and check nothing is app
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import AsyncIterator, Iterator
@@ -348,3 +349,40 @@ def test_the_runner_clamps_what_the_operator_would_refuse() -> None:
     assert [a.num_turns for a in again.agents] == [MAX_TURNS, 1]
     assert [a.total_cost_usd for a in again.agents] == [MAX_COST_USD, MAX_COST_USD]
     assert again.cli_version is not None and len(again.cli_version) == 64
+
+
+async def test_reports_in_quick_succession_make_one_reconcile_a_second_with_the_latest(
+    client: TestClient[Any, Any], controller: Controller
+) -> None:
+    """A runner reports as each turn starts and ends, and an agent holding its pod's token
+    can post its own up to the endpoint's limit: each report that moved the turn count was
+    a reconcile and a status write. Now at most one a second, which takes the latest."""
+    from corral.controller.controller import ACTIVITY_RECONCILE_SECONDS
+
+    queue = controller.queue
+    delays = asyncio.create_task(queue.run_delays())
+    reconciled: list[int | None] = []
+
+    async def workers_take_what_is_queued() -> None:
+        while len(queue):
+            key = await queue.get()
+            activity = controller.store.activity.get(key)
+            reconciled.append(activity.num_turns if activity else None)
+            queue.done(key)
+
+    try:
+        pod, token = add_session(controller, "alpha", "uid-a")
+        await workers_take_what_is_queued()  # the session's own first reconcile
+        reconciled.clear()
+        for turns in range(1, 21):  # quick turns, each started and ended: 40 reports
+            for busy in (True, False):
+                body = {**VALID, "name": "alpha", "podName": pod, "numTurns": turns, "busy": busy}
+                assert await post(client, body, token) == 202
+                await workers_take_what_is_queued()
+        assert len(reconciled) <= 2, reconciled  # the first report, and maybe a second's
+        await asyncio.sleep(ACTIVITY_RECONCILE_SECONDS + 0.3)
+        await workers_take_what_is_queued()
+        assert reconciled[-1] == 20  # the latest report reached a reconcile
+        assert len(reconciled) <= 3, reconciled
+    finally:
+        delays.cancel()

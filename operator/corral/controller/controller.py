@@ -43,6 +43,9 @@ CHILD_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGER}"
 LEADER_LABEL = "corral.dev/leader"
 LABEL_RETRY_MAX_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 60.0
+# Reports that change what status shows (busy, turns) queue at most one reconcile, so one
+# status write, per session this often; the latest report is what that write takes.
+ACTIVITY_RECONCILE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -216,13 +219,27 @@ class Controller:
             pod_name=report.pod_name,
             received_at=received,
         )
-        if (
-            previous is None
-            or previous.busy != report.busy
-            or previous.num_turns != report.num_turns
-        ):
-            self.queue.add(key)
+        if previous is None:
+            self.queue.add(key)  # the runner's first word: acted on at once
+        elif previous.busy != report.busy or previous.num_turns != report.num_turns:
+            self._queue_for_activity(key)
         return True
+
+    def _queue_for_activity(self, key: Key) -> None:
+        """Queue a reconcile now, or when ACTIVITY_RECONCILE_SECONDS have passed since the
+        last one a report queued. A runner posts a report as each turn starts and ends (and
+        an agent holding the pod's token can post its own, up to the endpoint's 5 a second):
+        each was a status write. Decisions read the newest report whenever they run, so a
+        deadline (an idle scale-down) is never decided on an older one."""
+        now = time.monotonic()
+        last = self.store.activity_queued_at.get(key)
+        if last is None or now - last >= ACTIVITY_RECONCILE_SECONDS:
+            self.store.activity_queued_at[key] = now
+            self.queue.add(key)
+        elif last <= now:  # otherwise one is due at `last` already, and will take this one
+            due = last + ACTIVITY_RECONCILE_SECONDS
+            self.store.activity_queued_at[key] = due
+            self.queue.add_after(key, due - now)
 
     # --- leadership ------------------------------------------------------------------------
 

@@ -75,6 +75,8 @@ class Store:
         self._versions: dict[Key, int] = {}
         self.children: dict[Key, SessionChildren] = {}
         self.activity: dict[Key, Activity] = {}
+        # When a runner's report last queued a reconcile (monotonic): see on_activity.
+        self.activity_queued_at: dict[Key, float] = {}
         # When a wake was first seen, for the wake-latency metric.
         self.wake_seen: dict[Key, float] = {}
         # When a session's first "starting" status was first held back (see the reconciler).
@@ -153,6 +155,7 @@ class Store:
         self.sessions.pop(key, None)
         self._versions.pop(key, None)
         self.activity.pop(key, None)
+        self.activity_queued_at.pop(key, None)
         self.wake_seen.pop(key, None)
         self.deferred_since.pop(key, None)
         self.name_conflicts.pop(key, None)
