@@ -61,6 +61,11 @@ class GatewayMetrics:
             ["limit"],
             registry=r,
         )
+        self.stalled_readers = Counter(
+            "corral_gateway_stalled_readers_total",
+            "Streams to callers cut off because the caller took nothing for 60 s.",
+            registry=r,
+        )
         # The Events the gateway gave up on (corral.kube.events), beside its own metrics.
         r.register(EVENTS_DROPPED)
 

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from corral.api import runtime
-from corral.stalled_reader import send_or_cut
+from corral.stalled_reader import ReaderStalled, send_or_cut
 
 log = logging.getLogger("corral.gateway.proxy")
 
@@ -220,6 +220,8 @@ async def pump_websocket(
                 await task
         await upstream_ws.close(code=codes[to_upstream])
         await client_ws.close(code=codes[to_client])
+    if not to_client.cancelled() and isinstance(to_client.exception(), ReaderStalled):
+        raise ReaderStalled(str(to_client.exception()))  # for the caller's log and metrics
 
 
 def passed_on_code(code: int | None, failed: bool) -> int:

@@ -42,7 +42,7 @@ from corral.gateway.proxy import (
     pump_websocket,
     upstream_headers,
 )
-from corral.stalled_reader import send_or_cut
+from corral.stalled_reader import ReaderStalled, send_or_cut
 
 log = logging.getLogger("corral.gateway")
 # Through the API server's service proxy the caller's Authorization header is consumed by
@@ -179,6 +179,8 @@ class Gateway:
             self._log(request, route, user, CLIENT_GONE, started)
             raise
         except Exception as error:  # every failure answers JSON with its status
+            if isinstance(error, ReaderStalled):
+                self.metrics.stalled_readers.inc()
             if client_gone(request):  # nobody to answer; not the gateway's error
                 self._log(request, route, user, CLIENT_GONE, started)
                 return web.Response(status=CLIENT_GONE)
