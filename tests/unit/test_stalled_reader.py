@@ -9,7 +9,8 @@ import base64
 import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
+from typing import TypeVar
 
 import aiohttp
 import pytest
@@ -21,6 +22,7 @@ from corral.runner.agent import Turn
 from corral.stalled_reader import ReaderStalled
 from corral.testing.serving import route, serving
 
+T = TypeVar("T")
 BIG_TEXT = "x" * 65536  # loopback's socket buffers take megabytes before a write waits
 
 
@@ -39,6 +41,27 @@ def stalled_client() -> Iterator[socket.socket]:
     sock.close()
 
 
+class Outcome:
+    """How a server-side await ended: None when it returned, else what it raised."""
+
+    def __init__(self) -> None:
+        self.ended: asyncio.Future[BaseException | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    async def of(self, awaitable: Awaitable[T]) -> T:
+        try:
+            result = await awaitable
+        except BaseException as error:
+            self.ended.set_result(error)
+            raise
+        self.ended.set_result(None)
+        return result
+
+    async def wait(self) -> BaseException | None:
+        return await asyncio.wait_for(self.ended, 20)
+
+
 async def _request(sock: socket.socket, url: str, path: str) -> None:
     host, port = url.removeprefix("http://").split(":")
     await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
@@ -51,21 +74,16 @@ async def test_a_runner_cuts_off_a_reader_that_stopped_reading(
     turn = Turn("main", "hi")
     for _ in range(400):  # 25 MiB waiting for the one reader
         turn.publish({"type": "text_delta", "text": BIG_TEXT})
-    ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+    sent = Outcome()
 
     async def messages(request: web.Request) -> web.StreamResponse:
         response = await sse.open_stream(request)
-        try:
-            await sse.send_turn(request, response, turn)
-            ended.set_result(None)
-        except BaseException as error:
-            ended.set_result(error)
-            raise
+        await sent.of(sse.send_turn(request, response, turn))
         return response
 
     async with serving(route(messages, "/v1/messages"), shutdown_timeout=0.1) as url:
         await _request(stalled_client, url, "/v1/messages")
-        error = await asyncio.wait_for(ended, 20)
+        error = await sent.wait()
     assert isinstance(error, ReaderStalled), error
     assert turn.events.closed and len(turn.events) == 0  # nothing kept for it any more
 
@@ -76,7 +94,7 @@ async def test_the_gateway_cuts_off_a_stalled_reader_and_lets_go_of_the_runner(
     from corral.gateway.proxy import forward_http
 
     runner_done = asyncio.Event()
-    gateway_error: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+    forwarded = Outcome()
 
     async def runner(request: web.Request) -> web.StreamResponse:
         response = await sse.open_stream(request)
@@ -90,22 +108,16 @@ async def test_the_gateway_cuts_off_a_stalled_reader_and_lets_go_of_the_runner(
 
     async def gateway(request: web.Request) -> web.StreamResponse:
         async with aiohttp.ClientSession() as client:
-            try:
-                response = await forward_http(
-                    client, request, f"{runner_url}/s", None, "cred", silence_seconds=5
-                )
-            except BaseException as error:
-                gateway_error.set_result(error)
-                raise
-            gateway_error.set_result(None)
-            return response
+            return await forwarded.of(
+                forward_http(client, request, f"{runner_url}/s", None, "cred", silence_seconds=5)
+            )
 
     async with (
         serving(route(runner, "/s"), shutdown_timeout=0.1) as runner_url,
         serving(route(gateway, "/s"), shutdown_timeout=0.1) as gateway_url,
     ):
         await _request(stalled_client, gateway_url, "/s")
-        error = await asyncio.wait_for(gateway_error, 20)
+        error = await forwarded.wait()
         assert isinstance(error, ReaderStalled), error
         # The runner's stream was let go of too: its writes failed, its handler ended.
         await asyncio.wait_for(runner_done.wait(), 20)
@@ -155,7 +167,7 @@ async def test_the_gateway_cuts_off_a_stalled_websocket_reader(
     from corral.gateway.proxy import pump_websocket
 
     runner_closed = asyncio.Event()
-    pumped: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+    pumped = Outcome()
 
     async def runner(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -180,12 +192,7 @@ async def test_the_gateway_cuts_off_a_stalled_websocket_reader(
             aiohttp.ClientSession() as http,
             http.ws_connect(f"{runner_url}/ws") as upstream,
         ):
-            try:
-                await pump_websocket(request, client_ws, upstream)
-            except BaseException as error:
-                pumped.set_result(error)
-                raise
-            pumped.set_result(None)
+            await pumped.of(pump_websocket(request, client_ws, upstream))
         return client_ws
 
     async with (
@@ -200,5 +207,5 @@ async def test_the_gateway_cuts_off_a_stalled_websocket_reader(
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
         )
         # The pump ended with both sides closed, and says why (the gateway counts it).
-        assert isinstance(await asyncio.wait_for(pumped, 20), ReaderStalled)
+        assert isinstance(await pumped.wait(), ReaderStalled)
         await asyncio.wait_for(runner_closed.wait(), 20)
