@@ -96,9 +96,7 @@ def _still_running(processes: dict[int, list[str]]) -> list[str]:
     # that had no command line when the node was looked at was exiting then (an exec probe's
     # child): "gone" reads the same, so it says nothing either way.
     return [
-        " ".join(argv)
-        for pid, argv in processes.items()
-        if argv and cleanup.cmdline(pid) == argv
+        " ".join(argv) for pid, argv in processes.items() if argv and cleanup.cmdline(pid) == argv
     ]
 
 
