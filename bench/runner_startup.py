@@ -15,6 +15,8 @@ HTTP client and models are part of a start). CPU-seconds are the runner's and it
 (user + system, children included) at ready and when the result arrives, and the runner's
 own. The load average is recorded per run.
 Trees are run alternately, run by run, so load on the shared machine hits both alike.
+`--wake`: each run is a Hybrid session's runner started again on the workspace and state
+its previous run left (as a woken pod finds its volume), after one uncounted first start.
 Writes the raw numbers as JSON (`--out`).
 """
 
@@ -164,11 +166,12 @@ def spawn_runner(
     work: Path,
     port: int,
     env: dict[str, str],
+    pattern: str = "LongRunning",
 ) -> tuple[subprocess.Popen[bytes], float]:
     """An idle LongRunning runner of `tree` (its stdout piped), started as the image starts
     it, inside the cgroup `group` if any; and the monotonic time just before it started."""
     spec = work / "session.json"
-    spec.write_text(json.dumps({"pattern": "LongRunning"}))
+    spec.write_text(json.dumps({"pattern": pattern}))
     run_env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     run_env.update(
         {
@@ -209,9 +212,10 @@ def one_run(
     work: Path,
     port: int,
     env: dict[str, str],
+    pattern: str = "LongRunning",
 ) -> dict[str, Any]:
     with cpu_cgroup(cpus) as group:
-        proc, started = spawn_runner(tree, group, fake, sink, work, port, env)
+        proc, started = spawn_runner(tree, group, fake, sink, work, port, env, pattern)
         try:
             url = f"http://127.0.0.1:{port}"
             assert proc.stdout is not None
@@ -279,6 +283,12 @@ def main() -> None:
     parser.add_argument(
         "--env", action="append", default=[], help="LABEL:NAME=VALUE for one tree's runner"
     )
+    parser.add_argument(
+        "--wake",
+        action="store_true",
+        help="a Hybrid session started again on the state its previous run left, as a "
+        "woken pod finds its volume (one uncounted first start per tree and CPU)",
+    )
     parser.add_argument("--out", type=Path, help="write every number here as JSON")
     args = parser.parse_args()
     here = Path(__file__).resolve().parent.parent / "operator"
@@ -301,16 +311,35 @@ def main() -> None:
         "load_1m_at_start": round(os.getloadavg()[0], 2),
         "cases": [],
     }
+    results["mode"] = "wake" if args.wake else "first start"
+    pattern = "Hybrid" if args.wake else "LongRunning"
     try:
         for cpu in cpus:
             per_tree: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
-            for n in range(args.runs):
+            kept = {label: tempfile.TemporaryDirectory() for label in trees}
+            for n in range(-1 if args.wake else 0, args.runs):
                 for label, tree in trees.items():
-                    with tempfile.TemporaryDirectory() as tmp:
-                        work = Path(tmp)
-                        run = one_run(Path(tree), cpu, fake, sink, work, free_port(), envs[label])
-                    per_tree[label].append(run)
+                    with contextlib.ExitStack() as stack:
+                        tmp = (
+                            kept[label].name
+                            if args.wake
+                            else stack.enter_context(tempfile.TemporaryDirectory())
+                        )
+                        run = one_run(
+                            Path(tree),
+                            cpu,
+                            fake,
+                            sink,
+                            Path(tmp),
+                            free_port(),
+                            envs[label],
+                            pattern,
+                        )
+                    if n >= 0:
+                        per_tree[label].append(run)
                     print(f"cpu={cpu} {label} #{n}: {run}", flush=True)
+            for directory in kept.values():
+                directory.cleanup()
             for label, runs in per_tree.items():
                 case = {"cpu": cpu, "tree": label, "env": envs[label], **summary(runs)}
                 case["samples"] = runs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.runner import events as ev
+from corral.runner.early_cli import SPAWN_OFFER, EarlyClis, Launch, SpawnOffer
 from corral.runner.event_buffer import EventBuffer
 from corral.runner.jsonlog import log_event
 from corral.runner.layout import AgentPaths
@@ -137,6 +139,7 @@ class AgentWorker:
         restart: bool,
         refresh: Callable[[], Awaitable[object]] | None = None,
         fields: Mapping[str, Any] | None = None,
+        early_clis: EarlyClis | None = None,
     ) -> None:
         self.name = paths.name
         self.paths = paths
@@ -170,6 +173,11 @@ class AgentWorker:
         # A result's total_cost_usd is cumulative: for the CLI process, plus what a resumed
         # CLI restored from its last clean exit. Costs are the differences.
         self._cli_cost_base = 0.0
+        # Where this agent's CLI launches are recorded, and the one started from the
+        # last record, offered to the first start (corral.runner.early_cli).
+        self._early_clis = early_clis
+        self._early = early_clis.take(self.name) if early_clis is not None else None
+        self._launched: Launch | None = None  # how the SDK started the running CLI
 
     # --- what other tasks call -----------------------------------------------------------
 
@@ -284,6 +292,9 @@ class AgentWorker:
         # Every message gets its result: one that outlasted the interrupt at shutdown, or
         # one held for a CLI restart that never came.
         self._pending = None
+        if self._early is not None:  # stopped before its first start
+            self._early.kill()
+            self._early = None
         self._fail_current("error_runner_stopped", "the runner stopped before the message ended")
         self.state = AgentState.STOPPED
 
@@ -323,10 +334,26 @@ class AgentWorker:
         (The SDK would make the same transport itself; session stores, which it skips for
         a transport given to it, are not used here.)"""
         transport = SubprocessCLITransport(prompt=_no_input(), options=options)
+        early, self._early = self._early, None
+        offer = SpawnOffer(self.name, early, self._early_clis)
+        token = SPAWN_OFFER.set(offer)
         try:
             await transport.connect()
         finally:
+            SPAWN_OFFER.reset(token)
+            self._launched = offer.launch
+            if offer.early is not None:  # the SDK failed before it came to spawn
+                offer.early.kill()
             self.spawned.set()
+        if early is not None:
+            log_event(
+                log,
+                "CLI started early, from the last start's record"
+                if offer.adopted
+                else "CLI started early was not what the spec asks for now: started anew",
+                agent=self.name,
+                early_pid=early.process.pid,
+            )
         client = ClaudeSDKClient(options, transport=transport)
         await client.connect()
         return client
@@ -455,6 +482,24 @@ class AgentWorker:
             self._saved.session_id = session_id
             log_event(log, "session id", agent=self.name, session_id=session_id)
             self._save()
+            if self._saver is not None:
+                self._record_next_launch()
+
+    def _record_next_launch(self) -> None:
+        """The next start resumes this session, which its command line names (`--resume`):
+        the launch record is brought up to date now, or the next wake could not use it."""
+        launched = self._launched
+        if self._early_clis is None or launched is None:
+            return
+        try:
+            options = self._options(self._saved.session_id)
+            options = dataclasses.replace(options, cli_path=launched.argv[0])
+            transport = SubprocessCLITransport(prompt=_no_input(), options=options)
+            argv = tuple(transport._build_command())
+        except Exception as exc:  # the record only saves time; never fail a turn for it
+            log_event(log, "cannot record the next launch", agent=self.name, error=str(exc))
+            return
+        self._early_clis.remember(self.name, dataclasses.replace(launched, argv=argv))
 
     def _note_api_retry(self, data: dict[str, Any]) -> None:
         status = data.get("error_status")

@@ -23,6 +23,7 @@ from corral.api import runtime
 from corral.api.v1alpha1 import AgentSessionSpec, Pattern, RunResult
 from corral.runner import termination
 from corral.runner.agent import AgentBusy, AgentUnavailable, AgentWorker
+from corral.runner.early_cli import EarlyClis
 from corral.runner.jsonlog import log_event, scrub_and_cut
 from corral.runner.layout import AgentPaths, agent_paths, prepare
 from corral.runner.metrics import RunnerMetrics
@@ -76,6 +77,8 @@ class RunnerSettings:
     startup_probe_wait_seconds: float = 0.0
     # Bound early by `corral runner` (corral.runner.listener); None: bind host:port here.
     listener: socket.socket | None = field(default=None, compare=False)
+    # The CLIs `corral runner` started from the last start's record (corral.runner.early_cli).
+    early_clis: EarlyClis | None = field(default=None, compare=False)
 
 
 def wants_fake(flag: bool) -> bool:
@@ -93,7 +96,11 @@ def _stderr_logger(agent: str) -> Callable[[str], None]:
 
 
 def _worker(
-    source: SpecSource, paths: AgentPaths, metrics: RunnerMetrics, cli_env: dict[str, str]
+    source: SpecSource,
+    paths: AgentPaths,
+    metrics: RunnerMetrics,
+    cli_env: dict[str, str],
+    early_clis: EarlyClis | None,
 ) -> AgentWorker:
     pattern = source.spec.pattern
     hybrid = pattern == Pattern.HYBRID
@@ -123,6 +130,7 @@ def _worker(
         persist=hybrid,
         restart=pattern != Pattern.EPHEMERAL,
         refresh=refresh if source.path is not None else None,
+        early_clis=early_clis,
     )
 
 
@@ -180,7 +188,7 @@ class Runner:
         spec = self.settings.spec
         source = SpecSource(spec, self.settings.spec_file)
         workers = [
-            _worker(source, paths, self.metrics, cli_env)
+            _worker(source, paths, self.metrics, cli_env, self.settings.early_clis)
             for paths in agent_paths(spec, self.settings.workspace, self.settings.state_dir)
         ]
         resumed = {w.name: w.snapshot().session_id is not None for w in workers}
@@ -192,6 +200,7 @@ class Runner:
             # imports and set-up run while they boot (readiness waits for them anyway).
             session.start()
             await session.wait_spawned()
+            self._discard_early_clis()
             await self._serve_http(session)
             reports.task = asyncio.create_task(
                 self._report_activity(session, reports), name="activity"
@@ -217,6 +226,7 @@ class Runner:
             await session.shutdown(self.settings.drain_seconds)
             return 0
         finally:
+            self._discard_early_clis()
             await reports.stop()
             if self._http is not None:
                 await self._http.cleanup()
@@ -245,6 +255,17 @@ class Runner:
             return
         out.reporter = activity.ActivityReporter(session, url, who)
         await out.reporter.run()
+
+    def _discard_early_clis(self) -> None:
+        """Kill what no agent took (an agent since removed from the spec), and log what
+        happened to the record."""
+        early = self.settings.early_clis
+        if early is None:
+            return
+        early.discard()
+        for note in early.notes:
+            log_event(log, note, level=logging.WARNING)
+        early.notes.clear()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

@@ -80,6 +80,10 @@ def main(args: argparse.Namespace) -> int:
         sock = listener.bind(args.host, args.port)
     except OSError as exc:
         return _config_error(f"cannot listen on {args.host}:{args.port}: {exc}")
+    # Each recorded CLI starts now and boots while the runner imports and validates.
+    from corral.runner import early_cli
+
+    early = early_cli.launch_recorded(args.state_dir.resolve())
     # Imported here so `corral --help` does not load the SDK.
     from corral.runner import jsonlog
     from corral.runner.app import RunnerSettings, run
@@ -88,6 +92,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         session = load_session(args.session)
     except SessionFileError as exc:
+        early.discard()
         return _config_error(str(exc))
     jsonlog.configure(session.name, session.namespace)
     # Flags left out keep RunnerSettings' defaults (defined once, there).
@@ -113,6 +118,7 @@ def main(args: argparse.Namespace) -> int:
         session_namespace=session.namespace,
         startup_probe_wait_seconds=_startup_probe_wait(),
         listener=sock,
+        early_clis=early,
     )
     _exit_at_once(run(settings))
 

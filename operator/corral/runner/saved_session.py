@@ -10,18 +10,16 @@ afresh rather than crash-looping the pod.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
-import os
-import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from corral.api import validation
+from corral.runner.bounded_file import read_bounded, replace_file
 from corral.runner.events import USAGE_KEYS
 from corral.runner.jsonlog import log_event
 
@@ -86,22 +84,6 @@ class SavedSessionFile(BaseModel):
         return usage
 
 
-def _read_bounded(path: Path) -> bytes | None:
-    """The file's bytes; None when it is missing. Only a regular file is read (a FIFO
-    would block, /dev/zero would never end), and at most MAX_FILE_BYTES of it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-        data = handle.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
-    return data
-
-
 def parse_saved(data: bytes) -> SavedSession:
     """A SavedSession from the file's bytes; ValueError naming what is wrong."""
     try:
@@ -121,7 +103,7 @@ def parse_saved(data: bytes) -> SavedSession:
 def load_saved(path: Path) -> SavedSession:
     """The saved state, or a fresh one when the file is missing, damaged or invalid."""
     try:
-        data = _read_bounded(path)
+        data = read_bounded(path, MAX_FILE_BYTES)
         return SavedSession() if data is None else parse_saved(data)
     # json's errors are ValueErrors; deep nesting ("[[[[...") is a RecursionError.
     except (OSError, ValueError, RecursionError) as exc:
@@ -136,24 +118,7 @@ def load_saved(path: Path) -> SavedSession:
 
 
 def save(path: Path, saved: SavedSession) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    # The agent can write this directory: whatever it left at the temporary name (a FIFO
-    # would block this thread for good, a symlink would redirect the write) is removed,
-    # and the file made anew, never followed.
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(asdict(saved), handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    replace_file(path, json.dumps(asdict(saved)).encode(), durable=True)
 
 
 class BackgroundSaver:

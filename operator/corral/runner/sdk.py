@@ -25,6 +25,7 @@ import types
 from typing import Any
 
 from corral.runner import lazy_package
+from corral.runner.early_cli import SPAWN_OFFER
 
 PACKAGE = "claude_agent_sdk"
 BRIDGE = f"{PACKAGE}._internal.sdk_mcp_bridge"
@@ -74,6 +75,7 @@ install()
 
 # ruff: noqa: E402 -- the imports below must follow install().
 from claude_agent_sdk._internal.sessions import project_key_for_directory
+from claude_agent_sdk._internal.transport import subprocess_cli
 from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITransport
 from claude_agent_sdk._version import __version__
 from claude_agent_sdk.client import ClaudeSDKClient
@@ -94,6 +96,32 @@ from claude_agent_sdk.types import (
     ToolUseBlock,
     UserMessage,
 )
+
+
+class _AnyioWithOffers:
+    """The SDK transport's `anyio`, whose `open_process` first asks the offer of the task
+    that is starting a CLI (corral.runner.early_cli): the one place the SDK spawns it."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def open_process(self, command: Any, **kwargs: Any) -> Any:
+        offer = SPAWN_OFFER.get()
+        if offer is None:
+            return await self._real.open_process(command, **kwargs)
+        return await offer.open(self._real.open_process, command, **kwargs)
+
+
+def _offer_spawns() -> None:
+    names = vars(subprocess_cli)
+    if not isinstance(names["anyio"], _AnyioWithOffers):
+        names["anyio"] = _AnyioWithOffers(names["anyio"])
+
+
+_offer_spawns()
 
 __all__ = [
     "AssistantMessage",
