@@ -183,26 +183,22 @@ async def pump_websocket(
     code (an error, e.g. a frame over the size limit, as 1011 or its own code). A client
     (of `request`) that stops reading is cut off (corral.stalled_reader)."""
 
-    async def copy(source: Any, sink: Any, sent: Callable[[Awaitable[None]], Any]) -> int:
+    async def copy(source: Any, sink: Any, reader: web.BaseRequest | None) -> int:
+        """`reader`: the request whose client `sink` sends to, cut off if it stalls."""
         failed = False
         async for msg in source:
             if msg.type == WSMsgType.TEXT:
-                await sent(sink.send_str(msg.data))
+                sending = sink.send_str(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                await sent(sink.send_bytes(msg.data))
+                sending = sink.send_bytes(msg.data)
             else:  # an error (a closing frame ends the loop)
                 failed = msg.type == WSMsgType.ERROR
                 break
+            await (sending if reader is None else send_or_cut(reader, sending))
         return passed_on_code(source.close_code, failed)
 
-    def to_the_client(sending: Awaitable[None]) -> Awaitable[None]:
-        return send_or_cut(request, sending)
-
-    def as_it_is(sending: Awaitable[None]) -> Awaitable[None]:
-        return sending
-
-    to_upstream = asyncio.create_task(copy(client_ws, upstream_ws, as_it_is))
-    to_client = asyncio.create_task(copy(upstream_ws, client_ws, to_the_client))
+    to_upstream = asyncio.create_task(copy(client_ws, upstream_ws, None))
+    to_client = asyncio.create_task(copy(upstream_ws, client_ws, request))
     tasks = [to_upstream, to_client]
     codes: dict[asyncio.Task[int], int] = {to_upstream: WSCloseCode.OK, to_client: WSCloseCode.OK}
     try:
@@ -220,8 +216,9 @@ async def pump_websocket(
                 await task
         await upstream_ws.close(code=codes[to_upstream])
         await client_ws.close(code=codes[to_client])
-    if not to_client.cancelled() and isinstance(to_client.exception(), ReaderStalled):
-        raise ReaderStalled(str(to_client.exception()))  # for the caller's log and metrics
+    stalled = None if to_client.cancelled() else to_client.exception()
+    if isinstance(stalled, ReaderStalled):
+        raise stalled  # for the caller's log and metrics
 
 
 def passed_on_code(code: int | None, failed: bool) -> int:
