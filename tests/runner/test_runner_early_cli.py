@@ -46,8 +46,14 @@ def test_a_woken_runner_takes_the_cli_started_from_the_record(
     argv = json.loads(record)["agents"]["main"]["argv"]
     assert any(arg.startswith("--resume") for arg in argv), "ready for the wake"
 
+    # An agent the spec does not have (the record is on the agent's volume): not started.
+    body = json.loads(record)
+    body["agents"]["ghost"] = body["agents"]["main"]
+    (tmp_path / "state" / RECORD_FILE).write_text(json.dumps(body))
     runner = start_runner(HYBRID, tmp_path, fake.url, name="woken")
     try:
+        (started,) = _lines(runner, "CLIs started early, from the last start's record")
+        assert started["agents"] == ["main"]
         adopted = _lines(runner, ADOPTED)
         assert len(adopted) == 1 and not _lines(runner, NOT_ADOPTED), runner.logs_text()
         assert runner.cli_pids() == [adopted[0]["early_pid"]], "the early CLI is the agent's"

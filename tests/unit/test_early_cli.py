@@ -14,6 +14,7 @@ from corral.runner.early_cli import (
     Launch,
     bundled_cli,
     read_record,
+    spec_agents,
 )
 
 BASE = {"HOME": "/home/agent", "PATH": "/usr/bin", "CLAUDECODE": "1", "SECRET_TOKEN": "s3cr3t"}
@@ -84,3 +85,22 @@ def test_an_oversized_or_unversioned_record_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="version-1"):
         read_record(path, _cli())
     assert read_record(tmp_path / "missing.json", _cli()) == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "agents"),
+    [
+        ({"pattern": "Hybrid"}, {"main"}),
+        ({"pattern": "Shared", "agents": [{"name": "a"}, {"name": "b"}]}, {"a", "b"}),
+        ({"kind": "AgentSession", "spec": {"pattern": "Shared", "agents": [{"name": "x"}]}}, {"x"}),
+        ([1, 2], set()),
+    ],
+)
+def test_only_the_agents_the_session_file_names_start_early(
+    tmp_path: Path, body: object, agents: set[str]
+) -> None:
+    spec = tmp_path / "session.json"
+    spec.write_text(json.dumps(body))
+    assert spec_agents(spec) == agents
+    spec.write_text("pattern: Hybrid\n")  # not JSON: nothing is started early
+    assert spec_agents(spec) == set()

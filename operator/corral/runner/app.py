@@ -262,6 +262,9 @@ class Runner:
         early = self.settings.early_clis
         if early is None:
             return
+        if early.agents:
+            log_event(log, "CLIs started early, from the last start's record", agents=early.agents)
+            early.agents = []
         early.discard()
         for note in early.notes:
             log_event(log, note, level=logging.WARNING)

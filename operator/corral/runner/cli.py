@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
     # Each recorded CLI starts now and boots while the runner imports and validates.
     from corral.runner import early_cli
 
-    early = early_cli.launch_recorded(args.state_dir.resolve())
+    early = early_cli.launch_recorded(args.state_dir.resolve(), args.session)
     # Imported here so `corral --help` does not load the SDK.
     from corral.runner import jsonlog
     from corral.runner.app import RunnerSettings, run

@@ -37,8 +37,11 @@ from typing import Any
 
 from corral.runner.bounded_file import read_bounded, replace_file
 
-# Beside the saved sessions (corral.runner.layout's RUNNER_SUBDIR).
-RECORD_FILE = Path("runner") / "cli-launch.json"
+# The runner's own files in the state dir (saved sessions, this record).
+RUNNER_SUBDIR = "runner"
+RECORD_FILE = Path(RUNNER_SUBDIR) / "cli-launch.json"
+# The agent of every pattern but Shared (corral.runner.layout, which imports the API models).
+MAIN_AGENT = "main"
 MAX_RECORD_BYTES = 1024 * 1024
 MAX_AGENTS = 64
 RECORD_VERSION = 1
@@ -157,6 +160,8 @@ class EarlyClis:
     record: Path
     started: dict[str, EarlyCli] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Every agent whose CLI was started early, taken or not (for the log).
+    agents: list[str] = field(default_factory=list)
 
     def take(self, agent: str) -> EarlyCli | None:
         return self.started.pop(agent, None)
@@ -223,8 +228,28 @@ def worth_starting_early() -> bool:
     return min(usable, limit if limit is not None else usable) >= MIN_CPUS
 
 
-def launch_recorded(state_dir: Path) -> EarlyClis:
-    """Start every recorded agent's CLI now, pipes open for the SDK to take over."""
+def spec_agents(spec_file: Path) -> set[str]:
+    """The agents the session file (written by the operator, not the agent) names, read
+    without the API models: a Shared session's agents, else the one main agent (as
+    corral.runner.layout lays them out). Empty for a file this cannot read as JSON."""
+    try:
+        body = json.loads(read_bounded(spec_file, MAX_RECORD_BYTES) or b"null")
+    except (OSError, ValueError, RecursionError):
+        return set()
+    if isinstance(body, dict) and isinstance(body.get("spec"), dict):
+        body = body["spec"]  # a manifest
+    if not isinstance(body, dict):
+        return set()
+    agents = body.get("agents")
+    if body.get("pattern") == "Shared" and isinstance(agents, list) and agents:
+        return {str(a.get("name")) for a in agents if isinstance(a, dict)}
+    return {MAIN_AGENT}
+
+
+def launch_recorded(state_dir: Path, spec_file: Path) -> EarlyClis:
+    """Start the recorded CLI of every agent the session file names, now, pipes open for
+    the SDK to take over. Only those: a record with more agents (it is on the agent's
+    volume) must not start more CLIs than the session runs anyway."""
     early = EarlyClis(state_dir / RECORD_FILE)
     cli = bundled_cli()
     if cli is None or not worth_starting_early():
@@ -234,7 +259,10 @@ def launch_recorded(state_dir: Path) -> EarlyClis:
     except (OSError, ValueError, RecursionError) as exc:
         early.notes.append(f"ignoring the CLI launch record: {str(exc)[:300]}")
         return early
+    agents = spec_agents(spec_file)
     for agent, launch in launches.items():
+        if agent not in agents:
+            continue
         try:
             process = subprocess.Popen(
                 launch.argv,
@@ -248,6 +276,7 @@ def launch_recorded(state_dir: Path) -> EarlyClis:
             early.notes.append(f"cannot start agent {agent}'s CLI early: {exc}")
             continue
         early.started[agent] = EarlyCli(launch, process)
+        early.agents.append(agent)
     return early
 
 

@@ -8,13 +8,14 @@ from pathlib import Path, PurePosixPath
 
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSessionSpec, Pattern
+from corral.runner import early_cli
 
-# The agent of every pattern but Shared.
-MAIN_AGENT = "main"
+# The agent of every pattern but Shared (named where the runner's first step reads it).
+MAIN_AGENT = early_cli.MAIN_AGENT
 # Config dir relative to the state dir, as the pod lays it out ("claude").
 CONFIG_SUBDIR = PurePosixPath(runtime.CLAUDE_CONFIG_DIR).relative_to(runtime.STATE_DIR)
 # The runner's own files (saved session ids and totals) next to the CLI's in the state dir.
-RUNNER_SUBDIR = "runner"
+RUNNER_SUBDIR = early_cli.RUNNER_SUBDIR
 
 
 @dataclass(frozen=True)
