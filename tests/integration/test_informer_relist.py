@@ -210,6 +210,15 @@ async def test_a_pod_deleted_while_the_watch_was_down_is_recreated(
 
         await eventually(lambda: operator_knows(first["metadata"]["uid"]), 60, "the pod seen")
 
+        async def status_names(name: str) -> bool:
+            session = await admin.get("AgentSession", namespace, "steady")
+            return bool(session.get("status", {}).get("podName") == name)
+
+        # The first "starting" status may be held back up to 2 s (reconciler.STATUS_DEFER_
+        # SECONDS); a pod lost before any status named it is replaced as a first start, under
+        # the same name (a failed cold run, 2026-12-05). This test is about a pod status knows.
+        await eventually(lambda: status_names(first["metadata"]["name"]), 60, "the status")
+
         await operator.cut_pods()
         await admin.delete(
             "Pod", namespace, first["metadata"]["name"], first["metadata"]["uid"], grace_seconds=0
