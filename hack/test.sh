@@ -63,6 +63,10 @@ run_pytest() {
 
 # The chaos suite, whichever way it is run below (beside the e2e suite, or after the others).
 chaos_args=(-m "not e2e" --durations=6 tests/chaos)
+# Its control plane prefers ports of its own, away from the defaults (6443, ...): it stops
+# and restarts its API server on the same port, and a cluster starting meanwhile beside it
+# (the e2e suite's `corral up`) took the freed 6443 once, failing the restart.
+chaos_port_base="${CORRAL_CHAOS_PORT_BASE:-21000}"
 
 code=0
 if [ "$#" -gt 0 ]; then
@@ -81,7 +85,7 @@ else
     echo "[test] chaos: running beside the e2e suite (log: $chaos_log, printed below when done)" >&2
     ( chaos_started=$(date +%s)
       chaos_code=0
-      run_pytest "${chaos_args[@]}" || chaos_code=$?
+      CORRAL_CLUSTER_PORT_BASE="$chaos_port_base" run_pytest "${chaos_args[@]}" || chaos_code=$?
       echo "[test] chaos finished in $(( $(date +%s) - chaos_started ))s"
       exit "$chaos_code" ) >"$chaos_log" 2>&1 &
     chaos_pid=$!
@@ -109,7 +113,7 @@ else
     done
   else
     echo "[test] pytest tests/chaos" >&2
-    run_pytest "${chaos_args[@]}" || code=$?
+    CORRAL_CLUSTER_PORT_BASE="$chaos_port_base" run_pytest "${chaos_args[@]}" || code=$?
   fi
 fi
 echo "[test] finished in $(( $(date +%s) - started ))s" >&2

@@ -113,6 +113,11 @@ def test_corral_up_runs_the_examples_on_the_real_node(
         # kube-controller-manager's endpoints controller racing its own earlier write (an
         # Endpoints object it made already exists); about the control plane, not Corral.
         and not (" FailedToCreateEndpoint: " in line and "already exists" in line)
+        # kube-apiserver's ClusterIP repair loop, which compares a snapshot of the allocated
+        # IPs with a list of Services read at another moment: a Service created between the
+        # two reads is "not allocated; repairing" (seen once, machine loaded by the chaos
+        # suite; upstream's discussion: kubernetes/kubernetes PR 93199).
+        and " ClusterIPNotAllocated: " not in line
     ]
     assert warnings == []
 
