@@ -21,16 +21,32 @@ pytestmark = pytest.mark.e2e
 # Run inside the pod by the agent's Bash tool. The patterns are cut in two in the command
 # so that the command itself (in the scanned /proc/*/cmdline) does not contain them.
 KEY_PART = MODEL_KEY[-16:]
-SCAN = (
-    f'P="{KEY_PART[:8]}""{KEY_PART[8:]}"; C="corral-""session-"; '
-    "E=$( { env; for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do "
-    "tr '\\0' '\\n' < \"$f\"; echo; done; } 2>/dev/null ); "
-    'echo "KEY-IN-PROCS=$(printf %s "$E" | grep -c -F "$P")"; '
-    'echo "CREDENTIAL-IN-PROCS=$(printf %s "$E" | grep -c -F "$C")"; '
-    'echo "KEY-IN-FILES=$(grep -r -l -s -F "$P" /etc /home /tmp /session /run /var '
-    '/dev/termination-log 2>/dev/null | wc -l)"; '
-    'echo "PROCS=$(ls -d /proc/[0-9]* | wc -l)"; echo "BASE=$ANTHROPIC_BASE_URL"'
-)
+
+
+def _split(text: str) -> str:
+    return f'"{text[:8]}""{text[8:]}"'
+
+
+def scan(runner_secrets: dict[str, str]) -> str:
+    """The agent's search for the model key, the pod's model credential and each of the
+    runner's own secrets in every process's environment and command line it can read."""
+    searches = "".join(
+        f'echo "{name}-IN-PROCS=$(printf %s "$E" | grep -c -F {_split(value)})"; '
+        for name, value in runner_secrets.items()
+    )
+    return (
+        f'P={_split(KEY_PART)}; C="corral-""session-"; '
+        "E=$( { env; for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do "
+        "tr '\\0' '\\n' < \"$f\"; echo; done; } 2>/dev/null ); "
+        'echo "KEY-IN-PROCS=$(printf %s "$E" | grep -c -F "$P")"; '
+        'echo "CREDENTIAL-IN-PROCS=$(printf %s "$E" | grep -c -F "$C")"; '
+        f"{searches}"
+        'echo "KEY-IN-FILES=$(grep -r -l -s -F "$P" /etc /home /tmp /session /run /var '
+        '/dev/termination-log 2>/dev/null | wc -l)"; '
+        'echo "PROCS=$(ls -d /proc/[0-9]* | wc -l)"; echo "BASE=$ANTHROPIC_BASE_URL"'
+    )
+
+
 BASH_USAGE = ReplyUsage(
     input_tokens=321, output_tokens=12, cache_read_input_tokens=1000,
     cache_creation_input_tokens=50,
@@ -70,7 +86,12 @@ def test_a_turn_goes_through_the_model_proxy_and_no_key_is_in_the_pod(
     assert env["ANTHROPIC_API_KEY"].value.startswith("corral-session-")
     assert env["ANTHROPIC_API_KEY"].value_from is None
     assert not any(v.secret for v in pod.spec.volumes), pod.spec.volumes
-    fake.add(bash(SCAN, usage=BASH_USAGE))
+    # The runner's own: its activity token and the credential the gateway presents to it.
+    runner_secrets = {
+        "ACTIVITY-TOKEN": env["CORRAL_ACTIVITY_TOKEN"].value,
+        "RUNNER-CREDENTIAL": env["CORRAL_GATEWAY_CREDENTIAL"].value,
+    }
+    fake.add(bash(scan(runner_secrets), usage=BASH_USAGE))
     fake.set_default(TextStep(text="scan done", usage=TEXT_USAGE))
 
     reply = gateway.send(namespace, "keyless", "scan yourself for keys")
@@ -80,6 +101,9 @@ def test_a_turn_goes_through_the_model_proxy_and_no_key_is_in_the_pod(
     found = fields(tool_output(fake))
     assert found.get("KEY-IN-PROCS") == "0", found
     assert found.get("KEY-IN-FILES") == "0", found
+    # Nor are the runner's own (it took them out of its environment and is not dumpable).
+    assert found.get("ACTIVITY-TOKEN-IN-PROCS") == "0", found
+    assert found.get("RUNNER-CREDENTIAL-IN-PROCS") == "0", found
     # The scan sees the pod's processes: its own credential shows up in their environment.
     assert int(found.get("CREDENTIAL-IN-PROCS", "0")) >= 1 and int(found["PROCS"]) >= 3, found
     assert found["BASE"] == f"http://{operator.name}-gateway.{operator.namespace}.svc:8082"

@@ -6,8 +6,8 @@ heartbeat while in use (an agent busy, or a client connected: `busy` in the repo
 Pods hold no Kubernetes credentials, so the runner reports over HTTP to the operator,
 which keeps idle deadlines in status. Reports are best effort: a failed push is logged
 and retried with backoff (the next one sends fresh state); turns never wait for the
-operator. Each carries the pod's token (CORRAL_ACTIVITY_TOKEN, set by the operator), and
-no time: the operator uses its own clock.
+operator. Each carries the pod's token (CORRAL_ACTIVITY_TOKEN, set by the operator and kept
+from the agent: corral.runner.own_credentials), and no time: the operator uses its own clock.
 """
 
 from __future__ import annotations
@@ -63,14 +63,17 @@ def report_url(base: str) -> str:
     return base if path.rstrip("/") else base.rstrip("/") + ACTIVITY_PATH
 
 
-def identity_from_env(name: str | None, namespace: str | None) -> Identity | None:
-    """Who this runner is, from the pod's environment (hostname is the pod name)."""
+def identity_from_env(
+    name: str | None, namespace: str | None, token: str | None
+) -> Identity | None:
+    """Who this runner is, from the pod's environment (hostname is the pod name); `token`
+    was taken out of it at start (corral.runner.own_credentials)."""
     name = os.environ.get(runtime.ENV_SESSION_NAME) or name
     namespace = os.environ.get(runtime.ENV_SESSION_NAMESPACE) or namespace
     pod = os.environ.get(runtime.ENV_POD_NAME) or socket.gethostname()
     if not (name and namespace and pod):
         return None
-    return Identity(namespace, name, pod, os.environ.get(runtime.ENV_ACTIVITY_TOKEN) or None)
+    return Identity(namespace, name, pod, token)
 
 
 def build_report(

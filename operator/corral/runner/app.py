@@ -28,6 +28,7 @@ from corral.runner.jsonlog import log_event, scrub_and_cut
 from corral.runner.layout import AgentPaths, agent_paths, prepare
 from corral.runner.metrics import RunnerMetrics
 from corral.runner.options import build_options, find_agent
+from corral.runner.own_credentials import OwnCredentials
 from corral.runner.saved_session import SavedSession, load_saved
 from corral.runner.sdk import ClaudeAgentOptions
 from corral.runner.session import RunnerSession
@@ -79,6 +80,10 @@ class RunnerSettings:
     listener: socket.socket | None = field(default=None, compare=False)
     # The CLIs `corral runner` started from the last start's record (corral.runner.early_cli).
     early_clis: EarlyClis | None = field(default=None, compare=False)
+    # Taken out of the environment by `corral runner` (corral.runner.own_credentials).
+    credentials: OwnCredentials = field(default_factory=OwnCredentials, compare=False)
+    # False: the agent's processes can read this one's /proc (logged as a warning).
+    process_hidden: bool = True
 
 
 def wants_fake(flag: bool) -> bool:
@@ -185,6 +190,12 @@ class Runner:
             log_event(log, "using the in-process fake Anthropic API", url=self.fake_url)
         elif not os.environ.get(runtime.ENV_API_KEY):
             log_event(log, "no API key configured; model calls will fail", level=logging.WARNING)
+        if not self.settings.process_hidden:
+            log_event(
+                log,
+                "could not make the runner non-dumpable: the agent can read its credentials",
+                level=logging.WARNING,
+            )
         spec = self.settings.spec
         source = SpecSource(spec, self.settings.spec_file)
         workers = [
@@ -244,7 +255,9 @@ class Runner:
             await asyncio.wait_for(session.wait_started(), REPORTS_WAIT_SECONDS)
         activity = await asyncio.to_thread(_load_activity)
         who = activity.identity_from_env(
-            self.settings.session_name, self.settings.session_namespace
+            self.settings.session_name,
+            self.settings.session_namespace,
+            self.settings.credentials.activity_token,
         )
         if who is None:
             log_event(
@@ -283,7 +296,7 @@ class Runner:
             session,
             self.metrics,
             self.settings.max_request_bytes,
-            gateway_credential=os.environ.get(runtime.ENV_GATEWAY_CREDENTIAL) or None,
+            gateway_credential=self.settings.credentials.gateway_credential,
         )
         self._http = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await self._http.setup()

@@ -80,6 +80,11 @@ def main(args: argparse.Namespace) -> int:
         sock = listener.bind(args.host, args.port)
     except OSError as exc:
         return _config_error(f"cannot listen on {args.host}:{args.port}: {exc}")
+    # Before anything is started: the agent's processes must not inherit or read them.
+    from corral.runner import own_credentials
+
+    credentials = own_credentials.take()
+    process_hidden = own_credentials.hide_process()
     # Each recorded CLI starts now and boots while the runner imports and validates.
     from corral.runner import early_cli
 
@@ -119,6 +124,8 @@ def main(args: argparse.Namespace) -> int:
         startup_probe_wait_seconds=_startup_probe_wait(),
         listener=sock,
         early_clis=early,
+        credentials=credentials,
+        process_hidden=process_hidden,
     )
     _exit_at_once(run(settings))
 

@@ -24,6 +24,7 @@ This module must stay light: it runs before the runner's heavy imports.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -111,8 +112,9 @@ class Launch:
         return launch
 
 
+@functools.cache
 def bundled_cli() -> str | None:
-    """Where the SDK's bundled CLI is, found without importing the SDK."""
+    """Where the SDK's bundled CLI is, found without importing the SDK (once)."""
     spec = importlib.util.find_spec("claude_agent_sdk")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -172,16 +174,16 @@ class EarlyClis:
             _, early = self.started.popitem()
             early.kill()
 
-    def remember(self, agent: str, launch: Launch | None) -> None:
-        """Record `launch` as `agent`'s next start (None: forget it). Never raises: the
-        record only saves time."""
+    def remember(self, agent: str, launch: Launch) -> None:
+        """Record `launch` as `agent`'s next start (one that cannot be recorded: forget
+        the agent's). Never raises: the record only saves time."""
         try:
             cli = bundled_cli()
             try:
                 launches = read_record(self.record, cli) if cli else {}
             except (ValueError, RecursionError):
                 launches = {}
-            if launch is None or not launch.recordable() or launch.argv[0] != cli:
+            if not launch.recordable() or launch.argv[0] != cli:
                 if launches.pop(agent, None) is None:
                     return
             else:
