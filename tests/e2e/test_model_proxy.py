@@ -28,10 +28,12 @@ def _split(text: str) -> str:
 
 
 def scan(runner_secrets: dict[str, str]) -> str:
-    """The agent's search for the model key, the pod's model credential and each of the
-    runner's own secrets in every process's environment and command line it can read."""
+    """The agent's search for the model key and the pod's model credential in every
+    process's environment and command line it can read, and for each of the runner's own
+    secrets in its own environment and its CLIs' (tini, PID 1, keeps the pod's: see
+    docs/hardening.md); whether it can read the runner's environment."""
     searches = "".join(
-        f'echo "{name}-IN-PROCS=$(printf %s "$E" | grep -c -F {_split(value)})"; '
+        f'echo "{name}-IN-AGENT-ENVS=$(printf %s "$A" | grep -c -F {_split(value)})"; '
         for name, value in runner_secrets.items()
     )
     return (
@@ -40,7 +42,16 @@ def scan(runner_secrets: dict[str, str]) -> str:
         "tr '\\0' '\\n' < \"$f\"; echo; done; } 2>/dev/null ); "
         'echo "KEY-IN-PROCS=$(printf %s "$E" | grep -c -F "$P")"; '
         'echo "CREDENTIAL-IN-PROCS=$(printf %s "$E" | grep -c -F "$C")"; '
+        # The agent's own environment and its CLIs' (their program is the bundled CLI).
+        'B="_bundled""/claude"; A=$( env; for p in /proc/[0-9]*; do '
+        "case \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" in *\"$B\"*) "
+        "tr '\\0' '\\n' < $p/environ 2>/dev/null; echo;; esac; done ); "
+        "echo \"CLIS=$(for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; "
+        'done | grep -c -F "$B")"; '
         f"{searches}"
+        "R=$(cat /proc/1/task/1/children); R=${R%% *}; "
+        'echo "RUNNER-ENVIRON-READABLE=$(cat /proc/$R/environ > /dev/null 2>&1 && echo yes || '
+        'echo no)"; '
         'echo "KEY-IN-FILES=$(grep -r -l -s -F "$P" /etc /home /tmp /session /run /var '
         '/dev/termination-log 2>/dev/null | wc -l)"; '
         'echo "PROCS=$(ls -d /proc/[0-9]* | wc -l)"; echo "BASE=$ANTHROPIC_BASE_URL"'
@@ -101,9 +112,12 @@ def test_a_turn_goes_through_the_model_proxy_and_no_key_is_in_the_pod(
     found = fields(tool_output(fake))
     assert found.get("KEY-IN-PROCS") == "0", found
     assert found.get("KEY-IN-FILES") == "0", found
-    # Nor are the runner's own (it took them out of its environment and is not dumpable).
-    assert found.get("ACTIVITY-TOKEN-IN-PROCS") == "0", found
-    assert found.get("RUNNER-CREDENTIAL-IN-PROCS") == "0", found
+    # Nor the runner's own in the agent's environment or its CLIs': the runner took them
+    # out of its environment before starting them, and its own cannot be read.
+    assert int(found.get("CLIS", "0")) >= 1, found
+    assert found.get("ACTIVITY-TOKEN-IN-AGENT-ENVS") == "0", found
+    assert found.get("RUNNER-CREDENTIAL-IN-AGENT-ENVS") == "0", found
+    assert found.get("RUNNER-ENVIRON-READABLE") == "no", found
     # The scan sees the pod's processes: its own credential shows up in their environment.
     assert int(found.get("CREDENTIAL-IN-PROCS", "0")) >= 1 and int(found["PROCS"]) >= 3, found
     assert found["BASE"] == f"http://{operator.name}-gateway.{operator.namespace}.svc:8082"

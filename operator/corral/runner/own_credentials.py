@@ -10,7 +10,9 @@ of its environment and makes itself non-dumpable: its `/proc` files then belong 
 and no process of the pod's user can read its memory or trace it.
 
 An agent holding the activity token could report its own session busy for ever (a Hybrid
-session that never sleeps) or report any cost and turn count.
+session that never sleeps) or report any cost and turn count. This narrows, not closes, the
+way to them: PID 1 (tini) and the kubelet's exec probes hold the container's environment
+too (docs/hardening.md, "Left open").
 """
 
 from __future__ import annotations
