@@ -79,6 +79,24 @@ async def test_a_result_is_kept_even_when_the_buffer_holds_one_event() -> None:
     assert [e["type"] for e in events] == ["events_dropped", "result"]
 
 
+async def test_a_slow_reader_of_big_events_loses_the_oldest_by_bytes() -> None:
+    buffer = EventBuffer(capacity=2000, max_bytes=64 * 1024)
+    turn = Turn("main", "hi", events=buffer)
+    big = "x" * 10_000  # an `assistant` event with a file the agent writes, say
+    for n in range(50):
+        turn.publish({"type": "assistant", "content": [{"type": "text", "text": big}], "n": n})
+        assert buffer.bytes <= buffer.max_bytes
+    held = len(buffer)
+    assert 1 < held < 10, held
+    huge = synthetic_result("success", "y" * 100_000, None)  # over the bound on its own
+    turn.finish(huge)
+    assert len(buffer) == 1 and buffer.bytes > buffer.max_bytes  # the result always stays
+    received = [e async for e in sse.turn_events(turn, keepalive=5) if e is not None]
+    assert received[0]["type"] == "events_dropped" and received[0]["count"] == 50
+    assert received[-1]["type"] == "result" and received[-1]["result"] == "y" * 100_000
+    assert buffer.bytes == 0
+
+
 async def test_the_default_buffer_is_bounded() -> None:
     turn = Turn("main", "hi")
     for _ in range(100_000):
