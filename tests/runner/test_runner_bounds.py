@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from corral.runner import agent as agent_module
 from corral.runner import sse
 from corral.runner.agent import AgentState, AgentWorker, Turn
-from corral.runner.event_buffer import EventBuffer
+from corral.runner.event_buffer import EventBuffer, event_size
 from corral.runner.events import synthetic_result
 from corral.runner.http_api import TRANSCRIPT_MAX_LIMIT, RunnerApi
 from corral.runner.layout import AgentPaths
@@ -366,3 +366,11 @@ def test_a_transcript_that_is_not_a_regular_file_is_not_waited_for(tmp_path: Pat
     reader.start()
     reader.join(5)
     assert pages and pages[0].entries == [] and pages[0].truncated
+
+
+def test_event_sizes_are_about_their_json() -> None:
+    delta = {"type": "text_delta", "text": "x" * 1000, "agent": "main", "turn": "0123456789ab"}
+    assistant = {"type": "assistant", "content": [{"type": "text", "text": "y" * 1000}]}
+    for event in (delta, assistant):
+        encoded = len(json.dumps(event))
+        assert abs(event_size(event) - encoded) <= 32, event["type"]

@@ -24,8 +24,16 @@ DEFAULT_CAPACITY = 2000
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
 
+# What a text delta weighs beyond its text: its type and tags, as JSON.
+TEXT_DELTA_OVERHEAD = 80
+
+
 def event_size(event: Event) -> int:
-    """About what the event weighs on the wire (and, within a small factor, in memory)."""
+    """About what the event weighs on the wire (and, within a small factor, in memory).
+    Text deltas, most of a turn's events and each a few bytes, are not encoded for it:
+    that would cost every streamed token a JSON encoding more."""
+    if event.get("type") == "text_delta":
+        return len(event.get("text") or "") + TEXT_DELTA_OVERHEAD
     return len(json.dumps(event, default=str))
 
 
