@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 from corral.api import runtime
 
-RUNNER_ONLY = (runtime.ENV_ACTIVITY_TOKEN, runtime.ENV_GATEWAY_CREDENTIAL)
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
 
@@ -37,10 +36,9 @@ class OwnCredentials:
 
 def take(environ: MutableMapping[str, str] = os.environ) -> OwnCredentials:
     """The runner's credentials, removed from `environ` (an empty value counts as none)."""
-    values = {name: environ.pop(name, "") or None for name in RUNNER_ONLY}
     return OwnCredentials(
-        activity_token=values[runtime.ENV_ACTIVITY_TOKEN],
-        gateway_credential=values[runtime.ENV_GATEWAY_CREDENTIAL],
+        activity_token=environ.pop(runtime.ENV_ACTIVITY_TOKEN, "") or None,
+        gateway_credential=environ.pop(runtime.ENV_GATEWAY_CREDENTIAL, "") or None,
     )
 
 
