@@ -143,8 +143,11 @@ async def _main(args: argparse.Namespace) -> int:
     from corral.controller.handlers import kopf_scope
     from corral.controller.http import make_app
     from corral.kube.client import KubeClient, load_connection
+    from corral.kube.tls_buffers import shrink_tls_read_buffers
 
     config = OperatorConfig.load(args.config)
+    # Before the first connection, ours or kopf's: each would hold a 256 KiB read buffer.
+    shrink_tls_read_buffers()
     # The modules just imported live as long as the process: the collector need never
     # walk them again (fewer objects per full collection while sessions come and go).
     gc.freeze()

@@ -137,8 +137,12 @@ async def _main(args: argparse.Namespace) -> None:
     from corral.gateway.server import Gateway, GatewaySettings, app_runner
     from corral.kube.client import KubeClient, load_connection
     from corral.kube.informer import Informer
+    from corral.kube.tls_buffers import shrink_tls_read_buffers
     from corral.render.meta import MANAGED_BY_LABEL, MANAGER
 
+    # Before the first connection: each of the model proxy's streams to a TLS upstream would
+    # hold a 256 KiB read buffer for as long as the reply lasts.
+    shrink_tls_read_buffers()
     # The operator's key file (one key per line; the first is the one that signs).
     key = load_activity_keys(str(args.key_file))[0]
     kube = KubeClient(load_connection(args.kubeconfig))
