@@ -24,6 +24,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -181,7 +182,7 @@ async def main(args: argparse.Namespace) -> None:
     }
     out = {
         "machine": machine(),
-        "command": repo_command(" ".join(sys.argv)),
+        "command": repo_command(shlex.join(sys.argv)),
         "sessions": args.sessions,
         "rate_per_second": args.rate,
         "rounds": args.rounds,

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -152,7 +153,7 @@ def main(args: argparse.Namespace) -> None:
     names = list(rows)
     out: dict[str, Any] = {
         "machine": machine(),
-        "command": repo_command(" ".join(sys.argv)),
+        "command": repo_command(shlex.join(sys.argv)),
         "trees": rows,
     }
     if len(names) == 2:

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -98,7 +99,7 @@ async def main(args: argparse.Namespace) -> None:
     }
     results: dict[str, Any] = {
         "machine": machine(),
-        "command": report.repo_command(" ".join(sys.argv)),
+        "command": report.repo_command(shlex.join(sys.argv)),
         "bursts": [],
         "at_rest": [],
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import ssl
 import statistics
 import subprocess
@@ -127,7 +128,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     }
     return {
         "machine": machine(),
-        "command": repo_command(" ".join(sys.argv)),
+        "command": repo_command(shlex.join(sys.argv)),
         "python": sys.version.split()[0],
         "connections": args.connections,
         "rounds": args.rounds,

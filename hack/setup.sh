@@ -21,11 +21,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.corral-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] \
-   || [ "$ROOT/images/runner/constraints.txt" -nt "$stamp" ]; then
+   || [ "$ROOT/images/constraints.txt" -nt "$stamp" ]; then
   echo "[setup] installing corral and its dev tools into $VENV" >&2
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  # The runner image's exact pins apply here too: tests run against what ships.
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" -c "$ROOT/images/runner/constraints.txt"
+  # The images' exact pins apply here too: tests and benchmarks run against what ships.
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" -c "$ROOT/images/constraints.txt"
   touch "$stamp"
 fi
 

@@ -3,6 +3,7 @@ chart, pyproject.toml and the tested SDK version."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import tomllib
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import claude_agent_sdk
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from corral.api import runtime
 from corral.cluster import runner_image
@@ -93,13 +95,45 @@ def test_both_images_use_the_same_base() -> None:
     assert runner.base_image == operator.base_image
 
 
-def test_the_runner_image_pins_the_sdk_the_tests_run_against() -> None:
-    pins = dict(
-        line.split("==")
-        for line in (RUNNER / "constraints.txt").read_text().splitlines()
-        if "==" in line and not line.startswith("#")
-    )
-    assert pins["claude-agent-sdk"] == claude_agent_sdk.__version__
+def _pins() -> dict[str, str]:
+    lines = (IMAGES / "constraints.txt").read_text().splitlines()
+    pairs = [line.split("==") for line in lines if "==" in line and not line.startswith("#")]
+    return {_normalised(name): version.strip() for name, version in pairs}
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _runtime_closure() -> set[str]:
+    """Every distribution corral needs at run time (no extras), from the installed metadata."""
+    seen: set[str] = set()
+    todo = ["corral"]
+    while todo:
+        name = todo.pop()
+        for line in importlib.metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            dependency = _normalised(requirement.name)
+            if dependency not in seen:
+                seen.add(dependency)
+                todo.append(dependency)
+    return seen
+
+
+def test_the_images_pin_the_sdk_the_tests_run_against() -> None:
+    assert _pins()["claude-agent-sdk"] == claude_agent_sdk.__version__
+
+
+def test_every_runtime_dependency_is_pinned_and_installed_at_its_pin() -> None:
+    # Fails on a dependency added to pyproject.toml without `hack/lock.py`, and on a venv
+    # installed without the constraints (the tests would not run what the images ship).
+    pins = _pins()
+    needed = _runtime_closure()
+    assert needed - set(pins) == set(), "run hack/lock.py"
+    installed = {name: importlib.metadata.version(name) for name in needed}
+    assert {name: pins[name] for name in needed} == installed
 
 
 def _requirements(text: str) -> list[str]:

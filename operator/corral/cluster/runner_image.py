@@ -9,9 +9,9 @@ CMD) and makes the same image from Debian packages and the project's wheel:
    packages the Dockerfile installs, trimmed like Debian's slim images (no manuals,
    translations or package lists); the image's user and its mount points;
 2. app layer: a venv at /opt/corral with the corral wheel and its dependencies, as the
-   Dockerfile's build stage makes it (runner: every dependency, the SDK pinned by
-   constraints.txt; operator: corral without its declared dependencies, then
-   requirements.txt), byte-compiled;
+   Dockerfile's build stage makes it (runner: every dependency; operator: corral without
+   its declared dependencies, then requirements.txt; each at the version
+   images/constraints.txt pins), byte-compiled;
 3. config: the Dockerfile's ENV (plus PATH to the venv), USER, EXPOSE, ENTRYPOINT, CMD.
 
 Both layers are cached: the base by its package list and user, the whole image by a hash
@@ -38,6 +38,8 @@ from corral.cluster.paths import cache_dir
 
 REPO = Path(__file__).resolve().parents[3]
 IMAGES_DIR = REPO / "images"
+# The exact version of every runtime dependency, for both images (and the dev venv).
+CONSTRAINTS = IMAGES_DIR / "constraints.txt"
 RECIPE_DIR = IMAGES_DIR / "runner"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 VENV = "/opt/corral"
@@ -325,13 +327,11 @@ def _wheels(project: Project, work: Path, log: Log) -> Path:
         log,
     )
     requirements = project.recipe_file("requirements.txt")
-    constraints = project.recipe_file("constraints.txt")
     if requirements is not None:
         wanted = ["--requirement", str(requirements)]
     else:
         wanted = [str(next(wheels.glob("corral-*.whl")))]
-    if constraints is not None:
-        wanted += ["--constraint", str(constraints)]
+    wanted += ["--constraint", str(CONSTRAINTS)]
     _run(
         [*pip, "wheel", "--quiet", "--wheel-dir", str(wheels), *wanted],
         f"{project.name}: collect the dependency wheels",
@@ -375,7 +375,7 @@ def project_image(project: Project, ref: str) -> ImageSpec:
     recipe = read_recipe(project.dockerfile)
     recipe_files = sorted(p for p in project.recipe_dir.iterdir() if p.is_file())
     key = _hash(
-        [*recipe_files, *_wheel_sources()],
+        [*recipe_files, CONSTRAINTS, *_wheel_sources()],
         BUILDER_VERSION + _base_key(project, recipe) + ref,
     )
     env = dict(recipe.env)
