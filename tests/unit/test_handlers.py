@@ -1,4 +1,5 @@
-"""The kopf handler runs on the event loop that owns the Controller, never in a thread."""
+"""The kopf handler runs on the event loop that owns the Controller, never in a thread, and
+kopf does no work for handlers Corral does not have."""
 
 from __future__ import annotations
 
@@ -39,3 +40,18 @@ async def test_session_events_reach_the_controller_on_its_event_loop() -> None:
     )
     assert controller.threads == [threading.current_thread()]
     assert controller.loops == [asyncio.get_running_loop()]
+
+
+def test_kopf_keeps_no_diff_base_of_the_sessions() -> None:
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings=settings)
+    storage = settings.persistence.diffbase_storage
+    assert isinstance(storage, handlers.NoDiffBase)
+    raw = {"metadata": {"name": "s", "annotations": {"a": "b"}}, "spec": {"model": "m"}}
+    body = kopf.Body(raw)
+    assert storage.build(body=body) == {}
+    assert storage.fetch(body=body) is None
+    patch = kopf.Patch()
+    storage.store(body=body, patch=patch, essence=storage.build(body=body))
+    assert not patch  # nothing written to the session
+    assert raw == {"metadata": {"name": "s", "annotations": {"a": "b"}}, "spec": {"model": "m"}}

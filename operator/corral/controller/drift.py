@@ -20,11 +20,18 @@ OWNED_FIELDS: dict[str, tuple[str, ...]] = {
 
 def _prune(value: Any) -> Any:
     """`value` without None, [] and {} (the API server omits empty fields)."""
+    # One pass, and no call for a scalar: run on every watch event of a child and every
+    # decision, over NetworkPolicies of dozens of rules.
     if isinstance(value, dict):
-        pruned = {k: _prune(v) for k, v in value.items()}
-        return {k: v for k, v in pruned.items() if v not in (None, [], {})}
+        pruned = {}
+        for key, item in value.items():
+            if isinstance(item, dict | list):
+                item = _prune(item)
+            if item is not None and item != [] and item != {}:
+                pruned[key] = item
+        return pruned
     if isinstance(value, list):
-        return [_prune(v) for v in value]
+        return [_prune(item) if isinstance(item, dict | list) else item for item in value]
     return value
 
 

@@ -9,7 +9,7 @@ Only `@kopf.on.event` is used: no finalizers, no diff-base or progress annotatio
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import kopf
@@ -50,11 +50,29 @@ async def session_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None
         controller.on_session(event["type"], body)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base: kopf keeps one for change handlers (`on.create`, `on.update`, ...),
+    which Corral does not register, yet builds it on every event all the same, a deep copy of
+    the session's whole body and a second one to clean it, and diffs the two for nobody."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Level-based, event-driven handlers only: each of kopf's per-object annotations,
     # finalizers and handler Events would cost API writes per session.
     settings.posting.enabled = False
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
