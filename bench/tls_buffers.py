@@ -1,14 +1,16 @@
 """Resident memory per open TLS client connection, with asyncio's read buffer and Corral's.
 
-    python -m bench.tls_buffers --connections 200 --rounds 5 --out FILE
+    python -m bench.tls_buffers --connections 200 --bulk-mib 256 --rounds 5 --out FILE
 
 The operator's API connections and the gateway's model-proxy connections to its upstream are
 aiohttp TLS clients that stay open (keep-alive pools, streamed replies). One TLS server in
 this process streams a first chunk on every request and then holds it open; for each round
 and each variant (alternately) a fresh client process opens `--connections` streams at once,
 reads each one's first chunk, and reports how much its resident memory (VmRSS) grew from
-before the first connection. Variants: asyncio's own read buffer, and the one
-`corral.kube.tls_buffers.shrink_tls_read_buffers` sets.
+before the first connection; then it reads one response of `--bulk-mib` MiB and reports
+its own CPU time for it (the cost of more, smaller reads). Variants: asyncio's own read
+buffer, and the one `corral.kube.tls_buffers.shrink_tls_read_buffers` sets (or
+`--buffer-kib`, to weigh another size).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from aiohttp import web
 
 from bench.report import repo_command
 from bench.run import machine
+from corral.kube.tls_buffers import TLS_READ_BUFFER_BYTES
 
 CHUNK = b"x" * 4096
+MIB = 1024 * 1024
 VARIANTS = ("asyncio", "corral")
 
 
@@ -42,13 +46,15 @@ def rss_kib() -> int:
     return 0
 
 
-async def _client(port: int, ca: str, connections: int, shrink: bool) -> dict[str, Any]:
+async def _client(
+    port: int, ca: str, connections: int, bulk_mib: int, shrink_to: int | None
+) -> dict[str, Any]:
     import aiohttp
 
-    if shrink:
+    if shrink_to is not None:
         from corral.kube.tls_buffers import shrink_tls_read_buffers
 
-        shrink_tls_read_buffers()
+        shrink_tls_read_buffers(shrink_to)
     context = ssl.create_default_context(cafile=ca)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         # One request first: what a pool's first connection loads (TLS state, aiohttp's
@@ -66,11 +72,23 @@ async def _client(port: int, ca: str, connections: int, shrink: bool) -> dict[st
         after = rss_kib()
         for response in responses:
             response.close()
-    return {"rss_before_kib": before, "rss_after_kib": after}
+        cpu = time.process_time()
+        async with session.get(f"https://127.0.0.1:{port}/bulk/{bulk_mib}", ssl=context) as bulk:
+            received = 0
+            async for chunk in bulk.content.iter_any():
+                received += len(chunk)
+        cpu = time.process_time() - cpu
+    assert received == bulk_mib * MIB, received
+    return {
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "bulk_cpu_ms_per_mib": round(1000 * cpu / bulk_mib, 3),
+    }
 
 
 def _client_main(args: argparse.Namespace) -> None:
-    row = asyncio.run(_client(args.port, args.ca, args.connections, args.variant == "corral"))
+    shrink_to = args.buffer_kib * 1024 if args.variant == "corral" else None
+    row = asyncio.run(_client(args.port, args.ca, args.connections, args.bulk_mib, shrink_to))
     print(json.dumps(row), flush=True)
 
 
@@ -82,8 +100,18 @@ async def _serve(certificate: Path, key: Path) -> tuple[web.AppRunner, int]:
         await asyncio.sleep(3600)  # until the client goes
         return response
 
+    async def bulk(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        block = b"y" * MIB
+        for _ in range(int(request.match_info["mib"])):
+            await response.write(block)
+        await response.write_eof()
+        return response
+
     app = web.Application()
     app.router.add_get("/", stream)
+    app.router.add_get("/bulk/{mib}", bulk)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -107,6 +135,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                     command = [sys.executable, "-m", "bench.tls_buffers", "--client"]
                     command += ["--variant", variant, "--port", str(port)]
                     command += ["--ca", str(pki.ca_cert), "--connections", str(args.connections)]
+                    command += ["--bulk-mib", str(args.bulk_mib)]
+                    command += ["--buffer-kib", str(args.buffer_kib)]
                     process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE)
                     out, _ = await process.communicate()
                     if process.returncode != 0:
@@ -123,7 +153,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await runner.cleanup()
     median = {
-        variant: statistics.median(r["kib_per_connection"] for r in rows if r["variant"] == variant)
+        variant: {
+            key: statistics.median(r[key] for r in rows if r["variant"] == variant)
+            for key in ("kib_per_connection", "bulk_cpu_ms_per_mib")
+        }
         for variant in VARIANTS
     }
     return {
@@ -133,7 +166,9 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "connections": args.connections,
         "rounds": args.rounds,
         "rows": rows,
-        "median_kib_per_connection": median,
+        "bulk_mib": args.bulk_mib,
+        "corral_buffer_kib": args.buffer_kib,
+        "median": median,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -143,7 +178,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--connections", type=int, default=200)
+    parser.add_argument("--bulk-mib", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--buffer-kib",
+        type=int,
+        default=TLS_READ_BUFFER_BYTES // 1024,
+        help="the read buffer of the `corral` variant (default: Corral's)",
+    )
     parser.add_argument("--out", type=Path)
     # The client process's own arguments.
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
@@ -159,7 +201,7 @@ def main() -> None:
         _client_main(args)
         return
     result = asyncio.run(_run(args))
-    print(json.dumps(result["median_kib_per_connection"]))
+    print(json.dumps(result["median"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
