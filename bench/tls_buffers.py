@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from bench.report import repo_command
 from bench.run import machine
-from corral.kube.tls_buffers import TLS_READ_BUFFER_BYTES
+from corral.kube.tls_buffers import TLS_READ_BUFFER_BYTES, shrink_tls_read_buffers
 
 CHUNK = b"x" * 4096
 MIB = 1024 * 1024
@@ -49,11 +50,7 @@ def rss_kib() -> int:
 async def _client(
     port: int, ca: str, connections: int, bulk_mib: int, shrink_to: int | None
 ) -> dict[str, Any]:
-    import aiohttp
-
     if shrink_to is not None:
-        from corral.kube.tls_buffers import shrink_tls_read_buffers
-
         shrink_tls_read_buffers(shrink_to)
     context = ssl.create_default_context(cafile=ca)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -62,12 +59,8 @@ async def _client(
         async with session.get(f"https://127.0.0.1:{port}/", ssl=context) as first:
             await first.content.readexactly(len(CHUNK))
         before = rss_kib()
-        responses = [
-            await stack
-            for stack in [
-                session.get(f"https://127.0.0.1:{port}/", ssl=context) for _ in range(connections)
-            ]
-        ]
+        url = f"https://127.0.0.1:{port}/"
+        responses = [await session.get(url, ssl=context) for _ in range(connections)]
         await asyncio.gather(*(r.content.readexactly(len(CHUNK)) for r in responses))
         after = rss_kib()
         for response in responses:
