@@ -43,8 +43,8 @@ if [ "$#" -eq 0 ] && [ "${CORRAL_E2E:-1}" != "0" ]; then
 fi
 
 echo "[test] lint and types" >&2
-ruff check operator tests bench
-ruff format --check operator tests bench
+ruff check operator tests bench hack
+ruff format --check operator tests bench hack
 mypy
 
 # pytest exit 5 means it collected nothing (e.g. a filter matched no test): not a failure
