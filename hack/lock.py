@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "images" / "constraints.txt"
@@ -30,10 +31,6 @@ HEADER = """\
 """
 
 
-def normalised(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def resolve(target: str, constraints: Path) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "report.json"
@@ -41,11 +38,12 @@ def resolve(target: str, constraints: Path) -> dict[str, str]:
         command += ["--ignore-installed", "--report", str(report), "-c", str(constraints)]
         subprocess.run([*command, target], cwd=ROOT, check=True)
         installs = json.loads(report.read_text())["install"]
-    return {
-        normalised(item["metadata"]["name"]): item["metadata"]["version"]
+    versions = {
+        canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
         for item in installs
-        if normalised(item["metadata"]["name"]) != "corral"
     }
+    versions.pop("corral", None)
+    return versions
 
 
 def current_sdk() -> str:

@@ -12,6 +12,7 @@ import claude_agent_sdk
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from corral.api import runtime
 from corral.cluster import runner_image
@@ -98,11 +99,7 @@ def test_both_images_use_the_same_base() -> None:
 def _pins() -> dict[str, str]:
     lines = (IMAGES / "constraints.txt").read_text().splitlines()
     pairs = [line.split("==") for line in lines if "==" in line and not line.startswith("#")]
-    return {_normalised(name): version.strip() for name, version in pairs}
-
-
-def _normalised(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return {canonicalize_name(name): version.strip() for name, version in pairs}
 
 
 def _runtime_closure() -> set[str]:
@@ -115,7 +112,7 @@ def _runtime_closure() -> set[str]:
             requirement = Requirement(line)
             if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
                 continue
-            dependency = _normalised(requirement.name)
+            dependency = canonicalize_name(requirement.name)
             if dependency not in seen:
                 seen.add(dependency)
                 todo.append(dependency)
