@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from typing import Any
 import kopf
 import yaml
 
-from bench.report import repo_command
+from bench.report import this_command
 from bench.run import machine
 from corral.controller.handlers import configure
 
@@ -126,7 +124,7 @@ def main() -> None:
     if args.out:
         result = {
             "machine": machine(),
-            "command": repo_command(shlex.join(sys.argv)),
+            "command": this_command(),
             "kopf": importlib.metadata.version("kopf"),
             "events": args.events,
             "rows": rows,

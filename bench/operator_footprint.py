@@ -24,9 +24,7 @@ import importlib.metadata
 import json
 import os
 import re
-import shlex
 import statistics
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Any
 
 from bench import report
 from bench.kube import client_for
-from bench.report import repo_command
+from bench.report import this_command
 from bench.run import BENCH_NODES, machine
 from bench.scenarios import _proc_times, burst, drop_namespace, make_namespace, wait_settled
 from corral.api.crd import crd_yaml
@@ -182,7 +180,7 @@ async def main(args: argparse.Namespace) -> None:
     }
     out = {
         "machine": machine(),
-        "command": repo_command(shlex.join(sys.argv)),
+        "command": this_command(),
         "sessions": args.sessions,
         "rate_per_second": args.rate,
         "rounds": args.rounds,

@@ -24,13 +24,12 @@ import argparse
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from bench.report import repo_command
+from bench.report import this_command
 from bench.run import machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +152,7 @@ def main(args: argparse.Namespace) -> None:
     names = list(rows)
     out: dict[str, Any] = {
         "machine": machine(),
-        "command": repo_command(shlex.join(sys.argv)),
+        "command": this_command(),
         "trees": rows,
     }
     if len(names) == 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -39,6 +40,12 @@ def repo_command(command: str, repo: Path | str = REPO) -> str:
     if words and words[0] == RUN_SCRIPT:
         words[0] = RUN_MODULE
     return " ".join(shlex.quote(w) if w != RUN_MODULE else w for w in words)
+
+
+def this_command() -> str:
+    """How this benchmark process was invoked, as `repo_command` gives it (quoted word by
+    word: a `--note` may hold an apostrophe)."""
+    return repo_command(shlex.join(sys.argv))
 
 
 def command_line(results: dict[str, Any]) -> str:

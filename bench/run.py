@@ -15,8 +15,6 @@ import argparse
 import asyncio
 import json
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -99,7 +97,7 @@ async def main(args: argparse.Namespace) -> None:
     }
     results: dict[str, Any] = {
         "machine": machine(),
-        "command": report.repo_command(shlex.join(sys.argv)),
+        "command": report.this_command(),
         "bursts": [],
         "at_rest": [],
     }

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shlex
 import ssl
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench.report import repo_command
+from bench.report import this_command
 from bench.run import machine
 from corral.kube.tls_buffers import TLS_READ_BUFFER_BYTES, shrink_tls_read_buffers
 
@@ -154,7 +153,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     }
     return {
         "machine": machine(),
-        "command": repo_command(shlex.join(sys.argv)),
+        "command": this_command(),
         "python": sys.version.split()[0],
         "connections": args.connections,
         "rounds": args.rounds,

@@ -49,3 +49,11 @@ def test_current_benchmarks_doc_has_no_absolute_command() -> None:
     text = (REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8")
     [line] = [line for line in text.splitlines() if line.startswith("Command:")]
     assert "`/" not in line and "python -m bench.run" in line
+
+
+def test_this_command_keeps_a_note_with_an_apostrophe(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fix: a bench joined its argv with spaces, and the report's shlex.split of a note like
+    # this one raised "No closing quotation" after the benchmark's last run.
+    argv = [str(REPO / "bench" / "run.py"), "--note", "the operator's own run"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert report.this_command() == "python -m bench.run --note 'the operator'\"'\"'s own run'"
