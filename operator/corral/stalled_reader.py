@@ -9,13 +9,20 @@ slot and, at the runner, its turn's event buffer (at the gateway, the runner's s
 behind it) until it goes away. So a send not finished after WRITE_STALL_SECONDS aborts
 the connection. A reader that is slow but reading is not cut off: each send waits only
 for room in the buffer, not for the client to read all of it.
+
+The other way round, a server the gateway sends to (a runner: code inside a session) can
+stop reading just the same, and aiohttp's client has no public way to abort a connection
+whose writes are waiting. Such client sockets are made with the kernel's TCP user timeout
+set to the same bound (`stall_bounded_socket`): Linux resets a connection whose sent data
+has waited that long unacknowledged or on a zero window, which fails the waiting write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -42,3 +49,17 @@ async def send_or_cut(
         if request.transport is not None:
             request.transport.abort()  # close() would wait for the buffer to drain
         raise ReaderStalled(f"the client read nothing for {bound:g} s") from None
+
+
+def stall_bounded_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+    """A client socket for `addr_info` (family, type, proto, ...; aiohttp's
+    `socket_factory`) that the kernel resets once data it sent has waited
+    WRITE_STALL_SECONDS (read at the call) unacknowledged or on a zero window. An idle or
+    merely slow peer is never cut off: the bound runs only while sent data makes no
+    progress. Where the kernel has no such option (not Linux), a plain socket."""
+    family, type_, proto = addr_info[:3]
+    sock = socket.socket(family, type_, proto)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        milliseconds = max(1, round(WRITE_STALL_SECONDS * 1000))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
+    return sock

@@ -24,6 +24,8 @@ from corral.testing.serving import route, serving
 
 T = TypeVar("T")
 BIG_TEXT = "x" * 65536  # loopback's socket buffers take megabytes before a write waits
+# For WebSockets, which aiohttp compresses when both ends offer to.
+RANDOM_TEXT = base64.b64encode(os.urandom(49152)).decode()
 
 
 @pytest.fixture(autouse=True)
@@ -209,3 +211,90 @@ async def test_the_gateway_cuts_off_a_stalled_websocket_reader(
         # The pump ended with both sides closed, and says why (the gateway counts it).
         assert isinstance(await pumped.wait(), ReaderStalled)
         await asyncio.wait_for(runner_closed.wait(), 20)
+
+
+async def test_the_gateway_lets_go_of_a_runner_that_stopped_reading() -> None:
+    """A runner (code inside a session) that takes none of the caller's messages would hold
+    the gateway's send, and with it the whole pump, for as long as it kept its connection:
+    the runner client's sockets make the kernel reset it instead."""
+    from corral.gateway.proxy import StreamingClient, pump_websocket
+
+    runner_took_nothing = asyncio.Event()
+    pumped = Outcome()
+
+    async def runner(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        runner_took_nothing.set()
+        await asyncio.sleep(3600)  # never reads: aiohttp soon stops reading the socket
+        return ws
+
+    upstreams = StreamingClient(connect_timeout=5, untrusted_upstream=True)
+
+    async def gateway(request: web.Request) -> web.WebSocketResponse:
+        client_ws = web.WebSocketResponse(heartbeat=30)
+        await client_ws.prepare(request)
+        async with upstreams.get().ws_connect(f"{runner_url}/ws") as upstream:
+            await pumped.of(pump_websocket(request, client_ws, upstream))
+        return client_ws
+
+    async def keep_sending(ws: aiohttp.ClientWebSocketResponse) -> None:
+        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+            while not ws.closed:
+                await ws.send_str(RANDOM_TEXT)
+
+    try:
+        async with (
+            serving(route(runner, "/ws"), shutdown_timeout=0.1) as runner_url,
+            serving(route(gateway, "/ws"), shutdown_timeout=0.1) as gateway_url,
+            aiohttp.ClientSession() as caller,
+            caller.ws_connect(f"{gateway_url}/ws") as caller_ws,
+        ):
+            sending = asyncio.create_task(keep_sending(caller_ws))
+            await asyncio.wait_for(runner_took_nothing.wait(), 20)
+            closing = await asyncio.wait_for(caller_ws.receive(), 20)
+            sending.cancel()
+            # The caller is told the far side failed, not that all went well, and the
+            # pump has ended: nothing holds the gateway's handler any more.
+            assert closing.type == aiohttp.WSMsgType.CLOSE, closing
+            assert closing.data == aiohttp.WSCloseCode.INTERNAL_ERROR, closing
+            assert await pumped.wait() is None
+    finally:
+        await upstreams.close()
+
+
+async def test_a_runner_that_reads_slowly_is_not_cut_off() -> None:
+    """The kernel's bound, like the gateway's own, is on sent data making no progress."""
+    from corral.gateway.proxy import StreamingClient
+
+    loop = asyncio.get_running_loop()
+    taken = 0
+    done_sending = asyncio.Event()
+
+    async def slow_runner(request: web.Request) -> web.WebSocketResponse:
+        nonlocal taken
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            taken += 1
+            if not done_sending.is_set():
+                await asyncio.sleep(0.02)  # about 3 MiB/s: far slower than it is sent
+        return ws
+
+    upstreams = StreamingClient(connect_timeout=5, untrusted_upstream=True)
+    try:
+        async with (
+            serving(route(slow_runner, "/ws"), shutdown_timeout=0.1) as runner_url,
+            upstreams.get().ws_connect(f"{runner_url}/ws") as upstream,
+        ):
+            sent = 0
+            until = loop.time() + 6 * stalled_reader.WRITE_STALL_SECONDS
+            while loop.time() < until:
+                await upstream.send_str(RANDOM_TEXT)  # raises if the kernel reset it
+                sent += 1
+            taken_meanwhile = taken
+            done_sending.set()
+    finally:
+        await upstreams.close()
+    # Writes waited on the runner (it had taken less than was sent), none was cut off.
+    assert sent > taken_meanwhile > 0, (sent, taken_meanwhile)

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from corral.api import runtime
-from corral.stalled_reader import ReaderStalled, send_or_cut
+from corral.stalled_reader import ReaderStalled, send_or_cut, stall_bounded_socket
 
 log = logging.getLogger("corral.gateway.proxy")
 
@@ -39,17 +39,24 @@ T = TypeVar("T")
 class StreamingClient:
     """One aiohttp client session for a proxy's upstream calls, made on first use (inside
     the running loop): no total timeout (streams last as long as they last), no pool
-    limit, bodies passed through as they came (no decompression)."""
+    limit, bodies passed through as they came (no decompression). `untrusted_upstream`:
+    the servers it calls run code Corral does not trust (runners), so a connection to
+    one that stops reading what is sent to it is reset rather than held
+    (corral.stalled_reader)."""
 
-    def __init__(self, connect_timeout: float) -> None:
+    def __init__(self, connect_timeout: float, *, untrusted_upstream: bool = False) -> None:
         self.connect_timeout = connect_timeout
+        self.untrusted_upstream = untrusted_upstream
         self._session: aiohttp.ClientSession | None = None
 
     def get(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
-                connector=aiohttp.TCPConnector(limit=0),
+                connector=aiohttp.TCPConnector(
+                    limit=0,
+                    socket_factory=stall_bounded_socket if self.untrusted_upstream else None,
+                ),
                 auto_decompress=False,
             )
         return self._session
@@ -181,7 +188,8 @@ async def pump_websocket(
 ) -> None:
     """Copy frames both ways until either side closes, then close the other with the same
     code (an error, e.g. a frame over the size limit, as 1011 or its own code). A client
-    (of `request`) that stops reading is cut off (corral.stalled_reader)."""
+    (of `request`) that stops reading is cut off (corral.stalled_reader); so is a runner,
+    by its socket when `upstream_ws` came from an untrusted-upstream StreamingClient."""
 
     async def copy(source: Any, sink: Any, reader: web.BaseRequest | None) -> int:
         """`reader`: the request whose client `sink` sends to, cut off if it stalls."""

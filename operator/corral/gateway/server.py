@@ -145,7 +145,7 @@ class Gateway:
             self.settings.burst,
             self.settings.max_streams_per_user,
         )
-        self._client = StreamingClient(connect_timeout=5)
+        self._client = StreamingClient(connect_timeout=5, untrusted_upstream=True)
 
     async def client(self) -> aiohttp.ClientSession:
         return self._client.get()
