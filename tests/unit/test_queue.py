@@ -38,3 +38,68 @@ async def test_an_already_queued_key_moves_ahead_when_its_deadline_comes() -> No
         queue.add(name)
     queue.add("z", urgent=True)
     assert [await queue.get() for _ in range(3)] == ["z", "x", "y"]
+
+
+async def test_keys_due_by_deadlines_go_ahead_in_the_order_they_came_due() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    for name in ("a", "b", "c", "d"):
+        queue.add(name)
+    queue.add("c", urgent=True)
+    queue.add("d", urgent=True)
+    queue.add("c", urgent=True)  # already ahead: stays where it is
+    assert len(queue) == 4  # keys, not the entries moving them ahead leaves behind
+    assert [await queue.get() for _ in range(4)] == ["c", "d", "a", "b"]
+    assert len(queue) == 0
+
+
+async def test_a_key_moved_ahead_is_handed_out_once() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add("a")
+    queue.add("b")
+    queue.add("b", urgent=True)
+    assert await queue.get() == "b"
+    queue.done("b")
+    assert await queue.get() == "a"
+    queue.done("a")
+    # The entry "b" left behind in the backlog is not a second hand-out.
+    waiting = asyncio.create_task(queue.get())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    queue.add("b")  # a fresh add is, once
+    assert await asyncio.wait_for(waiting, 1) == "b"
+    assert len(queue) == 0
+
+
+async def test_a_deadline_during_processing_queues_the_key_ahead_when_done() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add("a")
+    assert await queue.get() == "a"
+    queue.add("x")
+    queue.add("a")  # changed while being reconciled
+    queue.add("a", urgent=True)  # and a deadline came due meanwhile
+    queue.done("a")
+    assert [await queue.get() for _ in range(2)] == ["a", "x"]
+
+
+async def test_moving_keys_ahead_does_not_search_the_backlog() -> None:
+    """Every deadline used to search the whole backlog: 20,000 moves of a 20,000-key
+    backlog were 400 M comparisons. Counted, not timed: keys count their comparisons."""
+    compared = 0
+
+    class Key(str):
+        def __eq__(self, other: object) -> bool:
+            nonlocal compared
+            compared += 1
+            return str.__eq__(self, other)
+
+        __hash__ = str.__hash__
+
+    queue: WorkQueue[Key] = WorkQueue()
+    keys = [Key(f"s-{i}") for i in range(20_000)]
+    for key in keys:
+        queue.add(key)
+    compared = 0
+    for key in reversed(keys):
+        queue.add(key, urgent=True)
+    assert compared < 5 * len(keys), compared
+    assert [await queue.get() for _ in range(3)] == keys[:-4:-1]

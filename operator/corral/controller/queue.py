@@ -22,10 +22,17 @@ K = TypeVar("K", bound=Hashable)
 
 class WorkQueue(Generic[K]):
     def __init__(self) -> None:
-        self._ready: deque[K] = deque()
+        # Waiting keys, each with the number of its one live entry in `_urgent_ready` or
+        # `_ready` (deadlines first). A key moved ahead gets a new entry; the one it leaves
+        # behind no longer matches and is skipped when reached, so moving is O(1) (a search
+        # of a backlog of thousands for every deadline that came due was not).
+        self._waiting: dict[K, int] = {}
+        self._urgent_ready: deque[tuple[K, int]] = deque()
+        self._ready: deque[tuple[K, int]] = deque()
+        self._entries = itertools.count()
         self._dirty: set[K] = set()
         self._processing: set[K] = set()
-        self._urgent: set[K] = set()  # dirty while processing, and due by a deadline
+        self._urgent: set[K] = set()  # dirty keys due by a deadline (waiting or processing)
         self._has_items = asyncio.Event()
         self._delayed: list[tuple[float, int, K]] = []
         self._due: dict[K, float] = {}
@@ -35,27 +42,31 @@ class WorkQueue(Generic[K]):
         self.enqueued_at: dict[K, float] = {}
 
     def __len__(self) -> int:
-        return len(self._ready)
+        return len(self._waiting)
+
+    def _enqueue(self, key: K, urgent: bool) -> None:
+        entry = next(self._entries)
+        self._waiting[key] = entry
+        (self._urgent_ready if urgent else self._ready).append((key, entry))
+        self._has_items.set()
 
     def add(self, key: K, urgent: bool = False) -> None:
-        """Queue `key`; `urgent` keys (a deadline that came due) go ahead of the others, so
-        a burst of watch events cannot make an idle scale-down or a TTL late."""
+        """Queue `key`; `urgent` keys (a deadline that came due) go ahead of the others, in
+        the order they came due, so a burst of watch events cannot make an idle scale-down
+        or a TTL late."""
         if key in self._dirty:
-            if urgent and key in self._ready and self._ready[0] != key:
-                self._ready.remove(key)
-                self._ready.appendleft(key)
+            if urgent and key not in self._urgent:
+                self._urgent.add(key)
+                if key in self._waiting:  # else done() queues it ahead
+                    self._enqueue(key, urgent=True)
             return
         self._dirty.add(key)
         self.enqueued_at.setdefault(key, time.monotonic())
-        if key in self._processing:
-            if urgent:
-                self._urgent.add(key)
-            return  # re-queued by done()
         if urgent:
-            self._ready.appendleft(key)
-        else:
-            self._ready.append(key)
-        self._has_items.set()
+            self._urgent.add(key)
+        if key in self._processing:
+            return  # re-queued by done()
+        self._enqueue(key, urgent)
 
     def add_after(self, key: K, delay: float) -> None:
         if delay <= 0:
@@ -70,25 +81,25 @@ class WorkQueue(Generic[K]):
         self._delay_changed.set()
 
     async def get(self) -> K:
-        while not self._ready:
-            self._has_items.clear()
-            await self._has_items.wait()
-        key = self._ready.popleft()
+        while True:
+            while not (self._urgent_ready or self._ready):
+                self._has_items.clear()
+                await self._has_items.wait()
+            key, entry = (self._urgent_ready or self._ready).popleft()
+            if self._waiting.get(key) == entry:
+                break  # else an entry left behind by a move ahead: skipped
+        del self._waiting[key]
         self._dirty.discard(key)
+        self._urgent.discard(key)
         self._processing.add(key)
         return key
 
     def done(self, key: K) -> None:
         self._processing.discard(key)
         if key in self._dirty:
-            if key in self._urgent:
-                self._ready.appendleft(key)
-            else:
-                self._ready.append(key)
-            self._has_items.set()
+            self._enqueue(key, urgent=key in self._urgent)
         else:
             self.enqueued_at.pop(key, None)
-        self._urgent.discard(key)
 
     async def run_delays(self) -> None:
         """Move delayed keys to the ready queue when due; runs for the operator's life."""
