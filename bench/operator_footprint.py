@@ -162,13 +162,17 @@ async def main(args: argparse.Namespace) -> None:
     trees: dict[str, str] = args.trees
     rows: list[dict[str, Any]] = []
     run_id = time.strftime("%H%M%S")
-    for round_ in range(args.rounds):
-        for rate in [None if mode == "burst" else args.rate for mode in args.modes]:
-            for tree, path in trees.items():
-                tag = f"{run_id}-{round_}-{tree}-{'p' if rate else 'b'}"
-                rows.append(
-                    await one(kubeconfig, tree, path, args.sessions, rate, tag, args.workers)
-                )
+    try:
+        for round_ in range(args.rounds):
+            for rate in [None if mode == "burst" else args.rate for mode in args.modes]:
+                for tree, path in trees.items():
+                    tag = f"{run_id}-{round_}-{tree}-{'p' if rate else 'b'}"
+                    rows.append(
+                        await one(kubeconfig, tree, path, args.sessions, rate, tag, args.workers)
+                    )
+    finally:
+        # The default cluster is the tests' too, and they expect only their own nodes.
+        control_plane.kubectl(layout, "delete", "node", *nodes, "--wait=false")
     summary = {
         f"{tree} {mode}": {
             key: statistics.median(r[key] for r in rows if r["tree"] == tree and r["mode"] == mode)

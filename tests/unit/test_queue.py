@@ -82,8 +82,8 @@ async def test_a_deadline_during_processing_queues_the_key_ahead_when_done() -> 
 
 
 async def test_moving_keys_ahead_does_not_search_the_backlog() -> None:
-    """Every deadline used to search the whole backlog: 20,000 moves of a 20,000-key
-    backlog were 400 M comparisons. Counted, not timed: keys count their comparisons."""
+    """Every deadline used to search the backlog and take the key out of its middle: 20,000
+    moves in a 20,000-key backlog were 800 M comparisons. Counted, not timed."""
     compared = 0
 
     class Key(str):
