@@ -23,12 +23,14 @@ import asyncio
 import importlib.metadata
 import json
 import os
-import re
 import statistics
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from bench import report
 from bench.kube import client_for
@@ -52,8 +54,7 @@ IMAGE_SITE = ROOT / "bench" / "image_site"
 
 def _distribution(requirement: str) -> str:
     """A requirement's distribution name, normalised (PEP 503)."""
-    name = re.split(r"[<>=!~\[;\s]", requirement.strip(), maxsplit=1)[0]
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return canonicalize_name(Requirement(requirement).name)
 
 
 def absent_from_image(tree: Path) -> list[str]:
