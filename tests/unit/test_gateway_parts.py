@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -24,7 +25,7 @@ from corral.gateway.directory import (
 )
 from corral.gateway.limits import Limited, UserLimits
 from corral.gateway.metrics import GatewayMetrics
-from corral.gateway.proxy import connect_retrying
+from corral.gateway.proxy import connect_retrying, runner_ready
 from corral.gateway.server import bearer_token, wants_stream
 from corral.testing.gateway import free_port
 from corral.testing.serving import route, serving
@@ -280,6 +281,34 @@ async def test_held_request_takes_a_runner_that_answers_ready_before_the_kubelet
     runner_ready.set()  # the pod's Ready condition never changes in this test
     endpoint = await asyncio.wait_for(waiting, 5)
     assert endpoint.pod_name == "woken" and set(probed) == {"woken"}
+
+
+async def test_the_probe_of_a_starting_runner_is_answered_the_moment_it_is_ready() -> None:
+    """The gateway's probe asks the runner to hold its answer while it starts (as the
+    kubelet's first probe does), so a runner that turns ready is taken at once, by one
+    request, instead of at the next of repeated asks."""
+    started = asyncio.Event()
+    probed = asyncio.Event()
+    asked: list[str | None] = []
+
+    async def readyz(request: web.Request) -> web.Response:  # the runner's contract
+        asked.append(request.query.get("wait"))
+        probed.set()
+        hold = float(request.query.get("wait") or 0)
+        if hold:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(started.wait(), hold)
+        return web.json_response({}, status=200 if started.is_set() else 503)
+
+    async with (
+        serving(route(readyz, runtime.READINESS_PATH)) as url,
+        aiohttp.ClientSession() as client,
+    ):
+        probing = asyncio.create_task(runner_ready(client, url))
+        await asyncio.wait_for(probed.wait(), 5)
+        started.set()  # the runner's agents are up while its probe is held
+        assert await asyncio.wait_for(probing, 5) is True
+    assert len(asked) == 1 and asked[0] is not None and float(asked[0]) > 0, asked
 
 
 async def test_held_requests_share_one_probe_of_a_starting_runner() -> None:

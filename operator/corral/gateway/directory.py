@@ -26,8 +26,9 @@ Key = tuple[str, str]
 # A wake annotation value names the gateway and the user; bounded like everything that
 # reaches the session's status.
 MAX_WAKE_VALUE = 200
-# While a request is held, how often the gateway asks a started but not yet Ready runner
-# itself (its /readyz) rather than wait up to a probe period for the kubelet to.
+# While a request is held, the gateway asks a started but not yet Ready runner itself (its
+# /readyz, which holds the answer while it starts) rather than wait for the kubelet to see
+# it Ready; after an answer of not ready or a failure, asked again this much later.
 PROBE_INTERVAL_SECONDS = 0.1
 
 
@@ -381,9 +382,9 @@ class Directory:
         """The session's ready pod, waiting up to `hold_seconds` for one.
 
         `on_wait`, if given, is awaited about every 5 s while waiting (SSE `: waking`).
-        `probe`, if given, asks a started pod's runner whether it is ready, every
-        PROBE_INTERVAL_SECONDS: a woken runner is used the moment it is, not up to a probe
-        period later when the kubelet sees it and the pod's Ready reaches the informer."""
+        `probe`, if given, asks a started pod's runner whether it is ready (one probe at a
+        time, the next PROBE_INTERVAL_SECONDS after an answer): a woken runner is used the
+        moment it is, not when the kubelet sees it and the pod's Ready reaches the informer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + hold_seconds
         key = (namespace, name)

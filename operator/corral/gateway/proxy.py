@@ -33,6 +33,11 @@ CONNECT_RETRY_SECONDS = 5.0
 CONNECT_RETRY_FIRST_SECONDS = 0.05
 CONNECT_RETRY_MAX_SECONDS = 0.2
 
+# A held request's readiness probe of a starting runner: the runner answers the moment
+# its agents are up, or after this long (`/readyz?wait=`, as the kubelet's first probe).
+READY_PROBE_HOLD_SECONDS = 1.0
+READY_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=READY_PROBE_HOLD_SECONDS + 1.0)
+
 T = TypeVar("T")
 
 
@@ -237,3 +242,15 @@ def passed_on_code(code: int | None, failed: bool) -> int:
     if failed and code == WSCloseCode.OK:
         return WSCloseCode.INTERNAL_ERROR
     return code
+
+
+async def runner_ready(client: aiohttp.ClientSession, base_url: str) -> bool:
+    """Whether the runner at `base_url` is ready, by its own /readyz (open to the gateway
+    as to the kubelet), held while it starts: a woken runner is used the moment it is
+    ready, not at the next of repeated asks."""
+    url = f"{base_url}{runtime.READINESS_PATH}?wait={READY_PROBE_HOLD_SECONDS:g}"
+    try:
+        async with client.get(url, timeout=READY_PROBE_TIMEOUT) as response:
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False

@@ -17,7 +17,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from corral.api import runtime
 from corral.api.tokens import runner_credential
 from corral.gateway import routes
 from corral.gateway.auth import Forbidden, Reviewer, Unauthenticated, User
@@ -40,6 +39,7 @@ from corral.gateway.proxy import (
     connect_retrying,
     forward_http,
     pump_websocket,
+    runner_ready,
     upstream_headers,
 )
 from corral.stalled_reader import ReaderStalled, send_or_cut
@@ -51,7 +51,6 @@ TOKEN_HEADER = "X-Corral-Token"
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024  # the runner's own limit (docs/runner.md)
 BODY_READ_SECONDS = 30.0
 WAKING_COMMENT = b": waking\n\n"
-PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
 # A runner's stream sends a keepalive every 15 s: this long without a byte, it is gone
 # (its node died: no reset comes), and the stream's task, sockets and slot are freed.
 STREAM_SILENCE_SECONDS = 60.0
@@ -286,14 +285,7 @@ class Gateway:
         return endpoint.base_url + route.runner_path, session
 
     async def _runner_ready(self, endpoint: Endpoint) -> bool:
-        """The runner's own /readyz (open to the gateway, like to the kubelet)."""
-        try:
-            client = await self.client()
-            url = endpoint.base_url + runtime.READINESS_PATH
-            async with client.get(url, timeout=PROBE_TIMEOUT) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
+        return await runner_ready(await self.client(), endpoint.base_url)
 
     async def _http(
         self,
