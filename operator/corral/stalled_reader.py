@@ -13,7 +13,7 @@ for room in the buffer, not for the client to read all of it.
 The other way round, a server the gateway sends to (a runner: code inside a session) can
 stop reading just the same, and aiohttp's client has no public way to abort a connection
 whose writes are waiting. Such client sockets are made with the kernel's TCP user timeout
-set to the same bound (`stall_bounded_socket`): Linux resets a connection whose sent data
+set to the same bound (`stall_bounded_socket`): Linux drops a connection whose sent data
 has waited that long unacknowledged or on a zero window, which fails the waiting write.
 """
 
@@ -53,7 +53,7 @@ async def send_or_cut(
 
 def stall_bounded_socket(addr_info: tuple[Any, ...]) -> socket.socket:
     """A client socket for `addr_info` (family, type, proto, ...; aiohttp's
-    `socket_factory`) that the kernel resets once data it sent has waited
+    `socket_factory`) that the kernel drops once data it sent has waited
     WRITE_STALL_SECONDS (read at the call) unacknowledged or on a zero window. An idle or
     merely slow peer is never cut off: the bound runs only while sent data makes no
     progress. Where the kernel has no such option (not Linux), a plain socket."""

@@ -216,7 +216,7 @@ async def test_the_gateway_cuts_off_a_stalled_websocket_reader(
 async def test_the_gateway_lets_go_of_a_runner_that_stopped_reading() -> None:
     """A runner (code inside a session) that takes none of the caller's messages would hold
     the gateway's send, and with it the whole pump, for as long as it kept its connection:
-    the runner client's sockets make the kernel reset it instead."""
+    the runner client's sockets make the kernel drop it instead."""
     from corral.gateway.proxy import StreamingClient, pump_websocket
 
     runner_took_nothing = asyncio.Event()
@@ -290,7 +290,7 @@ async def test_a_runner_that_reads_slowly_is_not_cut_off() -> None:
             sent = 0
             until = loop.time() + 6 * stalled_reader.WRITE_STALL_SECONDS
             while loop.time() < until:
-                await upstream.send_str(RANDOM_TEXT)  # raises if the kernel reset it
+                await upstream.send_str(RANDOM_TEXT)  # raises if the kernel dropped it
                 sent += 1
             taken_meanwhile = taken
             done_sending.set()

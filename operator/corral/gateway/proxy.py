@@ -46,7 +46,7 @@ class StreamingClient:
     the running loop): no total timeout (streams last as long as they last), no pool
     limit, bodies passed through as they came (no decompression). `untrusted_upstream`:
     the servers it calls run code Corral does not trust (runners), so a connection to
-    one that stops reading what is sent to it is reset rather than held
+    one that stops reading what is sent to it is dropped rather than held
     (corral.stalled_reader)."""
 
     def __init__(self, connect_timeout: float, *, untrusted_upstream: bool = False) -> None:
