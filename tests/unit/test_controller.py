@@ -18,11 +18,19 @@ from corral.api.v1alpha1 import AgentSession
 from corral.config import OperatorConfig
 from corral.controller import controller as controller_module
 from corral.controller.controller import Controller, RunSettings
+from corral.controller.drift import live_spec
 from corral.controller.lifecycle import decide, timestamp
-from corral.controller.pods import SELECTED_NODE_ANNOTATION
+from corral.controller.pods import SELECTED_NODE_ANNOTATION, pod_view
 from corral.kube.client import ApiError, KubeClient
 from corral.kube.informer import Informer
-from corral.render import network_policy_name, pvc_name, render_pod, render_pvc, service_name
+from corral.render import (
+    network_policy_name,
+    pvc_name,
+    render_pod,
+    render_pvc,
+    render_service,
+    service_name,
+)
 
 JSON = dict[str, Any]
 KEY = ("team-a", "demo")
@@ -437,9 +445,103 @@ async def test_a_status_write_that_raced_an_edit_is_reconciled(
     controller = await started_pod_seen(controller_for, make_session("LongRunning"), config)
     api: FakeKube = controller.client  # type: ignore[assignment]
     api.session["metadata"]["annotations"] = {runtime.WAKE_ANNOTATION: "now"}
-    await controller.reconciler.reconcile(KEY)
+    seen = await reconciles_of_one_add(controller)
+    # The write's echo changes nothing held: the worker decided again on the write's answer.
     controller.on_session("MODIFIED", copy.deepcopy(api.session))
+    assert len(controller.queue) == 0
+    assert [annotations.get(runtime.WAKE_ANNOTATION) for annotations in seen] == [None, "now"]
+
+
+async def reconciles_of_one_add(controller: Controller) -> list[dict[str, str]]:
+    """Queue KEY once and let a worker run until the queue is empty; the annotations of the
+    session each reconcile decided on."""
+    seen: list[dict[str, str]] = []
+    reconcile = controller.reconciler.reconcile
+
+    async def recording(key: tuple[str, str]) -> Any:
+        seen.append(dict(controller.store.sessions[key].metadata.annotations))
+        return await reconcile(key)
+
+    controller.reconciler.reconcile = recording  # type: ignore[method-assign]
+    controller.synced.set()
+    controller.leading.set()
+    controller.queue.add(KEY)
+    worker = asyncio.create_task(controller.worker())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(controller.queue) == 0 and not controller.queue._processing:
+                break
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+    return seen
+
+
+async def test_the_echo_of_a_write_queues_nothing_a_change_does(
+    controller_for: Callable[[JSON], Controller],
+    make_session: Callable[..., AgentSession],
+    config: OperatorConfig,
+) -> None:
+    """Watch events that change nothing decisions read (the echo of the operator's own
+    create, the pod's scheduling, an unchanged relist, the session at the version held)
+    queue no reconcile: up to four per session did, each deciding nothing. A change does."""
+    session = make_session("LongRunning")
+    body = session_body(session, phase="Pending")
+    controller = controller_for(body)
+    controller.on_session("ADDED", body)
+    assert await controller.queue.get() == KEY
+    controller.queue.done(KEY)
+    # What the operator's creates recorded in the store...
+    pod = render_pod(session, config, attempt=1)
+    pod["metadata"].update(
+        uid="pod-uid-1", resourceVersion="11", creationTimestamp=timestamp(LONG_AGO)
+    )
+    pod["status"] = {"phase": "Pending"}
+    controller.store.expect_pod(KEY, pod_view(pod))
+    service = render_service(session)
+    service["metadata"]["resourceVersion"] = "12"
+    controller.store.put_named_child(
+        KEY, "Service", service_name(session), False, live_spec("Service", service)
+    )
+    # ...and then their watch events: nothing new.
+    controller.on_child("Pod", "ADDED", copy.deepcopy(pod))
+    controller.on_child("Service", "ADDED", copy.deepcopy(service))
+    scheduled = copy.deepcopy(pod)
+    scheduled["spec"]["nodeName"] = "node-1"
+    scheduled["status"]["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+    controller.on_child("Pod", "MODIFIED", scheduled)
+    controller.on_session("MODIFIED", copy.deepcopy(body))
+    assert len(controller.queue) == 0
+    # The pod running is news; so is a hand edit of the Service, and its deletion.
+    running = copy.deepcopy(scheduled)
+    running["status"]["phase"] = "Running"
+    controller.on_child("Pod", "MODIFIED", running)
     assert len(controller.queue) == 1
+    assert await controller.queue.get() == KEY
+    controller.queue.done(KEY)
+    edited = copy.deepcopy(service)
+    edited["spec"]["ports"][0]["port"] = 9999
+    controller.on_child("Service", "MODIFIED", edited)
+    assert len(controller.queue) == 1
+    assert await controller.queue.get() == KEY
+    controller.queue.done(KEY)
+    controller.on_child("Service", "DELETED", edited)
+    assert len(controller.queue) == 1
+
+
+async def test_a_reconcile_that_wrote_nothing_is_not_repeated(
+    controller_for: Callable[[JSON], Controller],
+    make_session: Callable[..., AgentSession],
+    config: OperatorConfig,
+) -> None:
+    """The worker decides again after a reconcile only when the store changed meanwhile:
+    a session at rest is reconciled once per add."""
+    controller = await started_pod_seen(controller_for, make_session("LongRunning"), config)
+    first = await reconciles_of_one_add(controller)  # writes the Running status
+    assert len(first) == 2
+    again = await reconciles_of_one_add(controller)
+    assert len(again) == 1
 
 
 class LabelKube(FakeKube):

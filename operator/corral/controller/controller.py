@@ -101,6 +101,7 @@ class Controller:
         if event_type == "DELETED":
             self.store.drop_session(key)
             return
+        revision = self.store.revision(key)
         try:
             session = self.store.put_session(body)
         except ValidationError as error:
@@ -116,7 +117,7 @@ class Controller:
         observed = session.status.observed_wake
         if self.leading.is_set() and wake is not None and wake_token(wake) != observed:
             self.store.wake_seen.setdefault(key, time.monotonic())
-        self.queue.add(key)
+        self._queue_if_changed(key, revision)
 
     def on_child(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
         owner = _owner_session(body)
@@ -125,13 +126,25 @@ class Controller:
         meta = body["metadata"]
         key = (str(meta.get("namespace")), owner)
         deleted = event_type == "DELETED"
+        revision = self.store.revision(key)
         if kind == "Pod":
             self.store.put_pod(key, pod_view(body), deleted)
         else:
             spec = live_spec(kind, body)
             node = (meta.get("annotations") or {}).get(SELECTED_NODE_ANNOTATION)
             self.store.put_named_child(key, kind, str(meta.get("name")), deleted, spec, node)
-        self.queue.add(key)
+        self._queue_if_changed(key, revision)
+
+    def _queue_if_changed(self, key: Key, revision: int) -> None:
+        """Queue a reconcile only for an event that changed what decisions read. The echo
+        of the operator's own write (already in the store), a pod's scheduling, an
+        unchanged object in a relist: each queued a reconcile that decided nothing, up to
+        four per session when sessions come one at a time. A status the operator wrote is
+        decided on again by the worker (see `worker`); its creates and deletes are not: the
+        plan that made them decided on that picture already, and what follows them (a pod
+        running, gone) comes as a change."""
+        if self.store.revision(key) != revision:
+            self.queue.add(key)
 
     def _child_handler(self, kind: str) -> Callable[[str, dict[str, Any]], None]:
         def handle(event_type: str, body: dict[str, Any]) -> None:
@@ -315,9 +328,14 @@ class Controller:
                 if not self.leading.is_set():
                     self.queue.add_after(key, 1.0)
                     continue
+                version = self.store.version_of(key)
                 plan = await self._reconcile_while_leading(key)
                 self._failures.pop(key, None)
-                if plan is not None and plan.requeue_after is not None:
+                if self.store.version_of(key) != version:
+                    # The status this reconcile wrote (or a newer session it brought back)
+                    # is decided on, as its watch echo, which now changes nothing, made it.
+                    self.queue.add(key)
+                elif plan is not None and plan.requeue_after is not None:
                     self.queue.add_after(key, plan.requeue_after)
             except ApiError as error:
                 if error.namespace_gone:

@@ -4,10 +4,15 @@ Sessions are kept parsed; children only as what the lifecycle needs (pod views, 
 Writes the operator makes are recorded here at once ("expectations"), so a reconcile that
 runs before the watch catches up neither recreates a pod it just made nor loses a status
 it just wrote.
+
+Each session's picture has a revision, moved by every change a decision could read (and
+only by those), so the controller can tell a watch event that changed nothing (the echo
+of its own write, a pod's scheduling, a relist) from one to act on.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -45,6 +50,21 @@ class SessionChildren:
     # Claim name -> the node its volume was made for (the scheduler's selected-node
     # annotation), to name it when a pod cannot go back there.
     volume_nodes: dict[str, str] = field(default_factory=dict)
+
+    def names_of(self, kind: str) -> set[str]:
+        return {
+            "Service": self.services,
+            "NetworkPolicy": self.network_policies,
+            "PersistentVolumeClaim": self.pvcs,
+        }[kind]
+
+    def named_state(self, kind: str, name: str) -> tuple[bool, str | None, str | None]:
+        """What decisions read of a Service, NetworkPolicy or claim."""
+        return (
+            name in self.names_of(kind),
+            self.live_specs.get((kind, name)),
+            self.volume_nodes.get(name),
+        )
 
     def pod_views(self) -> list[PodView]:
         now = time.monotonic()
@@ -91,6 +111,19 @@ class Store:
         # reports (None while it does not lead): no idle scale-down before it could have
         # heard a busy runner's heartbeat (see lifecycle.Observed.leading_since).
         self.leading_since: datetime | None = None
+        # Key -> the revision of its picture (see `revision`): values of one counter, never
+        # reused, so a session deleted and made again under its name cannot repeat one.
+        self._revisions: dict[Key, int] = {}
+        self._revision_counter = itertools.count(1)
+
+    def revision(self, key: Key) -> int:
+        """Moves whenever the session, its children's views or their names change: equal
+        revisions, equal decisions (activity reports, which are coalesced on their own, and
+        the clock are not part of it)."""
+        return self._revisions.get(key, 0)
+
+    def _changed(self, key: Key) -> None:
+        self._revisions[key] = next(self._revision_counter)
 
     def children_of(self, key: Key) -> SessionChildren:
         found = self.children.get(key)
@@ -144,6 +177,7 @@ class Store:
             return None
         self._versions[key] = version
         self.sessions[key] = session
+        self._changed(key)
         self.unreadable.pop(key, None)
         return session
 
@@ -161,6 +195,7 @@ class Store:
         self.name_conflicts.pop(key, None)
         self.unreadable.pop(key, None)
         self.resize_refused = {entry for entry in self.resize_refused if entry[0] != key}
+        self._changed(key)
         self._free_if_unused(key)
 
     def _free_if_unused(self, key: Key) -> None:
@@ -170,12 +205,18 @@ class Store:
         children = self.children.get(key)
         if children is not None and key not in self.sessions and children.empty:
             del self.children[key]
+            self._revisions.pop(key, None)
 
     def put_pod(self, key: Key, view: PodView, deleted: bool) -> None:
         if deleted:
             self.forget_pod(key, view.name)
-        else:
-            self.children_of(key).pods[view.name] = view
+            return
+        children = self.children_of(key)
+        expected = children.expected_pods.get(view.name)
+        held = children.pods.get(view.name) or (expected[0] if expected else None)
+        children.pods[view.name] = view
+        if view != held:  # else the pod as already known (our create, a relist)
+            self._changed(key)
 
     def update_pod(self, key: Key, view: PodView) -> None:
         """Keep our own write to a pod that is still the one known by that name."""
@@ -183,6 +224,8 @@ class Store:
         known = children.pods.get(view.name) if children is not None else None
         if children is not None and known is not None and known.uid == view.uid:
             children.pods[view.name] = view
+            if view != known:
+                self._changed(key)
 
     def forget_pod(self, key: Key, name: str, uid: str | None = None) -> None:
         """The pod is gone (its DELETED event, or a delete that found nothing); with `uid`,
@@ -192,14 +235,16 @@ class Store:
             return
         known = children.pods.get(name)
         if uid is None or known is None or known.uid == uid:
-            children.pods.pop(name, None)
+            if children.pods.pop(name, None) is not None:
+                self._changed(key)
             self.resize_refused.discard((key, name))
         expected = children.expected_pods.get(name)
-        if uid is None or expected is None or expected[0].uid == uid:
-            # Fix: a pod created and deleted again before any reconcile read the store was
-            # still "expected" (assumed to exist) for EXPECTATION_SECONDS: no replacement
-            # for a minute. Its DELETED event settles it.
-            children.expected_pods.pop(name, None)
+        # Fix: a pod created and deleted again before any reconcile read the store was
+        # still "expected" (assumed to exist) for EXPECTATION_SECONDS: no replacement for
+        # a minute. Its DELETED event settles it.
+        if expected is not None and (uid is None or expected[0].uid == uid):
+            del children.expected_pods[name]
+            self._changed(key)
         self._free_if_unused(key)
 
     def expect_pod(self, key: Key, view: PodView) -> None:
@@ -207,12 +252,14 @@ class Store:
             view,
             time.monotonic() + EXPECTATION_SECONDS,
         )
+        self._changed(key)
 
     def mark_pod_deleting(self, key: Key, name: str) -> None:
         children = self.children_of(key)
         if name in children.pods:
             children.pods[name] = replace(children.pods[name], deleting=True)
         children.expected_pods.pop(name, None)
+        self._changed(key)
 
     def put_named_child(
         self,
@@ -226,6 +273,8 @@ class Store:
         if deleted and key not in self.children:
             return
         children = self.children_of(key)
+        names = children.names_of(kind)
+        before = children.named_state(kind, name)
         if deleted or volume_node is None:
             children.volume_nodes.pop(name, None)
         elif kind == "PersistentVolumeClaim":
@@ -234,13 +283,11 @@ class Store:
             children.live_specs.pop((kind, name), None)
         else:
             children.live_specs[(kind, name)] = live_spec
-        names = {
-            "Service": children.services,
-            "NetworkPolicy": children.network_policies,
-            "PersistentVolumeClaim": children.pvcs,
-        }[kind]
         if deleted:
             names.discard(name)
-            self._free_if_unused(key)
         else:
             names.add(name)
+        if children.named_state(kind, name) != before:
+            self._changed(key)
+        if deleted:
+            self._free_if_unused(key)
