@@ -8,19 +8,37 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from corral.cluster import control_plane
 from corral.kube.client import KubeClient, load_connection, resource_path
 
 JSON = dict[str, Any]
 REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "CREATE", "UPDATE", "APPLY"}
+
+
+@contextlib.contextmanager
+def kwok_nodes(layout: control_plane.Layout, count: int) -> Iterator[tuple[str, ...]]:
+    """`count` KWOK nodes for a benchmark's sessions, deleted when it ends, however it
+    ends: the default cluster is the tests' too, and they expect only their own nodes."""
+    names = tuple(f"kwok-bench-{i}" for i in range(count))
+    # The last benchmark's nodes may still be going (deleted without waiting): applied
+    # now, they would be deleted under this one, its pods never Running.
+    nodes = [f"node/{name}" for name in names]
+    control_plane.kubectl(layout, "wait", "--for=delete", "--timeout=120s", *nodes)
+    manifest = control_plane.fake_nodes_manifest(names)
+    control_plane.kubectl(layout, "apply", "-f", "-", stdin=manifest)
+    try:
+        yield names
+    finally:
+        control_plane.kubectl(layout, "delete", "node", *names, "--wait=false")
 
 
 def client_for(kubeconfig: Path, max_connections: int = 64) -> KubeClient:

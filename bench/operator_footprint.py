@@ -8,7 +8,8 @@ a fresh operator process of that tree (`PYTHONPATH`), one burst (64 creates in f
 `--sessions` LongRunning sessions on KWOK nodes, or the same paced at `--rate` per second,
 until every pod is Running and the operator has settled (no reconcile for 6 s). Figures:
 the operator's CPU-seconds (user + system) from the first create to settled, per session,
-and its peak RSS (VmHWM: the most it ever held, start-up included). The sessions' namespace
+its reconciles per session (its own count, `corral_reconcile_duration_seconds`), and its
+peak RSS (VmHWM: the most it ever held, start-up included). The sessions' namespace
 is deleted (and gone) before the next operator starts. Writes the raw numbers as JSON.
 
 Each operator imports what its tree's image holds: the packages of pyproject.toml that the
@@ -33,7 +34,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bench import report
-from bench.kube import client_for
+from bench.kube import client_for, kwok_nodes
 from bench.report import this_command
 from bench.run import BENCH_NODES, machine
 from bench.scenarios import _proc_times, burst, drop_namespace, make_namespace, wait_settled
@@ -125,6 +126,7 @@ async def one(
         result = await burst(client, namespace, sessions, "operator", config, rate=rate)
         await wait_settled(operator)
         cpu = _proc_times(pid)[0] - cpu_before
+        reconciles = operator.metric("corral_reconcile_duration_seconds_count")
         row = {
             "tree": tree,
             "mode": "paced" if rate else "burst",
@@ -133,6 +135,7 @@ async def one(
             "workers": workers,
             "operator_cpu_seconds": round(cpu, 2),
             "operator_cpu_ms_per_session": round(1000 * cpu / sessions, 2),
+            "reconciles_per_session": round(reconciles / sessions, 2),
             "operator_peak_rss_mb": peak_rss_mb(pid),
             "operator_rss_mb_settled": round(_proc_times(pid)[1] / 2**20, 1),
             "all_running_seconds": round(result.running_seconds, 1),
@@ -153,17 +156,13 @@ async def one(
 async def main(args: argparse.Namespace) -> None:
     layout = control_plane.up()
     kubeconfig = layout.kubeconfig(pki.ADMIN)
-    count = max(4, min(BENCH_NODES, args.sessions // 200))
-    nodes = tuple(f"kwok-bench-{i}" for i in range(count))
-    manifest = control_plane.fake_nodes_manifest(nodes)
-    control_plane.kubectl(layout, "apply", "-f", "-", stdin=manifest)
     control_plane.kubectl(
         layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd_yaml()
     )
     trees: dict[str, str] = args.trees
     rows: list[dict[str, Any]] = []
     run_id = time.strftime("%H%M%S")
-    try:
+    with kwok_nodes(layout, max(4, min(BENCH_NODES, args.sessions // 200))):
         for round_ in range(args.rounds):
             for rate in [None if mode == "burst" else args.rate for mode in args.modes]:
                 for tree, path in trees.items():
@@ -171,9 +170,6 @@ async def main(args: argparse.Namespace) -> None:
                     rows.append(
                         await one(kubeconfig, tree, path, args.sessions, rate, tag, args.workers)
                     )
-    finally:
-        # The default cluster is the tests' too, and they expect only their own nodes.
-        control_plane.kubectl(layout, "delete", "node", *nodes, "--wait=false")
     summary = {
         f"{tree} {mode}": {
             key: statistics.median(r[key] for r in rows if r["tree"] == tree and r["mode"] == mode)
@@ -216,14 +212,15 @@ def section(data: dict[str, Any]) -> list[str]:
         "",
         f"Footprint command: `{data['command']}`",
         "",
-        "| tree | mode | CPU ms / session | peak RSS | RSS settled | all Running after "
-        "| create→Pod p50 | load |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| tree | mode | CPU ms / session | reconciles / session | peak RSS | RSS settled "
+        "| all Running after | create→Pod p50 | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in data["rows"]:
         load = " → ".join(f"{x:g}" for x in r["load_average_1m"])
         lines.append(
             f"| {r['tree']} | {r['mode']} | {r['operator_cpu_ms_per_session']} "
+            f"| {r.get('reconciles_per_session', '—')} "
             f"| {r['operator_peak_rss_mb']} MB | {r['operator_rss_mb_settled']} MB "
             f"| {r['all_running_seconds']} s | {r['create_to_pod_p50_ms']:.0f} ms | {load} |"
         )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.kube import client_for
+from bench.kube import client_for, kwok_nodes
 from bench.scenarios import (
     activity_cost,
     api_costs,
@@ -67,117 +67,127 @@ def machine() -> dict[str, Any]:
 async def main(args: argparse.Namespace) -> None:
     layout = control_plane.up()
     kubeconfig = layout.kubeconfig(pki.ADMIN)
-    names = tuple(f"kwok-bench-{i}" for i in range(BENCH_NODES))
-    control_plane.kubectl(
-        layout, "apply", "-f", "-", stdin=control_plane.fake_nodes_manifest(names)
-    )
     crd = crd_yaml()
     control_plane.kubectl(
         layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd
     )
-    client = client_for(kubeconfig, max_connections=64)
-    run_id = time.strftime("%H%M%S")
-    op_namespace = f"bench-{run_id}-system"
-    await make_namespace(client, op_namespace)
-    config = kwok_operator_config(op_namespace)
-    operator = OperatorProcess(
-        kubeconfig=kubeconfig,
-        config=config,
-        workdir=ROOT / ".bench",
-        namespaces=[f"bench-{run_id}-*"],
-        lease_name=f"bench-{run_id}",
-        identity=f"bench-{run_id}",
-        workers=args.workers,
-    ).start()
-    operator.wait_leader()
-    assert operator.proc is not None
-    pids = {
-        "operator": operator.proc.pid,
-        **{spec.name: control_plane._pid(layout, spec) or 0 for spec in control_plane.COMPONENTS},
-    }
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "command": report.this_command(),
-        "bursts": [],
-        "at_rest": [],
-    }
-    try:
-        for size in [n for n in args.sizes if n > 0] if "bursts" in args.only else []:
-            for mode in args.modes:
-                namespace = f"bench-{run_id}-{mode}-{size}"
+    with kwok_nodes(layout, BENCH_NODES):
+        client = client_for(kubeconfig, max_connections=64)
+        run_id = time.strftime("%H%M%S")
+        op_namespace = f"bench-{run_id}-system"
+        await make_namespace(client, op_namespace)
+        config = kwok_operator_config(op_namespace)
+        operator = OperatorProcess(
+            kubeconfig=kubeconfig,
+            config=config,
+            workdir=ROOT / ".bench",
+            namespaces=[f"bench-{run_id}-*"],
+            lease_name=f"bench-{run_id}",
+            identity=f"bench-{run_id}",
+            workers=args.workers,
+        ).start()
+        operator.wait_leader()
+        assert operator.proc is not None
+        pids = {
+            "operator": operator.proc.pid,
+            **{
+                spec.name: control_plane._pid(layout, spec) or 0
+                for spec in control_plane.COMPONENTS
+            },
+        }
+        results: dict[str, Any] = {
+            "machine": machine(),
+            "command": report.this_command(),
+            "bursts": [],
+            "at_rest": [],
+        }
+        try:
+            for size in [n for n in args.sizes if n > 0] if "bursts" in args.only else []:
+                for mode in args.modes:
+                    namespace = f"bench-{run_id}-{mode}-{size}"
+                    await make_namespace(client, namespace)
+                    result = await burst(client, namespace, size, mode, config, pids)
+                    print(
+                        f"burst {mode} {size}: {result.sessions_per_second:.1f}/s, "
+                        f"p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms, "
+                        f"all Running in {result.running_seconds:.1f}s, "
+                        f"cpu {result.cpu_seconds}",
+                        flush=True,
+                    )
+                    results["bursts"].append(
+                        {**result.__dict__, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms}
+                    )
+                    if mode == "operator" and size >= 1000:
+                        rest = await at_rest(operator, size)
+                        print(f"at rest with {size}: {rest}", flush=True)
+                        results["at_rest"].append(rest)
+                    await drop_namespace(client, namespace)
+            if args.paced and "bursts" in args.only:
+                # The operator's reaction time when the system is not saturated: the same
+                # sessions, paced at a share of the floor's measured throughput.
+                floor = next(
+                    (
+                        b
+                        for b in results["bursts"]
+                        if b["mode"] == "floor" and b["count"] == args.paced
+                    ),
+                    None,
+                )
+                rate = round(floor["sessions_per_second"] * 0.6, 1) if floor else args.paced_rate
+                namespace = f"bench-{run_id}-paced-{args.paced}"
                 await make_namespace(client, namespace)
-                result = await burst(client, namespace, size, mode, config, pids)
+                paced = await burst(
+                    client, namespace, args.paced, "operator", config, pids, rate=rate
+                )
                 print(
-                    f"burst {mode} {size}: {result.sessions_per_second:.1f}/s, "
-                    f"p50 {result.p50_ms:.0f} ms, "
-                    f"p99 {result.p99_ms:.0f} ms, all Running in {result.running_seconds:.1f}s, "
-                    f"cpu {result.cpu_seconds}",
+                    f"paced operator {args.paced} at {rate}/s: "
+                    f"p50 {paced.p50_ms:.0f} ms, p99 {paced.p99_ms:.0f} ms",
                     flush=True,
                 )
                 results["bursts"].append(
-                    {**result.__dict__, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms}
+                    {**paced.__dict__, "p50_ms": paced.p50_ms, "p99_ms": paced.p99_ms}
                 )
-                if mode == "operator" and size >= 1000:
-                    rest = await at_rest(operator, size)
-                    print(f"at rest with {size}: {rest}", flush=True)
-                    results["at_rest"].append(rest)
                 await drop_namespace(client, namespace)
-        if args.paced and "bursts" in args.only:
-            # The operator's reaction time when the system is not saturated: the same
-            # sessions, paced at a share of the floor's measured throughput.
-            floor = next(
-                (b for b in results["bursts"] if b["mode"] == "floor" and b["count"] == args.paced),
-                None,
-            )
-            rate = round(floor["sessions_per_second"] * 0.6, 1) if floor else args.paced_rate
-            namespace = f"bench-{run_id}-paced-{args.paced}"
-            await make_namespace(client, namespace)
-            paced = await burst(client, namespace, args.paced, "operator", config, pids, rate=rate)
-            print(
-                f"paced operator {args.paced} at {rate}/s: "
-                f"p50 {paced.p50_ms:.0f} ms, p99 {paced.p99_ms:.0f} ms",
-                flush=True,
-            )
-            results["bursts"].append(
-                {**paced.__dict__, "p50_ms": paced.p50_ms, "p99_ms": paced.p99_ms}
-            )
-            await drop_namespace(client, namespace)
-        if args.bursts_only:
-            path = ROOT / ".bench" / f"bursts-{run_id}.json"
-            path.write_text(json.dumps(results, indent=1))
-            print(f"bursts only: results in {path}", flush=True)
-            return
-        if "costs" in args.only:
-            namespace = f"bench-{run_id}-costs"
-            await make_namespace(client, namespace)
-            results["api_costs"] = await api_costs(client, operator, namespace, args.cost_sessions)
-            print(f"api costs: {json.dumps(results['api_costs'], indent=1)}", flush=True)
-            await drop_namespace(client, namespace)
-        if "activity" in args.only:
-            namespace = f"bench-{run_id}-activity"
-            await make_namespace(client, namespace)
-            results["activity"] = await activity_cost(client, operator, namespace, args.activity)
-            print(f"activity: {results['activity']}", flush=True)
-            await drop_namespace(client, namespace)
-        if "idle" in args.only:
-            namespace = f"bench-{run_id}-idle"
-            await make_namespace(client, namespace)
-            results["idle"] = await idle_precision(
-                client, namespace, args.idle, base=args.idle_base, spread=args.idle_spread
-            )
-            print(
-                f"idle: p50 {results['idle']['p50_s']}s p99 {results['idle']['p99_s']}s", flush=True
-            )
-            results["wake"] = await wake_latency(client, operator, namespace, args.wakes)
-            print(
-                f"wake: p50 {results['wake']['p50_ms']} ms p99 {results['wake']['p99_ms']} ms",
-                flush=True,
-            )
-            await drop_namespace(client, namespace, limit=0)  # 5,000 sessions: GC in background
-    finally:
-        operator.stop()
-        await client.close()
-        control_plane.kubectl(layout, "delete", "node", *names, "--wait=false")
+            if args.bursts_only:
+                path = ROOT / ".bench" / f"bursts-{run_id}.json"
+                path.write_text(json.dumps(results, indent=1))
+                print(f"bursts only: results in {path}", flush=True)
+                return
+            if "costs" in args.only:
+                namespace = f"bench-{run_id}-costs"
+                await make_namespace(client, namespace)
+                results["api_costs"] = await api_costs(
+                    client, operator, namespace, args.cost_sessions
+                )
+                print(f"api costs: {json.dumps(results['api_costs'], indent=1)}", flush=True)
+                await drop_namespace(client, namespace)
+            if "activity" in args.only:
+                namespace = f"bench-{run_id}-activity"
+                await make_namespace(client, namespace)
+                results["activity"] = await activity_cost(
+                    client, operator, namespace, args.activity
+                )
+                print(f"activity: {results['activity']}", flush=True)
+                await drop_namespace(client, namespace)
+            if "idle" in args.only:
+                namespace = f"bench-{run_id}-idle"
+                await make_namespace(client, namespace)
+                results["idle"] = await idle_precision(
+                    client, namespace, args.idle, base=args.idle_base, spread=args.idle_spread
+                )
+                print(
+                    f"idle: p50 {results['idle']['p50_s']}s p99 {results['idle']['p99_s']}s",
+                    flush=True,
+                )
+                results["wake"] = await wake_latency(client, operator, namespace, args.wakes)
+                print(
+                    f"wake: p50 {results['wake']['p50_ms']} ms p99 {results['wake']['p99_ms']} ms",
+                    flush=True,
+                )
+                await drop_namespace(client, namespace, limit=0)  # 5,000 sessions: GC in background
+        finally:
+            operator.stop()
+            await client.close()
     out = ROOT / "docs"
     (out / "benchmarks").mkdir(parents=True, exist_ok=True)
     raw = out / "benchmarks" / "raw.json"

@@ -103,8 +103,8 @@ async def burst(
     pids: dict[str, int] | None = None,
     rate: float | None = None,
 ) -> BurstResult:
-    """`rate`: sessions per second the client paces itself to (None: as fast as it can)."""
-    """Create `count` sessions (mode "operator") or their children directly ("floor")."""
+    """Create `count` sessions (mode "operator") or their children directly ("floor");
+    `rate`: sessions per second the client paces itself to (None: as fast as it can)."""
     watch = Watch("Pod", namespace)
     await watch.start(client)
     issued: dict[str, float] = {}
