@@ -468,7 +468,7 @@ async def reconciles_of_one_add(controller: Controller) -> list[dict[str, str]]:
     controller.queue.add(KEY)
     worker = asyncio.create_task(controller.worker())
     try:
-        for _ in range(100):
+        for _ in range(500):  # up to 5 s on a loaded machine; a few ms here
             await asyncio.sleep(0.01)
             if len(controller.queue) == 0 and not controller.queue._processing:
                 break
