@@ -92,3 +92,23 @@ async def test_watch_lines_are_decoded_one_event_each_and_a_broken_line_is_an_er
         finally:
             await client.close()
     assert seen == events
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/merge-patch+json", "application/json-patch+json"],
+)
+async def test_a_request_body_arrives_as_json_with_its_content_type(content_type: str) -> None:
+    received: list[tuple[str, object]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        received.append((request.content_type, json.loads(await request.read())))
+        return web.json_response({"kind": "Status"})
+
+    async with serving(route(handler, "/{tail:.*}")) as url:
+        client = KubeClient(Connection(server=url, ssl_context=False, token=None))
+        try:
+            await client.request("PATCH", "/api/v1/pods/s-0", POD, content_type=content_type)
+        finally:
+            await client.close()
+    assert received == [(content_type, POD)]
