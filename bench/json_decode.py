@@ -1,5 +1,5 @@
-"""What decoding the API server's JSON costs the operator per session: `json.loads` against
-the decoder its Kubernetes client uses (`corral.kube.client.decode_json`).
+"""What the API server's JSON costs the operator per session: `json.loads` and `json.dumps`
+against what its Kubernetes client uses (`corral.kube.client.decode_json`, `encode_json`).
 
     python -m bench.json_decode --sessions 50 --repeats 30
 
@@ -8,10 +8,12 @@ sessions are created and, for each, the children the operator's own render funct
 (pod, Service, NetworkPolicy), while watches of the namespace's sessions, pods, Services and
 NetworkPolicies keep their raw lines until every pod is Running. The create answers are kept
 raw too. These are the bytes the operator's client decodes for a session (the API server's
-managedFields, KWOK's status and all) except its status patch's answer; kopf decodes the
-session events itself (with `json.loads`), listed apart. Each decoder then decodes all of
-them, `--repeats` times, alternately; the figure is the best pass's time per session, a
-property of the code and the bytes rather than of the machine's load.
+managedFields, KWOK's status and all): its watch events and the answers to its three creates
+and its status patch, for which the session's create answer (the session's body too) stands
+in. kopf decodes the session events itself (with `json.loads`), listed apart. Each decoder then decodes all of
+them, and each encoder writes the bodies created, `--repeats` times, alternately; the
+figure is the best pass's time per session, a property of the code and the bytes rather than
+of the machine's load.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from bench.scenarios import drop_namespace, make_namespace, session_manifest
 from corral.api.crd import crd_yaml
 from corral.api.v1alpha1 import AgentSession
 from corral.cluster import control_plane, pki
-from corral.kube.client import KubeClient, decode_json, resource_path
+from corral.kube.client import KubeClient, decode_json, encode_json, resource_path
 from corral.render import render_children
 from corral.testing.operator import kwok_operator_config
 
@@ -75,7 +77,7 @@ async def record(kubeconfig: Path, sessions: int) -> dict[str, list[bytes]]:
     client = client_for(kubeconfig)
     namespace = f"json-bench-{time.strftime('%H%M%S')}"
     await make_namespace(client, namespace)
-    recorded: dict[str, list[bytes]] = {kind: [] for kind in (*WATCHED, "answers")}
+    recorded: dict[str, list[bytes]] = {kind: [] for kind in (*WATCHED, "answers", "bodies")}
     watches = [
         asyncio.create_task(_record(client, kind, namespace, recorded[kind])) for kind in WATCHED
     ]
@@ -87,8 +89,10 @@ async def record(kubeconfig: Path, sessions: int) -> dict[str, list[bytes]]:
             raw = await _post_raw(client, manifest, namespace)
             recorded["answers"].append(raw)
             session = AgentSession.model_validate(json.loads(raw))
-            for child in render_children(session, config, 0).all():
+            children = render_children(session, config, 0).all()
+            for child in children:
                 recorded["answers"].append(await _post_raw(client, child, namespace))
+            recorded["bodies"].extend(json.dumps(m).encode() for m in (manifest, *children))
         deadline = time.monotonic() + 120
         while not _all_running(recorded["Pod"], sessions):
             if time.monotonic() > deadline:
@@ -104,10 +108,10 @@ async def record(kubeconfig: Path, sessions: int) -> dict[str, list[bytes]]:
     return recorded
 
 
-def best_pass(decode: Callable[[bytes], Any], blobs: list[bytes]) -> float:
+def best_pass(convert: Callable[[Any], Any], items: list[Any]) -> float:
     started = time.perf_counter()
-    for blob in blobs:
-        decode(blob)
+    for item in items:
+        convert(item)
     return time.perf_counter() - started
 
 
@@ -128,6 +132,16 @@ def measure(recorded: dict[str, list[bytes]], sessions: int, repeats: int) -> di
     kopf_lines = recorded["AgentSession"]
     kopf_passes = [best_pass(lambda b: json.loads(b.decode()), kopf_lines) for _ in range(repeats)]
     per_session = {name: min(times) / sessions * 1e3 for name, times in passes.items()}
+    bodies = [json.loads(blob) for blob in recorded["bodies"]]
+    encoders: dict[str, Callable[[Any], Any]] = {
+        "json.dumps": lambda body: json.dumps(body).encode(),
+        "client": encode_json,
+    }
+    written: dict[str, list[float]] = {name: [] for name in encoders}
+    for _ in range(repeats):
+        for name, encode in encoders.items():
+            written[name].append(best_pass(encode, bodies))
+    encode_per_session = {name: min(times) / sessions * 1e3 for name, times in written.items()}
     return {
         "sessions": sessions,
         "repeats": repeats,
@@ -137,6 +151,9 @@ def measure(recorded: dict[str, list[bytes]], sessions: int, repeats: int) -> di
         "pod_event_bytes_median": statistics.median(map(len, recorded["Pod"])),
         "client_ms_per_session": per_session,
         "client_ratio": per_session["client"] / per_session["json.loads"],
+        "bodies_per_session": len(bodies) / sessions,
+        "encode_ms_per_session": encode_per_session,
+        "encode_ratio": encode_per_session["client"] / encode_per_session["json.dumps"],
         "kopf_session_events_per_session": len(kopf_lines) / sessions,
         "kopf_json_loads_ms_per_session": min(kopf_passes) / sessions * 1e3,
     }
