@@ -10,10 +10,10 @@ NetworkPolicies keep their raw lines until every pod is Running. The create answ
 raw too. These are the bytes the operator's client decodes for a session (the API server's
 managedFields, KWOK's status and all): its watch events and the answers to its three creates
 and its status patch, for which the session's create answer (the session's body too) stands
-in. kopf decodes the session events itself (with `json.loads`), listed apart. Each decoder then decodes all of
-them, and each encoder writes the bodies created, `--repeats` times, alternately; the
-figure is the best pass's time per session, a property of the code and the bytes rather than
-of the machine's load.
+in. kopf decodes the session events itself (with `json.loads`), listed apart. Each decoder
+then decodes all of them, and each encoder writes the bodies created, `--repeats` times,
+alternately; the figure is the best pass's time per session, a property of the code and
+the bytes rather than of the machine's load.
 """
 
 from __future__ import annotations
