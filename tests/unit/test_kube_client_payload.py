@@ -8,6 +8,8 @@ local HTTP server.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
@@ -32,13 +34,20 @@ def _answer(
     return route(handler, "/{tail:.*}")
 
 
-async def _request(app: web.Application) -> dict[str, object]:
+@asynccontextmanager
+async def _client_of(app: web.Application) -> AsyncIterator[KubeClient]:
+    """The operator's client, pointed at `app` served locally."""
     async with serving(app) as url:
         client = KubeClient(Connection(server=url, ssl_context=False, token=None))
         try:
-            return await client.request("GET", "/api/v1/namespaces/d/pods/s-0")
+            yield client
         finally:
             await client.close()
+
+
+async def _request(app: web.Application) -> dict[str, object]:
+    async with _client_of(app) as client:
+        return await client.request("GET", "/api/v1/namespaces/d/pods/s-0")
 
 
 async def test_an_answer_is_decoded_as_json_would_decode_it() -> None:
@@ -83,14 +92,10 @@ async def test_watch_lines_are_decoded_one_event_each_and_a_broken_line_is_an_er
         return response
 
     seen = []
-    async with serving(route(watch, "/{tail:.*}")) as url:
-        client = KubeClient(Connection(server=url, ssl_context=False, token=None))
-        try:
-            with pytest.raises(ValueError):
-                async for event in client.stream("/api/v1/pods", {"watch": "1"}):
-                    seen.append(event)
-        finally:
-            await client.close()
+    async with _client_of(route(watch, "/{tail:.*}")) as client:
+        with pytest.raises(ValueError):
+            async for event in client.stream("/api/v1/pods", {"watch": "1"}):
+                seen.append(event)
     assert seen == events
 
 
@@ -105,10 +110,6 @@ async def test_a_request_body_arrives_as_json_with_its_content_type(content_type
         received.append((request.content_type, json.loads(await request.read())))
         return web.json_response({"kind": "Status"})
 
-    async with serving(route(handler, "/{tail:.*}")) as url:
-        client = KubeClient(Connection(server=url, ssl_context=False, token=None))
-        try:
-            await client.request("PATCH", "/api/v1/pods/s-0", POD, content_type=content_type)
-        finally:
-            await client.close()
+    async with _client_of(route(handler, "/{tail:.*}")) as client:
+        await client.request("PATCH", "/api/v1/pods/s-0", POD, content_type=content_type)
     assert received == [(content_type, POD)]

@@ -226,7 +226,7 @@ class KubeClient:
             if response.status >= 400:
                 raise _error(response, await _read_payload(response))
             async for line in bounded_lines(response.content, MAX_WATCH_LINE_BYTES):
-                if line.strip():
+                if not line.isspace():  # (bounded_lines yields no empty line)
                     yield decode_json(line)
 
     async def create(self, manifest: JSON) -> JSON:
