@@ -31,7 +31,8 @@ from corral.config import OperatorConfig
 from corral.controller import metrics
 from corral.controller.controller import Controller, RunSettings
 from corral.controller.http import make_app
-from corral.controller.lifecycle import Observed, decide
+from corral.controller.lifecycle import Observed, Plan, decide
+from corral.controller.queue import WorkQueue
 from corral.render import render_pod
 
 KEY = b"k" * 32
@@ -386,3 +387,51 @@ async def test_reports_in_quick_succession_make_one_reconcile_a_second_with_the_
         assert len(reconciled) <= 3, reconciled
     finally:
         delays.cancel()
+
+
+async def test_a_report_held_behind_a_deadline_reaches_a_reconcile_when_the_deadline_moves(
+    client: TestClient[Any, Any], controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report inside the one-a-second window waits for a reconcile already due; when that
+    reconcile is a decision's deadline that a newer decision replaces (or that came first),
+    a report after it must start a window of its own, not count on the replaced one."""
+    from corral.controller.controller import ACTIVITY_RECONCILE_SECONDS
+
+    seen: list[tuple[int, bool] | None] = []
+    deadline: list[float | None] = [0.6]
+
+    async def reconcile(key: tuple[str, str]) -> Plan:
+        activity = controller.store.activity.get(key)
+        seen.append((activity.num_turns, activity.busy) if activity else None)
+        plan = Plan()
+        if deadline[0] is not None:
+            plan.requeue(deadline[0])
+        return plan
+
+    monkeypatch.setattr(controller.reconciler, "reconcile", reconcile)
+    monkeypatch.setattr(controller, "queue", WorkQueue())  # its events: this test's loop
+    controller.synced.set()
+    tasks = [asyncio.create_task(controller.queue.run_delays())]
+    tasks.append(asyncio.create_task(controller.worker()))
+
+    async def report(turns: int, busy: bool) -> None:
+        body = {**VALID, "name": "gamma", "podName": pod, "numTurns": turns, "busy": busy}
+        assert await post(client, body, token) == 202
+        await asyncio.sleep(0.05)  # the worker takes what is queued
+
+    try:
+        pod, token = add_session(controller, "gamma", "uid-g")
+        await asyncio.sleep(0.05)
+        await report(1, True)  # the runner's first word: at once
+        await report(1, False)  # the first change: at once, a window begins
+        await report(2, True)  # in the window: waits for the deadline, 0.6 s away
+        deadline[0] = None  # the deadline's reconcile asks for none
+        await asyncio.sleep(0.7)
+        assert seen[-1] == (2, True), seen
+        await report(2, False)  # still inside the first window
+        await asyncio.sleep(ACTIVITY_RECONCILE_SECONDS + 0.3)
+        assert seen[-1] == (2, False), seen
+    finally:
+        for task in tasks:
+            task.cancel()
+        controller.synced.clear()

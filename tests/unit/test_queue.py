@@ -103,3 +103,42 @@ async def test_moving_keys_ahead_does_not_search_the_backlog() -> None:
         queue.add(key, urgent=True)
     assert compared < 5 * len(keys), compared
     assert [await queue.get() for _ in range(3)] == keys[:-4:-1]
+
+
+async def queued_after(queue: WorkQueue[str], seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return len(queue)
+
+
+async def test_a_decided_deadline_replaces_the_one_before_it() -> None:
+    """A status held back for 2 s, then written once its pod started: the deadline the
+    first reconcile asked for cost a reconcile that decided nothing."""
+    queue: WorkQueue[str] = WorkQueue()
+    delays = asyncio.create_task(queue.run_delays())
+    try:
+        queue.set_deadline("a", 0.05)
+        queue.set_deadline("a", None)  # the next reconcile needs no deadline
+        assert await queued_after(queue, 0.2) == 0
+        queue.set_deadline("a", 0.05)
+        queue.set_deadline("a", 0.4)  # nor so soon
+        assert await queued_after(queue, 0.2) == 0
+        assert await queued_after(queue, 0.4) == 1
+    finally:
+        delays.cancel()
+
+
+async def test_a_retry_is_kept_when_a_decision_asks_for_no_deadline() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    delays = asyncio.create_task(queue.run_delays())
+    try:
+        queue.set_deadline("a", 0.3)
+        queue.add_after("a", 0.05)  # a failed write's retry, sooner
+        queue.set_deadline("a", None)
+        assert await queued_after(queue, 0.2) == 1
+        assert await queue.get() == "a"
+        queue.done("a")
+        queue.add_after("b", 0.05)
+        queue.set_deadline("b", 1.0)  # later than the retry: the retry stays first
+        assert await queued_after(queue, 0.2) == 1
+    finally:
+        delays.cancel()

@@ -254,6 +254,14 @@ class Controller:
             self.store.activity_queued_at[key] = due
             self.queue.add_after(key, due - now)
 
+    def _activity_read(self, key: Key) -> None:
+        """A reconcile reads the newest report: one queued for later by `_queue_for_activity`
+        may be replaced by a newer deadline (`WorkQueue.set_deadline`), so a report after
+        this reconcile starts a new window instead of counting on that one."""
+        now = time.monotonic()
+        if self.store.activity_queued_at.get(key, now) > now:
+            self.store.activity_queued_at[key] = now
+
     # --- leadership ------------------------------------------------------------------------
 
     def start_leading(self) -> None:
@@ -329,14 +337,15 @@ class Controller:
                     self.queue.add_after(key, 1.0)
                     continue
                 version = self.store.version_of(key)
+                self._activity_read(key)
                 plan = await self._reconcile_while_leading(key)
                 self._failures.pop(key, None)
                 if self.store.version_of(key) != version:
                     # The status this reconcile wrote (or a newer session it brought back)
                     # is decided on, as its watch echo, which now changes nothing, made it.
                     self.queue.add(key)
-                elif plan is not None and plan.requeue_after is not None:
-                    self.queue.add_after(key, plan.requeue_after)
+                if plan is not None:
+                    self.queue.set_deadline(key, plan.requeue_after)
             except ApiError as error:
                 if error.namespace_gone:
                     # Its namespace is being deleted: the session goes with it, no retry.

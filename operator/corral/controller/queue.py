@@ -36,6 +36,8 @@ class WorkQueue(Generic[K]):
         self._has_items = asyncio.Event()
         self._delayed: list[tuple[float, int, K]] = []
         self._due: dict[K, float] = {}
+        # Keys whose wake-up in `_due` is a deadline their last reconcile's decision asked for.
+        self._decided: set[K] = set()
         self._counter = itertools.count()
         self._delay_changed = asyncio.Event()
         # When each key was first marked dirty: how long it waited (reconcile lag).
@@ -68,7 +70,7 @@ class WorkQueue(Generic[K]):
             return  # re-queued by done()
         self._enqueue(key, urgent)
 
-    def add_after(self, key: K, delay: float) -> None:
+    def add_after(self, key: K, delay: float, *, decided: bool = False) -> None:
         if delay <= 0:
             self.add(key)
             return
@@ -77,8 +79,24 @@ class WorkQueue(Generic[K]):
         if current is not None and current <= when:
             return  # an earlier wake-up is already scheduled
         self._due[key] = when
+        if decided:
+            self._decided.add(key)
+        else:
+            self._decided.discard(key)
         heapq.heappush(self._delayed, (when, next(self._counter), key))
         self._delay_changed.set()
+
+    def set_deadline(self, key: K, delay: float | None) -> None:
+        """The one deadline a reconcile of `key` just asked for (None: none), replacing the
+        one its previous reconcile asked for. Decisions are made afresh each time and ask
+        for every deadline they still need, so an older one is moot: a status held back
+        for a pod that has started since, a countdown that a newer picture moved, each
+        cost a reconcile that decided nothing. Other wake-ups (retries) are kept."""
+        if key in self._decided:
+            self._decided.discard(key)
+            del self._due[key]  # its heap entry no longer matches: skipped when reached
+        if delay is not None:
+            self.add_after(key, delay, decided=True)
 
     async def get(self) -> K:
         while True:
@@ -109,6 +127,7 @@ class WorkQueue(Generic[K]):
                 when, _, key = heapq.heappop(self._delayed)
                 if self._due.get(key) == when:
                     del self._due[key]
+                    self._decided.discard(key)
                     self.add(key, urgent=True)
             timeout = self._delayed[0][0] - now if self._delayed else None
             self._delay_changed.clear()
