@@ -7,7 +7,7 @@
 - SIGKILL the leader: the standby waits out the Lease (it must not act earlier) and then
   reconciles a session created right after the kill. The takeover time is measured for
   the harness's Lease settings and the chart's defaults, and written to
-  docs/measurements/ha-takeover.md.
+  docs/measurements/ha-takeover.md when CORRAL_RECORD_MEASUREMENTS=1.
 
 Runs its own operators on namespaces the run's shared operator does not watch.
 """
@@ -39,6 +39,7 @@ from lifecycle_support import (
 
 from corral.testing.kube import wait_for
 from corral.testing.operator import OperatorProcess, kwok_operator_config
+from measurement_docs import record
 
 pytestmark = pytest.mark.integration
 
@@ -246,13 +247,13 @@ def test_standby_takes_over_after_the_leader_is_killed(
         f"{', '.join(f'{t:.1f}' for t in leads)}s; new session Running after "
         f"{', '.join(f'{t:.1f}' for t in reconciled)}s"
     )
-    record(lease_seconds, renew_seconds, leads, reconciled)
+    record_row(lease_seconds, renew_seconds, leads, reconciled)
 
 
 ROW = re.compile(r"^\| (?P<lease>[\d.]+) s \| (?P<renew>[\d.]+) s \|")
 
 
-def record(lease: float, renew: float, leads: list[float], reconciled: list[float]) -> None:
+def record_row(lease: float, renew: float, leads: list[float], reconciled: list[float]) -> None:
     """Update this setting's row of docs/measurements/ha-takeover.md, keep the others."""
     rows: dict[tuple[str, str], str] = {}
     if MEASUREMENTS.exists():
@@ -267,11 +268,12 @@ def record(lease: float, renew: float, leads: list[float], reconciled: list[floa
         f"{statistics.median(reconciled):.1f} s ({min(reconciled):.1f} to {max(reconciled):.1f}) | "
         f"{datetime.now(UTC):%Y-%m-%d} |"
     )
-    MEASUREMENTS.parent.mkdir(parents=True, exist_ok=True)
-    MEASUREMENTS.write_text(
+    record(
+        MEASUREMENTS,
         "# HA takeover time\n\n"
         "Written by `tests/integration/test_operator_ha.py::"
-        "test_standby_takes_over_after_the_leader_is_killed` (run it to refresh a row).\n\n"
+        "test_standby_takes_over_after_the_leader_is_killed` (run it with "
+        "`CORRAL_RECORD_MEASUREMENTS=1` to refresh a row).\n\n"
         "Two `corral operator` replicas share one Lease and watch the same namespaces. The "
         "leader is SIGKILLed (no Lease release), a LongRunning session is created at once, "
         "and the test measures how long until the standby holds the Lease (its "
@@ -293,5 +295,5 @@ def record(lease: float, renew: float, leads: list[float], reconciled: list[floa
         f"Machine: {platform.machine()}, Python {platform.python_version()}, a shared "
         "2-core test VM running the local control plane (etcd, kube-apiserver, "
         "kube-controller-manager, kube-scheduler, KWOK) and other test runs at the same "
-        "time; numbers are upper bounds rather than typical values.\n"
+        "time; numbers are upper bounds rather than typical values.\n",
     )

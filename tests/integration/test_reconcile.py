@@ -10,7 +10,8 @@
 - a missing credentials Secret is reported (condition + one Warning Event) and the session
   proceeds by itself once the Secret appears;
 - what one session's start costs in API requests, counted by the API server itself
-  (`test_api_requests_per_session`, which writes docs/measurements/api-requests.md).
+  (`test_api_requests_per_session`, which prints docs/measurements/api-requests.md, and
+  writes it with CORRAL_RECORD_MEASUREMENTS=1).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from corral.render.meta import SESSION_LABEL
 from corral.testing.chart_rbac import ChartIdentity, chart_identity
 from corral.testing.kube import wait_for, wait_volumes_available
 from corral.testing.operator import OperatorProcess
+from measurement_docs import record
 from strategies import CREDENTIALS_EXAMPLE, EXAMPLES_DIR, load_manifest
 
 pytestmark = pytest.mark.integration
@@ -1076,9 +1078,9 @@ def _write_report(
         "# API requests per AgentSession",
         "",
         "Measured by `tests/integration/test_reconcile.py::test_api_requests_per_session`, which",
-        "rewrites this file on every run. The counts are the API server's own: the measured",
-        "operator runs as a ServiceAccount with the Helm chart's RBAC, and one FlowSchema per",
-        "verb/resource of that ServiceAccount makes",
+        "rewrites this file when run with `CORRAL_RECORD_MEASUREMENTS=1`. The counts are the",
+        "API server's own: the measured operator runs as a ServiceAccount with the Helm",
+        "chart's RBAC, and one FlowSchema per verb/resource of that ServiceAccount makes",
         "`apiserver_flowcontrol_dispatched_requests_total{flow_schema=...}` count its requests",
         "alone (`apiserver_request_total` has no client label, and other test runs share the",
         "cluster). The operator's own `corral_kube_requests_total` must agree, and does.",
@@ -1228,9 +1230,7 @@ def test_api_requests_per_session(
     report = _write_report(
         MEASURED_SESSIONS, delta, own, everyone, lease_rate, process.renew_seconds, seconds, version
     )
-    MEASURE_DOC.parent.mkdir(parents=True, exist_ok=True)
-    MEASURE_DOC.write_text(report, encoding="utf-8")
-    print("\n" + report)
+    record(MEASURE_DOC, report)
 
     n = MEASURED_SESSIONS
     children_per_session = 3  # Pod, Service, NetworkPolicy
