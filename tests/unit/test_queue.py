@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from corral.controller.queue import WorkQueue
+from corral.controller.queue import STALE_SLACK, WorkQueue
 
 
 async def test_a_key_is_queued_once_and_requeued_when_dirty_during_processing() -> None:
@@ -140,5 +140,22 @@ async def test_a_retry_is_kept_when_a_decision_asks_for_no_deadline() -> None:
         queue.add_after("b", 0.05)
         queue.set_deadline("b", 1.0)  # later than the retry: the retry stays first
         assert await queued_after(queue, 0.2) == 1
+    finally:
+        delays.cancel()
+
+
+async def test_replaced_deadlines_do_not_pile_up() -> None:
+    """A busy session's idle deadline moves on with every reconcile: each move used to
+    leave an entry in the delay heap until its time (an hour, say)."""
+    queue: WorkQueue[str] = WorkQueue()
+    for move in range(10_000):
+        for key in ("a", "b", "c"):
+            queue.set_deadline(key, 3600.0 + move)
+    assert len(queue._delayed) <= 2 * 3 + STALE_SLACK + 1
+    delays = asyncio.create_task(queue.run_delays())
+    try:
+        queue.set_deadline("b", 0.05)  # the live deadlines still come due
+        assert await queued_after(queue, 0.2) == 1
+        assert await queue.get() == "b"
     finally:
         delays.cancel()

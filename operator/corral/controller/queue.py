@@ -19,6 +19,9 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
+# Replaced deadlines the delay heap may hold beyond twice its live ones before a compaction.
+STALE_SLACK = 64
+
 
 class WorkQueue(Generic[K]):
     def __init__(self) -> None:
@@ -84,7 +87,16 @@ class WorkQueue(Generic[K]):
         else:
             self._decided.discard(key)
         heapq.heappush(self._delayed, (when, next(self._counter), key))
+        if len(self._delayed) > 2 * len(self._due) + STALE_SLACK:
+            self._compact()
         self._delay_changed.set()
+
+    def _compact(self) -> None:
+        """Drop the heap's entries that no longer match `_due` (replaced deadlines). A busy
+        session's decision moves its idle deadline on every reconcile, and each move leaves
+        one behind until its time, which can be an hour away."""
+        self._delayed = [(when, next(self._counter), key) for key, when in self._due.items()]
+        heapq.heapify(self._delayed)
 
     def set_deadline(self, key: K, delay: float | None) -> None:
         """The one deadline a reconcile of `key` just asked for (None: none), replacing the
