@@ -90,6 +90,22 @@ def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+RECONCILE_CAUSES = ("change", "deadline", "status-write", "activity", "retry", "leadership")
+
+
+def reconciles_by_cause(operator: OperatorProcess, sessions: int) -> dict[str, float]:
+    """Per session, "<cause> <outcome>": {"deadline nothing": 1.0, ...}; empty for a tree
+    older than `corral_reconciles_total` (session 25)."""
+    counts = {
+        f"{cause} {outcome}": operator.metric(
+            "corral_reconciles_total", f'cause="{cause}",outcome="{outcome}"'
+        )
+        for cause in RECONCILE_CAUSES
+        for outcome in ("acted", "nothing", "failed")
+    }
+    return {key: round(count / sessions, 2) for key, count in counts.items() if count}
+
+
 async def one(
     kubeconfig: Path,
     tree: str,
@@ -127,6 +143,7 @@ async def one(
         await wait_settled(operator)
         cpu = _proc_times(pid)[0] - cpu_before
         reconciles = operator.metric("corral_reconcile_duration_seconds_count")
+        by_cause = reconciles_by_cause(operator, sessions)
         row = {
             "tree": tree,
             "mode": "paced" if rate else "burst",
@@ -136,6 +153,7 @@ async def one(
             "operator_cpu_seconds": round(cpu, 2),
             "operator_cpu_ms_per_session": round(1000 * cpu / sessions, 2),
             "reconciles_per_session": round(reconciles / sessions, 2),
+            **({"reconciles_per_session_by_cause": by_cause} if by_cause else {}),
             "operator_peak_rss_mb": peak_rss_mb(pid),
             "operator_rss_mb_settled": round(_proc_times(pid)[1] / 2**20, 1),
             "all_running_seconds": round(result.running_seconds, 1),

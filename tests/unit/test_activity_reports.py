@@ -419,6 +419,11 @@ async def test_a_report_held_behind_a_deadline_reaches_a_reconcile_when_the_dead
         assert await post(client, body, token) == 202
         await asyncio.sleep(0.05)  # the worker takes what is queued
 
+    def counted(cause: str) -> float:
+        labels = {"cause": cause, "outcome": "nothing"}  # the plans below ask for no write
+        return metrics.REGISTRY.get_sample_value("corral_reconciles_total", labels) or 0.0
+
+    before = {cause: counted(cause) for cause in ("change", "activity", "deadline")}
     try:
         pod, token = add_session(controller, "gamma", "uid-g")
         await asyncio.sleep(0.05)
@@ -431,6 +436,10 @@ async def test_a_report_held_behind_a_deadline_reaches_a_reconcile_when_the_dead
         await report(2, False)  # still inside the first window
         await asyncio.sleep(ACTIVITY_RECONCILE_SECONDS + 0.3)
         assert seen[-1] == (2, False), seen
+        # The session's add; two reports at once, the third at the deadline, the last in a
+        # window of its own.
+        counts = {cause: counted(cause) - before[cause] for cause in before}
+        assert counts == {"change": 1, "activity": 3, "deadline": 1}, (counts, seen)
     finally:
         for task in tasks:
             task.cancel()

@@ -618,7 +618,7 @@ async def test_a_refused_reconcile_is_retried_no_sooner_than_retry_after_and_wit
     delays: list[float] = []
     controllers = [controller_for({}) for _ in range(8)]
     for controller in controllers:
-        controller.queue.add_after = lambda key, delay: delays.append(delay)  # type: ignore[method-assign]
+        controller.queue.add_after = lambda key, delay, cause: delays.append(delay)  # type: ignore[method-assign]
         controller._retry(KEY, ApiError(429, "TooManyRequests", "slow down", retry_after=7))
     assert all(delay >= 7 for delay in delays)
     delays.clear()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from corral.controller.queue import STALE_SLACK, WorkQueue
+from corral.controller.queue import CHANGE, DEADLINE, STALE_SLACK, WorkQueue
 
 
 async def test_a_key_is_queued_once_and_requeued_when_dirty_during_processing() -> None:
@@ -157,5 +157,33 @@ async def test_replaced_deadlines_do_not_pile_up() -> None:
         queue.set_deadline("b", 0.05)  # the live deadlines still come due
         assert await queued_after(queue, 0.2) == 1
         assert await queue.get() == "b"
+    finally:
+        delays.cancel()
+
+
+async def test_a_key_carries_what_first_queued_it() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    delays = asyncio.create_task(queue.run_delays())
+    try:
+        queue.add("a", cause="activity")
+        queue.add("a")  # a change while it waits: still the activity's
+        assert await queue.get() == "a"
+        assert queue.cause_of("a") == "activity"
+        queue.add("a", cause="status-write")  # while being reconciled
+        queue.done("a")
+        assert await queue.get() == "a"
+        assert queue.cause_of("a") == "status-write"
+        queue.done("a")
+        queue.set_deadline("a", 0.05)
+        queue.add_after("b", 0.05, "retry")
+        await asyncio.sleep(0.2)
+        causes = {}
+        for _ in range(2):
+            key = await queue.get()
+            causes[key] = queue.cause_of(key)
+        assert causes == {"a": DEADLINE, "b": "retry"}
+        queue.add("c")
+        assert await queue.get() == "c"
+        assert queue.cause_of("c") == CHANGE
     finally:
         delays.cancel()

@@ -46,6 +46,12 @@ MAX_BACKOFF_SECONDS = 60.0
 # Reports that change what status shows (busy, turns) queue at most one reconcile, so one
 # status write, per session this often; the latest report is what that write takes.
 ACTIVITY_RECONCILE_SECONDS = 1.0
+# What queued a reconcile, besides a watch event's change (queue.CHANGE) and a decision's
+# deadline (queue.DEADLINE): `corral_reconciles_total{cause}`.
+ACTIVITY = "activity"  # a runner's report
+STATUS_WRITE = "status-write"  # deciding again on the status the last reconcile wrote
+RETRY = "retry"  # after a failure, or a worker that was not leading yet
+LEADERSHIP = "leadership"  # this replica began to lead: every session
 
 
 @dataclass(frozen=True)
@@ -233,7 +239,7 @@ class Controller:
             received_at=received,
         )
         if previous is None:
-            self.queue.add(key)  # the runner's first word: acted on at once
+            self.queue.add(key, cause=ACTIVITY)  # the runner's first word: acted on at once
         elif previous.busy != report.busy or previous.num_turns != report.num_turns:
             self._queue_for_activity(key)
         return True
@@ -248,11 +254,11 @@ class Controller:
         last = self.store.activity_queued_at.get(key)
         if last is None or now - last >= ACTIVITY_RECONCILE_SECONDS:
             self.store.activity_queued_at[key] = now
-            self.queue.add(key)
+            self.queue.add(key, cause=ACTIVITY)
         elif last <= now:  # otherwise one is due at `last` already, and will take this one
             due = last + ACTIVITY_RECONCILE_SECONDS
             self.store.activity_queued_at[key] = due
-            self.queue.add_after(key, due - now)
+            self.queue.add_after(key, due - now, ACTIVITY)
 
     def _activity_read(self, key: Key) -> None:
         """A reconcile reads the newest report: one queued for later by `_queue_for_activity`
@@ -269,7 +275,7 @@ class Controller:
         self.leading.set()
         self._label_own_pod(True)
         for key in list(self.store.sessions):
-            self.queue.add(key)
+            self.queue.add(key, cause=LEADERSHIP)
 
     def stop_leading(self) -> None:
         """Stop acting at once: a deposed leader's reconciles still running would write
@@ -328,31 +334,36 @@ class Controller:
         while True:
             await self.leading.wait()
             key = await self.queue.get()
+            cause = self.queue.cause_of(key)
             queued = self.queue.enqueued_at.get(key)
             if queued is not None:
                 metrics.QUEUE_LAG_SECONDS.observe(time.monotonic() - queued)
             try:
                 await self.sessions_current.wait()
                 if not self.leading.is_set():
-                    self.queue.add_after(key, 1.0)
+                    self.queue.add_after(key, 1.0, RETRY)
                     continue
                 version = self.store.version_of(key)
                 self._activity_read(key)
                 plan = await self._reconcile_while_leading(key)
                 self._failures.pop(key, None)
+                acted = plan is not None and not plan.empty
+                metrics.RECONCILES.labels(cause, "acted" if acted else "nothing").inc()
                 if self.store.version_of(key) != version:
                     # The status this reconcile wrote (or a newer session it brought back)
                     # is decided on, as its watch echo, which now changes nothing, made it.
-                    self.queue.add(key)
+                    self.queue.add(key, cause=STATUS_WRITE)
                 if plan is not None:
                     self.queue.set_deadline(key, plan.requeue_after)
             except ApiError as error:
+                metrics.RECONCILES.labels(cause, "failed").inc()
                 if error.namespace_gone:
                     # Its namespace is being deleted: the session goes with it, no retry.
                     self._failures.pop(key, None)
                     continue
                 self._retry(key, error)
             except Exception as error:
+                metrics.RECONCILES.labels(cause, "failed").inc()
                 self._retry(key, error)
             finally:
                 self.queue.done(key)
@@ -391,7 +402,7 @@ class Controller:
             error,
             extra={"session_namespace": key[0], "session_name": key[1]},
         )
-        self.queue.add_after(key, delay)
+        self.queue.add_after(key, delay, RETRY)
 
     async def run(self) -> None:
         """Everything but the watches: delay heap, workers, leader election."""

@@ -31,6 +31,13 @@ WAKE_LATENCY = Histogram(
     "From a wake seen by the operator to the new pod created.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
 )
+RECONCILES = Counter(
+    "corral_reconciles_total",
+    "Reconciles by cause (what first queued the session: change, deadline, status-write, "
+    "activity, retry, leadership) and outcome (acted: the decision asked for a write or an "
+    "Event; nothing; failed).",
+    ["cause", "outcome"],
+)
 ERRORS = Counter("corral_errors_total", "Reconcile errors by reason.", ["reason"])
 LEADER = Gauge("corral_leader", "1 while this replica holds the leader Lease.")
 ACTIVITY_REPORTS = Counter(

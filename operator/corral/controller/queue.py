@@ -3,7 +3,8 @@
 A key is never handed to two workers at once; adding a key that waits or is being
 processed only marks it dirty, so bursts of watch events collapse into one reconcile.
 Delayed adds (idle deadlines, TTLs, retries) live in one heap served by one task, so
-thousands of sessions cost no timers of their own.
+thousands of sessions cost no timers of their own. Each key carries what first queued it
+(its cause, a short label the operator counts reconciles by).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ K = TypeVar("K", bound=Hashable)
 
 # Replaced deadlines the delay heap may hold beyond twice its live ones before a compaction.
 STALE_SLACK = 64
+# The cause of an add that names none, and of the deadlines decisions ask for.
+CHANGE = "change"
+DEADLINE = "deadline"
 
 
 class WorkQueue(Generic[K]):
@@ -39,8 +43,8 @@ class WorkQueue(Generic[K]):
         self._has_items = asyncio.Event()
         self._delayed: list[tuple[float, int, K]] = []
         self._due: dict[K, float] = {}
-        # Keys whose wake-up in `_due` is a deadline their last reconcile's decision asked for.
-        self._decided: set[K] = set()
+        self._due_cause: dict[K, str] = {}  # DEADLINE: what the last decision asked for
+        self._cause: dict[K, str] = {}  # what first queued each dirty key
         self._counter = itertools.count()
         self._delay_changed = asyncio.Event()
         # When each key was first marked dirty: how long it waited (reconcile lag).
@@ -55,7 +59,7 @@ class WorkQueue(Generic[K]):
         (self._urgent_ready if urgent else self._ready).append((key, entry))
         self._has_items.set()
 
-    def add(self, key: K, urgent: bool = False) -> None:
+    def add(self, key: K, urgent: bool = False, cause: str = CHANGE) -> None:
         """Queue `key`; `urgent` keys (a deadline that came due) go ahead of the others, in
         the order they came due, so a burst of watch events cannot make an idle scale-down
         or a TTL late."""
@@ -66,6 +70,7 @@ class WorkQueue(Generic[K]):
                     self._enqueue(key, urgent=True)
             return
         self._dirty.add(key)
+        self._cause[key] = cause
         self.enqueued_at.setdefault(key, time.monotonic())
         if urgent:
             self._urgent.add(key)
@@ -73,19 +78,16 @@ class WorkQueue(Generic[K]):
             return  # re-queued by done()
         self._enqueue(key, urgent)
 
-    def add_after(self, key: K, delay: float, *, decided: bool = False) -> None:
+    def add_after(self, key: K, delay: float, cause: str = CHANGE) -> None:
         if delay <= 0:
-            self.add(key)
+            self.add(key, cause=cause)
             return
         when = time.monotonic() + delay
         current = self._due.get(key)
         if current is not None and current <= when:
             return  # an earlier wake-up is already scheduled
         self._due[key] = when
-        if decided:
-            self._decided.add(key)
-        else:
-            self._decided.discard(key)
+        self._due_cause[key] = cause
         heapq.heappush(self._delayed, (when, next(self._counter), key))
         if len(self._delayed) > 2 * len(self._due) + STALE_SLACK:
             self._compact()
@@ -104,11 +106,15 @@ class WorkQueue(Generic[K]):
         for every deadline they still need, so an older one is moot: a status held back
         for a pod that has started since, a countdown that a newer picture moved, each
         cost a reconcile that decided nothing. Other wake-ups (retries) are kept."""
-        if key in self._decided:
-            self._decided.discard(key)
+        if self._due_cause.get(key) == DEADLINE:
             del self._due[key]  # its heap entry no longer matches: skipped when reached
+            del self._due_cause[key]
         if delay is not None:
-            self.add_after(key, delay, decided=True)
+            self.add_after(key, delay, DEADLINE)
+
+    def cause_of(self, key: K) -> str:
+        """What first queued `key`, once, right after `get` returned it."""
+        return self._cause.pop(key, CHANGE)
 
     async def get(self) -> K:
         while True:
@@ -139,8 +145,7 @@ class WorkQueue(Generic[K]):
                 when, _, key = heapq.heappop(self._delayed)
                 if self._due.get(key) == when:
                     del self._due[key]
-                    self._decided.discard(key)
-                    self.add(key, urgent=True)
+                    self.add(key, urgent=True, cause=self._due_cause.pop(key))
             timeout = self._delayed[0][0] - now if self._delayed else None
             self._delay_changed.clear()
             with contextlib.suppress(TimeoutError):
