@@ -261,9 +261,10 @@ class Controller:
             self.queue.add_after(key, due - now, ACTIVITY)
 
     def _activity_read(self, key: Key) -> None:
-        """A reconcile reads the newest report: one queued for later by `_queue_for_activity`
-        may be replaced by a newer deadline (`WorkQueue.set_deadline`), so a report after
-        this reconcile starts a new window instead of counting on that one."""
+        """A reconcile reads the newest report. The queue keeps one wake-up per session, the
+        earliest, so the one `_queue_for_activity` asked for may have been dropped behind a
+        decision's deadline, which comes first or is replaced (`WorkQueue.set_deadline`):
+        its window ends here, and a report after this reconcile is queued on its own."""
         now = time.monotonic()
         if self.store.activity_queued_at.get(key, now) > now:
             self.store.activity_queued_at[key] = now
