@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from corral.controller.queue import CHANGE, DEADLINE, STALE_SLACK, WorkQueue
 
@@ -110,12 +112,21 @@ async def queued_after(queue: WorkQueue[str], seconds: float) -> int:
     return len(queue)
 
 
+@contextlib.asynccontextmanager
+async def serving_delays(queue: WorkQueue[str]) -> AsyncIterator[WorkQueue[str]]:
+    """The queue with its delay task running, as the operator runs it."""
+    delays = asyncio.create_task(queue.run_delays())
+    try:
+        yield queue
+    finally:
+        delays.cancel()
+
+
 async def test_a_decided_deadline_replaces_the_one_before_it() -> None:
     """A status held back for 2 s, then written once its pod started: the deadline the
     first reconcile asked for cost a reconcile that decided nothing."""
     queue: WorkQueue[str] = WorkQueue()
-    delays = asyncio.create_task(queue.run_delays())
-    try:
+    async with serving_delays(queue):
         queue.set_deadline("a", 0.05)
         queue.set_deadline("a", None)  # the next reconcile needs no deadline
         assert await queued_after(queue, 0.2) == 0
@@ -123,14 +134,11 @@ async def test_a_decided_deadline_replaces_the_one_before_it() -> None:
         queue.set_deadline("a", 0.4)  # nor so soon
         assert await queued_after(queue, 0.2) == 0
         assert await queued_after(queue, 0.4) == 1
-    finally:
-        delays.cancel()
 
 
 async def test_a_retry_is_kept_when_a_decision_asks_for_no_deadline() -> None:
     queue: WorkQueue[str] = WorkQueue()
-    delays = asyncio.create_task(queue.run_delays())
-    try:
+    async with serving_delays(queue):
         queue.set_deadline("a", 0.3)
         queue.add_after("a", 0.05)  # a failed write's retry, sooner
         queue.set_deadline("a", None)
@@ -140,8 +148,6 @@ async def test_a_retry_is_kept_when_a_decision_asks_for_no_deadline() -> None:
         queue.add_after("b", 0.05)
         queue.set_deadline("b", 1.0)  # later than the retry: the retry stays first
         assert await queued_after(queue, 0.2) == 1
-    finally:
-        delays.cancel()
 
 
 async def test_replaced_deadlines_do_not_pile_up() -> None:
@@ -152,19 +158,15 @@ async def test_replaced_deadlines_do_not_pile_up() -> None:
         for key in ("a", "b", "c"):
             queue.set_deadline(key, 3600.0 + move)
     assert len(queue._delayed) <= 2 * 3 + STALE_SLACK + 1
-    delays = asyncio.create_task(queue.run_delays())
-    try:
+    async with serving_delays(queue):
         queue.set_deadline("b", 0.05)  # the live deadlines still come due
         assert await queued_after(queue, 0.2) == 1
         assert await queue.get() == "b"
-    finally:
-        delays.cancel()
 
 
 async def test_a_key_carries_what_first_queued_it() -> None:
     queue: WorkQueue[str] = WorkQueue()
-    delays = asyncio.create_task(queue.run_delays())
-    try:
+    async with serving_delays(queue):
         queue.add("a", cause="activity")
         queue.add("a")  # a change while it waits: still the activity's
         assert await queue.get() == "a"
@@ -185,5 +187,3 @@ async def test_a_key_carries_what_first_queued_it() -> None:
         queue.add("c")
         assert await queue.get() == "c"
         assert queue.cause_of("c") == CHANGE
-    finally:
-        delays.cancel()
