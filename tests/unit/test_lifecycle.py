@@ -256,6 +256,12 @@ class World:
         self.events += reasons(plan)
         self.deleted_session = self.deleted_session or plan.delete_session
         self.max_pods_seen = max(self.max_pods_seen, len(self.pods))
+        if plan.only_status:
+            # The worker decides again after a status write only when the plan changed
+            # children too (Controller.worker): a status-only plan must be a fixed point.
+            observed = observe(self.session, list(self.pods.values()), self.now, self.activity)
+            again = decide(observed, self.config)
+            assert replace(again, requeue_after=None).empty, (plan, again)
         return plan
 
     def settle(self, steps: int = 5) -> None:

@@ -350,9 +350,12 @@ class Controller:
                 self._failures.pop(key, None)
                 acted = plan is not None and not plan.empty
                 metrics.RECONCILES.labels(cause, "acted" if acted else "nothing").inc()
-                if self.store.version_of(key) != version:
-                    # The status this reconcile wrote (or a newer session it brought back)
-                    # is decided on, as its watch echo, which now changes nothing, made it.
+                if self.store.version_of(key) != version and not (plan and plan.only_status):
+                    # Decide on the status this reconcile wrote beside children it created or
+                    # deleted (the store holds them before their watch events, which queue
+                    # nothing), as the status write's echo did. A plan that wrote only the
+                    # status is its own fixed point: that reconcile decided nothing (about
+                    # one per session).
                     self.queue.add(key, cause=STATUS_WRITE)
                 if plan is not None:
                     self.queue.set_deadline(key, plan.requeue_after)

@@ -186,6 +186,23 @@ class Plan:
     # that a pod that is Running soon after costs one status write, not two.
     status_deferrable: bool = False
 
+    @property
+    def only_status(self) -> bool:
+        """It writes the status (and Events) and changes nothing else: decided again on the
+        status it wrote, with the same children, the decision asks for nothing more (every
+        such plan of tests/unit/test_lifecycle.py's worlds is checked to be so)."""
+        return self.status_patch is not None and not (
+            self.create
+            or self.delete_pods
+            or self.patch_pods
+            or self.resize_pods
+            or self.patch_children
+            or self.delete_children
+            or self.delete_session
+            or self.check_credentials
+            or self.confirm_gone
+        )
+
     def requeue(self, seconds: float) -> None:
         seconds = max(seconds, 0.0)
         self.requeue_after = (
