@@ -191,17 +191,7 @@ class Plan:
         """It writes the status (and Events) and changes nothing else: decided again on the
         status it wrote, with the same children, the decision asks for nothing more (every
         such plan of tests/unit/test_lifecycle.py's worlds is checked to be so)."""
-        return self.status_patch is not None and not (
-            self.create
-            or self.delete_pods
-            or self.patch_pods
-            or self.resize_pods
-            or self.patch_children
-            or self.delete_children
-            or self.delete_session
-            or self.check_credentials
-            or self.confirm_gone
-        )
+        return self.status_patch is not None and not self._beyond_status
 
     def requeue(self, seconds: float) -> None:
         seconds = max(seconds, 0.0)
@@ -211,15 +201,18 @@ class Plan:
 
     @property
     def empty(self) -> bool:
-        return not (
+        return not (self.status_patch or self.events or self._beyond_status)
+
+    @property
+    def _beyond_status(self) -> bool:
+        """A write or lookup other than the status and Events."""
+        return bool(
             self.create
             or self.delete_pods
             or self.patch_pods
             or self.resize_pods
             or self.patch_children
             or self.delete_children
-            or self.status_patch
-            or self.events
             or self.delete_session
             or self.check_credentials
             or self.confirm_gone
