@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -542,6 +543,114 @@ async def test_a_reconcile_that_wrote_nothing_is_not_repeated(
     assert len(first) == 2
     again = await reconciles_of_one_add(controller)
     assert len(again) == 1
+
+
+class WatchFirstKube(FakeKube):
+    """Shows each create and status write to the controller's watch handlers before it
+    answers it, as the API server may (the event and the answer come on different
+    connections), each write at a resourceVersion of its own. `during_create` is shown
+    too, once, before the first Pod create is answered: a change made by someone else."""
+
+    def __init__(self, session: JSON, during_create: tuple[str, JSON] | None = None) -> None:
+        super().__init__(session)
+        self.controller: Controller | None = None
+        self.during_create = during_create
+        self.versions = itertools.count(100)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: JSON | None = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> JSON:
+        answer = await super().request(method, path, body, content_type, params)
+        assert self.controller is not None
+        if method == "POST" and body is not None and body["kind"] != "Event":
+            answer["metadata"].update(resourceVersion=str(next(self.versions)), uid="uid-1")
+            self.controller.on_child(body["kind"], "ADDED", copy.deepcopy(answer))
+            if body["kind"] == "Pod" and self.during_create is not None:
+                kind, other = self.during_create
+                self.during_create = None
+                self.controller.on_child(kind, "MODIFIED", other)
+        elif method == "PATCH" and path.endswith("/status"):
+            self.controller.on_session("MODIFIED", copy.deepcopy(answer))
+        return answer
+
+
+def watch_first_controller(
+    monkeypatch: pytest.MonkeyPatch,
+    config: OperatorConfig,
+    session: AgentSession,
+    during_create: Callable[[JSON], tuple[str, JSON]] | None = None,
+) -> Controller:
+    """A new LongRunning session whose watch events all come before the writes' answers."""
+    monkeypatch.setattr(controller_module.metrics, "register_sessions", lambda _: None)
+    monkeypatch.delenv("POD_NAME", raising=False)
+    body = session_body(session)
+    body["metadata"]["generation"] = 1
+    api = WatchFirstKube(body)
+    controller = Controller(config, api, RunSettings(leader_election=False))
+    api.controller = controller
+    if during_create is not None:
+        pod = render_pod(session, config, attempt=1)
+        api.during_create = during_create(pod)
+    controller.on_session("ADDED", copy.deepcopy(body))
+    assert controller.queue._dirty == {KEY}  # reconciles_of_one_add queues it again
+    controller.queue = type(controller.queue)()
+    return controller
+
+
+async def test_the_echo_of_a_write_that_comes_before_its_answer_queues_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+    make_session: Callable[..., AgentSession],
+    config: OperatorConfig,
+) -> None:
+    """Fix: when the watch showed a Service, NetworkPolicy or pod the reconcile had just
+    created before the create's answer came, the store took it as a change, and the
+    session was reconciled again to decide nothing (nearly once per session when sessions
+    come one at a time). Held while the reconcile runs, such an echo is now seen to be its
+    own write (the same object at the version the answer carried) and queues nothing, as
+    when the answer comes first."""
+    controller = watch_first_controller(monkeypatch, config, make_session("LongRunning"))
+    seen = await reconciles_of_one_add(controller)
+    api: WatchFirstKube = controller.client  # type: ignore[assignment]
+    creates = [path.rsplit("/", 1)[1] for method, path in api.calls if method == "POST"]
+    assert sorted(creates) == ["networkpolicies", "pods", "services"]
+    assert len(seen) == 1
+
+
+async def test_news_heard_during_a_reconcile_is_reconciled_and_the_status_echo_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+    make_session: Callable[..., AgentSession],
+    config: OperatorConfig,
+) -> None:
+    """An event that is not the reconcile's own write (here the pod running, shown while
+    the reconcile that created it still runs) queues the session again once that reconcile
+    ends; that reconcile writes the Running status, whose echo, shown before the patch's
+    answer, queues nothing more."""
+
+    def started(pod: JSON) -> tuple[str, JSON]:
+        running = copy.deepcopy(pod)
+        running["metadata"].update(
+            uid="uid-1", resourceVersion="200", creationTimestamp=timestamp(LONG_AGO)
+        )
+        # On a node that cannot resize pods (KWOK's): no end of the start-up boost.
+        runner = {"name": runtime.CONTAINER_NAME, "state": {"running": {}}}
+        running["status"] = {
+            "phase": "Running",
+            "startTime": timestamp(LONG_AGO),
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [runner],
+        }
+        return "Pod", running
+
+    session = make_session("LongRunning")
+    controller = watch_first_controller(monkeypatch, config, session, started)
+    seen = await reconciles_of_one_add(controller)
+    assert len(seen) == 2
+    assert controller.store.sessions[KEY].status.phase == "Running"
 
 
 class LabelKube(FakeKube):

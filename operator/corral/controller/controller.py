@@ -25,6 +25,7 @@ from corral.api.v1alpha1 import GROUP, KIND, VERSION
 from corral.config import OperatorConfig
 from corral.controller import metrics
 from corral.controller.drift import live_spec
+from corral.controller.echoes import ObjectVersion, object_version
 from corral.controller.leader import LeaderElector
 from corral.controller.lifecycle import Activity, Plan, wake_token
 from corral.controller.pods import SELECTED_NODE_ANNOTATION, pod_view
@@ -123,7 +124,7 @@ class Controller:
         observed = session.status.observed_wake
         if self.leading.is_set() and wake is not None and wake_token(wake) != observed:
             self.store.wake_seen.setdefault(key, time.monotonic())
-        self._queue_if_changed(key, revision)
+        self._queue_if_changed(key, revision, object_version(KIND, body))
 
     def on_child(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
         owner = _owner_session(body)
@@ -139,17 +140,19 @@ class Controller:
             spec = live_spec(kind, body)
             node = (meta.get("annotations") or {}).get(SELECTED_NODE_ANNOTATION)
             self.store.put_named_child(key, kind, str(meta.get("name")), deleted, spec, node)
-        self._queue_if_changed(key, revision)
+        self._queue_if_changed(key, revision, object_version(kind, body))
 
-    def _queue_if_changed(self, key: Key, revision: int) -> None:
+    def _queue_if_changed(self, key: Key, revision: int, version: ObjectVersion) -> None:
         """Queue a reconcile only for an event that changed what decisions read. The echo
         of the operator's own write (already in the store), a pod's scheduling, an
         unchanged object in a relist: each queued a reconcile that decided nothing, up to
         four per session when sessions come one at a time. A status the operator wrote is
         decided on again by the worker (see `worker`); its creates and deletes are not: the
         plan that made them decided on that picture already, and what follows them (a pod
-        running, gone) comes as a change."""
-        if self.store.revision(key) != revision:
+        running, gone) comes as a change. An echo that comes before the write's answer
+        changes the store; while the session's reconcile runs it is held, and queues the
+        session only if the reconcile did not write it (see controller.echoes)."""
+        if self.store.revision(key) != revision and not self.store.echoes.hold(key, version):
             self.queue.add(key)
 
     def _child_handler(self, kind: str) -> Callable[[str, dict[str, Any]], None]:
@@ -346,7 +349,13 @@ class Controller:
                     continue
                 version = self.store.version_of(key)
                 self._activity_read(key)
-                plan = await self._reconcile_while_leading(key)
+                plan: Plan | None = None
+                self.store.echoes.begin(key)
+                try:
+                    plan = await self._reconcile_while_leading(key)
+                finally:
+                    if self.store.echoes.end(key, planned=plan is not None):
+                        self.queue.add(key)  # news heard meanwhile
                 self._failures.pop(key, None)
                 acted = plan is not None and not plan.empty
                 metrics.RECONCILES.labels(cause, "acted" if acted else "nothing").inc()

@@ -299,6 +299,7 @@ class Reconciler:
                 ),
             )
             raise
+        self.store.echoes.written(key, kind, created)
         name = manifest["metadata"]["name"]
         if kind == "Pod":
             self.store.expect_pod(key, pod_view(created))
@@ -351,6 +352,7 @@ class Reconciler:
                 return
             raise
         # Keep our own write: the next reconcile may run before the watch shows it.
+        self.store.echoes.written(key, "AgentSession", updated)
         self.store.put_session(updated)
 
     async def _report_unreadable(self, key: Key, session: Unreadable) -> None:
@@ -419,6 +421,7 @@ class Reconciler:
             self.store.resize_refused.add((key, name))
             return
         metrics.POD_RESIZES.inc()
+        self.store.echoes.written(key, "Pod", resized)
         self.store.update_pod(key, pod_view(resized))
         log.debug("pod %s: start-up CPU boost ended", name, extra=_ctx(key))
 

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from corral.api.v1alpha1 import AgentSession
+from corral.controller.echoes import Echoes
 from corral.controller.lifecycle import Activity
 from corral.controller.pods import PodView
 from corral.controller.unreadable import Unreadable
@@ -115,6 +116,8 @@ class Store:
         # reused, so a session deleted and made again under its name cannot repeat one.
         self._revisions: dict[Key, int] = {}
         self._revision_counter = itertools.count(1)
+        # What the reconciles running now wrote, and the events they held (see echoes).
+        self.echoes = Echoes()
 
     def revision(self, key: Key) -> int:
         """Moves whenever the session, its children's views or their names change: equal
