@@ -19,6 +19,8 @@ log = logging.getLogger("corral.operator")
 # The Helm chart's Service name for a release named `corral`.
 DEFAULT_SERVICE = "corral"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# Allocations (net) between collections of the young generation (Python: 700); see _main.
+YOUNG_COLLECTION_THRESHOLD = 10_000
 
 
 def own_namespace(
@@ -151,6 +153,11 @@ async def _main(args: argparse.Namespace) -> int:
     # The modules just imported live as long as the process: the collector need never
     # walk them again (fewer objects per full collection while sessions come and go).
     gc.freeze()
+    # Watch events and answers are parsed into thousands of short-lived dicts, freed by
+    # reference counting; collecting the young generation every 700 of them only walked
+    # the ones still in use (1,000 sessions: 0.40 CPU-s of collections in a burst, 0.16
+    # with this; peak RSS about 1 MB more).
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD)
     namespace = own_namespace(dict(os.environ))
     if namespace is not None:
         port = args.service_port or args.port
