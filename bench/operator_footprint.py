@@ -27,11 +27,13 @@ import os
 import statistics
 import time
 import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import report
 from bench.kube import client_for, kwok_nodes
@@ -94,16 +96,21 @@ RECONCILE_CAUSES = ("change", "deadline", "status-write", "activity", "retry", "
 
 
 def reconciles_by_cause(operator: OperatorProcess, sessions: int) -> dict[str, float]:
-    """Per session, "<cause> <outcome>": {"deadline nothing": 1.0, ...}; empty for a tree
-    older than `corral_reconciles_total` (session 25)."""
-    counts = {
-        f"{cause} {outcome}": operator.metric(
-            "corral_reconciles_total", f'cause="{cause}",outcome="{outcome}"'
-        )
+    """Per session, "<cause> <outcome>": {"deadline nothing": 1.0, ...}, from one scrape;
+    empty for a tree older than `corral_reconciles_total` (session 25)."""
+    with urllib.request.urlopen(f"{operator.url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    counts: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "corral_reconciles_total":
+                counts[(sample.labels["cause"], sample.labels["outcome"])] = sample.value
+    return {
+        f"{cause} {outcome}": round(count / sessions, 2)
         for cause in RECONCILE_CAUSES
         for outcome in ("acted", "nothing", "failed")
+        if (count := counts.get((cause, outcome), 0.0))
     }
-    return {key: round(count / sessions, 2) for key, count in counts.items() if count}
 
 
 async def one(

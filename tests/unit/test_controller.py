@@ -558,14 +558,9 @@ class WatchFirstKube(FakeKube):
         self.versions = itertools.count(100)
 
     async def request(
-        self,
-        method: str,
-        path: str,
-        body: JSON | None = None,
-        content_type: str = "application/json",
-        params: dict[str, str] | None = None,
+        self, method: str, path: str, body: JSON | None = None, **options: Any
     ) -> JSON:
-        answer = await super().request(method, path, body, content_type, params)
+        answer = await super().request(method, path, body, **options)
         assert self.controller is not None
         if method == "POST" and body is not None and body["kind"] != "Event":
             answer["metadata"].update(resourceVersion=str(next(self.versions)), uid="uid-1")

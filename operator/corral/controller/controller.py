@@ -359,7 +359,8 @@ class Controller:
                 self._failures.pop(key, None)
                 acted = plan is not None and not plan.empty
                 metrics.RECONCILES.labels(cause, "acted" if acted else "nothing").inc()
-                if self.store.version_of(key) != version and not (plan and plan.only_status):
+                wrote_only_status = plan is not None and plan.only_status
+                if self.store.version_of(key) != version and not wrote_only_status:
                     # Decide on the status this reconcile wrote beside children it created or
                     # deleted (the store holds them before their watch events, which queue
                     # nothing), as the status write's echo did. A plan that wrote only the
