@@ -26,8 +26,8 @@ def test_an_event_at_the_version_a_write_answered_is_an_echo() -> None:
     echoes = Echoes()
     echoes.begin(KEY)
     echoes.hold(KEY, object_version("Service", body("s", "11")))
-    echoes.written(KEY, "Service", body("s", "11"))
-    echoes.written(KEY, "Pod", body("p", "12"))  # an answer whose echo comes later
+    echoes.written(KEY, object_version("Service", body("s", "11")))
+    echoes.written(KEY, object_version("Pod", body("p", "12")))  # an answer whose echo comes later
     assert not echoes.end(KEY, planned=True)
 
 
@@ -35,7 +35,7 @@ def test_another_version_kind_or_name_is_news() -> None:
     for heard in (("Service", "s", "12"), ("NetworkPolicy", "s", "11"), ("Service", "t", "11")):
         echoes = Echoes()
         echoes.begin(KEY)
-        echoes.written(KEY, "Service", body("s", "11"))
+        echoes.written(KEY, object_version("Service", body("s", "11")))
         echoes.hold(KEY, heard)
         assert echoes.end(KEY, planned=True), heard
 
@@ -43,7 +43,7 @@ def test_another_version_kind_or_name_is_news() -> None:
 def test_an_event_without_a_version_is_news() -> None:
     echoes = Echoes()
     echoes.begin(KEY)
-    echoes.written(KEY, "Service", {"metadata": {"name": "s"}})
+    echoes.written(KEY, object_version("Service", {"metadata": {"name": "s"}}))
     echoes.hold(KEY, object_version("Service", {"metadata": {"name": "s"}}))
     assert echoes.end(KEY, planned=True)
 
@@ -52,7 +52,7 @@ def test_a_reconcile_without_a_plan_trusts_no_echo() -> None:
     """Failed or cancelled: what it heard queues the session again, whatever it wrote."""
     echoes = Echoes()
     echoes.begin(KEY)
-    echoes.written(KEY, "Service", body("s", "11"))
+    echoes.written(KEY, object_version("Service", body("s", "11")))
     echoes.hold(KEY, ("Service", "s", "11"))
     assert echoes.end(KEY, planned=False)
     echoes.begin(KEY)
@@ -61,7 +61,7 @@ def test_a_reconcile_without_a_plan_trusts_no_echo() -> None:
 
 def test_writes_outside_a_reconcile_are_not_kept() -> None:
     echoes = Echoes()
-    echoes.written(KEY, "Service", body("s", "11"))
+    echoes.written(KEY, object_version("Service", body("s", "11")))
     echoes.begin(KEY)
     echoes.hold(KEY, ("Service", "s", "11"))
     assert echoes.end(KEY, planned=True)

@@ -224,3 +224,79 @@ def test_a_status_write_of_the_same_generation_keeps_the_parsed_spec() -> None:
 
     replaced = store.put_session(at("8", 2, uid="s-other"))
     assert replaced is not None and replaced.spec is not changed.spec
+
+
+def pod_at_version(name: str, version: str, phase: str = "Pending") -> dict[str, Any]:
+    body: dict[str, Any] = pod(name)
+    body["metadata"]["resourceVersion"] = version
+    body["status"] = {"phase": phase}
+    return body
+
+
+def test_a_pods_view_is_found_again_only_for_its_own_version() -> None:
+    """A create's answer and its watch event carry one version: the second is not read
+    again. Another version, a pod marked deleting, or no version at all is read."""
+    store = Store()
+    answer = pod_view(pod_at_version("demo-1", "11"))
+    store.expect_pod(KEY, answer)
+    assert store.pod_at(KEY, ("Pod", "demo-1", "11")) is answer
+    assert store.pod_at(KEY, ("Pod", "demo-1", "12")) is None
+    assert store.pod_at(KEY, ("Pod", "demo-2", "11")) is None
+    assert store.pod_at(("team-b", "demo"), ("Pod", "demo-1", "11")) is None
+    running = pod_view(pod_at_version("demo-1", "12", phase="Running"))
+    store.put_pod(KEY, running, deleted=False)
+    assert store.pod_at(KEY, ("Pod", "demo-1", "12")) is running
+    assert store.pod_at(KEY, ("Pod", "demo-1", "11")) is None
+    store.mark_pod_deleting(KEY, "demo-1")
+    assert store.pod_at(KEY, ("Pod", "demo-1", "12")) is None
+    unversioned = pod_view(pod("demo-3"))
+    store.put_pod(KEY, unversioned, deleted=False)
+    assert store.pod_at(KEY, ("Pod", "demo-3", "")) is None
+
+
+def test_a_version_is_not_part_of_what_a_pod_view_compares() -> None:
+    """The pod's scheduling is a new version that decisions read the same: no change."""
+    assert pod_view(pod_at_version("demo-1", "11")) == pod_view(pod_at_version("demo-1", "12"))
+
+
+def service_at_version(version: str, port: int = 8080) -> dict[str, Any]:
+    return {
+        "kind": "Service",
+        "metadata": {"name": "demo", "resourceVersion": version},
+        "spec": {"selector": {"app": "demo"}, "ports": [{"port": port}]},
+    }
+
+
+def test_a_named_childs_state_is_read_again_only_for_another_version() -> None:
+    store = Store()
+    store.put_named_body(KEY, ("Service", "demo", "11"), service_at_version("11"))
+    assert store.holds_named(KEY, ("Service", "demo", "11"))
+    revision = store.revision(KEY)
+    # The same version again (the watch event after the answer): nothing read or changed,
+    # even from a body that would read differently.
+    store.put_named_body(KEY, ("Service", "demo", "11"), service_at_version("11", port=1))
+    assert store.revision(KEY) == revision
+    assert '"port":8080' in (store.children_of(KEY).named_state("Service", "demo")[1] or "")
+    # A hand edit is a new version: read, a change.
+    store.put_named_body(KEY, ("Service", "demo", "12"), service_at_version("12", port=9))
+    assert store.revision(KEY) != revision
+    assert not store.holds_named(KEY, ("Service", "demo", "11"))
+    # Deleted: forgotten, whatever its version.
+    store.put_named_body(KEY, ("Service", "demo", "12"), service_at_version("12"), deleted=True)
+    assert not store.holds_named(KEY, ("Service", "demo", "12"))
+    assert "demo" not in store.children_of(KEY).services
+
+
+def test_a_claims_node_is_read_from_a_writes_answer_too() -> None:
+    """A claim found ours after a 409 may name its volume's node already."""
+    store = Store()
+    claim = {
+        "metadata": {
+            "name": "demo-state",
+            "resourceVersion": "7",
+            "annotations": {"volume.kubernetes.io/selected-node": "node-a"},
+        }
+    }
+    store.put_named_body(KEY, ("PersistentVolumeClaim", "demo-state", "7"), claim)
+    assert store.children_of(KEY).volume_nodes == {"demo-state": "node-a"}
+    assert store.holds_named(KEY, ("PersistentVolumeClaim", "demo-state", "7"))

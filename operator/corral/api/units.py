@@ -7,6 +7,7 @@ what a string means.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -19,6 +20,7 @@ QUANTITY_PATTERN = (
 # A Go duration made of whole units, e.g. "90s", "15m", "1h30m".
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
 
+_QUANTITY = re.compile(QUANTITY_PATTERN)
 _NUMBER = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(.*)$")
 _SUFFIXES: dict[str, Decimal] = {
     "": Decimal(1),
@@ -44,9 +46,12 @@ _DURATION_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _MAX_DURATION_NS = 2**63 - 1
 
 
+# Remembered: the operator reads the same few quantities (a pod's CPU limit, a spec's
+# memory) on every watch event and decision. Decimals are immutable; errors are not kept.
+@functools.lru_cache(maxsize=1024)
 def parse_quantity(text: str) -> Decimal:
     """The value of a quantity string (`500m` -> 0.5, `1Gi` -> 1073741824)."""
-    if not re.fullmatch(QUANTITY_PATTERN, text):
+    if not _QUANTITY.fullmatch(text):
         raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. 500m, 2, 1Gi)")
     match = _NUMBER.match(text)
     assert match is not None  # the pattern above guarantees a leading number

@@ -24,11 +24,10 @@ from corral.api.activity import ActivityReport
 from corral.api.v1alpha1 import GROUP, KIND, VERSION
 from corral.config import OperatorConfig
 from corral.controller import metrics
-from corral.controller.drift import live_spec
 from corral.controller.echoes import ObjectVersion, object_version
 from corral.controller.leader import LeaderElector
 from corral.controller.lifecycle import Activity, Plan, wake_token
-from corral.controller.pods import SELECTED_NODE_ANNOTATION, pod_view
+from corral.controller.pods import pod_view
 from corral.controller.queue import WorkQueue
 from corral.controller.reconciler import Reconciler
 from corral.controller.store import Key, Store
@@ -134,13 +133,13 @@ class Controller:
         key = (str(meta.get("namespace")), owner)
         deleted = event_type == "DELETED"
         revision = self.store.revision(key)
+        version = object_version(kind, body)
         if kind == "Pod":
-            self.store.put_pod(key, pod_view(body), deleted)
+            held = None if deleted else self.store.pod_at(key, version)
+            self.store.put_pod(key, held or pod_view(body), deleted)
         else:
-            spec = live_spec(kind, body)
-            node = (meta.get("annotations") or {}).get(SELECTED_NODE_ANNOTATION)
-            self.store.put_named_child(key, kind, str(meta.get("name")), deleted, spec, node)
-        self._queue_if_changed(key, revision, object_version(kind, body))
+            self.store.put_named_body(key, version, body, deleted)
+        self._queue_if_changed(key, revision, version)
 
     def _queue_if_changed(self, key: Key, revision: int, version: ObjectVersion) -> None:
         """Queue a reconcile only for an event that changed what decisions read. The echo

@@ -47,11 +47,12 @@ class Echoes:
         heard.append(version)
         return True
 
-    def written(self, key: Key, kind: str, answer: dict[str, Any]) -> None:
-        """The answer to a write of this reconcile (none is running: nothing to tell)."""
+    def written(self, key: Key, version: ObjectVersion) -> None:
+        """The version a write of this reconcile answered with (none is running: nothing
+        to tell)."""
         written = self._written.get(key)
         if written is not None:
-            written.add(object_version(kind, answer))
+            written.add(version)
 
     def end(self, key: Key, planned: bool) -> bool:
         """The reconcile ended: whether anything held is news (not its own write, or the

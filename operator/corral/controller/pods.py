@@ -7,7 +7,7 @@ thousands of sessions.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -65,6 +65,9 @@ class PodView:
     cpu_limit: Decimal | None = None
     # Whether the API server would take a resize of this pod (its node can resize).
     resizable: bool = True
+    # The version of the pod this view was made from: the same version is the same view
+    # (see Store.pod_at). Not compared: a new version may read the same.
+    resource_version: str = field(default="", compare=False)
 
     @property
     def finished(self) -> bool:
@@ -192,4 +195,5 @@ def pod_view(body: dict[str, Any]) -> PodView:
         unschedulable=unschedulable,
         cpu_limit=_cpu_limit(body.get("spec") or {}),
         resizable=resize_supported(status),
+        resource_version=str(meta.get("resourceVersion") or ""),
     )

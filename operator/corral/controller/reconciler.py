@@ -23,7 +23,7 @@ from corral.api.v1alpha1 import AgentSession, Condition, ObjectMeta
 from corral.config import OperatorConfig
 from corral.controller import metrics
 from corral.controller.credentials import SecretCheck, secret_check
-from corral.controller.drift import live_spec
+from corral.controller.echoes import object_version
 from corral.controller.lifecycle import (
     EventNote,
     Observed,
@@ -299,16 +299,17 @@ class Reconciler:
                 ),
             )
             raise
-        self.store.echoes.written(key, kind, created)
-        name = manifest["metadata"]["name"]
+        version = object_version(kind, created)
+        self.store.echoes.written(key, version)
         if kind == "Pod":
-            self.store.expect_pod(key, pod_view(created))
+            # (The watch may have shown this version first: its view is the same.)
+            self.store.expect_pod(key, self.store.pod_at(key, version) or pod_view(created))
             seen = self.wake_seen.pop(key, None)
             if seen is not None:
                 metrics.WAKE_LATENCY.observe(time.monotonic() - seen)
         else:
-            self._name_free(key, kind, name)
-            self.store.put_named_child(key, kind, name, False, live_spec(kind, created))
+            self._name_free(key, kind, version[1])
+            self.store.put_named_body(key, version, created)
 
     async def _check_owner(self, key: Key, session: AgentSession, manifest: dict[str, Any]) -> None:
         """After 409 AlreadyExists: record the child as ours, or its name as taken."""
@@ -323,7 +324,7 @@ class Reconciler:
             raise
         if owned_by(existing, session.metadata.uid):
             self._name_free(key, kind, name)
-            self.store.put_named_child(key, kind, name, False, live_spec(kind, existing))
+            self.store.put_named_body(key, object_version(kind, existing), existing)
             return
         metrics.ERRORS.labels(reason=f"Create{kind}NameTaken").inc()
         self.name_conflicts.setdefault(key, {})[f"{kind}/{name}"] = name_taken_message(
@@ -352,7 +353,7 @@ class Reconciler:
                 return
             raise
         # Keep our own write: the next reconcile may run before the watch shows it.
-        self.store.echoes.written(key, "AgentSession", updated)
+        self.store.echoes.written(key, object_version("AgentSession", updated))
         self.store.put_session(updated)
 
     async def _report_unreadable(self, key: Key, session: Unreadable) -> None:
@@ -421,7 +422,7 @@ class Reconciler:
             self.store.resize_refused.add((key, name))
             return
         metrics.POD_RESIZES.inc()
-        self.store.echoes.written(key, "Pod", resized)
+        self.store.echoes.written(key, object_version("Pod", resized))
         self.store.update_pod(key, pod_view(resized))
         log.debug("pod %s: start-up CPU boost ended", name, extra=_ctx(key))
 

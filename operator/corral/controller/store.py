@@ -19,9 +19,10 @@ from datetime import datetime
 from typing import Any
 
 from corral.api.v1alpha1 import AgentSession
-from corral.controller.echoes import Echoes
+from corral.controller.drift import live_spec
+from corral.controller.echoes import Echoes, ObjectVersion
 from corral.controller.lifecycle import Activity
-from corral.controller.pods import PodView
+from corral.controller.pods import SELECTED_NODE_ANNOTATION, PodView
 from corral.controller.unreadable import Unreadable
 
 Key = tuple[str, str]  # (namespace, session name)
@@ -47,6 +48,9 @@ class SessionChildren:
     # (kind, name) -> the owned fields of a Service's or NetworkPolicy's live spec, as
     # canonical JSON (see controller.drift): hand edits are found by comparing them.
     live_specs: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (kind, name) -> the resourceVersion the Service's, NetworkPolicy's or claim's state
+    # above was read from (see Store.holds_named).
+    versions: dict[tuple[str, str], str] = field(default_factory=dict)
     pvcs: set[str] = field(default_factory=set)
     # Claim name -> the node its volume was made for (the scheduler's selected-node
     # annotation), to name it when a pod cannot go back there.
@@ -257,12 +261,52 @@ class Store:
         )
         self._changed(key)
 
+    def pod_at(self, key: Key, version: ObjectVersion) -> PodView | None:
+        """The view held of this very version of a pod, if any. A create's answer and its
+        watch event (in either order), or a relist, bring one version twice: the second
+        need not be read again."""
+        _, name, resource_version = version
+        children = self.children.get(key)
+        if children is None or not resource_version:
+            return None
+        view = children.pods.get(name)
+        if view is None and name in children.expected_pods:
+            view = children.expected_pods[name][0]
+        return view if view is not None and view.resource_version == resource_version else None
+
     def mark_pod_deleting(self, key: Key, name: str) -> None:
         children = self.children_of(key)
         if name in children.pods:
-            children.pods[name] = replace(children.pods[name], deleting=True)
+            # No longer the view of its version: the version's own events read it again.
+            children.pods[name] = replace(children.pods[name], deleting=True, resource_version="")
         children.expected_pods.pop(name, None)
         self._changed(key)
+
+    def holds_named(self, key: Key, version: ObjectVersion) -> bool:
+        """Whether the state held of a Service, NetworkPolicy or claim was read from this
+        very version of it (see pod_at)."""
+        kind, name, resource_version = version
+        children = self.children.get(key)
+        return (
+            bool(resource_version)
+            and children is not None
+            and name in children.names_of(kind)
+            and children.versions.get((kind, name)) == resource_version
+        )
+
+    def put_named_body(
+        self, key: Key, version: ObjectVersion, body: dict[str, Any], deleted: bool = False
+    ) -> None:
+        """A Service, NetworkPolicy or claim, from a watch event, a write's answer or a read.
+        One held already at this version is not read again (see pod_at)."""
+        if not deleted and self.holds_named(key, version):
+            return
+        kind, name, resource_version = version
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        node = annotations.get(SELECTED_NODE_ANNOTATION)
+        self.put_named_child(
+            key, kind, name, deleted, live_spec(kind, body), node, resource_version
+        )
 
     def put_named_child(
         self,
@@ -272,10 +316,15 @@ class Store:
         deleted: bool,
         live_spec: str | None = None,
         volume_node: str | None = None,
+        resource_version: str = "",
     ) -> None:
         if deleted and key not in self.children:
             return
         children = self.children_of(key)
+        if deleted or not resource_version:
+            children.versions.pop((kind, name), None)
+        else:
+            children.versions[(kind, name)] = resource_version
         names = children.names_of(kind)
         before = children.named_state(kind, name)
         if deleted or volume_node is None:
