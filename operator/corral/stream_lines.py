@@ -29,6 +29,11 @@ async def bounded_lines(
         start = 0
         while True:
             end = chunk.find(b"\n", start)
+            if end >= 0 and not partial and not skipping and end + 1 - start <= max_line:
+                # A whole line in one chunk (most watch events): one copy, not three.
+                yield chunk[start : end + 1]
+                start = end + 1
+                continue
             piece = chunk[start:] if end < 0 else chunk[start : end + 1]
             if not skipping:
                 if len(partial) + len(piece) > max_line:
