@@ -60,19 +60,23 @@ class CuttableClient(KubeClient):
         body: JSON | None = None,
         content_type: str = "application/json",
         params: dict[str, str] | None = None,
+        accept: str | None = None,
+        lean: bool = False,
     ) -> JSON:
         if self.cut.is_set() and method == "GET" and path.endswith("/pods"):
             raise self._refuse()
-        return await super().request(method, path, body, content_type, params)
+        return await super().request(method, path, body, content_type, params, accept, lean)
 
-    async def stream(self, path: str, params: dict[str, str]) -> AsyncIterator[JSON]:
+    async def stream(
+        self, path: str, params: dict[str, str], lean: bool = False
+    ) -> AsyncIterator[JSON]:
         if not path.endswith("/pods"):
-            async for event in super().stream(path, params):
+            async for event in super().stream(path, params, lean):
                 yield event
             return
         if self.cut.is_set():
             raise self._refuse()
-        events = super().stream(path, params).__aiter__()
+        events = super().stream(path, params, lean).__aiter__()
         cut = asyncio.ensure_future(self.cut.wait())
         try:
             while True:
@@ -287,6 +291,60 @@ async def test_the_list_arrives_in_pages(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await counting.close()
+
+
+async def test_built_in_objects_arrive_whole_but_for_their_managed_fields(
+    kubeconfig: Path, own_namespace: str, admin: KubeClient
+) -> None:
+    """The child informers parse the API server's objects without metadata.managedFields
+    (corral.kube.managed_fields): listed or watched, a Service and a NetworkPolicy read as
+    a GET reads them, less that field, which the GET shows is there."""
+    labels = {"corral-test": "lean"}
+    made = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "lean", "namespace": own_namespace, "labels": labels},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]},
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "lean", "namespace": own_namespace, "labels": labels},
+            "spec": {"podSelector": {"matchLabels": {"app": "lean"}}, "policyTypes": ["Egress"]},
+        },
+    ]
+    await admin.create(made[0])  # listed; the NetworkPolicy comes by the watch
+    latest: dict[str, JSON] = {}
+    both = asyncio.Event()
+
+    def seen_one(_: str, body: JSON) -> None:
+        latest[body["kind"]] = body
+        if len(latest) == len(made):
+            both.set()
+
+    informers = [
+        Informer(admin, kind, "corral-test=lean", seen_one, [own_namespace])
+        for kind in ("Service", "NetworkPolicy")
+    ]
+    tasks = [asyncio.create_task(i.run()) for i in informers]
+    try:
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(i.synced.wait() for i in informers))
+            await admin.create(made[1])
+            await both.wait()
+        for manifest in made:
+            kind = manifest["kind"]
+            whole = await admin.get(kind, own_namespace, "lean")
+            assert whole["metadata"].pop("managedFields")  # the API server sends them
+            seen = dict(latest[kind])
+            seen.setdefault("kind", kind)  # (list items carry no kind)
+            seen.setdefault("apiVersion", manifest["apiVersion"])
+            assert seen == whole, kind
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_a_pod_the_watch_has_not_shown_is_looked_up_not_replaced(

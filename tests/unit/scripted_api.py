@@ -46,7 +46,9 @@ class ScriptedApi:
             meta["continue"] = str(start + limit)
         return {"metadata": meta, "items": [dict(item) for item in page]}
 
-    async def stream(self, path: str, params: dict[str, str]) -> AsyncIterator[JSON]:
+    async def stream(
+        self, path: str, params: dict[str, str], lean: bool = False
+    ) -> AsyncIterator[JSON]:
         self.watch_versions.append(params["resourceVersion"])
         if not self.watches:
             await asyncio.Event().wait()

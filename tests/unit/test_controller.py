@@ -55,6 +55,8 @@ class FakeKube(KubeClient):
         body: JSON | None = None,
         content_type: str = "application/json",
         params: dict[str, str] | None = None,
+        accept: str | None = None,
+        lean: bool = False,
     ) -> JSON:
         self.calls.append((method, path))
         if method == "DELETE" and "/pods/" in path:

@@ -19,6 +19,7 @@ from prometheus_client import Counter
 
 from corral.kube.credentials import Connection as Connection
 from corral.kube.credentials import load_connection as load_connection
+from corral.kube.managed_fields import LEAN_KINDS, without_managed_fields
 from corral.stream_lines import bounded_lines
 
 JSON = dict[str, Any]
@@ -93,7 +94,18 @@ def retry_after_of(header: str | None, payload: JSON) -> float | None:
     return float(seconds) if isinstance(seconds, int | float) and seconds > 0 else None
 
 
-async def _read_payload(response: aiohttp.ClientResponse) -> JSON:
+def _decode(raw: bytes, lean: bool) -> Any:
+    """Parsed JSON; `lean`: built-in objects without their managedFields (a cut the parser
+    refuses, which the API server's shape rules out, is parsed again whole)."""
+    if lean:
+        cut = without_managed_fields(raw)
+        if cut is not raw:
+            with contextlib.suppress(ValueError):
+                return decode_json(cut)
+    return decode_json(raw)
+
+
+async def _read_payload(response: aiohttp.ClientResponse, lean: bool = False) -> JSON:
     """The JSON body of a response. A body that is not a JSON object (a load balancer's error
     page, a connection cut mid-body) becomes an ApiError rather than a ValueError that
     callers do not expect."""
@@ -103,7 +115,7 @@ async def _read_payload(response: aiohttp.ClientResponse) -> JSON:
     if not raw or raw.isspace():  # (no copy of a list's megabytes, as strip() makes)
         return {}
     try:
-        payload = decode_json(raw)
+        payload = _decode(raw, lean)
     except ValueError:
         payload = None
     if not isinstance(payload, dict):
@@ -200,7 +212,10 @@ class KubeClient:
         content_type: str = "application/json",
         params: dict[str, str] | None = None,
         accept: str | None = None,
+        lean: bool = False,
     ) -> JSON:
+        """`lean`: the answer is built-in objects (managed_fields.LEAN_KINDS), parsed
+        without their managedFields."""
         self.requests_made += 1
         REQUESTS.labels(verb=method, kind=_kind_of(path)).inc()
         headers = {"Content-Type": content_type} if body is not None else {}
@@ -211,13 +226,16 @@ class KubeClient:
         async with self._session.request(
             method, path, data=data, headers=headers, params=params
         ) as response:
-            payload = await _read_payload(response)
+            payload = await _read_payload(response, lean and response.status < 400)
             if response.status >= 400:
                 raise _error(response, payload)
             return payload
 
-    async def stream(self, path: str, params: dict[str, str]) -> AsyncIterator[JSON]:
-        """The events of a watch request, one JSON object per line, until the server ends it."""
+    async def stream(
+        self, path: str, params: dict[str, str], lean: bool = False
+    ) -> AsyncIterator[JSON]:
+        """The events of a watch request, one JSON object per line, until the server ends it
+        (`lean`: as for `request`)."""
         REQUESTS.labels(verb="WATCH", kind=_kind_of(path)).inc()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=STREAM_IDLE_SECONDS)
         async with self._session.get(
@@ -227,13 +245,12 @@ class KubeClient:
                 raise _error(response, await _read_payload(response))
             async for line in bounded_lines(response.content, MAX_WATCH_LINE_BYTES):
                 if not line.isspace():  # (bounded_lines yields no empty line)
-                    yield decode_json(line)
+                    yield _decode(line, lean)
 
     async def create(self, manifest: JSON) -> JSON:
-        meta = manifest["metadata"]
-        return await self.request(
-            "POST", resource_path(manifest["kind"], meta.get("namespace")), manifest
-        )
+        kind, meta = manifest["kind"], manifest["metadata"]
+        path = resource_path(kind, meta.get("namespace"))
+        return await self.request("POST", path, manifest, lean=kind in LEAN_KINDS)
 
     async def get(self, kind: str, namespace: str | None, name: str) -> JSON:
         return await self.request("GET", resource_path(kind, namespace, name))

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import aiohttp
 
 from corral.kube.client import ApiError, KubeClient, resource_path, retry_after_of
+from corral.kube.managed_fields import LEAN_KINDS
 
 log = logging.getLogger("corral.informer")
 JSON = dict[str, Any]
@@ -141,6 +142,8 @@ class Informer:
         RBAC); any glob pattern makes it one cluster-wide watch filtered here."""
         self.client = client
         self.kind = kind
+        # Built-in kinds are parsed without their managedFields (corral.kube.managed_fields).
+        self._lean = kind in LEAN_KINDS
         self.selector = label_selector
         self.on_event = on_event
         self.page_size = page_size
@@ -217,7 +220,7 @@ class Informer:
         params = {"labelSelector": self.selector, "limit": str(self.page_size)}
         path = resource_path(self.kind, scope)
         while True:
-            page = await self.client.request("GET", path, params=params)
+            page = await self.client.request("GET", path, params=params, lean=self._lean)
             yield page
             more = (page.get("metadata") or {}).get("continue")
             if not more:
@@ -270,7 +273,8 @@ class Informer:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(WATCH_SECONDS),
         }
-        async for event in self.client.stream(resource_path(self.kind, scope), params):
+        path = resource_path(self.kind, scope)
+        async for event in self.client.stream(path, params, lean=self._lean):
             kind = event.get("type")
             body = event.get("object") or {}
             if kind == "ERROR":
