@@ -226,7 +226,7 @@ class KubeClient:
         async with self._session.request(
             method, path, data=data, headers=headers, params=params
         ) as response:
-            payload = await _read_payload(response, lean and response.status < 400)
+            payload = await _read_payload(response, lean)
             if response.status >= 400:
                 raise _error(response, payload)
             return payload
