@@ -21,11 +21,11 @@ from typing import Any
 from corral.api.v1alpha1 import AgentSession
 from corral.controller.drift import live_spec
 from corral.controller.echoes import Echoes, ObjectVersion
+from corral.controller.echoes import Key as Key  # (namespace, session name)
 from corral.controller.lifecycle import Activity
 from corral.controller.pods import SELECTED_NODE_ANNOTATION, PodView
 from corral.controller.unreadable import Unreadable
 
-Key = tuple[str, str]  # (namespace, session name)
 # A created pod the watch has not shown yet is assumed to exist for this long.
 EXPECTATION_SECONDS = 60.0
 # Written by `kubectl apply` on every object it applies: the whole last-applied manifest.
