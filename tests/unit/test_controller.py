@@ -18,7 +18,6 @@ from corral.api import runtime
 from corral.api.v1alpha1 import AgentSession
 from corral.config import OperatorConfig
 from corral.controller import controller as controller_module
-from corral.controller import reconciler as reconciler_module
 from corral.controller import store as store_module
 from corral.controller.controller import Controller, RunSettings
 from corral.controller.drift import live_spec
@@ -681,8 +680,7 @@ async def test_a_childs_version_is_read_once_whichever_of_answer_and_event_comes
 
         return counting
 
-    monkeypatch.setattr(controller_module, "pod_view", counted("pod_view", pod_view))
-    monkeypatch.setattr(reconciler_module, "pod_view", counted("pod_view", pod_view))
+    monkeypatch.setattr(store_module, "pod_view", counted("pod_view", pod_view))
     monkeypatch.setattr(store_module, "live_spec", counted("live_spec", live_spec))
     session = make_session("LongRunning")
     controller = await watch_first_controller(monkeypatch, config, session)

@@ -135,8 +135,8 @@ class Controller:
         revision = self.store.revision(key)
         version = object_version(kind, body)
         if kind == "Pod":
-            held = None if deleted else self.store.pod_at(key, version)
-            self.store.put_pod(key, held or pod_view(body), deleted)
+            view = pod_view(body) if deleted else self.store.view_of_pod(key, version, body)
+            self.store.put_pod(key, view, deleted)
         else:
             self.store.put_named_body(key, version, body, deleted)
         self._queue_if_changed(key, revision, version)

@@ -302,8 +302,7 @@ class Reconciler:
         version = object_version(kind, created)
         self.store.echoes.written(key, version)
         if kind == "Pod":
-            # (The watch may have shown this version first: its view is the same.)
-            self.store.expect_pod(key, self.store.pod_at(key, version) or pod_view(created))
+            self.store.expect_pod(key, self.store.view_of_pod(key, version, created))
             seen = self.wake_seen.pop(key, None)
             if seen is not None:
                 metrics.WAKE_LATENCY.observe(time.monotonic() - seen)

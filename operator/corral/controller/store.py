@@ -23,7 +23,7 @@ from corral.controller.drift import live_spec
 from corral.controller.echoes import Echoes, ObjectVersion
 from corral.controller.echoes import Key as Key  # (namespace, session name)
 from corral.controller.lifecycle import Activity
-from corral.controller.pods import SELECTED_NODE_ANNOTATION, PodView
+from corral.controller.pods import SELECTED_NODE_ANNOTATION, PodView, pod_view
 from corral.controller.unreadable import Unreadable
 
 # A created pod the watch has not shown yet is assumed to exist for this long.
@@ -273,6 +273,11 @@ class Store:
         if view is None and name in children.expected_pods:
             view = children.expected_pods[name][0]
         return view if view is not None and view.resource_version == resource_version else None
+
+    def view_of_pod(self, key: Key, version: ObjectVersion, body: dict[str, Any]) -> PodView:
+        """The view of this version of a pod: the one held (see pod_at), else read from
+        `body`, whichever of a create's answer and its watch event brings it."""
+        return self.pod_at(key, version) or pod_view(body)
 
     def mark_pod_deleting(self, key: Key, name: str) -> None:
         children = self.children_of(key)
