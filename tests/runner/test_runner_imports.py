@@ -211,3 +211,45 @@ def test_process_age_counts_from_the_process_start() -> None:
     )
     age = float(done.stdout.strip())
     assert 0.3 <= age < 60
+
+
+def test_the_collector_is_off_while_the_runner_starts_and_on_when_it_serves(
+    tmp_path: Path,
+) -> None:
+    """Start-up's imports run without the garbage collector; once the runner is set up,
+    what they loaded is frozen and the collector is on again (a runner left without it
+    would never free a reference cycle)."""
+    session = tmp_path / "session.json"
+    session.write_text('{"pattern": "LongRunning"}')
+    code = (
+        "import gc, json, sys\n"
+        "import corral.runner.app as app, corral.runner.session_file as session_file\n"
+        "seen = {}\n"
+        "load = session_file.load_session\n"
+        "def loading(path):\n"
+        "    seen['loading'] = gc.isenabled()\n"
+        "    return load(path)\n"
+        "def serving(settings):\n"
+        "    seen['serving'] = gc.isenabled()\n"
+        "    seen['frozen'] = gc.get_freeze_count()\n"
+        "    print(json.dumps(seen))\n"
+        "    return 0\n"
+        "session_file.load_session, app.run = loading, serving\n"
+        "from corral.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    argv = ["runner", "--session", str(session), "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--workspace", str(tmp_path / "ws"), "--state-dir", str(tmp_path / "state")]
+    argv += ["--termination-log", str(tmp_path / "t")]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(OPERATOR_DIR), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["loading"] is False
+    assert seen["serving"] is True
+    assert seen["frozen"] > 10_000  # the modules start-up imported
