@@ -357,7 +357,7 @@ def _command(args: argparse.Namespace) -> str:
     words += [f"--tunnels {args.tunnels}", f"--seconds {args.seconds:g}"]
     words.append(f"--layouts {','.join(args.layouts)}")
     if args.baseline is not None:
-        words.append(f"--baseline {args.baseline}")
+        words.append("--baseline <baseline>")  # another tree, wherever it was unpacked
     return " ".join(words)
 
 

@@ -34,8 +34,16 @@ def repo_command(command: str, repo: Path | str = REPO) -> str:
     words = []
     for word in shlex.split(command):
         path = PurePosixPath(word)
+        label, equals, value = word.partition("=")
         if path.is_absolute():
             word = _in_repo(path, root)
+        elif equals and PurePosixPath(value).is_absolute():
+            # `--tree old=/somewhere/operator`: another tree, named by its label.
+            value_path = PurePosixPath(value)
+            shown = _in_repo(value_path, root)
+            if not value_path.is_relative_to(root):
+                shown = f"<{label}>/{shown}"
+            word = f"{label}={shown}"
         words.append(word)
     if words and words[0] == RUN_SCRIPT:
         words[0] = RUN_MODULE

@@ -57,3 +57,14 @@ def test_this_command_keeps_a_note_with_an_apostrophe(monkeypatch: pytest.Monkey
     argv = [str(REPO / "bench" / "run.py"), "--note", "the operator's own run"]
     monkeypatch.setattr(sys, "argv", argv)
     assert report.this_command() == "python -m bench.run --note 'the operator'\"'\"'s own run'"
+
+
+def test_a_tree_outside_the_repository_is_named_by_its_label() -> None:
+    command = (
+        "/srv/build/corral/bench/operator_footprint.py --sessions 1000"
+        " --tree old=/scratch/snap-1/operator --tree new=/srv/build/corral/operator"
+    )
+    assert report.repo_command(command, "/srv/build/corral") == (
+        "bench/operator_footprint.py --sessions 1000"
+        " --tree 'old=<old>/operator' --tree new=operator"
+    )
