@@ -38,10 +38,11 @@ def repo_command(command: str, repo: Path | str = REPO) -> str:
         if path.is_absolute():
             word = _in_repo(path, root)
         elif equals and PurePosixPath(value).is_absolute():
-            # `--tree old=/somewhere/operator`: another tree, named by its label.
+            # `--tree old=/somewhere/operator`: another tree, named by its label;
+            # `--out=/somewhere/r.json` as a path word is.
             value_path = PurePosixPath(value)
             shown = _in_repo(value_path, root)
-            if not value_path.is_relative_to(root):
+            if not value_path.is_relative_to(root) and not label.startswith("-"):
                 shown = f"<{label}>/{shown}"
             word = f"{label}={shown}"
         words.append(word)

@@ -63,8 +63,9 @@ def test_a_tree_outside_the_repository_is_named_by_its_label() -> None:
     command = (
         "/srv/build/corral/bench/operator_footprint.py --sessions 1000"
         " --tree old=/scratch/snap-1/operator --tree new=/srv/build/corral/operator"
+        " --out=/srv/build/corral/docs/r.json"
     )
     assert report.repo_command(command, "/srv/build/corral") == (
         "bench/operator_footprint.py --sessions 1000"
-        " --tree 'old=<old>/operator' --tree new=operator"
+        " --tree 'old=<old>/operator' --tree new=operator --out=docs/r.json"
     )
