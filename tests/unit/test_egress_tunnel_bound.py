@@ -1,5 +1,6 @@
 """The tunnel's own buffering is bounded: a destination that does not read stops the source
-being read (the bytes wait in the kernel's socket buffers, not in the proxy)."""
+being read (the bytes wait in the kernel's socket buffers, not in the proxy), and a buffer
+is lent to a direction only while it holds bytes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import termios
 
 import pytest
 
-from corral.gateway.egress_tunnel import COPY_BUFFER, PIPE_SIZE, SPLICE, tunnel
+from corral.gateway.egress_tunnel import BUFFER_SIZE, BufferPool, tunnel
 
 
 def queued(sock: socket.socket) -> int:
@@ -21,12 +22,8 @@ def queued(sock: socket.socket) -> int:
     return int(struct.unpack("i", raw)[0])
 
 
-@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
-async def test_a_destination_that_does_not_read_bounds_what_the_tunnel_holds(
-    splice: bool,
-) -> None:
-    if splice and not SPLICE:
-        pytest.skip("no splice(2) here")
+async def test_a_destination_that_does_not_read_bounds_what_the_tunnel_holds() -> None:
+    pool = BufferPool()
     client_end, proxy_client = socket.socketpair()
     proxy_upstream, upstream_end = socket.socketpair()
     for sock in (client_end, proxy_client, proxy_upstream, upstream_end):
@@ -39,7 +36,7 @@ async def test_a_destination_that_does_not_read_bounds_what_the_tunnel_holds(
             proxy_upstream,
             idle=60,
             counters={"up": lambda n: read_from_client.__setitem__(0, read_from_client[0] + n)},
-            splice=splice,
+            pool=pool,
         )
     )
     payload = os.urandom(64 * 1024 * 1024)  # far more than every buffer on the way
@@ -53,8 +50,9 @@ async def test_a_destination_that_does_not_read_bounds_what_the_tunnel_holds(
         seen = read_from_client[0]
     assert not sending.done()
     held = read_from_client[0] - queued(upstream_end)  # taken from the client, not delivered
-    assert 0 <= held <= (PIPE_SIZE if splice else COPY_BUFFER), held
+    assert 0 <= held <= BUFFER_SIZE, held
     assert read_from_client[0] < len(payload) // 4
+    assert pool.lent == 1  # the up direction's, holding what the upstream has not taken
 
     got = bytearray()  # reading again lets everything through, intact and in order
     while len(got) < len(payload):
@@ -65,36 +63,49 @@ async def test_a_destination_that_does_not_read_bounds_what_the_tunnel_holds(
     assert got == payload
     assert read_from_client[0] == len(payload)
     running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert pool.lent == 0
     for sock in (client_end, proxy_client, proxy_upstream, upstream_end):
         sock.close()
 
 
-async def test_a_tunnel_that_cannot_get_its_second_pipe_leaks_nothing(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    if not SPLICE:
-        pytest.skip("no splice(2) here")
-    real_pipe2 = os.pipe2
-    calls = [0]
-
-    def second_fails(flags: int) -> tuple[int, int]:
-        calls[0] += 1
-        if calls[0] == 2:
-            raise OSError(24, "Too many open files")
-        return real_pipe2(flags)
-
-    client_end, proxy_client = socket.socketpair()
-    proxy_upstream, upstream_end = socket.socketpair()
-    for sock in (proxy_client, proxy_upstream):
-        sock.setblocking(False)
-    before = len(os.listdir("/proc/self/fd"))
-    monkeypatch.setattr(os, "pipe2", second_fails)
-    with pytest.raises(OSError):
-        await tunnel(proxy_client, proxy_upstream, idle=60)
-    monkeypatch.setattr(os, "pipe2", real_pipe2)
-    assert len(os.listdir("/proc/self/fd")) == before  # the first direction's pipe closed
+async def test_quiet_tunnels_hold_no_buffer_and_a_stopped_one_gives_its_back() -> None:
+    pool = BufferPool(keep=2)
     loop = asyncio.get_running_loop()
-    # Nothing left watching the client's descriptor (it would be a later socket's number).
-    assert not loop.remove_reader(proxy_client.fileno())
-    for sock in (client_end, proxy_client, proxy_upstream, upstream_end):
-        sock.close()
+    pairs = []
+    for _ in range(5):
+        client_end, proxy_client = socket.socketpair()
+        proxy_upstream, upstream_end = socket.socketpair()
+        for sock in (client_end, proxy_client, proxy_upstream, upstream_end):
+            sock.setblocking(False)
+        running = asyncio.create_task(tunnel(proxy_client, proxy_upstream, idle=60, pool=pool))
+        pairs.append((running, client_end, proxy_client, proxy_upstream, upstream_end))
+    for _running, client_end, _pc, _pu, upstream_end in pairs:
+        await loop.sock_sendall(client_end, b"ping" * 1000)
+        got = b""
+        while len(got) < 4000:
+            got += await asyncio.wait_for(loop.sock_recv(upstream_end, 65536), 10)
+        assert got == b"ping" * 1000
+    assert pool.lent == 0  # every byte delivered: no direction holds a buffer
+    assert 1 <= len(pool.free) <= 2  # reused, and no more kept than asked
+    assert all(len(buffer) == BUFFER_SIZE for buffer in pool.free)
+
+    # One upstream stops reading: only that direction keeps a buffer, until the tunnel ends.
+    running, client_end, *_middle, upstream_end = pairs[0]
+    sending = asyncio.create_task(loop.sock_sendall(client_end, os.urandom(32 * 1024 * 1024)))
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if pool.lent:
+            break
+    await asyncio.sleep(0.2)
+    assert pool.lent == 1
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert pool.lent == 0
+    sending.cancel()
+    for running, *socks in pairs:
+        running.cancel()
+        for sock in socks:
+            sock.close()

@@ -591,7 +591,11 @@ async def test_a_session_that_sleeps_again_soon_after_a_wake_is_woken_again() ->
 async def test_a_refused_connection_is_tried_again_until_the_runner_listens() -> None:
     port = free_port()
     app = web.Application()
-    app.router.add_post("/v1/messages", lambda request: web.json_response({"ok": True}))
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app.router.add_post("/v1/messages", answer)
     runner = web.AppRunner(app)
     await runner.setup()
 

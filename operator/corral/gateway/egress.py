@@ -5,9 +5,9 @@ gateway's informers; see egress_index). Its request is parsed and bounded, check
 the session's policy, the name resolved here and each address checked (DNS rebinding), and
 only then is an upstream connection opened, to the address that was checked: nothing of a
 refused request leaves the gateway. CONNECT becomes a byte tunnel (egress_tunnel: both
-directions spliced in the kernel, backpressure, closed after `idle_seconds` without a byte
-either way); plain HTTP in absolute form is rewritten to origin form, then tunnelled the
-same way.
+directions copied through pooled buffers, backpressure, closed after `idle_seconds`
+without a byte either way); plain HTTP in absolute form is rewritten to origin form, then
+tunnelled the same way.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ class ProxyRequest:
             if lowered in HOP_BY_HOP or lowered in listed or lowered == "host":
                 continue
             lines.append(f"{name}: {value}")
-        # One request per upstream connection: the tunnel after it is spliced as bytes.
+        # One request per upstream connection: the tunnel after it is relayed as bytes.
         lines.append("Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
