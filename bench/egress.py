@@ -293,9 +293,13 @@ def throughput(
                 direct = sum(cpu_median[direct_key].values())
                 proxied = sum(cpu_median[proxied_key].values())
                 results[f"{prefix}cpu_ratio_{direction}{suffix}"] = round(direct / proxied, 3)
-        # What the proxy costs whatever else runs on the machine.
+        # What the proxy costs whatever else runs on the machine (every layout measured).
         results[f"{prefix}proxy_cpu_seconds_per_gib"] = round(
-            statistics.median(cpu_median[f"{d}_{name}"]["proxy"] for d in ("down", "up")),
+            statistics.median(
+                cpu_median[f"{d}_{name}{'' if layout == 'shared' else f'_{layout}'}"]["proxy"]
+                for d in ("down", "up")
+                for layout in layouts
+            ),
             3,
         )
     return results
@@ -433,7 +437,8 @@ def report(results: dict[str, Any]) -> str:
             f"Command: `{results.get('command', 'python -m bench.egress')}`; load average at "
             f"start {results.get('load_average_at_start', '?')}. "
             f"{t['bytes_per_run'] // 2**20} MiB per run, median of "
-            f"{len(t['runs_mib_per_s']['down_direct'])} interleaved runs (MiB/s). CPU layouts: "
+            f"{len(next(iter(t['runs_mib_per_s'].values())))} interleaved runs (MiB/s). "
+            "CPU layouts: "
             "*shared*, the three processes on every core; *pinned*, client and upstream on "
             "CPU 0 and the proxy on CPU 1, as deployed (the proxy in the gateway's own pods):",
             "",
