@@ -5,8 +5,8 @@ writes it to its destination, driven by the loop's readiness callbacks: no corou
 chunk. Copying through the proxy costs its own core more than `splice(2)` did (about 0.19
 against 0.08 CPU-s per GiB), but the bytes then reach each endpoint as a direct connection
 delivers them: spliced, the endpoints (a session's process inside its CPU limit, the
-remote server) spent 40 to 50 % more CPU per byte receiving them, and that, not the
-proxy's core, is what held a tunnel under 0.8x a direct connection (docs/egress.md).
+remote server) spent up to 90 % more CPU per byte in most runs, and that, not the proxy's
+core, is what held a tunnel under 0.8x a direct connection (docs/egress.md).
 
 Buffers are lent from a pool only while a direction holds bytes its destination has not
 taken, so quiet tunnels hold none. Backpressure: while the destination does not take what
