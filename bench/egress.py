@@ -230,6 +230,11 @@ def _own_cpu() -> float:
 LAYOUTS: dict[str, tuple[set[int], set[int]] | None] = {"shared": None, "pinned": ({0}, {1})}
 
 
+def _suffix(layout: str) -> str:
+    """What a layout adds to a run's key: nothing for shared (the first layout measured)."""
+    return "" if layout == "shared" else f"_{layout}"
+
+
 def _place(layout: tuple[set[int], set[int]] | None, upstream_pid: int,
            proxy_pids: list[int]) -> None:  # fmt: skip
     every = set(range(os.cpu_count() or 1))
@@ -260,7 +265,7 @@ def throughput(
     proxy_pids = [pid for pid, _port in proxies.values()]
     for _round, layout in itertools.product(range(rounds), layouts):
         _place(LAYOUTS[layout], upstream_pid, proxy_pids)
-        suffix = "" if layout == "shared" else f"_{layout}"
+        suffix = _suffix(layout)
         for direction, move in (("down", download), ("up", upload)):
             for name, (pid, port) in {"direct": (0, None), **proxies}.items():
                 key = f"{direction}_{name}{suffix}"
@@ -284,7 +289,7 @@ def throughput(
     for name in proxies:
         prefix = "" if name == "proxy" else f"{name}_"
         for layout in layouts:
-            suffix = "" if layout == "shared" else f"_{layout}"
+            suffix = _suffix(layout)
             for direction in ("down", "up"):
                 proxied_key = f"{direction}_{name}{suffix}"
                 direct_key = f"{direction}_direct{suffix}"
@@ -296,7 +301,7 @@ def throughput(
         # What the proxy costs whatever else runs on the machine (every layout measured).
         results[f"{prefix}proxy_cpu_seconds_per_gib"] = round(
             statistics.median(
-                cpu_median[f"{d}_{name}{'' if layout == 'shared' else f'_{layout}'}"]["proxy"]
+                cpu_median[f"{d}_{name}{_suffix(layout)}"]["proxy"]
                 for d in ("down", "up")
                 for layout in layouts
             ),
@@ -407,7 +412,7 @@ def _throughput_rows(t: dict[str, Any]) -> list[str]:
     m = t["median_mib_per_s"]
     rows = []
     for layout in t.get("layouts", ["shared"]):
-        suffix = "" if layout == "shared" else f"_{layout}"
+        suffix = _suffix(layout)
         for direction, label in (("down", "upstream -> client"), ("up", "client -> upstream")):
             for name in ("proxy", "baseline"):
                 if f"{direction}_{name}{suffix}" not in m:
