@@ -249,8 +249,7 @@ async def auth_cost(world: World, gateway: GatewayProcess, tokens: list[str],
     }
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    layout = control_plane.up()
+async def main(args: argparse.Namespace, layout: control_plane.Layout) -> dict[str, Any]:
     kubeconfig = layout.kubeconfig(pki.ADMIN)
     control_plane.kubectl(
         layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd_yaml()
@@ -392,7 +391,8 @@ def _target(what: str, value: float, limit: float, unit: str) -> str:
 
 if __name__ == "__main__":
     arguments = parse()
-    outcome = asyncio.run(main(arguments))
+    with control_plane.running() as cluster:
+        outcome = asyncio.run(main(arguments, cluster))
     arguments.out.write_text(json.dumps(outcome, indent=1))
     if arguments.report:
         (ROOT / "docs" / "gateway-benchmarks.md").write_text(report(outcome))

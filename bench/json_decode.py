@@ -160,8 +160,7 @@ def measure(recorded: dict[str, list[bytes]], sessions: int, repeats: int) -> di
     }
 
 
-async def main(args: argparse.Namespace) -> None:
-    layout = control_plane.up()
+async def main(args: argparse.Namespace, layout: control_plane.Layout) -> None:
     control_plane.kubectl(
         layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd_yaml()
     )
@@ -188,4 +187,5 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    with control_plane.running() as cluster:
+        asyncio.run(main(parse(), cluster))

@@ -92,8 +92,7 @@ async def overhead(direct: str, proxy: str, credential: str, messages: int) -> d
         )
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    layout = control_plane.up()
+async def main(args: argparse.Namespace, layout: control_plane.Layout) -> dict[str, Any]:
     kubeconfig = layout.kubeconfig(pki.ADMIN)
     control_plane.kubectl(
         layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd_yaml()
@@ -194,6 +193,7 @@ def parse() -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse()
-    outcome = asyncio.run(main(arguments))
+    with control_plane.running() as cluster:
+        outcome = asyncio.run(main(arguments, cluster))
     arguments.out.write_text(json.dumps(outcome, indent=1) + "\n")
     (ROOT / "docs" / "model-proxy-benchmarks.md").write_text(report(outcome))

@@ -178,8 +178,7 @@ async def one(
         await client.close()
 
 
-async def main(args: argparse.Namespace) -> None:
-    layout = control_plane.up()
+async def main(args: argparse.Namespace, layout: control_plane.Layout) -> None:
     kubeconfig = layout.kubeconfig(pki.ADMIN)
     control_plane.kubectl(
         layout, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd_yaml()
@@ -302,4 +301,5 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    with control_plane.running() as cluster:
+        asyncio.run(main(parse(), cluster))

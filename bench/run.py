@@ -64,8 +64,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def main(args: argparse.Namespace) -> None:
-    layout = control_plane.up()
+async def main(args: argparse.Namespace, layout: control_plane.Layout) -> None:
     kubeconfig = layout.kubeconfig(pki.ADMIN)
     crd = crd_yaml()
     control_plane.kubectl(
@@ -249,4 +248,5 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    with control_plane.running() as cluster:
+        asyncio.run(main(parse(), cluster))

@@ -45,13 +45,8 @@ def kubeconfig() -> Iterator[Path]:
         return
     from corral.cluster import control_plane
 
-    started_here = not control_plane.is_up()
-    layout = control_plane.up()
-    try:
+    with control_plane.running() as layout:
         yield layout.kubeconfig(control_plane.pki.ADMIN)
-    finally:
-        if started_here and not os.environ.get("CORRAL_KEEP_CLUSTER"):
-            control_plane.down()
 
 
 @pytest.fixture(scope="session")

@@ -147,6 +147,26 @@ def test_up_twice_is_safe_and_status_reports_components(kubeconfig: Path) -> Non
     assert printed.stdout.strip() == str(kubeconfig)
 
 
+def test_a_block_stops_the_cluster_it_started_and_leaves_one_it_found(
+    kubeconfig: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the suites and the benchmarks run in: a developer's cluster is used and left up,
+    # a cluster the block started is stopped when the block ends, even by an error.
+    found = control_plane.current_layout()
+    if found is None:
+        pytest.skip("running against an external cluster")
+    monkeypatch.delenv("CORRAL_KEEP_CLUSTER", raising=False)
+    with control_plane.running() as layout:
+        assert layout.root == found.root
+    assert control_plane.is_up()
+    own = tmp_path / "own"
+    with pytest.raises(RuntimeError, match="the benchmark failed"), control_plane.running(own):
+        assert control_plane.is_up(own)
+        raise RuntimeError("the benchmark failed")
+    assert not control_plane.is_up(own)
+    assert not own.exists()
+
+
 def _free_port_base(count: int = len(ports.DEFAULT_PORTS)) -> int:
     """A base port with `count` free ports after it (now; the race is what is tested)."""
     for _ in range(50):

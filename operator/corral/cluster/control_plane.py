@@ -9,13 +9,15 @@ another port and starts again (see ports.py).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -405,6 +407,21 @@ def is_up(root: Path | None = None) -> bool:
 
         return node.is_up(layout)
     return True
+
+
+@contextlib.contextmanager
+def running(root: Path | None = None) -> Iterator[Layout]:
+    """The cluster in `root` for a `with` block: started if it is not up, and stopped when
+    the block ends only if the block started it (and CORRAL_KEEP_CLUSTER is unset). A test
+    run or a benchmark leaves the machine as it found it, and never stops a cluster someone
+    else brought up (a developer's `corral up`)."""
+    started_here = not is_up(root)
+    layout = up(root=root)
+    try:
+        yield layout
+    finally:
+        if started_here and not os.environ.get("CORRAL_KEEP_CLUSTER"):
+            down(root)
 
 
 def status() -> int:
