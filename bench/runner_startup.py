@@ -11,9 +11,11 @@ answers 200, then sends one message and reads its stream. (Polling `/readyz` eve
 milliseconds instead costs the runner CPU inside the same quota as its booting CLI: under
 load it was most of the runner's CPU and delayed the very readiness it measured.)
 As in a pod, the runner reports activity (to a sink here that answers 204: the reporter's
-HTTP client and models are part of a start). CPU-seconds are the runner's and its CLI's
-(user + system, children included) at ready and when the result arrives, and the runner's
-own. The load average is recorded per run.
+HTTP client and models are part of a start). CPU-seconds, at ready and when the result
+arrives: everything the run started (the runner, its CLI and the CLI's children), counted
+in nanoseconds by a cgroup's CPU accounting, and the runner's own (its threads' scheduler
+time). Until session 30 they came from `/proc/PID/stat`, in ticks of 0.01 s. The load
+average is recorded per run.
 Trees are run alternately, run by run, so load on the shared machine hits both alike.
 `--wake`: each run is a Hybrid session's runner started again on the workspace and state
 its previous run left (as a woken pod finds its volume), after one uncounted first start.
@@ -37,57 +39,70 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from corral.testing.fake_anthropic import FakeAnthropic
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+CGROUP_CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 PERIOD_US = 100_000
-TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class RunGroups:
+    """The cgroups one run's processes join: `cpuacct` counts, in nanoseconds, the CPU of
+    every process started in it (the runner, its CLI and the CLI's children, exited ones
+    too); `cpu` holds the quota, if any."""
+
+    cpuacct: Path
+    cpu: Path | None
+
+    def joined(self) -> list[Path]:
+        return [self.cpuacct] + ([self.cpu] if self.cpu else [])
+
+    def cpu_seconds(self) -> float:
+        return int((self.cpuacct / "cpuacct.usage").read_text()) / 1e9
 
 
 @contextlib.contextmanager
-def cpu_cgroup(cpus: float | None) -> Iterator[Path | None]:
-    """A cgroup v1 CPU quota of `cpus` CPUs (None: no limit)."""
-    if cpus is None:
-        yield None
-        return
-    group = CGROUP_CPU / f"corral-bench-startup-{os.getpid()}-{int(cpus * 1000)}m"
-    group.mkdir()
+def run_cgroups(cpus: float | None) -> Iterator[RunGroups]:
+    """cgroup v1 groups for one run: CPU accounting, and a quota of `cpus` CPUs (None: no
+    limit). Needs root."""
+    name = f"corral-bench-startup-{os.getpid()}-{int((cpus or 0) * 1000)}m"
+    made: list[Path] = []
     try:
-        (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-        (group / "cpu.cfs_quota_us").write_text(str(int(cpus * PERIOD_US)))
-        yield group
+        cpuacct = CGROUP_CPUACCT / name
+        cpuacct.mkdir()
+        made.append(cpuacct)
+        cpu = None
+        if cpus is not None:
+            cpu = CGROUP_CPU / name
+            cpu.mkdir()
+            made.append(cpu)
+            (cpu / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (cpu / "cpu.cfs_quota_us").write_text(str(int(cpus * PERIOD_US)))
+        yield RunGroups(cpuacct, cpu)
     finally:
-        for _ in range(50):
-            try:
-                group.rmdir()
-                break
-            except OSError:  # processes still leaving
-                time.sleep(0.1)
+        for group in made:
+            for _ in range(50):
+                try:
+                    group.rmdir()
+                    break
+                except OSError:  # processes still leaving
+                    time.sleep(0.1)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system time of a process and its children (the waited-for ones included)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    # utime, stime, cutime, cstime are fields 14-17 (1-based); after ")" they start at 12.
-    return sum(int(v) for v in fields[11:15]) / TICKS
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
+def own_cpu_seconds(pid: int) -> float:
+    """CPU time of a process's live threads, from the scheduler's nanosecond counts
+    (`/proc/PID/task/TID/schedstat`); its children are not in it."""
+    total = 0
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
-            found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
-def tree_cpu(pid: int) -> float:
-    return cpu_seconds(pid) + sum(tree_cpu(child) for child in children(pid))
+            with contextlib.suppress(OSError):
+                total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 class ActivitySink:
@@ -160,7 +175,7 @@ class LogWatch:
 
 def spawn_runner(
     tree: Path,
-    group: Path | None,
+    groups: RunGroups,
     fake: FakeAnthropic,
     sink: ActivitySink,
     work: Path,
@@ -169,7 +184,7 @@ def spawn_runner(
     pattern: str = "LongRunning",
 ) -> tuple[subprocess.Popen[bytes], float]:
     """An idle LongRunning runner of `tree` (its stdout piped), started as the image starts
-    it, inside the cgroup `group` if any; and the monotonic time just before it started."""
+    it, inside the cgroups `groups`; and the monotonic time just before it started."""
     spec = work / "session.json"
     spec.write_text(json.dumps({"pattern": pattern}))
     run_env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
@@ -192,8 +207,9 @@ def spawn_runner(
     argv = [sys.executable, "-c", entry, "runner", "--session", str(spec)]
     argv += ["--workspace", str(work / "ws"), "--state-dir", str(work / "state")]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--termination-log", str(work / "t")]
-    # The child joins the cgroup before it execs Python: the whole start is limited.
-    join = f"echo $$ > {group / 'cgroup.procs'} && " if group else ""
+    # The child joins the cgroups before it execs Python: the whole start is counted (and
+    # limited).
+    join = "".join(f"echo $$ > {group / 'cgroup.procs'} && " for group in groups.joined())
     started = time.monotonic()
     proc = subprocess.Popen(
         ["/bin/sh", "-c", join + 'exec "$@"', "sh", *argv],
@@ -214,18 +230,18 @@ def one_run(
     env: dict[str, str],
     pattern: str = "LongRunning",
 ) -> dict[str, Any]:
-    with cpu_cgroup(cpus) as group:
-        proc, started = spawn_runner(tree, group, fake, sink, work, port, env, pattern)
+    with run_cgroups(cpus) as groups:
+        proc, started = spawn_runner(tree, groups, fake, sink, work, port, env, pattern)
         try:
             url = f"http://127.0.0.1:{port}"
             assert proc.stdout is not None
             log = LogWatch(proc.stdout)
             listening = log.wait("runner started") - started
             ready = log.wait("agent ready") - started
-            cpu_ready = tree_cpu(proc.pid)
+            cpu_ready = groups.cpu_seconds()
             if _get(url + "/readyz", timeout=10) != 200:
                 raise RuntimeError("the runner logged 'agent ready' but /readyz is not 200")
-            runner_cpu_ready = cpu_seconds(proc.pid)  # the CLI is alive: not in it yet
+            runner_cpu_ready = own_cpu_seconds(proc.pid)
             req = urllib.request.Request(
                 url + "/v1/messages", data=b'{"text": "hello"}', method="POST"
             )
@@ -239,8 +255,8 @@ def one_run(
                         if b'"type": "result"' in line or b'"type":"result"' in line:
                             break
             result = time.monotonic() - sent
-            cpu_answer = tree_cpu(proc.pid)
-            runner_cpu_answer = cpu_seconds(proc.pid)
+            cpu_answer = groups.cpu_seconds()
+            runner_cpu_answer = own_cpu_seconds(proc.pid)
         finally:
             proc.terminate()
             try:
@@ -256,10 +272,10 @@ def one_run(
         # the runner's part of a new session's create → first event.
         "start_to_first_event_s": round(ready + (first or result), 4),
         "result_s": round(result, 4),
-        "cpu_to_ready_s": round(cpu_ready, 3),
-        "runner_cpu_to_ready_s": round(runner_cpu_ready, 3),
-        "cpu_to_answer_s": round(cpu_answer, 3),
-        "runner_cpu_to_answer_s": round(runner_cpu_answer, 3),
+        "cpu_to_ready_s": round(cpu_ready, 4),
+        "runner_cpu_to_ready_s": round(runner_cpu_ready, 4),
+        "cpu_to_answer_s": round(cpu_answer, 4),
+        "runner_cpu_to_answer_s": round(runner_cpu_answer, 4),
         "load_1m": round(os.getloadavg()[0], 2),
     }
 
