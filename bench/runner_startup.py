@@ -1,7 +1,7 @@
 """Runner start-up on this machine: process start to ready, to the first event, CPU-seconds.
 
     python -m bench.runner_startup --runs 10 --cpu 1 --cpu 0.25 \\
-        --tree new=operator --tree old=/tmp/corral-old/operator
+        --tree new=operator --tree old=<old checkout>/operator
 
 Each run starts `python -m corral.cli runner` (a LongRunning session, the fake model on
 loopback) inside a cgroup v1 CPU quota (`--cpu 1`: one CPU, `0.25`: 250m; needs root),
