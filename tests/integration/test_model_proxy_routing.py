@@ -176,6 +176,12 @@ def _status(world: World, name: str) -> dict[str, Any]:
     return body.get("status") or {}
 
 
+def _budget_condition(world: World, name: str) -> dict[str, Any] | None:
+    found = [c for c in _status(world, name).get("conditions") or ()
+             if c["type"] == "BudgetExceeded"]  # fmt: skip
+    return found[0] if found else None
+
+
 USAGES = [
     ReplyUsage(input_tokens=1200, output_tokens=300, cache_read_input_tokens=4000,
                cache_creation_input_tokens=500, web_search_requests=2),
@@ -326,13 +332,9 @@ async def test_a_session_over_its_budget_gets_an_error_naming_it_and_the_conditi
     assert "spec.maxBudgetUsd is 0.01 USD" in refused["error"]["message"]
     assert len(fake.message_bodies()) == 1
 
-    def condition() -> dict[str, Any] | None:
-        found = [c for c in _status(world, "spender").get("conditions") or ()
-                 if c["type"] == "BudgetExceeded"]  # fmt: skip
-        return found[0] if found else None
-
-    await _until(lambda: condition() is not None)
-    assert condition() == condition() | {"status": "True", "reason": "SessionBudget"}
+    await _until(lambda: _budget_condition(world, "spender") is not None)
+    exceeded = _budget_condition(world, "spender")
+    assert exceeded == exceeded | {"status": "True", "reason": "SessionBudget"}
     core = client.CoreV1Api(api_client)
 
     def event() -> bool:
@@ -341,6 +343,34 @@ async def test_a_session_over_its_budget_gets_an_error_naming_it_and_the_conditi
                    and "maxBudgetUsd" in (e.message or "") for e in events)  # fmt: skip
 
     await _until(event)
+
+
+async def test_budget_exceeded_is_set_by_one_refusal_when_another_writer_came_first(
+    proxy: Proxy, world: World, api_client: client.ApiClient
+) -> None:
+    # A refused call may be the session's last: its condition must not wait for another.
+    # Here the operator (any writer) changes the session between the proxy's view of it and
+    # the condition's write, whose resourceVersion is then stale (409 Conflict).
+    _, server, _ = proxy
+    await _session(world, server, "contested", maxBudgetUsd=0.01)
+    view = server.directory.view(world.namespace, "contested")
+    world.set_status("contested", {"phase": "Running", "podName": "contested-elsewhere"})
+    server.meter.note_budget(view, "SessionBudget", "spent it")
+
+    await _until(lambda: _budget_condition(world, "contested") is not None)
+    exceeded = _budget_condition(world, "contested")
+    assert exceeded == exceeded | {"status": "True", "reason": "SessionBudget"}
+    # The other writer's change is kept, and the Warning Event is posted once.
+    assert _status(world, "contested")["podName"] == "contested-elsewhere"
+    core = client.CoreV1Api(api_client)
+
+    def events() -> int:
+        return sum(e.reason == "BudgetExceeded" and e.involved_object.name == "contested"
+                   for e in core.list_namespaced_event(world.namespace).items)  # fmt: skip
+
+    await _until(lambda: events() >= 1)
+    await asyncio.sleep(1)
+    assert events() == 1
 
 
 async def test_per_minute_limits_answer_429_with_retry_after(

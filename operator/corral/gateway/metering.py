@@ -46,6 +46,10 @@ MAX_MODELS_IN_STATUS = 64
 # brings the condition well within it), and how many sessions' notes are held.
 BUDGET_NOTE_SECONDS = 60.0
 BUDGET_NOTES_MAX = 10_000
+# Writes of the condition tried when other writers keep changing the session first (409
+# Conflict), each on the newer version the watch brings within the wait.
+BUDGET_WRITE_ATTEMPTS = 4
+BUDGET_WATCH_WAIT_SECONDS = 5.0
 
 
 class ModelMetrics:
@@ -94,6 +98,31 @@ class _Pending:
     cost_usd: float = 0.0
     models: dict[str, TokenUsage] = field(default_factory=dict)
     model_costs: dict[str, float] = field(default_factory=dict)
+
+
+def _budget_condition_set(conditions: list[Any], reason: str) -> bool:
+    return any(
+        isinstance(c, dict)
+        and (c.get("type"), c.get("status"), c.get("reason")) == (BUDGET_CONDITION, "True", reason)
+        for c in conditions
+    )
+
+
+def _with_budget_condition(
+    conditions: list[Any], reason: str, message: str, now: str
+) -> list[JSON]:
+    """`conditions` with BudgetExceeded True for `reason` in place of any earlier one."""
+    kept = [c for c in conditions if isinstance(c, dict) and c.get("type") != BUDGET_CONDITION]
+    return [
+        *kept,
+        {
+            "type": BUDGET_CONDITION,
+            "status": "True",
+            "reason": reason,
+            "message": message[:1000],
+            "lastTransitionTime": now,
+        },
+    ]
 
 
 def merged_usage(current: JSON | None, pending: _Pending, now: str) -> JSON:
@@ -341,45 +370,43 @@ class Meter:
         key = (session.uid, reason)
         if self.kube is None or key in self._budget_noted:
             return
-        for condition in session.conditions:
-            if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
-                BUDGET_CONDITION,
-                "True",
-                reason,
-            ):
-                return
+        if _budget_condition_set(session.conditions, reason):
+            return
         self._budget_noted[key] = True
         task = asyncio.create_task(self._note_budget(session, reason, message))
         task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
 
     async def _note_budget(self, session: SessionView, reason: str, message: str) -> None:
         assert self.kube is not None
-        now = _now()
-        conditions = [c for c in session.conditions if c.get("type") != BUDGET_CONDITION]
-        conditions.append(
-            {
-                "type": BUDGET_CONDITION,
-                "status": "True",
-                "reason": reason,
-                "message": message[:1000],
-                "lastTransitionTime": now,
+        conditions, version = session.conditions, session.resource_version
+        for attempt in range(BUDGET_WRITE_ATTEMPTS):
+            if _budget_condition_set(conditions, reason):
+                return  # another gateway replica set it, and posted its Event
+            patch = {
+                "metadata": {"resourceVersion": version},
+                "status": {
+                    "conditions": _with_budget_condition(conditions, reason, message, _now())
+                },
             }
-        )
-        patch = {
-            "metadata": {"resourceVersion": session.resource_version},
-            "status": {"conditions": conditions},
-        }
-        try:
-            await self.kube.patch("AgentSession", session.namespace, session.name, patch, "status")
-        except (ApiError, *CONNECTION_ERRORS) as error:
-            # The next refused call tries again (the watch brings the newer version).
-            self._budget_noted.pop((session.uid, reason), None)
-            log.warning(
-                "could not set BudgetExceeded",
-                extra={"session_name": session.name, "session_namespace": session.namespace,
-                       "fields": {"error": str(error)[:200]}},
-            )  # fmt: skip
-            return
+            try:
+                await self.kube.patch(
+                    "AgentSession", session.namespace, session.name, patch, "status"
+                )
+                break
+            except ApiError as error:
+                # Another writer (the operator's status, this proxy's usage) came between
+                # the view and this write. The refused call may be the session's last: try
+                # again on the version the watch brings rather than wait for another.
+                newer = None
+                if error.status == 409 and attempt + 1 < BUDGET_WRITE_ATTEMPTS:
+                    newer = await self._newer_view(session, version)
+                if newer is None:
+                    self._budget_not_set(session, reason, error)
+                    return
+                conditions, version = newer.conditions, newer.resource_version
+            except CONNECTION_ERRORS as error:
+                self._budget_not_set(session, reason, error)
+                return
         target = EventTarget(session.namespace, session.name, session.uid)
         await self.directory.events.post(
             event_manifest(
@@ -391,3 +418,27 @@ class Meter:
                 action="RefuseModelCall",
             )
         )
+
+    async def _newer_view(self, session: SessionView, version: str) -> SessionView | None:
+        """The watch's view of `session` once it is newer than `version`; None if the session
+        is gone or was made again, or no newer one comes within BUDGET_WATCH_WAIT_SECONDS."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUDGET_WATCH_WAIT_SECONDS
+        while True:
+            current = self.directory.sessions.get((session.namespace, session.name))
+            if current is None or current.uid != session.uid:
+                return None
+            if current.resource_version != version:
+                return current
+            if loop.time() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
+
+    def _budget_not_set(self, session: SessionView, reason: str, error: Exception) -> None:
+        # The next refused call tries again (the watch brings the newer version).
+        self._budget_noted.pop((session.uid, reason), None)
+        log.warning(
+            "could not set BudgetExceeded",
+            extra={"session_name": session.name, "session_namespace": session.namespace,
+                   "fields": {"error": str(error)[:200]}},
+        )  # fmt: skip
