@@ -284,6 +284,25 @@ class Directory:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
 
+    async def newer_view(
+        self, session: SessionView, version: str, seconds: float
+    ) -> SessionView | None:
+        """`session` once the watch brings a version other than `version`; None when it is
+        gone or was made again, or no other version comes within `seconds`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        key = (session.namespace, session.name)
+        while True:
+            current = self.sessions.get(key)
+            if current is None or current.uid != session.uid:
+                return None
+            if current.resource_version != version:
+                return current
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            await self._changed_or_timeout(key, left)
+
     # --- what requests use ---------------------------------------------------------------
 
     def view(self, namespace: str, name: str) -> SessionView:

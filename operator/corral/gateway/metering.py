@@ -399,7 +399,9 @@ class Meter:
                 # again on the version the watch brings rather than wait for another.
                 newer = None
                 if error.status == 409 and attempt + 1 < BUDGET_WRITE_ATTEMPTS:
-                    newer = await self._newer_view(session, version)
+                    newer = await self.directory.newer_view(
+                        session, version, BUDGET_WATCH_WAIT_SECONDS
+                    )
                 if newer is None:
                     self._budget_not_set(session, reason, error)
                     return
@@ -418,21 +420,6 @@ class Meter:
                 action="RefuseModelCall",
             )
         )
-
-    async def _newer_view(self, session: SessionView, version: str) -> SessionView | None:
-        """The watch's view of `session` once it is newer than `version`; None if the session
-        is gone or was made again, or no newer one comes within BUDGET_WATCH_WAIT_SECONDS."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + BUDGET_WATCH_WAIT_SECONDS
-        while True:
-            current = self.directory.sessions.get((session.namespace, session.name))
-            if current is None or current.uid != session.uid:
-                return None
-            if current.resource_version != version:
-                return current
-            if loop.time() >= deadline:
-                return None
-            await asyncio.sleep(0.05)
 
     def _budget_not_set(self, session: SessionView, reason: str, error: Exception) -> None:
         # The next refused call tries again (the watch brings the newer version).
