@@ -10,12 +10,13 @@ moments the runner logs "runner started" and "agent ready", checks that `/readyz
 answers 200, then sends one message and reads its stream. (Polling `/readyz` every few
 milliseconds instead costs the runner CPU inside the same quota as its booting CLI: under
 load it was most of the runner's CPU and delayed the very readiness it measured.)
-As in a pod, the runner reports activity (to a sink here that answers 204: the reporter's
-HTTP client and models are part of a start). CPU-seconds, at ready and when the result
-arrives: everything the run started (the runner, its CLI and the CLI's children), counted
-in nanoseconds by a cgroup's CPU accounting, and the runner's own (its threads' scheduler
-time). Until session 30 they came from `/proc/PID/stat`, in ticks of 0.01 s. The load
-average is recorded per run.
+As in a pod, the runner has the pod's environment (the image's, not this machine's; until
+session 31 it inherited this machine's) and reports activity (to a sink here that answers
+204: the reporter's HTTP client and models are part of a start). CPU-seconds, at ready and
+when the result arrives: everything the run started (the runner, its CLI and the CLI's
+children), counted in nanoseconds by a cgroup's CPU accounting, and the runner's own (its
+threads' scheduler time). Until session 30 they came from `/proc/PID/stat`, in ticks of
+0.01 s. The load average is recorded per run.
 Trees are run alternately, run by run, so load on the shared machine hits both alike.
 `--wake`: each run is a Hybrid session's runner started again on the workspace and state
 its previous run left (as a woken pod finds its volume), after one uncounted first start.
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from corral.cluster.runner_image import read_recipe
 from corral.testing.fake_anthropic import FakeAnthropic
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
@@ -173,6 +175,19 @@ class LogWatch:
             return self.seen[msg]
 
 
+def pod_environment(home: Path) -> dict[str, str]:
+    """The environment a runner's pod gives it, not this machine's: the image's ENV (from
+    its Dockerfile), a PATH, and a home of its own. The CLI reads CA bundles
+    (`NODE_EXTRA_CA_CERTS`), proxies and more from variables a pod does not have: this
+    machine's CA bundle alone cost the CLI about 0.02 CPU-seconds per start (session 31,
+    the CLI started alone six times each way)."""
+    return {
+        **read_recipe().env,
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(home),
+    }
+
+
 def spawn_runner(
     tree: Path,
     groups: RunGroups,
@@ -187,7 +202,8 @@ def spawn_runner(
     it, inside the cgroups `groups`; and the monotonic time just before it started."""
     spec = work / "session.json"
     spec.write_text(json.dumps({"pattern": pattern}))
-    run_env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    (work / "home").mkdir(exist_ok=True)
+    run_env = pod_environment(work / "home")
     run_env.update(
         {
             "PYTHONPATH": str(tree),
@@ -197,8 +213,6 @@ def spawn_runner(
             "CORRAL_SESSION_NAMESPACE": "bench",
             "CORRAL_ACTIVITY_URL": sink.url,
             "CORRAL_ACTIVITY_TOKEN": "bench-token",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
             **env,
         }
     )

@@ -330,7 +330,8 @@ async def test_websocket_interrupt_timeout_is_reported_and_keeps_the_socket(
     monkeypatch.setattr(agent_module, "INTERRUPT_TIMEOUT", 0.2)
     worker.state = AgentState.IDLE
     turn = worker.submit("work")
-    turn.sending = turn.delivered = True  # the CLI has it (else it is ended here)
+    # The CLI has begun it (before that the interrupt would wait for it to).
+    turn.sending = turn.delivered = turn.started_in_cli = True
     worker._client = _DeafClient()  # type: ignore[assignment]
     async with client.ws_connect("/v1/stream") as ws:
         await ws.send_json({"type": "interrupt"})

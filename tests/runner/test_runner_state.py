@@ -302,19 +302,22 @@ def build_options_for_spec(spec: dict[str, Any], paths: AgentPaths) -> Any:
 
 class SequencingClient:
     """Only what the worker's ordering needs of a CLI client (the real CLI cannot be made
-    to lose this race on purpose): a query runs 0.5 s; an interrupt stops a running query
-    and is lost on an idle CLI, as the CLI does."""
+    to lose this race on purpose): a query is echoed as it begins and runs 0.5 s; an
+    interrupt stops a running query and is lost on an idle CLI, as the CLI does."""
 
     def __init__(self) -> None:
-        from claude_agent_sdk import ResultMessage
+        from claude_agent_sdk import ResultMessage, UserMessage
 
         self.result = ResultMessage
+        self.echo = UserMessage
         self.out: asyncio.Queue[Any] = asyncio.Queue()
         self.running: asyncio.Task[None] | None = None
         self.seen: list[str] = []
 
-    async def query(self, text: str) -> None:
+    async def query(self, messages: Any) -> None:
         self.seen.append("query")
+        async for message in messages:
+            await self.out.put(self.echo(message["message"]["content"], uuid=message["uuid"]))
         self.running = asyncio.create_task(self._work())
 
     async def _work(self) -> None:

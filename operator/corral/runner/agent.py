@@ -15,6 +15,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from corral.runner.sdk import (
     StreamEvent,
     SubprocessCLITransport,
     SystemMessage,
+    UserMessage,
 )
 
 log = logging.getLogger("corral.runner.agent")
@@ -51,6 +53,9 @@ RESTART_BACKOFF_MAX = 30.0
 # What the CLI says when asked to resume a session it has no transcript for. Only this
 # gives up a session: any other failure is retried, so a hiccup never drops history.
 NO_CONVERSATION = "No conversation found"
+# Events held while the CLI may still be on a turn of its own (see Turn.held); the oldest
+# go first, and those are the other turn's.
+HELD_EVENTS = 256
 
 
 class AgentState(StrEnum):
@@ -90,13 +95,25 @@ class Turn:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     result: ev.Event | None = None
     # Where it is on its way to the CLI: an interrupt before `sending` ends it here; one
-    # between `sending` and `delivered` is sent to the CLI right after the message.
+    # after it waits for `started_in_cli` (an interrupt sent earlier would stop whatever
+    # the CLI is doing meanwhile, or be lost on an idle CLI).
     sending: bool = False
     delivered: bool = False
-    interrupt_after_send: bool = False
+    interrupt_when_started: bool = False
+    # The CLI echoes the message back with this id when it begins it: only from then on is
+    # its output this message's answer. Until then it may be finishing a turn it began
+    # itself (a background task's notification, say), whose output is held in `held` and
+    # dropped when that turn's result comes. A slash command is echoed after its output,
+    # which `held` keeps for it.
+    cli_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    started_in_cli: bool = False
+    held: deque[ev.Event] = field(default_factory=lambda: deque(maxlen=HELD_EVENTS))
 
     def publish(self, event: ev.Event) -> None:
         self.events.put(self._tag(event))
+
+    def echoed_by(self, message: UserMessage) -> bool:
+        return message.uuid == self.cli_uuid
 
     def finish(self, result: ev.Event) -> None:
         self.publish(result)
@@ -178,6 +195,7 @@ class AgentWorker:
         self._early_clis = early_clis
         self._early = early_clis.take(self.name) if early_clis is not None else None
         self._launched: Launch | None = None  # how the SDK started the running CLI
+        self._interrupting: asyncio.Future[None] | None = None  # see _interrupt_started
 
     # --- what other tasks call -----------------------------------------------------------
 
@@ -227,8 +245,8 @@ class AgentWorker:
             result = ev.synthetic_result("error_interrupted", reason, self._saved.session_id)
             self._end_turn(turn, result)
             return True
-        if turn is not None and not turn.delivered:
-            turn.interrupt_after_send = True  # the CLI must have the message first
+        if turn is not None and not turn.started_in_cli:
+            turn.interrupt_when_started = True  # the CLI must be on this message first
             return True
         if client is None or turn is None:
             return False
@@ -361,14 +379,19 @@ class AgentWorker:
     async def _send(self, client: ClaudeSDKClient, turn: Turn) -> None:
         turn.sending = True
         try:
-            await client.query(turn.text)
+            await client.query(_as_input(turn))
         except Exception as exc:  # the CLI's stdin is gone: it died meanwhile
             raise CliGone(f"cannot send to the CLI: {exc}") from exc
         turn.delivered = True
-        if turn.interrupt_after_send and not turn.done.is_set():
-            log_event(log, "interrupting", agent=self.name, turn=turn.id)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.interrupt(), INTERRUPT_TIMEOUT)
+
+    async def _interrupt_started(self, turn: Turn) -> None:
+        """The interrupt asked for before the CLI began `turn`, now that it has."""
+        client = self._client
+        if client is None or turn.done.is_set():
+            return
+        log_event(log, "interrupting", agent=self.name, turn=turn.id)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.interrupt(), INTERRUPT_TIMEOUT)
 
     async def _options_changed(self) -> bool:
         """Re-read the session spec; True when this agent's CLI options differ from the
@@ -463,13 +486,40 @@ class AgentWorker:
         if isinstance(message, SystemMessage) and message.subtype == "api_retry":
             self._note_api_retry(message.data)
         turn = self._current
+        if turn is None or not turn.started_in_cli:
+            self._before_turn(turn, message)
+            return
         for event in ev.to_events(message):
-            if turn is None:
-                continue  # output between messages (a background task); nobody asked
             if isinstance(message, ResultMessage):
                 self._finish(turn, message, event)
             else:
                 turn.publish(event)
+
+    def _before_turn(self, turn: Turn | None, message: Message) -> None:
+        """Output while no message of ours is under way in the CLI: the echo that begins
+        `turn`, or a turn the CLI runs on its own (nobody asked; counted, never answered)."""
+        if turn is not None and isinstance(message, UserMessage) and turn.echoed_by(message):
+            turn.started_in_cli = True
+            while turn.held:
+                turn.publish(turn.held.popleft())
+            if turn.interrupt_when_started:
+                self._interrupting = asyncio.ensure_future(self._interrupt_started(turn))
+            return
+        if isinstance(message, ResultMessage):
+            if turn is not None:
+                turn.held.clear()
+            cost = self._account(message)
+            self._save()
+            log_event(
+                log,
+                "turn of the CLI's own ended",
+                agent=self.name,
+                subtype=message.subtype,
+                num_turns=message.num_turns,
+                cost_usd=round(cost, 6),
+            )
+        elif turn is not None:
+            turn.held.extend(ev.to_events(message))
 
     def _note_session(self, message: Message) -> None:
         session_id: str | None = None
@@ -515,7 +565,8 @@ class AgentWorker:
             max_retries=data.get("max_retries"),
         )
 
-    def _finish(self, turn: Turn, message: ResultMessage, event: ev.Event) -> None:
+    def _account(self, message: ResultMessage) -> float:
+        """Adds a result's turns, tokens and cost to the agent's totals; returns the cost."""
         reported = message.total_cost_usd or 0.0
         if reported < self._cli_cost_base:
             self._cli_cost_base = 0.0  # the CLI restored less than expected: it counts anew
@@ -523,13 +574,18 @@ class AgentWorker:
         self._cli_cost_base = reported
         s = self._saved
         s.num_turns += message.num_turns
-        s.messages += 1
         s.total_cost_usd += cost
         for key, value in ev.usage_counts(message.usage).items():
             s.usage[key] = s.usage.get(key, 0) + value
             self._metrics.tokens.labels(self.name, ev.token_kind(key)).inc(value)
         self._metrics.turns.labels(self.name).inc(message.num_turns)
         self._metrics.cost.labels(self.name).inc(cost)
+        return cost
+
+    def _finish(self, turn: Turn, message: ResultMessage, event: ev.Event) -> None:
+        cost = self._account(message)
+        s = self._saved
+        s.messages += 1
         self._metrics.messages.labels(self.name, message.subtype).inc()
         self._metrics.turn_duration.labels(self.name).observe(time.monotonic() - turn.started)
         if message.is_error:
@@ -585,6 +641,16 @@ def process_age() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return round(uptime - started, 3)
+
+
+async def _as_input(turn: Turn) -> AsyncIterator[dict[str, Any]]:
+    """`turn` as the CLI's input: a user message with the id the CLI echoes back."""
+    yield {
+        "type": "user",
+        "uuid": turn.cli_uuid,
+        "message": {"role": "user", "content": turn.text},
+        "parent_tool_use_id": None,
+    }
 
 
 async def _no_input() -> AsyncIterator[dict[str, Any]]:

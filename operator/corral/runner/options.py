@@ -54,11 +54,21 @@ def mcp_servers(spec: AgentSessionSpec) -> dict[str, McpServerConfig]:
     return servers
 
 
+# The CLI's cross-session inbox (a Unix socket under /tmp that takes user messages from
+# any local process, no token needed) off: in a pod every message comes through the
+# runner's API; one written there by a process in the pod started turns nobody asked for.
+CLI_INBOX_SWITCH = "CLAUDE_CODE_HARBOR_KITE"
+# The CLI echoes each message back when it begins it, with the id it was sent with: how
+# the runner tells its own message's answer from a turn the CLI began itself.
+ECHO_MESSAGES: dict[str, str | None] = {"replay-user-messages": None}
+
+
 def cli_env(paths: AgentPaths, extra: Mapping[str, str]) -> dict[str, str]:
     """Variables for the CLI on top of the runner's own environment."""
     return {
         "CLAUDE_CONFIG_DIR": str(paths.config_dir),
         runtime.ENV_DISABLE_TRAFFIC: "1",
+        CLI_INBOX_SWITCH: "0",
         **extra,
     }
 
@@ -87,6 +97,7 @@ def build_options(
         env=cli_env(paths, env),
         # Text deltas let HTTP clients see a reply as it is written.
         include_partial_messages=True,
+        extra_args=dict(ECHO_MESSAGES),
         stderr=stderr,
     )
 

@@ -1,0 +1,192 @@
+"""Turns the CLI begins on its own, and ways into a session besides the runner's API.
+
+The real SDK and CLI against the fake API. When a background task the agent started ends,
+the CLI begins a turn by itself (a task notification) that no client asked for. A client's
+message that comes meanwhile must get its own answer: before the runner matched a message
+to the CLI's echo of it, the first result after sending was taken as the answer, so such a
+client got the other turn's reply, and every later message the reply to the one before it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runner_harness import Runner, result_of, start_runner
+
+from corral.testing.anthropic_script import StreamShape, TextStep, ToolUseStep, bash, text
+from corral.testing.fake_anthropic import FakeAnthropic
+
+pytestmark = pytest.mark.sdk
+
+# Unix sockets flagged __SO_ACCEPTCON in /proc/net/unix listen for connections.
+UNIX_LISTENING = 0x10000
+
+
+@pytest.fixture(scope="module")
+def runner(module_fake: FakeAnthropic, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    spec = {"pattern": "LongRunning", "allowedTools": ["Bash"], "maxTurns": 8}
+    started = start_runner(spec, tmp_path_factory.mktemp("cli-turns"), module_fake.url)
+    yield started
+    assert started.terminate() == 0, started.logs_text()
+
+
+def background(name: str, **kwargs: Any) -> ToolUseStep:
+    """A reply asking the CLI to run a one-second background task called `name`."""
+    step_input = {"command": "sleep 1", "description": name, "run_in_background": True}
+    return ToolUseStep(name="Bash", input=step_input, **kwargs)
+
+
+def ended(name: str) -> str:
+    """What only the CLI's notification that task `name` ended holds, as the request's JSON
+    has it (the task's name alone is also in the history, in the call that started it)."""
+    return f'{name}\\" completed'
+
+
+def wait_for_request(fake: FakeAnthropic, marker: str, timeout: float = 30) -> None:
+    """Until a Messages request carrying `marker` reached the fake (a turn began)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(marker in json.dumps(body) for body in fake.message_bodies()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no request with {marker!r}")
+
+
+def send_in_background(runner: Runner, text_: str) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.extend(runner.send(text_, timeout=60))
+        except Exception as exc:  # surfaced by the test's assertions
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def answers(runner: Runner, *messages: str) -> list[str]:
+    return [str(result_of(runner.send(m, timeout=60))["result"]) for m in messages]
+
+
+def test_a_turn_the_cli_begins_itself_never_answers_a_clients_message(
+    runner: Runner, fresh_fake: FakeAnthropic
+) -> None:
+    fresh_fake.set_default(text("echo: {last_user}"))
+    fresh_fake.add(
+        background("task-one", match="start a task"),
+        text("task started", match="start a task"),
+        # The CLI's own turn when the task ends: about two seconds of streaming.
+        TextStep(
+            text="own turn " * 8, match=ended("task-one"), stream=StreamShape(event_delay=0.2)
+        ),
+    )
+    assert answers(runner, "start a task") == ["task started"]
+    before = runner.status()
+    wait_for_request(fresh_fake, ended("task-one"))
+    # Sent while the CLI streams its own turn's reply.
+    assert answers(runner, "first", "second") == ["echo: first", "echo: second"]
+    after = runner.status()
+    # The CLI's own turn counts in the totals (its tokens were spent), not as a message.
+    assert after["messages"] == before["messages"] + 2
+    assert after["numTurns"] == before["numTurns"] + 3
+    assert any(line.get("msg") == "turn of the CLI's own ended" for line in runner.logs())
+
+
+def test_a_message_taken_into_the_clis_own_running_turn_gets_that_turns_answer(
+    runner: Runner, fresh_fake: FakeAnthropic
+) -> None:
+    fresh_fake.set_default(text("echo: {last_user}"))
+    fresh_fake.add(
+        background("task-two", match="start another task"),
+        text("task started", match="start another task"),
+        # The CLI's own turn runs a tool for two seconds; a message that comes meanwhile
+        # joins that turn, and the model's next reply is the answer to both.
+        bash("sleep 2; echo TOOL-$((40 + 2))", match=ended("task-two")),
+        text("answer after the tool", match="TOOL-42"),
+    )
+    assert answers(runner, "start another task") == ["task started"]
+    wait_for_request(fresh_fake, ended("task-two"))
+    time.sleep(0.5)  # the tool is running
+    assert answers(runner, "joining") == ["answer after the tool"]
+    last = fresh_fake.message_bodies()[-1]
+    assert "joining" in json.dumps(last) and "TOOL-42" in json.dumps(last)
+    assert answers(runner, "next") == ["echo: next"]
+
+
+def test_an_interrupt_waits_for_the_cli_to_begin_the_message(
+    runner: Runner, fresh_fake: FakeAnthropic
+) -> None:
+    """Asked while the CLI still streams a turn of its own, an interrupt stops the client's
+    message once the CLI begins it (sent at once, it would stop the other turn and leave
+    the message to run)."""
+    fresh_fake.set_default(text("echo: {last_user}"))
+    fresh_fake.add(
+        background("task-three", match="start a third task"),
+        text("task started", match="start a third task"),
+        TextStep(
+            text="own turn " * 8, match=ended("task-three"), stream=StreamShape(event_delay=0.2)
+        ),
+        TextStep(text="slow " * 80, match="to interrupt", stream=StreamShape(event_delay=0.25)),
+    )
+    assert answers(runner, "start a third task") == ["task started"]
+    wait_for_request(fresh_fake, ended("task-three"))
+    thread, out = send_in_background(runner, "to interrupt")
+    runner.wait_status(lambda s: s["state"] == "busy")
+    code, body = runner.request("POST", "/v1/interrupt", {})
+    assert code == 200 and body["interrupted"] is True
+    thread.join(30)
+    result = result_of(out)
+    assert result["terminal_reason"] != "completed" and result["result"] != "own turn " * 8
+    # (The fake echoes the request's last user text, which holds the interrupted one too.)
+    assert answers(runner, "after the interrupt")[0].endswith("after the interrupt")
+
+
+def test_a_slash_command_keeps_the_output_it_makes_before_its_echo(
+    runner: Runner, fresh_fake: FakeAnthropic
+) -> None:
+    events = runner.send("/cost", timeout=60)
+    result = result_of(events)
+    assert result["subtype"] == "success" and "cost" in str(result["result"]).lower()
+    texts = [
+        block.get("text", "")
+        for e in events
+        if e["type"] == "assistant"
+        for block in e["content"]
+        if isinstance(block, dict)
+    ]
+    assert any("cost" in t.lower() for t in texts), events
+
+
+def listening_unix_sockets(pid: int) -> list[str]:
+    """Paths (or "@abstract" names) of the Unix sockets `pid` listens on."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = fd.readlink()
+        except OSError:
+            continue  # closed meanwhile
+        if str(target).startswith("socket:["):
+            inodes.add(str(target)[len("socket:[") : -1])
+    listening = []
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 7 and fields[6] in inodes and int(fields[3], 16) & UNIX_LISTENING:
+            listening.append(fields[7] if len(fields) > 7 else "(unnamed)")
+    return listening
+
+
+def test_the_agents_cli_listens_on_no_socket(runner: Runner) -> None:
+    """Every way into a session is the runner's API: the CLI's own cross-session inbox (a
+    socket under /tmp taking messages from any process in the pod) stays closed."""
+    pids = runner.cli_pids()
+    assert pids
+    for pid in pids:
+        assert listening_unix_sockets(pid) == [], pid
+    assert listening_unix_sockets(runner.proc.pid) == []
