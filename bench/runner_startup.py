@@ -260,12 +260,14 @@ def one_run(
                 url + "/v1/messages", data=b'{"text": "hello"}', method="POST"
             )
             req.add_header("content-type", "application/json")
-            first = None
+            first = first_text = None
             sent = time.monotonic()
             with urllib.request.urlopen(req, timeout=60) as resp:
                 for line in iter(resp.readline, b""):
                     if line.startswith(b"data: "):
                         first = first or time.monotonic() - sent
+                        if b'"text_delta"' in line:
+                            first_text = first_text or time.monotonic() - sent
                         if b'"type": "result"' in line or b'"type":"result"' in line:
                             break
             result = time.monotonic() - sent
@@ -282,6 +284,8 @@ def one_run(
         "listening_s": round(listening, 4),
         "ready_s": round(ready, 4),
         "first_event_s": round(first or result, 4),
+        # The first words of the reply (the first event may be the turn's `system init`).
+        "first_text_s": round(first_text or result, 4),
         # The message goes as soon as the runner is ready: process start to its first event,
         # the runner's part of a new session's create → first event.
         "start_to_first_event_s": round(ready + (first or result), 4),

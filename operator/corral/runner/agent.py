@@ -102,9 +102,9 @@ class Turn:
     interrupt_when_started: bool = False
     # The CLI echoes the message back with this id when it begins it: only from then on is
     # its output this message's answer. Until then it may be finishing a turn it began
-    # itself (a background task's notification, say), whose output is held in `held` and
-    # dropped when that turn's result comes. A slash command is echoed after its output,
-    # which `held` keeps for it.
+    # itself (a background task's notification, say), whose output (but its `system
+    # init`) is held in `held` and dropped when that turn's result comes. A slash command
+    # is echoed after its output, which `held` keeps for it.
     cli_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_in_cli: bool = False
     held: deque[ev.Event] = field(default_factory=lambda: deque(maxlen=HELD_EVENTS))
@@ -518,6 +518,12 @@ class AgentWorker:
                 num_turns=message.num_turns,
                 cost_usd=round(cost, 6),
             )
+        elif turn is not None and isinstance(message, SystemMessage) and message.subtype == "init":
+            # It tells the session, model and CLI, not an answer: passed on at once (the
+            # CLI begins a turn with it, well before the echo; a client waits less for its
+            # first event; in a turn the CLI began itself it says the same).
+            for event in ev.to_events(message):
+                turn.publish(event)
         elif turn is not None:
             turn.held.extend(ev.to_events(message))
 
