@@ -291,6 +291,17 @@ def test_metrics_count_without_leaking_prompts(
     assert "secret-prompt-words" not in body and "sk-ant-test" not in body
 
 
+def test_model_requests_name_corral_as_the_calling_app(
+    long_running: Runner, fresh_fake: FakeAnthropic
+) -> None:
+    assert result_of(long_running.send("who calls?"))["subtype"] == "success"
+    messages = [r for r in fresh_fake.requests if r.path == "/v1/messages"]
+    assert messages
+    for request in messages:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        assert headers.get("x-client-app") == "corral/0.1.0", headers
+
+
 def test_logs_are_json_tagged_with_the_session_and_never_show_the_key(
     long_running: Runner,
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from corral import __version__
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSessionSpec, AgentSpec
 from corral.runner.layout import AgentPaths
@@ -58,6 +59,8 @@ def mcp_servers(spec: AgentSessionSpec) -> dict[str, McpServerConfig]:
 # any local process, no token needed) off: in a pod every message comes through the
 # runner's API; one written there by a process in the pod started turns nobody asked for.
 CLI_INBOX_SWITCH = "CLAUDE_CODE_HARBOR_KITE"
+# Named on every request to the model API (the CLI's `x-client-app` header).
+CLIENT_APP = f"corral/{__version__}"
 # The CLI echoes each message back when it begins it, with the id it was sent with: how
 # the runner tells its own message's answer from a turn the CLI began itself.
 ECHO_MESSAGES: dict[str, str | None] = {"replay-user-messages": None}
@@ -98,6 +101,7 @@ def build_options(
         # Text deltas let HTTP clients see a reply as it is written.
         include_partial_messages=True,
         extra_args=dict(ECHO_MESSAGES),
+        client_app=CLIENT_APP,
         stderr=stderr,
     )
 
