@@ -15,6 +15,7 @@ from runner_harness import result_of, start_runner
 
 from corral.api.activity import ACTIVITY_PATH, ActivityReport
 from corral.runner.activity import report_url
+from corral.testing.anthropic_script import StreamShape, TextStep, ToolUseStep, text
 from corral.testing.fake_anthropic import FakeAnthropic
 
 pytestmark = pytest.mark.sdk
@@ -137,6 +138,48 @@ def test_a_connected_websocket_client_keeps_the_session_in_use(
     flags = busy_flags()
     # connected (in use, no agent working), then left (not in use)
     assert flags[1] is True and flags[2] is False, flags
+
+
+def test_a_turn_the_cli_begins_itself_keeps_the_session_in_use(
+    fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
+) -> None:
+    """When a background task ends the CLI begins a turn of its own: the agent works though
+    no message is running, and a Hybrid session must not be put to sleep under it."""
+    host, port = operator_endpoint.server_address[:2]
+    task = {"command": "sleep 1", "description": "nightly-job", "run_in_background": True}
+    fake.add(
+        ToolUseStep(name="Bash", input=task, match="start the job"),
+        text("job started", match="start the job"),
+        # The CLI's own turn when the task ends (matched by its notification, whose JSON
+        # holds the task's name and "completed"): about three seconds of streaming.
+        TextStep(
+            text="noted " * 12,
+            match='nightly-job\\" completed',
+            stream=StreamShape(event_delay=0.2),
+        ),
+    )
+    runner = start_runner(
+        {"pattern": "Hybrid", "allowedTools": ["Bash"]},
+        tmp_path,
+        fake.url,
+        env={"CORRAL_ACTIVITY_URL": f"http://{host!s}:{port}", "CORRAL_POD_NAME": "pod-9"},
+    )
+    try:
+        assert result_of(runner.send("start the job"))["result"] == "job started"
+        seen = len(operator_endpoint.reports)
+        # Until the CLI's own turn has ended: a report after the client's turn ended.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+            line.get("msg") == "turn of the CLI's own ended" for line in runner.logs()
+        ):
+            time.sleep(0.1)
+        time.sleep(0.5)  # its report
+        assert runner.status()["state"] == "idle"
+    finally:
+        assert runner.terminate() == 0, runner.logs_text()
+    after = [bool(body["busy"]) for _, body in operator_endpoint.reports[seen:]]
+    # busy while the CLI's own turn ran, idle once it ended
+    assert True in after and after[after.index(True) + 1] is False, after
 
 
 def test_reports_begin_once_the_agents_are_up(

@@ -1,7 +1,8 @@
 """Push activity reports to the operator (`corral.api.activity`): when the runner starts,
 when a message starts or ends, when a WebSocket client connects or leaves, and as a
-heartbeat while in use (an agent busy, or a client connected: `busy` in the report means
-"in use", so nobody's session is scaled down while they are connected to it).
+heartbeat while in use (an agent busy, a turn its CLI began itself under way, or a client
+connected: `busy` in the report means "in use", so nobody's session is scaled down while
+they are connected to it).
 
 Pods hold no Kubernetes credentials, so the runner reports over HTTP to the operator,
 which keeps idle deadlines in status. Reports are best effort: a failed push is logged
@@ -86,7 +87,7 @@ def build_report(
         namespace=who.namespace,
         name=who.name,
         pod_name=who.pod_name,
-        busy=connected or any(a.state == AgentState.BUSY for a in agents),
+        busy=connected or any(a.state == AgentState.BUSY or a.own_turn for a in agents),
         session_id=agents[0].session_id if len(agents) == 1 else None,
         num_turns=clamp_turns(sum(a.num_turns for a in agents)),
         total_cost_usd=clamp_cost(sum(a.total_cost_usd for a in agents)),

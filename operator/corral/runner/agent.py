@@ -142,6 +142,8 @@ class AgentSnapshot:
     last_error: dict[str, Any] | None
     restarts: int
     cli_version: str | None
+    # A turn the CLI began itself is under way (see AgentWorker.own_turn).
+    own_turn: bool = False
 
 
 class AgentWorker:
@@ -196,6 +198,10 @@ class AgentWorker:
         self._early = early_clis.take(self.name) if early_clis is not None else None
         self._launched: Launch | None = None  # how the SDK started the running CLI
         self._interrupting: asyncio.Future[None] | None = None  # see _interrupt_started
+        # From the `system init` of a turn the CLI began itself (no message of ours under
+        # way) to a result: the agent is at work though nobody asked, so the session is in
+        # use (a Hybrid session does not sleep under it). Not busy: a message may be sent.
+        self.own_turn = False
 
     # --- what other tasks call -----------------------------------------------------------
 
@@ -210,6 +216,10 @@ class AgentWorker:
     @property
     def busy(self) -> bool:
         return self._current is not None
+
+    @property
+    def in_use(self) -> bool:
+        return self.busy or self.own_turn
 
     def submit(self, text: str, *, watched: bool = True) -> Turn:
         """Start `text` as the agent's next message. `watched=False`: nobody will read its
@@ -282,6 +292,7 @@ class AgentWorker:
             last_error=self.last_error,
             restarts=self.restarts,
             cli_version=self.cli_version,
+            own_turn=self.own_turn,
         )
 
     # --- the owning task -----------------------------------------------------------------
@@ -453,6 +464,7 @@ class AgentWorker:
         finally:
             stopping.cancel()
             self._client = None
+            self._set_own_turn(False)
             # Closing stdin lets the CLI flush its transcript and cost, and exit.
             with contextlib.suppress(Exception):
                 await client.disconnect()
@@ -486,6 +498,7 @@ class AgentWorker:
         if isinstance(message, SystemMessage) and message.subtype == "api_retry":
             self._note_api_retry(message.data)
         turn = self._current
+        self._note_own_turn(turn, message)
         if turn is None or not turn.started_in_cli:
             self._before_turn(turn, message)
             return
@@ -494,6 +507,17 @@ class AgentWorker:
                 self._finish(turn, message, event)
             else:
                 turn.publish(event)
+
+    def _note_own_turn(self, turn: Turn | None, message: Message) -> None:
+        if isinstance(message, ResultMessage):
+            self._set_own_turn(False)
+        elif turn is None and isinstance(message, SystemMessage) and message.subtype == "init":
+            self._set_own_turn(True)
+
+    def _set_own_turn(self, running: bool) -> None:
+        if self.own_turn != running:
+            self.own_turn = running
+            self._notify()
 
     def _before_turn(self, turn: Turn | None, message: Message) -> None:
         """Output while no message of ours is under way in the CLI: the echo that begins

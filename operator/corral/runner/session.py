@@ -50,8 +50,9 @@ class RunnerSession:
             listener()
 
     def in_use(self) -> bool:
-        """An agent is working, or a client is connected."""
-        return self.open_sockets > 0 or any(w.busy for w in self.workers.values())
+        """An agent is working (on a message, or a turn of its CLI's own), or a client is
+        connected."""
+        return self.open_sockets > 0 or any(w.in_use for w in self.workers.values())
 
     @property
     def first(self) -> AgentWorker:
