@@ -164,6 +164,19 @@ def test_a_slash_command_keeps_the_output_it_makes_before_its_echo(
     assert any("cost" in t.lower() for t in texts), events
 
 
+def test_a_slash_command_the_cli_refuses_is_answered_without_an_echo(
+    runner: Runner, fresh_fake: FakeAnthropic
+) -> None:
+    """The CLI answers `/help` in a pod ("isn't available in this environment") without
+    echoing it: its result names the message instead. Waiting for the echo alone left the
+    agent busy for good."""
+    fresh_fake.set_default(text("echo: {last_user}"))
+    result = result_of(runner.send("/help", timeout=30))
+    assert "isn't available" in str(result["result"]), result
+    # (The CLI hands the refusal to the model with the next message, which the fake echoes.)
+    assert answers(runner, "still there?")[0].endswith("still there?")
+
+
 def listening_unix_sockets(pid: int) -> list[str]:
     """Paths (or "@abstract" names) of the Unix sockets `pid` listens on."""
     inodes = set()

@@ -32,6 +32,7 @@ from corral.runner.metrics import RunnerMetrics
 from corral.runner.options import reload_key
 from corral.runner.saved_session import BackgroundSaver, SavedSession
 from corral.runner.sdk import (
+    AssistantMessage,
     ClaudeAgentOptions,
     ClaudeSDKClient,
     Message,
@@ -100,11 +101,12 @@ class Turn:
     sending: bool = False
     delivered: bool = False
     interrupt_when_started: bool = False
-    # The CLI echoes the message back with this id when it begins it: only from then on is
-    # its output this message's answer. Until then it may be finishing a turn it began
+    # The message goes to the CLI with this id, which the CLI echoes back when it begins
+    # the message and names in what it answers with (see `begun_by`): only from then on
+    # is its output this message's answer. Until then it may be finishing a turn it began
     # itself (a background task's notification, say), whose output (but its `system
     # init`) is held in `held` and dropped when that turn's result comes. A slash command
-    # is echoed after its output, which `held` keeps for it.
+    # is echoed after its output, or not at all, which `held` keeps for it.
     cli_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_in_cli: bool = False
     held: deque[ev.Event] = field(default_factory=lambda: deque(maxlen=HELD_EVENTS))
@@ -112,8 +114,17 @@ class Turn:
     def publish(self, event: ev.Event) -> None:
         self.events.put(self._tag(event))
 
-    def echoed_by(self, message: UserMessage) -> bool:
-        return message.uuid == self.cli_uuid
+    def begun_by(self, message: Message) -> bool:
+        """Whether `message` shows the CLI at work on this message: its echo, or output
+        that names it (`user_message_uuid(s)`: what a turn took in, on its assistant
+        messages, stream events and result; a slash command the CLI refuses is answered
+        without an echo)."""
+        if isinstance(message, UserMessage):
+            return message.uuid == self.cli_uuid
+        if isinstance(message, AssistantMessage | StreamEvent | ResultMessage):
+            named = message.user_message_uuids or []
+            return self.cli_uuid == message.user_message_uuid or self.cli_uuid in named
+        return False
 
     def finish(self, result: ev.Event) -> None:
         self.publish(result)
@@ -499,6 +510,8 @@ class AgentWorker:
             self._note_api_retry(message.data)
         turn = self._current
         self._note_own_turn(turn, message)
+        if turn is not None and not turn.started_in_cli and turn.begun_by(message):
+            self._begin(turn)
         if turn is None or not turn.started_in_cli:
             self._before_turn(turn, message)
             return
@@ -519,16 +532,18 @@ class AgentWorker:
             self.own_turn = running
             self._notify()
 
+    def _begin(self, turn: Turn) -> None:
+        """The CLI has begun `turn`: what it held is the answer's beginning."""
+        turn.started_in_cli = True
+        while turn.held:
+            turn.publish(turn.held.popleft())
+        if turn.interrupt_when_started:
+            self._interrupting = asyncio.ensure_future(self._interrupt_started(turn))
+
     def _before_turn(self, turn: Turn | None, message: Message) -> None:
-        """Output while no message of ours is under way in the CLI: the echo that begins
-        `turn`, or a turn the CLI runs on its own (nobody asked; counted, never answered)."""
-        if turn is not None and isinstance(message, UserMessage) and turn.echoed_by(message):
-            turn.started_in_cli = True
-            while turn.held:
-                turn.publish(turn.held.popleft())
-            if turn.interrupt_when_started:
-                self._interrupting = asyncio.ensure_future(self._interrupt_started(turn))
-            return
+        """Output while no message of ours is under way in the CLI: a turn the CLI runs on
+        its own (nobody asked; counted, never answered), or what comes before `turn`'s
+        beginning is known."""
         if isinstance(message, ResultMessage):
             if turn is not None:
                 turn.held.clear()
