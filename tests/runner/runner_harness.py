@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -282,3 +283,20 @@ def result_of(events: list[dict[str, Any]]) -> dict[str, Any]:
 def history_text(body: dict[str, Any]) -> str:
     """Everything the CLI sent as conversation history, as one string to search."""
     return json.dumps(body.get("messages", []), ensure_ascii=False)
+
+
+def send_in_background(
+    runner: Runner, text: str, timeout: float = 120.0
+) -> tuple[threading.Thread, list[Any]]:
+    """Send `text` from a thread; its events (or the exception) land in the list."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.extend(runner.send(text, timeout=timeout))
+        except Exception as exc:  # surfaced by the test's assertions
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out

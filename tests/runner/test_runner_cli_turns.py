@@ -10,13 +10,12 @@ client got the other turn's reply, and every later message the reply to the one 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from runner_harness import Runner, result_of, start_runner
+from runner_harness import Runner, result_of, send_in_background, start_runner
 
 from corral.testing.anthropic_script import StreamShape, TextStep, ToolUseStep, bash, text
 from corral.testing.fake_anthropic import FakeAnthropic
@@ -55,20 +54,6 @@ def wait_for_request(fake: FakeAnthropic, marker: str, timeout: float = 30) -> N
             return
         time.sleep(0.05)
     raise AssertionError(f"no request with {marker!r}")
-
-
-def send_in_background(runner: Runner, text_: str) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.extend(runner.send(text_, timeout=60))
-        except Exception as exc:  # surfaced by the test's assertions
-            out.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, out
 
 
 def answers(runner: Runner, *messages: str) -> list[str]:

@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from runner_harness import Runner, history_text, result_of, start_runner
+from runner_harness import Runner, history_text, result_of, send_in_background, start_runner
 
 from corral.testing.anthropic_script import ErrorStep, StreamShape, TextStep, bash, error, text
 from corral.testing.fake_anthropic import FakeAnthropic
@@ -27,20 +26,6 @@ SLOW = StreamShape(event_delay=0.25)
 def slow_reply(words: int = 12) -> TextStep:
     # About `words` deltas at a quarter second each: a turn that is visibly running.
     return TextStep(text="slow " * words * 4, stream=SLOW)
-
-
-def send_in_background(runner: Runner, text_: str) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.extend(runner.send(text_))
-        except Exception as exc:  # surfaced by the test's assertions
-            out.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, out
 
 
 def test_bash_tool_call_writes_a_file_in_the_workspace(
