@@ -133,6 +133,32 @@ def test_an_interrupt_waits_for_the_cli_to_begin_the_message(
     assert answers(runner, "after the interrupt")[0].endswith("after the interrupt")
 
 
+def test_an_interrupt_stops_a_turn_the_cli_began_itself(
+    runner: Runner, fresh_fake: FakeAnthropic
+) -> None:
+    fresh_fake.set_default(text("echo: {last_user}"))
+    fresh_fake.add(
+        background("task-four", match="start a fourth task"),
+        text("task started", match="start a fourth task"),
+        # Fifteen seconds of streaming, unless stopped.
+        TextStep(text="long " * 60, match=ended("task-four"), stream=StreamShape(event_delay=0.25)),
+    )
+    assert answers(runner, "start a fourth task") == ["task started"]
+    wait_for_request(fresh_fake, ended("task-four"))
+    time.sleep(0.5)  # the CLI streams its own turn's reply
+    asked = time.monotonic()
+    code, body = runner.request("POST", "/v1/interrupt", {})
+    assert code == 200 and body["interrupted"] is True
+    deadline = asked + 10
+    while time.monotonic() < deadline and not any(
+        line.get("msg") == "turn of the CLI's own ended" and line.get("subtype") != "success"
+        for line in runner.logs()
+    ):
+        time.sleep(0.1)
+    assert time.monotonic() < deadline, "the CLI's own turn ran on"
+    assert answers(runner, "after")[0].endswith("after")
+
+
 def test_a_slash_command_keeps_the_output_it_makes_before_its_echo(
     runner: Runner, fresh_fake: FakeAnthropic
 ) -> None:

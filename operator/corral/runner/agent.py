@@ -208,7 +208,9 @@ class AgentWorker:
         self._early_clis = early_clis
         self._early = early_clis.take(self.name) if early_clis is not None else None
         self._launched: Launch | None = None  # how the SDK started the running CLI
-        self._interrupting: asyncio.Future[None] | None = None  # see _interrupt_started
+        # An interrupt held until the CLI began its message (see _interrupt_started): its
+        # task, referenced until it ends.
+        self._interrupting: asyncio.Future[None] | None = None
         # From the `system init` of a turn the CLI began itself (no message of ours under
         # way) to a result: the agent is at work though nobody asked, so the session is in
         # use (a Hybrid session does not sleep under it). Not busy: a message may be sent.
@@ -268,6 +270,12 @@ class AgentWorker:
             return True
         if turn is not None and not turn.started_in_cli:
             turn.interrupt_when_started = True  # the CLI must be on this message first
+            return True
+        if turn is None and self.own_turn and client is not None:
+            # Nobody's message, but the agent is at work: stop that (a client asks to stop
+            # what the agent is doing).
+            log_event(log, "interrupting the CLI's own turn", agent=self.name)
+            await asyncio.wait_for(client.interrupt(), INTERRUPT_TIMEOUT)
             return True
         if client is None or turn is None:
             return False
