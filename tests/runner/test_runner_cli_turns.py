@@ -3,8 +3,9 @@
 The real SDK and CLI against the fake API. When a background task the agent started ends,
 the CLI begins a turn by itself (a task notification) that no client asked for. A client's
 message that comes meanwhile must get its own answer: before the runner matched a message
-to the CLI's echo of it, the first result after sending was taken as the answer, so such a
-client got the other turn's reply, and every later message the reply to the one before it.
+to the CLI's echo of it (or to output that names it), the first result after sending was
+taken as the answer, so such a client got the other turn's reply, and every later message
+the reply to the one before it.
 """
 
 from __future__ import annotations
@@ -91,9 +92,10 @@ def test_a_message_taken_into_the_clis_own_running_turn_gets_that_turns_answer(
     fresh_fake.add(
         background("task-two", match="start another task"),
         text("task started", match="start another task"),
-        # The CLI's own turn runs a tool for two seconds; a message that comes meanwhile
-        # joins that turn, and the model's next reply is the answer to both.
-        bash("sleep 2; echo TOOL-$((40 + 2))", match=ended("task-two")),
+        # The CLI's own turn runs a tool for five seconds (room for a slow machine); a
+        # message that comes meanwhile joins that turn, and the model's next reply is the
+        # answer to both.
+        bash("sleep 5; echo TOOL-$((40 + 2))", match=ended("task-two")),
         text("answer after the tool", match="TOOL-42"),
     )
     assert answers(runner, "start another task") == ["task started"]
