@@ -331,7 +331,7 @@ async def test_websocket_interrupt_timeout_is_reported_and_keeps_the_socket(
     worker.state = AgentState.IDLE
     turn = worker.submit("work")
     # The CLI has begun it (before that the interrupt would wait for it to).
-    turn.sending = turn.delivered = turn.started_in_cli = True
+    turn.sending = turn.started_in_cli = True
     worker._client = _DeafClient()  # type: ignore[assignment]
     async with client.ws_connect("/v1/stream") as ws:
         await ws.send_json({"type": "interrupt"})

@@ -61,19 +61,29 @@ def answers(runner: Runner, *messages: str) -> list[str]:
     return [str(result_of(runner.send(m, timeout=60))["result"]) for m in messages]
 
 
+def start_task(
+    runner: Runner, fake: FakeAnthropic, name: str, *then: TextStep | ToolUseStep
+) -> None:
+    """The agent starts background task `name`; the fake answers the requests that follow
+    (first, the CLI's own turn when the task ends) with `then`, any other with an echo."""
+    fake.set_default(text("echo: {last_user}"))
+    start = f"start {name}"
+    fake.add(background(name, match=start), text("task started", match=start), *then)
+    assert answers(runner, start) == ["task started"]
+
+
 def test_a_turn_the_cli_begins_itself_never_answers_a_clients_message(
     runner: Runner, fresh_fake: FakeAnthropic
 ) -> None:
-    fresh_fake.set_default(text("echo: {last_user}"))
-    fresh_fake.add(
-        background("task-one", match="start a task"),
-        text("task started", match="start a task"),
+    start_task(
+        runner,
+        fresh_fake,
+        "task-one",
         # The CLI's own turn when the task ends: about two seconds of streaming.
         TextStep(
             text="own turn " * 8, match=ended("task-one"), stream=StreamShape(event_delay=0.2)
         ),
     )
-    assert answers(runner, "start a task") == ["task started"]
     before = runner.status()
     wait_for_request(fresh_fake, ended("task-one"))
     # Sent while the CLI streams its own turn's reply.
@@ -88,17 +98,16 @@ def test_a_turn_the_cli_begins_itself_never_answers_a_clients_message(
 def test_a_message_taken_into_the_clis_own_running_turn_gets_that_turns_answer(
     runner: Runner, fresh_fake: FakeAnthropic
 ) -> None:
-    fresh_fake.set_default(text("echo: {last_user}"))
-    fresh_fake.add(
-        background("task-two", match="start another task"),
-        text("task started", match="start another task"),
+    start_task(
+        runner,
+        fresh_fake,
+        "task-two",
         # The CLI's own turn runs a tool for five seconds (room for a slow machine); a
         # message that comes meanwhile joins that turn, and the model's next reply is the
         # answer to both.
         bash("sleep 5; echo TOOL-$((40 + 2))", match=ended("task-two")),
         text("answer after the tool", match="TOOL-42"),
     )
-    assert answers(runner, "start another task") == ["task started"]
     wait_for_request(fresh_fake, ended("task-two"))
     time.sleep(0.5)  # the tool is running
     assert answers(runner, "joining") == ["answer after the tool"]
@@ -113,16 +122,15 @@ def test_an_interrupt_waits_for_the_cli_to_begin_the_message(
     """Asked while the CLI still streams a turn of its own, an interrupt stops the client's
     message once the CLI begins it (sent at once, it would stop the other turn and leave
     the message to run)."""
-    fresh_fake.set_default(text("echo: {last_user}"))
-    fresh_fake.add(
-        background("task-three", match="start a third task"),
-        text("task started", match="start a third task"),
+    start_task(
+        runner,
+        fresh_fake,
+        "task-three",
         TextStep(
             text="own turn " * 8, match=ended("task-three"), stream=StreamShape(event_delay=0.2)
         ),
         TextStep(text="slow " * 80, match="to interrupt", stream=StreamShape(event_delay=0.25)),
     )
-    assert answers(runner, "start a third task") == ["task started"]
     wait_for_request(fresh_fake, ended("task-three"))
     thread, out = send_in_background(runner, "to interrupt")
     runner.wait_status(lambda s: s["state"] == "busy")
@@ -138,14 +146,13 @@ def test_an_interrupt_waits_for_the_cli_to_begin_the_message(
 def test_an_interrupt_stops_a_turn_the_cli_began_itself(
     runner: Runner, fresh_fake: FakeAnthropic
 ) -> None:
-    fresh_fake.set_default(text("echo: {last_user}"))
-    fresh_fake.add(
-        background("task-four", match="start a fourth task"),
-        text("task started", match="start a fourth task"),
+    start_task(
+        runner,
+        fresh_fake,
+        "task-four",
         # Fifteen seconds of streaming, unless stopped.
         TextStep(text="long " * 60, match=ended("task-four"), stream=StreamShape(event_delay=0.25)),
     )
-    assert answers(runner, "start a fourth task") == ["task started"]
     wait_for_request(fresh_fake, ended("task-four"))
     time.sleep(0.5)  # the CLI streams its own turn's reply
     asked = time.monotonic()

@@ -99,7 +99,6 @@ class Turn:
     # after it waits for `started_in_cli` (an interrupt sent earlier would stop whatever
     # the CLI is doing meanwhile, or be lost on an idle CLI).
     sending: bool = False
-    delivered: bool = False
     interrupt_when_started: bool = False
     # The message goes to the CLI with this id, which the CLI echoes back when it begins
     # the message and names in what it answers with (see `begun_by`): only from then on
@@ -412,7 +411,6 @@ class AgentWorker:
             await client.query(_as_input(turn))
         except Exception as exc:  # the CLI's stdin is gone: it died meanwhile
             raise CliGone(f"cannot send to the CLI: {exc}") from exc
-        turn.delivered = True
 
     async def _interrupt_started(self, turn: Turn) -> None:
         """The interrupt asked for before the CLI began `turn`, now that it has."""
