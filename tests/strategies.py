@@ -245,6 +245,7 @@ def specs(draw: st.DrawFn, pattern: api.Pattern | None = None) -> api.AgentSessi
         fields["agents"] = draw(agents)
     if chosen == api.Pattern.HYBRID:
         fields["idle_timeout"] = draw(optional(durations))
+        fields["background_task_timeout"] = draw(optional(durations))
         fields["storage"] = draw(optional(storage))
     return api.AgentSessionSpec(**fields)
 
@@ -317,6 +318,16 @@ _INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
         "bad idleTimeout",
         {"pattern": "Hybrid", "idleTimeout": "5 minutes"},
         "string_pattern_mismatch",
+    ),
+    (
+        "backgroundTaskTimeout outside Hybrid",
+        {"pattern": "LongRunning", "backgroundTaskTimeout": "1h"},
+        "spec.backgroundTaskTimeout is only allowed",
+    ),
+    (
+        "backgroundTaskTimeout beyond Go's longest duration",
+        {"pattern": "Hybrid", "backgroundTaskTimeout": "9999999h"},
+        "spec.backgroundTaskTimeout must be a duration Kubernetes can hold",
     ),
     (
         "storage outside Hybrid",

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from pydantic.alias_generators import to_camel
 
 from corral.api import runtime
-from corral.api.units import QUANTITY_PATTERN
+from corral.api.units import DURATION_PATTERN, QUANTITY_PATTERN
 from corral.api.v1alpha1 import (
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
@@ -247,6 +247,11 @@ class OperatorConfig(ConfigModel):
         "The API key is sent there, so only list hosts you trust with it.",
     )
     default_idle_timeout: str = runtime.DEFAULT_IDLE_TIMEOUT
+    default_background_task_timeout: str = Field(
+        runtime.DEFAULT_BACKGROUND_TASK_TIMEOUT,
+        pattern=DURATION_PATTERN,
+        description="spec.backgroundTaskTimeout of Hybrid sessions that set none.",
+    )
     default_active_deadline_seconds: int | None = Field(
         86_400, description="Ephemeral runs without spec.activeDeadlineSeconds stop after this."
     )

@@ -56,9 +56,10 @@ def sessions(
         volumes.delete()
 
 
-def create_example(sessions: Sessions, idle_timeout: str = "5s") -> dict[str, Any]:
+def create_example(sessions: Sessions, idle_timeout: str = "5s", **fields: str) -> dict[str, Any]:
     spec: dict[str, Any] = copy.deepcopy(load_example(REPO, "hybrid.yaml")["spec"])
     spec["idleTimeout"] = idle_timeout
+    spec.update(fields)
     spec["storage"] = {"size": "1Gi", "storageClassName": STORAGE_CLASS}
     return sessions.create(NAME, spec)
 
@@ -109,13 +110,15 @@ def mounted_claims(core: client.CoreV1Api, namespace: str, pod: str) -> list[str
     ]
 
 
-def report(operator: OperatorProcess, sessions: Sessions, pod: str, busy: bool) -> None:
+def report(
+    operator: OperatorProcess, sessions: Sessions, pod: str, busy: bool, **fields: object
+) -> None:
     """Post a runner activity report with the pod's token; the operator takes it once its
     watch saw the pod."""
     namespace = sessions.namespace
     token = operator.activity_token(namespace, NAME, sessions.get(NAME)["metadata"]["uid"], pod)
     wait_for(
-        lambda: report_activity(operator.url, namespace, NAME, pod, busy, token) == 202,
+        lambda: report_activity(operator.url, namespace, NAME, pod, busy, token, **fields) == 202,
         timeout=30,
         what=f"the operator to accept an activity report from {pod}",
     )
@@ -191,6 +194,35 @@ def test_busy_runner_stays_awake_past_the_timeout(
     assert slept_after >= 4
     # The runner's report moved the idle clock.
     assert (parse(status["idleSince"]) - parse(status["lastActivityTime"])).total_seconds() >= 5
+
+
+def test_background_tasks_keep_the_session_awake_for_the_background_task_timeout(
+    sessions: Sessions, core: client.CoreV1Api, operator: OperatorProcess
+) -> None:
+    """An idle runner whose agent left a background task running: status shows the task,
+    the session sleeps after backgroundTaskTimeout (12 s) rather than idleTimeout (5 s),
+    and the Event says the task ended with the pod."""
+    namespace = sessions.namespace
+    create_example(sessions, backgroundTaskTimeout="12s")
+    pod = running(sessions, core, set())
+    reported = time.monotonic()
+    report(operator, sessions, pod, busy=False, backgroundTasks=1)
+    wait_for(
+        lambda: sessions.status(NAME).get("backgroundTasks") == 1,
+        timeout=30,
+        what="status.backgroundTasks 1",
+    )
+    status = idle(sessions, core)
+    slept_after = time.monotonic() - reported
+    print(f"Idle {slept_after:.1f}s after a report of one background task (timeout 12s)")
+    assert slept_after >= 11
+    assert "backgroundTasks" not in status
+    (message,) = [
+        e.message
+        for e in core.list_namespaced_event(namespace).items
+        if e.reason == "ScaledDown" and e.involved_object.name == NAME
+    ]
+    assert "backgroundTaskTimeout 12s: background tasks running: 1" in message
 
 
 def test_busy_report_of_a_lost_pod_does_not_keep_its_successor_awake(

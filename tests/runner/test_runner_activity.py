@@ -202,3 +202,71 @@ def test_reports_begin_once_the_agents_are_up(
         assert runner.terminate() == 0, runner.logs_text()
     first = ActivityReport.model_validate(operator_endpoint.reports[0][1])
     assert [a.state for a in first.agents] == ["idle"], first.agents
+
+
+def test_a_running_background_task_is_counted_and_reported(
+    fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
+) -> None:
+    """A task the agent left running in the background: the agent is idle (it takes
+    messages) while status, metrics and the reports count the task, until it ends; the
+    operator keeps a Hybrid session awake longer for it (corral.controller.lifecycle)."""
+    host, port = operator_endpoint.server_address[:2]
+    task = {"command": "sleep 3", "description": "slow-build", "run_in_background": True}
+    fake.set_default(text("echo: {last_user}"))
+    fake.add(
+        ToolUseStep(name="Bash", input=task, match="start the build"),
+        text("build started", match="start the build"),
+    )
+    runner = start_runner(
+        {"pattern": "Hybrid", "allowedTools": ["Bash"]},
+        tmp_path,
+        fake.url,
+        env={"CORRAL_ACTIVITY_URL": f"http://{host!s}:{port}", "CORRAL_POD_NAME": "pod-7"},
+    )
+    try:
+        assert result_of(runner.send("start the build"))["result"] == "build started"
+        status = runner.wait_status(lambda s: s["backgroundTasks"] == 1)
+        assert status["state"] == "idle"
+        assert [a["backgroundTasks"] for a in status["agents"]] == [1]
+        code, metrics = runner.request("GET", "/metrics")
+        assert code == 200 and 'corral_runner_background_tasks{agent="main"} 1.0' in metrics
+        # Still idle: a message goes through while the task runs.
+        assert result_of(runner.send("meanwhile"))["result"] == "echo: meanwhile"
+        runner.wait_status(lambda s: s["backgroundTasks"] == 0, timeout=30)
+        time.sleep(0.5)  # its report
+    finally:
+        assert runner.terminate() == 0, runner.logs_text()
+    counts = [body.get("backgroundTasks") for _, body in operator_endpoint.reports]
+    # Reported as the task started (idle, after the turn) and again when it ended.
+    assert 1 in counts and 0 in counts[counts.index(1) :], counts
+    # The turn that started it ended, and the task still ran: idle, with a task.
+    assert any(
+        not body["busy"] and body.get("backgroundTasks") == 1
+        for _, body in operator_endpoint.reports
+    )
+    changes = [
+        line["running"] for line in runner.logs() if line.get("msg") == "background tasks changed"
+    ]
+    assert changes[:2] == [1, 0], changes
+
+
+def test_a_runner_stopped_with_a_background_task_running_says_so(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    task = {"command": "sleep 20", "description": "long-job", "run_in_background": True}
+    fake.add(
+        ToolUseStep(name="Bash", input=task, match="start the job"),
+        text("job started", match="start the job"),
+    )
+    runner = start_runner({"pattern": "Hybrid", "allowedTools": ["Bash"]}, tmp_path, fake.url)
+    try:
+        assert result_of(runner.send("start the job"))["result"] == "job started"
+        runner.wait_status(lambda s: s["backgroundTasks"] == 1)
+    finally:
+        assert runner.terminate() == 0, runner.logs_text()
+    (line,) = [
+        line
+        for line in runner.logs()
+        if line.get("msg") == "stopping with background tasks running; they end with the CLI"
+    ]
+    assert line["running"] == 1 and line["level"] == "warning"

@@ -118,6 +118,8 @@ def test_a_normal_report_is_valid() -> None:
         (raw(name="../other"), "name"),
         (raw(sessionId="s" * 129), "sessionId"),
         (raw(busy="maybe"), "busy"),
+        (raw(backgroundTasks=-1), "backgroundTasks"),
+        (raw(backgroundTasks=runtime.MAX_BACKGROUND_TASKS + 1), "backgroundTasks"),
     ],
 )
 def test_out_of_bounds_reports_are_refused(body: str, field: str) -> None:
@@ -329,6 +331,7 @@ def test_the_runner_clamps_what_the_operator_would_refuse() -> None:
 
     def agent(name: str, turns: int, cost: float) -> AgentSnapshot:
         return AgentSnapshot(
+            background_tasks=runtime.MAX_BACKGROUND_TASKS,
             name=name,
             state=AgentState.BUSY,
             session_id=None,
@@ -350,6 +353,7 @@ def test_the_runner_clamps_what_the_operator_would_refuse() -> None:
     assert [a.num_turns for a in again.agents] == [MAX_TURNS, 1]
     assert [a.total_cost_usd for a in again.agents] == [MAX_COST_USD, MAX_COST_USD]
     assert again.cli_version is not None and len(again.cli_version) == 64
+    assert again.background_tasks == runtime.MAX_BACKGROUND_TASKS
 
 
 async def test_reports_in_quick_succession_make_one_reconcile_a_second_with_the_latest(

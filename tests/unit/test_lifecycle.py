@@ -1046,6 +1046,71 @@ def test_hybrid_busy_report_from_a_replaced_pod_does_not_keep_the_new_one_awake(
     assert world.session.status.phase == "Idle"
 
 
+def scaled_down_message(plan: Plan) -> str:
+    (event,) = [e for e in plan.events if e.reason == "ScaledDown"]
+    return event.message
+
+
+def test_hybrid_with_background_tasks_waits_for_the_background_task_timeout() -> None:
+    """A build the agent left running keeps the session awake for backgroundTaskTimeout
+    (not idleTimeout, 5 s), then the pod goes, and the Event says what ended with it."""
+    world = hybrid_world(backgroundTaskTimeout="30s")
+    name = world.live_pod()
+    world.activity = Activity(
+        last_activity=world.now, busy=False, background_tasks=2, pod_name=name
+    )
+    world.advance(6)
+    plan = world.step()
+    assert plan.delete_pods == []
+    assert world.session.status.background_tasks == 2
+    assert plan.requeue_after == pytest.approx(24)
+    world.advance(25)
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [name]
+    message = scaled_down_message(plan)
+    assert "backgroundTaskTimeout 30s: background tasks running: 2" in message
+    assert "ended its background tasks" in message
+    assert world.session.status.background_tasks is None  # they ended with the pod
+
+
+def test_hybrid_background_tasks_wait_the_operators_default_when_the_spec_sets_none() -> None:
+    world = hybrid_world(
+        config=CONFIG.model_copy(update={"default_background_task_timeout": "20s"})
+    )
+    name = world.live_pod()
+    world.activity = Activity(
+        last_activity=world.now, busy=False, background_tasks=1, pod_name=name
+    )
+    world.advance(19)
+    assert world.step().delete_pods == []
+    world.advance(2)
+    assert [d.name for d in world.step().delete_pods] == [name]
+
+
+def test_hybrid_background_task_timeout_shorter_than_idle_timeout_changes_nothing() -> None:
+    world = hybrid_world(backgroundTaskTimeout="0s")
+    name = world.live_pod()
+    world.activity = Activity(
+        last_activity=world.now, busy=False, background_tasks=1, pod_name=name
+    )
+    world.advance(6)
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [name]
+    assert "(idleTimeout 5s)" in scaled_down_message(plan)
+
+
+def test_hybrid_background_tasks_of_a_replaced_pod_do_not_keep_the_new_one_awake() -> None:
+    world = hybrid_world(backgroundTaskTimeout="1h")
+    name = world.live_pod()
+    world.activity = Activity(
+        last_activity=world.now, busy=False, background_tasks=3, pod_name="a-pod-gone-before"
+    )
+    world.advance(6)
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [name]
+    assert "background tasks" not in scaled_down_message(plan)
+
+
 def wake(world: World, value: str) -> None:
     annotations = {**world.session.metadata.annotations, runtime.WAKE_ANNOTATION: value}
     metadata = world.session.metadata.model_copy(update={"annotations": annotations})

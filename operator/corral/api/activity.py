@@ -22,6 +22,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from corral.api import runtime
 from corral.api.tokens import hmac_token
 from corral.api.v1alpha1 import (
     DNS_LABEL_PATTERN,
@@ -70,6 +71,8 @@ class ActivityReport(ReportModel):
     sdk_version: str | None = Field(None, max_length=64)
     cli_version: str | None = Field(None, max_length=64)
     agents: list[AgentReport] = Field(default_factory=list, max_length=MAX_AGENTS)
+    # Running background tasks of all agents (the CLI's `background_tasks_changed`).
+    background_tasks: int = Field(0, ge=0, le=runtime.MAX_BACKGROUND_TASKS)
 
     @model_validator(mode="after")
     def _agent_names_unique(self) -> Self:

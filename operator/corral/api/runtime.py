@@ -56,6 +56,9 @@ OPERATOR_PORT = 8081
 IMAGE_ENTRYPOINT = ("/usr/bin/tini", "--")
 DEFAULT_MODEL = "claude-sonnet-4-5"
 DEFAULT_IDLE_TIMEOUT = "15m"
+DEFAULT_BACKGROUND_TASK_TIMEOUT = "1h"
+# Far above what an agent starts; bounds what a runner (or a forged report) says.
+MAX_BACKGROUND_TASKS = 10_000
 
 WAKE_ANNOTATION = "corral.dev/wake"
 

@@ -598,11 +598,11 @@ def _only_for(pattern: Pattern, spec_field: str, wire: str) -> Rule:
     )
 
 
-def _idle_timeout_ok(spec: Any) -> bool:
-    if spec.idle_timeout is None:
+def _duration_at_least(value: str | None, least: timedelta) -> bool:
+    if value is None:
         return True
     try:
-        return parse_duration(spec.idle_timeout) >= timedelta(seconds=1)
+        return parse_duration(value) >= least
     except ValueError:  # beyond Go's longest duration: duration() fails on the server too
         return False
 
@@ -698,6 +698,15 @@ class AgentSessionSpec(ApiModel):
         description="Hybrid only: inactivity after which the pod is stopped (the volume stays), "
         "e.g. `15m`. The operator's default (15m) when unset.",
     )
+    background_task_timeout: str | None = Field(
+        None,
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="Hybrid only: while background tasks the agent started (a build, a test "
+        "run) are running, the session is stopped after this long without other activity "
+        "instead of idleTimeout (whichever is longer); stopping the pod ends the tasks. "
+        "The operator's default (1h) when unset.",
+    )
     ttl_seconds_after_finished: int | None = Field(
         None,
         ge=0,
@@ -763,6 +772,7 @@ class AgentSessionSpec(ApiModel):
             check=lambda s: s.pattern != Pattern.SHARED or s.agents is not None,
         ),
         _only_for(Pattern.HYBRID, "idle_timeout", "idleTimeout"),
+        _only_for(Pattern.HYBRID, "background_task_timeout", "backgroundTaskTimeout"),
         _only_for(Pattern.HYBRID, "storage", "storage"),
         _only_for(Pattern.EPHEMERAL, "ttl_seconds_after_finished", "ttlSecondsAfterFinished"),
         _only_for(Pattern.EPHEMERAL, "cleanup_after_finished", "cleanupAfterFinished"),
@@ -788,7 +798,14 @@ class AgentSessionSpec(ApiModel):
             "!has(self.idleTimeout) || duration(self.idleTimeout) >= duration('1s')",
             "spec.idleTimeout must be at least 1s, e.g. 15m",
             ".idleTimeout",
-            check=_idle_timeout_ok,
+            check=lambda s: _duration_at_least(s.idle_timeout, timedelta(seconds=1)),
+        ),
+        cel(
+            "!has(self.backgroundTaskTimeout) || duration(self.backgroundTaskTimeout) >= "
+            "duration('0s')",
+            "spec.backgroundTaskTimeout must be a duration Kubernetes can hold, e.g. 1h",
+            ".backgroundTaskTimeout",
+            check=lambda s: _duration_at_least(s.background_task_timeout, timedelta(0)),
         ),
         # Transition rules: the API server compares with the stored object.
         cel(
@@ -1024,6 +1041,12 @@ class AgentSessionStatus(ApiModel):
     wake_count: int | None = Field(None, ge=0, description="Wakes of a Hybrid session.")
     observed_wake: str | None = Field(
         None, max_length=256, description="Last corral.dev/wake annotation value acted on."
+    )
+    background_tasks: int | None = Field(
+        None,
+        ge=0,
+        description="Background tasks the agents started that are still running, as the "
+        "runner last reported (Hybrid: spec.backgroundTaskTimeout applies while above 0).",
     )
     restarts: int | None = Field(None, ge=0, description="Pods recreated after being lost.")
     attempts: int | None = Field(None, ge=0, description="Ephemeral runs tried.")

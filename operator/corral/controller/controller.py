@@ -239,10 +239,15 @@ class Controller:
             agents=tuple(agent.to_status() for agent in report.agents),
             pod_name=report.pod_name,
             received_at=received,
+            background_tasks=report.background_tasks,
         )
         if previous is None:
             self.queue.add(key, cause=ACTIVITY)  # the runner's first word: acted on at once
-        elif previous.busy != report.busy or previous.num_turns != report.num_turns:
+        elif (previous.busy, previous.num_turns, previous.background_tasks) != (
+            report.busy,
+            report.num_turns,
+            report.background_tasks,
+        ):
             self._queue_for_activity(key)
         return True
 

@@ -124,6 +124,9 @@ class Activity:
     # When the operator received it. A busy runner reports every 30 s; a "busy" older than
     # BUSY_REPORT_STALE (a runner that died or lost its network mid-turn) no longer counts.
     received_at: datetime | None = None
+    # Background tasks the agents started that still run (a Hybrid session then sleeps
+    # after spec.backgroundTaskTimeout rather than idleTimeout).
+    background_tasks: int = 0
 
 
 @dataclass(frozen=True)
@@ -648,6 +651,8 @@ class _Decision:
             )
         if activity.agents:
             self.status.agents = list(activity.agents)
+        if activity.pod_name in (None, self.status.pod_name):
+            self.status.background_tasks = activity.background_tasks or None
 
     def account_cost(self) -> None:
         tokens = self.status.total_cost_usd or (
@@ -903,10 +908,11 @@ class _Decision:
     def idle_check(self, pod: PodView, timeout: timedelta) -> None:
         activity = self.obs.activity
         # Fix: only the current pod's runner can be busy (see Activity.pod_name).
+        if activity is not None and activity.pod_name not in (None, pod.name):
+            activity = None
         busy = (
             activity is not None
             and activity.busy
-            and activity.pod_name in (None, pod.name)
             and (
                 activity.received_at is None or self.now - activity.received_at < BUSY_REPORT_STALE
             )
@@ -921,6 +927,19 @@ class _Decision:
         if self.status.last_activity_time is None:
             # Persist the countdown's start, so a restarted operator keeps the deadline.
             self.status.last_activity_time = timestamp(last)
+        tasks = activity.background_tasks if activity is not None else 0
+        configured = f"idleTimeout {self.spec.idle_timeout or self.config.default_idle_timeout}"
+        if tasks:
+            # A build or test run the agent left running is work under way: ended by the
+            # scale-down, so it waits longer (bounded: a server the agent started and
+            # forgot would keep the session awake for ever).
+            background = self.background_task_timeout()
+            if background > timeout:
+                timeout = background
+                value = (
+                    self.spec.background_task_timeout or self.config.default_background_task_timeout
+                )
+                configured = f"backgroundTaskTimeout {value}: background tasks running: {tasks}"
         deadline = last + timeout
         if busy or self.now < deadline:
             # A busy runner reports again while it works; look again at the deadline anyway.
@@ -935,8 +954,9 @@ class _Decision:
         self.add_pod_seconds(pod.started_at)
         self.delete_pod(pod, "IdleTimeout")
         idle_for = int((self.now - last).total_seconds())
-        configured = self.spec.idle_timeout or self.config.default_idle_timeout
-        message = f"no activity for {idle_for}s (idleTimeout {configured}); the volume is kept"
+        message = f"no activity for {idle_for}s ({configured}); the volume is kept"
+        if tasks:
+            message += "; stopping the pod ended its background tasks"
         self.status.phase = Phase.IDLE
         self.status.idle_since = self.now_text
         self.status.last_activity_time = timestamp(last)
@@ -949,6 +969,13 @@ class _Decision:
         self.condition(cond.POD_READY, False, "Idle", "scaled to zero")
         self.event("ScaledDown", message)
         self.plan.scaled_down = True
+
+    def background_task_timeout(self) -> timedelta:
+        value = self.spec.background_task_timeout
+        try:
+            return parse_duration(value or self.config.default_background_task_timeout)
+        except ValueError:  # beyond Go's longest duration (refused by the API server)
+            return timedelta(0)
 
     def starting_until(self, pod: PodView) -> datetime | None:
         """Until when a pod that is not Ready counts as starting (the kubelet restarts a
@@ -1027,6 +1054,8 @@ class _Decision:
                 confirm_gone=self.plan.confirm_gone,
             )
         self.keep_phase_honest()
+        if self.status.pod_name is None:
+            self.status.background_tasks = None  # they ended with the pod
         self.status.observed_generation = self.generation
         self.account_cost()
         self.plan.status_patch = _status_patch(self.old, self.status)

@@ -94,6 +94,7 @@ def build_report(
         sdk_version=SDK_VERSION[:64],
         cli_version=version[:64] if version else None,
         agents=[_agent_report(a) for a in agents[:MAX_AGENTS]],
+        background_tasks=min(sum(a.background_tasks for a in agents), runtime.MAX_BACKGROUND_TASKS),
     )
 
 

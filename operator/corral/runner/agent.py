@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from corral.api import runtime
 from corral.runner import events as ev
 from corral.runner.early_cli import SPAWN_OFFER, EarlyClis, Launch, SpawnOffer
 from corral.runner.event_buffer import EventBuffer
@@ -154,6 +155,8 @@ class AgentSnapshot:
     cli_version: str | None
     # A turn the CLI began itself is under way (see AgentWorker.own_turn).
     own_turn: bool = False
+    # See AgentWorker.background_tasks.
+    background_tasks: int = 0
 
 
 class AgentWorker:
@@ -214,6 +217,10 @@ class AgentWorker:
         # way) to a result: the agent is at work though nobody asked, so the session is in
         # use (a Hybrid session does not sleep under it). Not busy: a message may be sent.
         self.own_turn = False
+        # Background tasks the agent started (a build, a test run) that still run, as the
+        # CLI last listed them: reported, so that a Hybrid session waits longer before it
+        # sleeps (stopping the pod ends them).
+        self.background_tasks = 0
 
     # --- what other tasks call -----------------------------------------------------------
 
@@ -284,6 +291,14 @@ class AgentWorker:
 
     async def stop(self, drain: float) -> None:
         """Let a running message finish for up to `drain` seconds, then interrupt it."""
+        if self.background_tasks:
+            log_event(
+                log,
+                "stopping with background tasks running; they end with the CLI",
+                level=logging.WARNING,
+                agent=self.name,
+                running=self.background_tasks,
+            )
         turn = self._current
         if turn is not None and drain > 0:
             with contextlib.suppress(TimeoutError):
@@ -311,6 +326,7 @@ class AgentWorker:
             restarts=self.restarts,
             cli_version=self.cli_version,
             own_turn=self.own_turn,
+            background_tasks=self.background_tasks,
         )
 
     # --- the owning task -----------------------------------------------------------------
@@ -482,6 +498,7 @@ class AgentWorker:
             stopping.cancel()
             self._client = None
             self._set_own_turn(False)
+            self._set_background_tasks(0)  # the CLI's tasks end with it
             # Closing stdin lets the CLI flush its transcript and cost, and exit.
             with contextlib.suppress(Exception):
                 await client.disconnect()
@@ -514,6 +531,8 @@ class AgentWorker:
             self._metrics.tool(self.name, tool)
         if isinstance(message, SystemMessage) and message.subtype == "api_retry":
             self._note_api_retry(message.data)
+        if isinstance(message, SystemMessage) and message.subtype == "background_tasks_changed":
+            self._set_background_tasks(running_tasks(message.data))
         turn = self._current
         self._note_own_turn(turn, message)
         if turn is not None and not turn.started_in_cli and turn.begun_by(message):
@@ -602,6 +621,14 @@ class AgentWorker:
             return
         self._early_clis.remember(self.name, dataclasses.replace(launched, argv=argv))
 
+    def _set_background_tasks(self, count: int) -> None:
+        if count == self.background_tasks:
+            return
+        self.background_tasks = count
+        self._metrics.background_tasks.labels(self.name).set(count)
+        log_event(log, "background tasks changed", agent=self.name, running=count)
+        self._notify()
+
     def _note_api_retry(self, data: dict[str, Any]) -> None:
         status = data.get("error_status")
         self._metrics.api_retries.labels(self.name, str(status or "none")).inc()
@@ -681,6 +708,13 @@ class AgentWorker:
 
     def _touch(self) -> None:
         self.last_activity = datetime.now(UTC)
+
+
+def running_tasks(data: dict[str, Any]) -> int:
+    """How many tasks a `background_tasks_changed` message lists (the CLI's whole list of
+    running ones each time), bounded: it is the agent's process that says so."""
+    tasks = data.get("tasks")
+    return min(len(tasks), runtime.MAX_BACKGROUND_TASKS) if isinstance(tasks, list) else 0
 
 
 def process_age() -> float | None:

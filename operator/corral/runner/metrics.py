@@ -59,6 +59,12 @@ class RunnerMetrics:
         self.busy = Gauge(
             "corral_runner_busy", "1 while the agent runs a message.", ["agent"], registry=r
         )
+        self.background_tasks = Gauge(
+            "corral_runner_background_tasks",
+            "Background tasks the agent started that are still running.",
+            ["agent"],
+            registry=r,
+        )
         # A runner "turn" is one message to its result, however many model calls it took.
         self.turn_duration = Histogram(
             "corral_runner_turn_duration_seconds",

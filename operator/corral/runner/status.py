@@ -78,6 +78,7 @@ def build_status(
         "sessionId": agents[0].session_id if len(agents) == 1 else None,
         "numTurns": sum(a.num_turns for a in agents),
         "messages": sum(a.messages for a in agents),
+        "backgroundTasks": sum(a.background_tasks for a in agents),
         "totalCostUsd": round(sum(a.total_cost_usd for a in agents), 6),
         "usage": _usage(totals),
         "lastActivityTime": rfc3339(max(activity)) if activity else None,
@@ -112,4 +113,5 @@ def _agent(a: AgentSnapshot) -> dict[str, Any]:
         "lastActivityTime": rfc3339(a.last_activity),
         "lastError": a.last_error,
         "restarts": a.restarts,
+        "backgroundTasks": a.background_tasks,
     }
