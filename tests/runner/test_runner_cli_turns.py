@@ -10,11 +10,13 @@ the reply to the one before it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from runner_harness import Runner, result_of, send_in_background, start_runner
 
@@ -223,3 +225,37 @@ def test_the_agents_cli_listens_on_no_socket(runner: Runner) -> None:
     for pid in pids:
         assert listening_unix_sockets(pid) == [], pid
     assert listening_unix_sockets(runner.proc.pid) == []
+
+
+async def test_a_watching_websocket_client_gets_the_turns_the_cli_begins_itself(
+    runner: Runner, fresh_fake: FakeAnthropic
+) -> None:
+    """`{"type": "watch"}` on the socket: the CLI's own turns (here, a background task's
+    notification) reach the client, tagged `ownTurn`; a client that did not ask gets none,
+    and a client's own message is not sent to watchers."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(runner.url + "/v1/stream") as watching,
+        http.ws_connect(runner.url + "/v1/stream") as other,
+    ):
+        await watching.send_json({"type": "watch", "agent": ["not", "a", "name"]})
+        assert (await watching.receive_json(timeout=10))["status"] == 400
+        await watching.send_json({"type": "watch"})
+        assert await watching.receive_json(timeout=10) == {"type": "watching", "agents": ["main"]}
+        await asyncio.to_thread(
+            start_task,
+            runner,
+            fresh_fake,
+            "task-five",
+            text("the task is done", match=ended("task-five")),
+        )
+        events: list[dict[str, Any]] = []
+        while not events or events[-1]["type"] != "result":
+            events.append(await watching.receive_json(timeout=30))
+        with pytest.raises(TimeoutError):
+            await other.receive_json(timeout=1)
+    assert all(e["ownTurn"] is True and e["agent"] == "main" for e in events), events
+    assert len({e["turn"] for e in events}) == 1 and events[0]["turn"].startswith("cli-")
+    assert "".join(e["text"] for e in events if e["type"] == "text_delta") == "the task is done"
+    # Not the client's own turn ("task started"), which went to its own request.
+    assert not any("task started" in json.dumps(e) for e in events)

@@ -58,6 +58,8 @@ NO_CONVERSATION = "No conversation found"
 # Events held while the CLI may still be on a turn of its own (see Turn.held); the oldest
 # go first, and those are the other turn's.
 HELD_EVENTS = 256
+# Clients watching one agent's own turns at once (each holds a bounded EventBuffer).
+MAX_WATCHERS = 64
 
 
 class AgentState(StrEnum):
@@ -221,6 +223,10 @@ class AgentWorker:
         # CLI last listed them: reported, so that a Hybrid session waits longer before it
         # sleeps (stopping the pod ends them).
         self.background_tasks = 0
+        # Clients that asked for the events of the turns the CLI begins itself (see
+        # `watch`), and the id those events carry while one runs.
+        self._watchers: set[EventBuffer] = set()
+        self._own_turn_id: str | None = None
 
     # --- what other tasks call -----------------------------------------------------------
 
@@ -239,6 +245,23 @@ class AgentWorker:
     @property
     def in_use(self) -> bool:
         return self.busy or self.own_turn
+
+    def watch(self) -> EventBuffer:
+        """The events of the turns the CLI begins itself (a background task's notification,
+        say), from now on until `unwatch`; each carries `ownTurn: true` and a `turn` id of
+        its own. Nobody else reads them: without a watcher they are only in the
+        transcript."""
+        if len(self._watchers) >= MAX_WATCHERS:
+            raise AgentUnavailable(
+                f"agent {self.name!r} has {MAX_WATCHERS} watchers already; close one"
+            )
+        events = EventBuffer()
+        self._watchers.add(events)
+        return events
+
+    def unwatch(self, events: EventBuffer) -> None:
+        self._watchers.discard(events)
+        events.close()
 
     def submit(self, text: str, *, watched: bool = True) -> Turn:
         """Start `text` as the agent's next message. `watched=False`: nobody will read its
@@ -570,8 +593,12 @@ class AgentWorker:
         its own (nobody asked; counted, never answered), or what comes before `turn`'s
         beginning is known."""
         if isinstance(message, ResultMessage):
+            # What was held for `turn` was that turn's: its watchers get it now.
+            own = list(turn.held) if turn is not None else []
             if turn is not None:
                 turn.held.clear()
+            self._publish_own([*own, *ev.to_events(message)])
+            self._own_turn_id = None
             cost = self._account(message)
             self._save()
             log_event(
@@ -590,6 +617,18 @@ class AgentWorker:
                 turn.publish(event)
         elif turn is not None:
             turn.held.extend(ev.to_events(message))
+        elif self.own_turn:
+            self._publish_own(ev.to_events(message))
+
+    def _publish_own(self, events: list[ev.Event]) -> None:
+        if not self._watchers or not events:
+            return
+        if self._own_turn_id is None:
+            self._own_turn_id = "cli-" + uuid.uuid4().hex[:8]
+        tags = {"agent": self.name, "turn": self._own_turn_id, "ownTurn": True}
+        for watcher in self._watchers:
+            for event in events:
+                watcher.put({**event, **tags})
 
     def _note_session(self, message: Message) -> None:
         session_id: str | None = None

@@ -337,15 +337,25 @@ class RunnerApi:
             if not isinstance(command, dict):
                 raise ValueError("a command is a JSON object")
             kind = command.get("type", "message")
+            agent = command.get("agent")
+            if agent is not None and not isinstance(agent, str):
+                raise ValueError("agent: a string, the agent's name")
             if kind == "interrupt":
-                worker = self._agent(command.get("agent"))
+                worker = self._agent(agent)
                 done = await self._interrupt(worker)
                 await ws.send_json(
                     {"type": "interrupted", "agent": worker.name, "interrupted": done}
                 )
                 return
+            if kind == "watch":
+                workers = [self._agent(agent)] if agent else list(self.session.workers.values())
+                for worker in workers:
+                    self._ws_watch(request, ws, worker, forwarders)
+                names = [w.name for w in workers]
+                await ws.send_json({"type": "watching", "agents": names})
+                return
             if kind != "message":
-                raise ValueError(f"unknown command type {kind!r}; use message or interrupt")
+                raise ValueError(f"unknown command type {kind!r}; use message, interrupt or watch")
             body = MessageRequest.model_validate({k: v for k, v in command.items() if k != "type"})
             turn = self._submit(self._agent(body.agent), body.text)
         except ApiError as exc:
@@ -360,6 +370,39 @@ class RunnerApi:
             await ws.send_json({"type": "error", "status": 400, "message": str(exc)})
             return
         task = asyncio.create_task(self._ws_forward(request, ws, turn))
+        forwarders.add(task)
+        task.add_done_callback(forwarders.discard)
+
+    def _ws_watch(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        worker: AgentWorker,
+        forwarders: set[asyncio.Task[None]],
+    ) -> None:
+        """Forward the turns `worker`'s CLI begins itself to `ws` until it closes (once per
+        agent and connection)."""
+        name = f"watch-{worker.name}"
+        if any(task.get_name() == name for task in forwarders):
+            return
+        # Taken now, not in the task: a turn that begins before the task first runs is
+        # still seen, and too many watchers is this command's error.
+        try:
+            events = worker.watch()
+        except AgentUnavailable as exc:
+            raise ApiError(503, str(exc), agent=worker.name) from None
+
+        async def forward() -> None:
+            try:
+                with contextlib.suppress(ConnectionError):
+                    while not ws.closed:
+                        event = await events.get(sse.KEEPALIVE_SECONDS)
+                        if event is not None:
+                            await send_or_cut(request, ws.send_json(event))
+            finally:
+                worker.unwatch(events)
+
+        task = asyncio.create_task(forward(), name=name)
         forwarders.add(task)
         task.add_done_callback(forwarders.discard)
 
