@@ -456,10 +456,12 @@ def test_chat_wakes_a_sleeping_session_visibly(
     chat = spawn_chat(env, ref, tmp_path / "chat.log")
     try:
         chat.expect_exact("you>")
-        operator.start()
         chat.expect_exact("waking the session")
         chat.sendline("are you awake?")
         chat.expect_exact(f"waiting for {ref} to wake")  # a spinner until it answers
+        # The pod comes only now: chat's first word from the runner (the `watching` it
+        # asked for at once) would otherwise say "awake" before the message went.
+        operator.start()
         chat.expect_exact("fake reply to: ")
         chat.expect_exact("are you awake?")
         chat.expect_exact("✓ 1 turn ")

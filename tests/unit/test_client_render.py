@@ -182,3 +182,63 @@ def test_what_the_agent_prints_cannot_drive_the_terminal() -> None:
     assert "\x1b]" not in written and "\x07" not in written and "\x9b" not in written
     assert "\x1b[2K" not in written
     assert "\u241b]52;c;cm0gLXJmIH4=" in written  # shown for what it is
+
+
+def test_a_turn_the_agent_began_itself_is_introduced_once() -> None:
+    """Watched on a WebSocket (`corral chat`), the turns the agent begins itself come
+    tagged `ownTurn`; each is introduced with one line, and a client's own turn is not."""
+    own = {"ownTurn": True, "turn": "cli-1", "agent": "main"}
+    events: list[dict[str, object]] = [
+        {"type": "text_delta", "text": "mine", "turn": "abc"},
+        {"type": "result", "subtype": "success", "num_turns": 1, "turn": "abc"},
+        {"type": "text_delta", "text": "Build ", **own},
+        {"type": "text_delta", "text": "done.", **own},
+        {"type": "result", "subtype": "success", "num_turns": 1, **own},
+    ]
+    printed = _render(events)
+    assert printed.count("the agent, on its own") == 1
+    assert printed.index("mine") < printed.index("the agent, on its own") < printed.index("Build")
+    assert "Build done." in printed
+
+
+async def test_chat_shows_a_turn_the_agent_began_itself_without_ending_its_own() -> None:
+    """A turn the agent began itself that ends while chat waits for its message's reply is
+    shown, and chat keeps waiting for the reply (its result is not the message's)."""
+    import asyncio
+    from collections.abc import AsyncIterator
+    from typing import Any
+
+    from corral.client.chat import Chat
+
+    own = {"ownTurn": True, "turn": "cli-2", "agent": "main"}
+    arriving: list[dict[str, Any]] = [
+        {"type": "text_delta", "text": "tests passed", **own},
+        {"type": "result", "subtype": "success", "num_turns": 1, **own},
+        {"type": "text_delta", "text": "hello back", "turn": "t1"},
+        {"type": "result", "subtype": "success", "num_turns": 1, "turn": "t1"},
+    ]
+
+    sent: list[str] = []
+
+    class Socket:
+        ref = "team-a/demo"
+
+        async def send(self, text: str, agent: str | None = None) -> None:
+            sent.append(text)
+
+        async def interrupt(self, agent: str | None = None) -> None:
+            raise AssertionError("nothing to interrupt")
+
+        async def events(self) -> AsyncIterator[dict[str, Any]]:
+            for event in arriving:
+                yield event
+
+    out = io.StringIO()
+    chat = Chat(Socket(), None, Console(file=out, width=200, color_system=None))  # type: ignore[arg-type]
+    reader = asyncio.create_task(chat.read())
+    assert await chat.turn("hello") is True
+    await reader
+    assert sent == ["hello"]
+    printed = out.getvalue()
+    assert printed.index("tests passed") < printed.index("hello back")
+    assert printed.count("✓") == 2 and chat.events.qsize() == 1  # only the closing marker

@@ -60,6 +60,14 @@ class AsyncStream:
             command["agent"] = agent
         await self._ws.send_json(command)
 
+    async def watch(self, agent: str | None = None) -> None:
+        """Also receive the turns the agent begins itself (a background task it started
+        ended, say): their events carry `ownTurn: true`. Answered with `watching`."""
+        command: dict[str, Any] = {"type": "watch"}
+        if agent:
+            command["agent"] = agent
+        await self._ws.send_json(command)
+
     async def events(self) -> AsyncIterator[Event]:
         """Every event until the connection closes."""
         async for msg in self._ws:

@@ -64,9 +64,10 @@ class Chat:
 
         try:
             async for event in self.stream.events():
-                if event.get("type") == "waking" and self.at_prompt:
+                shown_now = event.get("type") == "waking" or event.get("ownTurn")
+                if shown_now and self.at_prompt:
                     await run_in_terminal(lambda e=event: self.renderer.render(e))  # type: ignore[misc]
-                    self.waking = True
+                    self.waking = event.get("type") == "waking"
                     continue
                 await self.events.put(event)
         finally:
@@ -82,7 +83,8 @@ class Chat:
                 if event is CLOSED:
                     return False
                 self.renderer.render(event)
-                if ends_turn(event):
+                # A turn the agent began itself may end meanwhile: not this message's end.
+                if ends_turn(event) and not event.get("ownTurn"):
                     return True
 
     async def next_event(self) -> Event:
@@ -125,6 +127,7 @@ class Chat:
 
 async def chat(client: AsyncClient, ref: Ref, agent: str | None, out: Console) -> int:
     stream = await client.stream(ref)
+    await stream.watch(agent)
     session = Chat(stream, agent, out)
     reader = asyncio.create_task(session.read())
     out.print(

@@ -56,6 +56,7 @@ class EventRenderer:
         self.console = console
         self._streamed = False  # text of the current assistant message already printed
         self._mid_line = False
+        self._own_turn: object = None  # the turn the agent began itself, last shown
 
     def _text(self, text: str) -> None:
         self.console.print(text, end="", markup=False, highlight=False, soft_wrap=True)
@@ -69,6 +70,9 @@ class EventRenderer:
 
     def render(self, event: Event) -> None:
         kind = event.get("type")
+        if event.get("ownTurn") and event.get("turn") != self._own_turn:
+            self._own_turn = event.get("turn")
+            self._line(Text("the agent, on its own (a background task ended, say):", style="dim"))
         if kind == "text_delta":
             self._text(str(event.get("text", "")))
             self._streamed = True
