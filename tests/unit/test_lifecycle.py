@@ -1051,14 +1051,19 @@ def scaled_down_message(plan: Plan) -> str:
     return event.message
 
 
+def report_background_tasks(world: World, count: int, pod: str) -> None:
+    """The runner of `pod` reports itself idle with `count` background tasks running."""
+    world.activity = Activity(
+        last_activity=world.now, busy=False, background_tasks=count, pod_name=pod
+    )
+
+
 def test_hybrid_with_background_tasks_waits_for_the_background_task_timeout() -> None:
     """A build the agent left running keeps the session awake for backgroundTaskTimeout
     (not idleTimeout, 5 s), then the pod goes, and the Event says what ended with it."""
     world = hybrid_world(backgroundTaskTimeout="30s")
     name = world.live_pod()
-    world.activity = Activity(
-        last_activity=world.now, busy=False, background_tasks=2, pod_name=name
-    )
+    report_background_tasks(world, 2, name)
     world.advance(6)
     plan = world.step()
     assert plan.delete_pods == []
@@ -1078,9 +1083,7 @@ def test_hybrid_background_tasks_wait_the_operators_default_when_the_spec_sets_n
         config=CONFIG.model_copy(update={"default_background_task_timeout": "20s"})
     )
     name = world.live_pod()
-    world.activity = Activity(
-        last_activity=world.now, busy=False, background_tasks=1, pod_name=name
-    )
+    report_background_tasks(world, 1, name)
     world.advance(19)
     assert world.step().delete_pods == []
     world.advance(2)
@@ -1090,9 +1093,7 @@ def test_hybrid_background_tasks_wait_the_operators_default_when_the_spec_sets_n
 def test_hybrid_background_task_timeout_shorter_than_idle_timeout_changes_nothing() -> None:
     world = hybrid_world(backgroundTaskTimeout="0s")
     name = world.live_pod()
-    world.activity = Activity(
-        last_activity=world.now, busy=False, background_tasks=1, pod_name=name
-    )
+    report_background_tasks(world, 1, name)
     world.advance(6)
     plan = world.step()
     assert [d.name for d in plan.delete_pods] == [name]
@@ -1102,9 +1103,7 @@ def test_hybrid_background_task_timeout_shorter_than_idle_timeout_changes_nothin
 def test_hybrid_background_tasks_of_a_replaced_pod_do_not_keep_the_new_one_awake() -> None:
     world = hybrid_world(backgroundTaskTimeout="1h")
     name = world.live_pod()
-    world.activity = Activity(
-        last_activity=world.now, busy=False, background_tasks=3, pod_name="a-pod-gone-before"
-    )
+    report_background_tasks(world, 3, "a-pod-gone-before")
     world.advance(6)
     plan = world.step()
     assert [d.name for d in plan.delete_pods] == [name]
