@@ -58,8 +58,10 @@ NO_CONVERSATION = "No conversation found"
 # Events held while the CLI may still be on a turn of its own (see Turn.held); the oldest
 # go first, and those are the other turn's.
 HELD_EVENTS = 256
-# Clients watching one agent's own turns at once (each holds a bounded EventBuffer).
-MAX_WATCHERS = 64
+# Clients watching one agent's own turns at once, and what each may hold unread: a
+# stalled one costs at most 16 x 1 MiB per agent (a message's reader may hold 8 MiB).
+MAX_WATCHERS = 16
+WATCHER_MAX_BYTES = 1024 * 1024
 
 
 class AgentState(StrEnum):
@@ -255,7 +257,7 @@ class AgentWorker:
             raise AgentUnavailable(
                 f"agent {self.name!r} has {MAX_WATCHERS} watchers already; close one"
             )
-        events = EventBuffer()
+        events = EventBuffer(max_bytes=WATCHER_MAX_BYTES)
         self._watchers.add(events)
         return events
 
