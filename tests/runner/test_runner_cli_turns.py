@@ -259,3 +259,26 @@ async def test_a_watching_websocket_client_gets_the_turns_the_cli_begins_itself(
     assert "".join(e["text"] for e in events if e["type"] == "text_delta") == "the task is done"
     # Not the client's own turn ("task started"), which went to its own request.
     assert not any("task started" in json.dumps(e) for e in events)
+
+
+async def test_watchers_are_bounded_and_a_closed_one_frees_its_place(runner: Runner) -> None:
+    async with aiohttp.ClientSession() as http:
+        sockets = [await http.ws_connect(runner.url + "/v1/stream") for _ in range(17)]
+        try:
+            answers = []
+            for ws in sockets:
+                await ws.send_json({"type": "watch"})
+                answers.append(await ws.receive_json(timeout=10))
+            assert answers[:16] == [{"type": "watching", "agents": ["main"]}] * 16
+            assert answers[16]["status"] == 503 and "16 watchers" in answers[16]["message"]
+            await sockets[0].close()
+            for _ in range(50):  # the runner sees the close
+                await sockets[16].send_json({"type": "watch"})
+                if (await sockets[16].receive_json(timeout=10))["type"] == "watching":
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("a closed watcher's place was never freed")
+        finally:
+            for ws in sockets:
+                await ws.close()
