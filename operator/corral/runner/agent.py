@@ -248,12 +248,16 @@ class AgentWorker:
     def in_use(self) -> bool:
         return self.busy or self.own_turn
 
+    @property
+    def watchers_full(self) -> bool:
+        return len(self._watchers) >= MAX_WATCHERS
+
     def watch(self) -> EventBuffer:
         """The events of the turns the CLI begins itself (a background task's notification,
         say), from now on until `unwatch`; each carries `ownTurn: true` and a `turn` id of
         its own. Nobody else reads them: without a watcher they are only in the
         transcript."""
-        if len(self._watchers) >= MAX_WATCHERS:
+        if self.watchers_full:
             raise AgentUnavailable(
                 f"agent {self.name!r} has {MAX_WATCHERS} watchers already; close one"
             )

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corral.api import runtime, validation
 from corral.runner import sse
-from corral.runner.agent import AgentBusy, AgentUnavailable, AgentWorker, Turn
+from corral.runner.agent import MAX_WATCHERS, AgentBusy, AgentUnavailable, AgentWorker, Turn
 from corral.runner.conversation import (
     ConversationRequest,
     check_idle,
@@ -348,11 +348,7 @@ class RunnerApi:
                 )
                 return
             if kind == "watch":
-                workers = [self._agent(agent)] if agent else list(self.session.workers.values())
-                for worker in workers:
-                    self._ws_watch(request, ws, worker, forwarders)
-                names = [w.name for w in workers]
-                await ws.send_json({"type": "watching", "agents": names})
+                await self._ws_watch_agents(request, ws, agent, forwarders)
                 return
             if kind != "message":
                 raise ValueError(f"unknown command type {kind!r}; use message, interrupt or watch")
@@ -373,6 +369,25 @@ class RunnerApi:
         forwarders.add(task)
         task.add_done_callback(forwarders.discard)
 
+    async def _ws_watch_agents(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        agent: str | None,
+        forwarders: set[asyncio.Task[None]],
+    ) -> None:
+        """`watch`: one agent's turns of its CLI's own (all agents' without a name) go to
+        `ws` too, until it closes. All or none: an agent with no room refuses the command."""
+        workers = [self._agent(agent)] if agent else list(self.session.workers.values())
+        watching = {task.get_name() for task in forwarders}
+        new = [w for w in workers if f"watch-{w.name}" not in watching]
+        full = [w.name for w in new if w.watchers_full]
+        if full:
+            raise ApiError(503, f"agents with {MAX_WATCHERS} watchers already: {full}; close one")
+        for worker in new:
+            self._ws_watch(request, ws, worker, forwarders)
+        await ws.send_json({"type": "watching", "agents": [w.name for w in workers]})
+
     def _ws_watch(
         self,
         request: web.Request,
@@ -380,17 +395,10 @@ class RunnerApi:
         worker: AgentWorker,
         forwarders: set[asyncio.Task[None]],
     ) -> None:
-        """Forward the turns `worker`'s CLI begins itself to `ws` until it closes (once per
-        agent and connection)."""
-        name = f"watch-{worker.name}"
-        if any(task.get_name() == name for task in forwarders):
-            return
+        """Forward the turns `worker`'s CLI begins itself to `ws` until it closes."""
         # Taken now, not in the task: a turn that begins before the task first runs is
-        # still seen, and too many watchers is this command's error.
-        try:
-            events = worker.watch()
-        except AgentUnavailable as exc:
-            raise ApiError(503, str(exc), agent=worker.name) from None
+        # still seen.
+        events = worker.watch()
 
         async def forward() -> None:
             try:
@@ -402,7 +410,7 @@ class RunnerApi:
             finally:
                 worker.unwatch(events)
 
-        task = asyncio.create_task(forward(), name=name)
+        task = asyncio.create_task(forward(), name=f"watch-{worker.name}")
         forwarders.add(task)
         task.add_done_callback(forwarders.discard)
 
