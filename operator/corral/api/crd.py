@@ -181,6 +181,13 @@ PRINTER_COLUMNS = [
     _column("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
     _column("Pod", "string", ".status.podName", "Current pod.", priority=1),
     _column("Endpoint", "string", ".status.endpoint", "Runner URL in the cluster.", priority=1),
+    _column(
+        "Background Tasks",
+        "integer",
+        ".status.backgroundTasks",
+        "Background tasks the agents started that still run.",
+        priority=1,
+    ),
 ]
 
 
