@@ -528,6 +528,7 @@ class AgentWorker:
             self._client = None
             self._set_own_turn(False)
             self._set_background_tasks(0)  # the CLI's tasks end with it
+            self._own_turn_id = None  # and so does a turn of its own that was running
             # Closing stdin lets the CLI flush its transcript and cost, and exit.
             with contextlib.suppress(Exception):
                 await client.disconnect()
