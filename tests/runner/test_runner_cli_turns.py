@@ -270,7 +270,9 @@ async def test_watchers_are_bounded_and_a_closed_one_frees_its_place(runner: Run
                 await ws.send_json({"type": "watch"})
                 answers.append(await ws.receive_json(timeout=10))
             assert answers[:16] == [{"type": "watching", "agents": ["main"]}] * 16
-            assert answers[16]["status"] == 503 and "16 watchers" in answers[16]["message"], answers[16]
+            assert answers[16]["status"] == 503 and "16 watchers" in answers[16]["message"], (
+                answers[16]
+            )
             await sockets[0].close()
             for _ in range(50):  # the runner sees the close
                 await sockets[16].send_json({"type": "watch"})

@@ -98,7 +98,9 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / f"operator-{self.identity}.yaml"
-        body = self.config.model_dump(by_alias=True, exclude_none=True)
+        # Defaults left out: the operator restores its own, and an older tree's operator
+        # (a side-by-side bench) is not refused a setting it does not know.
+        body = self.config.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
         if "activityKeyFile" not in body:
             key_path = self.workdir / f"activity-key-{self.identity}"
             key_path.write_bytes(self.activity_key + b"\n")
