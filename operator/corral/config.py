@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import logging
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from corral.api import runtime
-from corral.api.units import DURATION_PATTERN, QUANTITY_PATTERN
+from corral.api.units import QUANTITY_PATTERN, parse_duration
 from corral.api.v1alpha1 import (
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
@@ -246,10 +255,12 @@ class OperatorConfig(ConfigModel):
         "scheme, host and port equal an entry's and its path starts with the entry's path. "
         "The API key is sent there, so only list hosts you trust with it.",
     )
-    default_idle_timeout: str = runtime.DEFAULT_IDLE_TIMEOUT
+    default_idle_timeout: str = Field(
+        runtime.DEFAULT_IDLE_TIMEOUT,
+        description="spec.idleTimeout of Hybrid sessions that set none (at least 1s).",
+    )
     default_background_task_timeout: str = Field(
         runtime.DEFAULT_BACKGROUND_TASK_TIMEOUT,
-        pattern=DURATION_PATTERN,
         description="spec.backgroundTaskTimeout of Hybrid sessions that set none.",
     )
     default_active_deadline_seconds: int | None = Field(
@@ -278,6 +289,16 @@ class OperatorConfig(ConfigModel):
         'limit is lowered in place (pods/resize) once the runner is ready. "0" or null: '
         "no boost (pods start at the session's limit).",
     )
+
+    @field_validator("default_idle_timeout", "default_background_task_timeout")
+    @classmethod
+    def _a_duration(cls, value: str, info: ValidationInfo) -> str:
+        # Checked here as the spec's own values are by their model: a session's
+        # reconcile reads these and must not meet a value it cannot parse.
+        least = timedelta(seconds=1) if info.field_name == "default_idle_timeout" else timedelta(0)
+        if parse_duration(value) < least:
+            raise ValueError(f"{value!r} is shorter than {int(least.total_seconds())}s, e.g. 15m")
+        return value
 
     @field_validator("startup_cpu_limit", mode="before")
     @classmethod

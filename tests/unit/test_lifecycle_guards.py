@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from test_lifecycle import (
     CONFIG,
     T0,
@@ -237,6 +238,27 @@ def test_a_future_last_activity_neither_crashes_nor_keeps_the_session_awake(
     assert plan.scaled_down
     assert world.session.status.phase == "Idle"
     assert world.session.status.last_activity_time == timestamp(T0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("defaultIdleTimeout", "fifteen minutes", "is not a duration"),
+        ("defaultIdleTimeout", "500ms", "shorter than 1s"),
+        ("defaultIdleTimeout", "9999999999h", "longer than the longest duration"),
+        ("defaultBackgroundTaskTimeout", "1 hour", "is not a duration"),
+        ("defaultBackgroundTaskTimeout", "9999999999h", "longer than the longest duration"),
+    ],
+)
+def test_a_default_timeout_every_hybrid_reconcile_reads_is_checked_at_start(
+    key: str, value: str, problem: str
+) -> None:
+    # Unchecked, it failed every Hybrid session's reconcile that used it instead.
+    with pytest.raises(ValidationError) as raised:
+        OperatorConfig.model_validate({key: value})
+    (error,) = raised.value.errors()
+    assert error["loc"] == (key,)
+    assert problem in error["msg"]
 
 
 def test_runner_env_key_does_not_duplicate_the_sessions_own() -> None:
