@@ -106,6 +106,21 @@ def wake_token(value: str) -> str:
 
 
 @dataclass(frozen=True)
+class Timeout:
+    """A Hybrid timeout as in effect: the spec's, else the operator's default; `text` as
+    written (for messages). Both are validated before they get here (the spec by its
+    model, the default by the operator's config), so parsing cannot fail."""
+
+    text: str
+    duration: timedelta
+
+    @classmethod
+    def of(cls, value: str | None, default: str) -> Timeout:
+        text = value or default
+        return cls(text, parse_duration(text))
+
+
+@dataclass(frozen=True)
 class Activity:
     """The runner's latest report (it pushes them; see corral.api.activity). Both times are
     the operator's clock when the report arrived: a report says busy or idle, never when."""
@@ -825,7 +840,7 @@ class _Decision:
         self.create_pod("PodResumed" if resuming else "PodCreated")
 
     def hybrid(self) -> None:
-        timeout = parse_duration(self.spec.idle_timeout or self.config.default_idle_timeout)
+        idle = Timeout.of(self.spec.idle_timeout, self.config.default_idle_timeout)
         wake_value = self.session.metadata.annotations.get(runtime.WAKE_ANNOTATION)
         wake_asked = wake_value is not None and wake_token(wake_value) != self.old.observed_wake
         if self.spec.suspend:
@@ -866,9 +881,9 @@ class _Decision:
         if not self.sync_live_spec(pod):
             return
         self.observe_running_pod(pod)
-        self.apply_activity(coalesce=max(timeout / 10, timedelta(seconds=1)))
+        self.apply_activity(coalesce=max(idle.duration / 10, timedelta(seconds=1)))
         if self.activity_reports():
-            self.idle_check(pod, timeout)
+            self.idle_check(pod, idle)
 
     def activity_reports(self) -> bool:
         """Whether runners can report activity. Without a URL they cannot, and a pod's age
@@ -905,7 +920,7 @@ class _Decision:
         known = [c for c in candidates if c is not None and c <= self.now]
         return max(known) if known else self.now
 
-    def idle_check(self, pod: PodView, timeout: timedelta) -> None:
+    def idle_check(self, pod: PodView, idle: Timeout) -> None:
         activity = self.obs.activity
         # Fix: only the current pod's runner can be busy (see Activity.pod_name).
         if activity is not None and activity.pod_name not in (None, pod.name):
@@ -928,23 +943,24 @@ class _Decision:
             # Persist the countdown's start, so a restarted operator keeps the deadline.
             self.status.last_activity_time = timestamp(last)
         tasks = activity.background_tasks if activity is not None else 0
-        configured = f"idleTimeout {self.spec.idle_timeout or self.config.default_idle_timeout}"
+        timeout, why = idle, f"idleTimeout {idle.text}"
         if tasks:
             # A build or test run the agent left running is work under way: ended by the
             # scale-down, so it waits longer (bounded: a server the agent started and
             # forgot would keep the session awake for ever).
-            background = self.background_task_timeout()
-            if background > timeout:
+            background = Timeout.of(
+                self.spec.background_task_timeout, self.config.default_background_task_timeout
+            )
+            if background.duration > idle.duration:
                 timeout = background
-                value = (
-                    self.spec.background_task_timeout or self.config.default_background_task_timeout
-                )
-                configured = f"backgroundTaskTimeout {value}: background tasks running: {tasks}"
-        deadline = last + timeout
+                why = f"backgroundTaskTimeout {background.text}: background tasks running: {tasks}"
+        deadline = last + timeout.duration
         if busy or self.now < deadline:
             # A busy runner reports again while it works; look again at the deadline anyway.
             self.plan.requeue(
-                (deadline - self.now).total_seconds() if not busy else timeout.total_seconds()
+                (deadline - self.now).total_seconds()
+                if not busy
+                else timeout.duration.total_seconds()
             )
             return
         unheard_until = self.unheard_until()
@@ -954,7 +970,7 @@ class _Decision:
         self.add_pod_seconds(pod.started_at)
         self.delete_pod(pod, "IdleTimeout")
         idle_for = int((self.now - last).total_seconds())
-        message = f"no activity for {idle_for}s ({configured}); the volume is kept"
+        message = f"no activity for {idle_for}s ({why}); the volume is kept"
         if tasks:
             message += "; stopping the pod ended its background tasks"
         self.status.phase = Phase.IDLE
@@ -969,13 +985,6 @@ class _Decision:
         self.condition(cond.POD_READY, False, "Idle", "scaled to zero")
         self.event("ScaledDown", message)
         self.plan.scaled_down = True
-
-    def background_task_timeout(self) -> timedelta:
-        value = self.spec.background_task_timeout
-        try:
-            return parse_duration(value or self.config.default_background_task_timeout)
-        except ValueError:  # beyond Go's longest duration (refused by the API server)
-            return timedelta(0)
 
     def starting_until(self, pod: PodView) -> datetime | None:
         """Until when a pod that is not Ready counts as starting (the kubelet restarts a
