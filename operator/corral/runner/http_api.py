@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,6 +26,7 @@ from corral.runner.conversation import (
     converse,
     speaking_order,
 )
+from corral.runner.events import Event
 from corral.runner.metrics import RunnerMetrics
 from corral.runner.session import RunnerSession, UnknownAgent
 from corral.runner.transcript import TranscriptPage, read_transcript, transcript_path
@@ -402,11 +404,7 @@ class RunnerApi:
 
         async def forward() -> None:
             try:
-                with contextlib.suppress(ConnectionError):
-                    while not ws.closed:
-                        event = await events.get(sse.KEEPALIVE_SECONDS)
-                        if event is not None:
-                            await send_or_cut(request, ws.send_json(event))
+                await self._ws_send(request, ws, sse.watched_events(events))
             finally:
                 worker.unwatch(events)
 
@@ -418,11 +416,19 @@ class RunnerApi:
         self, request: web.Request, ws: web.WebSocketResponse, turn: Turn
     ) -> None:
         try:
-            with contextlib.suppress(ConnectionError):
-                async for event in sse.turn_events(turn):
+            await self._ws_send(request, ws, sse.turn_events(turn))
+        finally:
+            turn.events.close()
+
+    @staticmethod
+    async def _ws_send(
+        request: web.Request, ws: web.WebSocketResponse, events: AsyncGenerator[Event | None, None]
+    ) -> None:
+        """Send `events` to `ws` until they end or it closes (None: a quiet interval)."""
+        with contextlib.suppress(ConnectionError):
+            async with contextlib.aclosing(events):
+                async for event in events:
                     if ws.closed:
                         return
                     if event is not None:
                         await send_or_cut(request, ws.send_json(event))
-        finally:
-            turn.events.close()

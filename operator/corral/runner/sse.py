@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from corral.runner.agent import Turn
+from corral.runner.event_buffer import EventBuffer
 from corral.runner.events import Event
 from corral.runner.web import web
 from corral.stalled_reader import send_or_cut
@@ -32,13 +33,21 @@ def frame(event: Event) -> bytes:
 
 async def turn_events(
     turn: Turn, keepalive: float = KEEPALIVE_SECONDS
-) -> AsyncIterator[Event | None]:
+) -> AsyncGenerator[Event | None, None]:
     """The turn's events up to and including its result; None marks a quiet interval."""
     while True:
         event = await turn.next_event(keepalive)
         yield event
         if event is not None and event.get("type") == "result":
             return
+
+
+async def watched_events(
+    events: EventBuffer, keepalive: float = KEEPALIVE_SECONDS
+) -> AsyncGenerator[Event | None, None]:
+    """A watcher's events for as long as they are read; None marks a quiet interval."""
+    while True:
+        yield await events.get(keepalive)
 
 
 async def send_turn(request: web.Request, response: web.StreamResponse, turn: Turn) -> None:
