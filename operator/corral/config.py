@@ -235,7 +235,7 @@ class OperatorConfig(ConfigModel):
     )
     default_image: str = runtime.DEFAULT_RUNNER_IMAGE
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    image_pull_secrets: list[str] = Field(default_factory=list)
+    image_pull_secrets: list[SecretName] = Field(default_factory=list)
     runner_extra_args: list[str] = Field(
         default_factory=list, description="Appended to the runner command (tests, debugging)."
     )
@@ -264,9 +264,14 @@ class OperatorConfig(ConfigModel):
         description="spec.backgroundTaskTimeout of Hybrid sessions that set none.",
     )
     default_active_deadline_seconds: int | None = Field(
-        86_400, description="Ephemeral runs without spec.activeDeadlineSeconds stop after this."
+        86_400,
+        ge=1,
+        le=31_536_000,  # the spec's own bounds: the pod's field refuses 0 and below
+        description="Ephemeral runs without spec.activeDeadlineSeconds stop after this.",
     )
-    default_storage_class_name: str | None = None
+    default_storage_class_name: str | None = Field(
+        None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253
+    )
     max_storage: str | None = Field(
         "100Gi",
         pattern=QUANTITY_PATTERN,
@@ -295,9 +300,9 @@ class OperatorConfig(ConfigModel):
     def _a_duration(cls, value: str, info: ValidationInfo) -> str:
         # Checked here as the spec's own values are by their model: a session's
         # reconcile reads these and must not meet a value it cannot parse.
-        least = timedelta(seconds=1) if info.field_name == "default_idle_timeout" else timedelta(0)
-        if parse_duration(value) < least:
-            raise ValueError(f"{value!r} is shorter than {int(least.total_seconds())}s, e.g. 15m")
+        duration = parse_duration(value)
+        if info.field_name == "default_idle_timeout" and duration < timedelta(seconds=1):
+            raise ValueError(f"{value!r} is shorter than 1s, e.g. 15m")
         return value
 
     @field_validator("startup_cpu_limit", mode="before")

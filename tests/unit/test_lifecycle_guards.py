@@ -248,16 +248,20 @@ def test_a_future_last_activity_neither_crashes_nor_keeps_the_session_awake(
         ("defaultIdleTimeout", "9999999999h", "longer than the longest duration"),
         ("defaultBackgroundTaskTimeout", "1 hour", "is not a duration"),
         ("defaultBackgroundTaskTimeout", "9999999999h", "longer than the longest duration"),
+        ("defaultActiveDeadlineSeconds", 0, "greater than or equal to 1"),
+        ("defaultStorageClassName", "Fast SSD", "should match pattern"),
+        ("imagePullSecrets", ["registry key"], "should match pattern"),
     ],
 )
-def test_a_default_timeout_every_hybrid_reconcile_reads_is_checked_at_start(
-    key: str, value: str, problem: str
+def test_a_default_the_reconciles_use_is_checked_at_start(
+    key: str, value: object, problem: str
 ) -> None:
-    # Unchecked, it failed every Hybrid session's reconcile that used it instead.
+    # Unchecked, each failed every reconcile that used it instead (a timeout that does not
+    # parse; a pod the API server refuses).
     with pytest.raises(ValidationError) as raised:
         OperatorConfig.model_validate({key: value})
     (error,) = raised.value.errors()
-    assert error["loc"] == (key,)
+    assert error["loc"][0] == key
     assert problem in error["msg"]
 
 
