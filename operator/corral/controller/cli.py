@@ -13,7 +13,10 @@ import socket
 import uuid
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.config import OperatorConfig
 
 log = logging.getLogger("corral.operator")
 # The Helm chart's Service name for a release named `corral`.
@@ -108,6 +111,25 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(_main(args))
 
 
+def load_config(path: Path | None) -> OperatorConfig | None:
+    """The operator's config, or None with one line in the log that names the file, each
+    key at fault and the problem (rather than a traceback)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from corral.api.validation import problems
+    from corral.config import OperatorConfig
+
+    try:
+        return OperatorConfig.load(path)
+    except ValidationError as error:
+        problem = problems(error, root="(the whole file)")
+    except (ValueError, OSError, yaml.YAMLError) as error:
+        problem = str(error)
+    log.error("config %s refused: %s", path, problem)
+    return None
+
+
 async def supervise(tasks: Collection[asyncio.Task[Any]], stop: asyncio.Event) -> int:
     """Wait for a stop signal or the end of one of `tasks`, and return the exit code.
 
@@ -140,14 +162,16 @@ async def _main(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     import corral.controller.handlers  # noqa: F401  (registers the kopf handlers)
-    from corral.config import OperatorConfig
     from corral.controller.controller import Controller, RunSettings
     from corral.controller.handlers import kopf_scope
     from corral.controller.http import make_app
     from corral.kube.client import KubeClient, load_connection
+    from corral.kube.credentials import KubeconfigError
     from corral.kube.tls_buffers import shrink_tls_read_buffers
 
-    config = OperatorConfig.load(args.config)
+    config = load_config(args.config)
+    if config is None:
+        return 2
     # Before the first connection, ours or kopf's: each would hold a 256 KiB read buffer.
     shrink_tls_read_buffers()
     # The modules just imported live as long as the process: the collector need never
@@ -170,7 +194,12 @@ async def _main(args: argparse.Namespace) -> int:
             "no activity URL (out of cluster, and the config sets no activityUrl): Hybrid "
             "sessions are not scaled down when idle; see their ActivityReports condition"
         )
-    client = KubeClient(load_connection(args.kubeconfig), max_connections=max(64, args.workers))
+    try:
+        connection = load_connection(args.kubeconfig)
+    except KubeconfigError as error:
+        log.error("%s", error)  # the file and what is wrong with it
+        return 2
+    client = KubeClient(connection, max_connections=max(64, args.workers))
     identity = args.identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     settings = RunSettings(
         workers=args.workers,
