@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,19 @@ def test_building_the_wheel_does_not_change_the_sources_of_the_key(
     assert runner_image._wheel_sources() == before
     (tmp_path / "operator" / "corral" / "new.py").write_text("source")
     assert runner_image._wheel_sources() == [*before, tmp_path / "operator/corral/new.py"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root (as the real node does)")
+def test_a_killed_builds_mount_does_not_wedge_the_next_build(tmp_path: Path) -> None:
+    """Fix: a debootstrap that was killed left its chroot's /proc mounted in the staging
+    folder; removing the folder failed quietly and every later build stopped at mkdir."""
+    staging = tmp_path / "base.partial"
+    proc = staging / "rootfs" / "proc"
+    proc.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(proc)], check=True)
+    (proc / "held").write_text("x")
+    try:
+        runner_image._remove_staging(staging)
+        assert not staging.exists()
+    finally:
+        subprocess.run(["umount", "--lazy", str(proc)], check=False, capture_output=True)

@@ -208,6 +208,18 @@ def _run(argv: list[str], what: str, log: Log, env: dict[str, str] | None = None
         raise ImageError(f"image build: {what} failed (exit {done.returncode}):\n{tail}")
 
 
+def _remove_staging(staging: Path) -> None:
+    """Remove what an earlier build left. A debootstrap that was killed leaves its chroot's
+    /proc mounted inside; no file under a mount can be removed, so the next build failed
+    on it until someone unmounted it by hand."""
+    inside = f"{staging}/"
+    mounts = Path("/proc/self/mounts").read_text(encoding="utf-8").splitlines()
+    points = [line.split()[1] for line in mounts if len(line.split()) > 1]
+    for point in sorted((p for p in points if p.startswith(inside)), reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def _chroot(rootfs: Path, argv: list[str], what: str, log: Log) -> None:
     env = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
     _run(["chroot", str(rootfs), *argv], what, log, env=env)
@@ -269,7 +281,7 @@ def base_rootfs(project: Project, recipe: Recipe, log: Log) -> Path:
             "packages the real node needs."
         )
     staging = final.with_name(final.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    _remove_staging(staging)
     staging.mkdir(parents=True)
     rootfs = staging / "rootfs"
     packages = ",".join(sorted({*BASE_PACKAGES, *recipe.packages}))
