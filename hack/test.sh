@@ -40,6 +40,11 @@ if [ "$#" -eq 0 ] && [ "${CORRAL_E2E:-1}" != "0" ]; then
   echo "[test] e2e: building the real node in the background (log: $node_build_log)" >&2
   ( bash hack/node-deps.sh && corral cluster build --real-node ) >"$node_build_log" 2>&1 &
   node_build_pid=$!
+elif [ "$#" -gt 0 ] && [ "${CORRAL_E2E:-}" = "1" ]; then
+  # One pytest run that asks for the e2e tests: the node is built first, so a cold build
+  # (minutes) does not run inside the first test's timeout (a killed build was the result).
+  bash hack/node-deps.sh
+  corral cluster build --real-node
 fi
 
 echo "[test] lint and types" >&2
