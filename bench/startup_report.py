@@ -6,7 +6,8 @@
 `--local` is what `python -m bench.runner_startup --out ...` writes (a runner process on
 this machine under a CPU quota); `--node` what tests/e2e/test_wake_benchmark.py writes (pods
 on the real node; several files: one per run). Prints the Markdown; `--plot PATH` also draws
-the wake figures.
+the wake figures, and `--steps-plot PATH` each `--node` file's wakes as stacked steps (p50),
+one bar per file and CPU limit: runs on different machines side by side.
 """
 
 from __future__ import annotations
@@ -186,11 +187,60 @@ def plot(cases: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+# A wake's steps, as (label, from, to) marks of its timeline (ms after the request).
+WAKE_STEPS = (
+    ("Corral: request → pod created", None, "pod_created"),
+    ("kubelet: pod created → runner process", "pod_created", "runner_process_start"),
+    ("runner start: process → ready", "runner_process_start", "runner_ready"),
+    ("first answer: ready → first event", "runner_ready", "first_event"),
+)
+
+
+def wake_steps(wakes: list[dict[str, Any]]) -> list[float]:
+    """The p50 of each of WAKE_STEPS over `wakes`, in seconds."""
+    medians = []
+    for _, start, end in WAKE_STEPS:
+        spans = [
+            (t[end] - (t[start] if start else 0)) / 1000
+            for t in (w.get("timeline_ms", {}) for w in wakes)
+            if t.get(end) is not None and (start is None or t.get(start) is not None)
+        ]
+        medians.append(statistics.median(spans) if spans else 0.0)
+    return medians
+
+
+def plot_steps(paths: list[Path], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars: list[tuple[str, list[float]]] = []
+    for source in paths:
+        for case in sorted(node_cases([source]), key=_order):
+            label = f"{source.stem}\n{case['cpu']} CPU"
+            bars.append((label, wake_steps(case["wake"])))
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(bars) + 1.6))
+    left = [0.0] * len(bars)
+    for index, (name, _, _) in enumerate(WAKE_STEPS):
+        widths = [steps[index] for _, steps in bars]
+        ax.barh([label for label, _ in bars], widths, left=left, label=name)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds after the request (p50 of each step)")
+    ax.set_title("Hybrid wake through the gateway, real node: where the time goes")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--local", type=Path)
     parser.add_argument("--node", type=Path, action="append", default=[])
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--steps-plot", type=Path)
     args = parser.parse_args()
     out: list[str] = []
     if args.local:
@@ -200,6 +250,8 @@ def main() -> None:
         out += [*node_table(cases), "", *breakdown_table(cases), "", *timeline_table(cases)]
         if args.plot:
             plot(cases, args.plot)
+        if args.steps_plot:
+            plot_steps(args.node, args.steps_plot)
     print("\n".join(out))
 
 
