@@ -16,7 +16,7 @@ from corral.controller.cli import load_config
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("defaultIdleTimeout: fifteen\n", "defaultIdleTimeout: Value error, 'fifteen' is not"),
+        ("defaultIdleTimeout: fifteen\n", "defaultIdleTimeout: 'fifteen' is not a duration"),
         ("defaultIdleTimeout: 1m\nmaxStorage: lots\n", "maxStorage: String should match"),
         ("- a list\n", "(the whole file): Input should be a valid dictionary"),
         ("defaultModel: [\n", "while parsing a flow node"),
@@ -46,7 +46,7 @@ def test_a_config_it_can_use_is_loaded(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("config", "kubeconfig", "expected"),
     [
-        ("defaultIdleTimeout: fifteen\n", None, "defaultIdleTimeout: Value error"),
+        ("defaultIdleTimeout: fifteen\n", None, "defaultIdleTimeout: 'fifteen' is not"),
         ("", "/nonexistent/kubeconfig", "cannot read the kubeconfig /nonexistent/kubeconfig"),
     ],
 )

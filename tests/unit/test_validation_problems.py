@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, field_validator
 
 from corral.api.validation import field_path, problems
 
@@ -41,3 +41,18 @@ def test_the_root_named_when_no_field_is() -> None:
 def test_at_most_limit_problems() -> None:
     text = problems(_error({"agents": [{}, {}, {}]}), root="body", limit=2)
     assert text.count(": Field required") == 2
+
+
+class Checked(BaseModel):
+    timeout: str
+
+    @field_validator("timeout")
+    @classmethod
+    def _a_duration(cls, value: str) -> str:
+        raise ValueError(f"{value!r} is not a duration, e.g. 15m")
+
+
+def test_our_own_checks_read_without_pydantics_prefix() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Checked.model_validate({"timeout": "soon"})
+    assert problems(caught.value, root="body") == "timeout: 'soon' is not a duration, e.g. 15m"
