@@ -187,5 +187,6 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    arguments = parse()  # first: `--help` or a wrong flag starts no cluster
     with control_plane.running() as cluster:
-        asyncio.run(main(parse(), cluster))
+        asyncio.run(main(arguments, cluster))
