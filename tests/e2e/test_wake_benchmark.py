@@ -49,6 +49,7 @@ from e2e_support import (
 from kubernetes import client, watch
 
 from corral.cluster import images, node
+from corral.render.cpu_boost import SETTLED_HEADROOM_MILLICORES, millicores
 from corral.testing.anthropic_script import text
 from corral.testing.fake_anthropic import FakeAnthropic
 from corral.testing.kube import wait_for
@@ -278,7 +279,7 @@ def test_benchmark_wake_and_create(
                 # (a wake waits for its previous pod to be gone: the volume is single-pod),
                 # and none other competes for the node's CPU.
                 wait_for(lambda: not runner_pods(core, namespace), timeout=180)
-                result = wake_once(watches, sessions, core, gateway, fake, name, sample)
+                result = wake_once(watches, sessions, core, gateway, fake, name, sample, cpu)
                 if sample == 0:
                     continue  # the first pod of the session: the image may be cold
                 by_boost[boost]["wake"].append(result)
@@ -340,8 +341,10 @@ def wake_once(
     fake: FakeAnthropic,
     name: str,
     sample: int,
+    cpu: str,
 ) -> dict[str, Any]:
-    """A message to the Idle session `name` through the gateway; what it took, step by step."""
+    """A message to the Idle session `name` (of `cpu`) through the gateway; what it took,
+    step by step."""
     namespace = sessions.namespace
     fake.reset()
     fake.add(text(f"awake {sample}"))
@@ -355,6 +358,12 @@ def wake_once(
             timeout=10,
             what="the woken pod Ready",
         )
+    seen = watches.pods.get(pod.metadata.name, {})
+    if started_boosted(seen.get("first_cpu_limit"), cpu):
+        # The boost ends with a resize after Ready, often after the reply: waited for, so
+        # the timeline has it (read at once, it never did).
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: "cpu_lowered" in seen, timeout=10, what="the boost's end")
     pod = core.read_namespaced_pod(pod.metadata.name, namespace)
     logged = runner_log_times(core, namespace, pod.metadata.name)
     timeline = wake_timeline(watches, sessions.get(name), pod.metadata.name, logged, started)
@@ -368,6 +377,14 @@ def wake_once(
             core, namespace, pod, started, watches.pods.get(pod.metadata.name, {}).get("pod_ready")
         ),
     }
+
+
+def started_boosted(first_cpu_limit: str | None, cpu: str) -> bool:
+    """Whether a pod of a session of `cpu` started with a higher CPU limit (the boost)."""
+    return (
+        first_cpu_limit is not None
+        and millicores(first_cpu_limit) > millicores(cpu) + SETTLED_HEADROOM_MILLICORES
+    )
 
 
 def _send_when_known(gateway: GatewayClient, namespace: str, name: str) -> float | None:
