@@ -211,11 +211,13 @@ def _up_real(args: argparse.Namespace, steps: Any) -> int:
     for verdict in verdicts:
         mark = "[green]✓[/]" if verdict.ready else "[red]✗[/]"
         steps.note(f"  {mark} demo/{verdict.name}: {verdict.state}")
-    warnings = install.warning_events(layout, since)
-    notices = [w for w in warnings if install.is_host_notice(w)]
-    warnings = [w for w in warnings if w not in notices]
-    for line in notices:
-        steps.note(f"note (this machine, not Corral): {line}")
+    warnings = []
+    for line in install.warning_events(layout, since):
+        about = install.not_corrals(line)
+        if about:
+            steps.note(f"note ({about}, not Corral): {line}")
+        else:
+            warnings.append(line)
     if warnings:
         steps.note(f"[yellow]{len(warnings)} Warning Event(s) since the start:[/]")
         for line in warnings[:10]:

@@ -99,25 +99,13 @@ def test_corral_up_runs_the_examples_on_the_real_node(
         assert runner["ready"] and "running" in runner["state"], (name, runner)
         assert runner["image"].startswith("corral.dev/runner"), runner
 
-    # A clean start: no Warning Event in the namespaces `corral up` made or used. Two kinds
-    # are about this machine, not the start: the kubelet's cgroup v1 notice, and its
-    # secret/configmap cache missing its 1-second sync deadline on a loaded 2-core host
-    # (seen once right after the fixture had started the cluster; the mount is retried
-    # and succeeds).
+    # A clean start: no Warning Event in the namespaces `corral up` made or used, but
+    # for the kinds that are about this machine or the control plane (install.not_corrals).
     warnings = [
         line
         for line in install.warning_events(real_node_cluster, since)
         if line.split(" ", 1)[0] in ("demo", "corral-system", "kube-system", "default")
-        and not install.is_host_notice(line)
-        and not (" FailedMount: " in line and "cache: timed out waiting" in line)
-        # kube-controller-manager's endpoints controller racing its own earlier write (an
-        # Endpoints object it made already exists); about the control plane, not Corral.
-        and not (" FailedToCreateEndpoint: " in line and "already exists" in line)
-        # kube-apiserver's ClusterIP repair loop, which compares a snapshot of the allocated
-        # IPs with a list of Services read at another moment: a Service created between the
-        # two reads is "not allocated; repairing" (seen once, machine loaded by the chaos
-        # suite; upstream's discussion: kubernetes/kubernetes PR 93199).
-        and " ClusterIPNotAllocated: " not in line
+        and install.not_corrals(line) is None
     ]
     assert warnings == []
 

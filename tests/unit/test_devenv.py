@@ -132,11 +132,31 @@ def test_next_steps_name_the_user_kubeconfig_and_the_cli(
     assert "ANTHROPIC_API_KEY=" not in real and "corral ls" not in real
 
 
-def test_the_cgroup_v1_notice_is_the_host_s() -> None:
-    assert install.is_host_notice(
-        "default Node/corral-node CgroupV1: cgroup v1 support is in maintenance mode"
-    )
-    assert not install.is_host_notice("demo Pod/x FailedScheduling: 0/3 nodes are available")
+@pytest.mark.parametrize(
+    ("line", "about"),
+    [
+        (
+            "default Node/corral-node CgroupV1: cgroup v1 support is in maintenance mode",
+            "this machine",
+        ),
+        (
+            'corral-system Pod/corral-1 FailedMount: MountVolume.SetUp failed for volume "config"'
+            " : failed to sync configmap cache: timed out waiting for the condition",
+            "the kubelet's first mount, retried",
+        ),
+        (
+            "default Endpoints/kubernetes FailedToCreateEndpoint: Failed to create endpoint"
+            ' for service default/kubernetes: endpoints "kubernetes" already exists',
+            "the control plane",
+        ),
+        ("default Service/x ClusterIPNotAllocated: not allocated; repairing", "the control plane"),
+        ("demo Pod/x FailedScheduling: 0/3 nodes are available", None),
+        # A mount that fails for another reason is Corral's to explain.
+        ('demo Pod/x FailedMount: MountVolume.SetUp failed: secret "x" not found', None),
+    ],
+)
+def test_warnings_not_about_corral_are_told_apart(line: str, about: str | None) -> None:
+    assert install.not_corrals(line) == about
 
 
 def test_kwok_when_asked(tmp_path: Path) -> None:
