@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from corral.api import runtime
+from corral.cluster.control_plane import FAKE_NODES
 from corral.config import OperatorConfig
 from corral.testing.kube import wait_for
 from corral.testing.operator import KWOK_TOLERATION, OperatorProcess, report_activity
@@ -64,6 +65,7 @@ CLUSTER_KINDS = (
 )
 CHART_KINDS = (
     "deployments.apps",
+    "daemonsets.apps",
     "services",
     "configmaps",
     "serviceaccounts",
@@ -75,8 +77,8 @@ CHART_KINDS = (
     "secrets",
     *CLUSTER_KINDS,
 )
-# What the Deployment makes, labelled like it.
-RUNTIME_KINDS = ("replicasets.apps", "pods")
+# What the Deployments and the DaemonSet make, labelled like them.
+RUNTIME_KINDS = ("replicasets.apps", "controllerrevisions.apps", "pods")
 FORBIDDEN = re.compile(r"\b403\b|Forbidden|forbidden|Not enough permissions")
 
 
@@ -425,6 +427,26 @@ def test_monitoring_objects_need_the_prometheus_operator_crds(tools: Tools) -> N
 
 
 # --- install, and the operator as the chart's ServiceAccount -----------------------------
+
+
+def test_image_prepuller_runs_where_sessions_may(tools: Tools, release: Release) -> None:
+    """The pre-puller's pods are admitted under the namespace's enforced Pod Security
+    `restricted` and run on each KWOK node, whose taint only the sessions' toleration
+    (config.tolerations; the chart's own `tolerations` are the operator's) lets them pass."""
+    selector = f"{INSTANCE},app.kubernetes.io/component=image-prepuller"
+
+    def placed() -> set[str] | None:
+        status = tools.get_json("daemonsets", "-n", RELEASE_NAMESPACE, "-l", selector)
+        [daemon_set] = status["items"]
+        counts = daemon_set.get("status") or {}
+        pods = tools.get_json("pods", "-n", RELEASE_NAMESPACE, "-l", selector)["items"]
+        nodes = {pod["spec"].get("nodeName") for pod in pods}
+        desired = counts.get("desiredNumberScheduled")
+        if set(FAKE_NODES) <= nodes and counts.get("numberReady") == desired == len(pods):
+            return nodes
+        return None
+
+    wait_for(placed, timeout=90, what="the pre-puller's pods ready on the KWOK nodes")
 
 
 def test_operator_runs_as_the_chart_service_account(

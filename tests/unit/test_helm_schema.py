@@ -242,6 +242,11 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
         {"guardrails": {"namespaces": {"team-a": {"mode": "warn"}}}},
         "at '/guardrails/namespaces/team-a/mode': value must be one of 'enforce', 'audit'",
     ),
+    (
+        "pre-pulled image with a space",
+        {"imagePrePuller": {"extraImages": ["team/runner 2"]}},
+        "at '/imagePrePuller/extraImages/0': 'team/runner 2' does not match pattern",
+    ),
 ]
 
 
@@ -731,6 +736,7 @@ def test_monitoring_is_off_by_default(tmp_path: Path) -> None:
         "NetworkPolicy",
         "PodDisruptionBudget",
         "Secret",  # the activity token key
+        "DaemonSet",  # the image pre-puller
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",  # guardrails, inert
     }
@@ -847,6 +853,69 @@ def test_kind_config_matches_the_install_doc() -> None:
 
 
 # --- the session gateway -----------------------------------------------------------------
+
+
+# --- the image pre-puller ----------------------------------------------------------------
+
+
+def _prepuller_pod(manifests: list[Manifest]) -> Manifest:
+    [daemon_set] = [m for m in manifests if m["kind"] == "DaemonSet"]
+    pod: Manifest = daemon_set["spec"]["template"]["spec"]
+    return pod
+
+
+def test_image_prepuller_keeps_session_images_where_sessions_run(tmp_path: Path) -> None:
+    toleration = {"key": "agents", "operator": "Exists", "effect": "NoSchedule"}
+    values = {
+        "imagePullSecrets": [{"name": "registry"}],
+        "config": {
+            "nodeSelector": {"pool": "agents"},
+            "tolerations": [toleration],
+            "runtimeClassName": "gvisor",
+        },
+        "imagePrePuller": {"extraImages": ["team/runner:2"]},
+    }
+    manifests = render(tmp_path, values)
+    config = OperatorConfig.model_validate(
+        yaml.safe_load(one(manifests, "ConfigMap")["data"]["config.yaml"])
+    )
+    pod = _prepuller_pod(manifests)
+    # On the nodes the operator's session pods may go to, and only there.
+    assert pod["nodeSelector"] == config.node_selector == {"pool": "agents"}
+    assert pod["tolerations"] == [toleration]
+    assert pod["runtimeClassName"] == config.runtime_class_name == "gvisor"
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    [runner] = pod["containers"]
+    assert runner["image"] == config.default_image
+    assert runner["imagePullPolicy"] == config.image_pull_policy
+    assert "command" not in runner  # the image's tini stays PID 1
+    [extra] = pod["initContainers"]
+    assert extra["image"] == "team/runner:2"
+    # Hardened like every pod of the chart (Pod Security `restricted`), and nothing more.
+    assert pod["automountServiceAccountToken"] is False
+    assert "volumes" not in pod and "serviceAccountName" not in pod
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in (runner, extra):
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        assert container["resources"]["limits"]["memory"] == "16Mi"
+
+
+def test_image_prepuller_follows_the_runner_image_and_can_be_off(tmp_path: Path) -> None:
+    def image(*sets: str) -> str | None:
+        manifests = render(tmp_path, None, *sets)
+        if not any(m["kind"] == "DaemonSet" for m in manifests):
+            return None
+        return str(_prepuller_pod(manifests)["containers"][0]["image"])
+
+    assert image() == "corral.dev/runner:0.1.0"
+    assert image("runnerImage.tag=0.2.0") == "corral.dev/runner:0.2.0"
+    assert image("config.defaultImage=team/runner:3") == "team/runner:3"
+    assert image("imagePrePuller.enabled=false") is None
 
 
 def test_gateway_runs_hardened_from_the_operator_image(tmp_path: Path) -> None:

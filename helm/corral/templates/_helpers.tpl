@@ -340,3 +340,32 @@ the hosts (with their ports) of the model API URLs the operator allows.
 - --egress-allow={{ . }}
 {{- end }}
 {{- end }}
+
+{{/*
+The image pre-puller (component `image-prepuller`): a DaemonSet that keeps the runner
+image on the nodes where sessions may run.
+*/}}
+{{- define "corral.prePullerName" -}}
+{{- printf "%s-image-prepuller" (include "corral.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "corral.prePullerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "corral.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: image-prepuller
+{{- end }}
+
+{{- define "corral.prePullerLabels" -}}
+helm.sh/chart: {{ include "corral.chart" . }}
+{{ include "corral.prePullerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: corral
+{{- end }}
+
+{{- define "corral.prePullerContainerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end }}
