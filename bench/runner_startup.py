@@ -20,6 +20,11 @@ threads' scheduler time). Until session 30 they came from `/proc/PID/stat`, in t
 Trees are run alternately, run by run, so load on the shared machine hits both alike.
 `--wake`: each run is a Hybrid session's runner started again on the workspace and state
 its previous run left (as a woken pod finds its volume), after one uncounted first start.
+`--standby LABEL`: that tree's runs start as a pod of a warm pool would (issue 19 names one):
+the process imports everything a runner's start imports, says so, and waits; the clock
+and the CPU count start when the bench hands it its session (a line on stdin), after
+which it starts as any runner does. Pod creation and the kubelet's part are not in it
+(the wake bench's timeline has them).
 Writes the raw numbers as JSON (`--out`).
 """
 
@@ -188,6 +193,21 @@ def pod_environment(home: Path) -> dict[str, str]:
     }
 
 
+# As the image's `corral` script starts it (not `-m`, whose __main__ the SDK looks up).
+ENTRY = "import sys; from corral.cli import main; sys.exit(main())"
+# A standby runner: what a start imports (the API models, the SDK's transport and anyio's
+# back end, aiohttp's server, the activity reports), imported ahead; then it waits for a
+# line on stdin (its session handed over) and starts as ENTRY does.
+STANDBY_ENTRY = (
+    "import gc, json, sys; gc.disable(); "
+    "import corral.runner.app, corral.runner.http_api, corral.runner.activity, "
+    "corral.runner.session_file, corral.runner.listener, corral.runner.own_credentials, "
+    "corral.runner.early_cli, corral.runner.jsonlog; "
+    "import claude_agent_sdk._internal.transport.subprocess_cli, anyio._backends._asyncio; "
+    "print(json.dumps({'msg': 'standby'}), flush=True); sys.stdin.readline(); " + ENTRY
+)
+
+
 def spawn_runner(
     tree: Path,
     groups: RunGroups,
@@ -197,9 +217,11 @@ def spawn_runner(
     port: int,
     env: dict[str, str],
     pattern: str = "LongRunning",
+    standby: bool = False,
 ) -> tuple[subprocess.Popen[bytes], float]:
     """An idle LongRunning runner of `tree` (its stdout piped), started as the image starts
-    it, inside the cgroups `groups`; and the monotonic time just before it started."""
+    it (`standby`: as STANDBY_ENTRY), inside the cgroups `groups`; and the monotonic time
+    just before it started."""
     spec = work / "session.json"
     spec.write_text(json.dumps({"pattern": pattern}))
     (work / "home").mkdir(exist_ok=True)
@@ -216,9 +238,8 @@ def spawn_runner(
             **env,
         }
     )
-    # As the image's `corral` script starts it (not `-m`, whose __main__ the SDK looks up).
-    entry = "import sys; from corral.cli import main; sys.exit(main())"
-    argv = [sys.executable, "-c", entry, "runner", "--session", str(spec)]
+    argv = [sys.executable, "-c", STANDBY_ENTRY if standby else ENTRY]
+    argv += ["runner", "--session", str(spec)]
     argv += ["--workspace", str(work / "ws"), "--state-dir", str(work / "state")]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--termination-log", str(work / "t")]
     # The child joins the cgroups before it execs Python: the whole start is counted (and
@@ -228,6 +249,7 @@ def spawn_runner(
     proc = subprocess.Popen(
         ["/bin/sh", "-c", join + 'exec "$@"', "sh", *argv],
         env=run_env,
+        stdin=subprocess.PIPE if standby else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -243,19 +265,32 @@ def one_run(
     port: int,
     env: dict[str, str],
     pattern: str = "LongRunning",
+    standby: bool = False,
 ) -> dict[str, Any]:
     with run_cgroups(cpus) as groups:
-        proc, started = spawn_runner(tree, groups, fake, sink, work, port, env, pattern)
+        proc, started = spawn_runner(
+            tree, groups, fake, sink, work, port, env, pattern, standby=standby
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             assert proc.stdout is not None
             log = LogWatch(proc.stdout)
+            # A standby runner's time and CPU count from its claim, not its process start.
+            cpu_base = runner_cpu_base = 0.0
+            if standby:
+                log.wait("standby")
+                time.sleep(0.5)  # settled, as a pool's pod would be long before its claim
+                cpu_base, runner_cpu_base = groups.cpu_seconds(), own_cpu_seconds(proc.pid)
+                assert proc.stdin is not None
+                started = time.monotonic()
+                proc.stdin.write(b"claim\n")
+                proc.stdin.flush()
             listening = log.wait("runner started") - started
             ready = log.wait("agent ready") - started
-            cpu_ready = groups.cpu_seconds()
+            cpu_ready = groups.cpu_seconds() - cpu_base
             if _get(url + "/readyz", timeout=10) != 200:
                 raise RuntimeError("the runner logged 'agent ready' but /readyz is not 200")
-            runner_cpu_ready = own_cpu_seconds(proc.pid)
+            runner_cpu_ready = own_cpu_seconds(proc.pid) - runner_cpu_base
             req = urllib.request.Request(
                 url + "/v1/messages", data=b'{"text": "hello"}', method="POST"
             )
@@ -271,8 +306,8 @@ def one_run(
                         if b'"type": "result"' in line or b'"type":"result"' in line:
                             break
             result = time.monotonic() - sent
-            cpu_answer = groups.cpu_seconds()
-            runner_cpu_answer = own_cpu_seconds(proc.pid)
+            cpu_answer = groups.cpu_seconds() - cpu_base
+            runner_cpu_answer = own_cpu_seconds(proc.pid) - runner_cpu_base
         finally:
             proc.terminate()
             try:
@@ -323,10 +358,20 @@ def main() -> None:
         help="a Hybrid session started again on the state its previous run left, as a "
         "woken pod finds its volume (one uncounted first start per tree and CPU)",
     )
+    parser.add_argument(
+        "--standby",
+        action="append",
+        default=[],
+        help="LABEL of a tree whose runs start as a warm pool's pod would (counted from the "
+        "claim; repeatable)",
+    )
     parser.add_argument("--out", type=Path, help="write every number here as JSON")
     args = parser.parse_args()
     here = Path(__file__).resolve().parent.parent / "operator"
     trees = dict(t.split("=", 1) for t in args.tree or [f"this={here}"])
+    unknown = set(args.standby) - set(trees)
+    if unknown:
+        parser.error(f"--standby names no --tree: {sorted(unknown)}")
     envs: dict[str, dict[str, str]] = {label: {} for label in trees}
     for item in args.env:
         label, _, pair = item.partition(":")
@@ -368,6 +413,7 @@ def main() -> None:
                             free_port(),
                             envs[label],
                             pattern,
+                            standby=label in args.standby,
                         )
                     if n >= 0:
                         per_tree[label].append(run)
@@ -376,6 +422,7 @@ def main() -> None:
                 directory.cleanup()
             for label, runs in per_tree.items():
                 case = {"cpu": cpu, "tree": label, "env": envs[label], **summary(runs)}
+                case["standby"] = label in args.standby
                 case["samples"] = runs
                 results["cases"].append(case)
                 print(json.dumps({k: v for k, v in case.items() if k != "samples"}))
