@@ -330,6 +330,12 @@ _INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
         "spec.backgroundTaskTimeout must be a duration Kubernetes can hold",
     ),
     (
+        "clientIdleTimeout outside Hybrid",
+        {"pattern": "LongRunning", "clientIdleTimeout": "1h"},
+        "spec.clientIdleTimeout is only allowed",
+    ),
+    ("zero clientIdleTimeout", {"pattern": "Hybrid", "clientIdleTimeout": "0s"}, "at least 1s"),
+    (
         "storage outside Hybrid",
         {"pattern": "Shared", "agents": [{"name": "a"}, {"name": "b"}], "storage": {}},
         "spec.storage is only allowed",

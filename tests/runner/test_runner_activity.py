@@ -140,6 +140,54 @@ def test_a_connected_websocket_client_keeps_the_session_in_use(
     assert flags[1] is True and flags[2] is False, flags
 
 
+def test_a_silent_client_stops_counting_after_the_client_idle_timeout(
+    fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
+) -> None:
+    """spec.clientIdleTimeout: a client that says nothing for that long no longer keeps the
+    session in use, though it stays connected; one that speaks again does."""
+    import asyncio
+
+    import aiohttp
+
+    host, port = operator_endpoint.server_address[:2]
+    runner = start_runner(
+        {"pattern": "Hybrid", "clientIdleTimeout": "1s"},
+        tmp_path,
+        fake.url,
+        env={"CORRAL_ACTIVITY_URL": f"http://{host!s}:{port}", "CORRAL_POD_NAME": "pod-9"},
+    )
+
+    def busy_flags() -> list[bool]:
+        return [bool(body["busy"]) for _, body in operator_endpoint.reports]
+
+    def wait_for_reports(count: int) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(operator_endpoint.reports) < count:
+            time.sleep(0.05)
+
+    async def reports(count: int) -> None:
+        await asyncio.to_thread(wait_for_reports, count)
+
+    async def hold_silently() -> list[bool]:
+        async with aiohttp.ClientSession() as http, http.ws_connect(runner.url + "/v1/stream"):
+            await reports(2)  # connected: in use
+            await asyncio.sleep(1.5)  # silent for longer than clientIdleTimeout
+            # A second client comes and goes: each is a report, with the first still there.
+            async with http.ws_connect(runner.url + "/v1/stream"):
+                await reports(3)
+            await reports(4)
+            return busy_flags()
+
+    try:
+        wait_for_reports(1)
+        flags = asyncio.run(hold_silently())
+    finally:
+        assert runner.terminate() == 0, runner.logs_text()
+    # up; first client (in use); second client (in use); second gone, the first silent
+    # for longer than 1s: not in use, though connected.
+    assert flags[:4] == [False, True, True, False], flags
+
+
 def test_a_turn_the_cli_begins_itself_keeps_the_session_in_use(
     fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
 ) -> None:

@@ -707,6 +707,14 @@ class AgentSessionSpec(ApiModel):
         "instead of idleTimeout (whichever is longer); stopping the pod ends the tasks. "
         "The operator's default (1h) when unset.",
     )
+    client_idle_timeout: str | None = Field(
+        None,
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="Hybrid only: a client connected to the session (a WebSocket) keeps it "
+        "awake for this long after its last message, then idleTimeout runs as if it had "
+        "left (its connection ends with the pod). Unset: for as long as it stays connected.",
+    )
     ttl_seconds_after_finished: int | None = Field(
         None,
         ge=0,
@@ -773,6 +781,7 @@ class AgentSessionSpec(ApiModel):
         ),
         _only_for(Pattern.HYBRID, "idle_timeout", "idleTimeout"),
         _only_for(Pattern.HYBRID, "background_task_timeout", "backgroundTaskTimeout"),
+        _only_for(Pattern.HYBRID, "client_idle_timeout", "clientIdleTimeout"),
         _only_for(Pattern.HYBRID, "storage", "storage"),
         _only_for(Pattern.EPHEMERAL, "ttl_seconds_after_finished", "ttlSecondsAfterFinished"),
         _only_for(Pattern.EPHEMERAL, "cleanup_after_finished", "cleanupAfterFinished"),
@@ -799,6 +808,12 @@ class AgentSessionSpec(ApiModel):
             "spec.idleTimeout must be at least 1s, e.g. 15m",
             ".idleTimeout",
             check=lambda s: _duration_at_least(s.idle_timeout, timedelta(seconds=1)),
+        ),
+        cel(
+            "!has(self.clientIdleTimeout) || duration(self.clientIdleTimeout) >= duration('1s')",
+            "spec.clientIdleTimeout must be at least 1s, e.g. 1h",
+            ".clientIdleTimeout",
+            check=lambda s: _duration_at_least(s.client_idle_timeout, timedelta(seconds=1)),
         ),
         cel(
             "!has(self.backgroundTaskTimeout) || duration(self.backgroundTaskTimeout) >= "

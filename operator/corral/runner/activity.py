@@ -194,7 +194,7 @@ class ActivityReporter:
 
     async def push(self, limit: float = PUSH_TIMEOUT_SECONDS) -> None:
         snapshots = [w.snapshot() for w in self._session.workers.values()]
-        report = build_report(self._who, snapshots, connected=self._session.open_sockets > 0)
+        report = build_report(self._who, snapshots, connected=self._session.clients_in_use() > 0)
         body = report.model_dump_json(by_alias=True).encode()
         headers = {"content-type": "application/json"}
         if self._who.token:

@@ -203,7 +203,12 @@ class Runner:
             for paths in agent_paths(spec, self.settings.workspace, self.settings.state_dir)
         ]
         resumed = {w.name: w.snapshot().session_id is not None for w in workers}
-        session = RunnerSession(str(spec.pattern), workers, fake_api=fake is not None)
+        session = RunnerSession(
+            str(spec.pattern),
+            workers,
+            fake_api=fake is not None,
+            client_idle_seconds=source.client_idle_seconds,
+        )
         self._install_signals()
         reports = _Reports()
         try:

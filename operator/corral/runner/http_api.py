@@ -315,10 +315,11 @@ class RunnerApi:
         await ws.prepare(request)
         forwarders: set[asyncio.Task[None]] = set()
         # A connected client keeps the session in use (activity), between messages too.
-        with self.session.client_socket():
+        with self.session.client_socket() as client:
             try:
                 async for msg in ws:
                     if msg.type == WSMsgType.TEXT:
+                        client.heard()
                         await self._ws_command(request, ws, msg.data, forwarders)
                     elif msg.type == WSMsgType.ERROR:
                         break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -16,8 +17,29 @@ class UnknownAgent(KeyError):
     pass
 
 
+class ClientSocket:
+    """One connected WebSocket client, and when it last said something (monotonic)."""
+
+    def __init__(self) -> None:
+        self.last_message = time.monotonic()
+
+    def heard(self) -> None:
+        self.last_message = time.monotonic()
+
+
+def never_idle() -> float | None:
+    return None
+
+
 class RunnerSession:
-    def __init__(self, pattern: str, workers: Sequence[AgentWorker], *, fake_api: bool) -> None:
+    def __init__(
+        self,
+        pattern: str,
+        workers: Sequence[AgentWorker],
+        *,
+        fake_api: bool,
+        client_idle_seconds: Callable[[], float | None] = never_idle,
+    ) -> None:
         if not workers:
             raise ValueError("a runner needs at least one agent")
         self.pattern = pattern
@@ -27,32 +49,44 @@ class RunnerSession:
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         # WebSocket clients connected now: someone is talking to the session, so it is in
-        # use (activity) even between messages.
-        self.open_sockets = 0
+        # use (activity) even between messages, for spec.clientIdleTimeout after each
+        # client's last message (read live; None: for as long as it stays connected).
+        self._sockets: set[ClientSocket] = set()
+        self._client_idle_seconds = client_idle_seconds
         self._socket_listeners: list[Callable[[], None]] = []
 
     def add_socket_listener(self, listener: Callable[[], None]) -> None:
         self._socket_listeners.append(listener)
 
     @contextlib.contextmanager
-    def client_socket(self) -> Iterator[None]:
+    def client_socket(self) -> Iterator[ClientSocket]:
         """Count one connected WebSocket client for as long as the block runs."""
-        self.open_sockets += 1
+        client = ClientSocket()
+        self._sockets.add(client)
         self._notify_sockets()
         try:
-            yield
+            yield client
         finally:
-            self.open_sockets -= 1
+            self._sockets.discard(client)
             self._notify_sockets()
 
     def _notify_sockets(self) -> None:
         for listener in self._socket_listeners:
             listener()
 
+    def clients_in_use(self) -> int:
+        """Connected clients that count as activity: those heard from within
+        spec.clientIdleTimeout (all, without one)."""
+        limit = self._client_idle_seconds()
+        if limit is None:
+            return len(self._sockets)
+        now = time.monotonic()
+        return sum(1 for client in self._sockets if now - client.last_message < limit)
+
     def in_use(self) -> bool:
         """An agent is working (on a message, or a turn of its CLI's own), or a client is
-        connected."""
-        return self.open_sockets > 0 or any(w.in_use for w in self.workers.values())
+        connected (and heard from within spec.clientIdleTimeout)."""
+        return self.clients_in_use() > 0 or any(w.in_use for w in self.workers.values())
 
     @property
     def first(self) -> AgentWorker:

@@ -14,6 +14,7 @@ import os
 import threading
 from pathlib import Path
 
+from corral.api.units import parse_duration
 from corral.api.v1alpha1 import AgentSessionSpec
 from corral.runner.jsonlog import log_event
 from corral.runner.session_file import SessionFileError, load_session
@@ -65,3 +66,8 @@ class SpecSource:
             self.spec = spec
         log_event(log, "session spec changed", path=str(self.path))
         return True
+
+    def client_idle_seconds(self) -> float | None:
+        """spec.clientIdleTimeout of the spec held now, in seconds (None: unset)."""
+        value = self.spec.client_idle_timeout
+        return parse_duration(value).total_seconds() if value else None
