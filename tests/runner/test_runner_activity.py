@@ -98,6 +98,24 @@ def test_runner_reports_start_busy_and_idle(
     assert all("lastActivityTime" not in body for _, body in operator_endpoint.reports)
 
 
+def busy_flags(endpoint: Collector) -> list[bool]:
+    return [bool(body["busy"]) for _, body in endpoint.reports]
+
+
+def wait_for_reports(endpoint: Collector, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(endpoint.reports) < count:
+        time.sleep(0.05)
+
+
+def reporting_runner(
+    spec: dict[str, Any], tmp_path: Path, fake: FakeAnthropic, endpoint: Collector, pod: str
+) -> Any:
+    host, port = endpoint.server_address[:2]
+    env = {"CORRAL_ACTIVITY_URL": f"http://{host!s}:{port}", "CORRAL_POD_NAME": pod}
+    return start_runner(spec, tmp_path, fake.url, env=env)
+
+
 def test_a_connected_websocket_client_keeps_the_session_in_use(
     fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
 ) -> None:
@@ -107,35 +125,21 @@ def test_a_connected_websocket_client_keeps_the_session_in_use(
 
     import aiohttp
 
-    host, port = operator_endpoint.server_address[:2]
-    runner = start_runner(
-        {"pattern": "Hybrid"},
-        tmp_path,
-        fake.url,
-        env={"CORRAL_ACTIVITY_URL": f"http://{host!s}:{port}", "CORRAL_POD_NAME": "pod-8"},
-    )
-
-    def busy_flags() -> list[bool]:
-        return [bool(body["busy"]) for _, body in operator_endpoint.reports]
-
-    def wait_for_reports(count: int) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(operator_endpoint.reports) < count:
-            time.sleep(0.05)
+    runner = reporting_runner({"pattern": "Hybrid"}, tmp_path, fake, operator_endpoint, "pod-8")
 
     async def connect_and_hold() -> None:
         async with aiohttp.ClientSession() as http, http.ws_connect(runner.url + "/v1/stream"):
             seen = len(operator_endpoint.reports)
-            await asyncio.to_thread(wait_for_reports, seen + 1)
+            await asyncio.to_thread(wait_for_reports, operator_endpoint, seen + 1)
 
     try:
-        wait_for_reports(1)
-        assert busy_flags() == [False]  # up, nobody connected
+        wait_for_reports(operator_endpoint, 1)
+        assert busy_flags(operator_endpoint) == [False]  # up, nobody connected
         asyncio.run(connect_and_hold())
-        wait_for_reports(3)
+        wait_for_reports(operator_endpoint, 3)
     finally:
         assert runner.terminate() == 0, runner.logs_text()
-    flags = busy_flags()
+    flags = busy_flags(operator_endpoint)
     # connected (in use, no agent working), then left (not in use)
     assert flags[1] is True and flags[2] is False, flags
 
@@ -143,30 +147,17 @@ def test_a_connected_websocket_client_keeps_the_session_in_use(
 def test_a_silent_client_stops_counting_after_the_client_idle_timeout(
     fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
 ) -> None:
-    """spec.clientIdleTimeout: a client that says nothing for that long no longer keeps the
-    session in use, though it stays connected; one that speaks again does."""
+    """spec.clientIdleTimeout: a client that has said nothing for that long no longer keeps
+    the session in use, though it stays connected."""
     import asyncio
 
     import aiohttp
 
-    host, port = operator_endpoint.server_address[:2]
-    runner = start_runner(
-        {"pattern": "Hybrid", "clientIdleTimeout": "1s"},
-        tmp_path,
-        fake.url,
-        env={"CORRAL_ACTIVITY_URL": f"http://{host!s}:{port}", "CORRAL_POD_NAME": "pod-9"},
-    )
-
-    def busy_flags() -> list[bool]:
-        return [bool(body["busy"]) for _, body in operator_endpoint.reports]
-
-    def wait_for_reports(count: int) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(operator_endpoint.reports) < count:
-            time.sleep(0.05)
+    spec = {"pattern": "Hybrid", "clientIdleTimeout": "1s"}
+    runner = reporting_runner(spec, tmp_path, fake, operator_endpoint, "pod-9")
 
     async def reports(count: int) -> None:
-        await asyncio.to_thread(wait_for_reports, count)
+        await asyncio.to_thread(wait_for_reports, operator_endpoint, count)
 
     async def hold_silently() -> list[bool]:
         async with aiohttp.ClientSession() as http, http.ws_connect(runner.url + "/v1/stream"):
@@ -176,10 +167,10 @@ def test_a_silent_client_stops_counting_after_the_client_idle_timeout(
             async with http.ws_connect(runner.url + "/v1/stream"):
                 await reports(3)
             await reports(4)
-            return busy_flags()
+            return busy_flags(operator_endpoint)
 
     try:
-        wait_for_reports(1)
+        wait_for_reports(operator_endpoint, 1)
         flags = asyncio.run(hold_silently())
     finally:
         assert runner.terminate() == 0, runner.logs_text()
