@@ -49,6 +49,7 @@ from corral.testing.gateway import (
 )
 from corral.testing.kube import wait_for
 from corral.testing.serving import serving
+from corral.testing.tcp_proxy import CuttableProxy
 from testrun import RUN_ID
 
 pytestmark = pytest.mark.integration
@@ -380,6 +381,41 @@ def test_chat_streams_interrupts_with_ctrl_c_and_leaves(
     # History: what was typed is kept for the arrow keys of the next chat.
     history = Path(env["XDG_STATE_HOME"]) / "corral" / "chat-history"
     assert "still there?" in history.read_text()
+
+
+def test_chat_connects_again_when_its_connection_closed_between_messages(
+    world: World, gateway: GatewayThread, env: dict[str, str], runner: LocalRunner, tmp_path: Path
+) -> None:
+    """A connection lost at the prompt (a gateway restart, a session gone to sleep) is made
+    again when the next message is sent, and that message is answered."""
+    from urllib.parse import urlsplit
+
+    ref = ensure_chat(world, gateway)
+    proxy = CuttableProxy(urlsplit(gateway.url).port or 80)
+    through = env | {"CORRAL_GATEWAY_URL": f"http://127.0.0.1:{proxy.port}"}
+    chat = spawn_chat(through, ref, tmp_path / "chat.log")
+    try:
+        chat.expect_exact(f"connected to {ref}")
+        chat.expect_exact("you>")
+        chat.sendline("before the cut")
+        chat.expect_exact("before the cut")
+        chat.expect_exact("✓ 1 turn ")
+        chat.expect_exact("you>")
+        proxy.cut()  # every connection reset
+        proxy.heal()  # and new ones forwarded again
+        chat.expect_exact("your next message connects again")
+        chat.sendline("after the cut")
+        chat.expect_exact("connecting again")
+        chat.expect_exact("after the cut")
+        chat.expect_exact("✓ 1 turn ")
+        chat.expect_exact("you>")
+        chat.sendeof()
+        chat.expect(pexpect.EOF)
+    finally:
+        chat.close()
+        proxy.close()
+    assert chat.exitstatus == 0, chat.screen()
+    assert proxy.connections >= 2  # the first connection, and the one made again
 
 
 def test_send_interrupts_its_message_on_ctrl_c(

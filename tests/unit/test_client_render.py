@@ -204,7 +204,6 @@ def test_a_turn_the_agent_began_itself_is_introduced_once() -> None:
 async def test_chat_shows_a_turn_the_agent_began_itself_without_ending_its_own() -> None:
     """A turn the agent began itself that ends while chat waits for its message's reply is
     shown, and chat keeps waiting for the reply (its result is not the message's)."""
-    import asyncio
     from collections.abc import AsyncIterator
     from typing import Any
 
@@ -235,9 +234,8 @@ async def test_chat_shows_a_turn_the_agent_began_itself_without_ending_its_own()
 
     out = io.StringIO()
     chat = Chat(Socket(), None, Console(file=out, width=200, color_system=None))  # type: ignore[arg-type]
-    reader = asyncio.create_task(chat.read())
     assert await chat.turn("hello") is True
-    await reader
+    await chat.reader
     assert sent == ["hello"]
     printed = out.getvalue()
     assert printed.index("tests passed") < printed.index("hello back")

@@ -4,7 +4,9 @@
 Ctrl-C during a reply interrupts it; a second Ctrl-C leaves (exit 130), also when the
 reply has ended by then. At the prompt, Ctrl-D leaves (exit 0) and Ctrl-C too (130).
 Connecting wakes a sleeping session; the wait shows as soon as the gateway says it is
-waking.
+waking. A connection that closes between messages (the gateway restarted, or the session
+went to sleep: spec.clientIdleTimeout) is made again when the next message is sent, which
+wakes the session again; not at once, which would keep it from sleeping.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 CLOSED: Event = {"type": "closed"}
+CLOSED_AT_PROMPT = (
+    "[dim]the connection closed (the gateway restarted, or the session went to sleep); "
+    "your next message connects again[/]"
+)
 PROMPT = "you> "
 
 
@@ -57,6 +63,25 @@ class Chat:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.at_prompt = False
         self.waking = False  # the gateway said it is waking the session; nothing since
+        self.reader = asyncio.create_task(self.read())
+
+    @property
+    def connected(self) -> bool:
+        return not self.reader.done()
+
+    async def close(self) -> None:
+        self.reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.reader
+        await self.stream.close()
+
+    async def reconnect(self, stream: AsyncStream) -> None:
+        """Go on over `stream`, a new connection; whatever the old one left is dropped."""
+        await self.close()
+        self.stream = stream
+        self.events = asyncio.Queue()
+        self.waking = False
+        self.reader = asyncio.create_task(self.read())
 
     async def read(self) -> None:
         """Queue every event; a `waking` that comes while the prompt is up shows at once."""
@@ -70,6 +95,8 @@ class Chat:
                     self.waking = event.get("type") == "waking"
                     continue
                 await self.events.put(event)
+            if self.at_prompt:
+                await run_in_terminal(lambda: self.out.print(CLOSED_AT_PROMPT, soft_wrap=True))
         finally:
             await self.events.put(CLOSED)
 
@@ -114,22 +141,24 @@ class Chat:
         finally:
             self.at_prompt = False
 
-    def show_pending(self) -> bool:
-        """Events that came between turns (a wake notice, say); False if closed."""
+    def show_pending(self) -> None:
+        """Events that came between turns (a wake notice, say)."""
         while not self.events.empty():
             event = self.events.get_nowait()
             if event is CLOSED:
-                return False
+                return
             self.renderer.render(event)
             self.waking = event.get("type") == "waking"
-        return True
+
+
+async def connect(client: AsyncClient, ref: Ref, agent: str | None) -> AsyncStream:
+    stream = await client.stream(ref)
+    await stream.watch(agent)
+    return stream
 
 
 async def chat(client: AsyncClient, ref: Ref, agent: str | None, out: Console) -> int:
-    stream = await client.stream(ref)
-    await stream.watch(agent)
-    session = Chat(stream, agent, out)
-    reader = asyncio.create_task(session.read())
+    session = Chat(await connect(client, ref, agent), agent, out)
     out.print(
         f"[dim]connected to {ref}{f' (agent {agent})' if agent else ''}: Ctrl-C interrupts a "
         "reply, Ctrl-D leaves[/]",
@@ -137,20 +166,19 @@ async def chat(client: AsyncClient, ref: Ref, agent: str | None, out: Console) -
     )
     try:
         while True:
-            if not session.show_pending():
-                raise CorralError(f"{ref}: the gateway closed the connection", "run chat again")
+            session.show_pending()
             text = await session.prompt_lines()
             if text is None:
                 return 0
             if not text.strip():
                 continue
+            if not session.connected:
+                out.print("[dim]connecting again[/]")
+                await session.reconnect(await connect(client, ref, agent))
             if not await session.turn(text):
                 raise CorralError(
                     f"{ref}: the connection closed before the reply ended",
                     "run chat again; `corral transcript` shows what was said",
                 )
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reader
-        await stream.close()
+        await session.close()
