@@ -162,6 +162,8 @@ def test_a_silent_client_stops_counting_after_the_client_idle_timeout(
     async def hold_silently() -> list[bool]:
         async with aiohttp.ClientSession() as http, http.ws_connect(runner.url + "/v1/stream"):
             await reports(2)  # connected: in use
+            code, metrics = await asyncio.to_thread(runner.request, "GET", "/metrics")
+            assert code == 200 and "corral_runner_clients 1.0" in metrics
             await asyncio.sleep(1.5)  # silent for longer than clientIdleTimeout
             # A second client comes and goes: each is a report, with the first still there.
             async with http.ws_connect(runner.url + "/v1/stream"):

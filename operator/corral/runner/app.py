@@ -209,6 +209,7 @@ class Runner:
             fake_api=fake is not None,
             client_idle_seconds=source.client_idle_seconds,
         )
+        session.add_socket_listener(lambda: self.metrics.clients.set(session.connected_clients))
         self._install_signals()
         reports = _Reports()
         try:

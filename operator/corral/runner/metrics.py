@@ -65,6 +65,12 @@ class RunnerMetrics:
             ["agent"],
             registry=r,
         )
+        self.clients = Gauge(
+            "corral_runner_clients",
+            "WebSocket clients connected now (each keeps a Hybrid session awake, for "
+            "spec.clientIdleTimeout after its last message when that is set).",
+            registry=r,
+        )
         # A runner "turn" is one message to its result, however many model calls it took.
         self.turn_duration = Histogram(
             "corral_runner_turn_duration_seconds",

@@ -58,6 +58,10 @@ class RunnerSession:
     def add_socket_listener(self, listener: Callable[[], None]) -> None:
         self._socket_listeners.append(listener)
 
+    @property
+    def connected_clients(self) -> int:
+        return len(self._sockets)
+
     @contextlib.contextmanager
     def client_socket(self) -> Iterator[ClientSocket]:
         """Count one connected WebSocket client for as long as the block runs."""
