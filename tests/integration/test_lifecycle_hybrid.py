@@ -199,30 +199,36 @@ def test_busy_runner_stays_awake_past_the_timeout(
 def test_background_tasks_keep_the_session_awake_for_the_background_task_timeout(
     sessions: Sessions, core: client.CoreV1Api, operator: OperatorProcess
 ) -> None:
-    """An idle runner whose agent left a background task running: status shows the task,
-    the session sleeps after backgroundTaskTimeout (12 s) rather than idleTimeout (5 s),
-    and the Event says the task ended with the pod."""
+    """An idle runner whose agent left a background task running and scheduled a wakeup:
+    status shows both, the session sleeps after backgroundTaskTimeout (12 s) rather than
+    idleTimeout (5 s), and the Event says what ended with the pod."""
     namespace = sessions.namespace
     create_example(sessions, backgroundTaskTimeout="12s")
     pod = running(sessions, core, set())
     reported = time.monotonic()
-    report(operator, sessions, pod, busy=False, backgroundTasks=1)
+    report(operator, sessions, pod, busy=False, backgroundTasks=1, scheduledWakeups=1)
     wait_for(
-        lambda: sessions.status(NAME).get("backgroundTasks") == 1,
+        lambda: (
+            (
+                sessions.status(NAME).get("backgroundTasks"),
+                sessions.status(NAME).get("scheduledWakeups"),
+            )
+            == (1, 1)
+        ),
         timeout=30,
-        what="status.backgroundTasks 1",
+        what="status.backgroundTasks and status.scheduledWakeups 1",
     )
     status = idle(sessions, core)
     slept_after = time.monotonic() - reported
     print(f"Idle {slept_after:.1f}s after a report of one background task (timeout 12s)")
     assert slept_after >= 11
-    assert "backgroundTasks" not in status
+    assert "backgroundTasks" not in status and "scheduledWakeups" not in status
     (message,) = [
         e.message
         for e in core.list_namespaced_event(namespace).items
         if e.reason == "ScaledDown" and e.involved_object.name == NAME
     ]
-    assert "backgroundTaskTimeout 12s: background tasks running: 1" in message
+    assert "backgroundTaskTimeout 12s: background tasks running: 1, wakeups scheduled: 1" in message
 
 
 def test_busy_report_of_a_lost_pod_does_not_keep_its_successor_awake(

@@ -291,6 +291,41 @@ def test_a_running_background_task_is_counted_and_reported(
     assert changes[:2] == [1, 0], changes
 
 
+def test_a_scheduled_wakeup_is_counted_and_reported(
+    fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
+) -> None:
+    """A wakeup the agent scheduled (ScheduleWakeup, an hour away): its CLI's Stop hook
+    lists it when the turn ends, and status, metrics and the reports count it, as the
+    operator must keep the session's pod (and the CLI that holds it) up for it."""
+    wakeup = {"delaySeconds": 3600, "reason": "check the deploy", "prompt": "check again"}
+    fake.add(
+        ToolUseStep(name="ScheduleWakeup", input=wakeup, match="check back later"),
+        text("see you in an hour", match="check back later"),
+    )
+    spec = {"pattern": "Hybrid", "allowedTools": ["ScheduleWakeup"]}
+    runner = reporting_runner(spec, tmp_path, fake, operator_endpoint, "pod-10")
+    try:
+        assert result_of(runner.send("check back later"))["result"] == "see you in an hour"
+        status = runner.wait_status(lambda s: s["scheduledWakeups"] == 1)
+        assert status["state"] == "idle" and status["agents"][0]["scheduledWakeups"] == 1
+        code, metrics = runner.request("GET", "/metrics")
+        assert code == 200 and 'corral_runner_scheduled_wakeups{agent="main"} 1.0' in metrics
+        wait_for_reports(operator_endpoint, 1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            body.get("scheduledWakeups") == 1 for _, body in operator_endpoint.reports
+        ):
+            time.sleep(0.05)
+    finally:
+        assert runner.terminate() == 0, runner.logs_text()
+    assert any(
+        not body["busy"] and body.get("scheduledWakeups") == 1
+        for _, body in operator_endpoint.reports
+    ), operator_endpoint.reports
+    stopping = [line for line in runner.logs() if "wakeups scheduled" in str(line.get("msg"))]
+    assert stopping and stopping[0]["scheduled"] == 1  # said on the way out: they are lost
+
+
 def test_a_runner_stopped_with_a_background_task_running_says_so(
     fake: FakeAnthropic, tmp_path: Path
 ) -> None:

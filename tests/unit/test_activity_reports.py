@@ -120,6 +120,8 @@ def test_a_normal_report_is_valid() -> None:
         (raw(busy="maybe"), "busy"),
         (raw(backgroundTasks=-1), "backgroundTasks"),
         (raw(backgroundTasks=runtime.MAX_BACKGROUND_TASKS + 1), "backgroundTasks"),
+        (raw(scheduledWakeups=-1), "scheduledWakeups"),
+        (raw(scheduledWakeups=runtime.MAX_SCHEDULED_WAKEUPS + 1), "scheduledWakeups"),
     ],
 )
 def test_out_of_bounds_reports_are_refused(body: str, field: str) -> None:
@@ -332,6 +334,7 @@ def test_the_runner_clamps_what_the_operator_would_refuse() -> None:
     def agent(name: str, turns: int, cost: float) -> AgentSnapshot:
         return AgentSnapshot(
             background_tasks=runtime.MAX_BACKGROUND_TASKS,
+            scheduled_wakeups=runtime.MAX_SCHEDULED_WAKEUPS,
             name=name,
             state=AgentState.BUSY,
             session_id=None,
@@ -354,6 +357,28 @@ def test_the_runner_clamps_what_the_operator_would_refuse() -> None:
     assert [a.total_cost_usd for a in again.agents] == [MAX_COST_USD, MAX_COST_USD]
     assert again.cli_version is not None and len(again.cli_version) == 64
     assert again.background_tasks == runtime.MAX_BACKGROUND_TASKS
+    assert again.scheduled_wakeups == runtime.MAX_SCHEDULED_WAKEUPS
+
+
+@pytest.mark.parametrize(
+    ("hook_input", "count"),
+    [
+        ({"session_crons": [{"id": "a", "schedule": "41 5 * * *", "prompt": "tick"}]}, 1),
+        ({"session_crons": []}, 0),
+        ({}, 0),
+        ({"session_crons": "every minute"}, 0),
+        ({"session_crons": [{}] * (runtime.MAX_SCHEDULED_WAKEUPS + 5)}, None),
+    ],
+)
+def test_pending_wakeups_come_from_the_stop_hook_bounded(
+    hook_input: dict[str, Any], count: int | None
+) -> None:
+    """The CLI's Stop hook lists its session crons; the agent's process says so, so the
+    count is bounded and anything but a list is none."""
+    from corral.runner.agent import pending_wakeups
+
+    expected = runtime.MAX_SCHEDULED_WAKEUPS if count is None else count
+    assert pending_wakeups(hook_input) == expected
 
 
 async def test_reports_in_quick_succession_make_one_reconcile_a_second_with_the_latest(

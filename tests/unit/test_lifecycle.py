@@ -1078,6 +1078,46 @@ def test_hybrid_with_background_tasks_waits_for_the_background_task_timeout() ->
     assert world.session.status.background_tasks is None  # they ended with the pod
 
 
+def test_hybrid_with_scheduled_wakeups_waits_as_for_background_tasks() -> None:
+    """A wakeup the agent scheduled lives in its CLI: the session stays awake for
+    backgroundTaskTimeout (not idleTimeout, 5 s), and the Event says the wakeups are gone;
+    with background tasks running too, both are named."""
+    world = hybrid_world(backgroundTaskTimeout="30s")
+    name = world.live_pod()
+    world.activity = Activity(
+        last_activity=world.now,
+        busy=False,
+        background_tasks=1,
+        scheduled_wakeups=2,
+        pod_name=name,
+    )
+    world.advance(6)
+    plan = world.step()
+    assert plan.delete_pods == []
+    assert world.session.status.scheduled_wakeups == 2
+    world.advance(25)
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [name]
+    message = scaled_down_message(plan)
+    assert "backgroundTaskTimeout 30s: background tasks running: 1, wakeups scheduled: 2" in message
+    assert "the wakeups its agent scheduled are dropped" in message
+    assert world.session.status.scheduled_wakeups is None
+
+
+def test_hybrid_scheduled_wakeups_alone_say_only_them() -> None:
+    world = hybrid_world(backgroundTaskTimeout="10s")
+    name = world.live_pod()
+    world.activity = Activity(
+        last_activity=world.now, busy=False, scheduled_wakeups=1, pod_name=name
+    )
+    world.advance(11)
+    plan = world.step()
+    assert [d.name for d in plan.delete_pods] == [name]
+    message = scaled_down_message(plan)
+    assert "(backgroundTaskTimeout 10s: wakeups scheduled: 1)" in message
+    assert "background tasks running" not in message and "ended its background" not in message
+
+
 def test_hybrid_background_tasks_wait_the_operators_default_when_the_spec_sets_none() -> None:
     world = hybrid_world(
         config=CONFIG.model_copy(update={"default_background_task_timeout": "20s"})

@@ -73,6 +73,9 @@ class ActivityReport(ReportModel):
     agents: list[AgentReport] = Field(default_factory=list, max_length=MAX_AGENTS)
     # Running background tasks of all agents (the CLI's `background_tasks_changed`).
     background_tasks: int = Field(0, ge=0, le=runtime.MAX_BACKGROUND_TASKS)
+    # Wakeups the agents scheduled in their CLIs that have not fired yet (ScheduleWakeup,
+    # CronCreate): they are lost when the pod stops, so they count as background tasks do.
+    scheduled_wakeups: int = Field(0, ge=0, le=runtime.MAX_SCHEDULED_WAKEUPS)
 
     @model_validator(mode="after")
     def _agent_names_unique(self) -> Self:

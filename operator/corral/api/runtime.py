@@ -59,6 +59,8 @@ DEFAULT_IDLE_TIMEOUT = "15m"
 DEFAULT_BACKGROUND_TASK_TIMEOUT = "1h"
 # Far above what an agent starts; bounds what a runner (or a forged report) says.
 MAX_BACKGROUND_TASKS = 10_000
+# The same for scheduled wakeups (the CLI's session crons: ScheduleWakeup, CronCreate).
+MAX_SCHEDULED_WAKEUPS = 1_000
 
 WAKE_ANNOTATION = "corral.dev/wake"
 

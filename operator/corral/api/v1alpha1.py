@@ -703,9 +703,10 @@ class AgentSessionSpec(ApiModel):
         pattern=DURATION_PATTERN,
         max_length=32,
         description="Hybrid only: while background tasks the agent started (a build, a test "
-        "run) are running, the session is stopped after this long without other activity "
-        "instead of idleTimeout (whichever is longer); stopping the pod ends the tasks. "
-        "The operator's default (1h) when unset.",
+        "run) are running, or wakeups it scheduled have not fired, the session is stopped "
+        "after this long without other activity instead of idleTimeout (whichever is "
+        "longer); stopping the pod ends the tasks and drops the wakeups. The operator's "
+        "default (1h) when unset.",
     )
     client_idle_timeout: str | None = Field(
         None,
@@ -1062,6 +1063,13 @@ class AgentSessionStatus(ApiModel):
         ge=0,
         description="Background tasks the agents started that are still running, as the "
         "runner last reported (Hybrid: spec.backgroundTaskTimeout applies while above 0).",
+    )
+    scheduled_wakeups: int | None = Field(
+        None,
+        ge=0,
+        description="Wakeups the agents scheduled in their CLIs (ScheduleWakeup, CronCreate) "
+        "that have not fired, as the runner last reported; they are lost when the pod stops "
+        "(Hybrid: spec.backgroundTaskTimeout applies while above 0).",
     )
     restarts: int | None = Field(None, ge=0, description="Pods recreated after being lost.")
     attempts: int | None = Field(None, ge=0, description="Ephemeral runs tried.")

@@ -240,14 +240,16 @@ class Controller:
             pod_name=report.pod_name,
             received_at=received,
             background_tasks=report.background_tasks,
+            scheduled_wakeups=report.scheduled_wakeups,
         )
         if previous is None:
             self.queue.add(key, cause=ACTIVITY)  # the runner's first word: acted on at once
-        elif (previous.busy, previous.num_turns, previous.background_tasks) != (
-            report.busy,
-            report.num_turns,
-            report.background_tasks,
-        ):
+        elif (
+            previous.busy,
+            previous.num_turns,
+            previous.background_tasks,
+            previous.scheduled_wakeups,
+        ) != (report.busy, report.num_turns, report.background_tasks, report.scheduled_wakeups):
             self._queue_for_activity(key)
         return True
 

@@ -87,6 +87,14 @@ CRASH_LOOP_RESTARTS = 3
 BOOST_AFTER_READY_SECONDS = 2.0
 
 
+def work_under_way(tasks: int, wakeups: int) -> str:
+    """What keeps a Hybrid session awake past idleTimeout, as its runner reported it."""
+    parts = [f"background tasks running: {tasks}"] if tasks else []
+    if wakeups:
+        parts.append(f"wakeups scheduled: {wakeups}")
+    return ", ".join(parts)
+
+
 def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -139,9 +147,11 @@ class Activity:
     # When the operator received it. A busy runner reports every 30 s; a "busy" older than
     # BUSY_REPORT_STALE (a runner that died or lost its network mid-turn) no longer counts.
     received_at: datetime | None = None
-    # Background tasks the agents started that still run (a Hybrid session then sleeps
-    # after spec.backgroundTaskTimeout rather than idleTimeout).
+    # Background tasks the agents started that still run, and wakeups they scheduled in
+    # their CLIs that have not fired (a Hybrid session then sleeps after
+    # spec.backgroundTaskTimeout rather than idleTimeout).
     background_tasks: int = 0
+    scheduled_wakeups: int = 0
 
 
 @dataclass(frozen=True)
@@ -668,6 +678,7 @@ class _Decision:
             self.status.agents = list(activity.agents)
         if activity.pod_name in (None, self.status.pod_name):
             self.status.background_tasks = activity.background_tasks or None
+            self.status.scheduled_wakeups = activity.scheduled_wakeups or None
 
     def account_cost(self) -> None:
         tokens = self.status.total_cost_usd or (
@@ -943,17 +954,19 @@ class _Decision:
             # Persist the countdown's start, so a restarted operator keeps the deadline.
             self.status.last_activity_time = timestamp(last)
         tasks = activity.background_tasks if activity is not None else 0
+        wakeups = activity.scheduled_wakeups if activity is not None else 0
         timeout, why = idle, f"idleTimeout {idle.text}"
-        if tasks:
-            # A build or test run the agent left running is work under way: ended by the
-            # scale-down, so it waits longer (bounded: a server the agent started and
+        if tasks or wakeups:
+            # A build or test run the agent left running, or a wakeup it scheduled (its
+            # CLI holds it: it would not fire after a wake), is work under way: ended by
+            # the scale-down, so it waits longer (bounded: a server the agent started and
             # forgot would keep the session awake for ever).
             background = Timeout.of(
                 self.spec.background_task_timeout, self.config.default_background_task_timeout
             )
             if background.duration > idle.duration:
                 timeout = background
-                why = f"backgroundTaskTimeout {background.text}: background tasks running: {tasks}"
+                why = f"backgroundTaskTimeout {background.text}: " + work_under_way(tasks, wakeups)
         deadline = last + timeout.duration
         if busy or self.now < deadline:
             # A busy runner reports again while it works; look again at the deadline anyway.
@@ -973,6 +986,8 @@ class _Decision:
         message = f"no activity for {idle_for}s ({why}); the volume is kept"
         if tasks:
             message += "; stopping the pod ended its background tasks"
+        if wakeups:
+            message += "; the wakeups its agent scheduled are dropped"
         self.status.phase = Phase.IDLE
         self.status.idle_since = self.now_text
         self.status.last_activity_time = timestamp(last)
@@ -1065,6 +1080,7 @@ class _Decision:
         self.keep_phase_honest()
         if self.status.pod_name is None:
             self.status.background_tasks = None  # they ended with the pod
+            self.status.scheduled_wakeups = None  # and these with its CLI
         self.status.observed_generation = self.generation
         self.account_cost()
         self.plan.status_patch = _status_patch(self.old, self.status)

@@ -95,6 +95,9 @@ def build_report(
         cli_version=version[:64] if version else None,
         agents=[_agent_report(a) for a in agents[:MAX_AGENTS]],
         background_tasks=min(sum(a.background_tasks for a in agents), runtime.MAX_BACKGROUND_TASKS),
+        scheduled_wakeups=min(
+            sum(a.scheduled_wakeups for a in agents), runtime.MAX_SCHEDULED_WAKEUPS
+        ),
     )
 
 

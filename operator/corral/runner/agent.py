@@ -36,6 +36,10 @@ from corral.runner.sdk import (
     AssistantMessage,
     ClaudeAgentOptions,
     ClaudeSDKClient,
+    HookContext,
+    HookInput,
+    HookJSONOutput,
+    HookMatcher,
     Message,
     ResultMessage,
     StreamEvent,
@@ -159,8 +163,9 @@ class AgentSnapshot:
     cli_version: str | None
     # A turn the CLI began itself is under way (see AgentWorker.own_turn).
     own_turn: bool = False
-    # See AgentWorker.background_tasks.
+    # See AgentWorker.background_tasks and scheduled_wakeups.
     background_tasks: int = 0
+    scheduled_wakeups: int = 0
 
 
 class AgentWorker:
@@ -225,6 +230,11 @@ class AgentWorker:
         # CLI last listed them: reported, so that a Hybrid session waits longer before it
         # sleeps (stopping the pod ends them).
         self.background_tasks = 0
+        # Wakeups the agent scheduled in its CLI (ScheduleWakeup, CronCreate: the CLI's
+        # session crons, as its Stop hook last listed them) that have not fired yet. They
+        # live in the CLI process only: reported, so that a Hybrid session waits as for
+        # background tasks before it sleeps (stopping the pod drops them).
+        self.scheduled_wakeups = 0
         # Clients that asked for the events of the turns the CLI begins itself (see
         # `watch`), and the id those events carry while one runs.
         self._watchers: set[EventBuffer] = set()
@@ -320,13 +330,15 @@ class AgentWorker:
 
     async def stop(self, drain: float) -> None:
         """Let a running message finish for up to `drain` seconds, then interrupt it."""
-        if self.background_tasks:
+        if self.background_tasks or self.scheduled_wakeups:
             log_event(
                 log,
-                "stopping with background tasks running; they end with the CLI",
+                "stopping with background tasks running or wakeups scheduled; they end "
+                "with the CLI",
                 level=logging.WARNING,
                 agent=self.name,
                 running=self.background_tasks,
+                scheduled=self.scheduled_wakeups,
             )
         turn = self._current
         if turn is not None and drain > 0:
@@ -356,6 +368,7 @@ class AgentWorker:
             cli_version=self.cli_version,
             own_turn=self.own_turn,
             background_tasks=self.background_tasks,
+            scheduled_wakeups=self.scheduled_wakeups,
         )
 
     # --- the owning task -----------------------------------------------------------------
@@ -390,9 +403,22 @@ class AgentWorker:
         self._fail_current("error_runner_stopped", "the runner stopped before the message ended")
         self.state = AgentState.STOPPED
 
+    def _hooked(self, options: ClaudeAgentOptions) -> ClaudeAgentOptions:
+        """`options` with the runner's own hooks added (the spec sets none): Stop, which
+        lists the scheduled wakeups at the end of each turn."""
+        hooks = dict(options.hooks or {})
+        hooks["Stop"] = [*hooks.get("Stop", []), HookMatcher(hooks=[self._on_stop])]
+        return dataclasses.replace(options, hooks=hooks)
+
+    async def _on_stop(
+        self, data: HookInput, tool_use_id: str | None, context: HookContext
+    ) -> HookJSONOutput:
+        self._set_scheduled_wakeups(pending_wakeups(dict(data)))
+        return {}
+
     async def _connect(self) -> ClaudeSDKClient:
         resume = self._saved.session_id
-        options = self._options(resume)
+        options = self._hooked(self._options(resume))
         self._connected_key = reload_key(options)
         try:
             client = await self._start_client(options)
@@ -413,7 +439,7 @@ class AgentWorker:
             )
         self._saved.session_id = None
         self._saved.cli_cost = self._cli_cost_base = 0.0
-        options = self._options(None)
+        options = self._hooked(self._options(None))
         self._connected_key = reload_key(options)
         try:
             return await self._start_client(options)
@@ -528,6 +554,7 @@ class AgentWorker:
             self._client = None
             self._set_own_turn(False)
             self._set_background_tasks(0)  # the CLI's tasks end with it
+            self._set_scheduled_wakeups(0)  # and its session crons
             self._own_turn_id = None  # and so does a turn of its own that was running
             # Closing stdin lets the CLI flush its transcript and cost, and exit.
             with contextlib.suppress(Exception):
@@ -675,6 +702,14 @@ class AgentWorker:
         log_event(log, "background tasks changed", agent=self.name, running=count)
         self._notify()
 
+    def _set_scheduled_wakeups(self, count: int) -> None:
+        if count == self.scheduled_wakeups:
+            return
+        self.scheduled_wakeups = count
+        self._metrics.scheduled_wakeups.labels(self.name).set(count)
+        log_event(log, "scheduled wakeups changed", agent=self.name, scheduled=count)
+        self._notify()
+
     def _note_api_retry(self, data: dict[str, Any]) -> None:
         status = data.get("error_status")
         self._metrics.api_retries.labels(self.name, str(status or "none")).inc()
@@ -754,6 +789,13 @@ class AgentWorker:
 
     def _touch(self) -> None:
         self.last_activity = datetime.now(UTC)
+
+
+def pending_wakeups(data: dict[str, Any]) -> int:
+    """How many session crons a Stop hook's input lists (the CLI's whole list of those not
+    yet fired), bounded: it is the agent's process that says so."""
+    crons = data.get("session_crons")
+    return min(len(crons), runtime.MAX_SCHEDULED_WAKEUPS) if isinstance(crons, list) else 0
 
 
 def running_tasks(data: dict[str, Any]) -> int:

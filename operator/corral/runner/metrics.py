@@ -71,6 +71,12 @@ class RunnerMetrics:
             "spec.clientIdleTimeout after its last message when that is set).",
             registry=r,
         )
+        self.scheduled_wakeups = Gauge(
+            "corral_runner_scheduled_wakeups",
+            "Wakeups the agent scheduled in its CLI that have not fired yet.",
+            ["agent"],
+            registry=r,
+        )
         # A runner "turn" is one message to its result, however many model calls it took.
         self.turn_duration = Histogram(
             "corral_runner_turn_duration_seconds",

@@ -79,6 +79,7 @@ def build_status(
         "numTurns": sum(a.num_turns for a in agents),
         "messages": sum(a.messages for a in agents),
         "backgroundTasks": sum(a.background_tasks for a in agents),
+        "scheduledWakeups": sum(a.scheduled_wakeups for a in agents),
         "totalCostUsd": round(sum(a.total_cost_usd for a in agents), 6),
         "usage": _usage(totals),
         "lastActivityTime": rfc3339(max(activity)) if activity else None,
@@ -114,4 +115,5 @@ def _agent(a: AgentSnapshot) -> dict[str, Any]:
         "lastError": a.last_error,
         "restarts": a.restarts,
         "backgroundTasks": a.background_tasks,
+        "scheduledWakeups": a.scheduled_wakeups,
     }
