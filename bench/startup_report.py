@@ -6,8 +6,10 @@
 `--local` is what `python -m bench.runner_startup --out ...` writes (a runner process on
 this machine under a CPU quota); `--node` what tests/e2e/test_wake_benchmark.py writes (pods
 on the real node; several files: one per run). Prints the Markdown; `--plot PATH` also draws
-the wake figures, and `--steps-plot PATH` each `--node` file's wakes as stacked steps (p50),
-one bar per file and CPU limit: runs on different machines side by side.
+the wake figures, `--steps-plot PATH` each `--node` file's wakes as stacked steps (p50),
+one bar per file and CPU limit: runs on different machines side by side, and `--gates-plot
+PATH` every wake as a row: the runner's start, the kubelet's status of the pod and the
+first event.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,12 +238,94 @@ def plot_steps(paths: list[Path], path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class WakeGates:
+    """One wake's marks, in seconds after the request: the runner's process start and
+    readiness, the kubelet's status of the started pod (its IP and phase Running, the
+    first moment anything can route to it), and the reply's first event."""
+
+    process_start: float
+    runner_ready: float
+    status_published: float
+    first_event: float
+
+    @property
+    def opened(self) -> float:
+        """When the gateway could first forward: both ready and published."""
+        return max(self.runner_ready, self.status_published)
+
+
+def wake_gates(wakes: list[dict[str, Any]]) -> list[WakeGates]:
+    """The wakes with a whole timeline, fastest first."""
+    marks = ("runner_process_start", "runner_ready", "container_running", "first_event")
+    found = []
+    for wake in wakes:
+        timeline = wake.get("timeline_ms", {})
+        if all(timeline.get(mark) is not None for mark in marks):
+            found.append(WakeGates(*(timeline[mark] / 1000 for mark in marks)))
+    return sorted(found, key=lambda gates: gates.first_event)
+
+
+def plot_gates(paths: list[Path], path: Path) -> None:
+    """Each wake as a row: the runner's start (bar), the kubelet's status of the pod (x)
+    and the first event (dot). The dot follows whichever of the bar's end and the x
+    comes later."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows: list[tuple[str, WakeGates]] = []
+    for source in paths:
+        for case in sorted(node_cases([source]), key=_order):
+            rows += [(f"{case['cpu']} CPU", gates) for gates in wake_gates(case["wake"])]
+    rows.sort(key=lambda row: row[1].first_event)
+    fig, ax = plt.subplots(figsize=(8, 0.18 * len(rows) + 1.8))
+    y = list(range(len(rows)))
+    starts = [g.process_start for _, g in rows]
+    ax.barh(
+        y,
+        [g.runner_ready - g.process_start for _, g in rows],
+        left=starts,
+        height=0.6,
+        color="tab:blue",
+        alpha=0.5,
+        label="runner: process start → ready",
+    )
+    ax.scatter(
+        [g.status_published for _, g in rows],
+        y,
+        marker="x",
+        color="tab:red",
+        label="kubelet: the pod's status (its IP) in the API",
+    )
+    ax.scatter(
+        [g.first_event for _, g in rows], y, marker="o", color="black", s=14, label="first event"
+    )
+    # A wake the kubelet held for many seconds would squeeze every other row: cut the axis
+    # at twice the median and write such a wake's time at the edge.
+    edge = 2 * statistics.median(g.first_event for _, g in rows)
+    ax.set_xlim(0, edge)
+    for row, (_, gates) in enumerate(rows):
+        if gates.first_event > edge:
+            ax.text(edge, row, f"{gates.first_event:.1f} s →", ha="right", va="center", fontsize=7)
+    ax.set_yticks(y, [label for label, _ in rows], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds after the request")
+    ax.set_title("Hybrid wakes on the real node, fastest first: what the first event waits for")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--local", type=Path)
     parser.add_argument("--node", type=Path, action="append", default=[])
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--steps-plot", type=Path)
+    parser.add_argument("--gates-plot", type=Path)
     args = parser.parse_args()
     out: list[str] = []
     if args.local:
@@ -252,6 +337,8 @@ def main() -> None:
             plot(cases, args.plot)
         if args.steps_plot:
             plot_steps(args.node, args.steps_plot)
+        if args.gates_plot:
+            plot_gates(args.node, args.gates_plot)
     print("\n".join(out))
 
 
