@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -47,6 +48,13 @@ HEARTBEAT_SECONDS = 30.0
 PUSH_TIMEOUT_SECONDS = 5.0
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
+# A new pod's first report can be refused for a moment: NetworkPolicy agents that admit
+# pods by their IPs in the API (kube-router) let a pod's traffic through only once the
+# kubelet has published its status, which came up to 1.2 s after the runner's process
+# started on the real node. Until a first report is delivered, retry sooner (doubling from
+# this), and say so at info rather than warn, for this long.
+FIRST_REPORT_RETRY_SECONDS = 0.05
+FIRST_REPORT_QUIET_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,15 @@ def post_report(url: str, body: bytes, headers: dict[str, str], timeout: float) 
         conn.close()
 
 
+def next_retry(retry: float, *, backoff: bool, delivered: bool) -> float:
+    """The wait before the next try after a failed push (`backoff`: doubled, to at most
+    RETRY_MAX_SECONDS), or the first wait of a later outage: from RETRY_FIRST_SECONDS once a
+    report got through, from FIRST_REPORT_RETRY_SECONDS until then."""
+    if backoff:
+        return min(retry * 2, RETRY_MAX_SECONDS)
+    return RETRY_FIRST_SECONDS if delivered else FIRST_REPORT_RETRY_SECONDS
+
+
 class ActivityReporter:
     def __init__(
         self,
@@ -166,6 +183,9 @@ class ActivityReporter:
         # Pokes that arrive while a push is in flight collapse into one more push.
         self._wake = asyncio.Event()
         self._failing = False
+        self._warned = False  # this outage was logged as a warning
+        self._delivered = False  # a report got through since the runner started
+        self._started = time.monotonic()
         self._retry_after: float | None = None  # the operator's, after a 429
         for worker in session.workers.values():
             worker.add_listener(self._wake.set)
@@ -173,7 +193,7 @@ class ActivityReporter:
 
     async def run(self) -> None:
         self._wake.set()  # the first report says the runner is up
-        retry = RETRY_FIRST_SECONDS
+        retry = FIRST_REPORT_RETRY_SECONDS
         while True:
             busy = self._session.in_use()
             # A failed push is tried again with backoff: the operator must learn when a
@@ -189,7 +209,7 @@ class ActivityReporter:
             self._wake.clear()
             await self.push()
             backoff = self._failing and self._retry_after is None
-            retry = min(retry * 2, RETRY_MAX_SECONDS) if backoff else RETRY_FIRST_SECONDS
+            retry = next_retry(retry, backoff=backoff, delivered=self._delivered)
 
     async def final(self) -> None:
         """One last report on the way out, so the operator does not think a message runs."""
@@ -212,17 +232,37 @@ class ActivityReporter:
             return
         except (OSError, http.client.HTTPException, ReportRefused, TimeoutError) as exc:
             self._retry_after = None
-            if not self._failing:  # say it once per outage, not on every heartbeat
-                log_event(
-                    log,
-                    "activity report failed",
-                    level=logging.WARNING,
-                    url=self._url,
-                    error=str(exc)[:300],
-                )
+            self._say_failed(exc)
             self._failing = True
             return
-        if self._failing:
+        if self._warned:
             log_event(log, "activity reports delivered again", url=self._url)
-        self._failing = False
+        elif self._failing and not self._delivered:
+            log_event(log, "first activity report delivered", url=self._url)
+        self._failing = self._warned = False
+        self._delivered = True
         self._retry_after = None
+
+    def _say_failed(self, error: Exception) -> None:
+        """Once per outage, not on every retry; a new pod's first reports at info while
+        its network may not admit it yet (FIRST_REPORT_QUIET_SECONDS)."""
+        if self._warned:
+            return
+        starting = time.monotonic() - self._started < FIRST_REPORT_QUIET_SECONDS
+        if not self._delivered and starting:
+            if not self._failing:
+                log_event(
+                    log,
+                    "first activity report not delivered yet; retrying",
+                    url=self._url,
+                    error=str(error)[:300],
+                )
+            return
+        self._warned = True
+        log_event(
+            log,
+            "activity report failed",
+            level=logging.WARNING,
+            url=self._url,
+            error=str(error)[:300],
+        )
