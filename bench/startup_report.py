@@ -266,6 +266,24 @@ def wake_gates(wakes: list[dict[str, Any]]) -> list[WakeGates]:
     return sorted(found, key=lambda gates: gates.first_event)
 
 
+def gate_rows(paths: list[Path]) -> list[tuple[str, WakeGates]]:
+    """The wakes of each file as labelled rows, one group per file (runs of different node
+    set-ups), fastest first in each; with several files, the words that tell their names
+    apart label their rows."""
+    names = [source.stem.split("-") for source in paths]
+    shared = len(names[0]) if len(names) == 1 else 0
+    while all(len(n) > shared and n[shared] == names[0][shared] for n in names):
+        shared += 1
+    rows: list[tuple[str, WakeGates]] = []
+    for source, name in zip(paths, names, strict=True):
+        group = []
+        for case in sorted(node_cases([source]), key=_order):
+            label = f"{'-'.join(name[shared:])} {case['cpu']} CPU".lstrip()
+            group += [(label, gates) for gates in wake_gates(case["wake"])]
+        rows += sorted(group, key=lambda row: row[1].first_event)
+    return rows
+
+
 def plot_gates(paths: list[Path], path: Path) -> None:
     """Each wake as a row: the runner's start (bar), the kubelet's status of the pod (x)
     and the first event (dot). The dot follows whichever of the bar's end and the x
@@ -275,11 +293,7 @@ def plot_gates(paths: list[Path], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows: list[tuple[str, WakeGates]] = []
-    for source in paths:
-        for case in sorted(node_cases([source]), key=_order):
-            rows += [(f"{case['cpu']} CPU", gates) for gates in wake_gates(case["wake"])]
-    rows.sort(key=lambda row: row[1].first_event)
+    rows = gate_rows(paths)
     fig, ax = plt.subplots(figsize=(8, 0.18 * len(rows) + 1.8))
     y = list(range(len(rows)))
     starts = [g.process_start for _, g in rows]
@@ -303,8 +317,11 @@ def plot_gates(paths: list[Path], path: Path) -> None:
         [g.first_event for _, g in rows], y, marker="o", color="black", s=14, label="first event"
     )
     # A wake the kubelet held for many seconds would squeeze every other row: cut the axis
-    # at twice the median and write such a wake's time at the edge.
-    edge = 2 * statistics.median(g.first_event for _, g in rows)
+    # at twice the slowest row label's median and write such a wake's time at the edge.
+    edge = 2 * max(
+        statistics.median(g.first_event for label, g in rows if label == first)
+        for first in dict.fromkeys(label for label, _ in rows)
+    )
     ax.set_xlim(0, edge)
     for row, (_, gates) in enumerate(rows):
         if gates.first_event > edge:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from bench.startup_report import WakeGates, wake_gates
+import json
+from pathlib import Path
+
+from bench.startup_report import WakeGates, gate_rows, wake_gates
 
 
 def _wake(start: int, ready: int, published: int | None, first: int) -> dict[str, object]:
@@ -22,3 +25,26 @@ def test_wakes_come_fastest_first_with_what_opened_them() -> None:
     assert gates == [WakeGates(0.6, 1.25, 0.85, 1.35), WakeGates(0.65, 1.3, 1.8, 2.0)]
     # The runner's readiness opened the first; the kubelet's status the second.
     assert [g.opened for g in gates] == [1.25, 1.8]
+
+
+def _run(path: Path, *first_events: int) -> Path:
+    wakes = [_wake(600, 1200, 900, first) for first in first_events]
+    case = {"image": "after", "cpu": "1", "boost": "on", "wake": wakes, "create": []}
+    path.write_text(json.dumps({"cases": [case]}))
+    return path
+
+
+def test_runs_of_several_node_set_ups_stay_in_groups_labelled_by_what_differs(
+    tmp_path: Path,
+) -> None:
+    plain = _run(tmp_path / "wake-s36-debian-containerd.json", 2000, 1400)
+    evented = _run(tmp_path / "wake-s36-built-containerd-evented.json", 5100, 5000)
+    rows = gate_rows([plain, evented])
+    assert [(label, g.first_event) for label, g in rows] == [
+        ("debian-containerd 1 CPU", 1.4),
+        ("debian-containerd 1 CPU", 2.0),
+        ("built-containerd-evented 1 CPU", 5.0),
+        ("built-containerd-evented 1 CPU", 5.1),
+    ]
+    # One file: its rows are labelled by their CPU alone.
+    assert [label for label, _ in gate_rows([plain])] == ["1 CPU", "1 CPU"]

@@ -221,3 +221,14 @@ def test_the_kubelets_log_level_comes_from_the_environment() -> None:
     for bad in ("high", "-1", "11"):
         with pytest.raises(ValueError, match="CORRAL_KUBELET_V"):
             node.kubelet_verbosity({"CORRAL_KUBELET_V": bad})
+
+
+def test_kubelet_feature_gates_come_from_the_environment_and_are_checked() -> None:
+    assert node.kubelet_feature_gates({}) == []
+    gates = {"CORRAL_KUBELET_FEATURE_GATES": "EventedPLEG=true,KubeletTracing=false"}
+    assert node.kubelet_feature_gates(gates) == [
+        "--feature-gates=EventedPLEG=true,KubeletTracing=false"
+    ]
+    for bad in ("EventedPLEG", "EventedPLEG=yes", "EventedPLEG=true,", "--v=9", "a=true"):
+        with pytest.raises(ValueError, match=r"CORRAL_KUBELET_FEATURE_GATES.*Name=true"):
+            node.kubelet_feature_gates({"CORRAL_KUBELET_FEATURE_GATES": bad})

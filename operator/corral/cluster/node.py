@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -371,6 +372,7 @@ def kubelet_argv(node: NodeLayout) -> list[str]:
         f"--node-labels={NODE_LABEL}=true",
         # CORRAL_KUBELET_V=4 logs every probe run and why (see docs/real-node.md).
         f"--v={kubelet_verbosity(os.environ)}",
+        *kubelet_feature_gates(os.environ),
     ]
 
 
@@ -380,6 +382,23 @@ def kubelet_verbosity(environ: Mapping[str, str]) -> int:
     if not value.isdigit() or int(value) > 10:
         raise ValueError(f"CORRAL_KUBELET_V must be a log level from 0 to 10, not {value!r}")
     return int(value)
+
+
+FEATURE_GATE = re.compile(r"[A-Z][A-Za-z0-9]*=(true|false)")
+
+
+def kubelet_feature_gates(environ: Mapping[str, str]) -> list[str]:
+    """`--feature-gates` from $CORRAL_KUBELET_FEATURE_GATES (`Name=true,Other=false`), to try a
+    kubelet feature on the real node (docs/real-node.md); none by default."""
+    value = environ.get("CORRAL_KUBELET_FEATURE_GATES", "")
+    if not value:
+        return []
+    if not all(FEATURE_GATE.fullmatch(gate) for gate in value.split(",")):
+        raise ValueError(
+            "CORRAL_KUBELET_FEATURE_GATES must be Name=true or Name=false, comma-separated "
+            f"(e.g. EventedPLEG=true), not {value!r}"
+        )
+    return [f"--feature-gates={value}"]
 
 
 def kube_proxy_argv(node: NodeLayout) -> list[str]:
