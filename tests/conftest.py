@@ -165,7 +165,8 @@ def operator(
     exactly the rights the Helm chart gives it."""
     process = OperatorProcess(
         kubeconfig=operator_identity.kubeconfig,
-        config=kwok_operator_config(operator_namespace),
+        # A short lead, so that a wake ahead of an agent's durable task is seen in seconds.
+        config=kwok_operator_config(operator_namespace, durableWakeLeadSeconds=3),
         workdir=tmp_path_factory.mktemp("operator"),
         namespaces=[f"{NAMESPACE_PREFIX}*"],
         lease_name=f"corral-{RUN_ID}",

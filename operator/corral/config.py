@@ -335,6 +335,14 @@ class OperatorConfig(ConfigModel):
     activity_peer: PeerRule | None = Field(
         None, description="Egress every session gets to reach the operator's activity port."
     )
+    durable_wake_lead_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="How long before an agent's durable task is due a sleeping Hybrid "
+        "session is woken (only a CLI running at that minute runs it): longer where a wake "
+        "takes long, e.g. nodes that pull the runner image first.",
+    )
     failover_grace_seconds: float = Field(
         45.0,
         ge=0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +229,42 @@ def test_background_tasks_keep_the_session_awake_for_the_background_task_timeout
         if e.reason == "ScaledDown" and e.involved_object.name == NAME
     ]
     assert "backgroundTaskTimeout 12s: background tasks running: 1, wakeups scheduled: 1" in message
+
+
+def test_a_sleeping_session_is_woken_ahead_of_its_agents_durable_task(
+    sessions: Sessions, core: client.CoreV1Api, operator: OperatorProcess
+) -> None:
+    """The runner reports when its agent's durable task is due; the session sleeps after
+    idleTimeout (5 s) as usual and is woken the operator's lead (3 s here) before the task,
+    which only a running CLI runs, and the Event and the Idle condition say why."""
+    namespace = sessions.namespace
+    create_example(sessions)
+    first = running(sessions, core, set())
+    due = (datetime.now(UTC) + timedelta(seconds=20)).replace(microsecond=0)
+    due_text = due.strftime("%Y-%m-%dT%H:%M:%SZ")
+    report(operator, sessions, first, busy=False, nextDurableWakeup=due.isoformat())
+    wait_for(
+        lambda: sessions.status(NAME).get("nextDurableWakeupTime") == due_text,
+        timeout=30,
+        what="status.nextDurableWakeupTime",
+    )
+    asleep = idle(sessions, core)
+    assert asleep["nextDurableWakeupTime"] == due_text  # kept while asleep
+    scaled_down = wait_event(core, namespace, NAME, "ScaledDown")
+    wake_at = due - timedelta(seconds=3)
+    assert (
+        f"it wakes at {wake_at.strftime('%Y-%m-%dT%H:%M:%SZ')} for its agent's durable task "
+        f"due {due_text}" in scaled_down.message
+    )
+    second = running(sessions, core, {first})
+    created = core.read_namespaced_pod(second, namespace).metadata.creation_timestamp
+    assert created >= wake_at - timedelta(seconds=1)  # not before it was time
+    status = sessions.status(NAME)
+    assert status["wakeCount"] == 1
+    idle_condition = condition(status, "Idle")
+    assert idle_condition is not None
+    assert idle_condition["message"] == f"woken by its agent's durable task due {due_text}"
+    wait_event(core, namespace, NAME, "WokenForSchedule")
 
 
 def test_busy_report_of_a_lost_pod_does_not_keep_its_successor_awake(

@@ -137,9 +137,17 @@ def _requirements(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
 
 
-# Not in the operator image: the runner's SDK, the kubernetes client (the tests' and the local
-# cluster's), the local cluster's certificates, and the terminal libraries of the user CLI.
-NOT_IN_OPERATOR_IMAGE = ("claude-agent-sdk", "kubernetes", "cryptography", "rich", "prompt_toolkit")
+# Not in the operator image: the runner's SDK and cron parser, the kubernetes client (the
+# tests' and the local cluster's), the local cluster's certificates, and the terminal
+# libraries of the user CLI.
+NOT_IN_OPERATOR_IMAGE = (
+    "claude-agent-sdk",
+    "cronsim",
+    "kubernetes",
+    "cryptography",
+    "rich",
+    "prompt_toolkit",
+)
 
 
 def test_operator_requirements_are_pyproject_minus_the_sdk_and_cluster_tooling() -> None:
@@ -154,7 +162,14 @@ def test_the_operator_never_imports_what_its_image_leaves_out() -> None:
     import subprocess
     import sys
 
-    blocked = ["claude_agent_sdk", "kubernetes", "cryptography", "rich", "prompt_toolkit"]
+    blocked = [
+        "claude_agent_sdk",
+        "cronsim",
+        "kubernetes",
+        "cryptography",
+        "rich",
+        "prompt_toolkit",
+    ]
     script = f"""
 import sys
 class Block:

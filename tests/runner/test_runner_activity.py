@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,89 @@ def test_a_scheduled_wakeup_is_counted_and_reported(
     stopping = [line for line in runner.logs() if "wakeups scheduled" in str(line.get("msg"))]
     # Said on the way out: they are lost with the CLI.
     assert stopping and (stopping[0]["scheduled"], stopping[0]["running"]) == (1, 0)
+
+
+def test_a_durable_task_is_reported_and_read_again_by_the_next_runner(
+    fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
+) -> None:
+    """A durable task (CronCreate, durable: true) lives in the workspace's
+    .claude/scheduled_tasks.json, which outlives the CLI; only a CLI running at its minute
+    runs it. The runner reports when it is due (the operator wakes a sleeping session ahead
+    of it), and the runner of the next pod finds it at its start."""
+    task = {"cron": "0 9 1 1 *", "prompt": "new year", "recurring": False, "durable": True}
+    fake.add(
+        ToolUseStep(name="CronCreate", input=task, match="every new year"),
+        text("noted", match="every new year"),
+    )
+    now = datetime.now().astimezone()
+    due = now.replace(month=1, day=1, hour=9, minute=0, second=0, microsecond=0)
+    due = due if due > now else due.replace(year=now.year + 1)
+    expected = due.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    spec = {"pattern": "Hybrid", "allowedTools": ["CronCreate", "ToolSearch"]}
+    first = reporting_runner(spec, tmp_path, fake, operator_endpoint, "pod-11")
+    try:
+        assert result_of(first.send("every new year"))["result"] == "noted"
+        status = first.wait_status(lambda s: s["nextDurableWakeup"] is not None)
+        assert _utc(status["nextDurableWakeup"]) == expected
+        assert _utc(status["agents"][0]["nextDurableWakeup"]) == expected
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            body.get("nextDurableWakeup") for _, body in operator_endpoint.reports
+        ):
+            time.sleep(0.05)
+    finally:
+        assert first.terminate() == 0, first.logs_text()
+    reported = [body["nextDurableWakeup"] for _, body in operator_endpoint.reports]
+    assert _utc(next(r for r in reported if r)) == expected, reported
+    assert status["scheduledWakeups"] == 0  # not a session cron: it does not die with the CLI
+    second = reporting_runner(spec, tmp_path, fake, operator_endpoint, "pod-12")
+    try:
+        assert _utc(second.status()["nextDurableWakeup"]) == expected  # before any message
+    finally:
+        assert second.terminate() == 0, second.logs_text()
+
+
+def test_a_durable_task_runs_in_a_cli_started_before_its_minute(
+    fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
+) -> None:
+    """What a wake ahead of a durable task relies on: the CLI of the next pod, started
+    before the task's minute, runs it then (a CLI started after it would not, runner.md),
+    and the runner, reading the file again after that turn, reports no task left."""
+    now = datetime.now().astimezone()
+    minute = (now + timedelta(seconds=80)).replace(second=0, microsecond=0)
+    task = {
+        "cron": f"{minute.minute} {minute.hour} * * *",
+        "prompt": "the durable task's prompt",
+        "recurring": False,
+        "durable": True,
+    }
+    fake.add(
+        ToolUseStep(name="CronCreate", input=task, match="at the next minute"),
+        text("noted", match="at the next minute"),
+        text("ran it", match="the durable task's prompt"),
+    )
+    spec = {"pattern": "Hybrid", "allowedTools": ["CronCreate", "ToolSearch"]}
+    first = reporting_runner(spec, tmp_path, fake, operator_endpoint, "pod-13")
+    try:
+        assert result_of(first.send("at the next minute"))["result"] == "noted"
+    finally:
+        assert first.terminate() == 0, first.logs_text()
+    second = reporting_runner(spec, tmp_path, fake, operator_endpoint, "pod-14")
+    try:
+        assert second.status()["nextDurableWakeup"] is not None
+        assert datetime.now().astimezone() < minute  # started before the minute
+        status = second.wait_status(lambda s: s["nextDurableWakeup"] is None, timeout=90)
+        assert datetime.now().astimezone() >= minute
+    finally:
+        assert second.terminate() == 0, second.logs_text()
+    prompts = [json.dumps(body["messages"][-1]) for body in fake.message_bodies()]
+    assert any("the durable task's prompt" in p for p in prompts), prompts
+    assert not any("was missed" in p for p in prompts), prompts
+    assert status["agents"][0]["nextDurableWakeup"] is None
+
+
+def _utc(text: str) -> str:
+    return datetime.fromisoformat(text).astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def test_a_runner_stopped_with_a_background_task_running_says_so(

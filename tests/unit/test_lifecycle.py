@@ -1156,6 +1156,109 @@ def wake(world: World, value: str) -> None:
     world.session = world.session.model_copy(update={"metadata": metadata})
 
 
+def report_durable_wakeup(world: World, due: datetime | None) -> None:
+    """The live pod's runner reports itself idle, its agent's durable task due at `due`."""
+    world.activity = Activity(
+        last_activity=world.now,
+        busy=False,
+        next_durable_wakeup=due,
+        pod_name=world.live_pod(),
+    )
+
+
+def test_hybrid_sleeps_and_is_woken_a_minute_before_its_agents_durable_task() -> None:
+    """A durable task (CronCreate, durable) is on the volume but only a running CLI runs it:
+    the session sleeps as usual, is woken DURABLE_WAKE_LEAD before it, and says why."""
+    world = hybrid_world()
+    due = world.now + timedelta(minutes=30)
+    report_durable_wakeup(world, due)
+    world.advance(6)
+    plan = world.step()
+    assert plan.scaled_down
+    assert world.session.status.next_durable_wakeup_time == timestamp(due)
+    message = scaled_down_message(plan)
+    wake_at = due - timedelta(seconds=60)
+    assert f"it wakes at {timestamp(wake_at)} for its agent's durable task" in message
+    # Looked at again when it is time (a status-only write reconciles nothing by itself).
+    assert plan.requeue_after == pytest.approx((wake_at - world.now).total_seconds())
+    world.finish_deletions()
+    world.activity = None
+    world.settle()
+    world.advance((wake_at - world.now).total_seconds() - 1)
+    plan = world.step()
+    assert created(plan, "Pod") == [] and plan.requeue_after == pytest.approx(1)
+    world.advance(1)
+    plan = world.step()
+    assert len(created(plan, "Pod")) == 1
+    assert plan.woke and reasons(plan) == ["WokenForSchedule"]
+    assert world.session.status.wake_count == 1
+    idle = next(c for c in world.session.status.conditions if c.type == "Idle")
+    assert idle.reason == "Woken"
+    assert idle.message == f"woken by its agent's durable task due {timestamp(due)}"
+
+
+def test_hybrid_woken_for_a_durable_task_stays_up_until_it_has_fired() -> None:
+    """idleTimeout (5 s) would end the pod before the task's minute: it stays up until
+    DURABLE_WAKE_GRACE after it, then sleeps if the task's turn did not come."""
+    world = hybrid_world()
+    due = world.now + timedelta(seconds=50)
+    report_durable_wakeup(world, due)
+    world.advance(6)
+    plan = world.step()
+    assert plan.delete_pods == []
+    assert plan.requeue_after == pytest.approx(50 - 6 + 30)
+    world.advance(50 - 6 + 30)
+    plan = world.step()
+    assert plan.scaled_down
+    # Past: no wake for it (a CLI started now would not run it), and none later.
+    world.finish_deletions()
+    world.activity = None
+    world.advance(3600)
+    world.settle()
+    assert world.pods == {} and world.events.count("WokenForSchedule") == 0
+
+
+def test_hybrid_far_durable_task_does_not_hold_the_pod_and_a_new_report_moves_it() -> None:
+    world = hybrid_world()
+    report_durable_wakeup(world, world.now + timedelta(minutes=10))
+    world.advance(1)
+    world.step()
+    # The task fired or was deleted: the runner reports none, so nothing is planned.
+    report_durable_wakeup(world, None)
+    world.advance(6)
+    plan = world.step()
+    assert plan.scaled_down
+    assert world.session.status.next_durable_wakeup_time is None
+    assert "durable" not in scaled_down_message(plan)
+
+
+def test_hybrid_durable_wakeup_times_out_of_bounds_are_not_kept() -> None:
+    """The runner's word, from inside the session: a time long past, or years ahead (which
+    would hold a wake for ever), is dropped."""
+    for due in (T0 - timedelta(hours=1), T0 + timedelta(days=400)):
+        world = hybrid_world()
+        report_durable_wakeup(world, due)
+        world.advance(1)
+        world.step()
+        assert world.session.status.next_durable_wakeup_time is None
+
+
+def test_hybrid_suspended_session_is_not_woken_for_a_durable_task() -> None:
+    world = hybrid_world()
+    due = world.now + timedelta(minutes=5)
+    report_durable_wakeup(world, due)
+    world.step()
+    world.session = world.session.model_copy(
+        update={"spec": world.session.spec.model_copy(update={"suspend": True})}
+    )
+    world.settle()
+    world.finish_deletions()
+    world.activity = None
+    world.advance(290)
+    world.settle()
+    assert world.pods == {} and world.session.status.phase == "Suspended"
+
+
 def test_hybrid_wake_annotation_brings_a_new_pod_on_the_same_volume() -> None:
     world = hybrid_world()
     first = world.live_pod()

@@ -19,7 +19,7 @@ import hmac
 from collections.abc import Iterable
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from corral.api import runtime
@@ -76,6 +76,10 @@ class ActivityReport(ReportModel):
     # Wakeups the agents scheduled in their CLIs that have not fired yet (ScheduleWakeup,
     # CronCreate): they are lost when the pod stops, so they count as background tasks do.
     scheduled_wakeups: int = Field(0, ge=0, le=runtime.MAX_SCHEDULED_WAKEUPS)
+    # When the agents' durable tasks fire next (`CronCreate` with `durable: true`, kept on
+    # the session's volume): only a CLI running at that minute runs them, so a sleeping
+    # Hybrid session is woken ahead of it.
+    next_durable_wakeup: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _agent_names_unique(self) -> Self:

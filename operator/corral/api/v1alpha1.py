@@ -1071,6 +1071,13 @@ class AgentSessionStatus(ApiModel):
         "that have not fired, as the runner last reported; they are lost when the pod stops "
         "(Hybrid: spec.backgroundTaskTimeout applies while above 0).",
     )
+    next_durable_wakeup_time: str | None = Field(
+        None,
+        description="When the agents' durable tasks (CronCreate with durable: true, kept on "
+        "the session's volume) fire next, as the runner last reported; a sleeping Hybrid "
+        "session is woken a minute before it, since only a running CLI runs them.",
+        json_schema_extra=_TIMESTAMP,
+    )
     restarts: int | None = Field(None, ge=0, description="Pods recreated after being lost.")
     attempts: int | None = Field(None, ge=0, description="Ephemeral runs tried.")
     agents: list[AgentStatus] | None = Field(

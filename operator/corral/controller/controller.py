@@ -241,6 +241,7 @@ class Controller:
             received_at=received,
             background_tasks=report.background_tasks,
             scheduled_wakeups=report.scheduled_wakeups,
+            next_durable_wakeup=report.next_durable_wakeup,
         )
         if previous is None:
             self.queue.add(key, cause=ACTIVITY)  # the runner's first word: acted on at once
@@ -249,7 +250,14 @@ class Controller:
             previous.num_turns,
             previous.background_tasks,
             previous.scheduled_wakeups,
-        ) != (report.busy, report.num_turns, report.background_tasks, report.scheduled_wakeups):
+            previous.next_durable_wakeup,
+        ) != (
+            report.busy,
+            report.num_turns,
+            report.background_tasks,
+            report.scheduled_wakeups,
+            report.next_durable_wakeup,
+        ):
             self._queue_for_activity(key)
         return True
 

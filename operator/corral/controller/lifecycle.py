@@ -95,6 +95,21 @@ def work_under_way(tasks: int, wakeups: int) -> str:
     return ", ".join(parts)
 
 
+# After the minute, the pod stays up at least this long: the CLI fires the task and its
+# turn (activity) starts the idle countdown again.
+DURABLE_WAKE_GRACE = timedelta(seconds=30)
+# A reported time further ahead is not believed (a yearly cron is within it).
+DURABLE_WAKE_HORIZON = timedelta(days=367)
+
+
+def durable_wakeup_text(when: datetime | None, now: datetime) -> str | None:
+    """What status keeps of the runner's next durable wakeup: a time not yet past its
+    grace and within the horizon (the runner's word, bounded), else nothing."""
+    if when is None or not now - DURABLE_WAKE_GRACE < when <= now + DURABLE_WAKE_HORIZON:
+        return None
+    return timestamp(when)
+
+
 def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -152,6 +167,8 @@ class Activity:
     # spec.backgroundTaskTimeout rather than idleTimeout).
     background_tasks: int = 0
     scheduled_wakeups: int = 0
+    # When the agents' durable tasks fire next (a sleeping Hybrid session is woken ahead).
+    next_durable_wakeup: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -679,6 +696,9 @@ class _Decision:
         if activity.pod_name in (None, self.status.pod_name):
             self.status.background_tasks = activity.background_tasks or None
             self.status.scheduled_wakeups = activity.scheduled_wakeups or None
+            self.status.next_durable_wakeup_time = durable_wakeup_text(
+                activity.next_durable_wakeup, self.now
+            )
 
     def account_cost(self) -> None:
         tokens = self.status.total_cost_usd or (
@@ -859,7 +879,8 @@ class _Decision:
             return
         asleep = self.old.phase in (Phase.IDLE, Phase.SUSPENDED)
         if asleep:
-            if not (wake_asked or self.old.phase == Phase.SUSPENDED):
+            scheduled = self.old.phase == Phase.IDLE and self.durable_wake_due()
+            if not (wake_asked or scheduled or self.old.phase == Phase.SUSPENDED):
                 for leftover in self.live:
                     self.delete_pod(leftover, "Idle")
                 return
@@ -968,6 +989,13 @@ class _Decision:
                 timeout = background
                 why = f"backgroundTaskTimeout {background.text}: " + work_under_way(tasks, wakeups)
         deadline = last + timeout.duration
+        due = parse_time(self.status.next_durable_wakeup_time)
+        if (
+            due is not None
+            and due - 2 * self.durable_wake_lead <= deadline < due + DURABLE_WAKE_GRACE
+        ):
+            # Asleep now, it would be woken for the task within a minute or two: stay up.
+            deadline = due + DURABLE_WAKE_GRACE
         if busy or self.now < deadline:
             # A busy runner reports again while it works; look again at the deadline anyway.
             self.plan.requeue(
@@ -988,6 +1016,12 @@ class _Decision:
             message += "; stopping the pod ended its background tasks"
         if wakeups:
             message += "; the wakeups its agent scheduled are dropped"
+        if due is not None and due > self.now:
+            message += (
+                f"; it wakes at {timestamp(due - self.durable_wake_lead)} for its agent's durable "
+                f"task due {self.status.next_durable_wakeup_time}"
+            )
+            self.plan.requeue((due - self.durable_wake_lead - self.now).total_seconds())
         self.status.phase = Phase.IDLE
         self.status.idle_since = self.now_text
         self.status.last_activity_time = timestamp(last)
@@ -1023,6 +1057,25 @@ class _Decision:
             return None
         return since + timedelta(seconds=self.config.failover_grace_seconds)
 
+    @property
+    def durable_wake_lead(self) -> timedelta:
+        """How long before an agent's durable task a sleeping session is woken (only a CLI
+        running at that minute runs it; a wake takes seconds, more where the node must pull
+        the image). One about to sleep this close to it stays up instead."""
+        return timedelta(seconds=self.config.durable_wake_lead_seconds)
+
+    def durable_wake_due(self) -> bool:
+        """Whether the agent's next durable task is due within the wake lead (and not yet
+        past): then a sleeping session wakes for it. Else a reconcile is planned for when it
+        is."""
+        due = parse_time(self.old.next_durable_wakeup_time)
+        if due is None or self.now >= due:
+            return False  # past: a CLI started now would not run it
+        if self.now >= due - self.durable_wake_lead:
+            return True
+        self.plan.requeue((due - self.durable_wake_lead - self.now).total_seconds())
+        return False
+
     def wake(self, wake_value: str | None) -> None:
         adopted = self.drop_duplicates()
         if wake_value is not None:
@@ -1030,9 +1083,14 @@ class _Decision:
         self.status.wake_count = (self.old.wake_count or 0) + 1
         self.status.idle_since = None
         self.status.last_activity_time = self.now_text
-        self.condition(
-            cond.IDLE, False, "Woken", "woken by " + ("annotation" if wake_value else "resume")
-        )
+        if wake_value is not None:
+            by, reason = "annotation", "Woken"
+        elif self.old.phase == Phase.SUSPENDED:
+            by, reason = "resume", "Woken"
+        else:
+            by = f"its agent's durable task due {self.old.next_durable_wakeup_time}"
+            reason = "WokenForSchedule"
+        self.condition(cond.IDLE, False, "Woken", "woken by " + by)
         if adopted is not None:
             # A pod made by a wake whose status write was lost (operator restart): keep it.
             self.observe_running_pod(adopted)
@@ -1044,7 +1102,7 @@ class _Decision:
             self.status = self.old.model_copy()
             self.plan.requeue(1.0)
             return
-        if self.create_pod("Woken"):
+        if self.create_pod(reason):
             self.plan.woke = True
         else:
             self.status.wake_count = self.old.wake_count

@@ -106,6 +106,9 @@ def build_report(
         scheduled_wakeups=min(
             sum(a.scheduled_wakeups for a in agents), runtime.MAX_SCHEDULED_WAKEUPS
         ),
+        next_durable_wakeup=min(
+            (a.next_durable_wakeup for a in agents if a.next_durable_wakeup), default=None
+        ),
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from corral.api import runtime
 from corral.runner import events as ev
+from corral.runner.durable_schedule import next_fire_time
 from corral.runner.early_cli import SPAWN_OFFER, EarlyClis, Launch, SpawnOffer
 from corral.runner.event_buffer import EventBuffer
 from corral.runner.jsonlog import log_event
@@ -166,6 +167,8 @@ class AgentSnapshot:
     # See AgentWorker.background_tasks and scheduled_wakeups.
     background_tasks: int = 0
     scheduled_wakeups: int = 0
+    # See AgentWorker.next_durable_wakeup.
+    next_durable_wakeup: datetime | None = None
 
 
 class AgentWorker:
@@ -235,6 +238,11 @@ class AgentWorker:
         # live in the CLI process only: reported, so that a Hybrid session waits as for
         # background tasks before it sleeps (stopping the pod drops them).
         self.scheduled_wakeups = 0
+        # When a durable task of the agent (`CronCreate` with `durable: true`, kept in its
+        # working directory) fires next: unlike session crons these outlive the CLI, but
+        # only a CLI running at their minute runs them, so a sleeping session is woken for
+        # them. Read again at each start and at the end of each turn.
+        self.next_durable_wakeup: datetime | None = None
         # Clients that asked for the events of the turns the CLI begins itself (see
         # `watch`), and the id those events carry while one runs.
         self._watchers: set[EventBuffer] = set()
@@ -369,6 +377,7 @@ class AgentWorker:
             own_turn=self.own_turn,
             background_tasks=self.background_tasks,
             scheduled_wakeups=self.scheduled_wakeups,
+            next_durable_wakeup=self.next_durable_wakeup,
         )
 
     # --- the owning task -----------------------------------------------------------------
@@ -414,6 +423,7 @@ class AgentWorker:
         self, data: HookInput, tool_use_id: str | None, context: HookContext
     ) -> HookJSONOutput:
         self._set_scheduled_wakeups(pending_wakeups(dict(data)))
+        self._read_durable_schedule()
         return {}
 
     async def _connect(self) -> ClaudeSDKClient:
@@ -512,6 +522,7 @@ class AgentWorker:
         stopping = asyncio.create_task(self._stop.wait())
         try:
             self.state = AgentState.BUSY if self._current else AgentState.IDLE
+            self._read_durable_schedule()
             self.ready.set()
             log_event(
                 log,
@@ -708,6 +719,19 @@ class AgentWorker:
         self.scheduled_wakeups = count
         self._metrics.scheduled_wakeups.labels(self.name).set(count)
         log_event(log, "scheduled wakeups changed", agent=self.name, scheduled=count)
+        self._notify()
+
+    def _read_durable_schedule(self) -> None:
+        upcoming = next_fire_time(self.paths.cwd, datetime.now(UTC))
+        if upcoming == self.next_durable_wakeup:
+            return
+        self.next_durable_wakeup = upcoming
+        log_event(
+            log,
+            "durable schedule changed",
+            agent=self.name,
+            next=upcoming.isoformat() if upcoming else None,
+        )
         self._notify()
 
     def _note_api_retry(self, data: dict[str, Any]) -> None:

@@ -80,6 +80,9 @@ def build_status(
         "messages": sum(a.messages for a in agents),
         "backgroundTasks": sum(a.background_tasks for a in agents),
         "scheduledWakeups": sum(a.scheduled_wakeups for a in agents),
+        "nextDurableWakeup": rfc3339(
+            min((a.next_durable_wakeup for a in agents if a.next_durable_wakeup), default=None)
+        ),
         "totalCostUsd": round(sum(a.total_cost_usd for a in agents), 6),
         "usage": _usage(totals),
         "lastActivityTime": rfc3339(max(activity)) if activity else None,
@@ -116,4 +119,5 @@ def _agent(a: AgentSnapshot) -> dict[str, Any]:
         "restarts": a.restarts,
         "backgroundTasks": a.background_tasks,
         "scheduledWakeups": a.scheduled_wakeups,
+        "nextDurableWakeup": rfc3339(a.next_durable_wakeup),
     }
