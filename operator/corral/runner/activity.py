@@ -40,7 +40,7 @@ from corral.runner.agent import AgentSnapshot, AgentState
 from corral.runner.jsonlog import log_event
 from corral.runner.sdk import __version__ as SDK_VERSION
 from corral.runner.session import RunnerSession
-from corral.runner.status import agent_status, cli_version
+from corral.runner.status import agent_status, cli_version, next_durable_wakeup
 
 log = logging.getLogger("corral.runner.activity")
 
@@ -106,9 +106,7 @@ def build_report(
         scheduled_wakeups=min(
             sum(a.scheduled_wakeups for a in agents), runtime.MAX_SCHEDULED_WAKEUPS
         ),
-        next_durable_wakeup=min(
-            (a.next_durable_wakeup for a in agents if a.next_durable_wakeup), default=None
-        ),
+        next_durable_wakeup=next_durable_wakeup(agents),
     )
 
 

@@ -80,9 +80,7 @@ def build_status(
         "messages": sum(a.messages for a in agents),
         "backgroundTasks": sum(a.background_tasks for a in agents),
         "scheduledWakeups": sum(a.scheduled_wakeups for a in agents),
-        "nextDurableWakeup": rfc3339(
-            min((a.next_durable_wakeup for a in agents if a.next_durable_wakeup), default=None)
-        ),
+        "nextDurableWakeup": rfc3339(next_durable_wakeup(agents)),
         "totalCostUsd": round(sum(a.total_cost_usd for a in agents), 6),
         "usage": _usage(totals),
         "lastActivityTime": rfc3339(max(activity)) if activity else None,
@@ -104,6 +102,11 @@ def agent_status(a: AgentSnapshot) -> AgentStatus:
         num_turns=clamp_turns(a.num_turns),
         total_cost_usd=clamp_cost(a.total_cost_usd),
     )
+
+
+def next_durable_wakeup(agents: Sequence[AgentSnapshot]) -> datetime | None:
+    """When the first durable task of any agent fires (what wakes a sleeping session)."""
+    return min((a.next_durable_wakeup for a in agents if a.next_durable_wakeup), default=None)
 
 
 def cli_version(agents: Sequence[AgentSnapshot]) -> str | None:
