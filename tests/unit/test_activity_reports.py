@@ -122,6 +122,8 @@ def test_a_normal_report_is_valid() -> None:
         (raw(backgroundTasks=runtime.MAX_BACKGROUND_TASKS + 1), "backgroundTasks"),
         (raw(scheduledWakeups=-1), "scheduledWakeups"),
         (raw(scheduledWakeups=runtime.MAX_SCHEDULED_WAKEUPS + 1), "scheduledWakeups"),
+        (raw(nextDurableWakeup="2026-12-08T09:00:00"), "nextDurableWakeup"),  # no zone
+        (raw(nextDurableWakeup="tomorrow at nine"), "nextDurableWakeup"),
     ],
 )
 def test_out_of_bounds_reports_are_refused(body: str, field: str) -> None:
