@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from e2e_support import (
     DEAR_MODEL,
+    DURABLE_WAKE_LEAD_SECONDS,
     EGRESS_NAMES,
     MODEL_KEY,
     MODEL_KEY_SECRET,
@@ -190,6 +191,7 @@ def release_values(layout: Layout) -> dict[str, Any]:
         "config": {
             "terminationGracePeriodSeconds": 5,
             "hybridTerminationGracePeriodSeconds": 20,
+            "durableWakeLeadSeconds": DURABLE_WAKE_LEAD_SECONDS,
         },
     }
 

@@ -43,6 +43,9 @@ MODEL_KEY_SECRET = "anthropic-api-key"
 # session over its budget is then refused by the gateway, not first stopped by the SDK.
 DEAR_MODEL = "claude-e2e-dear"
 SMALL = {"cpu": "250m", "memory": "768Mi", "disk": "1Gi"}
+# The chart's config.durableWakeLeadSeconds here: a wake on this node takes seconds, and a
+# test of it waits for twice this and more (tests/e2e/test_durable_wake.py).
+DURABLE_WAKE_LEAD_SECONDS = 30
 # The test's DNS for the gateway's egress proxy (chart value gateway.egressProxy.staticHosts):
 # names of servers the egress tests make in the outside namespace.
 EGRESS_NAMES = {
