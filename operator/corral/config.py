@@ -336,7 +336,9 @@ class OperatorConfig(ConfigModel):
         None, description="Egress every session gets to reach the operator's activity port."
     )
     durable_wake_lead_seconds: float = Field(
-        60.0,
+        # The CLI fires a one-shot task due on :00 or :30 up to 90 s early (a per-task
+        # jitter), and the wake itself takes seconds.
+        120.0,
         ge=1,
         le=3600,
         description="How long before an agent's durable task is due a sleeping Hybrid "

@@ -1177,7 +1177,7 @@ def test_hybrid_sleeps_and_is_woken_a_minute_before_its_agents_durable_task() ->
     assert plan.scaled_down
     assert world.session.status.next_durable_wakeup_time == timestamp(due)
     message = scaled_down_message(plan)
-    wake_at = due - timedelta(seconds=60)
+    wake_at = due - timedelta(seconds=120)
     assert f"it wakes at {timestamp(wake_at)} for its agent's durable task" in message
     # Looked at again when it is time (a status-only write reconciles nothing by itself).
     assert plan.requeue_after == pytest.approx((wake_at - world.now).total_seconds())

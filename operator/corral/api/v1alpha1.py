@@ -1075,7 +1075,7 @@ class AgentSessionStatus(ApiModel):
         None,
         description="When the agents' durable tasks (CronCreate with durable: true, kept on "
         "the session's volume) fire next, as the runner last reported; a sleeping Hybrid "
-        "session is woken a minute before it, since only a running CLI runs them.",
+        "session is woken ahead of it, since only a running CLI runs them.",
         json_schema_extra=_TIMESTAMP,
     )
     restarts: int | None = Field(None, ge=0, description="Pods recreated after being lost.")
