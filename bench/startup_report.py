@@ -249,11 +249,6 @@ class WakeGates:
     status_published: float
     first_event: float
 
-    @property
-    def opened(self) -> float:
-        """When the gateway could first forward: both ready and published."""
-        return max(self.runner_ready, self.status_published)
-
 
 def wake_gates(wakes: list[dict[str, Any]]) -> list[WakeGates]:
     """The wakes with a whole timeline, fastest first."""
@@ -271,7 +266,7 @@ def gate_rows(paths: list[Path]) -> list[tuple[str, WakeGates]]:
     set-ups), fastest first in each; with several files, the words that tell their names
     apart label their rows."""
     names = [source.stem.split("-") for source in paths]
-    shared = len(names[0]) if len(names) == 1 else 0
+    shared = 0  # one file: all of its name is shared, and its rows say only the CPU
     while all(len(n) > shared and n[shared] == names[0][shared] for n in names):
         shared += 1
     rows: list[tuple[str, WakeGates]] = []

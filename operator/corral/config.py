@@ -336,8 +336,8 @@ class OperatorConfig(ConfigModel):
         None, description="Egress every session gets to reach the operator's activity port."
     )
     durable_wake_lead_seconds: float = Field(
-        # The CLI fires a one-shot task due on :00 or :30 up to 90 s early (a per-task
-        # jitter), and the wake itself takes seconds.
+        # A wake takes seconds; the rest is room for a busy node, and for a CLI that fires
+        # a one-shot task earlier than the runner computes (CLI 2.1.327: up to 90 s).
         120.0,
         ge=1,
         le=3600,

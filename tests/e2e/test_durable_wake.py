@@ -28,6 +28,7 @@ from kubernetes import client
 
 from corral.controller.lifecycle import parse_time, timestamp
 from corral.testing.anthropic_script import ToolUseStep, text
+from corral.testing.durable_tasks import minute_run_on_time
 from corral.testing.fake_anthropic import FakeAnthropic
 from corral.testing.kube import wait_for
 
@@ -48,8 +49,9 @@ def test_a_sleeping_session_is_woken_for_its_agents_durable_task(
 ) -> None:
     sessions = Sessions(custom, namespace)
     tools = ["Bash", "CronCreate", "ToolSearch"]
+    idle = f"{IDLE.seconds}s"
     sessions.create(
-        NAME, spec("Hybrid", idleTimeout="10s", storage={"size": "1Gi"}, allowedTools=tools)
+        NAME, spec("Hybrid", idleTimeout=idle, storage={"size": "1Gi"}, allowedTools=tools)
     )
     first = ready_pod(core, namespace, NAME, timeout=420).metadata.name
     lead = timedelta(seconds=DURABLE_WAKE_LEAD_SECONDS)
@@ -57,10 +59,7 @@ def test_a_sleeping_session_is_woken_for_its_agents_durable_task(
     # would sleep within twice the lead of the task stays up instead), with 30 s to spare
     # for the turn. The runner image runs in UTC, as the CLI reads the cron.
     earliest = datetime.now(UTC) + IDLE + 2 * lead + timedelta(seconds=30)
-    minute = earliest.replace(second=0, microsecond=0) + timedelta(minutes=1)
-    if minute.minute % 30 == 0:
-        # The CLI fires a one-shot task due on :00 or :30 up to 90 s early (runner.md).
-        minute += timedelta(minutes=1)
+    minute = minute_run_on_time(earliest.replace(second=0, microsecond=0) + timedelta(minutes=1))
     task = {
         "cron": f"{minute.minute} {minute.hour} * * *",
         "prompt": PROMPT,

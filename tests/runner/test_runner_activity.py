@@ -17,6 +17,7 @@ from runner_harness import result_of, start_runner
 from corral.api.activity import ACTIVITY_PATH, ActivityReport
 from corral.runner.activity import report_url
 from corral.testing.anthropic_script import StreamShape, TextStep, ToolUseStep, text
+from corral.testing.durable_tasks import minute_run_on_time
 from corral.testing.fake_anthropic import FakeAnthropic
 
 pytestmark = pytest.mark.sdk
@@ -375,10 +376,7 @@ def test_a_durable_task_runs_in_a_cli_started_before_its_minute(
     before the task's minute, runs it then (a CLI started after it would not, runner.md),
     and the runner, reading the file again after that turn, reports no task left."""
     now = datetime.now().astimezone()
-    minute = (now + timedelta(seconds=80)).replace(second=0, microsecond=0)
-    if minute.minute % 30 == 0:
-        # The CLI fires a one-shot task due on :00 or :30 up to 90 s early (runner.md).
-        minute += timedelta(minutes=1)
+    minute = minute_run_on_time((now + timedelta(seconds=80)).replace(second=0, microsecond=0))
     task = {
         "cron": f"{minute.minute} {minute.hour} * * *",
         "prompt": "the durable task's prompt",
@@ -408,6 +406,47 @@ def test_a_durable_task_runs_in_a_cli_started_before_its_minute(
     assert any("the durable task's prompt" in p for p in prompts), prompts
     assert not any("was missed" in p for p in prompts), prompts
     assert status["agents"][0]["nextDurableWakeup"] is None
+
+
+def test_the_cli_fires_a_recurring_durable_task_when_the_runner_says(
+    fake: FakeAnthropic, tmp_path: Path, operator_endpoint: Collector
+) -> None:
+    """The runner reports when the CLI fires a task, not the task's cron minute: a
+    recurring task runs late by a fraction of its period read from its id (two thirds of
+    half a minute here), counted from its last run, which the CLI then writes."""
+    now = time.time()
+    task = {
+        "id": "aaaaaaaa",  # reads as 2/3: 20 s late each minute
+        "cron": "* * * * *",
+        "prompt": "the recurring task's prompt",
+        "createdAt": int((now - 600) * 1000),
+        "lastFiredAt": int((now - 1) * 1000),
+        "recurring": True,
+    }
+    schedule = tmp_path / "workspace" / ".claude" / "scheduled_tasks.json"
+    schedule.parent.mkdir(parents=True)
+    schedule.write_text(json.dumps({"tasks": [task]}))
+    minute = datetime.fromtimestamp(now - 1, UTC).replace(second=0, microsecond=0)
+    fake.add(text("ran it", match="the recurring task's prompt"))
+    runner = reporting_runner({"pattern": "Hybrid"}, tmp_path, fake, operator_endpoint, "pod-15")
+    try:
+        reported = datetime.fromisoformat(runner.status()["nextDurableWakeup"])
+        assert reported == minute + timedelta(minutes=1, seconds=20)
+        status = runner.wait_status(
+            lambda s: _utc(s["nextDurableWakeup"] or "2000-01-01Z") > _utc(reported.isoformat()),
+            timeout=90,
+        )
+    finally:
+        assert runner.terminate() == 0, runner.logs_text()
+    fired = [
+        request.received_at
+        for request in fake.requests
+        if "the recurring task's prompt" in json.dumps(request.body)
+    ]
+    # Fired when reported (the CLI checks once a second), not at its minute, 20 s before.
+    assert fired and -1.5 <= fired[0] - reported.timestamp() <= 5, (fired, reported)
+    following = datetime.fromisoformat(status["nextDurableWakeup"])
+    assert following == reported + timedelta(minutes=1)
 
 
 def _utc(text: str) -> str:

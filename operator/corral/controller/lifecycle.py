@@ -879,8 +879,11 @@ class _Decision:
             return
         asleep = self.old.phase in (Phase.IDLE, Phase.SUSPENDED)
         if asleep:
-            scheduled = self.old.phase == Phase.IDLE and self.durable_wake_due()
+            wake_at = self.durable_wake_at() if self.old.phase == Phase.IDLE else None
+            scheduled = wake_at is not None and self.now >= wake_at
             if not (wake_asked or scheduled or self.old.phase == Phase.SUSPENDED):
+                if wake_at is not None:
+                    self.plan.requeue((wake_at - self.now).total_seconds())
                 for leftover in self.live:
                     self.delete_pod(leftover, "Idle")
                 return
@@ -1064,17 +1067,14 @@ class _Decision:
         the image). One about to sleep this close to it stays up instead."""
         return timedelta(seconds=self.config.durable_wake_lead_seconds)
 
-    def durable_wake_due(self) -> bool:
-        """Whether the agent's next durable task is due within the wake lead (and not yet
-        past): then a sleeping session wakes for it. Else a reconcile is planned for when it
-        is."""
+    def durable_wake_at(self) -> datetime | None:
+        """When a sleeping session wakes for its agent's next durable task: the wake lead
+        before it; None when there is none still ahead (a CLI started after it would not
+        run it)."""
         due = parse_time(self.old.next_durable_wakeup_time)
         if due is None or self.now >= due:
-            return False  # past: a CLI started now would not run it
-        if self.now >= due - self.durable_wake_lead:
-            return True
-        self.plan.requeue((due - self.durable_wake_lead - self.now).total_seconds())
-        return False
+            return None
+        return due - self.durable_wake_lead
 
     def wake(self, wake_value: str | None) -> None:
         adopted = self.drop_duplicates()

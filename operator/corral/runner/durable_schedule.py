@@ -1,19 +1,30 @@
-"""When the agent's durable schedule fires next: the CLI's `.claude/scheduled_tasks.json`.
+"""When the agent's CLI fires its next durable task: the CLI's `.claude/scheduled_tasks.json`.
 
 `CronCreate` with `durable: true` keeps a task in that file of the agent's working
-directory (on a Hybrid session's volume), and a CLI running in that directory fires it at
-its minute. A CLI started after the minute does not run it: it drops the task and asks, in
+directory (on a Hybrid session's volume), and a CLI running in that directory fires it. A
+CLI started after a one-shot task's minute does not run it: it drops the task and asks, in
 a turn of its own, whether to run it now (measured with CLI 2.1.327, docs/runner.md). So a
-sleeping session must be woken before the minute, and the runner tells the operator when
-that is. The agent can write the file: it is read bounded, and whatever does not parse is
-left out.
+sleeping session must be woken before the task fires, and the runner tells the operator
+when that is.
+
+The CLI does not fire a task at its cron minute but at a time of its own, which this
+module computes as CLI 2.1.327 does (docs/runner.md, "When the CLI fires a durable task"):
+- a one-shot task at the first minute after its creation that its cron names, except one
+  due on :00 or :30, which fires up to 90 s early by a fraction read from its id;
+- a recurring task at its cron's next minute after its last run (or its creation), up to
+  half a period late (at most 30 minutes) by the same fraction; a `*/N * * * *` task of a
+  5-minute period 15 s before the period since its last run ends.
+
+The agent can write the file: it is read bounded, and whatever does not parse is left out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,40 +38,112 @@ MAX_SCHEDULE_BYTES = 256 * 1024
 MAX_TASKS = 1000
 MAX_CRON_LENGTH = 200
 
+# The CLI's scheduling constants (2.1.327).
+ONE_SHOT_EARLY_MAX = timedelta(seconds=90)
+ONE_SHOT_EARLY_MINUTE_MOD = 30
+RECURRING_LATE_FRACTION = 0.5
+RECURRING_LATE_MAX = timedelta(minutes=30)
+FIVE_MINUTES = timedelta(minutes=5)
+FIVE_MINUTE_LEAD = timedelta(seconds=15)
+EVERY_N_MINUTES = re.compile(r"\*/\d+ \* \* \* \*")
+# How the CLI reads a fraction from an id: JavaScript's parseInt(id[:8], 16).
+HEX_PREFIX = re.compile(r"\s*([+-]?)(?:0[xX])?([0-9a-fA-F]*)")
+
+
+@dataclass(frozen=True)
+class DurableTask:
+    """What the CLI schedules a durable task by (its prompt is not read)."""
+
+    id: str
+    cron: str
+    created_at: datetime
+    last_fired_at: datetime | None
+    recurring: bool
+
 
 def next_fire_time(cwd: Path, now: datetime) -> datetime | None:
-    """The earliest minute after `now` (aware) at which a durable task in `cwd` fires, in
-    the runner's local time zone, the CLI's; None without one."""
+    """When the CLI in `cwd` fires its next durable task after `now` (aware); None without
+    one. Tasks it fires at once (an overdue recurring one) or never (a missed one-shot
+    one) are no reason to wake."""
     try:
         data = read_bounded(cwd / SCHEDULE_FILE, MAX_SCHEDULE_BYTES)
-        tasks = json.loads(data)["tasks"] if data is not None else []
+        entries = json.loads(data)["tasks"] if data is not None else []
     except (ValueError, KeyError, TypeError, OSError, RecursionError) as error:
         # Its content is the agent's: only what kind of problem it has is logged.
         log_event(log, "durable schedule not read", error=type(error).__name__)
         return None
-    if not isinstance(tasks, list):
+    if not isinstance(entries, list):
         return None
-    crons = [_cron_of(task) for task in tasks[:MAX_TASKS]]
-    return earliest([cron for cron in crons if cron is not None], now)
+    tasks = [task for task in map(parse_task, entries[:MAX_TASKS]) if task is not None]
+    times = [when for when in map(fire_time, tasks) if when is not None and when > now]
+    return min(times) if times else None
 
 
-def _cron_of(task: Any) -> str | None:
-    cron = task.get("cron") if isinstance(task, dict) else None
-    return cron if isinstance(cron, str) and len(cron) <= MAX_CRON_LENGTH else None
-
-
-def earliest(crons: list[str], now: datetime) -> datetime | None:
-    """The first time after `now` that any of the 5-field `crons` names; a cron that does
-    not parse (or never fires) is left out."""
-    if not crons:
+def parse_task(entry: Any) -> DurableTask | None:
+    """A task as the CLI reads it (an id, a cron, a prompt and a creation time in epoch
+    milliseconds); None for an entry the CLI skips too."""
+    if not isinstance(entry, dict):
         return None
+    id_, cron, prompt = entry.get("id"), entry.get("cron"), entry.get("prompt")
+    created, fired = _epoch_ms(entry.get("createdAt")), _epoch_ms(entry.get("lastFiredAt"))
+    if not (isinstance(id_, str) and isinstance(cron, str) and isinstance(prompt, str)):
+        return None
+    if created is None or len(cron) > MAX_CRON_LENGTH or len(cron.split()) != 5:
+        return None
+    return DurableTask(id_, cron, created, fired, entry.get("recurring") is True)
+
+
+def _epoch_ms(value: Any) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def fire_time(task: DurableTask) -> datetime | None:
+    """When the CLI fires `task` (past or not); None when its cron never fires or does not
+    parse."""
+    return _recurring_fire_time(task) if task.recurring else _one_shot_fire_time(task)
+
+
+def _recurring_fire_time(task: DurableTask) -> datetime | None:
+    base = task.last_fired_at or task.created_at
+    due = cron_after(task.cron, base)
+    following = cron_after(task.cron, due) if due is not None else None
+    if due is None or following is None:
+        return due
+    period = following - due
+    if EVERY_N_MINUTES.fullmatch(task.cron) and period == FIVE_MINUTES:
+        return base + period - FIVE_MINUTE_LEAD
+    late = id_fraction(task.id) * RECURRING_LATE_FRACTION * period
+    return due + min(late, RECURRING_LATE_MAX)
+
+
+def _one_shot_fire_time(task: DurableTask) -> datetime | None:
+    due = cron_after(task.cron, task.created_at)
+    if due is None or due.astimezone().minute % ONE_SHOT_EARLY_MINUTE_MOD:
+        return due
+    return max(due - id_fraction(task.id) * ONE_SHOT_EARLY_MAX, task.created_at)
+
+
+def id_fraction(task_id: str) -> float:
+    """The fraction in [0, 1) the CLI reads from an id's first eight characters as hex."""
+    match = HEX_PREFIX.match(task_id[:8])
+    digits = match.group(2) if match else ""
+    if not digits:
+        return 0.0
+    value = int(digits, 16) / 2**32
+    return -value if match and match.group(1) == "-" else value
+
+
+def cron_after(cron: str, after: datetime) -> datetime | None:
+    """The first minute after the one holding `after` that the 5-field `cron` names, in the
+    runner's local time zone, the CLI's; None when it does not parse or never fires."""
     from cronsim import CronSim, CronSimError  # only when there is a schedule
 
-    local_now = now.astimezone()
-    found = []
-    for cron in crons:
-        try:
-            found.append(next(iter(CronSim(cron, local_now))))
-        except (CronSimError, StopIteration):
-            continue
-    return min(found) if found else None
+    try:
+        return next(iter(CronSim(cron, after.astimezone())))
+    except (CronSimError, StopIteration):
+        return None
