@@ -336,13 +336,14 @@ def test_a_durable_task_is_reported_and_read_again_by_the_next_runner(
     .claude/scheduled_tasks.json, which outlives the CLI; only a CLI running at its minute
     runs it. The runner reports when it is due (the operator wakes a sleeping session ahead
     of it), and the runner of the next pod finds it at its start."""
-    task = {"cron": "0 9 1 1 *", "prompt": "new year", "recurring": False, "durable": True}
+    # At 9:07: a one-shot task due on :00 or :30 runs early by a fraction of its id.
+    task = {"cron": "7 9 1 1 *", "prompt": "new year", "recurring": False, "durable": True}
     fake.add(
         ToolUseStep(name="CronCreate", input=task, match="every new year"),
         text("noted", match="every new year"),
     )
     now = datetime.now().astimezone()
-    due = now.replace(month=1, day=1, hour=9, minute=0, second=0, microsecond=0)
+    due = now.replace(month=1, day=1, hour=9, minute=7, second=0, microsecond=0)
     due = due if due > now else due.replace(year=now.year + 1)
     expected = due.astimezone(UTC).isoformat().replace("+00:00", "Z")
     spec = {"pattern": "Hybrid", "allowedTools": ["CronCreate", "ToolSearch"]}
