@@ -18,6 +18,7 @@ from corral.runner.durable_schedule import (
     cron_after,
     fire_time,
     id_fraction,
+    local_zone,
     next_fire_time,
 )
 
@@ -222,3 +223,25 @@ def test_crons_are_read_in_the_pods_local_time(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("TZ", "Etc/GMT-9")
     time.tzset()
     assert cron_after("0 9 * * *", NOW) == datetime(2026, 12, 8, 0, 0, tzinfo=UTC)
+
+
+def test_crons_keep_their_local_hour_across_daylight_saving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """9:00 in New York is 14:00 UTC in winter and 13:00 UTC once clocks go forward (the
+    second Sunday of March 2027), as the CLI reads it; not the offset of the day it was
+    computed."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    assert cron_after("0 9 * * *", NOW) == datetime(2026, 12, 7, 14, 0, tzinfo=UTC)
+    assert cron_after("0 9 15 3 *", NOW) == datetime(2027, 3, 15, 13, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("zone", ["UTC0", "Nowhere/Atlantis", "../../etc/passwd"])
+def test_a_tz_that_names_no_zone_reads_crons_at_the_current_offset(
+    monkeypatch: pytest.MonkeyPatch, zone: str
+) -> None:
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    assert local_zone().utcoffset(NOW) == datetime.now().astimezone().utcoffset()
+    assert cron_after("0 9 * * *", NOW) is not None

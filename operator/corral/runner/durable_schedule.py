@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from corral.runner.bounded_file import read_bounded
 from corral.runner.jsonlog import log_event
@@ -75,8 +77,10 @@ def next_fire_time(cwd: Path, now: datetime) -> datetime | None:
     if not isinstance(entries, list):
         return None
     tasks = [task for task in map(parse_task, entries[:MAX_TASKS]) if task is not None]
-    times = [when for when in map(fire_time, tasks) if when is not None and when > now]
-    return min(times) if times else None
+    zone = local_zone()
+    times = [fire_time(task, zone) for task in tasks]
+    ahead = [when for when in times if when is not None and when > now]
+    return min(ahead) if ahead else None
 
 
 def parse_task(entry: Any) -> DurableTask | None:
@@ -102,16 +106,19 @@ def _epoch_ms(value: Any) -> datetime | None:
         return None
 
 
-def fire_time(task: DurableTask) -> datetime | None:
-    """When the CLI fires `task` (past or not); None when its cron never fires or does not
-    parse."""
-    return _recurring_fire_time(task) if task.recurring else _one_shot_fire_time(task)
+def fire_time(task: DurableTask, zone: tzinfo | None = None) -> datetime | None:
+    """When the CLI fires `task` (past or not), its cron read in `zone` (the local time
+    zone by default); None when its cron never fires or does not parse."""
+    zone = zone or local_zone()
+    if task.recurring:
+        return _recurring_fire_time(task, zone)
+    return _one_shot_fire_time(task, zone)
 
 
-def _recurring_fire_time(task: DurableTask) -> datetime | None:
+def _recurring_fire_time(task: DurableTask, zone: tzinfo) -> datetime | None:
     base = task.last_fired_at or task.created_at
-    due = cron_after(task.cron, base)
-    following = cron_after(task.cron, due) if due is not None else None
+    due = cron_after(task.cron, base, zone)
+    following = cron_after(task.cron, due, zone) if due is not None else None
     if due is None or following is None:
         return due
     period = following - due
@@ -121,9 +128,9 @@ def _recurring_fire_time(task: DurableTask) -> datetime | None:
     return due + min(late, RECURRING_LATE_MAX)
 
 
-def _one_shot_fire_time(task: DurableTask) -> datetime | None:
-    due = cron_after(task.cron, task.created_at)
-    if due is None or due.astimezone().minute % ONE_SHOT_EARLY_MINUTE_MOD:
+def _one_shot_fire_time(task: DurableTask, zone: tzinfo) -> datetime | None:
+    due = cron_after(task.cron, task.created_at, zone)
+    if due is None or due.minute % ONE_SHOT_EARLY_MINUTE_MOD:
         return due
     return max(due - id_fraction(task.id) * ONE_SHOT_EARLY_MAX, task.created_at)
 
@@ -138,12 +145,28 @@ def id_fraction(task_id: str) -> float:
     return -value if match and match.group(1) == "-" else value
 
 
-def cron_after(cron: str, after: datetime) -> datetime | None:
-    """The first minute after the one holding `after` that the 5-field `cron` names, in the
-    runner's local time zone, the CLI's; None when it does not parse or never fires."""
+def cron_after(cron: str, after: datetime, zone: tzinfo | None = None) -> datetime | None:
+    """The first minute after the one holding `after` that the 5-field `cron` names, read
+    in `zone` (the local time zone by default); None when it does not parse or never
+    fires."""
     from cronsim import CronSim, CronSimError  # only when there is a schedule
 
     try:
-        return next(iter(CronSim(cron, after.astimezone())))
+        return next(iter(CronSim(cron, after.astimezone(zone or local_zone()))))
     except (CronSimError, StopIteration):
         return None
+
+
+def local_zone() -> tzinfo:
+    """The runner's local time zone, the CLI's: `TZ` when it names a zone, else
+    /etc/localtime, with its daylight saving rules (a cron at 9:00 stays at 9:00 across a
+    change); else the current UTC offset."""
+    name = os.environ.get("TZ", "").removeprefix(":")
+    try:
+        if name:
+            return ZoneInfo(name)
+        with open("/etc/localtime", "rb") as localtime:
+            return ZoneInfo.from_file(localtime, key="localtime")
+    except (OSError, ValueError, KeyError):  # KeyError: no such zone
+        offset = datetime.now().astimezone().tzinfo
+        return offset if offset is not None else UTC
