@@ -20,6 +20,7 @@ from corral.runner.durable_schedule import (
     id_fraction,
     local_zone,
     next_fire_time,
+    parse_task,
 )
 
 NOW = datetime(2026, 12, 7, 12, 6, 7, tzinfo=UTC)
@@ -245,3 +246,22 @@ def test_a_tz_that_names_no_zone_reads_crons_at_the_current_offset(
     time.tzset()
     assert local_zone().utcoffset(NOW) == datetime.now().astimezone().utcoffset()
     assert cron_after("0 9 * * *", NOW) is not None
+
+
+def test_a_file_read_again_unchanged_is_not_computed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner reads the file after every turn; its crons are the agent's, up to 1,000."""
+    import corral.runner.durable_schedule as schedule
+
+    parsed: list[object] = []
+    monkeypatch.setattr(schedule, "parse_task", lambda e: parsed.append(e) or parse_task(e))
+    write_schedule(tmp_path, {"tasks": [task("8 12 * * *", id="5e1f0a77")]})
+    first = next_fire_time(tmp_path, NOW)
+    assert next_fire_time(tmp_path, NOW) == first == datetime(2026, 12, 7, 12, 8, tzinfo=UTC)
+    assert len(parsed) == 1
+    # Later the same task is past: read from what was computed.
+    assert next_fire_time(tmp_path, datetime(2026, 12, 7, 12, 9, tzinfo=UTC)) is None
+    write_schedule(tmp_path, {"tasks": [task("9 12 * * *", id="5e1f0a77")]})
+    assert next_fire_time(tmp_path, NOW) == datetime(2026, 12, 7, 12, 9, tzinfo=UTC)
+    assert len(parsed) == 2

@@ -423,7 +423,7 @@ class AgentWorker:
         self, data: HookInput, tool_use_id: str | None, context: HookContext
     ) -> HookJSONOutput:
         self._set_scheduled_wakeups(pending_wakeups(dict(data)))
-        self._read_durable_schedule()
+        await self._read_durable_schedule()
         return {}
 
     async def _connect(self) -> ClaudeSDKClient:
@@ -522,7 +522,7 @@ class AgentWorker:
         stopping = asyncio.create_task(self._stop.wait())
         try:
             self.state = AgentState.BUSY if self._current else AgentState.IDLE
-            self._read_durable_schedule()
+            await self._read_durable_schedule()
             self.ready.set()
             log_event(
                 log,
@@ -721,8 +721,9 @@ class AgentWorker:
         log_event(log, "scheduled wakeups changed", agent=self.name, scheduled=count)
         self._notify()
 
-    def _read_durable_schedule(self) -> None:
-        upcoming = next_fire_time(self.paths.cwd, datetime.now(UTC))
+    async def _read_durable_schedule(self) -> None:
+        # Off the event loop: the file is the agent's, and a thousand crons take a while.
+        upcoming = await asyncio.to_thread(next_fire_time, self.paths.cwd, datetime.now(UTC))
         if upcoming == self.next_durable_wakeup:
             return
         self.next_durable_wakeup = upcoming

@@ -20,6 +20,7 @@ The agent can write the file: it is read bounded, and whatever does not parse is
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -69,18 +70,30 @@ def next_fire_time(cwd: Path, now: datetime) -> datetime | None:
     one) are no reason to wake."""
     try:
         data = read_bounded(cwd / SCHEDULE_FILE, MAX_SCHEDULE_BYTES)
-        entries = json.loads(data)["tasks"] if data is not None else []
-    except (ValueError, KeyError, TypeError, OSError, RecursionError) as error:
-        # Its content is the agent's: only what kind of problem it has is logged.
+    except (ValueError, OSError) as error:
         log_event(log, "durable schedule not read", error=type(error).__name__)
         return None
-    if not isinstance(entries, list):
+    if data is None:
         return None
+    return next((when for when in fire_times(data, os.environ.get("TZ")) if when > now), None)
+
+
+@functools.lru_cache(maxsize=4)
+def fire_times(data: bytes, tz: str | None) -> tuple[datetime, ...]:
+    """When the CLI fires each task of the file's content `data`, in order; computed once
+    per content and `TZ` (the runner reads the file after every turn, and 1,000 crons the
+    agent wrote can take a CPU-second)."""
+    try:
+        entries = json.loads(data)["tasks"]
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        # Its content is the agent's: only what kind of problem it has is logged.
+        log_event(log, "durable schedule not read", error=type(error).__name__)
+        return ()
+    if not isinstance(entries, list):
+        return ()
     tasks = [task for task in map(parse_task, entries[:MAX_TASKS]) if task is not None]
     zone = local_zone()
-    times = [fire_time(task, zone) for task in tasks]
-    ahead = [when for when in times if when is not None and when > now]
-    return min(ahead) if ahead else None
+    return tuple(sorted(when for when in (fire_time(t, zone) for t in tasks) if when is not None))
 
 
 def parse_task(entry: Any) -> DurableTask | None:
@@ -136,7 +149,8 @@ def _one_shot_fire_time(task: DurableTask, zone: tzinfo) -> datetime | None:
 
 
 def id_fraction(task_id: str) -> float:
-    """The fraction in [0, 1) the CLI reads from an id's first eight characters as hex."""
+    """The fraction the CLI reads from an id's first eight characters as hex: in [0, 1),
+    negative for an id that begins with "-" (as JavaScript's parseInt reads it)."""
     match = HEX_PREFIX.match(task_id[:8])
     digits = match.group(2) if match else ""
     if not digits:
