@@ -444,8 +444,9 @@ def test_the_cli_fires_a_recurring_durable_task_when_the_runner_says(
         for request in fake.requests
         if "the recurring task's prompt" in json.dumps(request.body)
     ]
-    # Fired when reported (the CLI checks once a second), not at its minute, 20 s before.
-    assert fired and -1.5 <= fired[0] - reported.timestamp() <= 5, (fired, reported)
+    # Fired when reported (the CLI checks once a second; a loaded machine delays its turn's
+    # request), not at its minute, 20 s before.
+    assert fired and -1.5 <= fired[0] - reported.timestamp() <= 12, (fired, reported)
     following = datetime.fromisoformat(status["nextDurableWakeup"])
     assert following == reported + timedelta(minutes=1)
 
