@@ -668,7 +668,13 @@ def test_kubectl_get_shows_ready_and_its_reason(
         validation_namespace,
         api.PLURAL,
         "columns",
-        {"status": {"phase": "CrashLooping", "conditions": [_condition("CrashLooping")]}},
+        {
+            "status": {
+                "phase": "CrashLooping",
+                "conditions": [_condition("CrashLooping")],
+                "nextDurableWakeupTime": "2027-01-01T09:07:00Z",
+            }
+        },
     )
     path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{validation_namespace}/{api.PLURAL}/columns"
     method, url, headers, body, _ = api_client.param_serialize(
@@ -684,3 +690,5 @@ def test_kubectl_get_shows_ready_and_its_reason(
     assert names[:5] == ["Name", "Pattern", "Phase", "Ready", "Reason"]
     row = dict(zip(names, response["rows"][0]["cells"], strict=True))
     assert (row["Phase"], row["Ready"], row["Reason"]) == ("CrashLooping", "False", "CrashLooping")
+    # A time to come, as written (a date column would show it as <invalid>).
+    assert row["Next Durable Task"] == "2027-01-01T09:07:00Z"

@@ -105,6 +105,8 @@ def test_printer_columns() -> None:
     assert columns["Pattern"]["jsonPath"] == ".spec.pattern"
     assert columns["Age"]["jsonPath"] == ".metadata.creationTimestamp"
     assert columns["Last Activity"]["type"] == "date"
+    assert columns["Next Durable Task"]["jsonPath"] == ".status.nextDurableWakeupTime"
+    assert columns["Next Durable Task"]["type"] == "string"
     # The Ready condition's status and reason (a JSONPath filter on the conditions list).
     ready = '.status.conditions[?(@.type=="Ready")]'
     assert columns["Ready"]["jsonPath"] == ready + ".status"

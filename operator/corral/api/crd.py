@@ -188,6 +188,13 @@ PRINTER_COLUMNS = [
         "Background tasks the agents started that still run.",
         priority=1,
     ),
+    _column(
+        "Next Durable Task",
+        "string",  # a date column shows a time to come as <invalid>
+        ".status.nextDurableWakeupTime",
+        "When an agent's CLI runs its next durable task (a sleeping Hybrid session wakes ahead).",
+        priority=1,
+    ),
 ]
 
 
