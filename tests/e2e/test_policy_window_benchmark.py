@@ -5,7 +5,8 @@ filters a pod's traffic from the firewall chain it makes for the pod at its next
 the pod's events; until then nothing filters it. Measured here: N pods, one at a time, each
 selected by a NetworkPolicy that allows no egress (made before them, as a session's is
 made before its pod), each trying the node's private decoy (a server no policy here allows)
-from its first moment, about every 20 ms for 6 s; then a pod that no policy selects, to show
+from its first moment, one try after another for 6 s (a few ms a try while the
+decoy answers, 1 s once the policy drops it); then a pod that no policy selects, to show
 the decoy answers. Per pod: how many tries connected and until when, in seconds after its
 first try. Raw numbers: $CORRAL_BENCH_OUT (default docs/benchmarks/policy-window.json).
 """
