@@ -271,11 +271,16 @@ def gate_rows(paths: list[Path]) -> list[tuple[str, WakeGates]]:
         shared += 1
     rows: list[tuple[str, WakeGates]] = []
     for source, name in zip(paths, names, strict=True):
-        group = []
-        for case in sorted(node_cases([source]), key=_order):
-            label = f"{'-'.join(name[shared:])} {case['cpu']} CPU".lstrip()
-            group += [(label, gates) for gates in wake_gates(case["wake"])]
-        rows += sorted(group, key=lambda row: row[1].first_event)
+        cases = sorted(node_cases([source]), key=_order)
+        # A file with two runner images (the bench's before and after): a group for each.
+        images = list(dict.fromkeys(case["image"] for case in cases))
+        for image in images:
+            group = []
+            for case in (c for c in cases if c["image"] == image):
+                shown = f" {image}" if len(images) > 1 else ""
+                label = f"{'-'.join(name[shared:])}{shown} {case['cpu']} CPU".lstrip()
+                group += [(label, gates) for gates in wake_gates(case["wake"])]
+            rows += sorted(group, key=lambda row: row[1].first_event)
     return rows
 
 

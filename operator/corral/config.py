@@ -113,6 +113,32 @@ class EgressProxyConfig(ConfigModel):
     )
 
 
+class EgressCanaryConfig(ConfigModel):
+    """Where each runner checks that its pod's NetworkPolicy is in force before any CLI
+    starts (corral.runner.egress_gate): an always-up TCP address every pod reaches without
+    a policy and no session policy allows (the chart: the gateway's traffic port)."""
+
+    address: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?:[0-9]{1,5}$",
+        description="host:port, e.g. corral-gateway.corral-system.svc:8080.",
+    )
+    max_wait_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="The longest a runner holds its CLIs: then they start anyway, with a "
+        "warning and corral_runner_egress_gate_unconfirmed 1.",
+    )
+    try_seconds: float = Field(
+        0.15,
+        gt=0,
+        le=10,
+        description="A try this long without an answer is the policy dropping it (and the "
+        "least a start waits where the policy is in force from the pod's first packet).",
+    )
+
+
 def _dns_rule() -> PeerRule:
     dns = [PortSpec(port=53, protocol="UDP"), PortSpec(port=53, protocol="TCP")]
     return PeerRule(namespace="kube-system", pod_labels={"k8s-app": "kube-dns"}, ports=dns)
@@ -362,6 +388,13 @@ class OperatorConfig(ConfigModel):
         "refuses callers without the session's gateway credential (derived from "
         "activityKeyFile's key, which the gateway must read too). Unset: ingress from the "
         "operator's whole namespace, and runners accept any caller the policy admits.",
+    )
+    egress_canary: EgressCanaryConfig | None = Field(
+        None,
+        description="Set: each runner starts no CLI before a connection to this address "
+        "goes unanswered, i.e. before the node's NetworkPolicy agent filters the new pod "
+        "(some, like kube-router, leave a new pod's egress open for up to a second, while "
+        "the CLI runs hooks the agent left on the volume). Unset: CLIs start at once.",
     )
     egress_proxy: EgressProxyConfig | None = Field(
         None,

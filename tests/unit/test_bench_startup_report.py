@@ -46,3 +46,18 @@ def test_runs_of_several_node_set_ups_stay_in_groups_labelled_by_what_differs(
     ]
     # One file: its rows are labelled by their CPU alone.
     assert [label for label, _ in gate_rows([plain])] == ["1 CPU", "1 CPU"]
+
+
+def test_a_run_of_two_runner_images_keeps_each_in_a_group_of_its_own(tmp_path: Path) -> None:
+    def case(image: str, *first_events: int) -> dict[str, object]:
+        wakes = [_wake(600, 1200, 900, first) for first in first_events]
+        return {"image": image, "cpu": "1", "boost": "on", "wake": wakes, "create": []}
+
+    path = tmp_path / "wake-s38.json"
+    path.write_text(json.dumps({"cases": [case("before", 2100, 1400), case("after", 1500)]}))
+    rows = gate_rows([path])
+    assert [(label, g.first_event) for label, g in rows] == [
+        ("before 1 CPU", 1.4),
+        ("before 1 CPU", 2.1),
+        ("after 1 CPU", 1.5),
+    ]

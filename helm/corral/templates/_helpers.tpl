@@ -141,6 +141,10 @@ may scrape runners (metricsScraper), unless config sets those itself.
 {{- if and .Values.gateway.enabled (not $config.gateway) }}
 {{- $_ := set $config "gateway" (dict "namespace" .Release.Namespace "podLabels" (include "corral.gatewaySelectorLabels" . | fromYaml)) }}
 {{- end }}
+{{- if and .Values.gateway.enabled .Values.gateway.egressCanary.enabled (not $config.egressCanary) }}
+{{- $address := printf "%s.%s.svc:%d" (include "corral.gatewayName" .) .Release.Namespace (int .Values.gateway.service.port) }}
+{{- $_ := set $config "egressCanary" (dict "address" $address "maxWaitSeconds" .Values.gateway.egressCanary.maxWaitSeconds "trySeconds" .Values.gateway.egressCanary.trySeconds) }}
+{{- end }}
 {{- if and .Values.gateway.enabled .Values.gateway.egressProxy.enabled (not $config.egressProxy) }}
 {{- $url := printf "http://%s.%s.svc:%d" (include "corral.gatewayName" .) .Release.Namespace (int .Values.gateway.egressProxy.port) }}
 {{- $_ := set $config "egressProxy" (dict "url" $url "port" (int .Values.gateway.egressProxy.port)) }}

@@ -73,3 +73,7 @@ ENV_GATEWAY_CREDENTIAL = "CORRAL_GATEWAY_CREDENTIAL"
 GATEWAY_CREDENTIAL_HEADER = "X-Corral-Gateway-Credential"
 # The pod's activity token (corral.api.activity): sent with each report.
 ENV_ACTIVITY_TOKEN = "CORRAL_ACTIVITY_TOKEN"
+# The egress gate's canary, host:port, and its timings (corral.runner.egress_gate).
+ENV_EGRESS_CANARY = "CORRAL_EGRESS_CANARY"
+ENV_EGRESS_CANARY_MAX_WAIT = "CORRAL_EGRESS_CANARY_MAX_WAIT_SECONDS"
+ENV_EGRESS_CANARY_TRY = "CORRAL_EGRESS_CANARY_TRY_SECONDS"

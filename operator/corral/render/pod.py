@@ -170,6 +170,19 @@ def proxy_env(config: OperatorConfig) -> dict[str, str]:
     return env
 
 
+def canary_env(config: OperatorConfig) -> dict[str, str]:
+    """Where the runner checks that the pod's NetworkPolicy is in force before it starts a
+    CLI (corral.runner.egress_gate)."""
+    canary = config.egress_canary
+    if canary is None:
+        return {}
+    return {
+        runtime.ENV_EGRESS_CANARY: canary.address,
+        runtime.ENV_EGRESS_CANARY_MAX_WAIT: f"{canary.max_wait_seconds:g}",
+        runtime.ENV_EGRESS_CANARY_TRY: f"{canary.try_seconds:g}",
+    }
+
+
 def _model_env(
     session: AgentSession, config: OperatorConfig
 ) -> tuple[str | None, str | None, CredentialsSpec | None]:
@@ -200,6 +213,7 @@ def _env(session: AgentSession, config: OperatorConfig, pod: str) -> list[Manife
         # runAsUser has no passwd entry in most images; the CLI needs a writable home.
         "HOME": runtime.HOME_DIR,
         **proxy_env(config),
+        **canary_env(config),
         **runner_env,
     }
     if base_url:

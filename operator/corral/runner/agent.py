@@ -27,6 +27,7 @@ from corral.api import runtime
 from corral.runner import events as ev
 from corral.runner.durable_schedule import next_fire_time
 from corral.runner.early_cli import SPAWN_OFFER, EarlyClis, Launch, SpawnOffer
+from corral.runner.egress_gate import OPEN, EgressGate
 from corral.runner.event_buffer import EventBuffer
 from corral.runner.jsonlog import log_event
 from corral.runner.layout import AgentPaths
@@ -184,6 +185,7 @@ class AgentWorker:
         refresh: Callable[[], Awaitable[object]] | None = None,
         fields: Mapping[str, Any] | None = None,
         early_clis: EarlyClis | None = None,
+        egress_gate: EgressGate = OPEN,
     ) -> None:
         self.name = paths.name
         self.paths = paths
@@ -220,7 +222,8 @@ class AgentWorker:
         # Where this agent's CLI launches are recorded, and the one started from the
         # last record, offered to the first start (corral.runner.early_cli).
         self._early_clis = early_clis
-        self._early = early_clis.take(self.name) if early_clis is not None else None
+        self._early_taken = early_clis is None
+        self._egress_gate = egress_gate
         self._launched: Launch | None = None  # how the SDK started the running CLI
         # An interrupt held until the CLI began its message (see _interrupt_started): its
         # task, referenced until it ends.
@@ -406,9 +409,6 @@ class AgentWorker:
         # Every message gets its result: one that outlasted the interrupt at shutdown, or
         # one held for a CLI restart that never came.
         self._pending = None
-        if self._early is not None:  # stopped before its first start
-            self._early.kill()
-            self._early = None
         self._fail_current("error_runner_stopped", "the runner stopped before the message ended")
         self.state = AgentState.STOPPED
 
@@ -461,8 +461,14 @@ class AgentWorker:
         `spawned` is set in between: the runner sets up its HTTP server while the CLI boots.
         (The SDK would make the same transport itself; session stores, which it skips for
         a transport given to it, are not used here.)"""
+        # No CLI starts before the pod's NetworkPolicy filters its egress: a CLI runs
+        # what the agent left on the volume (hooks, MCP servers) as it starts.
+        await self._egress_gate.opened()
         transport = SubprocessCLITransport(prompt=_no_input(), options=options)
-        early, self._early = self._early, None
+        early = None
+        if not self._early_taken and self._early_clis is not None:
+            self._early_taken = True  # offered to the first start only
+            early = self._early_clis.take(self.name)
         offer = SpawnOffer(self.name, early, self._early_clis)
         token = SPAWN_OFFER.set(offer)
         try:

@@ -17,13 +17,14 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from corral.api import runtime
 from corral.api.v1alpha1 import AgentSessionSpec, Pattern, RunResult
 from corral.runner import termination
 from corral.runner.agent import AgentBusy, AgentUnavailable, AgentWorker
 from corral.runner.early_cli import EarlyClis
+from corral.runner.egress_gate import OPEN, EgressGate
 from corral.runner.jsonlog import log_event, scrub_and_cut
 from corral.runner.layout import AgentPaths, agent_paths, prepare
 from corral.runner.metrics import RunnerMetrics
@@ -80,6 +81,8 @@ class RunnerSettings:
     listener: socket.socket | None = field(default=None, compare=False)
     # The CLIs `corral runner` started from the last start's record (corral.runner.early_cli).
     early_clis: EarlyClis | None = field(default=None, compare=False)
+    # Every CLI start waits for it (corral.runner.egress_gate); started by `corral runner`.
+    egress_gate: EgressGate = field(default=OPEN, compare=False)
     # Taken out of the environment by `corral runner` (corral.runner.own_credentials).
     credentials: OwnCredentials = field(default_factory=OwnCredentials, compare=False)
     # False: the agent's processes can read this one's /proc (logged as a warning).
@@ -106,6 +109,7 @@ def _worker(
     metrics: RunnerMetrics,
     cli_env: dict[str, str],
     early_clis: EarlyClis | None,
+    egress_gate: EgressGate,
 ) -> AgentWorker:
     pattern = source.spec.pattern
     hybrid = pattern == Pattern.HYBRID
@@ -136,6 +140,7 @@ def _worker(
         restart=pattern != Pattern.EPHEMERAL,
         refresh=refresh if source.path is not None else None,
         early_clis=early_clis,
+        egress_gate=egress_gate,
     )
 
 
@@ -199,7 +204,14 @@ class Runner:
         spec = self.settings.spec
         source = SpecSource(spec, self.settings.spec_file)
         workers = [
-            _worker(source, paths, self.metrics, cli_env, self.settings.early_clis)
+            _worker(
+                source,
+                paths,
+                self.metrics,
+                cli_env,
+                self.settings.early_clis,
+                self.settings.egress_gate,
+            )
             for paths in agent_paths(spec, self.settings.workspace, self.settings.state_dir)
         ]
         resumed = {w.name: w.snapshot().session_id is not None for w in workers}
@@ -218,6 +230,7 @@ class Runner:
             session.start()
             await session.wait_spawned()
             self._discard_early_clis()
+            self._log_egress_gate()
             await self._serve_http(session)
             reports.task = asyncio.create_task(
                 self._report_activity(session, reports), name="activity"
@@ -274,6 +287,33 @@ class Runner:
             return
         out.reporter = activity.ActivityReporter(session, url, who)
         await out.reporter.run()
+
+    def _log_egress_gate(self) -> None:
+        gate = self.settings.egress_gate.result
+        if gate is None:
+            return
+        canary = self.settings.egress_gate.canary
+        self.metrics.egress_gate_seconds.set(gate.waited)
+        self.metrics.egress_gate_unconfirmed.set(0 if gate.filtered else 1)
+        fields: dict[str, Any] = {
+            "canary": f"{canary.host}:{canary.port}" if canary else None,
+            "waited_seconds": round(gate.waited, 3),
+            "answered_tries": gate.answered,
+            "refused_tries": gate.refused,
+            "unresolved_tries": gate.unresolved,
+            "slowest_answer_seconds": round(gate.slowest_answer, 4),
+        }
+        if gate.filtered:
+            log_event(log, "egress filtered by the NetworkPolicy: CLIs may start", **fields)
+        else:
+            log_event(
+                log,
+                "egress gate: the canary still answered after its maximum wait, CLIs started "
+                "anyway (a session egress rule that allows the canary, or a NetworkPolicy "
+                "agent that has not synced this pod)",
+                level=logging.WARNING,
+                **fields,
+            )
 
     def _discard_early_clis(self) -> None:
         """Kill what no agent took (an agent since removed from the spec), and log what

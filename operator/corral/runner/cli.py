@@ -92,10 +92,19 @@ def main(args: argparse.Namespace) -> int:
 
     credentials = own_credentials.take()
     process_hidden = own_credentials.hide_process()
-    # Each recorded CLI starts now and boots while the runner imports and validates.
+    # From now on the runner tries whether the pod's egress is filtered yet: no CLI
+    # starts before it is (see egress_gate).
+    from corral.runner import egress_gate
+
+    try:
+        gate = egress_gate.EgressGate(egress_gate.Canary.from_env()).start()
+    except ValueError as exc:
+        return _config_error(str(exc))
+    # Each recorded CLI starts as soon as the gate opens and boots while the runner
+    # imports and validates.
     from corral.runner import early_cli
 
-    early = early_cli.launch_recorded(args.state_dir.resolve(), args.session)
+    early = early_cli.launch_recorded(args.state_dir.resolve(), args.session, gate)
     # Imported here so `corral --help` does not load the SDK.
     from corral.runner import jsonlog
     from corral.runner.app import RunnerSettings, run
@@ -131,6 +140,7 @@ def main(args: argparse.Namespace) -> int:
         startup_probe_wait_seconds=_startup_probe_wait(),
         listener=sock,
         early_clis=early,
+        egress_gate=gate,
         credentials=credentials,
         process_hidden=process_hidden,
     )

@@ -9,7 +9,9 @@ start, kept on the state volume, before any of those imports; when the SDK then 
 start that agent's CLI, `SpawnOffer.open` gives it the running process if, and only if,
 it was started with exactly the command line, environment and working directory the SDK
 asks for now. Otherwise that process is killed and the SDK starts its own, as without a
-record. A Hybrid session keeps its state volume, so its wakes start this way.
+record. A Hybrid session keeps its state volume, so its wakes start this way. Like every
+CLI start, it waits for the egress gate (corral.runner.egress_gate): a thread starts the
+recorded CLIs once the pod's NetworkPolicy is seen in force.
 
 The record is on a volume the agent can write, so it is a hint, never trusted: read
 bounded, validated, and its program must be the SDK's bundled CLI; its environment may
@@ -30,6 +32,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.runner.bounded_file import read_bounded, replace_file
+from corral.runner.egress_gate import OPEN, EgressGate
 
 # The runner's own files in the state dir (saved sessions, this record).
 RUNNER_SUBDIR = "runner"
@@ -157,19 +161,30 @@ class EarlyCli:
 @dataclass
 class EarlyClis:
     """What `launch_recorded` started, by agent, and what to log about it once logging is
-    set up (this runs before)."""
+    set up (this runs before). Behind an egress gate that is not open yet, the starts
+    happen in a thread once it opens: `take` and `discard` wait for them (a discard
+    first calls them off)."""
 
     record: Path
     started: dict[str, EarlyCli] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # Every agent whose CLI was started early, taken or not (for the log).
     agents: list[str] = field(default_factory=list)
+    _launching: threading.Thread | None = None
+    _called_off: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take(self, agent: str) -> EarlyCli | None:
+        """`agent`'s early CLI: only once the egress gate is open (or it would wait)."""
+        if self._launching is not None:
+            self._launching.join()
         return self.started.pop(agent, None)
 
     def discard(self) -> None:
-        """Kill what no agent took (an agent since removed from the spec)."""
+        """Kill what no agent took (an agent since removed from the spec), and start
+        nothing more."""
+        with self._lock:
+            self._called_off = True
         while self.started:
             _, early = self.started.popitem()
             early.kill()
@@ -248,10 +263,11 @@ def spec_agents(spec_file: Path) -> set[str]:
     return {MAIN_AGENT}
 
 
-def launch_recorded(state_dir: Path, spec_file: Path) -> EarlyClis:
-    """Start the recorded CLI of every agent the session file names, now, pipes open for
-    the SDK to take over. Only those: a record with more agents (it is on the agent's
-    volume) must not start more CLIs than the session runs anyway."""
+def launch_recorded(state_dir: Path, spec_file: Path, gate: EgressGate = OPEN) -> EarlyClis:
+    """Start the recorded CLI of every agent the session file names, pipes open for the
+    SDK to take over: now, or as soon as the egress gate opens. Only those: a record with
+    more agents (it is on the agent's volume) must not start more CLIs than the session
+    runs anyway."""
     early = EarlyClis(state_dir / RECORD_FILE)
     cli = bundled_cli()
     if cli is None or not worth_starting_early():
@@ -262,9 +278,24 @@ def launch_recorded(state_dir: Path, spec_file: Path) -> EarlyClis:
         early.notes.append(f"ignoring the CLI launch record: {str(exc)[:300]}")
         return early
     agents = spec_agents(spec_file)
+    wanted = {agent: launch for agent, launch in launches.items() if agent in agents}
+    if gate.is_open():
+        _launch(early, wanted)
+    elif wanted:
+
+        def launch_when_open() -> None:
+            gate.wait()
+            with early._lock:
+                if not early._called_off:
+                    _launch(early, wanted)
+
+        early._launching = threading.Thread(target=launch_when_open, name="early-cli", daemon=True)
+        early._launching.start()
+    return early
+
+
+def _launch(early: EarlyClis, launches: Mapping[str, Launch]) -> None:
     for agent, launch in launches.items():
-        if agent not in agents:
-            continue
         try:
             process = subprocess.Popen(
                 launch.argv,
@@ -279,7 +310,6 @@ def launch_recorded(state_dir: Path, spec_file: Path) -> EarlyClis:
             continue
         early.started[agent] = EarlyCli(launch, process)
         early.agents.append(agent)
-    return early
 
 
 OpenProcess = Callable[..., Awaitable[Any]]

@@ -71,6 +71,18 @@ class RunnerMetrics:
             "spec.clientIdleTimeout after its last message when that is set).",
             registry=r,
         )
+        self.egress_gate_seconds = Gauge(
+            "corral_runner_egress_gate_seconds",
+            "How long the CLIs' start waited for the NetworkPolicy to filter the pod's "
+            "egress (corral.runner.egress_gate; 0 without a canary).",
+            registry=r,
+        )
+        self.egress_gate_unconfirmed = Gauge(
+            "corral_runner_egress_gate_unconfirmed",
+            "1 when the CLIs started without the canary showing the pod's egress filtered "
+            "(the gate's maximum wait passed).",
+            registry=r,
+        )
         self.scheduled_wakeups = Gauge(
             "corral_runner_scheduled_wakeups",
             "Wakeups the agent scheduled in its CLI that have not fired yet.",

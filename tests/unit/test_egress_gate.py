@@ -1,0 +1,243 @@
+"""The egress gate (corral.runner.egress_gate): no CLI starts before the pod's egress is
+filtered. Real sockets on loopback: a canary that answers while "no policy" is in force,
+and that drops connections once it is (its accept queue full: Linux drops the SYN, just as
+a NetworkPolicy agent's DROP rule does)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.runner import early_cli, egress_gate
+from corral.runner.egress_gate import Canary, EgressGate, Prober, Try, wait_until_filtered
+
+
+class LoopbackCanary:
+    """Answers every connection until `drop()`; from then on drops them unanswered."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(0)  # one queued connection at most: the next SYN is dropped
+        self.server.settimeout(0.05)
+        self.port = self.server.getsockname()[1]
+        self.accepted = 0
+        self._dropping = threading.Event()
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._dropping.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def drop(self) -> None:
+        self._dropping.set()
+        self._thread.join()
+        filler = socket.socket()  # fills the accept queue
+        filler.connect(("127.0.0.1", self.port))
+        self._held.append(filler)
+
+    def close(self) -> None:
+        self._dropping.set()
+        self._thread.join()
+        for sock in self._held:
+            sock.close()
+        self.server.close()
+
+
+@pytest.fixture
+def canary() -> Iterator[LoopbackCanary]:
+    served = LoopbackCanary()
+    yield served
+    served.close()
+
+
+def _gate_before(canary: LoopbackCanary) -> EgressGate:
+    """A started gate that tries `canary`."""
+    return EgressGate(Canary("127.0.0.1", canary.port, max_wait=30, try_timeout=0.2)).start()
+
+
+def _closed_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def test_no_canary_in_the_environment_means_no_gate() -> None:
+    assert Canary.from_env({}) is None
+    gate = EgressGate(Canary.from_env({})).start()
+    assert gate.is_open() and gate.result is None
+
+
+def test_the_canary_and_its_timings_come_from_the_environment() -> None:
+    canary = Canary.from_env(
+        {
+            egress_gate.ENV_CANARY: "corral-gateway.corral-system.svc:8080",
+            egress_gate.ENV_MAX_WAIT: "3",
+            egress_gate.ENV_TRY_TIMEOUT: "0.2",
+        }
+    )
+    assert canary == Canary("corral-gateway.corral-system.svc", 8080, 3.0, 0.2)
+    assert Canary.from_env({egress_gate.ENV_CANARY: "[fd00::1]:8080"}) == Canary("fd00::1", 8080)
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({egress_gate.ENV_CANARY: "corral-gateway"}, egress_gate.ENV_CANARY),
+        ({egress_gate.ENV_CANARY: "gw:http"}, egress_gate.ENV_CANARY),
+        ({egress_gate.ENV_CANARY: "gw:70000"}, egress_gate.ENV_CANARY),
+        ({egress_gate.ENV_CANARY: "gw:1", egress_gate.ENV_MAX_WAIT: "soon"}, "MAX_WAIT"),
+        ({egress_gate.ENV_CANARY: "gw:1", egress_gate.ENV_TRY_TIMEOUT: "0"}, "TRY_SECONDS"),
+    ],
+)
+def test_a_malformed_canary_is_refused_naming_the_variable(
+    environ: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        Canary.from_env(environ)
+
+
+def test_one_try_tells_answered_dropped_refused_and_unresolved_apart(
+    canary: LoopbackCanary,
+) -> None:
+    prober = Prober(Canary("localhost", canary.port, try_timeout=0.2))
+    assert prober()[0] is Try.ANSWERED
+    assert Prober(Canary("127.0.0.1", _closed_port()))()[0] is Try.REFUSED
+    assert Prober(Canary("canary.invalid", 80))()[0] is Try.UNRESOLVED
+    canary.drop()
+    outcome, took = prober()
+    assert outcome is Try.FILTERED and 0.2 <= took < 1
+
+
+class Script:
+    """Tries that come out as scripted, each taking `took` seconds of a fake clock."""
+
+    def __init__(self, outcomes: list[Try], took: float = 0.001) -> None:
+        self.outcomes = list(outcomes)
+        self.took = took
+        self.now = 0.0
+
+    def attempt(self) -> tuple[Try, float]:
+        self.now += self.took
+        outcome = self.outcomes.pop(0) if self.outcomes else Try.ANSWERED
+        return outcome, self.took
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _run(script: Script, max_wait: float = 5.0) -> egress_gate.GateResult:
+    return wait_until_filtered(
+        Canary("gw", 8080, max_wait=max_wait),
+        attempt=script.attempt,
+        clock=lambda: script.now,
+        sleep=script.sleep,
+    )
+
+
+def test_the_gate_opens_at_the_first_filtered_try_and_counts_the_answered_ones() -> None:
+    script = Script([Try.UNRESOLVED, Try.REFUSED, Try.ANSWERED, Try.ANSWERED, Try.FILTERED])
+    result = _run(script)
+    assert result.filtered
+    assert (result.answered, result.refused, result.unresolved) == (2, 1, 1)
+    assert result.waited == pytest.approx(5 * 0.001 + 4 * egress_gate.RETRY_PAUSE)
+
+
+def test_a_refusal_after_an_answer_is_the_policy_rejecting() -> None:
+    result = _run(Script([Try.REFUSED, Try.ANSWERED, Try.REFUSED, Try.ANSWERED]))
+    assert result.filtered
+    assert (result.answered, result.refused) == (1, 2)
+
+
+@pytest.mark.parametrize("outcome", [Try.ANSWERED, Try.REFUSED, Try.UNRESOLVED])
+def test_a_canary_never_filtered_opens_the_gate_unconfirmed_at_the_maximum_wait(
+    outcome: Try,
+) -> None:
+    script = Script([outcome] * 10_000)
+    result = _run(script, max_wait=2.0)
+    assert not result.filtered
+    assert 2.0 <= result.waited < 2.0 + egress_gate.RETRY_PAUSE + 0.01
+
+
+def test_the_gate_holds_while_the_canary_answers_and_opens_once_it_is_dropped(
+    canary: LoopbackCanary,
+) -> None:
+    gate = _gate_before(canary)
+    time.sleep(0.5)
+    assert not gate.is_open()  # egress still open: nothing may start
+    assert canary.accepted >= 5
+    canary.drop()
+    assert gate._opened.wait(5)
+    assert gate.result is not None and gate.result.filtered
+    assert gate.result.answered >= canary.accepted
+    assert gate.result.waited >= 0.5 + 0.2
+
+
+def _recorded_launch(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A record of the main agent's last CLI start in `state_dir`, and the session file.
+    A stand-in program for the CLI: what matters is when it starts, not what it is."""
+    program = "/bin/sleep"
+    monkeypatch.setattr(early_cli, "bundled_cli", lambda: program)
+    monkeypatch.setattr(early_cli, "worth_starting_early", lambda: True)
+    launch = {"argv": [program, "30"], "cwd": str(state_dir), "set": {}, "unset": []}
+    record = state_dir / early_cli.RECORD_FILE
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"version": 1, "agents": {"main": launch}}))
+    spec = state_dir / "session.json"
+    spec.write_text(json.dumps({"pattern": "Hybrid"}))
+    return spec
+
+
+def test_the_gate_opens_when_an_answering_canary_starts_refusing(
+    canary: LoopbackCanary,
+) -> None:
+    gate = _gate_before(canary)
+    time.sleep(0.3)
+    assert not gate.is_open()
+    canary.close()  # a REJECT rule: the pod's tries are refused from now on
+    assert gate._opened.wait(5)
+    assert gate.result is not None and gate.result.filtered and gate.result.refused == 1
+
+
+def test_recorded_clis_start_only_once_the_gate_opens(
+    tmp_path: Path, canary: LoopbackCanary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _recorded_launch(tmp_path, monkeypatch)
+    gate = _gate_before(canary)
+
+    early = early_cli.launch_recorded(tmp_path, spec, gate)
+    time.sleep(0.3)
+    assert early.started == {}  # held behind the gate
+    canary.drop()
+    gate.wait()
+    taken = early.take("main")
+    assert taken is not None and taken.process.poll() is None
+    taken.kill()
+
+
+def test_a_discard_before_the_gate_opens_calls_the_early_start_off(
+    tmp_path: Path, canary: LoopbackCanary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _recorded_launch(tmp_path, monkeypatch)
+    gate = _gate_before(canary)
+
+    early = early_cli.launch_recorded(tmp_path, spec, gate)
+    early.discard()
+    canary.drop()
+    gate.wait()
+    assert early.take("main") is None
