@@ -5,6 +5,7 @@ a NetworkPolicy agent's DROP rule does)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -186,6 +187,22 @@ def test_the_gate_holds_while_the_canary_answers_and_opens_once_it_is_dropped(
     assert gate.result is not None and gate.result.filtered
     assert gate.result.answered >= canary.accepted
     assert gate.result.waited >= 0.5 + 0.2
+
+
+def test_agents_waiting_for_the_gate_share_one_thread(canary: LoopbackCanary) -> None:
+    gate = _gate_before(canary)
+
+    async def agents() -> int:
+        waiters = [asyncio.create_task(gate.opened()) for _ in range(50)]
+        await asyncio.sleep(0.3)
+        assert not any(w.done() for w in waiters)
+        threads_while_waiting = threading.active_count()
+        canary.drop()
+        await asyncio.wait_for(asyncio.gather(*waiters), 5)
+        return threads_while_waiting
+
+    before = threading.active_count()  # the canary's and the gate's threads
+    assert asyncio.run(agents()) <= before + 1
 
 
 def _recorded_launch(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -29,7 +29,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,6 +173,7 @@ class EgressGate:
         self.canary = canary
         self.result: GateResult | None = None
         self._opened = threading.Event()
+        self._waiting: Awaitable[bool] | None = None  # the async waiters' shared wait
         if canary is None:
             self._opened.set()
 
@@ -195,10 +196,15 @@ class EgressGate:
         self._opened.wait()
 
     async def opened(self) -> None:
-        if not self._opened.is_set():
-            import asyncio  # here: the runner's first moment has no use for it
+        """Wait for the gate without holding the event loop. Every waiter (an agent each,
+        up to a Shared session's dozens) shares one thread of the default executor."""
+        if self._opened.is_set():
+            return
+        import asyncio  # here: the runner's first moment has no use for it
 
-            await asyncio.to_thread(self._opened.wait)
+        if self._waiting is None:
+            self._waiting = asyncio.ensure_future(asyncio.to_thread(self._opened.wait))
+        await asyncio.shield(self._waiting)
 
 
 OPEN = EgressGate(None)  # no canary configured: nothing to wait for
