@@ -17,45 +17,7 @@ import pytest
 
 from corral.runner import early_cli, egress_gate
 from corral.runner.egress_gate import Canary, EgressGate, Prober, Try, wait_until_filtered
-
-
-class LoopbackCanary:
-    """Answers every connection until `drop()`; from then on drops them unanswered."""
-
-    def __init__(self) -> None:
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(0)  # one queued connection at most: the next SYN is dropped
-        self.server.settimeout(0.05)
-        self.port = self.server.getsockname()[1]
-        self.accepted = 0
-        self._dropping = threading.Event()
-        self._held: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._dropping.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            self.accepted += 1
-            conn.close()
-
-    def drop(self) -> None:
-        self._dropping.set()
-        self._thread.join()
-        filler = socket.socket()  # fills the accept queue
-        filler.connect(("127.0.0.1", self.port))
-        self._held.append(filler)
-
-    def close(self) -> None:
-        self._dropping.set()
-        self._thread.join()
-        for sock in self._held:
-            sock.close()
-        self.server.close()
+from corral.testing.loopback_canary import LoopbackCanary
 
 
 @pytest.fixture
@@ -183,10 +145,23 @@ def test_the_gate_holds_while_the_canary_answers_and_opens_once_it_is_dropped(
     assert not gate.is_open()  # egress still open: nothing may start
     assert canary.accepted >= 5
     canary.drop()
-    assert gate._opened.wait(5)
+    assert gate.wait(5)
     assert gate.result is not None and gate.result.filtered
     assert gate.result.answered >= canary.accepted
     assert gate.result.waited >= 0.5 + 0.2
+
+
+def test_a_gate_that_cannot_try_opens_unconfirmed_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_sockets(*args: object) -> socket.socket:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(egress_gate.socket, "socket", no_sockets)
+    gate = EgressGate(Canary("127.0.0.1", 9, max_wait=30)).start()
+    assert gate.wait(5)
+    assert gate.result is not None and not gate.result.filtered
+    assert gate.result.error is not None and "Too many open files" in gate.result.error
 
 
 def test_agents_waiting_for_the_gate_share_one_thread(canary: LoopbackCanary) -> None:
@@ -227,7 +202,7 @@ def test_the_gate_opens_when_an_answering_canary_starts_refusing(
     time.sleep(0.3)
     assert not gate.is_open()
     canary.close()  # a REJECT rule: the pod's tries are refused from now on
-    assert gate._opened.wait(5)
+    assert gate.wait(5)
     assert gate.result is not None and gate.result.filtered and gate.result.refused == 1
 
 

@@ -303,6 +303,8 @@ class Runner:
             "unresolved_tries": gate.unresolved,
             "slowest_answer_seconds": round(gate.slowest_answer, 4),
         }
+        if gate.error:
+            fields["error"] = gate.error
         if gate.filtered:
             log_event(log, "egress filtered by the NetworkPolicy: CLIs may start", **fields)
         else:

@@ -134,6 +134,7 @@ class GateResult:
     refused: int  # tries refused (inconclusive: a canary without endpoints, say)
     unresolved: int  # tries whose canary name did not resolve (inconclusive)
     slowest_answer: float  # seconds: how close answers came to the try timeout
+    error: str | None = None  # why the gate could not try at all (it opened unconfirmed)
 
 
 def wait_until_filtered(
@@ -184,16 +185,21 @@ class EgressGate:
 
     def _run(self) -> None:
         assert self.canary is not None
+        started = time.monotonic()
         try:
             self.result = wait_until_filtered(self.canary)
+        except Exception as exc:  # never hold the session for ever, whatever happened
+            waited = time.monotonic() - started
+            self.result = GateResult(False, waited, 0, 0, 0, 0.0, error=str(exc)[:300])
         finally:
-            self._opened.set()  # never hold the session for ever, whatever happened
+            self._opened.set()
 
     def is_open(self) -> bool:
         return self._opened.is_set()
 
-    def wait(self) -> None:
-        self._opened.wait()
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the gate opens (or `timeout` passes: False)."""
+        return self._opened.wait(timeout)
 
     async def opened(self) -> None:
         """Wait for the gate without holding the event loop. Every waiter (an agent each,
