@@ -148,6 +148,23 @@ def _public_ipv4() -> list[IPBlock]:
     return [IPBlock(cidr="0.0.0.0/0", except_=list(PRIVATE_IPV4_RANGES))]
 
 
+class LongContextPrice(ConfigModel):
+    """A model's premium for calls whose prompt is long: Anthropic charges every token of a
+    call whose input (cache reads and writes included) exceeds a threshold at raised rates,
+    its cache rates raised alike."""
+
+    above_input_tokens: int = Field(
+        200_000,
+        ge=1,
+        description="Input tokens (cache reads and writes included) above which a call is "
+        "charged at the raised rates.",
+    )
+    input_factor: float = Field(
+        2.0, ge=1, description="What input, cache reads and cache writes cost then, times."
+    )
+    output_factor: float = Field(1.5, ge=1, description="What output costs then, times.")
+
+
 class ModelPrice(ConfigModel):
     """USD per million tokens of the models whose name starts with `model`."""
 
@@ -155,23 +172,52 @@ class ModelPrice(ConfigModel):
     input: float = Field(..., ge=0)
     output: float = Field(..., ge=0)
     cache_read: float = Field(..., ge=0)
-    cache_write: float = Field(..., ge=0)
+    cache_write: float = Field(..., ge=0, description="Cache writes kept 5 minutes.")
+    cache_write_1h: float | None = Field(
+        None,
+        ge=0,
+        alias="cacheWrite1h",  # not camel case's "1H"
+        description="Cache writes kept an hour; unset: twice `input` (the list price's rule).",
+    )
+    long_context: LongContextPrice | None = Field(
+        None, description="The model's premium for long prompts; unset: none."
+    )
+
+    @property
+    def hour_cache_write(self) -> float:
+        return self.input * 2 if self.cache_write_1h is None else self.cache_write_1h
+
+    def factors(self, prompt_tokens: int) -> tuple[float, float]:
+        """What a call with `prompt_tokens` of input (cache reads and writes included)
+        pays for its input and for its output, times the rates above."""
+        premium = self.long_context
+        if premium is None or prompt_tokens <= premium.above_input_tokens:
+            return 1.0, 1.0
+        return premium.input_factor, premium.output_factor
+
+    @property
+    def dearest_output(self) -> float:
+        """Output's price at its highest: with the long-prompt premium, if the model has one."""
+        return self.output * (self.long_context.output_factor if self.long_context else 1.0)
 
 
 def _default_prices() -> list[ModelPrice]:
     # Anthropic's list prices (USD per million tokens) when this table was written; the
-    # admin's configuration replaces the whole table. Cache writes at the 5-minute rate.
+    # admin's configuration replaces the whole table. Cache writes kept 5 minutes at
+    # `cache_write`, kept an hour at twice the input price. Sonnet 4 and 4.5 charge a call
+    # whose prompt exceeds 200K tokens (their 1M-token context) twice for input and 1.5
+    # times for output.
     rows = [
-        ("claude-opus-4-5", 5.0, 25.0, 0.50, 6.25),
-        ("claude-opus-4", 15.0, 75.0, 1.50, 18.75),
-        ("claude-sonnet-4", 3.0, 15.0, 0.30, 3.75),
-        ("claude-3-7-sonnet", 3.0, 15.0, 0.30, 3.75),
-        ("claude-haiku-4-5", 1.0, 5.0, 0.10, 1.25),
-        ("claude-3-5-haiku", 0.80, 4.0, 0.08, 1.0),
+        ("claude-opus-4-5", 5.0, 25.0, 0.50, 6.25, None),
+        ("claude-opus-4", 15.0, 75.0, 1.50, 18.75, None),
+        ("claude-sonnet-4", 3.0, 15.0, 0.30, 3.75, LongContextPrice()),
+        ("claude-3-7-sonnet", 3.0, 15.0, 0.30, 3.75, None),
+        ("claude-haiku-4-5", 1.0, 5.0, 0.10, 1.25, None),
+        ("claude-3-5-haiku", 0.80, 4.0, 0.08, 1.0, None),
     ]
     return [
-        ModelPrice(model=m, input=i, output=o, cache_read=r, cache_write=w)
-        for m, i, o, r, w in rows
+        ModelPrice(model=m, input=i, output=o, cache_read=r, cache_write=w, long_context=long)
+        for m, i, o, r, w, long in rows
     ]
 
 

@@ -184,7 +184,8 @@ def _budget_condition(world: World, name: str) -> dict[str, Any] | None:
 
 USAGES = [
     ReplyUsage(input_tokens=1200, output_tokens=300, cache_read_input_tokens=4000,
-               cache_creation_input_tokens=500, web_search_requests=2),
+               cache_creation_input_tokens=500, cache_creation_1h_input_tokens=200,
+               web_search_requests=2),
     ReplyUsage(input_tokens=70, output_tokens=25, cache_read_input_tokens=0,
                cache_creation_input_tokens=9),
     ReplyUsage(input_tokens=11, output_tokens=3),
@@ -249,7 +250,8 @@ async def test_a_session_calls_the_model_with_the_real_key_and_every_token_is_me
         price.cost("claude-sonnet-4-5", TokenUsage(u.input_tokens or 0, u.output_tokens or 0,
                                                    u.cache_read_input_tokens,
                                                    u.cache_creation_input_tokens,
-                                                   u.web_search_requests))
+                                                   u.web_search_requests,
+                                                   u.cache_creation_1h_input_tokens))
         for u in USAGES
     )  # fmt: skip
     await _until(lambda: (_status(world, "chat").get("modelUsage") or {}).get("requests") == 3)
@@ -257,6 +259,9 @@ async def test_a_session_calls_the_model_with_the_real_key_and_every_token_is_me
     assert usage["inputTokens"] == 1281 and usage["outputTokens"] == 328
     assert usage["cacheReadInputTokens"] == 4000 and usage["cacheCreationInputTokens"] == 509
     assert usage["webSearchRequests"] == 2 and usage["models"][0]["webSearchRequests"] == 2
+    # The cache writes kept an hour, told apart: they cost twice the input price, not 1.25.
+    assert usage["cacheCreation1hInputTokens"] == 200
+    assert usage["models"][0]["cacheCreation1hInputTokens"] == 200
     assert usage["costUsd"] == pytest.approx(expected_cost, abs=1e-6)
     assert usage["models"][0]["model"] == "claude-sonnet-4"
 
@@ -527,8 +532,9 @@ async def test_calls_in_flight_hold_their_cost_so_parallel_calls_cannot_spend_pa
 ) -> None:
     url, server, registry = proxy
     credential = await _session(world, server, "parallel", maxBudgetUsd=0.05)
-    # Each call may write 10,000 tokens at 15 USD per million: 0.15 USD, more than the
-    # budget, so while one is in flight no other may start. It reports 0.03 USD.
+    # Each call may write 10,000 tokens at 22.5 USD per million (Sonnet's output price with
+    # its long-prompt premium: the prompt's length is not known before the call): 0.225 USD,
+    # more than the budget, so while one is in flight no other may start. It reports 0.03 USD.
     fake.set_default(TextStep(text="slow " * 20, stream=StreamShape(event_delay=0.2),
                               usage=ReplyUsage(input_tokens=10_000, output_tokens=1)))  # fmt: skip
     body = _request("together") | {"max_tokens": 10_000}

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from test_helm_schema import NAMESPACE, is_gateway, one, render, run_helm
+from test_helm_schema import CHART, NAMESPACE, is_gateway, one, render, run_helm
 
 from corral.config import OperatorConfig
 
@@ -31,6 +31,25 @@ def test_sessions_are_pointed_at_the_gateways_model_port(tmp_path: Path) -> None
     assert proxy.url == f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{ports['model']}"
     assert proxy.port == ports["model"] == 8082
     assert proxy.namespace_budgets_usd == {"team-a": 50}
+
+
+def test_prices_with_hour_cache_writes_and_a_long_prompt_premium_reach_the_gateway(
+    tmp_path: Path,
+) -> None:
+    row = {"model": "claude-sonnet-4", "input": 3, "output": 15, "cacheRead": 0.3,
+           "cacheWrite": 3.75, "cacheWrite1h": 5,
+           "longContext": {"aboveInputTokens": 100_000, "outputFactor": 2}}  # fmt: skip
+    values = {"gateway": ON["gateway"] | {"modelProxy": ON["gateway"]["modelProxy"] | {
+        "prices": [row]}}}  # fmt: skip
+    config = _config(render(tmp_path, values))
+    assert config.model_proxy is not None
+    (price,) = config.model_proxy.prices
+    assert price.hour_cache_write == 5 and price.long_context is not None
+    assert price.factors(100_001) == (2.0, 2.0) and price.factors(100_000) == (1.0, 1.0)
+    # A misspelt premium fails the install, naming the field.
+    row["longContext"] = {"above": 1}
+    failed = run_helm("template", "r", str(CHART), values=values, tmp=tmp_path)
+    assert failed.returncode != 0 and "above" in failed.stderr
 
 
 def test_the_real_key_is_mounted_in_the_gateway_and_nowhere_else(tmp_path: Path) -> None:

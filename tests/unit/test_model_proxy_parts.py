@@ -23,7 +23,7 @@ from corral.gateway.model_proxy import (
     upstream_request_headers,
 )
 from corral.gateway.pricing import PriceTable
-from corral.gateway.usage import SseUsageReader, TokenUsage, usage_of_json
+from corral.gateway.usage import ResponseUsage, SseUsageReader, TokenUsage, usage_of_json
 from corral.testing import anthropic_wire as wire
 from corral.testing.anthropic_script import ReplyUsage, TextStep, bash
 
@@ -113,23 +113,74 @@ def test_a_stream_cut_before_its_message_delta_is_metered_by_its_content() -> No
     assert whole.final().usage == TokenUsage(1234, 567, 89, 10)  # stated: taken as it is
 
 
-@pytest.mark.parametrize("stream", [True, False], ids=["sse", "json"])
-def test_web_searches_are_read_and_priced_apart_from_tokens(stream: bool) -> None:
-    usage = ReplyUsage(input_tokens=1000, output_tokens=100, web_search_requests=3)
-    step = TextStep(text="found it", usage=usage)
+def _metered(step: TextStep, stream: bool) -> ResponseUsage:
+    """What the proxy reads of `step`'s reply, streamed or as plain JSON."""
     if stream:
         body, _ = _stream(step)
         reader = SseUsageReader()
         reader.feed(body)
-        result = reader.final()
-    else:
-        reply = wire.resolve(step, {"model": "claude-sonnet-4-5"})
-        result = usage_of_json(json.dumps(wire.message_json(reply)).encode())
+        return reader.final()
+    reply = wire.resolve(step, {"model": "claude-sonnet-4-5"})
+    return usage_of_json(json.dumps(wire.message_json(reply)).encode())
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["sse", "json"])
+def test_web_searches_are_read_and_priced_apart_from_tokens(stream: bool) -> None:
+    usage = ReplyUsage(input_tokens=1000, output_tokens=100, web_search_requests=3)
+    result = _metered(TextStep(text="found it", usage=usage), stream)
     assert result.usage == TokenUsage(1000, 100, 0, 0, web_search_requests=3)
     assert result.usage.total == 1100  # tokens per minute count tokens only
     table = PriceTable([_price("claude-sonnet-4", 3, 15, 0, 0)], web_search_usd_per_1000=10)
     # 1,000 x 3 + 100 x 15 per million, and 3 searches at 10 USD per 1,000.
     assert table.cost(result.model, result.usage) == pytest.approx(0.0045 + 0.03)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["sse", "json"])
+def test_cache_writes_kept_an_hour_are_read_and_priced_at_their_own_rate(stream: bool) -> None:
+    usage = ReplyUsage(input_tokens=1000, output_tokens=100, cache_creation_input_tokens=3000,
+                       cache_creation_1h_input_tokens=2000)  # fmt: skip
+    result = _metered(TextStep(text="cached", usage=usage), stream)
+    assert result.usage == TokenUsage(1000, 100, 0, 3000, cache_creation_1h_input_tokens=2000)
+    assert result.usage.total == 4100  # the hour's writes are among the writes, not beside
+    # 1,000 in x 3 + 100 out x 15 + 1,000 5-minute writes x 3.75 + 2,000 hour writes at
+    # twice the input price (6) unless the row names its own hour rate.
+    table = PriceTable([_price("claude-sonnet-4", 3, 15, 0.3, 3.75)])
+    assert table.cost(result.model, result.usage) == pytest.approx(0.02025)
+    hour_priced = _price("claude-sonnet-4", 3, 15, 0.3, 3.75).model_copy(
+        update={"cache_write_1h": 5.0}
+    )
+    assert PriceTable([hour_priced]).cost(result.model, result.usage) == pytest.approx(0.01825)
+    # Before the hour's writes were told apart, all 3,000 cost 3.75: 37.5 % less for them.
+    assert table.cost(result.model, TokenUsage(1000, 100, 0, 3000)) == pytest.approx(0.01575)
+
+
+def test_hour_writes_that_exceed_the_writes_are_charged_as_stated() -> None:
+    table = PriceTable([_price("m", 1, 1, 1, 1)])  # hour writes at 2
+    odd = TokenUsage(0, 0, 0, 10, cache_creation_1h_input_tokens=50)
+    assert table.cost("m", odd) == pytest.approx(100 / 1e6)  # never a negative share
+
+
+def test_a_long_prompt_pays_the_models_premium_on_every_token() -> None:
+    table = PriceTable(ModelProxyConfig(url="http://gw:8082").prices)
+    # 200,000 tokens of prompt (input and cache reads and writes) is not over the line.
+    at_line = TokenUsage(100_000, 1_000, 60_000, 40_000, cache_creation_1h_input_tokens=10_000)
+    base = (100_000 * 3 + 60_000 * 0.3 + 30_000 * 3.75 + 10_000 * 6) / 1e6
+    assert table.cost("claude-sonnet-4-5", at_line) == pytest.approx(base + 1_000 * 15 / 1e6)
+    over = TokenUsage(100_001, 1_000, 60_000, 40_000, cache_creation_1h_input_tokens=10_000)
+    premium = (base + 3 / 1e6) * 2 + 1_000 * 15 * 1.5 / 1e6
+    assert table.cost("claude-sonnet-4-5", over) == pytest.approx(premium)
+    # A model without a premium pays its rates whatever the prompt's length.
+    long_haiku = TokenUsage(900_000, 1_000, 0, 0)
+    assert table.cost("claude-haiku-4-5", long_haiku) == pytest.approx(0.9 + 0.005)
+
+
+def test_the_in_flight_reserve_holds_the_dearest_output_a_call_can_pay() -> None:
+    table = PriceTable(ModelProxyConfig(url="http://gw:8082").prices)
+    sonnet = b'{"model": "claude-sonnet-4-5", "max_tokens": 1000, "messages": []}'
+    haiku = b'{"model": "claude-haiku-4-5", "max_tokens": 1000, "messages": []}'
+    # Sonnet's output may be charged 1.5 times (its prompt is not known before the call).
+    assert table.call_reserve(sonnet) == pytest.approx(1000 * 15 * 1.5 / 1e6)
+    assert table.call_reserve(haiku) == pytest.approx(1000 * 5 / 1e6)
 
 
 def test_usage_of_a_plain_json_reply() -> None:
@@ -160,7 +211,7 @@ def test_the_longest_prefix_prices_a_model_and_unknown_models_pay_the_most() -> 
 
 def test_default_prices_cover_the_default_model() -> None:
     table = PriceTable(ModelProxyConfig(url="http://gw:8082").prices)
-    assert table.cost("claude-sonnet-4-5", TokenUsage(1_000_000, 0, 0, 0)) == pytest.approx(3.0)
+    assert table.cost("claude-sonnet-4-5", TokenUsage(100_000, 0, 0, 0)) == pytest.approx(0.3)
 
 
 # --- budgets and limits ------------------------------------------------------------------
@@ -325,7 +376,8 @@ def test_merged_usage_adds_pending_usage_to_what_status_holds() -> None:
                "models": [{"model": "claude-sonnet-4", "inputTokens": 10, "outputTokens": 20,
                            "cacheReadInputTokens": 1, "costUsd": 0.5}]}  # fmt: skip
     pending = _Pending("ns", "a", "uid", requests=3, cost_usd=0.25)
-    pending.models = {"claude-sonnet-4": TokenUsage(5, 5, 0, 0), "other": TokenUsage(1, 1, 1, 1)}
+    hour_written = TokenUsage(1, 1, 1, 1, cache_creation_1h_input_tokens=1)
+    pending.models = {"claude-sonnet-4": TokenUsage(5, 5, 0, 0), "other": hour_written}
     pending.model_costs = {"claude-sonnet-4": 0.2, "other": 0.05}
     merged = merged_usage(current, pending, "2026-01-01T00:00:00Z")
     assert merged["requests"] == 5 and merged["costUsd"] == pytest.approx(0.75)
@@ -335,6 +387,7 @@ def test_merged_usage_adds_pending_usage_to_what_status_holds() -> None:
     assert rows["claude-sonnet-4"]["inputTokens"] == 15
     assert rows["claude-sonnet-4"]["costUsd"] == pytest.approx(0.7)
     assert rows["other"]["cacheCreationInputTokens"] == 1
+    assert rows["other"]["cacheCreation1hInputTokens"] == merged["cacheCreation1hInputTokens"] == 1
     assert merged_usage(None, pending, "t")["requests"] == 3
 
 

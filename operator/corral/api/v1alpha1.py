@@ -968,6 +968,10 @@ class CostStatus(ApiModel):
 _TIMESTAMP: JsonDict = {"format": "date-time"}
 
 
+# Spelled as the API's `ephemeral_1h_input_tokens` is ("1h", where camel case would make "1H").
+HOUR_CACHE_WRITES = "cacheCreation1hInputTokens"
+
+
 class ModelTokens(ApiModel):
     """Tokens and cost of one model (its price-table name, or `other`)."""
 
@@ -976,6 +980,12 @@ class ModelTokens(ApiModel):
     output_tokens: int = Field(0, ge=0, description="Output tokens.")
     cache_read_input_tokens: int = Field(0, ge=0, description="Tokens read from the cache.")
     cache_creation_input_tokens: int = Field(0, ge=0, description="Tokens written to the cache.")
+    cache_creation_1h_input_tokens: int = Field(
+        0,
+        ge=0,
+        alias=HOUR_CACHE_WRITES,
+        description="Of those, the tokens kept an hour (charged higher).",
+    )
     web_search_requests: int = Field(0, ge=0, description="Web searches the model ran.")
     cost_usd: float = Field(0.0, ge=0, description="Cost at the configured prices.")
 
@@ -988,6 +998,12 @@ class ModelUsageStatus(ApiModel):
     output_tokens: int = Field(0, ge=0, description="Output tokens.")
     cache_read_input_tokens: int = Field(0, ge=0, description="Tokens read from the cache.")
     cache_creation_input_tokens: int = Field(0, ge=0, description="Tokens written to the cache.")
+    cache_creation_1h_input_tokens: int = Field(
+        0,
+        ge=0,
+        alias=HOUR_CACHE_WRITES,
+        description="Of those, the tokens kept an hour (charged higher).",
+    )
     web_search_requests: int = Field(
         0, ge=0, description="Web searches the model ran (server tool use), charged apart."
     )

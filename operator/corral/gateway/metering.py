@@ -23,6 +23,7 @@ from typing import Any
 from cachetools import TTLCache
 from prometheus_client import CollectorRegistry, Counter
 
+from corral.api.v1alpha1 import HOUR_CACHE_WRITES
 from corral.controller import conditions
 from corral.gateway.directory import Directory, SessionView
 from corral.gateway.pricing import PriceTable
@@ -172,6 +173,7 @@ def _camel_usage(usage: TokenUsage) -> dict[str, int]:
         "cacheReadInputTokens": usage.cache_read_input_tokens,
         "cacheCreationInputTokens": usage.cache_creation_input_tokens,
         "webSearchRequests": usage.web_search_requests,
+        HOUR_CACHE_WRITES: usage.cache_creation_1h_input_tokens,
     }
 
 
@@ -182,6 +184,7 @@ def _usage_of_row(row: JSON) -> TokenUsage:
         cache_read_input_tokens=_int(row.get("cacheReadInputTokens")),
         cache_creation_input_tokens=_int(row.get("cacheCreationInputTokens")),
         web_search_requests=_int(row.get("webSearchRequests")),
+        cache_creation_1h_input_tokens=_int(row.get(HOUR_CACHE_WRITES)),
     )
 
 

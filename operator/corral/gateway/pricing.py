@@ -45,19 +45,27 @@ class PriceTable:
     def cost(self, model: str | None, usage: TokenUsage) -> float:
         """USD; an unknown model is charged at the table's highest price (budgets hold)."""
         row = self.row(model) or self.fallback
-        return (
+        # The hour's writes as stated; the rest of the writes at the 5-minute rate (should
+        # the two counts disagree, the dearer reading is taken).
+        hour_writes = usage.cache_creation_1h_input_tokens
+        five_minute_writes = max(usage.cache_creation_input_tokens - hour_writes, 0)
+        input_factor, output_factor = row.factors(usage.prompt_tokens)
+        prompt = (
             usage.input_tokens * row.input
-            + usage.output_tokens * row.output
             + usage.cache_read_input_tokens * row.cache_read
-            + usage.cache_creation_input_tokens * row.cache_write
-        ) / PER + usage.web_search_requests * self.web_search_usd
+            + five_minute_writes * row.cache_write
+            + hour_writes * row.hour_cache_write
+        )
+        tokens = prompt * input_factor + usage.output_tokens * row.output * output_factor
+        return tokens / PER + usage.web_search_requests * self.web_search_usd
 
     def call_reserve(self, body: bytes) -> float:
         """The most a Messages API call with request `body` can cost in output: its
-        max_tokens at its model's output price. Read without parsing the body (it can be
-        megabytes): of every `max_tokens` and `model` key in it, the dearest is taken, so
-        nothing the caller nests in its request makes the reserve smaller."""
+        max_tokens at its model's output price (with its long-prompt premium, if it has
+        one). Read without parsing the body (it can be megabytes): of every `max_tokens` and
+        `model` key in it, the dearest is taken, so nothing the caller nests in its request
+        makes the reserve smaller."""
         tokens = max((int(m) for m in _MAX_TOKENS.findall(body)), default=DEFAULT_MAX_TOKENS)
         models = {m.decode() for m in _MODEL.findall(body)} or {None}
-        price = max((self.row(m) or self.fallback).output for m in models)
+        price = max((self.row(m) or self.fallback).dearest_output for m in models)
         return min(tokens, MAX_TOKENS_TAKEN) * price / PER

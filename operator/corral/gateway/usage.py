@@ -37,15 +37,21 @@ class TokenUsage:
     cache_creation_input_tokens: int = 0
     # Not tokens: searches the model ran (usage.server_tool_use), priced per search.
     web_search_requests: int = 0
+    # Of cache_creation_input_tokens, those kept an hour (usage.cache_creation), priced
+    # higher than the 5-minute ones; not in TOKEN_FIELDS, as they are counted there already.
+    cache_creation_1h_input_tokens: int = 0
 
     def update(self, usage: Any) -> None:
         """Take every count `usage` (an API usage object) states; ignore the rest."""
         if not isinstance(usage, dict):
             return
         server_tools = usage.get("server_tool_use")
+        cache_writes = usage.get("cache_creation")
         counts = {name: usage.get(name) for name in TOKEN_FIELDS}
         if isinstance(server_tools, dict):
             counts["web_search_requests"] = server_tools.get("web_search_requests")
+        if isinstance(cache_writes, dict):
+            counts["cache_creation_1h_input_tokens"] = cache_writes.get("ephemeral_1h_input_tokens")
         for name, value in counts.items():
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 setattr(self, name, value)
@@ -58,6 +64,12 @@ class TokenUsage:
     def total(self) -> int:
         """Tokens of every kind (what tokens-per-minute counts)."""
         return sum(getattr(self, name) for name in TOKEN_FIELDS)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The call's input, cache reads and writes included (what a long-prompt premium
+        is decided by)."""
+        return self.total - self.output_tokens
 
     def as_dict(self) -> dict[str, int]:
         return {item.name: getattr(self, item.name) for item in fields(self)}

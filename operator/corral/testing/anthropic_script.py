@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Step(BaseModel):
@@ -40,8 +40,19 @@ class ReplyUsage(BaseModel):
     output_tokens: int | None = Field(None, ge=0)
     cache_read_input_tokens: int = Field(0, ge=0)
     cache_creation_input_tokens: int = Field(0, ge=0)
+    # Of the cache writes, those kept an hour (usage.cache_creation.ephemeral_1h_input_tokens).
+    cache_creation_1h_input_tokens: int = Field(0, ge=0)
     # Server tool use (usage.server_tool_use), reported at the end of a reply.
     web_search_requests: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _hour_writes_are_writes(self) -> ReplyUsage:
+        if self.cache_creation_1h_input_tokens > self.cache_creation_input_tokens:
+            raise ValueError(
+                "cache_creation_1h_input_tokens is part of cache_creation_input_tokens: "
+                "at most as many"
+            )
+        return self
 
 
 class TextStep(_Step):

@@ -26,6 +26,7 @@ class Reply:
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
     web_search_requests: int = 0
+    cache_creation_1h_input_tokens: int = 0
 
 
 def last_user_text(body: dict[str, Any]) -> str:
@@ -92,6 +93,7 @@ def resolve(step: TextStep | ToolUseStep, body: dict[str, Any]) -> Reply:
         cache_read_input_tokens=step.usage.cache_read_input_tokens,
         cache_creation_input_tokens=step.usage.cache_creation_input_tokens,
         web_search_requests=step.usage.web_search_requests,
+        cache_creation_1h_input_tokens=step.usage.cache_creation_1h_input_tokens,
     )
 
 
@@ -101,6 +103,12 @@ def _usage(reply: Reply, output_tokens: int, final: bool = True) -> dict[str, An
         "output_tokens": output_tokens,
         "cache_creation_input_tokens": reply.cache_creation_input_tokens,
         "cache_read_input_tokens": reply.cache_read_input_tokens,
+        # The writes by how long the cache keeps them, as the API states them.
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": reply.cache_creation_input_tokens
+            - reply.cache_creation_1h_input_tokens,
+            "ephemeral_1h_input_tokens": reply.cache_creation_1h_input_tokens,
+        },
     }
     if final and reply.web_search_requests:  # known once the reply is done, as in the API
         usage["server_tool_use"] = {"web_search_requests": reply.web_search_requests}
