@@ -673,6 +673,8 @@ def test_kubectl_get_shows_ready_and_its_reason(
                 "phase": "CrashLooping",
                 "conditions": [_condition("CrashLooping")],
                 "nextDurableWakeupTime": "2027-01-01T09:07:00Z",
+                "totalCostUsd": 0.25,
+                "modelUsage": {"requests": 3, "costUsd": 1.5},
             }
         },
     )
@@ -692,3 +694,5 @@ def test_kubectl_get_shows_ready_and_its_reason(
     assert (row["Phase"], row["Ready"], row["Reason"]) == ("CrashLooping", "False", "CrashLooping")
     # A time to come, as written (a date column would show it as <invalid>).
     assert row["Next Durable Task"] == "2027-01-01T09:07:00Z"
+    # The SDK's estimate and the gateway's metered cost, each in its own column.
+    assert (row["Cost"], row["Metered Cost"]) == (0.25, 1.5)

@@ -107,6 +107,9 @@ def test_printer_columns() -> None:
     assert columns["Last Activity"]["type"] == "date"
     assert columns["Next Durable Task"]["jsonPath"] == ".status.nextDurableWakeupTime"
     assert columns["Next Durable Task"]["type"] == "string"
+    # The cost the session cannot report itself, beside the SDK's estimate (`Cost`).
+    assert columns["Metered Cost"]["jsonPath"] == ".status.modelUsage.costUsd"
+    assert columns["Metered Cost"]["priority"] == 1
     # The Ready condition's status and reason (a JSONPath filter on the conditions list).
     ready = '.status.conditions[?(@.type=="Ready")]'
     assert columns["Ready"]["jsonPath"] == ready + ".status"

@@ -182,6 +182,13 @@ PRINTER_COLUMNS = [
     _column("Pod", "string", ".status.podName", "Current pod.", priority=1),
     _column("Endpoint", "string", ".status.endpoint", "Runner URL in the cluster.", priority=1),
     _column(
+        "Metered Cost",
+        "number",
+        ".status.modelUsage.costUsd",
+        "Model cost in USD as the gateway's model proxy metered it (outside the sandbox).",
+        priority=1,
+    ),
+    _column(
         "Background Tasks",
         "integer",
         ".status.backgroundTasks",
