@@ -972,28 +972,9 @@ _TIMESTAMP: JsonDict = {"format": "date-time"}
 HOUR_CACHE_WRITES = "cacheCreation1hInputTokens"
 
 
-class ModelTokens(ApiModel):
-    """Tokens and cost of one model (its price-table name, or `other`)."""
+class MeteredTokens(ApiModel):
+    """What the gateway's model proxy counted of model calls."""
 
-    model: str = Field(..., max_length=128, description="Model (price-table prefix).")
-    input_tokens: int = Field(0, ge=0, description="Input tokens.")
-    output_tokens: int = Field(0, ge=0, description="Output tokens.")
-    cache_read_input_tokens: int = Field(0, ge=0, description="Tokens read from the cache.")
-    cache_creation_input_tokens: int = Field(0, ge=0, description="Tokens written to the cache.")
-    cache_creation_1h_input_tokens: int = Field(
-        0,
-        ge=0,
-        alias=HOUR_CACHE_WRITES,
-        description="Of those, the tokens kept an hour (charged higher).",
-    )
-    web_search_requests: int = Field(0, ge=0, description="Web searches the model ran.")
-    cost_usd: float = Field(0.0, ge=0, description="Cost at the configured prices.")
-
-
-class ModelUsageStatus(ApiModel):
-    """Model calls as the gateway's model proxy metered them (outside the sandbox)."""
-
-    requests: int = Field(0, ge=0, description="Model calls forwarded.")
     input_tokens: int = Field(0, ge=0, description="Input tokens.")
     output_tokens: int = Field(0, ge=0, description="Output tokens.")
     cache_read_input_tokens: int = Field(0, ge=0, description="Tokens read from the cache.")
@@ -1007,6 +988,19 @@ class ModelUsageStatus(ApiModel):
     web_search_requests: int = Field(
         0, ge=0, description="Web searches the model ran (server tool use), charged apart."
     )
+
+
+class ModelTokens(MeteredTokens):
+    """Tokens and cost of one model (its price-table name, or `other`)."""
+
+    model: str = Field(..., max_length=128, description="Model (price-table prefix).")
+    cost_usd: float = Field(0.0, ge=0, description="Cost at the configured prices.")
+
+
+class ModelUsageStatus(MeteredTokens):
+    """Model calls as the gateway's model proxy metered them (outside the sandbox)."""
+
+    requests: int = Field(0, ge=0, description="Model calls forwarded.")
     cost_usd: float = Field(
         0.0,
         ge=0,

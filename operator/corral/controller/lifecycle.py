@@ -847,14 +847,7 @@ class _Decision:
             return
         pod = self.drop_duplicates()
         if pod is not None and pod.finished:
-            # A pod that ended (evicted, failed) is replaced; its restart is counted.
-            self.add_pod_seconds(pod.started_at)
-            self.delete_pod(pod, pod.reason or "PodFinished")
-            self.status.restarts = (self.old.restarts or 0) + 1
-            self.event(
-                "PodLost", f"pod {pod.name} ended ({ended_detail(pod)}); replacing it", warning=True
-            )
-            self.create_pod("PodRecreated")
+            self.replace_finished_pod(pod)
             return
         if pod is not None:
             if self.sync_live_spec(pod):
@@ -869,6 +862,16 @@ class _Decision:
             self.status.restarts = (self.old.restarts or 0) + 1
             self.event("PodLost", f"pod {self.old.pod_name} is gone; recreating it", warning=True)
         self.create_pod("PodResumed" if resuming else "PodCreated")
+
+    def replace_finished_pod(self, pod: PodView) -> None:
+        """A pod that ended (evicted, failed) is replaced; its restart is counted."""
+        self.add_pod_seconds(pod.started_at)
+        self.delete_pod(pod, pod.reason or "PodFinished")
+        self.status.restarts = (self.old.restarts or 0) + 1
+        self.event(
+            "PodLost", f"pod {pod.name} ended ({ended_detail(pod)}); replacing it", warning=True
+        )
+        self.create_pod("PodRecreated")
 
     def hybrid(self) -> None:
         idle = Timeout.of(self.spec.idle_timeout, self.config.default_idle_timeout)
@@ -893,13 +896,7 @@ class _Decision:
             self.status.observed_wake = wake_token(wake_value)
         pod = self.drop_duplicates()
         if pod is not None and pod.finished:
-            self.add_pod_seconds(pod.started_at)
-            self.delete_pod(pod, pod.reason or "PodFinished")
-            self.status.restarts = (self.old.restarts or 0) + 1
-            self.event(
-                "PodLost", f"pod {pod.name} ended ({ended_detail(pod)}); replacing it", warning=True
-            )
-            self.create_pod("PodRecreated")
+            self.replace_finished_pod(pod)
             return
         if pod is None:
             if self.pods:
