@@ -1,6 +1,7 @@
 """The runner starts no CLI, and so runs no hook the agent left in its workspace, before its
 egress gate opens (corral.runner.egress_gate): the real SDK and CLI, a loopback canary that
-answers (no policy in force yet) and then drops every try (the policy is)."""
+answers (no policy in force yet) and then drops every try (the policy is). On a first start,
+with nothing left behind, the CLI boots meanwhile and only the agent's messages wait."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runner_harness import result_of, start_runner
+from runner_harness import result_of, send_in_background, start_runner
 
 from corral.api import runtime
 from corral.testing.anthropic_script import text
@@ -65,5 +66,63 @@ def test_no_cli_and_no_planted_hook_runs_before_the_gate_opens(
         assert opened["answered_tries"] >= canary.accepted - 1
         metrics = runner.request("GET", "/metrics")[1]
         assert "corral_runner_egress_gate_unconfirmed 0.0" in metrics
+    finally:
+        assert runner.terminate() == 0, runner.logs_text()
+
+
+def test_with_nothing_left_behind_the_cli_boots_while_the_gate_holds_the_messages(
+    fake: FakeAnthropic, tmp_path: Path, canary: LoopbackCanary
+) -> None:
+    # A new pod's first start: workspace, state and home hold nothing yet.
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        runtime.ENV_EGRESS_CANARY: f"127.0.0.1:{canary.port}",
+        runtime.ENV_EGRESS_CANARY_MAX_WAIT: "60",
+        "HOME": str(home),
+    }
+    runner = start_runner({"pattern": "LongRunning"}, tmp_path, fake.url, env=env, wait=False)
+    try:
+        runner.wait_ready()  # the CLI booted and did its handshake behind the shut gate
+        assert runner.cli_pids(), runner.logs_text()
+        fake.add(text("held, then answered"))
+        thread, events = send_in_background(runner, "hi")
+        time.sleep(HELD_SECONDS)
+        assert canary.accepted > 10  # still answering: the gate is shut
+        assert fake.requests == [], "the agent reached the model before the gate opened"
+        assert thread.is_alive()
+        dropped_at = time.time()
+        canary.drop()
+        thread.join(60)
+        assert result_of(events)["subtype"] == "success", events
+        assert [r.received_at >= dropped_at for r in fake.requests] == [True]
+        messages = [line.get("msg", "") for line in runner.logs()]
+        assert any(m.startswith("CLI started before the egress gate opened") for m in messages)
+        assert "egress filtered by the NetworkPolicy: CLIs may start" in messages
+    finally:
+        assert runner.terminate() == 0, runner.logs_text()
+
+
+def test_a_spec_with_mcp_servers_starts_its_cli_only_after_the_gate(
+    fake: FakeAnthropic, tmp_path: Path, canary: LoopbackCanary
+) -> None:
+    # The CLI connects to a spec's MCP servers as it starts: that waits for the policy.
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        runtime.ENV_EGRESS_CANARY: f"127.0.0.1:{canary.port}",
+        runtime.ENV_EGRESS_CANARY_MAX_WAIT: "60",
+        "HOME": str(home),
+    }
+    spec = {"pattern": "LongRunning",
+            "mcpServers": [{"name": "tools", "url": "http://127.0.0.1:9/mcp"}]}  # fmt: skip
+    runner = start_runner(spec, tmp_path, fake.url, env=env, wait=False)
+    try:
+        time.sleep(HELD_SECONDS)
+        assert runner.proc.poll() is None, runner.logs_text()
+        assert runner.cli_pids() == [], "a CLI with MCP servers started behind a shut gate"
+        canary.drop()
+        runner.wait_ready()
+        assert runner.cli_pids()
     finally:
         assert runner.terminate() == 0, runner.logs_text()

@@ -233,3 +233,21 @@ def test_a_discard_before_the_gate_opens_calls_the_early_start_off(
     canary.drop()
     gate.wait()
     assert early.take("main") is None
+
+
+def test_nothing_left_behind_means_every_directory_empty_or_absent(tmp_path: Path) -> None:
+    empty, absent, full = tmp_path / "empty", tmp_path / "absent", tmp_path / "full"
+    empty.mkdir()
+    full.mkdir()
+    assert egress_gate.nothing_left_behind([empty, absent])
+    assert egress_gate.nothing_left_behind([])
+    # Anything counts: a hidden settings folder, a dangling link, a file in place of a dir.
+    (full / ".claude").mkdir()
+    assert not egress_gate.nothing_left_behind([empty, full])
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "gone").symlink_to(tmp_path / "nowhere")
+    assert not egress_gate.nothing_left_behind([linked])
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert not egress_gate.nothing_left_behind([a_file])

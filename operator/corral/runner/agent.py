@@ -186,6 +186,7 @@ class AgentWorker:
         fields: Mapping[str, Any] | None = None,
         early_clis: EarlyClis | None = None,
         egress_gate: EgressGate = OPEN,
+        start_before_gate: bool = False,
     ) -> None:
         self.name = paths.name
         self.paths = paths
@@ -224,6 +225,8 @@ class AgentWorker:
         self._early_clis = early_clis
         self._early_taken = early_clis is None
         self._egress_gate = egress_gate
+        # The first CLI may start before the gate opens (nothing left behind for it to run).
+        self._start_before_gate = start_before_gate
         self._launched: Launch | None = None  # how the SDK started the running CLI
         # An interrupt held until the CLI began its message (see _interrupt_started): its
         # task, referenced until it ends.
@@ -462,8 +465,18 @@ class AgentWorker:
         (The SDK would make the same transport itself; session stores, which it skips for
         a transport given to it, are not used here.)"""
         # No CLI starts before the pod's NetworkPolicy filters its egress: a CLI runs
-        # what the agent left on the volume (hooks, MCP servers) as it starts.
-        await self._egress_gate.opened()
+        # what the agent left on the volume (hooks, MCP servers) as it starts. Unless
+        # nothing was left (the first start of a new pod): then only messages wait.
+        if self._start_before_gate and not self._egress_gate.is_open():
+            log_event(
+                log,
+                "CLI started before the egress gate opened: nothing was left behind for it "
+                "to run; messages wait for the gate",
+                agent=self.name,
+            )
+        else:
+            await self._egress_gate.opened()
+        self._start_before_gate = False  # the first start only
         transport = SubprocessCLITransport(prompt=_no_input(), options=options)
         early = None
         if not self._early_taken and self._early_clis is not None:
@@ -493,6 +506,8 @@ class AgentWorker:
         return client
 
     async def _send(self, client: ClaudeSDKClient, turn: Turn) -> None:
+        # What the agent does begins with a message: none before the egress is filtered.
+        await self._egress_gate.opened()
         turn.sending = True
         try:
             await client.query(_as_input(turn))

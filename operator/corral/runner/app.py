@@ -83,6 +83,9 @@ class RunnerSettings:
     early_clis: EarlyClis | None = field(default=None, compare=False)
     # Every CLI start waits for it (corral.runner.egress_gate); started by `corral runner`.
     egress_gate: EgressGate = field(default=OPEN, compare=False)
+    # Nothing was left behind for a CLI to run (egress_gate.nothing_left_behind): each
+    # agent's first CLI may start before the gate opens; its messages wait for it.
+    cli_before_gate: bool = False
     # Taken out of the environment by `corral runner` (corral.runner.own_credentials).
     credentials: OwnCredentials = field(default_factory=OwnCredentials, compare=False)
     # False: the agent's processes can read this one's /proc (logged as a warning).
@@ -110,6 +113,7 @@ def _worker(
     cli_env: dict[str, str],
     early_clis: EarlyClis | None,
     egress_gate: EgressGate,
+    cli_before_gate: bool,
 ) -> AgentWorker:
     pattern = source.spec.pattern
     hybrid = pattern == Pattern.HYBRID
@@ -141,6 +145,8 @@ def _worker(
         refresh=refresh if source.path is not None else None,
         early_clis=early_clis,
         egress_gate=egress_gate,
+        # A spec's MCP servers are connected to as the CLI starts: only after the gate.
+        start_before_gate=cli_before_gate and not source.spec.mcp_servers,
     )
 
 
@@ -211,6 +217,7 @@ class Runner:
                 cli_env,
                 self.settings.early_clis,
                 self.settings.egress_gate,
+                self.settings.cli_before_gate,
             )
             for paths in agent_paths(spec, self.settings.workspace, self.settings.state_dir)
         ]
@@ -224,13 +231,15 @@ class Runner:
         session.add_socket_listener(lambda: self.metrics.clients.set(session.connected_clients))
         self._install_signals()
         reports = _Reports()
+        gate_logged: asyncio.Task[None] | None = None
         try:
             # The CLIs first: they take the longest to start, and the HTTP server's
             # imports and set-up run while they boot (readiness waits for them anyway).
             session.start()
             await session.wait_spawned()
             self._discard_early_clis()
-            self._log_egress_gate()
+            # Open by now, unless the CLIs started before it (nothing left behind).
+            gate_logged = asyncio.create_task(self._log_egress_gate(), name="egress-gate-log")
             await self._serve_http(session)
             reports.task = asyncio.create_task(
                 self._report_activity(session, reports), name="activity"
@@ -256,6 +265,8 @@ class Runner:
             await session.shutdown(self.settings.drain_seconds)
             return 0
         finally:
+            if gate_logged is not None:
+                gate_logged.cancel()
             self._discard_early_clis()
             await reports.stop()
             if self._http is not None:
@@ -288,7 +299,8 @@ class Runner:
         out.reporter = activity.ActivityReporter(session, url, who)
         await out.reporter.run()
 
-    def _log_egress_gate(self) -> None:
+    async def _log_egress_gate(self) -> None:
+        await self.settings.egress_gate.opened()
         gate = self.settings.egress_gate.result
         if gate is None:
             return

@@ -100,6 +100,9 @@ def main(args: argparse.Namespace) -> int:
         gate = egress_gate.EgressGate(egress_gate.Canary.from_env()).start()
     except ValueError as exc:
         return _config_error(str(exc))
+    # Before the runner writes anything there: on a pod's first start nothing is left
+    # behind for a CLI to run, so its CLIs may boot while the gate is still shut.
+    nothing_left = egress_gate.nothing_left_behind((args.workspace, args.state_dir, Path.home()))
     # Each recorded CLI starts as soon as the gate opens and boots while the runner
     # imports and validates.
     from corral.runner import early_cli
@@ -141,6 +144,7 @@ def main(args: argparse.Namespace) -> int:
         listener=sock,
         early_clis=early,
         egress_gate=gate,
+        cli_before_gate=nothing_left,
         credentials=credentials,
         process_hidden=process_hidden,
     )

@@ -18,6 +18,10 @@ tried again. After `max_wait` the gate opens anyway, and says so: a session whos
 egress allows the canary, or a policy agent that never syncs, must not keep the session
 from starting, but an operator must see it.
 
+Where nothing is left behind (a pod's first start: its workspace, state and home hold
+nothing), there is nothing for a starting CLI to run: the CLI may then start before the
+gate opens, and what the agent does (which begins with a message) waits for it instead.
+
 This module must stay light: it starts before the runner's heavy imports.
 """
 
@@ -29,8 +33,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from corral.api.runtime import ENV_EGRESS_CANARY as ENV_CANARY
@@ -214,3 +219,19 @@ class EgressGate:
 
 
 OPEN = EgressGate(None)  # no canary configured: nothing to wait for
+
+
+def nothing_left_behind(directories: Iterable[Path]) -> bool:
+    """True when none of `directories` holds anything (or exists): no file an agent could
+    have left for a CLI to run as it starts. Read before the runner writes there itself;
+    an entry of any kind (even one the runner cannot read) counts as something."""
+    for directory in directories:
+        try:
+            with os.scandir(directory) as entries:
+                if next(entries, None) is not None:
+                    return False
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False  # not readable, not a directory: not known to be empty
+    return True
