@@ -173,7 +173,7 @@ def release_values(layout: Layout) -> dict[str, Any]:
                 "statusIntervalSeconds": 2,
                 "prices": [
                     *(
-                        row.model_dump(by_alias=True)
+                        row.model_dump(by_alias=True, exclude_none=True)
                         for row in ModelProxyConfig(url="http://x:1").prices
                     ),
                     {

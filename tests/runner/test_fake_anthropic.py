@@ -224,12 +224,17 @@ async def test_an_expected_key_is_required_and_recorded_without_its_value(api: A
 async def test_cache_usage_is_reported_as_scripted(api: Any) -> None:
     fake, http = api
     usage = ReplyUsage(input_tokens=5, output_tokens=6, cache_read_input_tokens=7,
-                       cache_creation_input_tokens=8)  # fmt: skip
+                       cache_creation_input_tokens=8, cache_creation_1h_input_tokens=3)  # fmt: skip
     fake.add(text("cached", usage=usage), text("cached", usage=usage))
     async with http.post("/v1/messages", json=REQUEST | {"stream": False}) as resp:
         plain = (await resp.json())["usage"]
     async with http.post("/v1/messages", json=REQUEST) as resp:
         start = (await sse_events(resp))[0][1]["message"]["usage"]
+    # The writes by how long they are kept, as the API states them.
+    by_ttl = {"ephemeral_5m_input_tokens": 5, "ephemeral_1h_input_tokens": 3}
     assert plain == {"input_tokens": 5, "output_tokens": 6, "cache_read_input_tokens": 7,
-                     "cache_creation_input_tokens": 8}  # fmt: skip
+                     "cache_creation_input_tokens": 8, "cache_creation": by_ttl}  # fmt: skip
     assert start["cache_read_input_tokens"] == 7 and start["cache_creation_input_tokens"] == 8
+    assert start["cache_creation"] == by_ttl
+    with pytest.raises(ValueError, match="part of cache_creation_input_tokens"):
+        ReplyUsage(cache_creation_input_tokens=1, cache_creation_1h_input_tokens=2)

@@ -46,8 +46,12 @@ def test_prices_with_hour_cache_writes_and_a_long_prompt_premium_reach_the_gatew
     (price,) = config.model_proxy.prices
     assert price.hour_cache_write == 5 and price.long_context is not None
     assert price.factors(100_001) == (2.0, 2.0) and price.factors(100_000) == (1.0, 1.0)
+    # Left null, as a values file may: unset.
+    values["gateway"]["modelProxy"]["prices"] = [row | {"cacheWrite1h": None, "longContext": None}]
+    (price,) = _config(render(tmp_path, values)).model_proxy.prices  # type: ignore[union-attr]
+    assert price.hour_cache_write == 6 and price.long_context is None
     # A misspelt premium fails the install, naming the field.
-    row["longContext"] = {"above": 1}
+    values["gateway"]["modelProxy"]["prices"] = [row | {"longContext": {"above": 1}}]
     failed = run_helm("template", "r", str(CHART), values=values, tmp=tmp_path)
     assert failed.returncode != 0 and "above" in failed.stderr
 
