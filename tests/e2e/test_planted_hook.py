@@ -61,6 +61,10 @@ PLANT = (
 )
 
 
+# The runner's log line when a CLI boots behind the shut gate (nothing left behind).
+EARLY_START = "CLI started before the egress gate opened"
+
+
 @pytest.fixture
 def decoy(node_layout: node.NodeLayout) -> Iterator[Decoy]:
     served = Decoy(node_layout.outside_netns, node.PRIVATE_DECOY_IP, DECOY_PORT).start()
@@ -80,11 +84,14 @@ def test_a_planted_start_up_hook_cannot_reach_past_the_policy(
 ) -> None:
     sessions = Sessions(custom, namespace)
     sessions.create("planter", spec("Hybrid", idleTimeout=IDLE, storage={"size": "1Gi"}))
-    ready_pod(core, namespace, "planter", timeout=420)
+    first = ready_pod(core, namespace, "planter", timeout=420).metadata.name
     fake.add(bash(PLANT), text("planted"))
     reply = gateway.send(namespace, "planter", "plant the hook")
     assert reply.status == 200 and reply.events[-1].get("subtype") == "success", reply
     assert "planted" in json.dumps(fake.message_bodies()[1]["messages"][-1])
+    # The first pod had nothing left behind: its CLI booted behind the shut gate.
+    first_logs = kubectl(kubeconfig, "-n", namespace, "logs", first).stdout
+    assert EARLY_START in first_logs, first_logs[-3000:]
 
     sessions.wait_phase("planter", "Idle", timeout=120)
     wait_for(lambda: session_pods(core, namespace, "planter") == [], timeout=90)
@@ -104,6 +111,8 @@ def test_a_planted_start_up_hook_cannot_reach_past_the_policy(
     # wait, opened the gate.
     pod = ready_pod(core, namespace, "planter").metadata.name
     logs = kubectl(kubeconfig, "-n", namespace, "logs", pod).stdout
+    # A woken pod's volume holds what the agent left: its CLI waited for the gate.
+    assert pod != first and EARLY_START not in logs, logs[-3000:]
     gate = [json.loads(line) for line in logs.splitlines() if "egress" in line and "{" in line]
     opened = [g for g in gate if g.get("msg", "").startswith("egress filtered")]
     assert opened, logs[-3000:]
