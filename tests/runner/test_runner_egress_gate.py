@@ -70,17 +70,23 @@ def test_no_cli_and_no_planted_hook_runs_before_the_gate_opens(
         assert runner.terminate() == 0, runner.logs_text()
 
 
-def test_with_nothing_left_behind_the_cli_boots_while_the_gate_holds_the_messages(
-    fake: FakeAnthropic, tmp_path: Path, canary: LoopbackCanary
-) -> None:
-    # A new pod's first start: workspace, state and home hold nothing yet.
+def _first_start_env(tmp_path: Path, canary: LoopbackCanary) -> dict[str, str]:
+    """A new pod's first start: workspace, state and home hold nothing (all new folders),
+    the canary still answering."""
     home = tmp_path / "home"
     home.mkdir()
-    env = {
+    return {
         runtime.ENV_EGRESS_CANARY: f"127.0.0.1:{canary.port}",
         runtime.ENV_EGRESS_CANARY_MAX_WAIT: "60",
         "HOME": str(home),
     }
+
+
+def test_with_nothing_left_behind_the_cli_boots_while_the_gate_holds_the_messages(
+    fake: FakeAnthropic, tmp_path: Path, canary: LoopbackCanary
+) -> None:
+    # A new pod's first start: workspace, state and home hold nothing yet.
+    env = _first_start_env(tmp_path, canary)
     runner = start_runner({"pattern": "LongRunning"}, tmp_path, fake.url, env=env, wait=False)
     try:
         runner.wait_ready()  # the CLI booted and did its handshake behind the shut gate
@@ -107,13 +113,7 @@ def test_a_spec_with_mcp_servers_starts_its_cli_only_after_the_gate(
     fake: FakeAnthropic, tmp_path: Path, canary: LoopbackCanary
 ) -> None:
     # The CLI connects to a spec's MCP servers as it starts: that waits for the policy.
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {
-        runtime.ENV_EGRESS_CANARY: f"127.0.0.1:{canary.port}",
-        runtime.ENV_EGRESS_CANARY_MAX_WAIT: "60",
-        "HOME": str(home),
-    }
+    env = _first_start_env(tmp_path, canary)
     spec = {"pattern": "LongRunning",
             "mcpServers": [{"name": "tools", "url": "http://127.0.0.1:9/mcp"}]}  # fmt: skip
     runner = start_runner(spec, tmp_path, fake.url, env=env, wait=False)
