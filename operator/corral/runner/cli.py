@@ -102,7 +102,11 @@ def main(args: argparse.Namespace) -> int:
         return _config_error(str(exc))
     # Before the runner writes anything there: on a pod's first start nothing is left
     # behind for a CLI to run, so its CLIs may boot while the gate is still shut.
-    nothing_left = egress_gate.nothing_left_behind((args.workspace, args.state_dir, Path.home()))
+    # (Without HOME the CLI's home is not known: not taken for empty.)
+    home = os.environ.get("HOME")
+    nothing_left = home is not None and egress_gate.nothing_left_behind(
+        (args.workspace, args.state_dir, Path(home))
+    )
     # Each recorded CLI starts as soon as the gate opens and boots while the runner
     # imports and validates.
     from corral.runner import early_cli
