@@ -73,14 +73,15 @@ class RunnerMetrics:
         )
         self.egress_gate_seconds = Gauge(
             "corral_runner_egress_gate_seconds",
-            "How long the CLIs' start waited for the NetworkPolicy to filter the pod's "
-            "egress (corral.runner.egress_gate; 0 without a canary).",
+            "How long from the runner's start until the NetworkPolicy was seen filtering "
+            "the pod's egress: what CLI starts wait for (on a pod's first start, its "
+            "messages; corral.runner.egress_gate; 0 without a canary).",
             registry=r,
         )
         self.egress_gate_unconfirmed = Gauge(
             "corral_runner_egress_gate_unconfirmed",
-            "1 when the CLIs started without the canary showing the pod's egress filtered "
-            "(the gate's maximum wait passed).",
+            "1 when the gate opened without the canary showing the pod's egress filtered "
+            "(its maximum wait passed).",
             registry=r,
         )
         self.scheduled_wakeups = Gauge(
