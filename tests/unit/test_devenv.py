@@ -150,7 +150,18 @@ def test_next_steps_name_the_user_kubeconfig_and_the_cli(
             "the control plane",
         ),
         ("default Service/x ClusterIPNotAllocated: not allocated; repairing", "the control plane"),
+        (
+            "demo Pod/repo-janitor-d8507244 FailedScheduling: running PreFilter plugin"
+            ' "VolumeBinding": error getting PVC "demo/repo-janitor-state": could not find'
+            ' v1.PersistentVolumeClaim "demo/repo-janitor-state"',
+            "the scheduler's volume cache, retried",
+        ),
         ("demo Pod/x FailedScheduling: 0/3 nodes are available", None),
+        # A claim that is really missing is Corral's to explain.
+        (
+            'demo Pod/x FailedScheduling: persistentvolumeclaim "x-state" not found',
+            None,
+        ),
         # A mount that fails for another reason is Corral's to explain.
         ('demo Pod/x FailedMount: MountVolume.SetUp failed: secret "x" not found', None),
     ],

@@ -319,6 +319,13 @@ def not_corrals(line: str) -> str | None:
         # between node and this object"); on a loaded host the first read misses the
         # kubelet's 1-second deadline, and the mount, retried half a second later, works.
         return "the kubelet's first mount, retried"
+    if " FailedScheduling: " in line and "could not find v1.PersistentVolumeClaim" in line:
+        # kube-scheduler racing itself on a new claim: VolumeBinding's PreFilter found it in
+        # the claim lister, then missed it in the assume cache that the same informer's
+        # event handler fills a moment later; the pod is retried and scheduled. Waiting
+        # longer before creating the pod would not help: the lister already had it. A
+        # claim really missing reads 'persistentvolumeclaim "..." not found' instead.
+        return "the scheduler's volume cache, retried"
     if " FailedToCreateEndpoint: " in line and "already exists" in line:
         # kube-controller-manager's endpoints controller racing its own earlier write.
         return "the control plane"
