@@ -135,21 +135,43 @@ def _up(args: argparse.Namespace) -> int:
 # --- the real node ------------------------------------------------------------------------------
 
 
-def _cold_parts() -> list[str]:
-    """What the first run has to build (binaries from Go modules, images)."""
-    from corral.cluster import node
+def _cold_parts() -> tuple[list[str], bool]:
+    """What this start has to build (binaries from Go modules, images), and whether that
+    is only Corral's own images over cached bases (a change to Corral's code)."""
+    from corral.cluster import node, runner_image
     from corral.cluster.build import is_built
     from corral.cluster.control_plane import NEEDED_COMPONENTS
     from corral.cluster.versions import COMPONENTS, NODE_COMPONENTS
 
     names = [*NEEDED_COMPONENTS, "helm", *NODE_COMPONENTS]
     missing = [n for n in names if not is_built(COMPONENTS[n])]
+    if missing:
+        return missing, False
+    try:
+        specs = [s for s in node.node_images() if not s.is_built()]
+    except RuntimeError:  # the node's binaries are needed to name its images
+        return ["images"], False
+    projects = {p.name: p for p in (runner_image.RUNNER, runner_image.OPERATOR)}
+    code_only = all(
+        s.name in projects and runner_image.base_is_built(projects[s.name]) for s in specs
+    )
+    return [s.name + " image" for s in specs], code_only
+
+
+def build_note(missing: list[str], code_only: bool) -> str | None:
+    """What `corral up` says before it builds, and how long that takes."""
     if not missing:
-        try:
-            missing = [s.name + " image" for s in node.node_images() if not s.is_built()]
-        except RuntimeError:  # the node's binaries are needed to name its images
-            missing = ["images"]
-    return missing
+        return None
+    names = f"{', '.join(missing[:6])}{' …' if len(missing) > 6 else ''}"
+    if code_only:
+        return (
+            f"Corral's code changed: rebuilding the {names} (1 to 2 minutes; the rest is cached)."
+        )
+    return (
+        f"First run: building {names} into the cache. This takes 15-25 minutes once (Go "
+        "builds, a Debian root filesystem for the runner image); later starts take about a "
+        "minute."
+    )
 
 
 def _up_real(args: argparse.Namespace, steps: Any) -> int:
@@ -159,13 +181,9 @@ def _up_real(args: argparse.Namespace, steps: Any) -> int:
     started = time.monotonic()
     since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     choice = model.choose_model(os.environ)
-    cold = _cold_parts()
-    if cold:
-        steps.note(
-            f"First run: building {', '.join(cold[:6])}{' …' if len(cold) > 6 else ''} into "
-            "the cache. This takes 15-25 minutes once (Go builds, a Debian root filesystem "
-            "for the runner image); later starts take about 2 minutes."
-        )
+    note = build_note(*_cold_parts())
+    if note:
+        steps.note(note)
     try:
         with steps.step("local cluster with a real node (API server, containerd, kubelet)"):
             layout = control_plane.up(timeout=args.timeout, real_node=True)

@@ -270,9 +270,19 @@ def _slim(rootfs: Path) -> None:
     (rootfs / "etc" / "hostname").unlink(missing_ok=True)
 
 
+def _base_dir(project: Project, recipe: Recipe) -> Path:
+    return cache_dir() / "images" / "rootfs" / f"{project.name}-base-{_base_key(project, recipe)}"
+
+
+def base_is_built(project: Project) -> bool:
+    """Whether the project's debootstrapped base is cached: a change to Corral's code then
+    rebuilds only the image's venv layer."""
+    return (_base_dir(project, read_recipe(project.dockerfile)) / ".complete").exists()
+
+
 def base_rootfs(project: Project, recipe: Recipe, log: Log) -> Path:
     """The debootstrapped base (cached): Debian, python3, the recipe's packages, the user."""
-    final = cache_dir() / "images" / "rootfs" / f"{project.name}-base-{_base_key(project, recipe)}"
+    final = _base_dir(project, recipe)
     if (final / ".complete").exists():
         return final / "rootfs"
     if shutil.which("debootstrap") is None:
