@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.runner.early_cli import bundled_cli
+from corral.testing.loopback_canary import LoopbackCanary
 
 HOOK_EVENTS = (
     "SessionStart",
@@ -127,30 +126,6 @@ def plant(config: Path, workspace: Path, marks: Path, canary_url: str) -> None:
     subprocess.run(["git", "-C", str(workspace), "config", "core.fsmonitor", fsmonitor], check=True)
 
 
-class Canary:
-    """A loopback listener that counts every connection made to it."""
-
-    def __init__(self) -> None:
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(64)
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.socket.accept()
-            except OSError:
-                return
-            self.connections += 1
-            connection.close()
-
-    def close(self) -> None:
-        self.socket.close()
-
-
 def cli_argv(workspace: Path) -> list[str]:
     """The command line the SDK starts the CLI with, with the runner's own switches."""
     from claude_agent_sdk import ClaudeAgentOptions
@@ -225,12 +200,13 @@ def audit(wait: float, planted: bool, control: bool) -> dict[str, Any]:
     marks = root / "marks"
     for folder in (marks, root / "workspace", root / "config", root / "home"):
         folder.mkdir()
-    canary = Canary()
+    canary = LoopbackCanary()  # counts every connection made to it
+    url = f"http://127.0.0.1:{canary.port}"
     if planted:
-        plant(root / "config", root / "workspace", marks, canary.url)
+        plant(root / "config", root / "workspace", marks, url)
     report: dict[str, Any] = {"planted": planted, "wait_s": wait}
     try:
-        with running_cli(root, canary.url) as process:
+        with running_cli(root, url) as process:
             children: set[str] = set()
             started = time.monotonic()
             while time.monotonic() - started < wait:
@@ -238,7 +214,7 @@ def audit(wait: float, planted: bool, control: bool) -> dict[str, Any]:
                 time.sleep(0.05)
             report["before_input"] = {
                 "ran": sorted(os.listdir(marks)),
-                "connections": canary.connections,
+                "connections": canary.accepted,
                 "child_processes": sorted(c.replace(str(root), "ROOT") for c in children),
             }
             if control:
@@ -248,7 +224,7 @@ def audit(wait: float, planted: bool, control: bool) -> dict[str, Any]:
                 time.sleep(6)
                 report["after_initialize_and_a_message"] = {
                     "ran": sorted(os.listdir(marks)),
-                    "connections": canary.connections,
+                    "connections": canary.accepted,
                 }
     finally:
         canary.close()
