@@ -164,9 +164,7 @@ def build_note(missing: list[str], code_only: bool) -> str | None:
         return None
     names = f"{', '.join(missing[:6])}{' …' if len(missing) > 6 else ''}"
     if code_only:
-        return (
-            f"Corral's code changed: rebuilding the {names} (1 to 2 minutes; the rest is cached)."
-        )
+        return f"Rebuilding the {names} for this tree (1 to 2 minutes; the rest is cached)."
     return (
         f"First run: building {names} into the cache. This takes 15-25 minutes once (Go "
         "builds, a Debian root filesystem for the runner image); later starts take about a "

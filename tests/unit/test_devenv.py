@@ -274,7 +274,7 @@ async def test_relay_forwards_requests_and_streams_answers() -> None:
 def test_the_build_note_says_how_long_the_build_takes() -> None:
     assert dev.build_note([], code_only=False) is None
     code = dev.build_note(["runner image", "operator image"], code_only=True)
-    assert code is not None and code.startswith("Corral's code changed")
+    assert code is not None and code.startswith("Rebuilding the runner image")
     assert "runner image, operator image" in code and "15-25" not in code
     first = dev.build_note(["etcd", "kube-apiserver"], code_only=False)
     assert first is not None and first.startswith("First run") and "15-25 minutes" in first
