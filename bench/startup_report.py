@@ -330,7 +330,9 @@ def plot_gates(paths: list[Path], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("seconds after the request")
     ax.set_title("Hybrid wakes on the real node, fastest first: what the first event waits for")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8)
+    # Below the axis label whatever the rows: an offset in inches, as a fraction of the axes.
+    axes_inches = fig.get_figheight() * ax.get_position().height
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.55 / axes_inches), ncol=2, fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
