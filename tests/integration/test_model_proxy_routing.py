@@ -563,6 +563,38 @@ async def test_calls_in_flight_hold_their_cost_so_parallel_calls_cannot_spend_pa
     assert server.meter.session_reserved(server.directory.view(world.namespace, "parallel")) == 0
 
 
+async def test_calls_in_flight_hold_the_sessions_last_prompt_as_their_input(
+    proxy: Proxy, world: World, fake: FakeAnthropic
+) -> None:
+    url, server, registry = proxy
+    credential = await _session(world, server, "growing", maxBudgetUsd=1.0)
+    body = _request("again") | {"max_tokens": 100}
+
+    async def call(http: aiohttp.ClientSession) -> int:
+        async with http.post(f"{url}/v1/messages", json=body, headers=_headers(credential)) as r:
+            await r.read()
+            return r.status
+
+    async with aiohttp.ClientSession() as http:
+        # A first call with a 100,000-token prompt: 0.30 USD at Sonnet's input price.
+        long_prompt = ReplyUsage(input_tokens=100_000, output_tokens=1)
+        fake.set_default(TextStep(text="ok", usage=long_prompt))
+        assert await call(http) == 200
+        # Each next call holds its output (100 tokens: 0.00225 USD) and that prompt again:
+        # with 0.30 spent, three fit under 1 USD (0.907 held), a fourth would not (1.209).
+        # Holding the output alone, all five would start.
+        slow = StreamShape(event_delay=0.2)
+        fake.set_default(TextStep(text="slow " * 20, stream=slow, usage=long_prompt))
+        statuses = await asyncio.gather(*(call(http) for _ in range(5)))
+    assert sorted(statuses) == [200, 200, 200, 429, 429]
+    assert len(fake.message_bodies()) == 4
+    refused = {"reason": "SessionBudgetInFlight"}
+    assert registry.get_sample_value("corral_model_refused_total", refused) == 2
+    view = server.directory.view(world.namespace, "growing")
+    assert server.meter.session_reserved(view) == 0
+    assert server.meter.prompt_estimate(view) == pytest.approx(0.30)
+
+
 async def test_a_client_that_hangs_up_mid_stream_pays_for_what_it_was_sent(
     proxy: Proxy, world: World, fake: FakeAnthropic
 ) -> None:

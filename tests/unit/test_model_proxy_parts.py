@@ -174,6 +174,15 @@ def test_a_long_prompt_pays_the_models_premium_on_every_token() -> None:
     assert table.cost("claude-haiku-4-5", long_haiku) == pytest.approx(0.9 + 0.005)
 
 
+def test_a_calls_prompt_cost_is_its_cost_without_output_with_the_long_prompt_premium() -> None:
+    table = PriceTable(ModelProxyConfig(url="http://gw:8082").prices)
+    over = TokenUsage(100_001, 1_000, 60_000, 40_000, cache_creation_1h_input_tokens=10_000)
+    prompt = (100_001 * 3 + 60_000 * 0.3 + 30_000 * 3.75 + 10_000 * 6) * 2 / 1e6
+    assert table.prompt_cost("claude-sonnet-4-5", over) == pytest.approx(prompt)
+    output = 1_000 * 15 * 1.5 / 1e6
+    assert table.cost("claude-sonnet-4-5", over) == pytest.approx(prompt + output)
+
+
 def test_the_in_flight_reserve_holds_the_dearest_output_a_call_can_pay() -> None:
     table = PriceTable(ModelProxyConfig(url="http://gw:8082").prices)
     sonnet = b'{"model": "claude-sonnet-4-5", "max_tokens": 1000, "messages": []}'
@@ -407,6 +416,24 @@ def test_the_meter_counts_spend_on_top_of_status_until_written() -> None:
     assert sample("corral_model_tokens_total", labels | {"kind": "input"}) == 1_000_000
     assert sample("corral_model_tokens_total", labels | {"kind": "cache_write"}) == 3
     assert sample("corral_model_cost_usd_total", labels) == pytest.approx(2.0)
+
+
+def test_a_sessions_next_call_is_estimated_at_its_last_metered_prompt() -> None:
+    directory = Directory(None)  # type: ignore[arg-type]
+    _session(directory, "a", "uid-a")
+    _session(directory, "b", "uid-b")
+    now = [0.0]
+    table = PriceTable([_price("m", 1, 2, 0.1, 1.25)])
+    meter = Meter(table, ModelMetrics(CollectorRegistry()), directory, None, clock=lambda: now[0])
+    a, b = directory.view("ns", "a"), directory.view("ns", "b")
+    assert meter.prompt_estimate(a) == 0.0  # a first call: nothing known
+    meter.record(a, "m", TokenUsage(1_000, 500_000, 2_000_000, 0))  # 0.001 + 0.2 USD of prompt
+    assert meter.prompt_estimate(a) == pytest.approx(0.201)
+    assert meter.prompt_estimate(b) == 0.0
+    meter.record(a, "m", TokenUsage(10, 5, 0, 0))  # the last call's, not the largest
+    assert meter.prompt_estimate(a) == pytest.approx(10 / 1e6)
+    now[0] += 3601  # forgotten after an hour without calls
+    assert meter.prompt_estimate(a) == 0.0
 
 
 # --- configuration -----------------------------------------------------------------------

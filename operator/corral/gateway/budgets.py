@@ -70,8 +70,9 @@ def in_flight_budget(
     scope: str, max_usd: float | None, spent_usd: float, reserved_usd: float, reason: str
 ) -> Denial | None:
     """Ask a call to wait while the calls in flight could spend what is left of a budget:
-    each holds its most possible cost until it is metered, so parallel calls cannot
-    together overshoot by more than one call's worth."""
+    each holds, until it is metered, its most possible output cost and, for its input, the
+    session's last metered prompt cost, so parallel calls cannot together overshoot by
+    more than one call's worth and their prompts' growth."""
     if max_usd is None or reserved_usd <= 0 or spent_usd + reserved_usd < max_usd:
         return None
     return Denial(

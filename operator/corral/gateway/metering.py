@@ -47,6 +47,10 @@ MAX_MODELS_IN_STATUS = 64
 # brings the condition well within it), and how many sessions' notes are held.
 BUDGET_NOTE_SECONDS = 60.0
 BUDGET_NOTES_MAX = 10_000
+# Each session's last metered prompt cost, the estimate of its next call's (bounded; a
+# session quiet this long has its estimate forgotten, as a new one starts without).
+PROMPT_ESTIMATES_MAX = 10_000
+PROMPT_ESTIMATE_SECONDS = 3600.0
 # Writes of the condition tried when other writers keep changing the session first (409
 # Conflict), each on the newer version the watch brings within the wait.
 BUDGET_WRITE_ATTEMPTS = 4
@@ -233,6 +237,9 @@ class Meter:
         self._budget_noted: TTLCache[tuple[str, str], bool] = TTLCache(
             maxsize=BUDGET_NOTES_MAX, ttl=BUDGET_NOTE_SECONDS, timer=clock
         )
+        self._last_prompt_usd: TTLCache[str, float] = TTLCache(
+            maxsize=PROMPT_ESTIMATES_MAX, ttl=PROMPT_ESTIMATE_SECONDS, timer=clock
+        )
 
     # --- counting ------------------------------------------------------------------------
 
@@ -240,6 +247,7 @@ class Meter:
         """Count one response's usage; returns its cost in USD."""
         label = self.prices.label(model)
         cost = self.prices.cost(model, usage)
+        self._last_prompt_usd[session.uid] = self.prices.prompt_cost(model, usage)
         for kind, attribute in TOKEN_KINDS.items():
             value = getattr(usage, attribute)
             if value:
@@ -277,6 +285,13 @@ class Meter:
             for (ns, _), view in list(self.directory.sessions.items())
             if ns == namespace
         )
+
+    def prompt_estimate(self, session: SessionView) -> float:
+        """What the session's next call's input may cost: its last metered one's. An agent's
+        conversation only grows from call to call, so this is rarely more than the call
+        will pay (a subagent's shorter one, or one after the CLI compacted its context);
+        a session's first call, and a call the other replica metered, count none."""
+        return self._last_prompt_usd.get(session.uid, 0.0)
 
     def hold(self, session: SessionView, usd: float) -> None:
         """Reserve `usd` for a call in flight (see budgets.in_flight_budget)."""

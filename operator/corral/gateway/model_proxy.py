@@ -279,7 +279,7 @@ class ModelProxy:
             refused = self.in_flight_refusal(session)
             if refused is not None:
                 return self._refuse_with(refused)
-            reserve = self.meter.prices.call_reserve(body)
+            reserve = self.meter.prices.call_reserve(body) + self.meter.prompt_estimate(session)
             self.meter.hold(session, reserve)
             try:
                 return await self._forward(request, session, body)

@@ -45,19 +45,29 @@ class PriceTable:
     def cost(self, model: str | None, usage: TokenUsage) -> float:
         """USD; an unknown model is charged at the table's highest price (budgets hold)."""
         row = self.row(model) or self.fallback
+        _, output_factor = row.factors(usage.prompt_tokens)
+        output = usage.output_tokens * row.output * output_factor / PER
+        return (
+            self.prompt_cost(model, usage)
+            + output
+            + usage.web_search_requests * self.web_search_usd
+        )
+
+    def prompt_cost(self, model: str | None, usage: TokenUsage) -> float:
+        """USD of the call's input alone: uncached, cache reads and cache writes."""
+        row = self.row(model) or self.fallback
         # The hour's writes as stated; the rest of the writes at the 5-minute rate (should
         # the two counts disagree, the dearer reading is taken).
         hour_writes = usage.cache_creation_1h_input_tokens
         five_minute_writes = max(usage.cache_creation_input_tokens - hour_writes, 0)
-        input_factor, output_factor = row.factors(usage.prompt_tokens)
+        input_factor, _ = row.factors(usage.prompt_tokens)
         prompt = (
             usage.input_tokens * row.input
             + usage.cache_read_input_tokens * row.cache_read
             + five_minute_writes * row.cache_write
             + hour_writes * row.hour_cache_write
         )
-        tokens = prompt * input_factor + usage.output_tokens * row.output * output_factor
-        return tokens / PER + usage.web_search_requests * self.web_search_usd
+        return prompt * input_factor / PER
 
     def call_reserve(self, body: bytes) -> float:
         """The most a Messages API call with request `body` can cost in output: its
