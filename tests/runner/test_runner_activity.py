@@ -400,6 +400,8 @@ def test_a_durable_task_runs_in_a_cli_started_before_its_minute(
     first = reporting_runner(spec, tmp_path, fake, operator_endpoint, "pod-13")
     try:
         assert result_of(first.send("at the next minute"))["result"] == "noted"
+        # The task is on file (the runner read it) before this pod goes.
+        first.wait_status(lambda s: s["nextDurableWakeup"] is not None)
     finally:
         assert first.terminate() == 0, first.logs_text()
     second = reporting_runner(spec, tmp_path, fake, operator_endpoint, "pod-14")
